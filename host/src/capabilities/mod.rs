@@ -1,0 +1,5 @@
+//! What the host gives a connector, one module per WIT import.
+
+pub mod crypto;
+pub mod http;
+pub mod kv;

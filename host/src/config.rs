@@ -1,0 +1,330 @@
+//! `berth.toml`: listen address, data dir, runtime limits, connectors and shops.
+//!
+//! Parsing is strict (unknown keys are errors, so a typo cannot silently drop a setting)
+//! and every error names the file, and where TOML can tell, the line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub sync: SyncDefaults,
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorConfig>,
+    #[serde(default)]
+    pub shops: BTreeMap<String, ShopConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where sled keeps orders, cursors and connector state, and compiled components are cached.
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:8080".parse().expect("valid literal"), data_dir: "berth-data".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Wall-clock deadline of one connector call.
+    pub call_timeout_ms: u64,
+    /// Linear-memory cap per instance.
+    pub max_memory_mb: u32,
+    /// Instances alive at once across all connectors (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { call_timeout_ms: 30_000, max_memory_mb: 64, max_instances: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Per-request timeout; a connector may ask for less, never more.
+    pub timeout_ms: u64,
+    pub max_response_bytes: u64,
+    /// Let connectors reach loopback, private and link-local addresses. Only for tests
+    /// and demos against a local simulator.
+    pub allow_private_addresses: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { timeout_ms: 15_000, max_response_bytes: 8 * 1024 * 1024, allow_private_addresses: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncDefaults {
+    /// How far back the first pull of a new shop reaches.
+    pub initial_lookback_hours: u32,
+    /// Each window starts this far before the last one ended, to catch late updates.
+    pub overlap_secs: u32,
+    /// The newest edge of a window stays this far behind now, so a platform's own
+    /// write lag does not hide an order at the edge.
+    pub settle_secs: u32,
+    /// Backoff for transient errors: base doubling up to max, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Pause after an auth or permanent error before trying again.
+    pub error_pause_secs: u64,
+}
+
+impl Default for SyncDefaults {
+    fn default() -> Self {
+        SyncDefaults {
+            initial_lookback_hours: 72,
+            overlap_secs: 120,
+            settle_secs: 2,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            error_pause_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Path to the component (`.wasm`), relative to the config file.
+    pub component: PathBuf,
+    /// Hosts granted beyond the manifest's own list (e.g. a simulator's address).
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+pub enum Tier {
+    A,
+    B,
+    C,
+}
+
+impl Tier {
+    /// Default order poll interval by tier.
+    pub fn default_poll_secs(self) -> u64 {
+        match self {
+            Tier::A => 30,
+            Tier::B => 300,
+            Tier::C => 3600,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopConfig {
+    pub connector: String,
+    #[serde(default = "tier_b")]
+    pub tier: Tier,
+    /// Order poll interval; the tier's default when absent.
+    pub poll_interval_secs: Option<u64>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+fn tier_b() -> Tier {
+    Tier::B
+}
+
+impl ShopConfig {
+    pub fn poll_interval_secs(&self) -> u64 {
+        self.poll_interval_secs.unwrap_or_else(|| self.tier.default_poll_secs())
+    }
+
+    /// A setting or secret by key, as the connector's `config.get` sees it.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str).or_else(|| self.secrets.get(key).map(Secret::expose))
+    }
+}
+
+impl fmt::Debug for ShopConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShopConfig")
+            .field("connector", &self.connector)
+            .field("tier", &self.tier)
+            .field("poll_interval_secs", &self.poll_interval_secs)
+            .field("settings", &self.settings)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A secret from config. Its `Debug` and `Display` never show the value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check; relative paths are resolved against `path`'s directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        if cfg.server.data_dir.is_relative() {
+            cfg.server.data_dir = base.join(&cfg.server.data_dir);
+        }
+        for (name, c) in cfg.connectors.iter_mut() {
+            if !valid_id(name) {
+                return Err(invalid(format!(
+                    "connector name `{name}` may only use a-z, 0-9, `-` and `_`"
+                )));
+            }
+            if c.component.is_relative() {
+                c.component = base.join(&c.component);
+            }
+        }
+        for (name, shop) in &cfg.shops {
+            if !valid_id(name) {
+                return Err(invalid(format!("shop name `{name}` may only use a-z, 0-9, `-` and `_`")));
+            }
+            if !cfg.connectors.contains_key(&shop.connector) {
+                let known: Vec<&str> = cfg.connectors.keys().map(String::as_str).collect();
+                return Err(invalid(format!(
+                    "shop `{name}` uses connector `{}`, which is not defined; add [connectors.{}] or use one of: {}",
+                    shop.connector,
+                    shop.connector,
+                    if known.is_empty() { "(none defined)".to_string() } else { known.join(", ") }
+                )));
+            }
+            if shop.poll_interval_secs == Some(0) {
+                return Err(invalid(format!("shop `{name}`: poll_interval_secs must be at least 1")));
+            }
+            if let Some(k) = shop.settings.keys().find(|k| shop.secrets.contains_key(*k)) {
+                return Err(invalid(format!("shop `{name}`: `{k}` is both a setting and a secret; keep one")));
+            }
+        }
+        if cfg.runtime.call_timeout_ms == 0 || cfg.http.timeout_ms == 0 {
+            return Err(invalid("runtime.call_timeout_ms and http.timeout_ms must be positive".into()));
+        }
+        if cfg.runtime.max_instances == 0 || cfg.runtime.max_memory_mb == 0 {
+            return Err(invalid("runtime.max_instances and runtime.max_memory_mb must be positive".into()));
+        }
+        if cfg.sync.retry_base_ms == 0 || cfg.sync.retry_max_ms < cfg.sync.retry_base_ms {
+            return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/berth/berth.toml"))
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:9999"
+        data_dir = "data"
+        [connectors.shopify]
+        component = "shopify.wasm"
+        [shops.acme]
+        connector = "shopify"
+        tier = "A"
+        settings = { base_url = "https://acme.myshopify.com" }
+        secrets = { access_token = "shpat_x" }
+    "#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.server.data_dir, Path::new("/etc/berth/data"));
+        assert_eq!(cfg.connectors["shopify"].component, Path::new("/etc/berth/shopify.wasm"));
+        let shop = &cfg.shops["acme"];
+        assert_eq!(shop.poll_interval_secs(), 30);
+        assert_eq!(shop.value("access_token"), Some("shpat_x"));
+        assert_eq!(shop.value("base_url"), Some("https://acme.myshopify.com"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let cfg = parse(GOOD).unwrap();
+        let shown = format!("{:?}", cfg);
+        assert!(!shown.contains("shpat_x"), "{shown}");
+        assert!(shown.contains("access_token"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = \n").unwrap_err().to_string();
+        assert!(err.contains("/etc/berth/berth.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_connectors_are_refused() {
+        let err = parse("[server]\nlisen = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+        let err = parse("[shops.a]\nconnector = \"nope\"\n").unwrap_err().to_string();
+        assert!(err.contains("connector `nope`, which is not defined"), "{err}");
+        let err = parse("[connectors.Bad]\ncomponent = \"x.wasm\"\n").unwrap_err().to_string();
+        assert!(err.contains("connector name `Bad`"), "{err}");
+    }
+}

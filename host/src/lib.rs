@@ -1,0 +1,16 @@
+//! berth-host: the service that runs e-commerce connectors compiled to WebAssembly
+//! components.
+//!
+//! An ERP talks to berth over HTTP ([`api`]); berth talks to marketplaces through
+//! connectors ([`runtime`]) that get only what the host gives them ([`capabilities`]):
+//! checked outbound HTTP, scoped key-value state, their shop's config, logging, metrics
+//! and signing primitives. [`sync`] pulls orders per shop on an interval into the
+//! durable [`store`]; [`config`] is `berth.toml`; [`service`] wires it all together.
+
+pub mod api;
+pub mod capabilities;
+pub mod config;
+pub mod runtime;
+pub mod service;
+pub mod store;
+pub mod sync;

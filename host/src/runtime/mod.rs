@@ -1,0 +1,262 @@
+//! Running connectors: one [`wasmtime::Engine`], an `InstancePre` per connector version,
+//! a fresh instance per call with a deadline and a memory cap, and compiled components
+//! cached on disk keyed by content digest and engine settings.
+
+pub mod bindings;
+pub mod engine;
+pub mod state;
+
+use crate::capabilities::http::HostAllowlist;
+use crate::config::{RuntimeConfig, ShopConfig};
+use bindings::berth::connector::types::{
+    ConnectorError, Health, Manifest, OrderPage, PullRequest,
+};
+use bindings::{Connector, ConnectorPre};
+use engine::ConnectorEngine;
+use sha2::{Digest, Sha256};
+use state::{CallContext, HostServices, HostState};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::Store;
+
+/// The WIT version this host serves.
+pub const WIT_VERSION: &str = "0.1.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a WebAssembly component ({message}); build connectors as components, e.g. `cargo build --target wasm32-wasip2`")]
+    NotAComponent { path: PathBuf, message: String },
+    #[error("{path} does not fit the berth:connector@{WIT_VERSION} world: {message}")]
+    WrongWorld { path: PathBuf, message: String },
+    #[error("{path}: calling manifest() failed: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{path}: the manifest is not acceptable: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("cannot set up the wasm engine: {0}")]
+    Engine(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{call} exceeded its {deadline_ms} ms deadline; the instance was discarded")]
+    Timeout { call: &'static str, deadline_ms: u64 },
+    #[error("{call} trapped: {message}; the instance was discarded")]
+    Trap { call: &'static str, message: String },
+    #[error("cannot instantiate the connector: {0}")]
+    Instantiate(String),
+}
+
+/// Shared by every loaded connector.
+pub struct ConnectorRuntime {
+    engine: ConnectorEngine,
+    linker: Linker<HostState>,
+    services: Arc<HostServices>,
+    cache_dir: PathBuf,
+    call_timeout: Duration,
+    max_memory_bytes: usize,
+}
+
+/// One connector version, ready to instantiate.
+pub struct LoadedConnector {
+    pub name: Arc<str>,
+    pub digest: String,
+    pub manifest: Manifest,
+    version: Arc<str>,
+    pre: ConnectorPre<HostState>,
+    allow: Arc<HostAllowlist>,
+    runtime: Arc<ConnectorRuntime>,
+}
+
+impl ConnectorRuntime {
+    pub fn new(cfg: &RuntimeConfig, services: Arc<HostServices>, cache_dir: PathBuf) -> Result<Arc<Self>, LoadError> {
+        let engine = ConnectorEngine::new(cfg).map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        let mut linker = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| LoadError::Engine(format!("cannot create cache dir {}: {e}", cache_dir.display())))?;
+        Ok(Arc::new(ConnectorRuntime {
+            engine,
+            linker,
+            services,
+            cache_dir,
+            call_timeout: Duration::from_millis(cfg.call_timeout_ms),
+            max_memory_bytes: cfg.max_memory_mb as usize * 1024 * 1024,
+        }))
+    }
+
+    fn engine_key(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Compile, or load from the on-disk cache, a component's bytes.
+    fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+        let cached = self.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key()));
+        if cached.exists() {
+            // Safety: the file was written by `Component::serialize` of this same engine
+            // configuration (the name carries the digest and the engine's compatibility
+            // hash), in a directory only berth writes.
+            match unsafe { Component::deserialize_file(&self.engine.engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %cached.display(), error = %e, "ignoring unusable compiled cache entry"),
+            }
+        }
+        let component = Component::new(&self.engine.engine, bytes)
+            .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), message: format!("{e}") })?;
+        match component.serialize() {
+            Ok(blob) => {
+                let tmp = cached.with_extension("tmp");
+                if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                    tracing::warn!(path = %cached.display(), error = %e, "cannot write compiled cache entry");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
+        }
+        Ok(component)
+    }
+
+    /// Load a connector component: compile (or reuse the cache), check it against the
+    /// world, read its manifest, and grant it its declared hosts plus `extra_hosts`.
+    pub async fn load(
+        self: &Arc<Self>,
+        name: &str,
+        path: &Path,
+        extra_hosts: &[String],
+    ) -> Result<LoadedConnector, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let component = self.compile(path, &bytes, &digest)?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
+        let mut loaded = LoadedConnector {
+            name: name.into(),
+            digest: digest.clone(),
+            manifest: placeholder_manifest(),
+            version: "unknown".into(),
+            pre,
+            allow: Arc::new(HostAllowlist::default()),
+            runtime: self.clone(),
+        };
+        let manifest = loaded
+            .manifest_call()
+            .await
+            .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
+        check_manifest(&manifest).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
+        loaded.version = manifest.connector_version.as_str().into();
+        loaded.allow = Arc::new(HostAllowlist::new(
+            manifest.allowed_hosts.iter().cloned().chain(extra_hosts.iter().cloned()),
+        ));
+        loaded.manifest = manifest;
+        tracing::info!(connector = name, version = %loaded.version, digest = &digest[..12], platform = %loaded.manifest.platform, "connector loaded");
+        Ok(loaded)
+    }
+}
+
+fn placeholder_manifest() -> Manifest {
+    Manifest {
+        platform: String::new(),
+        connector_version: String::new(),
+        wit_version: String::new(),
+        capabilities: Vec::new(),
+        allowed_hosts: Vec::new(),
+        default_rate_limit: bindings::berth::connector::types::RateLimit { requests_per_minute: 0, burst: 0 },
+        max_window_ms: None,
+        required_config: Vec::new(),
+    }
+}
+
+fn check_manifest(m: &Manifest) -> Result<(), String> {
+    if m.platform.is_empty() || m.platform.len() > 64 {
+        return Err("platform must be 1..=64 characters".into());
+    }
+    if m.connector_version.is_empty() || m.connector_version.len() > 64 {
+        return Err("connector-version must be 1..=64 characters".into());
+    }
+    if m.wit_version != WIT_VERSION {
+        return Err(format!(
+            "wit-version is `{}`, but this component was linked against the {WIT_VERSION} world; fix the manifest",
+            m.wit_version
+        ));
+    }
+    if m.max_window_ms == Some(0) {
+        return Err("max-window-ms must be positive when given".into());
+    }
+    if let Some(h) = m.allowed_hosts.iter().find(|h| h.is_empty() || h.contains('/') || h.contains(':')) {
+        return Err(format!("allowed host `{h}` must be a bare host name or `*.suffix`"));
+    }
+    Ok(())
+}
+
+impl LoadedConnector {
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    async fn instance(
+        &self,
+        shop: Option<(String, Arc<ShopConfig>)>,
+    ) -> Result<(Store<HostState>, Connector), CallError> {
+        let rt = &self.runtime;
+        let ctx = CallContext { connector: self.name.clone(), version: self.version.clone(), shop, allow: self.allow.clone() };
+        let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), rt.max_memory_bytes));
+        store.limiter(|s| s.limiter());
+        store.set_epoch_deadline(ConnectorEngine::ticks_for(rt.call_timeout));
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Instantiate(format!("{e}")))?;
+        Ok((store, instance))
+    }
+
+    /// Await a call under the deadline; traps and timeouts become [`CallError`]s. The
+    /// store is dropped by the caller either way: an instance is never reused.
+    async fn finish<R>(
+        &self,
+        call: &'static str,
+        fut: impl std::future::Future<Output = wasmtime::Result<R>>,
+    ) -> Result<R, CallError> {
+        let deadline = self.runtime.call_timeout;
+        // The epoch deadline stops guest code; this stops a host import that hangs.
+        match tokio::time::timeout(deadline + Duration::from_millis(100), fut).await {
+            Err(_) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+                    Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 })
+                } else {
+                    Err(CallError::Trap { call, message: state::bounded(&format!("{e:?}"), 2048).to_string() })
+                }
+            }
+        }
+    }
+
+    async fn manifest_call(&self) -> Result<Manifest, CallError> {
+        let (mut store, inst) = self.instance(None).await?;
+        self.finish("manifest", inst.call_manifest(&mut store)).await
+    }
+
+    pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
+        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
+        self.finish("check", inst.call_check(&mut store, shop)).await
+    }
+
+    pub async fn pull_orders(
+        &self,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        req: &PullRequest,
+    ) -> Result<Result<OrderPage, ConnectorError>, CallError> {
+        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
+        self.finish("pull-orders", inst.call_pull_orders(&mut store, shop, req)).await
+    }
+}

@@ -1,0 +1,139 @@
+//! Start-up and shutdown: config, storage, connectors, workers and the API, in that
+//! order, each failure reported with what to fix.
+
+use crate::api::{self, ApiState, ConnectorInfo};
+use crate::capabilities::http::HttpGateway;
+use crate::capabilities::kv::KvStore;
+use crate::config::{Config, ConfigError};
+use crate::runtime::state::HostServices;
+use crate::runtime::{ConnectorRuntime, LoadError, LoadedConnector};
+use crate::store::{OrderStore, StoreError};
+use crate::sync::{ShopStatus, ShopWorker};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("connector `{connector}`: {source}")]
+    Connector { connector: String, source: LoadError },
+    #[error("shop `{shop}`: connector `{connector}` needs config key `{key}`; add it under [shops.{shop}.settings] or [shops.{shop}.secrets]")]
+    MissingShopKey { shop: String, connector: String, key: String },
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot set up outbound HTTP: {0}")]
+    Http(String),
+    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// A started service; dropping it does not stop it, call [`Running::shutdown`].
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+    store: Arc<OrderStore>,
+}
+
+pub async fn start(config_path: &Path) -> Result<Running, StartError> {
+    let cfg = Config::load(config_path)?;
+    let data_dir = &cfg.server.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
+    let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
+    let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
+    let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
+    let services = Arc::new(HostServices { http, kv });
+    let runtime = ConnectorRuntime::new(&cfg.runtime, services, data_dir.join("compiled"))?;
+
+    let mut connectors: BTreeMap<String, Arc<LoadedConnector>> = BTreeMap::new();
+    for (name, c) in &cfg.connectors {
+        let loaded = runtime
+            .load(name, &c.component, &c.extra_hosts)
+            .await
+            .map_err(|source| StartError::Connector { connector: name.clone(), source })?;
+        connectors.insert(name.clone(), Arc::new(loaded));
+    }
+    for (shop, sc) in &cfg.shops {
+        let conn = &connectors[&sc.connector];
+        if let Some(key) = conn.manifest.required_config.iter().find(|k| sc.value(k).is_none()) {
+            return Err(StartError::MissingShopKey { shop: shop.clone(), connector: sc.connector.clone(), key: key.clone() });
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut statuses = Vec::new();
+    let mut workers = Vec::new();
+    for (shop, sc) in &cfg.shops {
+        let conn = connectors[&sc.connector].clone();
+        let status = Arc::new(Mutex::new(ShopStatus {
+            shop: shop.clone(),
+            connector: sc.connector.clone(),
+            platform: conn.manifest.platform.clone(),
+            tier: format!("{:?}", sc.tier),
+            ..Default::default()
+        }));
+        statuses.push(status.clone());
+        let worker = ShopWorker {
+            shop: shop.clone(),
+            config: Arc::new(sc.clone()),
+            connector: conn,
+            store: store.clone(),
+            defaults: cfg.sync.clone(),
+            status,
+        };
+        workers.push(tokio::spawn(worker.run(shutdown_rx.clone())));
+    }
+
+    let infos = connectors
+        .iter()
+        .map(|(name, c)| ConnectorInfo {
+            name: name.clone(),
+            platform: c.manifest.platform.clone(),
+            version: c.version().to_string(),
+            wit_version: c.manifest.wit_version.clone(),
+            digest: c.digest.clone(),
+            allowed_hosts: c.manifest.allowed_hosts.clone(),
+        })
+        .collect();
+    let app = api::router(Arc::new(ApiState { store: store.clone(), shops: statuses, connectors: infos }));
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = server_shutdown.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    tracing::info!(%addr, shops = cfg.shops.len(), connectors = connectors.len(), "berth is serving; orders at /v1/orders");
+    Ok(Running { addr, shutdown, workers, server, store })
+}
+
+impl Running {
+    /// Stop workers and the API, then flush storage.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let _ = self.server.await;
+        if let Err(e) = self.store.db().flush_async().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Order pull workers: one per shop.
+//!
+//! Each worker walks modification-time windows no wider than the connector's
+//! `max-window-ms`, starting `overlap` before the last window's end so late updates are
+//! caught, and pages through each window with the connector's own cursor. Every page is
+//! committed together with the new position, so a restart resumes mid-window. Errors are
+//! handled on the platform's terms: `rate-limited` parks the shop for the time the
+//! platform asked without counting an attempt; `transient` errors, traps and timeouts
+//! back off exponentially with jitter; `auth`/`permanent` pause for longer and are shown
+//! on the shop's status.
+
+use crate::config::{ShopConfig, SyncDefaults};
+use crate::runtime::bindings::berth::connector::types::{
+    ConnectorError, Order, OrderStatus, PullRequest, TimeWindow,
+};
+use crate::runtime::LoadedConnector;
+use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
+use rand::Rng;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// What ops and tests see about one shop's pulls.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShopStatus {
+    pub shop: String,
+    pub connector: String,
+    pub platform: String,
+    pub tier: String,
+    /// Windows read to the end.
+    pub windows_completed: u64,
+    pub pages: u64,
+    pub orders_added: u64,
+    pub duplicates_skipped: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub watermark_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub type SharedStatus = Arc<Mutex<ShopStatus>>;
+
+pub struct ShopWorker {
+    pub shop: String,
+    pub config: Arc<ShopConfig>,
+    pub connector: Arc<LoadedConnector>,
+    pub store: Arc<OrderStore>,
+    pub defaults: SyncDefaults,
+    pub status: SharedStatus,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What to do after one step.
+enum Next {
+    /// More to read now.
+    Continue,
+    /// Caught up: wait for the poll interval.
+    Idle,
+    Wait(Duration),
+}
+
+pub fn status_name(s: OrderStatus) -> &'static str {
+    match s {
+        OrderStatus::Unpaid => "unpaid",
+        OrderStatus::Paid => "paid",
+        OrderStatus::PartiallyShipped => "partially-shipped",
+        OrderStatus::Shipped => "shipped",
+        OrderStatus::Delivered => "delivered",
+        OrderStatus::Completed => "completed",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Refunded => "refunded",
+        OrderStatus::Other => "other",
+    }
+}
+
+pub fn to_record(o: Order) -> OrderData {
+    let raw = serde_json::from_str(&o.raw_json).unwrap_or(serde_json::Value::String(o.raw_json));
+    OrderData {
+        order_id: o.order_id,
+        status: status_name(o.status).to_string(),
+        platform_status: o.platform_status,
+        created_at_ms: o.created_at_ms,
+        updated_at_ms: o.updated_at_ms,
+        currency: o.currency,
+        total_minor: o.total_minor,
+        lines: o
+            .lines
+            .into_iter()
+            .map(|l| OrderLineRecord {
+                line_id: l.line_id,
+                sku: l.sku,
+                title: l.title,
+                quantity: l.quantity,
+                unit_price_minor: l.unit_price_minor,
+            })
+            .collect(),
+        buyer_name_masked: o.buyer_name_masked,
+        buyer_phone_masked: o.buyer_phone_masked,
+        raw,
+    }
+}
+
+impl ShopWorker {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let span = tracing::info_span!(
+            "shop_sync",
+            shop = %self.shop,
+            connector = %self.connector.name,
+            version = %self.connector.version()
+        );
+        async move {
+            let poll = Duration::from_secs(self.config.poll_interval_secs());
+            let mut attempt: u32 = 0;
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let wait = match self.step().await {
+                    Ok(Next::Continue) => {
+                        attempt = 0;
+                        Duration::ZERO
+                    }
+                    Ok(Next::Idle) => {
+                        attempt = 0;
+                        poll
+                    }
+                    Ok(Next::Wait(d)) => d,
+                    Err(StepError::Retry(why)) => {
+                        attempt = attempt.saturating_add(1);
+                        let d = self.backoff(attempt);
+                        tracing::warn!(attempt, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
+                        self.note_error(why);
+                        d
+                    }
+                    Err(StepError::Pause(why)) => {
+                        tracing::error!(error = %why, "pull failed and needs attention; pausing");
+                        self.note_error(why);
+                        Duration::from_secs(self.defaults.error_pause_secs).max(poll)
+                    }
+                };
+                if wait.is_zero() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.defaults.retry_base_ms as f64 * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
+        let capped = base.min(self.defaults.retry_max_ms as f64);
+        // Full jitter in [capped/2, capped]: shops sharing a platform do not retry in step.
+        let jittered = capped * rand::thread_rng().gen_range(0.5..=1.0);
+        Duration::from_millis(jittered as u64)
+    }
+
+    fn note_error(&self, why: String) {
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.errors += 1;
+        st.last_error = Some(why);
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ShopStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The window to read next, or `None` when caught up.
+    fn next_window(&self, state: &SyncState, now: i64) -> Option<WindowProgress> {
+        if let Some(cur) = &state.current {
+            return Some(cur.clone());
+        }
+        // Whole seconds: platforms filter on second-granular times.
+        let edge = (now - self.defaults.settle_secs as i64 * 1000).div_euclid(1000) * 1000;
+        let start = match state.watermark_ms {
+            Some(w) => {
+                if w >= edge {
+                    return None;
+                }
+                w - self.defaults.overlap_secs as i64 * 1000
+            }
+            None => edge - self.defaults.initial_lookback_hours as i64 * 3_600_000,
+        };
+        let width = self.connector.manifest.max_window_ms.map(|w| w as i64).unwrap_or(i64::MAX);
+        let end = edge.min(start.saturating_add(width));
+        (end > start).then_some(WindowProgress { start_ms: start, end_ms: end, cursor: None })
+    }
+
+    async fn step(&self) -> Result<Next, StepError> {
+        let state = self.store.sync_state(&self.shop).map_err(|e| StepError::Pause(e.to_string()))?;
+        let now = now_ms();
+        let Some(window) = self.next_window(&state, now) else {
+            return Ok(Next::Idle);
+        };
+        let req = PullRequest {
+            window: TimeWindow { start_ms: window.start_ms, end_ms: window.end_ms },
+            page_cursor: window.cursor.clone(),
+        };
+        let page = match self.connector.pull_orders(&self.shop, self.config.clone(), &req).await {
+            Err(call) => return Err(StepError::Retry(call.to_string())),
+            Ok(Err(ConnectorError::RateLimited(ms))) => {
+                tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
+                self.update(|s| s.throttled += 1);
+                // Honour the platform's wait, bounded so a garbage value cannot park a shop forever.
+                return Ok(Next::Wait(Duration::from_millis(ms.clamp(50, 3_600_000))));
+            }
+            Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Retry(why)),
+            Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Pause(format!("auth: {why}"))),
+            Ok(Err(ConnectorError::Permanent(why))) => return Err(StepError::Pause(format!("permanent: {why}"))),
+            Ok(Err(ConnectorError::InvalidInput(why))) => {
+                // A cursor the connector no longer understands must not wedge the shop:
+                // restart the window from its first page (duplicates are filtered).
+                let restart = SyncState {
+                    watermark_ms: state.watermark_ms,
+                    current: Some(WindowProgress { cursor: None, ..window.clone() }),
+                };
+                if window.cursor.is_some() {
+                    self.store
+                        .commit_page(&self.source(), &[], &restart)
+                        .await
+                        .map_err(|e| StepError::Pause(e.to_string()))?;
+                }
+                return Err(StepError::Pause(format!("invalid input: {why}")));
+            }
+            Ok(Ok(page)) => page,
+        };
+        let done = page.next_page_cursor.is_none();
+        let next_state = if done {
+            SyncState { watermark_ms: Some(window.end_ms), current: None }
+        } else {
+            SyncState {
+                watermark_ms: state.watermark_ms,
+                current: Some(WindowProgress { cursor: page.next_page_cursor.clone(), ..window.clone() }),
+            }
+        };
+        let orders: Vec<OrderData> = page.orders.into_iter().map(to_record).collect();
+        let outcome = self
+            .store
+            .commit_page(&self.source(), &orders, &next_state)
+            .await
+            .map_err(|e| StepError::Pause(format!("cannot store orders: {e}")))?;
+        tracing::debug!(added = outcome.added, duplicates = outcome.duplicates, window_done = done, "page stored");
+        self.update(|s| {
+            s.pages += 1;
+            s.orders_added += outcome.added as u64;
+            s.duplicates_skipped += outcome.duplicates as u64;
+            s.last_success_ms = Some(now_ms());
+            s.last_error = None;
+            if done {
+                s.windows_completed += 1;
+                s.watermark_ms = Some(window.end_ms);
+            }
+        });
+        if !done {
+            return Ok(Next::Continue);
+        }
+        // Still catching up when the window ended well before now.
+        let behind = now - window.end_ms > (self.defaults.settle_secs as i64 + 1) * 1000;
+        Ok(if behind { Next::Continue } else { Next::Idle })
+    }
+
+    fn source(&self) -> PageSource<'_> {
+        PageSource {
+            shop: &self.shop,
+            platform: &self.connector.manifest.platform,
+            connector_version: self.connector.version(),
+        }
+    }
+}
+
+enum StepError {
+    /// Retry with backoff.
+    Retry(String),
+    /// Needs a person; pause longer.
+    Pause(String),
+}

@@ -1,0 +1,327 @@
+//! berth connector for the Taobao / Tmall Open Platform (TOP).
+//!
+//! Calls go to the single router endpoint, signed over the sorted parameters with the
+//! app secret (`md5`, `hmac` or `hmac-sha256`, computed by the host's crypto import).
+//! Orders come from `taobao.trades.sold.increment.get`, whose window is at most one day
+//! (declared in the manifest so the host never asks for more). TOP returns newest first
+//! and advises paging from the last page backwards so rows shifting during the scan are
+//! seen twice rather than missed; this connector does that. Throttling arrives as HTTP
+//! 200 with code 7 and "This ban will last for N more seconds", mapped to `rate-limited`.
+//!
+//! Shop config: `gateway` (e.g. `https://eco.taobao.com/router/rest`), `app_key`,
+//! secrets `app_secret` and `session`; optional `sign_method` (md5 | hmac | hmac-sha256,
+//! default md5) and `page_size` (1..=100, default 40).
+
+use berth_sdk::host::{self, hash};
+use berth_sdk::text::{form_encode, mask_name, mask_phone, parse_minor};
+use berth_sdk::time::{format_ymd_hms, parse_ymd_hms};
+use berth_sdk::{
+    Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
+    PullRequest, RateLimit,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+struct Taobao;
+
+const GMT8_MINUTES: i32 = 8 * 60;
+const ONE_DAY_MS: u64 = 86_400_000;
+const TRADE_FIELDS: &str = "tid,status,created,modified,payment,receiver_name,receiver_mobile,orders";
+
+struct ShopSettings {
+    gateway: String,
+    app_key: String,
+    secret: String,
+    session: String,
+    sign_method: String,
+    page_size: u32,
+}
+
+impl ShopSettings {
+    fn load() -> Result<Self, ConnectorError> {
+        let sign_method = host::config("sign_method").unwrap_or_else(|| "md5".into());
+        if !matches!(sign_method.as_str(), "md5" | "hmac" | "hmac-sha256") {
+            return Err(ConnectorError::Permanent(format!(
+                "sign_method `{sign_method}` is not one of md5, hmac, hmac-sha256"
+            )));
+        }
+        let page_size = match host::config("page_size") {
+            None => 40,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| ConnectorError::Permanent(format!("page_size `{v}` must be 1..=100")))?,
+        };
+        Ok(ShopSettings {
+            gateway: host::required_config("gateway")?,
+            app_key: host::required_config("app_key")?,
+            secret: host::required_config("app_secret")?,
+            session: host::required_config("session")?,
+            sign_method,
+            page_size,
+        })
+    }
+
+    /// TOP signature: sorted params (no `sign`, no empty values) as k1v1k2v2…
+    fn sign(&self, params: &BTreeMap<String, String>) -> String {
+        let payload: String = params
+            .iter()
+            .filter(|(k, v)| k.as_str() != "sign" && !v.is_empty())
+            .map(|(k, v)| format!("{k}{v}"))
+            .collect();
+        let digest = match self.sign_method.as_str() {
+            "hmac" => hash::hmac_md5(self.secret.as_bytes(), payload.as_bytes()),
+            "hmac-sha256" => hash::hmac_sha256(self.secret.as_bytes(), payload.as_bytes()),
+            _ => hash::md5(format!("{0}{payload}{0}", self.secret).as_bytes()),
+        };
+        hash::hex_upper(&digest)
+    }
+
+    /// Call one TOP method and return the `<method>_response` object.
+    fn call(&self, method: &str, business: &[(&str, String)]) -> Result<Value, ConnectorError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
+        params.insert("method".into(), method.into());
+        params.insert("app_key".into(), self.app_key.clone());
+        params.insert("session".into(), self.session.clone());
+        params.insert("timestamp".into(), format_ymd_hms(now_ms, GMT8_MINUTES));
+        params.insert("format".into(), "json".into());
+        params.insert("v".into(), "2.0".into());
+        params.insert("sign_method".into(), self.sign_method.clone());
+        for (k, v) in business {
+            params.insert((*k).into(), v.clone());
+        }
+        let sign = self.sign(&params);
+        params.insert("sign".into(), sign);
+        let form: Vec<(String, String)> = params.into_iter().collect();
+        let resp = host::post_form(&self.gateway, &form_encode(&form), &[])?;
+        match resp.status {
+            200 => {}
+            500..=599 => {
+                return Err(ConnectorError::Transient(format!("TOP gateway answered HTTP {}", resp.status)))
+            }
+            s => return Err(ConnectorError::Permanent(format!("TOP gateway answered HTTP {s}"))),
+        }
+        let body: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| ConnectorError::Transient(format!("TOP sent a body that is not JSON: {e}")))?;
+        if let Some(err) = body.get("error_response") {
+            return Err(map_error(err));
+        }
+        let key = format!("{}_response", method.trim_start_matches("taobao.").replace('.', "_"));
+        body.get(&key)
+            .cloned()
+            .ok_or_else(|| ConnectorError::Transient(format!("TOP answer lacks `{key}`")))
+    }
+}
+
+/// TOP error codes to the errors the host acts on (platforms.md §1.5).
+fn map_error(err: &Value) -> ConnectorError {
+    let code = err.get("code").and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok())).unwrap_or(-1);
+    let text = |k: &str| err.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let sub_code = text("sub_code");
+    let sub_msg = text("sub_msg");
+    let what = format!("TOP error {code} {} {sub_code} {sub_msg}", text("msg"));
+    match code {
+        7 => ConnectorError::RateLimited(ban_seconds(sub_msg).unwrap_or(1) * 1000),
+        25 | 26 | 27 | 28 | 29 | 53 => ConnectorError::Auth(what),
+        40 | 41 => ConnectorError::InvalidInput(what),
+        _ if sub_code.starts_with("isp.") => ConnectorError::Transient(what),
+        15 if sub_code.contains("timeout") || sub_code.contains("unavailable") => ConnectorError::Transient(what),
+        _ => ConnectorError::Permanent(what),
+    }
+}
+
+/// "This ban will last for 41 more seconds" -> 41
+fn ban_seconds(sub_msg: &str) -> Option<u64> {
+    let after = sub_msg.split("last for").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
+#[derive(Deserialize)]
+struct Trade {
+    tid: u64,
+    status: String,
+    created: String,
+    modified: String,
+    payment: String,
+    receiver_name: Option<String>,
+    receiver_mobile: Option<String>,
+    orders: Option<SubOrders>,
+}
+
+#[derive(Deserialize)]
+struct SubOrders {
+    order: Vec<SubOrder>,
+}
+
+#[derive(Deserialize)]
+struct SubOrder {
+    oid: u64,
+    outer_sku_id: Option<String>,
+    title: String,
+    num: u32,
+    price: String,
+}
+
+/// Where we are in one window: pages are read from `total_pages` down to 1.
+#[derive(Serialize, Deserialize)]
+struct PageCursor {
+    next_page: u32,
+}
+
+fn status_of(s: &str) -> OrderStatus {
+    match s {
+        "WAIT_BUYER_PAY" | "TRADE_NO_CREATE_PAY" | "PAY_PENDING" => OrderStatus::Unpaid,
+        "WAIT_SELLER_SEND_GOODS" => OrderStatus::Paid,
+        "SELLER_CONSIGNED_PART" => OrderStatus::PartiallyShipped,
+        "WAIT_BUYER_CONFIRM_GOODS" => OrderStatus::Shipped,
+        "TRADE_BUYER_SIGNED" => OrderStatus::Delivered,
+        "TRADE_FINISHED" => OrderStatus::Completed,
+        "TRADE_CLOSED" | "TRADE_CLOSED_BY_TAOBAO" => OrderStatus::Cancelled,
+        _ => OrderStatus::Other,
+    }
+}
+
+fn garbled(what: &str, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Transient(format!("TOP sent an unreadable {what}: {e}"))
+}
+
+fn map_trade(raw: Value) -> Result<Order, ConnectorError> {
+    let t: Trade = serde_json::from_value(raw.clone()).map_err(|e| garbled("trade", e))?;
+    let lines = t
+        .orders
+        .map(|o| o.order)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            Ok(OrderLine {
+                line_id: o.oid.to_string(),
+                sku: o.outer_sku_id.unwrap_or_default(),
+                title: o.title,
+                quantity: o.num,
+                unit_price_minor: parse_minor(&o.price, 2).map_err(|e| garbled("price", e))?,
+            })
+        })
+        .collect::<Result<Vec<_>, ConnectorError>>()?;
+    Ok(Order {
+        order_id: t.tid.to_string(),
+        status: status_of(&t.status),
+        platform_status: t.status,
+        created_at_ms: parse_ymd_hms(&t.created, GMT8_MINUTES).map_err(|e| garbled("created", e))?,
+        updated_at_ms: parse_ymd_hms(&t.modified, GMT8_MINUTES).map_err(|e| garbled("modified", e))?,
+        currency: "CNY".into(),
+        total_minor: parse_minor(&t.payment, 2).map_err(|e| garbled("payment", e))?,
+        lines,
+        buyer_name_masked: t.receiver_name.as_deref().map(mask_name).unwrap_or_default(),
+        buyer_phone_masked: t.receiver_mobile.as_deref().map(mask_phone).unwrap_or_default(),
+        raw_json: raw.to_string(),
+    })
+}
+
+fn trades_of(resp: &Value) -> Result<Vec<Order>, ConnectorError> {
+    let list = resp.pointer("/trades/trade").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+    list.into_iter().map(map_trade).collect()
+}
+
+impl Connector for Taobao {
+    fn manifest() -> Manifest {
+        Manifest {
+            platform: "taobao".into(),
+            connector_version: env!("CARGO_PKG_VERSION").into(),
+            wit_version: berth_sdk::WIT_VERSION.into(),
+            capabilities: vec![Capability::Orders],
+            allowed_hosts: vec!["eco.taobao.com".into(), "gw.api.taobao.com".into(), "gw.api.tbsandbox.com".into()],
+            default_rate_limit: RateLimit { requests_per_minute: 600, burst: 10 },
+            max_window_ms: Some(ONE_DAY_MS),
+            required_config: vec!["gateway".into(), "app_key".into(), "app_secret".into(), "session".into()],
+        }
+    }
+
+    fn check(_shop: String) -> Result<Health, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        s.call(
+            "taobao.trades.sold.increment.get",
+            &[
+                ("fields", "tid".into()),
+                ("start_modified", format_ymd_hms(now - 60_000, GMT8_MINUTES)),
+                ("end_modified", format_ymd_hms(now, GMT8_MINUTES)),
+                ("page_size", "1".into()),
+            ],
+        )?;
+        Ok(Health { ok: true, message: "router answered".into() })
+    }
+
+    fn pull_orders(_shop: String, req: PullRequest) -> Result<OrderPage, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let w = req.window;
+        if w.end_ms <= w.start_ms || (w.end_ms - w.start_ms) as u64 > ONE_DAY_MS {
+            return Err(ConnectorError::InvalidInput(format!(
+                "window [{}, {}) must be non-empty and at most one day",
+                w.start_ms, w.end_ms
+            )));
+        }
+        // [start, end) in ms to TOP's inclusive whole seconds.
+        let start = format_ymd_hms(w.start_ms + 999, GMT8_MINUTES);
+        let end = format_ymd_hms(w.end_ms - 1, GMT8_MINUTES);
+        let page = |page_no: u32| {
+            s.call(
+                "taobao.trades.sold.increment.get",
+                &[
+                    ("fields", TRADE_FIELDS.into()),
+                    ("start_modified", start.clone()),
+                    ("end_modified", end.clone()),
+                    ("page_no", page_no.to_string()),
+                    ("page_size", s.page_size.to_string()),
+                ],
+            )
+        };
+        let cursor: Option<PageCursor> = match &req.page_cursor {
+            None => None,
+            Some(c) => Some(serde_json::from_str(c).map_err(|e| {
+                ConnectorError::InvalidInput(format!("page cursor `{c}` is not this connector's: {e}"))
+            })?),
+        };
+        let (resp, page_no) = match cursor {
+            Some(c) => (page(c.next_page)?, c.next_page),
+            None => {
+                let first = page(1)?;
+                let total = first.get("total_results").and_then(|t| t.as_u64()).unwrap_or(0);
+                let pages = total.div_ceil(s.page_size as u64) as u32;
+                if pages <= 1 {
+                    (first, 1)
+                } else {
+                    // Several pages: start again from the last and walk back to 1.
+                    (page(pages)?, pages)
+                }
+            }
+        };
+        let orders = trades_of(&resp)?;
+        host::counter_add("orders_pulled", &[], orders.len() as u64);
+        let next_page_cursor = (page_no > 1).then(|| {
+            serde_json::to_string(&PageCursor { next_page: page_no - 1 }).unwrap_or_default()
+        });
+        Ok(OrderPage { orders, next_page_cursor })
+    }
+}
+
+berth_sdk::export_connector!(Taobao);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ban_seconds() {
+        assert_eq!(ban_seconds("This ban will last for 41 more seconds"), Some(41));
+        assert_eq!(ban_seconds("something else"), None);
+    }
+}

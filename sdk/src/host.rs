@@ -1,0 +1,143 @@
+//! Typed wrappers over the host imports.
+
+use crate::bindings::berth::connector::{config, crypto, http, kv, log, metrics};
+use crate::ConnectorError;
+
+pub use http::{HttpError, Method, Request, Response};
+pub use log::Level;
+
+/// A shop setting or secret; `None` when ops did not configure it.
+pub fn config(key: &str) -> Option<String> {
+    config::get(key)
+}
+
+/// A shop setting the connector cannot work without, as an `auth`-free permanent error
+/// naming the key when it is missing, so ops see what to add to `berth.toml`.
+pub fn required_config(key: &str) -> Result<String, ConnectorError> {
+    config::get(key).ok_or_else(|| {
+        ConnectorError::Permanent(format!(
+            "shop config is missing `{key}`: add it under the shop's [shops.*.settings] or [shops.*.secrets] in berth.toml"
+        ))
+    })
+}
+
+pub fn log(level: Level, message: &str) {
+    log::log(level, message)
+}
+
+pub fn info(message: &str) {
+    log::log(Level::Info, message)
+}
+
+pub fn warn(message: &str) {
+    log::log(Level::Warn, message)
+}
+
+pub fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) {
+    metrics::counter_add(name, &own_labels(labels), value)
+}
+
+pub fn histogram_observe(name: &str, labels: &[(&str, &str)], value: f64) {
+    metrics::histogram_observe(name, &own_labels(labels), value)
+}
+
+fn own_labels(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Send a request through the host. Host refusals and network failures come back as
+/// [`ConnectorError`]s the host knows how to act on.
+pub fn send(req: &Request) -> Result<Response, ConnectorError> {
+    http::send(req).map_err(|e| match e {
+        HttpError::Denied(why) => ConnectorError::Permanent(format!("host refused the request: {why}")),
+        HttpError::Timeout => ConnectorError::Transient(format!("timed out calling {}", req.url)),
+        HttpError::Connection(why) => ConnectorError::Transient(format!("connection failed: {why}")),
+        HttpError::TooLarge(cap) => {
+            ConnectorError::Transient(format!("response exceeded the host's {cap}-byte cap"))
+        }
+        HttpError::InvalidRequest(why) => ConnectorError::InvalidInput(why),
+    })
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
+    send(&Request {
+        method: Method::Get,
+        url: url.to_string(),
+        headers: own_labels(headers),
+        body: Vec::new(),
+        timeout_ms: None,
+    })
+}
+
+pub fn post_form(url: &str, form: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
+    let mut hs = own_labels(headers);
+    hs.push(("content-type".into(), "application/x-www-form-urlencoded;charset=utf-8".into()));
+    send(&Request {
+        method: Method::Post,
+        url: url.to_string(),
+        headers: hs,
+        body: form.as_bytes().to_vec(),
+        timeout_ms: None,
+    })
+}
+
+/// First value of a response header, case-insensitive.
+pub fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+    resp.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+pub mod state {
+    //! Per-shop key-value state kept by the host (cursors, tokens).
+    use super::kv;
+    use crate::ConnectorError;
+
+    fn storage(e: String) -> ConnectorError {
+        ConnectorError::Transient(format!("host kv failed: {e}"))
+    }
+
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, ConnectorError> {
+        kv::get(key).map_err(storage)
+    }
+    pub fn set(key: &str, value: &[u8]) -> Result<(), ConnectorError> {
+        kv::set(key, value).map_err(storage)
+    }
+    pub fn delete(key: &str) -> Result<(), ConnectorError> {
+        kv::delete(key).map_err(storage)
+    }
+    pub fn list_prefix(prefix: &str) -> Result<Vec<String>, ConnectorError> {
+        kv::list_prefix(prefix).map_err(storage)
+    }
+}
+
+pub mod hash {
+    //! Signing primitives computed natively by the host.
+    use super::crypto;
+
+    pub fn md5(data: &[u8]) -> Vec<u8> {
+        crypto::md5(data)
+    }
+    pub fn sha256(data: &[u8]) -> Vec<u8> {
+        crypto::sha256(data)
+    }
+    pub fn hmac_md5(key: &[u8], data: &[u8]) -> Vec<u8> {
+        crypto::hmac_md5(key, data)
+    }
+    pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+        crypto::hmac_sha256(key, data)
+    }
+    pub fn base64(data: &[u8]) -> String {
+        crypto::base64_encode(data)
+    }
+    pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+        crypto::base64_decode(text)
+    }
+    pub fn hex_upper(data: &[u8]) -> String {
+        crypto::hex_encode(data, true)
+    }
+    pub fn hex_lower(data: &[u8]) -> String {
+        crypto::hex_encode(data, false)
+    }
+}

@@ -1,0 +1,448 @@
+//! berth-sim: a marketplace simulator for tests and demos.
+//!
+//! It serves platform APIs on loopback the way the platforms behave (see
+//! `shared/reference/platforms.md`): a Shopify-like REST API (access-token header, cursor
+//! paging through `Link`, leaky-bucket throttling with 429 + `Retry-After` +
+//! `X-Shopify-Shop-Api-Call-Limit`) and a Taobao-TOP-like router (MD5/HMAC signing over
+//! sorted params checked strictly, `page_no` paging, one-day windows, HTTP 200 with error
+//! code 7 when throttled). Order data is seeded deterministically. A control API under
+//! `/_sim/` injects faults (5xx, timeouts, garbage bodies), changes limits, mutates orders
+//! and reports what the simulator saw, so tests can assert on it.
+
+pub mod data;
+pub mod faults;
+pub mod shopify;
+pub mod taobao;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use data::{SeedRng, SimOrder};
+use faults::{CallWindow, FaultKind, FaultQueue, LeakyBucket};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Shopify,
+    Taobao,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Seeded orders spread over this many hours before start.
+    pub history_hours: u32,
+    /// How long a `timeout` fault holds a request before answering 504.
+    pub timeout_hold_ms: u64,
+    pub shopify: ShopifyConfig,
+    pub taobao: TaobaoConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShopifyConfig {
+    pub shops: Vec<ShopifyShop>,
+    /// Leaky bucket per app + store (Shopify standard: 40, leaking 2/s).
+    pub bucket_size: u32,
+    pub leak_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyShop {
+    pub name: String,
+    pub access_token: String,
+    pub orders: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaobaoConfig {
+    pub apps: Vec<TaobaoApp>,
+    pub shops: Vec<TaobaoShop>,
+    /// Flow control per app: `calls_per_window` calls per `window_ms`, then a ban.
+    pub calls_per_window: u32,
+    pub window_ms: u64,
+    pub ban_secs: u64,
+    /// Allowed clock skew of the `timestamp` parameter.
+    pub max_skew_secs: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaobaoApp {
+    pub app_key: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaobaoShop {
+    pub nick: String,
+    pub app_key: String,
+    pub session: String,
+    pub orders: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 42,
+            history_hours: 72,
+            timeout_hold_ms: 30_000,
+            shopify: ShopifyConfig::default(),
+            taobao: TaobaoConfig::default(),
+        }
+    }
+}
+
+impl Default for ShopifyConfig {
+    fn default() -> Self {
+        ShopifyConfig {
+            shops: vec![ShopifyShop {
+                name: "demo-shop".into(),
+                access_token: "shpat_demo_token".into(),
+                orders: 180,
+            }],
+            bucket_size: 40,
+            leak_per_sec: 2.0,
+        }
+    }
+}
+
+impl Default for TaobaoConfig {
+    fn default() -> Self {
+        TaobaoConfig {
+            apps: vec![TaobaoApp { app_key: "12345678".into(), secret: "demo_secret".into() }],
+            shops: vec![TaobaoShop {
+                nick: "demo-tmall".into(),
+                app_key: "12345678".into(),
+                session: "sess-demo".into(),
+                orders: 240,
+            }],
+            calls_per_window: 10,
+            window_ms: 1000,
+            ban_secs: 2,
+            max_skew_secs: 600,
+        }
+    }
+}
+
+/// What the simulator saw, per platform.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlatformStats {
+    pub requests: u64,
+    pub ok: u64,
+    pub throttled: u64,
+    pub faults: u64,
+    /// Refused for auth, signature or parameter errors.
+    pub rejected: u64,
+}
+
+pub(crate) struct Inner {
+    pub rng: SeedRng,
+    pub orders: HashMap<(Platform, String), BTreeMap<u64, SimOrder>>,
+    pub faults: HashMap<Platform, FaultQueue>,
+    pub buckets: HashMap<String, LeakyBucket>,
+    pub windows: HashMap<String, CallWindow>,
+    pub stats: BTreeMap<Platform, PlatformStats>,
+    pub next_id: u64,
+}
+
+pub struct SimState {
+    pub config: Mutex<SimConfig>,
+    inner: Mutex<Inner>,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> Arc<Self> {
+        let now_s = now_s();
+        let mut rng = SeedRng::new(config.seed);
+        let history_s = config.history_hours as i64 * 3600;
+        let mut orders = HashMap::new();
+        let mut id_base = 1_000_000u64;
+        for shop in &config.shopify.shops {
+            let seeded = data::seed_orders(&mut rng, &shop.name, shop.orders, now_s, history_s, id_base, "USD", shopify::STATUSES.len());
+            orders.insert((Platform::Shopify, shop.name.clone()), seeded.into_iter().map(|o| (o.id, o)).collect());
+            id_base += 1_000_000;
+        }
+        for shop in &config.taobao.shops {
+            let seeded = data::seed_orders(&mut rng, &shop.nick, shop.orders, now_s, history_s, id_base, "CNY", taobao::STATUSES.len());
+            orders.insert((Platform::Taobao, shop.nick.clone()), seeded.into_iter().map(|o| (o.id, o)).collect());
+            id_base += 1_000_000;
+        }
+        let windows = config
+            .taobao
+            .apps
+            .iter()
+            .map(|a| (a.app_key.clone(), taobao_window(&config.taobao)))
+            .collect();
+        let buckets = config
+            .shopify
+            .shops
+            .iter()
+            .map(|s| (s.name.clone(), LeakyBucket::new(config.shopify.bucket_size, config.shopify.leak_per_sec)))
+            .collect();
+        Arc::new(SimState {
+            inner: Mutex::new(Inner {
+                rng,
+                orders,
+                faults: HashMap::new(),
+                buckets,
+                windows,
+                stats: BTreeMap::new(),
+                next_id: id_base,
+            }),
+            config: Mutex::new(config),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock only happens in a bug; keep serving the data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> SimConfig {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every order of one shop, as the platform holds it now.
+    pub fn orders(&self, platform: Platform, shop: &str) -> Vec<SimOrder> {
+        self.lock()
+            .orders
+            .get(&(platform, shop.to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> BTreeMap<Platform, PlatformStats> {
+        self.lock().stats.clone()
+    }
+
+    pub fn inject(&self, platform: Platform, kind: FaultKind, count: usize) {
+        self.lock().faults.entry(platform).or_default().push(kind, count);
+    }
+
+    /// Move an order to its next status and stamp it as modified now.
+    pub fn touch(&self, platform: Platform, shop: &str, id: u64) -> Option<SimOrder> {
+        let statuses = status_count(platform);
+        let mut inner = self.lock();
+        let order = inner.orders.get_mut(&(platform, shop.to_string()))?.get_mut(&id)?;
+        order.status = (order.status + 1) % statuses;
+        order.updated_s = now_s().max(order.updated_s + 1);
+        Some(order.clone())
+    }
+
+    /// A new order created now.
+    pub fn create(&self, platform: Platform, shop: &str) -> Option<SimOrder> {
+        let now = now_s();
+        let currency = match platform {
+            Platform::Shopify => "USD",
+            Platform::Taobao => "CNY",
+        };
+        let mut inner = self.lock();
+        let key = (platform, shop.to_string());
+        if !inner.orders.contains_key(&key) {
+            return None;
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let order = data::new_order(&mut inner.rng, shop, id, now, now, currency, status_count(platform));
+        inner.orders.get_mut(&key)?.insert(id, order.clone());
+        Some(order)
+    }
+
+    /// Count a request and decide whether an injected fault answers it.
+    pub(crate) fn begin(&self, platform: Platform) -> Option<FaultKind> {
+        let mut inner = self.lock();
+        inner.stats.entry(platform).or_default().requests += 1;
+        let fault = inner.faults.get_mut(&platform).and_then(|q| q.next());
+        if fault.is_some() {
+            inner.stats.entry(platform).or_default().faults += 1;
+        }
+        fault
+    }
+
+    pub(crate) fn count(&self, platform: Platform, f: impl FnOnce(&mut PlatformStats)) {
+        f(self.lock().stats.entry(platform).or_default())
+    }
+
+    fn set_limits(&self, limits: LimitsUpdate) {
+        let mut cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = limits.shopify_bucket_size {
+            cfg.shopify.bucket_size = v;
+        }
+        if let Some(v) = limits.shopify_leak_per_sec {
+            cfg.shopify.leak_per_sec = v;
+        }
+        if let Some(v) = limits.taobao_calls_per_window {
+            cfg.taobao.calls_per_window = v;
+        }
+        if let Some(v) = limits.taobao_window_ms {
+            cfg.taobao.window_ms = v;
+        }
+        if let Some(v) = limits.taobao_ban_secs {
+            cfg.taobao.ban_secs = v;
+        }
+        let mut inner = self.lock();
+        for b in inner.buckets.values_mut() {
+            *b = LeakyBucket::new(cfg.shopify.bucket_size, cfg.shopify.leak_per_sec);
+        }
+        for w in inner.windows.values_mut() {
+            *w = taobao_window(&cfg.taobao);
+        }
+    }
+}
+
+fn taobao_window(cfg: &TaobaoConfig) -> CallWindow {
+    CallWindow::new(cfg.calls_per_window, Duration::from_millis(cfg.window_ms), Duration::from_secs(cfg.ban_secs))
+}
+
+fn status_count(platform: Platform) -> usize {
+    match platform {
+        Platform::Shopify => shopify::STATUSES.len(),
+        Platform::Taobao => taobao::STATUSES.len(),
+    }
+}
+
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/shopify/{shop}/admin/api/{version}/orders.json", get(shopify::orders))
+        .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
+        .route("/_sim/stats", get(control_stats))
+        .route("/_sim/faults", post(control_faults))
+        .route("/_sim/limits", post(control_limits))
+        .route("/_sim/orders", get(control_orders))
+        .route("/_sim/orders/touch", post(control_touch))
+        .route("/_sim/orders/create", post(control_create))
+        .with_state(state)
+}
+
+/// Serve on `addr` (use port 0 for any free port).
+pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHandle> {
+    let state = SimState::new(config);
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "simulator server stopped");
+        }
+    });
+    Ok(SimHandle { addr, state, task })
+}
+
+async fn control_stats(State(state): State<Arc<SimState>>) -> Json<BTreeMap<Platform, PlatformStats>> {
+    Json(state.stats())
+}
+
+#[derive(Deserialize)]
+struct FaultRequest {
+    platform: Platform,
+    kind: FaultKind,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+async fn control_faults(State(state): State<Arc<SimState>>, Json(req): Json<FaultRequest>) -> StatusCode {
+    state.inject(req.platform, req.kind, req.count);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsUpdate {
+    pub shopify_bucket_size: Option<u32>,
+    pub shopify_leak_per_sec: Option<f64>,
+    pub taobao_calls_per_window: Option<u32>,
+    pub taobao_window_ms: Option<u64>,
+    pub taobao_ban_secs: Option<u64>,
+}
+
+async fn control_limits(State(state): State<Arc<SimState>>, Json(req): Json<LimitsUpdate>) -> StatusCode {
+    state.set_limits(req);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ShopQuery {
+    platform: Platform,
+    shop: String,
+}
+
+async fn control_orders(State(state): State<Arc<SimState>>, Query(q): Query<ShopQuery>) -> Json<Vec<SimOrder>> {
+    Json(state.orders(q.platform, &q.shop))
+}
+
+#[derive(Deserialize)]
+struct TouchRequest {
+    platform: Platform,
+    shop: String,
+    id: u64,
+}
+
+async fn control_touch(State(state): State<Arc<SimState>>, Json(req): Json<TouchRequest>) -> Response {
+    match state.touch(req.platform, &req.shop, req.id) {
+        Some(o) => Json(o).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such order").into_response(),
+    }
+}
+
+async fn control_create(State(state): State<Arc<SimState>>, Json(q): Json<ShopQuery>) -> Response {
+    match state.create(q.platform, &q.shop) {
+        Some(o) => Json(o).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such shop").into_response(),
+    }
+}
+
+/// Answer an injected fault the way a failing platform or its load balancer would.
+pub(crate) async fn fault_response(kind: FaultKind, hold: Duration) -> Response {
+    match kind {
+        FaultKind::Http500 => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+        FaultKind::Http503 => (StatusCode::SERVICE_UNAVAILABLE, "<html>503 Service Unavailable</html>").into_response(),
+        FaultKind::Timeout => {
+            tokio::time::sleep(hold).await;
+            (StatusCode::GATEWAY_TIMEOUT, "gateway timeout").into_response()
+        }
+        FaultKind::Garbage => (StatusCode::OK, "<html><body>Sorry, something went wr").into_response(),
+    }
+}

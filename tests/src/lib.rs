@@ -1,0 +1,136 @@
+//! Shared harness for berth's end-to-end tests: start the real `berth` binary as a child
+//! process against a config, read its address, wait on conditions with deadlines, and
+//! kill it for real (SIGKILL) when a test wants a crash.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `berth` binary cargo built next to this test executable.
+pub fn berth_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/berth
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test runs from target/<profile>/deps");
+    let bin = profile_dir.join(format!("berth{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or build with `cargo build -p berth-host`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `berth serve`.
+pub struct Berth {
+    child: Child,
+    pub base_url: String,
+    stderr_log: PathBuf,
+}
+
+impl Berth {
+    /// Start `berth serve --config CONFIG` and wait until it prints its address.
+    pub fn start(config: &Path) -> Berth {
+        let stderr_log = config.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log).expect("create stderr log");
+        let mut child = Command::new(berth_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("BERTH_LOG", "info,berth_host=debug,wasmtime=warn,cranelift=warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn berth");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("berth listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(base_url) => Berth { child, base_url, stderr_log },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("berth did not start within 120 s; its log:\n{}", read_tail(&stderr_log));
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// SIGKILL: no shutdown path runs, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        read_tail(&self.stderr_log)
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(8000);
+    let mut s = start;
+    while !text.is_char_boundary(s) {
+        s += 1;
+    }
+    text[s..].to_string()
+}
+
+/// Run `berth` with arguments to completion (for start-up failures), with a deadline.
+pub fn run_berth(args: &[&str], deadline: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(berth_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait berth") {
+            let out = child.wait_with_output().expect("collect output");
+            return (
+                status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("berth {args:?} did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `check` until it returns `Some`, or give up after `deadline`.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if start.elapsed() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,97 @@
+//! `berth serve` refuses to start on a bad config or a bad component, says what is wrong
+//! and what to do, and exits non-zero instead of half-running.
+
+use berth_tests::run_berth;
+use std::path::Path;
+use std::time::Duration;
+
+#[deny(dead_code)]
+mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+fn serve(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("berth.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, _out, err) = run_berth(&["serve", "--config", path.to_str().unwrap()], Duration::from_secs(120));
+    (code, err)
+}
+
+fn shop_config(component: &str, settings: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+         [connectors.shopify]\ncomponent = {component:?}\n\
+         [shops.acme]\nconnector = \"shopify\"\n{settings}\n"
+    )
+}
+
+#[test]
+fn config_syntax_error_stops_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = serve(dir.path(), "[server\nlisten = 1\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not valid") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"this is not wasm").unwrap();
+    let (code, err) = serve(dir.path(), &shop_config(bogus.to_str().unwrap(), ""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("connector `shopify`") && err.contains("is not a WebAssembly component"), "{err}");
+}
+
+#[test]
+fn a_core_module_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest valid core wasm module: magic + version 1.
+    let module = dir.path().join("module.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let (code, err) = serve(dir.path(), &shop_config(module.to_str().unwrap(), ""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not a WebAssembly component"), "{err}");
+}
+
+#[test]
+fn a_missing_component_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = serve(dir.path(), &shop_config("/nope/shopify.wasm", ""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot read component /nope/shopify.wasm"), "{err}");
+}
+
+#[test]
+fn a_missing_shop_secret_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = serve(
+        dir.path(),
+        &shop_config(plugins::SHOPIFY, "settings = { base_url = \"https://acme.myshopify.com\" }"),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("shop `acme`: connector `shopify` needs config key `access_token`; add it under [shops.acme.settings] or [shops.acme.secrets]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_taobao_connector_loads_and_the_port_in_use_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n\
+         [connectors.taobao]\ncomponent = {:?}\n\
+         [shops.t]\nconnector = \"taobao\"\n\
+         settings = {{ gateway = \"https://eco.taobao.com/router/rest\", app_key = \"1\" }}\n\
+         secrets = {{ app_secret = \"s\", session = \"x\" }}\n",
+        plugins::TAOBAO
+    );
+    let (code, err) = serve(dir.path(), &config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    // The connector was loaded and checked before the bind.
+    assert!(err.contains("connector loaded") && err.contains("platform=taobao"), "{err}");
+}
