@@ -132,10 +132,10 @@ pub async fn router(State(state): State<Arc<SimState>>, RawQuery(query): RawQuer
     if let Some(kind) = state.begin(Platform::Taobao) {
         return fault_response(kind, Duration::from_millis(cfg.timeout_hold_ms)).await;
     }
-    let resp = match handle(&state, query.as_deref(), &body) {
+    match handle(&state, query.as_deref(), &body) {
         Ok(v) => {
             state.count(Platform::Taobao, |s| s.ok += 1);
-            return Json(v).into_response();
+            Json(v).into_response()
         }
         Err(Refusal::Throttled(left)) => {
             state.count(Platform::Taobao, |s| s.throttled += 1);
@@ -151,8 +151,7 @@ pub async fn router(State(state): State<Arc<SimState>>, RawQuery(query): RawQuer
             state.count(Platform::Taobao, |s| s.rejected += 1);
             error(code, msg, sub_code, sub_msg.as_deref())
         }
-    };
-    resp
+    }
 }
 
 enum Refusal {

@@ -257,13 +257,25 @@ async fn every_seeded_order_arrives_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = berth_config(dir.path(), &sim.base_url());
     let client = reqwest::Client::new();
-    let berth = Berth::start(&config);
-
     let seeded = snapshot(&sim);
     for e in &SHOPS {
         assert!(!seeded[e.shop].is_empty());
     }
     let seeded_versions = sim_versions(&seeded);
+
+    // A crash mid-pull: SIGKILL once some orders are in but windows are still being
+    // paged, then restart on the same data dir. The pull resumes where it was.
+    let first = Berth::start(&config);
+    let partial = poll_until(DEADLINE, || async {
+        let n = all_orders(&client, &first).await.len();
+        (n >= 40).then_some(n)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no orders arrived before the crash; log:\n{}", first.log()));
+    assert!(partial < seeded_versions.len(), "everything arrived before the crash; the test would prove nothing");
+    first.kill();
+
+    let berth = Berth::start(&config);
     let orders = wait_for_versions(&client, &berth, &seeded_versions, "every seeded order").await;
     assert_exactly(&orders, &seeded_versions);
 
@@ -300,7 +312,7 @@ async fn every_seeded_order_arrives_exactly_once() {
     wait_more_windows(&client, &berth, 2).await;
     assert_exactly(&all_orders(&client, &berth).await, &seeded_versions);
 
-    // A crash: SIGKILL, restart on the same data dir. Nothing is delivered again.
+    // Another crash when caught up: nothing is delivered again.
     berth.kill();
     let berth = Berth::start(&config);
     wait_more_windows(&client, &berth, 2).await;

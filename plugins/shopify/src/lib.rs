@@ -244,3 +244,58 @@ impl Connector for Shopify {
 }
 
 berth_sdk::export_connector!(Shopify);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
+        Response {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn reads_the_next_link() {
+        let r = resp(200, &[(
+            "Link",
+            "<https://a.myshopify.com/admin/api/2024-07/orders.json?limit=2&page_info=abc>; rel=\"previous\", \
+             <https://a.myshopify.com/admin/api/2024-07/orders.json?limit=2&page_info=xyz%3D>; rel=\"next\"",
+        )]);
+        assert_eq!(next_page_info(&r).as_deref(), Some("xyz="));
+        assert_eq!(next_page_info(&resp(200, &[])), None);
+    }
+
+    #[test]
+    fn maps_statuses_to_host_errors() {
+        assert!(matches!(check_status(&resp(429, &[("Retry-After", "2.0")])), Err(ConnectorError::RateLimited(2000))));
+        assert!(matches!(check_status(&resp(429, &[])), Err(ConnectorError::RateLimited(2000))));
+        assert!(matches!(check_status(&resp(429, &[("retry-after", "0.5")])), Err(ConnectorError::RateLimited(500))));
+        assert!(matches!(check_status(&resp(401, &[])), Err(ConnectorError::Auth(_))));
+        assert!(matches!(check_status(&resp(503, &[])), Err(ConnectorError::Transient(_))));
+        assert!(matches!(check_status(&resp(404, &[])), Err(ConnectorError::Permanent(_))));
+        assert!(check_status(&resp(200, &[])).is_ok());
+    }
+
+    #[test]
+    fn maps_orders() {
+        let raw = serde_json::json!({
+            "id": 7, "created_at": "2024-01-01T07:00:00-05:00", "updated_at": "2024-01-01T08:00:00-05:00",
+            "cancelled_at": null, "currency": "USD", "total_price": "12.30",
+            "financial_status": "paid", "fulfillment_status": "partial",
+            "line_items": [{"id": 70, "sku": "A-1", "title": "Cup", "quantity": 3, "price": "4.10"}],
+            "customer": {"first_name": "Maria", "last_name": "Garcia", "phone": "13800138000"}
+        });
+        let o: ShopifyOrder = serde_json::from_value(raw.clone()).unwrap();
+        let order = map_order(o, raw).unwrap();
+        assert_eq!(order.order_id, "7");
+        assert!(matches!(order.status, OrderStatus::PartiallyShipped));
+        assert_eq!(order.created_at_ms, 1_704_110_400_000);
+        assert_eq!(order.total_minor, 1230);
+        assert_eq!(order.lines[0].unit_price_minor, 410);
+        assert_eq!(order.buyer_name_masked, "M***********");
+        assert_eq!(order.buyer_phone_masked, "*******8000");
+    }
+}

@@ -324,4 +324,37 @@ mod tests {
         assert_eq!(ban_seconds("This ban will last for 41 more seconds"), Some(41));
         assert_eq!(ban_seconds("something else"), None);
     }
+
+    #[test]
+    fn maps_top_errors() {
+        let e = |v: Value| map_error(&v);
+        let throttled = serde_json::json!({"code": 7, "msg": "App Call Limited",
+            "sub_code": "accesscontrol.limited-by-app-access-count", "sub_msg": "This ban will last for 41 more seconds"});
+        assert!(matches!(e(throttled), ConnectorError::RateLimited(41_000)));
+        assert!(matches!(e(serde_json::json!({"code": 7})), ConnectorError::RateLimited(1000)));
+        assert!(matches!(e(serde_json::json!({"code": 25, "msg": "Invalid signature"})), ConnectorError::Auth(_)));
+        assert!(matches!(e(serde_json::json!({"code": "27"})), ConnectorError::Auth(_)));
+        assert!(matches!(e(serde_json::json!({"code": 15, "sub_code": "isp.remote-service-timeout"})), ConnectorError::Transient(_)));
+        assert!(matches!(e(serde_json::json!({"code": 41})), ConnectorError::InvalidInput(_)));
+        assert!(matches!(e(serde_json::json!({"code": 11, "sub_code": "isv.permission-api-package-limit"})), ConnectorError::Permanent(_)));
+    }
+
+    #[test]
+    fn maps_trades() {
+        let raw = serde_json::json!({
+            "tid": 99, "status": "WAIT_BUYER_CONFIRM_GOODS", "created": "2024-01-01 12:00:00",
+            "modified": "2024-01-01 13:00:00", "payment": "158.00", "receiver_name": "王小明",
+            "receiver_mobile": "13800138000",
+            "orders": {"order": [{"oid": 990, "outer_sku_id": "SKU-1", "title": "Tea", "num": 2, "price": "79.00"}]}
+        });
+        let o = map_trade(raw).unwrap();
+        assert_eq!(o.order_id, "99");
+        assert!(matches!(o.status, OrderStatus::Shipped));
+        assert_eq!(o.created_at_ms, 1_704_081_600_000);
+        assert_eq!(o.updated_at_ms, 1_704_085_200_000);
+        assert_eq!(o.total_minor, 15_800);
+        assert_eq!(o.lines[0].unit_price_minor, 7_900);
+        assert_eq!(o.buyer_name_masked, "王**");
+        assert!(map_trade(serde_json::json!({"tid": "x"})).is_err());
+    }
 }
