@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod capabilities;
+pub mod clock;
 pub mod config;
 pub mod runtime;
 pub mod service;

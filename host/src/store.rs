@@ -11,6 +11,7 @@
 //! one lock, so they become visible in order, and `list` shows only entries up to the
 //! last flushed sequence, so an ERP never reads an order a crash could still take back.
 
+use crate::clock::now_ms;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
@@ -114,13 +115,6 @@ fn latest_key(shop: &str, order_id: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(order_id.as_bytes());
     k
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl OrderStore {

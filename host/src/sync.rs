@@ -9,6 +9,7 @@
 //! back off exponentially with jitter; `auth`/`permanent` pause for longer and are shown
 //! on the shop's status.
 
+use crate::clock::now_ms;
 use crate::config::{ShopConfig, SyncDefaults};
 use crate::runtime::bindings::berth::connector::types::{
     ConnectorError, Order, OrderStatus, PullRequest, TimeWindow,
@@ -50,13 +51,6 @@ pub struct ShopWorker {
     pub store: Arc<OrderStore>,
     pub defaults: SyncDefaults,
     pub status: SharedStatus,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// What to do after one step.

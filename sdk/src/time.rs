@@ -1,6 +1,14 @@
 //! Civil time without a time-zone database: platforms speak fixed offsets
 //! (TOP and JD use GMT+8) or UTC ISO-8601.
 
+/// Now, in Unix milliseconds, from the WASI wall clock the host gives.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

@@ -14,7 +14,7 @@
 
 use berth_sdk::host::{self, hash};
 use berth_sdk::text::{form_encode, mask_name, mask_phone, parse_minor};
-use berth_sdk::time::{format_ymd_hms, parse_ymd_hms};
+use berth_sdk::time::{format_ymd_hms, now_ms, parse_ymd_hms};
 use berth_sdk::{
     Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
     PullRequest, RateLimit,
@@ -81,15 +81,11 @@ impl ShopSettings {
 
     /// Call one TOP method and return the `<method>_response` object.
     fn call(&self, method: &str, business: &[(&str, String)]) -> Result<Value, ConnectorError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         let mut params: BTreeMap<String, String> = BTreeMap::new();
         params.insert("method".into(), method.into());
         params.insert("app_key".into(), self.app_key.clone());
         params.insert("session".into(), self.session.clone());
-        params.insert("timestamp".into(), format_ymd_hms(now_ms, GMT8_MINUTES));
+        params.insert("timestamp".into(), format_ymd_hms(now_ms(), GMT8_MINUTES));
         params.insert("format".into(), "json".into());
         params.insert("v".into(), "2.0".into());
         params.insert("sign_method".into(), self.sign_method.clone());
@@ -244,10 +240,7 @@ impl Connector for Taobao {
 
     fn check(_shop: String) -> Result<Health, ConnectorError> {
         let s = ShopSettings::load()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = now_ms();
         s.call(
             "taobao.trades.sold.increment.get",
             &[
