@@ -1,0 +1,126 @@
+//! Durable lease queues: what keeps "no order and no stock update is ever lost".
+//!
+//! A message is enqueued durably (the call returns only after fsync, shared by a group
+//! commit), leased with a visibility timeout, and either acked (gone), nacked with a delay
+//! (back later), or, after `max_attempts` leases, moved to the dead-letter list, from which
+//! it can be replayed or purged. An idempotency key makes a repeated enqueue a no-op.
+//!
+//! [`LeaseQueue`] is the small trait the rest of the host uses; [`SledQueue`] is the
+//! embedded backend. A NATS JetStream backend can be added behind the same trait.
+
+pub mod group_commit;
+pub mod sled_queue;
+
+pub use sled_queue::SledQueue;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(transparent)]
+    Flush(#[from] group_commit::FlushError),
+    #[error("message {id} is not leased by this token any more (its lease expired and it was leased again, or it was acked); do not ack it")]
+    LeaseLost { id: u64 },
+    #[error("no message {id} in queue `{queue}`")]
+    NotFound { queue: String, id: u64 },
+    #[error("queue name `{0}` may only use a-z, 0-9, `-`, `_` and `.`")]
+    BadName(String),
+    #[error("stored message {id} is corrupt: {why}")]
+    Corrupt { id: u64, why: String },
+}
+
+/// A message to enqueue.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Ordering and coalescing domain, e.g. `shop/sku`; free-form.
+    pub partition: String,
+    pub payload: Vec<u8>,
+    /// A second enqueue with the same key is a no-op that returns the first id.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    New(u64),
+    Duplicate(u64),
+}
+
+impl Enqueued {
+    pub fn id(&self) -> u64 {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => *id,
+        }
+    }
+}
+
+/// What a consumer holds while it works on a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseToken {
+    pub id: u64,
+    /// Which lease of the message this is; an ack from an older lease is refused.
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub token: LeaseToken,
+    pub partition: String,
+    pub payload: Vec<u8>,
+    pub enqueued_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub partition: String,
+    pub attempts: u32,
+    pub reason: String,
+    pub enqueued_at_ms: i64,
+    pub died_at_ms: i64,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct QueueStats {
+    /// Waiting to be leased now.
+    pub ready: u64,
+    /// Leased and not yet acked, or nacked and waiting for their delay.
+    pub in_flight: u64,
+    pub dead: u64,
+    /// Age of the oldest message not yet acked, in ms.
+    pub oldest_age_ms: Option<i64>,
+}
+
+/// Policy of one queue.
+#[derive(Clone, Copy, Debug)]
+pub struct QueuePolicy {
+    pub max_attempts: u32,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy { max_attempts: 10 }
+    }
+}
+
+/// The queue operations the host needs. Every mutating call returns only once its
+/// effect is durable.
+#[allow(async_fn_in_trait)]
+pub trait LeaseQueue: Send + Sync {
+    async fn enqueue(&self, queue: &str, msg: NewMessage) -> Result<Enqueued, QueueError>;
+    async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError>;
+    async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError>;
+    /// Give a message back, visible again after `delay`; `reason` is kept for the
+    /// dead-letter record if this was the last attempt.
+    async fn nack(&self, queue: &str, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError>;
+    fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Move dead letters back to ready with their attempts reset.
+    async fn replay(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError>;
+    async fn purge(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError>;
+    fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
+}

@@ -1,0 +1,429 @@
+//! The embedded queue backend on sled.
+//!
+//! Per queue four trees: `msg` (id -> header + payload), `ready` (visible-at + id, the
+//! schedule: both waiting and leased messages, a lease being a move into the future),
+//! `idem` (idempotency key -> id) and `dead`. Each operation is one sled transaction
+//! across the trees it touches, then a group-committed flush before it returns.
+//! Leasing is serialized in-process so a message is never handed to two consumers.
+
+use super::group_commit::GroupCommit;
+use super::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, Leased, NewMessage, QueueError, QueuePolicy, QueueStats};
+use crate::clock::now_ms;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Header {
+    partition: String,
+    attempts: u32,
+    enqueued_at_ms: i64,
+    /// When the message is (again) visible; for a dead letter, when it died.
+    visible_at_ms: i64,
+    idem: Option<String>,
+    last_error: Option<String>,
+}
+
+fn encode(h: &Header, payload: &[u8]) -> Vec<u8> {
+    let head = serde_json::to_vec(h).expect("header serializes");
+    let mut out = Vec::with_capacity(4 + head.len() + payload.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode(id: u64, bytes: &[u8]) -> Result<(Header, Vec<u8>), QueueError> {
+    let corrupt = |why: String| QueueError::Corrupt { id, why };
+    let len = bytes.get(..4).ok_or_else(|| corrupt("short record".into()))?;
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    let head = bytes.get(4..4 + len).ok_or_else(|| corrupt("short header".into()))?;
+    let h: Header = serde_json::from_slice(head).map_err(|e| corrupt(e.to_string()))?;
+    Ok((h, bytes[4 + len..].to_vec()))
+}
+
+fn sched_key(visible_at_ms: i64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&(visible_at_ms.max(0) as u64).to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn id_of_sched(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[8..16].try_into().expect("16-byte schedule key"))
+}
+
+#[derive(Clone)]
+struct QueueTrees {
+    msg: Tree,
+    ready: Tree,
+    idem: Tree,
+    dead: Tree,
+}
+
+pub struct SledQueue {
+    db: sled::Db,
+    commit: Arc<GroupCommit>,
+    trees: Mutex<HashMap<String, QueueTrees>>,
+    lease_lock: tokio::sync::Mutex<()>,
+    policy: QueuePolicy,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<QueueError>>;
+
+fn tx_err(e: TransactionError<QueueError>) -> QueueError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => QueueError::Storage(e),
+    }
+}
+
+fn abort<T>(e: QueueError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Read a live message's header inside a transaction, checking the lease token.
+fn leased_header(msg: &TransactionalTree, token: &LeaseToken) -> TxResult<(Header, Vec<u8>)> {
+    let Some(bytes) = msg.get(token.id.to_be_bytes())? else {
+        return abort(QueueError::LeaseLost { id: token.id });
+    };
+    let (h, payload) = decode(token.id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+    if h.attempts != token.attempt {
+        return abort(QueueError::LeaseLost { id: token.id });
+    }
+    Ok((h, payload))
+}
+
+impl SledQueue {
+    /// Queues in `db`; must be called inside a tokio runtime (starts the flusher).
+    pub fn new(db: sled::Db, policy: QueuePolicy) -> Self {
+        SledQueue { commit: GroupCommit::start(db.clone()), db, trees: Mutex::new(HashMap::new()), lease_lock: tokio::sync::Mutex::new(()), policy }
+    }
+
+    pub fn flush_count(&self) -> u64 {
+        self.commit.flush_count()
+    }
+
+    fn trees(&self, queue: &str) -> Result<QueueTrees, QueueError> {
+        if queue.is_empty()
+            || queue.len() > 64
+            || !queue.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(QueueError::BadName(queue.to_string()));
+        }
+        let mut map = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = map.get(queue) {
+            return Ok(t.clone());
+        }
+        let open = |part: &str| self.db.open_tree(format!("q/{queue}/{part}"));
+        let t = QueueTrees { msg: open("msg")?, ready: open("ready")?, idem: open("idem")?, dead: open("dead")? };
+        map.insert(queue.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Move a message to the dead letters inside a transaction.
+    fn bury(msg: &TransactionalTree, ready: &TransactionalTree, dead: &TransactionalTree, id: u64, mut h: Header, payload: &[u8], reason: String) -> TxResult<()> {
+        ready.remove(&sched_key(h.visible_at_ms, id))?;
+        msg.remove(&id.to_be_bytes())?;
+        h.last_error = Some(reason);
+        h.visible_at_ms = now_ms();
+        dead.insert(&id.to_be_bytes(), encode(&h, payload))?;
+        Ok(())
+    }
+}
+
+impl LeaseQueue for SledQueue {
+    async fn enqueue(&self, queue: &str, m: NewMessage) -> Result<Enqueued, QueueError> {
+        let t = self.trees(queue)?;
+        let id = self.db.generate_id()? + 1;
+        let now = now_ms();
+        let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None };
+        let record = encode(&header, &m.payload);
+        let result = (&t.msg, &t.ready, &t.idem)
+            .transaction(|(msg, ready, idem)| {
+                if let Some(key) = &header.idem {
+                    if let Some(existing) = idem.get(key.as_bytes())? {
+                        let existing = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or([0; 8]));
+                        return Ok(Enqueued::Duplicate(existing));
+                    }
+                    idem.insert(key.as_bytes(), &id.to_be_bytes())?;
+                }
+                msg.insert(&id.to_be_bytes(), record.as_slice())?;
+                ready.insert(&sched_key(now, id), &[])?;
+                Ok(Enqueued::New(id))
+            })
+            .map_err(tx_err)?;
+        // A duplicate's original may still be waiting for its flush: wait for it too.
+        self.commit.durable().await?;
+        Ok(result)
+    }
+
+    async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        let t = self.trees(queue)?;
+        let _serial = self.lease_lock.lock().await;
+        let now = now_ms();
+        let due: Vec<u64> = t
+            .ready
+            .range(..sched_key(now, u64::MAX))
+            .keys()
+            .take(max)
+            .map(|k| k.map(|k| id_of_sched(&k)))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            let expires = now + visibility.as_millis() as i64;
+            let max_attempts = self.policy.max_attempts;
+            let leased = (&t.msg, &t.ready, &t.dead)
+                .transaction(|(msg, ready, dead)| {
+                    let Some(bytes) = msg.get(id.to_be_bytes())? else { return Ok(None) };
+                    let (mut h, payload) = decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    if h.attempts >= max_attempts {
+                        let reason = format!("lease expired {} times without an ack; last error: {}", h.attempts, h.last_error.clone().unwrap_or_else(|| "none".into()));
+                        Self::bury(msg, ready, dead, id, h, &payload, reason)?;
+                        return Ok(None);
+                    }
+                    ready.remove(&sched_key(h.visible_at_ms, id))?;
+                    h.attempts += 1;
+                    h.visible_at_ms = expires;
+                    ready.insert(&sched_key(expires, id), &[])?;
+                    msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
+                    Ok(Some(Leased {
+                        token: LeaseToken { id, attempt: h.attempts },
+                        partition: h.partition.clone(),
+                        payload,
+                        enqueued_at_ms: h.enqueued_at_ms,
+                        expires_at_ms: expires,
+                    }))
+                })
+                .map_err(tx_err)?;
+            out.extend(leased);
+        }
+        // A lease lost in a crash only makes the message visible again (at least once),
+        // so leases are not flushed on their own; the next durable write carries them.
+        Ok(out)
+    }
+
+    async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError> {
+        let t = self.trees(queue)?;
+        (&t.msg, &t.ready)
+            .transaction(|(msg, ready)| {
+                let (h, _) = leased_header(msg, token)?;
+                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                msg.remove(&token.id.to_be_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(())
+    }
+
+    async fn nack(&self, queue: &str, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        let t = self.trees(queue)?;
+        let max_attempts = self.policy.max_attempts;
+        (&t.msg, &t.ready, &t.dead)
+            .transaction(|(msg, ready, dead)| {
+                let (mut h, payload) = leased_header(msg, token)?;
+                if h.attempts >= max_attempts {
+                    let why = format!("failed {} attempts; last error: {reason}", h.attempts);
+                    return Self::bury(msg, ready, dead, token.id, h, &payload, why);
+                }
+                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                h.visible_at_ms = now_ms() + delay.as_millis() as i64;
+                h.last_error = Some(reason.to_string());
+                ready.insert(&sched_key(h.visible_at_ms, token.id), &[])?;
+                msg.insert(&token.id.to_be_bytes(), encode(&h, &payload))?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(())
+    }
+
+    fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let t = self.trees(queue)?;
+        t.dead
+            .iter()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                let (h, payload) = decode(id, &v)?;
+                Ok(DeadLetter {
+                    id,
+                    partition: h.partition,
+                    attempts: h.attempts,
+                    reason: h.last_error.unwrap_or_default(),
+                    enqueued_at_ms: h.enqueued_at_ms,
+                    died_at_ms: h.visible_at_ms,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    async fn replay(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError> {
+        let t = self.trees(queue)?;
+        let now = now_ms();
+        let moved = (&t.msg, &t.ready, &t.dead)
+            .transaction(|(msg, ready, dead)| {
+                let mut moved = 0;
+                for id in ids {
+                    let Some(bytes) = dead.remove(&id.to_be_bytes())? else { continue };
+                    let (mut h, payload) = decode(*id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    h.attempts = 0;
+                    h.visible_at_ms = now;
+                    msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
+                    ready.insert(&sched_key(now, *id), &[])?;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(moved)
+    }
+
+    async fn purge(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError> {
+        let t = self.trees(queue)?;
+        let mut purged = 0;
+        for id in ids {
+            if t.dead.remove(id.to_be_bytes())?.is_some() {
+                purged += 1;
+            }
+        }
+        self.commit.durable().await?;
+        Ok(purged)
+    }
+
+    fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let t = self.trees(queue)?;
+        let now = now_ms();
+        let mut stats = QueueStats { dead: t.dead.len() as u64, ..QueueStats::default() };
+        for key in t.ready.iter().keys() {
+            let key = key?;
+            let visible = u64::from_be_bytes(key[..8].try_into().expect("16-byte schedule key")) as i64;
+            if visible <= now {
+                stats.ready += 1;
+            } else {
+                stats.in_flight += 1;
+            }
+        }
+        // Ids grow with time, so the first live message is the oldest.
+        if let Some((k, v)) = t.msg.first()? {
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            stats.oldest_age_ms = Some(now - decode(id, &v)?.0.enqueued_at_ms);
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(partition: &str, payload: &str, key: Option<&str>) -> NewMessage {
+        NewMessage { partition: partition.into(), payload: payload.as_bytes().to_vec(), idempotency_key: key.map(str::to_string) }
+    }
+
+    fn open(dir: &std::path::Path, max_attempts: u32) -> SledQueue {
+        SledQueue::new(sled::open(dir).unwrap(), QueuePolicy { max_attempts })
+    }
+
+    #[tokio::test]
+    async fn lease_ack_and_idempotency() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        let a = q.enqueue("orders", msg("s1", "a", Some("k1"))).await.unwrap();
+        assert!(matches!(a, Enqueued::New(_)));
+        assert_eq!(q.enqueue("orders", msg("s1", "a again", Some("k1"))).await.unwrap(), Enqueued::Duplicate(a.id()));
+        q.enqueue("orders", msg("s1", "b", None)).await.unwrap();
+        assert_eq!(q.stats("orders").unwrap().ready, 2);
+
+        let leased = q.lease("orders", 10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(leased.iter().map(|l| l.payload.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Leased messages are not handed out twice.
+        assert!(q.lease("orders", 10, Duration::from_secs(30)).await.unwrap().is_empty());
+        let st = q.stats("orders").unwrap();
+        assert_eq!((st.ready, st.in_flight), (0, 2));
+        q.ack("orders", &leased[0].token).await.unwrap();
+        assert!(matches!(q.ack("orders", &leased[0].token).await, Err(QueueError::LeaseLost { .. })));
+        assert_eq!(q.stats("orders").unwrap().in_flight, 1);
+        // Other queues are separate.
+        assert_eq!(q.stats("stock").unwrap(), QueueStats::default());
+        assert!(matches!(q.stats("Bad Name"), Err(QueueError::BadName(_))));
+    }
+
+    #[tokio::test]
+    async fn expired_leases_come_back_and_stale_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 5);
+        q.enqueue("q", msg("p", "x", None)).await.unwrap();
+        let first = q.lease("q", 1, Duration::ZERO).await.unwrap().remove(0);
+        let second = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+        assert_eq!(first.token.id, second.token.id);
+        assert_eq!(second.token.attempt, first.token.attempt + 1);
+        assert!(matches!(q.ack("q", &first.token).await, Err(QueueError::LeaseLost { .. })));
+        q.ack("q", &second.token).await.unwrap();
+        assert_eq!(q.stats("q").unwrap(), QueueStats::default());
+    }
+
+    #[tokio::test]
+    async fn nack_delays_then_dead_letters_then_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 2);
+        q.enqueue("q", msg("p", "poison", None)).await.unwrap();
+        let l = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+        q.nack("q", &l.token, Duration::from_secs(3600), "platform said 500").await.unwrap();
+        // Delayed: not leasable yet.
+        assert!(q.lease("q", 1, Duration::from_secs(60)).await.unwrap().is_empty());
+        assert_eq!(q.stats("q").unwrap().in_flight, 1);
+        q.nack("q", &l.token, Duration::ZERO, "again").await.unwrap();
+        let l = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+        assert_eq!(l.token.attempt, 2);
+        q.nack("q", &l.token, Duration::ZERO, "still 500").await.unwrap();
+        let dead = q.dead_letters("q", 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].reason.contains("failed 2 attempts; last error: still 500"), "{}", dead[0].reason);
+        assert_eq!(dead[0].payload, b"poison");
+        assert_eq!(q.stats("q").unwrap(), QueueStats { dead: 1, ..QueueStats::default() });
+
+        assert_eq!(q.replay("q", &[dead[0].id]).await.unwrap(), 1);
+        let l = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+        assert_eq!((l.token.attempt, l.payload.as_slice()), (1, &b"poison"[..]));
+        q.ack("q", &l.token).await.unwrap();
+        assert_eq!(q.purge("q", &[dead[0].id]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_keeps_expiring_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 1);
+        q.enqueue("q", msg("p", "x", None)).await.unwrap();
+        assert_eq!(q.lease("q", 1, Duration::ZERO).await.unwrap().len(), 1);
+        assert!(q.lease("q", 1, Duration::ZERO).await.unwrap().is_empty());
+        let dead = q.dead_letters("q", 10).unwrap();
+        assert!(dead[0].reason.contains("lease expired 1 times"), "{}", dead[0].reason);
+        assert_eq!(q.purge("q", &[dead[0].id]).await.unwrap(), 1);
+        assert!(q.dead_letters("q", 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn acknowledged_enqueues_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = open(dir.path(), 3);
+            for i in 0..20 {
+                q.enqueue("q", msg("p", &i.to_string(), Some(&format!("k{i}")))).await.unwrap();
+            }
+        }
+        let q = open(dir.path(), 3);
+        assert_eq!(q.stats("q").unwrap().ready, 20);
+        assert!(matches!(q.enqueue("q", msg("p", "0", Some("k0"))).await.unwrap(), Enqueued::Duplicate(_)));
+        let leased = q.lease("q", 100, Duration::from_secs(10)).await.unwrap();
+        let got: Vec<String> = leased.iter().map(|l| String::from_utf8(l.payload.clone()).unwrap()).collect();
+        assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+}
