@@ -1,11 +1,13 @@
 //! The HTTP API: ERP-facing order reads, shop and connector status, health.
 
+use crate::inbox::{LeasedOrder, OrderInbox};
+use crate::queue::{LeaseToken, QueueError, QueueStats};
 use crate::store::{OrderRecord, OrderStore};
 use crate::sync::{SharedStatus, ShopStatus};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub struct ConnectorInfo {
 
 pub struct ApiState {
     pub store: Arc<OrderStore>,
+    pub inbox: OrderInbox,
     pub shops: Vec<SharedStatus>,
     pub connectors: Vec<ConnectorInfo>,
 }
@@ -34,6 +37,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(index))
         .route("/v1/orders", get(list_orders))
         .route("/v1/orders/feed", get(feed_info))
+        .route("/v1/orders/lease", post(lease_orders))
+        .route("/v1/orders/ack", post(ack_orders))
+        .route("/v1/orders/nack", post(nack_orders))
+        .route("/v1/orders/queue", get(queue_info))
         .route("/v1/shops", get(list_shops))
         .route("/v1/connectors", get(list_connectors))
         .route("/healthz", get(healthz))
@@ -53,6 +60,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn index() -> &'static str {
     "berth connector host\n\
      GET /v1/orders?after=SEQ&limit=N[&shop=NAME]  orders in arrival order; pass next_after back as after\n\
+     POST /v1/orders/lease {max, visibility_secs}   lease orders from the durable queue\n\
+     POST /v1/orders/ack {tokens: [...]}            acknowledge leased orders (nack: retry later)\n\
+     GET /v1/orders/queue                           queue depth, age and dead letters\n\
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /healthz  GET /readyz\n"
@@ -106,6 +116,111 @@ struct FeedInfo {
 async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
     let (committed_seq, durable_seq) = st.store.sequences();
     Json(FeedInfo { entries: st.store.feed_len(), committed_seq, durable_seq })
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn queue_error(e: QueueError) -> Response {
+    tracing::error!(error = %e, "order queue failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseRequest {
+    #[serde(default = "default_lease_max")]
+    max: usize,
+    #[serde(default = "default_visibility")]
+    visibility_secs: u64,
+}
+
+fn default_lease_max() -> usize {
+    100
+}
+
+fn default_visibility() -> u64 {
+    60
+}
+
+#[derive(Serialize)]
+struct LeaseResponse {
+    leases: Vec<LeasedOrder>,
+}
+
+async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseRequest>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"max\": 1..={MAX_ORDERS_PAGE}, \"visibility_secs\": 1..=86400}}")),
+    };
+    if !(1..=MAX_ORDERS_PAGE).contains(&req.max) || !(1..=86_400).contains(&req.visibility_secs) {
+        return error(StatusCode::BAD_REQUEST, format!("max must be 1..={MAX_ORDERS_PAGE} and visibility_secs 1..=86400"));
+    }
+    match st.inbox.lease(req.max, std::time::Duration::from_secs(req.visibility_secs)).await {
+        Ok(leases) => Json(LeaseResponse { leases }).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    tokens: Vec<LeaseToken>,
+    /// For nack: seconds before the order is offered again.
+    #[serde(default)]
+    delay_secs: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AckResponse {
+    done: usize,
+    /// Ids whose lease had expired (and may have been leased again): not changed.
+    lease_lost: Vec<u64>,
+}
+
+async fn settle(st: &ApiState, body: JsonBody<AckRequest>, ack: bool) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"tokens\": [{{\"id\": N, \"attempt\": N}}]}}")),
+    };
+    let mut resp = AckResponse { done: 0, lease_lost: Vec::new() };
+    let reason = req.reason.as_deref().unwrap_or("nacked by the ERP");
+    for token in &req.tokens {
+        let result = if ack {
+            st.inbox.ack(token).await
+        } else {
+            st.inbox.nack(token, std::time::Duration::from_secs(req.delay_secs), reason).await
+        };
+        match result {
+            Ok(()) => resp.done += 1,
+            Err(QueueError::LeaseLost { id }) => resp.lease_lost.push(id),
+            Err(e) => return queue_error(e),
+        }
+    }
+    Json(resp).into_response()
+}
+
+async fn ack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, body, true).await
+}
+
+async fn nack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, body, false).await
+}
+
+#[derive(Serialize)]
+struct QueueInfo {
+    #[serde(flatten)]
+    stats: QueueStats,
+    dead_letters: Vec<crate::queue::DeadLetter>,
+}
+
+async fn queue_info(State(st): State<Arc<ApiState>>) -> Response {
+    match (st.inbox.stats(), st.inbox.dead_letters(100)) {
+        (Ok(stats), Ok(dead_letters)) => Json(QueueInfo { stats, dead_letters }).into_response(),
+        (Err(e), _) | (_, Err(e)) => queue_error(e),
+    }
 }
 
 async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {

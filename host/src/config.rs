@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub sync: SyncDefaults,
     #[serde(default)]
+    pub erp: ErpConfig,
+    #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
     pub shops: BTreeMap<String, ShopConfig>,
@@ -111,6 +113,20 @@ impl Default for SyncDefaults {
             retry_max_ms: 60_000,
             error_pause_secs: 60,
         }
+    }
+}
+
+/// How the ERP receives orders from the inbound queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpConfig {
+    /// Leases of one order before it moves to the dead letters.
+    pub max_attempts: u32,
+}
+
+impl Default for ErpConfig {
+    fn default() -> Self {
+        ErpConfig { max_attempts: 20 }
     }
 }
 
@@ -257,6 +273,9 @@ impl Config {
         }
         if cfg.runtime.max_instances == 0 || cfg.runtime.max_memory_mb == 0 {
             return Err(invalid("runtime.max_instances and runtime.max_memory_mb must be positive".into()));
+        }
+        if cfg.erp.max_attempts == 0 {
+            return Err(invalid("erp.max_attempts must be at least 1".into()));
         }
         if cfg.sync.retry_base_ms == 0 || cfg.sync.retry_max_ms < cfg.sync.retry_base_ms {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));

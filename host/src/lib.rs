@@ -11,6 +11,7 @@ pub mod api;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
+pub mod inbox;
 pub mod queue;
 pub mod runtime;
 pub mod service;

@@ -5,6 +5,8 @@ use crate::api::{self, ApiState, ConnectorInfo};
 use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
+use crate::inbox::OrderInbox;
+use crate::queue::{QueuePolicy, SledQueue};
 use crate::runtime::state::HostServices;
 use crate::runtime::{ConnectorRuntime, LoadError, LoadedConnector};
 use crate::store::{OrderStore, StoreError};
@@ -50,6 +52,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
     let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
+    let inbox = OrderInbox::new(Arc::new(SledQueue::new(store.db().clone(), QueuePolicy { max_attempts: cfg.erp.max_attempts })));
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
     let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let services = Arc::new(HostServices { http, kv });
@@ -93,6 +96,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             config: Arc::new(sc.clone()),
             connector: conn,
             store: store.clone(),
+            inbox: inbox.clone(),
             defaults: cfg.sync.clone(),
             status,
         };
@@ -110,7 +114,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             allowed_hosts: c.manifest.allowed_hosts.clone(),
         })
         .collect();
-    let app = api::router(Arc::new(ApiState { store: store.clone(), shops: statuses, connectors: infos }));
+    let app = api::router(Arc::new(ApiState { store: store.clone(), inbox, shops: statuses, connectors: infos }));
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -153,6 +153,14 @@ impl OrderStore {
         }
     }
 
+    /// Whether this version of an order is newer than any stored for the shop.
+    pub fn is_new(&self, shop: &str, order: &OrderData) -> Result<bool, StoreError> {
+        Ok(match self.latest.get(latest_key(shop, &order.order_id))? {
+            Some(v) => order.updated_at_ms > i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            None => true,
+        })
+    }
+
     /// Record a page of orders and the shop's new sync position atomically, durably.
     pub async fn commit_page(
         &self,

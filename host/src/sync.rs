@@ -14,6 +14,7 @@ use crate::config::{ShopConfig, SyncDefaults};
 use crate::runtime::bindings::berth::connector::types::{
     ConnectorError, Order, OrderStatus, PullRequest, TimeWindow,
 };
+use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::runtime::LoadedConnector;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
 use rand::Rng;
@@ -49,6 +50,7 @@ pub struct ShopWorker {
     pub config: Arc<ShopConfig>,
     pub connector: Arc<LoadedConnector>,
     pub store: Arc<OrderStore>,
+    pub inbox: OrderInbox,
     pub defaults: SyncDefaults,
     pub status: SharedStatus,
 }
@@ -241,6 +243,22 @@ impl ShopWorker {
             }
         };
         let orders: Vec<OrderData> = page.orders.into_iter().map(to_record).collect();
+        // Queue new versions for the ERP before the page commits (see inbox.rs).
+        let mut fresh = Vec::new();
+        for o in &orders {
+            if self.store.is_new(&self.shop, o).map_err(|e| StepError::Pause(e.to_string()))? {
+                fresh.push(QueuedOrder {
+                    shop: self.shop.clone(),
+                    platform: self.connector.manifest.platform.clone(),
+                    connector_version: self.connector.version().to_string(),
+                    order: o.clone(),
+                });
+            }
+        }
+        self.inbox
+            .deliver(fresh)
+            .await
+            .map_err(|e| StepError::Retry(format!("cannot queue orders: {e}")))?;
         let outcome = self
             .store
             .commit_page(&self.source(), &orders, &next_state)

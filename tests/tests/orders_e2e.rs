@@ -343,6 +343,9 @@ async fn every_seeded_order_arrives_exactly_once() {
             check_fields(newest, e.platform, want);
         }
     }
+    // The durable ERP queue holds every version exactly once too (nobody leased yet).
+    let q: Value = client.get(berth.url("/v1/orders/queue")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(q["ready"].as_u64(), Some(want.len() as u64), "{q}");
     // Whatever happened, no secret reached the log.
     let log = berth.log();
     for secret in ["top-secret-1", "shpat_acme", "sess-a", "sess-b"] {

@@ -1,0 +1,94 @@
+//! The inbound order queue: every new order version is enqueued durably for the ERP,
+//! which leases and acks it (`POST /v1/orders/lease`, `POST /v1/orders/ack`). A lease
+//! the ERP does not ack in time comes back; acks from an expired lease are refused.
+//!
+//! Orders are enqueued before the page is committed to the store, with an idempotency
+//! key of shop + order id + updated time: a crash between the two re-pulls the page and
+//! the repeated enqueue is a no-op, so an order is neither lost nor queued twice.
+
+use crate::queue::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, NewMessage, QueueError, QueueStats, SledQueue};
+use crate::store::OrderData;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ORDERS_QUEUE: &str = "orders";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueuedOrder {
+    pub shop: String,
+    pub platform: String,
+    pub connector_version: String,
+    pub order: OrderData,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeasedOrder {
+    pub token: LeaseToken,
+    pub expires_at_ms: i64,
+    #[serde(flatten)]
+    pub order: QueuedOrder,
+}
+
+#[derive(Clone)]
+pub struct OrderInbox {
+    queue: Arc<SledQueue>,
+}
+
+impl OrderInbox {
+    pub fn new(queue: Arc<SledQueue>) -> Self {
+        OrderInbox { queue }
+    }
+
+    /// Enqueue orders durably, all at once so they share fsyncs. Returns how many were new.
+    pub async fn deliver(&self, orders: Vec<QueuedOrder>) -> Result<usize, QueueError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for o in orders {
+            let queue = self.queue.clone();
+            tasks.spawn(async move {
+                let key = format!("{}/{}/{}", o.shop, o.order.order_id, o.order.updated_at_ms);
+                let payload = serde_json::to_vec(&o).expect("order serializes");
+                queue
+                    .enqueue(ORDERS_QUEUE, NewMessage { partition: o.shop.clone(), payload, idempotency_key: Some(key) })
+                    .await
+            });
+        }
+        let mut new = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let enqueued = joined.map_err(|e| QueueError::Corrupt { id: 0, why: format!("enqueue task failed: {e}") })??;
+            if matches!(enqueued, Enqueued::New(_)) {
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
+
+    pub async fn lease(&self, max: usize, visibility: Duration) -> Result<Vec<LeasedOrder>, QueueError> {
+        self.queue
+            .lease(ORDERS_QUEUE, max, visibility)
+            .await?
+            .into_iter()
+            .map(|l| {
+                let order = serde_json::from_slice(&l.payload)
+                    .map_err(|e| QueueError::Corrupt { id: l.token.id, why: e.to_string() })?;
+                Ok(LeasedOrder { token: l.token, expires_at_ms: l.expires_at_ms, order })
+            })
+            .collect()
+    }
+
+    pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
+        self.queue.ack(ORDERS_QUEUE, token).await
+    }
+
+    pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        self.queue.nack(ORDERS_QUEUE, token, delay, reason).await
+    }
+
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.queue.stats(ORDERS_QUEUE)
+    }
+
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.queue.dead_letters(ORDERS_QUEUE, limit)
+    }
+}

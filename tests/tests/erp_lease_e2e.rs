@@ -1,0 +1,115 @@
+//! The ERP side of inbound orders, end to end: orders pulled by the real binary land in
+//! the durable queue; the ERP leases and acks them over HTTP; unacked leases come back
+//! after their visibility timeout, across a SIGKILL; stale acks are refused.
+
+use berth_sim::{Platform, ShopifyShop, SimConfig};
+use berth_tests::{poll_until, Berth};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+// orders_e2e.rs enforces that every plugin is used; this test needs only Shopify.
+#[allow(dead_code)]
+mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+async fn post(client: &reqwest::Client, berth: &Berth, path: &str, body: Value) -> Value {
+    let resp = client.post(berth.url(path)).json(&body).send().await.expect("POST");
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.json().await.expect("JSON")
+}
+
+async fn queue(client: &reqwest::Client, berth: &Berth) -> Value {
+    client.get(berth.url("/v1/orders/queue")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Lease until `n` orders are held (or the deadline passes).
+async fn lease_n(client: &reqwest::Client, berth: &Berth, n: usize, visibility_secs: u64) -> Vec<Value> {
+    let held = std::sync::Mutex::new(Vec::new());
+    let found = poll_until(DEADLINE, || async {
+        let r = post(client, berth, "/v1/orders/lease", json!({"max": 50, "visibility_secs": visibility_secs})).await;
+        let mut got = held.lock().unwrap();
+        got.extend(r["leases"].as_array().unwrap().iter().cloned());
+        (got.len() >= n).then_some(())
+    })
+    .await;
+    let held = held.into_inner().unwrap();
+    assert!(found.is_some(), "leased only {} of {n}; queue: {}", held.len(), queue(client, berth).await);
+    held
+}
+
+fn ids(leases: &[Value]) -> BTreeSet<String> {
+    leases.iter().map(|l| l["order"]["order_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erp_leases_and_acks_orders_durably() {
+    let mut cfg = SimConfig { seed: 11, history_hours: 24, ..SimConfig::default() };
+    cfg.shopify.shops = vec![ShopifyShop { name: "acme".into(), access_token: "tok".into(), orders: 60 }];
+    cfg.taobao.shops.clear();
+    let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n\
+             [sync]\ninitial_lookback_hours = 30\nsettle_secs = 1\n\
+             [connectors.shopify]\ncomponent = {:?}\nextra_hosts = [\"127.0.0.1\"]\n\
+             [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
+             settings = {{ base_url = \"{}/shopify/acme\", page_size = \"25\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
+            plugins::SHOPIFY,
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let seeded: BTreeSet<String> = sim.state.orders(Platform::Shopify, "acme").iter().map(|o| o.id.to_string()).collect();
+
+    let berth = Berth::start(&config);
+    let leases = lease_n(&client, &berth, 60, 2).await;
+    assert_eq!(leases.len(), 60, "an order was leased twice");
+    assert_eq!(ids(&leases), seeded);
+    assert!(leases.iter().all(|l| l["shop"] == "acme" && l["platform"] == "shopify" && l["token"]["attempt"] == 1));
+
+    // Ack all but five.
+    let (keep, done): (Vec<_>, Vec<_>) = leases.iter().enumerate().partition(|(i, _)| *i < 5);
+    let tokens: Vec<Value> = done.iter().map(|(_, l)| l["token"].clone()).collect();
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": tokens })).await;
+    assert_eq!(r["done"], 55, "{r}");
+
+    // Crash, restart: the five unacked come back once their lease expires, and only they.
+    berth.kill();
+    let berth = Berth::start(&config);
+    let back = lease_n(&client, &berth, 5, 30).await;
+    let kept: Vec<Value> = keep.iter().map(|(_, l)| (*l).clone()).collect();
+    assert_eq!(ids(&back), ids(&kept));
+    assert!(back.iter().all(|l| l["token"]["attempt"].as_u64().unwrap() >= 2));
+    // The first leases of those orders expired: their acks are refused and change nothing.
+    let stale: Vec<Value> = kept.iter().map(|l| l["token"].clone()).collect();
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": stale })).await;
+    assert_eq!((r["done"].as_u64(), r["lease_lost"].as_array().map(Vec::len)), (Some(0), Some(5)), "{r}");
+    let tokens: Vec<Value> = back.iter().map(|l| l["token"].clone()).collect();
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": tokens })).await;
+    assert_eq!(r["done"], 5, "{r}");
+    let q = queue(&client, &berth).await;
+    assert_eq!((q["ready"].as_u64(), q["in_flight"].as_u64()), (Some(0), Some(0)), "{q}");
+
+    // A later change on the platform is queued once, as its new version.
+    let first = seeded.iter().next().unwrap().parse::<u64>().unwrap();
+    let touched = sim.state.touch(Platform::Shopify, "acme", first).unwrap();
+    let again = lease_n(&client, &berth, 1, 30).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["order"]["order_id"], first.to_string().as_str());
+    assert_eq!(again[0]["order"]["updated_at_ms"].as_i64(), Some(touched.updated_s * 1000));
+
+    // Bad requests are refused with a reason.
+    let resp = client.post(berth.url("/v1/orders/lease")).json(&json!({"max": 0})).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = client.post(berth.url("/v1/orders/ack")).body("not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("expected"));
+}
