@@ -91,6 +91,15 @@ fn read_tail(path: &Path) -> String {
     text[s..].to_string()
 }
 
+/// `[connectors.NAME]` sections for (name, component path) pairs, each granted the
+/// loopback address the simulator serves on.
+pub fn local_connectors(components: &[(&str, &str)]) -> String {
+    components
+        .iter()
+        .map(|(name, path)| format!("[connectors.{name}]\ncomponent = {path:?}\nextra_hosts = [\"127.0.0.1\"]\n"))
+        .collect()
+}
+
 /// Run `berth` with arguments to completion (for start-up failures), with a deadline.
 pub fn run_berth(args: &[&str], deadline: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(berth_bin())

@@ -37,12 +37,7 @@ overlap_secs = 30
 settle_secs = 1
 retry_base_ms = 50
 retry_max_ms = 500
-[connectors.shopify]
-component = {shopify:?}
-extra_hosts = ["127.0.0.1"]
-[connectors.taobao]
-component = {taobao:?}
-extra_hosts = ["127.0.0.1"]
+{connectors}
 [shops.acme]
 connector = "shopify"
 poll_interval_secs = 1
@@ -54,8 +49,7 @@ poll_interval_secs = 1
 settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "k", page_size = "10" }}
 secrets = {{ app_secret = "s", session = "sess" }}
 "#,
-            shopify = plugins::SHOPIFY,
-            taobao = plugins::TAOBAO,
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
         ),
     )
     .unwrap();

@@ -58,10 +58,10 @@ async fn erp_leases_and_acks_orders_durably() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n\
              [sync]\ninitial_lookback_hours = 30\nsettle_secs = 1\n\
-             [connectors.shopify]\ncomponent = {:?}\nextra_hosts = [\"127.0.0.1\"]\n\
+             {}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"25\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            plugins::SHOPIFY,
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
             sim.base_url()
         ),
     )

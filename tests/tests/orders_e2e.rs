@@ -60,13 +60,7 @@ retry_base_ms = 100
 retry_max_ms = 1000
 error_pause_secs = 1
 
-[connectors.shopify]
-component = {shopify:?}
-extra_hosts = ["127.0.0.1"]
-
-[connectors.taobao]
-component = {taobao:?}
-extra_hosts = ["127.0.0.1"]
+{connectors}
 
 [shops.acme]
 connector = "shopify"
@@ -89,8 +83,7 @@ poll_interval_secs = 1
 settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "2100001", page_size = "20" }}
 secrets = {{ app_secret = "top-secret-1", session = "sess-b" }}
 "#,
-        shopify = plugins::SHOPIFY,
-        taobao = plugins::TAOBAO,
+        connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
     );
     let path = dir.join("berth.toml");
     std::fs::write(&path, text).unwrap();
