@@ -41,6 +41,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/orders/ack", post(ack_orders))
         .route("/v1/orders/nack", post(nack_orders))
         .route("/v1/orders/queue", get(queue_info))
+        .route("/v1/orders/dead-letters/replay", post(replay_dead))
+        .route("/v1/orders/dead-letters/purge", post(purge_dead))
         .route("/v1/shops", get(list_shops))
         .route("/v1/connectors", get(list_connectors))
         .route("/healthz", get(healthz))
@@ -63,6 +65,7 @@ async fn index() -> &'static str {
      POST /v1/orders/lease {max, visibility_secs}   lease orders from the durable queue\n\
      POST /v1/orders/ack {tokens: [...]}            acknowledge leased orders (nack: retry later)\n\
      GET /v1/orders/queue                           queue depth, age and dead letters\n\
+     POST /v1/orders/dead-letters/replay {ids}      back to the queue (purge: drop them)\n\
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /healthz  GET /readyz\n"
@@ -221,6 +224,37 @@ async fn queue_info(State(st): State<Arc<ApiState>>) -> Response {
         (Ok(stats), Ok(dead_letters)) => Json(QueueInfo { stats, dead_letters }).into_response(),
         (Err(e), _) | (_, Err(e)) => queue_error(e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdsRequest {
+    ids: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct CountResponse {
+    count: usize,
+}
+
+async fn dead_letter_op(st: &ApiState, body: JsonBody<IdsRequest>, replay: bool) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"ids\": [N, ...]}} from GET /v1/orders/queue")),
+    };
+    let result = if replay { st.inbox.replay(&req.ids).await } else { st.inbox.purge(&req.ids).await };
+    match result {
+        Ok(count) => Json(CountResponse { count }).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn replay_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>) -> Response {
+    dead_letter_op(&st, body, true).await
+}
+
+async fn purge_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>) -> Response {
+    dead_letter_op(&st, body, false).await
 }
 
 async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {

@@ -88,6 +88,14 @@ impl OrderInbox {
         self.queue.stats(ORDERS_QUEUE)
     }
 
+    pub async fn replay(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        self.queue.replay(ORDERS_QUEUE, ids).await
+    }
+
+    pub async fn purge(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        self.queue.purge(ORDERS_QUEUE, ids).await
+    }
+
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.queue.dead_letters(ORDERS_QUEUE, limit)
     }

@@ -56,7 +56,7 @@ async fn erp_leases_and_acks_orders_durably() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[erp]\nmax_attempts = 2\n[http]\nallow_private_addresses = true\n\
              [sync]\ninitial_lookback_hours = 30\nsettle_secs = 1\n\
              {}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
@@ -92,9 +92,25 @@ async fn erp_leases_and_acks_orders_durably() {
     let stale: Vec<Value> = kept.iter().map(|l| l["token"].clone()).collect();
     let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": stale })).await;
     assert_eq!((r["done"].as_u64(), r["lease_lost"].as_array().map(Vec::len)), (Some(0), Some(5)), "{r}");
-    let tokens: Vec<Value> = back.iter().map(|l| l["token"].clone()).collect();
+    // One the ERP cannot take: its second and last attempt fails, so it is dead-lettered
+    // with the reason, then replayed and delivered again.
+    let poison = &back[0];
+    let r = post(&client, &berth, "/v1/orders/nack", json!({ "tokens": [poison["token"]], "reason": "ERP rejected: unknown SKU" })).await;
+    assert_eq!(r["done"], 1, "{r}");
+    let q = queue(&client, &berth).await;
+    let dead = q["dead_letters"].as_array().unwrap();
+    assert_eq!((q["dead"].as_u64(), dead.len()), (Some(1), 1), "{q}");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("ERP rejected: unknown SKU"), "{q}");
+    let r = post(&client, &berth, "/v1/orders/dead-letters/replay", json!({ "ids": [dead[0]["id"]] })).await;
+    assert_eq!(r["count"], 1, "{r}");
+    let replayed = lease_n(&client, &berth, 1, 30).await;
+    assert_eq!(replayed[0]["order"]["order_id"], poison["order"]["order_id"]);
+    let mut tokens: Vec<Value> = back[1..].iter().map(|l| l["token"].clone()).collect();
+    tokens.push(replayed[0]["token"].clone());
     let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": tokens })).await;
     assert_eq!(r["done"], 5, "{r}");
+    let r = post(&client, &berth, "/v1/orders/dead-letters/purge", json!({ "ids": [dead[0]["id"]] })).await;
+    assert_eq!(r["count"], 0, "replayed letters are no longer dead: {r}");
     let q = queue(&client, &berth).await;
     assert_eq!((q["ready"].as_u64(), q["in_flight"].as_u64()), (Some(0), Some(0)), "{q}");
 
