@@ -123,6 +123,12 @@ async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
+/// The request body, or a 400 saying what was wrong and what shape was `expected`.
+fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
+    body.map(|Json(b)| b)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e}; expected {expected}")))
+}
+
 fn queue_error(e: QueueError) -> Response {
     tracing::error!(error = %e, "order queue failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -151,9 +157,9 @@ struct LeaseResponse {
 }
 
 async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseRequest>) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"max\": 1..={MAX_ORDERS_PAGE}, \"visibility_secs\": 1..=86400}}")),
+    let req = match body_or_400(body, &format!("{{\"max\": 1..={MAX_ORDERS_PAGE}, \"visibility_secs\": 1..=86400}}")) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if !(1..=MAX_ORDERS_PAGE).contains(&req.max) || !(1..=86_400).contains(&req.visibility_secs) {
         return error(StatusCode::BAD_REQUEST, format!("max must be 1..={MAX_ORDERS_PAGE} and visibility_secs 1..=86400"));
@@ -183,9 +189,9 @@ struct AckResponse {
 }
 
 async fn settle(st: &ApiState, body: JsonBody<AckRequest>, ack: bool) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"tokens\": [{{\"id\": N, \"attempt\": N}}]}}")),
+    let req = match body_or_400(body, r#"{"tokens": [{"id": N, "attempt": N}]}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let mut resp = AckResponse { done: 0, lease_lost: Vec::new() };
     let reason = req.reason.as_deref().unwrap_or("nacked by the ERP");
@@ -238,9 +244,9 @@ struct CountResponse {
 }
 
 async fn dead_letter_op(st: &ApiState, body: JsonBody<IdsRequest>, replay: bool) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"ids\": [N, ...]}} from GET /v1/orders/queue")),
+    let req = match body_or_400(body, r#"{"ids": [N, ...]} from GET /v1/orders/queue"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let result = if replay { st.inbox.replay(&req.ids).await } else { st.inbox.purge(&req.ids).await };
     match result {

@@ -117,6 +117,14 @@ fn latest_key(shop: &str, order_id: &str) -> Vec<u8> {
     k
 }
 
+/// Whether `updated_at_ms` is newer than the stored latest version (`None`: never seen).
+fn is_newer(stored: Option<&[u8]>, updated_at_ms: i64) -> bool {
+    match stored {
+        Some(v) => updated_at_ms > i64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
+        None => true,
+    }
+}
+
 impl OrderStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
@@ -155,10 +163,8 @@ impl OrderStore {
 
     /// Whether this version of an order is newer than any stored for the shop.
     pub fn is_new(&self, shop: &str, order: &OrderData) -> Result<bool, StoreError> {
-        Ok(match self.latest.get(latest_key(shop, &order.order_id))? {
-            Some(v) => order.updated_at_ms > i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-            None => true,
-        })
+        let stored = self.latest.get(latest_key(shop, &order.order_id))?;
+        Ok(is_newer(stored.as_deref(), order.updated_at_ms))
     }
 
     /// Record a page of orders and the shop's new sync position atomically, durably.
@@ -175,14 +181,7 @@ impl OrderStore {
             let mut outcome = PageOutcome { max_seq: None, ..PageOutcome::default() };
             for order in orders {
                 let key = latest_key(src.shop, &order.order_id);
-                let newer = match latest.get(&key)? {
-                    Some(v) => {
-                        let seen = i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-                        order.updated_at_ms > seen
-                    }
-                    None => true,
-                };
-                if !newer {
+                if !is_newer(latest.get(&key)?.as_deref(), order.updated_at_ms) {
                     outcome.duplicates += 1;
                     continue;
                 }

@@ -52,6 +52,11 @@ fn sched_key(visible_at_ms: i64, id: u64) -> [u8; 16] {
     k
 }
 
+/// A message id stored as 8 big-endian bytes (a `msg`/`dead` key or an `idem` value).
+fn id_of(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
 fn id_of_sched(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[8..16].try_into().expect("16-byte schedule key"))
 }
@@ -146,7 +151,7 @@ impl LeaseQueue for SledQueue {
             .transaction(|(msg, ready, idem)| {
                 if let Some(key) = &header.idem {
                     if let Some(existing) = idem.get(key.as_bytes())? {
-                        let existing = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or([0; 8]));
+                        let existing = id_of(&existing);
                         return Ok(Enqueued::Duplicate(existing));
                     }
                     idem.insert(key.as_bytes(), &id.to_be_bytes())?;
@@ -249,7 +254,7 @@ impl LeaseQueue for SledQueue {
             .take(limit)
             .map(|item| {
                 let (k, v) = item?;
-                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                let id = id_of(&k);
                 let (h, payload) = decode(id, &v)?;
                 Ok(DeadLetter {
                     id,
@@ -313,7 +318,7 @@ impl LeaseQueue for SledQueue {
         }
         // Ids grow with time, so the first live message is the oldest.
         if let Some((k, v)) = t.msg.first()? {
-            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let id = id_of(&k);
             stats.oldest_age_ms = Some(now - decode(id, &v)?.0.enqueued_at_ms);
         }
         Ok(stats)
