@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub erp: ErpConfig,
     #[serde(default)]
+    pub stock: StockConfig,
+    #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
     pub shops: BTreeMap<String, ShopConfig>,
@@ -127,6 +129,25 @@ pub struct ErpConfig {
 impl Default for ErpConfig {
     fn default() -> Self {
         ErpConfig { max_attempts: 20 }
+    }
+}
+
+/// Outbound stock pushes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StockConfig {
+    /// Failed pushes of one quantity before the SKU moves to the dead letters.
+    pub max_attempts: u32,
+    /// SKUs handed to one `push-inventory` call.
+    pub batch_size: usize,
+    /// Backoff between failed pushes of a SKU: base doubling up to max, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for StockConfig {
+    fn default() -> Self {
+        StockConfig { max_attempts: 10, batch_size: 50, retry_base_ms: 1_000, retry_max_ms: 300_000 }
     }
 }
 
@@ -279,6 +300,12 @@ impl Config {
         }
         if cfg.sync.retry_base_ms == 0 || cfg.sync.retry_max_ms < cfg.sync.retry_base_ms {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
+        }
+        if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
+            return Err(invalid("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into()));
+        }
+        if cfg.stock.retry_base_ms == 0 || cfg.stock.retry_max_ms < cfg.stock.retry_base_ms {
+            return Err(invalid("stock.retry_base_ms must be positive and not above stock.retry_max_ms".into()));
         }
         Ok(cfg)
     }

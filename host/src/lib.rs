@@ -5,7 +5,7 @@
 //! connectors ([`runtime`]) that get only what the host gives them ([`capabilities`]):
 //! checked outbound HTTP, scoped key-value state, their shop's config, logging, metrics
 //! and signing primitives. [`sync`] pulls orders per shop on an interval into the
-//! durable [`store`]; [`config`] is `berth.toml`; [`service`] wires it all together.
+//! durable [`store`]; [`stock`] pushes the ERP's quantities out, newest first; [`config`] is `berth.toml`; [`service`] wires it all together.
 
 pub mod api;
 pub mod capabilities;
@@ -15,5 +15,6 @@ pub mod inbox;
 pub mod queue;
 pub mod runtime;
 pub mod service;
+pub mod stock;
 pub mod store;
 pub mod sync;

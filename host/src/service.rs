@@ -6,7 +6,12 @@ use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
 use crate::inbox::OrderInbox;
+use crate::queue::group_commit::GroupCommit;
 use crate::queue::{QueuePolicy, SledQueue};
+use crate::runtime::bindings::berth::connector::types::Capability;
+use crate::stock::ledger::RetryPolicy;
+use crate::stock::pusher::ShopPusher;
+use crate::stock::{StockError, StockLedger};
 use crate::runtime::state::HostServices;
 use crate::runtime::{ConnectorRuntime, LoadError, LoadedConnector};
 use crate::store::{OrderStore, StoreError};
@@ -23,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Stock(#[from] StockError),
     #[error("connector `{connector}`: {source}")]
     Connector { connector: String, source: LoadError },
     #[error("shop `{shop}`: connector `{connector}` needs config key `{key}`; add it under [shops.{shop}.settings] or [shops.{shop}.secrets]")]
@@ -52,7 +59,18 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
     let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
-    let inbox = OrderInbox::new(Arc::new(SledQueue::new(store.db().clone(), QueuePolicy { max_attempts: cfg.erp.max_attempts })));
+    // One group committer per database: queue and stock writes share fsyncs.
+    let commit = GroupCommit::start(store.db().clone());
+    let inbox = OrderInbox::new(Arc::new(SledQueue::with_commit(
+        store.db().clone(),
+        commit.clone(),
+        QueuePolicy { max_attempts: cfg.erp.max_attempts },
+    )));
+    let ledger = Arc::new(StockLedger::open(
+        store.db().clone(),
+        commit,
+        RetryPolicy { max_attempts: cfg.stock.max_attempts, base_ms: cfg.stock.retry_base_ms, max_ms: cfg.stock.retry_max_ms },
+    )?);
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
     let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let services = Arc::new(HostServices { http, kv });
@@ -102,6 +120,29 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         };
         workers.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }
+    let mut stock_shops = BTreeMap::new();
+    for (shop, sc) in &cfg.shops {
+        let conn = connectors[&sc.connector].clone();
+        let pusher = if conn.offers(Capability::Inventory) {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let status = Arc::new(Mutex::new(Default::default()));
+            let pusher = ShopPusher {
+                shop: shop.clone(),
+                config: Arc::new(sc.clone()),
+                connector: conn,
+                ledger: ledger.clone(),
+                wake: wake.clone(),
+                batch_size: cfg.stock.batch_size,
+                error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
+                status: status.clone(),
+            };
+            workers.push(tokio::spawn(pusher.run(shutdown_rx.clone())));
+            Some((wake, status))
+        } else {
+            None
+        };
+        stock_shops.insert(shop.clone(), api::stock::StockShop { connector: sc.connector.clone(), pusher });
+    }
 
     let infos = connectors
         .iter()
@@ -114,7 +155,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             allowed_hosts: c.manifest.allowed_hosts.clone(),
         })
         .collect();
-    let app = api::router(Arc::new(ApiState { store: store.clone(), inbox, shops: statuses, connectors: infos }));
+    let app = api::router(Arc::new(ApiState {
+        store: store.clone(),
+        inbox,
+        stock: ledger,
+        stock_shops,
+        shops: statuses,
+        connectors: infos,
+    }));
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

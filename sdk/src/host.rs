@@ -81,6 +81,18 @@ pub fn post_form(url: &str, form: &str, headers: &[(&str, &str)]) -> Result<Resp
     })
 }
 
+pub fn post_json(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
+    let mut hs = own_labels(headers);
+    hs.push(("content-type".into(), "application/json".into()));
+    send(&Request {
+        method: Method::Post,
+        url: url.to_string(),
+        headers: hs,
+        body: body.to_string().into_bytes(),
+        timeout_ms: None,
+    })
+}
+
 /// First value of a response header, case-insensitive.
 pub fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
     resp.headers

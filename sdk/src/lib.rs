@@ -17,6 +17,7 @@ pub mod bindings {
 }
 
 pub mod host;
+pub mod stock;
 pub mod text;
 pub mod time;
 

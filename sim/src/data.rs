@@ -1,6 +1,7 @@
 //! Seeded, deterministic order data. Times are whole seconds relative to the moment the
 //! simulator starts, so a host with a few days of look-back always finds them.
 
+use crate::inventory::{sku_code, PRODUCTS, SIZES};
 use serde::{Deserialize, Serialize};
 
 /// SplitMix64: tiny, deterministic, good enough to spread seed data.
@@ -55,7 +56,6 @@ impl SimOrder {
 
 const FIRST: &[&str] = &["Li", "Wang", "Zhang", "Chen", "Maria", "John", "Aiko", "Priya", "Tom", "Nguyen"];
 const LAST: &[&str] = &["Wei", "Fang", "Smith", "Garcia", "Tanaka", "Patel", "Brown", "Lin", "Kim", "Rossi"];
-const PRODUCTS: &[&str] = &["Tea Cup", "Rice Cooker", "Phone Case", "Sneakers", "Desk Lamp", "Backpack", "Umbrella", "Notebook"];
 
 /// Generate `count` orders for one shop. `now_s` anchors the times; orders spread over
 /// the last `history_s` seconds. `id_base` keeps ids distinct across shops.
@@ -94,7 +94,7 @@ pub fn new_order(
             let p = rng.below(PRODUCTS.len() as u64) as usize;
             SimLine {
                 line_id: id * 10 + j as u64,
-                sku: format!("SKU-{:03}-{}", p, ["S", "M", "L"][rng.below(3) as usize]),
+                sku: sku_code(p, rng.below(SIZES.len() as u64) as usize),
                 title: PRODUCTS[p].to_string(),
                 quantity: 1 + rng.below(4) as u32,
                 unit_price_minor: 100 + rng.below(20_000) as i64,

@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod faults;
+pub mod inventory;
 pub mod shopify;
 pub mod taobao;
 
@@ -21,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use data::{SeedRng, SimOrder};
 use faults::{CallWindow, FaultKind, FaultQueue, LeakyBucket};
+use inventory::StockItem;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -146,11 +148,15 @@ pub struct PlatformStats {
     pub faults: u64,
     /// Refused for auth, signature or parameter errors.
     pub rejected: u64,
+    /// Stock quantities written.
+    pub stock_writes: u64,
 }
 
 pub(crate) struct Inner {
     pub rng: SeedRng,
     pub orders: HashMap<(Platform, String), BTreeMap<u64, SimOrder>>,
+    /// Catalogue and stock per shop, by SKU code.
+    pub inventory: HashMap<(Platform, String), BTreeMap<String, StockItem>>,
     pub faults: HashMap<Platform, FaultQueue>,
     pub buckets: HashMap<String, LeakyBucket>,
     pub windows: HashMap<String, CallWindow>,
@@ -169,6 +175,17 @@ impl SimState {
         let mut rng = SeedRng::new(config.seed);
         let history_s = config.history_hours as i64 * 3600;
         let mut orders = HashMap::new();
+        let mut inventory = HashMap::new();
+        let shop_keys = config
+            .shopify
+            .shops
+            .iter()
+            .map(|s| (Platform::Shopify, s.name.clone()))
+            .chain(config.taobao.shops.iter().map(|s| (Platform::Taobao, s.nick.clone())));
+        for (index, key) in shop_keys.enumerate() {
+            let items = inventory::catalogue(index as u64).into_iter().map(|i| (i.sku.clone(), i)).collect();
+            inventory.insert(key, items);
+        }
         let mut id_base = 1_000_000u64;
         for shop in &config.shopify.shops {
             let seeded = data::seed_orders(&mut rng, &shop.name, shop.orders, now_s, history_s, id_base, "USD", shopify::STATUSES.len());
@@ -196,6 +213,7 @@ impl SimState {
             inner: Mutex::new(Inner {
                 rng,
                 orders,
+                inventory,
                 faults: HashMap::new(),
                 buckets,
                 windows,
@@ -224,12 +242,44 @@ impl SimState {
             .unwrap_or_default()
     }
 
+    /// The shop's catalogue with current stock and every quantity written so far.
+    pub fn stock(&self, platform: Platform, shop: &str) -> Vec<StockItem> {
+        self.lock()
+            .inventory
+            .get(&(platform, shop.to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Write a quantity through a platform API; `find` picks the item. `None` when the
+    /// shop has no such item.
+    pub(crate) fn set_stock(
+        &self,
+        platform: Platform,
+        shop: &str,
+        find: impl Fn(&StockItem) -> bool,
+        quantity: impl FnOnce(u32) -> u32,
+    ) -> Option<StockItem> {
+        let mut inner = self.lock();
+        let item = inner.inventory.get_mut(&(platform, shop.to_string()))?.values_mut().find(|i| find(i))?;
+        let q = quantity(item.quantity);
+        item.set(q);
+        let item = item.clone();
+        inner.stats.entry(platform).or_default().stock_writes += 1;
+        Some(item)
+    }
+
     pub fn stats(&self) -> BTreeMap<Platform, PlatformStats> {
         self.lock().stats.clone()
     }
 
     pub fn inject(&self, platform: Platform, kind: FaultKind, count: usize) {
         self.lock().faults.entry(platform).or_default().push(kind, count);
+    }
+
+    /// Drop the platform's pending injected faults.
+    pub fn clear_faults(&self, platform: Platform) {
+        self.lock().faults.remove(&platform);
     }
 
     /// Move an order to its next status and stamp it as modified now.
@@ -343,11 +393,15 @@ impl Drop for SimHandle {
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/shopify/{shop}/admin/api/{version}/orders.json", get(shopify::orders))
+        .route("/shopify/{shop}/admin/api/{version}/products.json", get(shopify::products))
+        .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
+        .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
         .route("/_sim/stats", get(control_stats))
         .route("/_sim/faults", post(control_faults))
         .route("/_sim/limits", post(control_limits))
         .route("/_sim/orders", get(control_orders))
+        .route("/_sim/stock", get(control_stock))
         .route("/_sim/orders/touch", post(control_touch))
         .route("/_sim/orders/create", post(control_create))
         .with_state(state)
@@ -411,6 +465,10 @@ struct ShopQuery {
 
 async fn control_orders(State(state): State<Arc<SimState>>, Query(q): Query<ShopQuery>) -> Json<Vec<SimOrder>> {
     Json(state.orders(q.platform, &q.shop))
+}
+
+async fn control_stock(State(state): State<Arc<SimState>>, Query(q): Query<ShopQuery>) -> Json<Vec<StockItem>> {
+    Json(state.stock(q.platform, &q.shop))
 }
 
 #[derive(Deserialize)]

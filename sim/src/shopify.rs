@@ -4,6 +4,7 @@
 
 use crate::data::{minor_to_decimal, SimOrder};
 use crate::faults::BucketAnswer;
+use crate::inventory::StockItem;
 use crate::{fault_response, Platform, SimState};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -104,6 +105,13 @@ pub async fn orders(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    gated(&state, &shop, &headers, || page(&state, &shop, &version, &q, &headers)).await
+}
+
+/// What every Admin API call passes before its handler runs: the shop exists, injected
+/// faults, the access token, the leaky bucket. The answer is counted and carries the
+/// call-limit header.
+async fn gated(state: &SimState, shop: &str, headers: &HeaderMap, handler: impl FnOnce() -> Response) -> Response {
     let cfg = state.config();
     let Some(shop_cfg) = cfg.shopify.shops.iter().find(|s| s.name == shop) else {
         return errors(StatusCode::NOT_FOUND, json!({ "errors": "Not Found" }));
@@ -121,7 +129,7 @@ pub async fn orders(
     }
     let used = {
         let mut inner = state.lock();
-        let bucket = inner.buckets.get_mut(&shop);
+        let bucket = inner.buckets.get_mut(shop);
         match bucket.map(|b| (b.take(Instant::now()), b.size as u32)) {
             Some((BucketAnswer::Allowed { used }, size)) => format!("{used}/{size}"),
             Some((BucketAnswer::Throttled { retry_after, used }, size)) => {
@@ -139,7 +147,7 @@ pub async fn orders(
             None => "0/0".to_string(),
         }
     };
-    let mut resp = page(&state, &shop, &version, &q, &headers);
+    let mut resp = handler();
     if resp.status().is_success() {
         state.count(Platform::Shopify, |s| s.ok += 1);
     } else {
@@ -147,6 +155,107 @@ pub async fn orders(
     }
     resp.headers_mut().insert("x-shopify-shop-api-call-limit", hv(&used));
     resp
+}
+
+/// The one location every simulated shop stocks from.
+pub const LOCATION_ID: u64 = 61_000_000_001;
+
+pub async fn locations(
+    State(state): State<Arc<SimState>>,
+    Path((shop, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    gated(&state, &shop, &headers, || {
+        Json(json!({ "locations": [{ "id": LOCATION_ID, "name": "Main warehouse", "active": true }] })).into_response()
+    })
+    .await
+}
+
+/// `GET products.json?limit=N&since_id=ID`: products by ascending id with their variants.
+pub async fn products(
+    State(state): State<Arc<SimState>>,
+    Path((shop, _version)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    gated(&state, &shop, &headers, || {
+        let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
+            None => 50,
+            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(_) => return bad_param("limit", "must be between 1 and 250"),
+        };
+        let since_id = match q.get("since_id").map(|v| v.parse::<u64>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return bad_param("since_id", "must be an id"),
+        };
+        let mut by_product: std::collections::BTreeMap<u64, Vec<StockItem>> = Default::default();
+        for item in state.stock(Platform::Shopify, &shop) {
+            by_product.entry(item.product_id).or_default().push(item);
+        }
+        let products: Vec<Value> = by_product
+            .range(since_id + 1..)
+            .take(limit)
+            .map(|(id, variants)| {
+                json!({
+                    "id": id,
+                    "title": variants[0].title.split(" (").next().unwrap_or_default(),
+                    "variants": variants.iter().map(|v| json!({
+                        "id": v.variant_id,
+                        "product_id": id,
+                        "sku": v.sku,
+                        "title": v.title,
+                        "inventory_item_id": v.inventory_item_id,
+                        "inventory_quantity": v.quantity,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Json(json!({ "products": products })).into_response()
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SetLevel {
+    location_id: u64,
+    inventory_item_id: u64,
+    available: i64,
+}
+
+/// `POST inventory_levels/set.json`: an absolute quantity for one item at one location.
+pub async fn set_inventory_level(
+    State(state): State<Arc<SimState>>,
+    Path((shop, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    gated(&state, &shop, &headers, || {
+        let req: SetLevel = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return errors(StatusCode::BAD_REQUEST, json!({ "errors": { "inventory_level": [e.to_string()] } })),
+        };
+        if req.location_id != LOCATION_ID {
+            return errors(StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": { "location_id": ["Location does not exist"] } }));
+        }
+        let Ok(available) = u32::try_from(req.available) else {
+            return errors(StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": { "available": ["must be between 0 and 4294967295"] } }));
+        };
+        match state.set_stock(Platform::Shopify, &shop, |i| i.inventory_item_id == req.inventory_item_id, |_| available) {
+            Some(item) => Json(json!({ "inventory_level": {
+                "inventory_item_id": item.inventory_item_id,
+                "location_id": LOCATION_ID,
+                "available": item.quantity,
+                "updated_at": local_time(crate::now_s()),
+            } }))
+            .into_response(),
+            None => errors(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "errors": { "inventory_item_id": ["Inventory item does not exist"] } }),
+            ),
+        }
+    })
+    .await
 }
 
 fn hv(s: &str) -> HeaderValue {

@@ -206,6 +206,8 @@ fn handle(state: &SimState, query: Option<&str>, body: &[u8]) -> Result<Value, R
         .ok_or(Refusal::Error(27, "Invalid session", Some("session-expired"), None))?;
     match p("method") {
         "taobao.trades.sold.increment.get" => increment_get(state, &shop.nick, &params),
+        "taobao.skus.custom.get" => skus_custom_get(state, &shop.nick, &params),
+        "taobao.item.quantity.update" => item_quantity_update(state, &shop.nick, &params),
         _ => Err(Refusal::Error(22, "Invalid method", None, None)),
     }
 }
@@ -253,6 +255,68 @@ fn increment_get(state: &SimState, shop: &str, params: &BTreeMap<String, String>
         resp["total_results"] = json!(total);
     }
     Ok(json!({ "trades_sold_increment_get_response": resp }))
+}
+
+/// `taobao.skus.custom.get`: the SKUs whose merchant code (`outer_id`) is given.
+fn skus_custom_get(state: &SimState, shop: &str, params: &BTreeMap<String, String>) -> Result<Value, Refusal> {
+    let outer_id = params.get("outer_id").filter(|v| !v.is_empty()).ok_or_else(|| {
+        Refusal::Error(40, "Missing required arguments", None, Some("missing outer_id".into()))
+    })?;
+    if params.get("fields").is_none_or(|f| f.is_empty()) {
+        return Err(Refusal::Error(40, "Missing required arguments", None, Some("missing fields".into())));
+    }
+    let wanted: Vec<&str> = outer_id.split(',').collect();
+    let skus: Vec<Value> = state
+        .stock(Platform::Taobao, shop)
+        .into_iter()
+        .filter(|i| wanted.contains(&i.sku.as_str()))
+        .map(|i| json!({ "sku_id": i.variant_id, "num_iid": i.product_id, "outer_id": i.sku, "quantity": i.quantity }))
+        .collect();
+    let mut resp = json!({ "request_id": request_id() });
+    if !skus.is_empty() {
+        resp["skus"] = json!({ "sku": skus });
+    }
+    Ok(json!({ "skus_custom_get_response": resp }))
+}
+
+/// `taobao.item.quantity.update`: `type` 1 sets the quantity, 2 adds to it (never below 0).
+fn item_quantity_update(state: &SimState, shop: &str, params: &BTreeMap<String, String>) -> Result<Value, Refusal> {
+    let p = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let num_iid: u64 = p("num_iid")
+        .parse()
+        .map_err(|_| Refusal::Error(40, "Missing required arguments", None, Some("num_iid must be given".into())))?;
+    let quantity: i64 = p("quantity")
+        .parse()
+        .map_err(|_| invalid("isv.invalid-parameter", "quantity must be an integer".into()))?;
+    let incremental = match p("type") {
+        "" | "1" => false,
+        "2" => true,
+        _ => return Err(invalid("isv.invalid-parameter", "type must be 1 (full) or 2 (incremental)".into())),
+    };
+    if !incremental && quantity < 0 {
+        return Err(invalid("isv.invalid-parameter", "quantity must be >= 0 for a full update".into()));
+    }
+    let sku_id: Option<u64> = p("sku_id").parse().ok();
+    let outer_id = p("outer_id");
+    let matches = |i: &crate::inventory::StockItem| {
+        i.product_id == num_iid && sku_id.map_or(i.sku == outer_id, |id| i.variant_id == id)
+    };
+    let new_quantity = |old: u32| {
+        if incremental {
+            (old as i64 + quantity).clamp(0, u32::MAX as i64) as u32
+        } else {
+            quantity.min(u32::MAX as i64) as u32
+        }
+    };
+    let item = state.set_stock(Platform::Taobao, shop, matches, new_quantity).ok_or_else(|| {
+        Refusal::Error(15, "Remote service error", Some("isv.item-not-exist"), Some(format!("item {num_iid} has no such sku")))
+    })?;
+    Ok(json!({ "item_quantity_update_response": { "item": {
+        "num_iid": item.product_id,
+        "sku_id": item.variant_id,
+        "num": item.quantity,
+        "modified": format_time(now_s()),
+    }, "request_id": request_id() } }))
 }
 
 #[cfg(test)]

@@ -105,7 +105,13 @@ fn leased_header(msg: &TransactionalTree, token: &LeaseToken) -> TxResult<(Heade
 impl SledQueue {
     /// Queues in `db`; must be called inside a tokio runtime (starts the flusher).
     pub fn new(db: sled::Db, policy: QueuePolicy) -> Self {
-        SledQueue { commit: GroupCommit::start(db.clone()), db, trees: Mutex::new(HashMap::new()), lease_lock: tokio::sync::Mutex::new(()), policy }
+        let commit = GroupCommit::start(db.clone());
+        Self::with_commit(db, commit, policy)
+    }
+
+    /// Queues sharing `commit` (the database's one group committer) with other writers.
+    pub fn with_commit(db: sled::Db, commit: Arc<GroupCommit>, policy: QueuePolicy) -> Self {
+        SledQueue { commit, db, trees: Mutex::new(HashMap::new()), lease_lock: tokio::sync::Mutex::new(()), policy }
     }
 
     pub fn flush_count(&self) -> u64 {

@@ -9,7 +9,7 @@ pub mod state;
 use crate::capabilities::http::HostAllowlist;
 use crate::config::{RuntimeConfig, ShopConfig};
 use bindings::berth::connector::types::{
-    ConnectorError, Health, Manifest, OrderPage, PullRequest,
+    ConnectorError, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult,
 };
 use bindings::{Connector, ConnectorPre};
 use engine::ConnectorEngine;
@@ -258,5 +258,20 @@ impl LoadedConnector {
     ) -> Result<Result<OrderPage, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
         self.finish("pull-orders", inst.call_pull_orders(&mut store, shop, req)).await
+    }
+
+    pub async fn push_inventory(
+        &self,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        updates: &[StockUpdate],
+    ) -> Result<Result<Vec<UpdateResult>, ConnectorError>, CallError> {
+        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
+        self.finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates)).await
+    }
+
+    /// Whether the manifest offers a capability.
+    pub fn offers(&self, cap: bindings::berth::connector::types::Capability) -> bool {
+        self.manifest.capabilities.contains(&cap)
     }
 }

@@ -4,17 +4,26 @@
 //! paged with the `page_info` cursor from the `Link` header (when `page_info` is present
 //! only `limit` may accompany it). HTTP 429 becomes `rate-limited` with `Retry-After`.
 //!
+//! Stock goes out through `POST inventory_levels/set.json` (absolute `available` at one
+//! location). Shopify addresses stock by inventory item, not SKU: the connector maps
+//! SKU -> `inventory_item_id` by reading `products.json` (paged by `since_id`) and keeps
+//! the map in host kv, refreshing it when a SKU is missing or Shopify no longer knows
+//! the item.
+//!
 //! Shop config: `base_url` (e.g. `https://acme.myshopify.com`), secret `access_token`,
-//! optional `api_version` (default 2024-07) and `page_size` (default 250, at most 250).
+//! optional `api_version` (default 2024-07), `page_size` (default 250, at most 250) and
+//! `location_id` (default: the shop's first active location).
 
 use berth_sdk::host::{self, Response};
+use berth_sdk::stock::{accepted, is_per_sku, rejected, rejected_by, stop_batch};
 use berth_sdk::text::{mask_name, mask_phone, parse_minor, query_param};
 use berth_sdk::time::{format_rfc3339_utc, parse_rfc3339};
 use berth_sdk::{
     Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
-    PullRequest, RateLimit,
+    PullRequest, RateLimit, StockUpdate, UpdateResult,
 };
 use serde::Deserialize;
+use serde_json::json;
 
 struct Shopify;
 
@@ -83,7 +92,11 @@ impl ShopSettings {
     }
 
     fn orders_url(&self, query: &str) -> String {
-        format!("{}/admin/api/{}/orders.json?{query}", self.base_url, self.api_version)
+        self.url(&format!("orders.json?{query}"))
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("{}/admin/api/{}/{path_and_query}", self.base_url, self.api_version)
     }
 
     fn get(&self, url: &str) -> Result<Response, ConnectorError> {
@@ -91,6 +104,107 @@ impl ShopSettings {
         check_status(&resp)?;
         Ok(resp)
     }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, what: &str) -> Result<T, ConnectorError> {
+        let resp = self.get(url)?;
+        serde_json::from_slice(&resp.body).map_err(|e| garbled(what, e))
+    }
+
+    /// The location stock is set at: configured, else remembered, else the first active one.
+    fn location_id(&self) -> Result<u64, ConnectorError> {
+        if let Some(v) = host::config("location_id") {
+            return v.parse().map_err(|_| ConnectorError::Permanent(format!("location_id `{v}` is not a number")));
+        }
+        if let Some(id) = host::state::get(LOCATION_KEY)?.and_then(|b| String::from_utf8(b).ok()?.parse().ok()) {
+            return Ok(id);
+        }
+        let body: LocationsBody = self.get_json(&self.url("locations.json"), "locations list")?;
+        let id = body
+            .locations
+            .iter()
+            .find(|l| l.active)
+            .map(|l| l.id)
+            .ok_or_else(|| ConnectorError::Permanent("the shop has no active location to hold stock".into()))?;
+        host::state::set(LOCATION_KEY, id.to_string().as_bytes())?;
+        Ok(id)
+    }
+
+    /// Read every product's variants and remember SKU -> inventory item id.
+    fn refresh_item_map(&self) -> Result<(), ConnectorError> {
+        let mut since_id = 0u64;
+        loop {
+            let url = self.url(&format!("products.json?limit={MAX_PAGE}&since_id={since_id}&fields=id,variants"));
+            let body: ProductsBody = self.get_json(&url, "products list")?;
+            for v in body.products.iter().flat_map(|p| &p.variants) {
+                if let Some(sku) = v.sku.as_deref().filter(|s| !s.is_empty()) {
+                    host::state::set(&item_key(sku), v.inventory_item_id.to_string().as_bytes())?;
+                }
+            }
+            match body.products.last() {
+                Some(last) if body.products.len() == MAX_PAGE as usize => since_id = last.id,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn remembered_item(sku: &str) -> Result<Option<u64>, ConnectorError> {
+        Ok(host::state::get(&item_key(sku))?.and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
+    }
+
+    /// Set one SKU's available quantity; `Ok(false)` when Shopify does not know the item.
+    fn set_level(&self, location_id: u64, item: u64, quantity: u32) -> Result<bool, ConnectorError> {
+        let body = json!({ "location_id": location_id, "inventory_item_id": item, "available": quantity });
+        let resp = host::post_json(
+            &self.url("inventory_levels/set.json"),
+            &body,
+            &[("x-shopify-access-token", &self.token), ("accept", "application/json")],
+        )?;
+        if matches!(resp.status, 404 | 422) {
+            let text = String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)]).into_owned();
+            if text.contains("location_id") {
+                return Err(ConnectorError::Permanent(format!("Shopify refused location {location_id}: {text}")));
+            }
+            return Ok(false);
+        }
+        check_status(&resp)?;
+        Ok(true)
+    }
+}
+
+const LOCATION_KEY: &str = "stock/location";
+
+fn item_key(sku: &str) -> String {
+    format!("stock/item/{sku}")
+}
+
+#[derive(Deserialize)]
+struct LocationsBody {
+    locations: Vec<Location>,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    id: u64,
+    #[serde(default)]
+    active: bool,
+}
+
+#[derive(Deserialize)]
+struct ProductsBody {
+    products: Vec<Product>,
+}
+
+#[derive(Deserialize)]
+struct Product {
+    id: u64,
+    #[serde(default)]
+    variants: Vec<Variant>,
+}
+
+#[derive(Deserialize)]
+struct Variant {
+    sku: Option<String>,
+    inventory_item_id: u64,
 }
 
 /// Turn Shopify's HTTP status into the error the host acts on.
@@ -191,7 +305,7 @@ impl Connector for Shopify {
             platform: "shopify".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders],
+            capabilities: vec![Capability::Orders, Capability::Inventory],
             allowed_hosts: vec!["*.myshopify.com".into()],
             // Standard plan: 2 requests/s leak, bucket of 40.
             default_rate_limit: RateLimit { requests_per_minute: 120, burst: 40 },
@@ -240,6 +354,47 @@ impl Connector for Shopify {
             .collect::<Result<Vec<_>, _>>()?;
         host::counter_add("orders_pulled", &[], orders.len() as u64);
         Ok(OrderPage { orders, next_page_cursor: next_page_info(&resp) })
+    }
+
+    fn push_inventory(_shop: String, updates: Vec<StockUpdate>) -> Result<Vec<UpdateResult>, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let location = s.location_id()?;
+        let mut done = Vec::with_capacity(updates.len());
+        let mut refreshed = false;
+        for u in &updates {
+            match push_one(&s, location, u, &mut refreshed) {
+                Ok(r) => done.push(r),
+                Err(e) if is_per_sku(&e) => done.push(rejected_by(&u.sku, e)),
+                Err(e) => return stop_batch(done, e),
+            }
+        }
+        host::counter_add("stock_pushed", &[], done.iter().filter(|r| r.accepted).count() as u64);
+        Ok(done)
+    }
+}
+
+/// Push one SKU, refreshing the SKU map at most once per batch when it is stale.
+fn push_one(s: &ShopSettings, location: u64, u: &StockUpdate, refreshed: &mut bool) -> Result<UpdateResult, ConnectorError> {
+    loop {
+        let item = match ShopSettings::remembered_item(&u.sku)? {
+            Some(item) => item,
+            None if !*refreshed => {
+                s.refresh_item_map()?;
+                *refreshed = true;
+                continue;
+            }
+            None => return Ok(rejected(&u.sku, "no Shopify variant has this SKU")),
+        };
+        if s.set_level(location, item, u.quantity)? {
+            return Ok(accepted(&u.sku));
+        }
+        // Shopify no longer knows the item: the product was changed; read the map again.
+        host::state::delete(&item_key(&u.sku))?;
+        if *refreshed {
+            return Ok(rejected(&u.sku, format!("Shopify does not know inventory item {item}")));
+        }
+        s.refresh_item_map()?;
+        *refreshed = true;
     }
 }
 

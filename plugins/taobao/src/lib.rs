@@ -8,16 +8,22 @@
 //! seen twice rather than missed; this connector does that. Throttling arrives as HTTP
 //! 200 with code 7 and "This ban will last for N more seconds", mapped to `rate-limited`.
 //!
+//! Stock goes out through `taobao.item.quantity.update` with `type=1` (a full overwrite,
+//! naturally idempotent; `type=2` deltas are never used, a retried delta would count
+//! twice). TOP addresses a SKU by item (`num_iid`) and `sku_id`; the connector finds both
+//! from the seller's SKU code with `taobao.skus.custom.get` and remembers them in kv.
+//!
 //! Shop config: `gateway` (e.g. `https://eco.taobao.com/router/rest`), `app_key`,
 //! secrets `app_secret` and `session`; optional `sign_method` (md5 | hmac | hmac-sha256,
 //! default md5) and `page_size` (1..=100, default 40).
 
 use berth_sdk::host::{self, hash};
+use berth_sdk::stock::{accepted, is_per_sku, rejected, rejected_by, stop_batch};
 use berth_sdk::text::{form_encode, mask_name, mask_phone, parse_minor};
 use berth_sdk::time::{format_ymd_hms, now_ms, parse_ymd_hms};
 use berth_sdk::{
     Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
-    PullRequest, RateLimit,
+    PullRequest, RateLimit, StockUpdate, UpdateResult,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -112,6 +118,62 @@ impl ShopSettings {
         body.get(&key)
             .cloned()
             .ok_or_else(|| ConnectorError::Transient(format!("TOP answer lacks `{key}`")))
+    }
+}
+
+/// A SKU's place in TOP: item and SKU ids.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct SkuRef {
+    num_iid: u64,
+    sku_id: u64,
+}
+
+fn sku_key(sku: &str) -> String {
+    format!("stock/sku/{sku}")
+}
+
+impl ShopSettings {
+    /// Find a SKU code's item and SKU ids, remembered in kv after the first lookup.
+    fn sku_ref(&self, sku: &str) -> Result<Option<SkuRef>, ConnectorError> {
+        if let Some(r) = host::state::get(&sku_key(sku))?.and_then(|b| serde_json::from_slice(&b).ok()) {
+            return Ok(Some(r));
+        }
+        let resp = self.call("taobao.skus.custom.get", &[("outer_id", sku.to_string()), ("fields", "sku_id,num_iid,outer_id".into())])?;
+        let found = resp
+            .pointer("/skus/sku")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|s| s.get("outer_id").and_then(|o| o.as_str()) == Some(sku))
+            .find_map(|s| Some(SkuRef { num_iid: s.get("num_iid")?.as_u64()?, sku_id: s.get("sku_id")?.as_u64()? }));
+        if let Some(r) = found {
+            host::state::set(&sku_key(sku), &serde_json::to_vec(&r).unwrap_or_default())?;
+        }
+        Ok(found)
+    }
+
+    fn push_one(&self, u: &StockUpdate) -> Result<UpdateResult, ConnectorError> {
+        let Some(r) = self.sku_ref(&u.sku)? else {
+            return Ok(rejected(&u.sku, "no Taobao SKU has this merchant code (outer_id)"));
+        };
+        let result = self.call(
+            "taobao.item.quantity.update",
+            &[
+                ("num_iid", r.num_iid.to_string()),
+                ("sku_id", r.sku_id.to_string()),
+                ("quantity", u.quantity.to_string()),
+                ("type", "1".into()),
+            ],
+        );
+        match result {
+            Ok(_) => Ok(accepted(&u.sku)),
+            Err(e) if is_per_sku(&e) => {
+                // The item may have been relisted under new ids: look them up next time.
+                host::state::delete(&sku_key(&u.sku))?;
+                Ok(rejected_by(&u.sku, e))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -230,7 +292,7 @@ impl Connector for Taobao {
             platform: "taobao".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders],
+            capabilities: vec![Capability::Orders, Capability::Inventory],
             allowed_hosts: vec!["eco.taobao.com".into(), "gw.api.taobao.com".into(), "gw.api.tbsandbox.com".into()],
             default_rate_limit: RateLimit { requests_per_minute: 600, burst: 10 },
             max_window_ms: Some(ONE_DAY_MS),
@@ -303,6 +365,19 @@ impl Connector for Taobao {
             serde_json::to_string(&PageCursor { next_page: page_no - 1 }).unwrap_or_default()
         });
         Ok(OrderPage { orders, next_page_cursor })
+    }
+
+    fn push_inventory(_shop: String, updates: Vec<StockUpdate>) -> Result<Vec<UpdateResult>, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let mut done = Vec::with_capacity(updates.len());
+        for u in &updates {
+            match s.push_one(u) {
+                Ok(r) => done.push(r),
+                Err(e) => return stop_batch(done, e),
+            }
+        }
+        host::counter_add("stock_pushed", &[], done.iter().filter(|r| r.accepted).count() as u64);
+        Ok(done)
     }
 }
 

@@ -1,4 +1,7 @@
-//! The HTTP API: ERP-facing order reads, shop and connector status, health.
+//! The HTTP API: ERP-facing order reads and leases, stock submissions, shop and
+//! connector status, health.
+
+pub mod stock;
 
 use crate::inbox::{LeasedOrder, OrderInbox};
 use crate::queue::{LeaseToken, QueueError, QueueStats};
@@ -28,6 +31,8 @@ pub struct ConnectorInfo {
 pub struct ApiState {
     pub store: Arc<OrderStore>,
     pub inbox: OrderInbox,
+    pub stock: Arc<crate::stock::StockLedger>,
+    pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
     pub shops: Vec<SharedStatus>,
     pub connectors: Vec<ConnectorInfo>,
 }
@@ -44,6 +49,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/orders/dead-letters/replay", post(replay_dead))
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
         .route("/v1/shops", get(list_shops))
+        .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
+        .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
+        .route("/v1/shops/{shop}/stock/{sku}", get(stock::one))
+        .route("/v1/stock/queue", get(stock::queue))
         .route("/v1/connectors", get(list_connectors))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -55,7 +64,7 @@ struct ApiError {
     error: String,
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -66,6 +75,10 @@ async fn index() -> &'static str {
      POST /v1/orders/ack {tokens: [...]}            acknowledge leased orders (nack: retry later)\n\
      GET /v1/orders/queue                           queue depth, age and dead letters\n\
      POST /v1/orders/dead-letters/replay {ids}      back to the queue (purge: drop them)\n\
+     POST /v1/shops/{shop}/stock {updates: [{sku, quantity, seq?}]}  absolute stock, pushed newest-first\n\
+     GET /v1/shops/{shop}/stock[/{sku}]             per-SKU push results (?state=pending|pushed|rejected|dead)\n\
+     POST /v1/shops/{shop}/stock/dead-letters/replay {skus}  retry rejected or dead SKUs\n\
+     GET /v1/stock/queue                            stock push backlog per shop\n\
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /healthz  GET /readyz\n"
@@ -121,10 +134,10 @@ async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
     Json(FeedInfo { entries: st.store.feed_len(), committed_seq, durable_seq })
 }
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+pub(crate) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// The request body, or a 400 saying what was wrong and what shape was `expected`.
-fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
+pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
     body.map(|Json(b)| b)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e}; expected {expected}")))
 }

@@ -1,0 +1,194 @@
+//! Stock endpoints: the ERP submits absolute quantities per SKU and reads per-SKU results.
+//!
+//! `POST /v1/shops/{shop}/stock`        {"updates": [{"sku", "quantity", "seq"?}]}
+//! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead&after=SKU&limit=N
+//! `GET  /v1/shops/{shop}/stock/{sku}`  one SKU's record
+//! `POST /v1/shops/{shop}/stock/dead-letters/replay` {"skus": [...]}: rejected/dead SKUs back to pending
+//! `GET  /v1/stock/queue`               per shop: counts, oldest pending age, pusher status
+
+use super::{body_or_400, error, ApiState, JsonBody};
+use crate::stock::pusher::{PushStatus, SharedPushStatus};
+use crate::stock::{SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Largest batch one stock request may carry, and the largest listing page.
+pub const MAX_STOCK_BATCH: usize = 1000;
+
+/// What the API knows about one shop's stock pushes.
+pub struct StockShop {
+    pub connector: String,
+    /// `None` when the shop's connector does not offer inventory.
+    pub pusher: Option<(Arc<Notify>, SharedPushStatus)>,
+}
+
+fn stock_error(e: StockError) -> Response {
+    match e {
+        StockError::BadSku(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        e => {
+            tracing::error!(error = %e, "stock ledger failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// The shop's entry, or the response saying why it cannot take stock.
+fn shop_entry<'a>(st: &'a ApiState, shop: &str) -> Result<&'a StockShop, Response> {
+    st.stock_shops.get(shop).ok_or_else(|| {
+        let known: Vec<&str> = st.stock_shops.keys().map(String::as_str).collect();
+        error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; configured shops: {}", known.join(", ")))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    updates: Vec<StockRequest>,
+}
+
+#[derive(Serialize)]
+struct SubmitResponse {
+    results: Vec<SubmitResult>,
+}
+
+pub async fn submit(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<SubmitBody>) -> Response {
+    let entry = match shop_entry(&st, &shop) {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    let Some((wake, _)) = &entry.pusher else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("shop `{shop}` uses connector `{}`, which does not offer inventory; nothing was stored", entry.connector),
+        );
+    };
+    let req = match body_or_400(body, r#"{"updates": [{"sku": "A-1", "quantity": 5, "seq": 17}]} (seq optional)"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.updates.is_empty() || req.updates.len() > MAX_STOCK_BATCH {
+        return error(StatusCode::BAD_REQUEST, format!("send 1..={MAX_STOCK_BATCH} updates per request"));
+    }
+    match st.stock.submit(&shop, &req.updates).await {
+        Ok(results) => {
+            wake.notify_one();
+            (StatusCode::ACCEPTED, Json(SubmitResponse { results })).into_response()
+        }
+        Err(e) => stock_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<SkuState>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    skus: Vec<SkuStock>,
+    /// Pass as `after` for the next page; absent at the end.
+    next_after: Option<String>,
+}
+
+pub async fn list(
+    State(st): State<Arc<ApiState>>,
+    Path(shop): Path<String>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(resp) = shop_entry(&st, &shop) {
+        return resp;
+    }
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?state=pending|pushed|rejected|dead&after=SKU&limit=1..={MAX_STOCK_BATCH}"))
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_STOCK_BATCH).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, format!("limit must be 1..={MAX_STOCK_BATCH}"));
+    }
+    match st.stock.list(&shop, q.state, q.after.as_deref(), limit) {
+        Ok(skus) => {
+            let next_after = (skus.len() == limit).then(|| skus.last().map(|r| r.sku.clone())).flatten();
+            Json(ListResponse { skus, next_after }).into_response()
+        }
+        Err(e) => stock_error(e),
+    }
+}
+
+pub async fn one(State(st): State<Arc<ApiState>>, Path((shop, sku)): Path<(String, String)>) -> Response {
+    if let Err(resp) = shop_entry(&st, &shop) {
+        return resp;
+    }
+    match st.stock.get(&shop, &sku) {
+        Ok(Some(rec)) => Json(rec).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no stock update was ever submitted for SKU `{sku}` of shop `{shop}`")),
+        Err(e) => stock_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    skus: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ReplayResponse {
+    count: usize,
+}
+
+pub async fn replay(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
+    let entry = match shop_entry(&st, &shop) {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    let req = match body_or_400(body, r#"{"skus": ["A-1", ...]} from GET /v1/shops/{shop}/stock?state=dead"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.stock.replay(&shop, &req.skus).await {
+        Ok(count) => {
+            if let Some((wake, _)) = &entry.pusher {
+                wake.notify_one();
+            }
+            Json(ReplayResponse { count }).into_response()
+        }
+        Err(e) => stock_error(e),
+    }
+}
+
+#[derive(Serialize)]
+struct ShopStockView {
+    connector: String,
+    pushes_enabled: bool,
+    #[serde(flatten)]
+    stats: StockStats,
+    pusher: Option<PushStatus>,
+}
+
+pub async fn queue(State(st): State<Arc<ApiState>>) -> Response {
+    let mut out = BTreeMap::new();
+    for (shop, entry) in &st.stock_shops {
+        let stats = match st.stock.stats(shop) {
+            Ok(s) => s,
+            Err(e) => return stock_error(e),
+        };
+        let pusher = entry.pusher.as_ref().map(|(_, s)| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        out.insert(
+            shop.clone(),
+            ShopStockView { connector: entry.connector.clone(), pushes_enabled: entry.pusher.is_some(), stats, pusher },
+        );
+    }
+    Json(out).into_response()
+}

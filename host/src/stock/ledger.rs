@@ -1,0 +1,405 @@
+//! The stock ledger on sled: `stock/sku` (shop \0 sku -> [`SkuStock`]) and `stock/due`
+//! (shop \0 due-time sku -> version), changed together in one transaction and made
+//! durable through the database's group commit.
+
+use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
+use crate::clock::now_ms;
+use crate::queue::group_commit::GroupCommit;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use std::sync::Arc;
+
+/// Retry policy for failed pushes.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+pub struct StockLedger {
+    db: sled::Db,
+    skus: Tree,
+    due: Tree,
+    commit: Arc<GroupCommit>,
+    policy: RetryPolicy,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StockError>>;
+
+fn tx_err(e: TransactionError<StockError>) -> StockError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StockError::Storage(e),
+    }
+}
+
+fn sku_key(shop: &str, sku: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(shop.len() + sku.len() + 1);
+    k.extend_from_slice(shop.as_bytes());
+    k.push(0);
+    k.extend_from_slice(sku.as_bytes());
+    k
+}
+
+fn shop_prefix(shop: &str) -> Vec<u8> {
+    sku_key(shop, "")
+}
+
+fn due_key(shop: &str, due_ms: i64, sku: &str) -> Vec<u8> {
+    let mut k = shop_prefix(shop);
+    k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(sku.as_bytes());
+    k
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<SkuStock, StockError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StockError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why: e.to_string() })
+}
+
+fn read(skus: &TransactionalTree, key: &[u8]) -> TxResult<Option<SkuStock>> {
+    match skus.get(key)? {
+        None => Ok(None),
+        Some(b) => decode(key, &b).map(Some).map_err(ConflictableTransactionError::Abort),
+    }
+}
+
+fn write(skus: &TransactionalTree, due: &TransactionalTree, shop: &str, old_due: Option<i64>, rec: &SkuStock) -> TxResult<()> {
+    if let Some(d) = old_due {
+        due.remove(due_key(shop, d, &rec.sku))?;
+    }
+    if let Some(d) = rec.due_at_ms {
+        due.insert(due_key(shop, d, &rec.sku), &rec.version.to_be_bytes())?;
+    }
+    skus.insert(sku_key(shop, &rec.sku), serde_json::to_vec(rec).expect("stock record serializes"))?;
+    Ok(())
+}
+
+impl StockLedger {
+    pub fn open(db: sled::Db, commit: Arc<GroupCommit>, policy: RetryPolicy) -> Result<Self, StockError> {
+        Ok(StockLedger { skus: db.open_tree("stock/sku")?, due: db.open_tree("stock/due")?, db, commit, policy })
+    }
+
+    /// Record the ERP's desired quantities; returns once they are on disk. Within one
+    /// call a later update for the same SKU wins.
+    pub async fn submit(&self, shop: &str, updates: &[StockRequest]) -> Result<Vec<SubmitResult>, StockError> {
+        for u in updates {
+            check_sku(&u.sku)?;
+        }
+        // Versions are taken up front (ids only grow, also across restarts).
+        let versions = updates.iter().map(|_| self.db.generate_id().map(|v| v + 1)).collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        let results = (&self.skus, &self.due)
+            .transaction(|(skus, due)| {
+                let mut out = Vec::with_capacity(updates.len());
+                for (u, &version) in updates.iter().zip(&versions) {
+                    let key = sku_key(shop, &u.sku);
+                    let existing = read(skus, &key)?;
+                    if let (Some(rec), Some(seq)) = (&existing, u.seq) {
+                        if rec.seq.is_some_and(|s| s >= seq) {
+                            out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Stale, version: rec.version });
+                            continue;
+                        }
+                    }
+                    if let Some(rec) = existing.as_ref().filter(|r| {
+                        r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed)
+                    }) {
+                        let mut rec = rec.clone();
+                        rec.seq = u.seq.or(rec.seq);
+                        write(skus, due, shop, None, &rec)?;
+                        out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Unchanged, version: rec.version });
+                        continue;
+                    }
+                    let old_due = existing.as_ref().and_then(|r| r.due_at_ms);
+                    let rec = SkuStock {
+                        sku: u.sku.clone(),
+                        quantity: u.quantity,
+                        seq: u.seq.or(existing.as_ref().and_then(|r| r.seq)),
+                        version,
+                        received_at_ms: now,
+                        state: SkuState::Pending,
+                        attempts: 0,
+                        due_at_ms: Some(now),
+                        last_error: None,
+                        pushed_quantity: existing.as_ref().and_then(|r| r.pushed_quantity),
+                        pushed_version: existing.as_ref().and_then(|r| r.pushed_version),
+                        pushed_at_ms: existing.as_ref().and_then(|r| r.pushed_at_ms),
+                    };
+                    write(skus, due, shop, old_due, &rec)?;
+                    out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
+                }
+                Ok(out)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(results)
+    }
+
+    /// Pending SKUs of a shop due by `now`, oldest due first, at most `max`.
+    pub fn due(&self, shop: &str, now: i64, max: usize) -> Result<Vec<SkuStock>, StockError> {
+        let end = due_key(shop, now.saturating_add(1), "");
+        let mut out = Vec::new();
+        for item in self.due.range(shop_prefix(shop)..end) {
+            let (k, _) = item?;
+            let sku = String::from_utf8_lossy(&k[shop.len() + 9..]).into_owned();
+            if let Some(rec) = self.get(shop, &sku)? {
+                if rec.state == SkuState::Pending {
+                    out.push(rec);
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the shop's next pending SKU falls due.
+    pub fn next_due(&self, shop: &str) -> Result<Option<i64>, StockError> {
+        let prefix = shop_prefix(shop);
+        match self.due.scan_prefix(&prefix).keys().next() {
+            None => Ok(None),
+            Some(k) => {
+                let k = k?;
+                let at = k.get(prefix.len()..prefix.len() + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                Ok(at.map(|t| t as i64))
+            }
+        }
+    }
+
+    /// Wait until everything read so far is on disk: the pusher calls this before it
+    /// sends, so a quantity it pushes can never be lost by a crash afterwards.
+    pub async fn durable(&self) -> Result<(), StockError> {
+        Ok(self.commit.durable().await?)
+    }
+
+    /// Record how pushes of `(sku, version, quantity)` ended. A result for a version no
+    /// longer desired keeps the SKU pending for its newer quantity.
+    pub async fn settle(&self, shop: &str, results: &[(String, u64, u32, PushOutcome)]) -> Result<(), StockError> {
+        let now = now_ms();
+        let policy = self.policy;
+        let backoff = |attempts: u32| -> i64 {
+            let base = policy.base_ms as f64 * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
+            let capped = base.min(policy.max_ms as f64);
+            (capped * rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0)) as i64
+        };
+        (&self.skus, &self.due)
+            .transaction(|(skus, due)| {
+                for (sku, version, quantity, outcome) in results {
+                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
+                    let old_due = rec.due_at_ms;
+                    let current = rec.version == *version;
+                    match outcome {
+                        PushOutcome::Accepted => {
+                            rec.pushed_quantity = Some(*quantity);
+                            rec.pushed_version = Some(*version);
+                            rec.pushed_at_ms = Some(now);
+                            if current {
+                                rec.state = SkuState::Pushed;
+                                rec.due_at_ms = None;
+                                rec.last_error = None;
+                            }
+                        }
+                        PushOutcome::Rejected(why) if current => {
+                            rec.state = SkuState::Rejected;
+                            rec.due_at_ms = None;
+                            rec.last_error = Some(why.clone());
+                        }
+                        PushOutcome::Failed(why) if current => {
+                            rec.attempts += 1;
+                            rec.last_error = Some(why.clone());
+                            if rec.attempts >= policy.max_attempts {
+                                rec.state = SkuState::Dead;
+                                rec.due_at_ms = None;
+                            } else {
+                                rec.due_at_ms = Some(now + backoff(rec.attempts));
+                            }
+                        }
+                        // A failure of a version no longer wanted: the newer one is pending.
+                        PushOutcome::Rejected(_) | PushOutcome::Failed(_) => continue,
+                    }
+                    write(skus, due, shop, old_due, &rec)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, shop: &str, sku: &str) -> Result<Option<SkuStock>, StockError> {
+        let key = sku_key(shop, sku);
+        match self.skus.get(&key)? {
+            None => Ok(None),
+            Some(b) => decode(&key, &b).map(Some),
+        }
+    }
+
+    /// A shop's SKUs in SKU order after `after`, optionally only those in `state`.
+    pub fn list(&self, shop: &str, state: Option<SkuState>, after: Option<&str>, limit: usize) -> Result<Vec<SkuStock>, StockError> {
+        let prefix = shop_prefix(shop);
+        let start = match after {
+            Some(a) => {
+                let mut k = sku_key(shop, a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.skus.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let rec = decode(&k, &v)?;
+            if state.is_none_or(|s| s == rec.state) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put rejected or dead SKUs back to pending with their attempts reset.
+    pub async fn replay(&self, shop: &str, skus_to_retry: &[String]) -> Result<usize, StockError> {
+        let now = now_ms();
+        let moved = (&self.skus, &self.due)
+            .transaction(|(skus, due)| {
+                let mut moved = 0;
+                for sku in skus_to_retry {
+                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
+                    if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
+                        continue;
+                    }
+                    rec.state = SkuState::Pending;
+                    rec.attempts = 0;
+                    rec.due_at_ms = Some(now);
+                    write(skus, due, shop, None, &rec)?;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(moved)
+    }
+
+    /// Counts by state and the oldest pending age (a scan of the shop's SKUs).
+    pub fn stats(&self, shop: &str) -> Result<StockStats, StockError> {
+        let now = now_ms();
+        let mut st = StockStats::default();
+        for item in self.skus.scan_prefix(shop_prefix(shop)) {
+            let (k, v) = item?;
+            let rec = decode(&k, &v)?;
+            match rec.state {
+                SkuState::Pending => {
+                    st.pending += 1;
+                    let age = now - rec.received_at_ms;
+                    st.oldest_pending_age_ms = Some(st.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
+                }
+                SkuState::Pushed => st.pushed += 1,
+                SkuState::Rejected => st.rejected += 1,
+                SkuState::Dead => st.dead += 1,
+            }
+        }
+        Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(sku: &str, quantity: u32, seq: Option<u64>) -> StockRequest {
+        StockRequest { sku: sku.into(), quantity, seq }
+    }
+
+    fn open(dir: &std::path::Path, max_attempts: u32) -> StockLedger {
+        let db = sled::open(dir).unwrap();
+        let commit = GroupCommit::start(db.clone());
+        StockLedger::open(db, commit, RetryPolicy { max_attempts, base_ms: 1, max_ms: 2 }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn newest_wins_and_stale_sequences_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), 3);
+        let r = l.submit("s", &[req("A", 5, Some(1)), req("A", 7, Some(2)), req("B", 1, None)]).await.unwrap();
+        assert_eq!(r.iter().map(|r| r.outcome).collect::<Vec<_>>(), [Submitted::Queued, Submitted::Queued, Submitted::Queued]);
+        let stale = l.submit("s", &[req("A", 6, Some(2))]).await.unwrap();
+        assert_eq!(stale[0].outcome, Submitted::Stale);
+        let same = l.submit("s", &[req("A", 7, Some(3))]).await.unwrap();
+        assert_eq!(same[0].outcome, Submitted::Unchanged);
+        let due = l.due("s", now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 2, "A coalesced into one pending record");
+        let a = due.iter().find(|r| r.sku == "A").unwrap();
+        assert_eq!((a.quantity, a.seq), (7, Some(3)));
+        assert!(l.due("other", now_ms(), 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_result_for_an_older_version_keeps_the_newer_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), 3);
+        l.submit("s", &[req("A", 5, None)]).await.unwrap();
+        let taken = l.due("s", now_ms(), 10).unwrap().remove(0);
+        // A newer quantity arrives while the push of 5 is in flight.
+        l.submit("s", &[req("A", 9, None)]).await.unwrap();
+        l.settle("s", &[("A".into(), taken.version, 5, PushOutcome::Accepted)]).await.unwrap();
+        let rec = l.get("s", "A").unwrap().unwrap();
+        assert_eq!((rec.state, rec.quantity, rec.pushed_quantity), (SkuState::Pending, 9, Some(5)));
+        let again = l.due("s", now_ms(), 10).unwrap();
+        assert_eq!(again.len(), 1);
+        l.settle("s", &[("A".into(), again[0].version, 9, PushOutcome::Accepted)]).await.unwrap();
+        let rec = l.get("s", "A").unwrap().unwrap();
+        assert_eq!((rec.state, rec.pushed_quantity), (SkuState::Pushed, Some(9)));
+        assert!(l.due("s", i64::MAX - 1, 10).unwrap().is_empty());
+        assert_eq!(l.next_due("s").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_then_die_and_replay_revives() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), 2);
+        l.submit("s", &[req("A", 5, None), req("B", 1, None)]).await.unwrap();
+        let v = l.get("s", "A").unwrap().unwrap().version;
+        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("503".into()))]).await.unwrap();
+        let rec = l.get("s", "A").unwrap().unwrap();
+        assert_eq!((rec.state, rec.attempts), (SkuState::Pending, 1));
+        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("503 again".into()))]).await.unwrap();
+        let rec = l.get("s", "A").unwrap().unwrap();
+        assert_eq!((rec.state, rec.last_error.as_deref()), (SkuState::Dead, Some("503 again")));
+        let vb = l.get("s", "B").unwrap().unwrap().version;
+        l.settle("s", &[("B".into(), vb, 1, PushOutcome::Rejected("unknown SKU".into()))]).await.unwrap();
+        let st = l.stats("s").unwrap();
+        assert_eq!((st.pending, st.dead, st.rejected), (0, 1, 1));
+        assert_eq!(l.list("s", Some(SkuState::Dead), None, 10).unwrap().len(), 1);
+        assert_eq!(l.replay("s", &["A".into(), "B".into(), "nope".into()]).await.unwrap(), 2);
+        assert_eq!(l.due("s", now_ms(), 10).unwrap().len(), 2);
+        // A new quantity for a dead SKU is queued even when it equals the old one.
+        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        assert_eq!(l.submit("s", &[req("A", 5, None)]).await.unwrap()[0].outcome, Submitted::Queued);
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_lists_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = open(dir.path(), 3);
+            l.submit("s", &[req("B", 2, Some(10)), req("A", 1, None), req("C", 3, None)]).await.unwrap();
+            assert!(l.submit("s", &[req("bad\0sku", 1, None)]).await.is_err());
+        }
+        let l = open(dir.path(), 3);
+        let all = l.list("s", None, None, 10).unwrap();
+        assert_eq!(all.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>(), ["A", "B", "C"]);
+        let after = l.list("s", None, Some("A"), 1).unwrap();
+        assert_eq!(after[0].sku, "B");
+        assert_eq!(after[0].seq, Some(10));
+        assert_eq!(l.submit("s", &[req("B", 1, Some(9))]).await.unwrap()[0].outcome, Submitted::Stale);
+    }
+}

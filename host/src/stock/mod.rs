@@ -1,0 +1,125 @@
+//! Outbound stock: the ERP says what each SKU's quantity should be; berth makes the
+//! platform say the same, never going backwards.
+//!
+//! The design keeps "newest wins, never stale" true by construction rather than by
+//! ordering messages: the [`ledger`] holds one record per shop + SKU with the newest
+//! desired quantity (and the ERP's sequence number, if it sends one) and a due index of
+//! SKUs that still need a push. One [`pusher`] per shop reads the newest quantity at push
+//! time, so updates that arrive while a SKU waits coalesce into one call, and a push
+//! result only settles the record when it is for the version still desired. Nothing is
+//! pushed before it is on disk, so a crash cannot make berth push a quantity it then
+//! forgets and follow it with an older one.
+
+pub mod ledger;
+pub mod pusher;
+
+use serde::{Deserialize, Serialize};
+
+pub use ledger::StockLedger;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    #[error("stock storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(transparent)]
+    Flush(#[from] crate::queue::group_commit::FlushError),
+    #[error("stored stock record for `{key}` is corrupt: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("SKU `{0}` is not acceptable: use 1..=128 characters without control characters")]
+    BadSku(String),
+}
+
+/// One requested change from the ERP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StockRequest {
+    pub sku: String,
+    /// Absolute quantity the platform should show.
+    pub quantity: u32,
+    /// The ERP's own sequence number for this SKU; an update with a sequence not above
+    /// the last one accepted is stale and ignored.
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// Where a SKU stands.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SkuState {
+    /// Waiting to be pushed (or to be retried).
+    Pending,
+    /// The platform accepted the desired quantity.
+    Pushed,
+    /// The platform refused this SKU (e.g. it does not know it); needs a person.
+    Rejected,
+    /// Failed `max_attempts` times; needs a person (replay to try again).
+    Dead,
+}
+
+/// The record kept per shop + SKU, as `GET /v1/shops/{shop}/stock` shows it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct SkuStock {
+    pub sku: String,
+    /// The newest quantity the ERP asked for.
+    pub quantity: u32,
+    pub seq: Option<u64>,
+    /// berth's version of the desired quantity; grows with every accepted change.
+    pub version: u64,
+    pub received_at_ms: i64,
+    pub state: SkuState,
+    /// Failed pushes of the current version.
+    pub attempts: u32,
+    /// When the pusher takes it up (pending only).
+    pub due_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// The last quantity the platform accepted, and which version it was.
+    pub pushed_quantity: Option<u32>,
+    pub pushed_version: Option<u64>,
+    pub pushed_at_ms: Option<i64>,
+}
+
+/// What a submitted update did.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Submitted {
+    /// A new desired quantity, queued for a push.
+    Queued,
+    /// Same quantity as already desired and not failed: nothing to do.
+    Unchanged,
+    /// Its `seq` is not newer than the one already accepted: ignored.
+    Stale,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SubmitResult {
+    pub sku: String,
+    pub outcome: Submitted,
+    pub version: u64,
+}
+
+/// How one push of one SKU ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PushOutcome {
+    Accepted,
+    Rejected(String),
+    /// Worth retrying (counts an attempt).
+    Failed(String),
+}
+
+/// Per-shop figures for the queue view.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct StockStats {
+    pub pending: u64,
+    pub pushed: u64,
+    pub rejected: u64,
+    pub dead: u64,
+    /// Age of the oldest desired quantity not yet on the platform.
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+pub fn check_sku(sku: &str) -> Result<(), StockError> {
+    if sku.is_empty() || sku.len() > 128 || sku.chars().any(char::is_control) {
+        return Err(StockError::BadSku(sku.chars().take(64).collect()));
+    }
+    Ok(())
+}

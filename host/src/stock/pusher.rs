@@ -1,0 +1,228 @@
+//! One stock pusher per shop: takes the SKUs that are due, makes sure what it read is on
+//! disk, pushes the newest quantities through the connector's `push-inventory` and
+//! settles each SKU with the result. Throttling parks the shop for the time the platform
+//! asked without spending attempts; failures back off per SKU and end in the dead
+//! letters after `max_attempts`; SKUs a connector did not get to stay due.
+
+use super::{PushOutcome, SkuStock, StockLedger};
+use crate::clock::now_ms;
+use crate::config::ShopConfig;
+use crate::runtime::bindings::berth::connector::types::{ConnectorError, StockUpdate, UpdateResult};
+use crate::runtime::LoadedConnector;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+/// What ops see about one shop's stock pushes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushStatus {
+    /// `push-inventory` calls made.
+    pub calls: u64,
+    pub skus_accepted: u64,
+    pub skus_rejected: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub last_push_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub type SharedPushStatus = Arc<Mutex<PushStatus>>;
+
+pub struct ShopPusher {
+    pub shop: String,
+    pub config: Arc<ShopConfig>,
+    pub connector: Arc<LoadedConnector>,
+    pub ledger: Arc<StockLedger>,
+    /// Notified when the ERP submits new quantities for this shop.
+    pub wake: Arc<Notify>,
+    pub batch_size: usize,
+    /// How long to hold off after an auth error (credentials need a person).
+    pub error_pause: Duration,
+    pub status: SharedPushStatus,
+}
+
+enum Next {
+    /// More may be due now.
+    Now,
+    /// Nothing due: wait for this long or a wake-up.
+    Idle(Duration),
+    /// Hold off for this long even if woken (throttled, auth).
+    Park(Duration),
+}
+
+/// Longest idle wait; the ledger is checked again after it even without a wake-up.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// Match the connector's answer to the batch: one outcome per SKU it answered for.
+pub fn outcomes(batch: &[SkuStock], results: Vec<UpdateResult>) -> Vec<(String, u64, u32, PushOutcome)> {
+    let mut by_sku: HashMap<String, UpdateResult> = HashMap::new();
+    for r in results {
+        by_sku.entry(r.sku.clone()).or_insert(r);
+    }
+    batch
+        .iter()
+        .filter_map(|rec| {
+            let r = by_sku.remove(&rec.sku)?;
+            let outcome = if r.accepted {
+                PushOutcome::Accepted
+            } else {
+                PushOutcome::Rejected(crate::runtime::state::bounded(r.message.as_deref().unwrap_or("refused by the platform"), 512).to_string())
+            };
+            Some((rec.sku.clone(), rec.version, rec.quantity, outcome))
+        })
+        .collect()
+}
+
+impl ShopPusher {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let span = tracing::info_span!(
+            "stock_push",
+            shop = %self.shop,
+            connector = %self.connector.name,
+            version = %self.connector.version()
+        );
+        async move {
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let next = match self.step().await {
+                    Ok(n) => n,
+                    Err(why) => {
+                        tracing::error!(error = %why, "stock ledger failed; retrying shortly");
+                        self.note_error(why);
+                        Next::Park(Duration::from_secs(1))
+                    }
+                };
+                match next {
+                    Next::Now => continue,
+                    Next::Idle(d) => tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.changed() => {}
+                    },
+                    Next::Park(d) => tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = shutdown.changed() => {}
+                    },
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PushStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn note_error(&self, why: String) {
+        self.update(|s| {
+            s.errors += 1;
+            s.last_error = Some(why);
+        });
+    }
+
+    async fn fail_all(&self, batch: &[SkuStock], why: String) -> Result<Next, String> {
+        tracing::warn!(skus = batch.len(), error = %why, "stock push failed; SKUs back off");
+        let failed: Vec<_> = batch
+            .iter()
+            .map(|r| (r.sku.clone(), r.version, r.quantity, PushOutcome::Failed(why.clone())))
+            .collect();
+        self.note_error(why);
+        self.ledger.settle(&self.shop, &failed).await.map_err(|e| e.to_string())?;
+        Ok(Next::Now)
+    }
+
+    async fn step(&self) -> Result<Next, String> {
+        let now = now_ms();
+        let batch = self.ledger.due(&self.shop, now, self.batch_size).map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            let next = self.ledger.next_due(&self.shop).map_err(|e| e.to_string())?;
+            let wait = next.map_or(MAX_IDLE, |t| Duration::from_millis((t - now).max(1) as u64).min(MAX_IDLE));
+            return Ok(Next::Idle(wait));
+        }
+        // Never push a quantity a crash could still take back (see mod.rs).
+        self.ledger.durable().await.map_err(|e| e.to_string())?;
+        let updates: Vec<StockUpdate> = batch.iter().map(|r| StockUpdate { sku: r.sku.clone(), quantity: r.quantity }).collect();
+        self.update(|s| s.calls += 1);
+        let answer = self.connector.push_inventory(&self.shop, self.config.clone(), &updates).await;
+        let results = match answer {
+            Err(call) => return self.fail_all(&batch, call.to_string()).await,
+            Ok(Err(ConnectorError::RateLimited(ms))) => {
+                tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
+                self.update(|s| s.throttled += 1);
+                return Ok(Next::Park(Duration::from_millis(ms.clamp(50, 3_600_000))));
+            }
+            Ok(Err(ConnectorError::Auth(why))) => {
+                tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
+                self.note_error(format!("auth: {why}"));
+                return Ok(Next::Park(self.error_pause));
+            }
+            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(&batch, why).await,
+            Ok(Err(ConnectorError::Permanent(why) | ConnectorError::InvalidInput(why))) => {
+                return self.fail_all(&batch, why).await
+            }
+            Ok(Ok(results)) => results,
+        };
+        let settled = outcomes(&batch, results);
+        if settled.is_empty() {
+            // Without this a connector that answers for nothing would be called in a loop.
+            return self.fail_all(&batch, "the connector answered for none of the SKUs it was given".into()).await;
+        }
+        let accepted = settled.iter().filter(|o| o.3 == PushOutcome::Accepted).count() as u64;
+        let rejected = settled.len() as u64 - accepted;
+        let skipped = batch.len() - settled.len();
+        tracing::debug!(accepted, rejected, skipped, "stock pushed");
+        self.ledger.settle(&self.shop, &settled).await.map_err(|e| e.to_string())?;
+        self.update(|s| {
+            s.skus_accepted += accepted;
+            s.skus_rejected += rejected;
+            s.last_push_ms = Some(now_ms());
+            if skipped == 0 {
+                s.last_error = None;
+            }
+        });
+        Ok(Next::Now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stock::SkuState;
+
+    fn rec(sku: &str, version: u64, quantity: u32) -> SkuStock {
+        SkuStock {
+            sku: sku.into(),
+            quantity,
+            seq: None,
+            version,
+            received_at_ms: 0,
+            state: SkuState::Pending,
+            attempts: 0,
+            due_at_ms: Some(0),
+            last_error: None,
+            pushed_quantity: None,
+            pushed_version: None,
+            pushed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn outcomes_follow_the_batch_and_ignore_strangers() {
+        let batch = [rec("A", 1, 5), rec("B", 2, 6), rec("C", 3, 7)];
+        let results = vec![
+            UpdateResult { sku: "B".into(), accepted: false, message: Some("unknown".into()) },
+            UpdateResult { sku: "A".into(), accepted: true, message: None },
+            UpdateResult { sku: "Z".into(), accepted: true, message: None },
+        ];
+        let out = outcomes(&batch, results);
+        assert_eq!(out.len(), 2, "C was not answered and stays due; Z was not asked");
+        assert_eq!(out[0], ("A".into(), 1, 5, PushOutcome::Accepted));
+        assert_eq!(out[1], ("B".into(), 2, 6, PushOutcome::Rejected("unknown".into())));
+    }
+}
