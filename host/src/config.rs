@@ -118,17 +118,39 @@ impl Default for SyncDefaults {
     }
 }
 
-/// How the ERP receives orders from the inbound queue.
+/// How the ERP receives orders from the inbound queue: it leases them over HTTP, and/or
+/// berth posts them to `webhook_url`. Each queued order goes to one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErpConfig {
-    /// Leases of one order before it moves to the dead letters.
+    /// Leases (or webhook deliveries) of one order before it moves to the dead letters.
     pub max_attempts: u32,
+    /// Idempotency keys of the order queue are forgotten after this long.
+    pub idempotency_ttl_hours: u64,
+    /// Post new orders here (JSON `{"orders": [...]}`); 2xx acknowledges the batch.
+    pub webhook_url: Option<String>,
+    /// Signs each delivery: `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{X-Berth-Timestamp}.{body}"))`.
+    pub webhook_secret: Option<Secret>,
+    /// Orders per delivery.
+    pub webhook_batch: usize,
+    pub webhook_timeout_ms: u64,
+    /// Backoff after a failed delivery: base doubling up to max, with jitter.
+    pub webhook_retry_base_ms: u64,
+    pub webhook_retry_max_ms: u64,
 }
 
 impl Default for ErpConfig {
     fn default() -> Self {
-        ErpConfig { max_attempts: 20 }
+        ErpConfig {
+            max_attempts: 20,
+            idempotency_ttl_hours: 168,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: 50,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_base_ms: 1_000,
+            webhook_retry_max_ms: 300_000,
+        }
     }
 }
 
@@ -298,6 +320,21 @@ impl Config {
         if cfg.erp.max_attempts == 0 {
             return Err(invalid("erp.max_attempts must be at least 1".into()));
         }
+        if let Some(u) = &cfg.erp.webhook_url {
+            let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+            if !ok {
+                return Err(invalid(format!("erp.webhook_url `{u}` must be an http:// or https:// URL")));
+            }
+        }
+        if cfg.erp.idempotency_ttl_hours == 0 {
+            return Err(invalid("erp.idempotency_ttl_hours must be at least 1".into()));
+        }
+        if !(1..=1000).contains(&cfg.erp.webhook_batch) || cfg.erp.webhook_timeout_ms == 0 {
+            return Err(invalid("erp.webhook_batch must be 1..=1000 and erp.webhook_timeout_ms positive".into()));
+        }
+        if cfg.erp.webhook_retry_base_ms == 0 || cfg.erp.webhook_retry_max_ms < cfg.erp.webhook_retry_base_ms {
+            return Err(invalid("erp.webhook_retry_base_ms must be positive and not above erp.webhook_retry_max_ms".into()));
+        }
         if cfg.sync.retry_base_ms == 0 || cfg.sync.retry_max_ms < cfg.sync.retry_base_ms {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
         }
@@ -372,5 +409,15 @@ mod tests {
         assert!(err.contains("connector `nope`, which is not defined"), "{err}");
         let err = parse("[connectors.Bad]\ncomponent = \"x.wasm\"\n").unwrap_err().to_string();
         assert!(err.contains("connector name `Bad`"), "{err}");
+    }
+
+    #[test]
+    fn erp_and_stock_settings_are_checked() {
+        let err = parse("[erp]\nwebhook_url = \"ftp://erp\"\n").unwrap_err().to_string();
+        assert!(err.contains("erp.webhook_url `ftp://erp` must be an http:// or https:// URL"), "{err}");
+        let err = parse("[stock]\nbatch_size = 0\n").unwrap_err().to_string();
+        assert!(err.contains("stock.batch_size 1..=1000"), "{err}");
+        let cfg = parse("[erp]\nwebhook_url = \"https://erp.example/hook\"\nwebhook_secret = \"k3y\"\n").unwrap();
+        assert!(!format!("{cfg:?}").contains("k3y"));
     }
 }

@@ -96,6 +96,16 @@ impl OrderInbox {
         self.queue.purge(ORDERS_QUEUE, ids).await
     }
 
+    pub fn partition_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
+        self.queue.partition_stats(ORDERS_QUEUE)
+    }
+
+    /// Forget idempotency keys older than `ttl` (the order store still drops versions it
+    /// has seen, so an old page re-read later is not queued again).
+    pub fn expire_keys(&self, ttl: Duration) -> Result<usize, QueueError> {
+        self.queue.expire_idempotency_keys(ORDERS_QUEUE, ttl)
+    }
+
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.queue.dead_letters(ORDERS_QUEUE, limit)
     }

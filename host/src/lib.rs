@@ -8,9 +8,11 @@
 //! durable [`store`]; [`stock`] pushes the ERP's quantities out, newest first; [`config`] is `berth.toml`; [`service`] wires it all together.
 
 pub mod api;
+pub mod backoff;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod inbox;
 pub mod queue;
 pub mod runtime;

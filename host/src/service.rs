@@ -5,8 +5,8 @@ use crate::api::{self, ApiState, ConnectorInfo};
 use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
+use crate::delivery::ErpDeliverer;
 use crate::inbox::OrderInbox;
-use crate::queue::group_commit::GroupCommit;
 use crate::queue::{QueuePolicy, SledQueue};
 use crate::runtime::bindings::berth::connector::types::Capability;
 use crate::stock::ledger::RetryPolicy;
@@ -60,7 +60,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
     let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
     // One group committer per database: queue and stock writes share fsyncs.
-    let commit = GroupCommit::start(store.db().clone());
+    let commit = store.commit();
     let inbox = OrderInbox::new(Arc::new(SledQueue::with_commit(
         store.db().clone(),
         commit.clone(),
@@ -120,6 +120,19 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         };
         workers.push(tokio::spawn(worker.run(shutdown_rx.clone())));
     }
+    let delivery = match ErpDeliverer::from_config(&cfg.erp, inbox.clone()).map_err(StartError::Http)? {
+        Some(d) => {
+            let status = d.status.clone();
+            workers.push(tokio::spawn(d.run(shutdown_rx.clone())));
+            Some(status)
+        }
+        None => None,
+    };
+    workers.push(tokio::spawn(sweep_idempotency_keys(
+        inbox.clone(),
+        std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
+        shutdown_rx.clone(),
+    )));
     let mut stock_shops = BTreeMap::new();
     for (shop, sc) in &cfg.shops {
         let conn = connectors[&sc.connector].clone();
@@ -159,6 +172,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         store: store.clone(),
         inbox,
         stock: ledger,
+        delivery,
         stock_shops,
         shops: statuses,
         connectors: infos,
@@ -174,6 +188,21 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     });
     tracing::info!(%addr, shops = cfg.shops.len(), connectors = connectors.len(), "berth is serving; orders at /v1/orders");
     Ok(Running { addr, shutdown, workers, server, store })
+}
+
+/// Forget old idempotency keys of the order queue: at start, then hourly.
+async fn sweep_idempotency_keys(inbox: OrderInbox, ttl: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match inbox.expire_keys(ttl) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "forgot old idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
 }
 
 impl Running {

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 use std::path::Path;
+use crate::queue::group_commit::GroupCommit;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +28,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Flush(#[from] crate::queue::group_commit::FlushError),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -98,6 +102,9 @@ pub struct PageSource<'a> {
 
 pub struct OrderStore {
     db: sled::Db,
+    /// The database's one group committer, shared with the queues and the stock ledger
+    /// so a page and the orders it queued share fsyncs.
+    commit: Arc<GroupCommit>,
     latest: Tree,
     feed: Tree,
     sync: Tree,
@@ -131,6 +138,7 @@ impl OrderStore {
         Self::from_db(db)
     }
 
+    /// Must be called inside a tokio runtime (starts the group committer).
     pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         let feed = db.open_tree("orders_feed")?;
         let last = match feed.last()? {
@@ -143,6 +151,7 @@ impl OrderStore {
             latest: db.open_tree("orders_latest")?,
             sync: db.open_tree("sync_state")?,
             feed,
+            commit: GroupCommit::start(db.clone()),
             db,
             commit_lock: std::sync::Mutex::new(()),
             committed_seq: AtomicU64::new(last),
@@ -152,6 +161,10 @@ impl OrderStore {
 
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    pub fn commit(&self) -> Arc<GroupCommit> {
+        self.commit.clone()
     }
 
     pub fn sync_state(&self, shop: &str) -> Result<SyncState, StoreError> {
@@ -174,8 +187,24 @@ impl OrderStore {
         orders: &[OrderData],
         next: &SyncState,
     ) -> Result<PageOutcome, StoreError> {
+        self.write_orders(src, orders, Some(next)).await
+    }
+
+    /// Record orders a platform pushed (webhooks): the sync position stays as it is.
+    pub async fn commit_pushed(&self, src: &PageSource<'_>, orders: &[OrderData]) -> Result<PageOutcome, StoreError> {
+        self.write_orders(src, orders, None).await
+    }
+
+    async fn write_orders(
+        &self,
+        src: &PageSource<'_>,
+        orders: &[OrderData],
+        next: Option<&SyncState>,
+    ) -> Result<PageOutcome, StoreError> {
         let received = now_ms();
-        let state_json = serde_json::to_vec(next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let state_json = next
+            .map(|n| serde_json::to_vec(n).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
         let guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = (&self.latest, &self.feed, &self.sync).transaction(|(latest, feed, sync)| {
             let mut outcome = PageOutcome { max_seq: None, ..PageOutcome::default() };
@@ -202,7 +231,9 @@ impl OrderStore {
                 outcome.added += 1;
                 outcome.max_seq = Some(seq);
             }
-            sync.insert(src.shop.as_bytes(), state_json.as_slice())?;
+            if let Some(state) = &state_json {
+                sync.insert(src.shop.as_bytes(), state.as_slice())?;
+            }
             Ok(outcome)
         });
         let outcome = result.map_err(|e| match e {
@@ -213,9 +244,9 @@ impl OrderStore {
             self.committed_seq.fetch_max(seq, Ordering::SeqCst);
         }
         drop(guard);
-        // Everything committed before the flush starts is on disk when it returns.
+        // Everything committed before this call is on disk when it returns.
         let covered = self.committed_seq.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
+        self.commit.durable().await?;
         self.durable_seq.fetch_max(covered, Ordering::SeqCst);
         Ok(outcome)
     }
@@ -255,7 +286,7 @@ impl OrderStore {
     /// Write and flush a probe, for readiness checks.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         self.sync.insert(b"\0probe", &now_ms().to_be_bytes())?;
-        self.db.flush_async().await?;
+        self.commit.durable().await?;
         Ok(())
     }
 }

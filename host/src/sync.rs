@@ -17,7 +17,6 @@ use crate::runtime::bindings::berth::connector::types::{
 use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::runtime::LoadedConnector;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
-use rand::Rng;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,11 +156,7 @@ impl ShopWorker {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.defaults.retry_base_ms as f64 * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
-        let capped = base.min(self.defaults.retry_max_ms as f64);
-        // Full jitter in [capped/2, capped]: shops sharing a platform do not retry in step.
-        let jittered = capped * rand::thread_rng().gen_range(0.5..=1.0);
-        Duration::from_millis(jittered as u64)
+        crate::backoff::delay(attempt, self.defaults.retry_base_ms, self.defaults.retry_max_ms)
     }
 
     fn note_error(&self, why: String) {

@@ -1,11 +1,17 @@
 //! Crash loop: start the real `berth`, let it pull at full speed while the platforms keep
-//! changing, SIGKILL it at a random moment, restart, fifty times. Afterwards every order's
-//! latest version must be in the durable ERP queue, and no version may be there twice.
+//! changing and an ERP keeps working against it (stock updates with rising quantities,
+//! order leases and acks), SIGKILL it at a random moment, restart, fifty times.
+//! Afterwards: every order's latest version was acked or is in the queue (leased but
+//! unacked ones came back), no acked order comes back, no version is queued twice; every
+//! SKU the ERP got an answer for ends on the platform at its newest quantity, and the
+//! platform never saw an older quantity after a newer one.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
 use berth_tests::{poll_until, Berth};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // orders_e2e.rs enforces that every plugin is used.
@@ -56,6 +62,78 @@ secrets = {{ app_secret = "s", session = "sess" }}
     path
 }
 
+type Version = (String, String, i64);
+
+/// What the ERP was told, across all rounds.
+#[derive(Default)]
+struct ErpLedger {
+    /// Next quantity per (shop, SKU): quantities only rise, so a fall on the platform
+    /// would be a stale push.
+    next_quantity: BTreeMap<(String, String), u32>,
+    /// Highest quantity per (shop, SKU) whose POST got a 202.
+    acked_quantity: BTreeMap<(String, String), u32>,
+    /// Order versions whose ack berth confirmed.
+    acked_orders: BTreeSet<Version>,
+    /// Acks sent whose answer never came (berth was killed meanwhile): each may or may
+    /// not have taken effect, so such an order may come back or may not.
+    acks_in_doubt: BTreeSet<Version>,
+    stock_posts: usize,
+    leases: usize,
+}
+
+/// The ERP at work until `stop`: stock updates for random SKUs, then lease and ack some
+/// orders (the rest are left to expire and come back).
+async fn erp_load(base: String, skus: Vec<String>, erp: Arc<Mutex<ErpLedger>>, stop: Arc<AtomicBool>, mut rng: Rng) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let shop = ["acme", "tmall"][rng.below(2) as usize];
+        let updates: Vec<(String, u32)> = {
+            let mut erp = erp.lock().unwrap();
+            (0..3)
+                .map(|_| {
+                    let sku = skus[rng.below(skus.len() as u64) as usize].clone();
+                    let q = erp.next_quantity.entry((shop.to_string(), sku.clone())).or_insert(0);
+                    *q += 1;
+                    (sku, *q)
+                })
+                .collect()
+        };
+        let body = json!({ "updates": updates.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>() });
+        if let Ok(r) = client.post(format!("{base}/v1/shops/{shop}/stock")).json(&body).send().await {
+            if r.status().as_u16() == 202 {
+                let mut erp = erp.lock().unwrap();
+                erp.stock_posts += 1;
+                for (sku, q) in updates {
+                    let acked = erp.acked_quantity.entry((shop.to_string(), sku)).or_insert(0);
+                    *acked = (*acked).max(q);
+                }
+            }
+        }
+        let leased: Option<Value> = async {
+            let r = client.post(format!("{base}/v1/orders/lease")).json(&json!({"max": 20, "visibility_secs": 1})).send().await.ok()?;
+            r.json().await.ok()
+        }
+        .await;
+        for l in leased.iter().flat_map(|v| v["leases"].as_array().cloned().unwrap_or_default()) {
+            erp.lock().unwrap().leases += 1;
+            if rng.below(2) == 0 {
+                continue;
+            }
+            let acked: Option<Value> = async {
+                let r = client.post(format!("{base}/v1/orders/ack")).json(&json!({"tokens": [l["token"]]})).send().await.ok()?;
+                r.json().await.ok()
+            }
+            .await;
+            match acked {
+                Some(a) if a["done"] == 1 => erp.lock().unwrap().acked_orders.insert(version(&l)),
+                Some(_) => false,
+                None => erp.lock().unwrap().acks_in_doubt.insert(version(&l)),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// xorshift: kill points vary per run; the seed is printed so a failure can be replayed.
 struct Rng(u64);
 impl Rng {
@@ -83,10 +161,15 @@ async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
     let mut rng = Rng(seed);
     let shops = [(Platform::Shopify, "acme"), (Platform::Taobao, "tmall")];
 
+    let skus: Vec<String> = sim.state.stock(Platform::Shopify, "acme").into_iter().map(|i| i.sku).collect();
+    let erp = Arc::new(Mutex::new(ErpLedger::default()));
+
     let started = Instant::now();
     let kills = kills();
     for round in 0..kills {
         let berth = Berth::start(&config);
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(erp_load(berth.base_url.clone(), skus.clone(), erp.clone(), stop.clone(), Rng(seed ^ (round as u64 + 1) * 0x9E37_79B9)));
         // The platforms move on while berth runs: new orders, changed orders.
         for (platform, shop) in shops {
             sim.state.create(platform, shop).unwrap();
@@ -97,15 +180,28 @@ async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
         // The kill point: anywhere from right after start to well into the pull.
         tokio::time::sleep(Duration::from_millis(rng.below(700))).await;
         berth.kill();
+        stop.store(true, Ordering::Relaxed);
+        load.await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(60 + 20 * kills as u64), "crash loop too slow at round {round}");
     }
 
-    let want: BTreeSet<(String, String, i64)> = shops
+    let want: BTreeSet<Version> = shops
         .iter()
         .flat_map(|(p, s)| sim.state.orders(*p, s).into_iter().map(move |o| (s.to_string(), o.id.to_string(), o.updated_s * 1000)))
         .collect();
+    let erp = Arc::try_unwrap(erp).ok().unwrap().into_inner().unwrap();
+    eprintln!(
+        "{kills} kills: ERP got 202 for {} stock posts, leased {} orders, acked {} ({} more acks cut off by a kill)",
+        erp.stock_posts,
+        erp.leases,
+        erp.acked_orders.len(),
+        erp.acks_in_doubt.len()
+    );
+    assert!(erp.stock_posts > 0 && !erp.acked_orders.is_empty(), "the ERP load never got through");
     let berth = Berth::start(&config);
     let client = reqwest::Client::new();
+
+    // Orders: what was not acked must all come back (leases left to expire included).
     let leased = std::sync::Mutex::new(Vec::<Value>::new());
     let have_all = poll_until(Duration::from_secs(180), || async {
         let r: Value = client
@@ -119,19 +215,50 @@ async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
             .ok()?;
         let mut leased = leased.lock().unwrap();
         leased.extend(r["leases"].as_array()?.iter().cloned());
-        let got: BTreeSet<(String, String, i64)> = leased.iter().map(version).collect();
+        let got: BTreeSet<Version> = leased
+            .iter()
+            .map(version)
+            .chain(erp.acked_orders.iter().cloned())
+            .chain(erp.acks_in_doubt.iter().cloned())
+            .collect();
         want.is_subset(&got).then_some(())
     })
     .await;
     let leased = leased.into_inner().unwrap();
-    let got: Vec<(String, String, i64)> = leased.iter().map(version).collect();
-    let unique: BTreeSet<_> = got.iter().cloned().collect();
-    let missing: Vec<_> = want.difference(&unique).take(10).collect();
+    let got: Vec<Version> = leased.iter().map(version).collect();
+    let unique: BTreeSet<Version> = got.iter().cloned().collect();
+    let delivered: BTreeSet<Version> =
+        unique.iter().chain(&erp.acked_orders).chain(&erp.acks_in_doubt).cloned().collect();
+    let missing: Vec<_> = want.difference(&delivered).take(10).collect();
     assert!(have_all.is_some(), "orders lost after {kills} SIGKILLs (seed {seed}): {missing:?}\n{}", berth.log());
     assert_eq!(got.len(), unique.len(), "an order version was queued twice (seed {seed})");
+    let back: Vec<_> = unique.intersection(&erp.acked_orders).take(5).collect();
+    assert!(back.is_empty(), "acked orders came back (seed {seed}): {back:?}");
+
+    // Stock: every SKU drains to its newest quantity, and never went backwards.
+    let drained = poll_until(Duration::from_secs(180), || async {
+        let q: Value = client.get(berth.url("/v1/stock/queue")).send().await.ok()?.json().await.ok()?;
+        q.as_object()?.values().all(|s| s["pending"] == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "stock still pending after the crash loop (seed {seed})\n{}", berth.log());
+    for ((shop, sku), acked) in &erp.acked_quantity {
+        let platform = if shop == "acme" { Platform::Shopify } else { Platform::Taobao };
+        let item = sim.state.stock(platform, shop).into_iter().find(|i| &i.sku == sku).unwrap();
+        assert!(
+            item.history.windows(2).all(|w| w[0] <= w[1]),
+            "{shop}/{sku}: a stale quantity was pushed after a newer one (seed {seed}): {:?}",
+            item.history
+        );
+        let rec: Value = client.get(berth.url(&format!("/v1/shops/{shop}/stock/{sku}"))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(rec["state"], "pushed", "{shop}/{sku}: {rec}");
+        let desired = rec["quantity"].as_u64().unwrap() as u32;
+        assert!(desired >= *acked, "{shop}/{sku}: acknowledged quantity {acked} lost, berth wants {desired} (seed {seed})");
+        assert_eq!(item.quantity, desired, "{shop}/{sku}: platform has {}, berth wants {desired} (seed {seed})", item.quantity);
+    }
 }
 
-fn version(l: &Value) -> (String, String, i64) {
+fn version(l: &Value) -> Version {
     (
         l["shop"].as_str().unwrap_or_default().to_string(),
         l["order"]["order_id"].as_str().unwrap_or_default().to_string(),

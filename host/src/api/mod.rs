@@ -32,6 +32,7 @@ pub struct ApiState {
     pub store: Arc<OrderStore>,
     pub inbox: OrderInbox,
     pub stock: Arc<crate::stock::StockLedger>,
+    pub delivery: Option<crate::delivery::SharedDeliveryStatus>,
     pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
     pub shops: Vec<SharedStatus>,
     pub connectors: Vec<ConnectorInfo>,
@@ -73,7 +74,7 @@ async fn index() -> &'static str {
      GET /v1/orders?after=SEQ&limit=N[&shop=NAME]  orders in arrival order; pass next_after back as after\n\
      POST /v1/orders/lease {max, visibility_secs}   lease orders from the durable queue\n\
      POST /v1/orders/ack {tokens: [...]}            acknowledge leased orders (nack: retry later)\n\
-     GET /v1/orders/queue                           queue depth, age and dead letters\n\
+     GET /v1/orders/queue                           queue depth, age (also per shop), dead letters, webhook delivery\n\
      POST /v1/orders/dead-letters/replay {ids}      back to the queue (purge: drop them)\n\
      POST /v1/shops/{shop}/stock {updates: [{sku, quantity, seq?}]}  absolute stock, pushed newest-first\n\
      GET /v1/shops/{shop}/stock[/{sku}]             per-SKU push results (?state=pending|pushed|rejected|dead)\n\
@@ -235,13 +236,20 @@ async fn nack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>
 struct QueueInfo {
     #[serde(flatten)]
     stats: QueueStats,
+    /// The same figures per shop.
+    partitions: std::collections::BTreeMap<String, QueueStats>,
     dead_letters: Vec<crate::queue::DeadLetter>,
+    /// Present when orders are also posted to an ERP webhook.
+    webhook: Option<crate::delivery::DeliveryStatus>,
 }
 
 async fn queue_info(State(st): State<Arc<ApiState>>) -> Response {
-    match (st.inbox.stats(), st.inbox.dead_letters(100)) {
-        (Ok(stats), Ok(dead_letters)) => Json(QueueInfo { stats, dead_letters }).into_response(),
-        (Err(e), _) | (_, Err(e)) => queue_error(e),
+    let webhook = st.delivery.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    match (st.inbox.stats(), st.inbox.partition_stats(), st.inbox.dead_letters(100)) {
+        (Ok(stats), Ok(partitions), Ok(dead_letters)) => {
+            Json(QueueInfo { stats, partitions, dead_letters, webhook }).into_response()
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => queue_error(e),
     }
 }
 

@@ -123,4 +123,7 @@ pub trait LeaseQueue: Send + Sync {
     async fn replay(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError>;
     async fn purge(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError>;
     fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
+    /// The same figures per partition (a scan of the queue: for status pages, not for
+    /// hot paths).
+    fn partition_stats(&self, queue: &str) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError>;
 }

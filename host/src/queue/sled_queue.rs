@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,18 @@ fn sched_key(visible_at_ms: i64, id: u64) -> [u8; 16] {
 /// A message id stored as 8 big-endian bytes (a `msg`/`dead` key or an `idem` value).
 fn id_of(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
+/// An `idem` value: the message id, then when the key was first seen (for expiry).
+fn idem_value(id: u64, at_ms: i64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&id.to_be_bytes());
+    v[8..].copy_from_slice(&at_ms.to_be_bytes());
+    v
+}
+
+fn idem_created(v: &[u8]) -> i64 {
+    v.get(8..16).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0)
 }
 
 fn id_of_sched(key: &[u8]) -> u64 {
@@ -135,6 +147,23 @@ impl SledQueue {
         Ok(t)
     }
 
+    /// Forget idempotency keys first seen more than `ttl` ago: a repeat of such a key is
+    /// a new message again. Returns how many were dropped. (A scan of the key tree; run
+    /// it now and then, not per message.)
+    pub fn expire_idempotency_keys(&self, queue: &str, ttl: Duration) -> Result<usize, QueueError> {
+        let t = self.trees(queue)?;
+        let cutoff = now_ms() - ttl.as_millis() as i64;
+        let mut dropped = 0;
+        for item in t.idem.iter() {
+            let (k, v) = item?;
+            // Compare-and-swap: a key written again meanwhile is kept.
+            if idem_created(&v) < cutoff && t.idem.compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?.is_ok() {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Move a message to the dead letters inside a transaction.
     fn bury(msg: &TransactionalTree, ready: &TransactionalTree, dead: &TransactionalTree, id: u64, mut h: Header, payload: &[u8], reason: String) -> TxResult<()> {
         ready.remove(&sched_key(h.visible_at_ms, id))?;
@@ -157,10 +186,9 @@ impl LeaseQueue for SledQueue {
             .transaction(|(msg, ready, idem)| {
                 if let Some(key) = &header.idem {
                     if let Some(existing) = idem.get(key.as_bytes())? {
-                        let existing = id_of(&existing);
-                        return Ok(Enqueued::Duplicate(existing));
+                        return Ok(Enqueued::Duplicate(id_of(&existing[..8.min(existing.len())])));
                     }
-                    idem.insert(key.as_bytes(), &id.to_be_bytes())?;
+                    idem.insert(key.as_bytes(), idem_value(id, now).as_slice())?;
                 }
                 msg.insert(&id.to_be_bytes(), record.as_slice())?;
                 ready.insert(&sched_key(now, id), &[])?;
@@ -329,6 +357,30 @@ impl LeaseQueue for SledQueue {
         }
         Ok(stats)
     }
+
+    fn partition_stats(&self, queue: &str) -> Result<BTreeMap<String, QueueStats>, QueueError> {
+        let t = self.trees(queue)?;
+        let now = now_ms();
+        let mut out: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for item in t.msg.iter() {
+            let (k, v) = item?;
+            let (h, _) = decode(id_of(&k), &v)?;
+            let st = out.entry(h.partition).or_default();
+            if h.visible_at_ms <= now {
+                st.ready += 1;
+            } else {
+                st.in_flight += 1;
+            }
+            let age = now - h.enqueued_at_ms;
+            st.oldest_age_ms = Some(st.oldest_age_ms.map_or(age, |a| a.max(age)));
+        }
+        for item in t.dead.iter() {
+            let (k, v) = item?;
+            let (h, _) = decode(id_of(&k), &v)?;
+            out.entry(h.partition).or_default().dead += 1;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +393,33 @@ mod tests {
 
     fn open(dir: &std::path::Path, max_attempts: u32) -> SledQueue {
         SledQueue::new(sled::open(dir).unwrap(), QueuePolicy { max_attempts })
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        let a = q.enqueue("orders", msg("s1", "a", Some("k1"))).await.unwrap();
+        assert_eq!(q.expire_idempotency_keys("orders", Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(q.enqueue("orders", msg("s1", "a", Some("k1"))).await.unwrap(), Enqueued::Duplicate(a.id()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(q.expire_idempotency_keys("orders", Duration::from_millis(1)).unwrap(), 1);
+        let again = q.enqueue("orders", msg("s1", "a", Some("k1"))).await.unwrap();
+        assert!(matches!(again, Enqueued::New(id) if id != a.id()), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn stats_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 1);
+        for (p, m) in [("s1", "a"), ("s1", "b"), ("s2", "c")] {
+            q.enqueue("orders", msg(p, m, None)).await.unwrap();
+        }
+        let leased = q.lease("orders", 1, Duration::from_secs(30)).await.unwrap();
+        q.nack("orders", &leased[0].token, Duration::ZERO, "poison").await.unwrap();
+        let per = q.partition_stats("orders").unwrap();
+        assert_eq!((per["s1"].ready, per["s1"].dead, per["s2"].ready), (1, 1, 1));
+        assert!(per["s2"].oldest_age_ms.is_some());
     }
 
     #[tokio::test]

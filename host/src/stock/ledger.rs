@@ -179,11 +179,7 @@ impl StockLedger {
     pub async fn settle(&self, shop: &str, results: &[(String, u64, u32, PushOutcome)]) -> Result<(), StockError> {
         let now = now_ms();
         let policy = self.policy;
-        let backoff = |attempts: u32| -> i64 {
-            let base = policy.base_ms as f64 * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
-            let capped = base.min(policy.max_ms as f64);
-            (capped * rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0)) as i64
-        };
+        let backoff = |attempts: u32| crate::backoff::delay(attempts, policy.base_ms, policy.max_ms).as_millis() as i64;
         (&self.skus, &self.due)
             .transaction(|(skus, due)| {
                 for (sku, version, quantity, outcome) in results {

@@ -1,0 +1,218 @@
+//! Delivering inbound orders to the ERP's webhook.
+//!
+//! One deliverer leases a batch from the order queue, posts it as JSON and acks it on a
+//! 2xx answer. Anything else (a non-2xx status, a timeout, a refused connection) nacks
+//! the batch with a backoff delay and pauses the deliverer for the same time, so an ERP
+//! that is down is not hammered and its backlog waits in the durable queue. An order
+//! that fails `[erp] max_attempts` deliveries moves to the dead letters
+//! (`GET /v1/orders/queue`, replay with `POST /v1/orders/dead-letters/replay`).
+//!
+//! Delivery is at least once: a crash between the ERP's 2xx and the ack delivers the
+//! batch again. Each order carries its queue token (`token.id` is stable across
+//! redeliveries) for the ERP to drop repeats. Each request is signed when a secret is
+//! configured: `X-Berth-Timestamp` (Unix ms) and
+//! `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{timestamp}.{body}"))`.
+
+use crate::clock::now_ms;
+use crate::config::{ErpConfig, Secret};
+use crate::inbox::{LeasedOrder, OrderInbox};
+use crate::queue::QueueError;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// What ops see about webhook delivery.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeliveryStatus {
+    pub url_host: String,
+    pub batches_delivered: u64,
+    pub orders_delivered: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    pub last_success_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub type SharedDeliveryStatus = Arc<Mutex<DeliveryStatus>>;
+
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("the ERP webhook answered HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the ERP webhook could not be reached: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+#[derive(Serialize)]
+struct Delivery<'a> {
+    orders: &'a [LeasedOrder],
+}
+
+pub struct ErpDeliverer {
+    url: String,
+    secret: Option<Secret>,
+    batch: usize,
+    timeout: Duration,
+    retry_base_ms: u64,
+    retry_max_ms: u64,
+    inbox: OrderInbox,
+    client: reqwest::Client,
+    pub status: SharedDeliveryStatus,
+}
+
+/// The signature header value for `body` sent at `timestamp_ms`.
+pub fn signature(secret: &str, timestamp_ms: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(timestamp_ms.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl ErpDeliverer {
+    /// `None` when no webhook is configured.
+    pub fn from_config(cfg: &ErpConfig, inbox: OrderInbox) -> Result<Option<Self>, String> {
+        let Some(url) = cfg.webhook_url.clone() else { return Ok(None) };
+        let timeout = Duration::from_millis(cfg.webhook_timeout_ms);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the webhook client: {e}"))?;
+        let url_host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+        Ok(Some(ErpDeliverer {
+            url,
+            secret: cfg.webhook_secret.clone(),
+            batch: cfg.webhook_batch,
+            timeout,
+            retry_base_ms: cfg.webhook_retry_base_ms,
+            retry_max_ms: cfg.webhook_retry_max_ms,
+            inbox,
+            client,
+            status: Arc::new(Mutex::new(DeliveryStatus { url_host, ..Default::default() })),
+        }))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut DeliveryStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let host = self.status.lock().unwrap_or_else(|e| e.into_inner()).url_host.clone();
+        async move {
+            let mut failures: u32 = 0;
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let wait = match self.step(failures).await {
+                    Ok(0) => Duration::from_millis(200),
+                    Ok(_) => {
+                        failures = 0;
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let d = crate::backoff::delay(failures, self.retry_base_ms, self.retry_max_ms);
+                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "order delivery to the ERP failed");
+                        self.update(|s| {
+                            s.failures += 1;
+                            s.consecutive_failures = failures;
+                            s.last_error = Some(e.to_string());
+                        });
+                        d
+                    }
+                };
+                if wait.is_zero() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        .instrument(tracing::info_span!("erp_delivery", webhook_host = %host))
+        .await
+    }
+
+    /// Deliver one batch; the number of orders delivered.
+    async fn step(&self, failures: u32) -> Result<usize, DeliveryError> {
+        // The lease outlives one request with room to spare; an expired one only means
+        // the batch may go out again (at least once).
+        let leases = self.inbox.lease(self.batch, self.timeout + Duration::from_secs(30)).await?;
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        match self.post(&leases).await {
+            Ok(()) => {
+                for l in &leases {
+                    if let Err(e) = self.inbox.ack(&l.token).await {
+                        tracing::warn!(id = l.token.id, error = %e, "delivered order could not be acked; it may be delivered again");
+                    }
+                }
+                self.update(|s| {
+                    s.batches_delivered += 1;
+                    s.orders_delivered += leases.len() as u64;
+                    s.consecutive_failures = 0;
+                    s.last_success_ms = Some(now_ms());
+                    s.last_error = None;
+                });
+                tracing::debug!(orders = leases.len(), "orders delivered to the ERP");
+                Ok(leases.len())
+            }
+            Err(e) => {
+                // Back in the queue after the same pause the deliverer takes.
+                let delay = crate::backoff::delay(failures.saturating_add(1), self.retry_base_ms, self.retry_max_ms);
+                let reason = e.to_string();
+                for l in &leases {
+                    self.inbox.nack(&l.token, delay, &reason).await.or_else(|e| match e {
+                        QueueError::LeaseLost { .. } => Ok(()),
+                        e => Err(e),
+                    })?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn post(&self, leases: &[LeasedOrder]) -> Result<(), DeliveryError> {
+        let body = serde_json::to_vec(&Delivery { orders: leases }).expect("orders serialize");
+        let ts = now_ms();
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-berth-timestamp", ts.to_string());
+        if let Some(secret) = &self.secret {
+            req = req.header("x-berth-signature", signature(secret.expose(), ts, &body));
+        }
+        let resp = req.body(body).send().await.map_err(|e| DeliveryError::Transport(e.without_url().to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        Err(DeliveryError::Status { status: status.as_u16(), body: crate::runtime::state::bounded(&text, 300).to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_over_timestamp_and_body() {
+        // Computed independently: printf '1700000000000.{"orders":[]}' | openssl dgst -sha256 -hmac s3cret
+        assert_eq!(
+            signature("s3cret", 1_700_000_000_000, br#"{"orders":[]}"#),
+            "sha256=d798d6b979c06213a3071aebc2305ee07d8f237ce14884beb58792f16fa4bd59"
+        );
+    }
+}
