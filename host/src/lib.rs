@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod inbox;
+pub mod ingest;
 pub mod queue;
 pub mod runtime;
 pub mod service;

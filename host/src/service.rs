@@ -99,6 +99,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut statuses = Vec::new();
     let mut workers = Vec::new();
+    let mut webhooks = BTreeMap::new();
     for (shop, sc) in &cfg.shops {
         let conn = connectors[&sc.connector].clone();
         let status = Arc::new(Mutex::new(ShopStatus {
@@ -109,7 +110,13 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             ..Default::default()
         }));
         statuses.push(status.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        webhooks.insert(
+            shop.clone(),
+            crate::ingest::WebhookShop { connector: conn.clone(), config: Arc::new(sc.clone()), wake_sync: wake.clone() },
+        );
         let worker = ShopWorker {
+            wake,
             shop: shop.clone(),
             config: Arc::new(sc.clone()),
             connector: conn,
@@ -173,6 +180,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         inbox,
         stock: ledger,
         delivery,
+        webhooks,
         stock_shops,
         shops: statuses,
         connectors: infos,

@@ -52,6 +52,8 @@ pub struct ShopWorker {
     pub inbox: OrderInbox,
     pub defaults: SyncDefaults,
     pub status: SharedStatus,
+    /// Notified when the platform says an order changed (a webhook): pull now.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// What to do after one step.
@@ -119,7 +121,10 @@ impl ShopWorker {
                 if *shutdown.borrow() {
                     break;
                 }
-                let wait = match self.step().await {
+                let step = self.step().await;
+                // Only an idle wait is cut short by a wake-up, never a throttle or backoff.
+                let idle = matches!(step, Ok(Next::Idle));
+                let wait = match step {
                     Ok(Next::Continue) => {
                         attempt = 0;
                         Duration::ZERO
@@ -147,6 +152,7 @@ impl ShopWorker {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = self.wake.notified(), if idle => {}
                     _ = shutdown.changed() => {}
                 }
             }

@@ -192,6 +192,19 @@ async fn stock_reaches_both_platforms_newest_first() {
     assert_eq!((rec["state"].as_str(), rec["pushed_quantity"].as_u64()), (Some("pushed"), Some(77)), "{rec}");
     let missing = client.get(berth.url("/v1/shops/acme/stock/NEVER")).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 404);
+    // A rejected SKU can be purged; a pushed one cannot.
+    let purged: Value = client
+        .post(berth.url("/v1/shops/acme/stock/dead-letters/purge"))
+        .json(&json!({"skus": ["NOPE-1", skus[2]]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["count"], 1, "{purged}");
+    let gone = client.get(berth.url("/v1/shops/acme/stock/NOPE-1")).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
     let log = berth.log();
     assert!(["shp-token-xyz", "tb-secret-xyz", "tb-session-xyz"].iter().all(|s| !log.contains(s)), "a secret reached the log");
 }

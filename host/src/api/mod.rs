@@ -33,6 +33,7 @@ pub struct ApiState {
     pub inbox: OrderInbox,
     pub stock: Arc<crate::stock::StockLedger>,
     pub delivery: Option<crate::delivery::SharedDeliveryStatus>,
+    pub webhooks: std::collections::BTreeMap<String, crate::ingest::WebhookShop>,
     pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
     pub shops: Vec<SharedStatus>,
     pub connectors: Vec<ConnectorInfo>,
@@ -52,8 +53,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/shops", get(list_shops))
         .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
         .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
+        .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge))
         .route("/v1/shops/{shop}/stock/{sku}", get(stock::one))
         .route("/v1/stock/queue", get(stock::queue))
+        .route("/v1/webhooks/{shop}", post(platform_webhook))
         .route("/v1/connectors", get(list_connectors))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -78,8 +81,9 @@ async fn index() -> &'static str {
      POST /v1/orders/dead-letters/replay {ids}      back to the queue (purge: drop them)\n\
      POST /v1/shops/{shop}/stock {updates: [{sku, quantity, seq?}]}  absolute stock, pushed newest-first\n\
      GET /v1/shops/{shop}/stock[/{sku}]             per-SKU push results (?state=pending|pushed|rejected|dead)\n\
-     POST /v1/shops/{shop}/stock/dead-letters/replay {skus}  retry rejected or dead SKUs\n\
+     POST /v1/shops/{shop}/stock/dead-letters/replay {skus}  retry rejected or dead SKUs (purge: forget them)\n\
      GET /v1/stock/queue                            stock push backlog per shop\n\
+     POST /v1/webhooks/{shop}                       a platform's webhook for the shop (signature checked by its connector)\n\
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /healthz  GET /readyz\n"
@@ -282,6 +286,31 @@ async fn replay_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>
 
 async fn purge_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>) -> Response {
     dead_letter_op(&st, body, false).await
+}
+
+async fn platform_webhook(
+    State(st): State<Arc<ApiState>>,
+    axum::extract::Path(shop): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::ingest::IngestError;
+    let Some(target) = st.webhooks.get(&shop) else {
+        return error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; point the platform's webhook at /v1/webhooks/SHOP for a configured shop"));
+    };
+    let headers = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    match crate::ingest::ingest(&shop, target, headers, body.to_vec(), &st.inbox, &st.store).await {
+        Ok(done) => Json(done).into_response(),
+        Err(e @ IngestError::Unauthorized(_)) => error(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(e @ IngestError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ IngestError::Unavailable(_)) => {
+            tracing::warn!(shop = %shop, error = %e, "webhook not handled; the platform will retry");
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
 }
 
 async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {

@@ -4,6 +4,7 @@
 //! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead&after=SKU&limit=N
 //! `GET  /v1/shops/{shop}/stock/{sku}`  one SKU's record
 //! `POST /v1/shops/{shop}/stock/dead-letters/replay` {"skus": [...]}: rejected/dead SKUs back to pending
+//! `POST /v1/shops/{shop}/stock/dead-letters/purge` {"skus": [...]}: forget rejected/dead SKUs
 //! `GET  /v1/stock/queue`               per shop: counts, oldest pending age, pusher status
 
 use super::{body_or_400, error, ApiState, JsonBody};
@@ -148,24 +149,33 @@ struct ReplayResponse {
     count: usize,
 }
 
-pub async fn replay(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
-    let entry = match shop_entry(&st, &shop) {
+async fn dead_letter_op(st: &ApiState, shop: &str, body: JsonBody<ReplayBody>, replay: bool) -> Response {
+    let entry = match shop_entry(st, shop) {
         Ok(e) => e,
         Err(resp) => return resp,
     };
-    let req = match body_or_400(body, r#"{"skus": ["A-1", ...]} from GET /v1/shops/{shop}/stock?state=dead"#) {
+    let req = match body_or_400(body, r#"{"skus": ["A-1", ...]} from GET /v1/shops/{shop}/stock?state=dead (or rejected)"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match st.stock.replay(&shop, &req.skus).await {
+    let result = if replay { st.stock.replay(shop, &req.skus).await } else { st.stock.purge(shop, &req.skus).await };
+    match result {
         Ok(count) => {
-            if let Some((wake, _)) = &entry.pusher {
+            if let (true, Some((wake, _))) = (replay, &entry.pusher) {
                 wake.notify_one();
             }
             Json(ReplayResponse { count }).into_response()
         }
         Err(e) => stock_error(e),
     }
+}
+
+pub async fn replay(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
+    dead_letter_op(&st, &shop, body, true).await
+}
+
+pub async fn purge(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
+    dead_letter_op(&st, &shop, body, false).await
 }
 
 #[derive(Serialize)]

@@ -9,7 +9,7 @@ pub mod state;
 use crate::capabilities::http::HostAllowlist;
 use crate::config::{RuntimeConfig, ShopConfig};
 use bindings::berth::connector::types::{
-    ConnectorError, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult,
+    ConnectorError, Event, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest,
 };
 use bindings::{Connector, ConnectorPre};
 use engine::ConnectorEngine;
@@ -268,6 +268,16 @@ impl LoadedConnector {
     ) -> Result<Result<Vec<UpdateResult>, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
         self.finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates)).await
+    }
+
+    pub async fn handle_webhook(
+        &self,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        req: &WebhookRequest,
+    ) -> Result<Result<Vec<Event>, ConnectorError>, CallError> {
+        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
+        self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await
     }
 
     /// Whether the manifest offers a capability.

@@ -284,6 +284,26 @@ impl StockLedger {
         Ok(moved)
     }
 
+    /// Forget rejected or dead SKUs (their record goes; a later update starts afresh).
+    pub async fn purge(&self, shop: &str, skus_to_drop: &[String]) -> Result<usize, StockError> {
+        let dropped = (&self.skus, &self.due)
+            .transaction(|(skus, _due)| {
+                let mut dropped = 0;
+                for sku in skus_to_drop {
+                    let key = sku_key(shop, sku);
+                    let Some(rec) = read(skus, &key)? else { continue };
+                    if matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
+                        skus.remove(key)?;
+                        dropped += 1;
+                    }
+                }
+                Ok(dropped)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(dropped)
+    }
+
     /// Counts by state and the oldest pending age (a scan of the shop's SKUs).
     pub fn stats(&self, shop: &str) -> Result<StockStats, StockError> {
         let now = now_ms();
@@ -374,11 +394,24 @@ mod tests {
         let st = l.stats("s").unwrap();
         assert_eq!((st.pending, st.dead, st.rejected), (0, 1, 1));
         assert_eq!(l.list("s", Some(SkuState::Dead), None, 10).unwrap().len(), 1);
+        assert_eq!(l.purge("s", &["B".into()]).await.unwrap(), 1);
+        assert_eq!(l.get("s", "B").unwrap(), None);
+        l.submit("s", &[req("B", 1, None)]).await.unwrap();
+        let vb = l.get("s", "B").unwrap().unwrap().version;
+        l.settle("s", &[("B".into(), vb, 1, PushOutcome::Rejected("unknown SKU".into()))]).await.unwrap();
+        assert_eq!(l.purge("s", &["A".into()]).await.unwrap(), 1, "dead A purged");
+        l.submit("s", &[req("A", 5, None)]).await.unwrap();
+        l.settle("s", &[("A".into(), l.get("s", "A").unwrap().unwrap().version, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        let va = l.get("s", "A").unwrap().unwrap().version;
+        l.settle("s", &[("A".into(), va, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        assert_eq!(l.get("s", "A").unwrap().unwrap().state, SkuState::Dead);
+        assert_eq!(l.purge("s", &["nope".into()]).await.unwrap(), 0);
         assert_eq!(l.replay("s", &["A".into(), "B".into(), "nope".into()]).await.unwrap(), 2);
         assert_eq!(l.due("s", now_ms(), 10).unwrap().len(), 2);
         // A new quantity for a dead SKU is queued even when it equals the old one.
-        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
-        l.settle("s", &[("A".into(), v, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        l.settle("s", &[("A".into(), va, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        l.settle("s", &[("A".into(), va, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
+        assert_eq!(l.get("s", "A").unwrap().unwrap().state, SkuState::Dead);
         assert_eq!(l.submit("s", &[req("A", 5, None)]).await.unwrap()[0].outcome, Submitted::Queued);
     }
 

@@ -10,6 +10,11 @@
 //! the map in host kv, refreshing it when a SKU is missing or Shopify no longer knows
 //! the item.
 //!
+//! Webhooks (`orders/create`, `orders/updated`, `orders/cancelled`, ...) are verified
+//! against `X-Shopify-Hmac-Sha256` = base64 HMAC-SHA256 of the raw body with the app's
+//! client secret (shop secret `webhook_secret`), compared in constant time; an order
+//! topic becomes `order-upserted`, other topics are acknowledged without events.
+//!
 //! Shop config: `base_url` (e.g. `https://acme.myshopify.com`), secret `access_token`,
 //! optional `api_version` (default 2024-07), `page_size` (default 250, at most 250) and
 //! `location_id` (default: the shop's first active location).
@@ -20,7 +25,7 @@ use berth_sdk::text::{mask_name, mask_phone, parse_minor, query_param};
 use berth_sdk::time::{format_rfc3339_utc, parse_rfc3339};
 use berth_sdk::{
     Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
-    PullRequest, RateLimit, StockUpdate, UpdateResult,
+    Event, PullRequest, RateLimit, StockUpdate, UpdateResult, WebhookRequest,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -305,7 +310,7 @@ impl Connector for Shopify {
             platform: "shopify".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders, Capability::Inventory],
+            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks],
             allowed_hosts: vec!["*.myshopify.com".into()],
             // Standard plan: 2 requests/s leak, bucket of 40.
             default_rate_limit: RateLimit { requests_per_minute: 120, burst: 40 },
@@ -371,6 +376,43 @@ impl Connector for Shopify {
         host::counter_add("stock_pushed", &[], done.iter().filter(|r| r.accepted).count() as u64);
         Ok(done)
     }
+
+    fn handle_webhook(_shop: String, req: WebhookRequest) -> Result<Vec<Event>, ConnectorError> {
+        webhook_events(&req)
+    }
+}
+
+/// Whether `signature` (base64) is the HMAC-SHA256 of `body` under `secret`, compared
+/// in constant time.
+fn signature_ok(secret: &str, body: &[u8], signature: &str) -> bool {
+    let expected = host::hash::base64(&host::hash::hmac_sha256(secret.as_bytes(), body));
+    let (a, b) = (expected.as_bytes(), signature.trim().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn webhook_events(req: &WebhookRequest) -> Result<Vec<Event>, ConnectorError> {
+    let header = |name: &str| req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let secret = host::config("webhook_secret").ok_or_else(|| {
+        ConnectorError::Permanent("no `webhook_secret` (the app's client secret) is configured for this shop".into())
+    })?;
+    let signature = header("x-shopify-hmac-sha256")
+        .ok_or_else(|| ConnectorError::Auth("the request has no X-Shopify-Hmac-Sha256 header".into()))?;
+    if !signature_ok(&secret, &req.body, signature) {
+        return Err(ConnectorError::Auth("X-Shopify-Hmac-Sha256 does not match the body".into()));
+    }
+    let topic = header("x-shopify-topic").unwrap_or("");
+    if !topic.starts_with("orders/") {
+        return Ok(Vec::new());
+    }
+    let raw: serde_json::Value = serde_json::from_slice(&req.body)
+        .map_err(|e| ConnectorError::InvalidInput(format!("webhook body is not JSON: {e}")))?;
+    let order: ShopifyOrder = serde_json::from_value(raw.clone())
+        .map_err(|e| ConnectorError::InvalidInput(format!("webhook body is not a Shopify order: {e}")))?;
+    let order = map_order(order, raw).map_err(|e| match e {
+        ConnectorError::Transient(m) => ConnectorError::InvalidInput(m),
+        other => other,
+    })?;
+    Ok(vec![Event::OrderUpserted(order)])
 }
 
 /// Push one SKU, refreshing the SKU map at most once per batch when it is stale.

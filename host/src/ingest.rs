@@ -1,0 +1,119 @@
+//! Platform webhooks: `POST /v1/webhooks/{shop}` hands the raw request to the shop's
+//! connector, which verifies the platform's signature and turns it into events. Orders
+//! it carries go the same way as pulled ones — queued for the ERP (idempotent per
+//! version), then into the store, both durably — before berth answers 200, so a platform
+//! that sees an error delivers again and nothing is lost or queued twice. An event that
+//! only names a changed order wakes the shop's pull.
+
+use crate::config::ShopConfig;
+use crate::inbox::{OrderInbox, QueuedOrder};
+use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, WebhookRequest};
+use crate::runtime::LoadedConnector;
+use crate::store::{OrderStore, PageSource};
+use crate::sync::to_record;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+/// Headers handed to a connector: at most this many, each at most this long.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_LEN: usize = 4096;
+
+/// What the ingest path needs per shop.
+pub struct WebhookShop {
+    pub connector: Arc<LoadedConnector>,
+    pub config: Arc<ShopConfig>,
+    /// The shop's pull worker.
+    pub wake_sync: Arc<Notify>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Ingested {
+    /// Order versions new to berth (queued for the ERP and stored).
+    pub orders_new: usize,
+    /// Order versions berth already had.
+    pub orders_known: usize,
+    /// Orders the platform only named; the shop's pull was woken for them.
+    pub orders_changed: usize,
+    pub stock_events: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The platform's signature or credentials did not check out: 401.
+    #[error("webhook refused: {0}")]
+    Unauthorized(String),
+    /// The request cannot be taken as it is: 400 (the platform should not retry it).
+    #[error("webhook refused: {0}")]
+    Invalid(String),
+    /// Could not be handled now: 503, the platform retries.
+    #[error("webhook not handled, retry: {0}")]
+    Unavailable(String),
+}
+
+pub async fn ingest(
+    shop: &str,
+    target: &WebhookShop,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    inbox: &OrderInbox,
+    store: &OrderStore,
+) -> Result<Ingested, IngestError> {
+    let conn = &target.connector;
+    let span = tracing::info_span!("webhook", shop = %shop, connector = %conn.name, version = %conn.version());
+    async move {
+        let headers = headers
+            .into_iter()
+            .filter(|(k, v)| k.len() + v.len() <= MAX_HEADER_LEN)
+            .take(MAX_HEADERS)
+            .collect();
+        let req = WebhookRequest { headers, body };
+        let events = match conn.handle_webhook(shop, target.config.clone(), &req).await {
+            Err(call) => return Err(IngestError::Unavailable(call.to_string())),
+            Ok(Err(ConnectorError::Auth(why))) => return Err(IngestError::Unauthorized(why)),
+            Ok(Err(ConnectorError::InvalidInput(why) | ConnectorError::Permanent(why))) => {
+                return Err(IngestError::Invalid(why))
+            }
+            Ok(Err(ConnectorError::Transient(why))) => return Err(IngestError::Unavailable(why)),
+            Ok(Err(ConnectorError::RateLimited(ms))) => {
+                return Err(IngestError::Unavailable(format!("the connector asked to wait {ms} ms")))
+            }
+            Ok(Ok(events)) => events,
+        };
+        let mut out = Ingested::default();
+        let mut orders = Vec::new();
+        for e in events {
+            match e {
+                Event::OrderUpserted(o) => orders.push(to_record(o)),
+                Event::OrderChanged(_) => out.orders_changed += 1,
+                Event::StockChanged(_) => out.stock_events += 1,
+            }
+        }
+        let unavailable = |e: &dyn std::fmt::Display| IngestError::Unavailable(e.to_string());
+        let mut fresh = Vec::new();
+        for o in &orders {
+            if store.is_new(shop, o).map_err(|e| unavailable(&e))? {
+                fresh.push(QueuedOrder {
+                    shop: shop.to_string(),
+                    platform: conn.manifest.platform.clone(),
+                    connector_version: conn.version().to_string(),
+                    order: o.clone(),
+                });
+            }
+        }
+        // Queue first, then store: the same order as pulls (see inbox.rs).
+        inbox.deliver(fresh).await.map_err(|e| unavailable(&e))?;
+        let src = PageSource { shop, platform: &conn.manifest.platform, connector_version: conn.version() };
+        let outcome = store.commit_pushed(&src, &orders).await.map_err(|e| unavailable(&e))?;
+        out.orders_new = outcome.added;
+        out.orders_known = outcome.duplicates;
+        if out.orders_changed > 0 {
+            target.wake_sync.notify_one();
+        }
+        tracing::info!(new = out.orders_new, known = out.orders_known, changed = out.orders_changed, "webhook ingested");
+        Ok(out)
+    }
+    .instrument(span)
+    .await
+}
