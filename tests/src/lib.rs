@@ -143,3 +143,20 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Write `berth.toml` in `dir`: a loopback listener on any port, `data_dir = "data"`,
+/// private addresses allowed (the simulator is on loopback), then `rest`.
+pub fn write_config(dir: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("berth.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n{rest}"
+    );
+    std::fs::write(&path, text).expect("write berth.toml");
+    path
+}
+
+/// POST JSON and read the JSON answer, whatever the status (tests assert on it).
+pub async fn post_json(client: &reqwest::Client, url: String, body: serde_json::Value) -> serde_json::Value {
+    let resp = client.post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    resp.json().await.unwrap_or(serde_json::Value::Null)
+}

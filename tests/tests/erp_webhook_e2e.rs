@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use berth_sim::{Platform, ShopifyShop, SimConfig};
-use berth_tests::{poll_until, Berth};
+use berth_tests::{poll_until, post_json, Berth};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -71,12 +71,10 @@ async fn orders_reach_the_erp_webhook_through_outages() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("berth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n\
-             [erp]\nmax_attempts = 4\nwebhook_url = \"http://{hook_addr}/hook\"\nwebhook_secret = \"{SECRET}\"\n\
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            "[erp]\nmax_attempts = 4\nwebhook_url = \"http://{hook_addr}/hook\"\nwebhook_secret = \"{SECRET}\"\n\
              webhook_batch = 15\nwebhook_retry_base_ms = 50\nwebhook_retry_max_ms = 200\n\
              [sync]\ninitial_lookback_hours = 20\nsettle_secs = 1\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
@@ -84,8 +82,7 @@ async fn orders_reach_the_erp_webhook_through_outages() {
             berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
             sim.base_url()
         ),
-    )
-    .unwrap();
+    );
     let client = reqwest::Client::new();
     let berth = Berth::start(&config);
     let seeded: Vec<String> = sim.state.orders(Platform::Shopify, "acme").iter().map(|o| o.id.to_string()).collect();
@@ -103,8 +100,13 @@ async fn orders_reach_the_erp_webhook_through_outages() {
         assert_eq!(r.bad_signatures, 0);
         assert!(r.received.values().all(|n| *n == 1), "an order was delivered twice: {:?}", r.received);
     }
-    let q: Value = client.get(berth.url("/v1/orders/queue")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(q["webhook"]["orders_delivered"], 40, "{q}");
+    // berth acks after the receiver's answer: wait for its books to close.
+    let q = poll_until(DEADLINE, || async {
+        let q: Value = client.get(berth.url("/v1/orders/queue")).send().await.ok()?.json().await.ok()?;
+        (q["webhook"]["orders_delivered"] == 40 && q["ready"] == 0 && q["in_flight"] == 0).then_some(q)
+    })
+    .await
+    .unwrap_or_else(|| panic!("deliveries never all acked\n{}", berth.log()));
     assert_eq!(q["webhook"]["failures"], 3, "{q}");
 
     // The ERP goes down for good: new orders end in the dead letters after 4 attempts (three failures above cannot have killed any).
@@ -124,7 +126,7 @@ async fn orders_reach_the_erp_webhook_through_outages() {
     receiver.lock().unwrap().fail_next = 0;
     let ids: Vec<u64> = dead["dead_letters"].as_array().unwrap().iter().map(|d| d["id"].as_u64().unwrap()).collect();
     let replayed: Value =
-        client.post(berth.url("/v1/orders/dead-letters/replay")).json(&json!({ "ids": ids })).send().await.unwrap().json().await.unwrap();
+        post_json(&client, berth.url("/v1/orders/dead-letters/replay"), json!({ "ids": ids })).await;
     assert_eq!(replayed["count"], 3);
     let delivered = poll_until(DEADLINE, || async {
         let r = receiver.lock().unwrap();

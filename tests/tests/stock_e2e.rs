@@ -5,7 +5,7 @@
 //! dead letters and their replay, bad requests, and results surviving a SIGKILL.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
-use berth_tests::{poll_until, Berth};
+use berth_tests::{poll_until, post_json, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -17,17 +17,10 @@ mod plugins {
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn config(dir: &std::path::Path, sim: &str) -> std::path::PathBuf {
-    let path = dir.join("berth.toml");
-    std::fs::write(
-        &path,
-        format!(
+    berth_tests::write_config(
+        dir,
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:0"
-data_dir = "data"
-[http]
-allow_private_addresses = true
-timeout_ms = 3000
 [sync]
 initial_lookback_hours = 2
 [stock]
@@ -50,8 +43,6 @@ secrets = {{ app_secret = "tb-secret-xyz", session = "tb-session-xyz" }}
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
         ),
     )
-    .unwrap();
-    path
 }
 
 async fn submit(client: &reqwest::Client, berth: &Berth, shop: &str, updates: Value) -> (u16, Value) {
@@ -172,15 +163,7 @@ async fn stock_reaches_both_platforms_newest_first() {
     assert!(dead["skus"][0]["last_error"].as_str().unwrap().contains("500"), "{dead}");
     assert_eq!(sim_item(&sim, Platform::Shopify, "acme", &skus[2]).quantity, 102);
     sim.state.clear_faults(Platform::Shopify);
-    let replayed: Value = client
-        .post(berth.url("/v1/shops/acme/stock/dead-letters/replay"))
-        .json(&json!({"skus": [skus[2]]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replayed: Value = post_json(&client, berth.url("/v1/shops/acme/stock/dead-letters/replay"), json!({"skus": [skus[2]]})).await;
     assert_eq!(replayed["count"], 1);
     drained(&client, &berth).await;
     assert_eq!(sim_item(&sim, Platform::Shopify, "acme", &skus[2]).quantity, 77);
@@ -193,15 +176,7 @@ async fn stock_reaches_both_platforms_newest_first() {
     let missing = client.get(berth.url("/v1/shops/acme/stock/NEVER")).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 404);
     // A rejected SKU can be purged; a pushed one cannot.
-    let purged: Value = client
-        .post(berth.url("/v1/shops/acme/stock/dead-letters/purge"))
-        .json(&json!({"skus": ["NOPE-1", skus[2]]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let purged: Value = post_json(&client, berth.url("/v1/shops/acme/stock/dead-letters/purge"), json!({"skus": ["NOPE-1", skus[2]]})).await;
     assert_eq!(purged["count"], 1, "{purged}");
     let gone = client.get(berth.url("/v1/shops/acme/stock/NOPE-1")).send().await.unwrap();
     assert_eq!(gone.status().as_u16(), 404);

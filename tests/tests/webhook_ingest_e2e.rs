@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
-use berth_tests::{poll_until, Berth};
+use berth_tests::{poll_until, post_json, Berth};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -52,12 +52,10 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
     cfg.taobao.shops = vec![TaobaoShop { nick: "tmall".into(), app_key: "k".into(), session: "sess".into(), orders: 3 }];
     let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("berth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[http]\nallow_private_addresses = true\n\
-             [sync]\ninitial_lookback_hours = 8\n{}\
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            "[sync]\ninitial_lookback_hours = 8\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 3600\n\
              settings = {{ base_url = \"{sim}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\", webhook_secret = \"{HOOK_SECRET}\" }}\n\
              [shops.tmall]\nconnector = \"taobao\"\npoll_interval_secs = 3600\n\
@@ -65,8 +63,7 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
             berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
             sim = sim.base_url()
         ),
-    )
-    .unwrap();
+    );
     let client = reqwest::Client::new();
     let berth = Berth::start(&config);
     poll_until(Duration::from_secs(120), || async { (feed_len(&client, &berth).await == 13).then_some(()) })
@@ -115,15 +112,7 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
     assert_eq!((status, r["orders_new"].as_u64()), (200, Some(1)), "{r}");
 
     // The ERP's queue has each webhook version exactly once.
-    let leased: Value = client
-        .post(berth.url("/v1/orders/lease"))
-        .json(&json!({"max": 1000, "visibility_secs": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let leased: Value = post_json(&client, berth.url("/v1/orders/lease"), json!({"max": 1000, "visibility_secs": 60})).await;
     let versions: Vec<i64> = leased["leases"]
         .as_array()
         .unwrap()
