@@ -46,11 +46,18 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where sled keeps orders, cursors and connector state, and compiled components are cached.
     pub data_dir: PathBuf,
+    /// Exit (status 3) when storage or the async runtime makes no progress for this long,
+    /// so a supervisor restarts berth (see watchdog.rs); 0 disables.
+    pub stall_exit_secs: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8080".parse().expect("valid literal"), data_dir: "berth-data".into() }
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            data_dir: "berth-data".into(),
+            stall_exit_secs: 60,
+        }
     }
 }
 

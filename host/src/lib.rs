@@ -21,3 +21,4 @@ pub mod service;
 pub mod stock;
 pub mod store;
 pub mod sync;
+pub mod watchdog;

@@ -61,6 +61,13 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
     // One group committer per database: queue and stock writes share fsyncs.
     let commit = store.commit();
+    if cfg.server.stall_exit_secs > 0 {
+        crate::watchdog::start(
+            commit.clone(),
+            std::time::Duration::from_secs(cfg.server.stall_exit_secs),
+            crate::watchdog::exit_on_stall,
+        );
+    }
     let inbox = OrderInbox::new(Arc::new(SledQueue::with_commit(
         store.db().clone(),
         commit.clone(),

@@ -329,8 +329,9 @@ async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
     if st.connectors.is_empty() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no connectors loaded");
     }
-    match st.store.probe_writable().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("storage is not writable: {e}")),
+    match tokio::time::timeout(std::time::Duration::from_secs(5), st.store.probe_writable()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("storage is not writable: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "storage did not confirm a write within 5 s"),
     }
 }

@@ -23,6 +23,8 @@ pub struct GroupCommit {
     wake: Arc<Notify>,
     flushed: watch::Sender<Flushed>,
     flushes: AtomicU64,
+    /// When the running flush began (Unix ms), 0 while none runs.
+    flush_started_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,7 @@ impl GroupCommit {
     pub fn start(db: sled::Db) -> Arc<Self> {
         let (flushed, _) = watch::channel(Flushed::default());
         let wake = Arc::new(Notify::new());
-        let gc = Arc::new(GroupCommit { db, requested: AtomicU64::new(0), wake: wake.clone(), flushed, flushes: AtomicU64::new(0) });
+        let gc = Arc::new(GroupCommit { db, requested: AtomicU64::new(0), wake: wake.clone(), flushed, flushes: AtomicU64::new(0), flush_started_ms: std::sync::atomic::AtomicI64::new(0) });
         let weak = Arc::downgrade(&gc);
         tokio::spawn(async move {
             loop {
@@ -50,11 +52,15 @@ impl GroupCommit {
                     notified.await;
                     continue;
                 };
+                if let Some(gc) = weak.upgrade() {
+                    gc.flush_started_ms.store(crate::clock::now_ms(), Ordering::SeqCst);
+                }
                 // Everything written before `target` was taken is covered by this flush.
                 let result = db.flush_async().await;
                 drop(db);
                 let Some(gc) = weak.upgrade() else { break };
                 gc.flushes.fetch_add(1, Ordering::Relaxed);
+                gc.flush_started_ms.store(0, Ordering::SeqCst);
                 gc.flushed.send_modify(|f| match result {
                     Ok(_) => f.done = f.done.max(target),
                     Err(e) => f.failed = Some((target, e.to_string())),
@@ -77,6 +83,14 @@ impl GroupCommit {
             Ok(())
         } else {
             Err(FlushError(state.failed.as_ref().map(|(_, e)| e.clone()).unwrap_or_default()))
+        }
+    }
+
+    /// How long the running flush has taken so far; `None` when none runs.
+    pub fn flush_running_for_ms(&self, now_ms: i64) -> Option<i64> {
+        match self.flush_started_ms.load(Ordering::SeqCst) {
+            0 => None,
+            started => Some(now_ms - started),
         }
     }
 

@@ -1,0 +1,105 @@
+//! Stock ledger benchmark: durable submits from concurrent ERP clients, then the
+//! pusher's side (take what is due, wait for disk, settle) without a connector, so the
+//! figures are the ledger's own cost per SKU.
+//!
+//! Run: `cargo bench -p berth-host --bench stock` (optionally `-- UPDATES`).
+//! Each submit carries one SKU out of 1000 (so many coalesce) and returns after fsync.
+
+use berth_host::queue::group_commit::GroupCommit;
+use berth_host::stock::ledger::RetryPolicy;
+use berth_host::stock::{PushOutcome, StockLedger, StockRequest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    submits_per_s: f64,
+    lat: Vec<Duration>,
+    pushed: usize,
+    settle_per_s: f64,
+    flushes: u64,
+}
+
+async fn run(clients: usize, updates: usize) -> Row {
+    // On the project's disk, not a tmpfs: the point is real fsync.
+    let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("temp dir");
+    let db = sled::open(dir.path()).expect("open sled");
+    let commit = GroupCommit::start(db.clone());
+    let ledger = Arc::new(
+        StockLedger::open(db, commit.clone(), RetryPolicy { max_attempts: 10, base_ms: 1000, max_ms: 60_000 }).expect("ledger"),
+    );
+    let per = updates / clients;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let sku = format!("SKU-{:04}", (c * 7919 + i * 104_729) % 1000);
+                    let req = [StockRequest { sku, quantity: (i + 1) as u32, seq: None }];
+                    let t = Instant::now();
+                    ledger.submit("shop", &req).await.expect("submit");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("client"));
+    }
+    let submits_per_s = (per * clients) as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+
+    // The pusher's side: batches of 50, durable before "sending", settled after.
+    let start = Instant::now();
+    let mut pushed = 0;
+    loop {
+        let batch = ledger.due("shop", i64::MAX - 1, 50).expect("due");
+        if batch.is_empty() {
+            break;
+        }
+        ledger.durable().await.expect("durable");
+        let results: Vec<_> = batch.iter().map(|r| (r.sku.clone(), r.version, r.quantity, PushOutcome::Accepted)).collect();
+        ledger.settle("shop", &results).await.expect("settle");
+        pushed += batch.len();
+    }
+    Row { submits_per_s, lat, pushed, settle_per_s: pushed as f64 / start.elapsed().as_secs_f64(), flushes: commit.flush_count() }
+}
+
+fn main() {
+    let updates: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4096);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("stock ledger: {updates} one-SKU submits over 1000 SKUs per row, each returning after fsync");
+    println!("{:>7} {:>10} {:>9} {:>9} {:>11} {:>12} {:>8}", "clients", "submits/s", "p50", "p99", "SKUs pushed", "settled/s", "fsyncs");
+    for clients in [1, 16, 256] {
+        let r = rt.block_on(run(clients, updates));
+        println!(
+            "{:>7} {:>10.0} {:>9} {:>9} {:>11} {:>12.0} {:>8}",
+            clients,
+            r.submits_per_s,
+            ms(percentile(&r.lat, 0.5)),
+            ms(percentile(&r.lat, 0.99)),
+            r.pushed,
+            r.settle_per_s,
+            r.flushes
+        );
+    }
+    println!("(latencies in ms; SKUs pushed < submits: updates to the same SKU coalesced)");
+}
