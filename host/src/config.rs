@@ -185,6 +185,10 @@ impl Default for StockConfig {
 pub struct ConnectorConfig {
     /// Path to the component (`.wasm`), relative to the config file.
     pub component: PathBuf,
+    /// Which of the manifest's hosts ops grant (exact names or `*.suffix`); all of them
+    /// when absent. A manifest host no grant covers is unreachable.
+    #[serde(default)]
+    pub grant_hosts: Option<Vec<String>>,
     /// Hosts granted beyond the manifest's own list (e.g. a simulator's address).
     #[serde(default)]
     pub extra_hosts: Vec<String>,

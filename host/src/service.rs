@@ -81,12 +81,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
     let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let services = Arc::new(HostServices { http, kv });
-    let runtime = ConnectorRuntime::new(&cfg.runtime, services, data_dir.join("compiled"))?;
+    let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
     let mut connectors: BTreeMap<String, Arc<LoadedConnector>> = BTreeMap::new();
     for (name, c) in &cfg.connectors {
         let loaded = runtime
-            .load(name, &c.component, &c.extra_hosts)
+            .load(name, &c.component, c.grant_hosts.as_deref(), &c.extra_hosts)
             .await
             .map_err(|source| StartError::Connector { connector: name.clone(), source })?;
         connectors.insert(name.clone(), Arc::new(loaded));
@@ -180,6 +180,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             wit_version: c.manifest.wit_version.clone(),
             digest: c.digest.clone(),
             allowed_hosts: c.manifest.allowed_hosts.clone(),
+            http_refusals: 0,
         })
         .collect();
     let app = api::router(Arc::new(ApiState {
@@ -191,6 +192,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         stock_shops,
         shops: statuses,
         connectors: infos,
+        services: services.clone(),
     }));
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {

@@ -26,6 +26,8 @@ pub struct ConnectorInfo {
     pub wit_version: String,
     pub digest: String,
     pub allowed_hosts: Vec<String>,
+    /// Outbound requests refused by policy (host not granted, non-public address).
+    pub http_refusals: u64,
 }
 
 pub struct ApiState {
@@ -37,6 +39,7 @@ pub struct ApiState {
     pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
     pub shops: Vec<SharedStatus>,
     pub connectors: Vec<ConnectorInfo>,
+    pub services: Arc<crate::runtime::state::HostServices>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -318,7 +321,11 @@ async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {
 }
 
 async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorInfo>> {
-    Json(st.connectors.clone())
+    let mut out = st.connectors.clone();
+    for c in &mut out {
+        c.http_refusals = st.services.http.refusals(&c.name);
+    }
+    Json(out)
 }
 
 async fn healthz() -> &'static str {

@@ -1,15 +1,21 @@
 //! `berth:connector/http`: the connector's only way out.
 //!
-//! A request is refused unless its host is one the connector's manifest declares or ops
-//! granted in config, and unless every address the name resolves to is public (loopback,
-//! private, link-local and cloud-metadata ranges are refused unless
-//! `http.allow_private_addresses` is set, as tests against a local simulator need).
+//! A request is refused unless its host is one the connector's manifest declares and ops
+//! granted (`[connectors.X] grant_hosts`, all of the manifest when absent; `extra_hosts`
+//! adds ops-only hosts such as a simulator), and unless the address it connects to is
+//! public: loopback, private, link-local and cloud-metadata ranges are refused unless
+//! `http.allow_private_addresses` is set, as tests against a local simulator need. Names
+//! are resolved by [`PublicResolver`], which drops non-public addresses before the
+//! connection is made, so the address checked is the address used: a name that
+//! resolves to a public address at check time and a private one later (DNS rebinding)
+//! gets nowhere.
 //! Redirects are not followed: a connector sees the 3xx and decides. Bodies above the cap
 //! are cut off with `too-large`.
 
 use crate::config::HttpConfig;
 use crate::runtime::bindings::berth::connector::http::{HttpError, Method, Request, Response};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The hosts one connector may reach: exact names or `*.suffix` patterns.
@@ -28,6 +34,63 @@ impl HostAllowlist {
         self.patterns.iter().any(|p| match p.strip_prefix("*.") {
             Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
             None => *p == host,
+        })
+    }
+}
+
+/// Whether grant pattern `grant` covers host or pattern `m` (both lower-case): equal,
+/// or a `*.suffix` grant over a name or pattern strictly under the suffix.
+fn covers(grant: &str, m: &str) -> bool {
+    if grant == m {
+        return true;
+    }
+    let Some(suffix) = grant.strip_prefix("*.") else { return false };
+    let name = m.strip_prefix("*.").unwrap_or(m);
+    name.len() > suffix.len() && name.ends_with(suffix) && name[..name.len() - suffix.len()].ends_with('.')
+}
+
+impl HostAllowlist {
+    /// The manifest's patterns that ops granted; with no grants configured, all of them.
+    pub fn granted(manifest: &[String], grants: Option<&[String]>) -> Vec<String> {
+        let Some(grants) = grants else { return manifest.to_vec() };
+        manifest
+            .iter()
+            .filter(|m| {
+                let m = m.to_ascii_lowercase();
+                grants.iter().any(|g| covers(&g.to_ascii_lowercase(), &m))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Why the resolver refused a name: surfaces to the guest as `denied`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{host}` resolves only to non-public addresses ({addrs}); refused (set http.allow_private_addresses only for local testing)")]
+pub struct NonPublicAddress {
+    host: String,
+    addrs: String,
+}
+
+/// DNS for connector traffic: resolves, then keeps only public addresses (unless private
+/// ones are allowed). The connection is made to what this returns, so the check cannot
+/// be raced by a second lookup.
+pub struct PublicResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all.iter().copied().filter(|a| allow_private || !is_private(a.ip())).collect();
+            if public.is_empty() && !all.is_empty() {
+                let addrs = all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+                return Err(Box::new(NonPublicAddress { host, addrs }) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -59,15 +122,28 @@ pub fn is_private(ip: IpAddr) -> bool {
 pub struct HttpGateway {
     client: reqwest::Client,
     config: HttpConfig,
+    /// Requests refused by policy, per connector.
+    refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl HttpGateway {
     pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(PublicResolver { allow_private: config.allow_private_addresses }))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpGateway { client, config })
+        Ok(HttpGateway { client, config, refusals: Default::default() })
+    }
+
+    /// Count a policy refusal for `connector`.
+    pub fn note_refusal(&self, connector: &str) {
+        *self.refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(connector.to_string()).or_default() += 1;
+    }
+
+    /// Policy refusals so far for `connector`.
+    pub fn refusals(&self, connector: &str) -> u64 {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner()).get(connector).copied().unwrap_or(0)
     }
 
     /// Check the URL against policy; return the parsed URL when it may be called.
@@ -83,19 +159,11 @@ impl HttpGateway {
                 "host `{host}` is not in the connector's allowed hosts; declare it in the manifest and grant it in config"
             )));
         }
-        if !self.config.allow_private_addresses {
-            let port = url.port_or_known_default().unwrap_or(443);
-            let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => tokio::net::lookup_host((host, port))
-                    .await
-                    .map_err(|e| HttpError::Connection(format!("cannot resolve `{host}`: {e}")))?
-                    .map(|a| a.ip())
-                    .collect(),
-            };
-            if let Some(ip) = addrs.into_iter().find(|ip| is_private(*ip)) {
+        // Names are checked by the resolver as they are connected to; literals here.
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if !self.config.allow_private_addresses && is_private(ip) {
                 return Err(HttpError::Denied(format!(
-                    "`{host}` resolves to non-public address {ip}; refused (set http.allow_private_addresses only for local testing)"
+                    "{ip} is not a public address; refused (set http.allow_private_addresses only for local testing)"
                 )));
             }
         }
@@ -145,6 +213,13 @@ impl HttpGateway {
 }
 
 fn classify(e: reqwest::Error) -> HttpError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<NonPublicAddress>() {
+            return HttpError::Denied(refused.to_string());
+        }
+        source = err.source();
+    }
     if e.is_timeout() {
         HttpError::Timeout
     } else if e.is_builder() {
@@ -168,6 +243,61 @@ mod tests {
         assert!(!a.allows("myshopify.com.evil.io"));
         assert!(a.allows("eco.taobao.com"));
         assert!(!a.allows("x.eco.taobao.com"));
+    }
+
+    #[test]
+    fn grants_narrow_the_manifest() {
+        let manifest = vec!["*.myshopify.com".to_string(), "eco.taobao.com".to_string(), "*.cdn.example".to_string()];
+        assert_eq!(HostAllowlist::granted(&manifest, None), manifest);
+        let grants = vec!["*.myshopify.com".to_string(), "*.example".to_string()];
+        assert_eq!(HostAllowlist::granted(&manifest, Some(&grants)), vec!["*.myshopify.com".to_string(), "*.cdn.example".to_string()]);
+        assert!(HostAllowlist::granted(&manifest, Some(&["myshopify.com".to_string()])).is_empty());
+        assert!(covers("*.taobao.com", "eco.taobao.com"));
+        assert!(!covers("*.taobao.com", "taobao.com"));
+        assert!(!covers("*.taobao.com", "eviltaobao.com"));
+    }
+
+    fn gateway(allow_private: bool) -> HttpGateway {
+        HttpGateway::new(HttpConfig { allow_private_addresses: allow_private, timeout_ms: 2000, ..HttpConfig::default() }).unwrap()
+    }
+
+    fn get(url: String) -> Request {
+        Request { method: Method::Get, url, headers: Vec::new(), body: Vec::new(), timeout_ms: None }
+    }
+
+    async fn local_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    #[tokio::test]
+    async fn non_public_addresses_are_refused_by_literal_and_by_name() {
+        let addr = local_server().await;
+        let gw = gateway(false);
+        let allow = HostAllowlist::new(["localhost", "127.0.0.1", "169.254.169.254", "[::1]", "::1"].map(String::from));
+        for url in [
+            format!("http://127.0.0.1:{}/", addr.port()),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            format!("http://[::1]:{}/", addr.port()),
+            // A name that resolves to loopback: refused at connect time, by the resolver.
+            format!("http://localhost:{}/", addr.port()),
+        ] {
+            match gw.send(&allow, get(url.clone())).await {
+                Err(HttpError::Denied(why)) => assert!(why.contains("public"), "{url}: {why}"),
+                other => panic!("{url}: expected a refusal, got {other:?}"),
+            }
+        }
+        match gw.send(&allow, get("http://example.org/".into())).await {
+            Err(HttpError::Denied(why)) => assert!(why.contains("not in the connector's allowed hosts"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // With private addresses allowed (tests, demos), the same name connects.
+        let open = gateway(true);
+        let resp = open.send(&allow, get(format!("http://localhost:{}/", addr.port()))).await.unwrap();
+        assert_eq!((resp.status, resp.body.as_slice()), (200, b"hello".as_slice()));
     }
 
     #[test]

@@ -124,11 +124,13 @@ impl ConnectorRuntime {
     }
 
     /// Load a connector component: compile (or reuse the cache), check it against the
-    /// world, read its manifest, and grant it its declared hosts plus `extra_hosts`.
+    /// world, read its manifest, and grant it the declared hosts ops grant (all when
+    /// `grants` is `None`) plus `extra_hosts`.
     pub async fn load(
         self: &Arc<Self>,
         name: &str,
         path: &Path,
+        grants: Option<&[String]>,
         extra_hosts: &[String],
     ) -> Result<LoadedConnector, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
@@ -152,9 +154,11 @@ impl ConnectorRuntime {
             .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
         check_manifest(&manifest).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         loaded.version = manifest.connector_version.as_str().into();
-        loaded.allow = Arc::new(HostAllowlist::new(
-            manifest.allowed_hosts.iter().cloned().chain(extra_hosts.iter().cloned()),
-        ));
+        let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
+        for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
+            tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
+        }
+        loaded.allow = Arc::new(HostAllowlist::new(granted.into_iter().chain(extra_hosts.iter().cloned())));
         loaded.manifest = manifest;
         tracing::info!(connector = name, version = %loaded.version, digest = &digest[..12], platform = %loaded.manifest.platform, "connector loaded");
         Ok(loaded)

@@ -99,9 +99,16 @@ impl http::Host for HostState {
                 connector = %self.ctx.connector, shop = self.shop_name(), status = r.status,
                 ms = started.elapsed().as_millis() as u64, "http"
             ),
+            Err(http::HttpError::Denied(why)) => {
+                self.services.http.note_refusal(&self.ctx.connector);
+                tracing::warn!(
+                    connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
+                    reason = %why, "http request refused by policy"
+                )
+            }
             Err(e) => tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
-                error = ?e, "http request failed or refused"
+                error = ?e, "http request failed"
             ),
         }
         result
