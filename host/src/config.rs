@@ -34,6 +34,9 @@ pub struct Config {
     pub erp: ErpConfig,
     #[serde(default)]
     pub stock: StockConfig,
+    /// Host-side rate limits per platform id (the manifest's `platform`).
+    #[serde(default)]
+    pub platforms: BTreeMap<String, PlatformLimits>,
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
@@ -159,6 +162,23 @@ impl Default for ErpConfig {
             webhook_retry_max_ms: 300_000,
         }
     }
+}
+
+/// One platform's request rate, enforced by the host on every connector call to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformLimits {
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    #[serde(default = "one")]
+    pub burst: u32,
+    /// Shop setting naming the credential the platform counts calls against (e.g.
+    /// `app_key`: every shop on one app key shares one bucket); per shop when absent.
+    pub quota_key: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Outbound stock pushes.
@@ -348,6 +368,13 @@ impl Config {
         }
         if cfg.sync.retry_base_ms == 0 || cfg.sync.retry_max_ms < cfg.sync.retry_base_ms {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
+        }
+        for (name, l) in &cfg.platforms {
+            if !(l.requests_per_second.is_finite() && l.requests_per_second > 0.0 && l.requests_per_second <= 100_000.0) || l.burst == 0 {
+                return Err(invalid(format!(
+                    "platforms.{name}: requests_per_second must be in (0, 100000] and burst at least 1"
+                )));
+            }
         }
         if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
             return Err(invalid("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into()));

@@ -80,7 +80,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     )?);
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
     let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
-    let services = Arc::new(HostServices { http, kv });
+    let limits = crate::capabilities::ratelimit::RateLimits::new(&cfg.platforms);
+    let services = Arc::new(HostServices { http, kv, limits });
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
     let mut connectors: BTreeMap<String, Arc<LoadedConnector>> = BTreeMap::new();

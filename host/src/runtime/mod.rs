@@ -210,7 +210,14 @@ impl LoadedConnector {
         shop: Option<(String, Arc<ShopConfig>)>,
     ) -> Result<(Store<HostState>, Connector), CallError> {
         let rt = &self.runtime;
-        let ctx = CallContext { connector: self.name.clone(), version: self.version.clone(), shop, allow: self.allow.clone() };
+        let ctx = CallContext {
+            connector: self.name.clone(),
+            version: self.version.clone(),
+            shop,
+            allow: self.allow.clone(),
+            platform: self.manifest.platform.as_str().into(),
+            deadline: std::time::Instant::now() + rt.call_timeout,
+        };
         let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), rt.max_memory_bytes));
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(ConnectorEngine::ticks_for(rt.call_timeout));

@@ -17,6 +17,7 @@ const MAX_LOG_BYTES: usize = 4096;
 pub struct HostServices {
     pub http: HttpGateway,
     pub kv: KvStore,
+    pub limits: capabilities::ratelimit::RateLimits,
 }
 
 /// Who is calling: fixed for the life of one store.
@@ -27,6 +28,10 @@ pub struct CallContext {
     /// `None` for calls not made on a shop's behalf (e.g. reading the manifest).
     pub shop: Option<(String, Arc<ShopConfig>)>,
     pub allow: Arc<HostAllowlist>,
+    /// The manifest's platform id (rate limits are per platform).
+    pub platform: Arc<str>,
+    /// When this call's deadline passes; outbound waits stay well inside it.
+    pub deadline: std::time::Instant,
 }
 
 pub struct HostState {
@@ -93,6 +98,19 @@ impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
         let started = std::time::Instant::now();
         let url_for_log = bounded(&req.url, 256).to_string();
+        // Wait for the platform's rate limit, leaving the guest half its remaining time.
+        let budget = self.ctx.deadline.saturating_duration_since(started) / 2;
+        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.as_ref());
+        match self.services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg, budget).await {
+            Ok(waited) if !waited.is_zero() => tracing::debug!(
+                connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
+            ),
+            Ok(_) => {}
+            Err(no_slot) => {
+                tracing::warn!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request not sent");
+                return Err(http::HttpError::Timeout);
+            }
+        }
         let result = self.services.http.send(&self.ctx.allow, req).await;
         match &result {
             Ok(r) => tracing::debug!(
