@@ -212,7 +212,9 @@ impl ShopWorker {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
                 self.update(|s| s.throttled += 1);
                 // Honour the platform's wait, bounded so a garbage value cannot park a shop forever.
-                return Ok(Next::Wait(Duration::from_millis(ms.clamp(50, 3_600_000))));
+                let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
+                self.connector.note_throttle(&self.shop, &self.config, wait);
+                return Ok(Next::Wait(wait));
             }
             Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Retry(why)),
             Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Pause(format!("auth: {why}"))),

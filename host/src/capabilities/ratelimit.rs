@@ -15,12 +15,34 @@ use std::time::Duration;
 
 struct PlatformLimiter {
     quota_key: Option<String>,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 #[derive(Default)]
 pub struct RateLimits {
     platforms: BTreeMap<String, PlatformLimiter>,
+    /// Quotas the platform said are exhausted, until when: (platform, key) -> instant.
+    blocked: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// How long a throttling answer asks to wait: `Retry-After` (seconds, possibly
+/// fractional) or `X-RateLimit-Reset` (seconds to wait, or a Unix time in seconds).
+pub fn retry_after(status: u16, headers: &[(String, String)], now_unix_s: f64) -> Option<Duration> {
+    if status != 429 && status != 503 {
+        return None;
+    }
+    let header = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim());
+    let secs = |v: &str| v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
+    let wait = match (header("retry-after").and_then(secs), header("x-ratelimit-reset").and_then(secs)) {
+        (Some(s), _) => s,
+        // Large values are absolute Unix times.
+        (None, Some(r)) if r > 1_000_000_000.0 => (r - now_unix_s).max(0.0),
+        (None, Some(r)) => r,
+        (None, None) if status == 429 => 1.0,
+        (None, None) => return None,
+    };
+    // A garbage value must not park a quota for days.
+    Some(Duration::from_secs_f64(wait.min(3600.0)))
 }
 
 /// The slot is further away than the call may wait.
@@ -43,10 +65,27 @@ impl RateLimits {
         let platforms = cfg
             .iter()
             .map(|(name, l)| {
-                (name.clone(), PlatformLimiter { quota_key: l.quota_key.clone(), limiter: RateLimiter::keyed(quota(l)) })
+                (name.clone(), PlatformLimiter { quota_key: l.quota_key.clone(), limiter: Some(RateLimiter::keyed(quota(l))) })
             })
             .collect();
-        RateLimits { platforms }
+        RateLimits { platforms, blocked: Default::default() }
+    }
+
+    /// The platform said the quota of `shop` is exhausted for `wait`: hold every call
+    /// counting against it (other shops on the same app key too) until then.
+    pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration) {
+        let key = self.platforms.get(platform).map_or_else(|| format!("shop:{shop}"), |p| Self::key(p, shop, cfg));
+        let until = std::time::Instant::now() + wait;
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = blocked.entry((platform.to_string(), key)).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    fn blocked_for(&self, platform: &str, key: &str) -> Duration {
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked
+            .get(&(platform.to_string(), key.to_string()))
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(std::time::Instant::now()))
     }
 
     /// The bucket a call of `shop` counts against.
@@ -62,12 +101,20 @@ impl RateLimits {
 
     /// Wait for a slot, at most `budget`. Returns how long it waited.
     pub async fn acquire(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, budget: Duration) -> Result<Duration, NoSlot> {
-        let Some(p) = self.platforms.get(platform) else { return Ok(Duration::ZERO) };
+        let unlimited = PlatformLimiter { quota_key: None, limiter: None };
+        let p = self.platforms.get(platform).unwrap_or(&unlimited);
         let key = Self::key(p, shop, cfg);
+        let mut waited = self.blocked_for(platform, &key);
+        if waited > budget {
+            return Err(NoSlot { platform: platform.to_string(), wait_ms: waited.as_millis() as u64 });
+        }
+        if !waited.is_zero() {
+            tokio::time::sleep(waited).await;
+        }
+        let Some(limiter) = &p.limiter else { return Ok(waited) };
         let clock = DefaultClock::default();
-        let mut waited = Duration::ZERO;
         loop {
-            match p.limiter.check_key(&key) {
+            match limiter.check_key(&key) {
                 Ok(()) => return Ok(waited),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(clock.now());
@@ -86,6 +133,33 @@ impl RateLimits {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn reads_throttle_headers() {
+        let h = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(retry_after(429, &h("Retry-After", "2.0"), 0.0), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(429, &h("x-ratelimit-reset", "5"), 0.0), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(429, &h("X-RateLimit-Reset", "1700000030"), 1_700_000_000.0), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(429, &[], 0.0), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(503, &[], 0.0), None);
+        assert_eq!(retry_after(200, &h("Retry-After", "9"), 0.0), None);
+        assert_eq!(retry_after(429, &h("Retry-After", "99999999"), 0.0), Some(Duration::from_secs(3600)));
+    }
+
+    #[tokio::test]
+    async fn a_throttled_quota_holds_every_shop_on_it() {
+        let l = limits(1000.0, 10, Some("app_key"));
+        let cfg: ShopConfig = toml::from_str("connector = \"c\"\nsettings = { app_key = \"K\" }\n").unwrap();
+        l.penalize("p", "a", Some(&cfg), Duration::from_millis(300));
+        assert!(l.acquire("p", "b", Some(&cfg), Duration::from_millis(100)).await.is_err(), "b shares a's app key");
+        let start = Instant::now();
+        l.acquire("p", "b", Some(&cfg), Duration::from_secs(1)).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+        // Unconfigured platforms learn too, per shop.
+        l.penalize("q", "a", None, Duration::from_secs(60));
+        assert!(l.acquire("q", "a", None, Duration::from_millis(10)).await.is_err());
+        assert!(l.acquire("q", "b", None, Duration::ZERO).await.is_ok());
+    }
 
     fn limits(rps: f64, burst: u32, quota_key: Option<&str>) -> RateLimits {
         let mut m = BTreeMap::new();

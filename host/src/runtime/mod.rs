@@ -165,6 +165,16 @@ impl ConnectorRuntime {
     }
 }
 
+/// A call that failed because berth's own rate limiter held its request back is a
+/// throttle, not a platform failure: the caller parks the shop without spending an
+/// attempt.
+fn held_back_as_throttle<T>(result: Result<T, ConnectorError>, held_back: Option<Duration>) -> Result<T, ConnectorError> {
+    match (result, held_back) {
+        (Err(ConnectorError::Transient(_)), Some(wait)) => Err(ConnectorError::RateLimited(wait.as_millis().max(1) as u64)),
+        (other, _) => other,
+    }
+}
+
 fn placeholder_manifest() -> Manifest {
     Manifest {
         platform: String::new(),
@@ -268,7 +278,8 @@ impl LoadedConnector {
         req: &PullRequest,
     ) -> Result<Result<OrderPage, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        self.finish("pull-orders", inst.call_pull_orders(&mut store, shop, req)).await
+        let result = self.finish("pull-orders", inst.call_pull_orders(&mut store, shop, req)).await?;
+        Ok(held_back_as_throttle(result, store.data().held_back()))
     }
 
     pub async fn push_inventory(
@@ -278,7 +289,8 @@ impl LoadedConnector {
         updates: &[StockUpdate],
     ) -> Result<Result<Vec<UpdateResult>, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        self.finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates)).await
+        let result = self.finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates)).await?;
+        Ok(held_back_as_throttle(result, store.data().held_back()))
     }
 
     pub async fn handle_webhook(
@@ -289,6 +301,12 @@ impl LoadedConnector {
     ) -> Result<Result<Vec<Event>, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
         self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await
+    }
+
+    /// The connector said the platform throttled `shop` (e.g. a body code): hold the
+    /// shop's quota — and every shop sharing it — for that long.
+    pub fn note_throttle(&self, shop: &str, cfg: &ShopConfig, wait: Duration) {
+        self.runtime.services.limits.penalize(&self.manifest.platform, shop, Some(cfg), wait);
     }
 
     /// Whether the manifest offers a capability.

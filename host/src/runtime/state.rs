@@ -40,6 +40,9 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     ctx: CallContext,
     services: Arc<HostServices>,
+    /// Set when the host's rate limiter held a request back past the call's budget:
+    /// how long the quota still needs.
+    held_back: Option<std::time::Duration>,
 }
 
 impl HostState {
@@ -64,7 +67,13 @@ impl HostState {
             limits: StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build(),
             ctx,
             services,
+            held_back: None,
         }
+    }
+
+    /// Whether (and for how long) the rate limiter held a request of this call back.
+    pub fn held_back(&self) -> Option<std::time::Duration> {
+        self.held_back
     }
 
     fn shop_name(&self) -> &str {
@@ -107,11 +116,19 @@ impl http::Host for HostState {
             ),
             Ok(_) => {}
             Err(no_slot) => {
-                tracing::warn!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request not sent");
+                tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
+                self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
                 return Err(http::HttpError::Timeout);
             }
         }
         let result = self.services.http.send(&self.ctx.allow, req).await;
+        if let Ok(r) = &result {
+            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            if let Some(wait) = capabilities::ratelimit::retry_after(r.status, &r.headers, now_s) {
+                tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64, "platform throttled; holding its quota");
+                self.services.limits.penalize(&self.ctx.platform, self.shop_name(), cfg, wait);
+            }
+        }
         match &result {
             Ok(r) => tracing::debug!(
                 connector = %self.ctx.connector, shop = self.shop_name(), status = r.status,

@@ -155,7 +155,9 @@ impl ShopPusher {
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
-                return Ok(Next::Park(Duration::from_millis(ms.clamp(50, 3_600_000))));
+                let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
+                self.connector.note_throttle(&self.shop, &self.config, wait);
+                return Ok(Next::Park(wait));
             }
             Ok(Err(ConnectorError::Auth(why))) => {
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
