@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod inbox;
 pub mod ingest;
 pub mod queue;
+pub mod reload;
 pub mod runtime;
 pub mod service;
 pub mod stock;

@@ -143,6 +143,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         }
         None => None,
     };
+    workers.push(tokio::spawn(crate::reload::watch_config(
+        config_path.to_path_buf(),
+        cfg.clone(),
+        services.clone(),
+        shutdown_rx.clone(),
+    )));
     workers.push(tokio::spawn(sweep_idempotency_keys(
         inbox.clone(),
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),

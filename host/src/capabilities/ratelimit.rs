@@ -20,7 +20,8 @@ struct PlatformLimiter {
 
 #[derive(Default)]
 pub struct RateLimits {
-    platforms: BTreeMap<String, PlatformLimiter>,
+    /// Swapped whole when the config is reloaded; a call uses the set it started with.
+    platforms: std::sync::RwLock<std::sync::Arc<BTreeMap<String, PlatformLimiter>>>,
     /// Quotas the platform said are exhausted, until when: (platform, key) -> instant.
     blocked: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
@@ -62,19 +63,31 @@ pub fn quota(l: &PlatformLimits) -> Quota {
 
 impl RateLimits {
     pub fn new(cfg: &BTreeMap<String, PlatformLimits>) -> Self {
-        let platforms = cfg
+        let limits = RateLimits::default();
+        limits.reconfigure(cfg);
+        limits
+    }
+
+    /// Apply new limits (config reload): the next call uses them. Quotas the platform
+    /// said are exhausted stay held.
+    pub fn reconfigure(&self, cfg: &BTreeMap<String, PlatformLimits>) {
+        let platforms: BTreeMap<String, PlatformLimiter> = cfg
             .iter()
             .map(|(name, l)| {
                 (name.clone(), PlatformLimiter { quota_key: l.quota_key.clone(), limiter: Some(RateLimiter::keyed(quota(l))) })
             })
             .collect();
-        RateLimits { platforms, blocked: Default::default() }
+        *self.platforms.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(platforms);
+    }
+
+    fn snapshot(&self) -> std::sync::Arc<BTreeMap<String, PlatformLimiter>> {
+        self.platforms.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The platform said the quota of `shop` is exhausted for `wait`: hold every call
     /// counting against it (other shops on the same app key too) until then.
     pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration) {
-        let key = self.platforms.get(platform).map_or_else(|| format!("shop:{shop}"), |p| Self::key(p, shop, cfg));
+        let key = self.snapshot().get(platform).map_or_else(|| format!("shop:{shop}"), |p| Self::key(p, shop, cfg));
         let until = std::time::Instant::now() + wait;
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         let entry = blocked.entry((platform.to_string(), key)).or_insert(until);
@@ -102,7 +115,8 @@ impl RateLimits {
     /// Wait for a slot, at most `budget`. Returns how long it waited.
     pub async fn acquire(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, budget: Duration) -> Result<Duration, NoSlot> {
         let unlimited = PlatformLimiter { quota_key: None, limiter: None };
-        let p = self.platforms.get(platform).unwrap_or(&unlimited);
+        let platforms = self.snapshot();
+        let p = platforms.get(platform).unwrap_or(&unlimited);
         let key = Self::key(p, shop, cfg);
         let mut waited = self.blocked_for(platform, &key);
         if waited > budget {
@@ -133,6 +147,19 @@ impl RateLimits {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[tokio::test]
+    async fn reconfigure_applies_to_the_next_call() {
+        let l = limits(1.0, 1, None);
+        l.acquire("p", "s", None, Duration::ZERO).await.unwrap();
+        assert!(l.acquire("p", "s", None, Duration::ZERO).await.is_err());
+        let mut m = BTreeMap::new();
+        m.insert("p".to_string(), PlatformLimits { requests_per_second: 1000.0, burst: 5, quota_key: None });
+        l.reconfigure(&m);
+        for _ in 0..5 {
+            l.acquire("p", "s", None, Duration::ZERO).await.unwrap();
+        }
+    }
 
     #[test]
     fn reads_throttle_headers() {
