@@ -18,33 +18,19 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
 
 /// Sections whose change needs a restart (compared by their `Debug` form, which shows no secret values).
 fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    if differs(&old.server, &new.server) {
-        out.push("server");
-    }
-    if differs(&old.runtime, &new.runtime) {
-        out.push("runtime");
-    }
-    if differs(&old.http, &new.http) {
-        out.push("http");
-    }
-    if differs(&old.sync, &new.sync) {
-        out.push("sync");
-    }
-    if differs(&old.erp, &new.erp) {
-        out.push("erp");
-    }
-    if differs(&old.stock, &new.stock) {
-        out.push("stock");
-    }
-    if differs(&old.connectors, &new.connectors) {
-        out.push("connectors");
-    }
-    if differs(&old.shops, &new.shops) {
-        out.push("shops");
-    }
-    out
+    let dbg = |c: &Config| -> [(&'static str, String); 8] {
+        [
+            ("server", format!("{:?}", c.server)),
+            ("runtime", format!("{:?}", c.runtime)),
+            ("http", format!("{:?}", c.http)),
+            ("sync", format!("{:?}", c.sync)),
+            ("erp", format!("{:?}", c.erp)),
+            ("stock", format!("{:?}", c.stock)),
+            ("connectors", format!("{:?}", c.connectors)),
+            ("shops", format!("{:?}", c.shops)),
+        ]
+    };
+    dbg(old).into_iter().zip(dbg(new)).filter(|((_, a), (_, b))| a != b).map(|((name, _), _)| name).collect()
 }
 
 pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<HostServices>, mut shutdown: watch::Receiver<bool>) {
@@ -76,5 +62,20 @@ pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<Host
                 current = new;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_sections_that_need_a_restart() {
+        let parse = |t: &str| Config::parse(t, std::path::Path::new("/etc/berth.toml")).unwrap();
+        let a = parse("[platforms.x]\nrequests_per_second = 1.0\n");
+        let b = parse("[platforms.x]\nrequests_per_second = 5.0\n");
+        assert!(restart_sections(&a, &b).is_empty(), "rate limits reload in place");
+        let c = parse("[platforms.x]\nrequests_per_second = 5.0\n[sync]\noverlap_secs = 5\n[stock]\nbatch_size = 3\n");
+        assert_eq!(restart_sections(&b, &c), ["sync", "stock"]);
     }
 }
