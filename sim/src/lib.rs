@@ -150,6 +150,8 @@ pub struct PlatformStats {
     pub rejected: u64,
     /// Stock quantities written.
     pub stock_writes: u64,
+    /// Requests that came before the wait a throttling answer asked for had passed.
+    pub early_after_throttle: u64,
 }
 
 pub(crate) struct Inner {
@@ -159,6 +161,8 @@ pub(crate) struct Inner {
     pub inventory: HashMap<(Platform, String), BTreeMap<String, StockItem>>,
     pub faults: HashMap<Platform, FaultQueue>,
     pub buckets: HashMap<String, LeakyBucket>,
+    /// Per shop: until when the last 429 told the client to wait.
+    pub told_to_wait: HashMap<String, std::time::Instant>,
     pub windows: HashMap<String, CallWindow>,
     pub stats: BTreeMap<Platform, PlatformStats>,
     pub next_id: u64,
@@ -216,6 +220,7 @@ impl SimState {
                 inventory,
                 faults: HashMap::new(),
                 buckets,
+                told_to_wait: HashMap::new(),
                 windows,
                 stats: BTreeMap::new(),
                 next_id: id_base,

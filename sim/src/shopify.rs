@@ -129,18 +129,25 @@ async fn gated(state: &SimState, shop: &str, headers: &HeaderMap, handler: impl 
     }
     let used = {
         let mut inner = state.lock();
+        let now = Instant::now();
+        if inner.told_to_wait.get(shop).is_some_and(|until| now < *until) {
+            inner.stats.entry(Platform::Shopify).or_default().early_after_throttle += 1;
+        }
         let bucket = inner.buckets.get_mut(shop);
         match bucket.map(|b| (b.take(Instant::now()), b.size as u32)) {
             Some((BucketAnswer::Allowed { used }, size)) => format!("{used}/{size}"),
             Some((BucketAnswer::Throttled { retry_after, used }, size)) => {
                 inner.stats.entry(Platform::Shopify).or_default().throttled += 1;
+                // What the client is told: rounded up to the tenth the header shows.
+                let told = Duration::from_secs_f64((retry_after.as_secs_f64() * 10.0).ceil() / 10.0);
+                inner.told_to_wait.insert(shop.to_string(), now + told);
                 drop(inner);
                 let mut resp = errors(
                     StatusCode::TOO_MANY_REQUESTS,
                     json!({ "errors": "Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service." }),
                 );
                 let h = resp.headers_mut();
-                h.insert("retry-after", hv(&format!("{:.1}", retry_after.as_secs_f64())));
+                h.insert("retry-after", hv(&format!("{:.1}", told.as_secs_f64())));
                 h.insert("x-shopify-shop-api-call-limit", hv(&format!("{used}/{size}")));
                 return resp;
             }
