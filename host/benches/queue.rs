@@ -9,16 +9,9 @@ use berth_host::queue::{LeaseQueue, NewMessage, QueuePolicy, SledQueue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+mod common;
 
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
+use common::{count_arg, ms, percentile};
 
 async fn run(producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Duration>, u64) {
     // On the project's disk, not a tmpfs: the point is real fsync.
@@ -94,11 +87,7 @@ async fn run(producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Dura
 }
 
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(4096);
+    let messages = count_arg(4096);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     println!("durable enqueue+ack, 512-byte payloads, {messages} messages per row, fsync on every ack");
     println!("{:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}", "producers", "msgs/s", "enq p50", "enq p99", "ack p50", "ack p99", "fsyncs");

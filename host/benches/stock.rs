@@ -11,16 +11,9 @@ use berth_host::stock::{PushOutcome, StockLedger, StockRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+mod common;
 
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
+use common::{count_arg, ms, percentile};
 
 struct Row {
     submits_per_s: f64,
@@ -80,11 +73,7 @@ async fn run(clients: usize, updates: usize) -> Row {
 }
 
 fn main() {
-    let updates: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(4096);
+    let updates = count_arg(4096);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     println!("stock ledger: {updates} one-SKU submits over 1000 SKUs per row, each returning after fsync");
     println!("{:>7} {:>10} {:>9} {:>9} {:>11} {:>12} {:>8}", "clients", "submits/s", "p50", "p99", "SKUs pushed", "settled/s", "fsyncs");
