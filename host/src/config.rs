@@ -168,13 +168,19 @@ impl Default for ErpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformLimits {
-    pub requests_per_second: f64,
+    /// No limit when absent.
+    pub requests_per_second: Option<f64>,
     /// Requests allowed at once after a quiet spell.
     #[serde(default = "one")]
     pub burst: u32,
     /// Shop setting naming the credential the platform counts calls against (e.g.
     /// `app_key`: every shop on one app key shares one bucket); per shop when absent.
     pub quota_key: Option<String>,
+    /// When calls are allowed, e.g. `["Mon-Fri 09:00-21:00"]`; always when empty.
+    #[serde(default)]
+    pub windows: Vec<String>,
+    /// The windows' time zone as a UTC offset, e.g. `+08:00`; UTC when absent.
+    pub timezone: Option<String>,
 }
 
 fn one() -> u32 {
@@ -370,10 +376,16 @@ impl Config {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
         }
         for (name, l) in &cfg.platforms {
-            if !(l.requests_per_second.is_finite() && l.requests_per_second > 0.0 && l.requests_per_second <= 100_000.0) || l.burst == 0 {
+            if l.requests_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 100_000.0)) || l.burst == 0 {
                 return Err(invalid(format!(
                     "platforms.{name}: requests_per_second must be in (0, 100000] and burst at least 1"
                 )));
+            }
+            for w in &l.windows {
+                crate::capabilities::windows::TimeWindow::parse(w).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
+            }
+            if let Some(tz) = &l.timezone {
+                crate::capabilities::windows::parse_offset(tz).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
             }
         }
         if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
@@ -455,6 +467,10 @@ mod tests {
         assert!(err.contains("erp.webhook_url `ftp://erp` must be an http:// or https:// URL"), "{err}");
         let err = parse("[stock]\nbatch_size = 0\n").unwrap_err().to_string();
         assert!(err.contains("stock.batch_size 1..=1000"), "{err}");
+        let err = parse("[platforms.taobao]\nwindows = [\"Mon-Fry 09:00-21:00\"]\n").unwrap_err().to_string();
+        assert!(err.contains("platforms.taobao: time window `Mon-Fry 09:00-21:00`"), "{err}");
+        let err = parse("[platforms.taobao]\ntimezone = \"Asia/Shanghai\"\n").unwrap_err().to_string();
+        assert!(err.contains("must be a UTC offset"), "{err}");
         let cfg = parse("[erp]\nwebhook_url = \"https://erp.example/hook\"\nwebhook_secret = \"k3y\"\n").unwrap();
         assert!(!format!("{cfg:?}").contains("k3y"));
     }

@@ -4,3 +4,4 @@ pub mod crypto;
 pub mod http;
 pub mod kv;
 pub mod ratelimit;
+pub mod windows;

@@ -6,6 +6,7 @@
 //! Built on `governor` (GCRA, the token-bucket equivalent used across the Rust ecosystem)
 //! rather than a hand-written bucket.
 
+use crate::capabilities::windows::{parse_offset, wait_until_open, TimeWindow};
 use crate::config::{PlatformLimits, ShopConfig};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -16,6 +17,24 @@ use std::time::Duration;
 struct PlatformLimiter {
     quota_key: Option<String>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    windows: Vec<TimeWindow>,
+    tz: chrono::FixedOffset,
+}
+
+impl PlatformLimiter {
+    fn unlimited() -> Self {
+        PlatformLimiter { quota_key: None, limiter: None, windows: Vec::new(), tz: chrono::FixedOffset::east_opt(0).expect("UTC") }
+    }
+
+    /// Built from checked config (`Config::parse` validated windows and time zone).
+    fn from_config(l: &PlatformLimits) -> Self {
+        PlatformLimiter {
+            quota_key: l.quota_key.clone(),
+            limiter: l.requests_per_second.map(|r| RateLimiter::keyed(quota(r, l.burst))),
+            windows: l.windows.iter().filter_map(|w| TimeWindow::parse(w).ok()).collect(),
+            tz: l.timezone.as_deref().and_then(|t| parse_offset(t).ok()).unwrap_or(Self::unlimited().tz),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -54,11 +73,11 @@ pub struct NoSlot {
     pub wait_ms: u64,
 }
 
-pub fn quota(l: &PlatformLimits) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / l.requests_per_second);
+pub fn quota(requests_per_second: f64, burst: u32) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / requests_per_second);
     Quota::with_period(period)
         .expect("positive period (checked in config)")
-        .allow_burst(NonZeroU32::new(l.burst.max(1)).expect("burst >= 1"))
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst >= 1"))
 }
 
 impl RateLimits {
@@ -71,12 +90,8 @@ impl RateLimits {
     /// Apply new limits (config reload): the next call uses them. Quotas the platform
     /// said are exhausted stay held.
     pub fn reconfigure(&self, cfg: &BTreeMap<String, PlatformLimits>) {
-        let platforms: BTreeMap<String, PlatformLimiter> = cfg
-            .iter()
-            .map(|(name, l)| {
-                (name.clone(), PlatformLimiter { quota_key: l.quota_key.clone(), limiter: Some(RateLimiter::keyed(quota(l))) })
-            })
-            .collect();
+        let platforms: BTreeMap<String, PlatformLimiter> =
+            cfg.iter().map(|(name, l)| (name.clone(), PlatformLimiter::from_config(l))).collect();
         *self.platforms.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(platforms);
     }
 
@@ -114,11 +129,13 @@ impl RateLimits {
 
     /// Wait for a slot, at most `budget`. Returns how long it waited.
     pub async fn acquire(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, budget: Duration) -> Result<Duration, NoSlot> {
-        let unlimited = PlatformLimiter { quota_key: None, limiter: None };
+        let unlimited = PlatformLimiter::unlimited();
         let platforms = self.snapshot();
         let p = platforms.get(platform).unwrap_or(&unlimited);
         let key = Self::key(p, shop, cfg);
-        let mut waited = self.blocked_for(platform, &key);
+        // Outside the allowed hours, or while the platform holds the quota: wait.
+        let closed = wait_until_open(&p.windows, p.tz, crate::clock::now_ms());
+        let mut waited = self.blocked_for(platform, &key).max(closed);
         if waited > budget {
             return Err(NoSlot { platform: platform.to_string(), wait_ms: waited.as_millis() as u64 });
         }
@@ -154,7 +171,10 @@ mod tests {
         l.acquire("p", "s", None, Duration::ZERO).await.unwrap();
         assert!(l.acquire("p", "s", None, Duration::ZERO).await.is_err());
         let mut m = BTreeMap::new();
-        m.insert("p".to_string(), PlatformLimits { requests_per_second: 1000.0, burst: 5, quota_key: None });
+        m.insert(
+            "p".to_string(),
+            PlatformLimits { requests_per_second: Some(1000.0), burst: 5, quota_key: None, windows: Vec::new(), timezone: None },
+        );
         l.reconfigure(&m);
         for _ in 0..5 {
             l.acquire("p", "s", None, Duration::ZERO).await.unwrap();
@@ -190,7 +210,10 @@ mod tests {
 
     fn limits(rps: f64, burst: u32, quota_key: Option<&str>) -> RateLimits {
         let mut m = BTreeMap::new();
-        m.insert("p".to_string(), PlatformLimits { requests_per_second: rps, burst, quota_key: quota_key.map(String::from) });
+        m.insert(
+            "p".to_string(),
+            PlatformLimits { requests_per_second: Some(rps), burst, quota_key: quota_key.map(String::from), windows: Vec::new(), timezone: None },
+        );
         RateLimits::new(&m)
     }
 
