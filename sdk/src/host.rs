@@ -69,28 +69,19 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorErr
     })
 }
 
-pub fn post_form(url: &str, form: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
+/// POST `body` with its content type added to `headers`.
+fn post(url: &str, content_type: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
     let mut hs = own_labels(headers);
-    hs.push(("content-type".into(), "application/x-www-form-urlencoded;charset=utf-8".into()));
-    send(&Request {
-        method: Method::Post,
-        url: url.to_string(),
-        headers: hs,
-        body: form.as_bytes().to_vec(),
-        timeout_ms: None,
-    })
+    hs.push(("content-type".into(), content_type.into()));
+    send(&Request { method: Method::Post, url: url.to_string(), headers: hs, body, timeout_ms: None })
+}
+
+pub fn post_form(url: &str, form: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
+    post(url, "application/x-www-form-urlencoded;charset=utf-8", form.as_bytes().to_vec(), headers)
 }
 
 pub fn post_json(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {
-    let mut hs = own_labels(headers);
-    hs.push(("content-type".into(), "application/json".into()));
-    send(&Request {
-        method: Method::Post,
-        url: url.to_string(),
-        headers: hs,
-        body: body.to_string().into_bytes(),
-        timeout_ms: None,
-    })
+    post(url, "application/json", body.to_string().into_bytes(), headers)
 }
 
 /// First value of a response header, case-insensitive.

@@ -160,3 +160,20 @@ pub async fn post_json(client: &reqwest::Client, url: String, body: serde_json::
     let resp = client.post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
     resp.json().await.unwrap_or(serde_json::Value::Null)
 }
+
+/// Calls per second `platform` sees on the simulator: the time from one call to the
+/// `calls`-th after it, so the figure does not depend on where a fixed sampling window
+/// happens to fall.
+pub async fn observed_rate(sim: &berth_sim::SimHandle, platform: berth_sim::Platform, calls: u64) -> f64 {
+    let n = || sim.state.stats().get(&platform).map(|s| s.requests).unwrap_or(0);
+    let step = || tokio::time::sleep(Duration::from_millis(5));
+    let before = n();
+    while n() == before {
+        step().await;
+    }
+    let (t0, n0) = (Instant::now(), n());
+    while n() < n0 + calls {
+        step().await;
+    }
+    calls as f64 / t0.elapsed().as_secs_f64()
+}

@@ -3,8 +3,8 @@
 //! running limit stays in force.
 
 use berth_sim::{Platform, SimConfig, TaobaoApp, TaobaoShop};
-use berth_tests::{poll_until, Berth};
-use std::time::{Duration, Instant};
+use berth_tests::{observed_rate, poll_until, Berth};
+use std::time::Duration;
 
 #[allow(dead_code)]
 mod plugins {
@@ -20,22 +20,6 @@ fn config_text(sim: &str, rate: f64) -> String {
          secrets = {{ app_secret = \"s\", session = \"sess\" }}\n",
         berth_tests::local_connectors(&[("taobao", plugins::TAOBAO)])
     )
-}
-
-/// Calls per second the simulator sees: the time from one call to the `calls`-th after
-/// it, so the figure does not depend on where a fixed sampling window happens to fall.
-async fn observed_rate(sim: &berth_sim::SimHandle, calls: u64) -> f64 {
-    let n = || sim.state.stats().get(&Platform::Taobao).map(|s| s.requests).unwrap_or(0);
-    let step = || tokio::time::sleep(Duration::from_millis(5));
-    let before = n();
-    while n() == before {
-        step().await;
-    }
-    let (t0, n0) = (Instant::now(), n());
-    while n() < n0 + calls {
-        step().await;
-    }
-    calls as f64 / t0.elapsed().as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,14 +39,14 @@ async fn rate_limits_reload_and_bad_files_are_refused() {
     .await
     .expect("no calls");
 
-    let slow = observed_rate(&sim, 8).await;
+    let slow = observed_rate(&sim, Platform::Taobao, 8).await;
     assert!((1.8..=2.2).contains(&slow), "at 2/s the simulator saw {slow:.2}/s");
 
     berth_tests::write_config(dir.path(), &config_text(&sim.base_url(), 6.0));
     poll_until(Duration::from_secs(20), || async { berth.log().contains("config reloaded").then_some(()) })
         .await
         .unwrap_or_else(|| panic!("the new config was not picked up\n{}", berth.log()));
-    let fast = observed_rate(&sim, 24).await;
+    let fast = observed_rate(&sim, Platform::Taobao, 24).await;
     assert!((5.4..=6.6).contains(&fast), "after reloading 6/s the simulator saw {fast:.2}/s");
 
     // A broken file: refused, with the line, and 6/s stays.
@@ -73,6 +57,6 @@ async fn rate_limits_reload_and_bad_files_are_refused() {
     let log = berth.log();
     let line = log.lines().find(|l| l.contains("config reload refused")).unwrap();
     assert!(line.contains("line 2"), "{line}");
-    let still = observed_rate(&sim, 24).await;
+    let still = observed_rate(&sim, Platform::Taobao, 24).await;
     assert!((5.4..=6.6).contains(&still), "after a refused reload the simulator saw {still:.2}/s");
 }

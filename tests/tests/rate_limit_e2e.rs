@@ -4,9 +4,9 @@
 //! every order still arrives.
 
 use berth_sim::{Platform, SimConfig, TaobaoApp, TaobaoShop};
-use berth_tests::{poll_until, Berth};
+use berth_tests::{observed_rate, poll_until, Berth};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[allow(dead_code)]
 mod plugins {
@@ -47,10 +47,7 @@ async fn shops_sharing_an_app_key_share_its_rate() {
 
     // Steady state: past the first calls and the burst.
     poll_until(Duration::from_secs(60), || async { (requests() >= 10).then_some(()) }).await.expect("no calls");
-    let (t0, n0) = (Instant::now(), requests());
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let (t1, n1) = (Instant::now(), requests());
-    let rate = (n1 - n0) as f64 / (t1 - t0).as_secs_f64();
+    let rate = observed_rate(&sim, Platform::Taobao, 48).await;
     eprintln!("observed {rate:.2} calls/s against a limit of {RATE}");
     assert!((RATE * 0.9..=RATE * 1.1).contains(&rate), "observed {rate:.2} calls/s, limit {RATE}");
     let throttled = sim.state.stats()[&Platform::Taobao].throttled;
