@@ -29,7 +29,7 @@ async fn run(clients: usize, updates: usize) -> Row {
     let db = sled::open(dir.path()).expect("open sled");
     let commit = GroupCommit::start(db.clone());
     let ledger = Arc::new(
-        StockLedger::open(db, commit.clone(), RetryPolicy { max_attempts: 10, base_ms: 1000, max_ms: 60_000 }).expect("ledger"),
+        StockLedger::open(db, commit.clone(), RetryPolicy::new(1000, 60_000, 10)).expect("ledger"),
     );
     let per = updates / clients;
     let start = Instant::now();

@@ -36,7 +36,7 @@ pub struct Config {
     pub stock: StockConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
-    pub platforms: BTreeMap<String, PlatformLimits>,
+    pub platforms: BTreeMap<String, PlatformConfig>,
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
@@ -164,10 +164,12 @@ impl Default for ErpConfig {
     }
 }
 
-/// One platform's request rate, enforced by the host on every connector call to it.
+/// How the host calls one platform (the manifest's `platform` id): rate limits, endpoint
+/// classes, throttle learning, retry policy, allowed hours and a hot-standby channel.
+/// Everything here is reloaded with the file and applies to the next call.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlatformLimits {
+pub struct PlatformConfig {
     /// No limit when absent.
     pub requests_per_second: Option<f64>,
     /// Requests allowed at once after a quiet spell.
@@ -176,11 +178,99 @@ pub struct PlatformLimits {
     /// Shop setting naming the credential the platform counts calls against (e.g.
     /// `app_key`: every shop on one app key shares one bucket); per shop when absent.
     pub quota_key: Option<String>,
+    /// Limits per endpoint class, on top of the platform's own (e.g. stock writes slower
+    /// than order reads). Keyed by class name.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, EndpointClass>,
+    /// Read Shopify's `X-Shopify-Shop-Api-Call-Limit: used/size` on every answer and hold
+    /// the shop's calls before the platform's bucket fills, instead of waiting for a 429.
+    #[serde(default = "yes")]
+    pub call_limit_header: bool,
+    /// How fast that bucket drains, calls per second; `requests_per_second` when absent,
+    /// else Shopify's standard 2.
+    pub call_limit_leak_per_second: Option<f64>,
     /// When calls are allowed, e.g. `["Mon-Fri 09:00-21:00"]`; always when empty.
     #[serde(default)]
     pub windows: Vec<String>,
-    /// The windows' time zone as a UTC offset, e.g. `+08:00`; UTC when absent.
+    /// The windows' time zone: an IANA name (`Asia/Shanghai`) or a UTC offset (`+08:00`); UTC when absent.
     pub timezone: Option<String>,
+    /// Retry policy for this platform's pulls and pushes; `[sync]`/`[stock]` fill the gaps.
+    #[serde(default)]
+    pub retry: RetryOverrides,
+    /// A second channel to the same API, used while the first one is unhealthy.
+    pub standby: Option<StandbyConfig>,
+}
+
+/// Requests matching any pattern share this class's own bucket (keyed like the
+/// platform's). A pattern starting with `/` is matched against the URL path, any other
+/// against the API method named in a `method` query or form parameter (TOP-style
+/// routers, e.g. `taobao.item.quantity.update`). `*` matches any run of characters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointClass {
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    pub requests_per_second: f64,
+    #[serde(default = "one")]
+    pub burst: u32,
+}
+
+/// Per-platform retry settings; each one absent falls back to the job's defaults
+/// (`[sync]` for order pulls, `[stock]` for stock pushes).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverrides {
+    /// First backoff step; each further attempt doubles it up to `max_ms`.
+    pub base_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    /// Share of each step taken off at random (0 = exact steps, 0.5 = somewhere in the upper half).
+    pub jitter: Option<f64>,
+    /// Failed attempts before giving up: a stock update moves to the dead letters, an
+    /// order pull pauses for `sync.error_pause_secs` and is shown on the shop's status.
+    pub max_attempts: Option<u32>,
+    /// Which errors are retried; the rest give up at once. Kinds: `transient`,
+    /// `timeout`, `trap`, `permanent`, `invalid-input`, `auth`.
+    pub retry_on: Option<Vec<crate::retry::ErrorKind>>,
+    /// After the platform throttles, hold its quota at least this long (e.g. 7200 for a
+    /// platform that bans for hours once a daily quota is spent).
+    pub suspend_after_throttle_secs: Option<u64>,
+}
+
+/// Hot standby: calls a connector makes to `primary` go to `backup` while the primary
+/// fails its health checks, and back when it recovers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// Base URLs (scheme, host, port and optional path prefix) of the two channels.
+    pub primary: String,
+    pub backup: String,
+    /// Path probed on each channel; any answer below 500 counts as healthy.
+    #[serde(default = "slash")]
+    pub health_path: String,
+    #[serde(default = "five_seconds")]
+    pub check_interval_ms: u64,
+    /// Failed checks in a row before the calls move to the backup.
+    #[serde(default = "two")]
+    pub fail_after: u32,
+    /// Good checks of the primary in a row before the calls move back.
+    #[serde(default = "three")]
+    pub recover_after: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn slash() -> String {
+    "/".into()
+}
+fn five_seconds() -> u64 {
+    5_000
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
 }
 
 fn one() -> u32 {
@@ -376,17 +466,7 @@ impl Config {
             return Err(invalid("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into()));
         }
         for (name, l) in &cfg.platforms {
-            if l.requests_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 100_000.0)) || l.burst == 0 {
-                return Err(invalid(format!(
-                    "platforms.{name}: requests_per_second must be in (0, 100000] and burst at least 1"
-                )));
-            }
-            for w in &l.windows {
-                crate::capabilities::windows::TimeWindow::parse(w).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
-            }
-            if let Some(tz) = &l.timezone {
-                crate::capabilities::windows::parse_offset(tz).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
-            }
+            check_platform(l).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
         }
         if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
             return Err(invalid("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into()));
@@ -396,6 +476,63 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+fn rate(what: &str, r: f64, burst: u32) -> Result<(), String> {
+    if !(r.is_finite() && r > 0.0 && r <= 100_000.0) || burst == 0 {
+        return Err(format!("{what}requests_per_second must be in (0, 100000] and burst at least 1"));
+    }
+    Ok(())
+}
+
+fn base_url(what: &str, u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.query().is_none() => Ok(()),
+        _ => Err(format!("standby.{what} `{u}` must be an http:// or https:// base URL without a query")),
+    }
+}
+
+fn check_platform(l: &PlatformConfig) -> Result<(), String> {
+    rate("", l.requests_per_second.unwrap_or(1.0), l.burst)?;
+    for (class, e) in &l.endpoints {
+        rate(&format!("endpoints.{class}."), e.requests_per_second, e.burst)?;
+        if e.patterns.is_empty() || e.patterns.iter().any(|p| p.is_empty()) {
+            return Err(format!("endpoints.{class}: `match` needs at least one non-empty pattern"));
+        }
+    }
+    if l.call_limit_leak_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("call_limit_leak_per_second must be positive".into());
+    }
+    for w in &l.windows {
+        crate::capabilities::windows::TimeWindow::parse(w)?;
+    }
+    if let Some(tz) = &l.timezone {
+        crate::capabilities::windows::parse_zone(tz)?;
+    }
+    let r = &l.retry;
+    if r.base_ms == Some(0) || r.max_ms.is_some_and(|m| m < r.base_ms.unwrap_or(1)) {
+        return Err("retry.base_ms must be positive and not above retry.max_ms".into());
+    }
+    if r.jitter.is_some_and(|j| !(0.0..=1.0).contains(&j)) {
+        return Err("retry.jitter must be between 0 and 1".into());
+    }
+    if r.max_attempts == Some(0) {
+        return Err("retry.max_attempts must be at least 1".into());
+    }
+    if let Some(s) = &l.standby {
+        base_url("primary", &s.primary)?;
+        base_url("backup", &s.backup)?;
+        if s.primary.trim_end_matches('/') == s.backup.trim_end_matches('/') {
+            return Err("standby.primary and standby.backup are the same channel".into());
+        }
+        if !s.health_path.starts_with('/') {
+            return Err(format!("standby.health_path `{}` must start with /", s.health_path));
+        }
+        if s.check_interval_ms < 100 || s.fail_after == 0 || s.recover_after == 0 {
+            return Err("standby.check_interval_ms must be at least 100, fail_after and recover_after at least 1".into());
+        }
+    }
+    Ok(())
 }
 
 fn valid_id(s: &str) -> bool {
@@ -469,8 +606,17 @@ mod tests {
         assert!(err.contains("stock.batch_size 1..=1000"), "{err}");
         let err = parse("[platforms.taobao]\nwindows = [\"Mon-Fry 09:00-21:00\"]\n").unwrap_err().to_string();
         assert!(err.contains("platforms.taobao: time window `Mon-Fry 09:00-21:00`"), "{err}");
-        let err = parse("[platforms.taobao]\ntimezone = \"Asia/Shanghai\"\n").unwrap_err().to_string();
-        assert!(err.contains("must be a UTC offset"), "{err}");
+        let err = parse("[platforms.taobao]\ntimezone = \"Asia/Shangai\"\n").unwrap_err().to_string();
+        assert!(err.contains("platforms.taobao: timezone `Asia/Shangai` is neither an IANA zone name"), "{err}");
+        assert!(parse("[platforms.taobao]\ntimezone = \"Asia/Shanghai\"\n").is_ok());
+        let err = parse("[platforms.taobao.retry]\nretry_on = [\"transient\", \"flaky\"]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `flaky`"), "{err}");
+        let err = parse("[platforms.taobao.retry]\nbase_ms = 5000\nmax_ms = 10\n").unwrap_err().to_string();
+        assert!(err.contains("platforms.taobao: retry.base_ms must be positive and not above retry.max_ms"), "{err}");
+        let err = parse("[platforms.taobao.endpoints.stock]\nmatch = []\nrequests_per_second = 1.0\n").unwrap_err().to_string();
+        assert!(err.contains("endpoints.stock: `match` needs at least one"), "{err}");
+        let err = parse("[platforms.s.standby]\nprimary = \"http://a\"\nbackup = \"ftp://b\"\n").unwrap_err().to_string();
+        assert!(err.contains("standby.backup `ftp://b` must be an http:// or https:// base URL"), "{err}");
         let cfg = parse("[erp]\nwebhook_url = \"https://erp.example/hook\"\nwebhook_secret = \"k3y\"\n").unwrap();
         assert!(!format!("{cfg:?}").contains("k3y"));
     }

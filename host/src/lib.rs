@@ -17,6 +17,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod queue;
 pub mod reload;
+pub mod retry;
 pub mod runtime;
 pub mod service;
 pub mod stock;

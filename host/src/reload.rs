@@ -1,6 +1,7 @@
 //! Config hot reload: berth.toml is checked for changes every second. A valid new file
-//! applies what can change under load — the `[platforms]` rate limits — to the next
-//! call; changes to other sections are reported as needing a restart. An invalid file
+//! applies what can change under load — everything under `[platforms]`: rate limits,
+//! endpoint classes, retry policies, time windows, standby channels — to the next call;
+//! changes to other sections are reported as needing a restart. An invalid file
 //! is refused with the parser's message (file and line) and the running config stays.
 
 use crate::config::Config;
@@ -48,15 +49,15 @@ pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<Host
         match Config::load(&path) {
             Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
             Ok(new) => {
-                services.limits.reconfigure(&new.platforms);
+                services.reconfigure(&new.platforms);
                 let restart = restart_sections(&current, &new);
                 if restart.is_empty() {
-                    tracing::info!(path = %path.display(), "config reloaded; new rate limits apply to the next call");
+                    tracing::info!(path = %path.display(), "config reloaded; new platform limits and policies apply to the next call");
                 } else {
                     tracing::warn!(
                         path = %path.display(),
                         sections = %restart.join(", "),
-                        "config reloaded; rate limits applied, but changes to these sections take effect only after a restart"
+                        "config reloaded; platform limits and policies applied, but changes to these sections take effect only after a restart"
                     );
                 }
                 current = new;

@@ -76,12 +76,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let ledger = Arc::new(StockLedger::open(
         store.db().clone(),
         commit,
-        RetryPolicy { max_attempts: cfg.stock.max_attempts, base_ms: cfg.stock.retry_base_ms, max_ms: cfg.stock.retry_max_ms },
+        RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
     )?);
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
     let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let limits = crate::capabilities::ratelimit::RateLimits::new(&cfg.platforms);
-    let services = Arc::new(HostServices { http, kv, limits });
+    let retry = crate::retry::RetryPolicies::new(&cfg);
+    let standby = Arc::new(crate::capabilities::standby::Standbys::new(&cfg.platforms));
+    let services = Arc::new(HostServices { http, kv, limits, retry, standby: standby.clone() });
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
     let mut connectors: BTreeMap<String, Arc<LoadedConnector>> = BTreeMap::new();
@@ -143,6 +145,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         }
         None => None,
     };
+    workers.push(tokio::spawn(standby.run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
         cfg.clone(),

@@ -5,9 +5,10 @@
 //! caught, and pages through each window with the connector's own cursor. Every page is
 //! committed together with the new position, so a restart resumes mid-window. Errors are
 //! handled on the platform's terms: `rate-limited` parks the shop for the time the
-//! platform asked without counting an attempt; `transient` errors, traps and timeouts
-//! back off exponentially with jitter; `auth`/`permanent` pause for longer and are shown
-//! on the shop's status.
+//! platform asked without counting an attempt; errors the platform's retry policy
+//! retries (by default `transient`, traps and timeouts) back off exponentially with
+//! jitter; the others, and a pull that used up `max_attempts`, pause for longer and are
+//! shown on the shop's status.
 
 use crate::clock::now_ms;
 use crate::config::{ShopConfig, SyncDefaults};
@@ -15,6 +16,7 @@ use crate::runtime::bindings::berth::connector::types::{
     ConnectorError, Order, OrderStatus, PullRequest, TimeWindow,
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
+use crate::retry::{ErrorKind, Job};
 use crate::runtime::LoadedConnector;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
 use serde::Serialize;
@@ -134,12 +136,26 @@ impl ShopWorker {
                         poll
                     }
                     Ok(Next::Wait(d)) => d,
-                    Err(StepError::Retry(why)) => {
+                    Err(StepError::Failed(kind, why)) => {
                         attempt = attempt.saturating_add(1);
-                        let d = self.backoff(attempt);
-                        tracing::warn!(attempt, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
-                        self.note_error(why);
-                        d
+                        let policy = self.connector.retry_policy(Job::Pull);
+                        if policy.retries(kind, attempt) {
+                            let d = policy.delay(attempt);
+                            tracing::warn!(attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
+                            self.note_error(why);
+                            d
+                        } else {
+                            let pause = Duration::from_secs(self.defaults.error_pause_secs).max(poll);
+                            let why = if policy.retry_on.contains(&kind) {
+                                format!("gave up after {attempt} attempts: {why}")
+                            } else {
+                                format!("{}: {why} (not retried: `{}` is not in the platform's retry_on)", kind.name(), kind.name())
+                            };
+                            tracing::error!(error = %why, pause_secs = pause.as_secs(), "pull failed and needs attention; pausing");
+                            self.note_error(why);
+                            attempt = 0;
+                            pause
+                        }
                     }
                     Err(StepError::Pause(why)) => {
                         tracing::error!(error = %why, "pull failed and needs attention; pausing");
@@ -159,10 +175,6 @@ impl ShopWorker {
         }
         .instrument(span)
         .await
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        crate::backoff::delay(attempt, self.defaults.retry_base_ms, self.defaults.retry_max_ms)
     }
 
     fn note_error(&self, why: String) {
@@ -207,18 +219,17 @@ impl ShopWorker {
             page_cursor: window.cursor.clone(),
         };
         let page = match self.connector.pull_orders(&self.shop, self.config.clone(), &req).await {
-            Err(call) => return Err(StepError::Retry(call.to_string())),
+            Err(call) => return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string())),
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
                 self.update(|s| s.throttled += 1);
                 // Honour the platform's wait, bounded so a garbage value cannot park a shop forever.
                 let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                self.connector.note_throttle(&self.shop, &self.config, wait);
-                return Ok(Next::Wait(wait));
+                return Ok(Next::Wait(self.connector.note_throttle(&self.shop, &self.config, wait)));
             }
-            Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Retry(why)),
-            Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Pause(format!("auth: {why}"))),
-            Ok(Err(ConnectorError::Permanent(why))) => return Err(StepError::Pause(format!("permanent: {why}"))),
+            Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Failed(ErrorKind::Transient, why)),
+            Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Failed(ErrorKind::Auth, why)),
+            Ok(Err(ConnectorError::Permanent(why))) => return Err(StepError::Failed(ErrorKind::Permanent, why)),
             Ok(Err(ConnectorError::InvalidInput(why))) => {
                 // A cursor the connector no longer understands must not wedge the shop:
                 // restart the window from its first page (duplicates are filtered).
@@ -232,7 +243,7 @@ impl ShopWorker {
                         .await
                         .map_err(|e| StepError::Pause(e.to_string()))?;
                 }
-                return Err(StepError::Pause(format!("invalid input: {why}")));
+                return Err(StepError::Failed(ErrorKind::InvalidInput, why));
             }
             Ok(Ok(page)) => page,
         };
@@ -261,7 +272,7 @@ impl ShopWorker {
         self.inbox
             .deliver(fresh)
             .await
-            .map_err(|e| StepError::Retry(format!("cannot queue orders: {e}")))?;
+            .map_err(|e| StepError::Failed(ErrorKind::Transient, format!("cannot queue orders: {e}")))?;
         let outcome = self
             .store
             .commit_page(&self.source(), &orders, &next_state)
@@ -297,8 +308,8 @@ impl ShopWorker {
 }
 
 enum StepError {
-    /// Retry with backoff.
-    Retry(String),
-    /// Needs a person; pause longer.
+    /// The platform's retry policy decides: back off and retry, or pause.
+    Failed(ErrorKind, String),
+    /// Storage failed; pause longer.
     Pause(String),
 }

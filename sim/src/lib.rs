@@ -171,6 +171,19 @@ pub(crate) struct Inner {
 pub struct SimState {
     pub config: Mutex<SimConfig>,
     inner: Mutex<Inner>,
+    /// Listeners serving this platform state (channel 0 is the one `start` opened).
+    channels: Mutex<Vec<ChannelStats>>,
+}
+
+/// One listener ("channel") of the simulator, as a platform's second gateway would be.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub addr: String,
+    /// While down, every platform and health request gets 503.
+    pub down: bool,
+    /// Platform API requests answered (not counting health checks or refusals while down).
+    pub requests: u64,
+    pub health_checks: u64,
 }
 
 impl SimState {
@@ -226,7 +239,23 @@ impl SimState {
                 next_id: id_base,
             }),
             config: Mutex::new(config),
+            channels: Mutex::new(Vec::new()),
         })
+    }
+
+    fn channels(&self) -> MutexGuard<'_, Vec<ChannelStats>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take channel `index` down (every request 503) or bring it back.
+    pub fn set_channel_down(&self, index: usize, down: bool) {
+        if let Some(c) = self.channels().get_mut(index) {
+            c.down = down;
+        }
+    }
+
+    pub fn channel_stats(&self) -> Vec<ChannelStats> {
+        self.channels().clone()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -380,19 +409,80 @@ pub fn now_s() -> i64 {
 pub struct SimHandle {
     pub addr: SocketAddr,
     pub state: Arc<SimState>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SimHandle {
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Serve the same platforms on one more listener (another channel to the same API,
+    /// as a standby gateway is); returns its channel index and address.
+    pub async fn open_channel(&mut self, addr: SocketAddr) -> std::io::Result<(usize, SocketAddr)> {
+        let (index, addr, task) = serve_channel(self.state.clone(), addr).await?;
+        self.tasks.push(task);
+        Ok((index, addr))
+    }
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
+}
+
+async fn serve_channel(
+    state: Arc<SimState>,
+    addr: SocketAddr,
+) -> std::io::Result<(usize, SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let index = {
+        let mut channels = state.channels();
+        channels.push(ChannelStats { addr: addr.to_string(), ..Default::default() });
+        channels.len() - 1
+    };
+    let app = router(state.clone()).layer(axum::middleware::from_fn_with_state((state, index), channel_gate));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "simulator server stopped");
+        }
+    });
+    Ok((index, addr, task))
+}
+
+/// Count a channel's requests and refuse them while it is down (the control API stays up).
+async fn channel_gate(
+    State((state, index)): State<(Arc<SimState>, usize)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_sim/") {
+        return next.run(req).await;
+    }
+    let down = {
+        let mut channels = state.channels();
+        match channels.get_mut(index) {
+            Some(c) if c.down => true,
+            Some(c) => {
+                if path == "/health" {
+                    c.health_checks += 1;
+                } else {
+                    c.requests += 1;
+                }
+                false
+            }
+            None => false,
+        }
+    };
+    if down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "<html>503 channel down</html>").into_response();
+    }
+    next.run(req).await
 }
 
 pub fn router(state: Arc<SimState>) -> Router {
@@ -402,7 +492,10 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
+        .route("/health", get(|| async { "ok" }))
         .route("/_sim/stats", get(control_stats))
+        .route("/_sim/channels", get(control_channels))
+        .route("/_sim/channels/{index}", post(control_channel))
         .route("/_sim/faults", post(control_faults))
         .route("/_sim/limits", post(control_limits))
         .route("/_sim/orders", get(control_orders))
@@ -412,18 +505,32 @@ pub fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-/// Serve on `addr` (use port 0 for any free port).
+/// Serve on `addr` (use port 0 for any free port); this is channel 0.
 pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHandle> {
     let state = SimState::new(config);
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "simulator server stopped");
-        }
-    });
-    Ok(SimHandle { addr, state, task })
+    let (_, addr, task) = serve_channel(state.clone(), addr).await?;
+    Ok(SimHandle { addr, state, tasks: vec![task] })
+}
+
+async fn control_channels(State(state): State<Arc<SimState>>) -> Json<Vec<ChannelStats>> {
+    Json(state.channel_stats())
+}
+
+#[derive(Deserialize)]
+struct ChannelUpdate {
+    down: bool,
+}
+
+async fn control_channel(
+    State(state): State<Arc<SimState>>,
+    axum::extract::Path(index): axum::extract::Path<usize>,
+    Json(req): Json<ChannelUpdate>,
+) -> StatusCode {
+    if index >= state.channel_stats().len() {
+        return StatusCode::NOT_FOUND;
+    }
+    state.set_channel_down(index, req.down);
+    StatusCode::NO_CONTENT
 }
 
 async fn control_stats(State(state): State<Arc<SimState>>) -> Json<BTreeMap<Platform, PlatformStats>> {

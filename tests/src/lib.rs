@@ -165,15 +165,27 @@ pub async fn post_json(client: &reqwest::Client, url: String, body: serde_json::
 /// `calls`-th after it, so the figure does not depend on where a fixed sampling window
 /// happens to fall.
 pub async fn observed_rate(sim: &berth_sim::SimHandle, platform: berth_sim::Platform, calls: u64) -> f64 {
-    let n = || sim.state.stats().get(&platform).map(|s| s.requests).unwrap_or(0);
+    rate_of(calls, || sim.state.stats().get(&platform).map(|s| s.requests).unwrap_or(0)).await
+}
+
+/// Events per second of a growing counter, from one increment to the `events`-th after it.
+pub async fn rate_of(events: u64, count: impl Fn() -> u64) -> f64 {
     let step = || tokio::time::sleep(Duration::from_millis(5));
-    let before = n();
-    while n() == before {
+    let before = count();
+    while count() == before {
         step().await;
     }
-    let (t0, n0) = (Instant::now(), n());
-    while n() < n0 + calls {
+    let (t0, n0) = (Instant::now(), count());
+    while count() < n0 + events {
         step().await;
     }
-    calls as f64 / t0.elapsed().as_secs_f64()
+    events as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// GET a JSON document (tests assert on it); `Null` when it cannot be read.
+pub async fn get_json(url: String) -> serde_json::Value {
+    match reqwest::get(&url).await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Largest page `GET /v1/orders` returns.
@@ -61,6 +62,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/stock/queue", get(stock::queue))
         .route("/v1/webhooks/{shop}", post(platform_webhook))
         .route("/v1/connectors", get(list_connectors))
+        .route("/v1/platforms", get(list_platforms))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -88,6 +90,7 @@ async fn index() -> &'static str {
      GET /v1/stock/queue                            stock push backlog per shop\n\
      POST /v1/webhooks/{shop}                       a platform's webhook for the shop (signature checked by its connector)\n\
      GET /v1/shops                                  per-shop pull status\n\
+     GET /v1/platforms                              per platform: endpoint classes, held quotas, retry policies, standby channel\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /healthz  GET /readyz\n"
 }
@@ -326,6 +329,52 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
         c.http_refusals = st.services.http.refusals(&c.name);
     }
     Json(out)
+}
+
+/// How berth calls one platform right now.
+#[derive(Serialize)]
+struct PlatformView {
+    endpoint_classes: Vec<String>,
+    /// Quotas held after a throttle or a nearly full call bucket: key and time left.
+    held_quotas: Vec<HeldQuota>,
+    retry_pull: crate::retry::RetryPolicy,
+    retry_push: crate::retry::RetryPolicy,
+    standby: Option<crate::capabilities::standby::ChannelStatus>,
+}
+
+#[derive(Serialize)]
+struct HeldQuota {
+    key: String,
+    remaining_ms: u64,
+}
+
+async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String, PlatformView>> {
+    use crate::retry::Job;
+    let services = &st.services;
+    let mut held = services.limits.held();
+    let mut standby = services.standby.status();
+    let names: std::collections::BTreeSet<String> =
+        st.connectors.iter().map(|c| c.platform.clone()).chain(held.keys().cloned()).chain(standby.keys().cloned()).collect();
+    Json(
+        names
+            .into_iter()
+            .map(|name| {
+                let view = PlatformView {
+                    endpoint_classes: services.limits.classes(&name),
+                    held_quotas: held
+                        .remove(&name)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(key, remaining_ms)| HeldQuota { key, remaining_ms })
+                        .collect(),
+                    retry_pull: services.retry.get(&name, Job::Pull),
+                    retry_push: services.retry.get(&name, Job::Push),
+                    standby: standby.remove(&name),
+                };
+                (name, view)
+            })
+            .collect(),
+    )
 }
 
 async fn healthz() -> &'static str {

@@ -146,8 +146,14 @@ impl HttpGateway {
         self.refusals.lock().unwrap_or_else(|e| e.into_inner()).get(connector).copied().unwrap_or(0)
     }
 
+    /// The client connector traffic uses (private addresses refused by its resolver
+    /// unless allowed); health probes of standby channels go through it too.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Check the URL against policy; return the parsed URL when it may be called.
-    async fn admit(&self, allow: &HostAllowlist, raw: &str) -> Result<url::Url, HttpError> {
+    pub fn admit(&self, allow: &HostAllowlist, raw: &str) -> Result<url::Url, HttpError> {
         let url = url::Url::parse(raw).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HttpError::Denied(format!("scheme `{}` is not allowed; use http or https", url.scheme())));
@@ -159,19 +165,29 @@ impl HttpGateway {
                 "host `{host}` is not in the connector's allowed hosts; declare it in the manifest and grant it in config"
             )));
         }
-        // Names are checked by the resolver as they are connected to; literals here.
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            if !self.config.allow_private_addresses && is_private(ip) {
-                return Err(HttpError::Denied(format!(
-                    "{ip} is not a public address; refused (set http.allow_private_addresses only for local testing)"
-                )));
-            }
-        }
+        self.check_literal(host)?;
         Ok(url)
     }
 
+    /// Names are checked by the resolver as they are connected to; IP literals here.
+    fn check_literal(&self, host: &str) -> Result<(), HttpError> {
+        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) if !self.config.allow_private_addresses && is_private(ip) => Err(HttpError::Denied(format!(
+                "{ip} is not a public address; refused (set http.allow_private_addresses only for local testing)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn send(&self, allow: &HostAllowlist, req: Request) -> Result<Response, HttpError> {
-        let url = self.admit(allow, &req.url).await?;
+        let url = self.admit(allow, &req.url)?;
+        self.send_to(url, req).await
+    }
+
+    /// Send `req` to `url`, which [`HttpGateway::admit`] passed (possibly moved to a
+    /// standby channel since).
+    pub async fn send_to(&self, url: url::Url, req: Request) -> Result<Response, HttpError> {
+        self.check_literal(url.host_str().unwrap_or(""))?;
         let timeout = Duration::from_millis(
             req.timeout_ms.map(u64::from).unwrap_or(self.config.timeout_ms).min(self.config.timeout_ms),
         );

@@ -4,4 +4,5 @@ pub mod crypto;
 pub mod http;
 pub mod kv;
 pub mod ratelimit;
+pub mod standby;
 pub mod windows;

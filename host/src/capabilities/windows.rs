@@ -2,11 +2,13 @@
 //! them) only allow calls at certain hours. Outside every window a call waits for the
 //! next one to open.
 //!
-//! A window is `DAYS HH:MM[:SS]-HH:MM[:SS]` in the platform's `timezone` (a fixed UTC
+//! A window is `DAYS HH:MM[:SS]-HH:MM[:SS]` in the platform's `timezone` (an IANA name
+//! such as `Asia/Shanghai` or `America/New_York`, daylight saving included, or a fixed UTC
 //! offset such as `+08:00`): DAYS is `*`, a day (`Mon`), a range (`Mon-Fri`) or a list
 //! (`Mon,Wed,Sat`). An end before the start runs past midnight into the next day.
 
 use chrono::{Datelike, Duration as ChronoDuration, FixedOffset, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -59,12 +61,32 @@ impl TimeWindow {
     }
 }
 
-/// Parse a fixed offset such as `+08:00`, `-05:00` or `UTC`.
-pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
+/// A platform's time zone: a fixed offset or an IANA zone with its daylight-saving rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Named(Tz),
+}
+
+impl Zone {
+    pub const UTC: Zone = Zone::Named(Tz::UTC);
+}
+
+/// Parse `Asia/Shanghai`-style IANA names, offsets such as `+08:00` / `-05:30`, or `UTC`.
+pub fn parse_zone(s: &str) -> Result<Zone, String> {
     if s.eq_ignore_ascii_case("utc") || s == "Z" {
-        return Ok(FixedOffset::east_opt(0).expect("zero offset"));
+        return Ok(Zone::UTC);
     }
-    let bad = || format!("timezone `{s}` must be a UTC offset like +08:00 (or UTC)");
+    if s.starts_with(['+', '-']) {
+        return parse_offset(s).map(Zone::Fixed);
+    }
+    s.parse::<Tz>().map(Zone::Named).map_err(|_| {
+        format!("timezone `{s}` is neither an IANA zone name (e.g. Asia/Shanghai, America/New_York) nor a UTC offset like +08:00")
+    })
+}
+
+fn parse_offset(s: &str) -> Result<FixedOffset, String> {
+    let bad = || format!("timezone `{s}` must be an IANA zone name (e.g. Asia/Shanghai) or a UTC offset like +08:00");
     let (sign, rest) = match s.as_bytes().first() {
         Some(b'+') => (1, &s[1..]),
         Some(b'-') => (-1, &s[1..]),
@@ -76,10 +98,17 @@ pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
 }
 
 /// How long until a call is allowed at `now_ms` (zero when a window is open now).
-pub fn wait_until_open(windows: &[TimeWindow], tz: FixedOffset, now_ms: i64) -> Duration {
+pub fn wait_until_open(windows: &[TimeWindow], zone: Zone, now_ms: i64) -> Duration {
     if windows.is_empty() {
         return Duration::ZERO;
     }
+    match zone {
+        Zone::Fixed(tz) => wait_in(windows, tz, now_ms),
+        Zone::Named(tz) => wait_in(windows, tz, now_ms),
+    }
+}
+
+fn wait_in<Z: TimeZone>(windows: &[TimeWindow], tz: Z, now_ms: i64) -> Duration {
     let Some(now) = Utc.timestamp_millis_opt(now_ms).single() else { return Duration::ZERO };
     let local = now.with_timezone(&tz);
     let mut best: Option<ChronoDuration> = None;
@@ -90,10 +119,16 @@ pub fn wait_until_open(windows: &[TimeWindow], tz: FixedOffset, now_ms: i64) -> 
             if !w.days[date.weekday().num_days_from_monday() as usize] {
                 continue;
             }
-            let Some(start) = tz.from_local_datetime(&date.and_time(w.start)).single() else { continue };
+            // A local time that occurs twice (clocks going back) counts from its first
+            // occurrence; one skipped by clocks going forward an hour later.
+            let at = |d: chrono::NaiveDate, t: NaiveTime| {
+                let local = d.and_time(t);
+                tz.from_local_datetime(&local).earliest().or_else(|| tz.from_local_datetime(&(local + ChronoDuration::hours(1))).earliest())
+            };
+            let Some(start) = at(date, w.start) else { continue };
             let end_date = if w.end <= w.start { date + ChronoDuration::days(1) } else { date };
-            let Some(end) = tz.from_local_datetime(&end_date.and_time(w.end)).single() else { continue };
-            let now = local;
+            let Some(end) = at(end_date, w.end) else { continue };
+            let now = local.clone();
             if start <= now && now < end {
                 return Duration::ZERO;
             }
@@ -124,15 +159,18 @@ mod tests {
         assert!(TimeWindow::parse("Mon-Fry 09:00-21:00").unwrap_err().contains("`Fry` is not a day"));
         assert!(TimeWindow::parse("Mon 9-21").unwrap_err().contains("is not a time"));
         assert!(TimeWindow::parse("Mon").unwrap_err().contains("no time range"));
-        assert_eq!(parse_offset("+08:00").unwrap().local_minus_utc(), 8 * 3600);
-        assert_eq!(parse_offset("-05:30").unwrap().local_minus_utc(), -(5 * 3600 + 1800));
-        assert!(parse_offset("Asia/Shanghai").is_err());
+        assert_eq!(parse_zone("+08:00").unwrap(), Zone::Fixed(FixedOffset::east_opt(8 * 3600).unwrap()));
+        assert_eq!(parse_zone("-05:30").unwrap(), Zone::Fixed(FixedOffset::west_opt(5 * 3600 + 1800).unwrap()));
+        assert_eq!(parse_zone("Asia/Shanghai").unwrap(), Zone::Named(Tz::Asia__Shanghai));
+        assert_eq!(parse_zone("utc").unwrap(), Zone::UTC);
+        assert!(parse_zone("Asia/Shanghia").unwrap_err().contains("neither an IANA zone name"));
+        assert!(parse_zone("+8").is_err());
     }
 
     #[test]
     fn waits_for_the_next_window_in_the_platform_time_zone() {
         let w = [TimeWindow::parse("Mon-Fri 09:00-21:00").unwrap()];
-        let gmt8 = parse_offset("+08:00").unwrap();
+        let gmt8 = parse_zone("+08:00").unwrap();
         // Wednesday 2024-01-03 10:00 in GMT+8 is 02:00 UTC: open.
         assert_eq!(wait_until_open(&w, gmt8, ms("2024-01-03T02:00:00Z")), Duration::ZERO);
         // Wednesday 22:00 GMT+8: wait until Thursday 09:00, 11 h.
@@ -143,5 +181,24 @@ mod tests {
         let night = [TimeWindow::parse("Mon 22:00-06:00").unwrap()];
         assert_eq!(wait_until_open(&night, gmt8, ms("2024-01-01T18:00:00Z")), Duration::ZERO); // Tue 02:00
         assert_eq!(wait_until_open(&[], gmt8, 0), Duration::ZERO);
+        // The IANA name gives the same answers for a zone without daylight saving.
+        let shanghai = parse_zone("Asia/Shanghai").unwrap();
+        assert_eq!(wait_until_open(&w, shanghai, ms("2024-01-06T04:00:00Z")), Duration::from_secs(45 * 3600));
+    }
+
+    #[test]
+    fn named_zones_follow_daylight_saving() {
+        let w = [TimeWindow::parse("* 09:00-17:00").unwrap()];
+        let ny = parse_zone("America/New_York").unwrap();
+        // 09:00 in New York is 14:00 UTC in January (EST) and 13:00 UTC in July (EDT).
+        assert_eq!(wait_until_open(&w, ny, ms("2024-01-10T13:30:00Z")), Duration::from_secs(1800));
+        assert_eq!(wait_until_open(&w, ny, ms("2024-01-10T14:00:00Z")), Duration::ZERO);
+        assert_eq!(wait_until_open(&w, ny, ms("2024-07-10T13:00:00Z")), Duration::ZERO);
+        assert_eq!(wait_until_open(&w, ny, ms("2024-07-10T12:30:00Z")), Duration::from_secs(1800));
+        // Across the spring change (2024-03-10): Saturday 18:00 EST to Sunday 09:00 EDT is 14 h, not 15.
+        assert_eq!(wait_until_open(&w, ny, ms("2024-03-09T23:00:00Z")), Duration::from_secs(14 * 3600));
+        // A window starting inside the skipped hour starts an hour later: 01:30 EST -> 03:30 EDT.
+        let gap = [TimeWindow::parse("Sun 02:30-04:00").unwrap()];
+        assert_eq!(wait_until_open(&gap, ny, ms("2024-03-10T06:30:00Z")), Duration::from_secs(3600));
     }
 }

@@ -304,9 +304,15 @@ impl LoadedConnector {
     }
 
     /// The connector said the platform throttled `shop` (e.g. a body code): hold the
-    /// shop's quota — and every shop sharing it — for that long.
-    pub fn note_throttle(&self, shop: &str, cfg: &ShopConfig, wait: Duration) {
-        self.runtime.services.limits.penalize(&self.manifest.platform, shop, Some(cfg), wait);
+    /// shop's quota — and every shop sharing it — for that long, or for the platform's
+    /// `suspend_after_throttle_secs` if longer. Returns how long the hold is.
+    pub fn note_throttle(&self, shop: &str, cfg: &ShopConfig, wait: Duration) -> Duration {
+        self.runtime.services.limits.penalize(&self.manifest.platform, shop, Some(cfg), wait)
+    }
+
+    /// The retry policy in force now for this connector's platform.
+    pub fn retry_policy(&self, job: crate::retry::Job) -> crate::retry::RetryPolicy {
+        self.runtime.services.retry.get(&self.manifest.platform, job)
     }
 
     /// Whether the manifest offers a capability.

@@ -18,6 +18,17 @@ pub struct HostServices {
     pub http: HttpGateway,
     pub kv: KvStore,
     pub limits: capabilities::ratelimit::RateLimits,
+    pub retry: crate::retry::RetryPolicies,
+    pub standby: Arc<capabilities::standby::Standbys>,
+}
+
+impl HostServices {
+    /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
+    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::config::PlatformConfig>) {
+        self.limits.reconfigure(platforms);
+        self.retry.reconfigure(platforms);
+        self.standby.reconfigure(platforms);
+    }
 }
 
 /// Who is calling: fixed for the life of one store.
@@ -107,10 +118,17 @@ impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
         let started = std::time::Instant::now();
         let url_for_log = bounded(&req.url, 256).to_string();
-        // Wait for the platform's rate limit, leaving the guest half its remaining time.
+        let services = self.services.clone();
+        let url = match services.http.admit(&self.ctx.allow, &req.url) {
+            Ok(url) => url,
+            Err(e) => return Err(self.refused(&url_for_log, e)),
+        };
+        // Wait for the platform's rate limits, leaving the guest half its remaining time.
         let budget = self.ctx.deadline.saturating_duration_since(started) / 2;
-        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.as_ref());
-        match self.services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg, budget).await {
+        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.clone());
+        let api_method = services.limits.has_classes(&self.ctx.platform).then(|| api_method(&url, &req)).flatten();
+        let endpoint = capabilities::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
+        match services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg.as_deref(), endpoint, budget).await {
             Ok(waited) if !waited.is_zero() => tracing::debug!(
                 connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
             ),
@@ -121,33 +139,63 @@ impl http::Host for HostState {
                 return Err(http::HttpError::Timeout);
             }
         }
-        let result = self.services.http.send(&self.ctx.allow, req).await;
-        if let Ok(r) = &result {
-            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-            if let Some(wait) = capabilities::ratelimit::retry_after(r.status, &r.headers, now_s) {
-                tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64, "platform throttled; holding its quota");
-                self.services.limits.penalize(&self.ctx.platform, self.shop_name(), cfg, wait);
-            }
-        }
+        let url = services.standby.route(&self.ctx.platform, url);
+        let result = services.http.send_to(url, req).await;
         match &result {
-            Ok(r) => tracing::debug!(
-                connector = %self.ctx.connector, shop = self.shop_name(), status = r.status,
-                ms = started.elapsed().as_millis() as u64, "http"
-            ),
-            Err(http::HttpError::Denied(why)) => {
-                self.services.http.note_refusal(&self.ctx.connector);
-                tracing::warn!(
-                    connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
-                    reason = %why, "http request refused by policy"
+            Ok(r) => {
+                use capabilities::ratelimit::Hold;
+                match services.limits.learn(&self.ctx.platform, self.shop_name(), cfg.as_deref(), r.status, &r.headers) {
+                    Some(Hold::Throttled(wait)) => tracing::info!(
+                        connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64,
+                        "platform throttled; holding its quota"
+                    ),
+                    Some(Hold::NearlyFull(wait)) => tracing::debug!(
+                        connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64,
+                        "platform's call bucket nearly full; slowing down"
+                    ),
+                    None => {}
+                }
+                tracing::debug!(
+                    connector = %self.ctx.connector, shop = self.shop_name(), status = r.status,
+                    ms = started.elapsed().as_millis() as u64, "http"
                 )
             }
+            Err(http::HttpError::Denied(_)) => {}
             Err(e) => tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
                 error = ?e, "http request failed"
             ),
         }
-        result
+        result.map_err(|e| match e {
+            http::HttpError::Denied(why) => self.refused(&url_for_log, http::HttpError::Denied(why)),
+            e => e,
+        })
     }
+}
+
+impl HostState {
+    /// Count and log a request refused by policy; returns the error for the guest.
+    fn refused(&self, url: &str, e: http::HttpError) -> http::HttpError {
+        if let http::HttpError::Denied(why) = &e {
+            self.services.http.note_refusal(&self.ctx.connector);
+            tracing::warn!(
+                connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(url),
+                reason = %why, "http request refused by policy"
+            );
+        }
+        e
+    }
+}
+
+/// The API method of an RPC-style call (`method=` in the query, or in a form body).
+fn api_method(url: &url::Url, req: &http::Request) -> Option<String> {
+    let pick = |pairs: url::form_urlencoded::Parse<'_>| pairs.into_iter().find(|(k, _)| k == "method").map(|(_, v)| v.into_owned());
+    pick(url.query_pairs()).or_else(|| {
+        let form = req.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
+        });
+        form.then(|| pick(url::form_urlencoded::parse(&req.body))).flatten()
+    })
 }
 
 /// URLs may carry tokens in their query; logs get the path only.
@@ -271,5 +319,33 @@ impl tokio::io::AsyncWrite for GuestWriter {
     }
     fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(url: &str, headers: &[(&str, &str)], body: &str) -> (url::Url, http::Request) {
+        let r = http::Request {
+            method: http::Method::Post,
+            url: url.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.as_bytes().to_vec(),
+            timeout_ms: None,
+        };
+        (url::Url::parse(url).unwrap(), r)
+    }
+
+    #[test]
+    fn reads_the_api_method_from_the_query_or_a_form_body() {
+        let (u, r) = req("http://gw/router/rest?method=taobao.trades.sold.get&v=2.0", &[], "");
+        assert_eq!(api_method(&u, &r).as_deref(), Some("taobao.trades.sold.get"));
+        let form = [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")];
+        let (u, r) = req("http://gw/router/rest", &form, "app_key=1&method=taobao.item.quantity.update&sign=X");
+        assert_eq!(api_method(&u, &r).as_deref(), Some("taobao.item.quantity.update"));
+        // A JSON body is not read as a form.
+        let (u, r) = req("http://gw/router/rest", &[("content-type", "application/json")], "method=x");
+        assert_eq!(api_method(&u, &r), None);
     }
 }

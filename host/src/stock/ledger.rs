@@ -9,13 +9,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 use std::sync::Arc;
 
-/// Retry policy for failed pushes.
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_ms: u64,
-    pub max_ms: u64,
-}
+pub use crate::retry::RetryPolicy;
 
 pub struct StockLedger {
     db: sled::Db,
@@ -174,12 +168,22 @@ impl StockLedger {
         Ok(self.commit.durable().await?)
     }
 
-    /// Record how pushes of `(sku, version, quantity)` ended. A result for a version no
-    /// longer desired keeps the SKU pending for its newer quantity.
+    /// Record how pushes of `(sku, version, quantity)` ended, under the ledger's default
+    /// retry policy.
     pub async fn settle(&self, shop: &str, results: &[(String, u64, u32, PushOutcome)]) -> Result<(), StockError> {
+        self.settle_with(shop, results, &self.policy).await
+    }
+
+    /// Record how pushes ended; failures back off and die by `policy`. A result for a
+    /// version no longer desired keeps the SKU pending for its newer quantity.
+    pub async fn settle_with(
+        &self,
+        shop: &str,
+        results: &[(String, u64, u32, PushOutcome)],
+        policy: &RetryPolicy,
+    ) -> Result<(), StockError> {
         let now = now_ms();
-        let policy = self.policy;
-        let backoff = |attempts: u32| crate::backoff::delay(attempts, policy.base_ms, policy.max_ms).as_millis() as i64;
+        let backoff = |attempts: u32| policy.delay(attempts).as_millis() as i64;
         (&self.skus, &self.due)
             .transaction(|(skus, due)| {
                 for (sku, version, quantity, outcome) in results {
@@ -212,8 +216,14 @@ impl StockLedger {
                                 rec.due_at_ms = Some(now + backoff(rec.attempts));
                             }
                         }
+                        PushOutcome::GaveUp(why) if current => {
+                            rec.attempts += 1;
+                            rec.last_error = Some(why.clone());
+                            rec.state = SkuState::Dead;
+                            rec.due_at_ms = None;
+                        }
                         // A failure of a version no longer wanted: the newer one is pending.
-                        PushOutcome::Rejected(_) | PushOutcome::Failed(_) => continue,
+                        PushOutcome::Rejected(_) | PushOutcome::Failed(_) | PushOutcome::GaveUp(_) => continue,
                     }
                     write(skus, due, shop, old_due, &rec)?;
                 }
@@ -337,7 +347,7 @@ mod tests {
     fn open(dir: &std::path::Path, max_attempts: u32) -> StockLedger {
         let db = sled::open(dir).unwrap();
         let commit = GroupCommit::start(db.clone());
-        StockLedger::open(db, commit, RetryPolicy { max_attempts, base_ms: 1, max_ms: 2 }).unwrap()
+        StockLedger::open(db, commit, RetryPolicy::new(1, 2, max_attempts)).unwrap()
     }
 
     #[tokio::test]
@@ -391,6 +401,13 @@ mod tests {
         assert_eq!((rec.state, rec.last_error.as_deref()), (SkuState::Dead, Some("503 again")));
         let vb = l.get("s", "B").unwrap().unwrap().version;
         l.settle("s", &[("B".into(), vb, 1, PushOutcome::Rejected("unknown SKU".into()))]).await.unwrap();
+        // An error the policy does not retry dies at once.
+        l.submit("s", &[req("C", 3, None)]).await.unwrap();
+        let vc = l.get("s", "C").unwrap().unwrap().version;
+        l.settle_with("s", &[("C".into(), vc, 3, PushOutcome::GaveUp("no location".into()))], &RetryPolicy::new(1, 2, 10)).await.unwrap();
+        let rec = l.get("s", "C").unwrap().unwrap();
+        assert_eq!((rec.state, rec.attempts, rec.last_error.as_deref()), (SkuState::Dead, 1, Some("no location")));
+        assert_eq!(l.purge("s", &["C".into()]).await.unwrap(), 1);
         let st = l.stats("s").unwrap();
         assert_eq!((st.pending, st.dead, st.rejected), (0, 1, 1));
         assert_eq!(l.list("s", Some(SkuState::Dead), None, 10).unwrap().len(), 1);

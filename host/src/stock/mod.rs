@@ -104,6 +104,8 @@ pub enum PushOutcome {
     Rejected(String),
     /// Worth retrying (counts an attempt).
     Failed(String),
+    /// Not worth retrying (the retry policy does not retry this error): dead now.
+    GaveUp(String),
 }
 
 /// Per-shop figures for the queue view.

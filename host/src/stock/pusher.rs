@@ -1,12 +1,14 @@
 //! One stock pusher per shop: takes the SKUs that are due, makes sure what it read is on
 //! disk, pushes the newest quantities through the connector's `push-inventory` and
 //! settles each SKU with the result. Throttling parks the shop for the time the platform
-//! asked without spending attempts; failures back off per SKU and end in the dead
-//! letters after `max_attempts`; SKUs a connector did not get to stay due.
+//! asked without spending attempts; failures back off per SKU by the platform's retry
+//! policy and end in the dead letters after `max_attempts` (at once for errors the
+//! policy does not retry); SKUs a connector did not get to stay due.
 
 use super::{PushOutcome, SkuStock, StockLedger};
 use crate::clock::now_ms;
 use crate::config::ShopConfig;
+use crate::retry::{ErrorKind, Job};
 use crate::runtime::bindings::berth::connector::types::{ConnectorError, StockUpdate, UpdateResult};
 use crate::runtime::LoadedConnector;
 use serde::Serialize;
@@ -126,14 +128,21 @@ impl ShopPusher {
         });
     }
 
-    async fn fail_all(&self, batch: &[SkuStock], why: String) -> Result<Next, String> {
-        tracing::warn!(skus = batch.len(), error = %why, "stock push failed; SKUs back off");
-        let failed: Vec<_> = batch
-            .iter()
-            .map(|r| (r.sku.clone(), r.version, r.quantity, PushOutcome::Failed(why.clone())))
-            .collect();
+    /// The whole batch failed with `kind`: back off per the platform's retry policy, or
+    /// move straight to the dead letters when the policy does not retry `kind`.
+    async fn fail_all(&self, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Next, String> {
+        let policy = self.connector.retry_policy(Job::Push);
+        let retried = policy.retry_on.contains(&kind);
+        let outcome = if retried {
+            tracing::warn!(skus = batch.len(), kind = kind.name(), error = %why, "stock push failed; SKUs back off");
+            PushOutcome::Failed(why.clone())
+        } else {
+            tracing::error!(skus = batch.len(), kind = kind.name(), error = %why, "stock push failed with an error the platform's policy does not retry; SKUs moved to the dead letters");
+            PushOutcome::GaveUp(format!("{}: {why} (not retried: `{}` is not in the platform's retry_on)", kind.name(), kind.name()))
+        };
+        let failed: Vec<_> = batch.iter().map(|r| (r.sku.clone(), r.version, r.quantity, outcome.clone())).collect();
         self.note_error(why);
-        self.ledger.settle(&self.shop, &failed).await.map_err(|e| e.to_string())?;
+        self.ledger.settle_with(&self.shop, &failed, &policy).await.map_err(|e| e.to_string())?;
         Ok(Next::Now)
     }
 
@@ -151,29 +160,28 @@ impl ShopPusher {
         self.update(|s| s.calls += 1);
         let answer = self.connector.push_inventory(&self.shop, self.config.clone(), &updates).await;
         let results = match answer {
-            Err(call) => return self.fail_all(&batch, call.to_string()).await,
+            Err(call) => return self.fail_all(&batch, ErrorKind::of_call(&call), call.to_string()).await,
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
                 let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                self.connector.note_throttle(&self.shop, &self.config, wait);
-                return Ok(Next::Park(wait));
+                return Ok(Next::Park(self.connector.note_throttle(&self.shop, &self.config, wait)));
             }
             Ok(Err(ConnectorError::Auth(why))) => {
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
                 self.note_error(format!("auth: {why}"));
                 return Ok(Next::Park(self.error_pause));
             }
-            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(&batch, why).await,
-            Ok(Err(ConnectorError::Permanent(why) | ConnectorError::InvalidInput(why))) => {
-                return self.fail_all(&batch, why).await
-            }
+            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(&batch, ErrorKind::Transient, why).await,
+            Ok(Err(ConnectorError::Permanent(why))) => return self.fail_all(&batch, ErrorKind::Permanent, why).await,
+            Ok(Err(ConnectorError::InvalidInput(why))) => return self.fail_all(&batch, ErrorKind::InvalidInput, why).await,
             Ok(Ok(results)) => results,
         };
         let settled = outcomes(&batch, results);
         if settled.is_empty() {
             // Without this a connector that answers for nothing would be called in a loop.
-            return self.fail_all(&batch, "the connector answered for none of the SKUs it was given".into()).await;
+            let why = "the connector answered for none of the SKUs it was given".to_string();
+            return self.fail_all(&batch, ErrorKind::Transient, why).await;
         }
         let accepted = settled.iter().filter(|o| o.3 == PushOutcome::Accepted).count() as u64;
         let rejected = settled.len() as u64 - accepted;
