@@ -17,25 +17,21 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Sections whose change needs a restart (compared by their `Debug` form, which shows no secret values).
-fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
-    let dbg = |c: &Config| -> [(&'static str, String); 8] {
-        [
-            ("server", format!("{:?}", c.server)),
-            ("runtime", format!("{:?}", c.runtime)),
-            ("http", format!("{:?}", c.http)),
-            ("sync", format!("{:?}", c.sync)),
-            ("erp", format!("{:?}", c.erp)),
-            ("stock", format!("{:?}", c.stock)),
-            ("connectors", format!("{:?}", c.connectors)),
-            ("shops", format!("{:?}", c.shops)),
-        ]
-    };
-    dbg(old).into_iter().zip(dbg(new)).filter(|((_, a), (_, b))| a != b).map(|((name, _), _)| name).collect()
+/// The file's top-level tables as written (secrets included, never printed).
+fn sections(path: &PathBuf) -> toml::Table {
+    std::fs::read_to_string(path).ok().and_then(|t| t.parse::<toml::Table>().ok()).unwrap_or_default()
 }
 
-pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<HostServices>, mut shutdown: watch::Receiver<bool>) {
+/// Sections other than `[platforms]` whose content changed: they need a restart. Compared
+/// as parsed TOML, so a changed secret counts and formatting or comments do not.
+fn restart_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    names.into_iter().filter(|k| *k != "platforms" && old.get(*k) != new.get(*k)).cloned().collect()
+}
+
+pub async fn watch_config(path: PathBuf, services: Arc<HostServices>, mut shutdown: watch::Receiver<bool>) {
     let mut seen = modified(&path);
+    let mut current = sections(&path);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -50,7 +46,8 @@ pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<Host
             Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
             Ok(new) => {
                 services.reconfigure(&new.platforms);
-                let restart = restart_sections(&current, &new);
+                let text = sections(&path);
+                let restart = restart_sections(&current, &text);
                 if restart.is_empty() {
                     tracing::info!(path = %path.display(), "config reloaded; new platform limits and policies apply to the next call");
                 } else {
@@ -60,7 +57,7 @@ pub async fn watch_config(path: PathBuf, mut current: Config, services: Arc<Host
                         "config reloaded; platform limits and policies applied, but changes to these sections take effect only after a restart"
                     );
                 }
-                current = new;
+                current = text;
             }
         }
     }
@@ -72,11 +69,15 @@ mod tests {
 
     #[test]
     fn names_the_sections_that_need_a_restart() {
-        let parse = |t: &str| Config::parse(t, std::path::Path::new("/etc/berth.toml")).unwrap();
-        let a = parse("[platforms.x]\nrequests_per_second = 1.0\n");
-        let b = parse("[platforms.x]\nrequests_per_second = 5.0\n");
-        assert!(restart_sections(&a, &b).is_empty(), "rate limits reload in place");
-        let c = parse("[platforms.x]\nrequests_per_second = 5.0\n[sync]\noverlap_secs = 5\n[stock]\nbatch_size = 3\n");
-        assert_eq!(restart_sections(&b, &c), ["sync", "stock"]);
+        let t = |s: &str| s.parse::<toml::Table>().unwrap();
+        let a = t("[platforms.x]\nrequests_per_second = 1.0\n");
+        let b = t("# tuned\n[platforms.x]\nrequests_per_second   = 5.0\n");
+        assert!(restart_sections(&a, &b).is_empty(), "platforms reload in place; comments and spacing do not count");
+        let c = t("[platforms.x]\nrequests_per_second = 5.0\n[sync]\noverlap_secs = 5\n[stock]\nbatch_size = 3\n");
+        assert_eq!(restart_sections(&b, &c), ["stock", "sync"]);
+        // A changed secret alone is a change.
+        let d = t("[shops.a]\nconnector = \"c\"\nsecrets = { token = \"old\" }\n");
+        let e = t("[shops.a]\nconnector = \"c\"\nsecrets = { token = \"new\" }\n");
+        assert_eq!(restart_sections(&d, &e), ["shops"]);
     }
 }

@@ -148,7 +148,6 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(standby.run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
-        cfg.clone(),
         services.clone(),
         shutdown_rx.clone(),
     )));
