@@ -34,6 +34,8 @@ pub struct Config {
     pub erp: ErpConfig,
     #[serde(default)]
     pub stock: StockConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,
@@ -296,6 +298,45 @@ impl Default for StockConfig {
     }
 }
 
+/// The ops API under `/v1/admin`: who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer tokens; with none, every admin call is refused.
+    pub tokens: Vec<AdminToken>,
+    /// Largest component a deploy takes.
+    pub max_component_mb: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { tokens: Vec::new(), max_component_mb: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it: written to the audit log with every change it makes.
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+}
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read connectors, versions and status.
+    Viewer,
+    /// Also pause and resume connectors and shops.
+    Operator,
+    /// Also deploy, activate and roll back versions.
+    Deployer,
+    /// Also read the audit log.
+    Admin,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
@@ -468,6 +509,19 @@ impl Config {
         for (name, l) in &cfg.platforms {
             check_platform(l).map_err(|e| invalid(format!("platforms.{name}: {e}")))?;
         }
+        for (i, t) in cfg.admin.tokens.iter().enumerate() {
+            if t.name.is_empty() || t.token.expose().len() < 16 {
+                return Err(invalid(format!(
+                    "admin.tokens[{i}]: a token needs a name and at least 16 characters (e.g. `openssl rand -hex 24`)"
+                )));
+            }
+            if cfg.admin.tokens[..i].iter().any(|o| o.name == t.name || o.token.expose() == t.token.expose()) {
+                return Err(invalid(format!("admin.tokens[{i}] (`{}`): names and tokens must be unique", t.name)));
+            }
+        }
+        if cfg.admin.max_component_mb == 0 {
+            return Err(invalid("admin.max_component_mb must be at least 1".into()));
+        }
         if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
             return Err(invalid("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into()));
         }
@@ -617,6 +671,12 @@ mod tests {
         assert!(err.contains("endpoints.stock: `match` needs at least one"), "{err}");
         let err = parse("[platforms.s.standby]\nprimary = \"http://a\"\nbackup = \"ftp://b\"\n").unwrap_err().to_string();
         assert!(err.contains("standby.backup `ftp://b` must be an http:// or https:// base URL"), "{err}");
+        let err = parse("[admin]\ntokens = [{ name = \"ci\", token = \"short\", role = \"deployer\" }]\n").unwrap_err().to_string();
+        assert!(err.contains("admin.tokens[0]: a token needs a name and at least 16 characters"), "{err}");
+        let err = parse("[admin]\ntokens = [{ name = \"ci\", token = \"0123456789abcdef\", role = \"root\" }]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `root`"), "{err}");
+        let ok = parse("[admin]\ntokens = [{ name = \"ci\", token = \"0123456789abcdef\", role = \"deployer\" }]\n").unwrap();
+        assert!(!format!("{ok:?}").contains("0123456789abcdef"));
         let cfg = parse("[erp]\nwebhook_url = \"https://erp.example/hook\"\nwebhook_secret = \"k3y\"\n").unwrap();
         assert!(!format!("{cfg:?}").contains("k3y"));
     }

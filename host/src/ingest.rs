@@ -8,7 +8,7 @@
 use crate::config::ShopConfig;
 use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, WebhookRequest};
-use crate::runtime::LoadedConnector;
+use crate::registry::ConnectorSlot;
 use crate::store::{OrderStore, PageSource};
 use crate::sync::to_record;
 use serde::Serialize;
@@ -22,7 +22,7 @@ const MAX_HEADER_LEN: usize = 4096;
 
 /// What the ingest path needs per shop.
 pub struct WebhookShop {
-    pub connector: Arc<LoadedConnector>,
+    pub connector: Arc<ConnectorSlot>,
     pub config: Arc<ShopConfig>,
     /// The shop's pull worker.
     pub wake_sync: Arc<Notify>,
@@ -60,7 +60,10 @@ pub async fn ingest(
     inbox: &OrderInbox,
     store: &OrderStore,
 ) -> Result<Ingested, IngestError> {
-    let conn = &target.connector;
+    if target.connector.is_paused(shop) {
+        return Err(IngestError::Unavailable(format!("the shop's connector `{}` is paused by ops", target.connector.name)));
+    }
+    let conn = target.connector.for_shop(shop);
     let span = tracing::info_span!("webhook", shop = %shop, connector = %conn.name, version = %conn.version());
     async move {
         let headers = headers

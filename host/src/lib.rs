@@ -7,7 +7,10 @@
 //! and signing primitives. [`sync`] pulls orders per shop on an interval into the
 //! durable [`store`]; [`stock`] pushes the ERP's quantities out, newest first; [`config`] is `berth.toml`; [`service`] wires it all together.
 
+pub mod admin_client;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod backoff;
 pub mod capabilities;
 pub mod clock;
@@ -16,6 +19,7 @@ pub mod delivery;
 pub mod inbox;
 pub mod ingest;
 pub mod queue;
+pub mod registry;
 pub mod reload;
 pub mod retry;
 pub mod runtime;

@@ -24,6 +24,59 @@ enum Command {
         #[arg(long, default_value = "berth.toml")]
         config: PathBuf,
     },
+    /// Upload a component as a new version of a connector and make it active (needs a
+    /// deployer token in BERTH_TOKEN). A refused component changes nothing.
+    Deploy {
+        file: PathBuf,
+        #[arg(long)]
+        connector: String,
+        /// Only store the version; activate it later with `berth activate`.
+        #[arg(long)]
+        no_activate: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Make a deployed version active.
+    Activate {
+        connector: String,
+        digest: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Return a connector to the version active before the current one.
+    Rollback {
+        connector: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Stop calling a connector (or one shop with --shop) until `berth resume`.
+    Pause {
+        connector: Option<String>,
+        #[arg(long)]
+        shop: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Undo `berth pause`.
+    Resume {
+        connector: Option<String>,
+        #[arg(long)]
+        shop: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List connectors with their active and deployed versions.
+    Connectors {
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(clap::Args)]
+struct Server {
+    /// The berth to talk to (default: $BERTH_URL, else http://127.0.0.1:8080).
+    #[arg(long)]
+    url: Option<String>,
 }
 
 fn init_tracing() {
@@ -56,15 +109,70 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(serve(config))
+        Command::Serve { config } => match runtime() {
+            Some(rt) => rt.block_on(serve(config)),
+            None => ExitCode::FAILURE,
+        },
+        admin => match runtime() {
+            Some(rt) => rt.block_on(admin_command(admin)),
+            None => ExitCode::FAILURE,
+        },
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+async fn admin_command(cmd: Command) -> ExitCode {
+    use berth_host::admin_client::{read_component, AdminClient, Body, ClientError};
+    use reqwest::Method;
+    let run = async {
+        let pause_path = |connector: Option<String>, shop: Option<String>, verb: &str| match (connector, shop) {
+            (_, Some(shop)) => Ok(format!("/v1/admin/shops/{shop}/{verb}")),
+            (Some(c), None) => Ok(format!("/v1/admin/connectors/{c}/{verb}")),
+            (None, None) => Err(ClientError::Refused { status: 0, message: format!("name a connector, or a shop with --shop, to {verb}") }),
+        };
+        match cmd {
+            Command::Deploy { file, connector, no_activate, server } => {
+                let bytes = read_component(&file)?;
+                let client = AdminClient::from_env(server.url)?;
+                let path = format!("/v1/admin/connectors/{connector}/versions?activate={}", !no_activate);
+                client.call(Method::POST, &path, Body::Wasm(bytes)).await
+            }
+            Command::Activate { connector, digest, server } => {
+                let body = Body::Json(serde_json::json!({ "digest": digest }));
+                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/activate"), body).await
+            }
+            Command::Rollback { connector, server } => {
+                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/rollback"), Body::Empty).await
+            }
+            Command::Pause { connector, shop, server } => {
+                let path = pause_path(connector, shop, "pause")?;
+                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::Resume { connector, shop, server } => {
+                let path = pause_path(connector, shop, "resume")?;
+                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::Connectors { server } => AdminClient::from_env(server.url)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
+            Command::Serve { .. } | Command::CheckConfig { .. } => unreachable!("handled in main"),
+        }
+    };
+    match run.await {
+        Ok(answer) => {
+            println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

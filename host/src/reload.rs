@@ -1,7 +1,9 @@
 //! Config hot reload: berth.toml is checked for changes every second. A valid new file
 //! applies what can change under load — everything under `[platforms]`: rate limits,
-//! endpoint classes, retry policies, time windows, standby channels — to the next call;
-//! changes to other sections are reported as needing a restart. An invalid file
+//! endpoint classes, retry policies, time windows, standby channels — to the next call,
+//! and `[admin]`:
+//! admin tokens (a revoked token stops working within a second); changes to other
+//! sections are reported as needing a restart. An invalid file
 //! is refused with the parser's message (file and line) and the running config stays.
 
 use crate::config::Config;
@@ -17,6 +19,9 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Sections applied in place.
+const RELOADED: [&str; 2] = ["platforms", "admin"];
+
 /// The file's top-level tables as written (secrets included, never printed).
 fn sections(path: &PathBuf) -> toml::Table {
     std::fs::read_to_string(path).ok().and_then(|t| t.parse::<toml::Table>().ok()).unwrap_or_default()
@@ -26,10 +31,15 @@ fn sections(path: &PathBuf) -> toml::Table {
 /// as parsed TOML, so a changed secret counts and formatting or comments do not.
 fn restart_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    names.into_iter().filter(|k| *k != "platforms" && old.get(*k) != new.get(*k)).cloned().collect()
+    names.into_iter().filter(|k| !RELOADED.contains(&k.as_str()) && old.get(*k) != new.get(*k)).cloned().collect()
 }
 
-pub async fn watch_config(path: PathBuf, services: Arc<HostServices>, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch_config(
+    path: PathBuf,
+    services: Arc<HostServices>,
+    admin: Arc<crate::auth::AdminAuth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut seen = modified(&path);
     let mut current = sections(&path);
     loop {
@@ -46,6 +56,7 @@ pub async fn watch_config(path: PathBuf, services: Arc<HostServices>, mut shutdo
             Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
             Ok(new) => {
                 services.reconfigure(&new.platforms);
+                admin.reconfigure(&new.admin);
                 let text = sections(&path);
                 let restart = restart_sections(&current, &text);
                 if restart.is_empty() {

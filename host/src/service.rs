@@ -1,7 +1,7 @@
 //! Start-up and shutdown: config, storage, connectors, workers and the API, in that
 //! order, each failure reported with what to fix.
 
-use crate::api::{self, ApiState, ConnectorInfo};
+use crate::api::{self, ApiState};
 use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
@@ -13,7 +13,7 @@ use crate::stock::ledger::RetryPolicy;
 use crate::stock::pusher::ShopPusher;
 use crate::stock::{StockError, StockLedger};
 use crate::runtime::state::HostServices;
-use crate::runtime::{ConnectorRuntime, LoadError, LoadedConnector};
+use crate::runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
 use crate::sync::{ShopStatus, ShopWorker};
 use std::collections::BTreeMap;
@@ -42,6 +42,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Registry(crate::registry::RegistryStoreError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -86,20 +88,28 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let services = Arc::new(HostServices { http, kv, limits, retry, standby: standby.clone() });
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
-    let mut connectors: BTreeMap<String, Arc<LoadedConnector>> = BTreeMap::new();
-    for (name, c) in &cfg.connectors {
-        let loaded = runtime
-            .load(name, &c.component, c.grant_hosts.as_deref(), &c.extra_hosts)
+    let registry_store = crate::registry::RegistryStore::open(store.db(), store.commit()).map_err(StartError::Registry)?;
+    let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
+    let registry = Arc::new(
+        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, admin_auth.max_component_bytes())
             .await
-            .map_err(|source| StartError::Connector { connector: name.clone(), source })?;
-        connectors.insert(name.clone(), Arc::new(loaded));
-    }
+            .map_err(|e| match e {
+                crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
+                crate::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
+            })?,
+    );
+    let connectors = registry.slots().clone();
     for (shop, sc) in &cfg.shops {
-        let conn = &connectors[&sc.connector];
+        let conn = connectors[&sc.connector].current();
         if let Some(key) = conn.manifest.required_config.iter().find(|k| sc.value(k).is_none()) {
             return Err(StartError::MissingShopKey { shop: shop.clone(), connector: sc.connector.clone(), key: key.clone() });
         }
     }
+    let audit_path = data_dir.join("audit.log");
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&audit_path)
+            .map_err(|source| StartError::DataDir { path: audit_path.display().to_string(), source })?,
+    );
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -115,7 +125,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         let status = Arc::new(Mutex::new(ShopStatus {
             shop: shop.clone(),
             connector: sc.connector.clone(),
-            platform: conn.manifest.platform.clone(),
+            platform: conn.platform.clone(),
             tier: format!("{:?}", sc.tier),
             ..Default::default()
         }));
@@ -149,6 +159,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
         services.clone(),
+        admin_auth.clone(),
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(sweep_idempotency_keys(
@@ -159,7 +170,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let mut stock_shops = BTreeMap::new();
     for (shop, sc) in &cfg.shops {
         let conn = connectors[&sc.connector].clone();
-        let pusher = if conn.offers(Capability::Inventory) {
+        let pusher = if conn.current().offers(Capability::Inventory) {
             let wake = Arc::new(tokio::sync::Notify::new());
             let status = Arc::new(Mutex::new(Default::default()));
             let pusher = ShopPusher {
@@ -180,18 +191,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         stock_shops.insert(shop.clone(), api::stock::StockShop { connector: sc.connector.clone(), pusher });
     }
 
-    let infos = connectors
-        .iter()
-        .map(|(name, c)| ConnectorInfo {
-            name: name.clone(),
-            platform: c.manifest.platform.clone(),
-            version: c.version().to_string(),
-            wit_version: c.manifest.wit_version.clone(),
-            digest: c.digest.clone(),
-            allowed_hosts: c.manifest.allowed_hosts.clone(),
-            http_refusals: 0,
-        })
-        .collect();
+    let admin = api::admin::router(Arc::new(api::admin::AdminState {
+        registry: registry.clone(),
+        auth: admin_auth,
+        audit,
+        shops: cfg.shops.iter().map(|(shop, sc)| (shop.clone(), sc.connector.clone())).collect(),
+    }));
     let app = api::router(Arc::new(ApiState {
         store: store.clone(),
         inbox,
@@ -200,9 +205,10 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         webhooks,
         stock_shops,
         shops: statuses,
-        connectors: infos,
+        registry,
         services: services.clone(),
-    }));
+    }))
+    .merge(admin);
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

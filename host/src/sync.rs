@@ -17,6 +17,7 @@ use crate::runtime::bindings::berth::connector::types::{
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::retry::{ErrorKind, Job};
+use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
 use serde::Serialize;
@@ -39,6 +40,8 @@ pub struct ShopStatus {
     pub duplicates_skipped: u64,
     pub throttled: u64,
     pub errors: u64,
+    /// Paused by ops (the connector or this shop).
+    pub paused: bool,
     pub watermark_ms: Option<i64>,
     pub last_success_ms: Option<i64>,
     pub last_error: Option<String>,
@@ -49,7 +52,8 @@ pub type SharedStatus = Arc<Mutex<ShopStatus>>;
 pub struct ShopWorker {
     pub shop: String,
     pub config: Arc<ShopConfig>,
-    pub connector: Arc<LoadedConnector>,
+    /// Resolved per step, so a newly activated version is used from the next page on.
+    pub connector: Arc<ConnectorSlot>,
     pub store: Arc<OrderStore>,
     pub inbox: OrderInbox,
     pub defaults: SyncDefaults,
@@ -114,7 +118,6 @@ impl ShopWorker {
             "shop_sync",
             shop = %self.shop,
             connector = %self.connector.name,
-            version = %self.connector.version()
         );
         async move {
             let poll = Duration::from_secs(self.config.poll_interval_secs());
@@ -123,7 +126,18 @@ impl ShopWorker {
                 if *shutdown.borrow() {
                     break;
                 }
-                let step = self.step().await;
+                if self.connector.is_paused(&self.shop) {
+                    self.update(|s| s.paused = true);
+                    tokio::select! {
+                        _ = self.connector.resumed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                self.update(|s| s.paused = false);
+                let conn = self.connector.for_shop(&self.shop);
+                let step = self.step(&conn).instrument(tracing::info_span!("pull", version = %conn.version())).await;
                 // Only an idle wait is cut short by a wake-up, never a throttle or backoff.
                 let idle = matches!(step, Ok(Next::Idle));
                 let wait = match step {
@@ -138,7 +152,7 @@ impl ShopWorker {
                     Ok(Next::Wait(d)) => d,
                     Err(StepError::Failed(kind, why)) => {
                         attempt = attempt.saturating_add(1);
-                        let policy = self.connector.retry_policy(Job::Pull);
+                        let policy = self.connector.current().retry_policy(Job::Pull);
                         if policy.retries(kind, attempt) {
                             let d = policy.delay(attempt);
                             tracing::warn!(attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
@@ -188,7 +202,7 @@ impl ShopWorker {
     }
 
     /// The window to read next, or `None` when caught up.
-    fn next_window(&self, state: &SyncState, now: i64) -> Option<WindowProgress> {
+    fn next_window(&self, conn: &LoadedConnector, state: &SyncState, now: i64) -> Option<WindowProgress> {
         if let Some(cur) = &state.current {
             return Some(cur.clone());
         }
@@ -203,29 +217,29 @@ impl ShopWorker {
             }
             None => edge - self.defaults.initial_lookback_hours as i64 * 3_600_000,
         };
-        let width = self.connector.manifest.max_window_ms.map(|w| w as i64).unwrap_or(i64::MAX);
+        let width = conn.manifest.max_window_ms.map(|w| w as i64).unwrap_or(i64::MAX);
         let end = edge.min(start.saturating_add(width));
         (end > start).then_some(WindowProgress { start_ms: start, end_ms: end, cursor: None })
     }
 
-    async fn step(&self) -> Result<Next, StepError> {
+    async fn step(&self, conn: &LoadedConnector) -> Result<Next, StepError> {
         let state = self.store.sync_state(&self.shop).map_err(|e| StepError::Pause(e.to_string()))?;
         let now = now_ms();
-        let Some(window) = self.next_window(&state, now) else {
+        let Some(window) = self.next_window(conn, &state, now) else {
             return Ok(Next::Idle);
         };
         let req = PullRequest {
             window: TimeWindow { start_ms: window.start_ms, end_ms: window.end_ms },
             page_cursor: window.cursor.clone(),
         };
-        let page = match self.connector.pull_orders(&self.shop, self.config.clone(), &req).await {
+        let page = match conn.pull_orders(&self.shop, self.config.clone(), &req).await {
             Err(call) => return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string())),
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
                 self.update(|s| s.throttled += 1);
                 // Honour the platform's wait, bounded so a garbage value cannot park a shop forever.
                 let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                return Ok(Next::Wait(self.connector.note_throttle(&self.shop, &self.config, wait)));
+                return Ok(Next::Wait(conn.note_throttle(&self.shop, &self.config, wait)));
             }
             Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Failed(ErrorKind::Transient, why)),
             Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Failed(ErrorKind::Auth, why)),
@@ -239,7 +253,7 @@ impl ShopWorker {
                 };
                 if window.cursor.is_some() {
                     self.store
-                        .commit_page(&self.source(), &[], &restart)
+                        .commit_page(&self.source(conn), &[], &restart)
                         .await
                         .map_err(|e| StepError::Pause(e.to_string()))?;
                 }
@@ -263,8 +277,8 @@ impl ShopWorker {
             if self.store.is_new(&self.shop, o).map_err(|e| StepError::Pause(e.to_string()))? {
                 fresh.push(QueuedOrder {
                     shop: self.shop.clone(),
-                    platform: self.connector.manifest.platform.clone(),
-                    connector_version: self.connector.version().to_string(),
+                    platform: conn.manifest.platform.clone(),
+                    connector_version: conn.version().to_string(),
                     order: o.clone(),
                 });
             }
@@ -275,7 +289,7 @@ impl ShopWorker {
             .map_err(|e| StepError::Failed(ErrorKind::Transient, format!("cannot queue orders: {e}")))?;
         let outcome = self
             .store
-            .commit_page(&self.source(), &orders, &next_state)
+            .commit_page(&self.source(conn), &orders, &next_state)
             .await
             .map_err(|e| StepError::Pause(format!("cannot store orders: {e}")))?;
         tracing::debug!(added = outcome.added, duplicates = outcome.duplicates, window_done = done, "page stored");
@@ -298,12 +312,8 @@ impl ShopWorker {
         Ok(if behind { Next::Continue } else { Next::Idle })
     }
 
-    fn source(&self) -> PageSource<'_> {
-        PageSource {
-            shop: &self.shop,
-            platform: &self.connector.manifest.platform,
-            connector_version: self.connector.version(),
-        }
+    fn source<'a>(&'a self, conn: &'a LoadedConnector) -> PageSource<'a> {
+        PageSource { shop: &self.shop, platform: &conn.manifest.platform, connector_version: conn.version() }
     }
 }
 

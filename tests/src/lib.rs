@@ -189,3 +189,41 @@ pub async fn get_json(url: String) -> serde_json::Value {
         Err(_) => serde_json::Value::Null,
     }
 }
+
+/// The same component with a custom section appended: identical behaviour, another
+/// digest — a stand-in for a rebuilt version in deploy tests.
+pub fn component_variant(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"berth-test-variant";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Run a `berth` admin command (deploy, rollback, ...) with `BERTH_TOKEN` set; returns
+/// (exit code, stdout, stderr).
+pub fn berth_admin(url: &str, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(berth_bin())
+        .args(args)
+        .args(["--url", url])
+        .env("BERTH_TOKEN", token)
+        .output()
+        .expect("run berth");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

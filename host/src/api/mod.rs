@@ -1,6 +1,7 @@
 //! The HTTP API: ERP-facing order reads and leases, stock submissions, shop and
 //! connector status, health.
 
+pub mod admin;
 pub mod stock;
 
 use crate::inbox::{LeasedOrder, OrderInbox};
@@ -39,7 +40,7 @@ pub struct ApiState {
     pub webhooks: std::collections::BTreeMap<String, crate::ingest::WebhookShop>,
     pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
     pub shops: Vec<SharedStatus>,
-    pub connectors: Vec<ConnectorInfo>,
+    pub registry: Arc<crate::registry::ConnectorRegistry>,
     pub services: Arc<crate::runtime::state::HostServices>,
 }
 
@@ -324,11 +325,24 @@ async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {
 }
 
 async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorInfo>> {
-    let mut out = st.connectors.clone();
-    for c in &mut out {
-        c.http_refusals = st.services.http.refusals(&c.name);
-    }
-    Json(out)
+    Json(
+        st.registry
+            .slots()
+            .iter()
+            .map(|(name, slot)| {
+                let c = slot.current();
+                ConnectorInfo {
+                    name: name.clone(),
+                    platform: c.manifest.platform.clone(),
+                    version: c.version().to_string(),
+                    wit_version: c.manifest.wit_version.clone(),
+                    digest: c.digest.clone(),
+                    allowed_hosts: c.manifest.allowed_hosts.clone(),
+                    http_refusals: st.services.http.refusals(name),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// How berth calls one platform right now.
@@ -354,7 +368,7 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
     let mut held = services.limits.held();
     let mut standby = services.standby.status();
     let names: std::collections::BTreeSet<String> =
-        st.connectors.iter().map(|c| c.platform.clone()).chain(held.keys().cloned()).chain(standby.keys().cloned()).collect();
+        st.registry.slots().values().map(|c| c.platform.clone()).chain(held.keys().cloned()).chain(standby.keys().cloned()).collect();
     Json(
         names
             .into_iter()
@@ -382,7 +396,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
-    if st.connectors.is_empty() {
+    if st.registry.slots().is_empty() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no connectors loaded");
     }
     match tokio::time::timeout(std::time::Duration::from_secs(5), st.store.probe_writable()).await {

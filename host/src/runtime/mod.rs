@@ -98,34 +98,43 @@ impl ConnectorRuntime {
     }
 
     /// Compile, or load from the on-disk cache, a component's bytes.
-    fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+    /// Compile on a blocking thread (it takes seconds), or load the cached artifact.
+    async fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
         let cached = self.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key()));
-        if cached.exists() {
-            // Safety: the file was written by `Component::serialize` of this same engine
-            // configuration (the name carries the digest and the engine's compatibility
-            // hash), in a directory only berth writes.
-            match unsafe { Component::deserialize_file(&self.engine.engine, &cached) } {
-                Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %cached.display(), error = %e, "ignoring unusable compiled cache entry"),
-            }
-        }
-        let component = Component::new(&self.engine.engine, bytes)
-            .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), message: format!("{e}") })?;
-        match component.serialize() {
-            Ok(blob) => {
-                let tmp = cached.with_extension("tmp");
-                if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &cached)) {
-                    tracing::warn!(path = %cached.display(), error = %e, "cannot write compiled cache entry");
+        let engine = self.engine.engine.clone();
+        let (path, bytes, short) = (path.to_path_buf(), bytes.to_vec(), digest[..12].to_string());
+        let job = tokio::task::spawn_blocking(move || {
+            if cached.exists() {
+                // Safety: the file was written by `Component::serialize` of this same engine
+                // configuration (the name carries the digest and the engine's compatibility
+                // hash), in a directory only berth writes.
+                match unsafe { Component::deserialize_file(&engine, &cached) } {
+                    Ok(c) => {
+                        tracing::debug!(digest = %short, "component loaded from the compile cache");
+                        return Ok(c);
+                    }
+                    Err(e) => tracing::warn!(path = %cached.display(), error = %e, "ignoring unusable compiled cache entry"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
-        }
-        Ok(component)
+            let started = std::time::Instant::now();
+            let component = Component::new(&engine, &bytes)
+                .map_err(|e| LoadError::NotAComponent { path: path.clone(), message: format!("{e}") })?;
+            tracing::info!(digest = %short, ms = started.elapsed().as_millis() as u64, "component compiled");
+            match component.serialize() {
+                Ok(blob) => {
+                    let tmp = cached.with_extension("tmp");
+                    if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                        tracing::warn!(path = %cached.display(), error = %e, "cannot write compiled cache entry");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
+            }
+            Ok(component)
+        });
+        job.await.map_err(|e| LoadError::Engine(format!("the compile task failed: {e}")))?
     }
 
-    /// Load a connector component: compile (or reuse the cache), check it against the
-    /// world, read its manifest, and grant it the declared hosts ops grant (all when
-    /// `grants` is `None`) plus `extra_hosts`.
+    /// Load a connector component from a file (see [`ConnectorRuntime::load_bytes`]).
     pub async fn load(
         self: &Arc<Self>,
         name: &str,
@@ -134,8 +143,24 @@ impl ConnectorRuntime {
         extra_hosts: &[String],
     ) -> Result<LoadedConnector, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let component = self.compile(path, &bytes, &digest)?;
+        self.load_bytes(name, path, &bytes, grants, extra_hosts).await
+    }
+
+    /// Load a connector component: compile (or reuse the cache), check it against the
+    /// world, read its manifest, and grant it the declared hosts ops grant (all when
+    /// `grants` is `None`) plus `extra_hosts`. `origin` names where the bytes came from
+    /// in errors.
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        name: &str,
+        origin: &Path,
+        bytes: &[u8],
+        grants: Option<&[String]>,
+        extra_hosts: &[String],
+    ) -> Result<LoadedConnector, LoadError> {
+        let path = origin;
+        let digest = digest(bytes);
+        let component = self.compile(path, bytes, &digest).await?;
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
@@ -163,6 +188,11 @@ impl ConnectorRuntime {
         tracing::info!(connector = name, version = %loaded.version, digest = &digest[..12], platform = %loaded.manifest.platform, "connector loaded");
         Ok(loaded)
     }
+}
+
+/// A component's identity: the sha256 of its bytes, hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A call that failed because berth's own rate limiter held its request back is a

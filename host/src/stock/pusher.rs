@@ -10,6 +10,7 @@ use crate::clock::now_ms;
 use crate::config::ShopConfig;
 use crate::retry::{ErrorKind, Job};
 use crate::runtime::bindings::berth::connector::types::{ConnectorError, StockUpdate, UpdateResult};
+use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -36,7 +37,8 @@ pub type SharedPushStatus = Arc<Mutex<PushStatus>>;
 pub struct ShopPusher {
     pub shop: String,
     pub config: Arc<ShopConfig>,
-    pub connector: Arc<LoadedConnector>,
+    /// Resolved per batch, so a newly activated version pushes the next batch.
+    pub connector: Arc<ConnectorSlot>,
     pub ledger: Arc<StockLedger>,
     /// Notified when the ERP submits new quantities for this shop.
     pub wake: Arc<Notify>,
@@ -84,14 +86,22 @@ impl ShopPusher {
             "stock_push",
             shop = %self.shop,
             connector = %self.connector.name,
-            version = %self.connector.version()
         );
         async move {
             loop {
                 if *shutdown.borrow() {
                     break;
                 }
-                let next = match self.step().await {
+                if self.connector.is_paused(&self.shop) {
+                    tokio::select! {
+                        _ = self.connector.resumed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                let conn = self.connector.for_shop(&self.shop);
+                let next = match self.step(&conn).instrument(tracing::info_span!("push", version = %conn.version())).await {
                     Ok(n) => n,
                     Err(why) => {
                         tracing::error!(error = %why, "stock ledger failed; retrying shortly");
@@ -130,8 +140,8 @@ impl ShopPusher {
 
     /// The whole batch failed with `kind`: back off per the platform's retry policy, or
     /// move straight to the dead letters when the policy does not retry `kind`.
-    async fn fail_all(&self, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Next, String> {
-        let policy = self.connector.retry_policy(Job::Push);
+    async fn fail_all(&self, conn: &LoadedConnector, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Next, String> {
+        let policy = conn.retry_policy(Job::Push);
         let retried = policy.retry_on.contains(&kind);
         let outcome = if retried {
             tracing::warn!(skus = batch.len(), kind = kind.name(), error = %why, "stock push failed; SKUs back off");
@@ -146,7 +156,7 @@ impl ShopPusher {
         Ok(Next::Now)
     }
 
-    async fn step(&self) -> Result<Next, String> {
+    async fn step(&self, conn: &LoadedConnector) -> Result<Next, String> {
         let now = now_ms();
         let batch = self.ledger.due(&self.shop, now, self.batch_size).map_err(|e| e.to_string())?;
         if batch.is_empty() {
@@ -158,30 +168,30 @@ impl ShopPusher {
         self.ledger.durable().await.map_err(|e| e.to_string())?;
         let updates: Vec<StockUpdate> = batch.iter().map(|r| StockUpdate { sku: r.sku.clone(), quantity: r.quantity }).collect();
         self.update(|s| s.calls += 1);
-        let answer = self.connector.push_inventory(&self.shop, self.config.clone(), &updates).await;
+        let answer = conn.push_inventory(&self.shop, self.config.clone(), &updates).await;
         let results = match answer {
-            Err(call) => return self.fail_all(&batch, ErrorKind::of_call(&call), call.to_string()).await,
+            Err(call) => return self.fail_all(conn, &batch, ErrorKind::of_call(&call), call.to_string()).await,
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
                 let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                return Ok(Next::Park(self.connector.note_throttle(&self.shop, &self.config, wait)));
+                return Ok(Next::Park(conn.note_throttle(&self.shop, &self.config, wait)));
             }
             Ok(Err(ConnectorError::Auth(why))) => {
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
                 self.note_error(format!("auth: {why}"));
                 return Ok(Next::Park(self.error_pause));
             }
-            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(&batch, ErrorKind::Transient, why).await,
-            Ok(Err(ConnectorError::Permanent(why))) => return self.fail_all(&batch, ErrorKind::Permanent, why).await,
-            Ok(Err(ConnectorError::InvalidInput(why))) => return self.fail_all(&batch, ErrorKind::InvalidInput, why).await,
+            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(conn, &batch, ErrorKind::Transient, why).await,
+            Ok(Err(ConnectorError::Permanent(why))) => return self.fail_all(conn, &batch, ErrorKind::Permanent, why).await,
+            Ok(Err(ConnectorError::InvalidInput(why))) => return self.fail_all(conn, &batch, ErrorKind::InvalidInput, why).await,
             Ok(Ok(results)) => results,
         };
         let settled = outcomes(&batch, results);
         if settled.is_empty() {
             // Without this a connector that answers for nothing would be called in a loop.
             let why = "the connector answered for none of the SKUs it was given".to_string();
-            return self.fail_all(&batch, ErrorKind::Transient, why).await;
+            return self.fail_all(conn, &batch, ErrorKind::Transient, why).await;
         }
         let accepted = settled.iter().filter(|o| o.3 == PushOutcome::Accepted).count() as u64;
         let rejected = settled.len() as u64 - accepted;

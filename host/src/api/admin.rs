@@ -1,0 +1,268 @@
+//! The ops API under `/v1/admin`: connectors and their versions, deploy, activate,
+//! rollback, pause and resume, and the audit log. Every call needs a bearer token with a
+//! role (`[admin] tokens`); every call that changes something — or tried to — is written
+//! to the audit log before it is answered.
+
+use super::error;
+use crate::audit::{AuditEntry, AuditLog};
+use crate::auth::{AdminAuth, AuthError, Caller};
+use crate::clock::now_ms;
+use crate::config::Role;
+use crate::registry::{ConnectorRegistry, DeployError};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub struct AdminState {
+    pub registry: Arc<ConnectorRegistry>,
+    pub auth: Arc<AdminAuth>,
+    pub audit: Arc<AuditLog>,
+    /// Shop -> its connector.
+    pub shops: BTreeMap<String, String>,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/admin/connectors", get(list))
+        .route("/v1/admin/connectors/{name}", get(one))
+        .route("/v1/admin/connectors/{name}/versions", post(deploy).layer(DefaultBodyLimit::disable()))
+        .route("/v1/admin/connectors/{name}/activate", post(activate))
+        .route("/v1/admin/connectors/{name}/rollback", post(rollback))
+        .route("/v1/admin/connectors/{name}/pause", post(|s, p, h| pause_connector(s, p, h, true)))
+        .route("/v1/admin/connectors/{name}/resume", post(|s, p, h| pause_connector(s, p, h, false)))
+        .route("/v1/admin/shops/{shop}/pause", post(|s, p, h| pause_shop(s, p, h, true)))
+        .route("/v1/admin/shops/{shop}/resume", post(|s, p, h| pause_shop(s, p, h, false)))
+        .route("/v1/admin/audit", get(audit))
+        .with_state(state)
+}
+
+/// What an audited call was about.
+struct Action<'a> {
+    name: &'static str,
+    target: &'a str,
+}
+
+impl AdminState {
+    fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
+        let entry = AuditEntry {
+            at_ms: now_ms(),
+            who: who.to_string(),
+            action: action.name.to_string(),
+            target: action.target.to_string(),
+            digest: digest.map(String::from),
+            outcome: outcome.to_string(),
+            detail,
+        };
+        self.audit.append(&entry).map_err(|e| {
+            tracing::error!(error = %e, action = action.name, "cannot write the audit log");
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("the audit log cannot be written ({e}); the call was not answered normally"))
+        })
+    }
+
+    /// Check the caller; a refused change is audited too (`action` is `None` for reads).
+    fn caller(&self, headers: &HeaderMap, need: Role, action: Option<&Action<'_>>) -> Result<Caller, Response> {
+        let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        self.auth.authorize(header, need).map_err(|e| {
+            let (status, outcome, who) = match &e {
+                AuthError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "-".to_string()),
+                AuthError::Forbidden { name, .. } => (StatusCode::FORBIDDEN, "forbidden", name.clone()),
+            };
+            if let Some(a) = action {
+                if let Err(resp) = self.record(&who, a, None, outcome, e.to_string()) {
+                    return resp;
+                }
+            }
+            let mut resp = error(status, e.to_string());
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            }
+            resp
+        })
+    }
+
+    /// Audit how a change ended and answer it.
+    fn answer<T: serde::Serialize>(
+        &self,
+        caller: &Caller,
+        action: &Action<'_>,
+        digest: Option<&str>,
+        result: Result<(StatusCode, T), DeployError>,
+    ) -> Response {
+        match result {
+            Ok((status, body)) => match self.record(&caller.name, action, digest, "ok", String::new()) {
+                Ok(()) => (status, Json(body)).into_response(),
+                Err(resp) => resp,
+            },
+            Err(e) => {
+                let status = status_of(&e);
+                let outcome = if status.is_server_error() { "failed" } else { "refused" };
+                match self.record(&caller.name, action, digest, outcome, e.to_string()) {
+                    Ok(()) => error(status, e.to_string()),
+                    Err(resp) => resp,
+                }
+            }
+        }
+    }
+}
+
+fn status_of(e: &DeployError) -> StatusCode {
+    match e {
+        DeployError::UnknownConnector(_) | DeployError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::Invalid(_) | DeployError::PlatformChanged { .. } | DeployError::HostsNotGranted { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DeployError::NothingToRollBack(_) => StatusCode::CONFLICT,
+        DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn list(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+        return resp;
+    }
+    let views: Result<Vec<_>, _> = st.registry.slots().keys().map(|n| st.registry.view(n)).collect();
+    match views {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(status_of(&e), e.to_string()),
+    }
+}
+
+async fn one(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+        return resp;
+    }
+    match st.registry.view(&name) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(status_of(&e), e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// Make the version active (default); `false` only stores it.
+    activate: Option<bool>,
+}
+
+async fn deploy(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Query(q): Query<DeployQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let action = Action { name: "deploy", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let max = st.auth.max_component_bytes();
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = DeployError::TooLarge { size: max + 1, max };
+            let why = format!("the upload is larger than {max} bytes (admin.max_component_mb)");
+            return match st.record(&caller.name, &action, None, "refused", why.clone()) {
+                Ok(()) => error(status_of(&e), why),
+                Err(resp) => resp,
+            };
+        }
+    };
+    let digest = crate::runtime::digest(&bytes);
+    let result = st
+        .registry
+        .deploy(&name, &bytes, &caller.name, q.activate.unwrap_or(true))
+        .await
+        .map(|d| (if d.known { StatusCode::OK } else { StatusCode::CREATED }, d));
+    st.answer(&caller, &action, Some(&digest), result)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateRequest {
+    digest: String,
+}
+
+async fn activate(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: super::JsonBody<ActivateRequest>,
+) -> Response {
+    let action = Action { name: "activate", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let req = match super::body_or_400(body, r#"{"digest": "<sha256 hex of a deployed version>"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.activate(&name, &req.digest).await.map(|v| (StatusCode::OK, v));
+    st.answer(&caller, &action, Some(&req.digest), result)
+}
+
+async fn rollback(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let action = Action { name: "rollback", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.rollback(&name).await;
+    let digest = result.as_ref().ok().map(|(_, to)| to.digest.clone());
+    let result = result.map(|(from, to)| (StatusCode::OK, serde_json::json!({ "from": from, "to": to })));
+    st.answer(&caller, &action, digest.as_deref(), result)
+}
+
+async fn pause_connector(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, paused: bool) -> Response {
+    let action = Action { name: if paused { "pause" } else { "resume" }, target: &name };
+    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.set_paused(&name, None, paused).await.map(|()| (StatusCode::OK, serde_json::json!({ "connector": name, "paused": paused })));
+    st.answer(&caller, &action, None, result)
+}
+
+async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, paused: bool) -> Response {
+    let target = format!("shop:{shop}");
+    let action = Action { name: if paused { "pause" } else { "resume" }, target: &target };
+    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let Some(connector) = st.shops.get(&shop) else {
+        let why = format!("no shop `{shop}` is configured");
+        return match st.record(&caller.name, &action, None, "refused", why.clone()) {
+            Ok(()) => error(StatusCode::NOT_FOUND, why),
+            Err(resp) => resp,
+        };
+    };
+    let result = st
+        .registry
+        .set_paused(connector, Some(&shop), paused)
+        .await
+        .map(|()| (StatusCode::OK, serde_json::json!({ "shop": shop, "paused": paused })));
+    st.answer(&caller, &action, None, result)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(State(st): State<Arc<AdminState>>, Query(q): Query<AuditQuery>, headers: HeaderMap) -> Response {
+    if let Err(resp) = st.caller(&headers, Role::Admin, None) {
+        return resp;
+    }
+    match st.audit.tail(q.limit.unwrap_or(100).clamp(1, 10_000)) {
+        Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")),
+    }
+}
