@@ -72,7 +72,7 @@ pub async fn ingest(
             .take(MAX_HEADERS)
             .collect();
         let req = WebhookRequest { headers, body };
-        let events = match conn.handle_webhook(shop, target.config.clone(), &req).await {
+        let events = match target.connector.handle_webhook(&conn, shop, target.config.clone(), &req).await {
             Err(call) => return Err(IngestError::Unavailable(call.to_string())),
             Ok(Err(ConnectorError::Auth(why))) => return Err(IngestError::Unauthorized(why)),
             Ok(Err(ConnectorError::InvalidInput(why) | ConnectorError::Permanent(why))) => {

@@ -49,6 +49,55 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Route some shops to a deployed version; it is rolled back by itself when its
+    /// failure rate crosses --max-failure-rate over --window-secs.
+    Canary {
+        connector: String,
+        digest: String,
+        /// Share of the connector's shops, in percent (at least one shop).
+        #[arg(long, conflicts_with = "shops")]
+        share: Option<u32>,
+        /// Exactly these shops (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        shops: Option<Vec<String>>,
+        #[arg(long, default_value_t = 0.05)]
+        max_failure_rate: f64,
+        #[arg(long, default_value_t = 300)]
+        window_secs: u64,
+        #[arg(long, default_value_t = 20)]
+        min_calls: u64,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Make the candidate (the canary's, else the shadow's) active for every shop.
+    /// Refused while its shadow run found differences, unless --force.
+    Promote {
+        connector: String,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Run a deployed version as a shadow of the active one: same inputs, recorded
+    /// platform answers, outputs compared field by field (nothing is sent or stored).
+    Shadow {
+        connector: String,
+        digest: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Stop the shadow run and print its report.
+    ShadowStop {
+        connector: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Send the canary's shops back to the active version.
+    AbortCanary {
+        connector: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Stop calling a connector (or one shop with --shop) until `berth resume`.
     Pause {
         connector: Option<String>,
@@ -159,6 +208,29 @@ async fn admin_command(cmd: Command) -> ExitCode {
             }
             Command::Resume { connector, shop, server } => {
                 let path = pause_path(connector, shop, "resume")?;
+                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::Canary { connector, digest, share, shops, max_failure_rate, window_secs, min_calls, server } => {
+                let body = Body::Json(serde_json::json!({
+                    "digest": digest, "share_percent": share, "shops": shops,
+                    "max_failure_rate": max_failure_rate, "window_secs": window_secs, "min_calls": min_calls,
+                }));
+                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/canary"), body).await
+            }
+            Command::Promote { connector, force, server } => {
+                let body = Body::Json(serde_json::json!({ "force": force }));
+                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/promote"), body).await
+            }
+            Command::Shadow { connector, digest, server } => {
+                let body = Body::Json(serde_json::json!({ "digest": digest }));
+                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/shadow"), body).await
+            }
+            Command::ShadowStop { connector, server } => {
+                let path = format!("/v1/admin/connectors/{connector}/shadow/stop");
+                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::AbortCanary { connector, server } => {
+                let path = format!("/v1/admin/connectors/{connector}/canary/abort");
                 AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,

@@ -90,8 +90,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let registry_store = crate::registry::RegistryStore::open(store.db(), store.commit()).map_err(StartError::Registry)?;
     let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
+    let mut shops_by_connector: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (shop, sc) in &cfg.shops {
+        shops_by_connector.entry(sc.connector.clone()).or_default().push(shop.clone());
+    }
     let registry = Arc::new(
-        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, admin_auth.max_component_bytes())
+        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, shops_by_connector, admin_auth.max_component_bytes())
             .await
             .map_err(|e| match e {
                 crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
@@ -191,6 +195,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         stock_shops.insert(shop.clone(), api::stock::StockShop { connector: sc.connector.clone(), pusher });
     }
 
+    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), shutdown_rx.clone())));
     let admin = api::admin::router(Arc::new(api::admin::AdminState {
         registry: registry.clone(),
         auth: admin_auth,

@@ -222,7 +222,7 @@ impl ShopWorker {
         (end > start).then_some(WindowProgress { start_ms: start, end_ms: end, cursor: None })
     }
 
-    async fn step(&self, conn: &LoadedConnector) -> Result<Next, StepError> {
+    async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, StepError> {
         let state = self.store.sync_state(&self.shop).map_err(|e| StepError::Pause(e.to_string()))?;
         let now = now_ms();
         let Some(window) = self.next_window(conn, &state, now) else {
@@ -232,7 +232,7 @@ impl ShopWorker {
             window: TimeWindow { start_ms: window.start_ms, end_ms: window.end_ms },
             page_cursor: window.cursor.clone(),
         };
-        let page = match conn.pull_orders(&self.shop, self.config.clone(), &req).await {
+        let page = match self.connector.pull_orders(conn, &self.shop, self.config.clone(), &req).await {
             Err(call) => return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string())),
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");

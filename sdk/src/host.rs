@@ -56,6 +56,9 @@ pub fn send(req: &Request) -> Result<Response, ConnectorError> {
             ConnectorError::Transient(format!("response exceeded the host's {cap}-byte cap"))
         }
         HttpError::InvalidRequest(why) => ConnectorError::InvalidInput(why),
+        // The host's limiter held the request back: park the shop, no retry spent.
+        #[cfg(not(feature = "wit-0-1"))]
+        HttpError::Throttled(ms) => ConnectorError::RateLimited(ms),
     })
 }
 

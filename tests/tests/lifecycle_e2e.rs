@@ -192,7 +192,7 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
         ("operator", Some(OPERATOR), "shopify", good.clone(), 403, "needs Deployer"),
         ("not wasm", Some(DEPLOYER), "shopify", b"#!/bin/sh\necho hi\n".to_vec(), 422, "not a WebAssembly component"),
         // An empty component: valid wasm, but not the connector world.
-        ("wrong world", Some(DEPLOYER), "shopify", b"\0asm\x0d\0\x01\0".to_vec(), 422, "does not fit the berth:connector"),
+        ("wrong world", Some(DEPLOYER), "shopify", b"\0asm\x0d\0\x01\0".to_vec(), 422, "does not fit a berth:connector world"),
         ("oversize", Some(DEPLOYER), "shopify", vec![0u8; 1024 * 1024 + 10], 413, "larger than 1048576 bytes"),
         ("other platform", Some(DEPLOYER), "shopify", std::fs::read(plugins::TAOBAO).unwrap(), 422, "for platform `taobao`"),
         ("unknown connector", Some(DEPLOYER), "jd", good.clone(), 404, "not configured"),

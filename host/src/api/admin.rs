@@ -1,5 +1,6 @@
 //! The ops API under `/v1/admin`: connectors and their versions, deploy, activate,
-//! rollback, pause and resume, and the audit log. Every call needs a bearer token with a
+//! rollback, shadow runs, canary (start, promote, abort), pause and resume, and the
+//! audit log. Every call needs a bearer token with a
 //! role (`[admin] tokens`); every call that changes something — or tried to — is written
 //! to the audit log before it is answered.
 
@@ -34,6 +35,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/connectors/{name}/versions", post(deploy).layer(DefaultBodyLimit::disable()))
         .route("/v1/admin/connectors/{name}/activate", post(activate))
         .route("/v1/admin/connectors/{name}/rollback", post(rollback))
+        .route("/v1/admin/connectors/{name}/canary", post(canary))
+        .route("/v1/admin/connectors/{name}/canary/abort", post(abort_canary))
+        .route("/v1/admin/connectors/{name}/promote", post(promote))
+        .route("/v1/admin/connectors/{name}/shadow", post(start_shadow).get(shadow_report))
+        .route("/v1/admin/connectors/{name}/shadow/stop", post(stop_shadow))
         .route("/v1/admin/connectors/{name}/pause", post(|s, p, h| pause_connector(s, p, h, true)))
         .route("/v1/admin/connectors/{name}/resume", post(|s, p, h| pause_connector(s, p, h, false)))
         .route("/v1/admin/shops/{shop}/pause", post(|s, p, h| pause_shop(s, p, h, true)))
@@ -118,7 +124,9 @@ fn status_of(e: &DeployError) -> StatusCode {
         DeployError::Invalid(_) | DeployError::PlatformChanged { .. } | DeployError::HostsNotGranted { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        DeployError::NothingToRollBack(_) => StatusCode::CONFLICT,
+        DeployError::NothingToRollBack(_) | DeployError::NoCanary(_) | DeployError::CanaryRunning(_) => StatusCode::CONFLICT,
+        DeployError::BadCanary(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::NoCandidate(_) | DeployError::ShadowMismatch { .. } | DeployError::ShadowRunning(_) => StatusCode::CONFLICT,
         DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -218,6 +226,110 @@ async fn rollback(State(st): State<Arc<AdminState>>, Path(name): Path<String>, h
     let digest = result.as_ref().ok().map(|(_, to)| to.digest.clone());
     let result = result.map(|(from, to)| (StatusCode::OK, serde_json::json!({ "from": from, "to": to })));
     st.answer(&caller, &action, digest.as_deref(), result)
+}
+
+async fn canary(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: super::JsonBody<crate::registry::CanaryRequest>,
+) -> Response {
+    let action = Action { name: "canary", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let expected = r#"{"digest": "<sha256>", "share_percent": 10 | "shops": ["a"], "max_failure_rate": 0.05, "window_secs": 300, "min_calls": 20}"#;
+    let req = match super::body_or_400(body, expected) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.start_canary(&name, &req, &caller.name).await.map(|plan| (StatusCode::CREATED, plan));
+    st.answer(&caller, &action, Some(&req.digest), result)
+}
+
+async fn abort_canary(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let action = Action { name: "canary-abort", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.abort_canary(&name).await;
+    let digest = result.as_ref().ok().map(|e| e.digest.clone());
+    st.answer(&caller, &action, digest.as_deref(), result.map(|e| (StatusCode::OK, e)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    /// Promote even though the shadow run found differences.
+    #[serde(default)]
+    force: bool,
+}
+
+async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let action = Action { name: "promote", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let req: PromoteRequest = if body.is_empty() {
+        PromoteRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"force\": true}} or no body")),
+        }
+    };
+    let result = st.registry.promote(&name, req.force).await;
+    let digest = result.as_ref().ok().map(|e| e.digest.clone());
+    st.answer(&caller, &action, digest.as_deref(), result.map(|e| (StatusCode::OK, e)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowRequest {
+    digest: String,
+}
+
+async fn start_shadow(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: super::JsonBody<ShadowRequest>,
+) -> Response {
+    let action = Action { name: "shadow", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let req = match super::body_or_400(body, r#"{"digest": "<sha256 of a deployed version>"}"#) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.start_shadow(&name, &req.digest).await.map(|r| (StatusCode::CREATED, r));
+    st.answer(&caller, &action, Some(&req.digest), result)
+}
+
+async fn stop_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let action = Action { name: "shadow-stop", target: &name };
+    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let result = st.registry.stop_shadow(&name).await;
+    let digest = result.as_ref().ok().map(|r| r.digest.clone());
+    st.answer(&caller, &action, digest.as_deref(), result.map(|r| (StatusCode::OK, r)))
+}
+
+async fn shadow_report(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+        return resp;
+    }
+    match st.registry.view(&name) {
+        Ok(v) => Json(serde_json::json!({ "running": v.shadow, "last": v.last_shadow })).into_response(),
+        Err(e) => error(status_of(&e), e.to_string()),
+    }
 }
 
 async fn pause_connector(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, paused: bool) -> Response {

@@ -7,6 +7,7 @@
 //! version (perhaps deployed through the admin API) stays. Compiled code is cached on
 //! disk by digest and engine settings, so neither a restart nor a re-deploy recompiles.
 
+pub mod shadow;
 pub mod slot;
 pub mod store;
 
@@ -19,7 +20,7 @@ pub use slot::ConnectorSlot;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-pub use store::{ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
+pub use store::{CanaryEnd, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -37,6 +38,18 @@ pub enum DeployError {
     UnknownVersion { connector: String, digest: String },
     #[error("connector `{0}` has no earlier version to roll back to")]
     NothingToRollBack(String),
+    #[error("connector `{0}` has no canary running; start one with POST /v1/admin/connectors/{0}/canary")]
+    NoCanary(String),
+    #[error("connector `{0}` already runs a canary; promote or abort it first")]
+    CanaryRunning(String),
+    #[error("bad canary request: {0}")]
+    BadCanary(String),
+    #[error("connector `{0}` has no candidate to promote: start a canary or a shadow run first")]
+    NoCandidate(String),
+    #[error("promotion refused: the shadow run of {digest} is not a complete match: {why}; promote with force to override")]
+    ShadowMismatch { digest: String, why: String },
+    #[error("connector `{0}` already runs a shadow; stop it first")]
+    ShadowRunning(String),
     #[error(transparent)]
     Storage(#[from] RegistryStoreError),
 }
@@ -61,6 +74,54 @@ pub struct ConnectorView {
     pub versions: Vec<VersionRecord>,
     pub paused: bool,
     pub paused_shops: Vec<String>,
+    pub canary: Option<CanaryView>,
+    pub last_canary: Option<CanaryEnd>,
+    /// The running shadow's report, and the last finished one.
+    pub shadow: Option<shadow::ShadowReport>,
+    pub last_shadow: Option<shadow::ShadowReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CanaryView {
+    pub plan: CanaryPlan,
+    pub version: String,
+    /// The candidate's calls and failures over the plan's window.
+    pub tally: crate::runtime::call_stats::Tally,
+}
+
+/// What a canary request asks for.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRequest {
+    pub digest: String,
+    /// Route this share of the connector's shops (at least one) to the candidate...
+    pub share_percent: Option<u32>,
+    /// ...or exactly these shops.
+    pub shops: Option<Vec<String>>,
+    #[serde(default = "five_percent")]
+    pub max_failure_rate: f64,
+    #[serde(default = "five_minutes")]
+    pub window_secs: u64,
+    #[serde(default = "twenty")]
+    pub min_calls: u64,
+}
+
+fn five_percent() -> f64 {
+    0.05
+}
+fn five_minutes() -> u64 {
+    300
+}
+fn twenty() -> u64 {
+    20
+}
+
+/// A canary the registry rolled back, for the alert.
+#[derive(Debug, Clone)]
+pub struct CanaryRollback {
+    pub connector: String,
+    pub digest: String,
+    pub reason: String,
 }
 
 pub struct ConnectorRegistry {
@@ -71,6 +132,8 @@ pub struct ConnectorRegistry {
     /// Deploys, activations, rollbacks and pauses run one at a time.
     changes: tokio::sync::Mutex<()>,
     max_component_bytes: usize,
+    /// Each connector's shops (canaries pick from them).
+    shops: BTreeMap<String, Vec<String>>,
 }
 
 fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> VersionRecord {
@@ -104,6 +167,7 @@ impl ConnectorRegistry {
         store: RegistryStore,
         runtime: Arc<ConnectorRuntime>,
         configs: &BTreeMap<String, ConnectorConfig>,
+        shops: BTreeMap<String, Vec<String>>,
         max_component_bytes: usize,
     ) -> Result<Self, RegistryOpenError> {
         let mut slots = BTreeMap::new();
@@ -137,6 +201,17 @@ impl ConnectorRegistry {
                 }
             }
             let slot = ConnectorSlot::new(active, st.paused, st.paused_shops.clone());
+            if let Some(plan) = st.canary.clone() {
+                // A canary survives a restart; one whose candidate cannot load is dropped.
+                match Self::load_stored(&store, &runtime, name, c, &plan.digest).await {
+                    Ok(v) => slot.set_canary(Some(slot::Canary { version: Arc::new(v), shops: plan.shops.iter().cloned().collect() })),
+                    Err(e) => {
+                        tracing::error!(connector = %name, error = %e, "cannot load the canary candidate; the canary ends");
+                        st.canary = None;
+                        store.set_state(name, &st).await?;
+                    }
+                }
+            }
             slots.insert(name.clone(), Arc::new(slot));
         }
         Ok(ConnectorRegistry {
@@ -146,6 +221,7 @@ impl ConnectorRegistry {
             slots,
             changes: tokio::sync::Mutex::new(()),
             max_component_bytes,
+            shops,
         })
     }
 
@@ -274,12 +350,184 @@ impl ConnectorRegistry {
         Ok(())
     }
 
+    /// Route some shops to a stored version; it is rolled back automatically when its
+    /// failure rate crosses the plan's threshold (see [`ConnectorRegistry::check_canaries`]).
+    pub async fn start_canary(&self, name: &str, req: &CanaryRequest, by: &str) -> Result<CanaryPlan, DeployError> {
+        let (slot, cfg) = self.known(name)?;
+        let _guard = self.changes.lock().await;
+        if slot.canary().is_some() {
+            return Err(DeployError::CanaryRunning(name.to_string()));
+        }
+        // A canary follows a shadow run: the shadow stops, its report stays for promotion.
+        slot.set_shadow(None);
+        if !(req.max_failure_rate.is_finite() && (0.0..1.0).contains(&req.max_failure_rate)) || req.window_secs == 0 || req.min_calls == 0 {
+            return Err(DeployError::BadCanary("max_failure_rate must be in [0, 1), window_secs and min_calls at least 1".into()));
+        }
+        let own = self.shops.get(name).cloned().unwrap_or_default();
+        let shops = match (&req.shops, req.share_percent) {
+            (Some(list), None) => {
+                if let Some(s) = list.iter().find(|s| !own.contains(s)) {
+                    return Err(DeployError::BadCanary(format!("shop `{s}` does not use connector `{name}`")));
+                }
+                list.clone()
+            }
+            (None, Some(p)) if (1..=100).contains(&p) => canary_shops(name, &own, p),
+            _ => return Err(DeployError::BadCanary("give either share_percent (1..=100) or shops".into())),
+        };
+        if shops.is_empty() {
+            return Err(DeployError::BadCanary(format!("connector `{name}` has no shops to route")));
+        }
+        if slot.current().digest == req.digest {
+            return Err(DeployError::BadCanary("that version is already active".into()));
+        }
+        if self.store.version(name, &req.digest)?.is_none() {
+            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: req.digest.clone() });
+        }
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, cfg, &req.digest).await?;
+        let plan = CanaryPlan {
+            digest: req.digest.clone(),
+            shops: shops.clone(),
+            max_failure_rate: req.max_failure_rate,
+            window_secs: req.window_secs,
+            min_calls: req.min_calls,
+            started_ms: now_ms(),
+            started_by: by.to_string(),
+        };
+        let mut st = self.store.state(name)?;
+        st.canary = Some(plan.clone());
+        self.store.set_state(name, &st).await?;
+        slot.set_canary(Some(slot::Canary { version: Arc::new(candidate), shops: shops.into_iter().collect() }));
+        tracing::warn!(connector = name, digest = &req.digest[..12.min(req.digest.len())], shops = ?plan.shops, "canary started");
+        Ok(plan)
+    }
+
+    /// End the canary: `promoted` makes the candidate active, `aborted` and
+    /// `rolled-back` send its shops back to the active version.
+    async fn end_canary(&self, name: &str, outcome: &str, reason: String) -> Result<CanaryEnd, DeployError> {
+        let (slot, _) = self.known(name)?;
+        let canary = slot.canary().ok_or_else(|| DeployError::NoCanary(name.to_string()))?;
+        if outcome == "promoted" {
+            self.make_active(name, slot, canary.version.clone(), false).await?;
+        }
+        let end = CanaryEnd { digest: canary.version.digest.clone(), outcome: outcome.to_string(), reason, at_ms: now_ms() };
+        let mut st = self.store.state(name)?;
+        st.canary = None;
+        st.last_canary = Some(end.clone());
+        self.store.set_state(name, &st).await?;
+        slot.set_canary(None);
+        Ok(end)
+    }
+
+    /// Make the candidate — the canary's, else the shadow's — active for every shop.
+    /// Refused while a shadow run of that version found differences (or compared nothing),
+    /// unless `force`.
+    pub async fn promote(&self, name: &str, force: bool) -> Result<CanaryEnd, DeployError> {
+        let (slot, _) = self.known(name)?;
+        let _guard = self.changes.lock().await;
+        let candidate = match (slot.canary(), slot.shadow()) {
+            (Some(c), _) => c.version,
+            (None, Some(sh)) => sh.version.clone(),
+            (None, None) => return Err(DeployError::NoCandidate(name.to_string())),
+        };
+        let report = slot.shadow().map(|s| s.report()).or_else(|| slot.last_shadow()).filter(|r| r.digest == candidate.digest);
+        if let (Some(r), false) = (&report, force) {
+            r.complete_match().map_err(|why| DeployError::ShadowMismatch { digest: candidate.digest.clone(), why })?;
+        }
+        let reason = if force { "promoted by ops (forced)" } else { "promoted by ops" }.to_string();
+        if slot.canary().is_some() {
+            return self.end_canary(name, "promoted", reason).await;
+        }
+        self.make_active(name, slot, candidate.clone(), false).await?;
+        slot.set_shadow(None);
+        Ok(CanaryEnd { digest: candidate.digest.clone(), outcome: "promoted".into(), reason, at_ms: now_ms() })
+    }
+
+    /// Run a stored version as a shadow of the active one (see shadow.rs).
+    pub async fn start_shadow(&self, name: &str, digest: &str) -> Result<shadow::ShadowReport, DeployError> {
+        let (slot, cfg) = self.known(name)?;
+        let _guard = self.changes.lock().await;
+        if slot.canary().is_some() {
+            return Err(DeployError::CanaryRunning(name.to_string()));
+        }
+        if slot.shadow().is_some() {
+            return Err(DeployError::ShadowRunning(name.to_string()));
+        }
+        if slot.current().digest == digest {
+            return Err(DeployError::BadCanary("that version is already active".into()));
+        }
+        if self.store.version(name, digest)?.is_none() {
+            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
+        }
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, cfg, digest).await?;
+        let sh = Arc::new(shadow::Shadow::new(Arc::new(candidate)));
+        let report = sh.report();
+        slot.set_shadow(Some(sh));
+        tracing::warn!(connector = name, digest = &digest[..12.min(digest.len())], "shadow run started");
+        Ok(report)
+    }
+
+    /// Stop the shadow run; its report stays readable until the next one.
+    pub async fn stop_shadow(&self, name: &str) -> Result<shadow::ShadowReport, DeployError> {
+        let (slot, _) = self.known(name)?;
+        let _guard = self.changes.lock().await;
+        if slot.shadow().is_none() {
+            return Err(DeployError::NoCandidate(name.to_string()));
+        }
+        slot.set_shadow(None);
+        slot.last_shadow().ok_or_else(|| DeployError::NoCandidate(name.to_string()))
+    }
+
+    pub async fn abort_canary(&self, name: &str) -> Result<CanaryEnd, DeployError> {
+        let _guard = self.changes.lock().await;
+        self.end_canary(name, "aborted", "aborted by ops".into()).await
+    }
+
+    /// Roll back every canary whose candidate fails too often; returns what it rolled back.
+    pub async fn check_canaries(&self) -> Vec<CanaryRollback> {
+        let mut rolled = Vec::new();
+        for (name, slot) in &self.slots {
+            let Some(canary) = slot.canary() else { continue };
+            let Ok(st) = self.store.state(name) else { continue };
+            let Some(plan) = st.canary else { continue };
+            let tally = canary.version.calls.tally(std::time::Duration::from_secs(plan.window_secs));
+            if tally.calls < plan.min_calls || tally.failure_rate() <= plan.max_failure_rate {
+                continue;
+            }
+            let reason = format!(
+                "{} of {} calls failed in the last {} s ({:.1}% > {:.1}%)",
+                tally.failures,
+                tally.calls,
+                plan.window_secs,
+                tally.failure_rate() * 100.0,
+                plan.max_failure_rate * 100.0
+            );
+            let _guard = self.changes.lock().await;
+            match self.end_canary(name, "rolled-back", reason.clone()).await {
+                Ok(_) => rolled.push(CanaryRollback { connector: name.clone(), digest: plan.digest, reason }),
+                Err(e) => tracing::error!(connector = %name, error = %e, "cannot roll the canary back"),
+            }
+        }
+        rolled
+    }
+
     pub fn view(&self, name: &str) -> Result<ConnectorView, DeployError> {
         let (slot, _) = self.known(name)?;
         let st = self.store.state(name)?;
         let versions = self.store.versions(name)?;
         let active_digest = slot.current().digest.clone();
+        let canary = match (slot.canary(), st.canary.clone()) {
+            (Some(c), Some(plan)) => Some(CanaryView {
+                version: c.version.version().to_string(),
+                tally: c.version.calls.tally(std::time::Duration::from_secs(plan.window_secs)),
+                plan,
+            }),
+            _ => None,
+        };
         Ok(ConnectorView {
+            canary,
+            last_canary: st.last_canary.clone(),
+            shadow: slot.shadow().map(|s| s.report()),
+            last_shadow: slot.last_shadow(),
             name: name.to_string(),
             platform: slot.platform.clone(),
             active: versions.iter().find(|v| v.digest == active_digest).cloned(),
@@ -288,6 +536,48 @@ impl ConnectorRegistry {
             paused: slot.paused(),
             paused_shops: slot.paused_shops().into_iter().collect(),
         })
+    }
+}
+
+/// The shops a share of `percent` routes to a candidate: at least one, picked by a
+/// stable hash of connector and shop so the same shops are chosen every time.
+pub fn canary_shops(connector: &str, shops: &[String], percent: u32) -> Vec<String> {
+    let fnv = |s: &str| s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let mut ranked: Vec<&String> = shops.iter().collect();
+    ranked.sort_by_key(|s| (fnv(&format!("{connector}/{s}")), s.to_string()));
+    let n = ((shops.len() as u64 * percent as u64).div_ceil(100) as usize).max(1).min(shops.len());
+    let mut picked: Vec<String> = ranked.into_iter().take(n).cloned().collect();
+    picked.sort();
+    picked
+}
+
+/// Watch running canaries every second; a candidate failing too often is rolled back,
+/// logged as an alert and written to the audit log.
+pub async fn watch_canaries(
+    registry: Arc<ConnectorRegistry>,
+    audit: Arc<crate::audit::AuditLog>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        for r in registry.check_canaries().await {
+            tracing::error!(alert = "canary-rollback", connector = %r.connector, digest = %r.digest, reason = %r.reason, "ALERT: canary rolled back automatically");
+            let entry = crate::audit::AuditEntry {
+                at_ms: now_ms(),
+                who: "berth".into(),
+                action: "canary-rollback".into(),
+                target: r.connector.clone(),
+                digest: Some(r.digest.clone()),
+                outcome: "ok".into(),
+                detail: r.reason.clone(),
+            };
+            if let Err(e) = audit.append(&entry) {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
+        }
     }
 }
 
@@ -307,6 +597,17 @@ pub fn check_deploy(connector: &str, platform: &str, new_platform: &str, hosts: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canary_shares_pick_stable_shops() {
+        let shops: Vec<String> = (0..10).map(|i| format!("shop{i}")).collect();
+        let a = canary_shops("shopify", &shops, 20);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, canary_shops("shopify", &shops, 20), "the same shops every time");
+        assert_eq!(canary_shops("shopify", &shops, 1).len(), 1, "at least one shop");
+        assert_eq!(canary_shops("shopify", &shops, 100).len(), 10);
+        assert!(canary_shops("shopify", &[], 50).is_empty());
+    }
 
     #[test]
     fn a_deploy_keeps_the_platform_and_needs_granted_hosts() {

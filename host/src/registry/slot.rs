@@ -2,7 +2,11 @@
 //! `Arc` under a lock, so the swap is atomic; a call holds the `Arc` it started with and
 //! finishes on that version even when another becomes active meanwhile.
 
-use crate::runtime::LoadedConnector;
+use super::shadow::{Shadow, ShadowReport};
+use crate::config::ShopConfig;
+use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
+use crate::runtime::tape::Tape;
+use crate::runtime::{Call, CallError, LoadedConnector, Output};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,6 +20,17 @@ pub struct ConnectorSlot {
     paused: AtomicBool,
     paused_shops: RwLock<BTreeSet<String>>,
     resumed: Notify,
+    canary: RwLock<Option<Canary>>,
+    shadow: RwLock<Option<Arc<Shadow>>>,
+    /// The report of the last shadow run that ended.
+    last_shadow: RwLock<Option<ShadowReport>>,
+}
+
+/// A candidate version serving some shops.
+#[derive(Clone)]
+pub struct Canary {
+    pub version: Arc<LoadedConnector>,
+    pub shops: BTreeSet<String>,
 }
 
 impl ConnectorSlot {
@@ -27,6 +42,9 @@ impl ConnectorSlot {
             paused: AtomicBool::new(paused),
             paused_shops: RwLock::new(paused_shops),
             resumed: Notify::new(),
+            canary: RwLock::new(None),
+            shadow: RwLock::new(None),
+            last_shadow: RwLock::new(None),
         }
     }
 
@@ -35,9 +53,23 @@ impl ConnectorSlot {
         self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The version a call for `shop` uses.
-    pub fn for_shop(&self, _shop: &str) -> Arc<LoadedConnector> {
+    /// The version a call for `shop` uses: the canary candidate for its shops, else the
+    /// active one.
+    pub fn for_shop(&self, shop: &str) -> Arc<LoadedConnector> {
+        if let Some(c) = self.canary.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if c.shops.contains(shop) {
+                return c.version.clone();
+            }
+        }
         self.current()
+    }
+
+    pub fn canary(&self) -> Option<Canary> {
+        self.canary.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_canary(&self, canary: Option<Canary>) {
+        *self.canary.write().unwrap_or_else(|e| e.into_inner()) = canary;
     }
 
     /// Make `next` active; returns the version it replaced.
@@ -72,6 +104,66 @@ impl ConnectorSlot {
         if !paused {
             self.resumed.notify_waiters();
         }
+    }
+
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        let old = std::mem::replace(&mut *self.shadow.write().unwrap_or_else(|e| e.into_inner()), shadow);
+        if let Some(old) = old {
+            *self.last_shadow.write().unwrap_or_else(|e| e.into_inner()) = Some(old.stop());
+        }
+    }
+
+    pub fn last_shadow(&self) -> Option<ShadowReport> {
+        self.last_shadow.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Run an export on `conn` (a version from [`ConnectorSlot::for_shop`]); while a
+    /// shadow runs, the active version's calls are recorded and replayed to it.
+    async fn run(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>, call: Call) -> Result<Output, CallError> {
+        let shadow = self.shadow().filter(|_| conn.digest == self.current().digest);
+        let Some(shadow) = shadow else {
+            let (out, _) = conn.call(shop, cfg, call, Tape::Off).await;
+            conn.note_outcome(&out);
+            return out;
+        };
+        let (out, tape) = conn.call(shop, cfg.clone(), call.clone(), Tape::recording()).await;
+        conn.note_outcome(&out);
+        shadow.compare(shop, cfg, call, &out, tape);
+        out
+    }
+
+    pub async fn pull_orders(
+        &self,
+        conn: &Arc<LoadedConnector>,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        req: &PullRequest,
+    ) -> Result<Result<OrderPage, ConnectorError>, CallError> {
+        self.run(conn, shop, cfg, Call::Pull(req.clone())).await.map(Output::into_pull)
+    }
+
+    pub async fn push_inventory(
+        &self,
+        conn: &Arc<LoadedConnector>,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        updates: &[StockUpdate],
+    ) -> Result<Result<Vec<UpdateResult>, ConnectorError>, CallError> {
+        self.run(conn, shop, cfg, Call::Push(updates.to_vec())).await.map(Output::into_push)
+    }
+
+    pub async fn handle_webhook(
+        &self,
+        conn: &Arc<LoadedConnector>,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        req: &WebhookRequest,
+    ) -> Result<Result<Vec<Event>, ConnectorError>, CallError> {
+        self.run(conn, shop, cfg, Call::Webhook(req.clone())).await.map(Output::into_webhook)
     }
 
     /// Resolves when the connector or a shop is resumed (callers re-check `is_paused`).

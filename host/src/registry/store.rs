@@ -36,8 +36,35 @@ pub struct VersionRecord {
     pub deployed_by: String,
 }
 
+/// A canary in progress: some shops run a candidate version.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CanaryPlan {
+    pub digest: String,
+    /// The shops routed to the candidate.
+    pub shops: Vec<String>,
+    /// Roll back when more than this share of the candidate's calls fail...
+    pub max_failure_rate: f64,
+    /// ...over this trailing window...
+    pub window_secs: u64,
+    /// ...once it made at least this many calls in it.
+    pub min_calls: u64,
+    pub started_ms: i64,
+    pub started_by: String,
+}
+
+/// How the last canary ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CanaryEnd {
+    pub digest: String,
+    /// `promoted`, `aborted` or `rolled-back`.
+    pub outcome: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
 /// What is live for one connector.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ConnectorState {
     /// Digest of the active version.
     pub active: Option<String>,
@@ -48,6 +75,8 @@ pub struct ConnectorState {
     /// Digest of the component file berth.toml named when last seen: a changed file is
     /// deployed at start-up; an unchanged one leaves the registry's choice alone.
     pub config_digest: Option<String>,
+    pub canary: Option<CanaryPlan>,
+    pub last_canary: Option<CanaryEnd>,
 }
 
 pub struct RegistryStore {

@@ -3,8 +3,11 @@
 //! cached on disk keyed by content digest and engine settings.
 
 pub mod bindings;
+pub mod call_stats;
+mod compat_v0_1;
 pub mod engine;
 pub mod state;
+pub mod tape;
 
 use crate::capabilities::http::HostAllowlist;
 use crate::config::{RuntimeConfig, ShopConfig};
@@ -15,6 +18,7 @@ use bindings::{Connector, ConnectorPre};
 use engine::ConnectorEngine;
 use sha2::{Digest, Sha256};
 use state::{CallContext, HostServices, HostState};
+use tape::Tape;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +26,10 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Store;
 
-/// The WIT version this host serves.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest WIT version this host serves.
+pub const WIT_VERSION: &str = "0.2.0";
+/// Every version it serves: components built for any of them load.
+pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -31,7 +37,7 @@ pub enum LoadError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a WebAssembly component ({message}); build connectors as components, e.g. `cargo build --target wasm32-wasip2`")]
     NotAComponent { path: PathBuf, message: String },
-    #[error("{path} does not fit the berth:connector@{WIT_VERSION} world: {message}")]
+    #[error("{path} does not fit a berth:connector world this host serves ({}): {message}", WIT_VERSIONS.join(", "))]
     WrongWorld { path: PathBuf, message: String },
     #[error("{path}: calling manifest() failed: {message}")]
     Manifest { path: PathBuf, message: String },
@@ -70,6 +76,8 @@ pub struct LoadedConnector {
     pre: ConnectorPre<HostState>,
     allow: Arc<HostAllowlist>,
     runtime: Arc<ConnectorRuntime>,
+    /// How this version's calls ended lately (canary checks read it).
+    pub calls: call_stats::CallStats,
 }
 
 impl ConnectorRuntime {
@@ -78,6 +86,8 @@ impl ConnectorRuntime {
         let mut linker = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        bindings::v0_1::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| LoadError::Engine(format!("cannot create cache dir {}: {e}", cache_dir.display())))?;
@@ -161,6 +171,7 @@ impl ConnectorRuntime {
         let path = origin;
         let digest = digest(bytes);
         let component = self.compile(path, bytes, &digest).await?;
+        let linked_wit = world_version(&component, &self.engine.engine);
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
@@ -172,12 +183,13 @@ impl ConnectorRuntime {
             pre,
             allow: Arc::new(HostAllowlist::default()),
             runtime: self.clone(),
+            calls: Default::default(),
         };
         let manifest = loaded
             .manifest_call()
             .await
             .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
-        check_manifest(&manifest).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
+        check_manifest(&manifest, linked_wit.as_deref()).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         loaded.version = manifest.connector_version.as_str().into();
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
@@ -193,6 +205,65 @@ impl ConnectorRuntime {
 /// A component's identity: the sha256 of its bytes, hex.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// One export call's input (owned: a shadow run replays it later).
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum Call {
+    Pull(PullRequest),
+    Push(Vec<StockUpdate>),
+    Webhook(WebhookRequest),
+}
+
+impl Call {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Pull(_) => "pull-orders",
+            Call::Push(_) => "push-inventory",
+            Call::Webhook(_) => "handle-webhook",
+        }
+    }
+}
+
+/// What an export returned.
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum Output {
+    Pull(Result<OrderPage, ConnectorError>),
+    Push(Result<Vec<UpdateResult>, ConnectorError>),
+    Webhook(Result<Vec<Event>, ConnectorError>),
+}
+
+impl Output {
+    /// Whether the call counts as a success (a throttle is not the version's failure).
+    pub fn ok(&self) -> bool {
+        let err = match self {
+            Output::Pull(r) => r.as_ref().err(),
+            Output::Push(r) => r.as_ref().err(),
+            Output::Webhook(r) => r.as_ref().err(),
+        };
+        matches!(err, None | Some(ConnectorError::RateLimited(_)))
+    }
+
+    pub fn into_pull(self) -> Result<OrderPage, ConnectorError> {
+        match self {
+            Output::Pull(r) => r,
+            other => Err(ConnectorError::Permanent(format!("internal: a pull got {other:?}"))),
+        }
+    }
+
+    pub fn into_push(self) -> Result<Vec<UpdateResult>, ConnectorError> {
+        match self {
+            Output::Push(r) => r,
+            other => Err(ConnectorError::Permanent(format!("internal: a push got {other:?}"))),
+        }
+    }
+
+    pub fn into_webhook(self) -> Result<Vec<Event>, ConnectorError> {
+        match self {
+            Output::Webhook(r) => r,
+            other => Err(ConnectorError::Permanent(format!("internal: a webhook got {other:?}"))),
+        }
+    }
 }
 
 /// A call that failed because berth's own rate limiter held its request back is a
@@ -218,16 +289,27 @@ fn placeholder_manifest() -> Manifest {
     }
 }
 
-fn check_manifest(m: &Manifest) -> Result<(), String> {
+/// The `berth:connector` version a component imports (`None` when it imports nothing of it).
+fn world_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| name.strip_prefix("berth:connector/").and_then(|n| n.split_once('@')).map(|(_, v)| v.to_string()))
+}
+
+fn check_manifest(m: &Manifest, linked: Option<&str>) -> Result<(), String> {
     if m.platform.is_empty() || m.platform.len() > 64 {
         return Err("platform must be 1..=64 characters".into());
     }
     if m.connector_version.is_empty() || m.connector_version.len() > 64 {
         return Err("connector-version must be 1..=64 characters".into());
     }
-    if m.wit_version != WIT_VERSION {
+    if !WIT_VERSIONS.contains(&m.wit_version.as_str()) {
+        return Err(format!("wit-version `{}` is not one this host serves ({})", m.wit_version, WIT_VERSIONS.join(", ")));
+    }
+    if let Some(linked) = linked.filter(|l| *l != m.wit_version) {
         return Err(format!(
-            "wit-version is `{}`, but this component was linked against the {WIT_VERSION} world; fix the manifest",
+            "wit-version is `{}`, but the component imports the {linked} world; fix the manifest",
             m.wit_version
         ));
     }
@@ -298,39 +380,39 @@ impl LoadedConnector {
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
         let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        self.finish("check", inst.call_check(&mut store, shop)).await
+        self.tally(self.finish("check", inst.call_check(&mut store, shop)).await)
     }
 
-    pub async fn pull_orders(
-        &self,
-        shop: &str,
-        cfg: Arc<ShopConfig>,
-        req: &PullRequest,
-    ) -> Result<Result<OrderPage, ConnectorError>, CallError> {
-        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        let result = self.finish("pull-orders", inst.call_pull_orders(&mut store, shop, req)).await?;
-        Ok(held_back_as_throttle(result, store.data().held_back()))
+    /// Run one export with `tape` (recording, replaying or off) and hand the tape back.
+    /// Not counted in [`LoadedConnector::calls`]: callers count with `note_outcome`
+    /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
+    pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
+        let (mut store, inst) = match self.instance(Some((shop.to_string(), cfg))).await {
+            Ok(x) => x,
+            Err(e) => return (Err(e), tape),
+        };
+        store.data_mut().tape = tape;
+        let out = match &call {
+            Call::Pull(req) => self
+                .finish("pull-orders", inst.call_pull_orders(&mut store, shop, req))
+                .await
+                .map(|r| Output::Pull(held_back_as_throttle(r, store.data().held_back()))),
+            Call::Push(updates) => self
+                .finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates))
+                .await
+                .map(|r| Output::Push(held_back_as_throttle(r, store.data().held_back()))),
+            Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
+        };
+        let tape = std::mem::take(&mut store.data_mut().tape);
+        (out, tape)
     }
 
-    pub async fn push_inventory(
-        &self,
-        shop: &str,
-        cfg: Arc<ShopConfig>,
-        updates: &[StockUpdate],
-    ) -> Result<Result<Vec<UpdateResult>, ConnectorError>, CallError> {
-        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        let result = self.finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates)).await?;
-        Ok(held_back_as_throttle(result, store.data().held_back()))
-    }
-
-    pub async fn handle_webhook(
-        &self,
-        shop: &str,
-        cfg: Arc<ShopConfig>,
-        req: &WebhookRequest,
-    ) -> Result<Result<Vec<Event>, ConnectorError>, CallError> {
-        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await
+    /// Count how a call that ran with a tape ended (see [`LoadedConnector::call`]).
+    pub fn note_outcome(&self, out: &Result<Output, CallError>) {
+        self.calls.record(match out {
+            Ok(o) => o.ok(),
+            Err(_) => false,
+        });
     }
 
     /// The connector said the platform throttled `shop` (e.g. a body code): hold the
@@ -345,8 +427,36 @@ impl LoadedConnector {
         self.runtime.services.retry.get(&self.manifest.platform, job)
     }
 
+    /// Count how a call ended, and hand the result on.
+    fn tally<T>(&self, r: Result<Result<T, ConnectorError>, CallError>) -> Result<Result<T, ConnectorError>, CallError> {
+        self.calls.record(matches!(r, Ok(Ok(_)) | Ok(Err(ConnectorError::RateLimited(_)))));
+        r
+    }
+
     /// Whether the manifest offers a capability.
     pub fn offers(&self, cap: bindings::berth::connector::types::Capability) -> bool {
         self.manifest.capabilities.contains(&cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(wit: &str) -> Manifest {
+        Manifest { platform: "p".into(), connector_version: "1".into(), wit_version: wit.into(), ..placeholder_manifest() }
+    }
+
+    #[test]
+    fn the_manifest_names_a_served_world_and_the_one_it_imports() {
+        assert!(check_manifest(&manifest("0.1.0"), Some("0.1.0")).is_ok());
+        assert!(check_manifest(&manifest("0.2.0"), Some("0.2.0")).is_ok());
+        assert!(check_manifest(&manifest("0.2.0"), None).is_ok());
+        let err = check_manifest(&manifest("0.1.0"), Some("0.2.0")).unwrap_err();
+        assert!(err.contains("imports the 0.2.0 world"), "{err}");
+        let err = check_manifest(&manifest("0.9.0"), None).unwrap_err();
+        assert!(err.contains("not one this host serves (0.1.0, 0.2.0)"), "{err}");
+        let held = held_back_as_throttle::<()>(Err(ConnectorError::Transient("timed out".into())), Some(Duration::from_millis(1500)));
+        assert!(matches!(held, Err(ConnectorError::RateLimited(1500))));
     }
 }

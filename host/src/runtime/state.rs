@@ -54,6 +54,8 @@ pub struct HostState {
     /// Set when the host's rate limiter held a request back past the call's budget:
     /// how long the quota still needs.
     held_back: Option<std::time::Duration>,
+    /// Recording for, or replaying to, a shadow run (see tape.rs).
+    pub(crate) tape: super::tape::Tape,
 }
 
 impl HostState {
@@ -79,6 +81,7 @@ impl HostState {
             ctx,
             services,
             held_back: None,
+            tape: super::tape::Tape::Off,
         }
     }
 
@@ -116,6 +119,19 @@ pub fn bounded(s: &str, max: usize) -> &str {
 
 impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+        // A shadow run is answered from the active version's recording; nothing leaves.
+        if let Some(answer) = self.tape.answer(&req.method, &req.url) {
+            return answer;
+        }
+        let (method, raw_url) = (req.method, req.url.clone());
+        let result = self.send_live(req).await;
+        self.tape.record(&method, &raw_url, &result);
+        result
+    }
+}
+
+impl HostState {
+    async fn send_live(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
         let started = std::time::Instant::now();
         let url_for_log = bounded(&req.url, 256).to_string();
         let services = self.services.clone();
@@ -136,7 +152,7 @@ impl http::Host for HostState {
             Err(no_slot) => {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
-                return Err(http::HttpError::Timeout);
+                return Err(http::HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
         }
         let url = services.standby.route(&self.ctx.platform, url);
@@ -205,12 +221,19 @@ fn strip_query(url: &str) -> &str {
 
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.services.kv.scope(&self.ctx.connector, self.shop_name()).get(&key)
+        let scope = self.services.kv.scope(&self.ctx.connector, self.shop_name());
+        self.tape.kv_get(&key, || scope.get(&key))
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        if self.tape.kv_put(&key, Some(value.clone())) {
+            return Ok(());
+        }
         self.services.kv.scope(&self.ctx.connector, self.shop_name()).set(&key, &value)
     }
     fn delete(&mut self, key: String) -> Result<(), String> {
+        if self.tape.kv_put(&key, None) {
+            return Ok(());
+        }
         self.services.kv.scope(&self.ctx.connector, self.shop_name()).delete(&key)
     }
     fn list_prefix(&mut self, prefix: String) -> Result<Vec<String>, String> {

@@ -156,7 +156,7 @@ impl ShopPusher {
         Ok(Next::Now)
     }
 
-    async fn step(&self, conn: &LoadedConnector) -> Result<Next, String> {
+    async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, String> {
         let now = now_ms();
         let batch = self.ledger.due(&self.shop, now, self.batch_size).map_err(|e| e.to_string())?;
         if batch.is_empty() {
@@ -168,7 +168,7 @@ impl ShopPusher {
         self.ledger.durable().await.map_err(|e| e.to_string())?;
         let updates: Vec<StockUpdate> = batch.iter().map(|r| StockUpdate { sku: r.sku.clone(), quantity: r.quantity }).collect();
         self.update(|s| s.calls += 1);
-        let answer = conn.push_inventory(&self.shop, self.config.clone(), &updates).await;
+        let answer = self.connector.push_inventory(conn, &self.shop, self.config.clone(), &updates).await;
         let results = match answer {
             Err(call) => return self.fail_all(conn, &batch, ErrorKind::of_call(&call), call.to_string()).await,
             Ok(Err(ConnectorError::RateLimited(ms))) => {

@@ -1,0 +1,197 @@
+//! Shadow runs: a candidate version runs beside the active one on the same inputs. The
+//! active call is recorded (platform answers, stored state it read); the candidate is
+//! replayed that recording afterwards, off the request path, so it sends nothing to the
+//! platform and changes no state. Both outputs are compared field by field; the report
+//! lists every difference (the first 200 in full) and promotion waits for a complete match.
+
+use crate::clock::now_ms;
+use crate::config::ShopConfig;
+use crate::runtime::tape::Tape;
+use crate::runtime::{Call, CallError, LoadedConnector, Output};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Differences kept in full; later ones are only counted.
+const MAX_DIFFERENCES: usize = 200;
+/// Replays running at once; beyond that a call is not compared (and counted as skipped),
+/// so a slow candidate cannot pile up work.
+const MAX_IN_FLIGHT: usize = 8;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShadowReport {
+    pub digest: String,
+    pub version: String,
+    pub started_ms: i64,
+    pub stopped_ms: Option<i64>,
+    /// Calls replayed to the candidate and compared.
+    pub compared: u64,
+    pub matched: u64,
+    pub differing: u64,
+    /// Calls not compared because too many replays were running.
+    pub skipped: u64,
+    /// Differences found, across all compared calls.
+    pub difference_count: u64,
+    pub differences: Vec<Difference>,
+}
+
+impl ShadowReport {
+    /// Whether the candidate may be promoted on this report.
+    pub fn complete_match(&self) -> Result<(), String> {
+        if self.compared == 0 {
+            return Err("no call has been compared yet".into());
+        }
+        if self.differing > 0 {
+            return Err(format!(
+                "{} of {} compared calls differ ({} differences); see GET /v1/admin/connectors/NAME/shadow",
+                self.differing, self.compared, self.difference_count
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Difference {
+    pub call: String,
+    pub shop: String,
+    pub at_ms: i64,
+    /// Where the outputs differ, e.g. `Pull.Ok.orders[3].total_minor`, or `http[2]` for
+    /// a request the candidate made differently.
+    pub path: String,
+    pub active: Value,
+    pub candidate: Value,
+}
+
+pub struct Shadow {
+    pub version: Arc<LoadedConnector>,
+    report: Mutex<ShadowReport>,
+    in_flight: AtomicUsize,
+}
+
+fn json_of(out: &Result<Output, CallError>) -> Value {
+    match out {
+        Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
+        Err(e) => serde_json::json!({ "call-error": e.to_string() }),
+    }
+}
+
+/// Every place where `a` and `b` differ, as (path, a, b).
+pub fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Value)>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                diff(&format!("{path}[{i}]"), x.get(i).unwrap_or(&Value::Null), y.get(i).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => out.push((path.to_string(), a.clone(), b.clone())),
+        _ => {}
+    }
+}
+
+impl Shadow {
+    pub fn new(version: Arc<LoadedConnector>) -> Self {
+        let report = ShadowReport {
+            digest: version.digest.clone(),
+            version: version.version().to_string(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        Shadow { version, report: Mutex::new(report), in_flight: AtomicUsize::new(0) }
+    }
+
+    pub fn report(&self) -> ShadowReport {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The report, marked stopped.
+    pub fn stop(&self) -> ShadowReport {
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        r.stopped_ms = Some(now_ms());
+        r.clone()
+    }
+
+    /// Replay `call` to the candidate with the active call's recording and compare.
+    /// Runs in the background; the active call's caller does not wait.
+    pub fn compare(self: &Arc<Self>, shop: &str, cfg: Arc<ShopConfig>, call: Call, active: &Result<Output, CallError>, tape: Tape) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.report.lock().unwrap_or_else(|e| e.into_inner()).skipped += 1;
+            return;
+        }
+        let (me, shop, active) = (self.clone(), shop.to_string(), json_of(active));
+        tokio::spawn(async move {
+            let name = call.name();
+            let (out, tape) = me.version.call(&shop, cfg, call, tape.into_replay()).await;
+            let mut found = Vec::new();
+            diff("", &active, &json_of(&out), &mut found);
+            for (i, m) in tape.mismatches().iter().enumerate() {
+                found.push((format!("http[{i}]"), Value::String("as recorded".into()), Value::String(m.clone())));
+            }
+            if tape.unused() > 0 && tape.mismatches().is_empty() {
+                found.push(("http".into(), Value::from(format!("{} more requests", tape.unused())), Value::String("not made".into())));
+            }
+            me.note(name, &shop, found);
+            me.in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    fn note(&self, call: &str, shop: &str, found: Vec<(String, Value, Value)>) {
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        r.compared += 1;
+        if found.is_empty() {
+            r.matched += 1;
+            return;
+        }
+        r.differing += 1;
+        r.difference_count += found.len() as u64;
+        let at_ms = now_ms();
+        for (path, active, candidate) in found {
+            if r.differences.len() >= MAX_DIFFERENCES {
+                break;
+            }
+            r.differences.push(Difference { call: call.to_string(), shop: shop.to_string(), at_ms, path, active, candidate });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lists_every_differing_field() {
+        let a = json!({"Pull": {"Ok": {"orders": [{"id": "1", "total": 5}, {"id": "2", "total": 7}], "next": null}}});
+        let b = json!({"Pull": {"Ok": {"orders": [{"id": "1", "total": 6}], "next": "c2"}}});
+        let mut out = Vec::new();
+        diff("", &a, &b, &mut out);
+        let paths: Vec<&str> = out.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(paths, ["Pull.Ok.next", "Pull.Ok.orders[0].total", "Pull.Ok.orders[1]"]);
+        assert_eq!(out[1].1, json!(5));
+        assert_eq!(out[1].2, json!(6));
+        let mut none = Vec::new();
+        diff("", &a, &a.clone(), &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn promotion_needs_a_complete_match() {
+        let mut r = ShadowReport::default();
+        assert!(r.complete_match().unwrap_err().contains("no call has been compared"));
+        r.compared = 3;
+        r.matched = 3;
+        assert!(r.complete_match().is_ok());
+        r.differing = 1;
+        r.difference_count = 2;
+        assert!(r.complete_match().unwrap_err().contains("1 of 3 compared calls differ (2 differences)"));
+    }
+}
