@@ -24,6 +24,7 @@ pub mod reload;
 pub mod retry;
 pub mod runtime;
 pub mod service;
+pub mod shops;
 pub mod stock;
 pub mod store;
 pub mod sync;

@@ -1,13 +1,17 @@
 //! Config hot reload: berth.toml is checked for changes every second. A valid new file
-//! applies what can change under load — everything under `[platforms]`: rate limits,
-//! endpoint classes, retry policies, time windows, standby channels — to the next call,
-//! and `[admin]`:
-//! admin tokens (a revoked token stops working within a second); changes to other
-//! sections are reported as needing a restart. An invalid file
+//! applies what can change under load: everything under `[platforms]` (rate limits,
+//! endpoint classes, retry policies, time windows, standby channels) to the next call;
+//! `[admin]` tokens (a revoked token stops working within a second); new
+//! `[connectors.X]` (loaded and registered, so a connector for a new platform needs no
+//! restart); and `[shops]` (new shops start, changed ones restart with their new
+//! settings, removed ones stop). Other changes — to an existing connector's entry, or to
+//! other sections — are reported as needing a restart. An invalid file
 //! is refused with the parser's message (file and line) and the running config stays.
 
 use crate::config::Config;
+use crate::registry::ConnectorRegistry;
 use crate::runtime::state::HostServices;
+use crate::shops::ShopSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,27 +23,58 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Sections applied in place.
-const RELOADED: [&str; 2] = ["platforms", "admin"];
+/// Sections applied in place (`connectors` only for additions, see `apply`).
+const RELOADED: [&str; 4] = ["platforms", "admin", "shops", "connectors"];
+
+/// What a reload changes.
+pub struct Reloadable {
+    pub services: Arc<HostServices>,
+    pub admin: Arc<crate::auth::AdminAuth>,
+    pub registry: Arc<ConnectorRegistry>,
+    pub shops: Arc<ShopSet>,
+}
+
+impl Reloadable {
+    /// Apply a valid new config; returns what changed and what needs a restart.
+    async fn apply(&self, old: &toml::Table, text: &toml::Table, new: &Config) -> (Vec<String>, Vec<String>) {
+        self.services.reconfigure(&new.platforms);
+        self.admin.reconfigure(&new.admin);
+        let mut changed = Vec::new();
+        let mut restart = restart_sections(old, text);
+        let (old_c, new_c) = (old.get("connectors").and_then(|v| v.as_table()), text.get("connectors").and_then(|v| v.as_table()));
+        for (name, c) in &new.connectors {
+            if self.registry.slot(name).is_none() {
+                match self.registry.add_connector(name, c).await {
+                    Ok(slot) => changed.push(format!("connector `{name}` ({}) loaded", slot.platform)),
+                    Err(e) => changed.push(format!("{e}; not loaded")),
+                }
+            } else if old_c.and_then(|t| t.get(name)) != new_c.and_then(|t| t.get(name)) {
+                restart.push(format!("connectors.{name}"));
+            }
+        }
+        if let Some(gone) = old_c.into_iter().flat_map(|t| t.keys()).find(|k| !new.connectors.contains_key(*k)) {
+            restart.push(format!("connectors.{gone} (removed)"));
+        }
+        let registry = self.registry.clone();
+        changed.extend(self.shops.apply(&new.shops, |c| registry.slot(c)).await);
+        self.registry.set_shops(self.shops.by_connector());
+        (changed, restart)
+    }
+}
 
 /// The file's top-level tables as written (secrets included, never printed).
 fn sections(path: &PathBuf) -> toml::Table {
     std::fs::read_to_string(path).ok().and_then(|t| t.parse::<toml::Table>().ok()).unwrap_or_default()
 }
 
-/// Sections other than `[platforms]` whose content changed: they need a restart. Compared
+/// Sections not applied in place whose content changed: they need a restart. Compared
 /// as parsed TOML, so a changed secret counts and formatting or comments do not.
 fn restart_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     names.into_iter().filter(|k| !RELOADED.contains(&k.as_str()) && old.get(*k) != new.get(*k)).cloned().collect()
 }
 
-pub async fn watch_config(
-    path: PathBuf,
-    services: Arc<HostServices>,
-    admin: Arc<crate::auth::AdminAuth>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn watch_config(path: PathBuf, live: Reloadable, mut shutdown: watch::Receiver<bool>) {
     let mut seen = modified(&path);
     let mut current = sections(&path);
     loop {
@@ -55,10 +90,11 @@ pub async fn watch_config(
         match Config::load(&path) {
             Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
             Ok(new) => {
-                services.reconfigure(&new.platforms);
-                admin.reconfigure(&new.admin);
                 let text = sections(&path);
-                let restart = restart_sections(&current, &text);
+                let (changed, restart) = live.apply(&current, &text, &new).await;
+                for c in &changed {
+                    tracing::warn!(path = %path.display(), "config reload: {c}");
+                }
                 if restart.is_empty() {
                     tracing::info!(path = %path.display(), "config reloaded; new platform limits and policies apply to the next call");
                 } else {
@@ -87,8 +123,8 @@ mod tests {
         let c = t("[platforms.x]\nrequests_per_second = 5.0\n[sync]\noverlap_secs = 5\n[stock]\nbatch_size = 3\n");
         assert_eq!(restart_sections(&b, &c), ["stock", "sync"]);
         // A changed secret alone is a change.
-        let d = t("[shops.a]\nconnector = \"c\"\nsecrets = { token = \"old\" }\n");
-        let e = t("[shops.a]\nconnector = \"c\"\nsecrets = { token = \"new\" }\n");
-        assert_eq!(restart_sections(&d, &e), ["shops"]);
+        let d = t("[erp]\nwebhook_secret = \"old\"\n");
+        let e = t("[erp]\nwebhook_secret = \"new\"\n");
+        assert_eq!(restart_sections(&d, &e), ["erp"]);
     }
 }

@@ -8,18 +8,16 @@ use crate::config::{Config, ConfigError};
 use crate::delivery::ErpDeliverer;
 use crate::inbox::OrderInbox;
 use crate::queue::{QueuePolicy, SledQueue};
-use crate::runtime::bindings::berth::connector::types::Capability;
 use crate::stock::ledger::RetryPolicy;
-use crate::stock::pusher::ShopPusher;
 use crate::stock::{StockError, StockLedger};
 use crate::runtime::state::HostServices;
 use crate::runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
-use crate::sync::{ShopStatus, ShopWorker};
+use crate::shops::ShopSet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +42,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Registry(crate::registry::RegistryStoreError),
+    #[error("{0}")]
+    Shop(String),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -53,6 +53,7 @@ pub struct Running {
     workers: Vec<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
     store: Arc<OrderStore>,
+    shops: Arc<ShopSet>,
 }
 
 pub async fn start(config_path: &Path) -> Result<Running, StartError> {
@@ -95,18 +96,17 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shops_by_connector.entry(sc.connector.clone()).or_default().push(shop.clone());
     }
     let registry = Arc::new(
-        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, shops_by_connector, admin_auth.max_component_bytes())
+        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, shops_by_connector)
             .await
             .map_err(|e| match e {
                 crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
                 crate::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
             })?,
     );
-    let connectors = registry.slots().clone();
+    let connectors = registry.slots();
     for (shop, sc) in &cfg.shops {
-        let conn = connectors[&sc.connector].current();
-        if let Some(key) = conn.manifest.required_config.iter().find(|k| sc.value(k).is_none()) {
-            return Err(StartError::MissingShopKey { shop: shop.clone(), connector: sc.connector.clone(), key: key.clone() });
+        if let Err(crate::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
+            return Err(StartError::MissingShopKey { shop, connector, key });
         }
     }
     let audit_path = data_dir.join("audit.log");
@@ -121,35 +121,20 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut statuses = Vec::new();
     let mut workers = Vec::new();
-    let mut webhooks = BTreeMap::new();
-    for (shop, sc) in &cfg.shops {
-        let conn = connectors[&sc.connector].clone();
-        let status = Arc::new(Mutex::new(ShopStatus {
-            shop: shop.clone(),
-            connector: sc.connector.clone(),
-            platform: conn.platform.clone(),
-            tier: format!("{:?}", sc.tier),
-            ..Default::default()
-        }));
-        statuses.push(status.clone());
-        let wake = Arc::new(tokio::sync::Notify::new());
-        webhooks.insert(
-            shop.clone(),
-            crate::ingest::WebhookShop { connector: conn.clone(), config: Arc::new(sc.clone()), wake_sync: wake.clone() },
-        );
-        let worker = ShopWorker {
-            wake,
-            shop: shop.clone(),
-            config: Arc::new(sc.clone()),
-            connector: conn,
+    let shops = Arc::new(ShopSet::new(
+        crate::shops::ShopDeps {
             store: store.clone(),
             inbox: inbox.clone(),
-            defaults: cfg.sync.clone(),
-            status,
-        };
-        workers.push(tokio::spawn(worker.run(shutdown_rx.clone())));
+            ledger: ledger.clone(),
+            sync: cfg.sync.clone(),
+            stock_batch_size: cfg.stock.batch_size,
+            error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
+        },
+        shutdown_rx.clone(),
+    ));
+    for (shop, sc) in &cfg.shops {
+        shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
     }
     let delivery = match ErpDeliverer::from_config(&cfg.erp, inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
@@ -162,8 +147,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(standby.run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
-        services.clone(),
-        admin_auth.clone(),
+        crate::reload::Reloadable { services: services.clone(), admin: admin_auth.clone(), registry: registry.clone(), shops: shops.clone() },
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(sweep_idempotency_keys(
@@ -171,45 +155,19 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
-    let mut stock_shops = BTreeMap::new();
-    for (shop, sc) in &cfg.shops {
-        let conn = connectors[&sc.connector].clone();
-        let pusher = if conn.current().offers(Capability::Inventory) {
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let status = Arc::new(Mutex::new(Default::default()));
-            let pusher = ShopPusher {
-                shop: shop.clone(),
-                config: Arc::new(sc.clone()),
-                connector: conn,
-                ledger: ledger.clone(),
-                wake: wake.clone(),
-                batch_size: cfg.stock.batch_size,
-                error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
-                status: status.clone(),
-            };
-            workers.push(tokio::spawn(pusher.run(shutdown_rx.clone())));
-            Some((wake, status))
-        } else {
-            None
-        };
-        stock_shops.insert(shop.clone(), api::stock::StockShop { connector: sc.connector.clone(), pusher });
-    }
-
     workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), shutdown_rx.clone())));
     let admin = api::admin::router(Arc::new(api::admin::AdminState {
         registry: registry.clone(),
         auth: admin_auth,
         audit,
-        shops: cfg.shops.iter().map(|(shop, sc)| (shop.clone(), sc.connector.clone())).collect(),
+        shops: shops.clone(),
     }));
     let app = api::router(Arc::new(ApiState {
         store: store.clone(),
         inbox,
         stock: ledger,
         delivery,
-        webhooks,
-        stock_shops,
-        shops: statuses,
+        shops: shops.clone(),
         registry,
         services: services.clone(),
     }))
@@ -224,7 +182,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         }
     });
     tracing::info!(%addr, shops = cfg.shops.len(), connectors = connectors.len(), "berth is serving; orders at /v1/orders");
-    Ok(Running { addr, shutdown, workers, server, store })
+    Ok(Running { addr, shutdown, workers, server, store, shops })
 }
 
 /// Forget old idempotency keys of the order queue: at start, then hourly.
@@ -246,6 +204,7 @@ impl Running {
     /// Stop workers and the API, then flush storage.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.shops.join_all().await;
         for w in self.workers {
             let _ = w.await;
         }

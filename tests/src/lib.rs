@@ -227,3 +227,41 @@ pub fn berth_admin(url: &str, token: &str, args: &[&str]) -> (Option<i32>, Strin
         .expect("run berth");
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Call berth's API with an optional bearer token and a raw or JSON body; returns the
+/// status and the JSON answer (`Null` when there is none).
+pub async fn api_call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+    json: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    if let Some(j) = json {
+        req = req.json(&j);
+    }
+    let resp = req.send().await.expect("berth answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A simulator config with only Shopify shops (name, seeded orders), a bucket too large
+/// to throttle, and `history_hours` of seeded history.
+pub fn shopify_sim(seed: u64, history_hours: u32, shops: &[(&str, usize)]) -> berth_sim::SimConfig {
+    let mut cfg = berth_sim::SimConfig { seed, history_hours, ..berth_sim::SimConfig::default() };
+    cfg.shopify.shops = shops
+        .iter()
+        .map(|(name, orders)| berth_sim::ShopifyShop { name: name.to_string(), access_token: "tok".into(), orders: *orders })
+        .collect();
+    cfg.shopify.bucket_size = 10_000;
+    cfg.shopify.leak_per_sec = 1000.0;
+    cfg.taobao.shops.clear();
+    cfg
+}

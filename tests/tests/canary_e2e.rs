@@ -3,7 +3,7 @@
 //! by berth on its own, with an alert and an audit entry, and its shops lose no order; a
 //! healthy candidate is promoted to every shop.
 
-use berth_sim::{Platform, ShopifyShop, SimConfig};
+use berth_sim::Platform;
 use berth_tests::{component_variant, get_json, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -19,16 +19,7 @@ const ADMIN: &str = "admin-token-00000000001";
 const SHOPS: [&str; 4] = ["s1", "s2", "s3", "s4"];
 
 async fn admin(berth: &Berth, method: reqwest::Method, path: &str, token: &str, body: Option<Vec<u8>>, json: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, berth.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.body(b);
-    }
-    if let Some(j) = json {
-        req = req.json(&j);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    berth_tests::api_call(method, berth.url(path), Some(token), body, json).await
 }
 
 async fn entries(berth: &Berth) -> u64 {
@@ -37,11 +28,8 @@ async fn entries(berth: &Berth) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
-    let mut cfg = SimConfig { seed: 51, history_hours: 4, ..SimConfig::default() };
-    cfg.shopify.shops = SHOPS.iter().map(|s| ShopifyShop { name: s.to_string(), access_token: "tok".into(), orders: 10 }).collect();
-    cfg.shopify.bucket_size = 1000;
-    cfg.shopify.leak_per_sec = 100.0;
-    cfg.taobao.shops.clear();
+    let shops: Vec<(&str, usize)> = SHOPS.iter().map(|s| (*s, 10)).collect();
+    let cfg = berth_tests::shopify_sim(51, 4, &shops);
     let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = sim.base_url();
     let shops: String = SHOPS

@@ -3,7 +3,7 @@
 //! audit log, invalid uploads refused with nothing changed, and a restart that keeps the
 //! deployed version without compiling it again.
 
-use berth_sim::{Platform, ShopifyShop, SimConfig};
+use berth_sim::Platform;
 use berth_tests::{berth_admin, component_variant, get_json, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -19,16 +19,8 @@ const OPERATOR: &str = "operator-token-0000001";
 const DEPLOYER: &str = "deployer-token-0000001";
 const ADMIN: &str = "admin-token-00000000001";
 
-fn sim_config() -> SimConfig {
-    let mut cfg = SimConfig { seed: 31, history_hours: 6, ..SimConfig::default() };
-    cfg.shopify.shops = vec![
-        ShopifyShop { name: "acme".into(), access_token: "tok".into(), orders: 30 },
-        ShopifyShop { name: "zeta".into(), access_token: "tok".into(), orders: 10 },
-    ];
-    cfg.shopify.bucket_size = 10_000;
-    cfg.shopify.leak_per_sec = 1000.0;
-    cfg.taobao.shops.clear();
-    cfg
+fn sim_config() -> berth_sim::SimConfig {
+    berth_tests::shopify_sim(31, 6, &[("acme", 30), ("zeta", 10)])
 }
 
 fn config(dir: &std::path::Path, sim: &str, max_mb: u32) -> std::path::PathBuf {
@@ -57,16 +49,7 @@ fn config(dir: &std::path::Path, sim: &str, max_mb: u32) -> std::path::PathBuf {
 }
 
 async fn send(method: reqwest::Method, url: String, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.body(b);
-    }
-    let resp = req.send().await.expect("berth answers");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    berth_tests::api_call(method, url, token, body, None).await
 }
 
 async fn deploy(berth: &Berth, token: Option<&str>, connector: &str, bytes: Vec<u8>) -> (u16, Value) {

@@ -3,7 +3,7 @@
 //! identical build matches completely and is promoted; a regressed build's differences
 //! are listed and block promotion unless forced.
 
-use berth_sim::{Platform, ShopifyShop, SimConfig};
+use berth_sim::Platform;
 use berth_tests::{component_variant, get_json, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -18,16 +18,7 @@ const TOKEN: &str = "deployer-token-0000001";
 
 async fn admin(berth: &Berth, path: &str, body: Option<Vec<u8>>, json: Option<Value>) -> (u16, Value) {
     let method = if body.is_some() || json.is_some() || !path.ends_with("/shadow") { reqwest::Method::POST } else { reqwest::Method::GET };
-    let mut req = reqwest::Client::new().request(method, berth.url(path)).bearer_auth(TOKEN);
-    if let Some(b) = body {
-        req = req.body(b);
-    }
-    if let Some(j) = json {
-        req = req.json(&j);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    berth_tests::api_call(method, berth.url(path), Some(TOKEN), body, json).await
 }
 
 async fn report(berth: &Berth) -> Value {
@@ -46,11 +37,7 @@ async fn entries(berth: &Berth) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
-    let mut cfg = SimConfig { seed: 61, history_hours: 4, ..SimConfig::default() };
-    cfg.shopify.shops = vec![ShopifyShop { name: "acme".into(), access_token: "tok".into(), orders: 20 }];
-    cfg.shopify.bucket_size = 1000;
-    cfg.shopify.leak_per_sec = 100.0;
-    cfg.taobao.shops.clear();
+    let cfg = berth_tests::shopify_sim(61, 4, &[("acme", 20)]);
     let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = berth_tests::write_config(

@@ -17,15 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub struct AdminState {
     pub registry: Arc<ConnectorRegistry>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
-    /// Shop -> its connector.
-    pub shops: BTreeMap<String, String>,
+    pub shops: Arc<crate::shops::ShopSet>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -33,12 +31,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/connectors", get(list))
         .route("/v1/admin/connectors/{name}", get(one))
         .route("/v1/admin/connectors/{name}/versions", post(deploy).layer(DefaultBodyLimit::disable()))
-        .route("/v1/admin/connectors/{name}/activate", post(activate))
+        .route("/v1/admin/connectors/{name}/activate", post(|s, p, h, b| with_digest(s, p, h, b, DigestOp::Activate)))
         .route("/v1/admin/connectors/{name}/rollback", post(rollback))
         .route("/v1/admin/connectors/{name}/canary", post(canary))
         .route("/v1/admin/connectors/{name}/canary/abort", post(abort_canary))
         .route("/v1/admin/connectors/{name}/promote", post(promote))
-        .route("/v1/admin/connectors/{name}/shadow", post(start_shadow).get(shadow_report))
+        .route(
+            "/v1/admin/connectors/{name}/shadow",
+            post(|s, p, h, b| with_digest(s, p, h, b, DigestOp::Shadow)).get(shadow_report),
+        )
         .route("/v1/admin/connectors/{name}/shadow/stop", post(stop_shadow))
         .route("/v1/admin/connectors/{name}/pause", post(|s, p, h| pause_connector(s, p, h, true)))
         .route("/v1/admin/connectors/{name}/resume", post(|s, p, h| pause_connector(s, p, h, false)))
@@ -185,7 +186,7 @@ async fn deploy(
     let digest = crate::runtime::digest(&bytes);
     let result = st
         .registry
-        .deploy(&name, &bytes, &caller.name, q.activate.unwrap_or(true))
+        .deploy(&name, &bytes, &caller.name, q.activate.unwrap_or(true), max)
         .await
         .map(|d| (if d.known { StatusCode::OK } else { StatusCode::CREATED }, d));
     st.answer(&caller, &action, Some(&digest), result)
@@ -193,17 +194,25 @@ async fn deploy(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ActivateRequest {
+struct DigestRequest {
     digest: String,
 }
 
-async fn activate(
+/// The calls that name a stored version.
+#[derive(Clone, Copy)]
+enum DigestOp {
+    Activate,
+    Shadow,
+}
+
+async fn with_digest(
     State(st): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: super::JsonBody<ActivateRequest>,
+    body: super::JsonBody<DigestRequest>,
+    op: DigestOp,
 ) -> Response {
-    let action = Action { name: "activate", target: &name };
+    let action = Action { name: if matches!(op, DigestOp::Activate) { "activate" } else { "shadow" }, target: &name };
     let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
@@ -212,7 +221,11 @@ async fn activate(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let result = st.registry.activate(&name, &req.digest).await.map(|v| (StatusCode::OK, v));
+    let result = match op {
+        DigestOp::Activate => st.registry.activate(&name, &req.digest).await.map(|v| (StatusCode::OK, serde_json::to_value(v))),
+        DigestOp::Shadow => st.registry.start_shadow(&name, &req.digest).await.map(|r| (StatusCode::CREATED, serde_json::to_value(r))),
+    };
+    let result = result.map(|(status, v)| (status, v.unwrap_or_default()));
     st.answer(&caller, &action, Some(&req.digest), result)
 }
 
@@ -286,31 +299,6 @@ async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, he
     st.answer(&caller, &action, digest.as_deref(), result.map(|e| (StatusCode::OK, e)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShadowRequest {
-    digest: String,
-}
-
-async fn start_shadow(
-    State(st): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: super::JsonBody<ShadowRequest>,
-) -> Response {
-    let action = Action { name: "shadow", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let req = match super::body_or_400(body, r#"{"digest": "<sha256 of a deployed version>"}"#) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let result = st.registry.start_shadow(&name, &req.digest).await.map(|r| (StatusCode::CREATED, r));
-    st.answer(&caller, &action, Some(&req.digest), result)
-}
-
 async fn stop_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let action = Action { name: "shadow-stop", target: &name };
     let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
@@ -349,7 +337,7 @@ async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let Some(connector) = st.shops.get(&shop) else {
+    let Some(connector) = st.shops.connector_of(&shop) else {
         let why = format!("no shop `{shop}` is configured");
         return match st.record(&caller.name, &action, None, "refused", why.clone()) {
             Ok(()) => error(StatusCode::NOT_FOUND, why),
@@ -358,7 +346,7 @@ async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
     };
     let result = st
         .registry
-        .set_paused(connector, Some(&shop), paused)
+        .set_paused(&connector, Some(&shop), paused)
         .await
         .map(|()| (StatusCode::OK, serde_json::json!({ "shop": shop, "paused": paused })));
     st.answer(&caller, &action, None, result)

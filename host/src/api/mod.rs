@@ -7,7 +7,7 @@ pub mod stock;
 use crate::inbox::{LeasedOrder, OrderInbox};
 use crate::queue::{LeaseToken, QueueError, QueueStats};
 use crate::store::{OrderRecord, OrderStore};
-use crate::sync::{SharedStatus, ShopStatus};
+use crate::sync::ShopStatus;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -37,9 +37,8 @@ pub struct ApiState {
     pub inbox: OrderInbox,
     pub stock: Arc<crate::stock::StockLedger>,
     pub delivery: Option<crate::delivery::SharedDeliveryStatus>,
-    pub webhooks: std::collections::BTreeMap<String, crate::ingest::WebhookShop>,
-    pub stock_shops: std::collections::BTreeMap<String, stock::StockShop>,
-    pub shops: Vec<SharedStatus>,
+    /// The shops served now (a config reload adds and removes them).
+    pub shops: Arc<crate::shops::ShopSet>,
     pub registry: Arc<crate::registry::ConnectorRegistry>,
     pub services: Arc<crate::runtime::state::HostServices>,
 }
@@ -302,14 +301,14 @@ async fn platform_webhook(
     body: axum::body::Bytes,
 ) -> Response {
     use crate::ingest::IngestError;
-    let Some(target) = st.webhooks.get(&shop) else {
+    let Some(target) = st.shops.webhook(&shop) else {
         return error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; point the platform's webhook at /v1/webhooks/SHOP for a configured shop"));
     };
     let headers = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    match crate::ingest::ingest(&shop, target, headers, body.to_vec(), &st.inbox, &st.store).await {
+    match crate::ingest::ingest(&shop, &target, headers, body.to_vec(), &st.inbox, &st.store).await {
         Ok(done) => Json(done).into_response(),
         Err(e @ IngestError::Unauthorized(_)) => error(StatusCode::UNAUTHORIZED, e.to_string()),
         Err(e @ IngestError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -321,7 +320,7 @@ async fn platform_webhook(
 }
 
 async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {
-    Json(st.shops.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect())
+    Json(st.shops.statuses())
 }
 
 async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorInfo>> {

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 pub const MAX_STOCK_BATCH: usize = 1000;
 
 /// What the API knows about one shop's stock pushes.
+#[derive(Clone)]
 pub struct StockShop {
     pub connector: String,
     /// `None` when the shop's connector does not offer inventory.
@@ -40,10 +41,9 @@ fn stock_error(e: StockError) -> Response {
 }
 
 /// The shop's entry, or the response saying why it cannot take stock.
-fn shop_entry<'a>(st: &'a ApiState, shop: &str) -> Result<&'a StockShop, Response> {
-    st.stock_shops.get(shop).ok_or_else(|| {
-        let known: Vec<&str> = st.stock_shops.keys().map(String::as_str).collect();
-        error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; configured shops: {}", known.join(", ")))
+fn shop_entry(st: &ApiState, shop: &str) -> Result<StockShop, Response> {
+    st.shops.stock(shop).ok_or_else(|| {
+        error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; configured shops: {}", st.shops.names().join(", ")))
     })
 }
 
@@ -189,7 +189,7 @@ struct ShopStockView {
 
 pub async fn queue(State(st): State<Arc<ApiState>>) -> Response {
     let mut out = BTreeMap::new();
-    for (shop, entry) in &st.stock_shops {
+    for (shop, entry) in &st.shops.stock_shops() {
         let stats = match st.stock.stats(shop) {
             Ok(s) => s,
             Err(e) => return stock_error(e),

@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use slot::ConnectorSlot;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 pub use store::{CanaryEnd, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +127,12 @@ pub struct CanaryRollback {
 pub struct ConnectorRegistry {
     store: RegistryStore,
     runtime: Arc<ConnectorRuntime>,
-    configs: BTreeMap<String, ConnectorConfig>,
-    slots: BTreeMap<String, Arc<ConnectorSlot>>,
+    configs: RwLock<BTreeMap<String, ConnectorConfig>>,
+    slots: RwLock<BTreeMap<String, Arc<ConnectorSlot>>>,
     /// Deploys, activations, rollbacks and pauses run one at a time.
     changes: tokio::sync::Mutex<()>,
-    max_component_bytes: usize,
     /// Each connector's shops (canaries pick from them).
-    shops: BTreeMap<String, Vec<String>>,
+    shops: RwLock<BTreeMap<String, Vec<String>>>,
 }
 
 fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> VersionRecord {
@@ -168,61 +167,74 @@ impl ConnectorRegistry {
         runtime: Arc<ConnectorRuntime>,
         configs: &BTreeMap<String, ConnectorConfig>,
         shops: BTreeMap<String, Vec<String>>,
-        max_component_bytes: usize,
     ) -> Result<Self, RegistryOpenError> {
-        let mut slots = BTreeMap::new();
-        for (name, c) in configs {
-            let load_err = |source| RegistryOpenError::Load { connector: name.clone(), source };
-            let bytes = std::fs::read(&c.component).map_err(|source| load_err(LoadError::Read { path: c.component.clone(), source }))?;
-            let file_digest = digest(&bytes);
-            let mut st = store.state(name)?;
-            let from_file = runtime
-                .load_bytes(name, &c.component, &bytes, c.grant_hosts.as_deref(), &c.extra_hosts)
-                .await
-                .map_err(load_err)?;
-            let from_file = Arc::new(from_file);
-            let mut active = from_file.clone();
-            if st.config_digest.as_deref() != Some(file_digest.as_str()) {
-                if store.version(name, &file_digest)?.is_none() {
-                    store.put_version(&record(name, &from_file, bytes.len(), "config"), &bytes).await?;
-                }
-                if let Some(prev) = st.active.take().filter(|d| *d != file_digest) {
-                    st.history.push(prev);
-                }
-                st.active = Some(file_digest.clone());
-                st.config_digest = Some(file_digest.clone());
-                store.set_state(name, &st).await?;
-                tracing::info!(connector = %name, digest = &file_digest[..12], "the configured component is new or changed; it is active");
-            } else if let Some(d) = st.active.clone().filter(|d| *d != file_digest) {
-                match Self::load_stored(&store, &runtime, name, c, &d).await {
-                    Ok(l) if l.manifest.platform == from_file.manifest.platform => active = Arc::new(l),
-                    Ok(l) => tracing::error!(connector = %name, platform = %l.manifest.platform, "the registry's active version serves another platform; using the configured component"),
-                    Err(e) => tracing::error!(connector = %name, digest = &d[..12.min(d.len())], error = %e, "cannot load the registry's active version; using the configured component"),
-                }
-            }
-            let slot = ConnectorSlot::new(active, st.paused, st.paused_shops.clone());
-            if let Some(plan) = st.canary.clone() {
-                // A canary survives a restart; one whose candidate cannot load is dropped.
-                match Self::load_stored(&store, &runtime, name, c, &plan.digest).await {
-                    Ok(v) => slot.set_canary(Some(slot::Canary { version: Arc::new(v), shops: plan.shops.iter().cloned().collect() })),
-                    Err(e) => {
-                        tracing::error!(connector = %name, error = %e, "cannot load the canary candidate; the canary ends");
-                        st.canary = None;
-                        store.set_state(name, &st).await?;
-                    }
-                }
-            }
-            slots.insert(name.clone(), Arc::new(slot));
-        }
-        Ok(ConnectorRegistry {
+        let registry = ConnectorRegistry {
             store,
             runtime,
-            configs: configs.clone(),
-            slots,
+            configs: RwLock::default(),
+            slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
-            max_component_bytes,
-            shops,
-        })
+            shops: RwLock::new(shops),
+        };
+        for (name, c) in configs {
+            registry.add_connector(name, c).await?;
+        }
+        Ok(registry)
+    }
+
+    /// Load a configured connector — at start, or when a config reload adds one — and
+    /// serve it: the configured component when new or changed, else the registry's choice.
+    pub async fn add_connector(&self, name: &str, c: &ConnectorConfig) -> Result<Arc<ConnectorSlot>, RegistryOpenError> {
+        let (store, runtime) = (&self.store, &self.runtime);
+        let load_err = |source| RegistryOpenError::Load { connector: name.to_string(), source };
+        let bytes = std::fs::read(&c.component).map_err(|source| load_err(LoadError::Read { path: c.component.clone(), source }))?;
+        let file_digest = digest(&bytes);
+        let mut st = store.state(name)?;
+        let from_file = runtime
+            .load_bytes(name, &c.component, &bytes, c.grant_hosts.as_deref(), &c.extra_hosts)
+            .await
+            .map_err(load_err)?;
+        let from_file = Arc::new(from_file);
+        let mut active = from_file.clone();
+        if st.config_digest.as_deref() != Some(file_digest.as_str()) {
+            if store.version(name, &file_digest)?.is_none() {
+                store.put_version(&record(name, &from_file, bytes.len(), "config"), &bytes).await?;
+            }
+            if let Some(prev) = st.active.take().filter(|d| *d != file_digest) {
+                st.history.push(prev);
+            }
+            st.active = Some(file_digest.clone());
+            st.config_digest = Some(file_digest.clone());
+            store.set_state(name, &st).await?;
+            tracing::info!(connector = %name, digest = &file_digest[..12], "the configured component is new or changed; it is active");
+        } else if let Some(d) = st.active.clone().filter(|d| *d != file_digest) {
+            match Self::load_stored(store, runtime, name, c, &d).await {
+                Ok(l) if l.manifest.platform == from_file.manifest.platform => active = Arc::new(l),
+                Ok(l) => tracing::error!(connector = %name, platform = %l.manifest.platform, "the registry's active version serves another platform; using the configured component"),
+                Err(e) => tracing::error!(connector = %name, digest = &d[..12.min(d.len())], error = %e, "cannot load the registry's active version; using the configured component"),
+            }
+        }
+        let slot = ConnectorSlot::new(active, st.paused, st.paused_shops.clone());
+        if let Some(plan) = st.canary.clone() {
+            // A canary survives a restart; one whose candidate cannot load is dropped.
+            match Self::load_stored(store, runtime, name, c, &plan.digest).await {
+                Ok(v) => slot.set_canary(Some(slot::Canary { version: Arc::new(v), shops: plan.shops.iter().cloned().collect() })),
+                Err(e) => {
+                    tracing::error!(connector = %name, error = %e, "cannot load the canary candidate; the canary ends");
+                    st.canary = None;
+                    store.set_state(name, &st).await?;
+                }
+            }
+        }
+        let slot = Arc::new(slot);
+        self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), c.clone());
+        self.slots.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Each connector's shops, after a config reload.
+    pub fn set_shops(&self, shops: BTreeMap<String, Vec<String>>) {
+        *self.shops.write().unwrap_or_else(|e| e.into_inner()) = shops;
     }
 
     async fn load_stored(
@@ -240,15 +252,21 @@ impl ConnectorRegistry {
     }
 
     pub fn slot(&self, name: &str) -> Option<Arc<ConnectorSlot>> {
-        self.slots.get(name).cloned()
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
-    pub fn slots(&self) -> &BTreeMap<String, Arc<ConnectorSlot>> {
-        &self.slots
+    /// Every connector, by name.
+    pub fn slots(&self) -> BTreeMap<String, Arc<ConnectorSlot>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn known(&self, name: &str) -> Result<(&Arc<ConnectorSlot>, &ConnectorConfig), DeployError> {
-        match (self.slots.get(name), self.configs.get(name)) {
+    /// The connector's config as loaded.
+    pub fn config(&self, name: &str) -> Option<ConnectorConfig> {
+        self.configs.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    fn known(&self, name: &str) -> Result<(Arc<ConnectorSlot>, ConnectorConfig), DeployError> {
+        match (self.slot(name), self.config(name)) {
             (Some(s), Some(c)) => Ok((s, c)),
             _ => Err(DeployError::UnknownConnector(name.to_string())),
         }
@@ -256,10 +274,10 @@ impl ConnectorRegistry {
 
     /// Validate and store a component as a version of `name`; make it active when
     /// `activate`. A refused component changes nothing.
-    pub async fn deploy(&self, name: &str, bytes: &[u8], by: &str, activate: bool) -> Result<Deployed, DeployError> {
+    pub async fn deploy(&self, name: &str, bytes: &[u8], by: &str, activate: bool, max_bytes: usize) -> Result<Deployed, DeployError> {
         let (slot, cfg) = self.known(name)?;
-        if bytes.len() > self.max_component_bytes {
-            return Err(DeployError::TooLarge { size: bytes.len(), max: self.max_component_bytes });
+        if bytes.len() > max_bytes {
+            return Err(DeployError::TooLarge { size: bytes.len(), max: max_bytes });
         }
         let _guard = self.changes.lock().await;
         let origin = Path::new("upload").join(&digest(bytes)[..12]);
@@ -276,7 +294,7 @@ impl ConnectorRegistry {
             }
         };
         if activate {
-            self.make_active(name, slot, Arc::new(loaded), false).await?;
+            self.make_active(name, &slot, Arc::new(loaded), false).await?;
         }
         tracing::info!(connector = name, digest = &version.digest[..12], version = %version.version, by, activate, "connector version deployed");
         Ok(Deployed { version, known, active: activate })
@@ -310,8 +328,8 @@ impl ConnectorRegistry {
             .store
             .version(name, digest)?
             .ok_or_else(|| DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() })?;
-        let loaded = Self::load_stored(&self.store, &self.runtime, name, cfg, digest).await?;
-        self.make_active(name, slot, Arc::new(loaded), false).await?;
+        let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
+        self.make_active(name, &slot, Arc::new(loaded), false).await?;
         Ok(rec)
     }
 
@@ -325,8 +343,8 @@ impl ConnectorRegistry {
         let missing = |d: &str| DeployError::UnknownVersion { connector: name.to_string(), digest: d.to_string() };
         let from_rec = self.store.version(name, &from)?.ok_or_else(|| missing(&from))?;
         let to_rec = self.store.version(name, &to)?.ok_or_else(|| missing(&to))?;
-        let loaded = Self::load_stored(&self.store, &self.runtime, name, cfg, &to).await?;
-        self.make_active(name, slot, Arc::new(loaded), true).await?;
+        let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, &to).await?;
+        self.make_active(name, &slot, Arc::new(loaded), true).await?;
         Ok((from_rec, to_rec))
     }
 
@@ -363,7 +381,7 @@ impl ConnectorRegistry {
         if !(req.max_failure_rate.is_finite() && (0.0..1.0).contains(&req.max_failure_rate)) || req.window_secs == 0 || req.min_calls == 0 {
             return Err(DeployError::BadCanary("max_failure_rate must be in [0, 1), window_secs and min_calls at least 1".into()));
         }
-        let own = self.shops.get(name).cloned().unwrap_or_default();
+        let own = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned().unwrap_or_default();
         let shops = match (&req.shops, req.share_percent) {
             (Some(list), None) => {
                 if let Some(s) = list.iter().find(|s| !own.contains(s)) {
@@ -383,7 +401,7 @@ impl ConnectorRegistry {
         if self.store.version(name, &req.digest)?.is_none() {
             return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: req.digest.clone() });
         }
-        let candidate = Self::load_stored(&self.store, &self.runtime, name, cfg, &req.digest).await?;
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, &req.digest).await?;
         let plan = CanaryPlan {
             digest: req.digest.clone(),
             shops: shops.clone(),
@@ -407,7 +425,7 @@ impl ConnectorRegistry {
         let (slot, _) = self.known(name)?;
         let canary = slot.canary().ok_or_else(|| DeployError::NoCanary(name.to_string()))?;
         if outcome == "promoted" {
-            self.make_active(name, slot, canary.version.clone(), false).await?;
+            self.make_active(name, &slot, canary.version.clone(), false).await?;
         }
         let end = CanaryEnd { digest: canary.version.digest.clone(), outcome: outcome.to_string(), reason, at_ms: now_ms() };
         let mut st = self.store.state(name)?;
@@ -437,7 +455,7 @@ impl ConnectorRegistry {
         if slot.canary().is_some() {
             return self.end_canary(name, "promoted", reason).await;
         }
-        self.make_active(name, slot, candidate.clone(), false).await?;
+        self.make_active(name, &slot, candidate.clone(), false).await?;
         slot.set_shadow(None);
         Ok(CanaryEnd { digest: candidate.digest.clone(), outcome: "promoted".into(), reason, at_ms: now_ms() })
     }
@@ -458,7 +476,7 @@ impl ConnectorRegistry {
         if self.store.version(name, digest)?.is_none() {
             return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
         }
-        let candidate = Self::load_stored(&self.store, &self.runtime, name, cfg, digest).await?;
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
         let sh = Arc::new(shadow::Shadow::new(Arc::new(candidate)));
         let report = sh.report();
         slot.set_shadow(Some(sh));
@@ -485,7 +503,7 @@ impl ConnectorRegistry {
     /// Roll back every canary whose candidate fails too often; returns what it rolled back.
     pub async fn check_canaries(&self) -> Vec<CanaryRollback> {
         let mut rolled = Vec::new();
-        for (name, slot) in &self.slots {
+        for (name, slot) in &self.slots() {
             let Some(canary) = slot.canary() else { continue };
             let Ok(st) = self.store.state(name) else { continue };
             let Some(plan) = st.canary else { continue };

@@ -1,0 +1,232 @@
+//! The shops berth serves, each with its order pull worker and (when its connector
+//! offers inventory) its stock pusher. Shops can be added, changed and removed while
+//! berth runs: a config reload starts new shops, restarts changed ones with their new
+//! settings and stops removed ones (their stored orders and stock records stay).
+
+use crate::api::stock::StockShop;
+use crate::config::{ShopConfig, SyncDefaults};
+use crate::inbox::OrderInbox;
+use crate::ingest::WebhookShop;
+use crate::registry::ConnectorSlot;
+use crate::runtime::bindings::berth::connector::types::Capability;
+use crate::stock::pusher::ShopPusher;
+use crate::stock::StockLedger;
+use crate::store::OrderStore;
+use crate::sync::{SharedStatus, ShopStatus, ShopWorker};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What every shop's workers share.
+pub struct ShopDeps {
+    pub store: Arc<OrderStore>,
+    pub inbox: OrderInbox,
+    pub ledger: Arc<StockLedger>,
+    pub sync: SyncDefaults,
+    pub stock_batch_size: usize,
+    pub error_pause: Duration,
+}
+
+struct RunningShop {
+    config: ShopConfig,
+    status: SharedStatus,
+    webhook: Arc<WebhookShop>,
+    stock: StockShop,
+    stop: Arc<watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct ShopSet {
+    deps: ShopDeps,
+    shops: RwLock<BTreeMap<String, RunningShop>>,
+    /// berth's own shutdown: stops every shop.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Why a shop was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    #[error("shop `{shop}`: connector `{connector}` is not loaded")]
+    NoConnector { shop: String, connector: String },
+    #[error("shop `{shop}`: connector `{connector}` needs config key `{key}`; add it under [shops.{shop}.settings] or [shops.{shop}.secrets]")]
+    MissingKey { shop: String, connector: String, key: String },
+}
+
+/// Settings compared as written (secrets included, never printed).
+fn same_config(a: &ShopConfig, b: &ShopConfig) -> bool {
+    let secrets = |c: &ShopConfig| c.secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect::<Vec<_>>();
+    format!("{a:?}") == format!("{b:?}") && secrets(a) == secrets(b)
+}
+
+impl ShopSet {
+    pub fn new(deps: ShopDeps, shutdown: watch::Receiver<bool>) -> Self {
+        ShopSet { deps, shops: RwLock::default(), shutdown }
+    }
+
+    /// Check a shop against its connector's manifest (required keys).
+    pub fn check(shop: &str, sc: &ShopConfig, slot: &ConnectorSlot) -> Result<(), ShopError> {
+        let conn = slot.current();
+        match conn.manifest.required_config.iter().find(|k| sc.value(k).is_none()) {
+            Some(key) => Err(ShopError::MissingKey { shop: shop.into(), connector: sc.connector.clone(), key: key.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Start a shop's workers.
+    pub fn start(&self, shop: &str, sc: &ShopConfig, slot: Arc<ConnectorSlot>) -> Result<(), ShopError> {
+        Self::check(shop, sc, &slot)?;
+        let d = &self.deps;
+        let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
+        // berth's shutdown stops the shop too; the forwarder ends when the shop does.
+        let (fwd_stop, mut global) = (stop.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait_for(|s| *s) => { let _ = fwd_stop.send(true); }
+                _ = fwd_stop.closed() => {}
+            }
+        });
+        let config = Arc::new(sc.clone());
+        let status = Arc::new(Mutex::new(ShopStatus {
+            shop: shop.to_string(),
+            connector: sc.connector.clone(),
+            platform: slot.platform.clone(),
+            tier: format!("{:?}", sc.tier),
+            ..Default::default()
+        }));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let worker = ShopWorker {
+            wake: wake.clone(),
+            shop: shop.to_string(),
+            config: config.clone(),
+            connector: slot.clone(),
+            store: d.store.clone(),
+            inbox: d.inbox.clone(),
+            defaults: d.sync.clone(),
+            status: status.clone(),
+        };
+        let mut tasks = vec![tokio::spawn(worker.run(stop_rx.clone()))];
+        let pusher = if slot.current().offers(Capability::Inventory) {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let push_status = Arc::new(Mutex::new(Default::default()));
+            let pusher = ShopPusher {
+                shop: shop.to_string(),
+                config: config.clone(),
+                connector: slot.clone(),
+                ledger: d.ledger.clone(),
+                wake: wake.clone(),
+                batch_size: d.stock_batch_size,
+                error_pause: d.error_pause,
+                status: push_status.clone(),
+            };
+            tasks.push(tokio::spawn(pusher.run(stop_rx)));
+            Some((wake.clone(), push_status))
+        } else {
+            None
+        };
+        let running = RunningShop {
+            config: sc.clone(),
+            status,
+            webhook: Arc::new(WebhookShop { connector: slot, config, wake_sync: wake }),
+            stock: StockShop { connector: sc.connector.clone(), pusher },
+            stop,
+            tasks,
+        };
+        self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), running);
+        Ok(())
+    }
+
+    /// Stop a shop's workers and wait for them (a call in flight finishes first).
+    pub async fn stop(&self, shop: &str) {
+        let running = self.shops.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            for t in r.tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Wait for every shop's workers after berth's shutdown was signalled.
+    pub async fn join_all(&self) {
+        let names: Vec<String> = self.shops.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for n in names {
+            self.stop(&n).await;
+        }
+    }
+
+    /// Bring the running shops in line with `shops` (a reloaded config). Returns what
+    /// changed, one line per shop.
+    pub async fn apply(&self, shops: &BTreeMap<String, ShopConfig>, slot: impl Fn(&str) -> Option<Arc<ConnectorSlot>>) -> Vec<String> {
+        let mut changes = Vec::new();
+        let running: BTreeMap<String, ShopConfig> =
+            self.shops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.config.clone())).collect();
+        for name in running.keys().filter(|n| !shops.contains_key(*n)) {
+            self.stop(name).await;
+            changes.push(format!("shop `{name}` removed and stopped"));
+        }
+        for (name, sc) in shops {
+            let old = running.get(name);
+            if old.is_some_and(|o| same_config(o, sc)) {
+                continue;
+            }
+            let Some(s) = slot(&sc.connector) else {
+                changes.push(ShopError::NoConnector { shop: name.clone(), connector: sc.connector.clone() }.to_string());
+                continue;
+            };
+            // Check before stopping the old one, so a bad change keeps the shop running.
+            if let Err(e) = Self::check(name, sc, &s) {
+                changes.push(format!("{e}; the shop was not (re)started"));
+                continue;
+            }
+            if old.is_some() {
+                self.stop(name).await;
+            }
+            match self.start(name, sc, s) {
+                Ok(()) => changes.push(format!("shop `{name}` {}", if old.is_some() { "restarted with its new settings" } else { "added and started" })),
+                Err(e) => changes.push(e.to_string()),
+            }
+        }
+        changes
+    }
+
+    pub fn statuses(&self) -> Vec<ShopStatus> {
+        self.shops
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    pub fn webhook(&self, shop: &str) -> Option<Arc<WebhookShop>> {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.webhook.clone())
+    }
+
+    pub fn stock(&self, shop: &str) -> Option<StockShop> {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.stock.clone())
+    }
+
+    /// Every shop's stock side, by name.
+    pub fn stock_shops(&self) -> BTreeMap<String, StockShop> {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, r)| (k.clone(), r.stock.clone())).collect()
+    }
+
+    pub fn connector_of(&self, shop: &str) -> Option<String> {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.config.connector.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Each connector's shops.
+    pub fn by_connector(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shop, r) in self.shops.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.entry(r.config.connector.clone()).or_default().push(shop.clone());
+        }
+        out
+    }
+}
