@@ -152,7 +152,7 @@ impl ShopWorker {
                     Ok(Next::Wait(d)) => d,
                     Err(StepError::Failed(kind, why)) => {
                         attempt = attempt.saturating_add(1);
-                        let policy = self.connector.current().retry_policy(Job::Pull);
+                        let policy = conn.retry_policy(Job::Pull);
                         if policy.retries(kind, attempt) {
                             let d = policy.delay(attempt);
                             tracing::warn!(attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
