@@ -85,6 +85,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     let body: Value = upgrade.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"]["wit_version"], "0.2.0", "{body}");
+    assert_eq!(body["version"]["capabilities"], serde_json::json!(["orders", "inventory", "webhooks"]), "{body}");
     assert_eq!(wit_of(&get_json(berth.url("/v1/connectors")).await, "shopify"), "0.2.0");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 51).then_some(()) }).await.expect("order after the upgrade");
