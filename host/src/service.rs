@@ -14,7 +14,6 @@ use crate::runtime::state::HostServices;
 use crate::runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
 use crate::shops::ShopSet;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -91,12 +90,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let registry_store = crate::registry::RegistryStore::open(store.db(), store.commit()).map_err(StartError::Registry)?;
     let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
-    let mut shops_by_connector: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (shop, sc) in &cfg.shops {
-        shops_by_connector.entry(sc.connector.clone()).or_default().push(shop.clone());
-    }
     let registry = Arc::new(
-        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, shops_by_connector)
+        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors)
             .await
             .map_err(|e| match e {
                 crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
@@ -136,6 +131,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     for (shop, sc) in &cfg.shops {
         shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
     }
+    registry.set_shops(shops.by_connector());
     let delivery = match ErpDeliverer::from_config(&cfg.erp, inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
             let status = d.status.clone();

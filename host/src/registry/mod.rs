@@ -176,7 +176,6 @@ impl ConnectorRegistry {
         store: RegistryStore,
         runtime: Arc<ConnectorRuntime>,
         configs: &BTreeMap<String, ConnectorConfig>,
-        shops: BTreeMap<String, Vec<String>>,
     ) -> Result<Self, RegistryOpenError> {
         let registry = ConnectorRegistry {
             store,
@@ -184,7 +183,7 @@ impl ConnectorRegistry {
             configs: RwLock::default(),
             slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
-            shops: RwLock::new(shops),
+            shops: RwLock::default(),
         };
         for (name, c) in configs {
             registry.add_connector(name, c).await?;
@@ -242,7 +241,7 @@ impl ConnectorRegistry {
         Ok(slot)
     }
 
-    /// Each connector's shops, after a config reload.
+    /// Each connector's shops, as started (at start-up and after each config reload).
     pub fn set_shops(&self, shops: BTreeMap<String, Vec<String>>) {
         *self.shops.write().unwrap_or_else(|e| e.into_inner()) = shops;
     }

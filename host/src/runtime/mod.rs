@@ -225,6 +225,12 @@ impl Call {
     }
 }
 
+/// Whether a call's answer counts as the version succeeding: a throttle is the
+/// platform's doing, not the version's failure.
+fn succeeded<T>(r: &Result<T, ConnectorError>) -> bool {
+    matches!(r, Ok(_) | Err(ConnectorError::RateLimited(_)))
+}
+
 /// What an export returned.
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum Output {
@@ -236,12 +242,11 @@ pub enum Output {
 impl Output {
     /// Whether the call counts as a success (a throttle is not the version's failure).
     pub fn ok(&self) -> bool {
-        let err = match self {
-            Output::Pull(r) => r.as_ref().err(),
-            Output::Push(r) => r.as_ref().err(),
-            Output::Webhook(r) => r.as_ref().err(),
-        };
-        matches!(err, None | Some(ConnectorError::RateLimited(_)))
+        match self {
+            Output::Pull(r) => succeeded(r),
+            Output::Push(r) => succeeded(r),
+            Output::Webhook(r) => succeeded(r),
+        }
     }
 
     pub fn into_pull(self) -> Result<OrderPage, ConnectorError> {
@@ -429,7 +434,7 @@ impl LoadedConnector {
 
     /// Count how a call ended, and hand the result on.
     fn tally<T>(&self, r: Result<Result<T, ConnectorError>, CallError>) -> Result<Result<T, ConnectorError>, CallError> {
-        self.calls.record(matches!(r, Ok(Ok(_)) | Ok(Err(ConnectorError::RateLimited(_)))));
+        self.calls.record(r.as_ref().is_ok_and(succeeded));
         r
     }
 
