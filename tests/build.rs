@@ -10,7 +10,22 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("tests/ lives in the workspace root").to_path_buf();
-    for watched in ["plugins", "sdk", "wit"] {
+    // Sources only: plugins/woo-js/node_modules is large and npm touches it.
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/regressed",
+        "plugins/shopify",
+        "plugins/taobao",
+        "plugins/shopee-py/app.py",
+        "plugins/shopee-py/build.sh",
+        "plugins/woo-js/connector.js",
+        "plugins/woo-js/build.sh",
+        "plugins/woo-js/package-lock.json",
+        "plugins/woo-c",
+        "sdk",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
@@ -37,11 +52,42 @@ fn main() {
         let const_name = crate_name.trim_start_matches("berth-connector-").replace('-', "_").to_uppercase();
         out.push_str(&format!("pub const {const_name}: &str = {:?};\n", wasm.display().to_string()));
     }
+    // Connectors in other languages: each plugin directory's build.sh, with the tools
+    // scripts/toolchains installed.
+    let foreign_dir = target_dir.with_file_name("wasm-guests-foreign");
+    for (const_name, dir) in FOREIGN {
+        let wasm = build_foreign(&root, dir, &foreign_dir);
+        out.push_str(&format!("pub const {const_name}: &str = {:?};\n", wasm.display().to_string()));
+    }
     let legacy = legacy_dir.join("wasm32-wasip2/release/berth_connector_shopify.wasm");
     assert!(legacy.exists(), "{} was not produced", legacy.display());
     out.push_str(&format!("/// The Shopify connector built against berth:connector@0.1.0.\npub const SHOPIFY_WIT_0_1: &str = {:?};\n", legacy.display().to_string()));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out_dir.join("plugins.rs"), out).expect("cannot write plugins.rs");
+}
+
+/// (constant name, directory under plugins/) of the connectors not written in Rust.
+const FOREIGN: &[(&str, &str)] = &[("SHOPEE_PY", "shopee-py"), ("WOO_JS", "woo-js"), ("WOO_C", "woo-c")];
+
+fn build_foreign(root: &Path, dir: &str, out_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(out_dir).expect("cannot create the foreign connectors' build dir");
+    let wasm = out_dir.join(format!("{}.wasm", dir.replace('-', "_")));
+    let tc = root.join(".toolchains");
+    let status = Command::new(root.join("plugins").join(dir).join("build.sh"))
+        .arg(&wasm)
+        .env("COMPONENTIZE_PY", tc.join("venv/bin/componentize-py"))
+        .env("WIT_BINDGEN", tc.join("bin/wit-bindgen"))
+        .env("WASM_TOOLS", tc.join("bin/wasm-tools"))
+        .env("WASI_ADAPTER", tc.join("adapters/wasi_snapshot_preview1.reactor.wasm"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run plugins/{dir}/build.sh: {e}"));
+    if !status.success() || !wasm.exists() {
+        panic!(
+            "building plugins/{dir} failed (see above). Its toolchain may be missing: run `scripts/toolchains` \
+             (componentize-py, componentize-js, clang + wasi-libc, wit-bindgen, wasm-tools, the WASI adapter)."
+        );
+    }
+    wasm
 }
 
 fn build_plugins(root: &Path, target_dir: &Path, extra: &[&str]) {

@@ -203,6 +203,25 @@ pub struct PlatformConfig {
     pub standby: Option<StandbyConfig>,
 }
 
+impl PlatformConfig {
+    /// No host-side limit, window or call-limit pacing: the platform's own throttling is
+    /// all a connector meets (the conformance kit's view).
+    pub fn unlimited() -> PlatformConfig {
+        PlatformConfig {
+            requests_per_second: None,
+            burst: 1,
+            quota_key: None,
+            endpoints: BTreeMap::new(),
+            call_limit_header: false,
+            call_limit_leak_per_second: None,
+            windows: Vec::new(),
+            timezone: None,
+            retry: RetryOverrides::default(),
+            standby: None,
+        }
+    }
+}
+
 /// Requests matching any pattern share this class's own bucket (keyed like the
 /// platform's). A pattern starting with `/` is matched against the URL path, any other
 /// against the API method named in a `method` query or form parameter (TOP-style
@@ -416,6 +435,10 @@ impl fmt::Debug for ShopConfig {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

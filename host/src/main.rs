@@ -119,6 +119,24 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Tools for connector authors: describe a component, run the conformance suite.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print a component's manifest, WIT version, imports, exports and digest.
+    Inspect { file: PathBuf },
+    /// Run the conformance suite against the built-in simulator of a platform
+    /// (shopify, taobao, shopee, woo). Exit 0 when every check passes, 1 when one fails.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        sim: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -126,6 +144,32 @@ struct Server {
     /// The berth to talk to (default: $BERTH_URL, else http://127.0.0.1:8080).
     #[arg(long)]
     url: Option<String>,
+}
+
+async fn plugin_command(command: PluginCommand) -> ExitCode {
+    use berth_host::plugin;
+    let result = match command {
+        PluginCommand::Inspect { file } => plugin::inspect(&file).await.map(|i| {
+            print!("{}", i.render());
+            if i.loaded.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+        PluginCommand::Test { file, sim } => plugin::conformance::run(&file, &sim).await.map(|report| {
+            print!("{}", report.render());
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn init_tracing() {
@@ -157,6 +201,10 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
+        },
+        Command::Plugin { command } => match runtime() {
+            Some(rt) => rt.block_on(plugin_command(command)),
+            None => ExitCode::FAILURE,
         },
         Command::Serve { config } => match runtime() {
             Some(rt) => rt.block_on(serve(config)),
@@ -234,7 +282,7 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
-            Command::Serve { .. } | Command::CheckConfig { .. } => unreachable!("handled in main"),
+            Command::Serve { .. } | Command::CheckConfig { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
         }
     };
     match run.await {

@@ -122,6 +122,8 @@ impl ShopWorker {
         async move {
             let poll = Duration::from_secs(self.config.poll_interval_secs());
             let mut attempt: u32 = 0;
+            // Until when idle waits are kept short after a wake-up (see below).
+            let mut chase_until: Option<std::time::Instant> = None;
             loop {
                 if *shutdown.borrow() {
                     break;
@@ -147,7 +149,12 @@ impl ShopWorker {
                     }
                     Ok(Next::Idle) => {
                         attempt = 0;
-                        poll
+                        // After a push named a changed order, look again each second
+                        // until the settled edge has passed the time of the push.
+                        match chase_until {
+                            Some(t) if std::time::Instant::now() < t => poll.min(Duration::from_secs(1)),
+                            _ => poll,
+                        }
                     }
                     Ok(Next::Wait(d)) => d,
                     Err(StepError::Failed(kind, why)) => {
@@ -182,7 +189,9 @@ impl ShopWorker {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.wake.notified(), if idle => {}
+                    _ = self.wake.notified(), if idle => {
+                        chase_until = Some(std::time::Instant::now() + Duration::from_secs(u64::from(self.defaults.settle_secs) + 2));
+                    }
                     _ = shutdown.changed() => {}
                 }
             }

@@ -5,15 +5,21 @@
 //! paging through `Link`, leaky-bucket throttling with 429 + `Retry-After` +
 //! `X-Shopify-Shop-Api-Call-Limit`) and a Taobao-TOP-like router (MD5/HMAC signing over
 //! sorted params checked strictly, `page_no` paging, one-day windows, HTTP 200 with error
-//! code 7 when throttled). Order data is seeded deterministically. A control API under
+//! code 7 when throttled), a Shopee-v2-like API (HMAC-SHA256 partner signing, 15-day
+//! windows, cursor paging, list + detail calls, HTTP 429 without a wait) and a
+//! WooCommerce-like long-tail store (Basic auth, page numbers with `X-WP-TotalPages`, a
+//! WAF's 429 + `Retry-After`, HTML error pages). Order data is seeded deterministically. A control API under
 //! `/_sim/` injects faults (5xx, timeouts, garbage bodies), changes limits, mutates orders
 //! and reports what the simulator saw, so tests can assert on it.
 
 pub mod data;
 pub mod faults;
 pub mod inventory;
+pub mod profiles;
+pub mod shopee;
 pub mod shopify;
 pub mod taobao;
+pub mod woo;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -35,6 +41,8 @@ use tokio::net::TcpListener;
 pub enum Platform {
     Shopify,
     Taobao,
+    Shopee,
+    Woo,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +55,54 @@ pub struct SimConfig {
     pub timeout_hold_ms: u64,
     pub shopify: ShopifyConfig,
     pub taobao: TaobaoConfig,
+    pub shopee: ShopeeConfig,
+    pub woo: WooConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShopeeConfig {
+    pub partners: Vec<ShopeePartner>,
+    pub shops: Vec<ShopeeShop>,
+    /// Per shop: at most this many calls per `window_ms`; more get HTTP 429 until the
+    /// window has passed again.
+    pub calls_per_window: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopeePartner {
+    pub partner_id: u64,
+    pub partner_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopeeShop {
+    pub shop_id: u64,
+    pub partner_id: u64,
+    pub access_token: String,
+    pub orders: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WooConfig {
+    pub sites: Vec<WooSite>,
+    /// The site's WAF: at most this many requests per `window_ms`, then 429 with
+    /// `Retry-After` until the window has passed again.
+    pub requests_per_window: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WooSite {
+    pub name: String,
+    pub consumer_key: String,
+    pub consumer_secret: String,
+    pub orders: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +159,8 @@ impl Default for SimConfig {
             timeout_hold_ms: 30_000,
             shopify: ShopifyConfig::default(),
             taobao: TaobaoConfig::default(),
+            shopee: ShopeeConfig::default(),
+            woo: WooConfig::default(),
         }
     }
 }
@@ -136,6 +194,46 @@ impl Default for TaobaoConfig {
             ban_secs: 2,
             max_skew_secs: 600,
         }
+    }
+}
+
+impl Default for ShopeeConfig {
+    fn default() -> Self {
+        ShopeeConfig {
+            partners: vec![ShopeePartner { partner_id: 2001887, partner_key: "demo_partner_key".into() }],
+            shops: vec![ShopeeShop { shop_id: 14701711, partner_id: 2001887, access_token: "demo-shopee-token".into(), orders: 150 }],
+            calls_per_window: 10,
+            window_ms: 1000,
+        }
+    }
+}
+
+impl Default for WooConfig {
+    fn default() -> Self {
+        WooConfig {
+            sites: vec![WooSite {
+                name: "demo-woo".into(),
+                consumer_key: "ck_demo".into(),
+                consumer_secret: "cs_demo".into(),
+                orders: 120,
+            }],
+            requests_per_window: 10,
+            window_ms: 1000,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Every configured shop: (platform, the name the simulator keys it by).
+    pub fn shops(&self) -> Vec<(Platform, String)> {
+        self.shopify
+            .shops
+            .iter()
+            .map(|s| (Platform::Shopify, s.name.clone()))
+            .chain(self.taobao.shops.iter().map(|s| (Platform::Taobao, s.nick.clone())))
+            .chain(self.shopee.shops.iter().map(|s| (Platform::Shopee, s.shop_id.to_string())))
+            .chain(self.woo.sites.iter().map(|s| (Platform::Woo, s.name.clone())))
+            .collect()
     }
 }
 
@@ -193,13 +291,7 @@ impl SimState {
         let history_s = config.history_hours as i64 * 3600;
         let mut orders = HashMap::new();
         let mut inventory = HashMap::new();
-        let shop_keys = config
-            .shopify
-            .shops
-            .iter()
-            .map(|s| (Platform::Shopify, s.name.clone()))
-            .chain(config.taobao.shops.iter().map(|s| (Platform::Taobao, s.nick.clone())));
-        for (index, key) in shop_keys.enumerate() {
+        for (index, key) in config.shops().into_iter().enumerate() {
             let items = inventory::catalogue(index as u64).into_iter().map(|i| (i.sku.clone(), i)).collect();
             inventory.insert(key, items);
         }
@@ -214,12 +306,18 @@ impl SimState {
             orders.insert((Platform::Taobao, shop.nick.clone()), seeded.into_iter().map(|o| (o.id, o)).collect());
             id_base += 1_000_000;
         }
-        let windows = config
-            .taobao
-            .apps
-            .iter()
-            .map(|a| (a.app_key.clone(), taobao_window(&config.taobao)))
-            .collect();
+        for shop in &config.shopee.shops {
+            let name = shop.shop_id.to_string();
+            let seeded = data::seed_orders(&mut rng, &name, shop.orders, now_s, history_s, id_base, "SGD", shopee::STATUSES.len());
+            orders.insert((Platform::Shopee, name), seeded.into_iter().map(|o| (o.id, o)).collect());
+            id_base += 1_000_000;
+        }
+        for site in &config.woo.sites {
+            let seeded = data::seed_orders(&mut rng, &site.name, site.orders, now_s, history_s, id_base, "EUR", woo::STATUSES.len());
+            orders.insert((Platform::Woo, site.name.clone()), seeded.into_iter().map(|o| (o.id, o)).collect());
+            id_base += 1_000_000;
+        }
+        let windows = budget_windows(&config);
         let buckets = config
             .shopify
             .shops
@@ -332,6 +430,8 @@ impl SimState {
         let currency = match platform {
             Platform::Shopify => "USD",
             Platform::Taobao => "CNY",
+            Platform::Shopee => "SGD",
+            Platform::Woo => "EUR",
         };
         let mut inner = self.lock();
         let key = (platform, shop.to_string());
@@ -360,7 +460,7 @@ impl SimState {
         f(self.lock().stats.entry(platform).or_default())
     }
 
-    fn set_limits(&self, limits: LimitsUpdate) {
+    pub fn set_limits(&self, limits: LimitsUpdate) {
         let mut cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = limits.shopify_bucket_size {
             cfg.shopify.bucket_size = v;
@@ -377,13 +477,17 @@ impl SimState {
         if let Some(v) = limits.taobao_ban_secs {
             cfg.taobao.ban_secs = v;
         }
+        if let Some(v) = limits.shopee_calls_per_window {
+            cfg.shopee.calls_per_window = v;
+        }
+        if let Some(v) = limits.woo_requests_per_window {
+            cfg.woo.requests_per_window = v;
+        }
         let mut inner = self.lock();
         for b in inner.buckets.values_mut() {
             *b = LeakyBucket::new(cfg.shopify.bucket_size, cfg.shopify.leak_per_sec);
         }
-        for w in inner.windows.values_mut() {
-            *w = taobao_window(&cfg.taobao);
-        }
+        inner.windows = budget_windows(&cfg);
     }
 }
 
@@ -391,10 +495,30 @@ fn taobao_window(cfg: &TaobaoConfig) -> CallWindow {
     CallWindow::new(cfg.calls_per_window, Duration::from_millis(cfg.window_ms), Duration::from_secs(cfg.ban_secs))
 }
 
+/// The call budgets: per Taobao app (by app key), per Shopee shop (`shopee:{id}`), per
+/// WooCommerce site (`woo:{name}`).
+fn budget_windows(config: &SimConfig) -> HashMap<String, CallWindow> {
+    let per = |calls: u32, ms: u64| CallWindow::new(calls, Duration::from_millis(ms), Duration::from_millis(ms));
+    let taobao = config.taobao.apps.iter().map(|a| (a.app_key.clone(), taobao_window(&config.taobao)));
+    let shopee = config
+        .shopee
+        .shops
+        .iter()
+        .map(|s| (format!("shopee:{}", s.shop_id), per(config.shopee.calls_per_window, config.shopee.window_ms)));
+    let woo = config
+        .woo
+        .sites
+        .iter()
+        .map(|s| (format!("woo:{}", s.name), per(config.woo.requests_per_window, config.woo.window_ms)));
+    taobao.chain(shopee).chain(woo).collect()
+}
+
 fn status_count(platform: Platform) -> usize {
     match platform {
         Platform::Shopify => shopify::STATUSES.len(),
         Platform::Taobao => taobao::STATUSES.len(),
+        Platform::Shopee => shopee::STATUSES.len(),
+        Platform::Woo => woo::STATUSES.len(),
     }
 }
 
@@ -492,6 +616,10 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
+        .route("/shopee/api/v2/{module}/{call}", get(shopee::api).post(shopee::api))
+        .route("/woo/{site}/wp-json/wc/v3/orders", get(woo::orders))
+        .route("/woo/{site}/wp-json/wc/v3/products", get(woo::products))
+        .route("/woo/{site}/wp-json/wc/v3/products/batch", post(woo::products_batch))
         .route("/health", get(|| async { "ok" }))
         .route("/_sim/stats", get(control_stats))
         .route("/_sim/channels", get(control_channels))
@@ -562,6 +690,8 @@ pub struct LimitsUpdate {
     pub taobao_calls_per_window: Option<u32>,
     pub taobao_window_ms: Option<u64>,
     pub taobao_ban_secs: Option<u64>,
+    pub shopee_calls_per_window: Option<u32>,
+    pub woo_requests_per_window: Option<u32>,
 }
 
 async fn control_limits(State(state): State<Arc<SimState>>, Json(req): Json<LimitsUpdate>) -> StatusCode {

@@ -6,7 +6,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 
 #[derive(Parser)]
-#[command(about = "Marketplace simulator for berth: Shopify-like and Taobao-TOP-like APIs on loopback")]
+#[command(about = "Marketplace simulator for berth: Shopify-, Taobao-TOP-, Shopee- and WooCommerce-like APIs on loopback")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9100")]
@@ -34,13 +34,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => SimConfig::default(),
     };
-    let shops: Vec<(berth_sim::Platform, String)> = config
-        .shopify
-        .shops
-        .iter()
-        .map(|s| (berth_sim::Platform::Shopify, s.name.clone()))
-        .chain(config.taobao.shops.iter().map(|s| (berth_sim::Platform::Taobao, s.nick.clone())))
-        .collect();
+    let shops = config.shops();
     let sim = berth_sim::start(config, args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

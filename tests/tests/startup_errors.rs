@@ -97,3 +97,22 @@ fn the_taobao_connector_loads_and_the_port_in_use_is_reported() {
     // The connector was loaded and checked before the bind.
     assert!(err.contains("connector loaded") && err.contains("platform=taobao"), "{err}");
 }
+
+/// The Python, JavaScript and C connectors load like any other, and their manifests'
+/// required config is enforced before anything runs.
+#[test]
+fn connectors_in_other_languages_name_missing_config() {
+    for (component, missing) in [(plugins::SHOPEE_PY, "partner_key"), (plugins::WOO_JS, "consumer_key"), (plugins::WOO_C, "consumer_key")] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+             [connectors.c]\ncomponent = {component:?}\n\
+             [shops.acme]\nconnector = \"c\"\n\
+             settings = {{ base_url = \"https://shop.example\", partner_id = \"1\", shop_id = \"2\" }}\n\
+             secrets = {{ access_token = \"t\", consumer_secret = \"s\" }}\n"
+        );
+        let (code, err) = serve(dir.path(), &config);
+        assert_eq!(code, Some(2), "{component}: {err}");
+        assert!(err.contains(&format!("connector `c` needs config key `{missing}`")), "{component}: {err}");
+    }
+}

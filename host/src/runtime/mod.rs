@@ -202,6 +202,29 @@ impl ConnectorRuntime {
     }
 }
 
+/// A component's imports and exports by name, and the berth world it imports.
+#[derive(Clone, Debug)]
+pub struct ComponentShape {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub world_version: Option<String>,
+}
+
+impl ConnectorRuntime {
+    /// Compile (or take from the cache) a component and list what it imports and
+    /// exports, without linking it: a component the host cannot serve is described too.
+    pub async fn shape(&self, origin: &Path, bytes: &[u8]) -> Result<ComponentShape, LoadError> {
+        let component = self.compile(origin, bytes, &digest(bytes)).await?;
+        let ty = component.component_type();
+        let engine = &self.engine.engine;
+        Ok(ComponentShape {
+            imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
+            exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
+            world_version: world_version(&component, engine),
+        })
+    }
+}
+
 /// A component's identity: the sha256 of its bytes, hex.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -1,0 +1,139 @@
+//! Tools for connector authors: `berth plugin inspect` describes a component,
+//! `berth plugin test` runs the conformance suite against the simulator.
+//!
+//! Both run the component in a throwaway host (its own temporary data directory, the
+//! same engine, capabilities and limits as `berth serve`), so what passes here is what
+//! ops will load.
+
+pub mod conformance;
+
+use crate::capabilities::http::HttpGateway;
+use crate::capabilities::kv::KvStore;
+use crate::config::{Config, PlatformConfig};
+use crate::runtime::bindings::berth::connector::types::{Capability, Manifest};
+use crate::runtime::state::HostServices;
+use crate::runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot set up a scratch host in a temporary directory: {0}")]
+    Scratch(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("unknown simulator platform `{0}`: use one of shopify, taobao, shopee, woo")]
+    UnknownPlatform(String),
+    #[error("cannot start the simulator: {0}")]
+    Simulator(std::io::Error),
+}
+
+/// A host of one's own for a component under test.
+pub struct ScratchHost {
+    pub runtime: Arc<ConnectorRuntime>,
+    pub services: Arc<HostServices>,
+    _db: sled::Db,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchHost {
+    /// Private addresses are allowed: the simulator runs on loopback.
+    pub fn new() -> Result<ScratchHost, PluginError> {
+        let scratch = |e: &dyn std::fmt::Display| PluginError::Scratch(e.to_string());
+        let dir = tempfile::tempdir().map_err(|e| scratch(&e))?;
+        let text = format!("[server]\ndata_dir = {:?}\n[http]\nallow_private_addresses = true\n", dir.path().display().to_string());
+        let cfg = Config::parse(&text, Path::new("<scratch host>")).map_err(|e| scratch(&e))?;
+        let db = sled::Config::new().path(dir.path().join("db")).open().map_err(|e| scratch(&e))?;
+        let kv = KvStore::new(db.open_tree("connector_kv").map_err(|e| scratch(&e))?);
+        let http = HttpGateway::new(cfg.http.clone()).map_err(|e| scratch(&e))?;
+        let services = Arc::new(HostServices {
+            http,
+            kv,
+            limits: crate::capabilities::ratelimit::RateLimits::new(&cfg.platforms),
+            retry: crate::retry::RetryPolicies::new(&cfg),
+            standby: Arc::new(crate::capabilities::standby::Standbys::new(&cfg.platforms)),
+        });
+        let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
+        Ok(ScratchHost { runtime, services, _db: db, _dir: dir })
+    }
+
+    /// No host-side limit for `platform`: what the suite sees is the platform's own
+    /// throttling and the connector's answer to it.
+    pub fn unlimited(&self, platform: &str) {
+        let open = PlatformConfig::unlimited();
+        self.services.reconfigure(&BTreeMap::from([(platform.to_string(), open)]));
+    }
+}
+
+/// What `berth plugin inspect` found.
+pub struct Inspection {
+    pub path: PathBuf,
+    pub bytes: usize,
+    pub digest: String,
+    pub shape: ComponentShape,
+    /// The manifest, or why the host cannot load the component.
+    pub loaded: Result<Manifest, LoadError>,
+}
+
+pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+    let host = ScratchHost::new()?;
+    let shape = host.runtime.shape(path, &bytes).await?;
+    let loaded = host.runtime.load_bytes("inspect", path, &bytes, None, &[]).await.map(|c: LoadedConnector| c.manifest);
+    Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: crate::runtime::digest(&bytes), shape, loaded })
+}
+
+pub fn capability_name(c: &Capability) -> &'static str {
+    match c {
+        Capability::Orders => "orders",
+        Capability::Inventory => "inventory",
+        Capability::Products => "products",
+        Capability::Webhooks => "webhooks",
+    }
+}
+
+impl Inspection {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "component  {}", self.path.display());
+        let _ = writeln!(out, "size       {} bytes ({:.1} MiB)", self.bytes, self.bytes as f64 / 1_048_576.0);
+        let _ = writeln!(out, "digest     sha256:{}", self.digest);
+        let _ = writeln!(out, "WIT world  {}", self.shape.world_version.as_deref().map_or("none (imports no berth:connector interface)".to_string(), |v| format!("berth:connector@{v}")));
+        match &self.loaded {
+            Ok(m) => {
+                let _ = writeln!(out, "manifest");
+                let _ = writeln!(out, "  platform          {}", m.platform);
+                let _ = writeln!(out, "  connector-version {}", m.connector_version);
+                let _ = writeln!(out, "  wit-version       {}", m.wit_version);
+                let caps: Vec<&str> = m.capabilities.iter().map(capability_name).collect();
+                let _ = writeln!(out, "  capabilities      {}", caps.join(", "));
+                let hosts = if m.allowed_hosts.is_empty() { "(none: ops grant hosts with extra_hosts)".to_string() } else { m.allowed_hosts.join(", ") };
+                let _ = writeln!(out, "  allowed-hosts     {hosts}");
+                let _ = writeln!(
+                    out,
+                    "  rate limit        {} requests/min, burst {}",
+                    m.default_rate_limit.requests_per_minute, m.default_rate_limit.burst
+                );
+                let window = m.max_window_ms.map_or("unbounded".to_string(), |ms| format!("{} ms ({:.1} h)", ms, ms as f64 / 3_600_000.0));
+                let _ = writeln!(out, "  max window        {window}");
+                let _ = writeln!(out, "  required config   {}", m.required_config.join(", "));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "NOT LOADABLE: {e}");
+            }
+        }
+        let _ = writeln!(out, "imports ({})", self.shape.imports.len());
+        for i in &self.shape.imports {
+            let _ = writeln!(out, "  {i}");
+        }
+        let _ = writeln!(out, "exports ({})", self.shape.exports.len());
+        for e in &self.shape.exports {
+            let _ = writeln!(out, "  {e}");
+        }
+        out
+    }
+}

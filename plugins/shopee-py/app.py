@@ -1,0 +1,449 @@
+"""berth connector for the Shopee Open Platform (v2), written in Python.
+
+Built into a component with componentize-py (see build.sh and sdk/docs/python.md).
+
+Every Shop API call is signed: ``sign`` = lower-case hex HMAC-SHA256(partner_key,
+partner_id + api_path + timestamp + access_token + shop_id), with ``timestamp`` in Unix
+seconds (valid five minutes). The host's crypto import does the HMAC natively.
+
+Orders: ``get_order_list`` over ``update_time`` (at most 15 days per call, cursor paging
+with ``more``/``next_cursor``), then ``get_order_detail`` for the order numbers of that
+page (at most 50, so pages are at most 50). Throttling (HTTP 429 or
+``error_too_many_request``) becomes ``rate-limited``; Shopee sends no wait, so the
+connector asks for ``throttle_wait_ms`` (default 1000).
+
+Stock: ``update_stock`` sets absolute ``seller_stock`` per item and model. Shopee
+addresses stock by item and model id, not SKU: the connector maps SKU -> (item, model)
+from ``get_item_list`` + ``get_model_list`` and keeps the map in host kv, refreshing it
+once per batch when a SKU is unknown.
+
+Push: ``Authorization`` = hex HMAC-SHA256(partner_key, callback_url + "|" + body); the
+callback URL is the shop setting ``webhook_url``. Order-status pushes (code 3) become
+``order-changed``; the host then pulls the order.
+
+Shop config: ``base_url`` (e.g. https://partner.shopeemobile.com), ``partner_id``,
+``shop_id``, secrets ``partner_key`` and ``access_token``; optional ``webhook_url``,
+``page_size`` (1..50, default 50), ``throttle_wait_ms``.
+"""
+
+import json
+import time
+
+from componentize_py_types import Err
+from wit_world import WitWorld as _WitWorld
+from wit_world.imports import config, crypto, http, kv, log, metrics, types
+
+VERSION = "0.1.0"
+WIT_VERSION = "0.2.0"
+MAX_WINDOW_MS = 15 * 86_400 * 1000
+MAX_PAGE = 50
+
+# Shopee order_status -> berth status.
+STATUSES = {
+    "UNPAID": types.OrderStatus.UNPAID,
+    "READY_TO_SHIP": types.OrderStatus.PAID,
+    "PROCESSED": types.OrderStatus.PAID,
+    "RETRY_SHIP": types.OrderStatus.PAID,
+    "SHIPPED": types.OrderStatus.SHIPPED,
+    "TO_CONFIRM_RECEIVE": types.OrderStatus.DELIVERED,
+    "COMPLETED": types.OrderStatus.COMPLETED,
+    "IN_CANCEL": types.OrderStatus.OTHER,
+    "CANCELLED": types.OrderStatus.CANCELLED,
+    "TO_RETURN": types.OrderStatus.REFUNDED,
+}
+
+# Currencies Shopee quotes without minor units.
+NO_MINOR_UNITS = {"IDR", "VND", "JPY", "KRW", "CLP"}
+
+# Error codes that mean the credentials are wrong or expired.
+AUTH_ERRORS = {"error_auth", "error_sign", "error_partner_id", "error_shop_id", "error_permission", "invalid_access_token"}
+
+
+def fail(error):
+    """Raise a connector error the host acts on."""
+    raise Err(error)
+
+
+def rate_limited(ms):
+    return types.ConnectorError_RateLimited(ms)
+
+
+def transient(message):
+    return types.ConnectorError_Transient(message)
+
+
+def permanent(message):
+    return types.ConnectorError_Permanent(message)
+
+
+def auth(message):
+    return types.ConnectorError_Auth(message)
+
+
+def invalid_input(message):
+    return types.ConnectorError_InvalidInput(message)
+
+
+def setting(key, required=True):
+    value = config.get(key)
+    if value is None and required:
+        fail(permanent(
+            f"shop config is missing `{key}`: add it under the shop's [shops.*.settings] or [shops.*.secrets] in berth.toml"
+        ))
+    return value
+
+
+def int_setting(key, default, low, high):
+    value = config.get(key)
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or not low <= n <= high:
+        fail(permanent(f"`{key}` = `{value}` must be a whole number from {low} to {high}"))
+    return n
+
+
+def url_encode(text):
+    safe = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+    return "".join(c if c in safe else "".join(f"%{b:02X}" for b in c.encode()) for c in str(text))
+
+
+def hmac_hex(key, data):
+    return crypto.hex_encode(crypto.hmac_sha256(key.encode(), data), False)
+
+
+def same(a, b):
+    """Constant-time comparison of two strings."""
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for x, y in zip(a.encode(), b.encode()):
+        diff |= x ^ y
+    return diff == 0
+
+
+def mask_name(name):
+    name = name.strip()
+    if not name:
+        return ""
+    return name[0] + "*" * max(len(name) - 1, 1)
+
+
+def mask_phone(phone):
+    digits = [c for c in phone if c.isdigit()]
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    return "*" * (len(digits) - 4) + "".join(digits[-4:])
+
+
+def to_minor(amount, currency):
+    if not isinstance(amount, (int, float)) or isinstance(amount, bool):
+        fail(transient(f"Shopee sent an amount that is not a number: {amount!r}"))
+    scale = 1 if currency in NO_MINOR_UNITS else 100
+    return int(round(amount * scale))
+
+
+def send(method, url, body=b"", headers=()):
+    req = http.Request(method=method, url=url, headers=list(headers), body=body, timeout_ms=None)
+    try:
+        return http.send(req)
+    except Err as e:
+        error = e.value
+        if isinstance(error, http.HttpError_Throttled):
+            fail(rate_limited(error.value))
+        if isinstance(error, http.HttpError_Denied):
+            fail(permanent(f"host refused the request: {error.value}"))
+        if isinstance(error, http.HttpError_Timeout):
+            fail(transient("timed out calling Shopee"))
+        if isinstance(error, http.HttpError_Connection):
+            fail(transient(f"connection failed: {error.value}"))
+        if isinstance(error, http.HttpError_TooLarge):
+            fail(transient(f"response exceeded the host's {error.value}-byte cap"))
+        fail(invalid_input(f"request refused: {error.value}"))
+
+
+class Shop:
+    """One shop's settings and signed calls."""
+
+    def __init__(self):
+        self.base_url = setting("base_url").rstrip("/")
+        self.partner_id = setting("partner_id")
+        self.partner_key = setting("partner_key")
+        self.shop_id = setting("shop_id")
+        self.access_token = setting("access_token")
+        self.page_size = int_setting("page_size", MAX_PAGE, 1, MAX_PAGE)
+        self.throttle_wait_ms = int_setting("throttle_wait_ms", 1000, 1, 600_000)
+
+    def url(self, api_path, params):
+        ts = int(time.time())
+        base = f"{self.partner_id}{api_path}{ts}{self.access_token}{self.shop_id}"
+        common = [
+            ("partner_id", self.partner_id),
+            ("timestamp", ts),
+            ("access_token", self.access_token),
+            ("shop_id", self.shop_id),
+            ("sign", hmac_hex(self.partner_key, base.encode())),
+        ]
+        query = "&".join(f"{k}={url_encode(v)}" for k, v in common + list(params))
+        return f"{self.base_url}{api_path}?{query}"
+
+    def call(self, api_path, params=(), body=None):
+        url = self.url(api_path, params)
+        if body is None:
+            resp = send(http.Method.GET, url, headers=[("accept", "application/json")])
+        else:
+            resp = send(http.Method.POST, url, json.dumps(body).encode(), [("content-type", "application/json")])
+        return self.answer(api_path, resp)
+
+    def answer(self, api_path, resp):
+        if resp.status == 429:
+            fail(rate_limited(retry_after_ms(resp) or self.throttle_wait_ms))
+        if resp.status >= 500:
+            fail(transient(f"Shopee answered {resp.status} to {api_path}"))
+        try:
+            data = json.loads(resp.body)
+        except ValueError:
+            fail(transient(f"Shopee sent a body that is not JSON (HTTP {resp.status}) to {api_path}"))
+        if not isinstance(data, dict):
+            fail(transient(f"Shopee sent an unexpected body to {api_path}"))
+        error = data.get("error") or ""
+        message = data.get("message") or ""
+        if error:
+            if error == "error_too_many_request":
+                fail(rate_limited(retry_after_ms(resp) or self.throttle_wait_ms))
+            if error in AUTH_ERRORS:
+                fail(auth(f"Shopee refused the credentials: {error}: {message}"))
+            if error in ("error_server", "error_inner", "error_busi_server") or "internal" in message.lower():
+                fail(transient(f"Shopee error {error}: {message}"))
+            if error == "error_timestamp":
+                fail(transient(f"Shopee refused the timestamp (clock skew?): {message}"))
+            fail(permanent(f"Shopee error {error}: {message}"))
+        if resp.status >= 400:
+            fail(permanent(f"Shopee answered {resp.status} to {api_path}"))
+        response = data.get("response")
+        if not isinstance(response, dict):
+            fail(transient(f"Shopee sent no `response` object for {api_path}"))
+        return response
+
+
+def retry_after_ms(resp):
+    for name, value in resp.headers:
+        if name.lower() == "retry-after":
+            try:
+                return max(1, int(float(value) * 1000))
+            except ValueError:
+                return None
+    return None
+
+
+def map_order(o):
+    try:
+        currency = o["currency"]
+        status = o["order_status"]
+        lines = [
+            types.OrderLine(
+                line_id=str(item.get("order_item_id", index)),
+                sku=item.get("model_sku") or item.get("item_sku") or "",
+                title=item.get("item_name", ""),
+                quantity=int(item["model_quantity_purchased"]),
+                unit_price_minor=to_minor(item["model_discounted_price"], currency),
+            )
+            for index, item in enumerate(o.get("item_list") or [])
+        ]
+        recipient = o.get("recipient_address") or {}
+        return types.Order(
+            order_id=o["order_sn"],
+            status=STATUSES.get(status, types.OrderStatus.OTHER),
+            platform_status=status,
+            created_at_ms=int(o["create_time"]) * 1000,
+            updated_at_ms=int(o["update_time"]) * 1000,
+            currency=currency,
+            total_minor=to_minor(o["total_amount"], currency),
+            lines=lines,
+            buyer_name_masked=mask_name(recipient.get("name") or o.get("buyer_username") or ""),
+            buyer_phone_masked=mask_phone(recipient.get("phone") or ""),
+            raw_json=json.dumps(o, separators=(",", ":")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        fail(transient(f"Shopee sent an order without a readable {e}"))
+
+
+def model_key(sku):
+    return f"model:{sku}"
+
+
+def remembered_model(sku):
+    value = kv_get(model_key(sku))
+    if value is None:
+        return None
+    item, _, model = value.decode().partition(":")
+    return int(item), int(model)
+
+
+def kv_get(key):
+    try:
+        return kv.get(key)
+    except Err as e:
+        fail(transient(f"host state unavailable: {e.value}"))
+
+
+def kv_set(key, value):
+    try:
+        kv.set(key, value)
+    except Err as e:
+        fail(transient(f"host state unavailable: {e.value}"))
+
+
+def refresh_models(shop):
+    """Read the catalogue and remember SKU -> (item id, model id)."""
+    offset = 0
+    while True:
+        page = shop.call("/api/v2/product/get_item_list", [("offset", offset), ("page_size", 100), ("item_status", "NORMAL")])
+        for item in page.get("item") or []:
+            item_id = item["item_id"]
+            models = shop.call("/api/v2/product/get_model_list", [("item_id", item_id)])
+            for m in models.get("model") or []:
+                if m.get("model_sku"):
+                    kv_set(model_key(m["model_sku"]), f"{item_id}:{m['model_id']}".encode())
+        if not page.get("has_next_page"):
+            return
+        offset = page.get("next_offset", offset + 100)
+
+
+class WitWorld(_WitWorld):
+    def manifest(self):
+        return types.Manifest(
+            platform="shopee",
+            connector_version=VERSION,
+            wit_version=WIT_VERSION,
+            capabilities=[types.Capability.ORDERS, types.Capability.INVENTORY, types.Capability.WEBHOOKS],
+            allowed_hosts=["partner.shopeemobile.com", "openplatform.shopee.cn", "openplatform.shopee.com.br"],
+            default_rate_limit=types.RateLimit(requests_per_minute=480, burst=5),
+            max_window_ms=MAX_WINDOW_MS,
+            required_config=["base_url", "partner_id", "partner_key", "shop_id", "access_token"],
+        )
+
+    def check(self, shop):
+        s = Shop()
+        now = int(time.time())
+        s.call("/api/v2/order/get_order_list", [
+            ("time_range_field", "update_time"), ("time_from", now - 3600), ("time_to", now), ("page_size", 1),
+        ])
+        return types.Health(ok=True, message="order list answered")
+
+    def pull_orders(self, shop, req):
+        s = Shop()
+        start, end = req.window.start_ms, req.window.end_ms
+        if end <= start:
+            fail(invalid_input("empty time window"))
+        if end - start > MAX_WINDOW_MS:
+            fail(invalid_input("Shopee takes windows of at most 15 days"))
+        # The window is [start, end) in ms; Shopee's bounds are inclusive seconds.
+        time_from = -(-start // 1000)
+        time_to = -(-end // 1000) - 1
+        if time_to < time_from:
+            return types.OrderPage(orders=[], next_page_cursor=None)
+        params = [
+            ("time_range_field", "update_time"),
+            ("time_from", time_from),
+            ("time_to", time_to),
+            ("page_size", s.page_size),
+            ("response_optional_fields", "order_status"),
+        ]
+        if req.page_cursor:
+            params.append(("cursor", req.page_cursor))
+        page = s.call("/api/v2/order/get_order_list", params)
+        numbers = [o["order_sn"] for o in page.get("order_list") or [] if isinstance(o, dict) and "order_sn" in o]
+        orders = []
+        if numbers:
+            detail = s.call("/api/v2/order/get_order_detail", [
+                ("order_sn_list", ",".join(numbers)),
+                ("response_optional_fields", "buyer_username,recipient_address,item_list,total_amount,currency"),
+            ])
+            by_sn = {o.get("order_sn"): o for o in detail.get("order_list") or [] if isinstance(o, dict)}
+            missing = [n for n in numbers if n not in by_sn]
+            if missing:
+                fail(transient(f"Shopee listed orders it then had no detail for: {', '.join(missing[:5])}"))
+            orders = [map_order(by_sn[n]) for n in numbers]
+        more = page.get("more") is True
+        cursor = page.get("next_cursor") or None
+        if more and not cursor:
+            fail(transient("Shopee said there is more but sent no next_cursor"))
+        metrics.counter_add("orders_pulled", [], len(orders))
+        return types.OrderPage(orders=orders, next_page_cursor=cursor if more else None)
+
+    def push_inventory(self, shop, updates):
+        s = Shop()
+        done = []
+        refreshed = False
+        targets = {}
+        for u in updates:
+            found = remembered_model(u.sku)
+            if found is None and not refreshed:
+                try:
+                    refresh_models(s)
+                except Err as e:
+                    return stop_batch(done, e)
+                refreshed = True
+                found = remembered_model(u.sku)
+            if found is None:
+                done.append(types.UpdateResult(sku=u.sku, accepted=False, message="Shopee has no model with this SKU"))
+                continue
+            targets.setdefault(found[0], []).append((found[1], u))
+        for item_id, models in targets.items():
+            body = {
+                "item_id": item_id,
+                "stock_list": [{"model_id": m, "seller_stock": [{"stock": u.quantity}]} for m, u in models],
+            }
+            try:
+                answer = s.call("/api/v2/product/update_stock", body=body)
+            except Err as e:
+                if isinstance(e.value, (types.ConnectorError_Permanent, types.ConnectorError_InvalidInput)):
+                    done.extend(types.UpdateResult(sku=u.sku, accepted=False, message=e.value.value) for _, u in models)
+                    continue
+                return stop_batch(done, e)
+            ok = {r.get("model_id") for r in answer.get("success_list") or []}
+            failed = {r.get("model_id"): r.get("failed_reason", "refused") for r in answer.get("failure_list") or []}
+            for m, u in models:
+                if m in ok:
+                    done.append(types.UpdateResult(sku=u.sku, accepted=True, message=None))
+                elif m in failed:
+                    done.append(types.UpdateResult(sku=u.sku, accepted=False, message=str(failed[m])))
+                # A model in neither list stays due: the host pushes it again.
+        metrics.counter_add("stock_pushed", [], sum(1 for r in done if r.accepted))
+        return done
+
+    def handle_webhook(self, shop, req):
+        partner_key = setting("partner_key")
+        callback = config.get("webhook_url")
+        if callback is None:
+            fail(permanent("no `webhook_url` (the push callback URL registered with Shopee) is configured for this shop"))
+        signature = next((v for k, v in req.headers if k.lower() == "authorization"), None)
+        if signature is None:
+            fail(auth("the push has no Authorization header"))
+        expected = hmac_hex(partner_key, callback.encode() + b"|" + bytes(req.body))
+        if not same(expected, signature.strip().lower()):
+            fail(auth("the push's Authorization does not match its body"))
+        try:
+            push = json.loads(req.body)
+        except ValueError:
+            fail(invalid_input("push body is not JSON"))
+        if not isinstance(push, dict):
+            fail(invalid_input("push body is not a JSON object"))
+        if push.get("code") != 3:
+            return []
+        data = push.get("data") or {}
+        number = data.get("ordersn") or data.get("order_sn")
+        if not isinstance(number, str) or not number:
+            fail(invalid_input("order-status push without an order number"))
+        return [types.Event_OrderChanged(number)]
+
+
+def stop_batch(done, error):
+    """End a batch at a platform-level error: what was done so far, or the error."""
+    if done:
+        return done
+    raise error

@@ -1,0 +1,129 @@
+//! `berth plugin test` and `berth plugin inspect`, run as a vendor runs them: the real
+//! binary on the components built from plugins/ in four languages. Every production
+//! connector passes the conformance suite against its simulated platform; a broken one
+//! fails with the check and the reason.
+
+use berth_tests::run_berth;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+#[allow(dead_code)]
+mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn plugin_test(component: &str, sim: &str) -> (Option<i32>, String, String) {
+    run_berth(&["plugin", "test", component, "--sim", sim], DEADLINE)
+}
+
+/// The report's line for one check: (outcome, detail).
+fn check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    report.lines().find_map(|l| {
+        let l = l.trim_start();
+        let (outcome, rest) = l.split_once("  ")?;
+        let (check, detail) = rest.trim_start().split_once(' ').unwrap_or((rest.trim_start(), ""));
+        (check == name).then_some((outcome, detail.trim()))
+    })
+}
+
+#[test]
+fn all_five_connectors_pass_the_conformance_suite() {
+    let cases = [
+        ("Rust Shopify", plugins::SHOPIFY, "shopify", true),
+        ("Rust Taobao", plugins::TAOBAO, "taobao", false),
+        ("Python Shopee", plugins::SHOPEE_PY, "shopee", true),
+        ("JavaScript WooCommerce", plugins::WOO_JS, "woo", true),
+        ("C WooCommerce", plugins::WOO_C, "woo", true),
+    ];
+    for (what, component, sim, webhooks) in cases {
+        let (code, out, err) = plugin_test(component, sim);
+        assert_eq!(code, Some(0), "{what} failed the suite:\n{out}\n{err}");
+        assert!(out.contains("RESULT: PASS"), "{what}:\n{out}");
+        for name in ["loads", "manifest", "check", "pull-orders", "throttling", "failures", "push-inventory", "hosts"] {
+            let (outcome, detail) = check(&out, name).unwrap_or_else(|| panic!("{what}: no `{name}` check in\n{out}"));
+            assert_eq!(outcome, "PASS", "{what}: {name}: {detail}\n{out}");
+        }
+        let (outcome, detail) = check(&out, "webhooks").expect("a webhooks line");
+        assert_eq!(outcome, if webhooks { "PASS" } else { "SKIP" }, "{what}: {detail}");
+        if webhooks {
+            assert!(detail.contains("tampered body -> auth") && detail.contains("without its signature -> auth"), "{what}: {detail}");
+        }
+        // The figures say what was checked: every seeded order once, per-SKU results.
+        let (_, pulled) = check(&out, "pull-orders").unwrap();
+        assert!(pulled.contains("exactly once"), "{what}: {pulled}");
+        let (_, pushed) = check(&out, "push-inventory").unwrap();
+        assert!(pushed.contains("NO-SUCH-SKU-0 rejected") && pushed.contains("=11 set"), "{what}: {pushed}");
+        let (_, throttled) = check(&out, "throttling").unwrap();
+        assert!(throttled.contains("rate-limited("), "{what}: {throttled}");
+        eprintln!("{what}:\n{out}");
+    }
+}
+
+#[test]
+fn a_connector_that_breaks_fails_with_the_check_and_the_reason() {
+    // Every call of this fixture fails transient: the suite must say which checks and why.
+    let (code, out, err) = plugin_test(plugins::REGRESSED, "shopify");
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.contains("RESULT: FAIL"), "{out}");
+    let (outcome, detail) = check(&out, "pull-orders").expect("a pull-orders line");
+    assert_eq!(outcome, "FAIL", "{out}");
+    assert!(detail.contains("transient"), "the reason is missing: {detail}");
+
+    // The Python connector is not a Shopify connector: its manifest and its calls fail.
+    let (code, out, _) = plugin_test(plugins::SHOPEE_PY, "shopify");
+    assert_eq!(code, Some(1), "{out}");
+    let (outcome, detail) = check(&out, "manifest").unwrap();
+    assert_eq!(outcome, "FAIL");
+    assert!(detail.contains("platform `shopee` is not the simulated `shopify`"), "{detail}");
+
+    // Not a component at all.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
+    let (code, out, _) = plugin_test(bogus.to_str().unwrap(), "woo");
+    assert_eq!(code, Some(1), "{out}");
+    let (outcome, detail) = check(&out, "loads").unwrap();
+    assert_eq!(outcome, "FAIL");
+    assert!(detail.contains("not a WebAssembly component"), "{detail}");
+
+    // An unknown platform is a usage error, not a report.
+    let (code, _, err) = plugin_test(plugins::WOO_C, "amazon");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown simulator platform `amazon`") && err.contains("shopee"), "{err}");
+}
+
+#[test]
+fn inspect_prints_manifest_world_imports_and_digest() {
+    for (component, platform, language_import) in [
+        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp"),
+        (plugins::WOO_JS, "woocommerce", "wasi:random/random"),
+        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens"),
+        (plugins::SHOPIFY, "shopify", "berth:connector/http@0.2.0"),
+    ] {
+        let (code, out, err) = run_berth(&["plugin", "inspect", component], DEADLINE);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        let digest = hex::encode(Sha256::digest(std::fs::read(component).unwrap()));
+        assert!(out.contains(&format!("digest     sha256:{digest}")), "{out}");
+        assert!(out.contains("WIT world  berth:connector@0.2.0"), "{out}");
+        assert!(out.contains(&format!("  platform          {platform}\n")), "{out}");
+        assert!(out.contains("  wit-version       0.2.0"), "{out}");
+        assert!(out.contains("berth:connector/crypto@0.2.0"), "{out}");
+        assert!(out.contains(language_import), "{component}: {out}");
+        for export in ["manifest", "check", "pull-orders", "push-inventory", "handle-webhook"] {
+            assert!(out.lines().any(|l| l.trim() == export), "{export} missing: {out}");
+        }
+    }
+    // The 0.1 build of the Shopify connector says which world it imports.
+    let (code, out, _) = run_berth(&["plugin", "inspect", plugins::SHOPIFY_WIT_0_1], DEADLINE);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("WIT world  berth:connector@0.1.0") && out.contains("  wit-version       0.1.0"), "{out}");
+    // A file that is not a component: a clear error, exit 2.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("x.wasm");
+    std::fs::write(&bogus, b"not wasm").unwrap();
+    let (code, _, err) = run_berth(&["plugin", "inspect", bogus.to_str().unwrap()], DEADLINE);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+}
