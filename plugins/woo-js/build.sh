@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: build.sh OUT.wasm}"
 cd "$here"
-if [ ! -x node_modules/.bin/componentize-js ]; then
+if [ ! -x node_modules/.bin/componentize-js ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund >&2
 fi
 # No WASI http or fetch-event: a connector reaches the network only through berth's http import.

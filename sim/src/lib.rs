@@ -211,12 +211,15 @@ impl Default for ShopeeConfig {
 impl Default for WooConfig {
     fn default() -> Self {
         WooConfig {
-            sites: vec![WooSite {
-                name: "demo-woo".into(),
-                consumer_key: "ck_demo".into(),
-                consumer_secret: "cs_demo".into(),
-                orders: 120,
-            }],
+            sites: vec![
+                WooSite { name: "demo-woo".into(), consumer_key: "ck_demo".into(), consumer_secret: "cs_demo".into(), orders: 120 },
+                WooSite {
+                    name: "demo-woo-c".into(),
+                    consumer_key: "ck_demo_c".into(),
+                    consumer_secret: "cs_demo_c".into(),
+                    orders: 90,
+                },
+            ],
             requests_per_window: 10,
             window_ms: 1000,
         }

@@ -401,7 +401,8 @@ impl LoadedConnector {
         }
     }
 
-    async fn manifest_call(&self) -> Result<Manifest, CallError> {
+    /// A fresh instance and its `manifest` export: the cheapest whole call there is.
+    pub async fn manifest_call(&self) -> Result<Manifest, CallError> {
         let (mut store, inst) = self.instance(None).await?;
         self.finish("manifest", inst.call_manifest(&mut store)).await
     }
