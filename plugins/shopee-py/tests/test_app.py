@@ -1,0 +1,127 @@
+"""Native unit tests of the Shopee connector: the generated bindings are plain Python,
+so the host imports are replaced with Python versions and the connector runs as is.
+Run with test.sh (it generates the bindings first)."""
+
+import base64
+import hashlib
+import hmac
+import json
+import unittest
+
+from componentize_py_types import Err
+from wit_world.imports import config, crypto, http, kv, metrics, types
+
+import app
+
+SETTINGS = {}
+SENT = []
+ANSWERS = []
+STORE = {}
+
+
+def fake_send(req):
+    SENT.append(req)
+    return ANSWERS.pop(0)
+
+
+config.get = lambda key: SETTINGS.get(key)
+crypto.hmac_sha256 = lambda key, data: hmac.new(bytes(key), bytes(data), hashlib.sha256).digest()
+crypto.hex_encode = lambda data, upper: bytes(data).hex().upper() if upper else bytes(data).hex()
+crypto.base64_encode = lambda data: base64.b64encode(bytes(data)).decode()
+http.send = fake_send
+kv.get = STORE.get
+kv.set = STORE.__setitem__
+metrics.counter_add = lambda name, labels, value: None
+
+
+def answer(status, body, headers=()):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.Response(status=status, headers=list(headers), body=data)
+
+
+def error_of(call):
+    try:
+        call()
+    except Err as e:
+        return e.value
+    raise AssertionError("no error raised")
+
+
+class ShopeeTest(unittest.TestCase):
+    def setUp(self):
+        SETTINGS.clear()
+        SETTINGS.update({
+            "base_url": "https://partner.shopeemobile.com",
+            "partner_id": "2001887",
+            "partner_key": "test_secret",
+            "shop_id": "14701711",
+            "access_token": "tok",
+            "webhook_url": "https://berth.example/hook",
+        })
+        SENT.clear()
+        ANSWERS.clear()
+        STORE.clear()
+
+    def test_signature_matches_the_reference_example(self):
+        app.time.time = lambda: 1704110400.5
+        url = app.Shop().url("/api/v2/order/get_order_list", [("page_size", 1)])
+        # platforms.md 7.1: base 2001887/api/v2/order/get_order_list1704110400tok14701711
+        self.assertIn("sign=eb67a204df271bf4d8ba6d5ec60f2c5a6f956468952fd596cb953afa18c4a5e1", url)
+        self.assertIn("timestamp=1704110400&", url)
+
+    def test_a_page_is_listed_then_detailed_and_mapped(self):
+        ANSWERS.append(answer(200, {"error": "", "response": {"more": True, "next_cursor": "c2", "order_list": [{"order_sn": "SP1"}]}}))
+        ANSWERS.append(answer(200, {"error": "", "response": {"order_list": [{
+            "order_sn": "SP1", "order_status": "READY_TO_SHIP", "create_time": 100, "update_time": 160,
+            "currency": "SGD", "total_amount": 12.3, "recipient_address": {"name": "Li Wei", "phone": "13800001234"},
+            "item_list": [{"order_item_id": 7, "item_name": "Tea Cup", "model_sku": "SKU-1",
+                           "model_quantity_purchased": 3, "model_discounted_price": 4.1}],
+        }]}}))
+        req = types.PullRequest(window=types.TimeWindow(start_ms=100_000, end_ms=200_000), page_cursor="c1")
+        page = app.WitWorld().pull_orders("s", req)
+        self.assertEqual(page.next_page_cursor, "c2")
+        o = page.orders[0]
+        self.assertEqual((o.order_id, o.status, o.total_minor, o.updated_at_ms), ("SP1", types.OrderStatus.PAID, 1230, 160_000))
+        self.assertEqual((o.lines[0].unit_price_minor, o.lines[0].quantity, o.lines[0].sku), (410, 3, "SKU-1"))
+        self.assertEqual((o.buyer_name_masked, o.buyer_phone_masked), ("L*****", "*******1234"))
+        # [100 000, 200 000) ms is 100..199 s, inclusive; the cursor goes along.
+        self.assertIn("time_from=100&time_to=199", SENT[0].url)
+        self.assertIn("cursor=c1", SENT[0].url)
+        self.assertIn("order_sn_list=SP1", SENT[1].url)
+
+    def test_answers_map_to_the_errors_berth_acts_on(self):
+        shop = app.Shop()
+        cases = [
+            (answer(429, b""), types.ConnectorError_RateLimited(1000)),
+            (answer(200, {"error": "error_too_many_request", "message": "slow"}), types.ConnectorError_RateLimited(1000)),
+            (answer(403, {"error": "error_auth", "message": "Invalid access_token."}), types.ConnectorError_Auth),
+            (answer(503, b"<html>"), types.ConnectorError_Transient),
+            (answer(200, b"<html>oops"), types.ConnectorError_Transient),
+            (answer(200, {"error": "error_param", "message": "bad"}), types.ConnectorError_Permanent),
+        ]
+        for resp, expected in cases:
+            got = error_of(lambda: shop.answer("/api/v2/x", resp))
+            if isinstance(expected, type):
+                self.assertIsInstance(got, expected, resp)
+            else:
+                self.assertEqual(got, expected, resp)
+
+    def test_pushes_are_verified_against_the_callback_url_and_body(self):
+        body = json.dumps({"shop_id": 14701711, "code": 3, "data": {"ordersn": "SP9"}}).encode()
+        good = hmac.new(b"test_secret", b"https://berth.example/hook|" + body, hashlib.sha256).hexdigest()
+        events = app.WitWorld().handle_webhook("s", types.WebhookRequest(headers=[("Authorization", good)], body=body))
+        self.assertEqual(events, [types.Event_OrderChanged("SP9")])
+        forged = types.WebhookRequest(headers=[("authorization", good)], body=body + b" ")
+        self.assertIsInstance(error_of(lambda: app.WitWorld().handle_webhook("s", forged)), types.ConnectorError_Auth)
+        unsigned = types.WebhookRequest(headers=[], body=body)
+        self.assertIsInstance(error_of(lambda: app.WitWorld().handle_webhook("s", unsigned)), types.ConnectorError_Auth)
+
+    def test_a_missing_setting_names_the_key(self):
+        del SETTINGS["partner_key"]
+        err = error_of(app.Shop)
+        self.assertIsInstance(err, types.ConnectorError_Permanent)
+        self.assertIn("`partner_key`", err.value)
+
+
+if __name__ == "__main__":
+    unittest.main()
