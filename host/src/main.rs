@@ -148,23 +148,20 @@ struct Server {
 
 async fn plugin_command(command: PluginCommand) -> ExitCode {
     use berth_host::plugin;
+    // Print what was found; exit 0 when it is good, 1 when not, 2 when it could not run.
+    let printed = |text: String, good: bool| {
+        print!("{text}");
+        if good {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    };
     let result = match command {
-        PluginCommand::Inspect { file } => plugin::inspect(&file).await.map(|i| {
-            print!("{}", i.render());
-            if i.loaded.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }),
-        PluginCommand::Test { file, sim } => plugin::conformance::run(&file, &sim).await.map(|report| {
-            print!("{}", report.render());
-            if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }),
+        PluginCommand::Inspect { file } => plugin::inspect(&file).await.map(|i| printed(i.render(), i.loaded.is_ok())),
+        PluginCommand::Test { file, sim } => {
+            plugin::conformance::run(&file, &sim).await.map(|report| printed(report.render(), report.passed()))
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -2,7 +2,6 @@
 //! order, each failure reported with what to fix.
 
 use crate::api::{self, ApiState};
-use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
 use crate::delivery::ErpDeliverer;
@@ -81,11 +80,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
     )?);
     let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
-    let http = HttpGateway::new(cfg.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
-    let limits = crate::capabilities::ratelimit::RateLimits::new(&cfg.platforms);
-    let retry = crate::retry::RetryPolicies::new(&cfg);
-    let standby = Arc::new(crate::capabilities::standby::Standbys::new(&cfg.platforms));
-    let services = Arc::new(HostServices { http, kv, limits, retry, standby: standby.clone() });
+    let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| StartError::Http(e.to_string()))?);
+    let standby = services.standby.clone();
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
     let registry_store = crate::registry::RegistryStore::open(store.db(), store.commit()).map_err(StartError::Registry)?;

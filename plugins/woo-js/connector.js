@@ -123,16 +123,13 @@ function call(method, url, body) {
   return { data, resp };
 }
 
-let cached;
+// Read on every request: a few host calls, and nothing outlives the call's shop.
 function settings() {
-  if (!cached) {
-    cached = {
-      base: setting('base_url').replace(/\/+$/, ''),
-      key: setting('consumer_key'),
-      secret: setting('consumer_secret'),
-    };
-  }
-  return cached;
+  return {
+    base: setting('base_url').replace(/\/+$/, ''),
+    key: setting('consumer_key'),
+    secret: setting('consumer_secret'),
+  };
 }
 
 function api(path) {
@@ -227,7 +224,6 @@ export function check(_shop) {
 }
 
 export function pullOrders(_shop, req) {
-  cached = undefined;
   const start = Number(req.window.startMs);
   const end = Number(req.window.endMs);
   if (end <= start) throw invalidInput('empty time window');
@@ -260,7 +256,6 @@ export function pullOrders(_shop, req) {
 }
 
 export function pushInventory(_shop, updates) {
-  cached = undefined;
   const done = [];
   for (let i = 0; i < updates.length; i += MAX_BATCH) {
     const chunk = updates.slice(i, i + MAX_BATCH);

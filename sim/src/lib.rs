@@ -459,6 +459,28 @@ impl SimState {
         fault
     }
 
+    /// Spend one call of the budget window `key` (see `budget_windows`). Over budget:
+    /// counts a throttle, remembers until when the client was told to wait (`told`
+    /// turns the time left into what the platform tells), and returns that wait. A call
+    /// arriving before an earlier wait has passed is counted as early.
+    pub(crate) fn spend(&self, platform: Platform, key: &str, told: impl FnOnce(Duration) -> Duration) -> Result<(), Duration> {
+        let mut inner = self.lock();
+        let now = std::time::Instant::now();
+        if inner.told_to_wait.get(key).is_some_and(|until| now < *until) {
+            inner.stats.entry(platform).or_default().early_after_throttle += 1;
+        }
+        let Some(window) = inner.windows.get_mut(key) else { return Ok(()) };
+        match window.take(now) {
+            Ok(()) => Ok(()),
+            Err(left) => {
+                let wait = told(left);
+                inner.told_to_wait.insert(key.to_string(), now + wait);
+                inner.stats.entry(platform).or_default().throttled += 1;
+                Err(wait)
+            }
+        }
+    }
+
     pub(crate) fn count(&self, platform: Platform, f: impl FnOnce(&mut PlatformStats)) {
         f(self.lock().stats.entry(platform).or_default())
     }

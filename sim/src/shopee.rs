@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// (Shopee order_status, normalized berth status)
 pub const STATUSES: &[(&str, &str)] = &[
@@ -131,21 +131,8 @@ fn authenticate(state: &SimState, api_path: &str, q: &HashMap<String, String>) -
     if shop.access_token != get("access_token") {
         return Err(Refusal(StatusCode::FORBIDDEN, "error_auth", "Invalid access_token.".into()));
     }
-    let mut inner = state.lock();
-    let now = Instant::now();
-    let key = format!("shopee:{shop_id}");
-    if inner.told_to_wait.get(&key).is_some_and(|until| now < *until) {
-        inner.stats.entry(Platform::Shopee).or_default().early_after_throttle += 1;
-    }
-    if let Some(window) = inner.windows.get_mut(&key) {
-        if let Err(left) = window.take(now) {
-            inner.told_to_wait.insert(key, now + left);
-            return Err(Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "error_too_many_request",
-                "Too many requests, please slow down.".into(),
-            ));
-        }
+    if state.spend(Platform::Shopee, &format!("shopee:{shop_id}"), |left| left).is_err() {
+        return Err(Refusal(StatusCode::TOO_MANY_REQUESTS, "error_too_many_request", "Too many requests, please slow down.".into()));
     }
     Ok(shop_id)
 }
@@ -167,9 +154,8 @@ async fn answer(
             envelope(StatusCode::OK, "", "", v)
         }
         Err(Refusal(status, code, message)) => {
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                state.count(Platform::Shopee, |s| s.throttled += 1);
-            } else {
+            // Throttles were counted where the budget was spent.
+            if status != StatusCode::TOO_MANY_REQUESTS {
                 state.count(Platform::Shopee, |s| s.rejected += 1);
             }
             envelope(status, code, &message, Value::Null)

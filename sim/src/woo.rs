@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// (WooCommerce order status, normalized berth status)
 pub const STATUSES: &[(&str, &str)] = &[
@@ -129,24 +129,12 @@ async fn gated(state: &SimState, site: &str, headers: &HeaderMap, handler: impl 
         state.count(Platform::Woo, |s| s.rejected += 1);
         return rest_error(StatusCode::UNAUTHORIZED, "woocommerce_rest_authentication_error", "Consumer key is invalid.");
     }
-    {
-        let mut inner = state.lock();
-        let now = Instant::now();
-        let key = format!("woo:{site}");
-        if inner.told_to_wait.get(&key).is_some_and(|until| now < *until) {
-            inner.stats.entry(Platform::Woo).or_default().early_after_throttle += 1;
-        }
-        if let Some(window) = inner.windows.get_mut(&key) {
-            if let Err(left) = window.take(now) {
-                let secs = left.as_secs_f64().ceil().max(1.0) as u64;
-                inner.told_to_wait.insert(key, now + Duration::from_secs(secs));
-                inner.stats.entry(Platform::Woo).or_default().throttled += 1;
-                drop(inner);
-                let mut resp = (StatusCode::TOO_MANY_REQUESTS, "<html><body>429 Too Many Requests</body></html>").into_response();
-                resp.headers_mut().insert("retry-after", hv(&secs.to_string()));
-                return resp;
-            }
-        }
+    // The WAF tells whole seconds.
+    let whole_seconds = |left: Duration| Duration::from_secs(left.as_secs_f64().ceil().max(1.0) as u64);
+    if let Err(wait) = state.spend(Platform::Woo, &format!("woo:{site}"), whole_seconds) {
+        let mut resp = (StatusCode::TOO_MANY_REQUESTS, "<html><body>429 Too Many Requests</body></html>").into_response();
+        resp.headers_mut().insert("retry-after", hv(&wait.as_secs().to_string()));
+        return resp;
     }
     let resp = handler();
     if resp.status().is_success() {

@@ -8,7 +8,7 @@
 use super::{capability_name, PluginError, ScratchHost};
 use crate::config::{Secret, ShopConfig, Tier};
 use crate::runtime::bindings::berth::connector::types::{
-    Capability, ConnectorError, Event, Manifest, Order, OrderStatus, PullRequest, StockUpdate, TimeWindow, UpdateResult, WebhookRequest,
+    Capability, ConnectorError, Event, Manifest, Order, PullRequest, StockUpdate, TimeWindow, UpdateResult, WebhookRequest,
 };
 use crate::runtime::tape::{Exchange, Tape};
 use crate::runtime::{Call, LoadedConnector, Output};
@@ -194,21 +194,6 @@ fn some<T: std::fmt::Display>(items: &[T], n: usize) -> String {
     }
 }
 
-/// The WIT name of a status, as the simulator names the one it expects.
-fn status_name(s: OrderStatus) -> &'static str {
-    match s {
-        OrderStatus::Unpaid => "unpaid",
-        OrderStatus::Paid => "paid",
-        OrderStatus::PartiallyShipped => "partially-shipped",
-        OrderStatus::Shipped => "shipped",
-        OrderStatus::Delivered => "delivered",
-        OrderStatus::Completed => "completed",
-        OrderStatus::Cancelled => "cancelled",
-        OrderStatus::Refunded => "refunded",
-        OrderStatus::Other => "other",
-    }
-}
-
 fn now_ms() -> i64 {
     berth_sim::now_s() * 1000
 }
@@ -363,7 +348,8 @@ impl Suite {
         if o.created_at_ms != sim.created_s * 1000 {
             p.push(format!("created-at-ms {} is not {}", o.created_at_ms, sim.created_s * 1000));
         }
-        let status = status_name(o.status);
+        // The WIT name, which is how the simulator names the status it expects.
+        let status = crate::sync::status_name(o.status);
         let want = profiles::normalized_status(self.platform, sim);
         if status != want {
             p.push(format!("status {status} is not {want}"));

@@ -7,7 +7,6 @@
 
 pub mod conformance;
 
-use crate::capabilities::http::HttpGateway;
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, PlatformConfig};
 use crate::runtime::bindings::berth::connector::types::{Capability, Manifest};
@@ -49,14 +48,7 @@ impl ScratchHost {
         let cfg = Config::parse(&text, Path::new("<scratch host>")).map_err(|e| scratch(&e))?;
         let db = sled::Config::new().path(dir.path().join("db")).open().map_err(|e| scratch(&e))?;
         let kv = KvStore::new(db.open_tree("connector_kv").map_err(|e| scratch(&e))?);
-        let http = HttpGateway::new(cfg.http.clone()).map_err(|e| scratch(&e))?;
-        let services = Arc::new(HostServices {
-            http,
-            kv,
-            limits: crate::capabilities::ratelimit::RateLimits::new(&cfg.platforms),
-            retry: crate::retry::RetryPolicies::new(&cfg),
-            standby: Arc::new(crate::capabilities::standby::Standbys::new(&cfg.platforms)),
-        });
+        let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _db: db, _dir: dir })
     }

@@ -23,6 +23,17 @@ pub struct HostServices {
 }
 
 impl HostServices {
+    /// The services a config describes, over the connector state in `kv`.
+    pub fn new(cfg: &crate::config::Config, kv: KvStore) -> Result<HostServices, reqwest::Error> {
+        Ok(HostServices {
+            http: HttpGateway::new(cfg.http.clone())?,
+            kv,
+            limits: capabilities::ratelimit::RateLimits::new(&cfg.platforms),
+            retry: crate::retry::RetryPolicies::new(cfg),
+            standby: Arc::new(capabilities::standby::Standbys::new(&cfg.platforms)),
+        })
+    }
+
     /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
     pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::config::PlatformConfig>) {
         self.limits.reconfigure(platforms);
