@@ -18,6 +18,7 @@ pub mod config;
 pub mod delivery;
 pub mod inbox;
 pub mod ingest;
+pub mod metrics;
 pub mod plugin;
 pub mod queue;
 pub mod registry;

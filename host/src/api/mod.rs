@@ -63,6 +63,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/webhooks/{shop}", post(platform_webhook))
         .route("/v1/connectors", get(list_connectors))
         .route("/v1/platforms", get(list_platforms))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -92,7 +93,7 @@ async fn index() -> &'static str {
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/platforms                              per platform: endpoint classes, held quotas, retry policies, standby channel\n\
      GET /v1/connectors                             loaded connectors\n\
-     GET /healthz  GET /readyz\n"
+     GET /metrics  GET /healthz  GET /readyz\n"
 }
 
 #[derive(Deserialize)]
@@ -388,6 +389,27 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
             })
             .collect(),
     )
+}
+
+/// Prometheus text format. Queue gauges are read at scrape time; stock queues are
+/// summed over shops (shops are not a label).
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let m = crate::metrics::Metrics::get();
+    let ms = |v: Option<i64>| v.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64));
+    match st.inbox.stats() {
+        Ok(q) => m.queue("orders", q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms)),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the order queue"),
+    }
+    let (mut pending, mut dead, mut oldest) = (0u64, 0u64, None::<i64>);
+    for shop in st.shops.stock_shops().keys() {
+        if let Ok(s) = st.stock.stats(shop) {
+            pending += s.pending;
+            dead += s.dead;
+            oldest = oldest.max(s.oldest_pending_age_ms);
+        }
+    }
+    m.queue("stock", pending, 0, dead, ms(oldest));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 
 async fn healthz() -> &'static str {

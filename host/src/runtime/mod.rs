@@ -262,7 +262,37 @@ pub enum Output {
     Webhook(Result<Vec<Event>, ConnectorError>),
 }
 
+/// The `outcome` metric label of a connector error.
+fn error_outcome(e: &ConnectorError) -> &'static str {
+    match e {
+        ConnectorError::RateLimited(_) => "rate_limited",
+        ConnectorError::Auth(_) => "auth",
+        ConnectorError::Transient(_) => "transient",
+        ConnectorError::Permanent(_) => "permanent",
+        ConnectorError::InvalidInput(_) => "invalid_input",
+    }
+}
+
+/// The `outcome` metric label of a call that did not return.
+fn call_error_outcome(e: &CallError) -> &'static str {
+    match e {
+        CallError::Timeout { .. } => "timeout",
+        CallError::Trap { .. } => "trap",
+        CallError::Instantiate(_) => "instantiate",
+    }
+}
+
 impl Output {
+    /// The `outcome` metric label: `ok` or the error's case.
+    fn outcome(&self) -> &'static str {
+        let err = match self {
+            Output::Pull(r) => r.as_ref().err(),
+            Output::Push(r) => r.as_ref().err(),
+            Output::Webhook(r) => r.as_ref().err(),
+        };
+        err.map_or("ok", error_outcome)
+    }
+
     /// Whether the call counts as a success (a throttle is not the version's failure).
     pub fn ok(&self) -> bool {
         match self {
@@ -403,22 +433,50 @@ impl LoadedConnector {
 
     /// A fresh instance and its `manifest` export: the cheapest whole call there is.
     pub async fn manifest_call(&self) -> Result<Manifest, CallError> {
-        let (mut store, inst) = self.instance(None).await?;
-        self.finish("manifest", inst.call_manifest(&mut store)).await
+        let started = std::time::Instant::now();
+        let (mut store, inst) = self.instance(None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
+        let r = self.finish("manifest", inst.call_manifest(&mut store)).await;
+        let outcome = r.as_ref().map_or_else(call_error_outcome, |_| "ok");
+        self.observe("manifest", outcome, started, Some(store.data().peak_memory()));
+        r
     }
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
-        let (mut store, inst) = self.instance(Some((shop.to_string(), cfg))).await?;
-        self.tally(self.finish("check", inst.call_check(&mut store, shop)).await)
+        let started = std::time::Instant::now();
+        let (mut store, inst) = self
+            .instance(Some((shop.to_string(), cfg)))
+            .await
+            .inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
+        let r = self.finish("check", inst.call_check(&mut store, shop)).await;
+        let outcome = match &r {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => error_outcome(e),
+            Err(e) => call_error_outcome(e),
+        };
+        self.observe("check", outcome, started, Some(store.data().peak_memory()));
+        self.tally(r)
+    }
+
+    /// Count a finished call in the metrics: outcome, time, the memory it grew to.
+    fn observe(&self, call: &'static str, outcome: &str, started: std::time::Instant, peak_memory: Option<usize>) {
+        let m = crate::metrics::Metrics::get();
+        m.call(&self.name, &self.version, call, outcome, started.elapsed());
+        if let Some(bytes) = peak_memory {
+            m.memory(&self.name, &self.version, bytes);
+        }
     }
 
     /// Run one export with `tape` (recording, replaying or off) and hand the tape back.
     /// Not counted in [`LoadedConnector::calls`]: callers count with `note_outcome`
     /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
     pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
+        let started = std::time::Instant::now();
         let (mut store, inst) = match self.instance(Some((shop.to_string(), cfg))).await {
             Ok(x) => x,
-            Err(e) => return (Err(e), tape),
+            Err(e) => {
+                self.observe(call.name(), call_error_outcome(&e), started, None);
+                return (Err(e), tape);
+            }
         };
         store.data_mut().tape = tape;
         let out = match &call {
@@ -433,6 +491,8 @@ impl LoadedConnector {
             Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
         };
         let tape = std::mem::take(&mut store.data_mut().tape);
+        let outcome = out.as_ref().map_or_else(call_error_outcome, Output::outcome);
+        self.observe(call.name(), outcome, started, Some(store.data().peak_memory()));
         (out, tape)
     }
 

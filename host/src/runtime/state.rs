@@ -59,7 +59,7 @@ pub struct CallContext {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: PeakLimits,
     ctx: CallContext,
     services: Arc<HostServices>,
     /// Set when the host's rate limiter held a request back past the call's budget:
@@ -88,7 +88,10 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build(),
+            limits: PeakLimits {
+                inner: StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build(),
+                peak_memory: 0,
+            },
             ctx,
             services,
             held_back: None,
@@ -107,6 +110,51 @@ impl HostState {
 
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
+    }
+
+    /// The most linear memory any of the instance's memories was allowed to grow to.
+    pub fn peak_memory(&self) -> usize {
+        self.limits.peak_memory
+    }
+}
+
+/// The store's limits, noting the largest memory growth they allowed.
+pub struct PeakLimits {
+    inner: StoreLimits,
+    peak_memory: usize,
+}
+
+impl ResourceLimiter for PeakLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
@@ -159,18 +207,33 @@ impl HostState {
         let api_method = services.limits.has_classes(&self.ctx.platform).then(|| api_method(&url, &req)).flatten();
         let endpoint = capabilities::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
         match services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg.as_deref(), endpoint, budget).await {
-            Ok(waited) if !waited.is_zero() => tracing::debug!(
-                connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
-            ),
+            Ok(waited) if !waited.is_zero() => {
+                crate::metrics::Metrics::get().rate_limit_wait(&self.ctx.platform, waited);
+                tracing::debug!(
+                    connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
+                )
+            }
             Ok(_) => {}
             Err(no_slot) => {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
+                crate::metrics::Metrics::get().http(&self.ctx.platform, "held_back", None);
                 return Err(http::HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
         }
         let url = services.standby.route(&self.ctx.platform, url);
+        let sent = std::time::Instant::now();
         let result = services.http.send_to(url, req).await;
+        let status = match &result {
+            Ok(r) => crate::metrics::status_class(r.status),
+            Err(http::HttpError::Denied(_)) => "denied",
+            Err(http::HttpError::Timeout) => "timeout",
+            Err(http::HttpError::Connection(_)) => "connection",
+            Err(http::HttpError::TooLarge(_)) => "too_large",
+            Err(http::HttpError::InvalidRequest(_)) => "invalid",
+            Err(http::HttpError::Throttled(_)) => "held_back",
+        };
+        crate::metrics::Metrics::get().http(&self.ctx.platform, status, Some(sent.elapsed()));
         match &result {
             Ok(r) => {
                 use capabilities::ratelimit::Hold;
@@ -208,6 +271,7 @@ impl HostState {
     fn refused(&self, url: &str, e: http::HttpError) -> http::HttpError {
         if let http::HttpError::Denied(why) = &e {
             self.services.http.note_refusal(&self.ctx.connector);
+            crate::metrics::Metrics::get().http(&self.ctx.platform, "denied", None);
             tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(url),
                 reason = %why, "http request refused by policy"
