@@ -58,7 +58,33 @@ pub struct ConnectorLabels {
     pub version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub connector: String,
+    /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`.
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Guest metrics: `connector`, `metric` and the guest's own (checked) labels.
+type GuestLabels = Vec<(String, String)>;
+
+/// What a connector may export through the `metrics` import: names `[a-z][a-z0-9_]*`
+/// up to 64 characters, at most 4 labels with names like that (up to 32, not one of
+/// the host's own) and values up to 64 characters, at most 100 series per connector.
+/// Anything else is dropped and counted in `berth_connector_metric_dropped_total`.
+pub const GUEST_MAX_SERIES: usize = 100;
+const GUEST_MAX_LABELS: usize = 4;
+const GUEST_MAX_VALUE: usize = 64;
+const RESERVED_LABELS: &[&str] = &["connector", "metric", "le", "quantile", "version"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
 
 /// Every metric berth exports.
 pub struct Metrics {
@@ -73,6 +99,12 @@ pub struct Metrics {
     pub queue_oldest_age_seconds: Family<QueueLabels, Gauge<f64, AtomicU64>>,
     pub queue_dead_letters: Family<QueueLabels, Gauge>,
     pub instance_memory_bytes: HistogramFamily<ConnectorLabels>,
+    pub guest_counters: Family<GuestLabels, Counter>,
+    pub guest_gauges: Family<GuestLabels, Gauge<f64, AtomicU64>>,
+    pub guest_histograms: HistogramFamily<GuestLabels>,
+    pub guest_dropped: Family<DroppedLabels, Counter>,
+    /// Series each connector has created, to hold it to GUEST_MAX_SERIES.
+    guest_series: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<(GuestKind, GuestLabels)>>>,
 }
 
 fn call_buckets() -> Histogram {
@@ -83,6 +115,18 @@ fn call_buckets() -> Histogram {
 fn http_buckets() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn guest_buckets() -> Histogram {
+    // 1 ms .. ~33 s, or counts 0.001 .. 32768: connectors mostly time things.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn memory_buckets() -> Histogram {
@@ -113,6 +157,14 @@ impl Metrics {
         registry.register("queue_dead_letters", "Items that ran out of attempts and wait for a person", queue_dead_letters.clone());
         let instance_memory_bytes = HistogramFamily::<ConnectorLabels>::new_with_constructor(memory_buckets as fn() -> Histogram);
         registry.register("instance_memory_bytes", "Linear memory a connector instance had grown to when its call ended", instance_memory_bytes.clone());
+        let guest_counters = Family::<GuestLabels, Counter>::default();
+        registry.register("connector_metric_count", "Counters connectors report through the metrics import", guest_counters.clone());
+        let guest_gauges = Family::<GuestLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("connector_metric_value", "Gauges connectors report through the metrics import", guest_gauges.clone());
+        let guest_histograms = HistogramFamily::<GuestLabels>::new_with_constructor(guest_buckets as fn() -> Histogram);
+        registry.register("connector_metric_observations", "Histograms connectors report through the metrics import", guest_histograms.clone());
+        let guest_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register("connector_metric_dropped", "Guest metric updates refused for their name, labels, value or series count", guest_dropped.clone());
         Metrics {
             registry,
             calls,
@@ -125,6 +177,62 @@ impl Metrics {
             queue_oldest_age_seconds,
             queue_dead_letters,
             instance_memory_bytes,
+            guest_counters,
+            guest_gauges,
+            guest_histograms,
+            guest_dropped,
+            guest_series: Default::default(),
+        }
+    }
+
+    /// A connector's own metric update, kept within bounds (see [`GUEST_MAX_SERIES`]).
+    /// Returns why it was dropped, if it was.
+    pub fn guest(&self, connector: &str, kind: GuestKind, name: &str, labels: &[(String, String)], value: f64) -> Result<(), &'static str> {
+        let checked = (|| {
+            if !valid_name(name, 64) {
+                return Err("bad_name");
+            }
+            if labels.len() > GUEST_MAX_LABELS
+                || labels.iter().any(|(k, v)| !valid_name(k, 32) || RESERVED_LABELS.contains(&k.as_str()) || v.len() > GUEST_MAX_VALUE)
+            {
+                return Err("bad_label");
+            }
+            if !value.is_finite() || (kind == GuestKind::Counter && value < 0.0) {
+                return Err("bad_value");
+            }
+            let mut own: Vec<(String, String)> = labels.to_vec();
+            own.sort();
+            own.dedup_by(|a, b| a.0 == b.0);
+            let mut set = vec![("connector".to_string(), connector.to_string()), ("metric".to_string(), name.to_string())];
+            set.extend(own);
+            let mut series = self.guest_series.lock().unwrap_or_else(|e| e.into_inner());
+            let known = series.entry(connector.to_string()).or_default();
+            if !known.contains(&(kind, set.clone())) {
+                if known.len() >= GUEST_MAX_SERIES {
+                    return Err("too_many_series");
+                }
+                known.insert((kind, set.clone()));
+            }
+            Ok(set)
+        })();
+        match checked {
+            Ok(set) => {
+                match kind {
+                    GuestKind::Counter => {
+                        self.guest_counters.get_or_create(&set).inc_by(value as u64);
+                    }
+                    GuestKind::Gauge => {
+                        self.guest_gauges.get_or_create(&set).set(value);
+                    }
+                    GuestKind::Histogram => self.guest_histograms.get_or_create(&set).observe(value),
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                let labels = DroppedLabels { connector: connector.to_string(), reason: reason.to_string() };
+                self.guest_dropped.get_or_create(&labels).inc();
+                Err(reason)
+            }
         }
     }
 
@@ -238,5 +346,34 @@ mod tests {
         assert!(text.contains("berth_queue_ready{queue=\"orders\"} 3"), "{text}");
         assert!(text.contains("berth_connector_call_seconds_bucket{"), "{text}");
         assert_eq!(status_class(503), "5xx");
+    }
+
+    #[test]
+    fn guest_metrics_are_bounded() {
+        let m = Metrics::new();
+        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert_eq!(m.guest("c", GuestKind::Counter, "orders_pulled", &l(&[("kind", "full")]), 3.0), Ok(()));
+        assert_eq!(m.guest("c", GuestKind::Counter, "Orders-Pulled", &[], 1.0), Err("bad_name"));
+        assert_eq!(m.guest("c", GuestKind::Counter, &"x".repeat(65), &[], 1.0), Err("bad_name"));
+        assert_eq!(m.guest("c", GuestKind::Gauge, "g", &l(&[("connector", "evil")]), 1.0), Err("bad_label"));
+        assert_eq!(m.guest("c", GuestKind::Gauge, "g", &l(&[("order", &"9".repeat(65))]), 1.0), Err("bad_label"));
+        assert_eq!(m.guest("c", GuestKind::Gauge, "g", &l(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")]), 1.0), Err("bad_label"));
+        assert_eq!(m.guest("c", GuestKind::Counter, "n", &[], -1.0), Err("bad_value"));
+        assert_eq!(m.guest("c", GuestKind::Histogram, "t", &[], f64::NAN), Err("bad_value"));
+        // One label per order id would grow without end: the 101st series is refused.
+        let mut refused = 0;
+        for i in 0..150 {
+            if m.guest("c", GuestKind::Counter, "per_order", &l(&[("order", &i.to_string())]), 1.0).is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 150 - (GUEST_MAX_SERIES - 1));
+        // Another connector has its own budget; known series keep counting.
+        assert_eq!(m.guest("other", GuestKind::Counter, "per_order", &l(&[("order", "1")]), 1.0), Ok(()));
+        assert_eq!(m.guest("c", GuestKind::Counter, "orders_pulled", &l(&[("kind", "full")]), 2.0), Ok(()));
+        let text = m.render();
+        assert!(text.contains("berth_connector_metric_count_total{connector=\"c\",metric=\"orders_pulled\",kind=\"full\"} 5"), "{text}");
+        assert!(text.contains("berth_connector_metric_dropped_total{connector=\"c\",reason=\"too_many_series\"} 51"), "{text}");
+        assert!(!text.contains("evil"), "{text}");
     }
 }

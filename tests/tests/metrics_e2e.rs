@@ -111,6 +111,12 @@ secrets = {{ consumer_key = "ck_demo", consumer_secret = "cs_demo" }}
     assert!(sample(&text, "berth_connector_call_seconds_count{connector=\"woo-c\",version=\"0.1.0\",call=\"pull-orders\"}").is_some(), "{text}");
     assert!(sample(&text, "berth_instance_memory_bytes_count{connector=\"shopify\",version=\"0.1.0\"}").is_some_and(|n| n >= 1.0), "{text}");
     assert!(sample(&text, "berth_ratelimit_wait_seconds_total{platform=\"woocommerce\"}").is_some(), "{text}");
+    // The connectors' own counters, under the connector's name.
+    let pulled = sample(&text, "berth_connector_metric_count_total{connector=\"woo-c\",metric=\"orders_pulled\"}");
+    // At least every order once (overlapping windows pull some twice; the host dedupes).
+    let seeded = sim.state.orders(Platform::Woo, "demo-woo").len() as f64;
+    assert!(pulled.is_some_and(|n| n >= seeded), "{pulled:?} < {seeded}: {text}");
+    assert!(sample(&text, "berth_connector_metric_count_total{connector=\"shopify\",metric=\"orders_pulled\"}").is_some(), "{text}");
     for queue in ["orders", "stock"] {
         for family in ["berth_queue_ready", "berth_queue_dead_letters", "berth_queue_oldest_age_seconds"] {
             assert!(sample(&text, &format!("{family}{{queue=\"{queue}\"}}")).is_some(), "{family} {queue}: {text}");

@@ -340,16 +340,23 @@ impl log::Host for HostState {
 }
 
 impl metrics::Host for HostState {
-    // Metrics export arrives with the operations work; until then guest metrics are
-    // traced at debug level, bounded, so they cost nothing when not looked at.
-    fn counter_add(&mut self, name: String, _labels: Vec<(String, String)>, value: u64) {
-        tracing::debug!(connector = %self.ctx.connector, metric = bounded(&name, 64), value, "guest counter");
+    // Exported under berth_connector_metric_*, bounded (see crate::metrics::GUEST_MAX_SERIES).
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) {
+        self.guest_metric(crate::metrics::GuestKind::Counter, &name, &labels, value as f64);
     }
-    fn gauge_set(&mut self, name: String, _labels: Vec<(String, String)>, value: f64) {
-        tracing::debug!(connector = %self.ctx.connector, metric = bounded(&name, 64), value, "guest gauge");
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        self.guest_metric(crate::metrics::GuestKind::Gauge, &name, &labels, value);
     }
-    fn histogram_observe(&mut self, name: String, _labels: Vec<(String, String)>, value: f64) {
-        tracing::debug!(connector = %self.ctx.connector, metric = bounded(&name, 64), value, "guest histogram");
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        self.guest_metric(crate::metrics::GuestKind::Histogram, &name, &labels, value);
+    }
+}
+
+impl HostState {
+    fn guest_metric(&self, kind: crate::metrics::GuestKind, name: &str, labels: &[(String, String)], value: f64) {
+        if let Err(reason) = crate::metrics::Metrics::get().guest(&self.ctx.connector, kind, name, labels, value) {
+            tracing::debug!(connector = %self.ctx.connector, metric = bounded(name, 64), reason, "guest metric dropped");
+        }
     }
 }
 
