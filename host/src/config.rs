@@ -36,6 +36,12 @@ pub struct Config {
     pub stock: StockConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Probes per tier, availability window and SLA targets.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
+    /// Alert rules and the webhooks they notify.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,
@@ -545,6 +551,8 @@ impl Config {
         if cfg.admin.max_component_mb == 0 {
             return Err(invalid("admin.max_component_mb must be at least 1".into()));
         }
+        cfg.health.check().map_err(invalid)?;
+        cfg.alerts.rules().map_err(invalid)?;
         if cfg.stock.max_attempts == 0 || !(1..=1000).contains(&cfg.stock.batch_size) {
             return Err(invalid("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into()));
         }

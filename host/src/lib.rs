@@ -8,6 +8,7 @@
 //! durable [`store`]; [`stock`] pushes the ERP's quantities out, newest first; [`config`] is `berth.toml`; [`service`] wires it all together.
 
 pub mod admin_client;
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -16,8 +17,10 @@ pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod health;
 pub mod inbox;
 pub mod ingest;
+pub mod levels;
 pub mod metrics;
 pub mod plugin;
 pub mod queue;

@@ -59,6 +59,56 @@ pub struct ConnectorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub connector: String,
+    pub tier: String,
+    /// `ok`, `unhealthy`, a connector-error case, `trap`, `timeout`, `instantiate`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub connector: String,
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShopStateLabels {
+    pub connector: String,
+    pub tier: String,
+    /// `up`, `down`, `paused`, `unknown`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlaLabels {
+    pub tier: String,
+}
+
+/// Only with `[health] shop_labels = true`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShopLabels {
+    pub shop: String,
+    pub connector: String,
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The rule's name from config.
+    pub rule: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    /// The receiver's name from config.
+    pub receiver: String,
+    /// `sent` or `failed` (gave up after its retries).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     pub connector: String,
     /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`.
@@ -103,6 +153,15 @@ pub struct Metrics {
     pub guest_gauges: Family<GuestLabels, Gauge<f64, AtomicU64>>,
     pub guest_histograms: HistogramFamily<GuestLabels>,
     pub guest_dropped: Family<DroppedLabels, Counter>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub shops: Family<ShopStateLabels, Gauge>,
+    pub availability: Family<TierLabels, Gauge<f64, AtomicU64>>,
+    pub shops_below_sla: Family<TierLabels, Gauge>,
+    pub sla_target: Family<SlaLabels, Gauge<f64, AtomicU64>>,
+    pub shop_up: Family<ShopLabels, Gauge>,
+    pub shop_availability: Family<ShopLabels, Gauge<f64, AtomicU64>>,
+    pub alerts_firing: Family<AlertLabels, Gauge>,
+    pub alert_notifications: Family<ReceiverLabels, Counter>,
     /// Series each connector has created, to hold it to GUEST_MAX_SERIES.
     guest_series: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<(GuestKind, GuestLabels)>>>,
 }
@@ -165,8 +224,35 @@ impl Metrics {
         registry.register("connector_metric_observations", "Histograms connectors report through the metrics import", guest_histograms.clone());
         let guest_dropped = Family::<DroppedLabels, Counter>::default();
         registry.register("connector_metric_dropped", "Guest metric updates refused for their name, labels, value or series count", guest_dropped.clone());
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register("probes", "Health probes (the connector's check) by how they ended", probes.clone());
+        let shops = Family::<ShopStateLabels, Gauge>::default();
+        registry.register("shops", "Shops by connector, tier and probe state", shops.clone());
+        let availability = Family::<TierLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("availability_ratio", "Probes that found shops up over all probes in the health window", availability.clone());
+        let shops_below_sla = Family::<TierLabels, Gauge>::default();
+        registry.register("shops_below_sla", "Shops whose availability in the window is below their tier's SLA", shops_below_sla.clone());
+        let sla_target = Family::<SlaLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("sla_target_ratio", "Availability each tier promises", sla_target.clone());
+        let shop_up = Family::<ShopLabels, Gauge>::default();
+        registry.register("shop_up", "1 when the shop's last probe found it up (only with health.shop_labels)", shop_up.clone());
+        let shop_availability = Family::<ShopLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("shop_availability_ratio", "A shop's availability in the window (only with health.shop_labels)", shop_availability.clone());
+        let alerts_firing = Family::<AlertLabels, Gauge>::default();
+        registry.register("alerts_firing", "Alerts firing now, by rule and severity", alerts_firing.clone());
+        let alert_notifications = Family::<ReceiverLabels, Counter>::default();
+        registry.register("alert_notifications", "Alert notifications per receiver: delivered, or given up after retries", alert_notifications.clone());
         Metrics {
             registry,
+            probes,
+            shops,
+            availability,
+            shops_below_sla,
+            sla_target,
+            shop_up,
+            shop_availability,
+            alerts_firing,
+            alert_notifications,
             calls,
             call_seconds,
             http_requests,
@@ -278,6 +364,55 @@ impl Metrics {
     pub fn memory(&self, connector: &str, version: &str, bytes: usize) {
         let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
         self.instance_memory_bytes.get_or_create(&labels).observe(bytes as f64);
+    }
+
+    pub fn probe(&self, connector: &str, tier: &str, outcome: &str) {
+        let labels = ProbeLabels { connector: connector.to_string(), tier: tier.to_string(), outcome: outcome.to_string() };
+        self.probes.get_or_create(&labels).inc();
+    }
+
+    /// Set the health gauges (at scrape time) from the tier summaries and, when shop
+    /// labels are configured, each shop.
+    pub fn health(&self, tiers: &[crate::health::TierSummary], shops: Option<&[crate::health::ShopHealth]>, sla: impl Fn(crate::config::Tier) -> f64) {
+        self.shops.clear();
+        self.availability.clear();
+        self.shops_below_sla.clear();
+        for t in tiers {
+            let tier = format!("{:?}", t.tier);
+            for (state, n) in [("up", t.up), ("down", t.down), ("paused", t.paused), ("unknown", t.unknown)] {
+                let labels = ShopStateLabels { connector: t.connector.clone(), tier: tier.clone(), state: state.into() };
+                self.shops.get_or_create(&labels).set(n as i64);
+            }
+            let labels = TierLabels { connector: t.connector.clone(), tier };
+            if let Some(r) = t.availability.ratio {
+                self.availability.get_or_create(&labels).set(r);
+            }
+            self.shops_below_sla.get_or_create(&labels).set(t.below_sla as i64);
+        }
+        for tier in [crate::config::Tier::A, crate::config::Tier::B, crate::config::Tier::C] {
+            self.sla_target.get_or_create(&SlaLabels { tier: format!("{tier:?}") }).set(sla(tier) / 100.0);
+        }
+        self.shop_up.clear();
+        self.shop_availability.clear();
+        for s in shops.unwrap_or_default() {
+            let labels = ShopLabels { shop: s.shop.clone(), connector: s.connector.clone(), tier: format!("{:?}", s.tier) };
+            self.shop_up.get_or_create(&labels).set((s.state == "up") as i64);
+            if let Some(r) = s.availability.ratio {
+                self.shop_availability.get_or_create(&labels).set(r);
+            }
+        }
+    }
+
+    pub fn alert_notification(&self, receiver: &str, result: &str) {
+        self.alert_notifications.get_or_create(&ReceiverLabels { receiver: receiver.to_string(), result: result.to_string() }).inc();
+    }
+
+    /// Set the firing-alert gauges: (rule, severity) → alerts firing.
+    pub fn alerts(&self, firing: &std::collections::BTreeMap<(String, &'static str), i64>) {
+        self.alerts_firing.clear();
+        for ((rule, severity), n) in firing {
+            self.alerts_firing.get_or_create(&AlertLabels { rule: rule.clone(), severity: severity.to_string() }).set(*n);
+        }
     }
 
     /// Set one queue's gauges (read at scrape time).

@@ -42,6 +42,10 @@ pub enum StartError {
     Registry(crate::registry::RegistryStoreError),
     #[error("{0}")]
     Shop(String),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthStoreError),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -113,6 +117,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut workers = Vec::new();
+    let health = Arc::new(crate::health::HealthBook::open(store.db(), cfg.health.clone())?);
     let shops = Arc::new(ShopSet::new(
         crate::shops::ShopDeps {
             store: store.clone(),
@@ -121,6 +126,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             sync: cfg.sync.clone(),
             stock_batch_size: cfg.stock.batch_size,
             error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
+            health: health.clone(),
         },
         shutdown_rx.clone(),
     ));
@@ -147,7 +153,18 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
-    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), shutdown_rx.clone())));
+    let alerts = Arc::new(crate::alerts::Alerts::open(store.db(), &cfg.alerts)?);
+    workers.push(tokio::spawn(alerts.clone().run(
+        crate::alerts::Sources {
+            registry: registry.clone(),
+            inbox: inbox.clone(),
+            stock: ledger.clone(),
+            shops: shops.clone(),
+            health: health.clone(),
+        },
+        shutdown_rx.clone(),
+    )));
+    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
     let admin = api::admin::router(Arc::new(api::admin::AdminState {
         registry: registry.clone(),
         auth: admin_auth,
@@ -162,6 +179,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shops: shops.clone(),
         registry,
         services: services.clone(),
+        health,
+        alerts,
     }))
     .merge(admin);
     let mut server_shutdown = shutdown_rx.clone();

@@ -26,6 +26,7 @@ pub struct ShopDeps {
     pub sync: SyncDefaults,
     pub stock_batch_size: usize,
     pub error_pause: Duration,
+    pub health: Arc<crate::health::HealthBook>,
 }
 
 struct RunningShop {
@@ -107,6 +108,15 @@ impl ShopSet {
             status: status.clone(),
         };
         let mut tasks = vec![tokio::spawn(worker.run(stop_rx.clone()))];
+        d.health.register(shop, &sc.connector, &slot.platform, sc.tier);
+        let prober = crate::health::prober::Prober {
+            shop: shop.to_string(),
+            tier: sc.tier,
+            config: config.clone(),
+            connector: slot.clone(),
+            book: d.health.clone(),
+        };
+        tasks.push(tokio::spawn(prober.run(stop_rx.clone())));
         let pusher = if slot.current().offers(Capability::Inventory) {
             let wake = Arc::new(tokio::sync::Notify::new());
             let push_status = Arc::new(Mutex::new(Default::default()));
@@ -145,6 +155,7 @@ impl ShopSet {
             for t in r.tasks {
                 let _ = t.await;
             }
+            self.deps.health.unregister(shop);
         }
     }
 

@@ -42,11 +42,14 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
+    let receiver = berth_tests::recorder::Recorder::start().await;
     let config = berth_tests::write_config(
         dir.path(),
         &format!(
             "[sync]\ninitial_lookback_hours = 6\nsettle_secs = 1\nretry_base_ms = 200\nretry_max_ms = 1000\n\
+             [alerts]\nevaluate_secs = 1\n[alerts.receivers.ops]\nurl = \"{}\"\n\
              [admin]\ntokens = [{{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n{}{shops}",
+            receiver.url("/alerts"),
             berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
         ),
     );
@@ -82,7 +85,14 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
     assert!(view["canary"].is_null(), "{view}");
     assert!(view["last_canary"]["reason"].as_str().unwrap().contains("calls failed"), "{view}");
     assert_eq!(view["active"]["digest"], active.as_str(), "the active version stays");
-    assert!(berth.log().contains("ALERT: canary rolled back automatically"), "no alert raised");
+    // The default canary-rollback rule (critical) tells the receiver, with the reason.
+    let alert = poll_until(DEADLINE, || async {
+        receiver.taken("/alerts").into_iter().map(|r| r.json()).find(|a| a["fingerprint"] == "canary-rollback/shopify")
+    })
+    .await
+    .unwrap_or_else(|| panic!("no canary-rollback alert reached the receiver: {:?}", receiver.received()));
+    assert_eq!((alert["status"].as_str(), alert["severity"].as_str()), (Some("firing"), Some("critical")), "{alert}");
+    assert!(alert["summary"].as_str().unwrap().contains("calls failed"), "{alert}");
     let (_, audit) = admin(&berth, reqwest::Method::GET, "/v1/admin/audit", ADMIN, None, None).await;
     let rollback = audit["entries"].as_array().unwrap().iter().find(|e| e["action"] == "canary-rollback").cloned();
     let rollback = rollback.unwrap_or_else(|| panic!("no audit entry: {audit}"));

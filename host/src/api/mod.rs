@@ -41,6 +41,8 @@ pub struct ApiState {
     pub shops: Arc<crate::shops::ShopSet>,
     pub registry: Arc<crate::registry::ConnectorRegistry>,
     pub services: Arc<crate::runtime::state::HostServices>,
+    pub health: Arc<crate::health::HealthBook>,
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -55,6 +57,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/orders/dead-letters/replay", post(replay_dead))
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
         .route("/v1/shops", get(list_shops))
+        .route("/v1/health", get(health))
+        .route("/v1/alerts", get(alerts))
         .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
         .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
         .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge))
@@ -91,6 +95,8 @@ async fn index() -> &'static str {
      GET /v1/stock/queue                            stock push backlog per shop\n\
      POST /v1/webhooks/{shop}                       a platform's webhook for the shop (signature checked by its connector)\n\
      GET /v1/shops                                  per-shop pull status\n\
+     GET /v1/health                                 per-shop probes, availability and SLA; per connector and tier\n\
+     GET /v1/alerts                                 alerts firing, recent notifications, receivers\n\
      GET /v1/platforms                              per platform: endpoint classes, held quotas, retry policies, standby channel\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /metrics  GET /healthz  GET /readyz\n"
@@ -324,6 +330,41 @@ async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {
     Json(st.shops.statuses())
 }
 
+#[derive(Serialize)]
+struct HealthView {
+    window_secs: u64,
+    tiers: BTreeMap<String, crate::health::TierPolicy>,
+    summary: Vec<crate::health::TierSummary>,
+    shops: Vec<crate::health::ShopHealth>,
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Json<HealthView> {
+    let cfg = st.health.config();
+    Json(HealthView {
+        window_secs: cfg.window_secs,
+        tiers: [crate::config::Tier::A, crate::config::Tier::B, crate::config::Tier::C].into_iter().map(|t| (format!("{t:?}"), cfg.policy(t))).collect(),
+        summary: st.health.summary(),
+        shops: st.health.shops(),
+    })
+}
+
+#[derive(Serialize)]
+struct AlertsView {
+    firing: Vec<crate::alerts::AlertRecord>,
+    recent: Vec<crate::alerts::LogEntry>,
+    receivers: Vec<crate::alerts::notify::ReceiverStatus>,
+    rules: Vec<String>,
+}
+
+async fn alerts(State(st): State<Arc<ApiState>>) -> Json<AlertsView> {
+    Json(AlertsView {
+        firing: st.alerts.firing(),
+        recent: st.alerts.recent(50),
+        receivers: st.alerts.receivers(),
+        rules: st.alerts.rules().iter().map(|r| format!("{} ({}, {})", r.name, r.check.kind().name(), r.severity.name())).collect(),
+    })
+}
+
 async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorInfo>> {
     Json(
         st.registry
@@ -396,19 +437,10 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let m = crate::metrics::Metrics::get();
     let ms = |v: Option<i64>| v.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64));
-    match st.inbox.stats() {
-        Ok(q) => m.queue("orders", q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms)),
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the order queue"),
+    for q in crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops) {
+        m.queue(q.queue, q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms));
     }
-    let (mut pending, mut dead, mut oldest) = (0u64, 0u64, None::<i64>);
-    for shop in st.shops.stock_shops().keys() {
-        if let Ok(s) = st.stock.stats(shop) {
-            pending += s.pending;
-            dead += s.dead;
-            oldest = oldest.max(s.oldest_pending_age_ms);
-        }
-    }
-    m.queue("stock", pending, 0, dead, ms(oldest));
+    st.health.export();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 
@@ -416,13 +448,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready when storage confirms a durable write within 5 s and connectors are loaded;
+/// the body says which check failed.
 async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
-    if st.registry.slots().is_empty() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no connectors loaded");
-    }
-    match tokio::time::timeout(std::time::Duration::from_secs(5), st.store.probe_writable()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("storage is not writable: {e}")),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "storage did not confirm a write within 5 s"),
-    }
+    let connectors = st.registry.slots().len();
+    let started = std::time::Instant::now();
+    let storage = match tokio::time::timeout(std::time::Duration::from_secs(5), st.store.probe_writable()).await {
+        Ok(Ok(())) => Ok(format!("a durable write took {} ms", started.elapsed().as_millis())),
+        Ok(Err(e)) => Err(format!("storage is not writable: {e}")),
+        Err(_) => Err("storage did not confirm a write within 5 s".to_string()),
+    };
+    let loaded = if connectors == 0 { Err("no connectors loaded".to_string()) } else { Ok(format!("{connectors} loaded")) };
+    let ready = storage.is_ok() && loaded.is_ok();
+    let show = |r: Result<String, String>| r.unwrap_or_else(|e| e);
+    let body = serde_json::json!({ "ready": ready, "storage": show(storage), "connectors": show(loaded), "shops": st.shops.names().len() });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }

@@ -579,10 +579,11 @@ pub fn canary_shops(connector: &str, shops: &[String], percent: u32) -> Vec<Stri
 }
 
 /// Watch running canaries every second; a candidate failing too often is rolled back,
-/// logged as an alert and written to the audit log.
+/// written to the audit log and raised with the canary-rollback alert rules.
 pub async fn watch_canaries(
     registry: Arc<ConnectorRegistry>,
     audit: Arc<crate::audit::AuditLog>,
+    alerts: Arc<crate::alerts::Alerts>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -591,7 +592,8 @@ pub async fn watch_canaries(
             _ = shutdown.changed() => return,
         }
         for r in registry.check_canaries().await {
-            tracing::error!(alert = "canary-rollback", connector = %r.connector, digest = %r.digest, reason = %r.reason, "ALERT: canary rolled back automatically");
+            tracing::error!(connector = %r.connector, digest = %r.digest, reason = %r.reason, "canary rolled back automatically");
+            alerts.canary_rolled_back(&r.connector, &r.reason);
             let entry = crate::audit::AuditEntry {
                 at_ms: now_ms(),
                 who: "berth".into(),

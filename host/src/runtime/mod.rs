@@ -263,7 +263,7 @@ pub enum Output {
 }
 
 /// The `outcome` metric label of a connector error.
-fn error_outcome(e: &ConnectorError) -> &'static str {
+pub fn error_outcome(e: &ConnectorError) -> &'static str {
     match e {
         ConnectorError::RateLimited(_) => "rate_limited",
         ConnectorError::Auth(_) => "auth",
@@ -274,7 +274,7 @@ fn error_outcome(e: &ConnectorError) -> &'static str {
 }
 
 /// The `outcome` metric label of a call that did not return.
-fn call_error_outcome(e: &CallError) -> &'static str {
+pub fn call_error_outcome(e: &CallError) -> &'static str {
     match e {
         CallError::Timeout { .. } => "timeout",
         CallError::Trap { .. } => "trap",

@@ -1,0 +1,440 @@
+//! Alerts: rules from `[alerts]` are evaluated every `evaluate_secs` against what the
+//! host sees (call success per connector, queue age and dead letters, probe results,
+//! canary rollbacks). A rule holding for a subject fires once — one notification to
+//! each receiver — and resolves once when it stops holding; firing alerts are kept in
+//! sled, so a restart neither repeats them nor forgets to resolve them. The last
+//! notifications are kept for the API and the dashboard.
+
+pub mod notify;
+pub mod rules;
+
+pub use rules::{Rule, Severity};
+
+use notify::{Notice, Notifier, ReceiverConfig, ReceiverStatus};
+use rules::{Observation, RuleConfig, ShopProbe};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// `[alerts]` in berth.toml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub evaluate_secs: u64,
+    /// Send a firing alert again this often while it holds; 0: once only.
+    pub repeat_secs: u64,
+    /// Names this berth in notifications (e.g. `berth-prod-sh1`).
+    pub source: String,
+    pub receivers: BTreeMap<String, ReceiverConfig>,
+    /// The rules; berth's defaults (see [`Rule::defaults`]) when absent.
+    pub rules: Option<Vec<RuleConfig>>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { evaluate_secs: 10, repeat_secs: 0, source: "berth".into(), receivers: BTreeMap::new(), rules: None }
+    }
+}
+
+impl AlertsConfig {
+    /// The checked rules, or what is wrong with the section.
+    pub fn rules(&self) -> Result<Vec<Rule>, String> {
+        if self.evaluate_secs == 0 {
+            return Err("alerts.evaluate_secs must be at least 1".into());
+        }
+        for (name, r) in &self.receivers {
+            r.check().map_err(|e| format!("alerts.receivers.{name}: {e}"))?;
+        }
+        let Some(rules) = &self.rules else { return Ok(Rule::defaults()) };
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, c) in rules.iter().enumerate() {
+            let at = format!("alerts.rules[{i}] (`{}`)", c.name);
+            if c.name.is_empty() || c.name.contains('/') || c.name.len() > 64 {
+                return Err(format!("{at}: a rule needs a name of 1 to 64 characters without `/`"));
+            }
+            if !seen.insert(c.name.clone()) {
+                return Err(format!("{at}: another rule has this name; names must be unique"));
+            }
+            out.push(Rule::from_config(c).map_err(|e| format!("{at}: {e}"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// One alert: a rule holding for a subject.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AlertRecord {
+    /// `RULE/SUBJECT`: what deduplicates notifications.
+    pub fingerprint: String,
+    pub rule: String,
+    pub kind: String,
+    pub severity: Severity,
+    /// The connector, queue or shop the rule holds for.
+    pub subject: String,
+    pub summary: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub started_ms: i64,
+    pub resolved_ms: Option<i64>,
+}
+
+/// A notification as it was sent, for the recent-alerts list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub at_ms: i64,
+    pub status: String,
+    pub alert: AlertRecord,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Firing {
+    alert: AlertRecord,
+    notified_ms: i64,
+}
+
+/// Notifications kept for the API and the dashboard.
+const LOG_KEEP: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error("alert storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the rules read: the host's parts.
+pub struct Sources {
+    pub registry: Arc<crate::registry::ConnectorRegistry>,
+    pub inbox: crate::inbox::OrderInbox,
+    pub stock: Arc<crate::stock::StockLedger>,
+    pub shops: Arc<crate::shops::ShopSet>,
+    pub health: Arc<crate::health::HealthBook>,
+}
+
+#[derive(Default)]
+struct State {
+    firing: BTreeMap<String, Firing>,
+    dead_history: BTreeMap<String, VecDeque<(i64, u64)>>,
+    rollbacks: Vec<(String, i64, String)>,
+    next_seq: u64,
+}
+
+pub struct Alerts {
+    rules: Vec<Rule>,
+    config: AlertsConfig,
+    notifier: Notifier,
+    firing_tree: sled::Tree,
+    log_tree: sled::Tree,
+    state: Mutex<State>,
+}
+
+impl Alerts {
+    /// Load the firing alerts and start the receivers' workers (inside a tokio runtime).
+    pub fn open(db: &sled::Db, config: &AlertsConfig) -> Result<Alerts, AlertsError> {
+        let rules = config.rules().map_err(AlertsError::Setup)?;
+        let notifier = Notifier::start(&config.receivers).map_err(AlertsError::Setup)?;
+        let firing_tree = db.open_tree("alerts_firing")?;
+        let log_tree = db.open_tree("alerts_log")?;
+        let mut state = State::default();
+        for item in firing_tree.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice::<Firing>(&v) {
+                Ok(f) => {
+                    if f.alert.kind == rules::RuleKind::CanaryRollback.name() {
+                        state.rollbacks.push((f.alert.subject.clone(), f.alert.started_ms, f.alert.summary.clone()));
+                    }
+                    state.firing.insert(f.alert.fingerprint.clone(), f);
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable stored alert"),
+            }
+        }
+        state.next_seq = match log_tree.last()? {
+            Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1,
+            None => 0,
+        };
+        Ok(Alerts { rules, config: config.clone(), notifier, firing_tree, log_tree, state: Mutex::new(state) })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// A canary was rolled back: the canary-rollback rules fire for the connector.
+    pub fn canary_rolled_back(&self, connector: &str, reason: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.rollbacks.push((connector.to_string(), crate::clock::now_ms(), reason.to_string()));
+    }
+
+    /// Read what the rules need from the host.
+    pub fn observe(&self, src: &Sources) -> Observation {
+        let now_ms = crate::clock::now_ms();
+        let mut obs = Observation { now_ms, ..Observation::default() };
+        let windows: BTreeSet<u64> = self
+            .rules
+            .iter()
+            .filter_map(|r| match r.check {
+                rules::Check::SuccessRate { window_secs, .. } => Some(window_secs),
+                _ => None,
+            })
+            .collect();
+        let slots = src.registry.slots();
+        for w in windows {
+            let per: BTreeMap<String, _> = slots
+                .iter()
+                .map(|(name, slot)| {
+                    let window = Duration::from_secs(w);
+                    let mut t = slot.current().calls.tally(window);
+                    if let Some(c) = slot.canary() {
+                        let ct = c.version.calls.tally(window);
+                        t.calls += ct.calls;
+                        t.failures += ct.failures;
+                    }
+                    (name.clone(), t)
+                })
+                .collect();
+            obs.calls.insert(w, per);
+        }
+        obs.queues = crate::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
+        obs.shops = src
+            .health
+            .shops()
+            .into_iter()
+            .map(|s| ShopProbe {
+                last_message: s.last_probe.map(|p| format!("{}: {}", p.outcome, p.message)).unwrap_or_default(),
+                shop: s.shop,
+                connector: s.connector,
+                tier: s.tier,
+                consecutive_failures: s.consecutive_failures,
+            })
+            .collect();
+        let longest = self
+            .rules
+            .iter()
+            .filter_map(|r| match r.check {
+                rules::Check::DeadLetters { window_secs, .. } => Some(window_secs),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0) as i64
+            * 1000;
+        let hold = self
+            .rules
+            .iter()
+            .filter_map(|r| match r.check {
+                rules::Check::CanaryRollback { hold_secs } => Some(hold_secs),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0) as i64
+            * 1000;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for q in &obs.queues {
+            let h = st.dead_history.entry(q.queue.to_string()).or_default();
+            h.push_back((now_ms, q.dead));
+            while h.front().is_some_and(|(at, _)| now_ms - at > longest) {
+                h.pop_front();
+            }
+        }
+        st.rollbacks.retain(|(_, at, _)| now_ms - at < hold);
+        obs.dead_history = st.dead_history.clone();
+        obs.rollbacks = st.rollbacks.clone();
+        obs
+    }
+
+    /// Apply the rules to `obs`: fire what newly holds, resolve what stopped holding,
+    /// remind of what still holds when `repeat_secs` says so.
+    pub fn evaluate(&self, obs: &Observation) {
+        let now = obs.now_ms;
+        let mut holding: BTreeMap<String, AlertRecord> = BTreeMap::new();
+        for rule in &self.rules {
+            for b in rule.evaluate(obs) {
+                let fingerprint = format!("{}/{}", rule.name, b.subject);
+                holding.insert(
+                    fingerprint.clone(),
+                    AlertRecord {
+                        fingerprint,
+                        rule: rule.name.clone(),
+                        kind: rule.check.kind().name().to_string(),
+                        severity: rule.severity,
+                        subject: b.subject,
+                        summary: b.summary,
+                        value: b.value,
+                        threshold: b.threshold,
+                        started_ms: now,
+                        resolved_ms: None,
+                    },
+                );
+            }
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notices = Vec::new();
+        let gone: Vec<String> = st.firing.keys().filter(|k| !holding.contains_key(*k)).cloned().collect();
+        for key in gone {
+            let Some(mut f) = st.firing.remove(&key) else { continue };
+            f.alert.resolved_ms = Some(now);
+            tracing::info!(alert = %f.alert.rule, subject = %f.alert.subject, "alert resolved");
+            notices.push(("resolved", f.alert));
+        }
+        for (key, mut alert) in holding {
+            match st.firing.get_mut(&key) {
+                Some(f) => {
+                    f.alert.summary = alert.summary;
+                    f.alert.value = alert.value;
+                    if self.config.repeat_secs > 0 && now - f.notified_ms >= self.config.repeat_secs as i64 * 1000 {
+                        f.notified_ms = now;
+                        notices.push(("firing", f.alert.clone()));
+                    }
+                }
+                None => {
+                    if alert.kind == rules::RuleKind::CanaryRollback.name() {
+                        // Started when the rollback happened, not when it was seen.
+                        alert.started_ms = st.rollbacks.iter().filter(|r| r.0 == alert.subject).map(|r| r.1).max().unwrap_or(now);
+                    }
+                    match alert.severity {
+                        Severity::Critical => tracing::error!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
+                        Severity::Warning => tracing::warn!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
+                    }
+                    st.firing.insert(key, Firing { alert: alert.clone(), notified_ms: now });
+                    notices.push(("firing", alert));
+                }
+            }
+        }
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for f in st.firing.values() {
+            *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
+        }
+        crate::metrics::Metrics::get().alerts(&counts);
+        for (status, alert) in notices {
+            self.persist(&mut st, status, &alert);
+            self.notifier.send(&Notice { status, source: self.config.source.clone(), alert });
+        }
+    }
+
+    /// Keep the firing set and the log in sled (not fsynced on their own: they go to
+    /// disk with the next group commit or sled's own flush).
+    fn persist(&self, st: &mut State, status: &str, alert: &AlertRecord) {
+        let stored = match st.firing.get(&alert.fingerprint) {
+            Some(f) => self.firing_tree.insert(alert.fingerprint.as_bytes(), serde_json::to_vec(f).unwrap_or_default()).map(drop),
+            None => self.firing_tree.remove(alert.fingerprint.as_bytes()).map(drop),
+        };
+        let entry = LogEntry { at_ms: crate::clock::now_ms(), status: status.to_string(), alert: alert.clone() };
+        let logged = self.log_tree.insert(st.next_seq.to_be_bytes(), serde_json::to_vec(&entry).unwrap_or_default()).map(drop);
+        st.next_seq += 1;
+        if let Err(e) = stored.and(logged) {
+            tracing::warn!(error = %e, "cannot store an alert");
+        }
+        while self.log_tree.len() > LOG_KEEP {
+            match self.log_tree.pop_min() {
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Alerts firing now, most severe and oldest first.
+    pub fn firing(&self) -> Vec<AlertRecord> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<AlertRecord> = st.firing.values().map(|f| f.alert.clone()).collect();
+        out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.started_ms.cmp(&b.started_ms)));
+        out
+    }
+
+    /// The last `n` notifications, newest first.
+    pub fn recent(&self, n: usize) -> Vec<LogEntry> {
+        self.log_tree
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|r| r.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
+            .collect()
+    }
+
+    pub fn receivers(&self) -> Vec<ReceiverStatus> {
+        self.notifier.statuses()
+    }
+
+    /// Evaluate every `evaluate_secs` until shutdown.
+    pub async fn run(self: Arc<Self>, src: Sources, mut shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_secs(self.config.evaluate_secs);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let alerts = self.clone();
+            let obs = match tokio::task::spawn_blocking({
+                let src = Sources {
+                    registry: src.registry.clone(),
+                    inbox: src.inbox.clone(),
+                    stock: src.stock.clone(),
+                    shops: src.shops.clone(),
+                    health: src.health.clone(),
+                };
+                move || alerts.observe(&src)
+            })
+            .await
+            {
+                Ok(obs) => obs,
+                Err(e) => {
+                    tracing::error!(error = %e, "alert evaluation failed");
+                    continue;
+                }
+            };
+            self.evaluate(&obs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::levels::QueueLevel;
+
+    fn config(rules: &str) -> AlertsConfig {
+        toml::from_str(rules).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_alert_fires_once_and_resolves_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
+        let alerts = Alerts::open(&db, &cfg).unwrap();
+        let obs = |age_ms: i64| Observation {
+            now_ms: crate::clock::now_ms(),
+            queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(age_ms) }],
+            ..Observation::default()
+        };
+        alerts.evaluate(&obs(61_000));
+        alerts.evaluate(&obs(71_000));
+        assert_eq!(alerts.firing().len(), 1);
+        assert_eq!(alerts.firing()[0].summary, "orders queue: the oldest item has waited 71 s (threshold 60 s); 1 ready, 0 in flight");
+        let log = alerts.recent(10);
+        assert_eq!(log.len(), 1, "one notification while it keeps holding");
+        drop(alerts);
+        let alerts = Alerts::open(&db, &cfg).unwrap();
+        assert_eq!(alerts.firing().len(), 1, "still firing after a restart");
+        alerts.evaluate(&obs(81_000));
+        assert_eq!(alerts.recent(10).len(), 1, "and not sent again");
+        alerts.evaluate(&obs(1_000));
+        let log = alerts.recent(10);
+        assert_eq!(log.iter().map(|e| e.status.as_str()).collect::<Vec<_>>(), ["resolved", "firing"]);
+        assert!(log[0].alert.resolved_ms.is_some());
+        assert!(alerts.firing().is_empty());
+    }
+
+    #[test]
+    fn bad_sections_are_refused_with_the_place() {
+        let err = config("[[rules]]\nname = \"a\"\nkind = \"queue-age\"\nabove_secs = 1\n[[rules]]\nname = \"a\"\nkind = \"dead-letters\"\n").rules().unwrap_err();
+        assert_eq!(err, "alerts.rules[1] (`a`): another rule has this name; names must be unique");
+        let err = config("[receivers.ops]\nurl = \"ftp://x\"\n").rules().unwrap_err();
+        assert_eq!(err, "alerts.receivers.ops: url `ftp://x` must be an http:// or https:// URL");
+        let err = config("[receivers.ops]\nurl = \"https://hooks.slack.com/x\"\nformat = \"slack\"\nsecret = \"s\"\n").rules().unwrap_err();
+        assert!(err.contains("a secret applies to the json and dingtalk formats only"), "{err}");
+        assert_eq!(config("").rules().unwrap(), Rule::defaults());
+    }
+}

@@ -1,0 +1,375 @@
+//! Alert rules: `[[alerts.rules]]` in berth.toml, checked when the config loads, and
+//! what each one makes of an [`Observation`] of the host.
+
+use crate::config::Tier;
+use crate::runtime::call_stats::Tally;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleKind {
+    /// A connector's calls (probes included) succeed less often than `below_percent`
+    /// over `window_secs` (with at least `min_calls`); throttles count as successes.
+    SuccessRate,
+    /// The oldest item of a queue is older than `above_secs`.
+    QueueAge,
+    /// A queue's dead letters grew within `window_secs`.
+    DeadLetters,
+    /// A shop's last `failures` probes failed.
+    ProbeFailing,
+    /// A canary was rolled back automatically; fires for `hold_secs`.
+    CanaryRollback,
+}
+
+impl RuleKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleKind::SuccessRate => "success-rate",
+            RuleKind::QueueAge => "queue-age",
+            RuleKind::DeadLetters => "dead-letters",
+            RuleKind::ProbeFailing => "probe-failing",
+            RuleKind::CanaryRollback => "canary-rollback",
+        }
+    }
+}
+
+/// One `[[alerts.rules]]` entry as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    pub kind: RuleKind,
+    #[serde(default = "warning")]
+    pub severity: Severity,
+    pub below_percent: Option<f64>,
+    pub window_secs: Option<u64>,
+    pub min_calls: Option<u64>,
+    /// `orders` or `stock`; both when absent.
+    pub queue: Option<String>,
+    pub above_secs: Option<u64>,
+    pub failures: Option<u32>,
+    pub tiers: Option<Vec<Tier>>,
+    pub connectors: Option<Vec<String>>,
+    pub hold_secs: Option<u64>,
+}
+
+fn warning() -> Severity {
+    Severity::Warning
+}
+
+/// A checked rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub severity: Severity,
+    pub check: Check,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    SuccessRate { below: f64, window_secs: u64, min_calls: u64, connectors: Option<Vec<String>> },
+    QueueAge { queue: Option<String>, above_secs: u64 },
+    DeadLetters { queue: Option<String>, window_secs: u64 },
+    ProbeFailing { failures: u32, tiers: Option<Vec<Tier>> },
+    CanaryRollback { hold_secs: u64 },
+}
+
+impl Check {
+    pub fn kind(&self) -> RuleKind {
+        match self {
+            Check::SuccessRate { .. } => RuleKind::SuccessRate,
+            Check::QueueAge { .. } => RuleKind::QueueAge,
+            Check::DeadLetters { .. } => RuleKind::DeadLetters,
+            Check::ProbeFailing { .. } => RuleKind::ProbeFailing,
+            Check::CanaryRollback { .. } => RuleKind::CanaryRollback,
+        }
+    }
+}
+
+impl Rule {
+    pub fn from_config(c: &RuleConfig) -> Result<Rule, String> {
+        let kind = c.kind.name();
+        let given: Vec<&str> = [
+            ("below_percent", c.below_percent.is_some()),
+            ("window_secs", c.window_secs.is_some()),
+            ("min_calls", c.min_calls.is_some()),
+            ("queue", c.queue.is_some()),
+            ("above_secs", c.above_secs.is_some()),
+            ("failures", c.failures.is_some()),
+            ("tiers", c.tiers.is_some()),
+            ("connectors", c.connectors.is_some()),
+            ("hold_secs", c.hold_secs.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        let allowed: &[&str] = match c.kind {
+            RuleKind::SuccessRate => &["below_percent", "window_secs", "min_calls", "connectors"],
+            RuleKind::QueueAge => &["queue", "above_secs"],
+            RuleKind::DeadLetters => &["queue", "window_secs"],
+            RuleKind::ProbeFailing => &["failures", "tiers"],
+            RuleKind::CanaryRollback => &["hold_secs"],
+        };
+        if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
+            return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
+        }
+        if let Some(q) = &c.queue {
+            if q != "orders" && q != "stock" {
+                return Err(format!("queue `{q}` is not one berth has; use `orders` or `stock`, or leave it out for both"));
+            }
+        }
+        let positive = |what: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(format!("{what} must be at least 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let check = match c.kind {
+            RuleKind::SuccessRate => {
+                let below = c.below_percent.unwrap_or(98.0);
+                if !(below > 0.0 && below <= 100.0) {
+                    return Err("below_percent must be in (0, 100]".into());
+                }
+                Check::SuccessRate {
+                    below: below / 100.0,
+                    window_secs: positive("window_secs", c.window_secs, 300)?,
+                    min_calls: positive("min_calls", c.min_calls, 10)?,
+                    connectors: c.connectors.clone(),
+                }
+            }
+            RuleKind::QueueAge => Check::QueueAge {
+                queue: c.queue.clone(),
+                above_secs: c.above_secs.ok_or("a queue-age rule needs above_secs (how old the oldest item may get)")?,
+            },
+            RuleKind::DeadLetters => Check::DeadLetters { queue: c.queue.clone(), window_secs: positive("window_secs", c.window_secs, 900)? },
+            RuleKind::ProbeFailing => {
+                Check::ProbeFailing { failures: positive("failures", c.failures.map(u64::from), 2)? as u32, tiers: c.tiers.clone() }
+            }
+            RuleKind::CanaryRollback => Check::CanaryRollback { hold_secs: positive("hold_secs", c.hold_secs, 3600)? },
+        };
+        Ok(Rule { name: c.name.clone(), severity: c.severity, check })
+    }
+
+    /// The rules berth runs when `[alerts]` names none.
+    pub fn defaults() -> Vec<Rule> {
+        let rule = |name: &str, severity, check| Rule { name: name.into(), severity, check };
+        vec![
+            rule("success-rate", Severity::Critical, Check::SuccessRate { below: 0.98, window_secs: 300, min_calls: 10, connectors: None }),
+            rule("queue-age", Severity::Warning, Check::QueueAge { queue: None, above_secs: 900 }),
+            rule("dead-letters", Severity::Warning, Check::DeadLetters { queue: None, window_secs: 900 }),
+            rule("probe-failing-tier-a", Severity::Critical, Check::ProbeFailing { failures: 2, tiers: Some(vec![Tier::A]) }),
+            rule("probe-failing", Severity::Warning, Check::ProbeFailing { failures: 2, tiers: Some(vec![Tier::B, Tier::C]) }),
+            rule("canary-rollback", Severity::Critical, Check::CanaryRollback { hold_secs: 3600 }),
+        ]
+    }
+}
+
+/// What the host looks like now, as the rules read it.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub now_ms: i64,
+    /// Per window length (seconds): each connector's calls in that window.
+    pub calls: BTreeMap<u64, BTreeMap<String, Tally>>,
+    pub queues: Vec<crate::levels::QueueLevel>,
+    /// Earlier dead-letter counts per queue, oldest first: (at_ms, count).
+    pub dead_history: BTreeMap<String, VecDeque<(i64, u64)>>,
+    pub shops: Vec<ShopProbe>,
+    /// Canaries rolled back: (connector, at_ms, reason).
+    pub rollbacks: Vec<(String, i64, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShopProbe {
+    pub shop: String,
+    pub connector: String,
+    pub tier: Tier,
+    pub consecutive_failures: u32,
+    pub last_message: String,
+}
+
+/// A rule's condition holding for one subject (a connector, queue or shop).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Breach {
+    pub subject: String,
+    pub summary: String,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+fn wanted(filter: &Option<Vec<String>>, queue: &str) -> bool {
+    filter.as_ref().is_none_or(|f| f.iter().any(|q| q == queue))
+}
+
+impl Rule {
+    /// Where the rule's condition holds now.
+    pub fn evaluate(&self, obs: &Observation) -> Vec<Breach> {
+        match &self.check {
+            Check::SuccessRate { below, window_secs, min_calls, connectors } => obs
+                .calls
+                .get(window_secs)
+                .into_iter()
+                .flatten()
+                .filter(|(c, t)| t.calls >= *min_calls && wanted(connectors, c))
+                .filter_map(|(c, t)| {
+                    let rate = 1.0 - t.failure_rate();
+                    (rate < *below).then(|| Breach {
+                        subject: c.clone(),
+                        summary: format!(
+                            "connector {c}: {:.1}% of {} calls succeeded in the last {} s (threshold {:.1}%)",
+                            rate * 100.0,
+                            t.calls,
+                            window_secs,
+                            below * 100.0
+                        ),
+                        value: rate,
+                        threshold: *below,
+                    })
+                })
+                .collect(),
+            Check::QueueAge { queue, above_secs } => obs
+                .queues
+                .iter()
+                .filter(|q| q.queue_matches(queue))
+                .filter_map(|q| {
+                    let age = q.oldest_age_ms? as f64 / 1000.0;
+                    (age > *above_secs as f64).then(|| Breach {
+                        subject: q.queue.to_string(),
+                        summary: format!(
+                            "{} queue: the oldest item has waited {:.0} s (threshold {} s); {} ready, {} in flight",
+                            q.queue, age, above_secs, q.ready, q.in_flight
+                        ),
+                        value: age,
+                        threshold: *above_secs as f64,
+                    })
+                })
+                .collect(),
+            Check::DeadLetters { queue, window_secs } => obs
+                .queues
+                .iter()
+                .filter(|q| q.queue_matches(queue))
+                .filter_map(|q| {
+                    let since = obs.now_ms - *window_secs as i64 * 1000;
+                    let before = obs.dead_history.get(q.queue)?.iter().find(|(at, _)| *at >= since)?.1;
+                    (q.dead > before).then(|| Breach {
+                        subject: q.queue.to_string(),
+                        summary: format!(
+                            "{} queue: dead letters grew from {before} to {} in the last {window_secs} s; they wait for a person (replay or purge)",
+                            q.queue, q.dead
+                        ),
+                        value: q.dead as f64,
+                        threshold: before as f64,
+                    })
+                })
+                .collect(),
+            Check::ProbeFailing { failures, tiers } => obs
+                .shops
+                .iter()
+                .filter(|s| s.consecutive_failures >= *failures && tiers.as_ref().is_none_or(|t| t.contains(&s.tier)))
+                .map(|s| Breach {
+                    subject: s.shop.clone(),
+                    summary: format!(
+                        "shop {} ({}, tier {:?}): the last {} probes failed: {}",
+                        s.shop, s.connector, s.tier, s.consecutive_failures, s.last_message
+                    ),
+                    value: s.consecutive_failures as f64,
+                    threshold: *failures as f64,
+                })
+                .collect(),
+            Check::CanaryRollback { hold_secs } => {
+                let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+                for (c, at, reason) in &obs.rollbacks {
+                    if obs.now_ms - at < *hold_secs as i64 * 1000 {
+                        latest.insert(c, (*at, reason));
+                    }
+                }
+                latest
+                    .into_iter()
+                    .map(|(c, (_, reason))| Breach {
+                        subject: c.to_string(),
+                        summary: format!("connector {c}: the canary was rolled back automatically: {reason}"),
+                        value: 1.0,
+                        threshold: 0.0,
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl crate::levels::QueueLevel {
+    fn queue_matches(&self, filter: &Option<String>) -> bool {
+        filter.as_deref().is_none_or(|q| q == self.queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::levels::QueueLevel;
+
+    fn parse(text: &str) -> Result<Rule, String> {
+        Rule::from_config(&toml::from_str::<RuleConfig>(text).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn rules_are_checked_with_reasons() {
+        let r = parse("name = \"x\"\nkind = \"success-rate\"\nseverity = \"critical\"\n").unwrap();
+        assert_eq!(r.check, Check::SuccessRate { below: 0.98, window_secs: 300, min_calls: 10, connectors: None });
+        let err = parse("name = \"x\"\nkind = \"queue-age\"\n").unwrap_err();
+        assert!(err.contains("needs above_secs"), "{err}");
+        let err = parse("name = \"x\"\nkind = \"queue-age\"\nabove_secs = 5\nfailures = 2\n").unwrap_err();
+        assert!(err.contains("`failures` does not apply to a queue-age rule (it takes: queue, above_secs)"), "{err}");
+        let err = parse("name = \"x\"\nkind = \"dead-letters\"\nqueue = \"refunds\"\n").unwrap_err();
+        assert!(err.contains("queue `refunds` is not one berth has"), "{err}");
+        let err = parse("name = \"x\"\nkind = \"flaky\"\n").unwrap_err();
+        assert!(err.contains("unknown variant `flaky`"), "{err}");
+    }
+
+    #[test]
+    fn each_kind_finds_its_breaches() {
+        let mut obs = Observation { now_ms: 5_000_000, ..Observation::default() };
+        obs.calls.insert(300, BTreeMap::from([
+            ("good".to_string(), Tally { calls: 100, failures: 1 }),
+            ("bad".to_string(), Tally { calls: 100, failures: 5 }),
+            ("quiet".to_string(), Tally { calls: 3, failures: 3 }),
+        ]));
+        obs.queues = vec![
+            QueueLevel { queue: "orders", ready: 4, in_flight: 0, dead: 3, oldest_age_ms: Some(120_000) },
+            QueueLevel { queue: "stock", ready: 0, in_flight: 0, dead: 1, oldest_age_ms: None },
+        ];
+        obs.dead_history.insert("orders".into(), VecDeque::from([(0, 0), (4_200_000, 1), (4_990_000, 3)]));
+        obs.dead_history.insert("stock".into(), VecDeque::from([(4_950_000, 1)]));
+        obs.shops = vec![
+            ShopProbe { shop: "a".into(), connector: "c".into(), tier: Tier::A, consecutive_failures: 2, last_message: "503".into() },
+            ShopProbe { shop: "b".into(), connector: "c".into(), tier: Tier::B, consecutive_failures: 5, last_message: "503".into() },
+        ];
+        obs.rollbacks = vec![("old".into(), 0, "r".into()), ("new".into(), 4_999_000, "too many traps".into())];
+        let subjects = |r: Rule| r.evaluate(&obs).into_iter().map(|b| b.subject).collect::<Vec<_>>();
+        let d = Rule::defaults();
+        assert_eq!(subjects(d[0].clone()), ["bad"], "95% < 98%; 99% is fine; 3 calls are too few to judge");
+        assert_eq!(subjects(d[1].clone()), Vec::<String>::new(), "120 s is under 900 s");
+        let young = Rule { name: "q".into(), severity: Severity::Warning, check: Check::QueueAge { queue: None, above_secs: 60 } };
+        assert_eq!(subjects(young), ["orders"]);
+        assert_eq!(subjects(d[2].clone()), ["orders"], "orders grew 1 → 3 in the window; stock stayed at 1");
+        assert_eq!(subjects(d[3].clone()), ["a"]);
+        assert_eq!(subjects(d[4].clone()), ["b"]);
+        assert_eq!(subjects(d[5].clone()), ["new"], "the old rollback's hold has passed");
+        let b = &d[0].evaluate(&obs)[0];
+        assert_eq!(b.summary, "connector bad: 95.0% of 100 calls succeeded in the last 300 s (threshold 98.0%)");
+    }
+}

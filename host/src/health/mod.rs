@@ -1,0 +1,437 @@
+//! Shop health by tier: every shop's connector `check` runs on the tier's probe interval
+//! (A 30 s, B 5 min, C 1 h by default), and availability — probes that found the shop
+//! up over all probes — is computed over a trailing window and held against the tier's
+//! SLA target. Results are kept per minute in sled (tree `probe_minutes`), so a restart
+//! keeps the window's history.
+
+pub mod prober;
+
+use crate::config::Tier;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// `[health]` in berth.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Availability and SLA are computed over this trailing window.
+    pub window_secs: u64,
+    /// Per-tier overrides of the probe interval and SLA target.
+    #[serde(rename = "A")]
+    pub a: TierOverride,
+    #[serde(rename = "B")]
+    pub b: TierOverride,
+    #[serde(rename = "C")]
+    pub c: TierOverride,
+    /// Export per-shop series (`berth_shop_up`, `berth_shop_availability_ratio`) with a
+    /// `shop` label. Off by default: with thousands of shops that is thousands of series.
+    pub shop_labels: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            window_secs: 24 * 3600,
+            a: TierOverride::default(),
+            b: TierOverride::default(),
+            c: TierOverride::default(),
+            shop_labels: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierOverride {
+    pub probe_secs: Option<u64>,
+    /// Availability the tier promises, in percent (e.g. 99.9).
+    pub sla_percent: Option<f64>,
+}
+
+/// How one tier is watched.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TierPolicy {
+    pub probe_secs: u64,
+    pub sla_percent: f64,
+}
+
+impl HealthConfig {
+    pub fn policy(&self, tier: Tier) -> TierPolicy {
+        let (o, probe_secs, sla_percent) = match tier {
+            Tier::A => (&self.a, 30, 99.9),
+            Tier::B => (&self.b, 300, 99.5),
+            Tier::C => (&self.c, 3600, 99.0),
+        };
+        TierPolicy { probe_secs: o.probe_secs.unwrap_or(probe_secs), sla_percent: o.sla_percent.unwrap_or(sla_percent) }
+    }
+
+    /// Problems with the section, for the config loader.
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_secs < 60 {
+            return Err("health.window_secs must be at least 60".into());
+        }
+        for (name, o) in [("A", &self.a), ("B", &self.b), ("C", &self.c)] {
+            if o.probe_secs == Some(0) {
+                return Err(format!("health.{name}.probe_secs must be at least 1"));
+            }
+            if o.sla_percent.is_some_and(|p| !(p > 0.0 && p <= 100.0)) {
+                return Err(format!("health.{name}.sla_percent must be in (0, 100]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one probe ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeResult {
+    pub at_ms: i64,
+    /// The shop answered: `check` returned `ok: true`, or the platform throttled (it
+    /// answered, just not now).
+    pub up: bool,
+    /// `ok`, `unhealthy` (check said `ok: false`), a connector-error case, `trap`,
+    /// `timeout` or `instantiate`.
+    pub outcome: String,
+    /// What the connector said (bounded).
+    pub message: String,
+    pub latency_ms: u64,
+}
+
+/// Longest connector message kept with a probe result.
+pub const MAX_MESSAGE: usize = 300;
+
+/// One shop's state as ops see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShopHealth {
+    pub shop: String,
+    pub connector: String,
+    pub platform: String,
+    pub tier: Tier,
+    pub probe_secs: u64,
+    /// `up`, `down`, `paused` (ops paused the shop or its connector) or `unknown` (not probed yet).
+    pub state: &'static str,
+    pub consecutive_failures: u32,
+    pub last_probe: Option<ProbeResult>,
+    pub availability: Availability,
+}
+
+/// Probes in the window and what they make of the SLA.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Availability {
+    pub window_secs: u64,
+    pub probes: u64,
+    pub up: u64,
+    /// `up / probes`; none before the first probe.
+    pub ratio: Option<f64>,
+    pub sla_percent: f64,
+    /// Whether the ratio meets the tier's target; none before the first probe.
+    pub sla_met: Option<bool>,
+    /// Share of the window's error budget (1 − target) left: 1 untouched, 0 spent,
+    /// below 0 overspent.
+    pub error_budget_left: Option<f64>,
+}
+
+impl Availability {
+    fn of(window_secs: u64, probes: u64, up: u64, sla_percent: f64) -> Availability {
+        let ratio = (probes > 0).then(|| up as f64 / probes as f64);
+        let target = sla_percent / 100.0;
+        Availability {
+            window_secs,
+            probes,
+            up,
+            ratio,
+            sla_percent,
+            sla_met: ratio.map(|r| r + 1e-12 >= target),
+            error_budget_left: ratio.map(|r| if target >= 1.0 { if r >= 1.0 { 1.0 } else { 0.0 } } else { 1.0 - (1.0 - r) / (1.0 - target) }),
+        }
+    }
+}
+
+/// Shops of one connector and tier, summed.
+#[derive(Clone, Debug, Serialize)]
+pub struct TierSummary {
+    pub connector: String,
+    pub tier: Tier,
+    pub shops: u64,
+    pub up: u64,
+    pub down: u64,
+    pub paused: u64,
+    pub unknown: u64,
+    pub below_sla: u64,
+    /// Over every probe of these shops in the window.
+    pub availability: Availability,
+}
+
+struct Entry {
+    connector: String,
+    platform: String,
+    tier: Tier,
+    /// Minute since the epoch → (probes up, probes).
+    minutes: BTreeMap<u64, (u32, u32)>,
+    last: Option<ProbeResult>,
+    consecutive_failures: u32,
+    paused: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("probe history storage: {0}")]
+pub struct HealthStoreError(#[from] sled::Error);
+
+/// Every running shop's probe results.
+pub struct HealthBook {
+    config: HealthConfig,
+    tree: sled::Tree,
+    shops: RwLock<BTreeMap<String, Entry>>,
+}
+
+fn key(shop: &str, minute: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(shop.len() + 9);
+    k.extend_from_slice(shop.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&minute.to_be_bytes());
+    k
+}
+
+fn counts(v: &[u8]) -> Option<(u32, u32)> {
+    let up = u32::from_le_bytes(v.get(0..4)?.try_into().ok()?);
+    let all = u32::from_le_bytes(v.get(4..8)?.try_into().ok()?);
+    Some((up, all))
+}
+
+impl HealthBook {
+    pub fn open(db: &sled::Db, config: HealthConfig) -> Result<HealthBook, HealthStoreError> {
+        Ok(HealthBook { config, tree: db.open_tree("probe_minutes")?, shops: RwLock::default() })
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.config
+    }
+
+    fn oldest_minute(&self, now_ms: i64) -> u64 {
+        (now_ms.max(0) as u64 / 1000).saturating_sub(self.config.window_secs) / 60
+    }
+
+    /// Start watching a shop; its stored history within the window comes back.
+    pub fn register(&self, shop: &str, connector: &str, platform: &str, tier: Tier) {
+        let oldest = self.oldest_minute(crate::clock::now_ms());
+        let mut minutes = BTreeMap::new();
+        let mut prefix = shop.as_bytes().to_vec();
+        prefix.push(0);
+        for (k, v) in self.tree.scan_prefix(&prefix).flatten() {
+            let Some(minute) = k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            if minute < oldest {
+                let _ = self.tree.remove(&k);
+            } else if let Some(c) = counts(&v) {
+                minutes.insert(minute, c);
+            }
+        }
+        let entry = Entry {
+            connector: connector.to_string(),
+            platform: platform.to_string(),
+            tier,
+            minutes,
+            last: None,
+            consecutive_failures: 0,
+            paused: false,
+        };
+        self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), entry);
+    }
+
+    /// Stop watching a shop (removed from config); its history stays on disk for the window.
+    pub fn unregister(&self, shop: &str) {
+        self.shops.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+    }
+
+    pub fn probe_interval(&self, tier: Tier) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.policy(tier).probe_secs)
+    }
+
+    /// Note that ops paused the shop or its connector: no probe ran, none is counted.
+    pub fn set_paused(&self, shop: &str, paused: bool) {
+        if let Some(e) = self.shops.write().unwrap_or_else(|e| e.into_inner()).get_mut(shop) {
+            e.paused = paused;
+        }
+    }
+
+    /// Count a probe. The minute's counts are written through to sled (not fsynced on
+    /// their own: a crash may lose the last seconds of probe history, never an order).
+    pub fn record(&self, shop: &str, result: ProbeResult) {
+        let minute = result.at_ms.max(0) as u64 / 60_000;
+        let oldest = self.oldest_minute(result.at_ms);
+        let mut shops = self.shops.write().unwrap_or_else(|e| e.into_inner());
+        let Some(e) = shops.get_mut(shop) else { return };
+        let c = e.minutes.entry(minute).or_insert((0, 0));
+        c.0 += result.up as u32;
+        c.1 += 1;
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&c.0.to_le_bytes());
+        value[4..].copy_from_slice(&c.1.to_le_bytes());
+        if let Err(err) = self.tree.insert(key(shop, minute), &value[..]) {
+            tracing::warn!(shop, error = %err, "cannot store a probe result");
+        }
+        while let Some((&m, _)) = e.minutes.first_key_value() {
+            if m >= oldest {
+                break;
+            }
+            e.minutes.remove(&m);
+            let _ = self.tree.remove(key(shop, m));
+        }
+        e.consecutive_failures = if result.up { 0 } else { e.consecutive_failures + 1 };
+        e.paused = false;
+        let tier = format!("{:?}", e.tier);
+        crate::metrics::Metrics::get().probe(&e.connector, &tier, &result.outcome);
+        e.last = Some(result);
+    }
+
+    fn window(&self, e: &Entry, now_ms: i64) -> (u64, u64) {
+        let oldest = self.oldest_minute(now_ms);
+        e.minutes.range(oldest..).fold((0, 0), |(up, all), (_, c)| (up + c.0 as u64, all + c.1 as u64))
+    }
+
+    /// Every watched shop, by name.
+    pub fn shops(&self) -> Vec<ShopHealth> {
+        let now = crate::clock::now_ms();
+        let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
+        shops
+            .iter()
+            .map(|(name, e)| {
+                let policy = self.config.policy(e.tier);
+                let (up, all) = self.window(e, now);
+                ShopHealth {
+                    shop: name.clone(),
+                    connector: e.connector.clone(),
+                    platform: e.platform.clone(),
+                    tier: e.tier,
+                    probe_secs: policy.probe_secs,
+                    state: match (&e.last, e.paused) {
+                        (_, true) => "paused",
+                        (None, false) => "unknown",
+                        (Some(r), false) if r.up => "up",
+                        (Some(_), false) => "down",
+                    },
+                    consecutive_failures: e.consecutive_failures,
+                    last_probe: e.last.clone(),
+                    availability: Availability::of(self.config.window_secs, all, up, policy.sla_percent),
+                }
+            })
+            .collect()
+    }
+
+    /// Shops summed per connector and tier.
+    pub fn summary(&self) -> Vec<TierSummary> {
+        let mut out: BTreeMap<(String, String), (TierSummary, u64, u64)> = BTreeMap::new();
+        for s in self.shops() {
+            let (t, probes, up) = out.entry((s.connector.clone(), format!("{:?}", s.tier))).or_insert_with(|| {
+                (
+                    TierSummary {
+                        connector: s.connector.clone(),
+                        tier: s.tier,
+                        shops: 0,
+                        up: 0,
+                        down: 0,
+                        paused: 0,
+                        unknown: 0,
+                        below_sla: 0,
+                        availability: Availability::default(),
+                    },
+                    0,
+                    0,
+                )
+            });
+            t.shops += 1;
+            match s.state {
+                "up" => t.up += 1,
+                "down" => t.down += 1,
+                "paused" => t.paused += 1,
+                _ => t.unknown += 1,
+            }
+            t.below_sla += (s.availability.sla_met == Some(false)) as u64;
+            *probes += s.availability.probes;
+            *up += s.availability.up;
+        }
+        out.into_values()
+            .map(|(mut t, probes, up)| {
+                t.availability = Availability::of(self.config.window_secs, probes, up, self.config.policy(t.tier).sla_percent);
+                t
+            })
+            .collect()
+    }
+
+    /// Set the health gauges in `/metrics` (called at scrape).
+    pub fn export(&self) {
+        let m = crate::metrics::Metrics::get();
+        let shops = self.config.shop_labels.then(|| self.shops());
+        m.health(&self.summary(), shops.as_deref(), |t| self.config.policy(t).sla_percent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(at_ms: i64, up: bool) -> ProbeResult {
+        ProbeResult { at_ms, up, outcome: if up { "ok" } else { "transient" }.into(), message: String::new(), latency_ms: 1 }
+    }
+
+    #[test]
+    fn availability_counts_the_window_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cfg = HealthConfig { window_secs: 3600, ..HealthConfig::default() };
+        let book = HealthBook::open(&db, cfg.clone()).unwrap();
+        book.register("acme", "shopify", "shopify", Tier::A);
+        let now = crate::clock::now_ms();
+        // Two hours ago: outside the window, dropped.
+        book.record("acme", probe(now - 2 * 3600 * 1000, false));
+        for i in 0..999 {
+            book.record("acme", probe(now - 1000 * i, true));
+        }
+        book.record("acme", probe(now, false));
+        let s = &book.shops()[0];
+        assert_eq!((s.availability.probes, s.availability.up), (1000, 999));
+        assert_eq!(s.availability.ratio, Some(0.999));
+        assert_eq!(s.availability.sla_met, Some(true), "99.9% meets tier A's 99.9%");
+        assert!(s.availability.error_budget_left.unwrap().abs() < 1e-9, "the whole budget is spent");
+        assert_eq!((s.state, s.consecutive_failures), ("down", 1));
+        drop(book);
+        let book = HealthBook::open(&db, cfg).unwrap();
+        book.register("acme", "shopify", "shopify", Tier::A);
+        let s = &book.shops()[0];
+        assert_eq!((s.availability.probes, s.availability.up), (1000, 999), "history comes back after a restart");
+        assert_eq!(s.state, "unknown");
+        let sum = &book.summary()[0];
+        assert_eq!((sum.shops, sum.unknown, sum.below_sla), (1, 1, 0));
+    }
+
+    #[test]
+    fn shop_series_only_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cfg = HealthConfig { shop_labels: true, ..HealthConfig::default() };
+        let book = HealthBook::open(&db, cfg).unwrap();
+        book.register("labelled-shop", "shopify", "shopify", Tier::B);
+        book.record("labelled-shop", probe(crate::clock::now_ms(), true));
+        book.export();
+        let text = crate::metrics::Metrics::get().render();
+        assert!(text.contains("berth_shop_up{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
+        assert!(text.contains("berth_shop_availability_ratio{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
+        let book = HealthBook::open(&db, HealthConfig::default()).unwrap();
+        book.register("labelled-shop", "shopify", "shopify", Tier::B);
+        book.export();
+        assert!(!crate::metrics::Metrics::get().render().contains("labelled-shop"), "off by default");
+    }
+
+    #[test]
+    fn tiers_have_defaults_and_overrides() {
+        let cfg: HealthConfig = toml::from_str("[A]\nprobe_secs = 5\n[C]\nsla_percent = 95.0\n").unwrap();
+        assert_eq!(cfg.policy(Tier::A), TierPolicy { probe_secs: 5, sla_percent: 99.9 });
+        assert_eq!(cfg.policy(Tier::B), TierPolicy { probe_secs: 300, sla_percent: 99.5 });
+        assert_eq!(cfg.policy(Tier::C), TierPolicy { probe_secs: 3600, sla_percent: 95.0 });
+        let bad: HealthConfig = toml::from_str("[B]\nsla_percent = 120.0\n").unwrap();
+        assert_eq!(bad.check().unwrap_err(), "health.B.sla_percent must be in (0, 100]");
+        let a = Availability::of(60, 200, 190, 99.0);
+        assert_eq!(a.sla_met, Some(false));
+        assert!((a.error_budget_left.unwrap() + 4.0).abs() < 1e-9, "5% lost of a 1% budget: 4 budgets overspent");
+    }
+}
