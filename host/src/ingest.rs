@@ -9,7 +9,7 @@ use crate::config::ShopConfig;
 use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, WebhookRequest};
 use crate::registry::ConnectorSlot;
-use crate::store::{OrderStore, PageSource};
+use crate::store::{OrderData, OrderStore, PageOutcome, PageSource};
 use crate::sync::to_record;
 use serde::Serialize;
 use std::sync::Arc;
@@ -50,6 +50,25 @@ pub enum IngestError {
     /// Could not be handled now: 503, the platform retries.
     #[error("webhook not handled, retry: {0}")]
     Unavailable(String),
+}
+
+/// Take orders that did not come from a pull (a webhook, a CSV import): queue the
+/// versions berth has not seen for the ERP, then store them, both durably — the same
+/// order as pulls (see inbox.rs), so nothing is lost or queued twice.
+pub async fn accept_orders(src: &PageSource<'_>, orders: &[OrderData], inbox: &OrderInbox, store: &OrderStore) -> Result<PageOutcome, String> {
+    let mut fresh = Vec::new();
+    for o in orders {
+        if store.is_new(src.shop, o).map_err(|e| e.to_string())? {
+            fresh.push(QueuedOrder {
+                shop: src.shop.to_string(),
+                platform: src.platform.to_string(),
+                connector_version: src.connector_version.to_string(),
+                order: o.clone(),
+            });
+        }
+    }
+    inbox.deliver(fresh).await.map_err(|e| e.to_string())?;
+    store.commit_pushed(src, orders).await.map_err(|e| e.to_string())
 }
 
 pub async fn ingest(
@@ -93,22 +112,8 @@ pub async fn ingest(
                 Event::StockChanged(_) => out.stock_events += 1,
             }
         }
-        let unavailable = |e: &dyn std::fmt::Display| IngestError::Unavailable(e.to_string());
-        let mut fresh = Vec::new();
-        for o in &orders {
-            if store.is_new(shop, o).map_err(|e| unavailable(&e))? {
-                fresh.push(QueuedOrder {
-                    shop: shop.to_string(),
-                    platform: conn.manifest.platform.clone(),
-                    connector_version: conn.version().to_string(),
-                    order: o.clone(),
-                });
-            }
-        }
-        // Queue first, then store: the same order as pulls (see inbox.rs).
-        inbox.deliver(fresh).await.map_err(|e| unavailable(&e))?;
         let src = PageSource { shop, platform: &conn.manifest.platform, connector_version: conn.version() };
-        let outcome = store.commit_pushed(&src, &orders).await.map_err(|e| unavailable(&e))?;
+        let outcome = accept_orders(&src, &orders, inbox, store).await.map_err(IngestError::Unavailable)?;
         out.orders_new = outcome.added;
         out.orders_known = outcome.duplicates;
         if out.orders_changed > 0 {

@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
+pub mod degrade;
 pub mod delivery;
 pub mod health;
 pub mod inbox;

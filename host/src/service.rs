@@ -170,6 +170,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         auth: admin_auth,
         audit,
         shops: shops.clone(),
+        degrade: Arc::new(crate::degrade::Degrade {
+            health: health.clone(),
+            stock: ledger.clone(),
+            inbox: inbox.clone(),
+            store: store.clone(),
+        }),
     }));
     let app = api::router(Arc::new(ApiState {
         store: store.clone(),

@@ -2,6 +2,7 @@
 //! process against a config, read its address, wait on conditions with deadlines, and
 //! kill it for real (SIGKILL) when a test wants a crash.
 
+pub mod browser;
 pub mod recorder;
 
 use std::io::{BufRead, BufReader};

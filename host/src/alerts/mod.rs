@@ -159,6 +159,11 @@ impl Alerts {
         Ok(Alerts { rules, config: config.clone(), notifier, firing_tree, log_tree, state: Mutex::new(state) })
     }
 
+    /// What notifications call this berth (`[alerts] source`).
+    pub fn source(&self) -> &str {
+        &self.config.source
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

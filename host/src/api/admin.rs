@@ -1,6 +1,7 @@
 //! The ops API under `/v1/admin`: connectors and their versions, deploy, activate,
-//! rollback, shadow runs, canary (start, promote, abort), pause and resume, and the
-//! audit log. Every call needs a bearer token with a
+//! rollback, shadow runs, canary (start, promote, abort), pause and resume, working a
+//! degraded shop by hand (stock CSV export, orders CSV import; see api/degrade.rs), and
+//! the audit log. Every call needs a bearer token with a
 //! role (`[admin] tokens`); every call that changes something — or tried to — is written
 //! to the audit log before it is answered.
 
@@ -24,6 +25,7 @@ pub struct AdminState {
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
     pub shops: Arc<crate::shops::ShopSet>,
+    pub degrade: Arc<crate::degrade::Degrade>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -46,17 +48,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/shops/{shop}/pause", post(|s, p, h| pause_shop(s, p, h, true)))
         .route("/v1/admin/shops/{shop}/resume", post(|s, p, h| pause_shop(s, p, h, false)))
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/shops/{shop}/degrade", get(super::degrade::status))
+        .route("/v1/admin/shops/{shop}/stock/export", post(super::degrade::export))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}", get(super::degrade::batch))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/confirm", post(|s, p, h| super::degrade::end(s, p, h, true)))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/cancel", post(|s, p, h| super::degrade::end(s, p, h, false)))
+        .route("/v1/admin/shops/{shop}/orders/import", post(super::degrade::import).layer(DefaultBodyLimit::max(64 << 20)))
         .with_state(state)
 }
 
 /// What an audited call was about.
-struct Action<'a> {
-    name: &'static str,
-    target: &'a str,
+pub(super) struct Action<'a> {
+    pub name: &'static str,
+    pub target: &'a str,
 }
 
 impl AdminState {
-    fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
+    pub(super) fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
         let entry = AuditEntry {
             at_ms: now_ms(),
             who: who.to_string(),
@@ -73,7 +81,7 @@ impl AdminState {
     }
 
     /// Check the caller; a refused change is audited too (`action` is `None` for reads).
-    fn caller(&self, headers: &HeaderMap, need: Role, action: Option<&Action<'_>>) -> Result<Caller, Response> {
+    pub(super) fn caller(&self, headers: &HeaderMap, need: Role, action: Option<&Action<'_>>) -> Result<Caller, Response> {
         let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.auth.authorize(header, need).map_err(|e| {
             let (status, outcome, who) = match &e {

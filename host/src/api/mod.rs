@@ -2,6 +2,8 @@
 //! connector status, health.
 
 pub mod admin;
+pub mod degrade;
+pub mod status;
 pub mod stock;
 
 use crate::inbox::{LeasedOrder, OrderInbox};
@@ -59,6 +61,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/shops", get(list_shops))
         .route("/v1/health", get(health))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/status", get(status::get_status))
+        .route("/dashboard", get(status::dashboard))
         .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
         .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
         .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge))
@@ -97,6 +101,7 @@ async fn index() -> &'static str {
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/health                                 per-shop probes, availability and SLA; per connector and tier\n\
      GET /v1/alerts                                 alerts firing, recent notifications, receivers\n\
+     GET /dashboard                                 status page (refreshes itself; ?refresh=SECONDS); its data: GET /v1/status\n\
      GET /v1/platforms                              per platform: endpoint classes, held quotas, retry policies, standby channel\n\
      GET /v1/connectors                             loaded connectors\n\
      GET /metrics  GET /healthz  GET /readyz\n"

@@ -1,7 +1,7 @@
 //! Stock endpoints: the ERP submits absolute quantities per SKU and reads per-SKU results.
 //!
 //! `POST /v1/shops/{shop}/stock`        {"updates": [{"sku", "quantity", "seq"?}]}
-//! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead&after=SKU&limit=N
+//! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead|exported&after=SKU&limit=N
 //! `GET  /v1/shops/{shop}/stock/{sku}`  one SKU's record
 //! `POST /v1/shops/{shop}/stock/dead-letters/replay` {"skus": [...]}: rejected/dead SKUs back to pending
 //! `POST /v1/shops/{shop}/stock/dead-letters/purge` {"skus": [...]}: forget rejected/dead SKUs
@@ -111,7 +111,7 @@ pub async fn list(
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?state=pending|pushed|rejected|dead&after=SKU&limit=1..={MAX_STOCK_BATCH}"))
+            return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?state=pending|pushed|rejected|dead|exported&after=SKU&limit=1..={MAX_STOCK_BATCH}"))
         }
     };
     let limit = q.limit.unwrap_or(100);

@@ -24,6 +24,11 @@ pub struct HealthConfig {
     pub b: TierOverride,
     #[serde(rename = "C")]
     pub c: TierOverride,
+    /// Shops of these tiers whose probes have failed for `degrade_after_secs` are
+    /// degraded: ops may export their pending stock as CSV for a manual upload and
+    /// import their orders from the platform's CSV export.
+    pub degrade_tiers: Vec<Tier>,
+    pub degrade_after_secs: u64,
     /// Export per-shop series (`berth_shop_up`, `berth_shop_availability_ratio`) with a
     /// `shop` label. Off by default: with thousands of shops that is thousands of series.
     pub shop_labels: bool,
@@ -36,6 +41,8 @@ impl Default for HealthConfig {
             a: TierOverride::default(),
             b: TierOverride::default(),
             c: TierOverride::default(),
+            degrade_tiers: vec![Tier::C],
+            degrade_after_secs: 3600,
             shop_labels: false,
         }
     }
@@ -112,6 +119,10 @@ pub struct ShopHealth {
     /// `up`, `down`, `paused` (ops paused the shop or its connector) or `unknown` (not probed yet).
     pub state: &'static str,
     pub consecutive_failures: u32,
+    /// When the current run of failed probes began.
+    pub down_since_ms: Option<i64>,
+    /// Down past `degrade_after_secs` in a degrade tier: CSV export and import are open.
+    pub degraded: bool,
     pub last_probe: Option<ProbeResult>,
     pub availability: Availability,
 }
@@ -171,6 +182,7 @@ struct Entry {
     minutes: BTreeMap<u64, (u32, u32)>,
     last: Option<ProbeResult>,
     consecutive_failures: u32,
+    down_since_ms: Option<i64>,
     paused: bool,
 }
 
@@ -233,6 +245,7 @@ impl HealthBook {
             minutes,
             last: None,
             consecutive_failures: 0,
+            down_since_ms: None,
             paused: false,
         };
         self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), entry);
@@ -278,6 +291,7 @@ impl HealthBook {
             let _ = self.tree.remove(key(shop, m));
         }
         e.consecutive_failures = if result.up { 0 } else { e.consecutive_failures + 1 };
+        e.down_since_ms = if result.up { None } else { e.down_since_ms.or(Some(result.at_ms)) };
         e.paused = false;
         let tier = format!("{:?}", e.tier);
         crate::metrics::Metrics::get().probe(&e.connector, &tier, &result.outcome);
@@ -311,11 +325,19 @@ impl HealthBook {
                         (Some(_), false) => "down",
                     },
                     consecutive_failures: e.consecutive_failures,
+                    down_since_ms: e.down_since_ms,
+                    degraded: self.config.degrade_tiers.contains(&e.tier)
+                        && e.down_since_ms.is_some_and(|since| now - since >= self.config.degrade_after_secs as i64 * 1000),
                     last_probe: e.last.clone(),
                     availability: Availability::of(self.config.window_secs, all, up, policy.sla_percent),
                 }
             })
             .collect()
+    }
+
+    /// One shop's health, if it is watched.
+    pub fn shop(&self, shop: &str) -> Option<ShopHealth> {
+        self.shops().into_iter().find(|s| s.shop == shop)
     }
 
     /// Shops summed per connector and tier.

@@ -97,7 +97,7 @@ impl StockLedger {
                         }
                     }
                     if let Some(rec) = existing.as_ref().filter(|r| {
-                        r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed)
+                        r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed | SkuState::Exported)
                     }) {
                         let mut rec = rec.clone();
                         rec.seq = u.seq.or(rec.seq);
@@ -119,6 +119,7 @@ impl StockLedger {
                         pushed_quantity: existing.as_ref().and_then(|r| r.pushed_quantity),
                         pushed_version: existing.as_ref().and_then(|r| r.pushed_version),
                         pushed_at_ms: existing.as_ref().and_then(|r| r.pushed_at_ms),
+                        export_batch: None,
                     };
                     write(skus, due, shop, old_due, &rec)?;
                     out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
@@ -314,6 +315,94 @@ impl StockLedger {
         Ok(dropped)
     }
 
+    /// Hold every pending SKU of `shop` in a new export batch (for a manual upload) and
+    /// return the batch's name and its SKUs. The pusher skips them from now on.
+    pub async fn export(&self, shop: &str) -> Result<(String, Vec<SkuStock>), StockError> {
+        let batch = format!("exp-{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), self.db.generate_id()? + 1);
+        let prefix = shop_prefix(shop);
+        let pending: Vec<String> = self
+            .skus
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok::<_, StockError>((decode(&k, &v)?.state == SkuState::Pending).then(|| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()))
+            })
+            .filter_map(Result::transpose)
+            .collect::<Result<_, _>>()?;
+        let held = (&self.skus, &self.due)
+            .transaction(|(skus, due)| {
+                let mut held = Vec::new();
+                for sku in &pending {
+                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
+                    if rec.state != SkuState::Pending {
+                        continue;
+                    }
+                    let old_due = rec.due_at_ms;
+                    rec.state = SkuState::Exported;
+                    rec.due_at_ms = None;
+                    rec.export_batch = Some(batch.clone());
+                    write(skus, due, shop, old_due, &rec)?;
+                    held.push(rec);
+                }
+                Ok(held)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok((batch, held))
+    }
+
+    /// The SKUs an export batch still holds.
+    pub fn export_batch(&self, shop: &str, batch: &str) -> Result<Vec<SkuStock>, StockError> {
+        let mut out = Vec::new();
+        for item in self.skus.scan_prefix(shop_prefix(shop)) {
+            let (k, v) = item?;
+            let rec = decode(&k, &v)?;
+            if rec.state == SkuState::Exported && rec.export_batch.as_deref() == Some(batch) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// End an export batch: `uploaded` marks its SKUs pushed (ops put the quantities on
+    /// the platform by hand), otherwise they are pending again for the pusher. SKUs
+    /// the ERP changed since the export are pending with their newer quantity already
+    /// and are left alone. Returns how many SKUs the batch still held.
+    pub async fn end_export(&self, shop: &str, batch: &str, uploaded: bool) -> Result<usize, StockError> {
+        let held = self.export_batch(shop, batch)?;
+        if held.is_empty() {
+            return Err(StockError::UnknownBatch { shop: shop.to_string(), batch: batch.to_string() });
+        }
+        let now = now_ms();
+        let ended = (&self.skus, &self.due)
+            .transaction(|(skus, due)| {
+                let mut ended = 0;
+                for h in &held {
+                    let Some(mut rec) = read(skus, &sku_key(shop, &h.sku))? else { continue };
+                    if rec.state != SkuState::Exported || rec.export_batch.as_deref() != Some(batch) || rec.version != h.version {
+                        continue;
+                    }
+                    rec.export_batch = None;
+                    if uploaded {
+                        rec.state = SkuState::Pushed;
+                        rec.pushed_quantity = Some(rec.quantity);
+                        rec.pushed_version = Some(rec.version);
+                        rec.pushed_at_ms = Some(now);
+                        rec.last_error = None;
+                    } else {
+                        rec.state = SkuState::Pending;
+                        rec.due_at_ms = Some(now);
+                    }
+                    write(skus, due, shop, None, &rec)?;
+                    ended += 1;
+                }
+                Ok(ended)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(ended)
+    }
+
     /// Counts by state and the oldest pending age (a scan of the shop's SKUs).
     pub fn stats(&self, shop: &str) -> Result<StockStats, StockError> {
         let now = now_ms();
@@ -330,6 +419,11 @@ impl StockLedger {
                 SkuState::Pushed => st.pushed += 1,
                 SkuState::Rejected => st.rejected += 1,
                 SkuState::Dead => st.dead += 1,
+                SkuState::Exported => {
+                    st.exported += 1;
+                    let age = now - rec.received_at_ms;
+                    st.oldest_pending_age_ms = Some(st.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
+                }
             }
         }
         Ok(st)
@@ -430,6 +524,35 @@ mod tests {
         l.settle("s", &[("A".into(), va, 5, PushOutcome::Failed("x".into()))]).await.unwrap();
         assert_eq!(l.get("s", "A").unwrap().unwrap().state, SkuState::Dead);
         assert_eq!(l.submit("s", &[req("A", 5, None)]).await.unwrap()[0].outcome, Submitted::Queued);
+    }
+
+    #[tokio::test]
+    async fn an_export_holds_pending_skus_until_confirmed_or_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), 3);
+        l.submit("s", &[req("A", 5, None), req("B", 2, None), req("C", 7, None)]).await.unwrap();
+        let vc = l.get("s", "C").unwrap().unwrap().version;
+        l.settle("s", &[("C".into(), vc, 7, PushOutcome::Accepted)]).await.unwrap();
+        let (batch, held) = l.export("s").await.unwrap();
+        assert_eq!(held.iter().map(|r| (r.sku.as_str(), r.quantity)).collect::<Vec<_>>(), [("A", 5), ("B", 2)], "pending only");
+        assert!(l.due("s", now_ms(), 10).unwrap().is_empty(), "the pusher leaves exported SKUs alone");
+        assert_eq!(l.stats("s").unwrap().exported, 2);
+        let (second, none) = l.export("s").await.unwrap();
+        assert!(none.is_empty() && second != batch, "nothing is exported twice");
+        // The ERP changes B after the export: B is pending again with its new quantity; the same A stays held.
+        assert_eq!(l.submit("s", &[req("A", 5, None), req("B", 3, None)]).await.unwrap()[0].outcome, Submitted::Unchanged);
+        assert_eq!(l.export_batch("s", &batch).unwrap().len(), 1);
+        assert_eq!(l.end_export("s", &batch, true).await.unwrap(), 1);
+        let a = l.get("s", "A").unwrap().unwrap();
+        assert_eq!((a.state, a.pushed_quantity, a.export_batch), (SkuState::Pushed, Some(5), None));
+        let b = l.get("s", "B").unwrap().unwrap();
+        assert_eq!((b.state, b.quantity), (SkuState::Pending, 3), "the newer quantity still goes out");
+        assert!(matches!(l.end_export("s", &batch, true).await, Err(StockError::UnknownBatch { .. })), "a batch ends once");
+        // A cancelled batch goes back to the pusher.
+        let (batch, held) = l.export("s").await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(l.end_export("s", &batch, false).await.unwrap(), 1);
+        assert_eq!(l.due("s", now_ms(), 10).unwrap().iter().map(|r| r.sku.as_str()).collect::<Vec<_>>(), ["B"]);
     }
 
     #[tokio::test]

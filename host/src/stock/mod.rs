@@ -27,6 +27,8 @@ pub enum StockError {
     Corrupt { key: String, why: String },
     #[error("SKU `{0}` is not acceptable: use 1..=128 characters without control characters")]
     BadSku(String),
+    #[error("no export batch `{batch}` holds SKUs of shop `{shop}` (confirmed or cancelled already, or never made)")]
+    UnknownBatch { shop: String, batch: String },
 }
 
 /// One requested change from the ERP.
@@ -54,6 +56,10 @@ pub enum SkuState {
     Rejected,
     /// Failed `max_attempts` times; needs a person (replay to try again).
     Dead,
+    /// Handed to ops in a CSV export for a manual upload while the platform is down;
+    /// the pusher leaves it alone until the batch is confirmed (pushed) or cancelled
+    /// (pending again). A newer quantity from the ERP makes it pending again.
+    Exported,
 }
 
 /// The record kept per shop + SKU, as `GET /v1/shops/{shop}/stock` shows it.
@@ -76,6 +82,9 @@ pub struct SkuStock {
     pub pushed_quantity: Option<u32>,
     pub pushed_version: Option<u64>,
     pub pushed_at_ms: Option<i64>,
+    /// The CSV export batch holding this SKU (state `exported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_batch: Option<String>,
 }
 
 /// What a submitted update did.
@@ -115,6 +124,9 @@ pub struct StockStats {
     pub pushed: u64,
     pub rejected: u64,
     pub dead: u64,
+    /// Held in CSV export batches.
+    #[serde(default)]
+    pub exported: u64,
     /// Age of the oldest desired quantity not yet on the platform.
     pub oldest_pending_age_ms: Option<i64>,
 }

@@ -229,6 +229,7 @@ mod tests {
             pushed_quantity: None,
             pushed_version: None,
             pushed_at_ms: None,
+            export_batch: None,
         }
     }
 

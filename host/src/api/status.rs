@@ -1,0 +1,126 @@
+//! The status dashboard: `GET /dashboard` (a self-refreshing page) and `GET /v1/status`,
+//! everything it shows in one read: connectors and versions, shops with their pulls and
+//! probes, health per tier, queue levels and alerts.
+
+use super::ApiState;
+use crate::alerts::{AlertRecord, LogEntry};
+use crate::health::{ShopHealth, TierSummary};
+use crate::levels::QueueLevel;
+use crate::runtime::call_stats::Tally;
+use crate::sync::ShopStatus;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Recent notifications the dashboard lists.
+const RECENT: usize = 20;
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub generated_at_ms: i64,
+    pub source: String,
+    pub connectors: Vec<ConnectorRow>,
+    pub tiers: Vec<TierSummary>,
+    pub shops: Vec<ShopRow>,
+    pub queues: Vec<QueueLevel>,
+    pub firing: Vec<AlertRecord>,
+    pub recent: Vec<LogEntry>,
+}
+
+#[derive(Serialize)]
+pub struct ConnectorRow {
+    pub name: String,
+    pub platform: String,
+    pub version: String,
+    pub digest: String,
+    pub wit_version: String,
+    /// The candidate's version and shops while a canary runs.
+    pub canary: Option<CanaryRow>,
+    pub paused: bool,
+    pub shops: usize,
+    /// Calls of the active version (and candidate) in the last 5 minutes.
+    pub calls_5m: Tally,
+}
+
+#[derive(Serialize)]
+pub struct CanaryRow {
+    pub version: String,
+    pub shops: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ShopRow {
+    #[serde(flatten)]
+    pub health: ShopHealth,
+    pub pull: Option<ShopStatus>,
+}
+
+pub fn status(st: &ApiState) -> StatusView {
+    let by_connector = st.shops.by_connector();
+    let connectors = st
+        .registry
+        .slots()
+        .iter()
+        .map(|(name, slot)| {
+            let c = slot.current();
+            let window = Duration::from_secs(300);
+            let mut calls = c.calls.tally(window);
+            let canary = slot.canary().map(|k| {
+                let t = k.version.calls.tally(window);
+                calls.calls += t.calls;
+                calls.failures += t.failures;
+                CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() }
+            });
+            ConnectorRow {
+                name: name.clone(),
+                platform: c.manifest.platform.clone(),
+                version: c.version().to_string(),
+                digest: c.digest.clone(),
+                wit_version: c.manifest.wit_version.clone(),
+                canary,
+                paused: slot.paused(),
+                shops: by_connector.get(name).map_or(0, Vec::len),
+                calls_5m: calls,
+            }
+        })
+        .collect();
+    let mut pulls: BTreeMap<String, ShopStatus> = st.shops.statuses().into_iter().map(|s| (s.shop.clone(), s)).collect();
+    let shops = st.health.shops().into_iter().map(|h| ShopRow { pull: pulls.remove(&h.shop), health: h }).collect();
+    StatusView {
+        generated_at_ms: crate::clock::now_ms(),
+        source: st.alerts.source().to_string(),
+        connectors,
+        tiers: st.health.summary(),
+        shops,
+        queues: crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
+        firing: st.alerts.firing(),
+        recent: st.alerts.recent(RECENT),
+    }
+}
+
+pub async fn get_status(State(st): State<Arc<ApiState>>) -> axum::response::Response {
+    // Queue levels read sled: off the async threads.
+    match tokio::task::spawn_blocking(move || status(&st)).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => super::error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("status failed: {e}")),
+    }
+}
+
+pub async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // The page runs only its own inline script and reads only this origin.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"),
+        ],
+        PAGE,
+    )
+}
