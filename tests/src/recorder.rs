@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
@@ -29,8 +28,8 @@ impl Received {
 #[derive(Default)]
 struct Inner {
     got: Mutex<Vec<Received>>,
-    /// Requests still to refuse with a 500.
-    refuse: AtomicUsize,
+    /// Per path: requests still to refuse with a 500.
+    refuse: Mutex<BTreeMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -42,7 +41,13 @@ pub struct Recorder {
 async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let refuse = inner.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let refuse = match inner.refuse.lock().unwrap().get_mut(parts.uri.path()) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
     let answered = if refuse { 500 } else { 200 };
     inner.got.lock().unwrap().push(Received {
         path: parts.uri.path().to_string(),
@@ -72,9 +77,9 @@ impl Recorder {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Answer the next `n` requests with 500.
-    pub fn refuse_next(&self, n: usize) {
-        self.inner.refuse.store(n, Ordering::SeqCst);
+    /// Answer the next `n` requests to `path` with 500.
+    pub fn refuse_next(&self, path: &str, n: usize) {
+        self.inner.refuse.lock().unwrap().insert(path.to_string(), n);
     }
 
     /// Every request so far.

@@ -144,7 +144,7 @@ secrets = {{ access_token = "tok" }}
         ),
     );
     // berth's own receiver is down for the first notification: it must come on a retry.
-    rec.refuse_next(1);
+    rec.refuse_next("/json", 1);
     let berth = Berth::start(&config);
     let client = reqwest::Client::new();
 
