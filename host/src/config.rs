@@ -81,11 +81,14 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u32,
     /// Instances alive at once across all connectors (pooling allocator slots).
     pub max_instances: u32,
+    /// Fuel (roughly, WebAssembly instructions) one call may burn before it traps
+    /// (`out_of_fuel`); no limit when absent. Fuel used is exported either way.
+    pub fuel_per_call: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { call_timeout_ms: 30_000, max_memory_mb: 64, max_instances: 64 }
+        RuntimeConfig { call_timeout_ms: 30_000, max_memory_mb: 64, max_instances: 64, fuel_per_call: None }
     }
 }
 
@@ -510,6 +513,9 @@ impl Config {
         }
         if cfg.runtime.call_timeout_ms == 0 || cfg.http.timeout_ms == 0 {
             return Err(invalid("runtime.call_timeout_ms and http.timeout_ms must be positive".into()));
+        }
+        if cfg.runtime.fuel_per_call == Some(0) {
+            return Err(invalid("runtime.fuel_per_call must be at least 1 (leave it out for no limit)".into()));
         }
         if cfg.runtime.max_instances == 0 || cfg.runtime.max_memory_mb == 0 {
             return Err(invalid("runtime.max_instances and runtime.max_memory_mb must be positive".into()));

@@ -149,6 +149,7 @@ pub struct Metrics {
     pub queue_oldest_age_seconds: Family<QueueLabels, Gauge<f64, AtomicU64>>,
     pub queue_dead_letters: Family<QueueLabels, Gauge>,
     pub instance_memory_bytes: HistogramFamily<ConnectorLabels>,
+    pub fuel_used: HistogramFamily<ConnectorLabels>,
     pub guest_counters: Family<GuestLabels, Counter>,
     pub guest_gauges: Family<GuestLabels, Gauge<f64, AtomicU64>>,
     pub guest_histograms: HistogramFamily<GuestLabels>,
@@ -188,6 +189,11 @@ fn valid_name(s: &str, max: usize) -> bool {
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+fn fuel_buckets() -> Histogram {
+    // 1 000 .. ~10^12 units
+    Histogram::new(exponential_buckets(1000.0, 4.0, 16))
+}
+
 fn memory_buckets() -> Histogram {
     // 64 KiB .. 1 GiB
     Histogram::new(exponential_buckets(65_536.0, 2.0, 15))
@@ -216,6 +222,8 @@ impl Metrics {
         registry.register("queue_dead_letters", "Items that ran out of attempts and wait for a person", queue_dead_letters.clone());
         let instance_memory_bytes = HistogramFamily::<ConnectorLabels>::new_with_constructor(memory_buckets as fn() -> Histogram);
         registry.register("instance_memory_bytes", "Linear memory a connector instance had grown to when its call ended", instance_memory_bytes.clone());
+        let fuel_used = HistogramFamily::<ConnectorLabels>::new_with_constructor(fuel_buckets as fn() -> Histogram);
+        registry.register("connector_fuel_used", "Fuel (about one unit per WebAssembly instruction) a connector call burned", fuel_used.clone());
         let guest_counters = Family::<GuestLabels, Counter>::default();
         registry.register("connector_metric_count", "Counters connectors report through the metrics import", guest_counters.clone());
         let guest_gauges = Family::<GuestLabels, Gauge<f64, AtomicU64>>::default();
@@ -263,6 +271,7 @@ impl Metrics {
             queue_oldest_age_seconds,
             queue_dead_letters,
             instance_memory_bytes,
+            fuel_used,
             guest_counters,
             guest_gauges,
             guest_histograms,
@@ -361,9 +370,11 @@ impl Metrics {
         self.ratelimit_wait_seconds.get_or_create(&PlatformLabels { platform: platform.to_string() }).inc_by(waited.as_secs_f64());
     }
 
-    pub fn memory(&self, connector: &str, version: &str, bytes: usize) {
+    /// What one call's instance used: the memory it grew to, the fuel it burned.
+    pub fn usage(&self, connector: &str, version: &str, peak_memory: usize, fuel: u64) {
         let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
-        self.instance_memory_bytes.get_or_create(&labels).observe(bytes as f64);
+        self.instance_memory_bytes.get_or_create(&labels).observe(peak_memory as f64);
+        self.fuel_used.get_or_create(&labels).observe(fuel as f64);
     }
 
     pub fn probe(&self, connector: &str, tier: &str, outcome: &str) {

@@ -57,7 +57,7 @@ impl ErrorKind {
     pub fn of_call(e: &CallError) -> ErrorKind {
         match e {
             CallError::Timeout { .. } => ErrorKind::Timeout,
-            CallError::Trap { .. } => ErrorKind::Trap,
+            CallError::Trap { .. } | CallError::OutOfFuel { .. } => ErrorKind::Trap,
             CallError::Instantiate(_) => ErrorKind::Trap,
         }
     }

@@ -110,6 +110,10 @@ secrets = {{ consumer_key = "ck_demo", consumer_secret = "cs_demo" }}
     assert!(sample(&text, "berth_http_requests_total{platform=\"woocommerce\",status=\"2xx\"}").is_some_and(|n| n >= 2.0), "{text}");
     assert!(sample(&text, "berth_connector_call_seconds_count{connector=\"woo-c\",version=\"0.1.0\",call=\"pull-orders\"}").is_some(), "{text}");
     assert!(sample(&text, "berth_instance_memory_bytes_count{connector=\"shopify\",version=\"0.1.0\"}").is_some_and(|n| n >= 1.0), "{text}");
+    // Fuel burned per call: every call counted, and a pull of a page costs real work.
+    let fuel_calls = sample(&text, "berth_connector_fuel_used_count{connector=\"woo-c\",version=\"0.1.0\"}").unwrap_or(0.0);
+    let fuel = sample(&text, "berth_connector_fuel_used_sum{connector=\"woo-c\",version=\"0.1.0\"}").unwrap_or(0.0);
+    assert!(fuel_calls >= 1.0 && fuel / fuel_calls > 1000.0, "fuel per call {fuel} / {fuel_calls}: {text}");
     assert!(sample(&text, "berth_ratelimit_wait_seconds_total{platform=\"woocommerce\"}").is_some(), "{text}");
     // The connectors' own counters, under the connector's name.
     let pulled = sample(&text, "berth_connector_metric_count_total{connector=\"woo-c\",metric=\"orders_pulled\"}");

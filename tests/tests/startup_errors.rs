@@ -64,6 +64,15 @@ fn a_missing_component_file_is_named() {
 }
 
 #[test]
+fn a_fuel_limit_too_small_for_the_manifest_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[runtime]\nfuel_per_call = 1000\n{}", shop_config(plugins::SHOPIFY, ""));
+    let (code, err) = serve(dir.path(), &config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("manifest used up its fuel (1000, runtime.fuel_per_call)"), "{err}");
+}
+
+#[test]
 fn a_missing_shop_secret_is_named() {
     // Every Shopify build (current world, the 0.1.0 fixture, the regressed fixture) loads,
     // and its manifest's required keys are checked before start.

@@ -1,5 +1,5 @@
 //! The one wasmtime [`Engine`] the host runs every connector on: pooling allocator,
-//! epoch interruption driven by a ticker thread, async support.
+//! epoch interruption driven by a ticker thread, fuel metering, async support.
 
 use crate::config::RuntimeConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,8 @@ impl ConnectorEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // Fuel is always metered (exported per call); `fuel_per_call` only sets a limit.
+        config.consume_fuel(true);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(cfg.max_instances);
         pool.total_core_instances(cfg.max_instances * 8);

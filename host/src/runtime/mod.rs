@@ -53,8 +53,17 @@ pub enum CallError {
     Timeout { call: &'static str, deadline_ms: u64 },
     #[error("{call} trapped: {message}; the instance was discarded")]
     Trap { call: &'static str, message: String },
+    #[error("{call} used up its fuel ({fuel}, runtime.fuel_per_call); the instance was discarded")]
+    OutOfFuel { call: &'static str, fuel: u64 },
     #[error("cannot instantiate the connector: {0}")]
     Instantiate(String),
+}
+
+/// What one call's instance used.
+#[derive(Clone, Copy, Debug)]
+struct Usage {
+    peak_memory: usize,
+    fuel: u64,
 }
 
 /// Shared by every loaded connector.
@@ -65,6 +74,8 @@ pub struct ConnectorRuntime {
     cache_dir: PathBuf,
     call_timeout: Duration,
     max_memory_bytes: usize,
+    /// Fuel each call starts with (`u64::MAX` without a limit: metered, never out).
+    fuel_per_call: u64,
 }
 
 /// One connector version, ready to instantiate.
@@ -98,6 +109,7 @@ impl ConnectorRuntime {
             cache_dir,
             call_timeout: Duration::from_millis(cfg.call_timeout_ms),
             max_memory_bytes: cfg.max_memory_mb as usize * 1024 * 1024,
+            fuel_per_call: cfg.fuel_per_call.unwrap_or(u64::MAX),
         }))
     }
 
@@ -278,6 +290,7 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
     match e {
         CallError::Timeout { .. } => "timeout",
         CallError::Trap { .. } => "trap",
+        CallError::OutOfFuel { .. } => "out_of_fuel",
         CallError::Instantiate(_) => "instantiate",
     }
 }
@@ -401,6 +414,7 @@ impl LoadedConnector {
         let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), rt.max_memory_bytes));
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(ConnectorEngine::ticks_for(rt.call_timeout));
+        store.set_fuel(rt.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -422,10 +436,10 @@ impl LoadedConnector {
             Err(_) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-                    Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 })
-                } else {
-                    Err(CallError::Trap { call, message: state::bounded(&format!("{e:?}"), 2048).to_string() })
+                match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
+                    Some(wasmtime::Trap::OutOfFuel) => Err(CallError::OutOfFuel { call, fuel: self.runtime.fuel_per_call }),
+                    _ => Err(CallError::Trap { call, message: state::bounded(&format!("{e:?}"), 2048).to_string() }),
                 }
             }
         }
@@ -437,7 +451,7 @@ impl LoadedConnector {
         let (mut store, inst) = self.instance(None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
         let r = self.finish("manifest", inst.call_manifest(&mut store)).await;
         let outcome = r.as_ref().map_or_else(call_error_outcome, |_| "ok");
-        self.observe("manifest", outcome, started, Some(store.data().peak_memory()));
+        self.observe("manifest", outcome, started, Some(self.usage(&store)));
         r
     }
 
@@ -453,17 +467,23 @@ impl LoadedConnector {
             Ok(Err(e)) => error_outcome(e),
             Err(e) => call_error_outcome(e),
         };
-        self.observe("check", outcome, started, Some(store.data().peak_memory()));
+        self.observe("check", outcome, started, Some(self.usage(&store)));
         self.tally(r)
     }
 
     /// Count a finished call in the metrics: outcome, time, the memory it grew to.
-    fn observe(&self, call: &'static str, outcome: &str, started: std::time::Instant, peak_memory: Option<usize>) {
+    fn observe(&self, call: &'static str, outcome: &str, started: std::time::Instant, usage: Option<Usage>) {
         let m = crate::metrics::Metrics::get();
         m.call(&self.name, &self.version, call, outcome, started.elapsed());
-        if let Some(bytes) = peak_memory {
-            m.memory(&self.name, &self.version, bytes);
+        if let Some(u) = usage {
+            m.usage(&self.name, &self.version, u.peak_memory, u.fuel);
         }
+    }
+
+    /// What an instance used: the memory it grew to and the fuel it burned.
+    fn usage(&self, store: &Store<HostState>) -> Usage {
+        let left = store.get_fuel().unwrap_or(0);
+        Usage { peak_memory: store.data().peak_memory(), fuel: self.runtime.fuel_per_call.saturating_sub(left) }
     }
 
     /// Run one export with `tape` (recording, replaying or off) and hand the tape back.
@@ -492,7 +512,7 @@ impl LoadedConnector {
         };
         let tape = std::mem::take(&mut store.data_mut().tape);
         let outcome = out.as_ref().map_or_else(call_error_outcome, Output::outcome);
-        self.observe(call.name(), outcome, started, Some(store.data().peak_memory()));
+        self.observe(call.name(), outcome, started, Some(self.usage(&store)));
         (out, tape)
     }
 
