@@ -92,7 +92,7 @@ async fn the_call_limit_header_keeps_shopify_below_its_bucket() {
     let stats = sim.state.stats()[&Platform::Shopify].clone();
     eprintln!("{stats:?}");
     assert!(stats.requests >= 20, "{stats:?}");
-    assert_eq!(stats.throttled, 0, "berth let the bucket overflow: {stats:?}");
+    assert_eq!(stats.throttled, 0, "berth let the bucket overflow: {stats:?}\n{}", berth.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

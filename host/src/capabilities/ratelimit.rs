@@ -118,6 +118,33 @@ pub struct RateLimits {
     platforms: std::sync::RwLock<std::sync::Arc<BTreeMap<String, PlatformLimiter>>>,
     /// Quotas the platform said are exhausted, until when: (platform, key) -> instant.
     blocked: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// Requests sent and not answered yet, per (platform, key): a call-limit header
+    /// read from one answer does not count them, so the reserve must.
+    in_flight: InFlightCounts,
+    /// Quotas whose last answer said the platform's bucket is nearly full: their
+    /// requests go one at a time until an answer says otherwise.
+    nearly_full: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+type InFlightCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u32>>>;
+
+/// A request on its way (see [`RateLimits::acquire`]); dropped when it is answered or failed.
+#[derive(Debug)]
+pub struct InFlight {
+    counts: InFlightCounts,
+    key: (String, String),
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Why the host holds a quota after an answer.
@@ -238,11 +265,23 @@ impl RateLimits {
         let unconfigured = PlatformLimiter::unconfigured();
         let leak = platforms.get(platform).unwrap_or(&unconfigured).call_limit_leak?;
         let (used, size) = call_limit(headers)?;
-        let wait = drain_wait(used, size, leak);
+        let key = self.key_of(platform, shop, cfg);
+        // Other requests of this quota already on their way will fill the bucket too.
+        let others = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(platform.to_string(), key.clone()))
+            .map_or(0, |n| n.saturating_sub(1));
+        let wait = drain_wait(used + others, size, leak);
+        let mut nearly_full = self.nearly_full.lock().unwrap_or_else(|e| e.into_inner());
         if wait.is_zero() {
+            nearly_full.remove(&(platform.to_string(), key));
             return None;
         }
-        self.hold(platform, self.key_of(platform, shop, cfg), wait);
+        nearly_full.insert((platform.to_string(), key.clone()));
+        drop(nearly_full);
+        self.hold(platform, key, wait);
         Some(Hold::NearlyFull(wait))
     }
 
@@ -269,7 +308,11 @@ impl RateLimits {
     }
 
     /// Wait for a slot of the platform's bucket and of the request's endpoint class, at
-    /// most `budget` in all. Returns how long it waited.
+    /// most `budget` in all; while the platform's bucket is nearly full, also for the
+    /// quota's request on its way to be answered (two requests woken by the end of one
+    /// hold would both spend the one call the reserve keeps). Returns how long it
+    /// waited and the request's place among those on their way, to hold until its
+    /// answer has been learnt from.
     pub async fn acquire(
         &self,
         platform: &str,
@@ -277,7 +320,7 @@ impl RateLimits {
         cfg: Option<&ShopConfig>,
         endpoint: Endpoint<'_>,
         budget: Duration,
-    ) -> Result<Duration, NoSlot> {
+    ) -> Result<(Duration, InFlight), NoSlot> {
         let unconfigured = PlatformLimiter::unconfigured();
         let platforms = self.snapshot();
         let p = platforms.get(platform).unwrap_or(&unconfigured);
@@ -296,10 +339,40 @@ impl RateLimits {
         for limiter in [p.limiter.as_ref(), class].into_iter().flatten() {
             waited += Self::slot(limiter, &key, budget.saturating_sub(waited)).await.map_err(no_slot)?;
         }
-        Ok(waited)
+        let key = (platform.to_string(), key);
+        loop {
+            // Another request of this quota on its way to a nearly full bucket, or a hold
+            // its answer just set: wait, then look again.
+            let step = match self.take_turn(&key) {
+                Ok(flight) => return Ok((waited, flight)),
+                Err(step) => step,
+            };
+            if waited + step > budget {
+                return Err(no_slot(waited + step));
+            }
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
     }
 
-    /// Wait for one bucket's slot, at most `budget`; `Err(needed)` when it is further away.
+    /// Count a request as on its way, or say how long to wait first: while the quota is
+    /// held, or while its bucket is nearly full and another request is on its way. The
+    /// hold is read under the same lock the answered request's count is released under
+    /// (after its answer set any new hold), so no request slips between the two.
+    fn take_turn(&self, key: &(String, String)) -> Result<InFlight, Duration> {
+        let mut counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.blocked_for(&key.0, &key.1);
+        if !held.is_zero() {
+            return Err(held);
+        }
+        let busy = counts.get(key).is_some_and(|n| *n > 0);
+        if busy && self.nearly_full.lock().unwrap_or_else(|e| e.into_inner()).contains(key) {
+            return Err(Duration::from_millis(10));
+        }
+        *counts.entry(key.clone()).or_insert(0) += 1;
+        Ok(InFlight { counts: self.in_flight.clone(), key: key.clone() })
+    }
+
     async fn slot(limiter: &DefaultKeyedRateLimiter<String>, key: &String, budget: Duration) -> Result<Duration, Duration> {
         let clock = DefaultClock::default();
         let mut waited = Duration::ZERO;
@@ -399,6 +472,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn near_a_full_bucket_requests_go_one_at_a_time() {
+        let limits = RateLimits::default();
+        let nine = [("X-Shopify-Shop-Api-Call-Limit".to_string(), "9/10".to_string())];
+        let second = Duration::from_secs(1);
+        {
+            let (_, _alone) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+            assert_eq!(limits.learn("shopify", "acme", None, 200, &nine), None, "9 of 10 keeps the one call reserve");
+        }
+        let (_, probe) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+        let (_, page) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+        assert_eq!(
+            limits.learn("shopify", "acme", None, 200, &nine),
+            Some(Hold::NearlyFull(Duration::from_millis(500))),
+            "another request of the shop is on its way: it takes the reserve"
+        );
+        drop(page);
+        // Nearly full with the probe still on its way: the next request waits for its answer.
+        assert!(limits.acquire("shopify", "acme", None, ANY, Duration::from_millis(50)).await.is_err());
+        assert!(limits.acquire("shopify", "zeta", None, ANY, Duration::ZERO).await.is_ok(), "other shops go on");
+        drop(probe);
+        let (waited, _next) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+        assert!(waited >= Duration::from_millis(400), "then it holds for the drain: {waited:?}");
+    }
+
+    #[tokio::test]
     async fn a_nearly_full_bucket_holds_the_shop_unless_turned_off() {
         let h = vec![("X-Shopify-Shop-Api-Call-Limit".to_string(), "39/40".to_string())];
         // Unconfigured platforms read the header too (at Shopify's standard 2/s).
@@ -482,8 +580,8 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(900), "{took:?}");
         // Other platforms are not limited; other shops have their own bucket.
-        assert_eq!(l.acquire("q", "s", None, ANY, Duration::ZERO).await.unwrap(), Duration::ZERO);
-        assert_eq!(l.acquire("p", "other", None, ANY, Duration::ZERO).await.unwrap(), Duration::ZERO);
+        assert_eq!(l.acquire("q", "s", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+        assert_eq!(l.acquire("p", "other", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
     }
 
     #[tokio::test]
@@ -496,6 +594,6 @@ mod tests {
         l.acquire("p", "a", Some(&a), ANY, Duration::ZERO).await.unwrap();
         let err = l.acquire("p", "b", Some(&b), ANY, Duration::from_millis(100)).await.unwrap_err();
         assert!(err.wait_ms > 100 && err.to_string().contains("rate limit"), "{err}");
-        assert_eq!(l.acquire("p", "c", Some(&c), ANY, Duration::ZERO).await.unwrap(), Duration::ZERO);
+        assert_eq!(l.acquire("p", "c", Some(&c), ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
     }
 }

@@ -206,21 +206,24 @@ impl HostState {
         let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.clone());
         let api_method = services.limits.has_classes(&self.ctx.platform).then(|| api_method(&url, &req)).flatten();
         let endpoint = capabilities::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
-        match services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg.as_deref(), endpoint, budget).await {
-            Ok(waited) if !waited.is_zero() => {
-                crate::metrics::Metrics::get().rate_limit_wait(&self.ctx.platform, waited);
-                tracing::debug!(
-                    connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
-                )
+        // Held until the answer has been learnt from (see RateLimits::acquire).
+        let _on_its_way = match services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg.as_deref(), endpoint, budget).await {
+            Ok((waited, flight)) => {
+                if !waited.is_zero() {
+                    crate::metrics::Metrics::get().rate_limit_wait(&self.ctx.platform, waited);
+                    tracing::debug!(
+                        connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
+                    )
+                }
+                flight
             }
-            Ok(_) => {}
             Err(no_slot) => {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
                 crate::metrics::Metrics::get().http(&self.ctx.platform, "held_back", None);
                 return Err(http::HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
-        }
+        };
         let url = services.standby.route(&self.ctx.platform, url);
         let sent = std::time::Instant::now();
         let result = services.http.send_to(url, req).await;
