@@ -107,6 +107,7 @@ pub enum AlertsError {
 }
 
 /// What the rules read: the host's parts.
+#[derive(Clone)]
 pub struct Sources {
     pub registry: Arc<crate::registry::ConnectorRegistry>,
     pub inbox: crate::inbox::OrderInbox,
@@ -188,19 +189,7 @@ impl Alerts {
             .collect();
         let slots = src.registry.slots();
         for w in windows {
-            let per: BTreeMap<String, _> = slots
-                .iter()
-                .map(|(name, slot)| {
-                    let window = Duration::from_secs(w);
-                    let mut t = slot.current().calls.tally(window);
-                    if let Some(c) = slot.canary() {
-                        let ct = c.version.calls.tally(window);
-                        t.calls += ct.calls;
-                        t.failures += ct.failures;
-                    }
-                    (name.clone(), t)
-                })
-                .collect();
+            let per: BTreeMap<String, _> = slots.iter().map(|(name, slot)| (name.clone(), slot.tally(Duration::from_secs(w)))).collect();
             obs.calls.insert(w, per);
         }
         obs.queues = crate::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
@@ -371,18 +360,8 @@ impl Alerts {
                 _ = shutdown.changed() => return,
             }
             let alerts = self.clone();
-            let obs = match tokio::task::spawn_blocking({
-                let src = Sources {
-                    registry: src.registry.clone(),
-                    inbox: src.inbox.clone(),
-                    stock: src.stock.clone(),
-                    shops: src.shops.clone(),
-                    health: src.health.clone(),
-                };
-                move || alerts.observe(&src)
-            })
-            .await
-            {
+            let sources = src.clone();
+            let obs = match tokio::task::spawn_blocking(move || alerts.observe(&sources)).await {
                 Ok(obs) => obs,
                 Err(e) => {
                     tracing::error!(error = %e, "alert evaluation failed");

@@ -345,11 +345,12 @@ struct HealthView {
 
 async fn health(State(st): State<Arc<ApiState>>) -> Json<HealthView> {
     let cfg = st.health.config();
+    let shops = st.health.shops();
     Json(HealthView {
         window_secs: cfg.window_secs,
         tiers: [crate::config::Tier::A, crate::config::Tier::B, crate::config::Tier::C].into_iter().map(|t| (format!("{t:?}"), cfg.policy(t))).collect(),
-        summary: st.health.summary(),
-        shops: st.health.shops(),
+        summary: st.health.summary(&shops),
+        shops,
     })
 }
 

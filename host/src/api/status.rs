@@ -70,14 +70,7 @@ pub fn status(st: &ApiState) -> StatusView {
         .iter()
         .map(|(name, slot)| {
             let c = slot.current();
-            let window = Duration::from_secs(300);
-            let mut calls = c.calls.tally(window);
-            let canary = slot.canary().map(|k| {
-                let t = k.version.calls.tally(window);
-                calls.calls += t.calls;
-                calls.failures += t.failures;
-                CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() }
-            });
+            let canary = slot.canary().map(|k| CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() });
             ConnectorRow {
                 name: name.clone(),
                 platform: c.manifest.platform.clone(),
@@ -87,17 +80,19 @@ pub fn status(st: &ApiState) -> StatusView {
                 canary,
                 paused: slot.paused(),
                 shops: by_connector.get(name).map_or(0, Vec::len),
-                calls_5m: calls,
+                calls_5m: slot.tally(Duration::from_secs(300)),
             }
         })
         .collect();
     let mut pulls: BTreeMap<String, ShopStatus> = st.shops.statuses().into_iter().map(|s| (s.shop.clone(), s)).collect();
-    let shops = st.health.shops().into_iter().map(|h| ShopRow { pull: pulls.remove(&h.shop), health: h }).collect();
+    let health = st.health.shops();
+    let tiers = st.health.summary(&health);
+    let shops = health.into_iter().map(|h| ShopRow { pull: pulls.remove(&h.shop), health: h }).collect();
     StatusView {
         generated_at_ms: crate::clock::now_ms(),
         source: st.alerts.source().to_string(),
         connectors,
-        tiers: st.health.summary(),
+        tiers,
         shops,
         queues: crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
         firing: st.alerts.firing(),

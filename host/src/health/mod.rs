@@ -340,10 +340,10 @@ impl HealthBook {
         self.shops().into_iter().find(|s| s.shop == shop)
     }
 
-    /// Shops summed per connector and tier.
-    pub fn summary(&self) -> Vec<TierSummary> {
+    /// `shops` (from [`HealthBook::shops`]) summed per connector and tier.
+    pub fn summary(&self, shops: &[ShopHealth]) -> Vec<TierSummary> {
         let mut out: BTreeMap<(String, String), (TierSummary, u64, u64)> = BTreeMap::new();
-        for s in self.shops() {
+        for s in shops {
             let (t, probes, up) = out.entry((s.connector.clone(), format!("{:?}", s.tier))).or_insert_with(|| {
                 (
                     TierSummary {
@@ -382,9 +382,9 @@ impl HealthBook {
 
     /// Set the health gauges in `/metrics` (called at scrape).
     pub fn export(&self) {
-        let m = crate::metrics::Metrics::get();
-        let shops = self.config.shop_labels.then(|| self.shops());
-        m.health(&self.summary(), shops.as_deref(), |t| self.config.policy(t).sla_percent);
+        let shops = self.shops();
+        let labelled = self.config.shop_labels.then_some(shops.as_slice());
+        crate::metrics::Metrics::get().health(&self.summary(&shops), labelled, |t| self.config.policy(t).sla_percent);
     }
 }
 
@@ -422,7 +422,7 @@ mod tests {
         let s = &book.shops()[0];
         assert_eq!((s.availability.probes, s.availability.up), (1000, 999), "history comes back after a restart");
         assert_eq!(s.state, "unknown");
-        let sum = &book.summary()[0];
+        let sum = &book.summary(&book.shops())[0];
         assert_eq!((sum.shops, sum.unknown, sum.below_sla), (1, 1, 0));
     }
 

@@ -48,6 +48,18 @@ impl ConnectorSlot {
         }
     }
 
+    /// Calls and failures over `window` of the versions serving now: the active one
+    /// and a canary candidate.
+    pub fn tally(&self, window: std::time::Duration) -> crate::runtime::call_stats::Tally {
+        let mut t = self.current().calls.tally(window);
+        if let Some(c) = self.canary() {
+            let ct = c.version.calls.tally(window);
+            t.calls += ct.calls;
+            t.failures += ct.failures;
+        }
+        t
+    }
+
     /// The active version.
     pub fn current(&self) -> Arc<LoadedConnector> {
         self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
