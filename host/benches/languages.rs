@@ -3,7 +3,8 @@
 //! `manifest` export, and a realistic `pull-orders` call (one page of 50 orders from the
 //! simulator over loopback HTTP, parsed and mapped).
 //!
-//! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 200).
+//! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 200);
+//! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs.
 //! The components are the ones the test build makes (`cargo test -p berth-tests --no-run`).
 
 use berth_host::config::{Secret, ShopConfig, Tier};
@@ -70,13 +71,15 @@ async fn main() {
             continue;
         };
         // Cold: a scratch host with an empty compile cache.
-        let host = ScratchHost::new().expect("scratch host");
+        let runtime = if std::env::var("METER_FUEL").is_ok_and(|v| v == "0") { "[runtime]\nmeter_fuel = false\n" } else { "" };
+        let host = ScratchHost::with_config(runtime).expect("scratch host");
         let t = Instant::now();
-        let conn = host.runtime.load(name, &path, Some(&[]), &["127.0.0.1".into()]).await.expect("load");
+        let local = ["127.0.0.1".to_string()];
+        let conn = host.runtime.load(name, &path, &host.options(&local)).await.expect("load");
         let cold = t.elapsed();
         // Cached: the same runtime loads it again from its cache directory.
         let t = Instant::now();
-        drop(host.runtime.load(name, &path, Some(&[]), &["127.0.0.1".into()]).await.expect("cached load"));
+        drop(host.runtime.load(name, &path, &host.options(&local)).await.expect("cached load"));
         let cached = t.elapsed();
         host.unlimited(&conn.manifest.platform);
 

@@ -81,14 +81,71 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u32,
     /// Instances alive at once across all connectors (pooling allocator slots).
     pub max_instances: u32,
-    /// Fuel (roughly, WebAssembly instructions) one call may burn before it traps
-    /// (`out_of_fuel`); no limit when absent. Fuel used is exported either way.
+    /// Count fuel (about one unit per WebAssembly instruction) on every call and export
+    /// it. Costs CPU in guest code (10–35% in the languages bench) and compile time;
+    /// off, `fuel_per_call` cannot be set.
+    pub meter_fuel: bool,
+    /// Fuel one call may burn before it traps (`out_of_fuel`); no limit when absent.
     pub fuel_per_call: Option<u64>,
+    /// Calls of one connector version running at once; more wait their turn within
+    /// their deadline.
+    pub max_concurrent_calls: u32,
+    /// Log output one call may write (the log import and stdout/stderr together); the
+    /// rest is dropped and counted.
+    pub max_log_bytes_per_call: u64,
+    /// Orders (or webhook events) one call may return.
+    pub max_orders_per_page: u32,
+    /// Bytes of orders one call may return.
+    pub max_output_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { call_timeout_ms: 30_000, max_memory_mb: 64, max_instances: 64, fuel_per_call: None }
+        RuntimeConfig {
+            call_timeout_ms: 30_000,
+            max_memory_mb: 64,
+            max_instances: 64,
+            meter_fuel: true,
+            fuel_per_call: None,
+            max_concurrent_calls: 32,
+            max_log_bytes_per_call: 64 * 1024,
+            max_orders_per_page: 1000,
+            max_output_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[connectors.X.limits]`: this connector's own limits; `[runtime]`'s where absent.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub call_timeout_ms: Option<u64>,
+    /// At most `runtime.max_memory_mb` (the engine's pool is sized by it).
+    pub max_memory_mb: Option<u32>,
+    pub fuel_per_call: Option<u64>,
+    pub max_concurrent_calls: Option<u32>,
+    pub max_log_bytes_per_call: Option<u64>,
+    pub max_orders_per_page: Option<u32>,
+    pub max_output_bytes: Option<u64>,
+}
+
+impl LimitOverrides {
+    fn check(&self, rt: &RuntimeConfig) -> Result<(), String> {
+        let zero = [
+            ("call_timeout_ms", self.call_timeout_ms == Some(0)),
+            ("max_memory_mb", self.max_memory_mb == Some(0)),
+            ("fuel_per_call", self.fuel_per_call == Some(0)),
+            ("max_concurrent_calls", self.max_concurrent_calls == Some(0)),
+            ("max_orders_per_page", self.max_orders_per_page == Some(0)),
+            ("max_output_bytes", self.max_output_bytes == Some(0)),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if let Some(mb) = self.max_memory_mb.filter(|mb| *mb > rt.max_memory_mb) {
+            return Err(format!("max_memory_mb {mb} is above runtime.max_memory_mb ({}), which sizes the engine's memory pool; raise that too", rt.max_memory_mb));
+        }
+        Ok(())
     }
 }
 
@@ -377,6 +434,9 @@ pub struct ConnectorConfig {
     /// Hosts granted beyond the manifest's own list (e.g. a simulator's address).
     #[serde(default)]
     pub extra_hosts: Vec<String>,
+    /// This connector's limits where they differ from `[runtime]`.
+    #[serde(default)]
+    pub limits: LimitOverrides,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -516,6 +576,19 @@ impl Config {
         }
         if cfg.runtime.fuel_per_call == Some(0) {
             return Err(invalid("runtime.fuel_per_call must be at least 1 (leave it out for no limit)".into()));
+        }
+        let rt = &cfg.runtime;
+        if rt.max_concurrent_calls == 0 || rt.max_orders_per_page == 0 || rt.max_output_bytes == 0 {
+            return Err(invalid("runtime.max_concurrent_calls, max_orders_per_page and max_output_bytes must be at least 1".into()));
+        }
+        for (name, c) in &cfg.connectors {
+            c.limits.check(rt).map_err(|e| invalid(format!("connectors.{name}.limits: {e}")))?;
+            if !rt.meter_fuel && c.limits.fuel_per_call.is_some() {
+                return Err(invalid(format!("connectors.{name}.limits.fuel_per_call needs runtime.meter_fuel = true")));
+            }
+        }
+        if !rt.meter_fuel && rt.fuel_per_call.is_some() {
+            return Err(invalid("runtime.fuel_per_call needs runtime.meter_fuel = true".into()));
         }
         if cfg.runtime.max_instances == 0 || cfg.runtime.max_memory_mb == 0 {
             return Err(invalid("runtime.max_instances and runtime.max_memory_mb must be positive".into()));
@@ -687,6 +760,19 @@ mod tests {
         assert!(err.contains("connector `nope`, which is not defined"), "{err}");
         let err = parse("[connectors.Bad]\ncomponent = \"x.wasm\"\n").unwrap_err().to_string();
         assert!(err.contains("connector name `Bad`"), "{err}");
+    }
+
+    #[test]
+    fn connector_limits_are_checked() {
+        let c = "[connectors.s]\ncomponent = \"s.wasm\"\n[connectors.s.limits]\n";
+        let err = parse(&format!("{c}max_concurrent_calls = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("connectors.s.limits: max_concurrent_calls must be at least 1"), "{err}");
+        let err = parse(&format!("{c}max_memroy_mb = 8\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `max_memroy_mb`"), "{err}");
+        let ok = parse(&format!("{c}max_memory_mb = 8\ncall_timeout_ms = 500\n")).unwrap();
+        assert_eq!(ok.connectors["s"].limits.max_memory_mb, Some(8));
+        let err = parse(&format!("[runtime]\nmeter_fuel = false\n{c}fuel_per_call = 9\n")).unwrap_err().to_string();
+        assert!(err.contains("connectors.s.limits.fuel_per_call needs runtime.meter_fuel = true"), "{err}");
     }
 
     #[test]

@@ -109,6 +109,11 @@ pub struct ReceiverLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     pub connector: String,
     /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`.
@@ -154,6 +159,7 @@ pub struct Metrics {
     pub guest_gauges: Family<GuestLabels, Gauge<f64, AtomicU64>>,
     pub guest_histograms: HistogramFamily<GuestLabels>,
     pub guest_dropped: Family<DroppedLabels, Counter>,
+    pub log_dropped_bytes: Family<LogLabels, Counter>,
     pub probes: Family<ProbeLabels, Counter>,
     pub shops: Family<ShopStateLabels, Gauge>,
     pub availability: Family<TierLabels, Gauge<f64, AtomicU64>>,
@@ -232,6 +238,8 @@ impl Metrics {
         registry.register("connector_metric_observations", "Histograms connectors report through the metrics import", guest_histograms.clone());
         let guest_dropped = Family::<DroppedLabels, Counter>::default();
         registry.register("connector_metric_dropped", "Guest metric updates refused for their name, labels, value or series count", guest_dropped.clone());
+        let log_dropped_bytes = Family::<LogLabels, Counter>::default();
+        registry.register("connector_log_dropped_bytes", "Guest log output dropped past max_log_bytes_per_call", log_dropped_bytes.clone());
         let probes = Family::<ProbeLabels, Counter>::default();
         registry.register("probes", "Health probes (the connector's check) by how they ended", probes.clone());
         let shops = Family::<ShopStateLabels, Gauge>::default();
@@ -276,6 +284,7 @@ impl Metrics {
             guest_gauges,
             guest_histograms,
             guest_dropped,
+            log_dropped_bytes,
             guest_series: Default::default(),
         }
     }
@@ -371,10 +380,12 @@ impl Metrics {
     }
 
     /// What one call's instance used: the memory it grew to, the fuel it burned.
-    pub fn usage(&self, connector: &str, version: &str, peak_memory: usize, fuel: u64) {
+    pub fn usage(&self, connector: &str, version: &str, peak_memory: usize, fuel: Option<u64>) {
         let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
         self.instance_memory_bytes.get_or_create(&labels).observe(peak_memory as f64);
-        self.fuel_used.get_or_create(&labels).observe(fuel as f64);
+        if let Some(fuel) = fuel {
+            self.fuel_used.get_or_create(&labels).observe(fuel as f64);
+        }
     }
 
     pub fn probe(&self, connector: &str, tier: &str, outcome: &str) {
@@ -412,6 +423,10 @@ impl Metrics {
                 self.shop_availability.get_or_create(&labels).set(r);
             }
         }
+    }
+
+    pub fn log_dropped(&self, connector: &str, bytes: usize) {
+        self.log_dropped_bytes.get_or_create(&LogLabels { connector: connector.to_string() }).inc_by(bytes as u64);
     }
 
     pub fn alert_notification(&self, receiver: &str, result: &str) {

@@ -57,7 +57,8 @@ impl ErrorKind {
     pub fn of_call(e: &CallError) -> ErrorKind {
         match e {
             CallError::Timeout { .. } => ErrorKind::Timeout,
-            CallError::Trap { .. } | CallError::OutOfFuel { .. } => ErrorKind::Trap,
+            CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. } => ErrorKind::Trap,
+            CallError::Busy { .. } => ErrorKind::Timeout,
             CallError::Instantiate(_) => ErrorKind::Trap,
         }
     }

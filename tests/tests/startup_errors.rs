@@ -66,10 +66,15 @@ fn a_missing_component_file_is_named() {
 #[test]
 fn a_fuel_limit_too_small_for_the_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("[runtime]\nfuel_per_call = 1000\n{}", shop_config(plugins::SHOPIFY, ""));
+    // The connector's own limit, under its section.
+    let config = shop_config(plugins::SHOPIFY, "").replace("[shops.acme]", "[connectors.shopify.limits]\nfuel_per_call = 1000\n[shops.acme]");
     let (code, err) = serve(dir.path(), &config);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("manifest used up its fuel (1000, runtime.fuel_per_call)"), "{err}");
+    assert!(err.contains("manifest used up its fuel (1000, fuel_per_call)"), "{err}");
+    let too_big = shop_config(plugins::SHOPIFY, "").replace("[shops.acme]", "[connectors.shopify.limits]\nmax_memory_mb = 512\n[shops.acme]");
+    let (code, err) = serve(dir.path(), &too_big);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("connectors.shopify.limits: max_memory_mb 512 is above runtime.max_memory_mb (64)"), "{err}");
 }
 
 #[test]

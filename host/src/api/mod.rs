@@ -32,6 +32,8 @@ pub struct ConnectorInfo {
     pub allowed_hosts: Vec<String>,
     /// Outbound requests refused by policy (host not granted, non-public address).
     pub http_refusals: u64,
+    /// What each call of the active version may use.
+    pub limits: crate::runtime::limits::ConnectorLimits,
 }
 
 pub struct ApiState {
@@ -386,6 +388,7 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
                     digest: c.digest.clone(),
                     allowed_hosts: c.manifest.allowed_hosts.clone(),
                     http_refusals: st.services.http.refusals(name),
+                    limits: c.limits,
                 }
             })
             .collect(),

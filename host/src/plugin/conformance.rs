@@ -112,7 +112,9 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     };
     // Only the simulator's host is granted: the manifest's own hosts are not, so a
     // request anywhere else is refused and shows up in the hosts check.
-    let connector = match host.runtime.load("conformance", path, Some(&[]), &["127.0.0.1".to_string()]).await {
+    let local = ["127.0.0.1".to_string()];
+    let options = host.options(&local);
+    let connector = match host.runtime.load("conformance", path, &options).await {
         Ok(c) => c,
         Err(e) => {
             report.checks.push(Check { name: "loads", outcome: Outcome::Fail, detail: e.to_string() });

@@ -42,15 +42,25 @@ pub struct ScratchHost {
 impl ScratchHost {
     /// Private addresses are allowed: the simulator runs on loopback.
     pub fn new() -> Result<ScratchHost, PluginError> {
+        Self::with_config("")
+    }
+
+    /// A scratch host with more berth.toml sections (e.g. `[runtime]` for a benchmark).
+    pub fn with_config(extra: &str) -> Result<ScratchHost, PluginError> {
         let scratch = |e: &dyn std::fmt::Display| PluginError::Scratch(e.to_string());
         let dir = tempfile::tempdir().map_err(|e| scratch(&e))?;
-        let text = format!("[server]\ndata_dir = {:?}\n[http]\nallow_private_addresses = true\n", dir.path().display().to_string());
+        let text = format!("[server]\ndata_dir = {:?}\n[http]\nallow_private_addresses = true\n{extra}", dir.path().display().to_string());
         let cfg = Config::parse(&text, Path::new("<scratch host>")).map_err(|e| scratch(&e))?;
         let db = sled::Config::new().path(dir.path().join("db")).open().map_err(|e| scratch(&e))?;
         let kv = KvStore::new(db.open_tree("connector_kv").map_err(|e| scratch(&e))?);
         let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _db: db, _dir: dir })
+    }
+
+    /// Load options granting no manifest host, only `extra_hosts`, with default limits.
+    pub fn options<'a>(&self, extra_hosts: &'a [String]) -> crate::runtime::LoadOptions<'a> {
+        crate::runtime::LoadOptions { grants: Some(&[]), extra_hosts, limits: self.runtime.limits(&Default::default()) }
     }
 
     /// No host-side limit for `platform`: what the suite sees is the platform's own
@@ -75,7 +85,8 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
     let host = ScratchHost::new()?;
     let shape = host.runtime.shape(path, &bytes).await?;
-    let loaded = host.runtime.load_bytes("inspect", path, &bytes, None, &[]).await.map(|c: LoadedConnector| c.manifest);
+    let options = crate::runtime::LoadOptions { grants: None, extra_hosts: &[], limits: host.runtime.limits(&Default::default()) };
+    let loaded = host.runtime.load_bytes("inspect", path, &bytes, &options).await.map(|c: LoadedConnector| c.manifest);
     Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: crate::runtime::digest(&bytes), shape, loaded })
 }
 

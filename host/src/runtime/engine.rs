@@ -20,8 +20,8 @@ impl ConnectorEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        // Fuel is always metered (exported per call); `fuel_per_call` only sets a limit.
-        config.consume_fuel(true);
+        // Metered fuel is exported per call; `fuel_per_call` sets a limit on it.
+        config.consume_fuel(cfg.meter_fuel);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(cfg.max_instances);
         pool.total_core_instances(cfg.max_instances * 8);

@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod call_stats;
 mod compat_v0_1;
 pub mod engine;
+pub mod limits;
 pub mod state;
 pub mod tape;
 
@@ -53,8 +54,12 @@ pub enum CallError {
     Timeout { call: &'static str, deadline_ms: u64 },
     #[error("{call} trapped: {message}; the instance was discarded")]
     Trap { call: &'static str, message: String },
-    #[error("{call} used up its fuel ({fuel}, runtime.fuel_per_call); the instance was discarded")]
+    #[error("{call} used up its fuel ({fuel}, fuel_per_call); the instance was discarded")]
     OutOfFuel { call: &'static str, fuel: u64 },
+    #[error("{call} found {running} calls of this connector running (max_concurrent_calls) until its deadline")]
+    Busy { call: &'static str, running: usize },
+    #[error("{call} broke the connector's limits: {why}; the answer was dropped")]
+    OutputTooLarge { call: &'static str, why: String },
     #[error("cannot instantiate the connector: {0}")]
     Instantiate(String),
 }
@@ -63,7 +68,8 @@ pub enum CallError {
 #[derive(Clone, Copy, Debug)]
 struct Usage {
     peak_memory: usize,
-    fuel: u64,
+    /// None when fuel is not metered.
+    fuel: Option<u64>,
 }
 
 /// Shared by every loaded connector.
@@ -72,10 +78,16 @@ pub struct ConnectorRuntime {
     linker: Linker<HostState>,
     services: Arc<HostServices>,
     cache_dir: PathBuf,
-    call_timeout: Duration,
-    max_memory_bytes: usize,
-    /// Fuel each call starts with (`u64::MAX` without a limit: metered, never out).
-    fuel_per_call: u64,
+    /// `[runtime]`: every connector's limits where its own section says nothing.
+    defaults: RuntimeConfig,
+}
+
+/// How ops let a connector run: the manifest hosts they grant (all when `None`), hosts
+/// beyond the manifest, and its limits.
+pub struct LoadOptions<'a> {
+    pub grants: Option<&'a [String]>,
+    pub extra_hosts: &'a [String],
+    pub limits: limits::ConnectorLimits,
 }
 
 /// One connector version, ready to instantiate.
@@ -89,6 +101,9 @@ pub struct LoadedConnector {
     runtime: Arc<ConnectorRuntime>,
     /// How this version's calls ended lately (canary checks read it).
     pub calls: call_stats::CallStats,
+    pub limits: limits::ConnectorLimits,
+    /// One permit per call that may run at once.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnectorRuntime {
@@ -107,9 +122,7 @@ impl ConnectorRuntime {
             linker,
             services,
             cache_dir,
-            call_timeout: Duration::from_millis(cfg.call_timeout_ms),
-            max_memory_bytes: cfg.max_memory_mb as usize * 1024 * 1024,
-            fuel_per_call: cfg.fuel_per_call.unwrap_or(u64::MAX),
+            defaults: cfg.clone(),
         }))
     }
 
@@ -157,15 +170,19 @@ impl ConnectorRuntime {
     }
 
     /// Load a connector component from a file (see [`ConnectorRuntime::load_bytes`]).
-    pub async fn load(
-        self: &Arc<Self>,
-        name: &str,
-        path: &Path,
-        grants: Option<&[String]>,
-        extra_hosts: &[String],
-    ) -> Result<LoadedConnector, LoadError> {
+    pub async fn load(self: &Arc<Self>, name: &str, path: &Path, options: &LoadOptions<'_>) -> Result<LoadedConnector, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-        self.load_bytes(name, path, &bytes, grants, extra_hosts).await
+        self.load_bytes(name, path, &bytes, options).await
+    }
+
+    /// The limits of a connector with `overrides` (`[connectors.X.limits]`).
+    pub fn limits(&self, overrides: &crate::config::LimitOverrides) -> limits::ConnectorLimits {
+        limits::ConnectorLimits::resolve(&self.defaults, overrides)
+    }
+
+    /// How a connector configured as `c` is loaded.
+    pub fn options<'a>(&self, c: &'a crate::config::ConnectorConfig) -> LoadOptions<'a> {
+        LoadOptions { grants: c.grant_hosts.as_deref(), extra_hosts: &c.extra_hosts, limits: self.limits(&c.limits) }
     }
 
     /// Load a connector component: compile (or reuse the cache), check it against the
@@ -177,9 +194,9 @@ impl ConnectorRuntime {
         name: &str,
         origin: &Path,
         bytes: &[u8],
-        grants: Option<&[String]>,
-        extra_hosts: &[String],
+        options: &LoadOptions<'_>,
     ) -> Result<LoadedConnector, LoadError> {
+        let (grants, extra_hosts) = (options.grants, options.extra_hosts);
         let path = origin;
         let digest = digest(bytes);
         let component = self.compile(path, bytes, &digest).await?;
@@ -196,6 +213,8 @@ impl ConnectorRuntime {
             allow: Arc::new(HostAllowlist::default()),
             runtime: self.clone(),
             calls: Default::default(),
+            limits: options.limits,
+            turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
         };
         let manifest = loaded
             .manifest_call()
@@ -291,11 +310,22 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
         CallError::Timeout { .. } => "timeout",
         CallError::Trap { .. } => "trap",
         CallError::OutOfFuel { .. } => "out_of_fuel",
+        CallError::Busy { .. } => "busy",
+        CallError::OutputTooLarge { .. } => "too_large",
         CallError::Instantiate(_) => "instantiate",
     }
 }
 
 impl Output {
+    /// Whether the answer keeps to the connector's output limits (see limits.rs).
+    fn within(&self, l: &limits::ConnectorLimits) -> Result<(), String> {
+        match self {
+            Output::Pull(Ok(page)) => limits::check_orders(&page.orders, l),
+            Output::Webhook(Ok(events)) => limits::check_events(events, l),
+            _ => Ok(()),
+        }
+    }
+
     /// The `outcome` metric label: `ok` or the error's case.
     fn outcome(&self) -> &'static str {
         let err = match self {
@@ -398,23 +428,34 @@ impl LoadedConnector {
         &self.version
     }
 
+    /// A fresh instance under this connector's limits, once it is this call's turn.
     async fn instance(
         &self,
+        call: &'static str,
         shop: Option<(String, Arc<ShopConfig>)>,
     ) -> Result<(Store<HostState>, Connector), CallError> {
         let rt = &self.runtime;
+        let l = &self.limits;
+        let deadline = std::time::Instant::now() + l.call_timeout;
+        let turn = match tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
+        };
         let ctx = CallContext {
             connector: self.name.clone(),
             version: self.version.clone(),
             shop,
             allow: self.allow.clone(),
             platform: self.manifest.platform.as_str().into(),
-            deadline: std::time::Instant::now() + rt.call_timeout,
+            deadline,
         };
-        let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), rt.max_memory_bytes));
+        let log = limits::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call);
+        let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), l.max_memory_bytes, log, turn));
         store.limiter(|s| s.limiter());
-        store.set_epoch_deadline(ConnectorEngine::ticks_for(rt.call_timeout));
-        store.set_fuel(rt.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
+        store.set_epoch_deadline(ConnectorEngine::ticks_for(deadline.saturating_duration_since(std::time::Instant::now())));
+        if rt.defaults.meter_fuel {
+            store.set_fuel(l.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
+        }
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -430,7 +471,7 @@ impl LoadedConnector {
         call: &'static str,
         fut: impl std::future::Future<Output = wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
-        let deadline = self.runtime.call_timeout;
+        let deadline = self.limits.call_timeout;
         // The epoch deadline stops guest code; this stops a host import that hangs.
         match tokio::time::timeout(deadline + Duration::from_millis(100), fut).await {
             Err(_) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
@@ -438,7 +479,7 @@ impl LoadedConnector {
             Ok(Err(e)) => {
                 match e.downcast_ref::<wasmtime::Trap>() {
                     Some(wasmtime::Trap::Interrupt) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
-                    Some(wasmtime::Trap::OutOfFuel) => Err(CallError::OutOfFuel { call, fuel: self.runtime.fuel_per_call }),
+                    Some(wasmtime::Trap::OutOfFuel) => Err(CallError::OutOfFuel { call, fuel: self.limits.fuel_per_call }),
                     _ => Err(CallError::Trap { call, message: state::bounded(&format!("{e:?}"), 2048).to_string() }),
                 }
             }
@@ -448,7 +489,7 @@ impl LoadedConnector {
     /// A fresh instance and its `manifest` export: the cheapest whole call there is.
     pub async fn manifest_call(&self) -> Result<Manifest, CallError> {
         let started = std::time::Instant::now();
-        let (mut store, inst) = self.instance(None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
+        let (mut store, inst) = self.instance("manifest", None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
         let r = self.finish("manifest", inst.call_manifest(&mut store)).await;
         let outcome = r.as_ref().map_or_else(call_error_outcome, |_| "ok");
         self.observe("manifest", outcome, started, Some(self.usage(&store)));
@@ -458,7 +499,7 @@ impl LoadedConnector {
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
         let started = std::time::Instant::now();
         let (mut store, inst) = self
-            .instance(Some((shop.to_string(), cfg)))
+            .instance("check", Some((shop.to_string(), cfg)))
             .await
             .inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
         let r = self.finish("check", inst.call_check(&mut store, shop)).await;
@@ -482,8 +523,8 @@ impl LoadedConnector {
 
     /// What an instance used: the memory it grew to and the fuel it burned.
     fn usage(&self, store: &Store<HostState>) -> Usage {
-        let left = store.get_fuel().unwrap_or(0);
-        Usage { peak_memory: store.data().peak_memory(), fuel: self.runtime.fuel_per_call.saturating_sub(left) }
+        let fuel = store.get_fuel().ok().map(|left| self.limits.fuel_per_call.saturating_sub(left));
+        Usage { peak_memory: store.data().peak_memory(), fuel }
     }
 
     /// Run one export with `tape` (recording, replaying or off) and hand the tape back.
@@ -491,7 +532,7 @@ impl LoadedConnector {
     /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
     pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
         let started = std::time::Instant::now();
-        let (mut store, inst) = match self.instance(Some((shop.to_string(), cfg))).await {
+        let (mut store, inst) = match self.instance(call.name(), Some((shop.to_string(), cfg))).await {
             Ok(x) => x,
             Err(e) => {
                 self.observe(call.name(), call_error_outcome(&e), started, None);
@@ -510,6 +551,10 @@ impl LoadedConnector {
                 .map(|r| Output::Push(held_back_as_throttle(r, store.data().held_back()))),
             Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
         };
+        let out = out.and_then(|o| match o.within(&self.limits) {
+            Ok(()) => Ok(o),
+            Err(why) => Err(CallError::OutputTooLarge { call: call.name(), why }),
+        });
         let tape = std::mem::take(&mut store.data_mut().tape);
         let outcome = out.as_ref().map_or_else(call_error_outcome, Output::outcome);
         self.observe(call.name(), outcome, started, Some(self.usage(&store)));

@@ -67,15 +67,26 @@ pub struct HostState {
     held_back: Option<std::time::Duration>,
     /// Recording for, or replaying to, a shadow run (see tape.rs).
     pub(crate) tape: super::tape::Tape,
+    /// What this call may still log (shared with stdout/stderr).
+    log: super::limits::LogBudget,
+    /// This call's turn among the connector's concurrent calls, given back with the store.
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl HostState {
-    pub fn new(ctx: CallContext, services: Arc<HostServices>, max_memory_bytes: usize) -> Self {
+    pub fn new(
+        ctx: CallContext,
+        services: Arc<HostServices>,
+        max_memory_bytes: usize,
+        log: super::limits::LogBudget,
+        turn: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         let shop = ctx.shop.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
         let out = |stream: &'static str| GuestOutput {
             connector: ctx.connector.clone(),
             shop: shop.clone(),
             stream,
+            budget: log.clone(),
         };
         // No preopened dirs, no env, no args, no sockets, no name lookup.
         let wasi = WasiCtx::builder()
@@ -96,6 +107,8 @@ impl HostState {
             services,
             held_back: None,
             tape: super::tape::Tape::Off,
+            log,
+            _turn: turn,
         }
     }
 
@@ -331,6 +344,9 @@ impl config::Host for HostState {
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
         let msg = bounded(&message, MAX_LOG_BYTES);
+        if !self.log.take(msg.len()) {
+            return;
+        }
         let (c, v, s) = (&*self.ctx.connector, &*self.ctx.version, self.shop_name());
         match level {
             log::Level::Trace => tracing::trace!(connector = c, version = v, shop = s, "guest: {msg}"),
@@ -395,6 +411,7 @@ struct GuestOutput {
     connector: Arc<str>,
     shop: String,
     stream: &'static str,
+    budget: super::limits::LogBudget,
 }
 
 impl IsTerminal for GuestOutput {
@@ -420,7 +437,7 @@ impl tokio::io::AsyncWrite for GuestWriter {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let text = String::from_utf8_lossy(&buf[..buf.len().min(MAX_LOG_BYTES)]);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        for line in text.lines().filter(|l| !l.trim().is_empty() && self.out.budget.take(l.len())) {
             tracing::info!(connector = %self.out.connector, shop = %self.out.shop, stream = self.out.stream, "guest: {line}");
         }
         std::task::Poll::Ready(Ok(buf.len()))

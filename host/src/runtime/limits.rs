@@ -1,0 +1,126 @@
+//! What one connector may use per call: `[runtime]` sets the defaults, each
+//! `[connectors.X.limits]` may tighten (or, within the engine's pool, widen) them.
+//! Enforced per call: wall-clock deadline (epoch interruption), linear memory (the
+//! store's limiter), fuel, turns (calls of one loaded version running at once), log
+//! volume (the log import and stdout/stderr together) and output (orders per page,
+//! bytes returned).
+
+use crate::config::{LimitOverrides, RuntimeConfig};
+use crate::runtime::bindings::berth::connector::types::{Event, Order};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectorLimits {
+    #[serde(serialize_with = "millis")]
+    pub call_timeout: Duration,
+    pub max_memory_bytes: usize,
+    /// `u64::MAX`: metered, no limit.
+    pub fuel_per_call: u64,
+    pub max_concurrent_calls: usize,
+    pub max_log_bytes_per_call: usize,
+    pub max_orders_per_page: usize,
+    pub max_output_bytes: usize,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl ConnectorLimits {
+    pub fn resolve(rt: &RuntimeConfig, o: &LimitOverrides) -> ConnectorLimits {
+        ConnectorLimits {
+            call_timeout: Duration::from_millis(o.call_timeout_ms.unwrap_or(rt.call_timeout_ms)),
+            max_memory_bytes: o.max_memory_mb.unwrap_or(rt.max_memory_mb) as usize * 1024 * 1024,
+            fuel_per_call: o.fuel_per_call.or(rt.fuel_per_call).unwrap_or(u64::MAX),
+            max_concurrent_calls: o.max_concurrent_calls.unwrap_or(rt.max_concurrent_calls) as usize,
+            max_log_bytes_per_call: o.max_log_bytes_per_call.unwrap_or(rt.max_log_bytes_per_call) as usize,
+            max_orders_per_page: o.max_orders_per_page.unwrap_or(rt.max_orders_per_page) as usize,
+            max_output_bytes: o.max_output_bytes.unwrap_or(rt.max_output_bytes) as usize,
+        }
+    }
+}
+
+/// A call's log allowance, shared by the `log` import and the guest's stdout/stderr.
+/// Past it, output is dropped and counted; one line says so.
+#[derive(Clone)]
+pub struct LogBudget {
+    left: Arc<AtomicUsize>,
+    told: Arc<AtomicBool>,
+    connector: Arc<str>,
+}
+
+impl LogBudget {
+    pub fn new(connector: Arc<str>, bytes: usize) -> LogBudget {
+        LogBudget { left: Arc::new(AtomicUsize::new(bytes)), told: Arc::new(AtomicBool::new(false)), connector }
+    }
+
+    /// Whether `n` more bytes may be logged; when not, they are counted as dropped.
+    pub fn take(&self, n: usize) -> bool {
+        let ok = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
+        if !ok {
+            crate::metrics::Metrics::get().log_dropped(&self.connector, n);
+            if !self.told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(connector = %self.connector, "the connector's log output for this call passed max_log_bytes_per_call; the rest is dropped");
+            }
+        }
+        ok
+    }
+}
+
+/// About how many bytes an order takes once the host holds it.
+pub fn order_bytes(o: &Order) -> usize {
+    let lines: usize = o.lines.iter().map(|l| 48 + l.line_id.len() + l.sku.len() + l.title.len()).sum();
+    96 + o.order_id.len() + o.platform_status.len() + o.currency.len() + o.raw_json.len() + o.buyer_name_masked.len() + o.buyer_phone_masked.len() + lines
+}
+
+/// Check a page of orders against the limits: why it is refused, if it is.
+pub fn check_orders(orders: &[Order], limits: &ConnectorLimits) -> Result<(), String> {
+    if orders.len() > limits.max_orders_per_page {
+        return Err(format!("returned {} orders in one page, more than max_orders_per_page ({})", orders.len(), limits.max_orders_per_page));
+    }
+    let bytes: usize = orders.iter().map(order_bytes).sum();
+    if bytes > limits.max_output_bytes {
+        return Err(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes));
+    }
+    Ok(())
+}
+
+/// Check webhook events the same way (orders in them count against the page limits).
+pub fn check_events(events: &[Event], limits: &ConnectorLimits) -> Result<(), String> {
+    let orders: Vec<&Order> = events.iter().filter_map(|e| if let Event::OrderUpserted(o) = e { Some(o) } else { None }).collect();
+    if events.len() > limits.max_orders_per_page {
+        return Err(format!("returned {} events, more than max_orders_per_page ({})", events.len(), limits.max_orders_per_page));
+    }
+    let bytes: usize = orders.iter().map(|o| order_bytes(o)).sum::<usize>() + 64 * events.len();
+    if bytes > limits.max_output_bytes {
+        return Err(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_and_the_rest_comes_from_runtime() {
+        let rt = RuntimeConfig::default();
+        let o = LimitOverrides { max_memory_mb: Some(16), fuel_per_call: Some(1_000_000), ..LimitOverrides::default() };
+        let l = ConnectorLimits::resolve(&rt, &o);
+        assert_eq!((l.max_memory_bytes, l.fuel_per_call), (16 << 20, 1_000_000));
+        assert_eq!(l.call_timeout, Duration::from_millis(rt.call_timeout_ms));
+        assert_eq!(ConnectorLimits::resolve(&rt, &LimitOverrides::default()).fuel_per_call, u64::MAX);
+    }
+
+    #[test]
+    fn log_budget_is_shared_and_stops_at_the_limit() {
+        let b = LogBudget::new("c".into(), 10);
+        let stdout = b.clone();
+        assert!(b.take(6));
+        assert!(!stdout.take(6), "the clone spends the same budget");
+        assert!(stdout.take(4));
+        assert!(!b.take(1));
+    }
+}
