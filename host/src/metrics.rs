@@ -116,7 +116,7 @@ pub struct LogLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     pub connector: String,
-    /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`.
+    /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`, `secret`.
     pub reason: String,
 }
 
@@ -333,11 +333,16 @@ impl Metrics {
                 Ok(())
             }
             Err(reason) => {
-                let labels = DroppedLabels { connector: connector.to_string(), reason: reason.to_string() };
-                self.guest_dropped.get_or_create(&labels).inc();
+                self.guest_refused(connector, reason);
                 Err(reason)
             }
         }
+    }
+
+    /// Count a guest metric update that was not taken.
+    pub fn guest_refused(&self, connector: &str, reason: &'static str) {
+        let labels = DroppedLabels { connector: connector.to_string(), reason: reason.to_string() };
+        self.guest_dropped.get_or_create(&labels).inc();
     }
 
     /// The process's metrics.

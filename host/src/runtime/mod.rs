@@ -7,6 +7,7 @@ pub mod call_stats;
 mod compat_v0_1;
 pub mod engine;
 pub mod limits;
+pub mod redact;
 pub mod state;
 pub mod tape;
 
@@ -441,7 +442,9 @@ impl LoadedConnector {
             Ok(Ok(permit)) => permit,
             _ => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
         };
+        let redact = redact::Redactor::for_shop(shop.as_ref().map(|(_, c)| &**c));
         let ctx = CallContext {
+            redact,
             connector: self.name.clone(),
             version: self.version.clone(),
             shop,
@@ -502,7 +505,8 @@ impl LoadedConnector {
             .instance("check", Some((shop.to_string(), cfg)))
             .await
             .inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
-        let r = self.finish("check", inst.call_check(&mut store, shop)).await;
+        let mut r = self.finish("check", inst.call_check(&mut store, shop)).await;
+        store.data().redactor().health(&mut r);
         let outcome = match &r {
             Ok(Ok(_)) => "ok",
             Ok(Err(e)) => error_outcome(e),
@@ -551,6 +555,8 @@ impl LoadedConnector {
                 .map(|r| Output::Push(held_back_as_throttle(r, store.data().held_back()))),
             Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
         };
+        let mut out = out;
+        store.data().redactor().output(&mut out);
         let out = out.and_then(|o| match o.within(&self.limits) {
             Ok(()) => Ok(o),
             Err(why) => Err(CallError::OutputTooLarge { call: call.name(), why }),

@@ -54,6 +54,8 @@ pub struct CallContext {
     pub platform: Arc<str>,
     /// When this call's deadline passes; outbound waits stay well inside it.
     pub deadline: std::time::Instant,
+    /// The shop's secret values, kept out of what the guest writes.
+    pub redact: super::redact::Redactor,
 }
 
 pub struct HostState {
@@ -87,6 +89,7 @@ impl HostState {
             shop: shop.clone(),
             stream,
             budget: log.clone(),
+            redact: ctx.redact.clone(),
         };
         // No preopened dirs, no env, no args, no sockets, no name lookup.
         let wasi = WasiCtx::builder()
@@ -110,6 +113,11 @@ impl HostState {
             log,
             _turn: turn,
         }
+    }
+
+    /// The calling shop's secrets, for scrubbing what the guest hands back.
+    pub fn redactor(&self) -> &super::redact::Redactor {
+        &self.ctx.redact
     }
 
     /// Whether (and for how long) the rate limiter held a request of this call back.
@@ -347,6 +355,7 @@ impl log::Host for HostState {
         if !self.log.take(msg.len()) {
             return;
         }
+        let msg = self.ctx.redact.text(msg);
         let (c, v, s) = (&*self.ctx.connector, &*self.ctx.version, self.shop_name());
         match level {
             log::Level::Trace => tracing::trace!(connector = c, version = v, shop = s, "guest: {msg}"),
@@ -373,6 +382,12 @@ impl metrics::Host for HostState {
 
 impl HostState {
     fn guest_metric(&self, kind: crate::metrics::GuestKind, name: &str, labels: &[(String, String)], value: f64) {
+        let secret = |s: &str| matches!(self.ctx.redact.text(s), std::borrow::Cow::Owned(_));
+        if secret(name) || labels.iter().any(|(k, v)| secret(k) || secret(v)) {
+            // Not even redacted: a series named after a secret says where it is.
+            crate::metrics::Metrics::get().guest_refused(&self.ctx.connector, "secret");
+            return;
+        }
         if let Err(reason) = crate::metrics::Metrics::get().guest(&self.ctx.connector, kind, name, labels, value) {
             tracing::debug!(connector = %self.ctx.connector, metric = bounded(name, 64), reason, "guest metric dropped");
         }
@@ -412,6 +427,7 @@ struct GuestOutput {
     shop: String,
     stream: &'static str,
     budget: super::limits::LogBudget,
+    redact: super::redact::Redactor,
 }
 
 impl IsTerminal for GuestOutput {
@@ -438,6 +454,7 @@ impl tokio::io::AsyncWrite for GuestWriter {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let text = String::from_utf8_lossy(&buf[..buf.len().min(MAX_LOG_BYTES)]);
         for line in text.lines().filter(|l| !l.trim().is_empty() && self.out.budget.take(l.len())) {
+            let line = self.out.redact.text(line);
             tracing::info!(connector = %self.out.connector, shop = %self.out.shop, stream = self.out.stream, "guest: {line}");
         }
         std::task::Poll::Ready(Ok(buf.len()))
