@@ -14,6 +14,7 @@ fn main() {
     for watched in [
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
+        "plugins/hostile",
         "plugins/regressed",
         "plugins/shopify",
         "plugins/taobao",

@@ -116,7 +116,8 @@ fn the_taobao_connector_loads_and_the_port_in_use_is_reported() {
 /// required config is enforced before anything runs.
 #[test]
 fn connectors_in_other_languages_name_missing_config() {
-    for (component, missing) in [(plugins::SHOPEE_PY, "partner_key"), (plugins::WOO_JS, "consumer_key"), (plugins::WOO_C, "consumer_key")] {
+    // The hostile fixture's manifest is checked like any other before it can misbehave.
+    for (component, missing) in [(plugins::SHOPEE_PY, "partner_key"), (plugins::WOO_JS, "consumer_key"), (plugins::WOO_C, "consumer_key"), (plugins::HOSTILE, "mode")] {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\

@@ -49,11 +49,6 @@ impl ConnectorEngine {
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker thread: {e}"))?;
         Ok(ConnectorEngine { engine, stop })
     }
-
-    /// Epoch ticks for a wall-clock deadline (at least one).
-    pub fn ticks_for(deadline: Duration) -> u64 {
-        (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
-    }
 }
 
 impl Drop for ConnectorEngine {

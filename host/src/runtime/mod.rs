@@ -455,7 +455,17 @@ impl LoadedConnector {
         let log = limits::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call);
         let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), l.max_memory_bytes, log, turn));
         store.limiter(|s| s.limiter());
-        store.set_epoch_deadline(ConnectorEngine::ticks_for(deadline.saturating_duration_since(std::time::Instant::now())));
+        // Every epoch tick (10 ms) of guest code: past the deadline, stop it; before,
+        // yield to the executor, so a guest spinning on the CPU holds no worker thread
+        // from the calls of other connectors and shops.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if std::time::Instant::now() >= deadline {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
         if rt.defaults.meter_fuel {
             store.set_fuel(l.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
         }
