@@ -2,7 +2,8 @@
 //! echo them — in a log line, on stdout, in an error message, in a per-SKU rejection, in
 //! a panic. Before any of that reaches a log line, a status page, the stock ledger or an
 //! alert, every secret value of the calling shop (as written and URL-encoded) is
-//! replaced with `<secret:KEY>`; a metric update naming one is dropped.
+//! replaced with `<secret:KEY>`; a metric update naming one is dropped. Error and message
+//! texts are also cut to [`MAX_GUEST_TEXT`].
 
 use crate::config::ShopConfig;
 use crate::runtime::bindings::berth::connector::types::{ConnectorError, UpdateResult};
@@ -10,6 +11,9 @@ use std::borrow::Cow;
 
 /// Values shorter than this are not searched for (they would match ordinary text).
 const MIN_SECRET_LEN: usize = 4;
+/// Longest error or message text kept from a guest (it is stored in shop status, the
+/// stock ledger and alerts); the rest is cut.
+pub const MAX_GUEST_TEXT: usize = 2048;
 
 /// The secret values of one shop and what replaces each.
 #[derive(Clone, Default)]
@@ -50,7 +54,13 @@ impl Redactor {
         Cow::Owned(out)
     }
 
+    /// Bound a guest string and take the secrets out of it.
     fn owned(&self, s: &mut String) {
+        if s.len() > MAX_GUEST_TEXT {
+            let keep = crate::runtime::state::bounded(s, MAX_GUEST_TEXT).len();
+            s.truncate(keep);
+            s.push_str(" …(cut)");
+        }
         if let Cow::Owned(clean) = self.text(s) {
             *s = clean;
         }
@@ -122,5 +132,8 @@ mod tests {
         r.error(&mut e);
         assert!(matches!(e, ConnectorError::Auth(ref s) if s == "bad key <secret:app_secret>"));
         assert!(Redactor::for_shop(None).is_empty());
+        let mut long = ConnectorError::Transient("é".repeat(MAX_GUEST_TEXT));
+        Redactor::for_shop(None).error(&mut long);
+        assert!(matches!(long, ConnectorError::Transient(ref s) if s.len() <= MAX_GUEST_TEXT + 10 && s.ends_with("…(cut)")), "guest text is bounded");
     }
 }
