@@ -149,6 +149,9 @@ where
 
 /// Write `berth.toml` in `dir`: a loopback listener on any port, `data_dir = "data"`,
 /// private addresses allowed (the simulator is on loopback), then `rest`.
+/// `[sync]` for tests: three hours of history on the first pull and quick retries.
+pub const QUICK_SYNC: &str = "[sync]\ninitial_lookback_hours = 3\nretry_base_ms = 200\nretry_max_ms = 1000\n";
+
 pub fn write_config(dir: &Path, rest: &str) -> PathBuf {
     let path = dir.join("berth.toml");
     let text = format!(

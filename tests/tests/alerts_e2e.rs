@@ -81,11 +81,7 @@ async fn probes_and_alerts_reach_every_receiver_once() {
         dir.path(),
         &format!(
             r#"
-[sync]
-initial_lookback_hours = 3
-retry_base_ms = 200
-retry_max_ms = 1000
-[erp]
+{sync}[erp]
 max_attempts = 1
 [health.A]
 probe_secs = 1
@@ -140,6 +136,7 @@ secrets = {{ access_token = "tok" }}
             wecom = rec.url("/wecom?key=robot-key"),
             dingtalk = rec.url("/dingtalk?access_token=robot-token"),
             slack = rec.url("/slack"),
+            sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
         ),
     );

@@ -58,11 +58,7 @@ async fn a_person_sees_connectors_shops_queues_and_alerts_update_live() {
         dir.path(),
         &format!(
             r#"
-[sync]
-initial_lookback_hours = 3
-retry_base_ms = 200
-retry_max_ms = 1000
-[health.A]
+{sync}[health.A]
 probe_secs = 1
 [health.C]
 probe_secs = 2
@@ -91,6 +87,7 @@ tier = "A"
 settings = {{ gateway = "{base}/taobao/router/rest", app_key = "12345678", page_size = "10" }}
 secrets = {{ app_secret = "demo_secret", session = "sess-demo" }}
 "#,
+            sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
         ),
     );

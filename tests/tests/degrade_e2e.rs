@@ -42,11 +42,7 @@ async fn a_down_shop_is_worked_by_csv_without_loss_or_duplicates() {
         dir.path(),
         &format!(
             r#"
-[sync]
-initial_lookback_hours = 3
-retry_base_ms = 200
-retry_max_ms = 1000
-[stock]
+{sync}[stock]
 max_attempts = 1000
 retry_base_ms = 100
 retry_max_ms = 500
@@ -64,6 +60,7 @@ poll_interval_secs = 1
 settings = {{ base_url = "{base}/shopify/corner" }}
 secrets = {{ access_token = "tok" }}
 "#,
+            sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
         ),
     );

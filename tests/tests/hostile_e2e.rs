@@ -44,11 +44,7 @@ async fn a_hostile_connector_is_contained_and_its_neighbour_unaffected() {
         dir.path(),
         &format!(
             r#"
-[sync]
-initial_lookback_hours = 3
-retry_base_ms = 200
-retry_max_ms = 1000
-[admin]
+{sync}[admin]
 tokens = [{{ name = "root", token = "{ADMIN}", role = "admin" }}]
 {connectors}
 [connectors.hostile]
@@ -64,6 +60,7 @@ settings = {{ base_url = "{base}/shopify/acme", page_size = "5" }}
 secrets = {{ access_token = "tok" }}
 {hostile_shops}
 "#,
+            sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
             hostile = plugins::HOSTILE,
         ),
