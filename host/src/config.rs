@@ -97,6 +97,17 @@ pub struct RuntimeConfig {
     pub max_orders_per_page: u32,
     /// Bytes of orders one call may return.
     pub max_output_bytes: u64,
+    /// Isolate a connector version whose calls keep failing in the sandbox (see
+    /// runtime/breaker.rs): at least `breaker_failure_percent` of at least
+    /// `breaker_min_calls` calls within `breaker_window_secs`. Isolated for
+    /// `breaker_open_secs`, then one trial call; each failed trial doubles the wait up
+    /// to `breaker_max_open_secs`.
+    pub breaker: bool,
+    pub breaker_window_secs: u64,
+    pub breaker_min_calls: u32,
+    pub breaker_failure_percent: u8,
+    pub breaker_open_secs: u64,
+    pub breaker_max_open_secs: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -111,6 +122,12 @@ impl Default for RuntimeConfig {
             max_log_bytes_per_call: 64 * 1024,
             max_orders_per_page: 1000,
             max_output_bytes: 16 * 1024 * 1024,
+            breaker: true,
+            breaker_window_secs: 60,
+            breaker_min_calls: 5,
+            breaker_failure_percent: 50,
+            breaker_open_secs: 30,
+            breaker_max_open_secs: 600,
         }
     }
 }
@@ -127,6 +144,12 @@ pub struct LimitOverrides {
     pub max_log_bytes_per_call: Option<u64>,
     pub max_orders_per_page: Option<u32>,
     pub max_output_bytes: Option<u64>,
+    pub breaker: Option<bool>,
+    pub breaker_window_secs: Option<u64>,
+    pub breaker_min_calls: Option<u32>,
+    pub breaker_failure_percent: Option<u8>,
+    pub breaker_open_secs: Option<u64>,
+    pub breaker_max_open_secs: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -434,6 +457,10 @@ pub struct ConnectorConfig {
     /// Hosts granted beyond the manifest's own list (e.g. a simulator's address).
     #[serde(default)]
     pub extra_hosts: Vec<String>,
+    /// Let this connector reach loopback, private and link-local addresses (a local
+    /// sandbox or simulator); `http.allow_private_addresses` does it for all.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
     /// This connector's limits where they differ from `[runtime]`.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -581,8 +608,16 @@ impl Config {
         if rt.max_concurrent_calls == 0 || rt.max_orders_per_page == 0 || rt.max_output_bytes == 0 {
             return Err(invalid("runtime.max_concurrent_calls, max_orders_per_page and max_output_bytes must be at least 1".into()));
         }
+        crate::runtime::limits::ConnectorLimits::resolve(rt, &LimitOverrides::default())
+            .breaker
+            .check()
+            .map_err(|e| invalid(format!("runtime: {e}")))?;
         for (name, c) in &cfg.connectors {
             c.limits.check(rt).map_err(|e| invalid(format!("connectors.{name}.limits: {e}")))?;
+            crate::runtime::limits::ConnectorLimits::resolve(rt, &c.limits)
+                .breaker
+                .check()
+                .map_err(|e| invalid(format!("connectors.{name}.limits: {e}")))?;
             if !rt.meter_fuel && c.limits.fuel_per_call.is_some() {
                 return Err(invalid(format!("connectors.{name}.limits.fuel_per_call needs runtime.meter_fuel = true")));
             }
@@ -773,6 +808,11 @@ mod tests {
         assert_eq!(ok.connectors["s"].limits.max_memory_mb, Some(8));
         let err = parse(&format!("[runtime]\nmeter_fuel = false\n{c}fuel_per_call = 9\n")).unwrap_err().to_string();
         assert!(err.contains("connectors.s.limits.fuel_per_call needs runtime.meter_fuel = true"), "{err}");
+        let err = parse(&format!("{c}breaker_failure_percent = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("connectors.s.limits: breaker_failure_percent must be 1..=100"), "{err}");
+        let err = parse("[runtime]\nbreaker_open_secs = 900\n").unwrap_err().to_string();
+        assert!(err.contains("runtime: breaker_max_open_secs (600) must be at least breaker_open_secs (900)"), "{err}");
+        assert!(parse(&format!("{c}breaker = false\nbreaker_failure_percent = 0\n")).is_ok(), "an unused breaker is not judged");
     }
 
     #[test]

@@ -92,7 +92,15 @@ pub async fn ingest(
             .collect();
         let req = WebhookRequest { headers, body };
         let events = match target.connector.handle_webhook(&conn, shop, target.config.clone(), &req).await {
-            Err(call) => return Err(IngestError::Unavailable(call.to_string())),
+            Err(call) => {
+                // The platform gets what happened, not the guest's trap text: that is
+                // for the log.
+                tracing::warn!(error = %call, "the connector failed on a webhook");
+                return Err(IngestError::Unavailable(format!(
+                    "the shop's connector failed ({}); berth logged the details",
+                    crate::runtime::call_error_outcome(&call)
+                )));
+            }
             Ok(Err(ConnectorError::Auth(why))) => return Err(IngestError::Unauthorized(why)),
             Ok(Err(ConnectorError::InvalidInput(why) | ConnectorError::Permanent(why))) => {
                 return Err(IngestError::Invalid(why))

@@ -169,6 +169,8 @@ pub struct Metrics {
     pub shop_availability: Family<ShopLabels, Gauge<f64, AtomicU64>>,
     pub alerts_firing: Family<AlertLabels, Gauge>,
     pub alert_notifications: Family<ReceiverLabels, Counter>,
+    pub connector_isolated: Family<ConnectorLabels, Gauge>,
+    pub breaker_trips: Family<ConnectorLabels, Counter>,
     /// Series each connector has created, to hold it to GUEST_MAX_SERIES.
     guest_series: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<(GuestKind, GuestLabels)>>>,
 }
@@ -258,8 +260,14 @@ impl Metrics {
         registry.register("alerts_firing", "Alerts firing now, by rule and severity", alerts_firing.clone());
         let alert_notifications = Family::<ReceiverLabels, Counter>::default();
         registry.register("alert_notifications", "Alert notifications per receiver: delivered, or given up after retries", alert_notifications.clone());
+        let connector_isolated = Family::<ConnectorLabels, Gauge>::default();
+        registry.register("connector_isolated", "1 while the circuit breaker isolates a connector version (its calls are refused)", connector_isolated.clone());
+        let breaker_trips = Family::<ConnectorLabels, Counter>::default();
+        registry.register("connector_breaker_trips", "Times a connector version's circuit breaker opened", breaker_trips.clone());
         Metrics {
             registry,
+            connector_isolated,
+            breaker_trips,
             probes,
             shops,
             availability,
@@ -427,6 +435,15 @@ impl Metrics {
             if let Some(r) = s.availability.ratio {
                 self.shop_availability.get_or_create(&labels).set(r);
             }
+        }
+    }
+
+    /// A connector version's circuit breaker opened (`tripped`) or closed.
+    pub fn breaker(&self, connector: &str, version: &str, isolated: bool, tripped: bool) {
+        let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
+        self.connector_isolated.get_or_create(&labels).set(isolated as i64);
+        if tripped {
+            self.breaker_trips.get_or_create(&labels).inc();
         }
     }
 

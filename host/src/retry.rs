@@ -60,6 +60,8 @@ impl ErrorKind {
             CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. } => ErrorKind::Trap,
             CallError::Busy { .. } => ErrorKind::Timeout,
             CallError::Instantiate(_) => ErrorKind::Trap,
+            // Callers wait an isolation out (`CallError::isolated_for`) before asking.
+            CallError::Isolated { .. } => ErrorKind::Trap,
         }
     }
 }

@@ -242,7 +242,15 @@ impl ShopWorker {
             page_cursor: window.cursor.clone(),
         };
         let page = match self.connector.pull_orders(conn, &self.shop, self.config.clone(), &req).await {
-            Err(call) => return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string())),
+            Err(call) => {
+                if let Some(wait) = call.isolated_for() {
+                    // Not this shop's failure and no attempt spent: wait for the trial.
+                    tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; waiting");
+                    self.update(|s| s.last_error = Some(call.to_string()));
+                    return Ok(Next::Wait(wait));
+                }
+                return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string()));
+            }
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
                 self.update(|s| s.throttled += 1);

@@ -52,6 +52,8 @@ component = "{hostile}"
 [connectors.hostile.limits]
 call_timeout_ms = 1500
 max_memory_mb = 16
+# Each call's containment is what this test measures (breaker_e2e covers isolation).
+breaker = false
 [shops.acme]
 connector = "shopify"
 tier = "A"

@@ -192,6 +192,12 @@ impl Alerts {
             let per: BTreeMap<String, _> = slots.iter().map(|(name, slot)| (name.clone(), slot.tally(Duration::from_secs(w)))).collect();
             obs.calls.insert(w, per);
         }
+        for (name, slot) in &slots {
+            let versions = std::iter::once(slot.current()).chain(slot.canary().map(|c| c.version));
+            for v in versions.filter(|v| v.breaker.isolated()) {
+                obs.isolated.push(rules::Isolated { connector: name.clone(), version: v.version().to_string(), breaker: v.breaker.view() });
+            }
+        }
         obs.queues = crate::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
         obs.shops = src
             .health

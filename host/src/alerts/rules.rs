@@ -36,6 +36,8 @@ pub enum RuleKind {
     ProbeFailing,
     /// A canary was rolled back automatically; fires for `hold_secs`.
     CanaryRollback,
+    /// A connector version's circuit breaker isolates it (its calls are refused).
+    ConnectorIsolated,
 }
 
 impl RuleKind {
@@ -46,6 +48,7 @@ impl RuleKind {
             RuleKind::DeadLetters => "dead-letters",
             RuleKind::ProbeFailing => "probe-failing",
             RuleKind::CanaryRollback => "canary-rollback",
+            RuleKind::ConnectorIsolated => "connector-isolated",
         }
     }
 }
@@ -89,6 +92,7 @@ pub enum Check {
     DeadLetters { queue: Option<String>, window_secs: u64 },
     ProbeFailing { failures: u32, tiers: Option<Vec<Tier>> },
     CanaryRollback { hold_secs: u64 },
+    ConnectorIsolated { connectors: Option<Vec<String>> },
 }
 
 impl Check {
@@ -99,6 +103,7 @@ impl Check {
             Check::DeadLetters { .. } => RuleKind::DeadLetters,
             Check::ProbeFailing { .. } => RuleKind::ProbeFailing,
             Check::CanaryRollback { .. } => RuleKind::CanaryRollback,
+            Check::ConnectorIsolated { .. } => RuleKind::ConnectorIsolated,
         }
     }
 }
@@ -126,6 +131,7 @@ impl Rule {
             RuleKind::DeadLetters => &["queue", "window_secs"],
             RuleKind::ProbeFailing => &["failures", "tiers"],
             RuleKind::CanaryRollback => &["hold_secs"],
+            RuleKind::ConnectorIsolated => &["connectors"],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
@@ -161,6 +167,7 @@ impl Rule {
                 Check::ProbeFailing { failures: positive("failures", c.failures.map(u64::from), 2)? as u32, tiers: c.tiers.clone() }
             }
             RuleKind::CanaryRollback => Check::CanaryRollback { hold_secs: positive("hold_secs", c.hold_secs, 3600)? },
+            RuleKind::ConnectorIsolated => Check::ConnectorIsolated { connectors: c.connectors.clone() },
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -175,6 +182,7 @@ impl Rule {
             rule("probe-failing-tier-a", Severity::Critical, Check::ProbeFailing { failures: 2, tiers: Some(vec![Tier::A]) }),
             rule("probe-failing", Severity::Warning, Check::ProbeFailing { failures: 2, tiers: Some(vec![Tier::B, Tier::C]) }),
             rule("canary-rollback", Severity::Critical, Check::CanaryRollback { hold_secs: 3600 }),
+            rule("connector-isolated", Severity::Critical, Check::ConnectorIsolated { connectors: None }),
         ]
     }
 }
@@ -191,6 +199,15 @@ pub struct Observation {
     pub shops: Vec<ShopProbe>,
     /// Canaries rolled back: (connector, at_ms, reason).
     pub rollbacks: Vec<(String, i64, String)>,
+    /// Connector versions their circuit breaker isolates now.
+    pub isolated: Vec<Isolated>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Isolated {
+    pub connector: String,
+    pub version: String,
+    pub breaker: crate::runtime::breaker::BreakerView,
 }
 
 #[derive(Clone, Debug)]
@@ -307,6 +324,27 @@ impl Rule {
                     })
                     .collect()
             }
+            Check::ConnectorIsolated { connectors } => {
+                let mut per: BTreeMap<&str, Vec<&Isolated>> = BTreeMap::new();
+                for i in obs.isolated.iter().filter(|i| wanted(connectors, &i.connector)) {
+                    per.entry(&i.connector).or_default().push(i);
+                }
+                per.into_iter()
+                    .map(|(c, versions)| {
+                        let what = versions
+                            .iter()
+                            .map(|i| format!("version {} {} ({})", i.version, i.breaker.state, i.breaker.reason.as_deref().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        Breach {
+                            subject: c.to_string(),
+                            summary: format!("connector {c}: isolated by its circuit breaker, its calls are refused until a trial call passes: {what}"),
+                            value: versions.len() as f64,
+                            threshold: 0.0,
+                        }
+                    })
+                    .collect()
+            }
         }
     }
 }
@@ -359,6 +397,8 @@ mod tests {
             ShopProbe { shop: "b".into(), connector: "c".into(), tier: Tier::B, consecutive_failures: 5, last_message: "503".into() },
         ];
         obs.rollbacks = vec![("old".into(), 0, "r".into()), ("new".into(), 4_999_000, "too many traps".into())];
+        let view = |state| crate::runtime::breaker::BreakerView { state, since_ms: Some(1), reason: Some("5 of 5 calls failed".into()), trial_at_ms: None, trips: 1, window_failures: 0, window_calls: 0 };
+        obs.isolated = vec![Isolated { connector: "hostile".into(), version: "6.6.6".into(), breaker: view("open") }];
         let subjects = |r: Rule| r.evaluate(&obs).into_iter().map(|b| b.subject).collect::<Vec<_>>();
         let d = Rule::defaults();
         assert_eq!(subjects(d[0].clone()), ["bad"], "95% < 98%; 99% is fine; 3 calls are too few to judge");
@@ -369,6 +409,13 @@ mod tests {
         assert_eq!(subjects(d[3].clone()), ["a"]);
         assert_eq!(subjects(d[4].clone()), ["b"]);
         assert_eq!(subjects(d[5].clone()), ["new"], "the old rollback's hold has passed");
+        assert_eq!(subjects(d[6].clone()), ["hostile"]);
+        assert_eq!(
+            d[6].evaluate(&obs)[0].summary,
+            "connector hostile: isolated by its circuit breaker, its calls are refused until a trial call passes: version 6.6.6 open (5 of 5 calls failed)"
+        );
+        let only = Rule { name: "i".into(), severity: Severity::Critical, check: Check::ConnectorIsolated { connectors: Some(vec!["shopify".into()]) } };
+        assert!(subjects(only).is_empty(), "filtered by connector");
         let b = &d[0].evaluate(&obs)[0];
         assert_eq!(b.summary, "connector bad: 95.0% of 100 calls succeeded in the last 300 s (threshold 98.0%)");
     }

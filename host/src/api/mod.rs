@@ -34,6 +34,10 @@ pub struct ConnectorInfo {
     pub http_refusals: u64,
     /// What each call of the active version may use.
     pub limits: crate::runtime::limits::ConnectorLimits,
+    /// The active version's circuit breaker.
+    pub breaker: crate::runtime::breaker::BreakerView,
+    /// A canary candidate's, while one runs.
+    pub canary_breaker: Option<crate::runtime::breaker::BreakerView>,
 }
 
 pub struct ApiState {
@@ -389,6 +393,8 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
                     allowed_hosts: c.manifest.allowed_hosts.clone(),
                     http_refusals: st.services.http.refusals(name),
                     limits: c.limits,
+                    breaker: c.breaker.view(),
+                    canary_breaker: slot.canary().map(|k| k.version.breaker.view()),
                 }
             })
             .collect(),

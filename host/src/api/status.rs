@@ -47,6 +47,10 @@ pub struct ConnectorRow {
     pub shops: usize,
     /// Calls of the active version (and candidate) in the last 5 minutes.
     pub calls_5m: Tally,
+    /// `closed`, or `open` / `half-open` while the circuit breaker isolates the active
+    /// version or the candidate.
+    pub breaker: &'static str,
+    pub breaker_reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -70,7 +74,12 @@ pub fn status(st: &ApiState) -> StatusView {
         .iter()
         .map(|(name, slot)| {
             let c = slot.current();
-            let canary = slot.canary().map(|k| CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() });
+            let candidate = slot.canary();
+            let canary = candidate.as_ref().map(|k| CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() });
+            let breaker = std::iter::once(c.breaker.view())
+                .chain(candidate.map(|k| k.version.breaker.view()))
+                .find(|b| b.state != "closed")
+                .unwrap_or_else(|| c.breaker.view());
             ConnectorRow {
                 name: name.clone(),
                 platform: c.manifest.platform.clone(),
@@ -81,6 +90,8 @@ pub fn status(st: &ApiState) -> StatusView {
                 paused: slot.paused(),
                 shops: by_connector.get(name).map_or(0, Vec::len),
                 calls_5m: slot.tally(Duration::from_secs(300)),
+                breaker: breaker.state,
+                breaker_reason: breaker.reason,
             }
         })
         .collect();

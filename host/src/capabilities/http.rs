@@ -4,7 +4,9 @@
 //! granted (`[connectors.X] grant_hosts`, all of the manifest when absent; `extra_hosts`
 //! adds ops-only hosts such as a simulator), and unless the address it connects to is
 //! public: loopback, private, link-local and cloud-metadata ranges are refused unless
-//! `http.allow_private_addresses` is set, as tests against a local simulator need. Names
+//! `http.allow_private_addresses` is set, as tests against a local simulator need, or
+//! the connector's own `[connectors.X] allow_private_addresses` (a connector ops run
+//! against a local sandbox while the others stay public-only). Names
 //! are resolved by [`PublicResolver`], which drops non-public addresses before the
 //! connection is made, so the address checked is the address used: a name that
 //! resolves to a public address at check time and a private one later (DNS rebinding)
@@ -22,11 +24,19 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default)]
 pub struct HostAllowlist {
     patterns: Vec<String>,
+    /// Ops let this connector reach non-public addresses.
+    private: bool,
 }
 
 impl HostAllowlist {
     pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
-        HostAllowlist { patterns: patterns.into_iter().map(|p| p.to_ascii_lowercase()).collect() }
+        HostAllowlist { patterns: patterns.into_iter().map(|p| p.to_ascii_lowercase()).collect(), private: false }
+    }
+
+    /// Let (or not) this connector reach loopback, private and link-local addresses.
+    pub fn with_private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
     }
 
     pub fn allows(&self, host: &str) -> bool {
@@ -121,6 +131,8 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 pub struct HttpGateway {
     client: reqwest::Client,
+    /// For connectors ops let reach non-public addresses.
+    open_client: reqwest::Client,
     config: HttpConfig,
     /// Requests refused by policy, per connector.
     refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -128,12 +140,16 @@ pub struct HttpGateway {
 
 impl HttpGateway {
     pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PublicResolver { allow_private: config.allow_private_addresses }))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(HttpGateway { client, config, refusals: Default::default() })
+        let build = |allow_private| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(PublicResolver { allow_private }))
+                .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        let client = build(config.allow_private_addresses)?;
+        let open_client = build(true)?;
+        Ok(HttpGateway { client, open_client, config, refusals: Default::default() })
     }
 
     /// Count a policy refusal for `connector`.
@@ -165,14 +181,14 @@ impl HttpGateway {
                 "host `{host}` is not in the connector's allowed hosts; declare it in the manifest and grant it in config"
             )));
         }
-        self.check_literal(host)?;
+        self.check_literal(allow, host)?;
         Ok(url)
     }
 
     /// Names are checked by the resolver as they are connected to; IP literals here.
-    fn check_literal(&self, host: &str) -> Result<(), HttpError> {
+    fn check_literal(&self, allow: &HostAllowlist, host: &str) -> Result<(), HttpError> {
         match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(ip) if !self.config.allow_private_addresses && is_private(ip) => Err(HttpError::Denied(format!(
+            Ok(ip) if !self.config.allow_private_addresses && !allow.private && is_private(ip) => Err(HttpError::Denied(format!(
                 "{ip} is not a public address; refused (set http.allow_private_addresses only for local testing)"
             ))),
             _ => Ok(()),
@@ -181,13 +197,13 @@ impl HttpGateway {
 
     pub async fn send(&self, allow: &HostAllowlist, req: Request) -> Result<Response, HttpError> {
         let url = self.admit(allow, &req.url)?;
-        self.send_to(url, req).await
+        self.send_to(allow, url, req).await
     }
 
     /// Send `req` to `url`, which [`HttpGateway::admit`] passed (possibly moved to a
     /// standby channel since).
-    pub async fn send_to(&self, url: url::Url, req: Request) -> Result<Response, HttpError> {
-        self.check_literal(url.host_str().unwrap_or(""))?;
+    pub async fn send_to(&self, allow: &HostAllowlist, url: url::Url, req: Request) -> Result<Response, HttpError> {
+        self.check_literal(allow, url.host_str().unwrap_or(""))?;
         let timeout = Duration::from_millis(
             req.timeout_ms.map(u64::from).unwrap_or(self.config.timeout_ms).min(self.config.timeout_ms),
         );
@@ -199,7 +215,8 @@ impl HttpGateway {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let mut builder = self.client.request(method, url).timeout(timeout);
+        let client = if allow.private { &self.open_client } else { &self.client };
+        let mut builder = client.request(method, url).timeout(timeout);
         for (k, v) in &req.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -314,6 +331,13 @@ mod tests {
         let open = gateway(true);
         let resp = open.send(&allow, get(format!("http://localhost:{}/", addr.port()))).await.unwrap();
         assert_eq!((resp.status, resp.body.as_slice()), (200, b"hello".as_slice()));
+        // Or for one connector only: the same gateway still refuses the others.
+        let one = allow.clone().with_private(true);
+        for url in [format!("http://localhost:{}/", addr.port()), format!("http://127.0.0.1:{}/", addr.port())] {
+            let resp = gw.send(&one, get(url)).await.unwrap();
+            assert_eq!(resp.status, 200);
+        }
+        assert!(matches!(gw.send(&allow, get(format!("http://localhost:{}/", addr.port()))).await, Err(HttpError::Denied(_))));
     }
 
     #[test]

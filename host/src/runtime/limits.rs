@@ -22,6 +22,7 @@ pub struct ConnectorLimits {
     pub max_log_bytes_per_call: usize,
     pub max_orders_per_page: usize,
     pub max_output_bytes: usize,
+    pub breaker: super::breaker::BreakerPolicy,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -38,6 +39,14 @@ impl ConnectorLimits {
             max_log_bytes_per_call: o.max_log_bytes_per_call.unwrap_or(rt.max_log_bytes_per_call) as usize,
             max_orders_per_page: o.max_orders_per_page.unwrap_or(rt.max_orders_per_page) as usize,
             max_output_bytes: o.max_output_bytes.unwrap_or(rt.max_output_bytes) as usize,
+            breaker: super::breaker::BreakerPolicy {
+                enabled: o.breaker.unwrap_or(rt.breaker),
+                window_secs: o.breaker_window_secs.unwrap_or(rt.breaker_window_secs),
+                min_calls: o.breaker_min_calls.unwrap_or(rt.breaker_min_calls),
+                failure_percent: o.breaker_failure_percent.unwrap_or(rt.breaker_failure_percent),
+                open_secs: o.breaker_open_secs.unwrap_or(rt.breaker_open_secs),
+                max_open_secs: o.breaker_max_open_secs.unwrap_or(rt.breaker_max_open_secs),
+            },
         }
     }
 }

@@ -3,6 +3,7 @@
 //! cached on disk keyed by content digest and engine settings.
 
 pub mod bindings;
+pub mod breaker;
 pub mod call_stats;
 mod compat_v0_1;
 pub mod engine;
@@ -63,6 +64,29 @@ pub enum CallError {
     OutputTooLarge { call: &'static str, why: String },
     #[error("cannot instantiate the connector: {0}")]
     Instantiate(String),
+    #[error("{call} not run: this connector version is isolated by its circuit breaker ({reason}); a trial call in {} s", retry_in.as_secs().max(1))]
+    Isolated { call: &'static str, retry_in: Duration, reason: String },
+}
+
+impl CallError {
+    /// Whether the call failed in the sandbox — what the circuit breaker counts:
+    /// `Some(true)` for traps, deadlines, fuel and output limits, `Some(false)` for a
+    /// call that ran, `None` for one that never ran guest code.
+    fn sandbox_failure(out: Option<&CallError>) -> Option<bool> {
+        match out {
+            None => Some(false),
+            Some(CallError::Timeout { .. } | CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. }) => Some(true),
+            Some(CallError::Busy { .. } | CallError::Instantiate(_) | CallError::Isolated { .. }) => None,
+        }
+    }
+
+    /// How long to wait before calling again when the connector is isolated.
+    pub fn isolated_for(&self) -> Option<Duration> {
+        match self {
+            CallError::Isolated { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
 }
 
 /// What one call's instance used.
@@ -88,6 +112,8 @@ pub struct ConnectorRuntime {
 pub struct LoadOptions<'a> {
     pub grants: Option<&'a [String]>,
     pub extra_hosts: &'a [String],
+    /// May reach non-public addresses (`[connectors.X] allow_private_addresses`).
+    pub allow_private: bool,
     pub limits: limits::ConnectorLimits,
 }
 
@@ -105,6 +131,8 @@ pub struct LoadedConnector {
     pub limits: limits::ConnectorLimits,
     /// One permit per call that may run at once.
     turns: Arc<tokio::sync::Semaphore>,
+    /// Isolates this version while its calls keep failing in the sandbox.
+    pub breaker: breaker::Breaker,
 }
 
 impl ConnectorRuntime {
@@ -183,7 +211,12 @@ impl ConnectorRuntime {
 
     /// How a connector configured as `c` is loaded.
     pub fn options<'a>(&self, c: &'a crate::config::ConnectorConfig) -> LoadOptions<'a> {
-        LoadOptions { grants: c.grant_hosts.as_deref(), extra_hosts: &c.extra_hosts, limits: self.limits(&c.limits) }
+        LoadOptions {
+            grants: c.grant_hosts.as_deref(),
+            extra_hosts: &c.extra_hosts,
+            allow_private: c.allow_private_addresses,
+            limits: self.limits(&c.limits),
+        }
     }
 
     /// Load a connector component: compile (or reuse the cache), check it against the
@@ -216,6 +249,7 @@ impl ConnectorRuntime {
             calls: Default::default(),
             limits: options.limits,
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
+            breaker: breaker::Breaker::new(options.limits.breaker),
         };
         let manifest = loaded
             .manifest_call()
@@ -227,7 +261,7 @@ impl ConnectorRuntime {
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
             tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
         }
-        loaded.allow = Arc::new(HostAllowlist::new(granted.into_iter().chain(extra_hosts.iter().cloned())));
+        loaded.allow = Arc::new(HostAllowlist::new(granted.into_iter().chain(extra_hosts.iter().cloned())).with_private(options.allow_private));
         loaded.manifest = manifest;
         tracing::info!(connector = name, version = %loaded.version, digest = &digest[..12], platform = %loaded.manifest.platform, "connector loaded");
         Ok(loaded)
@@ -314,6 +348,7 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
         CallError::Busy { .. } => "busy",
         CallError::OutputTooLarge { .. } => "too_large",
         CallError::Instantiate(_) => "instantiate",
+        CallError::Isolated { .. } => "isolated",
     }
 }
 
@@ -511,11 +546,17 @@ impl LoadedConnector {
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
         let started = std::time::Instant::now();
-        let (mut store, inst) = self
-            .instance("check", Some((shop.to_string(), cfg)))
-            .await
-            .inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
+        let ticket = self.admit("check").inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
+        let (mut store, inst) = match self.instance("check", Some((shop.to_string(), cfg))).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.observe("check", call_error_outcome(&e), started, None);
+                self.judge(ticket, Some(&e));
+                return Err(e);
+            }
+        };
         let mut r = self.finish("check", inst.call_check(&mut store, shop)).await;
+        self.judge(ticket, r.as_ref().err());
         store.data().redactor().health(&mut r);
         let outcome = match &r {
             Ok(Ok(_)) => "ok",
@@ -524,6 +565,32 @@ impl LoadedConnector {
         };
         self.observe("check", outcome, started, Some(self.usage(&store)));
         self.tally(r)
+    }
+
+    /// Whether the circuit breaker lets a call run now.
+    fn admit(&self, call: &'static str) -> Result<breaker::Ticket<'_>, CallError> {
+        self.breaker.admit().map_err(|r| CallError::Isolated { call, retry_in: r.retry_in, reason: r.reason })
+    }
+
+    /// Tell the circuit breaker how a call ended; say so when that isolates the version
+    /// or ends its isolation.
+    fn judge(&self, ticket: breaker::Ticket<'_>, error: Option<&CallError>) {
+        let (connector, version) = (&*self.name, &*self.version);
+        let m = crate::metrics::Metrics::get();
+        match ticket.finish(CallError::sandbox_failure(error)) {
+            None => {}
+            Some(breaker::Change::Opened { reason, open_for }) => {
+                tracing::error!(connector, version, %reason, trial_in_secs = open_for.as_secs(), "connector version isolated by its circuit breaker: its calls are refused until a trial call passes");
+                m.breaker(connector, version, true, true);
+            }
+            Some(breaker::Change::Reopened { open_for }) => {
+                tracing::warn!(connector, version, trial_in_secs = open_for.as_secs(), "the trial call failed too; the connector version stays isolated");
+            }
+            Some(breaker::Change::Closed) => {
+                tracing::warn!(connector, version, "the trial call passed; the connector version serves again");
+                m.breaker(connector, version, false, false);
+            }
+        }
     }
 
     /// Count a finished call in the metrics: outcome, time, the memory it grew to.
@@ -546,10 +613,18 @@ impl LoadedConnector {
     /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
     pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
         let started = std::time::Instant::now();
+        let ticket = match self.admit(call.name()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.observe(call.name(), call_error_outcome(&e), started, None);
+                return (Err(e), tape);
+            }
+        };
         let (mut store, inst) = match self.instance(call.name(), Some((shop.to_string(), cfg))).await {
             Ok(x) => x,
             Err(e) => {
                 self.observe(call.name(), call_error_outcome(&e), started, None);
+                self.judge(ticket, Some(&e));
                 return (Err(e), tape);
             }
         };
@@ -571,6 +646,7 @@ impl LoadedConnector {
             Ok(()) => Ok(o),
             Err(why) => Err(CallError::OutputTooLarge { call: call.name(), why }),
         });
+        self.judge(ticket, out.as_ref().err());
         let tape = std::mem::take(&mut store.data_mut().tape);
         let outcome = out.as_ref().map_or_else(call_error_outcome, Output::outcome);
         self.observe(call.name(), outcome, started, Some(self.usage(&store)));

@@ -247,7 +247,7 @@ impl HostState {
         };
         let url = services.standby.route(&self.ctx.platform, url);
         let sent = std::time::Instant::now();
-        let result = services.http.send_to(url, req).await;
+        let result = services.http.send_to(&self.ctx.allow, url, req).await;
         let status = match &result {
             Ok(r) => crate::metrics::status_class(r.status),
             Err(http::HttpError::Denied(_)) => "denied",

@@ -170,7 +170,15 @@ impl ShopPusher {
         self.update(|s| s.calls += 1);
         let answer = self.connector.push_inventory(conn, &self.shop, self.config.clone(), &updates).await;
         let results = match answer {
-            Err(call) => return self.fail_all(conn, &batch, ErrorKind::of_call(&call), call.to_string()).await,
+            Err(call) => {
+                if let Some(wait) = call.isolated_for() {
+                    // The SKUs stay due and spend no attempt: push once the connector serves.
+                    tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; stock pushes wait");
+                    self.update(|s| s.last_error = Some(call.to_string()));
+                    return Ok(Next::Park(wait));
+                }
+                return self.fail_all(conn, &batch, ErrorKind::of_call(&call), call.to_string()).await;
+            }
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
