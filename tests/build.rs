@@ -14,7 +14,9 @@ fn main() {
     for watched in [
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
+        "plugins/broken-manifest",
         "plugins/hostile",
+        "plugins/intruder",
         "plugins/regressed",
         "plugins/shopify",
         "plugins/taobao",

@@ -1,11 +1,15 @@
 //! A hostile connector beside a well-behaved one, in the real binary: one shop per way of
 //! misbehaving (spinning, hoarding memory, recursing, answering too much, flooding the
-//! log, panicking, leaking its secret). Each is contained with the error that names it;
-//! the Shopify shop next to them keeps pulling on time (measured); the shop's secret
-//! shows up nowhere — log, metrics, status API, admin API.
+//! log, panicking — in every export — leaking its secret, reaching for a host it was not
+//! granted, for loopback, the cloud metadata address and a name resolving to loopback).
+//! Each is contained with the error that names it; components that import an interface
+//! the host does not give, or whose manifest panics, are refused on deploy and change
+//! nothing; the Shopify shop next to them keeps pulling on time (measured); the shop's
+//! secret shows up nowhere — log, metrics, status API, admin API, webhook answers.
 
 use berth_sim::Platform;
-use berth_tests::{api_call, get_json, poll_until, Berth};
+use berth_tests::recorder::Recorder;
+use berth_tests::{api_call, get_json, poll_until, post_json, Berth};
 use reqwest::Method;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -24,10 +28,24 @@ fn shop_status<'a>(shops: &'a Value, name: &str) -> &'a Value {
     shops.as_array().and_then(|a| a.iter().find(|s| s["shop"] == name)).unwrap_or(&Value::Null)
 }
 
+/// (shop, where the `egress` mode sends its request, the refusal expected), with the
+/// port of a loopback receiver that must see nothing.
+fn egress_shops(port: u16) -> [(&'static str, String, &'static str); 4] {
+    [
+        ("h-egress-ungranted", "http://api.evil.example/steal".to_string(), "host `api.evil.example` is not in the connector's allowed hosts"),
+        ("h-egress-loopback", format!("http://127.0.0.1:{port}/steal"), "127.0.0.1 is not a public address"),
+        ("h-egress-metadata", "http://169.254.169.254/latest/meta-data/".to_string(), "169.254.169.254 is not a public address"),
+        ("h-egress-rebind", format!("http://localhost:{port}/steal"), "`localhost` resolves only to non-public addresses"),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_connector_is_contained_and_its_neighbour_unaffected() {
     let sim = berth_sim::start(berth_tests::shopify_sim(61, 2, &[("acme", 20)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = sim.base_url();
+    // What the egress shops reach for: a loopback server that must see no request.
+    let bait = Recorder::start().await;
+    let egress = egress_shops(bait.addr.port());
     let hostile_shops = MODES
         .iter()
         .map(|m| {
@@ -38,7 +56,11 @@ async fn a_hostile_connector_is_contained_and_its_neighbour_unaffected() {
         .collect::<String>()
         // More spinning shops than the host has worker threads: a guest that held its
         // thread while it spins would stall everyone else.
-        + &(2..=4).map(|i| format!("[shops.h-loop{i}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ mode = \"loop\" }}\n")).collect::<String>();
+        + &(2..=4).map(|i| format!("[shops.h-loop{i}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ mode = \"loop\" }}\n")).collect::<String>()
+        + &egress
+            .iter()
+            .map(|(shop, target, _)| format!("[shops.{shop}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ mode = \"egress\", target = \"{target}\" }}\n"))
+            .collect::<String>();
     let dir = tempfile::tempdir().unwrap();
     let config = berth_tests::write_config(
         dir.path(),
@@ -49,6 +71,8 @@ tokens = [{{ name = "root", token = "{ADMIN}", role = "admin" }}]
 {connectors}
 [connectors.hostile]
 component = "{hostile}"
+# Granted by name, so what refuses them is the address check.
+extra_hosts = ["127.0.0.1", "169.254.169.254", "localhost"]
 [connectors.hostile.limits]
 call_timeout_ms = 1500
 max_memory_mb = 16
@@ -67,6 +91,12 @@ secrets = {{ access_token = "tok" }}
             hostile = plugins::HOSTILE,
         ),
     );
+    // Private addresses: only the neighbour may reach one (the simulator on loopback).
+    let text = std::fs::read_to_string(&config).unwrap().replace("allow_private_addresses = true", "allow_private_addresses = false").replace(
+        "[connectors.shopify]\n",
+        "[connectors.shopify]\nallow_private_addresses = true\n",
+    );
+    std::fs::write(&config, text).unwrap();
     let berth = Berth::start(&config);
 
     // Every hostile shop fails, each with the error that names what it did.
@@ -95,6 +125,67 @@ secrets = {{ access_token = "tok" }}
             panic!("hostile shops did not all fail as expected:\n{}", errors.join("\n"))
         }
     };
+    // Egress: refused before a byte leaves, each for its reason.
+    let refused = poll_until(DEADLINE, || async {
+        let shops = get_json(berth.url("/v1/shops")).await;
+        let all = egress.iter().all(|(shop, _, why)| shop_status(&shops, shop)["last_error"].as_str().is_some_and(|e| e.contains(why)));
+        all.then_some(shops)
+    })
+    .await;
+    let Some(shops) = refused else {
+        let shops = get_json(berth.url("/v1/shops")).await;
+        let errors: Vec<String> = egress.iter().map(|(shop, _, _)| format!("{shop}: {}", shop_status(&shops, shop)["last_error"])).collect();
+        panic!("egress not refused as expected:\n{}", errors.join("\n"));
+    };
+    for (shop, _, _) in &egress {
+        let e = shop_status(&shops, shop)["last_error"].as_str().unwrap();
+        assert!(e.contains("host refused the request") && !e.contains("reached"), "{shop}: {e}");
+    }
+    assert!(bait.received().is_empty(), "a request got out: {:?}", bait.received());
+
+    // A panic in every export is contained: check (the probe), push, webhook (pull above).
+    let probe = poll_until(DEADLINE, || async {
+        let h = get_json(berth.url("/v1/health")).await;
+        let s = h["shops"].as_array()?.iter().find(|s| s["shop"] == "h-panic")?.clone();
+        (s["last_probe"]["outcome"] == "trap").then_some(s)
+    })
+    .await
+    .expect("the panicking shop's probe");
+    assert_eq!(probe["state"], "down", "{probe}");
+    let client = reqwest::Client::new();
+    let submitted = post_json(&client, berth.url("/v1/shops/h-panic/stock"), serde_json::json!({"updates": [{"sku": "P-1", "quantity": 5}]})).await;
+    assert!(submitted.to_string().contains("queued"), "{submitted}");
+    let sku = poll_until(DEADLINE, || async {
+        let v = get_json(berth.url("/v1/shops/h-panic/stock/P-1")).await;
+        v["last_error"].as_str().is_some_and(|e| e.contains("push-inventory trapped")).then_some(v)
+    })
+    .await
+    .expect("the panicking push is recorded on the SKU");
+    assert!(sku["state"] == "pending" || sku["state"] == "failed", "the update is kept for another push: {sku}");
+    let hook = client.post(berth.url("/v1/webhooks/h-panic")).body("{}").send().await.unwrap();
+    assert_eq!(hook.status().as_u16(), 503, "the platform is told to retry");
+    let answer = hook.text().await.unwrap();
+    assert!(answer.contains("the shop's connector failed (trap)") && !answer.contains("wasm"), "no guest detail to the platform: {answer}");
+    let leak = client.post(berth.url("/v1/webhooks/h-leak")).body("{}").send().await.unwrap();
+    assert_eq!(leak.status().as_u16(), 401);
+    let answer = leak.text().await.unwrap();
+    assert!(!answer.contains(SECRET) && answer.contains("<secret:api_secret>"), "the webhook answer is redacted: {answer}");
+
+    // Components the host must refuse: an import it does not give, a panicking manifest.
+    let before = get_json(berth.url("/v1/connectors")).await;
+    let active = |v: &Value| v.as_array().and_then(|a| a.iter().find(|c| c["name"] == "hostile")).map(|c| c["digest"].clone());
+    for (fixture, why) in [
+        (plugins::INTRUDER, "imports `berth-test:intruder/vault`, which berth does not give connectors"),
+        (plugins::BROKEN_MANIFEST, "calling manifest() failed: manifest trapped"),
+    ] {
+        let bytes = std::fs::read(fixture).unwrap();
+        let (status, body) = api_call(Method::POST, berth.url("/v1/admin/connectors/hostile/versions"), Some(ADMIN), Some(bytes), None).await;
+        assert_eq!(status, 422, "{fixture}: {body}");
+        assert!(body.to_string().contains(why), "{fixture}: {body}");
+        eprintln!("refused: {}", &body.to_string()[..body.to_string().len().min(400)]);
+    }
+    assert_eq!(active(&get_json(berth.url("/v1/connectors")).await), active(&before), "the refused deploys changed nothing");
+
     for m in ["memory", "recursion", "panic"] {
         let e = shop_status(&shops, &format!("h-{m}"))["last_error"].as_str().unwrap().to_string();
         eprintln!("h-{m}: {}", &e[..e.len().min(300)]);
@@ -139,7 +230,7 @@ secrets = {{ access_token = "tok" }}
     assert_eq!(status, 200);
 
     // The secret: nowhere.
-    let mut seen = vec![("metrics", metrics)];
+    let mut seen = vec![("metrics", metrics), ("webhook answer", answer)];
     for path in ["/v1/shops", "/v1/health", "/v1/alerts", "/v1/status", "/v1/connectors"] {
         seen.push((path, get_json(berth.url(path)).await.to_string()));
     }
@@ -153,3 +244,4 @@ secrets = {{ access_token = "tok" }}
     }
     assert!(seen[0].1.contains("berth_connector_metric_dropped_total{connector=\"hostile\",reason=\"secret\"}"), "the leaking metric was dropped");
 }
+

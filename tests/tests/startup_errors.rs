@@ -78,6 +78,20 @@ fn a_fuel_limit_too_small_for_the_manifest_is_named() {
 }
 
 #[test]
+fn components_that_cannot_be_served_are_refused_at_start() {
+    // One importing an interface the host does not give; one whose manifest panics.
+    for (component, why) in [
+        (plugins::INTRUDER, "imports `berth-test:intruder/vault`, which berth does not give connectors"),
+        (plugins::BROKEN_MANIFEST, "calling manifest() failed: manifest trapped"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, err) = serve(dir.path(), &shop_config(component, ""));
+        assert_eq!(code, Some(2), "{component}: {err}");
+        assert!(err.contains("connector `shopify`") && err.contains(why), "{component}: {err}");
+    }
+}
+
+#[test]
 fn a_missing_shop_secret_is_named() {
     // Every Shopify build (current world, the 0.1.0 fixture, the regressed fixture) loads,
     // and its manifest's required keys are checked before start.

@@ -42,6 +42,8 @@ pub enum LoadError {
     NotAComponent { path: PathBuf, message: String },
     #[error("{path} does not fit a berth:connector world this host serves ({}): {message}", WIT_VERSIONS.join(", "))]
     WrongWorld { path: PathBuf, message: String },
+    #[error("{path} imports {imports}, which berth does not give connectors (only the berth:connector interfaces and WASI 0.2); remove the import, or build against the berth SDK")]
+    UnknownImport { path: PathBuf, imports: String },
     #[error("{path}: calling manifest() failed: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error("{path}: the manifest is not acceptable: {message}")]
@@ -235,6 +237,16 @@ impl ConnectorRuntime {
         let digest = digest(bytes);
         let component = self.compile(path, bytes, &digest).await?;
         let linked_wit = world_version(&component, &self.engine.engine);
+        let foreign: Vec<String> = component
+            .component_type()
+            .imports(&self.engine.engine)
+            .map(|(name, _)| name)
+            .filter(|name| !name.starts_with("berth:connector/") && !name.starts_with("wasi:"))
+            .map(|name| format!("`{name}`"))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(LoadError::UnknownImport { path: path.to_path_buf(), imports: foreign.join(", ") });
+        }
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;

@@ -8,6 +8,8 @@
 //! - `panic`: panics;
 //! - `leak`: logs, prints, reports in a metric and returns in its error the shop's
 //!   secret `api_secret`;
+//! - `egress`: requests the shop setting `target` (a host it was not granted, a private
+//!   or metadata address, a name resolving to one) and reports what the host answered;
 //! - anything else: behaves (an empty page).
 
 use berth_sdk::{host, Capability, Connector, ConnectorError, Event, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus, PullRequest, RateLimit, StockUpdate, UpdateResult, WebhookRequest};
@@ -81,6 +83,11 @@ fn misbehave() -> Result<(), ConnectorError> {
             println!("stdout secret {secret}");
             host::counter_add("leaks", &[("key", &secret)], 1);
             Err(ConnectorError::Auth(format!("the platform refused secret {secret}")))
+        }
+        "egress" => {
+            let target = host::config("target").unwrap_or_default();
+            let resp = host::get(&target, &[])?;
+            Err(ConnectorError::Permanent(format!("reached {target}: HTTP {}", resp.status)))
         }
         _ => Ok(()),
     }
