@@ -1,6 +1,7 @@
 //! A hostile connector beside a well-behaved one, in the real binary: one shop per way of
 //! misbehaving (spinning, hoarding memory, recursing, answering too much, flooding the
-//! log, panicking — in every export — leaking its secret, reaching for a host it was not
+//! log, filling its state, returning ids too long to keep, panicking — in every export —
+//! leaking its secret, reaching for a host it was not
 //! granted, for loopback, the cloud metadata address and a name resolving to loopback).
 //! Each is contained with the error that names it; components that import an interface
 //! the host does not give, or whose manifest panics, are refused on deploy and change
@@ -22,7 +23,7 @@ mod plugins {
 const DEADLINE: Duration = Duration::from_secs(90);
 const SECRET: &str = "hostile-secret-value-8231";
 const ADMIN: &str = "admin-token-hostile-0001";
-const MODES: [&str; 7] = ["loop", "memory", "recursion", "giant", "log-flood", "panic", "leak"];
+const MODES: [&str; 9] = ["loop", "memory", "recursion", "giant", "long-id", "kv-fill", "log-flood", "panic", "leak"];
 
 fn shop_status<'a>(shops: &'a Value, name: &str) -> &'a Value {
     shops.as_array().and_then(|a| a.iter().find(|s| s["shop"] == name)).unwrap_or(&Value::Null)
@@ -100,11 +101,13 @@ secrets = {{ access_token = "tok" }}
     let berth = Berth::start(&config);
 
     // Every hostile shop fails, each with the error that names what it did.
-    let expect: [(&str, &str); 7] = [
+    let expect: [(&str, &str); 9] = [
         ("loop", "exceeded its 1500 ms deadline"),
         ("memory", "trapped"),
         ("recursion", "trapped"),
         ("giant", "returned 2000 orders in one page, more than max_orders_per_page (1000)"),
+        ("long-id", "order_id is 10000 bytes, more than 256"),
+        ("kv-fill", "more than a connector may keep per shop (10000 keys, 16777216 bytes)"),
         ("panic", "trapped"),
         ("leak", "the platform refused secret <secret:api_secret>"),
         ("log-flood", ""),
@@ -153,6 +156,7 @@ secrets = {{ access_token = "tok" }}
     .expect("the panicking shop's probe");
     assert_eq!(probe["state"], "down", "{probe}");
     let client = reqwest::Client::new();
+    post_json(&client, berth.url("/v1/shops/h-leak/stock"), serde_json::json!({"updates": [{"sku": "L-1", "quantity": 5}]})).await;
     let submitted = post_json(&client, berth.url("/v1/shops/h-panic/stock"), serde_json::json!({"updates": [{"sku": "P-1", "quantity": 5}]})).await;
     assert!(submitted.to_string().contains("queued"), "{submitted}");
     let sku = poll_until(DEADLINE, || async {
@@ -236,11 +240,15 @@ secrets = {{ access_token = "tok" }}
     }
     let (_, admin) = api_call(Method::GET, berth.url("/v1/admin/connectors/hostile"), Some(ADMIN), None, None).await;
     seen.push(("admin", admin.to_string()));
+    // What the ERP reads back about a stock update the leaking connector refused.
+    seen.push(("stock", get_json(berth.url("/v1/shops/h-leak/stock/L-1")).await.to_string()));
+    seen.push(("stock queue", get_json(berth.url("/v1/stock/queue")).await.to_string()));
     let log = std::fs::read_to_string(config.with_extension("stderr.log")).unwrap();
     assert!(log.contains("my secret is <secret:api_secret>") && log.contains("stdout secret <secret:api_secret>"), "the leak was logged, redacted");
     seen.push(("log", log));
     for (place, text) in &seen {
         assert!(!text.contains(SECRET), "the secret leaked into {place}");
+        assert!(!text.contains(ADMIN), "the admin token leaked into {place}");
     }
     assert!(seen[0].1.contains("berth_connector_metric_dropped_total{connector=\"hostile\",reason=\"secret\"}"), "the leaking metric was dropped");
 }

@@ -1,15 +1,30 @@
 //! `berth:connector/kv`: state on sled, scoped to one connector and one shop so a
-//! connector can neither read another's state nor another shop's.
+//! connector can neither read another's state nor another shop's, and held to a quota
+//! per scope so one cannot fill the host's disk.
 
 use sled::Tree;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Longest key a connector may use, and largest value.
 pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// What one connector may keep for one shop: keys, and bytes of keys and values.
+pub const MAX_SCOPE_KEYS: u64 = 10_000;
+pub const MAX_SCOPE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Keys and bytes a scope holds.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
+}
 
 #[derive(Clone)]
 pub struct KvStore {
     tree: Tree,
+    /// Per scope prefix, counted from the tree the first time the scope writes.
+    usage: Arc<Mutex<HashMap<Vec<u8>, Usage>>>,
 }
 
 /// One connector + shop's view of the store.
@@ -20,7 +35,7 @@ pub struct KvScope<'a> {
 
 impl KvStore {
     pub fn new(tree: Tree) -> Self {
-        KvStore { tree }
+        KvStore { tree, usage: Arc::default() }
     }
 
     pub fn scope(&self, connector: &str, shop: &str) -> KvScope<'_> {
@@ -47,16 +62,49 @@ impl KvScope<'_> {
         Ok(self.store.tree.get(self.key(key)?).map_err(storage)?.map(|v| v.to_vec()))
     }
 
+    /// What the scope holds now (counted from the tree once, then kept up to date).
+    fn usage<'g>(&self, all: &'g mut HashMap<Vec<u8>, Usage>) -> Result<&'g mut Usage, String> {
+        if !all.contains_key(&self.prefix) {
+            let mut u = Usage::default();
+            for item in self.store.tree.scan_prefix(&self.prefix) {
+                let (k, v) = item.map_err(storage)?;
+                u.keys += 1;
+                u.bytes += (k.len() - self.prefix.len() + v.len()) as u64;
+            }
+            all.insert(self.prefix.clone(), u);
+        }
+        Ok(all.get_mut(&self.prefix).expect("inserted above"))
+    }
+
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()));
         }
-        self.store.tree.insert(self.key(key)?, value).map_err(storage)?;
+        let k = self.key(key)?;
+        let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = self.usage(&mut all)?;
+        let old = self.store.tree.get(&k).map_err(storage)?.map(|v| (key.len() + v.len()) as u64);
+        let keys = usage.keys + u64::from(old.is_none());
+        let bytes = usage.bytes + (key.len() + value.len()) as u64 - old.unwrap_or(0);
+        if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
+            return Err(format!(
+                "the shop's state would hold {keys} keys and {bytes} bytes, more than a connector may keep per shop ({MAX_SCOPE_KEYS} keys, {MAX_SCOPE_BYTES} bytes); delete keys it no longer needs"
+            ));
+        }
+        self.store.tree.insert(k, value).map_err(storage)?;
+        *usage = Usage { keys, bytes };
         Ok(())
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
-        self.store.tree.remove(self.key(key)?).map_err(storage)?;
+        let k = self.key(key)?;
+        let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = self.store.tree.remove(k).map_err(storage)? {
+            if let Some(u) = all.get_mut(&self.prefix) {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub((key.len() + old.len()) as u64);
+            }
+        }
         Ok(())
     }
 
@@ -103,5 +151,31 @@ mod tests {
         assert_eq!(a.get("cursor").unwrap(), None);
         assert!(a.set(&"k".repeat(MAX_KEY_BYTES + 1), b"v").is_err());
         assert!(a.set("big", &vec![0u8; MAX_VALUE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn a_scope_is_held_to_its_quota_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let kv = KvStore::new(db.open_tree("kv").unwrap());
+        let a = kv.scope("hostile", "a");
+        let chunk = vec![7u8; MAX_VALUE_BYTES];
+        let fit = (MAX_SCOPE_BYTES / (MAX_VALUE_BYTES as u64 + 8)) as usize;
+        for i in 0..fit {
+            a.set(&format!("k{i:06}"), &chunk).unwrap();
+        }
+        let err = a.set("one-more", &chunk).unwrap_err();
+        assert!(err.contains("more than a connector may keep per shop"), "{err}");
+        a.set("k000000", &chunk).expect("overwriting in place does not grow it");
+        kv.scope("hostile", "b").set("k", &chunk).expect("another shop has its own quota");
+        // A new process counts what is stored.
+        let again = KvStore::new(db.open_tree("kv").unwrap());
+        let a = again.scope("hostile", "a");
+        assert!(a.set("one-more", &chunk).is_err());
+        a.set("k000001", b"small").expect("shrinking a value is taken");
+        a.set("one-more", &chunk).expect("and makes room");
+        assert!(a.set("two-more", &chunk).is_err());
+        a.delete("k000002").unwrap();
+        a.set("two-more", &chunk).expect("deleting makes room");
     }
 }

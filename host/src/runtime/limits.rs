@@ -78,6 +78,42 @@ impl LogBudget {
     }
 }
 
+/// Longest identifier a connector may hand back — order and line ids, SKUs, platform
+/// statuses, currencies: they become storage keys, CSV columns and API fields.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest free text in an order: a line's title, a masked buyer field.
+pub const MAX_TEXT_BYTES: usize = 2048;
+/// Longest page cursor (kept with the shop's sync position).
+pub const MAX_CURSOR_BYTES: usize = 4096;
+
+/// The start of a guest string, for naming it in an error.
+fn head(s: &str) -> &str {
+    crate::runtime::state::bounded(s, 64)
+}
+
+/// Whether every string of an order keeps to its bound: why not, if it does not.
+fn check_order_fields(o: &Order) -> Result<(), String> {
+    let too_long = |field: &str, value: &str, max: usize| {
+        (value.len() > max).then(|| format!("order `{}`: {field} is {} bytes, more than {max}", head(&o.order_id), value.len()))
+    };
+    let mut checks = vec![
+        too_long("order_id", &o.order_id, MAX_ID_BYTES),
+        too_long("platform_status", &o.platform_status, MAX_ID_BYTES),
+        too_long("currency", &o.currency, MAX_ID_BYTES),
+        too_long("buyer_name_masked", &o.buyer_name_masked, MAX_TEXT_BYTES),
+        too_long("buyer_phone_masked", &o.buyer_phone_masked, MAX_TEXT_BYTES),
+    ];
+    for l in &o.lines {
+        checks.push(too_long("a line's line_id", &l.line_id, MAX_ID_BYTES));
+        checks.push(too_long("a line's sku", &l.sku, MAX_ID_BYTES));
+        checks.push(too_long("a line's title", &l.title, MAX_TEXT_BYTES));
+    }
+    match checks.into_iter().flatten().next() {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
 /// About how many bytes an order takes once the host holds it.
 pub fn order_bytes(o: &Order) -> usize {
     let lines: usize = o.lines.iter().map(|l| 48 + l.line_id.len() + l.sku.len() + l.title.len()).sum();
@@ -89,6 +125,7 @@ pub fn check_orders(orders: &[Order], limits: &ConnectorLimits) -> Result<(), St
     if orders.len() > limits.max_orders_per_page {
         return Err(format!("returned {} orders in one page, more than max_orders_per_page ({})", orders.len(), limits.max_orders_per_page));
     }
+    orders.iter().try_for_each(check_order_fields)?;
     let bytes: usize = orders.iter().map(order_bytes).sum();
     if bytes > limits.max_output_bytes {
         return Err(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes));
@@ -101,6 +138,18 @@ pub fn check_events(events: &[Event], limits: &ConnectorLimits) -> Result<(), St
     let orders: Vec<&Order> = events.iter().filter_map(|e| if let Event::OrderUpserted(o) = e { Some(o) } else { None }).collect();
     if events.len() > limits.max_orders_per_page {
         return Err(format!("returned {} events, more than max_orders_per_page ({})", events.len(), limits.max_orders_per_page));
+    }
+    for e in events {
+        match e {
+            Event::OrderUpserted(o) => check_order_fields(o)?,
+            Event::OrderChanged(id) if id.len() > MAX_ID_BYTES => {
+                return Err(format!("an order-changed event names an order id of {} bytes, more than {MAX_ID_BYTES}", id.len()))
+            }
+            Event::StockChanged(u) if u.sku.len() > MAX_ID_BYTES => {
+                return Err(format!("a stock-changed event names a SKU of {} bytes, more than {MAX_ID_BYTES}", u.sku.len()))
+            }
+            _ => {}
+        }
     }
     let bytes: usize = orders.iter().map(|o| order_bytes(o)).sum::<usize>() + 64 * events.len();
     if bytes > limits.max_output_bytes {
@@ -121,6 +170,38 @@ mod tests {
         assert_eq!((l.max_memory_bytes, l.fuel_per_call), (16 << 20, 1_000_000));
         assert_eq!(l.call_timeout, Duration::from_millis(rt.call_timeout_ms));
         assert_eq!(ConnectorLimits::resolve(&rt, &LimitOverrides::default()).fuel_per_call, u64::MAX);
+    }
+
+    #[test]
+    fn every_guest_string_in_an_order_is_bounded() {
+        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus, StockUpdate};
+        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
+        let order = |id: &str, sku: &str, title: &str| Order {
+            order_id: id.into(),
+            status: OrderStatus::Paid,
+            platform_status: "paid".into(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            currency: "USD".into(),
+            total_minor: 1,
+            lines: vec![OrderLine { line_id: "1".into(), sku: sku.into(), title: title.into(), quantity: 1, unit_price_minor: 1 }],
+            buyer_name_masked: String::new(),
+            buyer_phone_masked: String::new(),
+            raw_json: "{}".into(),
+        };
+        assert!(check_orders(&[order("A-1", "S", "t")], &l).is_ok());
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let err = check_orders(&[order(&long, "S", "t")], &l).unwrap_err();
+        assert!(err.starts_with(&format!("order `{}`: order_id is 257 bytes, more than 256", "x".repeat(64))), "{err}");
+        let err = check_orders(&[order("A-1", &long, "t")], &l).unwrap_err();
+        assert_eq!(err, "order `A-1`: a line's sku is 257 bytes, more than 256");
+        let err = check_orders(&[order("A-1", "S", &"t".repeat(MAX_TEXT_BYTES + 1))], &l).unwrap_err();
+        assert_eq!(err, "order `A-1`: a line's title is 2049 bytes, more than 2048");
+        let err = check_events(&[Event::OrderChanged(long.clone())], &l).unwrap_err();
+        assert!(err.contains("order id of 257 bytes"), "{err}");
+        let err = check_events(&[Event::StockChanged(StockUpdate { sku: long, quantity: 1 })], &l).unwrap_err();
+        assert!(err.contains("SKU of 257 bytes"), "{err}");
+        assert!(check_events(&[Event::OrderUpserted(order("A-1", "S", "t"))], &l).is_ok());
     }
 
     #[test]

@@ -366,10 +366,19 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
 
 impl Output {
     /// Whether the answer keeps to the connector's output limits (see limits.rs).
-    fn within(&self, l: &limits::ConnectorLimits) -> Result<(), String> {
-        match self {
-            Output::Pull(Ok(page)) => limits::check_orders(&page.orders, l),
-            Output::Webhook(Ok(events)) => limits::check_events(events, l),
+    fn within(&self, l: &limits::ConnectorLimits, call: &Call) -> Result<(), String> {
+        match (self, call) {
+            (Output::Pull(Ok(page)), _) => {
+                if let Some(c) = page.next_page_cursor.as_ref().filter(|c| c.len() > limits::MAX_CURSOR_BYTES) {
+                    return Err(format!("returned a page cursor of {} bytes, more than {}", c.len(), limits::MAX_CURSOR_BYTES));
+                }
+                limits::check_orders(&page.orders, l)
+            }
+            (Output::Webhook(Ok(events)), _) => limits::check_events(events, l),
+            // One answer per SKU asked about; a few strangers are ignored, a flood is refused.
+            (Output::Push(Ok(results)), Call::Push(asked)) if results.len() > 2 * asked.len() + 16 => {
+                Err(format!("returned {} results for {} stock updates", results.len(), asked.len()))
+            }
             _ => Ok(()),
         }
     }
@@ -465,8 +474,14 @@ fn check_manifest(m: &Manifest, linked: Option<&str>) -> Result<(), String> {
     if m.max_window_ms == Some(0) {
         return Err("max-window-ms must be positive when given".into());
     }
-    if let Some(h) = m.allowed_hosts.iter().find(|h| h.is_empty() || h.contains('/') || h.contains(':')) {
-        return Err(format!("allowed host `{h}` must be a bare host name or `*.suffix`"));
+    if m.allowed_hosts.len() > 64 || m.required_config.len() > 64 {
+        return Err("a manifest may declare at most 64 allowed hosts and 64 required config keys".into());
+    }
+    if let Some(h) = m.allowed_hosts.iter().find(|h| h.is_empty() || h.len() > 253 || h.contains('/') || h.contains(':')) {
+        return Err(format!("allowed host `{}` must be a bare host name or `*.suffix` of at most 253 characters", state::bounded(h, 64)));
+    }
+    if let Some(k) = m.required_config.iter().find(|k| k.is_empty() || k.len() > 64) {
+        return Err(format!("required config key `{}` must be 1..=64 characters", state::bounded(k, 64)));
     }
     Ok(())
 }
@@ -654,7 +669,7 @@ impl LoadedConnector {
         };
         let mut out = out;
         store.data().redactor().output(&mut out);
-        let out = out.and_then(|o| match o.within(&self.limits) {
+        let out = out.and_then(|o| match o.within(&self.limits, &call) {
             Ok(()) => Ok(o),
             Err(why) => Err(CallError::OutputTooLarge { call: call.name(), why }),
         });
@@ -714,6 +729,11 @@ mod tests {
         assert!(err.contains("imports the 0.2.0 world"), "{err}");
         let err = check_manifest(&manifest("0.9.0"), None).unwrap_err();
         assert!(err.contains("not one this host serves (0.1.0, 0.2.0)"), "{err}");
+        let hosts = Manifest { allowed_hosts: vec!["h".repeat(300)], ..manifest("0.2.0") };
+        let err = check_manifest(&hosts, None).unwrap_err();
+        assert!(err.contains("at most 253 characters") && err.len() < 200, "named, bounded: {err}");
+        let keys = Manifest { required_config: (0..65).map(|i| format!("k{i}")).collect(), ..manifest("0.2.0") };
+        assert!(check_manifest(&keys, None).unwrap_err().contains("at most 64"));
         let held = held_back_as_throttle::<()>(Err(ConnectorError::Transient("timed out".into())), Some(Duration::from_millis(1500)));
         assert!(matches!(held, Err(ConnectorError::RateLimited(1500))));
     }

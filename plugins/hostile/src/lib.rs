@@ -4,7 +4,9 @@
 //! - `memory`: allocates until it cannot (the memory cap);
 //! - `recursion`: recurses without end (the stack);
 //! - `giant`: returns far more orders, and bytes, than a page may hold;
+//! - `long-id`: returns an order whose id is longer than the host keeps;
 //! - `log-flood`: logs and prints a megabyte, then answers normally;
+//! - `kv-fill`: writes state until the host refuses, and reports the refusal;
 //! - `panic`: panics;
 //! - `leak`: logs, prints, reports in a metric and returns in its error the shop's
 //!   secret `api_secret`;
@@ -77,6 +79,13 @@ fn misbehave() -> Result<(), ConnectorError> {
             Ok(())
         }
         "panic" => panic!("hostile connector panics on purpose"),
+        "kv-fill" => {
+            let chunk = vec![0x5A; 64 * 1024];
+            for i in 0..1_000_000u32 {
+                host::state::set(&format!("fill-{i}"), &chunk)?;
+            }
+            Err(ConnectorError::Permanent("the host let a million 64 KiB values in".into()))
+        }
         "leak" => {
             let secret = host::config("api_secret").unwrap_or_default();
             host::warn(&format!("my secret is {secret}"));
@@ -113,8 +122,15 @@ impl Connector for Hostile {
     }
 
     fn pull_orders(_shop: String, _req: PullRequest) -> Result<OrderPage, ConnectorError> {
-        if mode() == "giant" {
-            return Ok(giant_page());
+        match mode().as_str() {
+            "giant" => return Ok(giant_page()),
+            "long-id" => {
+                let mut page = giant_page();
+                page.orders.truncate(1);
+                page.orders[0].order_id = "L".repeat(10_000);
+                return Ok(page);
+            }
+            _ => {}
         }
         misbehave()?;
         Ok(OrderPage { orders: Vec::new(), next_page_cursor: None })
