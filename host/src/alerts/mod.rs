@@ -126,6 +126,11 @@ struct State {
 
 pub struct Alerts {
     rules: Vec<Rule>,
+    /// Fixed by the rules at load: the success-rate windows to tally (s), how long
+    /// dead-letter counts are kept and canary rollbacks held (ms).
+    windows: BTreeSet<u64>,
+    dead_keep_ms: i64,
+    rollback_hold_ms: i64,
     config: AlertsConfig,
     notifier: Notifier,
     firing_tree: sled::Tree,
@@ -157,7 +162,33 @@ impl Alerts {
             Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1,
             None => 0,
         };
-        Ok(Alerts { rules, config: config.clone(), notifier, firing_tree, log_tree, state: Mutex::new(state) })
+        let windows = rules
+            .iter()
+            .filter_map(|r| match r.check {
+                rules::Check::SuccessRate { window_secs, .. } => Some(window_secs),
+                _ => None,
+            })
+            .collect();
+        let longest = |f: fn(&rules::Check) -> Option<u64>| rules.iter().filter_map(|r| f(&r.check)).max().unwrap_or(0) as i64 * 1000;
+        let dead_keep_ms = longest(|c| match c {
+            rules::Check::DeadLetters { window_secs, .. } => Some(*window_secs),
+            _ => None,
+        });
+        let rollback_hold_ms = longest(|c| match c {
+            rules::Check::CanaryRollback { hold_secs } => Some(*hold_secs),
+            _ => None,
+        });
+        Ok(Alerts {
+            rules,
+            windows,
+            dead_keep_ms,
+            rollback_hold_ms,
+            config: config.clone(),
+            notifier,
+            firing_tree,
+            log_tree,
+            state: Mutex::new(state),
+        })
     }
 
     /// What notifications call this berth (`[alerts] source`).
@@ -179,16 +210,8 @@ impl Alerts {
     pub fn observe(&self, src: &Sources) -> Observation {
         let now_ms = crate::clock::now_ms();
         let mut obs = Observation { now_ms, ..Observation::default() };
-        let windows: BTreeSet<u64> = self
-            .rules
-            .iter()
-            .filter_map(|r| match r.check {
-                rules::Check::SuccessRate { window_secs, .. } => Some(window_secs),
-                _ => None,
-            })
-            .collect();
         let slots = src.registry.slots();
-        for w in windows {
+        for &w in &self.windows {
             let per: BTreeMap<String, _> = slots.iter().map(|(name, slot)| (name.clone(), slot.tally(Duration::from_secs(w)))).collect();
             obs.calls.insert(w, per);
         }
@@ -211,26 +234,7 @@ impl Alerts {
                 consecutive_failures: s.consecutive_failures,
             })
             .collect();
-        let longest = self
-            .rules
-            .iter()
-            .filter_map(|r| match r.check {
-                rules::Check::DeadLetters { window_secs, .. } => Some(window_secs),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0) as i64
-            * 1000;
-        let hold = self
-            .rules
-            .iter()
-            .filter_map(|r| match r.check {
-                rules::Check::CanaryRollback { hold_secs } => Some(hold_secs),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0) as i64
-            * 1000;
+        let (longest, hold) = (self.dead_keep_ms, self.rollback_hold_ms);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for q in &obs.queues {
             let h = st.dead_history.entry(q.queue.to_string()).or_default();
