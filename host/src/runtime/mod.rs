@@ -573,15 +573,7 @@ impl LoadedConnector {
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
         let started = std::time::Instant::now();
-        let ticket = self.admit("check").inspect_err(|e| self.observe("check", call_error_outcome(e), started, None))?;
-        let (mut store, inst) = match self.instance("check", Some((shop.to_string(), cfg))).await {
-            Ok(x) => x,
-            Err(e) => {
-                self.observe("check", call_error_outcome(&e), started, None);
-                self.judge(ticket, Some(&e));
-                return Err(e);
-            }
-        };
+        let (mut store, inst, ticket) = self.start("check", shop, cfg, started).await?;
         let mut r = self.finish("check", inst.call_check(&mut store, shop)).await;
         self.judge(ticket, r.as_ref().err());
         store.data().redactor().health(&mut r);
@@ -594,9 +586,25 @@ impl LoadedConnector {
         self.tally(r)
     }
 
-    /// Whether the circuit breaker lets a call run now.
-    fn admit(&self, call: &'static str) -> Result<breaker::Ticket<'_>, CallError> {
-        self.breaker.admit().map_err(|r| CallError::Isolated { call, retry_in: r.retry_in, reason: r.reason })
+    /// A shop's call past the circuit breaker, on a fresh instance; a call refused or
+    /// not started is counted here.
+    async fn start(
+        &self,
+        call: &'static str,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        started: std::time::Instant,
+    ) -> Result<(Store<HostState>, Connector, breaker::Ticket<'_>), CallError> {
+        let ticket = self.breaker.admit().map_err(|r| CallError::Isolated { call, retry_in: r.retry_in, reason: r.reason });
+        let ticket = ticket.inspect_err(|e| self.observe(call, call_error_outcome(e), started, None))?;
+        match self.instance(call, Some((shop.to_string(), cfg))).await {
+            Ok((store, inst)) => Ok((store, inst, ticket)),
+            Err(e) => {
+                self.observe(call, call_error_outcome(&e), started, None);
+                self.judge(ticket, Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// Tell the circuit breaker how a call ended; say so when that isolates the version
@@ -640,20 +648,9 @@ impl LoadedConnector {
     /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
     pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
         let started = std::time::Instant::now();
-        let ticket = match self.admit(call.name()) {
-            Ok(t) => t,
-            Err(e) => {
-                self.observe(call.name(), call_error_outcome(&e), started, None);
-                return (Err(e), tape);
-            }
-        };
-        let (mut store, inst) = match self.instance(call.name(), Some((shop.to_string(), cfg))).await {
+        let (mut store, inst, ticket) = match self.start(call.name(), shop, cfg, started).await {
             Ok(x) => x,
-            Err(e) => {
-                self.observe(call.name(), call_error_outcome(&e), started, None);
-                self.judge(ticket, Some(&e));
-                return (Err(e), tape);
-            }
+            Err(e) => return (Err(e), tape),
         };
         store.data_mut().tape = tape;
         let out = match &call {
