@@ -245,6 +245,7 @@ secrets = {{ access_token = "tok" }}
     seen.push(("stock queue", get_json(berth.url("/v1/stock/queue")).await.to_string()));
     let log = std::fs::read_to_string(config.with_extension("stderr.log")).unwrap();
     assert!(log.contains("my secret is <secret:api_secret>") && log.contains("stdout secret <secret:api_secret>"), "the leak was logged, redacted");
+    assert!(log.contains("one call may write at most 1048576"), "kv-fill met the per-call write budget before the quota");
     seen.push(("log", log));
     for (place, text) in &seen {
         assert!(!text.contains(SECRET), "the secret leaked into {place}");

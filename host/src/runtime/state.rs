@@ -71,6 +71,8 @@ pub struct HostState {
     pub(crate) tape: super::tape::Tape,
     /// What this call may still log (shared with stdout/stderr).
     log: super::limits::LogBudget,
+    /// Bytes of state (keys and values) this call has written.
+    kv_written: usize,
     /// This call's turn among the connector's concurrent calls, given back with the store.
     _turn: tokio::sync::OwnedSemaphorePermit,
 }
@@ -111,6 +113,7 @@ impl HostState {
             held_back: None,
             tape: super::tape::Tape::Off,
             log,
+            kv_written: 0,
             _turn: turn,
         }
     }
@@ -327,6 +330,17 @@ impl kv::Host for HostState {
         self.tape.kv_get(&key, || scope.get(&key))
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        // The quota bounds what a shop's state holds; this bounds the disk writes one
+        // call makes (rewriting the same keys again and again).
+        let n = key.len() + value.len();
+        if self.kv_written + n > capabilities::kv::MAX_WRITE_BYTES_PER_CALL {
+            return Err(format!(
+                "this call has written {} bytes of state; one call may write at most {} (state is for cursors and tokens, not bulk data)",
+                self.kv_written,
+                capabilities::kv::MAX_WRITE_BYTES_PER_CALL
+            ));
+        }
+        self.kv_written += n;
         if self.tape.kv_put(&key, Some(value.clone())) {
             return Ok(());
         }

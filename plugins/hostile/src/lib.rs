@@ -6,7 +6,8 @@
 //! - `giant`: returns far more orders, and bytes, than a page may hold;
 //! - `long-id`: returns an order whose id is longer than the host keeps;
 //! - `log-flood`: logs and prints a megabyte, then answers normally;
-//! - `kv-fill`: writes state until the host refuses, and reports the refusal;
+//! - `kv-fill`: writes new state keys until the host refuses (one call's write budget,
+//!   then the shop's quota), and reports the refusal;
 //! - `panic`: panics;
 //! - `leak`: logs, prints, reports in a metric and returns in its error the shop's
 //!   secret `api_secret`;
@@ -81,8 +82,9 @@ fn misbehave() -> Result<(), ConnectorError> {
         "panic" => panic!("hostile connector panics on purpose"),
         "kv-fill" => {
             let chunk = vec![0x5A; 64 * 1024];
+            let call = berth_sdk::time::now_ms();
             for i in 0..1_000_000u32 {
-                host::state::set(&format!("fill-{i}"), &chunk)?;
+                host::state::set(&format!("fill-{call}-{i}"), &chunk)?;
             }
             Err(ConnectorError::Permanent("the host let a million 64 KiB values in".into()))
         }
