@@ -25,8 +25,10 @@ struct Usage {
 #[derive(Clone)]
 pub struct KvStore {
     tree: Tree,
-    /// Per scope prefix, counted from the tree the first time the scope writes.
-    usage: Arc<Mutex<HashMap<Vec<u8>, Usage>>>,
+    /// Per scope prefix, counted from the tree the first time the scope writes. The map's
+    /// lock is held only to find a scope's entry; a write holds its own scope's lock, so
+    /// scopes never wait on each other.
+    usage: Arc<Mutex<HashMap<Vec<u8>, Arc<Mutex<Option<Usage>>>>>>,
 }
 
 /// One connector + shop's view of the store.
@@ -64,18 +66,28 @@ impl KvScope<'_> {
         Ok(self.store.tree.get(self.key(key)?).map_err(storage)?.map(|v| v.to_vec()))
     }
 
-    /// What the scope holds now (counted from the tree once, then kept up to date).
-    fn usage<'g>(&self, all: &'g mut HashMap<Vec<u8>, Usage>) -> Result<&'g mut Usage, String> {
-        if !all.contains_key(&self.prefix) {
-            let mut u = Usage::default();
-            for item in self.store.tree.scan_prefix(&self.prefix) {
-                let (k, v) = item.map_err(storage)?;
-                u.keys += 1;
-                u.bytes += (k.len() - self.prefix.len() + v.len()) as u64;
-            }
-            all.insert(self.prefix.clone(), u);
+    /// This scope's usage entry (`None` until counted).
+    fn usage_entry(&self) -> Arc<Mutex<Option<Usage>>> {
+        let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = all.get(&self.prefix) {
+            return entry.clone();
         }
-        Ok(all.get_mut(&self.prefix).expect("inserted above"))
+        all.entry(self.prefix.clone()).or_default().clone()
+    }
+
+    /// What the scope holds now (counted from the tree once, then kept up to date).
+    fn counted(&self, usage: &mut Option<Usage>) -> Result<Usage, String> {
+        if let Some(u) = *usage {
+            return Ok(u);
+        }
+        let mut u = Usage::default();
+        for item in self.store.tree.scan_prefix(&self.prefix) {
+            let (k, v) = item.map_err(storage)?;
+            u.keys += 1;
+            u.bytes += (k.len() - self.prefix.len() + v.len()) as u64;
+        }
+        *usage = Some(u);
+        Ok(u)
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -83,26 +95,34 @@ impl KvScope<'_> {
             return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()));
         }
         let k = self.key(key)?;
-        let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let usage = self.usage(&mut all)?;
-        let old = self.store.tree.get(&k).map_err(storage)?.map(|v| (key.len() + v.len()) as u64);
+        let entry = self.usage_entry();
+        let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = self.counted(&mut guard)?;
+        // One sled step: insert hands back what it replaced. A write over the quota is
+        // undone under the same scope lock, so no other write of this scope sees it.
+        let old = self.store.tree.insert(&k, value).map_err(storage)?;
+        let old_bytes = old.as_ref().map(|v| (key.len() + v.len()) as u64);
         let keys = usage.keys + u64::from(old.is_none());
-        let bytes = usage.bytes + (key.len() + value.len()) as u64 - old.unwrap_or(0);
+        let bytes = usage.bytes + (key.len() + value.len()) as u64 - old_bytes.unwrap_or(0);
         if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
+            match old {
+                Some(v) => self.store.tree.insert(&k, v).map_err(storage)?,
+                None => self.store.tree.remove(&k).map_err(storage)?,
+            };
             return Err(format!(
                 "the shop's state would hold {keys} keys and {bytes} bytes, more than a connector may keep per shop ({MAX_SCOPE_KEYS} keys, {MAX_SCOPE_BYTES} bytes); delete keys it no longer needs"
             ));
         }
-        self.store.tree.insert(k, value).map_err(storage)?;
-        *usage = Usage { keys, bytes };
+        *guard = Some(Usage { keys, bytes });
         Ok(())
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
         let k = self.key(key)?;
-        let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = self.usage_entry();
+        let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = self.store.tree.remove(k).map_err(storage)? {
-            if let Some(u) = all.get_mut(&self.prefix) {
+            if let Some(u) = guard.as_mut() {
                 u.keys = u.keys.saturating_sub(1);
                 u.bytes = u.bytes.saturating_sub((key.len() + old.len()) as u64);
             }
