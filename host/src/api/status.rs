@@ -76,10 +76,12 @@ pub fn status(st: &ApiState) -> StatusView {
             let c = slot.current();
             let candidate = slot.canary();
             let canary = candidate.as_ref().map(|k| CanaryRow { version: k.version.version().to_string(), shops: k.shops.iter().cloned().collect() });
-            let breaker = std::iter::once(c.breaker.view())
-                .chain(candidate.map(|k| k.version.breaker.view()))
-                .find(|b| b.state != "closed")
-                .unwrap_or_else(|| c.breaker.view());
+            // The active version's breaker, unless only the canary's is not closed.
+            let active = c.breaker.view();
+            let breaker = match candidate.map(|k| k.version.breaker.view()) {
+                Some(canary) if active.state == "closed" && canary.state != "closed" => canary,
+                _ => active,
+            };
             ConnectorRow {
                 name: name.clone(),
                 platform: c.manifest.platform.clone(),

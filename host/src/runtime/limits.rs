@@ -96,19 +96,19 @@ fn check_order_fields(o: &Order) -> Result<(), String> {
     let too_long = |field: &str, value: &str, max: usize| {
         (value.len() > max).then(|| format!("order `{}`: {field} is {} bytes, more than {max}", head(&o.order_id), value.len()))
     };
-    let mut checks = vec![
-        too_long("order_id", &o.order_id, MAX_ID_BYTES),
-        too_long("platform_status", &o.platform_status, MAX_ID_BYTES),
-        too_long("currency", &o.currency, MAX_ID_BYTES),
-        too_long("buyer_name_masked", &o.buyer_name_masked, MAX_TEXT_BYTES),
-        too_long("buyer_phone_masked", &o.buyer_phone_masked, MAX_TEXT_BYTES),
-    ];
-    for l in &o.lines {
-        checks.push(too_long("a line's line_id", &l.line_id, MAX_ID_BYTES));
-        checks.push(too_long("a line's sku", &l.sku, MAX_ID_BYTES));
-        checks.push(too_long("a line's title", &l.title, MAX_TEXT_BYTES));
-    }
-    match checks.into_iter().flatten().next() {
+    let first = too_long("order_id", &o.order_id, MAX_ID_BYTES)
+        .or_else(|| too_long("platform_status", &o.platform_status, MAX_ID_BYTES))
+        .or_else(|| too_long("currency", &o.currency, MAX_ID_BYTES))
+        .or_else(|| too_long("buyer_name_masked", &o.buyer_name_masked, MAX_TEXT_BYTES))
+        .or_else(|| too_long("buyer_phone_masked", &o.buyer_phone_masked, MAX_TEXT_BYTES))
+        .or_else(|| {
+            o.lines.iter().find_map(|l| {
+                too_long("a line's line_id", &l.line_id, MAX_ID_BYTES)
+                    .or_else(|| too_long("a line's sku", &l.sku, MAX_ID_BYTES))
+                    .or_else(|| too_long("a line's title", &l.title, MAX_TEXT_BYTES))
+            })
+        });
+    match first {
         Some(why) => Err(why),
         None => Ok(()),
     }

@@ -341,7 +341,7 @@ impl kv::Host for HostState {
             ));
         }
         self.kv_written += n;
-        if self.tape.kv_put(&key, Some(value.clone())) {
+        if self.tape.kv_put(&key, Some(&value)) {
             return Ok(());
         }
         self.services.kv.scope(&self.ctx.connector, self.shop_name()).set(&key, &value)

@@ -130,10 +130,10 @@ impl Tape {
 
     /// A kv write during a replay goes to the overlay (returns true); otherwise the
     /// caller writes the store.
-    pub fn kv_put(&mut self, key: &str, value: Option<Vec<u8>>) -> bool {
+    pub fn kv_put(&mut self, key: &str, value: Option<&[u8]>) -> bool {
         match self {
             Tape::Replaying { overlay, .. } => {
-                overlay.insert(key.to_string(), value);
+                overlay.insert(key.to_string(), value.map(<[u8]>::to_vec));
                 true
             }
             _ => false,
@@ -175,7 +175,7 @@ mod tests {
         assert!(r.mismatches()[0].contains("the active version's was POST a.example/router"), "{:?}", r.mismatches());
         // kv: the recorded value wins over the store; writes stay in the overlay.
         assert_eq!(r.kv_get("cursor", || Ok(Some(b"9".to_vec()))).unwrap(), Some(b"7".to_vec()));
-        assert!(r.kv_put("cursor", Some(b"8".to_vec())));
+        assert!(r.kv_put("cursor", Some(b"8")));
         assert_eq!(r.kv_get("cursor", || Ok(None)).unwrap(), Some(b"8".to_vec()));
         assert_eq!(r.kv_get("other", || Ok(Some(b"s".to_vec()))).unwrap(), Some(b"s".to_vec()));
         assert_eq!(r.unused(), 0);
