@@ -1,10 +1,12 @@
 //! What a connector costs per language: component size, the host's compile (cranelift,
 //! cold), loading the compiled code from the cache, a fresh instance plus the trivial
 //! `manifest` export, and a realistic `pull-orders` call (one page of 50 orders from the
-//! simulator over loopback HTTP, parsed and mapped).
+//! simulator over loopback HTTP, parsed and mapped), one at a time; then calls/s of each
+//! with [`IN_FLIGHT`] calls at once on the bench's two worker threads (a 2-core machine).
 //!
-//! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 200);
-//! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs.
+//! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 2000);
+//! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs;
+//! `ONLY=shopify` runs one connector (for profiling).
 //! The components are the ones the test build makes (`cargo test -p berth-tests --no-run`).
 
 use berth_host::config::{Secret, ShopConfig, Tier};
@@ -30,6 +32,39 @@ const CONNECTORS: &[(&str, &str, Platform, &str)] = &[
     ("C", "woo-c", Platform::Woo, "wasm-guests-foreign/woo_c.wasm"),
 ];
 
+/// Calls in flight at once in the calls/s rows (each on its own task).
+const IN_FLIGHT: usize = 8;
+/// How long each calls/s row runs.
+const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
+
+/// Calls per second of `call` with [`IN_FLIGHT`] tasks calling it back to back.
+async fn calls_per_sec<F, Fut>(call: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let until = Instant::now() + THROUGHPUT_FOR;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    call().await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("calls task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }
@@ -41,7 +76,7 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration, Duration) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let calls = count_arg(200);
+    let calls = count_arg(2000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("target");
     let mut sim_cfg = SimConfig { history_hours: 2, ..SimConfig::default() };
     // Enough orders in the last two hours for full pages; no platform throttling.
@@ -59,12 +94,16 @@ async fn main() {
         ..Default::default()
     });
 
-    println!("calls per row: {calls} (instantiate), {} (pull-orders)", calls / 4);
+    println!("calls per row: {calls} (instantiate), {} (pull-orders); calls/s: {IN_FLIGHT} in flight for {} s", calls / 4, THROUGHPUT_FOR.as_secs());
     println!(
-        "| language | connector | component | host compile (cold) | cached load | instantiate + manifest p50 (p10–p90, p99) | pull-orders, 50 orders, p50 (p10–p90, p99) |"
+        "| language | connector | component | host compile (cold) | cached load | instantiate + manifest p50 (p10–p90, p99) | manifest calls/s | pull-orders, 50 orders, p50 (p10–p90, p99) | pull-orders calls/s |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let only = std::env::var("ONLY").ok();
     for (language, name, platform, rel) in CONNECTORS {
+        if only.as_deref().is_some_and(|o| o != *name) {
+            continue;
+        }
         let path: PathBuf = root.join(rel);
         let Ok(bytes) = std::fs::read(&path) else {
             println!("| {language} | {name} | missing: build it with `cargo test -p berth-tests --no-run` | | | | |");
@@ -75,7 +114,7 @@ async fn main() {
         let host = ScratchHost::with_config(runtime).expect("scratch host");
         let t = Instant::now();
         let local = ["127.0.0.1".to_string()];
-        let conn = host.runtime.load(name, &path, &host.options(&local)).await.expect("load");
+        let conn = Arc::new(host.runtime.load(name, &path, &host.options(&local)).await.expect("load"));
         let cold = t.elapsed();
         // Cached: the same runtime loads it again from its cache directory.
         let t = Instant::now();
@@ -89,6 +128,14 @@ async fn main() {
             conn.manifest_call().await.expect("manifest");
             inst.push(t.elapsed());
         }
+        let c = conn.clone();
+        let manifest_rate = calls_per_sec(move || {
+            let c = c.clone();
+            async move {
+                c.manifest_call().await.expect("manifest");
+            }
+        })
+        .await;
 
         let profile = berth_sim::profiles::shop_profile(&sim_cfg, *platform, &sim.base_url()).expect("profile");
         let mut settings: std::collections::BTreeMap<String, String> = profile.settings.iter().cloned().collect();
@@ -118,10 +165,20 @@ async fn main() {
                 other => panic!("{name}: pull failed: {:?}", other.map(|o| o.ok())),
             }
         }
+        let (c, shop_name) = (conn.clone(), profile.shop.clone());
+        let pull_rate = calls_per_sec(move || {
+            let (c, shop, shop_name) = (c.clone(), shop.clone(), shop_name.clone());
+            let req = PullRequest { window: window.clone(), page_cursor: None };
+            async move {
+                let (out, _) = c.call(&shop_name, shop, Call::Pull(req), Tape::Off).await;
+                assert!(matches!(out, Ok(Output::Pull(Ok(_)))), "pull failed under load");
+            }
+        })
+        .await;
         let (i50, i10, i90, i99) = stats(inst);
         let (p50, p10, p90, p99) = stats(pulls);
         println!(
-            "| {language} | {name} | {:.2} MB | {} ms | {} ms | {} µs ({}–{}, {}) | {} ms ({}–{}, {}) |",
+            "| {language} | {name} | {:.2} MB | {} ms | {} ms | {} µs ({}–{}, {}) | {:.0} | {} ms ({}–{}, {}) | {:.0} |",
             bytes.len() as f64 / 1e6,
             ms(cold),
             ms(cached),
@@ -129,10 +186,12 @@ async fn main() {
             us(i10),
             us(i90),
             us(i99),
+            manifest_rate,
             ms(p50),
             ms(p10),
             ms(p90),
             ms(p99),
+            pull_rate,
         );
     }
 }

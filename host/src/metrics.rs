@@ -141,6 +141,43 @@ pub enum GuestKind {
     Histogram,
 }
 
+/// One connector version's call metrics. Label sets are built once per call and
+/// outcome, not on every call: a call's count and time go to handles looked up here.
+pub struct CallMeters {
+    labels: ConnectorLabels,
+    calls: Family<CallLabels, Counter>,
+    call_seconds: HistogramFamily<LatencyLabels>,
+    memory: Histogram,
+    fuel: Histogram,
+    /// (call, outcome) → its counter and the call's latency histogram.
+    by_call: std::sync::RwLock<std::collections::HashMap<(&'static str, &'static str), (Counter, Histogram)>>,
+}
+
+impl CallMeters {
+    /// Count a finished call: how it ended and how long it took.
+    pub fn call(&self, call: &'static str, outcome: &'static str, took: Duration) {
+        let known = self.by_call.read().unwrap_or_else(|e| e.into_inner()).get(&(call, outcome)).cloned();
+        let (count, seconds) = known.unwrap_or_else(|| {
+            let (connector, version) = (self.labels.connector.clone(), self.labels.version.clone());
+            let latency = LatencyLabels { connector: connector.clone(), version: version.clone(), call: call.to_string() };
+            let labels = CallLabels { connector, version, call: call.to_string(), outcome: outcome.to_string() };
+            let handles = (self.calls.get_or_create(&labels).clone(), self.call_seconds.get_or_create(&latency).clone());
+            self.by_call.write().unwrap_or_else(|e| e.into_inner()).insert((call, outcome), handles.clone());
+            handles
+        });
+        count.inc();
+        seconds.observe(took.as_secs_f64());
+    }
+
+    /// What one call's instance used: the memory it grew to, the fuel it burned.
+    pub fn usage(&self, peak_memory: usize, fuel: Option<u64>) {
+        self.memory.observe(peak_memory as f64);
+        if let Some(fuel) = fuel {
+            self.fuel.observe(fuel as f64);
+        }
+    }
+}
+
 /// Every metric berth exports.
 pub struct Metrics {
     registry: Registry,
@@ -368,16 +405,17 @@ impl Metrics {
         to_prometheus_text(&open_metrics)
     }
 
-    pub fn call(&self, connector: &str, version: &str, call: &str, outcome: &str, took: Duration) {
-        let labels = CallLabels {
-            connector: connector.to_string(),
-            version: version.to_string(),
-            call: call.to_string(),
-            outcome: outcome.to_string(),
-        };
-        self.calls.get_or_create(&labels).inc();
-        let latency = LatencyLabels { connector: labels.connector, version: labels.version, call: labels.call };
-        self.call_seconds.get_or_create(&latency).observe(took.as_secs_f64());
+    /// The call metrics of one connector version, for [`CallMeters::call`].
+    pub fn meters(&self, connector: &str, version: &str) -> CallMeters {
+        let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
+        CallMeters {
+            memory: self.instance_memory_bytes.get_or_create(&labels).clone(),
+            fuel: self.fuel_used.get_or_create(&labels).clone(),
+            labels,
+            calls: self.calls.clone(),
+            call_seconds: self.call_seconds.clone(),
+            by_call: Default::default(),
+        }
     }
 
     pub fn http(&self, platform: &str, status: &str, took: Option<Duration>) {
@@ -390,15 +428,6 @@ impl Metrics {
 
     pub fn rate_limit_wait(&self, platform: &str, waited: Duration) {
         self.ratelimit_wait_seconds.get_or_create(&PlatformLabels { platform: platform.to_string() }).inc_by(waited.as_secs_f64());
-    }
-
-    /// What one call's instance used: the memory it grew to, the fuel it burned.
-    pub fn usage(&self, connector: &str, version: &str, peak_memory: usize, fuel: Option<u64>) {
-        let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
-        self.instance_memory_bytes.get_or_create(&labels).observe(peak_memory as f64);
-        if let Some(fuel) = fuel {
-            self.fuel_used.get_or_create(&labels).observe(fuel as f64);
-        }
     }
 
     pub fn probe(&self, connector: &str, tier: &str, outcome: &str) {
@@ -516,7 +545,9 @@ mod tests {
     #[test]
     fn text_has_help_type_and_bounded_labels() {
         let m = Metrics::new();
-        m.call("shopify", "1.0.0", "pull-orders", "ok", Duration::from_millis(3));
+        let meters = m.meters("shopify", "1.0.0");
+        meters.call("pull-orders", "ok", Duration::from_millis(3));
+        meters.call("pull-orders", "ok", Duration::from_millis(4));
         m.http("shopify", status_class(429), Some(Duration::from_millis(20)));
         m.queue("orders", 3, 1, 0, Some(Duration::from_secs(2)));
         let text = m.render();
@@ -524,7 +555,7 @@ mod tests {
         assert!(text.contains("# HELP berth_connector_calls_total Connector export calls"), "{text}");
         assert!(text.contains("# TYPE berth_connector_call_seconds histogram"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
-        assert!(text.contains("berth_connector_calls_total{connector=\"shopify\",version=\"1.0.0\",call=\"pull-orders\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("berth_connector_calls_total{connector=\"shopify\",version=\"1.0.0\",call=\"pull-orders\",outcome=\"ok\"} 2"), "{text}");
         assert!(text.contains("berth_http_requests_total{platform=\"shopify\",status=\"429\"} 1"), "{text}");
         assert!(text.contains("berth_queue_ready{queue=\"orders\"} 3"), "{text}");
         assert!(text.contains("berth_connector_call_seconds_bucket{"), "{text}");

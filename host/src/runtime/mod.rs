@@ -135,6 +135,8 @@ pub struct LoadedConnector {
     turns: Arc<tokio::sync::Semaphore>,
     /// Isolates this version while its calls keep failing in the sandbox.
     pub breaker: breaker::Breaker,
+    /// Where this version's calls are counted and timed.
+    meters: crate::metrics::CallMeters,
 }
 
 impl ConnectorRuntime {
@@ -262,6 +264,7 @@ impl ConnectorRuntime {
             limits: options.limits,
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
             breaker: breaker::Breaker::new(options.limits.breaker),
+            meters: crate::metrics::Metrics::get().meters(name, "unknown"),
         };
         let manifest = loaded
             .manifest_call()
@@ -269,6 +272,7 @@ impl ConnectorRuntime {
             .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
         check_manifest(&manifest, linked_wit.as_deref()).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         loaded.version = manifest.connector_version.as_str().into();
+        loaded.meters = crate::metrics::Metrics::get().meters(name, &loaded.version);
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
             tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
@@ -629,11 +633,10 @@ impl LoadedConnector {
     }
 
     /// Count a finished call in the metrics: outcome, time, the memory it grew to.
-    fn observe(&self, call: &'static str, outcome: &str, started: std::time::Instant, usage: Option<Usage>) {
-        let m = crate::metrics::Metrics::get();
-        m.call(&self.name, &self.version, call, outcome, started.elapsed());
+    fn observe(&self, call: &'static str, outcome: &'static str, started: std::time::Instant, usage: Option<Usage>) {
+        self.meters.call(call, outcome, started.elapsed());
         if let Some(u) = usage {
-            m.usage(&self.name, &self.version, u.peak_memory, u.fuel);
+            self.meters.usage(u.peak_memory, u.fuel);
         }
     }
 
