@@ -1,15 +1,19 @@
 //! Durable queue benchmark: enqueue (returns after fsync) and ack (returns after fsync)
-//! through `SledQueue` on a real disk, at 1, 16 and 256 concurrent producers.
+//! through `SledQueue` on a real disk, at 1, 16 and 256 concurrent producers — and, in
+//! the same run, the same work through NATS JetStream (file storage on the same disk)
+//! for every `nats-server` found (see `nats::binaries`).
 //!
 //! Run: `cargo bench -p berth-host --bench queue` (optionally `-- MESSAGES`).
-//! Prints one row per producer count: messages/s from first enqueue to last ack, and
-//! p50/p99 latency of enqueue and of ack.
+//! Prints one row per system and producer count: messages/s from first enqueue to last
+//! ack, p50/p99 latency of enqueue and of ack.
 
 use berth_host::queue::{LeaseQueue, NewMessage, QueuePolicy, SledQueue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use common::{count_arg, ms, percentile};
 
@@ -86,23 +90,43 @@ async fn run(producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Dura
     (total as f64 / elapsed.as_secs_f64(), enq, ack, q.flush_count())
 }
 
+fn row(system: &str, producers: usize, rate: f64, enq: &[Duration], ack: &[Duration], fsyncs: &str) {
+    println!(
+        "| {system} | {producers} | {rate:.0} | {} | {} | {} | {} | {fsyncs} |",
+        ms(percentile(enq, 0.5)),
+        ms(percentile(enq, 0.99)),
+        ms(percentile(ack, 0.5)),
+        ms(percentile(ack, 0.99)),
+    );
+}
+
 fn main() {
     let messages = count_arg(4096);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    println!("durable enqueue+ack, 512-byte payloads, {messages} messages per row, fsync on every ack");
-    println!("{:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}", "producers", "msgs/s", "enq p50", "enq p99", "ack p50", "ack p99", "fsyncs");
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let disk = std::env::current_dir().expect("cwd");
+    let servers = nats::binaries(&workspace);
+    println!("durable enqueue+ack, 512-byte payloads, {messages} messages per row, latencies in ms");
+    for s in &servers {
+        let sync = if s.sync_always { "sync_interval: always (fsync before every PubAck)" } else { "no per-message fsync (this version syncs on a timer)" };
+        println!("NATS JetStream {} at {}: file storage, {sync}", s.version, s.path.display());
+    }
+    if servers.is_empty() {
+        println!("no nats-server found (scripts/toolchains installs them; NATS_SERVER=path picks one): sled rows only");
+    }
+    println!("| system | producers | msgs/s | enqueue p50 | enqueue p99 | ack p50 | ack p99 | fsyncs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let payload = vec![b'x'; 512];
     for producers in [1, 16, 256] {
         let (rate, enq, ack, flushes) = rt.block_on(run(producers, messages));
-        println!(
-            "{:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8}",
-            producers,
-            rate,
-            ms(percentile(&enq, 0.5)),
-            ms(percentile(&enq, 0.99)),
-            ms(percentile(&ack, 0.5)),
-            ms(percentile(&ack, 0.99)),
-            flushes
-        );
+        row("berth SledQueue", producers, rate, &enq, &ack, &flushes.to_string());
+        for s in &servers {
+            let (rate, enq, ack) = rt.block_on(async {
+                let server = nats::NatsServer::start(s, &disk).await;
+                nats::run(&server, producers, messages, &payload).await
+            });
+            let name = format!("NATS JetStream {}{}", s.version, if s.sync_always { ", sync always" } else { ", timer sync" });
+            row(&name, producers, rate, &enq, &ack, "");
+        }
     }
-    println!("(latencies in ms)");
 }
