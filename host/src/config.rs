@@ -81,6 +81,11 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u32,
     /// Instances alive at once across all connectors (pooling allocator slots).
     pub max_instances: u32,
+    /// Memory of each pooled instance slot kept mapped between calls: only the pages the
+    /// last call dirtied, reset with memset, so the next call does not page-fault them
+    /// back in (a fresh Rust instance costs about a third as much). Costs up to this
+    /// much RSS per slot in use; 0 hands every slot back with madvise after each call.
+    pub keep_resident_kb: u32,
     /// Count fuel (about one unit per WebAssembly instruction) on every call and export
     /// it. Costs CPU in guest code (10–35% in the languages bench) and compile time;
     /// off, `fuel_per_call` cannot be set.
@@ -116,6 +121,7 @@ impl Default for RuntimeConfig {
             call_timeout_ms: 30_000,
             max_memory_mb: 64,
             max_instances: 64,
+            keep_resident_kb: 1024,
             meter_fuel: true,
             fuel_per_call: None,
             max_concurrent_calls: 32,
@@ -628,6 +634,14 @@ impl Config {
         if cfg.runtime.max_instances == 0 || cfg.runtime.max_memory_mb == 0 {
             return Err(invalid("runtime.max_instances and runtime.max_memory_mb must be positive".into()));
         }
+        if u64::from(cfg.runtime.keep_resident_kb) > u64::from(cfg.runtime.max_memory_mb) * 1024 {
+            return Err(invalid(format!(
+                "runtime.keep_resident_kb ({}) is more than an instance's memory (max_memory_mb = {}); set it at most {}",
+                cfg.runtime.keep_resident_kb,
+                cfg.runtime.max_memory_mb,
+                u64::from(cfg.runtime.max_memory_mb) * 1024
+            )));
+        }
         if cfg.erp.max_attempts == 0 {
             return Err(invalid("erp.max_attempts must be at least 1".into()));
         }
@@ -813,6 +827,9 @@ mod tests {
         let err = parse("[runtime]\nbreaker_open_secs = 900\n").unwrap_err().to_string();
         assert!(err.contains("runtime: breaker_max_open_secs (600) must be at least breaker_open_secs (900)"), "{err}");
         assert!(parse(&format!("{c}breaker = false\nbreaker_failure_percent = 0\n")).is_ok(), "an unused breaker is not judged");
+        let err = parse("[runtime]\nmax_memory_mb = 1\nkeep_resident_kb = 2048\n").unwrap_err().to_string();
+        assert!(err.contains("runtime.keep_resident_kb (2048) is more than an instance's memory (max_memory_mb = 1); set it at most 1024"), "{err}");
+        assert_eq!(parse("[runtime]\nkeep_resident_kb = 0\n").unwrap().runtime.keep_resident_kb, 0);
     }
 
     #[test]

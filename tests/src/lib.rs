@@ -66,6 +66,11 @@ impl Berth {
         format!("{}{path}", self.base_url)
     }
 
+    /// The process id (for reading its memory and CPU from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown path runs, as in a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -10,10 +10,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Bytes of each pooled linear memory kept mapped between instances (only pages an
-/// instance dirtied are reset, and count towards the host's RSS).
-const KEEP_RESIDENT: usize = 1024 * 1024;
-
 pub struct ConnectorEngine {
     pub engine: Engine,
     stop: Arc<AtomicBool>,
@@ -36,8 +32,9 @@ impl ConnectorEngine {
         // Every call gets a fresh instance from the pool. Resetting a slot with madvise
         // makes the next instance page-fault its memory back in; resetting only the
         // pages the last one dirtied (PAGEMAP_SCAN, Linux 6.7+) with memset keeps them.
-        pool.linear_memory_keep_resident(KEEP_RESIDENT);
-        pool.table_keep_resident(64 * 1024);
+        let keep = cfg.keep_resident_kb as usize * 1024;
+        pool.linear_memory_keep_resident(keep);
+        pool.table_keep_resident(keep.min(64 * 1024));
         pool.pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;

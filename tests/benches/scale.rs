@@ -1,0 +1,248 @@
+//! Scale: the real `berth` binary (release) with 1,000 shops across the five production
+//! connectors against the simulator: memory and CPU idle and under polling load, and
+//! the idle RSS each connector adds.
+//!
+//! Run: `cargo build --release -p berth-host && cargo bench -p berth-tests --bench scale`
+//! (optionally `-- SHOPS`, default 1000, split evenly over the five connectors;
+//! `RUNTIME="keep_resident_kb = 0"` adds lines to every run's `[runtime]`).
+//!
+//! Rows:
+//! - idle: every shop has pulled its history once; polls are an hour apart; RSS and CPU
+//!   of the berth process over [`MEASURE`].
+//! - load: the same shops polled every [`LOAD_POLL_SECS`] s; pages pulled per second,
+//!   RSS and CPU over [`MEASURE`]. The simulator runs in this bench's process and shares
+//!   the machine's cores with berth.
+//! - per connector: berth with that connector and one idle shop, minus berth with no
+//!   connector at all.
+
+use berth_sim::{ShopeePartner, ShopeeShop, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop, WooSite};
+use berth_tests::{poll_until, Berth};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// How long each idle or load figure is measured.
+const MEASURE: Duration = Duration::from_secs(20);
+/// Poll interval of every shop under load.
+const LOAD_POLL_SECS: u64 = 5;
+/// Orders seeded per shop (two hours of history).
+const ORDERS: usize = 10;
+
+/// (connector, component)
+fn connectors() -> [(&'static str, &'static str); 5] {
+    [("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO), ("shopee", plugins::SHOPEE_PY), ("woo-js", plugins::WOO_JS), ("woo-c", plugins::WOO_C)]
+}
+
+fn sim_config(per: usize) -> SimConfig {
+    let mut cfg = SimConfig { seed: 9, history_hours: 2, ..SimConfig::default() };
+    cfg.shopify.shops = (0..per).map(|i| ShopifyShop { name: format!("sf{i}"), access_token: format!("tok{i}"), orders: ORDERS }).collect();
+    cfg.shopify.bucket_size = 1_000_000;
+    cfg.shopify.leak_per_sec = 1_000_000.0;
+    cfg.taobao.apps = vec![TaobaoApp { app_key: "k1".into(), secret: "tb-secret".into() }];
+    cfg.taobao.shops = (0..per).map(|i| TaobaoShop { nick: format!("tb{i}"), app_key: "k1".into(), session: format!("s{i}"), orders: ORDERS }).collect();
+    cfg.taobao.calls_per_window = 1_000_000;
+    cfg.shopee.partners = vec![ShopeePartner { partner_id: 9001, partner_key: "sp-partner-key".into() }];
+    cfg.shopee.shops = (0..per).map(|i| ShopeeShop { shop_id: 880_000 + i as u64, partner_id: 9001, access_token: format!("sp{i}"), orders: ORDERS }).collect();
+    cfg.shopee.calls_per_window = 1_000_000;
+    cfg.woo.sites = (0..2 * per).map(|i| WooSite { name: format!("wo{i}"), consumer_key: format!("ck{i}"), consumer_secret: format!("cs{i}"), orders: ORDERS }).collect();
+    cfg.woo.requests_per_window = 1_000_000;
+    cfg
+}
+
+/// `[shops.*]` for `per` shops of each connector, polled every `poll` seconds.
+fn shops(sim: &str, per: usize, poll: u64) -> String {
+    let mut s = String::new();
+    for i in 0..per {
+        let _ = write!(
+            s,
+            r#"[shops.sf{i}]
+connector = "shopify"
+poll_interval_secs = {poll}
+settings = {{ base_url = "{sim}/shopify/sf{i}", page_size = "50" }}
+secrets = {{ access_token = "tok{i}" }}
+[shops.tb{i}]
+connector = "taobao"
+poll_interval_secs = {poll}
+settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "k1", sign_method = "hmac-sha256", page_size = "50" }}
+secrets = {{ app_secret = "tb-secret", session = "s{i}" }}
+[shops.sp{i}]
+connector = "shopee"
+poll_interval_secs = {poll}
+settings = {{ base_url = "{sim}/shopee", partner_id = "9001", shop_id = "{id}", page_size = "50", webhook_url = "{callback}" }}
+secrets = {{ partner_key = "sp-partner-key", access_token = "sp{i}" }}
+[shops.wj{i}]
+connector = "woo-js"
+poll_interval_secs = {poll}
+settings = {{ base_url = "{sim}/woo/wo{j}", page_size = "50" }}
+secrets = {{ consumer_key = "ck{j}", consumer_secret = "cs{j}" }}
+[shops.wc{i}]
+connector = "woo-c"
+poll_interval_secs = {poll}
+settings = {{ base_url = "{sim}/woo/wo{k}", page_size = "50" }}
+secrets = {{ consumer_key = "ck{k}", consumer_secret = "cs{k}" }}
+"#,
+            id = 880_000 + i,
+            j = 2 * i,
+            k = 2 * i + 1,
+            callback = berth_sim::profiles::SHOPEE_CALLBACK_URL,
+        );
+    }
+    s
+}
+
+/// A berth config in `dir` with `connectors` and `shops`; the compiled code cache is
+/// copied from `cache` (if given) so no run but the first compiles.
+fn config(dir: &Path, connectors: &[(&str, &str)], shops: &str, cache: Option<&Path>) -> std::path::PathBuf {
+    if let Some(cache) = cache {
+        let to = dir.join("data/compiled");
+        std::fs::create_dir_all(&to).expect("cache dir");
+        for f in std::fs::read_dir(cache).expect("read cache").flatten() {
+            std::fs::copy(f.path(), to.join(f.file_name())).expect("copy compiled code");
+        }
+    }
+    let runtime = std::env::var("RUNTIME").unwrap_or_default();
+    let rest = format!("[sync]\ninitial_lookback_hours = 3\n[runtime]\nmax_instances = 256\n{runtime}\n{}{shops}", berth_tests::local_connectors(connectors));
+    berth_tests::write_config(dir, &rest)
+}
+
+/// Resident memory and CPU time (user + system) of a process, from /proc.
+struct Usage {
+    rss_bytes: u64,
+    cpu: Duration,
+}
+
+fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let hz = 100; // USER_HZ on Linux
+    Usage { rss_bytes: rss_kb * 1024, cpu: Duration::from_millis(ticks * 1000 / hz) }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The shops' pages pulled so far, and how many have pulled successfully at least once.
+async fn progress(client: &reqwest::Client, berth: &Berth) -> (u64, usize) {
+    let shops: serde_json::Value = client.get(berth.url("/v1/shops")).send().await.expect("shops").json().await.expect("shops json");
+    let list = shops.as_array().cloned().unwrap_or_default();
+    let pages = list.iter().map(|s| s["pages"].as_u64().unwrap_or(0)).sum();
+    let synced = list.iter().filter(|s| !s["last_success_ms"].is_null()).count();
+    (pages, synced)
+}
+
+/// RSS at the end and CPU share (of one core) over [`MEASURE`], and pages pulled per second.
+async fn measure(client: &reqwest::Client, berth: &Berth) -> (u64, f64, f64) {
+    let (pages0, _) = progress(client, berth).await;
+    let (u0, t0) = (usage(berth.pid()), Instant::now());
+    tokio::time::sleep(MEASURE).await;
+    let (u1, took) = (usage(berth.pid()), t0.elapsed());
+    let (pages1, _) = progress(client, berth).await;
+    let cpu = (u1.cpu - u0.cpu).as_secs_f64() / took.as_secs_f64();
+    (u1.rss_bytes, cpu, (pages1 - pages0) as f64 / took.as_secs_f64())
+}
+
+/// Idle RSS of berth started on `cfg` once it listens and its connectors are loaded.
+async fn idle_rss(client: &reqwest::Client, cfg: &Path, shops: usize) -> u64 {
+    let berth = Berth::start(cfg);
+    poll_until(Duration::from_secs(300), || async { (progress(client, &berth).await.1 >= shops).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the shops did not sync\n{}", berth.log()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    usage(berth.pid()).rss_bytes
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let total = std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(1000usize);
+    let per = (total / 5).max(1);
+    let total = per * 5;
+    let sim = berth_sim::start(sim_config(per), "127.0.0.1:0".parse().expect("address")).await.expect("simulator");
+    let base = sim.base_url();
+    let client = reqwest::Client::new();
+    let work = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("work dir");
+    println!("{total} shops ({per} per connector: shopify, taobao, shopee-py, woo-js, woo-c), {ORDERS} orders each");
+    println!("| phase | shops | RSS MB | CPU (share of one core) | pages/s |");
+    println!("|---|---:|---:|---:|---:|");
+
+    // First start: cranelift compiles all five components into the cache the runs below
+    // load from (a compiler's heap is not what a running host holds).
+    let warm_dir = work.path().join("warm");
+    std::fs::create_dir_all(&warm_dir).expect("dir");
+    let t = Instant::now();
+    drop(Berth::start(&config(&warm_dir, &connectors(), "", None)));
+    let cold = t.elapsed();
+    let cache = warm_dir.join("data/compiled");
+
+    // Idle: one pull of each shop's history at start, then an hour between polls.
+    let idle_dir = work.path().join("idle");
+    std::fs::create_dir_all(&idle_dir).expect("dir");
+    let cfg = config(&idle_dir, &connectors(), &shops(&base, per, 3600), Some(&cache));
+    let t = Instant::now();
+    let berth = Berth::start(&cfg);
+    let started = t.elapsed();
+    poll_until(Duration::from_secs(600), || async { (progress(&client, &berth).await.1 >= total).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("not every shop synced\n{}", berth.log()));
+    let caught_up = t.elapsed();
+    let (rss, cpu, _) = measure(&client, &berth).await;
+    println!("| idle (all shops synced, polls an hour apart) | {total} | {} | {cpu:.3} | 0 |", mb(rss));
+    drop(berth);
+
+    // Load: every shop polled every LOAD_POLL_SECS.
+    let load_dir = work.path().join("load");
+    std::fs::create_dir_all(&load_dir).expect("dir");
+    let cfg = config(&load_dir, &connectors(), &shops(&base, per, LOAD_POLL_SECS), Some(&cache));
+    let berth = Berth::start(&cfg);
+    poll_until(Duration::from_secs(600), || async { (progress(&client, &berth).await.1 >= total).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("not every shop synced\n{}", berth.log()));
+    let (rss, cpu, pages) = measure(&client, &berth).await;
+    println!("| load (every shop polled every {LOAD_POLL_SECS} s) | {total} | {} | {cpu:.3} | {pages:.0} |", mb(rss));
+    drop(berth);
+    println!(
+        "start to listening: {:.2} s compiling all five cold, {:.2} s from the cache with {total} shops; all {total} shops pulled their history {:.2} s after start",
+        cold.as_secs_f64(),
+        started.as_secs_f64(),
+        caught_up.as_secs_f64()
+    );
+
+    // Per connector: one connector, one idle shop, against none at all.
+    let none_dir = work.path().join("none");
+    std::fs::create_dir_all(&none_dir).expect("dir");
+    let baseline = idle_rss(&client, &config(&none_dir, &[], "", None), 0).await;
+    println!("\n| connector | idle RSS MB (one shop) | added over no connector |");
+    println!("|---|---:|---:|");
+    println!("| (none) | {} | |", mb(baseline));
+    let one = shops(&base, 1, 3600);
+    for (name, component) in connectors() {
+        let dir = work.path().join(format!("one-{name}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Only this connector's shop from the one-per-connector block.
+        let prefix = match name {
+            "shopify" => "sf0",
+            "taobao" => "tb0",
+            "shopee" => "sp0",
+            "woo-js" => "wj0",
+            _ => "wc0",
+        };
+        let shop: String = one.split("[shops.").filter(|b| b.starts_with(&format!("{prefix}]"))).map(|b| format!("[shops.{b}")).collect();
+        let rss = idle_rss(&client, &config(&dir, &[(name, component)], &shop, Some(&cache)), 1).await;
+        println!("| {name} | {} | {} |", mb(rss), mb(rss.saturating_sub(baseline)));
+    }
+}
