@@ -12,6 +12,11 @@
 //! - load: the same shops polled every [`LOAD_POLL_SECS`] s; pages pulled per second,
 //!   RSS and CPU over [`MEASURE`]. The simulator runs in this bench's process and shares
 //!   the machine's cores with berth.
+//! - hot swap, under that load: for each connector, deploy a rebuilt version (another
+//!   digest: a cold compile), the original again (compiled code from the cache), the
+//!   rebuilt one again (cache); time from the deploy request to the new version serving
+//!   (the answer comes once it is active), and every call that did not end `ok` while
+//!   the swaps ran.
 //! - per connector: berth with that connector and one idle shop, minus berth with no
 //!   connector at all.
 
@@ -32,6 +37,8 @@ const MEASURE: Duration = Duration::from_secs(20);
 const LOAD_POLL_SECS: u64 = 5;
 /// Orders seeded per shop (two hours of history).
 const ORDERS: usize = 10;
+/// The deployer's token in the bench's config.
+const DEPLOYER: &str = "bench-deployer-token-0001";
 
 /// (connector, component)
 fn connectors() -> [(&'static str, &'static str); 5] {
@@ -106,7 +113,11 @@ fn config(dir: &Path, connectors: &[(&str, &str)], shops: &str, cache: Option<&P
         }
     }
     let runtime = std::env::var("RUNTIME").unwrap_or_default();
-    let rest = format!("[sync]\ninitial_lookback_hours = 3\n[runtime]\nmax_instances = 256\n{runtime}\n{}{shops}", berth_tests::local_connectors(connectors));
+    let rest = format!(
+        "[sync]\ninitial_lookback_hours = 3\n[runtime]\nmax_instances = 256\n{runtime}\n\
+         [admin]\nmax_component_mb = 64\ntokens = [{{ name = \"bench\", token = \"{DEPLOYER}\", role = \"deployer\" }}]\n{}{shops}",
+        berth_tests::local_connectors(connectors)
+    );
     berth_tests::write_config(dir, &rest)
 }
 
@@ -155,6 +166,35 @@ async fn measure(client: &reqwest::Client, berth: &Berth) -> (u64, f64, f64) {
     let (pages1, _) = progress(client, berth).await;
     let cpu = (u1.cpu - u0.cpu).as_secs_f64() / took.as_secs_f64();
     (u1.rss_bytes, cpu, (pages1 - pages0) as f64 / took.as_secs_f64())
+}
+
+/// Connector calls so far by (call, outcome), from `/metrics`.
+async fn call_outcomes(client: &reqwest::Client, berth: &Berth) -> std::collections::BTreeMap<(String, String), f64> {
+    let text = client.get(berth.url("/metrics")).send().await.expect("metrics").text().await.expect("metrics text");
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("berth_connector_calls_total{")) {
+        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string();
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry((label("call"), label("outcome"))).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// Deploy `bytes` as `connector` and wait for the answer (it comes once the version is
+/// active): how long that took.
+async fn deploy(client: &reqwest::Client, berth: &Berth, connector: &str, bytes: &[u8]) -> Duration {
+    let t = Instant::now();
+    let resp = client
+        .post(berth.url(&format!("/v1/admin/connectors/{connector}/versions")))
+        .bearer_auth(DEPLOYER)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("deploy");
+    let took = t.elapsed();
+    let status = resp.status().as_u16();
+    assert!(status == 200 || status == 201, "deploy of {connector}: {status} {}", resp.text().await.unwrap_or_default());
+    took
 }
 
 /// Idle RSS of berth started on `cfg` once it listens and its connectors are loaded.
@@ -214,7 +254,36 @@ async fn main() {
         .unwrap_or_else(|| panic!("not every shop synced\n{}", berth.log()));
     let (rss, cpu, pages) = measure(&client, &berth).await;
     println!("| load (every shop polled every {LOAD_POLL_SECS} s) | {total} | {} | {cpu:.3} | {pages:.0} |", mb(rss));
+
+    // Hot swaps under the same load.
+    let before = call_outcomes(&client, &berth).await;
+    let mut swaps = Vec::new();
+    for (name, component) in connectors() {
+        let original = std::fs::read(component).expect("component");
+        let rebuilt = berth_tests::component_variant(&original, "bench-rebuilt");
+        let cold = deploy(&client, &berth, name, &rebuilt).await;
+        let back = deploy(&client, &berth, name, &original).await;
+        let again = deploy(&client, &berth, name, &rebuilt).await;
+        swaps.push((name, cold, back, again));
+    }
+    // Calls already running on the old versions finish within a poll or two.
+    tokio::time::sleep(Duration::from_secs(2 * LOAD_POLL_SECS)).await;
+    let after = call_outcomes(&client, &berth).await;
     drop(berth);
+    let (mut calls, mut failed) = (0.0, Vec::new());
+    for (key, n) in &after {
+        let n = n - before.get(key).copied().unwrap_or(0.0);
+        calls += n;
+        if key.1 != "ok" && n > 0.0 {
+            failed.push(format!("{} {}: {n}", key.0, key.1));
+        }
+    }
+    println!("\n| connector | deploy → serving, cold compile | back to the previous version (cache) | the new one again (cache) |");
+    println!("|---|---:|---:|---:|");
+    for (name, cold, back, again) in swaps {
+        println!("| {name} | {} ms | {} ms | {} ms |", cold.as_millis(), back.as_millis(), again.as_millis());
+    }
+    println!("calls while the 15 swaps ran under load: {calls:.0}; not ok: {}", if failed.is_empty() { "none".to_string() } else { failed.join(", ") });
     println!(
         "start to listening: {:.2} s compiling all five cold, {:.2} s from the cache with {total} shops; all {total} shops pulled their history {:.2} s after start",
         cold.as_secs_f64(),
