@@ -76,18 +76,25 @@ async fn run(producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Dura
         })
         .collect();
 
-    let mut enq = Vec::new();
-    for p in prod {
-        enq.extend(p.await.expect("producer"));
+    let (enq, ack) = latencies(prod, cons).await;
+    (total as f64 / start.elapsed().as_secs_f64(), enq, ack, q.flush_count())
+}
+
+type Latencies = Vec<tokio::task::JoinHandle<Vec<Duration>>>;
+
+/// Wait for the producers and consumers: their enqueue and ack latencies, sorted.
+async fn latencies(producers: Latencies, consumers: Latencies) -> (Vec<Duration>, Vec<Duration>) {
+    let mut sorted = Vec::new();
+    for (tasks, what) in [(producers, "producer"), (consumers, "consumer")] {
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_else(|e| panic!("{what}: {e}")));
+        }
+        all.sort();
+        sorted.push(all);
     }
-    let mut ack = Vec::new();
-    for c in cons {
-        ack.extend(c.await.expect("consumer"));
-    }
-    let elapsed = start.elapsed();
-    enq.sort();
-    ack.sort();
-    (total as f64 / elapsed.as_secs_f64(), enq, ack, q.flush_count())
+    let ack = sorted.pop().expect("two");
+    (sorted.pop().expect("two"), ack)
 }
 
 fn row(system: &str, producers: usize, rate: f64, enq: &[Duration], ack: &[Duration], fsyncs: &str) {

@@ -156,16 +156,6 @@ pub async fn run(server: &NatsServer, producers: usize, messages: usize, payload
         })
         .collect();
 
-    let mut enq = Vec::new();
-    for p in prod {
-        enq.extend(p.await.expect("producer"));
-    }
-    let mut ack = Vec::new();
-    for c in cons {
-        ack.extend(c.await.expect("consumer"));
-    }
-    let elapsed = start.elapsed();
-    enq.sort();
-    ack.sort();
-    (total as f64 / elapsed.as_secs_f64(), enq, ack)
+    let (enq, ack) = crate::latencies(prod, cons).await;
+    (total as f64 / start.elapsed().as_secs_f64(), enq, ack)
 }
