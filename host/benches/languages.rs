@@ -106,7 +106,7 @@ async fn main() {
         }
         let path: PathBuf = root.join(rel);
         let Ok(bytes) = std::fs::read(&path) else {
-            println!("| {language} | {name} | missing: build it with `cargo test -p berth-tests --no-run` | | | | |");
+            println!("| {language} | {name} | missing: build it with `cargo test -p berth-tests --no-run` | | | | | | |");
             continue;
         };
         // Cold: a scratch host with an empty compile cache.

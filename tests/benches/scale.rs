@@ -22,7 +22,6 @@
 
 use berth_sim::{ShopeePartner, ShopeeShop, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop, WooSite};
 use berth_tests::{poll_until, Berth};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -61,45 +60,39 @@ fn sim_config(per: usize) -> SimConfig {
     cfg
 }
 
+/// `[shops.*]` for shop `i` of `connector`, polled every `poll` seconds.
+fn shop(sim: &str, connector: &str, i: usize, poll: u64) -> String {
+    let (name, settings, secrets) = match connector {
+        "shopify" => (format!("sf{i}"), format!("base_url = \"{sim}/shopify/sf{i}\""), format!("access_token = \"tok{i}\"")),
+        "taobao" => (
+            format!("tb{i}"),
+            format!("gateway = \"{sim}/taobao/router/rest\", app_key = \"k1\", sign_method = \"hmac-sha256\""),
+            format!("app_secret = \"tb-secret\", session = \"s{i}\""),
+        ),
+        "shopee" => (
+            format!("sp{i}"),
+            format!(
+                "base_url = \"{sim}/shopee\", partner_id = \"9001\", shop_id = \"{}\", webhook_url = \"{}\"",
+                880_000 + i,
+                berth_sim::profiles::SHOPEE_CALLBACK_URL
+            ),
+            format!("partner_key = \"sp-partner-key\", access_token = \"sp{i}\""),
+        ),
+        // The two WooCommerce connectors take alternate simulated sites.
+        "woo-js" | "woo-c" => {
+            let (prefix, site) = if connector == "woo-js" { ("wj", 2 * i) } else { ("wc", 2 * i + 1) };
+            (format!("{prefix}{i}"), format!("base_url = \"{sim}/woo/wo{site}\""), format!("consumer_key = \"ck{site}\", consumer_secret = \"cs{site}\""))
+        }
+        other => panic!("no shop template for connector `{other}`"),
+    };
+    format!(
+        "[shops.{name}]\nconnector = \"{connector}\"\npoll_interval_secs = {poll}\nsettings = {{ {settings}, page_size = \"50\" }}\nsecrets = {{ {secrets} }}\n"
+    )
+}
+
 /// `[shops.*]` for `per` shops of each connector, polled every `poll` seconds.
 fn shops(sim: &str, per: usize, poll: u64) -> String {
-    let mut s = String::new();
-    for i in 0..per {
-        let _ = write!(
-            s,
-            r#"[shops.sf{i}]
-connector = "shopify"
-poll_interval_secs = {poll}
-settings = {{ base_url = "{sim}/shopify/sf{i}", page_size = "50" }}
-secrets = {{ access_token = "tok{i}" }}
-[shops.tb{i}]
-connector = "taobao"
-poll_interval_secs = {poll}
-settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "k1", sign_method = "hmac-sha256", page_size = "50" }}
-secrets = {{ app_secret = "tb-secret", session = "s{i}" }}
-[shops.sp{i}]
-connector = "shopee"
-poll_interval_secs = {poll}
-settings = {{ base_url = "{sim}/shopee", partner_id = "9001", shop_id = "{id}", page_size = "50", webhook_url = "{callback}" }}
-secrets = {{ partner_key = "sp-partner-key", access_token = "sp{i}" }}
-[shops.wj{i}]
-connector = "woo-js"
-poll_interval_secs = {poll}
-settings = {{ base_url = "{sim}/woo/wo{j}", page_size = "50" }}
-secrets = {{ consumer_key = "ck{j}", consumer_secret = "cs{j}" }}
-[shops.wc{i}]
-connector = "woo-c"
-poll_interval_secs = {poll}
-settings = {{ base_url = "{sim}/woo/wo{k}", page_size = "50" }}
-secrets = {{ consumer_key = "ck{k}", consumer_secret = "cs{k}" }}
-"#,
-            id = 880_000 + i,
-            j = 2 * i,
-            k = 2 * i + 1,
-            callback = berth_sim::profiles::SHOPEE_CALLBACK_URL,
-        );
-    }
-    s
+    (0..per).flat_map(|i| connectors().map(|(c, _)| shop(sim, c, i, poll))).collect()
 }
 
 /// A berth config in `dir` with `connectors` and `shops`; the compiled code cache is
@@ -298,20 +291,11 @@ async fn main() {
     println!("\n| connector | idle RSS MB (one shop) | added over no connector |");
     println!("|---|---:|---:|");
     println!("| (none) | {} | |", mb(baseline));
-    let one = shops(&base, 1, 3600);
     for (name, component) in connectors() {
         let dir = work.path().join(format!("one-{name}"));
         std::fs::create_dir_all(&dir).expect("dir");
-        // Only this connector's shop from the one-per-connector block.
-        let prefix = match name {
-            "shopify" => "sf0",
-            "taobao" => "tb0",
-            "shopee" => "sp0",
-            "woo-js" => "wj0",
-            _ => "wc0",
-        };
-        let shop: String = one.split("[shops.").filter(|b| b.starts_with(&format!("{prefix}]"))).map(|b| format!("[shops.{b}")).collect();
-        let rss = idle_rss(&client, &config(&dir, &[(name, component)], &shop, Some(&cache)), 1).await;
+        let one = shop(&base, name, 0, 3600);
+        let rss = idle_rss(&client, &config(&dir, &[(name, component)], &one, Some(&cache)), 1).await;
         println!("| {name} | {} | {} |", mb(rss), mb(rss.saturating_sub(baseline)));
     }
 }
