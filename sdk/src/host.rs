@@ -1,6 +1,10 @@
-//! Typed wrappers over the host imports.
+//! Typed wrappers over the host imports: component imports in a wasm32 build, the
+//! installed [`crate::native::Host`] in a native one.
 
+#[cfg(target_arch = "wasm32")]
 use crate::bindings::berth::connector::{config, crypto, http, kv, log, metrics};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::native::{config, crypto, http, kv, log, metrics};
 use crate::ConnectorError;
 
 pub use http::{HttpError, Method, Request, Response};
@@ -35,6 +39,10 @@ pub fn warn(message: &str) {
 
 pub fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) {
     metrics::counter_add(name, &own_labels(labels), value)
+}
+
+pub fn gauge_set(name: &str, labels: &[(&str, &str)], value: f64) {
+    metrics::gauge_set(name, &own_labels(labels), value)
 }
 
 pub fn histogram_observe(name: &str, labels: &[(&str, &str)], value: f64) {

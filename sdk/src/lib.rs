@@ -5,7 +5,9 @@
 //! (the `wit-0-1` feature builds against the older 0.1.0 world instead),
 //! gives typed helpers over the host imports (HTTP, KV, config, logging, metrics, crypto),
 //! and small pure helpers every platform needs (time formatting, query encoding, masking).
-//! Build the crate for `wasm32-wasip2`; the result is a component the host loads.
+//! Build the crate for `wasm32-wasip2`; the result is a component the host loads. Built
+//! natively, the host calls go to a [`native::Host`] the caller installs (unit tests, or
+//! a host linking the connector in).
 
 #[cfg(not(feature = "wit-0-1"))]
 pub mod bindings {
@@ -30,6 +32,8 @@ pub mod bindings {
 }
 
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 pub mod stock;
 pub mod text;
 pub mod time;
@@ -92,7 +96,8 @@ impl<T: Connector> bindings::Guest for T {
     }
 }
 
-/// Export a [`Connector`] implementation as the component's world exports.
+/// Export a [`Connector`] implementation as the component's world exports (in a wasm32
+/// build; a native build calls the type's [`Connector`] functions directly).
 ///
 /// ```text
 /// struct MyPlatform;
@@ -102,6 +107,16 @@ impl<T: Connector> bindings::Guest for T {
 #[macro_export]
 macro_rules! export_connector {
     ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_world_connector!($ty with_types_in $crate::bindings);
+        // Natively the calls are the type's own: name them so they count as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$ty as $crate::Connector>::manifest;
+            let _ = <$ty as $crate::Connector>::check;
+            let _ = <$ty as $crate::Connector>::pull_orders;
+            let _ = <$ty as $crate::Connector>::push_inventory;
+            let _ = <$ty as $crate::Connector>::handle_webhook;
+        };
     };
 }

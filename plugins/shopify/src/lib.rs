@@ -30,7 +30,10 @@ use berth_sdk::{
 use serde::Deserialize;
 use serde_json::json;
 
-struct Shopify;
+/// The connector. Built natively (the end-to-end benchmark compiles this file into the
+/// host), its [`Connector`] functions run with a host installed by
+/// `berth_sdk::native::with_host`.
+pub struct Shopify;
 
 const DEFAULT_API_VERSION: &str = "2024-07";
 const MAX_PAGE: u32 = 250;
