@@ -80,6 +80,11 @@ impl OrderInbox {
         self.queue.ack(ORDERS_QUEUE, token).await
     }
 
+    /// Ack a batch with one wait for durability (see [`LeaseQueue::ack_many`]).
+    pub async fn ack_many(&self, tokens: &[LeaseToken]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        self.queue.ack_many(ORDERS_QUEUE, tokens).await
+    }
+
     pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
         self.queue.nack(ORDERS_QUEUE, token, delay, reason).await
     }

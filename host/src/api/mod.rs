@@ -237,12 +237,20 @@ async fn settle(st: &ApiState, body: JsonBody<AckRequest>, ack: bool) -> Respons
     };
     let mut resp = AckResponse { done: 0, lease_lost: Vec::new() };
     let reason = req.reason.as_deref().unwrap_or("nacked by the ERP");
-    for token in &req.tokens {
-        let result = if ack {
-            st.inbox.ack(token).await
-        } else {
-            st.inbox.nack(token, std::time::Duration::from_secs(req.delay_secs), reason).await
-        };
+    // Acks share one fsync; a nack is rare and each is its own.
+    let results = if ack {
+        match st.inbox.ack_many(&req.tokens).await {
+            Ok(results) => results,
+            Err(e) => return queue_error(e),
+        }
+    } else {
+        let mut results = Vec::with_capacity(req.tokens.len());
+        for token in &req.tokens {
+            results.push(st.inbox.nack(token, std::time::Duration::from_secs(req.delay_secs), reason).await);
+        }
+        results
+    };
+    for result in results {
         match result {
             Ok(()) => resp.done += 1,
             Err(QueueError::LeaseLost { id }) => resp.lease_lost.push(id),

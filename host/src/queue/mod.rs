@@ -115,6 +115,9 @@ pub trait LeaseQueue: Send + Sync {
     async fn enqueue(&self, queue: &str, msg: NewMessage) -> Result<Enqueued, QueueError>;
     async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError>;
     async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError>;
+    /// Ack a batch with one wait for durability: each token's own outcome in order (a
+    /// lost lease fails alone); `Err` when the batch could not be made durable.
+    async fn ack_many(&self, queue: &str, tokens: &[LeaseToken]) -> Result<Vec<Result<(), QueueError>>, QueueError>;
     /// Give a message back, visible again after `delay`; `reason` is kept for the
     /// dead-letter record if this was the last attempt.
     async fn nack(&self, queue: &str, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError>;

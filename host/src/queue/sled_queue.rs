@@ -165,6 +165,18 @@ impl SledQueue {
     }
 
     /// Move a message to the dead letters inside a transaction.
+    /// Remove an acked message (not yet durable: the caller waits for that).
+    fn remove_leased(t: &QueueTrees, token: &LeaseToken) -> Result<(), QueueError> {
+        (&t.msg, &t.ready)
+            .transaction(|(msg, ready)| {
+                let (h, _) = leased_header(msg, token)?;
+                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                msg.remove(&token.id.to_be_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
     fn bury(msg: &TransactionalTree, ready: &TransactionalTree, dead: &TransactionalTree, id: u64, mut h: Header, payload: &[u8], reason: String) -> TxResult<()> {
         ready.remove(&sched_key(h.visible_at_ms, id))?;
         msg.remove(&id.to_be_bytes())?;
@@ -246,17 +258,18 @@ impl LeaseQueue for SledQueue {
     }
 
     async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError> {
-        let t = self.trees(queue)?;
-        (&t.msg, &t.ready)
-            .transaction(|(msg, ready)| {
-                let (h, _) = leased_header(msg, token)?;
-                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
-                msg.remove(&token.id.to_be_bytes())?;
-                Ok(())
-            })
-            .map_err(tx_err)?;
+        Self::remove_leased(&self.trees(queue)?, token)?;
         self.commit.durable().await?;
         Ok(())
+    }
+
+    async fn ack_many(&self, queue: &str, tokens: &[LeaseToken]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let t = self.trees(queue)?;
+        let done: Vec<_> = tokens.iter().map(|token| Self::remove_leased(&t, token)).collect();
+        if done.iter().any(Result::is_ok) {
+            self.commit.durable().await?;
+        }
+        Ok(done)
     }
 
     async fn nack(&self, queue: &str, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
@@ -444,6 +457,29 @@ mod tests {
         // Other queues are separate.
         assert_eq!(q.stats("stock").unwrap(), QueueStats::default());
         assert!(matches!(q.stats("Bad Name"), Err(QueueError::BadName(_))));
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_acks_shares_one_fsync_and_a_lost_lease_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        for i in 0..20 {
+            q.enqueue("orders", msg("s1", &format!("o{i}"), None)).await.unwrap();
+        }
+        let leased = q.lease("orders", 20, Duration::from_secs(30)).await.unwrap();
+        q.ack("orders", &leased[3].token).await.unwrap();
+        let tokens: Vec<LeaseToken> = leased.iter().map(|l| l.token.clone()).collect();
+        let flushes = q.flush_count();
+        let done = q.ack_many("orders", &tokens).await.unwrap();
+        assert!(matches!(done[3], Err(QueueError::LeaseLost { .. })), "acked before: {:?}", done[3]);
+        assert_eq!(done.iter().filter(|r| r.is_ok()).count(), 19);
+        assert!(q.flush_count() - flushes <= 1, "one batch, at most one fsync: {}", q.flush_count() - flushes);
+        assert_eq!(q.stats("orders").unwrap(), QueueStats::default());
+        drop(q);
+        // Durable: after reopening, nothing comes back.
+        let q = open(dir.path(), 3);
+        assert!(q.lease("orders", 20, Duration::from_secs(0)).await.unwrap().is_empty());
+        assert!(q.ack_many("orders", &[]).await.unwrap().is_empty());
     }
 
     #[tokio::test]
