@@ -7,7 +7,7 @@
 //! the repeated enqueue is a no-op, so an order is neither lost nor queued twice.
 
 use crate::queue::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, NewMessage, QueueError, QueueStats, SledQueue};
-use crate::store::OrderData;
+use crate::store::{OrderData, OrderStore, PageSource, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,24 @@ pub struct QueuedOrder {
     pub platform: String,
     pub connector_version: String,
     pub order: OrderData,
+}
+
+impl QueuedOrder {
+    /// The versions among `orders` the store has not seen, as they are queued for the ERP.
+    pub fn new_versions(src: &PageSource<'_>, orders: &[OrderData], store: &OrderStore) -> Result<Vec<QueuedOrder>, StoreError> {
+        let mut fresh = Vec::new();
+        for o in orders {
+            if store.is_new(src.shop, o)? {
+                fresh.push(QueuedOrder {
+                    shop: src.shop.to_string(),
+                    platform: src.platform.to_string(),
+                    connector_version: src.connector_version.to_string(),
+                    order: o.clone(),
+                });
+            }
+        }
+        Ok(fresh)
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -56,17 +56,7 @@ pub enum IngestError {
 /// versions berth has not seen for the ERP, then store them, both durably — the same
 /// order as pulls (see inbox.rs), so nothing is lost or queued twice.
 pub async fn accept_orders(src: &PageSource<'_>, orders: &[OrderData], inbox: &OrderInbox, store: &OrderStore) -> Result<PageOutcome, String> {
-    let mut fresh = Vec::new();
-    for o in orders {
-        if store.is_new(src.shop, o).map_err(|e| e.to_string())? {
-            fresh.push(QueuedOrder {
-                shop: src.shop.to_string(),
-                platform: src.platform.to_string(),
-                connector_version: src.connector_version.to_string(),
-                order: o.clone(),
-            });
-        }
-    }
+    let fresh = QueuedOrder::new_versions(src, orders, store).map_err(|e| e.to_string())?;
     inbox.deliver(fresh).await.map_err(|e| e.to_string())?;
     store.commit_pushed(src, orders).await.map_err(|e| e.to_string())
 }

@@ -19,7 +19,8 @@ use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::retry::{ErrorKind, Job};
 use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;
-use crate::store::{OrderData, OrderLineRecord, OrderStore, PageSource, SyncState, WindowProgress};
+use crate::queue::QueueError;
+use crate::store::{OrderData, OrderLineRecord, OrderStore, PageOutcome, PageSource, StoreError, SyncState, WindowProgress};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -288,27 +289,10 @@ impl ShopWorker {
             }
         };
         let orders: Vec<OrderData> = page.orders.into_iter().map(to_record).collect();
-        // Queue new versions for the ERP before the page commits (see inbox.rs).
-        let mut fresh = Vec::new();
-        for o in &orders {
-            if self.store.is_new(&self.shop, o).map_err(|e| StepError::Pause(e.to_string()))? {
-                fresh.push(QueuedOrder {
-                    shop: self.shop.clone(),
-                    platform: conn.manifest.platform.clone(),
-                    connector_version: conn.version().to_string(),
-                    order: o.clone(),
-                });
-            }
-        }
-        self.inbox
-            .deliver(fresh)
-            .await
-            .map_err(|e| StepError::Failed(ErrorKind::Transient, format!("cannot queue orders: {e}")))?;
-        let outcome = self
-            .store
-            .commit_page(&self.source(conn), &orders, &next_state)
-            .await
-            .map_err(|e| StepError::Pause(format!("cannot store orders: {e}")))?;
+        let outcome = store_page(&self.store, &self.inbox, &self.source(conn), &orders, &next_state).await.map_err(|e| match e {
+            PageError::Queue(_) => StepError::Failed(ErrorKind::Transient, e.to_string()),
+            PageError::Store(_) => StepError::Pause(e.to_string()),
+        })?;
         tracing::debug!(added = outcome.added, duplicates = outcome.duplicates, window_done = done, "page stored");
         self.update(|s| {
             s.pages += 1;
@@ -332,6 +316,30 @@ impl ShopWorker {
     fn source<'a>(&'a self, conn: &'a LoadedConnector) -> PageSource<'a> {
         PageSource { shop: &self.shop, platform: &conn.manifest.platform, connector_version: conn.version() }
     }
+}
+
+/// Why a pulled page was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// Worth retrying the page: nothing was committed.
+    #[error("cannot queue orders: {0}")]
+    Queue(#[from] QueueError),
+    #[error("cannot store orders: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Take a pulled page: queue the order versions berth has not seen for the ERP, then
+/// commit the page with the shop's next position (see inbox.rs for why in that order),
+/// both durably.
+pub async fn store_page(
+    store: &OrderStore,
+    inbox: &OrderInbox,
+    src: &PageSource<'_>,
+    orders: &[OrderData],
+    next: &SyncState,
+) -> Result<PageOutcome, PageError> {
+    inbox.deliver(QueuedOrder::new_versions(src, orders, store)?).await?;
+    Ok(store.commit_page(src, orders, next).await?)
 }
 
 enum StepError {
