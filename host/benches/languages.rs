@@ -8,6 +8,11 @@
 //! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs;
 //! `ONLY=shopify` runs one connector (for profiling).
 //! The components are the ones the test build makes (`cargo test -p berth-tests --no-run`).
+//!
+//! For the Rust connectors a second table gives wasmtime's floor beside berth's figure:
+//! the same component on an engine configured the same way, instantiated into a bare
+//! `Store<()>` (every import a trap; `manifest` calls none) and called — no per-call host
+//! state, limiter, deadline callback, call permit or metrics. The difference is berth's.
 
 use berth_host::config::{Secret, ShopConfig, Tier};
 use berth_host::plugin::ScratchHost;
@@ -100,6 +105,7 @@ async fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let only = std::env::var("ONLY").ok();
+    let mut floors = Vec::new();
     for (language, name, platform, rel) in CONNECTORS {
         if only.as_deref().is_some_and(|o| o != *name) {
             continue;
@@ -122,11 +128,19 @@ async fn main() {
         let cached = t.elapsed();
         host.unlimited(&conn.manifest.platform);
 
-        let mut inst = Vec::with_capacity(calls);
+        // For the Rust connectors, wasmtime alone, call for call with berth's (the
+        // machine's noise moves both alike).
+        let floor = (*language == "Rust").then(|| Arc::new(Floor::new(&path, runtime)));
+        let (mut inst, mut bare) = (Vec::with_capacity(calls), Vec::new());
         for _ in 0..calls {
             let t = Instant::now();
             conn.manifest_call().await.expect("manifest");
             inst.push(t.elapsed());
+            if let Some(f) = &floor {
+                let t = Instant::now();
+                f.call().await;
+                bare.push(t.elapsed());
+            }
         }
         let c = conn.clone();
         let manifest_rate = calls_per_sec(move || {
@@ -175,6 +189,14 @@ async fn main() {
             }
         })
         .await;
+        if let Some(f) = floor {
+            let floor_rate = calls_per_sec(move || {
+                let f = f.clone();
+                async move { f.call().await }
+            })
+            .await;
+            floors.push((*name, stats(inst.clone()).0, manifest_rate, bare, floor_rate));
+        }
         let (i50, i10, i90, i99) = stats(inst);
         let (p50, p10, p90, p99) = stats(pulls);
         println!(
@@ -193,5 +215,57 @@ async fn main() {
             ms(p99),
             pull_rate,
         );
+    }
+    if floors.is_empty() {
+        return;
+    }
+    println!();
+    println!("| connector | berth: instantiate + manifest p50 | wasmtime floor p50 (p10–p90, p99) | berth's share | berth calls/s | floor calls/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, ours, our_rate, bare, bare_rate) in floors {
+        let (b50, b10, b90, b99) = stats(bare);
+        println!(
+            "| {name} | {} µs | {} µs ({}–{}, {}) | {} µs | {:.0} | {:.0} |",
+            us(ours),
+            us(b50),
+            us(b10),
+            us(b90),
+            us(b99),
+            us(ours.saturating_sub(b50)),
+            our_rate,
+            bare_rate
+        );
+    }
+}
+
+/// wasmtime alone: a connector's component on an engine set up as berth's (the same
+/// `[runtime]` lines), each call instantiating it into a bare store and calling
+/// `manifest`.
+struct Floor {
+    engine: berth_host::runtime::engine::ConnectorEngine,
+    pre: berth_host::runtime::bindings::ConnectorPre<()>,
+    fuel: bool,
+}
+
+impl Floor {
+    fn new(path: &Path, runtime: &str) -> Floor {
+        use wasmtime::component::{Component, Linker};
+        let cfg = berth_host::config::Config::parse(runtime, Path::new("<bench>")).expect("runtime config");
+        let engine = berth_host::runtime::engine::ConnectorEngine::new(&cfg.runtime).expect("engine");
+        let component = Component::from_file(&engine.engine, path).expect("compile");
+        let mut linker = Linker::<()>::new(&engine.engine);
+        linker.define_unknown_imports_as_traps(&component).expect("trap imports");
+        let pre = berth_host::runtime::bindings::ConnectorPre::new(linker.instantiate_pre(&component).expect("instantiate_pre")).expect("world");
+        Floor { engine, pre, fuel: cfg.runtime.meter_fuel }
+    }
+
+    async fn call(&self) {
+        let mut store = wasmtime::Store::new(&self.engine.engine, ());
+        if self.fuel {
+            store.set_fuel(u64::MAX).expect("fuel");
+        }
+        store.set_epoch_deadline(1_000);
+        let inst = self.pre.instantiate_async(&mut store).await.expect("instantiate");
+        inst.call_manifest(&mut store).await.expect("manifest");
     }
 }
