@@ -190,6 +190,43 @@ async fn pull_only(conn: &Arc<Connector>, shops: &[Arc<Shop>], window: &TimeWind
     RunResult { orders, elapsed: started.elapsed(), pulls, storing: Duration::ZERO }
 }
 
+#[derive(Clone, Copy)]
+enum Phase {
+    EndToEnd,
+    PullOnly,
+}
+
+/// `rounds` runs of `phase` with each connector, alternating which goes first, a table
+/// row each; the median orders/s of the WASM and of the native runs.
+async fn compare(phase: Phase, rounds: usize, [wasm, native]: [&Arc<Connector>; 2], shops: &[Arc<Shop>], window: &TimeWindow, expected: usize) -> (f64, f64) {
+    let last = match phase {
+        Phase::EndToEnd => "first pull → last ack ms",
+        Phase::PullOnly => "first pull → last page ms",
+    };
+    println!("| round | connector | orders | pulls | orders/s | {last} | pull-orders ms p50 (p10–p90) | in pull-orders | storing pages |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let order = if round % 2 == 1 { [wasm, native] } else { [native, wasm] };
+        for conn in order {
+            let r = match phase {
+                Phase::EndToEnd => run(conn, shops, window, expected).await,
+                Phase::PullOnly => pull_only(conn, shops, window, expected).await,
+            };
+            let rate = row(conn, round, &r);
+            match **conn {
+                Connector::Wasm(_) => wasm_rates.push(rate),
+                Connector::Native(_) => native_rates.push(rate),
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(wasm_rates), median(native_rates))
+}
+
 fn row(conn: &Connector, round: usize, r: &RunResult) -> f64 {
     let rate = r.orders as f64 / r.elapsed.as_secs_f64();
     let in_pulls: Duration = r.pulls.iter().sum();
@@ -257,45 +294,14 @@ async fn main() {
     let expected = SHOPS * per_shop;
 
     println!("{SHOPS} shops × {per_shop} orders = {expected} orders per run, pages of {PAGE}, the ERP leasing {LEASE} at a time");
-    println!("| round | connector | orders | pulls | orders/s | first pull → last ack ms | pull-orders ms p50 (p10–p90) | in pull-orders | storing pages |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let order = if round % 2 == 1 { [&wasm, &native] } else { [&native, &wasm] };
-        for conn in order {
-            let r = run(conn, &shops, &window, expected).await;
-            let rate = row(conn, round, &r);
-            match **conn {
-                Connector::Wasm(_) => wasm_rates.push(rate),
-                Connector::Native(_) => native_rates.push(rate),
-            }
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (w, n) = (median(&mut wasm_rates), median(&mut native_rates));
+    let conns = [&wasm, &native];
+    let (w, n) = compare(Phase::EndToEnd, rounds, conns, &shops, &window, expected).await;
     println!();
     println!("end to end, median orders/s: WASM {w:.0}, native {n:.0}; WASM / native = {:.2} (target ≥ 0.8)", w / n);
-
     // The same pulls with nothing stored: what the connector alone costs each way.
     println!();
     println!("pull only (pages pulled and mapped, not stored):");
-    println!("| round | connector | orders | pulls | orders/s | first pull → last page ms | pull-orders ms p50 (p10–p90) | in pull-orders | storing pages |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let order = if round % 2 == 1 { [&wasm, &native] } else { [&native, &wasm] };
-        for conn in order {
-            let rate = row(conn, round, &pull_only(conn, &shops, &window, expected).await);
-            match **conn {
-                Connector::Wasm(_) => wasm_rates.push(rate),
-                Connector::Native(_) => native_rates.push(rate),
-            }
-        }
-    }
-    let (w, n) = (median(&mut wasm_rates), median(&mut native_rates));
+    let (w, n) = compare(Phase::PullOnly, rounds, conns, &shops, &window, expected).await;
     println!();
     println!("pull only, median orders/s: WASM {w:.0}, native {n:.0}; WASM / native = {:.2}", w / n);
 }
