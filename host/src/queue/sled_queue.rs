@@ -164,7 +164,6 @@ impl SledQueue {
         Ok(dropped)
     }
 
-    /// Move a message to the dead letters inside a transaction.
     /// Remove an acked message (not yet durable: the caller waits for that).
     fn remove_leased(t: &QueueTrees, token: &LeaseToken) -> Result<(), QueueError> {
         (&t.msg, &t.ready)
@@ -177,6 +176,7 @@ impl SledQueue {
             .map_err(tx_err)
     }
 
+    /// Move a message to the dead letters inside a transaction.
     fn bury(msg: &TransactionalTree, ready: &TransactionalTree, dead: &TransactionalTree, id: u64, mut h: Header, payload: &[u8], reason: String) -> TxResult<()> {
         ready.remove(&sched_key(h.visible_at_ms, id))?;
         msg.remove(&id.to_be_bytes())?;
