@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 2000);
 //! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs;
-//! `ONLY=shopify` runs one connector (for profiling).
+//! `ONLY=shopify` runs one connector (for profiling); with it, `COMPONENT=path` measures
+//! another build of that connector (e.g. one built differently) in place of the test build's.
 //! The components are the ones the test build makes (`cargo test -p berth-tests --no-run`).
 //!
 //! For the Rust connectors a second table gives wasmtime's floor beside berth's figure:
@@ -110,7 +111,10 @@ async fn main() {
         if only.as_deref().is_some_and(|o| o != *name) {
             continue;
         }
-        let path: PathBuf = root.join(rel);
+        let path: PathBuf = match std::env::var_os("COMPONENT") {
+            Some(other) if only.is_some() => PathBuf::from(other),
+            _ => root.join(rel),
+        };
         let Ok(bytes) = std::fs::read(&path) else {
             println!("| {language} | {name} | missing: build it with `cargo test -p berth-tests --no-run` | | | | | | |");
             continue;
