@@ -55,22 +55,27 @@ impl ConnectorLimits {
 /// Past it, output is dropped and counted; one line says so.
 #[derive(Clone)]
 pub struct LogBudget {
-    left: Arc<AtomicUsize>,
-    told: Arc<AtomicBool>,
+    shared: Arc<Allowance>,
     connector: Arc<str>,
+}
+
+/// What a call may still log, and whether it has been told it ran out.
+struct Allowance {
+    left: AtomicUsize,
+    told: AtomicBool,
 }
 
 impl LogBudget {
     pub fn new(connector: Arc<str>, bytes: usize) -> LogBudget {
-        LogBudget { left: Arc::new(AtomicUsize::new(bytes)), told: Arc::new(AtomicBool::new(false)), connector }
+        LogBudget { shared: Arc::new(Allowance { left: AtomicUsize::new(bytes), told: AtomicBool::new(false) }), connector }
     }
 
     /// Whether `n` more bytes may be logged; when not, they are counted as dropped.
     pub fn take(&self, n: usize) -> bool {
-        let ok = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
+        let ok = self.shared.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
         if !ok {
             crate::metrics::Metrics::get().log_dropped(&self.connector, n);
-            if !self.told.swap(true, Ordering::Relaxed) {
+            if !self.shared.told.swap(true, Ordering::Relaxed) {
                 tracing::warn!(connector = %self.connector, "the connector's log output for this call passed max_log_bytes_per_call; the rest is dropped");
             }
         }

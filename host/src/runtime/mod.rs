@@ -25,6 +25,7 @@ use tape::Tape;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Store;
@@ -125,6 +126,8 @@ pub struct LoadedConnector {
     pub digest: String,
     pub manifest: Manifest,
     version: Arc<str>,
+    /// The manifest's platform, shared by every call's context.
+    platform: Arc<str>,
     pre: ConnectorPre<HostState>,
     allow: Arc<HostAllowlist>,
     runtime: Arc<ConnectorRuntime>,
@@ -257,6 +260,7 @@ impl ConnectorRuntime {
             digest: digest.clone(),
             manifest: placeholder_manifest(),
             version: "unknown".into(),
+            platform: "".into(),
             pre,
             allow: Arc::new(HostAllowlist::default()),
             runtime: self.clone(),
@@ -272,6 +276,7 @@ impl ConnectorRuntime {
             .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
         check_manifest(&manifest, linked_wit.as_deref()).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         loaded.version = manifest.connector_version.as_str().into();
+        loaded.platform = manifest.platform.as_str().into();
         loaded.meters = crate::metrics::Metrics::get().meters(name, &loaded.version);
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
@@ -504,9 +509,13 @@ impl LoadedConnector {
         let rt = &self.runtime;
         let l = &self.limits;
         let deadline = std::time::Instant::now() + l.call_timeout;
-        let turn = match tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
+        // A free turn is taken without arming a timer; only a wait for one needs it.
+        let turn = match self.turns.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => match tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
+            },
         };
         let redact = redact::Redactor::for_shop(shop.as_ref().map(|(_, c)| &**c));
         let ctx = CallContext {
@@ -515,7 +524,7 @@ impl LoadedConnector {
             version: self.version.clone(),
             shop,
             allow: self.allow.clone(),
-            platform: self.manifest.platform.as_str().into(),
+            platform: self.platform.clone(),
             deadline,
         };
         let log = limits::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call);
@@ -551,8 +560,15 @@ impl LoadedConnector {
         fut: impl std::future::Future<Output = wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
         let deadline = self.limits.call_timeout;
-        // The epoch deadline stops guest code; this stops a host import that hangs.
-        match tokio::time::timeout(deadline + Duration::from_millis(100), fut).await {
+        let give_up = tokio::time::Instant::now() + deadline + Duration::from_millis(100);
+        // The epoch deadline stops guest code; the timeout below stops a host import
+        // that hangs. A call done at its first poll (no import waited) needs no timer.
+        let mut fut = std::pin::pin!(fut);
+        let done = match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout_at(give_up, fut).await,
+        };
+        match done {
             Err(_) => Err(CallError::Timeout { call, deadline_ms: deadline.as_millis() as u64 }),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {

@@ -59,7 +59,9 @@ pub struct CallContext {
 }
 
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on the call's first WASI import (see [`locked_down_wasi`]): most calls of a
+    /// connector that touches no WASI interface never pay for it.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) limits: PeakLimits,
     ctx: CallContext,
@@ -85,24 +87,8 @@ impl HostState {
         log: super::limits::LogBudget,
         turn: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
-        let shop = ctx.shop.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-        let out = |stream: &'static str| GuestOutput {
-            connector: ctx.connector.clone(),
-            shop: shop.clone(),
-            stream,
-            budget: log.clone(),
-            redact: ctx.redact.clone(),
-        };
-        // No preopened dirs, no env, no args, no sockets, no name lookup.
-        let wasi = WasiCtx::builder()
-            .stdout(out("stdout"))
-            .stderr(out("stderr"))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         HostState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limits: PeakLimits {
                 inner: StoreLimitsBuilder::new().memory_size(max_memory_bytes).trap_on_grow_failure(true).build(),
@@ -184,8 +170,29 @@ impl ResourceLimiter for PeakLimits {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let ctx = self.wasi.get_or_insert_with(|| locked_down_wasi(&self.ctx, &self.log));
+        WasiCtxView { ctx, table: &mut self.table }
     }
+}
+
+/// The WASI a connector gets: no preopened dirs, no env, no args, no sockets, no name
+/// lookup; stdout and stderr go line by line to the log under the call's budget.
+fn locked_down_wasi(ctx: &CallContext, log: &super::limits::LogBudget) -> WasiCtx {
+    let shop = ctx.shop.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
+    let out = |stream: &'static str| GuestOutput {
+        connector: ctx.connector.clone(),
+        shop: shop.clone(),
+        stream,
+        budget: log.clone(),
+        redact: ctx.redact.clone(),
+    };
+    WasiCtx::builder()
+        .stdout(out("stdout"))
+        .stderr(out("stderr"))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// Cut a guest string to `max` bytes on a char boundary.
