@@ -5,7 +5,8 @@
 //! with [`IN_FLIGHT`] calls at once on the bench's two worker threads (a 2-core machine).
 //!
 //! Run: `cargo bench -p berth-host --bench languages` (optionally `-- CALLS`, default 2000);
-//! `METER_FUEL=0` runs it with `[runtime] meter_fuel = false` to see what metering costs;
+//! `RUNTIME='meter_fuel = false'` (lines of the config's `[runtime]` table, `;`-separated)
+//! runs it on other runtime settings, e.g. to see what metering or `keep_resident_kb` costs;
 //! `ONLY=shopify` runs one connector (for profiling); with it, `COMPONENT=path` measures
 //! another build of that connector (e.g. one built differently) in place of the test build's.
 //! The components are the ones the test build makes (`cargo test -p berth-tests --no-run`).
@@ -42,14 +43,18 @@ const CONNECTORS: &[(&str, &str, Platform, &str)] = &[
 const IN_FLIGHT: usize = 8;
 /// How long each calls/s row runs.
 const THROUGHPUT_FOR: Duration = Duration::from_secs(3);
+/// berth against wasmtime's floor: this many rounds of each, alternating which goes
+/// first, each [`ROUND_FOR`] long; the medians are reported.
+const ROUNDS: usize = 6;
+const ROUND_FOR: Duration = Duration::from_millis(500);
 
-/// Calls per second of `call` with [`IN_FLIGHT`] tasks calling it back to back.
-async fn calls_per_sec<F, Fut>(call: F) -> f64
+/// Calls per second of `call` with [`IN_FLIGHT`] tasks calling it back to back for `time`.
+async fn calls_per_sec<F, Fut>(call: F, time: Duration) -> f64
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let until = Instant::now() + THROUGHPUT_FOR;
+    let until = Instant::now() + time;
     let started = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
@@ -69,6 +74,32 @@ where
         total += t.await.expect("calls task");
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Calls/s of `ours` and of `floor`, measured in alternating rounds so the machine's
+/// drift moves both alike: (median, lowest, highest) of each.
+async fn alternating_rates<F, Fut, G, Gut>(ours: F, floor: G) -> ([f64; 3], [f64; 3])
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+    G: Fn() -> Gut + Clone + Send + 'static,
+    Gut: std::future::Future<Output = ()> + Send,
+{
+    let (mut a, mut b) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            a.push(calls_per_sec(ours.clone(), ROUND_FOR).await);
+            b.push(calls_per_sec(floor.clone(), ROUND_FOR).await);
+        } else {
+            b.push(calls_per_sec(floor.clone(), ROUND_FOR).await);
+            a.push(calls_per_sec(ours.clone(), ROUND_FOR).await);
+        }
+    }
+    let spread = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        [v[v.len() / 2], v[0], v[v.len() - 1]]
+    };
+    (spread(a), spread(b))
 }
 
 fn us(d: Duration) -> String {
@@ -120,7 +151,8 @@ async fn main() {
             continue;
         };
         // Cold: a scratch host with an empty compile cache.
-        let runtime = if std::env::var("METER_FUEL").is_ok_and(|v| v == "0") { "[runtime]\nmeter_fuel = false\n" } else { "" };
+        let runtime = format!("[runtime]\n{}\n", std::env::var("RUNTIME").unwrap_or_default().replace(';', "\n"));
+        let runtime = runtime.as_str();
         let host = ScratchHost::with_config(runtime).expect("scratch host");
         let t = Instant::now();
         let local = ["127.0.0.1".to_string()];
@@ -147,13 +179,24 @@ async fn main() {
             }
         }
         let c = conn.clone();
-        let manifest_rate = calls_per_sec(move || {
+        let ours = move || {
             let c = c.clone();
             async move {
                 c.manifest_call().await.expect("manifest");
             }
-        })
-        .await;
+        };
+        let (manifest_rate, floor_rates) = match &floor {
+            Some(f) => {
+                let f = f.clone();
+                let (mine, bare) = alternating_rates(ours, move || {
+                    let f = f.clone();
+                    async move { f.call().await }
+                })
+                .await;
+                (mine[0], Some((mine, bare)))
+            }
+            None => (calls_per_sec(ours, THROUGHPUT_FOR).await, None),
+        };
 
         let profile = berth_sim::profiles::shop_profile(&sim_cfg, *platform, &sim.base_url()).expect("profile");
         let mut settings: std::collections::BTreeMap<String, String> = profile.settings.iter().cloned().collect();
@@ -191,16 +234,11 @@ async fn main() {
                 let (out, _) = c.call(&shop_name, shop, Call::Pull(req), Tape::Off).await;
                 assert!(matches!(out, Ok(Output::Pull(Ok(_)))), "pull failed under load");
             }
-        })
+        }, THROUGHPUT_FOR)
         .await;
         let (i50, i10, i90, i99) = stats(inst);
-        if let Some(f) = floor {
-            let floor_rate = calls_per_sec(move || {
-                let f = f.clone();
-                async move { f.call().await }
-            })
-            .await;
-            floors.push((*name, i50, manifest_rate, bare, floor_rate));
+        if let Some(rates) = floor_rates {
+            floors.push((*name, i50, rates, bare));
         }
         let (p50, p10, p90, p99) = stats(pulls);
         println!(
@@ -224,20 +262,26 @@ async fn main() {
         return;
     }
     println!();
-    println!("| connector | berth: instantiate + manifest p50 | wasmtime floor p50 (p10–p90, p99) | berth's share | berth calls/s | floor calls/s |");
+    println!(
+        "| connector | berth: instantiate + manifest p50 | wasmtime floor p50 (p10–p90, p99) | berth's share | berth calls/s, median of {ROUNDS} (range) | floor calls/s, alternating (range) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
-    for (name, ours, our_rate, bare, bare_rate) in floors {
+    for (name, ours, (our_rate, bare_rate), bare) in floors {
         let (b50, b10, b90, b99) = stats(bare);
         println!(
-            "| {name} | {} µs | {} µs ({}–{}, {}) | {} µs | {:.0} | {:.0} |",
+            "| {name} | {} µs | {} µs ({}–{}, {}) | {} µs | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) |",
             us(ours),
             us(b50),
             us(b10),
             us(b90),
             us(b99),
             us(ours.saturating_sub(b50)),
-            our_rate,
-            bare_rate
+            our_rate[0],
+            our_rate[1],
+            our_rate[2],
+            bare_rate[0],
+            bare_rate[1],
+            bare_rate[2],
         );
     }
 }
