@@ -58,27 +58,18 @@ impl OrderInbox {
         OrderInbox { queue }
     }
 
-    /// Enqueue orders durably, all at once so they share fsyncs. Returns how many were new.
+    /// Enqueue orders durably in one transaction and one fsync. Returns how many were new.
     pub async fn deliver(&self, orders: Vec<QueuedOrder>) -> Result<usize, QueueError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for o in orders {
-            let queue = self.queue.clone();
-            tasks.spawn(async move {
-                let key = format!("{}/{}/{}", o.shop, o.order.order_id, o.order.updated_at_ms);
-                let payload = serde_json::to_vec(&o).expect("order serializes");
-                queue
-                    .enqueue(ORDERS_QUEUE, NewMessage { partition: o.shop.clone(), payload, idempotency_key: Some(key) })
-                    .await
-            });
-        }
-        let mut new = 0;
-        while let Some(joined) = tasks.join_next().await {
-            let enqueued = joined.map_err(|e| QueueError::Corrupt { id: 0, why: format!("enqueue task failed: {e}") })??;
-            if matches!(enqueued, Enqueued::New(_)) {
-                new += 1;
-            }
-        }
-        Ok(new)
+        let msgs = orders
+            .iter()
+            .map(|o| NewMessage {
+                partition: o.shop.clone(),
+                payload: serde_json::to_vec(o).expect("order serializes"),
+                idempotency_key: Some(format!("{}/{}/{}", o.shop, o.order.order_id, o.order.updated_at_ms)),
+            })
+            .collect();
+        let enqueued = self.queue.enqueue_many(ORDERS_QUEUE, msgs).await?;
+        Ok(enqueued.iter().filter(|e| matches!(e, Enqueued::New(_))).count())
     }
 
     pub async fn lease(&self, max: usize, visibility: Duration) -> Result<Vec<LeasedOrder>, QueueError> {

@@ -113,6 +113,9 @@ impl Default for QueuePolicy {
 #[allow(async_fn_in_trait)]
 pub trait LeaseQueue: Send + Sync {
     async fn enqueue(&self, queue: &str, msg: NewMessage) -> Result<Enqueued, QueueError>;
+    /// Enqueue a batch all or nothing, with one wait for durability: each message's
+    /// outcome in order (a key seen before, or earlier in the batch, is a `Duplicate`).
+    async fn enqueue_many(&self, queue: &str, msgs: Vec<NewMessage>) -> Result<Vec<Enqueued>, QueueError>;
     async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError>;
     async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError>;
     /// Ack a batch with one wait for durability: each token's own outcome in order (a

@@ -189,22 +189,40 @@ impl SledQueue {
 
 impl LeaseQueue for SledQueue {
     async fn enqueue(&self, queue: &str, m: NewMessage) -> Result<Enqueued, QueueError> {
+        let mut one = self.enqueue_many(queue, vec![m]).await?;
+        Ok(one.pop().expect("one outcome per message"))
+    }
+
+    async fn enqueue_many(&self, queue: &str, msgs: Vec<NewMessage>) -> Result<Vec<Enqueued>, QueueError> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
         let t = self.trees(queue)?;
-        let id = self.db.generate_id()? + 1;
         let now = now_ms();
-        let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None };
-        let record = encode(&header, &m.payload);
+        let mut staged = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let id = self.db.generate_id()? + 1;
+            let key = m.idempotency_key.clone();
+            let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None };
+            staged.push((id, key, encode(&header, &m.payload)));
+        }
         let result = (&t.msg, &t.ready, &t.idem)
             .transaction(|(msg, ready, idem)| {
-                if let Some(key) = &header.idem {
-                    if let Some(existing) = idem.get(key.as_bytes())? {
-                        return Ok(Enqueued::Duplicate(id_of(&existing[..8.min(existing.len())])));
+                let mut out = Vec::with_capacity(staged.len());
+                for (id, key, record) in &staged {
+                    if let Some(key) = key {
+                        // Also sees a key inserted earlier in this transaction.
+                        if let Some(existing) = idem.get(key.as_bytes())? {
+                            out.push(Enqueued::Duplicate(id_of(&existing[..8.min(existing.len())])));
+                            continue;
+                        }
+                        idem.insert(key.as_bytes(), idem_value(*id, now).as_slice())?;
                     }
-                    idem.insert(key.as_bytes(), idem_value(id, now).as_slice())?;
+                    msg.insert(&id.to_be_bytes(), record.as_slice())?;
+                    ready.insert(&sched_key(now, *id), &[])?;
+                    out.push(Enqueued::New(*id));
                 }
-                msg.insert(&id.to_be_bytes(), record.as_slice())?;
-                ready.insert(&sched_key(now, id), &[])?;
-                Ok(Enqueued::New(id))
+                Ok(out)
             })
             .map_err(tx_err)?;
         // A duplicate's original may still be waiting for its flush: wait for it too.
@@ -480,6 +498,31 @@ mod tests {
         let q = open(dir.path(), 3);
         assert!(q.lease("orders", 20, Duration::from_secs(0)).await.unwrap().is_empty());
         assert!(q.ack_many("orders", &[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_enqueues_in_one_fsync_and_repeated_keys_are_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        let Enqueued::New(before) = q.enqueue("orders", msg("s1", "seen", Some("k0"))).await.unwrap() else { panic!("new") };
+        let mut batch: Vec<NewMessage> = (1..=5).map(|i| msg("s1", &format!("o{i}"), Some(&format!("k{i}")))).collect();
+        batch.push(msg("s1", "again", Some("k0")));
+        batch.push(msg("s1", "twice", Some("k2")));
+        batch.push(msg("s2", "keyless", None));
+        let flushes = q.flush_count();
+        let out = q.enqueue_many("orders", batch).await.unwrap();
+        assert!(q.flush_count() - flushes <= 1, "one batch, at most one fsync: {}", q.flush_count() - flushes);
+        assert_eq!(out.len(), 8, "{out:?}");
+        assert_eq!(out[5], Enqueued::Duplicate(before), "a key queued before");
+        assert_eq!(out[6], Enqueued::Duplicate(match &out[1] { Enqueued::New(id) => *id, d => panic!("{d:?}") }), "a key earlier in the batch");
+        assert_eq!(out.iter().filter(|e| matches!(e, Enqueued::New(_))).count(), 6);
+        assert!(q.enqueue_many("orders", Vec::new()).await.unwrap().is_empty());
+        drop(q);
+        // Durable and in order: after reopening, the seven messages lease back once each.
+        let q = open(dir.path(), 3);
+        let leased = q.lease("orders", 20, Duration::from_secs(30)).await.unwrap();
+        let payloads: Vec<&[u8]> = leased.iter().map(|l| l.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"seen"[..], b"o1", b"o2", b"o3", b"o4", b"o5", b"keyless"]);
     }
 
     #[tokio::test]
