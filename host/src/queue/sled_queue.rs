@@ -202,9 +202,9 @@ impl LeaseQueue for SledQueue {
         let mut staged = Vec::with_capacity(msgs.len());
         for m in msgs {
             let id = self.db.generate_id()? + 1;
-            let key = m.idempotency_key.clone();
             let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None };
-            staged.push((id, key, encode(&header, &m.payload)));
+            let record = encode(&header, &m.payload);
+            staged.push((id, header.idem, record));
         }
         let result = (&t.msg, &t.ready, &t.idem)
             .transaction(|(msg, ready, idem)| {
