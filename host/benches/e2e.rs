@@ -36,7 +36,7 @@ mod common;
 #[path = "common/native.rs"]
 mod native;
 
-use common::{count_arg, ms, percentile};
+use common::{count_arg, ms, percentile, spread};
 use native::NativeShopify;
 
 /// Shops pulled at once, each with its own task (as each shop has its own worker).
@@ -220,11 +220,7 @@ async fn compare(phase: Phase, rounds: usize, [wasm, native]: [&Arc<Connector>; 
             }
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(wasm_rates), median(native_rates))
+    (spread(wasm_rates)[0], spread(native_rates)[0])
 }
 
 fn row(conn: &Connector, round: usize, r: &RunResult) -> f64 {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{count_arg, ms, percentile};
+use common::{count_arg, ms, percentile, spread};
 
 /// (language, connector, simulated platform, component path under target/)
 const CONNECTORS: &[(&str, &str, Platform, &str)] = &[
@@ -95,10 +95,6 @@ where
             a.push(calls_per_sec(ours.clone(), ROUND_FOR).await);
         }
     }
-    let spread = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        [v[v.len() / 2], v[0], v[v.len() - 1]]
-    };
     (spread(a), spread(b))
 }
 

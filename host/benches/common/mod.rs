@@ -17,3 +17,10 @@ pub fn ms(d: Duration) -> String {
 pub fn count_arg(default: usize) -> usize {
     std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
+
+/// Median, lowest and highest of rates measured round by round (not every bench has rounds).
+#[allow(dead_code)]
+pub fn spread(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    [v[v.len() / 2], v[0], v[v.len() - 1]]
+}
