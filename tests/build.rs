@@ -62,6 +62,16 @@ fn main() {
         let wasm = build_foreign(&root, dir, &foreign_dir);
         out.push_str(&format!("pub const {const_name}: &str = {:?};\n", wasm.display().to_string()));
     }
+    // The hostile fixture serving platform `taobao`, to stand on one app key beside the
+    // real Taobao connector. Its own target dir: the feature changes the component.
+    let hostile_taobao_dir = target_dir.with_file_name("wasm-guests-hostile-taobao");
+    build_plugins(&root, &hostile_taobao_dir, &["--package", "berth-connector-hostile", "--features", "taobao"]);
+    let hostile_taobao = hostile_taobao_dir.join("wasm32-wasip2/release/berth_connector_hostile.wasm");
+    assert!(hostile_taobao.exists(), "{} was not produced", hostile_taobao.display());
+    out.push_str(&format!(
+        "/// The hostile fixture with its manifest serving platform `taobao`.\npub const HOSTILE_TAOBAO: &str = {:?};\n",
+        hostile_taobao.display().to_string()
+    ));
     let legacy = legacy_dir.join("wasm32-wasip2/release/berth_connector_shopify.wasm");
     assert!(legacy.exists(), "{} was not produced", legacy.display());
     out.push_str(&format!("/// The Shopify connector built against berth:connector@0.1.0.\npub const SHOPIFY_WIT_0_1: &str = {:?};\n", legacy.display().to_string()));

@@ -112,7 +112,7 @@ async fn pull_shop(conn: Arc<Connector>, shop: Arc<Shop>, window: TimeWindow, si
             None => SyncState { watermark_ms: Some(window.end_ms), current: None },
             Some(c) => SyncState {
                 watermark_ms: None,
-                current: Some(WindowProgress { start_ms: window.start_ms, end_ms: window.end_ms, cursor: Some(c.clone()) }),
+                current: Some(WindowProgress { start_ms: window.start_ms, end_ms: window.end_ms, cursor: Some(c.clone()), pages: 0 }),
             },
         };
         cursor = page.next_page_cursor;
@@ -120,7 +120,7 @@ async fn pull_shop(conn: Arc<Connector>, shop: Arc<Shop>, window: TimeWindow, si
         pulled += orders.len();
         if let Some((store, inbox)) = &sink {
             let t = Instant::now();
-            store_page(store, inbox, &src, &orders, &next).await.expect("store the page");
+            store_page(store, inbox, &src, &orders, &next, None).await.expect("store the page");
             storing += t.elapsed();
         }
         if cursor.is_none() {

@@ -77,6 +77,11 @@ impl Default for ServerConfig {
 pub struct RuntimeConfig {
     /// Wall-clock deadline of one connector call.
     pub call_timeout_ms: u64,
+    /// Deadline of a webhook call (the platform waits seconds for its answer; a call
+    /// past it counts against the connector's circuit breaker).
+    pub webhook_timeout_ms: u64,
+    /// Webhook calls of one shop running at once; more are answered 429 at once.
+    pub max_webhook_calls_per_shop: u32,
     /// Linear-memory cap per instance.
     pub max_memory_mb: u32,
     /// Instances alive at once across all connectors (pooling allocator slots).
@@ -98,10 +103,26 @@ pub struct RuntimeConfig {
     /// Log output one call may write (the log import and stdout/stderr together); the
     /// rest is dropped and counted.
     pub max_log_bytes_per_call: u64,
+    /// Log output a connector may write per minute, all its calls together; the rest
+    /// of the minute is dropped and counted.
+    pub max_log_bytes_per_minute: u64,
     /// Orders (or webhook events) one call may return.
     pub max_orders_per_page: u32,
     /// Bytes of orders one call may return.
     pub max_output_bytes: u64,
+    /// An order's raw platform JSON kept at most this long; a longer one is replaced by
+    /// a note of its size (the order itself is kept) and counted.
+    pub max_raw_json_bytes: u64,
+    /// Lines one order may have; a page with a longer order is refused.
+    pub max_lines_per_order: u32,
+    /// Events one webhook call may return; more and the call is refused (503).
+    pub max_events_per_webhook: u32,
+    /// New order versions stored per shop in any hour (pulls and webhooks together);
+    /// past it the shop's intake pauses until the hour has room, and an alert names it.
+    pub max_orders_per_shop_per_hour: u32,
+    /// State bytes (keys and values, overwrites included) one connector may write per
+    /// shop per minute.
+    pub max_kv_write_bytes_per_minute: u64,
     /// Isolate a connector version whose calls keep failing in the sandbox (see
     /// runtime/breaker.rs): at least `breaker_failure_percent` of at least
     /// `breaker_min_calls` calls within `breaker_window_secs`. Isolated for
@@ -119,6 +140,8 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             call_timeout_ms: 30_000,
+            webhook_timeout_ms: 5_000,
+            max_webhook_calls_per_shop: 4,
             max_memory_mb: 64,
             max_instances: 64,
             keep_resident_kb: 1024,
@@ -126,8 +149,14 @@ impl Default for RuntimeConfig {
             fuel_per_call: None,
             max_concurrent_calls: 32,
             max_log_bytes_per_call: 64 * 1024,
+            max_log_bytes_per_minute: 1024 * 1024,
             max_orders_per_page: 1000,
             max_output_bytes: 16 * 1024 * 1024,
+            max_raw_json_bytes: 256 * 1024,
+            max_lines_per_order: 1000,
+            max_events_per_webhook: 100,
+            max_orders_per_shop_per_hour: 50_000,
+            max_kv_write_bytes_per_minute: 4 * 1024 * 1024,
             breaker: true,
             breaker_window_secs: 60,
             breaker_min_calls: 5,
@@ -143,13 +172,24 @@ impl Default for RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     pub call_timeout_ms: Option<u64>,
+    pub webhook_timeout_ms: Option<u64>,
+    pub max_webhook_calls_per_shop: Option<u32>,
+    /// Instance slots kept for this connector alone; by default an even share of the
+    /// slots no connector reserved. All reservations together fit `runtime.max_instances`.
+    pub reserved_instances: Option<u32>,
     /// At most `runtime.max_memory_mb` (the engine's pool is sized by it).
     pub max_memory_mb: Option<u32>,
     pub fuel_per_call: Option<u64>,
     pub max_concurrent_calls: Option<u32>,
     pub max_log_bytes_per_call: Option<u64>,
+    pub max_log_bytes_per_minute: Option<u64>,
     pub max_orders_per_page: Option<u32>,
     pub max_output_bytes: Option<u64>,
+    pub max_raw_json_bytes: Option<u64>,
+    pub max_lines_per_order: Option<u32>,
+    pub max_events_per_webhook: Option<u32>,
+    pub max_orders_per_shop_per_hour: Option<u32>,
+    pub max_kv_write_bytes_per_minute: Option<u64>,
     pub breaker: Option<bool>,
     pub breaker_window_secs: Option<u64>,
     pub breaker_min_calls: Option<u32>,
@@ -162,11 +202,17 @@ impl LimitOverrides {
     fn check(&self, rt: &RuntimeConfig) -> Result<(), String> {
         let zero = [
             ("call_timeout_ms", self.call_timeout_ms == Some(0)),
+            ("webhook_timeout_ms", self.webhook_timeout_ms == Some(0)),
+            ("max_webhook_calls_per_shop", self.max_webhook_calls_per_shop == Some(0)),
             ("max_memory_mb", self.max_memory_mb == Some(0)),
             ("fuel_per_call", self.fuel_per_call == Some(0)),
             ("max_concurrent_calls", self.max_concurrent_calls == Some(0)),
             ("max_orders_per_page", self.max_orders_per_page == Some(0)),
             ("max_output_bytes", self.max_output_bytes == Some(0)),
+            ("max_lines_per_order", self.max_lines_per_order == Some(0)),
+            ("max_events_per_webhook", self.max_events_per_webhook == Some(0)),
+            ("max_orders_per_shop_per_hour", self.max_orders_per_shop_per_hour == Some(0)),
+            ("max_kv_write_bytes_per_minute", self.max_kv_write_bytes_per_minute == Some(0)),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
             return Err(format!("{name} must be at least 1"));
@@ -210,6 +256,9 @@ pub struct SyncDefaults {
     pub retry_max_ms: u64,
     /// Pause after an auth or permanent error before trying again.
     pub error_pause_secs: u64,
+    /// Pages one window may take; a connector whose cursor has not ended by then fails
+    /// the window (its cursor does not end) and the window starts over after a pause.
+    pub max_pages_per_window: u32,
 }
 
 impl Default for SyncDefaults {
@@ -221,6 +270,7 @@ impl Default for SyncDefaults {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             error_pause_secs: 60,
+            max_pages_per_window: 2000,
         }
     }
 }
@@ -244,6 +294,9 @@ pub struct ErpConfig {
     /// Backoff after a failed delivery: base doubling up to max, with jitter.
     pub webhook_retry_base_ms: u64,
     pub webhook_retry_max_ms: u64,
+    /// Bytes of orders one answer carries (`GET /v1/orders`, a lease, a webhook
+    /// delivery), at least one order; read on with `next_after` or another lease.
+    pub max_response_bytes: u64,
 }
 
 impl Default for ErpConfig {
@@ -257,6 +310,7 @@ impl Default for ErpConfig {
             webhook_timeout_ms: 10_000,
             webhook_retry_base_ms: 1_000,
             webhook_retry_max_ms: 300_000,
+            max_response_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -274,7 +328,17 @@ pub struct PlatformConfig {
     pub burst: u32,
     /// Shop setting naming the credential the platform counts calls against (e.g.
     /// `app_key`: every shop on one app key shares one bucket); per shop when absent.
+    /// A shop of the platform without the setting is refused, naming it.
     pub quota_key: Option<String>,
+    /// Where this platform's API is: `host`, `*.suffix`, optionally `:port` and a
+    /// `/path` prefix. A request to one of them counts against this platform's buckets
+    /// whichever connector sends it. The hosts its connectors' manifests declare when
+    /// absent.
+    pub hosts: Option<Vec<String>>,
+    /// The longest hold a connector's `rate-limited(ms)` (or a platform's wait) may put
+    /// on a quota; `retry.suspend_after_throttle_secs` is ops' own and may be longer.
+    #[serde(default = "default_max_hold")]
+    pub max_hold_secs: u64,
     /// Limits per endpoint class, on top of the platform's own (e.g. stock writes slower
     /// than order reads). Keyed by class name.
     #[serde(default)]
@@ -306,6 +370,8 @@ impl PlatformConfig {
             requests_per_second: None,
             burst: 1,
             quota_key: None,
+            hosts: None,
+            max_hold_secs: DEFAULT_MAX_HOLD_SECS,
             endpoints: BTreeMap::new(),
             call_limit_header: false,
             call_limit_leak_per_second: None,
@@ -371,6 +437,13 @@ pub struct StandbyConfig {
     /// Good checks of the primary in a row before the calls move back.
     #[serde(default = "three")]
     pub recover_after: u32,
+}
+
+/// How long a hold a connector or a platform may ask for, by default: five minutes.
+pub const DEFAULT_MAX_HOLD_SECS: u64 = 300;
+
+fn default_max_hold() -> u64 {
+    DEFAULT_MAX_HOLD_SECS
 }
 
 fn yes() -> bool {
@@ -456,6 +529,10 @@ pub enum Role {
 pub struct ConnectorConfig {
     /// Path to the component (`.wasm`), relative to the config file.
     pub component: PathBuf,
+    /// The platform this connector serves (its buckets, retry policy and holds); the
+    /// connector's name when absent. A component whose manifest names another platform
+    /// is refused.
+    pub platform: Option<String>,
     /// Which of the manifest's hosts ops grant (exact names or `*.suffix`); all of them
     /// when absent. A manifest host no grant covers is unreachable.
     #[serde(default)]
@@ -470,6 +547,13 @@ pub struct ConnectorConfig {
     /// This connector's limits where they differ from `[runtime]`.
     #[serde(default)]
     pub limits: LimitOverrides,
+}
+
+impl ConnectorConfig {
+    /// The platform connector `name` serves: as configured, else its name.
+    pub fn platform_of<'a>(&'a self, name: &'a str) -> &'a str {
+        self.platform.as_deref().unwrap_or(name)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -583,6 +667,9 @@ impl Config {
             if c.component.is_relative() {
                 c.component = base.join(&c.component);
             }
+            if c.platform.as_deref().is_some_and(|p| !valid_id(p)) {
+                return Err(invalid(format!("connectors.{name}.platform may only use a-z, 0-9, `-` and `_`")));
+            }
         }
         for (name, shop) in &cfg.shops {
             if !valid_id(name) {
@@ -603,6 +690,14 @@ impl Config {
             if let Some(k) = shop.settings.keys().find(|k| shop.secrets.contains_key(*k)) {
                 return Err(invalid(format!("shop `{name}`: `{k}` is both a setting and a secret; keep one")));
             }
+            let platform = cfg.connectors[&shop.connector].platform_of(&shop.connector);
+            if let Some(key) = cfg.platforms.get(platform).and_then(|p| p.quota_key.as_deref()) {
+                if shop.value(key).is_none() {
+                    return Err(invalid(format!(
+                        "shop `{name}`: platform `{platform}` counts calls per `{key}` (its quota_key), and the shop has no `{key}`; add it under [shops.{name}.settings] (or .secrets), so berth knows whose quota its calls spend"
+                    )));
+                }
+            }
         }
         if cfg.runtime.call_timeout_ms == 0 || cfg.http.timeout_ms == 0 {
             return Err(invalid("runtime.call_timeout_ms and http.timeout_ms must be positive".into()));
@@ -611,8 +706,15 @@ impl Config {
             return Err(invalid("runtime.fuel_per_call must be at least 1 (leave it out for no limit)".into()));
         }
         let rt = &cfg.runtime;
-        if rt.max_concurrent_calls == 0 || rt.max_orders_per_page == 0 || rt.max_output_bytes == 0 {
-            return Err(invalid("runtime.max_concurrent_calls, max_orders_per_page and max_output_bytes must be at least 1".into()));
+        if rt.max_concurrent_calls == 0
+            || rt.max_orders_per_page == 0
+            || rt.max_output_bytes == 0
+            || rt.max_lines_per_order == 0
+            || rt.max_events_per_webhook == 0
+            || rt.max_orders_per_shop_per_hour == 0
+            || rt.max_kv_write_bytes_per_minute == 0
+        {
+            return Err(invalid("runtime.max_concurrent_calls, max_orders_per_page, max_output_bytes, max_lines_per_order, max_events_per_webhook, max_orders_per_shop_per_hour and max_kv_write_bytes_per_minute must be at least 1".into()));
         }
         crate::runtime::limits::ConnectorLimits::resolve(rt, &LimitOverrides::default())
             .breaker
@@ -628,6 +730,10 @@ impl Config {
                 return Err(invalid(format!("connectors.{name}.limits.fuel_per_call needs runtime.meter_fuel = true")));
             }
         }
+        if rt.webhook_timeout_ms == 0 || rt.max_webhook_calls_per_shop == 0 {
+            return Err(invalid("runtime.webhook_timeout_ms and runtime.max_webhook_calls_per_shop must be at least 1".into()));
+        }
+        check_reservations(&cfg).map_err(invalid)?;
         if !rt.meter_fuel && rt.fuel_per_call.is_some() {
             return Err(invalid("runtime.fuel_per_call needs runtime.meter_fuel = true".into()));
         }
@@ -650,6 +756,12 @@ impl Config {
             if !ok {
                 return Err(invalid(format!("erp.webhook_url `{u}` must be an http:// or https:// URL")));
             }
+        }
+        if cfg.erp.max_response_bytes < 1024 {
+            return Err(invalid("erp.max_response_bytes must be at least 1024".into()));
+        }
+        if cfg.sync.max_pages_per_window == 0 {
+            return Err(invalid("sync.max_pages_per_window must be at least 1".into()));
         }
         if cfg.erp.idempotency_ttl_hours == 0 {
             return Err(invalid("erp.idempotency_ttl_hours must be at least 1".into()));
@@ -691,6 +803,34 @@ impl Config {
     }
 }
 
+/// Reserved instance slots must fit the pool, leave every other connector at least one
+/// and not exceed what the connector may use at once.
+fn check_reservations(cfg: &Config) -> Result<(), String> {
+    let rt = &cfg.runtime;
+    let mut reserved = Vec::new();
+    for (name, c) in &cfg.connectors {
+        let Some(n) = c.limits.reserved_instances else { continue };
+        let max = c.limits.max_concurrent_calls.unwrap_or(rt.max_concurrent_calls);
+        if n > max {
+            return Err(format!("connectors.{name}.limits.reserved_instances ({n}) is more than its max_concurrent_calls ({max}) lets it use"));
+        }
+        reserved.push((name.as_str(), n));
+    }
+    let sum: u64 = reserved.iter().map(|(_, n)| u64::from(*n)).sum();
+    let others = cfg.connectors.len() - reserved.len();
+    let need = sum + others as u64;
+    if need > u64::from(rt.max_instances) {
+        let parts: Vec<String> = reserved.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        return Err(format!(
+            "connectors reserve {sum} instance slots ({}){}, more than runtime.max_instances ({}) holds; lower reserved_instances or raise max_instances",
+            parts.join(", "),
+            if others > 0 { format!(" and the {others} connectors without a reservation need at least one each") } else { String::new() },
+            rt.max_instances
+        ));
+    }
+    Ok(())
+}
+
 fn rate(what: &str, r: f64, burst: u32) -> Result<(), String> {
     if !(r.is_finite() && r > 0.0 && r <= 100_000.0) || burst == 0 {
         return Err(format!("{what}requests_per_second must be in (0, 100000] and burst at least 1"));
@@ -707,6 +847,15 @@ fn base_url(what: &str, u: &str) -> Result<(), String> {
 
 fn check_platform(l: &PlatformConfig) -> Result<(), String> {
     rate("", l.requests_per_second.unwrap_or(1.0), l.burst)?;
+    for h in l.hosts.iter().flatten() {
+        crate::capabilities::ratelimit::Destination::parse(h).map_err(|e| format!("hosts: {e}"))?;
+    }
+    if l.hosts.as_ref().is_some_and(Vec::is_empty) {
+        return Err("hosts is empty; list the platform's API hosts, or leave it out to take its connectors' manifests".into());
+    }
+    if l.max_hold_secs == 0 {
+        return Err("max_hold_secs must be at least 1".into());
+    }
     for (class, e) in &l.endpoints {
         rate(&format!("endpoints.{class}."), e.requests_per_second, e.burst)?;
         if e.patterns.is_empty() || e.patterns.iter().any(|p| p.is_empty()) {
@@ -859,5 +1008,32 @@ mod tests {
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
         let cfg = parse("[erp]\nwebhook_url = \"https://erp.example/hook\"\nwebhook_secret = \"k3y\"\n").unwrap();
         assert!(!format!("{cfg:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn quotas_hosts_and_instance_reservations_are_checked() {
+        let shops = "[connectors.taobao]\ncomponent = \"t.wasm\"\n[shops.a]\nconnector = \"taobao\"\nsettings = { app_key = \"K\" }\n[shops.b]\nconnector = \"taobao\"\n";
+        let err = parse(&format!("[platforms.taobao]\nquota_key = \"app_key\"\n{shops}")).unwrap_err().to_string();
+        assert!(err.contains("shop `b`: platform `taobao` counts calls per `app_key` (its quota_key), and the shop has no `app_key`"), "{err}");
+        assert!(parse(shops).is_ok(), "no quota_key, no need");
+        // The platform is the connector's, as ops bound it (its name by default).
+        let bound = "[platforms.woocommerce]\nquota_key = \"site\"\n[connectors.woo-js]\nplatform = \"woocommerce\"\ncomponent = \"w.wasm\"\n[shops.s]\nconnector = \"woo-js\"\n";
+        assert!(parse(bound).unwrap_err().to_string().contains("platform `woocommerce` counts calls per `site`"));
+        assert_eq!(parse(&bound.replace("[shops.s]\nconnector = \"woo-js\"\n", "")).unwrap().connectors["woo-js"].platform_of("woo-js"), "woocommerce");
+        let err = parse("[connectors.x]\nplatform = \"Evil Mart\"\ncomponent = \"x.wasm\"\n").unwrap_err().to_string();
+        assert!(err.contains("connectors.x.platform may only use"), "{err}");
+        let err = parse("[platforms.taobao]\nhosts = [\"eco.taobao.com:http\"]\n").unwrap_err().to_string();
+        assert!(err.contains("platforms.taobao: hosts: host pattern `eco.taobao.com:http`"), "{err}");
+        assert!(parse("[platforms.taobao]\nhosts = [\"*.taobao.com\", \"127.0.0.1:9100/taobao\"]\nmax_hold_secs = 60\n").is_ok());
+        let err = parse("[platforms.taobao]\nmax_hold_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("max_hold_secs must be at least 1"), "{err}");
+        let c = |name: &str, reserved: u32| format!("[connectors.{name}]\ncomponent = \"{name}.wasm\"\n[connectors.{name}.limits]\nreserved_instances = {reserved}\n");
+        let err = parse(&format!("[runtime]\nmax_instances = 10\n{}{}", c("a", 6), c("b", 5))).unwrap_err().to_string();
+        assert!(err.contains("connectors reserve 11 instance slots (a 6, b 5), more than runtime.max_instances (10)"), "{err}");
+        let err = parse(&format!("[runtime]\nmax_instances = 10\n{}{}[connectors.c]\ncomponent = \"c.wasm\"\n", c("a", 5), c("b", 5))).unwrap_err().to_string();
+        assert!(err.contains("the 1 connectors without a reservation need at least one each"), "{err}");
+        assert!(parse(&format!("[runtime]\nmax_instances = 10\n{}{}", c("a", 5), c("b", 5))).is_ok());
+        let err = parse(&format!("{}max_concurrent_calls = 2\n", c("a", 3))).unwrap_err().to_string();
+        assert!(err.contains("reserved_instances (3) is more than its max_concurrent_calls (2)"), "{err}");
     }
 }

@@ -58,6 +58,8 @@ pub struct ErpDeliverer {
     url: String,
     secret: Option<Secret>,
     batch: usize,
+    /// `[erp] max_response_bytes`: one delivery carries at most this much (at least one order).
+    max_bytes: usize,
     timeout: Duration,
     retry_base_ms: u64,
     retry_max_ms: u64,
@@ -90,6 +92,7 @@ impl ErpDeliverer {
             url,
             secret: cfg.webhook_secret.clone(),
             batch: cfg.webhook_batch,
+            max_bytes: cfg.max_response_bytes as usize,
             timeout,
             retry_base_ms: cfg.webhook_retry_base_ms,
             retry_max_ms: cfg.webhook_retry_max_ms,
@@ -146,7 +149,7 @@ impl ErpDeliverer {
     async fn step(&self, failures: u32) -> Result<usize, DeliveryError> {
         // The lease outlives one request with room to spare; an expired one only means
         // the batch may go out again (at least once).
-        let leases = self.inbox.lease(self.batch, self.timeout + Duration::from_secs(30)).await?;
+        let leases = self.inbox.lease_within(self.batch, self.max_bytes, self.timeout + Duration::from_secs(30)).await?;
         if leases.is_empty() {
             return Ok(0);
         }

@@ -48,6 +48,25 @@ pub struct LeasedOrder {
     pub order: QueuedOrder,
 }
 
+/// A leased order as the lease answer's JSON, in chunks that share the payload's
+/// memory: `{"token":..,"expires_at_ms":..,` and the queued order's own fields — the
+/// same document [`LeasedOrder`] serializes to.
+pub fn lease_json(comma: bool, lease: crate::queue::Leased) -> Vec<bytes::Bytes> {
+    let head = format!(
+        "{}{{\"token\":{},\"expires_at_ms\":{},",
+        if comma { "," } else { "" },
+        serde_json::to_string(&lease.token).unwrap_or_default(),
+        lease.expires_at_ms
+    );
+    let payload = bytes::Bytes::from(lease.payload);
+    // A queued order is a JSON object with fields: its fields follow the head.
+    if payload.len() > 2 && payload.starts_with(b"{") && !payload.starts_with(b"{}") {
+        vec![bytes::Bytes::from(head), payload.slice(1..)]
+    } else {
+        vec![bytes::Bytes::from(format!("{head}\"order\":null}}"))]
+    }
+}
+
 #[derive(Clone)]
 pub struct OrderInbox {
     queue: Arc<SledQueue>,
@@ -73,8 +92,13 @@ impl OrderInbox {
     }
 
     pub async fn lease(&self, max: usize, visibility: Duration) -> Result<Vec<LeasedOrder>, QueueError> {
+        self.lease_within(max, usize::MAX, visibility).await
+    }
+
+    /// Lease at most `max` orders and `max_bytes` of them (at least one).
+    pub async fn lease_within(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<LeasedOrder>, QueueError> {
         self.queue
-            .lease(ORDERS_QUEUE, max, visibility)
+            .lease_within(ORDERS_QUEUE, max, max_bytes, visibility)
             .await?
             .into_iter()
             .map(|l| {
@@ -83,6 +107,12 @@ impl OrderInbox {
                 Ok(LeasedOrder { token: l.token, expires_at_ms: l.expires_at_ms, order })
             })
             .collect()
+    }
+
+    /// Lease orders as queued (each payload a [`QueuedOrder`]'s JSON, not parsed), at
+    /// most `max` and `max_bytes` of them (at least one).
+    pub async fn lease_raw(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
+        self.queue.lease_within(ORDERS_QUEUE, max, max_bytes, visibility).await
     }
 
     pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
@@ -122,5 +152,40 @@ impl OrderInbox {
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.queue.dead_letters(ORDERS_QUEUE, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_written_in_chunks_is_the_document_leased_order_serializes_to() {
+        let order = QueuedOrder {
+            shop: "acme".into(),
+            platform: "shopify".into(),
+            connector_version: "1.0.0".into(),
+            order: crate::store::OrderData {
+                order_id: "1001".into(),
+                status: "paid".into(),
+                platform_status: "paid".into(),
+                created_at_ms: 1,
+                updated_at_ms: 2,
+                currency: "USD".into(),
+                total_minor: 500,
+                lines: Vec::new(),
+                buyer_name_masked: "J***".into(),
+                buyer_phone_masked: String::new(),
+                raw: serde_json::json!({"id": 1001, "note": "é\\n"}),
+            },
+        };
+        let token = LeaseToken { id: 7, attempt: 1 };
+        let leased = crate::queue::Leased { token: token.clone(), partition: "acme".into(), payload: serde_json::to_vec(&order).unwrap(), enqueued_at_ms: 0, expires_at_ms: 99 };
+        let chunks = lease_json(true, leased);
+        let text: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let parsed: serde_json::Value = serde_json::from_slice(&text[1..]).expect("valid JSON after the comma");
+        assert_eq!(text[0], b',');
+        let expected = serde_json::to_value(LeasedOrder { token, expires_at_ms: 99, order }).unwrap();
+        assert_eq!(parsed, expected);
     }
 }

@@ -26,6 +26,10 @@ pub struct WebhookShop {
     pub config: Arc<ShopConfig>,
     /// The shop's pull worker.
     pub wake_sync: Arc<Notify>,
+    /// New orders per shop per hour, shared with the pull worker.
+    pub budgets: Arc<crate::order_budget::OrderBudgets>,
+    /// The shop's webhook calls running at once (`max_webhook_calls_per_shop`).
+    pub running: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -50,15 +54,29 @@ pub enum IngestError {
     /// Could not be handled now: 503, the platform retries.
     #[error("webhook not handled, retry: {0}")]
     Unavailable(String),
+    /// A bound of berth's is reached for this shop (its order budget, its webhook
+    /// calls running): 429, the platform retries after `retry_after_secs`.
+    #[error("webhook not handled, retry later: {why}")]
+    TooMany { why: String, retry_after_secs: u64 },
 }
 
 /// Take orders that did not come from a pull (a webhook, a CSV import): queue the
 /// versions berth has not seen for the ERP, then store them, both durably — the same
-/// order as pulls (see inbox.rs), so nothing is lost or queued twice.
-pub async fn accept_orders(src: &PageSource<'_>, orders: &[OrderData], inbox: &OrderInbox, store: &OrderStore) -> Result<PageOutcome, String> {
-    let fresh = QueuedOrder::new_versions(src, orders, store).map_err(|e| e.to_string())?;
-    inbox.deliver(fresh).await.map_err(|e| e.to_string())?;
-    store.commit_pushed(src, orders).await.map_err(|e| e.to_string())
+/// order as pulls (see inbox.rs), so nothing is lost or queued twice. With `intake`, the
+/// new versions must fit the shop's order budget, or nothing is taken.
+pub async fn accept_orders(
+    src: &PageSource<'_>,
+    orders: &[OrderData],
+    inbox: &OrderInbox,
+    store: &OrderStore,
+    intake: Option<&crate::sync::Intake<'_>>,
+) -> Result<PageOutcome, crate::sync::PageError> {
+    let fresh = QueuedOrder::new_versions(src, orders, store)?;
+    if let Some(i) = intake {
+        i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, crate::clock::now_ms()).map_err(crate::sync::PageError::Held)?;
+    }
+    inbox.deliver(fresh).await?;
+    Ok(store.commit_pushed(src, orders).await?)
 }
 
 pub async fn ingest(
@@ -73,6 +91,15 @@ pub async fn ingest(
         return Err(IngestError::Unavailable(format!("the shop's connector `{}` is paused by ops", target.connector.name)));
     }
     let conn = target.connector.for_shop(shop);
+    // A flood of webhooks for one shop is answered at once, never queued: the platform
+    // sends them again, and the shop's pulls and other shops keep their instances.
+    let Ok(_running) = target.running.clone().try_acquire_owned() else {
+        crate::metrics::Metrics::get().limit_hit(&conn.name, "webhook_busy", 1);
+        return Err(IngestError::TooMany {
+            why: format!("{} webhook calls of this shop are running (max_webhook_calls_per_shop)", conn.limits.max_webhook_calls_per_shop),
+            retry_after_secs: 1,
+        });
+    };
     let span = tracing::info_span!("webhook", shop = %shop, connector = %conn.name, version = %conn.version());
     async move {
         let headers = headers
@@ -82,6 +109,10 @@ pub async fn ingest(
             .collect();
         let req = WebhookRequest { headers, body };
         let events = match target.connector.handle_webhook(&conn, shop, target.config.clone(), &req).await {
+            Err(call @ (crate::runtime::CallError::Busy { .. } | crate::runtime::CallError::NoInstance { .. })) => {
+                crate::metrics::Metrics::get().limit_hit(&conn.name, "webhook_busy", 1);
+                return Err(IngestError::TooMany { why: call.to_string(), retry_after_secs: 1 });
+            }
             Err(call) => {
                 // The platform gets what happened, not the guest's trap text: that is
                 // for the log.
@@ -111,7 +142,16 @@ pub async fn ingest(
             }
         }
         let src = PageSource { shop, platform: &conn.manifest.platform, connector_version: conn.version() };
-        let outcome = accept_orders(&src, &orders, inbox, store).await.map_err(IngestError::Unavailable)?;
+        let intake = crate::sync::Intake { budgets: &target.budgets, connector: &conn.name, limit: conn.limits.max_orders_per_shop_per_hour };
+        let outcome = match accept_orders(&src, &orders, inbox, store, Some(&intake)).await {
+            Ok(outcome) => outcome,
+            Err(crate::sync::PageError::Held(held)) => {
+                crate::metrics::Metrics::get().limit_hit(&conn.name, "order_budget", 1);
+                let retry_after_secs = ((held.until_ms - crate::clock::now_ms()) / 1000).clamp(1, 3600) as u64;
+                return Err(IngestError::TooMany { why: held.reason(), retry_after_secs });
+            }
+            Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+        };
         out.orders_new = outcome.added;
         out.orders_known = outcome.duplicates;
         if out.orders_changed > 0 {

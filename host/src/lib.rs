@@ -23,6 +23,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod levels;
 pub mod metrics;
+pub mod order_budget;
 pub mod plugin;
 pub mod queue;
 pub mod registry;

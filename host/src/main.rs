@@ -8,8 +8,18 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "berth", version, about = "Host for e-commerce connectors compiled to WebAssembly components")]
 struct Cli {
+    /// How log records are written to stderr: `text` (one line each) or `json` (one
+    /// object per line). `BERTH_LOG_FORMAT` sets the default.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +124,15 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// End a hold on a platform quota now (see `GET /v1/platforms` for the holds and
+    /// their keys); needs an operator token.
+    ReleaseHold {
+        platform: String,
+        /// The quota, e.g. `app_key:12345678` or `shop:acme`.
+        key: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// List connectors with their active and deployed versions.
     Connectors {
         #[command(flatten)]
@@ -169,10 +188,10 @@ async fn plugin_command(command: PluginCommand) -> ExitCode {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    let json = std::env::var("BERTH_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = format.map_or_else(|| std::env::var("BERTH_LOG_FORMAT").is_ok_and(|v| v == "json"), |f| f == LogFormat::Json);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -186,8 +205,8 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match cli.command {
         Command::CheckConfig { config } => match berth_host::config::Config::load(&config) {
             Ok(cfg) => {
@@ -276,6 +295,11 @@ async fn admin_command(cmd: Command) -> ExitCode {
             }
             Command::AbortCanary { connector, server } => {
                 let path = format!("/v1/admin/connectors/{connector}/canary/abort");
+                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::ReleaseHold { platform, key, server } => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+                let path = format!("/v1/admin/platforms/{}/holds/{}/release", enc(&platform), enc(&key));
                 AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,

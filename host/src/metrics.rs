@@ -114,6 +114,14 @@ pub struct LogLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub connector: String,
+    /// Which bound: `raw_json_dropped`, `outside_window`, `kv_quota`, `kv_rate`,
+    /// `order_budget`, `pages_per_window`, `webhook_busy`, `instances`.
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     pub connector: String,
     /// `bad_name`, `bad_label`, `too_many_series`, `bad_value`, `secret`.
@@ -197,6 +205,7 @@ pub struct Metrics {
     pub guest_histograms: HistogramFamily<GuestLabels>,
     pub guest_dropped: Family<DroppedLabels, Counter>,
     pub log_dropped_bytes: Family<LogLabels, Counter>,
+    pub limit_hits: Family<LimitLabels, Counter>,
     pub probes: Family<ProbeLabels, Counter>,
     pub shops: Family<ShopStateLabels, Gauge>,
     pub availability: Family<TierLabels, Gauge<f64, AtomicU64>>,
@@ -278,7 +287,9 @@ impl Metrics {
         let guest_dropped = Family::<DroppedLabels, Counter>::default();
         registry.register("connector_metric_dropped", "Guest metric updates refused for their name, labels, value or series count", guest_dropped.clone());
         let log_dropped_bytes = Family::<LogLabels, Counter>::default();
-        registry.register("connector_log_dropped_bytes", "Guest log output dropped past max_log_bytes_per_call", log_dropped_bytes.clone());
+        registry.register("connector_log_dropped_bytes", "Guest log output dropped past max_log_bytes_per_call or max_log_bytes_per_minute", log_dropped_bytes.clone());
+        let limit_hits = Family::<LimitLabels, Counter>::default();
+        registry.register("connector_limit_hits", "Times a host bound stopped something a connector did or returned, by bound", limit_hits.clone());
         let probes = Family::<ProbeLabels, Counter>::default();
         registry.register("probes", "Health probes (the connector's check) by how they ended", probes.clone());
         let shops = Family::<ShopStateLabels, Gauge>::default();
@@ -330,6 +341,7 @@ impl Metrics {
             guest_histograms,
             guest_dropped,
             log_dropped_bytes,
+            limit_hits,
             guest_series: Default::default(),
         }
     }
@@ -443,7 +455,7 @@ impl Metrics {
         self.shops_below_sla.clear();
         for t in tiers {
             let tier = format!("{:?}", t.tier);
-            for (state, n) in [("up", t.up), ("down", t.down), ("paused", t.paused), ("unknown", t.unknown)] {
+            for (state, n) in [("up", t.up), ("down", t.down), ("paused", t.paused), ("held", t.held), ("unknown", t.unknown)] {
                 let labels = ShopStateLabels { connector: t.connector.clone(), tier: tier.clone(), state: state.into() };
                 self.shops.get_or_create(&labels).set(n as i64);
             }
@@ -474,6 +486,11 @@ impl Metrics {
         if tripped {
             self.breaker_trips.get_or_create(&labels).inc();
         }
+    }
+
+    /// A host bound stopped `n` things connector `connector` did or returned.
+    pub fn limit_hit(&self, connector: &str, limit: &str, n: u64) {
+        self.limit_hits.get_or_create(&LimitLabels { connector: connector.to_string(), limit: limit.to_string() }).inc_by(n);
     }
 
     pub fn log_dropped(&self, connector: &str, bytes: usize) {

@@ -57,8 +57,8 @@ impl ErrorKind {
     pub fn of_call(e: &CallError) -> ErrorKind {
         match e {
             CallError::Timeout { .. } => ErrorKind::Timeout,
-            CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. } => ErrorKind::Trap,
-            CallError::Busy { .. } => ErrorKind::Timeout,
+            CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. } | CallError::BadOutput { .. } => ErrorKind::Trap,
+            CallError::Busy { .. } | CallError::NoInstance { .. } | CallError::HeldBack { .. } => ErrorKind::Timeout,
             CallError::Instantiate(_) => ErrorKind::Trap,
             // Callers wait an isolation out (`CallError::isolated_for`) before asking.
             CallError::Isolated { .. } => ErrorKind::Trap,

@@ -127,9 +127,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             stock_batch_size: cfg.stock.batch_size,
             error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
             health: health.clone(),
+            budgets: Default::default(),
+            services: services.clone(),
         },
         shutdown_rx.clone(),
     ));
+    health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn crate::health::HoldSource>);
     for (shop, sc) in &cfg.shops {
         shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
     }
@@ -167,6 +170,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
     let admin = api::admin::router(Arc::new(api::admin::AdminState {
         registry: registry.clone(),
+        services: services.clone(),
         auth: admin_auth,
         audit,
         shops: shops.clone(),
@@ -187,6 +191,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         services: services.clone(),
         health,
         alerts,
+        max_response_bytes: cfg.erp.max_response_bytes as usize,
     }))
     .merge(admin);
     let mut server_shutdown = shutdown_rx.clone();

@@ -27,10 +27,16 @@ pub struct ShopDeps {
     pub stock_batch_size: usize,
     pub error_pause: Duration,
     pub health: Arc<crate::health::HealthBook>,
+    /// New orders per shop per hour, pulls and webhooks together.
+    pub budgets: Arc<crate::order_budget::OrderBudgets>,
+    /// Rate limits and their holds (a shop whose quota is held shows `throttled`).
+    pub services: Arc<crate::runtime::state::HostServices>,
 }
 
 struct RunningShop {
     config: ShopConfig,
+    /// The platform its connector serves.
+    platform: String,
     status: SharedStatus,
     webhook: Arc<WebhookShop>,
     stock: StockShop,
@@ -106,6 +112,7 @@ impl ShopSet {
             inbox: d.inbox.clone(),
             defaults: d.sync.clone(),
             status: status.clone(),
+            budgets: d.budgets.clone(),
         };
         let mut tasks = vec![tokio::spawn(worker.run(stop_rx.clone()))];
         d.health.register(shop, &sc.connector, &slot.platform, sc.tier);
@@ -137,8 +144,15 @@ impl ShopSet {
         };
         let running = RunningShop {
             config: sc.clone(),
+            platform: slot.platform.clone(),
             status,
-            webhook: Arc::new(WebhookShop { connector: slot, config, wake_sync: wake }),
+            webhook: Arc::new(WebhookShop {
+                running: Arc::new(tokio::sync::Semaphore::new(slot.current().limits.max_webhook_calls_per_shop)),
+                connector: slot,
+                config,
+                wake_sync: wake,
+                budgets: d.budgets.clone(),
+            }),
             stock: StockShop { connector: sc.connector.clone(), pusher },
             stop,
             tasks,
@@ -202,6 +216,16 @@ impl ShopSet {
         changes
     }
 
+    /// The host's services (rate limits and their holds).
+    pub fn services(&self) -> &Arc<crate::runtime::state::HostServices> {
+        &self.deps.services
+    }
+
+    /// Every shop's order budget (see order_budget.rs).
+    pub fn budgets(&self) -> &Arc<crate::order_budget::OrderBudgets> {
+        &self.deps.budgets
+    }
+
     pub fn statuses(&self) -> Vec<ShopStatus> {
         self.shops
             .read()
@@ -239,5 +263,25 @@ impl ShopSet {
             out.entry(r.config.connector.clone()).or_default().push(shop.clone());
         }
         out
+    }
+}
+
+impl crate::health::HoldSource for ShopSet {
+    /// `throttled` while the shop's quota is held by a throttle, `held` while its order
+    /// intake is; the reason names who caused it and for how long.
+    fn hold(&self, shop: &str) -> Option<(&'static str, String)> {
+        let (platform, config) = {
+            let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
+            let r = shops.get(shop)?;
+            (r.platform.clone(), r.config.clone())
+        };
+        if let Some(h) = self.deps.services.limits.throttle_on(&platform, shop, Some(&config)) {
+            let by = if h.shop == shop { "its own call".to_string() } else { format!("a call of shop `{}`", h.shop) };
+            return Some((
+                "throttled",
+                format!("quota {} of {platform} held {} s more ({} s in all) after {by}: {}", h.key, h.remaining_ms.div_ceil(1000), h.held_ms / 1000, h.reason),
+            ));
+        }
+        self.deps.budgets.held_shop(shop, crate::clock::now_ms()).map(|h| ("held", h.reason()))
     }
 }

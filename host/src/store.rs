@@ -83,6 +83,9 @@ pub struct WindowProgress {
     pub start_ms: i64,
     pub end_ms: i64,
     pub cursor: Option<String>,
+    /// Pages read in this window so far (see `sync.max_pages_per_window`).
+    #[serde(default)]
+    pub pages: u32,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -272,6 +275,52 @@ impl OrderStore {
             }
         }
         Ok(out)
+    }
+
+    /// Walk feed entries after `after` as stored (each an [`OrderRecord`]'s JSON), oldest
+    /// first, optionally for one shop, handing each to `each` until `limit` entries or
+    /// `max_bytes` of them (at least one) — or `each` says stop. Returns where a reader
+    /// goes on from: the last entry handed over, or the last one read when the feed
+    /// ran out (entries of other shops need not be read again).
+    pub fn scan(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+        shop: Option<&str>,
+        mut each: impl FnMut(sled::IVec) -> bool,
+    ) -> Result<u64, StoreError> {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            shop: std::borrow::Cow<'a, str>,
+        }
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        if after >= durable {
+            return Ok(after);
+        }
+        let (mut sent, mut bytes, mut next) = (0usize, 0usize, after);
+        for item in self.feed.range(after.saturating_add(1).to_be_bytes()..=durable.to_be_bytes()) {
+            let (k, v) = item?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?);
+            if let Some(want) = shop {
+                let head: Head<'_> = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("order feed entry {seq}: {e}")))?;
+                if head.shop != want {
+                    next = seq;
+                    continue;
+                }
+            }
+            if sent > 0 && bytes.saturating_add(v.len()) > max_bytes {
+                return Ok(next);
+            }
+            bytes += v.len();
+            sent += 1;
+            next = seq;
+            if !each(v) || sent >= limit {
+                return Ok(next);
+            }
+        }
+        Ok(durable.max(next))
     }
 
     pub fn feed_len(&self) -> usize {

@@ -41,6 +41,10 @@ pub struct ShopStatus {
     pub duplicates_skipped: u64,
     pub throttled: u64,
     pub errors: u64,
+    /// Orders the connector returned outside the window it was asked for: dropped.
+    pub outside_window: u64,
+    /// Why the shop's intake is held by a host bound (its order budget), while it is.
+    pub held: Option<String>,
     /// Paused by ops (the connector or this shop).
     pub paused: bool,
     pub watermark_ms: Option<i64>,
@@ -61,6 +65,8 @@ pub struct ShopWorker {
     pub status: SharedStatus,
     /// Notified when the platform says an order changed (a webhook): pull now.
     pub wake: Arc<tokio::sync::Notify>,
+    /// New orders per shop per hour (see order_budget.rs).
+    pub budgets: Arc<crate::order_budget::OrderBudgets>,
 }
 
 /// What to do after one step.
@@ -190,6 +196,8 @@ impl ShopWorker {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    // An operator ended a hold this shop may be waiting out.
+                    _ = conn.quota_released(), if !idle => {}
                     _ = self.wake.notified(), if idle => {
                         chase_until = Some(std::time::Instant::now() + Duration::from_secs(u64::from(self.defaults.settle_secs) + 2));
                     }
@@ -229,7 +237,7 @@ impl ShopWorker {
         };
         let width = conn.manifest.max_window_ms.map(|w| w as i64).unwrap_or(i64::MAX);
         let end = edge.min(start.saturating_add(width));
-        (end > start).then_some(WindowProgress { start_ms: start, end_ms: end, cursor: None })
+        (end > start).then_some(WindowProgress { start_ms: start, end_ms: end, cursor: None, pages: 0 })
     }
 
     async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, StepError> {
@@ -244,6 +252,13 @@ impl ShopWorker {
         };
         let page = match self.connector.pull_orders(conn, &self.shop, self.config.clone(), &req).await {
             Err(call) => {
+                if let Some(wait) = call.held_back_for() {
+                    // berth's own limiter (a held quota, a full bucket): wait for it, no
+                    // attempt spent and no new hold, since the platform said nothing.
+                    tracing::debug!(wait_ms = wait.as_millis() as u64, "the quota is held or its bucket is full; waiting");
+                    self.update(|s| s.throttled += 1);
+                    return Ok(Next::Wait(wait.max(Duration::from_millis(50))));
+                }
                 if let Some(wait) = call.isolated_for() {
                     // Not this shop's failure and no attempt spent: wait for the trial.
                     tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; waiting");
@@ -255,9 +270,9 @@ impl ShopWorker {
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
                 self.update(|s| s.throttled += 1);
-                // Honour the platform's wait, bounded so a garbage value cannot park a shop forever.
-                let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                return Ok(Next::Wait(conn.note_throttle(&self.shop, &self.config, wait)));
+                // The runtime held the quota (or only this shop, when no answer of the
+                // platform stood behind the claim) and bounded the wait by max_hold_secs.
+                return Ok(Next::Wait(Duration::from_millis(ms.max(50))));
             }
             Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Failed(ErrorKind::Transient, why)),
             Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Failed(ErrorKind::Auth, why)),
@@ -267,7 +282,7 @@ impl ShopWorker {
                 // restart the window from its first page (duplicates are filtered).
                 let restart = SyncState {
                     watermark_ms: state.watermark_ms,
-                    current: Some(WindowProgress { cursor: None, ..window.clone() }),
+                    current: Some(WindowProgress { cursor: None, pages: 0, ..window.clone() }),
                 };
                 if window.cursor.is_some() {
                     self.store
@@ -279,20 +294,63 @@ impl ShopWorker {
             }
             Ok(Ok(page)) => page,
         };
+        let mut page = page;
+        // The contract: orders updated within the window asked for. One outside it is
+        // dropped (a genuinely later version comes with a later window) and counted.
+        let asked = page.orders.len();
+        page.orders.retain(|o| (window.start_ms..=window.end_ms).contains(&o.updated_at_ms));
+        let outside = asked - page.orders.len();
+        if outside > 0 {
+            tracing::warn!(
+                dropped = outside, window_start_ms = window.start_ms, window_end_ms = window.end_ms,
+                "the connector returned orders updated outside the window asked for; dropped"
+            );
+            crate::metrics::Metrics::get().limit_hit(&conn.name, "outside_window", outside as u64);
+            self.update(|s| s.outside_window += outside as u64);
+        }
         let done = page.next_page_cursor.is_none();
+        let pages = window.pages.saturating_add(1);
+        if !done && pages >= self.defaults.max_pages_per_window {
+            // An endless cursor: the window starts over after the error pause, so a
+            // fixed version gets a fresh start and a broken one cannot page forever.
+            let restart = SyncState { watermark_ms: state.watermark_ms, current: Some(WindowProgress { cursor: None, pages: 0, ..window.clone() }) };
+            self.store.commit_page(&self.source(conn), &[], &restart).await.map_err(|e| StepError::Pause(e.to_string()))?;
+            crate::metrics::Metrics::get().limit_hit(&conn.name, "pages_per_window", 1);
+            return Err(StepError::Failed(
+                ErrorKind::Permanent,
+                format!(
+                    "the connector paged the window {}..{} {pages} times without its cursor ending (sync.max_pages_per_window = {}); the window starts over after a pause",
+                    window.start_ms, window.end_ms, self.defaults.max_pages_per_window
+                ),
+            ));
+        }
         let next_state = if done {
             SyncState { watermark_ms: Some(window.end_ms), current: None }
         } else {
             SyncState {
                 watermark_ms: state.watermark_ms,
-                current: Some(WindowProgress { cursor: page.next_page_cursor.clone(), ..window.clone() }),
+                current: Some(WindowProgress { cursor: page.next_page_cursor.clone(), pages, ..window.clone() }),
             }
         };
         let orders: Vec<OrderData> = page.orders.into_iter().map(to_record).collect();
-        let outcome = store_page(&self.store, &self.inbox, &self.source(conn), &orders, &next_state).await.map_err(|e| match e {
-            PageError::Queue(_) => StepError::Failed(ErrorKind::Transient, e.to_string()),
-            PageError::Store(_) => StepError::Pause(e.to_string()),
-        })?;
+        let intake = Intake { budgets: &self.budgets, connector: &conn.name, limit: conn.limits.max_orders_per_shop_per_hour };
+        let stored = store_page(&self.store, &self.inbox, &self.source(conn), &orders, &next_state, Some(&intake)).await;
+        let outcome = match stored {
+            Err(PageError::Held(held)) => {
+                let wait = Duration::from_millis((held.until_ms - now_ms()).clamp(1_000, 60_000) as u64);
+                if self.status.lock().unwrap_or_else(|e| e.into_inner()).held.is_none() {
+                    tracing::error!(reason = %held.reason(), "the shop's order intake is held");
+                    crate::metrics::Metrics::get().limit_hit(&conn.name, "order_budget", 1);
+                }
+                self.update(|s| s.held = Some(held.reason()));
+                return Ok(Next::Wait(wait));
+            }
+            other => other.map_err(|e| match e {
+                PageError::Queue(_) => StepError::Failed(ErrorKind::Transient, e.to_string()),
+                PageError::Store(_) | PageError::Held(_) => StepError::Pause(e.to_string()),
+            })?,
+        };
+        self.update(|s| s.held = None);
         tracing::debug!(added = outcome.added, duplicates = outcome.duplicates, window_done = done, "page stored");
         self.update(|s| {
             s.pages += 1;
@@ -326,19 +384,35 @@ pub enum PageError {
     Queue(#[from] QueueError),
     #[error("cannot store orders: {0}")]
     Store(#[from] StoreError),
+    /// The shop's order budget is spent: nothing was committed, try again later.
+    #[error("{}", .0.reason())]
+    Held(crate::order_budget::HeldIntake),
+}
+
+/// The shop's order budget a page or webhook spends (none for an operator's import).
+pub struct Intake<'a> {
+    pub budgets: &'a crate::order_budget::OrderBudgets,
+    pub connector: &'a str,
+    pub limit: u32,
 }
 
 /// Take a pulled page: queue the order versions berth has not seen for the ERP, then
 /// commit the page with the shop's next position (see inbox.rs for why in that order),
-/// both durably.
+/// both durably. With `intake`, the new versions must fit the shop's order budget, or
+/// nothing is taken.
 pub async fn store_page(
     store: &OrderStore,
     inbox: &OrderInbox,
     src: &PageSource<'_>,
     orders: &[OrderData],
     next: &SyncState,
+    intake: Option<&Intake<'_>>,
 ) -> Result<PageOutcome, PageError> {
-    inbox.deliver(QueuedOrder::new_versions(src, orders, store)?).await?;
+    let fresh = QueuedOrder::new_versions(src, orders, store)?;
+    if let Some(i) = intake {
+        i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, now_ms()).map_err(PageError::Held)?;
+    }
+    inbox.deliver(fresh).await?;
     Ok(store.commit_page(src, orders, next).await?)
 }
 

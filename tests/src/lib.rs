@@ -34,9 +34,15 @@ pub struct Berth {
 impl Berth {
     /// Start `berth serve --config CONFIG` and wait until it prints its address.
     pub fn start(config: &Path) -> Berth {
+        Self::start_with(config, &[])
+    }
+
+    /// The same, with more arguments for `berth` (e.g. `--log-format json`).
+    pub fn start_with(config: &Path, args: &[&str]) -> Berth {
         let stderr_log = config.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("create stderr log");
         let mut child = Command::new(berth_bin())
+            .args(args)
             .args(["serve", "--config"])
             .arg(config)
             .env("BERTH_LOG", "info,berth_host=debug,wasmtime=warn,cranelift=warn")
@@ -80,6 +86,26 @@ impl Berth {
     pub fn log(&self) -> String {
         read_tail(&self.stderr_log)
     }
+
+    /// The whole stderr log so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Resident memory now and at its peak since the last [`Berth::reset_peak_memory`]
+    /// (or the start), in bytes, from /proc.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kb = |field: &str| {
+            status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    }
+
+    /// Start counting the peak resident memory afresh (`/proc/PID/clear_refs` 5).
+    pub fn reset_peak_memory(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").expect("reset the peak RSS");
+    }
 }
 
 impl Drop for Berth {
@@ -100,11 +126,15 @@ fn read_tail(path: &Path) -> String {
 }
 
 /// `[connectors.NAME]` sections for (name, component path) pairs, each granted the
-/// loopback address the simulator serves on.
+/// loopback address the simulator serves on and bound to its platform (the name, but
+/// for the WooCommerce connectors `woo-js` and `woo-c`).
 pub fn local_connectors(components: &[(&str, &str)]) -> String {
     components
         .iter()
-        .map(|(name, path)| format!("[connectors.{name}]\ncomponent = {path:?}\nextra_hosts = [\"127.0.0.1\"]\n"))
+        .map(|(name, path)| {
+            let platform = if name.starts_with("woo") { "woocommerce" } else { name };
+            format!("[connectors.{name}]\nplatform = \"{platform}\"\ncomponent = {path:?}\nextra_hosts = [\"127.0.0.1\"]\n")
+        })
         .collect()
 }
 
@@ -132,6 +162,27 @@ pub fn run_berth(args: &[&str], deadline: Duration) -> (Option<i32>, String, Str
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Bytes of the files under `dir` (a data dir on disk).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// A metric's value in a Prometheus text exposition: the sum of the series whose line
+/// starts with `prefix` (name and the labels given, e.g. `name{connector="x"`).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Poll `check` until it returns `Some`, or give up after `deadline`.
@@ -275,4 +326,39 @@ pub fn shopify_sim(seed: u64, history_hours: u32, shops: &[(&str, usize)]) -> be
     cfg.shopify.leak_per_sec = 1000.0;
     cfg.taobao.shops.clear();
     cfg
+}
+
+/// A simulator config with only Taobao shops of one app (`k`, secret `s`): (nick, seeded
+/// orders), each shop's session `sess-NICK`, `history_hours` of history, and the app
+/// banned above `calls_per_second`.
+pub fn taobao_sim(seed: u64, history_hours: u32, shops: &[(&str, usize)], calls_per_second: u32) -> berth_sim::SimConfig {
+    let mut cfg = berth_sim::SimConfig { seed, history_hours, ..berth_sim::SimConfig::default() };
+    cfg.shopify.shops.clear();
+    cfg.taobao.apps = vec![berth_sim::TaobaoApp { app_key: "k".into(), secret: "s".into() }];
+    cfg.taobao.shops = shops
+        .iter()
+        .map(|(n, orders)| berth_sim::TaobaoShop { nick: n.to_string(), app_key: "k".into(), session: format!("sess-{n}"), orders: *orders })
+        .collect();
+    cfg.taobao.calls_per_window = calls_per_second;
+    cfg.taobao.window_ms = 1000;
+    cfg
+}
+
+/// `[shops.NAME]` of `connector` on the Taobao-like `gateway`, app `k`, polled every
+/// second, with `session` and more settings (`, mode = "x"`) after the standard ones.
+pub fn taobao_shop(name: &str, connector: &str, gateway: &str, session: &str, extra: &str) -> String {
+    format!(
+        "[shops.{name}]\nconnector = \"{connector}\"\npoll_interval_secs = 1\n\
+         settings = {{ gateway = \"{gateway}\", app_key = \"k\", page_size = \"20\"{extra} }}\n\
+         secrets = {{ app_secret = \"s\", session = \"{session}\" }}\n"
+    )
+}
+
+/// `[shops.acme]`: a Shopify shop on the simulator at `base`, polled every second — the
+/// well-behaved neighbour of the isolation tests.
+pub fn shopify_neighbour(base: &str) -> String {
+    format!(
+        "[shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
+         settings = {{ base_url = \"{base}/shopify/acme\", page_size = \"5\" }}\nsecrets = {{ access_token = \"tok\" }}\n"
+    )
 }

@@ -77,6 +77,8 @@ extra_hosts = ["127.0.0.1", "169.254.169.254", "localhost"]
 [connectors.hostile.limits]
 call_timeout_ms = 1500
 max_memory_mb = 16
+# kv-fill reaches the shop's quota here (isolation_disk_e2e holds writes per minute).
+max_kv_write_bytes_per_minute = 67108864
 # Each call's containment is what this test measures (breaker_e2e covers isolation).
 breaker = false
 [shops.acme]

@@ -177,7 +177,7 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
         // An empty component: valid wasm, but not the connector world.
         ("wrong world", Some(DEPLOYER), "shopify", b"\0asm\x0d\0\x01\0".to_vec(), 422, "does not fit a berth:connector world"),
         ("oversize", Some(DEPLOYER), "shopify", vec![0u8; 1024 * 1024 + 10], 413, "larger than 1048576 bytes"),
-        ("other platform", Some(DEPLOYER), "shopify", std::fs::read(plugins::TAOBAO).unwrap(), 422, "for platform `taobao`"),
+        ("other platform", Some(DEPLOYER), "shopify", std::fs::read(plugins::TAOBAO).unwrap(), 422, "its manifest names platform `taobao`, but ops bound connector `shopify` to platform `shopify`"),
         ("unknown connector", Some(DEPLOYER), "jd", good.clone(), 404, "not configured"),
     ];
     for (what, token, connector, bytes, status, message) in cases {

@@ -131,11 +131,16 @@ fn the_taobao_connector_loads_and_the_port_in_use_is_reported() {
 #[test]
 fn connectors_in_other_languages_name_missing_config() {
     // The hostile fixture's manifest is checked like any other before it can misbehave.
-    for (component, missing) in [(plugins::SHOPEE_PY, "partner_key"), (plugins::WOO_JS, "consumer_key"), (plugins::WOO_C, "consumer_key"), (plugins::HOSTILE, "mode")] {
+    for (component, platform, missing) in [
+        (plugins::SHOPEE_PY, "shopee", "partner_key"),
+        (plugins::WOO_JS, "woocommerce", "consumer_key"),
+        (plugins::WOO_C, "woocommerce", "consumer_key"),
+        (plugins::HOSTILE, "hostile", "mode"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
-             [connectors.c]\ncomponent = {component:?}\n\
+             [connectors.c]\nplatform = \"{platform}\"\ncomponent = {component:?}\n\
              [shops.acme]\nconnector = \"c\"\n\
              settings = {{ base_url = \"https://shop.example\", partner_id = \"1\", shop_id = \"2\" }}\n\
              secrets = {{ access_token = \"t\", consumer_secret = \"s\" }}\n"
@@ -144,4 +149,30 @@ fn connectors_in_other_languages_name_missing_config() {
         assert_eq!(code, Some(2), "{component}: {err}");
         assert!(err.contains(&format!("connector `c` needs config key `{missing}`")), "{component}: {err}");
     }
+}
+
+/// A connector serves the platform ops bind it to (its name by default): a component
+/// whose manifest names another platform is refused with the fix; bound as it says, it
+/// loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_serves_only_the_platform_ops_named_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+         [connectors.evilmart]\ncomponent = {:?}\n",
+        plugins::HOSTILE_TAOBAO
+    );
+    let (code, err) = serve(dir.path(), &config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("its manifest names platform `taobao`, but ops bound connector `evilmart` to platform `evilmart`")
+            && err.contains("[connectors.evilmart] platform = \"taobao\""),
+        "{err}"
+    );
+    let bound = config.replace("[connectors.evilmart]\n", "[connectors.evilmart]\nplatform = \"taobao\"\n");
+    let path = dir.path().join("bound.toml");
+    std::fs::write(&path, bound).unwrap();
+    let berth = berth_tests::Berth::start(&path);
+    let connectors = berth_tests::get_json(berth.url("/v1/connectors")).await;
+    assert_eq!(connectors[0]["platform"], "taobao", "{connectors}");
 }

@@ -7,7 +7,8 @@
 
 use berth_host::config::ShopConfig;
 use berth_host::runtime::bindings::berth::connector as hb;
-use berth_host::runtime::limits::{ConnectorLimits, LogBudget};
+use berth_host::runtime::guest_log::LogBudget;
+use berth_host::runtime::limits::ConnectorLimits;
 use berth_host::runtime::redact::Redactor;
 use berth_host::runtime::state::{CallContext, HostServices, HostState};
 use berth_sdk::bindings::berth::connector as sb;
@@ -47,8 +48,10 @@ impl NativeShopify {
             allow: self.allow.clone(),
             platform: "shopify".into(),
             deadline: std::time::Instant::now() + self.limits.call_timeout,
+            kv_write_per_minute: self.limits.max_kv_write_bytes_per_minute as u64,
         };
-        let log = LogBudget::new(ctx.connector.clone(), self.limits.max_log_bytes_per_call);
+        let minute = self.services.log_minute(&ctx.connector, self.limits.max_log_bytes_per_minute);
+        let log = LogBudget::new(ctx.connector.clone(), self.limits.max_log_bytes_per_call, minute);
         let state = HostState::new(ctx, self.services.clone(), self.limits.max_memory_bytes, log, turn);
         let host = Calls { state, rt: Handle::current() };
         let (shop, req) = (shop.to_string(), sdk_request(req));

@@ -222,6 +222,8 @@ impl Alerts {
             }
         }
         obs.queues = crate::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
+        obs.held_intake = src.shops.budgets().held(now_ms);
+        obs.holds = src.shops.services().limits.held();
         obs.shops = src
             .health
             .shops()

@@ -38,6 +38,12 @@ pub enum RuleKind {
     CanaryRollback,
     /// A connector version's circuit breaker isolates it (its calls are refused).
     ConnectorIsolated,
+    /// A shop's order intake is held: it brought in more new orders in an hour than
+    /// `max_orders_per_shop_per_hour`.
+    OrderFlood,
+    /// A platform quota is held by a throttle hold set for longer than `above_secs`
+    /// (every shop on it makes no call meanwhile).
+    QuotaHeld,
 }
 
 impl RuleKind {
@@ -49,6 +55,8 @@ impl RuleKind {
             RuleKind::ProbeFailing => "probe-failing",
             RuleKind::CanaryRollback => "canary-rollback",
             RuleKind::ConnectorIsolated => "connector-isolated",
+            RuleKind::OrderFlood => "order-flood",
+            RuleKind::QuotaHeld => "quota-held",
         }
     }
 }
@@ -93,6 +101,8 @@ pub enum Check {
     ProbeFailing { failures: u32, tiers: Option<Vec<Tier>> },
     CanaryRollback { hold_secs: u64 },
     ConnectorIsolated { connectors: Option<Vec<String>> },
+    OrderFlood { connectors: Option<Vec<String>> },
+    QuotaHeld { above_secs: u64 },
 }
 
 impl Check {
@@ -104,6 +114,8 @@ impl Check {
             Check::ProbeFailing { .. } => RuleKind::ProbeFailing,
             Check::CanaryRollback { .. } => RuleKind::CanaryRollback,
             Check::ConnectorIsolated { .. } => RuleKind::ConnectorIsolated,
+            Check::OrderFlood { .. } => RuleKind::OrderFlood,
+            Check::QuotaHeld { .. } => RuleKind::QuotaHeld,
         }
     }
 }
@@ -131,7 +143,8 @@ impl Rule {
             RuleKind::DeadLetters => &["queue", "window_secs"],
             RuleKind::ProbeFailing => &["failures", "tiers"],
             RuleKind::CanaryRollback => &["hold_secs"],
-            RuleKind::ConnectorIsolated => &["connectors"],
+            RuleKind::ConnectorIsolated | RuleKind::OrderFlood => &["connectors"],
+            RuleKind::QuotaHeld => &["above_secs"],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
@@ -168,6 +181,8 @@ impl Rule {
             }
             RuleKind::CanaryRollback => Check::CanaryRollback { hold_secs: positive("hold_secs", c.hold_secs, 3600)? },
             RuleKind::ConnectorIsolated => Check::ConnectorIsolated { connectors: c.connectors.clone() },
+            RuleKind::OrderFlood => Check::OrderFlood { connectors: c.connectors.clone() },
+            RuleKind::QuotaHeld => Check::QuotaHeld { above_secs: positive("above_secs", c.above_secs, 120)? },
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -183,6 +198,8 @@ impl Rule {
             rule("probe-failing", Severity::Warning, Check::ProbeFailing { failures: 2, tiers: Some(vec![Tier::B, Tier::C]) }),
             rule("canary-rollback", Severity::Critical, Check::CanaryRollback { hold_secs: 3600 }),
             rule("connector-isolated", Severity::Critical, Check::ConnectorIsolated { connectors: None }),
+            rule("order-flood", Severity::Critical, Check::OrderFlood { connectors: None }),
+            rule("quota-held", Severity::Warning, Check::QuotaHeld { above_secs: 120 }),
         ]
     }
 }
@@ -201,6 +218,10 @@ pub struct Observation {
     pub rollbacks: Vec<(String, i64, String)>,
     /// Connector versions their circuit breaker isolates now.
     pub isolated: Vec<Isolated>,
+    /// Shops whose order intake is held by their hourly budget.
+    pub held_intake: Vec<crate::order_budget::HeldIntake>,
+    /// Platform quotas held now.
+    pub holds: Vec<crate::capabilities::ratelimit::HeldQuota>,
 }
 
 #[derive(Clone, Debug)]
@@ -345,8 +366,44 @@ impl Rule {
                     })
                     .collect()
             }
+            Check::OrderFlood { connectors } => order_flood(obs, connectors),
+            Check::QuotaHeld { above_secs } => obs
+                .holds
+                .iter()
+                .filter(|h| h.kind == "throttle" && h.held_ms > above_secs * 1000)
+                .map(|h| Breach {
+                    subject: format!("{}:{}", h.platform, h.key),
+                    summary: format!(
+                        "platform {} quota {} is held for {} s ({} s left) after a call of shop {} ({}): {}; every shop on it waits. Release it with `berth release-hold {} {}` if the platform is fine",
+                        h.platform,
+                        h.key,
+                        h.held_ms / 1000,
+                        h.remaining_ms.div_ceil(1000),
+                        h.shop,
+                        h.connector,
+                        h.reason,
+                        h.platform,
+                        h.key
+                    ),
+                    value: h.held_ms as f64 / 1000.0,
+                    threshold: *above_secs as f64,
+                })
+                .collect(),
         }
     }
+}
+
+fn order_flood(obs: &Observation, connectors: &Option<Vec<String>>) -> Vec<Breach> {
+    obs.held_intake
+        .iter()
+        .filter(|h| wanted(connectors, &h.connector))
+        .map(|h| Breach {
+            subject: h.shop.clone(),
+            summary: format!("shop {} ({}): {}", h.shop, h.connector, h.reason()),
+            value: (h.taken + h.refused) as f64,
+            threshold: f64::from(h.limit),
+        })
+        .collect()
 }
 
 impl crate::levels::QueueLevel {
@@ -376,6 +433,10 @@ mod tests {
         assert!(err.contains("queue `refunds` is not one berth has"), "{err}");
         let err = parse("name = \"x\"\nkind = \"flaky\"\n").unwrap_err();
         assert!(err.contains("unknown variant `flaky`"), "{err}");
+    }
+
+    fn subjects_of(r: &Rule, obs: &Observation) -> Vec<String> {
+        r.evaluate(obs).into_iter().map(|b| b.subject).collect()
     }
 
     #[test]
@@ -418,5 +479,33 @@ mod tests {
         assert!(subjects(only).is_empty(), "filtered by connector");
         let b = &d[0].evaluate(&obs)[0];
         assert_eq!(b.summary, "connector bad: 95.0% of 100 calls succeeded in the last 300 s (threshold 98.0%)");
+        obs.held_intake = vec![crate::order_budget::HeldIntake {
+            shop: "h-flood".into(),
+            connector: "hostile".into(),
+            taken: 50_000,
+            refused: 1000,
+            limit: 50_000,
+            since_ms: 0,
+            until_ms: 1,
+        }];
+        assert_eq!(subjects_of(&d[7], &obs), ["h-flood"]);
+        assert!(d[7].evaluate(&obs)[0].summary.starts_with("shop h-flood (hostile): order intake held: 50000 new orders in the last hour"));
+        let hold = |kind, held_ms| crate::capabilities::ratelimit::HeldQuota {
+            platform: "taobao".into(),
+            key: "app_key:K".into(),
+            remaining_ms: 100_000,
+            held_ms,
+            since_ms: 0,
+            kind,
+            shop: "h-throttle".into(),
+            connector: "hostile".into(),
+            reason: "the connector returned rate-limited(3600000 ms)".into(),
+        };
+        obs.holds = vec![hold("throttle", 300_000), hold("pacing", 900_000)];
+        assert_eq!(subjects_of(&d[8], &obs), ["taobao:app_key:K"], "pacing is not a throttle");
+        let summary = &d[8].evaluate(&obs)[0].summary;
+        assert!(summary.contains("after a call of shop h-throttle (hostile)") && summary.contains("berth release-hold taobao app_key:K"), "{summary}");
+        obs.holds = vec![hold("throttle", 60_000)];
+        assert!(subjects_of(&d[8], &obs).is_empty(), "a minute is under the threshold");
     }
 }

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 pub struct AdminState {
     pub registry: Arc<ConnectorRegistry>,
+    /// Rate limits, for releasing a hold.
+    pub services: Arc<crate::runtime::state::HostServices>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
     pub shops: Arc<crate::shops::ShopSet>,
@@ -47,6 +49,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/connectors/{name}/resume", post(|s, p, h| pause_connector(s, p, h, false)))
         .route("/v1/admin/shops/{shop}/pause", post(|s, p, h| pause_shop(s, p, h, true)))
         .route("/v1/admin/shops/{shop}/resume", post(|s, p, h| pause_shop(s, p, h, false)))
+        .route("/v1/admin/platforms/{platform}/holds/{key}/release", post(release_hold))
         .route("/v1/admin/audit", get(audit))
         .route("/v1/admin/shops/{shop}/degrade", get(super::degrade::status))
         .route("/v1/admin/shops/{shop}/stock/export", post(super::degrade::export))
@@ -352,12 +355,44 @@ async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
             Err(resp) => resp,
         };
     };
+    // Resuming also lifts a hold of the shop's order intake (its hourly budget).
+    let released = !paused && st.shops.budgets().release(&shop);
     let result = st
         .registry
         .set_paused(&connector, Some(&shop), paused)
         .await
-        .map(|()| (StatusCode::OK, serde_json::json!({ "shop": shop, "paused": paused })));
+        .map(|()| (StatusCode::OK, serde_json::json!({ "shop": shop, "paused": paused, "intake_released": released })));
     st.answer(&caller, &action, None, result)
+}
+
+/// End a hold on a platform quota now (the platform is fine again, or a connector's
+/// `rate-limited` was wrong): the quota's shops call again at once.
+async fn release_hold(State(st): State<Arc<AdminState>>, Path((platform, key)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let target = format!("hold:{platform}/{key}");
+    let action = Action { name: "release-hold", target: &target };
+    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let (status, outcome, body) = match st.services.limits.release(&platform, &key) {
+        Some(h) => {
+            tracing::warn!(by = %caller.name, platform = %platform, key = %key, caused_by = %h.shop, "quota hold released by an operator");
+            (StatusCode::OK, "ok", serde_json::json!({ "released": h }))
+        }
+        None => {
+            let held: Vec<String> = st.services.limits.held().into_iter().filter(|h| h.platform == platform).map(|h| h.key).collect();
+            let why = format!(
+                "no hold on {platform} quota `{key}`; held now: {}",
+                if held.is_empty() { "none".to_string() } else { held.join(", ") }
+            );
+            (StatusCode::NOT_FOUND, "refused", serde_json::json!({ "error": why }))
+        }
+    };
+    let detail = if outcome == "ok" { String::new() } else { body["error"].as_str().unwrap_or_default().to_string() };
+    match st.record(&caller.name, &action, None, outcome, detail) {
+        Ok(()) => (status, Json(body)).into_response(),
+        Err(resp) => resp,
+    }
 }
 
 #[derive(Deserialize)]

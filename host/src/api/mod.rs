@@ -6,9 +6,9 @@ pub mod degrade;
 pub mod status;
 pub mod stock;
 
-use crate::inbox::{LeasedOrder, OrderInbox};
+use crate::inbox::OrderInbox;
 use crate::queue::{LeaseToken, QueueError, QueueStats};
-use crate::store::{OrderRecord, OrderStore};
+use crate::store::OrderStore;
 use crate::sync::ShopStatus;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -38,6 +38,8 @@ pub struct ConnectorInfo {
     pub breaker: crate::runtime::breaker::BreakerView,
     /// A canary candidate's, while one runs.
     pub canary_breaker: Option<crate::runtime::breaker::BreakerView>,
+    /// Its instance slots: reserved for it, its max, in use now.
+    pub instances: Option<crate::runtime::pool::PoolShare>,
 }
 
 pub struct ApiState {
@@ -51,6 +53,8 @@ pub struct ApiState {
     pub services: Arc<crate::runtime::state::HostServices>,
     pub health: Arc<crate::health::HealthBook>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
+    pub max_response_bytes: usize,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -122,13 +126,15 @@ struct OrdersQuery {
     shop: Option<String>,
 }
 
-#[derive(Serialize)]
-struct OrdersPage {
-    orders: Vec<OrderRecord>,
-    /// Pass as `after` to read on; equals the request's `after` when nothing is new.
-    next_after: u64,
+/// A JSON answer written as it is read: `chunks` arrive from a reader thread, so an
+/// answer of many large orders is never built whole in memory.
+fn streamed(chunks: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>) -> Response {
+    let stream = futures_util::stream::unfold(chunks, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream)).into_response()
 }
 
+/// `{"orders":[...],"next_after":N}`: feed entries after `after` (as stored, not parsed
+/// again), stopping at `limit` entries or `[erp] max_response_bytes` of them.
 async fn list_orders(State(st): State<Arc<ApiState>>, q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>) -> Response {
     let Query(q) = match q {
         Ok(q) => q,
@@ -138,16 +144,30 @@ async fn list_orders(State(st): State<Arc<ApiState>>, q: Result<Query<OrdersQuer
     if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, format!("limit must be 1..={MAX_ORDERS_PAGE}"));
     }
-    match st.store.list(q.after, limit, q.shop.as_deref()) {
-        Ok(orders) => {
-            let next_after = orders.last().map(|o| o.seq).unwrap_or(q.after);
-            Json(OrdersPage { orders, next_after }).into_response()
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (store, max_bytes) = (st.store.clone(), st.max_response_bytes);
+    tokio::task::spawn_blocking(move || {
+        if tx.blocking_send(Ok(bytes::Bytes::from_static(b"{\"orders\":["))).is_err() {
+            return;
         }
-        Err(e) => {
-            tracing::error!(error = %e, "listing orders failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}"))
-        }
-    }
+        let mut first = true;
+        let read = store.scan(q.after, limit, max_bytes, q.shop.as_deref(), |entry| {
+            if !std::mem::take(&mut first) && tx.blocking_send(Ok(bytes::Bytes::from_static(b","))).is_err() {
+                return false;
+            }
+            tx.blocking_send(Ok(bytes::Bytes::from_owner(entry))).is_ok()
+        });
+        let end = match read {
+            Ok(next_after) => Ok(bytes::Bytes::from(format!("],\"next_after\":{next_after}}}"))),
+            Err(e) => {
+                // The status line is gone; cutting the answer short is how the client learns.
+                tracing::error!(error = %e, "listing orders failed part way; the answer was cut short");
+                Err(std::io::Error::other(e.to_string()))
+            }
+        };
+        let _ = tx.blocking_send(end);
+    });
+    streamed(rx)
 }
 
 #[derive(Serialize)]
@@ -193,11 +213,8 @@ fn default_visibility() -> u64 {
     60
 }
 
-#[derive(Serialize)]
-struct LeaseResponse {
-    leases: Vec<LeasedOrder>,
-}
-
+/// `{"leases":[{"token":..,"expires_at_ms":..,<the queued order's fields>},...]}`, at
+/// most `max` orders and `[erp] max_response_bytes` of them (at least one).
 async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseRequest>) -> Response {
     let req = match body_or_400(body, &format!("{{\"max\": 1..={MAX_ORDERS_PAGE}, \"visibility_secs\": 1..=86400}}")) {
         Ok(r) => r,
@@ -206,10 +223,23 @@ async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseReque
     if !(1..=MAX_ORDERS_PAGE).contains(&req.max) || !(1..=86_400).contains(&req.visibility_secs) {
         return error(StatusCode::BAD_REQUEST, format!("max must be 1..={MAX_ORDERS_PAGE} and visibility_secs 1..=86400"));
     }
-    match st.inbox.lease(req.max, std::time::Duration::from_secs(req.visibility_secs)).await {
-        Ok(leases) => Json(LeaseResponse { leases }).into_response(),
-        Err(e) => queue_error(e),
-    }
+    let leases = match st.inbox.lease_raw(req.max, st.max_response_bytes, std::time::Duration::from_secs(req.visibility_secs)).await {
+        Ok(leases) => leases,
+        Err(e) => return queue_error(e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(bytes::Bytes::from_static(b"{\"leases\":["))).await;
+        for (i, lease) in leases.into_iter().enumerate() {
+            for chunk in crate::inbox::lease_json(i > 0, lease) {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(bytes::Bytes::from_static(b"]}"))).await;
+    });
+    streamed(rx)
 }
 
 #[derive(Deserialize)]
@@ -342,6 +372,12 @@ async fn platform_webhook(
             tracing::warn!(shop = %shop, error = %e, "webhook not handled; the platform will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
+        Err(e @ IngestError::TooMany { retry_after_secs, .. }) => {
+            tracing::debug!(shop = %shop, error = %e, "webhook refused for now; the platform will retry");
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after_secs));
+            resp
+        }
     }
 }
 
@@ -403,6 +439,7 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
                     limits: c.limits,
                     breaker: c.breaker.view(),
                     canary_breaker: slot.canary().map(|k| k.version.breaker.view()),
+                    instances: c.pool_share(),
                 }
             })
             .collect(),
@@ -412,39 +449,38 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
 /// How berth calls one platform right now.
 #[derive(Serialize)]
 struct PlatformView {
+    /// Its buckets, quota key, hold bounds and the destinations that count against it.
+    limits: crate::capabilities::ratelimit::PlatformLimitsView,
     endpoint_classes: Vec<String>,
-    /// Quotas held after a throttle or a nearly full call bucket: key and time left.
-    held_quotas: Vec<HeldQuota>,
+    /// Quotas held after a throttle or a nearly full call bucket: key, time left, and
+    /// the shop whose call caused it.
+    held_quotas: Vec<crate::capabilities::ratelimit::HeldQuota>,
     retry_pull: crate::retry::RetryPolicy,
     retry_push: crate::retry::RetryPolicy,
     standby: Option<crate::capabilities::standby::ChannelStatus>,
 }
 
-#[derive(Serialize)]
-struct HeldQuota {
-    key: String,
-    remaining_ms: u64,
-}
-
 async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String, PlatformView>> {
     use crate::retry::Job;
     let services = &st.services;
-    let mut held = services.limits.held();
+    let held = services.limits.held();
     let mut standby = services.standby.status();
-    let names: std::collections::BTreeSet<String> =
-        st.registry.slots().values().map(|c| c.platform.clone()).chain(held.keys().cloned()).chain(standby.keys().cloned()).collect();
+    let names: std::collections::BTreeSet<String> = st
+        .registry
+        .slots()
+        .values()
+        .map(|c| c.platform.clone())
+        .chain(held.iter().map(|h| h.platform.clone()))
+        .chain(standby.keys().cloned())
+        .collect();
     Json(
         names
             .into_iter()
             .map(|name| {
                 let view = PlatformView {
+                    limits: services.limits.limits_view(&name),
                     endpoint_classes: services.limits.classes(&name),
-                    held_quotas: held
-                        .remove(&name)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(key, remaining_ms)| HeldQuota { key, remaining_ms })
-                        .collect(),
+                    held_quotas: held.iter().filter(|h| h.platform == name).cloned().collect(),
                     retry_pull: services.retry.get(&name, Job::Pull),
                     retry_push: services.retry.get(&name, Job::Push),
                     standby: standby.remove(&name),

@@ -1,6 +1,9 @@
 //! `berth:connector/kv`: state on sled, scoped to one connector and one shop so a
 //! connector can neither read another's state nor another shop's, and held to a quota
-//! per scope so one cannot fill the host's disk.
+//! per scope so one cannot fill the host's disk. The quota is checked before a write
+//! (a refused write writes nothing), and what a scope may write per minute is bounded
+//! too: the store is log-structured, so rewriting the same keys in a loop costs disk
+//! even when the quota holds.
 
 use sled::Tree;
 use std::collections::HashMap;
@@ -22,13 +25,34 @@ struct Usage {
     bytes: u64,
 }
 
+/// A scope's usage (counted once) and what it wrote in the current minute.
+#[derive(Default)]
+struct ScopeState {
+    usage: Option<Usage>,
+    /// (minute since the epoch, bytes written in it).
+    written: (i64, u64),
+}
+
+/// Why a write was refused; the text is what the connector reads.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WriteRefused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the shop's state would hold {keys} keys and {bytes} bytes, more than a connector may keep per shop ({MAX_SCOPE_KEYS} keys, {MAX_SCOPE_BYTES} bytes); delete keys it no longer needs")]
+    Quota { keys: u64, bytes: u64 },
+    #[error("the shop's state took {written} bytes of writes this minute; a connector may write at most {limit} per shop per minute (max_kv_write_bytes_per_minute); state is for cursors and tokens, not bulk data")]
+    Rate { written: u64, limit: u64 },
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
 #[derive(Clone)]
 pub struct KvStore {
     tree: Tree,
     /// Per scope prefix, counted from the tree the first time the scope writes. The map's
     /// lock is held only to find a scope's entry; a write holds its own scope's lock, so
     /// scopes never wait on each other.
-    usage: Arc<Mutex<HashMap<Vec<u8>, Arc<Mutex<Option<Usage>>>>>>,
+    usage: Arc<Mutex<HashMap<Vec<u8>, Arc<Mutex<ScopeState>>>>>,
 }
 
 /// One connector + shop's view of the store.
@@ -66,8 +90,8 @@ impl KvScope<'_> {
         Ok(self.store.tree.get(self.key(key)?).map_err(storage)?.map(|v| v.to_vec()))
     }
 
-    /// This scope's usage entry (`None` until counted).
-    fn usage_entry(&self) -> Arc<Mutex<Option<Usage>>> {
+    /// This scope's usage entry.
+    fn usage_entry(&self) -> Arc<Mutex<ScopeState>> {
         let mut all = self.store.usage.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = all.get(&self.prefix) {
             return entry.clone();
@@ -90,30 +114,38 @@ impl KvScope<'_> {
         Ok(u)
     }
 
+    /// Write `key` (no bound on writes per minute: for the host's own use and tests).
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.set_within(key, value, u64::MAX, crate::clock::now_ms()).map_err(|e| e.to_string())
+    }
+
+    /// Write `key` if the scope's quota and its writes this minute (`per_minute`, at
+    /// `now_ms`) allow it; nothing is written when they do not.
+    pub fn set_within(&self, key: &str, value: &[u8], per_minute: u64, now_ms: i64) -> Result<(), WriteRefused> {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()));
+            return Err(WriteRefused::Invalid(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len())));
         }
-        let k = self.key(key)?;
+        let k = self.key(key).map_err(WriteRefused::Invalid)?;
         let entry = self.usage_entry();
-        let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let usage = self.counted(&mut guard)?;
-        // One sled step: insert hands back what it replaced. A write over the quota is
-        // undone under the same scope lock, so no other write of this scope sees it.
-        let old = self.store.tree.insert(&k, value).map_err(storage)?;
-        let old_bytes = old.as_ref().map(|v| (key.len() + v.len()) as u64);
-        let keys = usage.keys + u64::from(old.is_none());
-        let bytes = usage.bytes + (key.len() + value.len()) as u64 - old_bytes.unwrap_or(0);
-        if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
-            match old {
-                Some(v) => self.store.tree.insert(&k, v).map_err(storage)?,
-                None => self.store.tree.remove(&k).map_err(storage)?,
-            };
-            return Err(format!(
-                "the shop's state would hold {keys} keys and {bytes} bytes, more than a connector may keep per shop ({MAX_SCOPE_KEYS} keys, {MAX_SCOPE_BYTES} bytes); delete keys it no longer needs"
-            ));
+        let mut st = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = self.counted(&mut st.usage).map_err(WriteRefused::Storage)?;
+        let n = (key.len() + value.len()) as u64;
+        let minute = now_ms.div_euclid(60_000);
+        let written = if st.written.0 == minute { st.written.1 } else { 0 };
+        if written + n > per_minute {
+            return Err(WriteRefused::Rate { written, limit: per_minute });
         }
-        *guard = Some(Usage { keys, bytes });
+        // The quota is judged before anything is written: a refused write costs no disk.
+        let old = self.store.tree.get(&k).map_err(|e| WriteRefused::Storage(e.to_string()))?;
+        let old_bytes = old.as_ref().map_or(0, |v| (key.len() + v.len()) as u64);
+        let keys = usage.keys + u64::from(old.is_none());
+        let bytes = usage.bytes + n - old_bytes;
+        if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
+            return Err(WriteRefused::Quota { keys, bytes });
+        }
+        self.store.tree.insert(&k, value).map_err(|e| WriteRefused::Storage(e.to_string()))?;
+        st.usage = Some(Usage { keys, bytes });
+        st.written = (minute, written + n);
         Ok(())
     }
 
@@ -122,7 +154,7 @@ impl KvScope<'_> {
         let entry = self.usage_entry();
         let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = self.store.tree.remove(k).map_err(storage)? {
-            if let Some(u) = guard.as_mut() {
+            if let Some(u) = guard.usage.as_mut() {
                 u.keys = u.keys.saturating_sub(1);
                 u.bytes = u.bytes.saturating_sub((key.len() + old.len()) as u64);
             }
@@ -199,5 +231,35 @@ mod tests {
         assert!(a.set("two-more", &chunk).is_err());
         a.delete("k000002").unwrap();
         a.set("two-more", &chunk).expect("deleting makes room");
+    }
+
+    #[test]
+    fn a_refused_write_writes_nothing_and_writes_per_minute_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let kv = KvStore::new(db.open_tree("kv").unwrap());
+        let a = kv.scope("hostile", "a");
+        let t = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+        let chunk = vec![1u8; 1000];
+        for i in 0..4 {
+            a.set_within(&format!("k{i}"), &chunk, 4008, t).unwrap();
+        }
+        // Overwriting the same key spends the minute too.
+        let err = a.set_within("k0", &chunk, 4008, t + 1).unwrap_err();
+        assert_eq!(err, WriteRefused::Rate { written: 4008, limit: 4008 });
+        assert!(err.to_string().contains("max_kv_write_bytes_per_minute"), "{err}");
+        a.set_within("k0", b"small", 4008, t + 60_000).expect("the next minute writes again");
+        assert_eq!(a.get("k0").unwrap().as_deref(), Some(&b"small"[..]));
+        // Filled to the quota, a refused write leaves the tree as it was.
+        let b = kv.scope("hostile", "b");
+        let big = vec![7u8; MAX_VALUE_BYTES];
+        let fit = (MAX_SCOPE_BYTES / (MAX_VALUE_BYTES as u64 + 8)) as usize;
+        for i in 0..fit {
+            b.set(&format!("k{i:06}"), &big).unwrap();
+        }
+        let before = kv.tree.len();
+        assert!(matches!(b.set_within("one-more", &big, u64::MAX, t), Err(WriteRefused::Quota { .. })));
+        assert_eq!(kv.tree.len(), before);
+        assert_eq!(b.get("one-more").unwrap(), None);
     }
 }

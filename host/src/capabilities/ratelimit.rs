@@ -3,6 +3,19 @@
 //! names the shop setting holding it), or the shop itself. A connector never sees the
 //! limiter: its `http.send` simply waits for a slot, within the call's deadline.
 //!
+//! The platform a request counts against is chosen by its destination, never by what a
+//! connector says of itself: `[platforms.ID] hosts` (by default the hosts its connectors'
+//! manifests declare) map a URL to a platform, whoever sends it, and a host two
+//! platforms' connectors both declare is refused at load until ops say whose it is.
+//! Waiters for one bucket take their turns in arrival order, so a connector looping on a
+//! shared quota cannot starve the other shops on it.
+//!
+//! A hold — the platform throttled, or a connector said `rate-limited(ms)` — stops every
+//! call on the quota until it ends. What a connector or a platform asks for is capped at
+//! the platform's `max_hold_secs`; `suspend_after_throttle_secs` is ops' own floor. Each
+//! hold names the shop and connector whose call caused it and why, shows on the status
+//! pages and can be released by an operator.
+//!
 //! Built on `governor` (GCRA, the token-bucket equivalent used across the Rust ecosystem)
 //! rather than a hand-written bucket.
 
@@ -22,12 +35,16 @@ struct ClassLimiter {
 }
 
 struct PlatformLimiter {
+    requests_per_second: Option<f64>,
+    burst: u32,
     quota_key: Option<String>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     classes: Vec<ClassLimiter>,
     /// Drain rate of the platform's bucket when its call-limit header is read.
     call_limit_leak: Option<f64>,
     suspend_after_throttle: Duration,
+    /// The longest hold a connector's `rate-limited(ms)` or a platform's answer may set.
+    max_hold: Duration,
     windows: Vec<TimeWindow>,
     zone: Zone,
 }
@@ -40,11 +57,14 @@ impl PlatformLimiter {
     /// header are still learnt from.
     fn unconfigured() -> Self {
         PlatformLimiter {
+            requests_per_second: None,
+            burst: 1,
             quota_key: None,
             limiter: None,
             classes: Vec::new(),
             call_limit_leak: Some(DEFAULT_LEAK_PER_SECOND),
             suspend_after_throttle: Duration::ZERO,
+            max_hold: Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS),
             windows: Vec::new(),
             zone: Zone::UTC,
         }
@@ -53,6 +73,8 @@ impl PlatformLimiter {
     /// Built from checked config (`Config::parse` validated windows and time zone).
     fn from_config(l: &PlatformConfig) -> Self {
         PlatformLimiter {
+            requests_per_second: l.requests_per_second,
+            burst: l.burst,
             quota_key: l.quota_key.clone(),
             limiter: l.requests_per_second.map(|r| RateLimiter::keyed(quota(r, l.burst))),
             classes: l
@@ -68,6 +90,7 @@ impl PlatformLimiter {
                 .call_limit_header
                 .then(|| l.call_limit_leak_per_second.or(l.requests_per_second).unwrap_or(DEFAULT_LEAK_PER_SECOND)),
             suspend_after_throttle: Duration::from_secs(l.retry.suspend_after_throttle_secs.unwrap_or(0)),
+            max_hold: Duration::from_secs(l.max_hold_secs),
             windows: l.windows.iter().filter_map(|w| TimeWindow::parse(w).ok()).collect(),
             zone: l.timezone.as_deref().and_then(|t| parse_zone(t).ok()).unwrap_or(Zone::UTC),
         }
@@ -112,18 +135,198 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// A destination pattern of `[platforms.ID] hosts`: `host[:port][/path-prefix]`, the
+/// host exact or `*.suffix`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+impl Destination {
+    pub fn parse(pattern: &str) -> Result<Destination, String> {
+        let bad = || format!("host pattern `{pattern}` must be `host`, `*.suffix`, optionally with `:port` and a `/path` prefix");
+        let (authority, path) = match pattern.find('/') {
+            Some(i) => (&pattern[..i], &pattern[i..]),
+            None => (pattern, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+            None => (authority, None),
+        };
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        if name.is_empty() || name.contains('*') || host.len() > 253 || pattern.contains(['?', '#', ' ']) {
+            return Err(bad());
+        }
+        Ok(Destination { host: host.to_ascii_lowercase(), port, path: path.to_string() })
+    }
+
+    /// How closely `url` matches (higher is closer), if it does: an exact host over a
+    /// wildcard, a port over none, a longer path prefix over a shorter one.
+    fn score(&self, url: &url::Url) -> Option<usize> {
+        let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let exact = match self.host.strip_prefix("*.") {
+            Some(suffix) => {
+                let under = host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.');
+                if !under {
+                    return None;
+                }
+                false
+            }
+            None if self.host == host => true,
+            None => return None,
+        };
+        if self.port.is_some_and(|p| Some(p) != url.port_or_known_default()) {
+            return None;
+        }
+        let path = url.path();
+        // A path prefix is whole segments: `/taobao` covers `/taobao` and `/taobao/...`.
+        let prefix = self.path.trim_end_matches('/');
+        if !prefix.is_empty() && !(path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))) {
+            return None;
+        }
+        Some(usize::from(exact) * 100_000 + usize::from(self.port.is_some()) * 10_000 + self.path.len())
+    }
+}
+
+/// Which platform each destination belongs to: ops' `[platforms.ID] hosts`, then the
+/// hosts loaded connectors declare for their platform.
+#[derive(Default)]
+struct Destinations {
+    /// From config: authoritative.
+    configured: Vec<(Destination, String)>,
+    /// Platforms that list their hosts in config: their connectors' manifests add none.
+    listed: std::collections::BTreeSet<String>,
+    /// From manifests: (pattern as declared, platform).
+    declared: BTreeMap<String, String>,
+}
+
+impl Destinations {
+    fn platform_for(&self, url: &url::Url) -> Option<&str> {
+        let configured = self.configured.iter().filter_map(|(d, p)| Some((d.score(url)?, p)));
+        if let Some((_, p)) = configured.max_by_key(|(score, _)| *score) {
+            return Some(p);
+        }
+        // Declared hosts are bare names or `*.suffix` (the manifest check says so).
+        let declared = self.declared.iter().filter_map(|(h, p)| Some((Destination::parse(h).ok()?.score(url)?, p)));
+        declared.max_by_key(|(score, _)| *score).map(|(_, p)| p.as_str())
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        f.write_str(&self.path)
+    }
+}
+
+/// How berth limits calls to one platform (`GET /v1/platforms`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlatformLimitsView {
+    /// The bucket per quota; no host-side limit when absent.
+    pub requests_per_second: Option<f64>,
+    pub burst: u32,
+    /// The shop setting naming the quota (shared by shops with the same value); per shop when absent.
+    pub quota_key: Option<String>,
+    pub max_hold_secs: u64,
+    pub suspend_after_throttle_secs: u64,
+    /// Destinations whose requests count against this platform, whoever sends them.
+    pub hosts: Vec<String>,
+    /// `config` (`[platforms.ID] hosts`) or `manifests` (its connectors' declared hosts).
+    pub hosts_from: &'static str,
+}
+
+/// Whether two host patterns (`name` or `*.suffix`) can match one host.
+fn overlap(a: &str, b: &str) -> bool {
+    let under = |name: &str, suffix: &str| name.len() > suffix.len() && name.ends_with(suffix) && name[..name.len() - suffix.len()].ends_with('.');
+    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
+        (None, None) => a == b,
+        (Some(s), None) => under(b, s),
+        (None, Some(s)) => under(a, s),
+        (Some(x), Some(y)) => x == y || under(x, y) || under(y, x),
+    }
+}
+
+/// A connector's manifest declares a host another platform's connectors declare.
+#[derive(Debug, thiserror::Error)]
+#[error("declares host `{host}` for platform `{platform}`, which connectors of platform `{other}` declare too; say which platform it belongs to with [platforms.{other}] hosts = [...] (or [platforms.{platform}] hosts)")]
+pub struct HostClaimed {
+    pub host: String,
+    pub platform: String,
+    pub other: String,
+}
+
+/// What caused a hold, for the status pages and the alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldCause {
+    /// The shop whose call was throttled.
+    pub shop: String,
+    pub connector: String,
+    /// What said so: `connector returned rate-limited(3600000 ms)`, `platform answered 429 ...`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+struct HoldState {
+    until: std::time::Instant,
+    since_ms: i64,
+    length: Duration,
+    /// A throttle (the platform said stop) rather than pacing (a nearly full bucket).
+    throttle: bool,
+    cause: HoldCause,
+}
+
+/// A hold in force, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeldQuota {
+    pub platform: String,
+    /// The setting and its value (an app key is not a secret; a secret is shown as a
+    /// digest), or `shop:NAME`.
+    pub key: String,
+    pub remaining_ms: u64,
+    /// How long the hold was set for.
+    pub held_ms: u64,
+    pub since_ms: i64,
+    /// `throttle` (the platform or the connector said stop) or `pacing` (a nearly full
+    /// call bucket).
+    pub kind: &'static str,
+    /// The shop whose call caused the hold, its connector, and why.
+    pub shop: String,
+    pub connector: String,
+    pub reason: String,
+}
+
 #[derive(Default)]
 pub struct RateLimits {
     /// Swapped whole when the config is reloaded; a call uses the set it started with.
     platforms: std::sync::RwLock<std::sync::Arc<BTreeMap<String, PlatformLimiter>>>,
-    /// Quotas the platform said are exhausted, until when: (platform, key) -> instant.
-    blocked: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    destinations: std::sync::RwLock<Destinations>,
+    /// Quotas held, until when and why: (platform, key) -> hold.
+    blocked: std::sync::Mutex<std::collections::HashMap<(String, String), HoldState>>,
     /// Requests sent and not answered yet, per (platform, key): a call-limit header
     /// read from one answer does not count them, so the reserve must.
     in_flight: InFlightCounts,
     /// Quotas whose last answer said the platform's bucket is nearly full: their
     /// requests go one at a time until an answer says otherwise.
     nearly_full: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// One queue per limited bucket: waiters take slots in arrival order (tokio's mutex
+    /// is fair), so many requests of one shop cannot crowd out another shop's one.
+    queues: std::sync::Mutex<std::collections::HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Told when an operator releases a hold: workers waiting one out look again.
+    released: tokio::sync::Notify,
+}
+
+/// The shop lacks the setting its platform's quota is counted by.
+#[derive(Debug, thiserror::Error)]
+#[error("platform `{platform}` counts calls per `{setting}`, and shop `{shop}` has no `{setting}`")]
+pub struct NoQuotaKey {
+    pub platform: String,
+    pub setting: String,
+    pub shop: String,
 }
 
 type InFlightCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u32>>>;
@@ -223,65 +426,139 @@ impl RateLimits {
         let platforms: BTreeMap<String, PlatformLimiter> =
             cfg.iter().map(|(name, l)| (name.clone(), PlatformLimiter::from_config(l))).collect();
         *self.platforms.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(platforms);
+        let mut d = self.destinations.write().unwrap_or_else(|e| e.into_inner());
+        d.configured = cfg
+            .iter()
+            .flat_map(|(name, l)| l.hosts.iter().flatten().filter_map(move |h| Some((Destination::parse(h).ok()?, name.clone()))))
+            .collect();
+        d.listed = cfg.iter().filter(|(_, l)| l.hosts.is_some()).map(|(name, _)| name.clone()).collect();
+    }
+
+    /// A loaded connector of `platform` declares `hosts`: they count against `platform`,
+    /// unless config says whose they are. Refused when another platform's connectors
+    /// declare one of them and config does not settle it.
+    pub fn claim(&self, platform: &str, hosts: &[String]) -> Result<(), HostClaimed> {
+        let mut d = self.destinations.write().unwrap_or_else(|e| e.into_inner());
+        if d.listed.contains(platform) {
+            return Ok(());
+        }
+        for h in hosts {
+            let host = h.to_ascii_lowercase();
+            // A host config gives to some platform is that platform's, whoever declares it.
+            let settled = Destination::parse(&host).is_ok_and(|dest| d.configured.iter().any(|(c, _)| c.host == dest.host));
+            if settled {
+                continue;
+            }
+            // Equal or overlapping patterns (`acme.myshopify.com` under `*.myshopify.com`):
+            // the more specific one would capture the other platform's traffic.
+            if let Some((_, other)) = d.declared.iter().find(|(h, p)| *p != platform && overlap(h, &host)) {
+                return Err(HostClaimed { host, platform: platform.to_string(), other: other.clone() });
+            }
+        }
+        for h in hosts {
+            d.declared.entry(h.to_ascii_lowercase()).or_insert_with(|| platform.to_string());
+        }
+        Ok(())
+    }
+
+    /// The platform a request to `url` counts against, when its destination belongs to one.
+    pub fn platform_for(&self, url: &url::Url) -> Option<String> {
+        self.destinations.read().unwrap_or_else(|e| e.into_inner()).platform_for(url).map(str::to_string)
     }
 
     fn snapshot(&self) -> std::sync::Arc<BTreeMap<String, PlatformLimiter>> {
         self.platforms.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn key_of(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>) -> String {
-        self.snapshot().get(platform).map_or_else(|| format!("shop:{shop}"), |p| Self::key(p, shop, cfg))
+    /// The quota `shop`'s calls to `platform` count against: its value of the platform's
+    /// `quota_key` setting, or the shop itself when the platform has none.
+    pub fn quota_of(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>) -> Result<String, NoQuotaKey> {
+        match self.snapshot().get(platform) {
+            Some(p) => Self::key(p, platform, shop, cfg),
+            None => Ok(format!("shop:{shop}")),
+        }
     }
 
-    /// Hold every call counting against `shop`'s quota (other shops on the same app key
-    /// too) for `wait`.
-    fn hold(&self, platform: &str, key: String, wait: Duration) {
-        let until = std::time::Instant::now() + wait;
+    /// Hold the quota `key` of `platform` until `wait` has passed (or longer, if it is
+    /// held longer already).
+    fn hold(&self, platform: &str, key: String, wait: Duration, throttle: bool, cause: HoldCause) {
+        let now = std::time::Instant::now();
+        let until = now + wait;
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         // Forget holds that have passed, so the map stays as small as the set of held quotas.
-        blocked.retain(|_, t| *t > std::time::Instant::now());
-        let entry = blocked.entry((platform.to_string(), key)).or_insert(until);
-        *entry = (*entry).max(until);
+        blocked.retain(|_, h| h.until > now);
+        let state = HoldState { until, since_ms: crate::clock::now_ms(), length: wait, throttle, cause };
+        match blocked.entry((platform.to_string(), key)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                // The later end wins; a throttle is not downgraded to pacing.
+                if until > e.get().until {
+                    let throttle = throttle || e.get().throttle;
+                    e.insert(HoldState { throttle, ..state });
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(state);
+            }
+        }
     }
 
-    /// The platform throttled `shop` and asked for `wait`: hold its quota that long, or
-    /// the platform's `suspend_after_throttle_secs` if longer. Returns the hold.
-    pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration) -> Duration {
-        let suspend = self.snapshot().get(platform).map_or(Duration::ZERO, |p| p.suspend_after_throttle);
-        let wait = wait.max(suspend);
-        self.hold(platform, self.key_of(platform, shop, cfg), wait);
+    /// The longest hold the platform's `max_hold_secs` allows.
+    pub fn max_hold(&self, platform: &str) -> Duration {
+        self.snapshot().get(platform).map_or(Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS), |p| p.max_hold)
+    }
+
+    /// The platform or a connector said `shop`'s quota is spent and asked for `wait`:
+    /// hold it that long — at most the platform's `max_hold_secs`, at least its
+    /// `suspend_after_throttle_secs`. Returns the hold.
+    pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration, cause: HoldCause) -> Duration {
+        let (suspend, max_hold) = self.snapshot().get(platform).map_or(
+            (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
+            |p| (p.suspend_after_throttle, p.max_hold),
+        );
+        if wait > max_hold {
+            tracing::warn!(
+                platform, shop, connector = %cause.connector, asked_ms = wait.as_millis() as u64, max_hold_secs = max_hold.as_secs(),
+                "a hold longer than the platform's max_hold_secs was asked for; capped"
+            );
+        }
+        let wait = wait.min(max_hold).max(suspend);
+        let key = self.quota_of(platform, shop, cfg).unwrap_or_else(|_| format!("shop:{shop}"));
+        self.hold(platform, key, wait, true, cause);
         wait
     }
 
     /// Learn from an answer: a throttle (429/503 with `Retry-After` or
     /// `X-RateLimit-Reset`) or a call-limit header saying the bucket is nearly full holds
-    /// the quota. Returns what was held, if anything.
-    pub fn learn(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, status: u16, headers: &[(String, String)]) -> Option<Hold> {
+    /// the quota `key`. Returns what was held, if anything.
+    pub fn learn(&self, platform: &str, key: &str, shop: &str, connector: &str, status: u16, headers: &[(String, String)]) -> Option<Hold> {
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let cause = |reason: String| HoldCause { shop: shop.to_string(), connector: connector.to_string(), reason };
         if let Some(wait) = retry_after(status, headers, now_s) {
-            return Some(Hold::Throttled(self.penalize(platform, shop, cfg, wait)));
+            let (suspend, max_hold) = self.snapshot().get(platform).map_or(
+                (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
+                |p| (p.suspend_after_throttle, p.max_hold),
+            );
+            let held = wait.min(max_hold).max(suspend);
+            let why = format!("the platform answered HTTP {status} asking to wait {} ms", wait.as_millis());
+            self.hold(platform, key.to_string(), held, true, cause(why));
+            return Some(Hold::Throttled(held));
         }
         let platforms = self.snapshot();
         let unconfigured = PlatformLimiter::unconfigured();
         let leak = platforms.get(platform).unwrap_or(&unconfigured).call_limit_leak?;
         let (used, size) = call_limit(headers)?;
-        let key = self.key_of(platform, shop, cfg);
+        let flight = (platform.to_string(), key.to_string());
         // Other requests of this quota already on their way will fill the bucket too.
-        let others = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(platform.to_string(), key.clone()))
-            .map_or(0, |n| n.saturating_sub(1));
+        let others = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).get(&flight).map_or(0, |n| n.saturating_sub(1));
         let wait = drain_wait(used + others, size, leak);
         let mut nearly_full = self.nearly_full.lock().unwrap_or_else(|e| e.into_inner());
         if wait.is_zero() {
-            nearly_full.remove(&(platform.to_string(), key));
+            nearly_full.remove(&flight);
             return None;
         }
-        nearly_full.insert((platform.to_string(), key.clone()));
+        nearly_full.insert(flight);
         drop(nearly_full);
-        self.hold(platform, key, wait);
+        self.hold(platform, key.to_string(), wait, false, cause(format!("the platform's call bucket is at {used}/{size}")));
         Some(Hold::NearlyFull(wait))
     }
 
@@ -289,22 +566,28 @@ impl RateLimits {
         let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         blocked
             .get(&(platform.to_string(), key.to_string()))
-            .map_or(Duration::ZERO, |until| until.saturating_duration_since(std::time::Instant::now()))
+            .map_or(Duration::ZERO, |h| h.until.saturating_duration_since(std::time::Instant::now()))
     }
 
     /// The bucket a call of `shop` counts against.
-    fn key(p: &PlatformLimiter, shop: &str, cfg: Option<&ShopConfig>) -> String {
+    fn key(p: &PlatformLimiter, platform: &str, shop: &str, cfg: Option<&ShopConfig>) -> Result<String, NoQuotaKey> {
         match (&p.quota_key, cfg) {
             (Some(setting), Some(c)) => match (c.settings.get(setting), c.secrets.get(setting)) {
-                (Some(v), _) => format!("{setting}:{v}"),
+                (Some(v), _) => Ok(format!("{setting}:{v}")),
                 // Keys show up on status pages: a secret is keyed by a digest, never its value.
                 (None, Some(secret)) => {
-                    format!("{setting}:sha256:{}", &hex::encode(crate::capabilities::crypto::sha256(secret.expose().as_bytes()))[..16])
+                    Ok(format!("{setting}:sha256:{}", &hex::encode(crate::capabilities::crypto::sha256(secret.expose().as_bytes()))[..16]))
                 }
-                (None, None) => format!("shop:{shop}"),
+                (None, None) => Err(NoQuotaKey { platform: platform.to_string(), setting: setting.clone(), shop: shop.to_string() }),
             },
-            _ => format!("shop:{shop}"),
+            _ => Ok(format!("shop:{shop}")),
         }
+    }
+
+    /// This bucket's turn queue.
+    fn queue(&self, key: &(String, String)) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.entry(key.clone()).or_default().clone()
     }
 
     /// Wait for a slot of the platform's bucket and of the request's endpoint class, at
@@ -312,23 +595,15 @@ impl RateLimits {
     /// quota's request on its way to be answered (two requests woken by the end of one
     /// hold would both spend the one call the reserve keeps). Returns how long it
     /// waited and the request's place among those on their way, to hold until its
-    /// answer has been learnt from.
-    pub async fn acquire(
-        &self,
-        platform: &str,
-        shop: &str,
-        cfg: Option<&ShopConfig>,
-        endpoint: Endpoint<'_>,
-        budget: Duration,
-    ) -> Result<(Duration, InFlight), NoSlot> {
+    /// answer has been learnt from. `key` is the quota (see [`RateLimits::quota_of`]).
+    pub async fn acquire(&self, platform: &str, key: &str, endpoint: Endpoint<'_>, budget: Duration) -> Result<(Duration, InFlight), NoSlot> {
         let unconfigured = PlatformLimiter::unconfigured();
         let platforms = self.snapshot();
         let p = platforms.get(platform).unwrap_or(&unconfigured);
-        let key = Self::key(p, shop, cfg);
         let no_slot = |wait: Duration| NoSlot { platform: platform.to_string(), wait_ms: wait.as_millis() as u64 };
         // Outside the allowed hours, or while the platform holds the quota: wait.
         let closed = wait_until_open(&p.windows, p.zone, crate::clock::now_ms());
-        let mut waited = self.blocked_for(platform, &key).max(closed);
+        let mut waited = self.blocked_for(platform, key).max(closed);
         if waited > budget {
             return Err(no_slot(waited));
         }
@@ -336,14 +611,33 @@ impl RateLimits {
             tokio::time::sleep(waited).await;
         }
         let class = p.class(&endpoint).map(|c| &c.limiter);
+        let flight = (platform.to_string(), key.to_string());
+        let key = key.to_string();
+        // A limited bucket is taken in turn; an unlimited one needs no queue.
+        let queue = (p.limiter.is_some() || class.is_some()).then(|| self.queue(&flight));
+        let _turn = match &queue {
+            Some(q) => match q.try_lock() {
+                Ok(turn) => Some(turn),
+                Err(_) => {
+                    let started = std::time::Instant::now();
+                    match tokio::time::timeout(budget.saturating_sub(waited), q.lock()).await {
+                        Ok(turn) => {
+                            waited += started.elapsed();
+                            Some(turn)
+                        }
+                        Err(_) => return Err(no_slot(budget)),
+                    }
+                }
+            },
+            None => None,
+        };
         for limiter in [p.limiter.as_ref(), class].into_iter().flatten() {
             waited += Self::slot(limiter, &key, budget.saturating_sub(waited)).await.map_err(no_slot)?;
         }
-        let key = (platform.to_string(), key);
         loop {
             // Another request of this quota on its way to a nearly full bucket, or a hold
             // its answer just set: wait, then look again.
-            let step = match self.take_turn(&key) {
+            let step = match self.take_turn(&flight) {
                 Ok(flight) => return Ok((waited, flight)),
                 Err(step) => step,
             };
@@ -401,16 +695,72 @@ impl RateLimits {
         self.snapshot().get(platform).is_some_and(|p| !p.classes.is_empty())
     }
 
-    /// Quotas held now, per platform: (key, remaining ms). Keys name a setting and its
-    /// value (e.g. an app key, which is not a secret) or a shop.
-    pub fn held(&self) -> BTreeMap<String, Vec<(String, u64)>> {
+    /// How berth limits calls to `platform` now, for status pages.
+    pub fn limits_view(&self, platform: &str) -> PlatformLimitsView {
+        let unconfigured = PlatformLimiter::unconfigured();
+        let platforms = self.snapshot();
+        let p = platforms.get(platform).unwrap_or(&unconfigured);
+        let d = self.destinations.read().unwrap_or_else(|e| e.into_inner());
+        let configured = d.configured.iter().filter(|(_, p)| p == platform).map(|(dest, _)| dest.to_string());
+        let declared = d.declared.iter().filter(|(_, p)| *p == platform).map(|(h, _)| h.clone());
+        PlatformLimitsView {
+            requests_per_second: p.requests_per_second,
+            burst: p.burst,
+            quota_key: p.quota_key.clone(),
+            max_hold_secs: p.max_hold.as_secs(),
+            suspend_after_throttle_secs: p.suspend_after_throttle.as_secs(),
+            hosts: configured.chain(declared).collect(),
+            hosts_from: if d.listed.contains(platform) { "config" } else { "manifests" },
+        }
+    }
+
+    fn view(platform: &str, key: &str, h: &HoldState, now: std::time::Instant) -> HeldQuota {
+        HeldQuota {
+            platform: platform.to_string(),
+            key: key.to_string(),
+            remaining_ms: h.until.saturating_duration_since(now).as_millis() as u64,
+            held_ms: h.length.as_millis() as u64,
+            since_ms: h.since_ms,
+            kind: if h.throttle { "throttle" } else { "pacing" },
+            shop: h.cause.shop.clone(),
+            connector: h.cause.connector.clone(),
+            reason: h.cause.reason.clone(),
+        }
+    }
+
+    /// Holds in force now, by platform and key.
+    pub fn held(&self) -> Vec<HeldQuota> {
         let now = std::time::Instant::now();
         let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-        for ((platform, key), until) in blocked.iter().filter(|(_, t)| **t > now) {
-            out.entry(platform.clone()).or_default().push((key.clone(), (*until - now).as_millis() as u64));
-        }
+        let mut out: Vec<HeldQuota> =
+            blocked.iter().filter(|(_, h)| h.until > now).map(|((platform, key), h)| Self::view(platform, key, h, now)).collect();
+        out.sort_by(|a, b| (&a.platform, &a.key).cmp(&(&b.platform, &b.key)));
         out
+    }
+
+    /// The throttle hold `shop`'s calls to `platform` wait behind now, if any.
+    pub fn throttle_on(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>) -> Option<HeldQuota> {
+        let key = self.quota_of(platform, shop, cfg).ok()?;
+        let now = std::time::Instant::now();
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.get(&(platform.to_string(), key.clone())).filter(|h| h.throttle && h.until > now).map(|h| Self::view(platform, &key, h, now))
+    }
+
+    /// An operator ends a hold: the quota's calls go on at once. Returns the hold ended.
+    pub fn release(&self, platform: &str, key: &str) -> Option<HeldQuota> {
+        let now = std::time::Instant::now();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let flight = (platform.to_string(), key.to_string());
+        let h = blocked.remove(&flight).filter(|h| h.until > now)?;
+        drop(blocked);
+        self.nearly_full.lock().unwrap_or_else(|e| e.into_inner()).remove(&flight);
+        self.released.notify_waiters();
+        Some(Self::view(platform, key, &h, now))
+    }
+
+    /// Resolves when an operator releases a hold (any: waiters look again).
+    pub async fn released(&self) {
+        self.released.notified().await
     }
 }
 
@@ -420,6 +770,22 @@ mod tests {
     use std::time::Instant;
 
     const ANY: Endpoint<'static> = Endpoint { path: "/", api_method: None };
+
+    /// A shop's call, its quota looked up as `http.send` does.
+    async fn acq(l: &RateLimits, platform: &str, shop: &str, cfg: Option<&ShopConfig>, e: Endpoint<'_>, budget: Duration) -> Result<(Duration, InFlight), NoSlot> {
+        let key = l.quota_of(platform, shop, cfg).unwrap();
+        l.acquire(platform, &key, e, budget).await
+    }
+
+    fn lrn(l: &RateLimits, platform: &str, shop: &str, cfg: Option<&ShopConfig>, status: u16, h: &[(String, String)]) -> Option<Hold> {
+        let key = l.quota_of(platform, shop, cfg).unwrap();
+        l.learn(platform, &key, shop, "c", status, h)
+    }
+
+    fn pen(l: &RateLimits, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration) -> Duration {
+        let cause = HoldCause { shop: shop.into(), connector: "c".into(), reason: "test".into() };
+        l.penalize(platform, shop, cfg, wait, cause)
+    }
 
     /// Limits from a `[platforms]` TOML snippet, checked as berth.toml is.
     fn from_toml(text: &str) -> RateLimits {
@@ -435,12 +801,12 @@ mod tests {
     #[tokio::test]
     async fn reconfigure_applies_to_the_next_call() {
         let l = limits(1.0, 1, None);
-        l.acquire("p", "s", None, ANY, Duration::ZERO).await.unwrap();
-        assert!(l.acquire("p", "s", None, ANY, Duration::ZERO).await.is_err());
+        acq(&l, "p", "s", None, ANY, Duration::ZERO).await.unwrap();
+        assert!(acq(&l, "p", "s", None, ANY, Duration::ZERO).await.is_err());
         let cfg = crate::config::Config::parse("[platforms.p]\nrequests_per_second = 1000.0\nburst = 5\n", std::path::Path::new("/b.toml")).unwrap();
         l.reconfigure(&cfg.platforms);
         for _ in 0..5 {
-            l.acquire("p", "s", None, ANY, Duration::ZERO).await.unwrap();
+            acq(&l, "p", "s", None, ANY, Duration::ZERO).await.unwrap();
         }
     }
 
@@ -477,22 +843,22 @@ mod tests {
         let nine = [("X-Shopify-Shop-Api-Call-Limit".to_string(), "9/10".to_string())];
         let second = Duration::from_secs(1);
         {
-            let (_, _alone) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
-            assert_eq!(limits.learn("shopify", "acme", None, 200, &nine), None, "9 of 10 keeps the one call reserve");
+            let (_, _alone) = acq(&limits, "shopify", "acme", None, ANY, second).await.unwrap();
+            assert_eq!(lrn(&limits, "shopify", "acme", None, 200, &nine), None, "9 of 10 keeps the one call reserve");
         }
-        let (_, probe) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
-        let (_, page) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+        let (_, probe) = acq(&limits, "shopify", "acme", None, ANY, second).await.unwrap();
+        let (_, page) = acq(&limits, "shopify", "acme", None, ANY, second).await.unwrap();
         assert_eq!(
-            limits.learn("shopify", "acme", None, 200, &nine),
+            lrn(&limits, "shopify", "acme", None, 200, &nine),
             Some(Hold::NearlyFull(Duration::from_millis(500))),
             "another request of the shop is on its way: it takes the reserve"
         );
         drop(page);
         // Nearly full with the probe still on its way: the next request waits for its answer.
-        assert!(limits.acquire("shopify", "acme", None, ANY, Duration::from_millis(50)).await.is_err());
-        assert!(limits.acquire("shopify", "zeta", None, ANY, Duration::ZERO).await.is_ok(), "other shops go on");
+        assert!(acq(&limits, "shopify", "acme", None, ANY, Duration::from_millis(50)).await.is_err());
+        assert!(acq(&limits, "shopify", "zeta", None, ANY, Duration::ZERO).await.is_ok(), "other shops go on");
         drop(probe);
-        let (waited, _next) = limits.acquire("shopify", "acme", None, ANY, second).await.unwrap();
+        let (waited, _next) = acq(&limits, "shopify", "acme", None, ANY, second).await.unwrap();
         assert!(waited >= Duration::from_millis(400), "then it holds for the drain: {waited:?}");
     }
 
@@ -501,24 +867,24 @@ mod tests {
         let h = vec![("X-Shopify-Shop-Api-Call-Limit".to_string(), "39/40".to_string())];
         // Unconfigured platforms read the header too (at Shopify's standard 2/s).
         let l = from_toml("");
-        assert_eq!(l.learn("shopify", "a", None, 200, &h), Some(Hold::NearlyFull(Duration::from_millis(1500))));
-        assert!(l.acquire("shopify", "a", None, ANY, Duration::from_millis(100)).await.is_err());
-        assert!(l.acquire("shopify", "b", None, ANY, Duration::ZERO).await.is_ok(), "other shops have their own bucket");
+        assert_eq!(lrn(&l, "shopify", "a", None, 200, &h), Some(Hold::NearlyFull(Duration::from_millis(1500))));
+        assert!(acq(&l, "shopify", "a", None, ANY, Duration::from_millis(100)).await.is_err());
+        assert!(acq(&l, "shopify", "b", None, ANY, Duration::ZERO).await.is_ok(), "other shops have their own bucket");
         let off = from_toml("[platforms.shopify]\ncall_limit_header = false\n");
-        assert_eq!(off.learn("shopify", "a", None, 200, &h), None);
+        assert_eq!(lrn(&off, "shopify", "a", None, 200, &h), None);
         let fast = from_toml("[platforms.shopify]\ncall_limit_leak_per_second = 20.0\n");
-        assert_eq!(fast.learn("shopify", "a", None, 200, &h), Some(Hold::NearlyFull(Duration::from_millis(150))));
+        assert_eq!(lrn(&fast, "shopify", "a", None, 200, &h), Some(Hold::NearlyFull(Duration::from_millis(150))));
     }
 
     #[tokio::test]
     async fn a_throttle_suspends_the_quota_for_the_configured_time() {
         let l = from_toml("[platforms.taobao.retry]\nsuspend_after_throttle_secs = 7200\n");
-        assert_eq!(l.penalize("taobao", "a", None, Duration::from_secs(41)), Duration::from_secs(7200));
-        let err = l.acquire("taobao", "a", None, ANY, Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!(pen(&l, "taobao", "a", None, Duration::from_secs(41)), Duration::from_secs(7200));
+        let err = acq(&l, "taobao", "a", None, ANY, Duration::from_secs(60)).await.unwrap_err();
         assert!(err.wait_ms > 7_000_000, "{err}");
         let h = vec![("Retry-After".to_string(), "2".to_string())];
-        assert_eq!(l.learn("taobao", "b", None, 429, &h), Some(Hold::Throttled(Duration::from_secs(7200))));
-        assert_eq!(l.held()["taobao"].len(), 2);
+        assert_eq!(lrn(&l, "taobao", "b", None, 429, &h), Some(Hold::Throttled(Duration::from_secs(7200))));
+        assert_eq!(l.held().iter().filter(|h| h.platform == "taobao").count(), 2);
     }
 
     #[tokio::test]
@@ -530,11 +896,11 @@ mod tests {
         let stock = Endpoint { path: "/router/rest", api_method: Some("taobao.item.quantity.update") };
         let orders = Endpoint { path: "/router/rest", api_method: Some("taobao.trades.sold.increment.get") };
         let by_path = Endpoint { path: "/admin/api/2024-01/inventory_levels/set.json", api_method: None };
-        l.acquire("taobao", "s", None, stock, Duration::ZERO).await.unwrap();
-        assert!(l.acquire("taobao", "s", None, stock, Duration::ZERO).await.is_err(), "the stock class allows 1/s");
-        assert!(l.acquire("taobao", "s", None, by_path, Duration::ZERO).await.is_err(), "path patterns share the class");
+        acq(&l, "taobao", "s", None, stock, Duration::ZERO).await.unwrap();
+        assert!(acq(&l, "taobao", "s", None, stock, Duration::ZERO).await.is_err(), "the stock class allows 1/s");
+        assert!(acq(&l, "taobao", "s", None, by_path, Duration::ZERO).await.is_err(), "path patterns share the class");
         for _ in 0..20 {
-            l.acquire("taobao", "s", None, orders, Duration::ZERO).await.unwrap();
+            acq(&l, "taobao", "s", None, orders, Duration::ZERO).await.unwrap();
         }
         assert_eq!(l.classes("taobao"), ["stock"]);
     }
@@ -553,20 +919,20 @@ mod tests {
     async fn a_throttled_quota_holds_every_shop_on_it() {
         let l = limits(1000.0, 10, Some("app_key"));
         let cfg: ShopConfig = toml::from_str("connector = \"c\"\nsettings = { app_key = \"K\" }\n").unwrap();
-        l.penalize("p", "a", Some(&cfg), Duration::from_millis(300));
-        assert!(l.acquire("p", "b", Some(&cfg), ANY, Duration::from_millis(100)).await.is_err(), "b shares a's app key");
+        pen(&l, "p", "a", Some(&cfg), Duration::from_millis(300));
+        assert!(acq(&l, "p", "b", Some(&cfg), ANY, Duration::from_millis(100)).await.is_err(), "b shares a's app key");
         let start = Instant::now();
-        l.acquire("p", "b", Some(&cfg), ANY, Duration::from_secs(1)).await.unwrap();
+        acq(&l, "p", "b", Some(&cfg), ANY, Duration::from_secs(1)).await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
         // A quota keyed by a secret never shows the secret.
         let secret: ShopConfig = toml::from_str("connector = \"c\"\nsecrets = { app_key = \"hush\" }\n").unwrap();
-        l.penalize("p", "c", Some(&secret), Duration::from_secs(60));
+        pen(&l, "p", "c", Some(&secret), Duration::from_secs(60));
         let held = format!("{:?}", l.held());
         assert!(held.contains("app_key:sha256:") && !held.contains("hush"), "{held}");
         // Unconfigured platforms learn too, per shop.
-        l.penalize("q", "a", None, Duration::from_secs(60));
-        assert!(l.acquire("q", "a", None, ANY, Duration::from_millis(10)).await.is_err());
-        assert!(l.acquire("q", "b", None, ANY, Duration::ZERO).await.is_ok());
+        pen(&l, "q", "a", None, Duration::from_secs(60));
+        assert!(acq(&l, "q", "a", None, ANY, Duration::from_millis(10)).await.is_err());
+        assert!(acq(&l, "q", "b", None, ANY, Duration::ZERO).await.is_ok());
     }
 
     #[tokio::test]
@@ -574,14 +940,14 @@ mod tests {
         let l = limits(20.0, 2, None);
         let start = Instant::now();
         for _ in 0..12 {
-            l.acquire("p", "s", None, ANY, Duration::from_secs(5)).await.unwrap();
+            acq(&l, "p", "s", None, ANY, Duration::from_secs(5)).await.unwrap();
         }
         // 2 at once, then 10 more at 20/s: about 0.5 s.
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(900), "{took:?}");
         // Other platforms are not limited; other shops have their own bucket.
-        assert_eq!(l.acquire("q", "s", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
-        assert_eq!(l.acquire("p", "other", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+        assert_eq!(acq(&l, "q", "s", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+        assert_eq!(acq(&l, "p", "other", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
     }
 
     #[tokio::test]
@@ -591,9 +957,88 @@ mod tests {
             toml::from_str(&format!("connector = \"c\"\nsettings = {{ app_key = \"{k}\" }}\n")).unwrap()
         };
         let (a, b, c) = (cfg("K1"), cfg("K1"), cfg("K2"));
-        l.acquire("p", "a", Some(&a), ANY, Duration::ZERO).await.unwrap();
-        let err = l.acquire("p", "b", Some(&b), ANY, Duration::from_millis(100)).await.unwrap_err();
+        acq(&l, "p", "a", Some(&a), ANY, Duration::ZERO).await.unwrap();
+        let err = acq(&l, "p", "b", Some(&b), ANY, Duration::from_millis(100)).await.unwrap_err();
         assert!(err.wait_ms > 100 && err.to_string().contains("rate limit"), "{err}");
-        assert_eq!(l.acquire("p", "c", Some(&c), ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+        assert_eq!(acq(&l, "p", "c", Some(&c), ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_destination_picks_the_platform_whoever_sends_it() {
+        let l = from_toml("[platforms.taobao]\nhosts = [\"127.0.0.1:9100/taobao\", \"*.taobao.com\"]\n");
+        l.claim("shopify", &["*.myshopify.com".to_string()]).unwrap();
+        l.claim("hostile", &["api.hostile.invalid".to_string(), "eco.taobao.com".to_string()]).expect("config says whose taobao.com is");
+        let at = |u: &str| l.platform_for(&url::Url::parse(u).unwrap());
+        assert_eq!(at("http://127.0.0.1:9100/taobao/router/rest?method=x").as_deref(), Some("taobao"));
+        assert_eq!(at("http://127.0.0.1:9100/taobao").as_deref(), Some("taobao"));
+        assert_eq!(at("http://127.0.0.1:9100/taobaox/router").as_deref(), None, "a path prefix is a whole segment");
+        assert_eq!(at("http://127.0.0.1:9101/taobao/router").as_deref(), None, "another port");
+        assert_eq!(at("http://127.0.0.1:9100/shopify/acme/admin").as_deref(), None, "no platform's: the sender's own");
+        assert_eq!(at("https://eco.taobao.com/router/rest").as_deref(), Some("taobao"), "config wins over a manifest");
+        assert_eq!(at("https://acme.myshopify.com/admin/api").as_deref(), Some("shopify"));
+        assert_eq!(at("https://api.hostile.invalid/x").as_deref(), Some("hostile"));
+        // A manifest cannot take over another platform's hosts by naming them, however specifically.
+        for evil in ["*.myshopify.com", "acme.myshopify.com", "*.shop.myshopify.com"] {
+            let err = l.claim("evilmart", &[evil.to_string()]).unwrap_err();
+            assert!(err.to_string().contains("connectors of platform `shopify` declare too"), "{err}");
+        }
+        assert_eq!(at("https://acme.myshopify.com/admin/api").as_deref(), Some("shopify"), "a refused claim changes nothing");
+        assert!(overlap("*.a.com", "*.b.a.com") && !overlap("*.a.com", "a.com") && !overlap("x.a.com", "y.a.com"));
+        assert!(Destination::parse("host:notaport").is_err() && Destination::parse("*.").is_err() && Destination::parse("a.*.com").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_shop_without_the_quota_setting_has_no_bucket_to_spend() {
+        let l = limits(10.0, 1, Some("app_key"));
+        let cfg: ShopConfig = toml::from_str("connector = \"c\"\n").unwrap();
+        let err = l.quota_of("p", "evil", Some(&cfg)).unwrap_err();
+        assert_eq!(err.to_string(), "platform `p` counts calls per `app_key`, and shop `evil` has no `app_key`");
+        assert_eq!(l.quota_of("q", "evil", Some(&cfg)).unwrap(), "shop:evil", "a platform without quota_key counts per shop");
+    }
+
+    #[tokio::test]
+    async fn holds_are_capped_name_their_cause_and_an_operator_ends_them() {
+        let l = from_toml("[platforms.taobao]\nquota_key = \"app_key\"\nmax_hold_secs = 120\n[platforms.slow]\nmax_hold_secs = 60\n[platforms.slow.retry]\nsuspend_after_throttle_secs = 600\n");
+        let shop = |k: &str| -> ShopConfig { toml::from_str(&format!("connector = \"c\"\nsettings = {{ app_key = \"{k}\" }}\n")).unwrap() };
+        let (a, b) = (shop("K"), shop("K"));
+        let cause = HoldCause { shop: "h-throttle".into(), connector: "hostile".into(), reason: "the connector returned rate-limited(3600000 ms)".into() };
+        let held = l.penalize("taobao", "h-throttle", Some(&a), Duration::from_secs(3600), cause);
+        assert_eq!(held, Duration::from_secs(120), "an hour asked for, max_hold_secs given");
+        let on_b = l.throttle_on("taobao", "b", Some(&b)).expect("b shares the app key");
+        assert_eq!((on_b.shop.as_str(), on_b.connector.as_str(), on_b.key.as_str(), on_b.held_ms), ("h-throttle", "hostile", "app_key:K", 120_000));
+        assert!(on_b.reason.contains("rate-limited(3600000 ms)"));
+        assert!(acq(&l, "taobao", "b", Some(&b), ANY, Duration::from_secs(1)).await.is_err());
+        // A platform's own wait is capped too; ops' suspension is a floor above the cap.
+        let h = vec![("Retry-After".to_string(), "3600".to_string())];
+        assert_eq!(l.learn("taobao", "app_key:Z", "z", "c", 429, &h), Some(Hold::Throttled(Duration::from_secs(120))));
+        assert_eq!(pen(&l, "slow", "s", None, Duration::from_secs(5)), Duration::from_secs(600), "suspend_after_throttle_secs is ops' choice");
+        let released = l.release("taobao", "app_key:K").expect("held");
+        assert_eq!(released.shop, "h-throttle");
+        assert!(l.throttle_on("taobao", "b", Some(&b)).is_none());
+        assert_eq!(acq(&l, "taobao", "b", Some(&b), ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO, "calls go on at once");
+        assert!(l.release("taobao", "app_key:K").is_none(), "nothing left to release");
+        assert_eq!(l.held().iter().map(|h| h.key.as_str()).collect::<Vec<_>>(), ["shop:s", "app_key:Z"], "by platform: slow, taobao");
+    }
+
+    #[tokio::test]
+    async fn waiters_for_a_bucket_take_turns_in_arrival_order() {
+        let l = std::sync::Arc::new(limits(20.0, 1, None));
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Three of a looping connector's requests queue first, the neighbour's next, then
+        // three more of the loop's: the neighbour is fourth, not last.
+        for who in ["loop", "loop", "loop", "neighbour", "loop", "loop", "loop"] {
+            let (l, order) = (l.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, flight) = l.acquire("p", "shop:s", ANY, Duration::from_secs(10)).await.unwrap();
+                drop(flight);
+                order.lock().unwrap().push(who);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(order.lock().unwrap().iter().position(|w| *w == "neighbour"), Some(3), "{:?}", order.lock().unwrap());
     }
 }

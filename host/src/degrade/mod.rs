@@ -128,7 +128,7 @@ impl Degrade {
         let platform = self.open(shop)?;
         let orders = orders_csv::parse(body)?;
         let src = PageSource { shop, platform: &platform, connector_version: IMPORT_SOURCE };
-        let outcome = crate::ingest::accept_orders(&src, &orders, &self.inbox, &self.store).await.map_err(DegradeError::Storage)?;
+        let outcome = crate::ingest::accept_orders(&src, &orders, &self.inbox, &self.store, None).await.map_err(|e| DegradeError::Storage(e.to_string()))?;
         let imported = Imported { orders: orders.len(), lines: orders.iter().map(|o| o.lines.len()).sum(), new: outcome.added, known: outcome.duplicates };
         tracing::warn!(shop, orders = imported.orders, new = imported.new, known = imported.known, "orders imported from CSV");
         Ok(imported)

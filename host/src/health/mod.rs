@@ -116,8 +116,12 @@ pub struct ShopHealth {
     pub platform: String,
     pub tier: Tier,
     pub probe_secs: u64,
-    /// `up`, `down`, `paused` (ops paused the shop or its connector) or `unknown` (not probed yet).
+    /// `up`, `down`, `paused` (ops paused the shop or its connector), `throttled` (its
+    /// quota is held: the platform or its connector said stop), `held` (a host bound
+    /// holds its order intake) or `unknown` (not probed yet).
     pub state: &'static str,
+    /// Why the shop is `throttled` or `held`, and until when.
+    pub held: Option<String>,
     pub consecutive_failures: u32,
     /// When the current run of failed probes began.
     pub down_since_ms: Option<i64>,
@@ -168,6 +172,8 @@ pub struct TierSummary {
     pub up: u64,
     pub down: u64,
     pub paused: u64,
+    /// `throttled` or `held` shops.
+    pub held: u64,
     pub unknown: u64,
     pub below_sla: u64,
     /// Over every probe of these shops in the window.
@@ -190,11 +196,18 @@ struct Entry {
 #[error("probe history storage: {0}")]
 pub struct HealthStoreError(#[from] sled::Error);
 
+/// Where a shop's holds come from (the running shops, which know each one's quota and
+/// order budget): `(state, why)` while one is held.
+pub trait HoldSource: Send + Sync {
+    fn hold(&self, shop: &str) -> Option<(&'static str, String)>;
+}
+
 /// Every running shop's probe results.
 pub struct HealthBook {
     config: HealthConfig,
     tree: sled::Tree,
     shops: RwLock<BTreeMap<String, Entry>>,
+    holds: RwLock<Option<std::sync::Weak<dyn HoldSource>>>,
 }
 
 fn key(shop: &str, minute: u64) -> Vec<u8> {
@@ -213,7 +226,12 @@ fn counts(v: &[u8]) -> Option<(u32, u32)> {
 
 impl HealthBook {
     pub fn open(db: &sled::Db, config: HealthConfig) -> Result<HealthBook, HealthStoreError> {
-        Ok(HealthBook { config, tree: db.open_tree("probe_minutes")?, shops: RwLock::default() })
+        Ok(HealthBook { config, tree: db.open_tree("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None) })
+    }
+
+    /// Show shops held by a quota or a host bound as such (`throttled`, `held`).
+    pub fn set_holds(&self, source: std::sync::Weak<dyn HoldSource>) {
+        *self.holds.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     pub fn config(&self) -> &HealthConfig {
@@ -306,8 +324,9 @@ impl HealthBook {
     /// Every watched shop, by name.
     pub fn shops(&self) -> Vec<ShopHealth> {
         let now = crate::clock::now_ms();
+        let holds = self.holds.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(std::sync::Weak::upgrade);
         let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
-        shops
+        let mut out: Vec<ShopHealth> = shops
             .iter()
             .map(|(name, e)| {
                 let policy = self.config.policy(e.tier);
@@ -330,9 +349,20 @@ impl HealthBook {
                         && e.down_since_ms.is_some_and(|since| now - since >= self.config.degrade_after_secs as i64 * 1000),
                     last_probe: e.last.clone(),
                     availability: Availability::of(self.config.window_secs, all, up, policy.sla_percent),
+                    held: None,
                 }
             })
-            .collect()
+            .collect();
+        drop(shops);
+        if let Some(source) = holds {
+            for s in out.iter_mut().filter(|s| s.state != "paused") {
+                if let Some((state, why)) = source.hold(&s.shop) {
+                    s.state = state;
+                    s.held = Some(why);
+                }
+            }
+        }
+        out
     }
 
     /// One shop's health, if it is watched.
@@ -353,6 +383,7 @@ impl HealthBook {
                         up: 0,
                         down: 0,
                         paused: 0,
+                        held: 0,
                         unknown: 0,
                         below_sla: 0,
                         availability: Availability::default(),
@@ -366,6 +397,7 @@ impl HealthBook {
                 "up" => t.up += 1,
                 "down" => t.down += 1,
                 "paused" => t.paused += 1,
+                "throttled" | "held" => t.held += 1,
                 _ => t.unknown += 1,
             }
             t.below_sla += (s.availability.sla_met == Some(false)) as u64;

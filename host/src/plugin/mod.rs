@@ -60,7 +60,7 @@ impl ScratchHost {
 
     /// Load options granting no manifest host, only `extra_hosts`, with default limits.
     pub fn options<'a>(&self, extra_hosts: &'a [String]) -> crate::runtime::LoadOptions<'a> {
-        crate::runtime::LoadOptions { grants: Some(&[]), extra_hosts, allow_private: false, limits: self.runtime.limits(&Default::default()) }
+        crate::runtime::LoadOptions { platform: None, grants: Some(&[]), extra_hosts, allow_private: false, limits: self.runtime.limits(&Default::default()) }
     }
 
     /// No host-side limit for `platform`: what the suite sees is the platform's own
@@ -85,7 +85,7 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
     let host = ScratchHost::new()?;
     let shape = host.runtime.shape(path, &bytes).await?;
-    let options = crate::runtime::LoadOptions { grants: None, extra_hosts: &[], allow_private: false, limits: host.runtime.limits(&Default::default()) };
+    let options = crate::runtime::LoadOptions { platform: None, grants: None, extra_hosts: &[], allow_private: false, limits: host.runtime.limits(&Default::default()) };
     let loaded = host.runtime.load_bytes("inspect", path, &bytes, &options).await.map(|c: LoadedConnector| c.manifest);
     Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: crate::runtime::digest(&bytes), shape, loaded })
 }

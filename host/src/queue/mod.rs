@@ -116,7 +116,12 @@ pub trait LeaseQueue: Send + Sync {
     /// Enqueue a batch all or nothing, with one wait for durability: each message's
     /// outcome in order (a key seen before, or earlier in the batch, is a `Duplicate`).
     async fn enqueue_many(&self, queue: &str, msgs: Vec<NewMessage>) -> Result<Vec<Enqueued>, QueueError>;
-    async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError>;
+    async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        self.lease_within(queue, max, usize::MAX, visibility).await
+    }
+    /// Lease at most `max` messages whose payloads add up to at most `max_bytes` — at
+    /// least one, however large, when any is due.
+    async fn lease_within(&self, queue: &str, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError>;
     async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError>;
     /// Ack a batch with one wait for durability: each token's own outcome in order (a
     /// lost lease fails alone); `Err` when the batch could not be made durable.

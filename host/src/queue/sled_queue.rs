@@ -36,6 +36,12 @@ fn encode(h: &Header, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How long a stored record's payload is, without decoding its header.
+fn payload_len(bytes: &[u8]) -> usize {
+    let header = bytes.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+    bytes.len().saturating_sub(4 + header)
+}
+
 fn decode(id: u64, bytes: &[u8]) -> Result<(Header, Vec<u8>), QueueError> {
     let corrupt = |why: String| QueueError::Corrupt { id, why };
     let len = bytes.get(..4).ok_or_else(|| corrupt("short record".into()))?;
@@ -230,7 +236,7 @@ impl LeaseQueue for SledQueue {
         Ok(result)
     }
 
-    async fn lease(&self, queue: &str, max: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+    async fn lease_within(&self, queue: &str, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
         let t = self.trees(queue)?;
         let _serial = self.lease_lock.lock().await;
         let now = now_ms();
@@ -242,7 +248,13 @@ impl LeaseQueue for SledQueue {
             .map(|k| k.map(|k| id_of_sched(&k)))
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(due.len());
+        let mut bytes = 0usize;
         for id in due {
+            // Stop before a message that would pass the byte bound (a first one always goes).
+            let size = t.msg.get(id.to_be_bytes())?.map_or(0, |v| payload_len(&v));
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
             let expires = now + visibility.as_millis() as i64;
             let max_attempts = self.policy.max_attempts;
             let leased = (&t.msg, &t.ready, &t.dead)
@@ -268,7 +280,10 @@ impl LeaseQueue for SledQueue {
                     }))
                 })
                 .map_err(tx_err)?;
-            out.extend(leased);
+            if let Some(l) = leased {
+                bytes += l.payload.len();
+                out.push(l);
+            }
         }
         // A lease lost in a crash only makes the message visible again (at least once),
         // so leases are not flushed on their own; the next durable write carries them.
@@ -594,5 +609,19 @@ mod tests {
         let leased = q.lease("q", 100, Duration::from_secs(10)).await.unwrap();
         let got: Vec<String> = leased.iter().map(|l| String::from_utf8(l.payload.clone()).unwrap()).collect();
         assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_lease_stops_at_its_byte_bound_but_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        for (i, size) in [5000, 300, 300, 300].iter().enumerate() {
+            q.enqueue("q", msg("p", &"x".repeat(*size), Some(&format!("k{i}")))).await.unwrap();
+        }
+        let first = q.lease_within("q", 10, 1000, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(first.len(), 1, "one message past the bound still goes alone");
+        let rest = q.lease_within("q", 10, 700, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(rest.iter().map(|l| l.payload.len()).collect::<Vec<_>>(), [300, 300], "600 bytes fit 700, 900 do not");
+        assert_eq!(q.lease_within("q", 10, 700, Duration::from_secs(60)).await.unwrap().len(), 1);
     }
 }

@@ -200,7 +200,7 @@ impl ConnectorRegistry {
         let file_digest = digest(&bytes);
         let mut st = store.state(name)?;
         let from_file = runtime
-            .load_bytes(name, &c.component, &bytes, &runtime.options(c))
+            .load_bytes(name, &c.component, &bytes, &runtime.options(name, c))
             .await
             .map_err(load_err)?;
         let from_file = Arc::new(from_file);
@@ -257,7 +257,7 @@ impl ConnectorRegistry {
             .blob(digest)?
             .ok_or_else(|| DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() })?;
         let origin = Path::new("registry").join(digest);
-        Ok(runtime.load_bytes(name, &origin, &bytes, &runtime.options(c)).await?)
+        Ok(runtime.load_bytes(name, &origin, &bytes, &runtime.options(name, c)).await?)
     }
 
     pub fn slot(&self, name: &str) -> Option<Arc<ConnectorSlot>> {
@@ -290,7 +290,7 @@ impl ConnectorRegistry {
         }
         let _guard = self.changes.lock().await;
         let origin = Path::new("upload").join(&digest(bytes)[..12]);
-        let loaded = self.runtime.load_bytes(name, &origin, bytes, &self.runtime.options(&cfg)).await?;
+        let loaded = self.runtime.load_bytes(name, &origin, bytes, &self.runtime.options(name, &cfg)).await?;
         check_deploy(name, &slot.platform, &loaded.manifest.platform, &loaded.manifest.allowed_hosts, cfg.grant_hosts.as_deref())?;
         let existing = self.store.version(name, &loaded.digest)?;
         let known = existing.is_some();

@@ -7,21 +7,32 @@
 
 use crate::config::{LimitOverrides, RuntimeConfig};
 use crate::runtime::bindings::berth::connector::types::{Event, Order};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectorLimits {
     #[serde(serialize_with = "millis")]
     pub call_timeout: Duration,
+    /// A webhook call's deadline.
+    #[serde(serialize_with = "millis")]
+    pub webhook_timeout: Duration,
+    /// Instance slots kept for this connector; an even share of the rest when `None`.
+    pub reserved_instances: Option<usize>,
+    /// Webhook calls of one shop running at once; more are answered 429.
+    pub max_webhook_calls_per_shop: usize,
     pub max_memory_bytes: usize,
     /// `u64::MAX`: metered, no limit.
     pub fuel_per_call: u64,
     pub max_concurrent_calls: usize,
     pub max_log_bytes_per_call: usize,
+    pub max_log_bytes_per_minute: usize,
     pub max_orders_per_page: usize,
     pub max_output_bytes: usize,
+    pub max_raw_json_bytes: usize,
+    pub max_lines_per_order: usize,
+    pub max_events_per_webhook: usize,
+    pub max_orders_per_shop_per_hour: u32,
+    pub max_kv_write_bytes_per_minute: usize,
     pub breaker: super::breaker::BreakerPolicy,
 }
 
@@ -33,12 +44,21 @@ impl ConnectorLimits {
     pub fn resolve(rt: &RuntimeConfig, o: &LimitOverrides) -> ConnectorLimits {
         ConnectorLimits {
             call_timeout: Duration::from_millis(o.call_timeout_ms.unwrap_or(rt.call_timeout_ms)),
+            webhook_timeout: Duration::from_millis(o.webhook_timeout_ms.unwrap_or(rt.webhook_timeout_ms)),
+            reserved_instances: o.reserved_instances.map(|n| n as usize),
+            max_webhook_calls_per_shop: o.max_webhook_calls_per_shop.unwrap_or(rt.max_webhook_calls_per_shop) as usize,
             max_memory_bytes: o.max_memory_mb.unwrap_or(rt.max_memory_mb) as usize * 1024 * 1024,
             fuel_per_call: o.fuel_per_call.or(rt.fuel_per_call).unwrap_or(u64::MAX),
             max_concurrent_calls: o.max_concurrent_calls.unwrap_or(rt.max_concurrent_calls) as usize,
             max_log_bytes_per_call: o.max_log_bytes_per_call.unwrap_or(rt.max_log_bytes_per_call) as usize,
+            max_log_bytes_per_minute: o.max_log_bytes_per_minute.unwrap_or(rt.max_log_bytes_per_minute) as usize,
             max_orders_per_page: o.max_orders_per_page.unwrap_or(rt.max_orders_per_page) as usize,
             max_output_bytes: o.max_output_bytes.unwrap_or(rt.max_output_bytes) as usize,
+            max_raw_json_bytes: o.max_raw_json_bytes.unwrap_or(rt.max_raw_json_bytes) as usize,
+            max_lines_per_order: o.max_lines_per_order.unwrap_or(rt.max_lines_per_order) as usize,
+            max_events_per_webhook: o.max_events_per_webhook.unwrap_or(rt.max_events_per_webhook) as usize,
+            max_orders_per_shop_per_hour: o.max_orders_per_shop_per_hour.unwrap_or(rt.max_orders_per_shop_per_hour),
+            max_kv_write_bytes_per_minute: o.max_kv_write_bytes_per_minute.unwrap_or(rt.max_kv_write_bytes_per_minute) as usize,
             breaker: super::breaker::BreakerPolicy {
                 enabled: o.breaker.unwrap_or(rt.breaker),
                 window_secs: o.breaker_window_secs.unwrap_or(rt.breaker_window_secs),
@@ -48,38 +68,6 @@ impl ConnectorLimits {
                 max_open_secs: o.breaker_max_open_secs.unwrap_or(rt.breaker_max_open_secs),
             },
         }
-    }
-}
-
-/// A call's log allowance, shared by the `log` import and the guest's stdout/stderr.
-/// Past it, output is dropped and counted; one line says so.
-#[derive(Clone)]
-pub struct LogBudget {
-    shared: Arc<Allowance>,
-    connector: Arc<str>,
-}
-
-/// What a call may still log, and whether it has been told it ran out.
-struct Allowance {
-    left: AtomicUsize,
-    told: AtomicBool,
-}
-
-impl LogBudget {
-    pub fn new(connector: Arc<str>, bytes: usize) -> LogBudget {
-        LogBudget { shared: Arc::new(Allowance { left: AtomicUsize::new(bytes), told: AtomicBool::new(false) }), connector }
-    }
-
-    /// Whether `n` more bytes may be logged; when not, they are counted as dropped.
-    pub fn take(&self, n: usize) -> bool {
-        let ok = self.shared.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
-        if !ok {
-            crate::metrics::Metrics::get().log_dropped(&self.connector, n);
-            if !self.shared.told.swap(true, Ordering::Relaxed) {
-                tracing::warn!(connector = %self.connector, "the connector's log output for this call passed max_log_bytes_per_call; the rest is dropped");
-            }
-        }
-        ok
     }
 }
 
@@ -96,8 +84,22 @@ fn head(s: &str) -> &str {
     crate::runtime::state::bounded(s, 64)
 }
 
-/// Whether every string of an order keeps to its bound: why not, if it does not.
-fn check_order_fields(o: &Order) -> Result<(), String> {
+/// The earliest time an order may carry: 2000-01-01T00:00:00Z. Anything before is a
+/// connector's mistake (a zero, a negative, seconds taken for milliseconds).
+pub const EARLIEST_ORDER_MS: i64 = 946_684_800_000;
+/// How far past the host's clock an order's time may lie (clocks drift; a day does not).
+pub const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
+/// Why an answer is refused: too big for the limits, or not a sane answer at all.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    TooLarge(String),
+    Bad(String),
+}
+
+/// Whether every string of an order keeps to its bound, its lines to their number and
+/// its times to sane bounds: why not, if it does not.
+fn check_order(o: &Order, l: &ConnectorLimits, now_ms: i64) -> Result<(), Refusal> {
     let too_long = |field: &str, value: &str, max: usize| {
         (value.len() > max).then(|| format!("order `{}`: {field} is {} bytes, more than {max}", head(&o.order_id), value.len()))
     };
@@ -107,16 +109,32 @@ fn check_order_fields(o: &Order) -> Result<(), String> {
         .or_else(|| too_long("buyer_name_masked", &o.buyer_name_masked, MAX_TEXT_BYTES))
         .or_else(|| too_long("buyer_phone_masked", &o.buyer_phone_masked, MAX_TEXT_BYTES))
         .or_else(|| {
+            (o.lines.len() > l.max_lines_per_order).then(|| {
+                format!("order `{}` has {} lines, more than max_lines_per_order ({})", head(&o.order_id), o.lines.len(), l.max_lines_per_order)
+            })
+        })
+        .or_else(|| {
             o.lines.iter().find_map(|l| {
                 too_long("a line's line_id", &l.line_id, MAX_ID_BYTES)
                     .or_else(|| too_long("a line's sku", &l.sku, MAX_ID_BYTES))
                     .or_else(|| too_long("a line's title", &l.title, MAX_TEXT_BYTES))
             })
         });
-    match first {
-        Some(why) => Err(why),
-        None => Ok(()),
+    if let Some(why) = first {
+        return Err(Refusal::TooLarge(why));
     }
+    for (field, t) in [("created_at_ms", o.created_at_ms), ("updated_at_ms", o.updated_at_ms)] {
+        if t < EARLIEST_ORDER_MS {
+            return Err(Refusal::Bad(format!("order `{}`: {field} {t} is before 2000-01-01; times are Unix milliseconds", head(&o.order_id))));
+        }
+        if t > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(Refusal::Bad(format!(
+                "order `{}`: {field} {t} is more than a day ahead of the host's clock ({now_ms}); times are Unix milliseconds",
+                head(&o.order_id)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// About how many bytes an order takes once the host holds it.
@@ -125,42 +143,65 @@ pub fn order_bytes(o: &Order) -> usize {
     96 + o.order_id.len() + o.platform_status.len() + o.currency.len() + o.raw_json.len() + o.buyer_name_masked.len() + o.buyer_phone_masked.len() + lines
 }
 
-/// Check a page of orders against the limits: why it is refused, if it is.
-pub fn check_orders(orders: &[Order], limits: &ConnectorLimits) -> Result<(), String> {
+/// Check a page of orders against the limits and the contract: why it is refused, if it is.
+pub fn check_orders(orders: &[Order], limits: &ConnectorLimits, now_ms: i64) -> Result<(), Refusal> {
     if orders.len() > limits.max_orders_per_page {
-        return Err(format!("returned {} orders in one page, more than max_orders_per_page ({})", orders.len(), limits.max_orders_per_page));
+        return Err(Refusal::TooLarge(format!(
+            "returned {} orders in one page, more than max_orders_per_page ({})",
+            orders.len(),
+            limits.max_orders_per_page
+        )));
     }
-    orders.iter().try_for_each(check_order_fields)?;
+    orders.iter().try_for_each(|o| check_order(o, limits, now_ms))?;
     let bytes: usize = orders.iter().map(order_bytes).sum();
     if bytes > limits.max_output_bytes {
-        return Err(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes));
+        return Err(Refusal::TooLarge(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes)));
     }
     Ok(())
 }
 
 /// Check webhook events the same way (orders in them count against the page limits).
-pub fn check_events(events: &[Event], limits: &ConnectorLimits) -> Result<(), String> {
+pub fn check_events(events: &[Event], limits: &ConnectorLimits, now_ms: i64) -> Result<(), Refusal> {
     let orders: Vec<&Order> = events.iter().filter_map(|e| if let Event::OrderUpserted(o) = e { Some(o) } else { None }).collect();
-    if events.len() > limits.max_orders_per_page {
-        return Err(format!("returned {} events, more than max_orders_per_page ({})", events.len(), limits.max_orders_per_page));
+    let max = limits.max_events_per_webhook.min(limits.max_orders_per_page);
+    if events.len() > max {
+        return Err(Refusal::TooLarge(format!(
+            "returned {} events, more than max_events_per_webhook ({})",
+            events.len(),
+            limits.max_events_per_webhook
+        )));
     }
     for e in events {
         match e {
-            Event::OrderUpserted(o) => check_order_fields(o)?,
+            Event::OrderUpserted(o) => check_order(o, limits, now_ms)?,
             Event::OrderChanged(id) if id.len() > MAX_ID_BYTES => {
-                return Err(format!("an order-changed event names an order id of {} bytes, more than {MAX_ID_BYTES}", id.len()))
+                return Err(Refusal::TooLarge(format!("an order-changed event names an order id of {} bytes, more than {MAX_ID_BYTES}", id.len())))
             }
             Event::StockChanged(u) if u.sku.len() > MAX_ID_BYTES => {
-                return Err(format!("a stock-changed event names a SKU of {} bytes, more than {MAX_ID_BYTES}", u.sku.len()))
+                return Err(Refusal::TooLarge(format!("a stock-changed event names a SKU of {} bytes, more than {MAX_ID_BYTES}", u.sku.len())))
             }
             _ => {}
         }
     }
     let bytes: usize = orders.iter().map(|o| order_bytes(o)).sum::<usize>() + 64 * events.len();
     if bytes > limits.max_output_bytes {
-        return Err(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes));
+        return Err(Refusal::TooLarge(format!("returned about {bytes} bytes, more than max_output_bytes ({})", limits.max_output_bytes)));
     }
     Ok(())
+}
+
+/// Replace raw platform JSON longer than `max_raw_json_bytes` with a note of its size:
+/// the order is kept, its raw copy is not. Returns how many were replaced.
+pub fn cap_raw_json<'a>(orders: impl Iterator<Item = &'a mut Order>, limits: &ConnectorLimits) -> usize {
+    let mut capped = 0;
+    for o in orders.filter(|o| o.raw_json.len() > limits.max_raw_json_bytes) {
+        o.raw_json = serde_json::json!({
+            "berth_raw_json_dropped": { "bytes": o.raw_json.len(), "max_raw_json_bytes": limits.max_raw_json_bytes }
+        })
+        .to_string();
+        capped += 1;
+    }
+    capped
 }
 
 #[cfg(test)]
@@ -177,45 +218,91 @@ mod tests {
         assert_eq!(ConnectorLimits::resolve(&rt, &LimitOverrides::default()).fuel_per_call, u64::MAX);
     }
 
-    #[test]
-    fn every_guest_string_in_an_order_is_bounded() {
-        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus, StockUpdate};
-        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
-        let order = |id: &str, sku: &str, title: &str| Order {
+    fn order(id: &str, sku: &str, title: &str) -> Order {
+        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus};
+        Order {
             order_id: id.into(),
             status: OrderStatus::Paid,
             platform_status: "paid".into(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
+            created_at_ms: NOW - 60_000,
+            updated_at_ms: NOW,
             currency: "USD".into(),
             total_minor: 1,
             lines: vec![OrderLine { line_id: "1".into(), sku: sku.into(), title: title.into(), quantity: 1, unit_price_minor: 1 }],
             buyer_name_masked: String::new(),
             buyer_phone_masked: String::new(),
             raw_json: "{}".into(),
-        };
-        assert!(check_orders(&[order("A-1", "S", "t")], &l).is_ok());
-        let long = "x".repeat(MAX_ID_BYTES + 1);
-        let err = check_orders(&[order(&long, "S", "t")], &l).unwrap_err();
-        assert!(err.starts_with(&format!("order `{}`: order_id is 257 bytes, more than 256", "x".repeat(64))), "{err}");
-        let err = check_orders(&[order("A-1", &long, "t")], &l).unwrap_err();
-        assert_eq!(err, "order `A-1`: a line's sku is 257 bytes, more than 256");
-        let err = check_orders(&[order("A-1", "S", &"t".repeat(MAX_TEXT_BYTES + 1))], &l).unwrap_err();
-        assert_eq!(err, "order `A-1`: a line's title is 2049 bytes, more than 2048");
-        let err = check_events(&[Event::OrderChanged(long.clone())], &l).unwrap_err();
-        assert!(err.contains("order id of 257 bytes"), "{err}");
-        let err = check_events(&[Event::StockChanged(StockUpdate { sku: long, quantity: 1 })], &l).unwrap_err();
-        assert!(err.contains("SKU of 257 bytes"), "{err}");
-        assert!(check_events(&[Event::OrderUpserted(order("A-1", "S", "t"))], &l).is_ok());
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn too_large(r: Result<(), Refusal>) -> String {
+        match r {
+            Err(Refusal::TooLarge(why)) => why,
+            other => panic!("expected too large, got {other:?}"),
+        }
+    }
+
+    fn bad(r: Result<(), Refusal>) -> String {
+        match r {
+            Err(Refusal::Bad(why)) => why,
+            other => panic!("expected a bad answer, got {other:?}"),
+        }
     }
 
     #[test]
-    fn log_budget_is_shared_and_stops_at_the_limit() {
-        let b = LogBudget::new("c".into(), 10);
-        let stdout = b.clone();
-        assert!(b.take(6));
-        assert!(!stdout.take(6), "the clone spends the same budget");
-        assert!(stdout.take(4));
-        assert!(!b.take(1));
+    fn every_guest_string_in_an_order_is_bounded() {
+        use crate::runtime::bindings::berth::connector::types::StockUpdate;
+        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
+        assert!(check_orders(&[order("A-1", "S", "t")], &l, NOW).is_ok());
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let err = too_large(check_orders(&[order(&long, "S", "t")], &l, NOW));
+        assert!(err.starts_with(&format!("order `{}`: order_id is 257 bytes, more than 256", "x".repeat(64))), "{err}");
+        let err = too_large(check_orders(&[order("A-1", &long, "t")], &l, NOW));
+        assert_eq!(err, "order `A-1`: a line's sku is 257 bytes, more than 256");
+        let err = too_large(check_orders(&[order("A-1", "S", &"t".repeat(MAX_TEXT_BYTES + 1))], &l, NOW));
+        assert_eq!(err, "order `A-1`: a line's title is 2049 bytes, more than 2048");
+        let err = too_large(check_events(&[Event::OrderChanged(long.clone())], &l, NOW));
+        assert!(err.contains("order id of 257 bytes"), "{err}");
+        let err = too_large(check_events(&[Event::StockChanged(StockUpdate { sku: long, quantity: 1 })], &l, NOW));
+        assert!(err.contains("SKU of 257 bytes"), "{err}");
+        assert!(check_events(&[Event::OrderUpserted(order("A-1", "S", "t"))], &l, NOW).is_ok());
+    }
+
+    #[test]
+    fn lines_events_and_times_are_bounded() {
+        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
+        let mut many = order("M-1", "S", "t");
+        many.lines = (0..=l.max_lines_per_order).map(|_| many.lines[0].clone()).collect();
+        assert_eq!(too_large(check_orders(&[many], &l, NOW)), "order `M-1` has 1001 lines, more than max_lines_per_order (1000)");
+        let events: Vec<Event> = (0..101).map(|i| Event::OrderChanged(format!("o{i}"))).collect();
+        assert_eq!(too_large(check_events(&events, &l, NOW)), "returned 101 events, more than max_events_per_webhook (100)");
+        assert!(check_events(&events[..100], &l, NOW).is_ok());
+        for t in [i64::MIN, -1, 0, EARLIEST_ORDER_MS - 1] {
+            let mut o = order("T-1", "S", "t");
+            o.updated_at_ms = t;
+            assert!(bad(check_orders(&[o], &l, NOW)).contains("updated_at_ms") , "{t}");
+        }
+        for t in [i64::MAX, NOW + MAX_AHEAD_MS + 1, 253_402_300_800_000 /* year 10000 */] {
+            let mut o = order("T-1", "S", "t");
+            o.created_at_ms = t;
+            let why = bad(check_events(&[Event::OrderUpserted(o)], &l, NOW));
+            assert!(why.contains("created_at_ms") && why.contains("more than a day ahead"), "{why}");
+        }
+        let mut o = order("T-1", "S", "t");
+        o.updated_at_ms = NOW + MAX_AHEAD_MS;
+        assert!(check_orders(&[o], &l, NOW).is_ok(), "a day ahead is still taken");
+    }
+
+    #[test]
+    fn raw_json_past_its_bound_is_replaced_by_a_note() {
+        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides { max_raw_json_bytes: Some(10), ..Default::default() });
+        let mut orders = vec![order("A", "S", "t"), order("B", "S", "t")];
+        orders[1].raw_json = "x".repeat(11);
+        assert_eq!(cap_raw_json(orders.iter_mut(), &l), 1);
+        assert_eq!(orders[0].raw_json, "{}");
+        let note: serde_json::Value = serde_json::from_str(&orders[1].raw_json).unwrap();
+        assert_eq!(note["berth_raw_json_dropped"]["bytes"], 11);
     }
 }

@@ -7,7 +7,9 @@ pub mod breaker;
 pub mod call_stats;
 mod compat_v0_1;
 pub mod engine;
+pub mod guest_log;
 pub mod limits;
+pub mod pool;
 pub mod redact;
 pub mod state;
 pub mod tape;
@@ -63,10 +65,16 @@ pub enum CallError {
     OutOfFuel { call: &'static str, fuel: u64 },
     #[error("{call} found {running} calls of this connector running (max_concurrent_calls) until its deadline")]
     Busy { call: &'static str, running: usize },
+    #[error("{call} found no instance slot free for this connector: {in_use} of its calls run, {reserved} slots are reserved for it and the shared ones are taken (runtime.max_instances, reserved_instances)")]
+    NoInstance { call: &'static str, in_use: usize, reserved: usize },
     #[error("{call} broke the connector's limits: {why}; the answer was dropped")]
     OutputTooLarge { call: &'static str, why: String },
+    #[error("{call} answered what the host does not take: {why}; the answer was dropped")]
+    BadOutput { call: &'static str, why: String },
     #[error("cannot instantiate the connector: {0}")]
     Instantiate(String),
+    #[error("{call} stopped: the host's rate limiter held a request back for {} ms, longer than the call could wait", wait.as_millis())]
+    HeldBack { call: &'static str, wait: Duration },
     #[error("{call} not run: this connector version is isolated by its circuit breaker ({reason}); a trial call in {} s", retry_in.as_secs().max(1))]
     Isolated { call: &'static str, retry_in: Duration, reason: String },
 }
@@ -78,8 +86,25 @@ impl CallError {
     fn sandbox_failure(out: Option<&CallError>) -> Option<bool> {
         match out {
             None => Some(false),
-            Some(CallError::Timeout { .. } | CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. }) => Some(true),
-            Some(CallError::Busy { .. } | CallError::Instantiate(_) | CallError::Isolated { .. }) => None,
+            Some(
+                CallError::Timeout { .. }
+                | CallError::Trap { .. }
+                | CallError::OutOfFuel { .. }
+                | CallError::OutputTooLarge { .. }
+                | CallError::BadOutput { .. },
+            ) => Some(true),
+            Some(CallError::Busy { .. } | CallError::NoInstance { .. } | CallError::Instantiate(_) | CallError::Isolated { .. }) => None,
+            // It ran; the host's own limiter stopped it.
+            Some(CallError::HeldBack { .. }) => Some(false),
+        }
+    }
+
+    /// How long the host's rate limiter holds the call's quota back: the caller waits
+    /// that out without spending an attempt (it is not the platform's throttle).
+    pub fn held_back_for(&self) -> Option<Duration> {
+        match self {
+            CallError::HeldBack { wait, .. } => Some(*wait),
+            _ => None,
         }
     }
 
@@ -108,11 +133,17 @@ pub struct ConnectorRuntime {
     cache_dir: PathBuf,
     /// `[runtime]`: every connector's limits where its own section says nothing.
     defaults: RuntimeConfig,
+    /// The engine's instance slots, shared fairly between connectors.
+    pool: Arc<pool::InstancePool>,
 }
 
 /// How ops let a connector run: the manifest hosts they grant (all when `None`), hosts
 /// beyond the manifest, and its limits.
 pub struct LoadOptions<'a> {
+    /// The platform ops bound the connector to (`[connectors.X] platform`, else its
+    /// name); a manifest naming another is refused. `None`: whatever it names (the
+    /// vendor kit's scratch host).
+    pub platform: Option<&'a str>,
     pub grants: Option<&'a [String]>,
     pub extra_hosts: &'a [String],
     /// May reach non-public addresses (`[connectors.X] allow_private_addresses`).
@@ -140,6 +171,8 @@ pub struct LoadedConnector {
     pub breaker: breaker::Breaker,
     /// Where this version's calls are counted and timed.
     meters: crate::metrics::CallMeters,
+    /// The connector's log allowance per minute, shared with its other versions.
+    log_minute: Arc<guest_log::MinuteBudget>,
 }
 
 impl ConnectorRuntime {
@@ -159,6 +192,7 @@ impl ConnectorRuntime {
             services,
             cache_dir,
             defaults: cfg.clone(),
+            pool: pool::InstancePool::new(cfg.max_instances as usize),
         }))
     }
 
@@ -205,6 +239,11 @@ impl ConnectorRuntime {
         job.await.map_err(|e| LoadError::Engine(format!("the compile task failed: {e}")))?
     }
 
+    /// How connector `name` stands in the instance pool.
+    pub fn pool_share(&self, name: &str) -> Option<pool::PoolShare> {
+        self.pool.share(name)
+    }
+
     /// Load a connector component from a file (see [`ConnectorRuntime::load_bytes`]).
     pub async fn load(self: &Arc<Self>, name: &str, path: &Path, options: &LoadOptions<'_>) -> Result<LoadedConnector, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
@@ -216,9 +255,10 @@ impl ConnectorRuntime {
         limits::ConnectorLimits::resolve(&self.defaults, overrides)
     }
 
-    /// How a connector configured as `c` is loaded.
-    pub fn options<'a>(&self, c: &'a crate::config::ConnectorConfig) -> LoadOptions<'a> {
+    /// How connector `name`, configured as `c`, is loaded.
+    pub fn options<'a>(&self, name: &'a str, c: &'a crate::config::ConnectorConfig) -> LoadOptions<'a> {
         LoadOptions {
+            platform: Some(c.platform_of(name)),
             grants: c.grant_hosts.as_deref(),
             extra_hosts: &c.extra_hosts,
             allow_private: c.allow_private_addresses,
@@ -254,6 +294,7 @@ impl ConnectorRuntime {
         }
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        self.pool.register(name, options.limits.reserved_instances, options.limits.max_concurrent_calls);
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
         let mut loaded = LoadedConnector {
             name: name.into(),
@@ -269,12 +310,28 @@ impl ConnectorRuntime {
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
             breaker: breaker::Breaker::new(options.limits.breaker),
             meters: crate::metrics::Metrics::get().meters(name, "unknown"),
+            log_minute: self.services.log_minute(name, options.limits.max_log_bytes_per_minute),
         };
         let manifest = loaded
             .manifest_call()
             .await
             .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
         check_manifest(&manifest, linked_wit.as_deref()).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
+        if let Some(bound) = options.platform.filter(|p| *p != manifest.platform) {
+            return Err(LoadError::BadManifest {
+                path: path.to_path_buf(),
+                message: format!(
+                    "its manifest names platform `{}`, but ops bound connector `{name}` to platform `{bound}`; if it is right, set [connectors.{name}] platform = \"{}\"",
+                    state::bounded(&manifest.platform, 64),
+                    state::bounded(&manifest.platform, 64)
+                ),
+            });
+        }
+        // Its declared hosts count against its platform, whoever calls them later.
+        self.services
+            .limits
+            .claim(&manifest.platform, &manifest.allowed_hosts)
+            .map_err(|e| LoadError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
         loaded.version = manifest.connector_version.as_str().into();
         loaded.platform = manifest.platform.as_str().into();
         loaded.meters = crate::metrics::Metrics::get().meters(name, &loaded.version);
@@ -317,6 +374,42 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The webhook export's name: its calls have their own deadline and never wait for a slot.
+const WEBHOOK_CALL: &str = "handle-webhook";
+
+/// A call's store and the pool slot it holds, given back after the store (and so its
+/// instance) is gone: fields drop in order.
+struct Running {
+    store: Store<HostState>,
+    _slot: pool::PoolSlot,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Store<HostState>;
+    fn deref(&self) -> &Store<HostState> {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Store<HostState> {
+        &mut self.store
+    }
+}
+
+impl wasmtime::AsContext for Running {
+    type Data = HostState;
+    fn as_context(&self) -> wasmtime::StoreContext<'_, HostState> {
+        self.store.as_context()
+    }
+}
+
+impl wasmtime::AsContextMut for Running {
+    fn as_context_mut(&mut self) -> wasmtime::StoreContextMut<'_, HostState> {
+        self.store.as_context_mut()
+    }
+}
+
 /// One export call's input (owned: a shadow run replays it later).
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum Call {
@@ -330,7 +423,7 @@ impl Call {
         match self {
             Call::Pull(_) => "pull-orders",
             Call::Push(_) => "push-inventory",
-            Call::Webhook(_) => "handle-webhook",
+            Call::Webhook(_) => WEBHOOK_CALL,
         }
     }
 }
@@ -366,29 +459,44 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
         CallError::Timeout { .. } => "timeout",
         CallError::Trap { .. } => "trap",
         CallError::OutOfFuel { .. } => "out_of_fuel",
-        CallError::Busy { .. } => "busy",
+        CallError::Busy { .. } | CallError::NoInstance { .. } => "busy",
+        CallError::HeldBack { .. } => "held_back",
         CallError::OutputTooLarge { .. } => "too_large",
+        CallError::BadOutput { .. } => "bad_output",
         CallError::Instantiate(_) => "instantiate",
         CallError::Isolated { .. } => "isolated",
     }
 }
 
 impl Output {
-    /// Whether the answer keeps to the connector's output limits (see limits.rs).
-    fn within(&self, l: &limits::ConnectorLimits, call: &Call) -> Result<(), String> {
+    /// Whether the answer keeps to the connector's output limits and contract (see limits.rs).
+    fn within(&self, l: &limits::ConnectorLimits, call: &Call, now_ms: i64) -> Result<(), limits::Refusal> {
+        use limits::Refusal;
         match (self, call) {
             (Output::Pull(Ok(page)), _) => {
                 if let Some(c) = page.next_page_cursor.as_ref().filter(|c| c.len() > limits::MAX_CURSOR_BYTES) {
-                    return Err(format!("returned a page cursor of {} bytes, more than {}", c.len(), limits::MAX_CURSOR_BYTES));
+                    return Err(Refusal::TooLarge(format!("returned a page cursor of {} bytes, more than {}", c.len(), limits::MAX_CURSOR_BYTES)));
                 }
-                limits::check_orders(&page.orders, l)
+                limits::check_orders(&page.orders, l, now_ms)
             }
-            (Output::Webhook(Ok(events)), _) => limits::check_events(events, l),
+            (Output::Webhook(Ok(events)), _) => limits::check_events(events, l, now_ms),
             // One answer per SKU asked about; a few strangers are ignored, a flood is refused.
             (Output::Push(Ok(results)), Call::Push(asked)) if results.len() > 2 * asked.len() + 16 => {
-                Err(format!("returned {} results for {} stock updates", results.len(), asked.len()))
+                Err(Refusal::TooLarge(format!("returned {} results for {} stock updates", results.len(), asked.len())))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Orders the answer carries, to cap their raw JSON.
+    fn orders_mut(&mut self) -> Box<dyn Iterator<Item = &mut bindings::berth::connector::types::Order> + '_> {
+        match self {
+            Output::Pull(Ok(page)) => Box::new(page.orders.iter_mut()),
+            Output::Webhook(Ok(events)) => Box::new(events.iter_mut().filter_map(|e| match e {
+                Event::OrderUpserted(o) => Some(o),
+                _ => None,
+            })),
+            _ => Box::new(std::iter::empty()),
         }
     }
 
@@ -436,10 +544,10 @@ impl Output {
 /// A call that failed because berth's own rate limiter held its request back is a
 /// throttle, not a platform failure: the caller parks the shop without spending an
 /// attempt.
-fn held_back_as_throttle<T>(result: Result<T, ConnectorError>, held_back: Option<Duration>) -> Result<T, ConnectorError> {
+fn held_back_as_throttle<T>(call: &'static str, result: Result<T, ConnectorError>, held_back: Option<Duration>) -> Result<Result<T, ConnectorError>, CallError> {
     match (result, held_back) {
-        (Err(ConnectorError::Transient(_)), Some(wait)) => Err(ConnectorError::RateLimited(wait.as_millis().max(1) as u64)),
-        (other, _) => other,
+        (Err(ConnectorError::Transient(_) | ConnectorError::RateLimited(_)), Some(wait)) => Err(CallError::HeldBack { call, wait }),
+        (other, _) => Ok(other),
     }
 }
 
@@ -500,23 +608,41 @@ impl LoadedConnector {
         &self.version
     }
 
-    /// A fresh instance under this connector's limits, once it is this call's turn.
-    async fn instance(
-        &self,
-        call: &'static str,
-        shop: Option<(String, Arc<ShopConfig>)>,
-    ) -> Result<(Store<HostState>, Connector), CallError> {
+    /// The deadline of a call: webhooks have their own, shorter one (a platform waits
+    /// only seconds for its answer).
+    fn timeout_of(&self, call: &'static str) -> Duration {
+        if call == WEBHOOK_CALL {
+            self.limits.webhook_timeout
+        } else {
+            self.limits.call_timeout
+        }
+    }
+
+    /// A fresh instance under this connector's limits, once it is this call's turn and
+    /// the pool has a slot for it (a webhook call does not wait for either).
+    async fn instance(&self, call: &'static str, shop: Option<(String, Arc<ShopConfig>)>) -> Result<(Running, Connector), CallError> {
         let rt = &self.runtime;
         let l = &self.limits;
-        let deadline = std::time::Instant::now() + l.call_timeout;
+        let webhook = call == WEBHOOK_CALL;
+        let deadline = std::time::Instant::now() + self.timeout_of(call);
         // A free turn is taken without arming a timer; only a wait for one needs it.
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(permit) => permit,
+            Err(_) if webhook => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
             Err(_) => match tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => permit,
                 _ => return Err(CallError::Busy { call, running: l.max_concurrent_calls }),
             },
         };
+        let slot = if webhook { rt.pool.try_take(&self.name) } else { rt.pool.take(&self.name, deadline).await };
+        let slot = slot.map_err(|no| {
+            crate::metrics::Metrics::get().limit_hit(&self.name, "instances", 1);
+            if no.at_max {
+                CallError::Busy { call, running: no.in_use }
+            } else {
+                CallError::NoInstance { call, in_use: no.in_use, reserved: no.reserved }
+            }
+        })?;
         let redact = redact::Redactor::for_shop(shop.as_ref().map(|(_, c)| &**c));
         let ctx = CallContext {
             redact,
@@ -526,8 +652,9 @@ impl LoadedConnector {
             allow: self.allow.clone(),
             platform: self.platform.clone(),
             deadline,
+            kv_write_per_minute: l.max_kv_write_bytes_per_minute as u64,
         };
-        let log = limits::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call);
+        let log = guest_log::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call, self.log_minute.clone());
         let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), l.max_memory_bytes, log, turn));
         store.limiter(|s| s.limiter());
         // Every epoch tick (10 ms) of guest code: past the deadline, stop it; before,
@@ -544,12 +671,13 @@ impl LoadedConnector {
         if rt.defaults.meter_fuel {
             store.set_fuel(l.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
         }
+        let mut running = Running { store, _slot: slot };
         let instance = self
             .pre
-            .instantiate_async(&mut store)
+            .instantiate_async(&mut running)
             .await
             .map_err(|e| CallError::Instantiate(format!("{e}")))?;
-        Ok((store, instance))
+        Ok((running, instance))
     }
 
     /// Await a call under the deadline; traps and timeouts become [`CallError`]s. The
@@ -559,7 +687,7 @@ impl LoadedConnector {
         call: &'static str,
         fut: impl std::future::Future<Output = wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
-        let deadline = self.limits.call_timeout;
+        let deadline = self.timeout_of(call);
         let give_up = tokio::time::Instant::now() + deadline + Duration::from_millis(100);
         // The epoch deadline stops guest code; the timeout below stops a host import
         // that hangs. A call done at its first poll (no import waited) needs no timer.
@@ -614,7 +742,7 @@ impl LoadedConnector {
         shop: &str,
         cfg: Arc<ShopConfig>,
         started: std::time::Instant,
-    ) -> Result<(Store<HostState>, Connector, breaker::Ticket<'_>), CallError> {
+    ) -> Result<(Running, Connector, breaker::Ticket<'_>), CallError> {
         let ticket = self.breaker.admit().map_err(|r| CallError::Isolated { call, retry_in: r.retry_in, reason: r.reason });
         let ticket = ticket.inspect_err(|e| self.observe(call, call_error_outcome(e), started, None))?;
         match self.instance(call, Some((shop.to_string(), cfg))).await {
@@ -667,7 +795,8 @@ impl LoadedConnector {
     /// (shadow replays are not counted). Workers call through `ConnectorSlot`.
     pub async fn call(&self, shop: &str, cfg: Arc<ShopConfig>, call: Call, tape: Tape) -> (Result<Output, CallError>, Tape) {
         let started = std::time::Instant::now();
-        let (mut store, inst, ticket) = match self.start(call.name(), shop, cfg, started).await {
+        let live = !matches!(tape, Tape::Replaying { .. });
+        let (mut store, inst, ticket) = match self.start(call.name(), shop, cfg.clone(), started).await {
             Ok(x) => x,
             Err(e) => return (Err(e), tape),
         };
@@ -676,19 +805,35 @@ impl LoadedConnector {
             Call::Pull(req) => self
                 .finish("pull-orders", inst.call_pull_orders(&mut store, shop, req))
                 .await
-                .map(|r| Output::Pull(held_back_as_throttle(r, store.data().held_back()))),
+                .and_then(|r| held_back_as_throttle("pull-orders", r, store.data().held_back()).map(Output::Pull)),
             Call::Push(updates) => self
                 .finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates))
                 .await
-                .map(|r| Output::Push(held_back_as_throttle(r, store.data().held_back()))),
+                .and_then(|r| held_back_as_throttle("push-inventory", r, store.data().held_back()).map(Output::Push)),
             Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
         };
         let mut out = out;
         store.data().redactor().output(&mut out);
-        let out = out.and_then(|o| match o.within(&self.limits, &call) {
-            Ok(()) => Ok(o),
-            Err(why) => Err(CallError::OutputTooLarge { call: call.name(), why }),
+        let out = out.and_then(|mut o| {
+            // Raw JSON past its bound is dropped first: the page is judged by what is kept.
+            let capped = limits::cap_raw_json(o.orders_mut(), &self.limits);
+            if capped > 0 {
+                tracing::warn!(
+                    connector = %self.name, version = %self.version, shop, orders = capped, max_raw_json_bytes = self.limits.max_raw_json_bytes,
+                    "orders' raw JSON was longer than max_raw_json_bytes; kept the orders without it"
+                );
+                crate::metrics::Metrics::get().limit_hit(&self.name, "raw_json_dropped", capped as u64);
+            }
+            match o.within(&self.limits, &call, crate::clock::now_ms()) {
+                Ok(()) => Ok(o),
+                Err(limits::Refusal::TooLarge(why)) => Err(CallError::OutputTooLarge { call: call.name(), why }),
+                Err(limits::Refusal::Bad(why)) => Err(CallError::BadOutput { call: call.name(), why }),
+            }
         });
+        let mut out = out;
+        if live {
+            self.hold_for_throttle(shop, &cfg, store.data().platform_answered(), &mut out);
+        }
         self.judge(ticket, out.as_ref().err());
         let tape = std::mem::take(&mut store.data_mut().tape);
         let outcome = out.as_ref().map_or_else(call_error_outcome, Output::outcome);
@@ -700,15 +845,52 @@ impl LoadedConnector {
     pub fn note_outcome(&self, out: &Result<Output, CallError>) {
         self.calls.record(match out {
             Ok(o) => o.ok(),
+            // Waiting for the host's own limiter is not the version failing.
+            Err(CallError::HeldBack { .. }) => true,
             Err(_) => false,
         });
     }
 
-    /// The connector said the platform throttled `shop` (e.g. a body code): hold the
-    /// shop's quota — and every shop sharing it — for that long, or for the platform's
-    /// `suspend_after_throttle_secs` if longer. Returns how long the hold is.
-    pub fn note_throttle(&self, shop: &str, cfg: &ShopConfig, wait: Duration) -> Duration {
-        self.runtime.services.limits.penalize(&self.manifest.platform, shop, Some(cfg), wait)
+    /// A pull or push said `rate-limited(ms)`: the platform throttled `shop` (a body
+    /// code, say). When the platform answered this call, hold the shop's quota — every
+    /// shop sharing it — for the wait, within the platform's `max_hold_secs` and at least
+    /// its `suspend_after_throttle_secs`. A claim with no answer from the platform behind
+    /// it holds nothing shared: only the calling shop waits (capped the same way). The
+    /// answer's `ms` becomes the wait the worker keeps.
+    fn hold_for_throttle(&self, shop: &str, cfg: &ShopConfig, answered: bool, out: &mut Result<Output, CallError>) {
+        let ms = match out {
+            Ok(Output::Pull(Err(ConnectorError::RateLimited(ms))) | Output::Push(Err(ConnectorError::RateLimited(ms)))) => ms,
+            _ => return,
+        };
+        let limits = &self.runtime.services.limits;
+        let wait = Duration::from_millis((*ms).max(1));
+        let held = if answered {
+            let cause = crate::capabilities::ratelimit::HoldCause {
+                shop: shop.to_string(),
+                connector: self.name.to_string(),
+                reason: format!("the connector returned rate-limited({} ms)", wait.as_millis()),
+            };
+            limits.penalize(&self.manifest.platform, shop, Some(cfg), wait, cause)
+        } else {
+            let own = wait.min(limits.max_hold(&self.manifest.platform));
+            tracing::warn!(
+                connector = %self.name, version = %self.version, shop, wait_ms = own.as_millis() as u64,
+                "the connector said rate-limited without an answer from the platform in this call: only this shop waits, its quota is not held"
+            );
+            own
+        };
+        *ms = held.as_millis() as u64;
+    }
+
+    /// Resolves when an operator releases a quota hold (a worker waiting out a hold or a
+    /// throttle looks again).
+    pub async fn quota_released(&self) {
+        self.runtime.services.limits.released().await
+    }
+
+    /// The connector's instance slots: reserved, its max, in use now.
+    pub fn pool_share(&self) -> Option<pool::PoolShare> {
+        self.runtime.pool.share(&self.name)
     }
 
     /// The retry policy in force now for this connector's platform.
@@ -750,7 +932,9 @@ mod tests {
         assert!(err.contains("at most 253 characters") && err.len() < 200, "named, bounded: {err}");
         let keys = Manifest { required_config: (0..65).map(|i| format!("k{i}")).collect(), ..manifest("0.2.0") };
         assert!(check_manifest(&keys, None).unwrap_err().contains("at most 64"));
-        let held = held_back_as_throttle::<()>(Err(ConnectorError::Transient("timed out".into())), Some(Duration::from_millis(1500)));
-        assert!(matches!(held, Err(ConnectorError::RateLimited(1500))));
+        let held = held_back_as_throttle::<()>("pull-orders", Err(ConnectorError::Transient("timed out".into())), Some(Duration::from_millis(1500)));
+        assert_eq!(held.unwrap_err().held_back_for(), Some(Duration::from_millis(1500)));
+        let own = held_back_as_throttle::<()>("pull-orders", Err(ConnectorError::RateLimited(9)), None);
+        assert!(matches!(own, Ok(Err(ConnectorError::RateLimited(9)))), "the connector's own throttle stays its own");
     }
 }

@@ -1,12 +1,14 @@
 //! Secrets out of guest text: a connector holds its shop's secrets (`config.get`) and may
 //! echo them — in a log line, on stdout, in an error message, in a per-SKU rejection, in
-//! a panic. Before any of that reaches a log line, a status page, the stock ledger or an
-//! alert, every secret value of the calling shop (as written and URL-encoded) is
-//! replaced with `<secret:KEY>`; a metric update naming one is dropped. Error and message
-//! texts are also cut to [`MAX_GUEST_TEXT`].
+//! a panic, in an order it returns (its raw platform JSON included). Before any of that
+//! reaches a log line, a status page, the order store and the ERP, the stock ledger or
+//! an alert, every secret value of the calling shop (as written, URL-encoded and
+//! JSON-escaped) is replaced with `<secret:KEY>`; a metric update naming one is dropped.
+//! Error and message texts are also cut to [`MAX_GUEST_TEXT`]. Page cursors and the
+//! connector's own state are not touched: they are the connector's, never served.
 
 use crate::config::ShopConfig;
-use crate::runtime::bindings::berth::connector::types::{ConnectorError, UpdateResult};
+use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, Order, UpdateResult};
 use std::borrow::Cow;
 
 /// Values shorter than this are not searched for (they would match ordinary text).
@@ -34,6 +36,12 @@ impl Redactor {
             if encoded != value {
                 needles.push((encoded, label.clone()));
             }
+            // As it appears inside a JSON string (raw platform JSON an order carries).
+            let quoted = serde_json::to_string(value).unwrap_or_default();
+            let escaped = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
+            if escaped != value && !escaped.is_empty() {
+                needles.push((escaped.to_string(), label.clone()));
+            }
             needles.push((value.to_string(), label));
         }
         // Longest first, so a secret containing another is replaced whole.
@@ -52,6 +60,37 @@ impl Redactor {
             }
         }
         Cow::Owned(out)
+    }
+
+    /// Take the secrets out of a string without bounding it (order fields have their
+    /// own bounds, checked after).
+    fn scrub(&self, s: &mut String) {
+        if let Cow::Owned(clean) = self.text(s) {
+            *s = clean;
+        }
+    }
+
+    /// Every text field of an order, its raw JSON included.
+    pub fn order(&self, o: &mut Order) {
+        if self.needles.is_empty() {
+            return;
+        }
+        for f in [&mut o.order_id, &mut o.platform_status, &mut o.currency, &mut o.buyer_name_masked, &mut o.buyer_phone_masked, &mut o.raw_json] {
+            self.scrub(f);
+        }
+        for l in &mut o.lines {
+            for f in [&mut l.line_id, &mut l.sku, &mut l.title] {
+                self.scrub(f);
+            }
+        }
+    }
+
+    fn event(&self, e: &mut Event) {
+        match e {
+            Event::OrderUpserted(o) => self.order(o),
+            Event::OrderChanged(id) => self.scrub(id),
+            Event::StockChanged(u) => self.scrub(&mut u.sku),
+        }
     }
 
     /// Bound a guest string and take the secrets out of it.
@@ -98,7 +137,8 @@ impl Redactor {
         match out {
             Ok(Output::Pull(Err(e)) | Output::Push(Err(e)) | Output::Webhook(Err(e))) => self.error(e),
             Ok(Output::Push(Ok(results))) => self.results(results),
-            Ok(Output::Pull(Ok(_)) | Output::Webhook(Ok(_))) => {}
+            Ok(Output::Pull(Ok(page))) => page.orders.iter_mut().for_each(|o| self.order(o)),
+            Ok(Output::Webhook(Ok(events))) => events.iter_mut().for_each(|e| self.event(e)),
             Err(e) => self.call_error(e),
         }
     }
@@ -135,5 +175,32 @@ mod tests {
         let mut long = ConnectorError::Transient("é".repeat(MAX_GUEST_TEXT));
         Redactor::for_shop(None).error(&mut long);
         assert!(matches!(long, ConnectorError::Transient(ref s) if s.len() <= MAX_GUEST_TEXT + 10 && s.ends_with("…(cut)")), "guest text is bounded");
+    }
+
+    #[test]
+    fn orders_lose_the_secrets_raw_json_included() {
+        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus};
+        let mut cfg: ShopConfig = toml::from_str("connector = \"c\"").unwrap();
+        cfg.secrets.insert("app_secret".into(), Secret::new("sec/ret\"key"));
+        let r = Redactor::for_shop(Some(&cfg));
+        let mut o = Order {
+            order_id: "1".into(),
+            status: OrderStatus::Paid,
+            platform_status: "paid".into(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            currency: "USD".into(),
+            total_minor: 1,
+            lines: vec![OrderLine { line_id: "1".into(), sku: "S".into(), title: "gift for sec/ret\"key".into(), quantity: 1, unit_price_minor: 1 }],
+            buyer_name_masked: String::new(),
+            buyer_phone_masked: String::new(),
+            raw_json: serde_json::json!({ "echo": "sec/ret\"key", "url": "x?s=sec%2Fret%22key" }).to_string(),
+        };
+        r.order(&mut o);
+        assert_eq!(o.lines[0].title, "gift for <secret:app_secret>");
+        assert!(!o.raw_json.contains("sec/ret") && !o.raw_json.contains("sec%2F"), "{}", o.raw_json);
+        let raw: serde_json::Value = serde_json::from_str(&o.raw_json).expect("still JSON");
+        assert_eq!(raw["echo"], "<secret:app_secret>");
+        assert_eq!(raw["url"], "x?s=<secret:app_secret>");
     }
 }

@@ -7,11 +7,7 @@ use crate::config::ShopConfig;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// Longest guest log line kept; the rest is cut so a guest cannot flood the log.
-const MAX_LOG_BYTES: usize = 4096;
 
 /// Services shared by every call.
 pub struct HostServices {
@@ -20,6 +16,8 @@ pub struct HostServices {
     pub limits: capabilities::ratelimit::RateLimits,
     pub retry: crate::retry::RetryPolicies,
     pub standby: Arc<capabilities::standby::Standbys>,
+    /// Each connector's log allowance per minute (by name: shared by its versions).
+    log_minutes: std::sync::Mutex<std::collections::HashMap<String, Arc<super::guest_log::MinuteBudget>>>,
 }
 
 impl HostServices {
@@ -31,7 +29,21 @@ impl HostServices {
             limits: capabilities::ratelimit::RateLimits::new(&cfg.platforms),
             retry: crate::retry::RetryPolicies::new(cfg),
             standby: Arc::new(capabilities::standby::Standbys::new(&cfg.platforms)),
+            log_minutes: Default::default(),
         })
+    }
+
+    /// Connector `name`'s log allowance per minute, the one its other versions spend.
+    pub fn log_minute(&self, name: &str, limit: usize) -> Arc<super::guest_log::MinuteBudget> {
+        let mut all = self.log_minutes.lock().unwrap_or_else(|e| e.into_inner());
+        match all.get(name).filter(|b| b.limit() == limit) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(super::guest_log::MinuteBudget::new(limit));
+                all.insert(name.to_string(), b.clone());
+                b
+            }
+        }
     }
 
     /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
@@ -56,6 +68,8 @@ pub struct CallContext {
     pub deadline: std::time::Instant,
     /// The shop's secret values, kept out of what the guest writes.
     pub redact: super::redact::Redactor,
+    /// State bytes the connector may write per shop per minute.
+    pub kv_write_per_minute: u64,
 }
 
 pub struct HostState {
@@ -72,9 +86,12 @@ pub struct HostState {
     /// Recording for, or replaying to, a shadow run (see tape.rs).
     pub(crate) tape: super::tape::Tape,
     /// What this call may still log (shared with stdout/stderr).
-    log: super::limits::LogBudget,
+    log: super::guest_log::LogBudget,
     /// Bytes of state (keys and values) this call has written.
     kv_written: usize,
+    /// The connector's own platform answered a request of this call (a throttle it
+    /// reports then has an answer behind it).
+    platform_answered: bool,
     /// This call's turn among the connector's concurrent calls, given back with the store.
     _turn: tokio::sync::OwnedSemaphorePermit,
 }
@@ -84,7 +101,7 @@ impl HostState {
         ctx: CallContext,
         services: Arc<HostServices>,
         max_memory_bytes: usize,
-        log: super::limits::LogBudget,
+        log: super::guest_log::LogBudget,
         turn: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
         HostState {
@@ -100,6 +117,7 @@ impl HostState {
             tape: super::tape::Tape::Off,
             log,
             kv_written: 0,
+            platform_answered: false,
             _turn: turn,
         }
     }
@@ -107,6 +125,11 @@ impl HostState {
     /// The calling shop's secrets, for scrubbing what the guest hands back.
     pub fn redactor(&self) -> &super::redact::Redactor {
         &self.ctx.redact
+    }
+
+    /// Whether the connector's own platform answered a request of this call.
+    pub fn platform_answered(&self) -> bool {
+        self.platform_answered
     }
 
     /// Whether (and for how long) the rate limiter held a request of this call back.
@@ -177,11 +200,9 @@ impl WasiView for HostState {
 
 /// The WASI a connector gets: no preopened dirs, no env, no args, no sockets, no name
 /// lookup; stdout and stderr go line by line to the log under the call's budget.
-fn locked_down_wasi(ctx: &CallContext, log: &super::limits::LogBudget) -> WasiCtx {
-    let shop = ctx.shop.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-    let out = |stream: &'static str| GuestOutput {
-        connector: ctx.connector.clone(),
-        shop: shop.clone(),
+fn locked_down_wasi(ctx: &CallContext, log: &super::guest_log::LogBudget) -> WasiCtx {
+    let out = |stream: &'static str| super::guest_log::GuestOutput {
+        origin: ctx.origin(),
         stream,
         budget: log.clone(),
         redact: ctx.redact.clone(),
@@ -193,6 +214,14 @@ fn locked_down_wasi(ctx: &CallContext, log: &super::limits::LogBudget) -> WasiCt
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build()
+}
+
+impl CallContext {
+    /// Who writes this call's guest log records.
+    fn origin(&self) -> super::guest_log::Origin {
+        let shop: Arc<str> = self.shop.as_ref().map_or_else(|| Arc::from(""), |(s, _)| Arc::from(s.as_str()));
+        super::guest_log::Origin { connector: self.connector.clone(), version: self.version.clone(), shop }
+    }
 }
 
 /// Cut a guest string to `max` bytes on a char boundary.
@@ -232,16 +261,32 @@ impl HostState {
             Ok(url) => url,
             Err(e) => return Err(self.refused(&url_for_log, e)),
         };
+        // The destination picks the platform whose buckets the request spends, whoever
+        // sends it; a destination of no platform's counts against the connector's own.
+        let platform: Arc<str> = match services.limits.platform_for(&url) {
+            Some(p) if *p != *self.ctx.platform => {
+                tracing::debug!(connector = %self.ctx.connector, shop = self.shop_name(), destination_platform = %p, "request to another platform's host: it spends that platform's quota");
+                Arc::from(p)
+            }
+            _ => self.ctx.platform.clone(),
+        };
+        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.clone());
+        let key = match services.limits.quota_of(&platform, self.shop_name(), cfg.as_deref()) {
+            Ok(key) => key,
+            Err(e) => {
+                let why = format!("{e}: berth cannot tell whose quota this request to `{}` would spend", url.host_str().unwrap_or(""));
+                return Err(self.refused(&url_for_log, http::HttpError::Denied(why)));
+            }
+        };
         // Wait for the platform's rate limits, leaving the guest half its remaining time.
         let budget = self.ctx.deadline.saturating_duration_since(started) / 2;
-        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.clone());
-        let api_method = services.limits.has_classes(&self.ctx.platform).then(|| api_method(&url, &req)).flatten();
+        let api_method = services.limits.has_classes(&platform).then(|| api_method(&url, &req)).flatten();
         let endpoint = capabilities::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
         // Held until the answer has been learnt from (see RateLimits::acquire).
-        let _on_its_way = match services.limits.acquire(&self.ctx.platform, self.shop_name(), cfg.as_deref(), endpoint, budget).await {
+        let _on_its_way = match services.limits.acquire(&platform, &key, endpoint, budget).await {
             Ok((waited, flight)) => {
                 if !waited.is_zero() {
-                    crate::metrics::Metrics::get().rate_limit_wait(&self.ctx.platform, waited);
+                    crate::metrics::Metrics::get().rate_limit_wait(&platform, waited);
                     tracing::debug!(
                         connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
                     )
@@ -251,11 +296,11 @@ impl HostState {
             Err(no_slot) => {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
-                crate::metrics::Metrics::get().http(&self.ctx.platform, "held_back", None);
+                crate::metrics::Metrics::get().http(&platform, "held_back", None);
                 return Err(http::HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
         };
-        let url = services.standby.route(&self.ctx.platform, url);
+        let url = services.standby.route(&platform, url);
         let sent = std::time::Instant::now();
         let result = services.http.send_to(&self.ctx.allow, url, req).await;
         let status = match &result {
@@ -267,11 +312,14 @@ impl HostState {
             Err(http::HttpError::InvalidRequest(_)) => "invalid",
             Err(http::HttpError::Throttled(_)) => "held_back",
         };
-        crate::metrics::Metrics::get().http(&self.ctx.platform, status, Some(sent.elapsed()));
+        crate::metrics::Metrics::get().http(&platform, status, Some(sent.elapsed()));
+        if result.is_ok() && platform == self.ctx.platform {
+            self.platform_answered = true;
+        }
         match &result {
             Ok(r) => {
                 use capabilities::ratelimit::Hold;
-                match services.limits.learn(&self.ctx.platform, self.shop_name(), cfg.as_deref(), r.status, &r.headers) {
+                match services.limits.learn(&platform, &key, self.shop_name(), &self.ctx.connector, r.status, &r.headers) {
                     Some(Hold::Throttled(wait)) => tracing::info!(
                         connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64,
                         "platform throttled; holding its quota"
@@ -290,13 +338,27 @@ impl HostState {
             Err(http::HttpError::Denied(_)) => {}
             Err(e) => tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
-                error = ?e, "http request failed"
+                error = %redacted_error(e), "http request failed"
             ),
         }
         result.map_err(|e| match e {
             http::HttpError::Denied(why) => self.refused(&url_for_log, http::HttpError::Denied(why)),
             e => e,
         })
+    }
+}
+
+/// An HTTP error for the log: reqwest's text names the whole URL, query (and any access
+/// token in it) included, so only the kind and the URL's path are kept.
+fn redacted_error(e: &http::HttpError) -> String {
+    let scrub = |s: &str| -> String {
+        // Cut every URL in the text at its query.
+        s.split(' ').map(|w| if w.contains("://") { strip_query(w) } else { w }).collect::<Vec<_>>().join(" ")
+    };
+    match e {
+        http::HttpError::Connection(s) => format!("connection: {}", scrub(s)),
+        http::HttpError::InvalidRequest(s) => format!("invalid request: {}", scrub(s)),
+        other => format!("{other:?}"),
     }
 }
 
@@ -337,21 +399,39 @@ impl kv::Host for HostState {
         self.tape.kv_get(&key, || scope.get(&key))
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        // The quota bounds what a shop's state holds; this bounds the disk writes one
-        // call makes (rewriting the same keys again and again).
+        // The quota bounds what a shop's state holds; these bound the disk writes one
+        // call, and one shop per minute, make (rewriting the same keys again and again).
         let n = key.len() + value.len();
         if self.kv_written + n > capabilities::kv::MAX_WRITE_BYTES_PER_CALL {
+            crate::metrics::Metrics::get().limit_hit(&self.ctx.connector, "kv_rate", 1);
             return Err(format!(
                 "this call has written {} bytes of state; one call may write at most {} (state is for cursors and tokens, not bulk data)",
                 self.kv_written,
                 capabilities::kv::MAX_WRITE_BYTES_PER_CALL
             ));
         }
-        self.kv_written += n;
         if self.tape.kv_put(&key, Some(&value)) {
+            self.kv_written += n;
             return Ok(());
         }
-        self.services.kv.scope(&self.ctx.connector, self.shop_name()).set(&key, &value)
+        let scope = self.services.kv.scope(&self.ctx.connector, self.shop_name());
+        match scope.set_within(&key, &value, self.ctx.kv_write_per_minute, crate::clock::now_ms()) {
+            Ok(()) => {
+                self.kv_written += n;
+                Ok(())
+            }
+            Err(e) => {
+                let limit = match e {
+                    capabilities::kv::WriteRefused::Quota { .. } => Some("kv_quota"),
+                    capabilities::kv::WriteRefused::Rate { .. } => Some("kv_rate"),
+                    _ => None,
+                };
+                if let Some(limit) = limit {
+                    crate::metrics::Metrics::get().limit_hit(&self.ctx.connector, limit, 1);
+                }
+                Err(e.to_string())
+            }
+        }
     }
     fn delete(&mut self, key: String) -> Result<(), String> {
         if self.tape.kv_put(&key, None) {
@@ -372,19 +452,14 @@ impl config::Host for HostState {
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
-        let msg = bounded(&message, MAX_LOG_BYTES);
-        if !self.log.take(msg.len()) {
-            return;
-        }
-        let msg = self.ctx.redact.text(msg);
-        let (c, v, s) = (&*self.ctx.connector, &*self.ctx.version, self.shop_name());
-        match level {
-            log::Level::Trace => tracing::trace!(connector = c, version = v, shop = s, "guest: {msg}"),
-            log::Level::Debug => tracing::debug!(connector = c, version = v, shop = s, "guest: {msg}"),
-            log::Level::Info => tracing::info!(connector = c, version = v, shop = s, "guest: {msg}"),
-            log::Level::Warn => tracing::warn!(connector = c, version = v, shop = s, "guest: {msg}"),
-            log::Level::Error => tracing::error!(connector = c, version = v, shop = s, "guest: {msg}"),
-        }
+        let level = match level {
+            log::Level::Trace => tracing::Level::TRACE,
+            log::Level::Debug => tracing::Level::DEBUG,
+            log::Level::Info => tracing::Level::INFO,
+            log::Level::Warn => tracing::Level::WARN,
+            log::Level::Error => tracing::Level::ERROR,
+        };
+        super::guest_log::emit(&self.ctx.origin(), level, "log", &message, &self.log, &self.ctx.redact);
     }
 }
 
@@ -440,53 +515,6 @@ impl crypto::Host for HostState {
 }
 
 impl super::bindings::berth::connector::types::Host for HostState {}
-
-/// Guest stdout/stderr, line by line into the tracing log.
-#[derive(Clone)]
-struct GuestOutput {
-    connector: Arc<str>,
-    shop: String,
-    stream: &'static str,
-    budget: super::limits::LogBudget,
-    redact: super::redact::Redactor,
-}
-
-impl IsTerminal for GuestOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestOutput {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestWriter { out: self.clone() })
-    }
-}
-
-struct GuestWriter {
-    out: GuestOutput,
-}
-
-impl tokio::io::AsyncWrite for GuestWriter {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let text = String::from_utf8_lossy(&buf[..buf.len().min(MAX_LOG_BYTES)]);
-        for line in text.lines().filter(|l| !l.trim().is_empty() && self.out.budget.take(l.len())) {
-            let line = self.out.redact.text(line);
-            tracing::info!(connector = %self.out.connector, shop = %self.out.shop, stream = self.out.stream, "guest: {line}");
-        }
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
 
 #[cfg(test)]
 mod tests {

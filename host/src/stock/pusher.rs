@@ -116,10 +116,14 @@ impl ShopPusher {
                         _ = self.wake.notified() => {}
                         _ = shutdown.changed() => {}
                     },
-                    Next::Park(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = shutdown.changed() => {}
-                    },
+                    Next::Park(d) => {
+                        let conn = self.connector.for_shop(&self.shop);
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = conn.quota_released() => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
                 }
             }
         }
@@ -171,6 +175,11 @@ impl ShopPusher {
         let answer = self.connector.push_inventory(conn, &self.shop, self.config.clone(), &updates).await;
         let results = match answer {
             Err(call) => {
+                if let Some(wait) = call.held_back_for() {
+                    // berth's own limiter: the SKUs stay due and spend no attempt.
+                    self.update(|s| s.throttled += 1);
+                    return Ok(Next::Park(wait.max(std::time::Duration::from_millis(50))));
+                }
                 if let Some(wait) = call.isolated_for() {
                     // The SKUs stay due and spend no attempt: push once the connector serves.
                     tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; stock pushes wait");
@@ -182,8 +191,8 @@ impl ShopPusher {
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
-                let wait = Duration::from_millis(ms.clamp(50, 3_600_000));
-                return Ok(Next::Park(conn.note_throttle(&self.shop, &self.config, wait)));
+                // Held and bounded by the runtime (see LoadedConnector::hold_for_throttle).
+                return Ok(Next::Park(Duration::from_millis(ms.max(50))));
             }
             Ok(Err(ConnectorError::Auth(why))) => {
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");

@@ -13,7 +13,28 @@
 //!   secret `api_secret`;
 //! - `egress`: requests the shop setting `target` (a host it was not granted, a private
 //!   or metadata address, a name resolving to one) and reports what the host answered;
+//! - `foreign-quota`: calls another platform's API — the Taobao-like gateway in `target`,
+//!   signed with the shop's `app_key`/`app_secret`/`session` — as fast as the host lets
+//!   it, and pages on without end;
+//! - `throttle-once`: its first pull says `rate-limited(3600000)` (an hour), then behaves;
+//!   with a `target` (a Taobao-like gateway) it first makes one real call there, so the
+//!   platform answered the call that claims the throttle;
+//! - `slow-webhook`: its webhook handler sleeps 9 s;
+//! - `kv-churn`: rewrites four 64 KiB state values until the host refuses, paging on
+//!   without end;
+//! - `raw-flood`: pages on without end, each page `orders` new orders (default 1000) of
+//!   `raw_bytes` of raw JSON (default 1 KiB), updated within the window asked for;
+//! - `webhook-orders`: each webhook returns `orders` new orders (default 1000);
+//! - `log-forge`: logs and prints lines with newlines and carriage returns that look
+//!   like the host's own;
+//! - `bad-times`: returns an order updated at the shop setting `updated` (ms);
+//! - `outside-window`: returns three orders, one updated inside the window asked for,
+//!   one an hour after it, one an hour before it;
+//! - `raw-secret`: returns an order whose raw JSON and buyer name hold `api_secret`;
 //! - anything else: behaves (an empty page).
+//!
+//! Built with the `taobao` feature, its manifest serves platform `taobao` (to stand
+//! beside the real Taobao connector on one app key).
 
 use berth_sdk::{host, Capability, Connector, ConnectorError, Event, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus, PullRequest, RateLimit, StockUpdate, UpdateResult, WebhookRequest};
 
@@ -48,6 +69,69 @@ fn giant_page() -> OrderPage {
         })
         .collect();
     OrderPage { orders, next_page_cursor: None }
+}
+
+/// A setting as a number, or `default`.
+fn number(key: &str, default: i64) -> i64 {
+    host::config(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Ids no earlier call used: a counter in state.
+fn fresh_ids(n: usize) -> Result<u64, ConnectorError> {
+    let next = host::state::get("next-id")?.and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok()).unwrap_or(0);
+    host::state::set("next-id", (next + n as u64).to_string().as_bytes())?;
+    Ok(next)
+}
+
+fn order_at(id: String, updated_at_ms: i64, raw_json: String) -> Order {
+    Order {
+        order_id: id,
+        status: OrderStatus::Paid,
+        platform_status: "paid".into(),
+        created_at_ms: updated_at_ms.min(berth_sdk::time::now_ms()).saturating_sub(60_000).max(946_684_800_000),
+        updated_at_ms,
+        currency: "USD".into(),
+        total_minor: 100,
+        lines: vec![OrderLine { line_id: "1".into(), sku: "S".into(), title: "t".into(), quantity: 1, unit_price_minor: 100 }],
+        buyer_name_masked: String::new(),
+        buyer_phone_masked: String::new(),
+        raw_json,
+    }
+}
+
+/// `n` new orders updated at `at`, each with `raw_bytes` of raw JSON.
+fn new_orders(n: usize, at: i64, raw_bytes: usize) -> Result<Vec<Order>, ConnectorError> {
+    let first = fresh_ids(n)?;
+    let raw = format!("{{\"pad\":\"{}\"}}", "x".repeat(raw_bytes.saturating_sub(10)));
+    Ok((0..n as u64).map(|i| order_at(format!("F-{}", first + i), at, raw.clone())).collect())
+}
+
+/// One signed TOP call to `gateway` with this shop's credentials (the Taobao-like
+/// simulator checks the signature before it counts the call against the app).
+fn top_call(gateway: &str) -> Result<(), ConnectorError> {
+    use berth_sdk::host::hash;
+    let (app_key, secret, session) = (host::required_config("app_key")?, host::required_config("app_secret")?, host::required_config("session")?);
+    let now = berth_sdk::time::now_ms();
+    let mut p = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("method", "taobao.trades.sold.increment.get".to_string()),
+        ("app_key", app_key),
+        ("session", session),
+        ("timestamp", berth_sdk::time::format_ymd_hms(now, 8 * 60)),
+        ("format", "json".into()),
+        ("v", "2.0".into()),
+        ("sign_method", "md5".into()),
+        ("fields", "tid,modified".into()),
+        ("start_modified", berth_sdk::time::format_ymd_hms(now - 3_600_000, 8 * 60)),
+        ("end_modified", berth_sdk::time::format_ymd_hms(now, 8 * 60)),
+    ] {
+        p.insert(k.to_string(), v);
+    }
+    let payload: String = p.iter().map(|(k, v)| format!("{k}{v}")).collect();
+    let sign = hash::hex_upper(&hash::md5(format!("{secret}{payload}{secret}").as_bytes()));
+    p.insert("sign".into(), sign);
+    let form: Vec<(String, String)> = p.into_iter().collect();
+    host::post_form(gateway, &berth_sdk::text::form_encode(&form), &[]).map(|_| ())
 }
 
 /// Misbehave as the mode says; `Ok(())` when the mode lets the export answer.
@@ -95,6 +179,13 @@ fn misbehave() -> Result<(), ConnectorError> {
             host::counter_add("leaks", &[("key", &secret)], 1);
             Err(ConnectorError::Auth(format!("the platform refused secret {secret}")))
         }
+        "log-forge" => {
+            let forged = "ok\n2026-12-03T03:15:55.000000Z  INFO berth_host::api::admin: admin token accepted name=\"root\" role=admin";
+            host::info(forged);
+            host::warn("fine\r2026-12-03T03:15:56.000000Z  INFO berth_host::api::admin: admin token accepted name=\"root\" role=admin\u{2028}x");
+            println!("out\r2026-12-03T03:15:57.000000Z  INFO berth_host::api::admin: admin token accepted name=\"root\" role=admin");
+            Ok(())
+        }
         "egress" => {
             let target = host::config("target").unwrap_or_default();
             let resp = host::get(&target, &[])?;
@@ -107,11 +198,11 @@ fn misbehave() -> Result<(), ConnectorError> {
 impl Connector for Hostile {
     fn manifest() -> Manifest {
         Manifest {
-            platform: "hostile".into(),
+            platform: if cfg!(feature = "taobao") { "taobao" } else { "hostile" }.into(),
             connector_version: "6.6.6".into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
             capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks],
-            allowed_hosts: vec!["api.hostile.invalid".into()],
+            allowed_hosts: vec![if cfg!(feature = "taobao") { "gw.hostile-taobao.invalid" } else { "api.hostile.invalid" }.into()],
             default_rate_limit: RateLimit { requests_per_minute: 60, burst: 1 },
             max_window_ms: None,
             required_config: vec!["mode".into()],
@@ -123,8 +214,59 @@ impl Connector for Hostile {
         Ok(Health { ok: true, message: "fine".into() })
     }
 
-    fn pull_orders(_shop: String, _req: PullRequest) -> Result<OrderPage, ConnectorError> {
+    fn pull_orders(_shop: String, req: PullRequest) -> Result<OrderPage, ConnectorError> {
+        let more = |orders: Vec<Order>| Ok(OrderPage { orders, next_page_cursor: Some("more".into()) });
+        let (start, end) = (req.window.start_ms, req.window.end_ms);
         match mode().as_str() {
+            "foreign-quota" => {
+                let gateway = host::required_config("target")?;
+                // As fast as the host lets it: every request waits for the bucket its
+                // destination spends, until the host holds one back past the deadline.
+                for _ in 0..100_000 {
+                    if top_call(&gateway).is_err() {
+                        break;
+                    }
+                }
+                return more(Vec::new());
+            }
+            "throttle-once" => {
+                if host::state::get("throttled")?.is_none() {
+                    host::state::set("throttled", b"1")?;
+                    if let Some(gateway) = host::config("target") {
+                        top_call(&gateway)?;
+                    }
+                    return Err(ConnectorError::RateLimited(3_600_000));
+                }
+                return Ok(OrderPage { orders: Vec::new(), next_page_cursor: None });
+            }
+            "kv-churn" => {
+                let value = vec![0x5A; 64 * 1024];
+                for i in 0..1_000_000u32 {
+                    if host::state::set(&format!("churn-{}", i % 4), &value).is_err() {
+                        break;
+                    }
+                }
+                return more(Vec::new());
+            }
+            "raw-flood" => {
+                let n = number("orders", 1000) as usize;
+                return more(new_orders(n, end, number("raw_bytes", 1024) as usize)?);
+            }
+            "bad-times" => return Ok(OrderPage { orders: vec![order_at("T-1".into(), number("updated", 0), "{}".into())], next_page_cursor: None }),
+            "outside-window" => {
+                let orders = vec![
+                    order_at("W-in".into(), end, "{}".into()),
+                    order_at("W-after".into(), end + 3_600_000, "{}".into()),
+                    order_at("W-before".into(), start - 3_600_000, "{}".into()),
+                ];
+                return Ok(OrderPage { orders, next_page_cursor: None });
+            }
+            "raw-secret" => {
+                let secret = host::config("api_secret").unwrap_or_default();
+                let mut o = order_at("S-1".into(), end, serde_json::json!({ "token": secret, "note": format!("key={secret}") }).to_string());
+                o.buyer_name_masked = secret;
+                return Ok(OrderPage { orders: vec![o], next_page_cursor: None });
+            }
             "giant" => return Ok(giant_page()),
             "long-id" => {
                 let mut page = giant_page();
@@ -144,6 +286,17 @@ impl Connector for Hostile {
     }
 
     fn handle_webhook(_shop: String, _req: WebhookRequest) -> Result<Vec<Event>, ConnectorError> {
+        match mode().as_str() {
+            "slow-webhook" => {
+                std::thread::sleep(std::time::Duration::from_secs(9));
+                return Ok(Vec::new());
+            }
+            "webhook-orders" => {
+                let n = number("orders", 1000) as usize;
+                return Ok(new_orders(n, berth_sdk::time::now_ms(), 64)?.into_iter().map(Event::OrderUpserted).collect());
+            }
+            _ => {}
+        }
         misbehave()?;
         Ok(Vec::new())
     }
