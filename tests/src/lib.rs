@@ -362,3 +362,17 @@ pub fn shopify_neighbour(base: &str) -> String {
          settings = {{ base_url = \"{base}/shopify/acme\", page_size = \"5\" }}\nsecrets = {{ access_token = \"tok\" }}\n"
     )
 }
+
+/// Set one SKU of `shop` to `quantity` through berth's stock API and wait until the
+/// platform (the simulator) holds that quantity: the shop's stock still reaches it.
+pub async fn stock_reaches(sim: &berth_sim::SimHandle, berth: &Berth, platform: berth_sim::Platform, shop: &str, quantity: u32, deadline: Duration) -> bool {
+    let Some(sku) = sim.state.stock(platform, shop).into_iter().map(|i| i.sku).next() else { return false };
+    let body = serde_json::json!({ "updates": [{ "sku": sku, "quantity": quantity }] });
+    let answer = post_json(&reqwest::Client::new(), berth.url(&format!("/v1/shops/{shop}/stock")), body).await;
+    if !answer.to_string().contains("queued") {
+        return false;
+    }
+    poll_until(deadline, || async { sim.state.stock(platform, shop).iter().any(|i| i.sku == sku && i.quantity == quantity).then_some(()) })
+        .await
+        .is_some()
+}

@@ -151,6 +151,7 @@ settings = {{ mode = "webhook-orders", orders = "100" }}
     poll_until(DEADLINE, || async { (acme().await >= 10).then_some(()) }).await.expect("the neighbour's orders");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (acme().await >= 11).then_some(()) }).await.expect("the neighbour's new order");
+    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Shopify, "acme", 29, DEADLINE).await, "the neighbour's stock");
 
     // An operator resuming the shop lifts the hold: its intake starts afresh.
     let (code, body) = api_call(reqwest::Method::POST, berth.url("/v1/admin/shops/h-hook100/resume"), Some(OPERATOR), None, None).await;

@@ -119,6 +119,7 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
     poll_until(Duration::from_secs(60), || async { (t1_orders().await > seeded).then_some(()) })
         .await
         .expect("t1's new order after the release");
+    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 43, Duration::from_secs(60)).await, "t2's stock after the release");
     let again = poll_until(DEADLINE, || async {
         let h = get_json(berth.url("/v1/health")).await;
         (shop_health(&h, "t1")["state"] != "throttled").then_some(())

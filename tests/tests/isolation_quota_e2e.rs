@@ -3,7 +3,7 @@
 //! Taobao shops on that app key. The request's destination picks the bucket it spends
 //! (`[platforms.taobao] hosts`), whoever sends it: the simulator sees the app's calls
 //! held to the platform's rate, never the loop's speed, the app is never banned, and the
-//! real shops' orders keep arriving. A shop of the platform without the quota setting is
+//! real shops' orders keep arriving and their stock reaches the platform. A shop of the platform without the quota setting is
 //! refused at start, naming it.
 
 use berth_sim::Platform;
@@ -81,6 +81,7 @@ async fn another_platforms_host_spends_that_platforms_bucket_whoever_calls_it() 
             .await
             .unwrap_or_else(|| panic!("{shop}'s new order did not arrive"));
     }
+    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 37, DEADLINE).await, "t2's stock update did not reach the platform");
     // The loop never stopped: it is still spending the bucket, not refused outright.
     let evil = get_json(berth.url("/v1/shops")).await;
     let evil = evil.as_array().unwrap().iter().find(|s| s["shop"] == "evilmart").unwrap().clone();

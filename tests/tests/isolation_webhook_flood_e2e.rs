@@ -68,7 +68,8 @@ async fn a_webhook_flood_takes_no_slot_the_real_shops_need() {
             tokio::spawn(async move { client.post(url).body("{}").send().await.map(|r| r.status().as_u16()).unwrap_or(0) })
         })
         .collect();
-    // While the slow ones hold their slots: the real shops' new order arrives.
+    // While the slow ones hold their slots: the real shops' stock and new order go through.
+    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 41, DEADLINE).await, "t2's stock during the flood");
     sim.state.create(Platform::Taobao, "t1").unwrap();
     let count = || async { get_json(berth.url("/v1/orders?limit=1000&shop=t1")).await["orders"].as_array().map_or(0, Vec::len) };
     poll_until(DEADLINE, || async { (count().await >= 11).then_some(()) }).await.expect("t1's new order during the flood");
@@ -78,9 +79,10 @@ async fn a_webhook_flood_takes_no_slot_the_real_shops_need() {
     }
     let tally = |code: u16| statuses.iter().filter(|s| **s == code).count();
     eprintln!("webhook answers: 429 × {}, 503 × {}, other {:?}", tally(429), tally(503), statuses.iter().filter(|s| **s != 429 && **s != 503).collect::<Vec<_>>());
-    // hostile-a ran at most its share of the pool (5 reserved + the 1 shared slot),
-    // hostile-b at most its shop's 4; the rest were told at once.
-    assert!(tally(429) >= 80 - 6 - 4, "{statuses:?}");
+    // hostile-a runs at most its share of the pool at once (5 reserved + the 1 shared
+    // slot), hostile-b its shop's 4; the rest are told at once (a straggler arriving
+    // after a slot freed may run too, so the bound is loose).
+    assert!(tally(429) >= 60, "{statuses:?}");
     assert_eq!(tally(429) + tally(503), 80, "every webhook was refused or timed out: {statuses:?}");
 
     // The real shops kept pulling, and none of their pulls failed for want of a slot.
@@ -101,9 +103,9 @@ async fn a_webhook_flood_takes_no_slot_the_real_shops_need() {
     assert!(isolated.is_some(), "the hostile breakers stayed closed: {}", get_json(berth.url("/v1/connectors")).await);
     let metrics = reqwest::get(berth.url("/metrics")).await.unwrap().text().await.unwrap();
     let busy = |c: &str| berth_tests::metric_sum(&metrics, &format!("berth_connector_limit_hits_total{{connector=\"{c}\",limit=\"webhook_busy\"}}"));
-    assert!(busy("hostile-a") >= 34.0 && busy("hostile-b") >= 36.0, "the refusals are counted: {} {}", busy("hostile-a"), busy("hostile-b"));
+    assert!(busy("hostile-a") >= 25.0 && busy("hostile-b") >= 25.0, "the refusals are counted: {} {}", busy("hostile-a"), busy("hostile-b"));
     assert!(
-        berth_tests::metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile-a\",limit=\"instances\"}") >= 34.0,
+        berth_tests::metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile-a\",limit=\"instances\"}") >= 25.0,
         "hostile-a met the pool, not its shop's bound"
     );
 }

@@ -151,9 +151,20 @@ impl Destination {
             Some(i) => (&pattern[..i], &pattern[i..]),
             None => (pattern, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
-            None => (authority, None),
+        // `[v6]` or `[v6]:port`; else `name` or `name:port`.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+                match after.strip_prefix(':') {
+                    Some(p) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+                    None if after.is_empty() => (h, None),
+                    None => return Err(bad()),
+                }
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+                None => (authority, None),
+            },
         };
         let name = host.strip_prefix("*.").unwrap_or(host);
         if name.is_empty() || name.contains('*') || host.len() > 253 || pattern.contains(['?', '#', ' ']) {
@@ -216,7 +227,11 @@ impl Destinations {
 
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.host)?;
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
@@ -985,6 +1000,8 @@ mod tests {
         assert_eq!(at("https://acme.myshopify.com/admin/api").as_deref(), Some("shopify"), "a refused claim changes nothing");
         assert!(overlap("*.a.com", "*.b.a.com") && !overlap("*.a.com", "a.com") && !overlap("x.a.com", "y.a.com"));
         assert!(Destination::parse("host:notaport").is_err() && Destination::parse("*.").is_err() && Destination::parse("a.*.com").is_err());
+        let v6 = from_toml("[platforms.local]\nhosts = [\"[::1]:9100/shopify\"]\n");
+        assert_eq!(v6.platform_for(&url::Url::parse("http://[::1]:9100/shopify/acme").unwrap()).as_deref(), Some("local"));
     }
 
     #[tokio::test]
