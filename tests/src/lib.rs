@@ -376,3 +376,15 @@ pub async fn stock_reaches(sim: &berth_sim::SimHandle, berth: &Berth, platform: 
         .await
         .is_some()
 }
+
+/// `[connectors.hostile]` for the hostile fixture at `component`, its breaker off (the
+/// isolation tests measure each call's containment) and more `limits` lines.
+pub fn hostile_connector(component: &str, limits: &str) -> String {
+    format!("[connectors.hostile]\ncomponent = {component:?}\n[connectors.hostile.limits]\nbreaker = false\n{limits}")
+}
+
+/// `[shops.NAME]` of the hostile connector, polled every second, with `settings`
+/// (e.g. `mode = "kv-churn"`).
+pub fn hostile_shop(name: &str, settings: &str) -> String {
+    format!("[shops.{name}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ {settings} }}\n")
+}

@@ -7,7 +7,7 @@
 //! buyer field is scrubbed from what berth stores and serves.
 
 use berth_sim::Platform;
-use berth_tests::{get_json, poll_until, Berth};
+use berth_tests::{get_json, hostile_shop, poll_until, Berth};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -26,36 +26,20 @@ fn shop<'a>(shops: &'a Value, name: &str) -> &'a Value {
 fn config(dir: &std::path::Path, base: &str) -> std::path::PathBuf {
     let times = [("h-time-max", i64::MAX), ("h-time-min", i64::MIN), ("h-time-neg", -1), ("h-time-10000", 253_402_300_800_000)]
         .iter()
-        .map(|(s, t)| format!("[shops.{s}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ mode = \"bad-times\", updated = \"{t}\" }}\n"))
+        .map(|(s, t)| hostile_shop(s, &format!("mode = \"bad-times\", updated = \"{t}\"")))
         .collect::<String>();
-    berth_tests::write_config(
-        dir,
-        &format!(
-            r#"{sync}{connectors}
-[connectors.hostile]
-component = "{hostile}"
-[connectors.hostile.limits]
-breaker = false
-{neighbour}[shops.h-forge]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "log-forge" }}
-[shops.h-window]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "outside-window" }}
-[shops.h-secret]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "raw-secret" }}
-secrets = {{ api_secret = "{SECRET}" }}
-{times}"#,
-            sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
-            neighbour = berth_tests::shopify_neighbour(&base),
-            hostile = plugins::HOSTILE,
-        ),
-    )
+    let text = [
+        berth_tests::QUICK_SYNC.to_string(),
+        berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+        berth_tests::hostile_connector(plugins::HOSTILE, ""),
+        berth_tests::shopify_neighbour(base),
+        hostile_shop("h-forge", "mode = \"log-forge\""),
+        hostile_shop("h-window", "mode = \"outside-window\""),
+        hostile_shop("h-secret", "mode = \"raw-secret\"") + &format!("secrets = {{ api_secret = \"{SECRET}\" }}\n"),
+        times,
+    ]
+    .concat();
+    berth_tests::write_config(dir, &text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

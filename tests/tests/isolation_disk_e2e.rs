@@ -9,7 +9,7 @@
 //! neighbour's orders.
 
 use berth_sim::Platform;
-use berth_tests::{api_call, get_json, metric_sum, poll_until, Berth};
+use berth_tests::{api_call, get_json, hostile_shop, metric_sum, poll_until, Berth};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -31,47 +31,27 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
     let sim = berth_sim::start(berth_tests::shopify_sim(23, 2, &[("acme", 10)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = sim.base_url();
     let dir = tempfile::tempdir().unwrap();
+    let hostile = [
+        berth_tests::hostile_connector(
+            plugins::HOSTILE,
+            &format!("max_orders_per_shop_per_hour = {PER_HOUR}\nmax_kv_write_bytes_per_minute = 1048576\n"),
+        ),
+        hostile_shop("h-kv", "mode = \"kv-churn\""),
+        hostile_shop("h-raw", "mode = \"raw-flood\", orders = \"5\", raw_bytes = \"300000\""),
+        hostile_shop("h-flood", "mode = \"raw-flood\", orders = \"500\", raw_bytes = \"200\""),
+        hostile_shop("h-hook", "mode = \"webhook-orders\", orders = \"1000\""),
+        hostile_shop("h-hook100", "mode = \"webhook-orders\", orders = \"100\""),
+    ]
+    .concat();
     let config = berth_tests::write_config(
         dir.path(),
         &format!(
-            r#"{sync}max_pages_per_window = 4
-error_pause_secs = 2
-[admin]
-tokens = [{{ name = "ops", token = "{OPERATOR}", role = "operator" }}]
-[alerts]
-evaluate_secs = 1
-{connectors}
-[connectors.hostile]
-component = "{hostile}"
-[connectors.hostile.limits]
-max_orders_per_shop_per_hour = {PER_HOUR}
-max_kv_write_bytes_per_minute = 1048576
-breaker = false
-{neighbour}[shops.h-kv]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "kv-churn" }}
-[shops.h-raw]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "raw-flood", orders = "5", raw_bytes = "300000" }}
-[shops.h-flood]
-connector = "hostile"
-poll_interval_secs = 1
-settings = {{ mode = "raw-flood", orders = "500", raw_bytes = "200" }}
-[shops.h-hook]
-connector = "hostile"
-poll_interval_secs = 3600
-settings = {{ mode = "webhook-orders", orders = "1000" }}
-[shops.h-hook100]
-connector = "hostile"
-poll_interval_secs = 3600
-settings = {{ mode = "webhook-orders", orders = "100" }}
-"#,
+            "{sync}max_pages_per_window = 4\nerror_pause_secs = 2\n\
+             [admin]\ntokens = [{{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}]\n\
+             [alerts]\nevaluate_secs = 1\n{connectors}{neighbour}{hostile}",
             sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
             neighbour = berth_tests::shopify_neighbour(&base),
-            hostile = plugins::HOSTILE,
         ),
     );
     let berth = Berth::start(&config);
