@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod breaker;
 pub mod call_stats;
 mod compat_v0_1;
+pub mod compile_cache;
 pub mod engine;
 pub mod guest_log;
 pub mod limits;
@@ -202,24 +203,20 @@ impl ConnectorRuntime {
         format!("{:016x}", h.finish())
     }
 
-    /// Compile, or load from the on-disk cache, a component's bytes.
-    /// Compile on a blocking thread (it takes seconds), or load the cached artifact.
+    /// Compile a component's bytes on a blocking thread (it takes seconds), or load the
+    /// compiled artifact from the cache (see compile_cache.rs).
     async fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
-        let cached = self.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key()));
+        let cached = compile_cache::entry(&self.cache_dir, digest, &self.engine_key());
         let engine = self.engine.engine.clone();
         let (path, bytes, short) = (path.to_path_buf(), bytes.to_vec(), digest[..12].to_string());
         let job = tokio::task::spawn_blocking(move || {
-            if cached.exists() {
-                // Safety: the file was written by `Component::serialize` of this same engine
-                // configuration (the name carries the digest and the engine's compatibility
-                // hash), in a directory only berth writes.
-                match unsafe { Component::deserialize_file(&engine, &cached) } {
-                    Ok(c) => {
-                        tracing::debug!(digest = %short, "component loaded from the compile cache");
-                        return Ok(c);
-                    }
-                    Err(e) => tracing::warn!(path = %cached.display(), error = %e, "ignoring unusable compiled cache entry"),
+            match compile_cache::load(&engine, &cached) {
+                Ok(c) => {
+                    tracing::debug!(digest = %short, "component loaded from the compile cache");
+                    return Ok(c);
                 }
+                Err(compile_cache::CacheMiss::Absent) => {}
+                Err(why) => tracing::warn!(path = %cached.display(), error = %why, "ignoring a compiled cache entry; compiling again"),
             }
             let started = std::time::Instant::now();
             let component = Component::new(&engine, &bytes)
@@ -227,8 +224,7 @@ impl ConnectorRuntime {
             tracing::info!(digest = %short, ms = started.elapsed().as_millis() as u64, "component compiled");
             match component.serialize() {
                 Ok(blob) => {
-                    let tmp = cached.with_extension("tmp");
-                    if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                    if let Err(e) = compile_cache::store(&cached, &blob) {
                         tracing::warn!(path = %cached.display(), error = %e, "cannot write compiled cache entry");
                     }
                 }
