@@ -124,6 +124,11 @@ impl OrderInbox {
         self.queue.ack_many(ORDERS_QUEUE, tokens).await
     }
 
+    /// Keep a lease `visibility` more from now; the new expiry.
+    pub async fn extend(&self, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError> {
+        self.queue.extend(ORDERS_QUEUE, token, visibility).await
+    }
+
     pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
         self.queue.nack(ORDERS_QUEUE, token, delay, reason).await
     }
@@ -179,7 +184,7 @@ mod tests {
                 raw: serde_json::json!({"id": 1001, "note": "é\\n"}),
             },
         };
-        let token = LeaseToken { id: 7, attempt: 1 };
+        let token = LeaseToken::issue(7, 1);
         let leased = crate::queue::Leased { token: token.clone(), partition: "acme".into(), payload: serde_json::to_vec(&order).unwrap(), enqueued_at_ms: 0, expires_at_ms: 99 };
         let chunks = lease_json(true, leased);
         let text: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();

@@ -81,6 +81,18 @@ async fn erp_leases_and_acks_orders_durably() {
     let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": tokens })).await;
     assert_eq!(r["done"], 55, "{r}");
 
+    // A token made up from an id — never issued, or another lease's — is refused with
+    // 409 and changes nothing.
+    let kept_token = &keep[0].1["token"];
+    for guess in [json!({"id": kept_token["id"], "attempt": 1}), json!({"id": kept_token["id"], "attempt": 1, "lease": "0".repeat(32)})] {
+        let resp = client.post(berth.url("/v1/orders/ack")).json(&json!({ "tokens": [guess] })).send().await.unwrap();
+        assert_eq!(resp.status(), 409);
+        let r: Value = resp.json().await.unwrap();
+        assert_eq!((r["done"].as_u64(), r["lease_lost"][0].as_u64()), (Some(0), kept_token["id"].as_u64()), "{r}");
+        assert!(r["refused"][0]["reason"].as_str().unwrap().contains("never issued"), "{r}");
+    }
+    assert_eq!(queue(&client, &berth).await["in_flight"], 5, "the guesses acked nothing");
+
     // Crash, restart: the five unacked come back once their lease expires, and only they.
     berth.kill();
     let berth = Berth::start(&config);
@@ -90,7 +102,9 @@ async fn erp_leases_and_acks_orders_durably() {
     assert!(back.iter().all(|l| l["token"]["attempt"].as_u64().unwrap() >= 2));
     // The first leases of those orders expired: their acks are refused and change nothing.
     let stale: Vec<Value> = kept.iter().map(|l| l["token"].clone()).collect();
-    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": stale })).await;
+    let resp = client.post(berth.url("/v1/orders/ack")).json(&json!({ "tokens": stale })).send().await.unwrap();
+    assert_eq!(resp.status(), 409, "stale tokens are a conflict");
+    let r: Value = resp.json().await.unwrap();
     assert_eq!((r["done"].as_u64(), r["lease_lost"].as_array().map(Vec::len)), (Some(0), Some(5)), "{r}");
     // One the ERP cannot take: its second and last attempt fails, so it is dead-lettered
     // with the reason, then replayed and delivered again.
@@ -122,7 +136,30 @@ async fn erp_leases_and_acks_orders_durably() {
     assert_eq!(again[0]["order"]["order_id"], first.to_string().as_str());
     assert_eq!(again[0]["order"]["updated_at_ms"].as_i64(), Some(touched.updated_s * 1000));
 
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": [again[0]["token"]] })).await;
+    assert_eq!(r["done"], 1, "{r}");
+
+    // Long work: a lease of 1 s extended to 10 min does not come back after that second.
+    let second = seeded.iter().nth(1).unwrap().parse::<u64>().unwrap();
+    sim.state.touch(Platform::Shopify, "acme", second).unwrap();
+    let slow = lease_n(&client, &berth, 1, 1).await.remove(0);
+    let r = post(&client, &berth, "/v1/orders/extend", json!({ "tokens": [slow["token"]], "visibility_secs": 600 })).await;
+    assert_eq!(r["done"], 1, "{r}");
+    let until = r["expires_at_ms"][slow["token"]["id"].to_string()].as_i64().unwrap();
+    assert!(until > slow["expires_at_ms"].as_i64().unwrap() + 500_000, "{r}");
+    let looked = std::time::Instant::now();
+    while looked.elapsed() < Duration::from_secs(3) {
+        let r = post(&client, &berth, "/v1/orders/lease", json!({"max": 10, "visibility_secs": 30})).await;
+        assert_eq!(r["leases"].as_array().map(Vec::len), Some(0), "an extended lease was handed out again: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": [slow["token"]] })).await;
+    assert_eq!(r["done"], 1, "{r}");
+
     // Bad requests are refused with a reason.
+    let resp = client.post(berth.url("/v1/orders/nack")).json(&json!({"tokens": [], "delay_secs": 1_000_000_000u64})).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("delay_secs must be 0..=604800"));
     let resp = client.post(berth.url("/v1/orders/lease")).json(&json!({"max": 0})).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let resp = client.post(berth.url("/v1/orders/ack")).body("not json").header("content-type", "application/json").send().await.unwrap();

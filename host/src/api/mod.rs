@@ -65,6 +65,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/orders/lease", post(lease_orders))
         .route("/v1/orders/ack", post(ack_orders))
         .route("/v1/orders/nack", post(nack_orders))
+        .route("/v1/orders/extend", post(extend_orders))
         .route("/v1/orders/queue", get(queue_info))
         .route("/v1/orders/dead-letters/replay", post(replay_dead))
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
@@ -101,6 +102,7 @@ async fn index() -> &'static str {
      GET /v1/orders?after=SEQ&limit=N[&shop=NAME]  orders in arrival order; pass next_after back as after\n\
      POST /v1/orders/lease {max, visibility_secs}   lease orders from the durable queue\n\
      POST /v1/orders/ack {tokens: [...]}            acknowledge leased orders (nack: retry later)\n\
+     POST /v1/orders/extend {tokens, visibility_secs} keep leases longer\n\
      GET /v1/orders/queue                           queue depth, age (also per shop), dead letters, webhook delivery\n\
      POST /v1/orders/dead-letters/replay {ids}      back to the queue (purge: drop them)\n\
      POST /v1/shops/{shop}/stock {updates: [{sku, quantity, seq?}]}  absolute stock, pushed newest-first\n\
@@ -251,51 +253,113 @@ struct AckRequest {
     delay_secs: u64,
     #[serde(default)]
     reason: Option<String>,
+    /// For extend: seconds from now the lease lasts.
+    #[serde(default)]
+    visibility_secs: Option<u64>,
+}
+
+/// A token refused, and why.
+#[derive(Serialize)]
+struct Refused {
+    id: u64,
+    reason: String,
 }
 
 #[derive(Serialize)]
 struct AckResponse {
     done: usize,
-    /// Ids whose lease had expired (and may have been leased again): not changed.
+    /// Ids whose token is not their current lease (expired and leased again, settled
+    /// already, or never issued): nothing changed for them.
     lease_lost: Vec<u64>,
+    refused: Vec<Refused>,
+    /// For extend: each extended lease's new expiry, by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<BTreeMap<u64, i64>>,
 }
 
-async fn settle(st: &ApiState, body: JsonBody<AckRequest>, ack: bool) -> Response {
-    let req = match body_or_400(body, r#"{"tokens": [{"id": N, "attempt": N}]}"#) {
+/// Most tokens one ack, nack or extend takes.
+const MAX_TOKENS: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Settle {
+    Ack,
+    Nack,
+    Extend,
+}
+
+async fn settle(st: &ApiState, body: JsonBody<AckRequest>, how: Settle) -> Response {
+    let req = match body_or_400(body, r#"{"tokens": [{"id": N, "attempt": N, "lease": "..."}]} as the lease answered them"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let mut resp = AckResponse { done: 0, lease_lost: Vec::new() };
-    let reason = req.reason.as_deref().unwrap_or("nacked by the ERP");
-    // Acks share one fsync; a nack is rare and each is its own.
-    let results = if ack {
-        match st.inbox.ack_many(&req.tokens).await {
-            Ok(results) => results,
-            Err(e) => return queue_error(e),
+    if req.tokens.len() > MAX_TOKENS {
+        return error(StatusCode::BAD_REQUEST, format!("tokens: {} given, at most {MAX_TOKENS} a call", req.tokens.len()));
+    }
+    let max_delay = crate::queue::MAX_DELAY.as_secs();
+    if req.delay_secs > max_delay {
+        return error(StatusCode::BAD_REQUEST, format!("delay_secs must be 0..={max_delay} (a week), not {}", req.delay_secs));
+    }
+    let visibility = match (how, req.visibility_secs) {
+        (Settle::Extend, Some(v)) if (1..=86_400).contains(&v) => std::time::Duration::from_secs(v),
+        (Settle::Extend, v) => {
+            return error(StatusCode::BAD_REQUEST, format!("visibility_secs must be 1..=86400 for an extend, not {}", v.map_or("missing".into(), |v| v.to_string())))
         }
-    } else {
-        let mut results = Vec::with_capacity(req.tokens.len());
-        for token in &req.tokens {
-            results.push(st.inbox.nack(token, std::time::Duration::from_secs(req.delay_secs), reason).await);
-        }
-        results
+        (_, Some(_)) => return error(StatusCode::BAD_REQUEST, "visibility_secs belongs to /v1/orders/extend"),
+        (_, None) => std::time::Duration::ZERO,
     };
-    for result in results {
+    let mut resp = AckResponse { done: 0, lease_lost: Vec::new(), refused: Vec::new(), expires_at_ms: (how == Settle::Extend).then(BTreeMap::new) };
+    let reason = req.reason.as_deref().map(|r| crate::runtime::state::bounded(r, 2048)).unwrap_or("nacked by the ERP");
+    // Acks share one fsync; a nack or an extend is rare and each is its own.
+    let results: Vec<Result<Option<i64>, QueueError>> = match how {
+        Settle::Ack => match st.inbox.ack_many(&req.tokens).await {
+            Ok(results) => results.into_iter().map(|r| r.map(|()| None)).collect(),
+            Err(e) => return queue_error(e),
+        },
+        Settle::Nack => {
+            let mut results = Vec::with_capacity(req.tokens.len());
+            for token in &req.tokens {
+                results.push(st.inbox.nack(token, std::time::Duration::from_secs(req.delay_secs), reason).await.map(|()| None));
+            }
+            results
+        }
+        Settle::Extend => {
+            let mut results = Vec::with_capacity(req.tokens.len());
+            for token in &req.tokens {
+                results.push(st.inbox.extend(token, visibility).await.map(Some));
+            }
+            results
+        }
+    };
+    for (token, result) in req.tokens.iter().zip(results) {
         match result {
-            Ok(()) => resp.done += 1,
-            Err(QueueError::LeaseLost { id }) => resp.lease_lost.push(id),
+            Ok(expiry) => {
+                resp.done += 1;
+                if let (Some(map), Some(at)) = (resp.expires_at_ms.as_mut(), expiry) {
+                    map.insert(token.id, at);
+                }
+            }
+            Err(e @ QueueError::LeaseLost { .. }) => {
+                resp.lease_lost.push(token.id);
+                resp.refused.push(Refused { id: token.id, reason: e.to_string() });
+            }
             Err(e) => return queue_error(e),
         }
     }
-    Json(resp).into_response()
+    // A token that is not its message's current lease changes nothing: 409 says so.
+    let status = if resp.lease_lost.is_empty() { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(resp)).into_response()
 }
 
 async fn ack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
-    settle(&st, body, true).await
+    settle(&st, body, Settle::Ack).await
 }
 
 async fn nack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
-    settle(&st, body, false).await
+    settle(&st, body, Settle::Nack).await
+}
+
+async fn extend_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, body, Settle::Extend).await
 }
 
 #[derive(Serialize)]

@@ -22,7 +22,7 @@ pub enum QueueError {
     Storage(#[from] sled::Error),
     #[error(transparent)]
     Flush(#[from] group_commit::FlushError),
-    #[error("message {id} is not leased by this token any more (its lease expired and it was leased again, or it was acked); do not ack it")]
+    #[error("message {id} is not leased by this token (its lease expired and it was leased again, it was acked, or the token was never issued); nothing changed")]
     LeaseLost { id: u64 },
     #[error("no message {id} in queue `{queue}`")]
     NotFound { queue: String, id: u64 },
@@ -56,12 +56,39 @@ impl Enqueued {
     }
 }
 
-/// What a consumer holds while it works on a message.
+/// What a consumer holds while it works on a message. Ack, nack and extend take it back
+/// whole: the lease id is random (128 bits) and stored with the message, so a token
+/// cannot be guessed from the message id, and one from an earlier lease is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseToken {
     pub id: u64,
-    /// Which lease of the message this is; an ack from an older lease is refused.
+    /// Which lease of the message this is.
     pub attempt: u32,
+    /// This lease's random id (hex).
+    #[serde(default)]
+    pub lease: String,
+}
+
+impl LeaseToken {
+    /// A new lease of message `id`, its `attempt`-th, with a fresh random id.
+    pub fn issue(id: u64, attempt: u32) -> LeaseToken {
+        LeaseToken { id, attempt, lease: format!("{:032x}", rand::random::<u128>()) }
+    }
+
+    /// Whether this token is the lease `stored` (compared in constant time).
+    pub fn holds(&self, attempt: u32, stored: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(stored) = stored else { return false };
+        self.attempt == attempt && !self.lease.is_empty() && bool::from(self.lease.as_bytes().ct_eq(stored.as_bytes()))
+    }
+}
+
+/// The longest delay a nack may ask for, and the longest lease: a week.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `now + d` in ms, saturating (a huge duration cannot wrap a schedule into the past).
+pub fn later(now_ms: i64, d: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +156,8 @@ pub trait LeaseQueue: Send + Sync {
     /// Give a message back, visible again after `delay`; `reason` is kept for the
     /// dead-letter record if this was the last attempt.
     async fn nack(&self, queue: &str, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError>;
+    /// Keep a lease for `visibility` more from now (long ERP work); the expiry.
+    async fn extend(&self, queue: &str, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError>;
     fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
     /// Move dead letters back to ready with their attempts reset.
     async fn replay(&self, queue: &str, ids: &[u64]) -> Result<usize, QueueError>;

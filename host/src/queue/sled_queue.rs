@@ -25,6 +25,9 @@ struct Header {
     visible_at_ms: i64,
     idem: Option<String>,
     last_error: Option<String>,
+    /// The current lease's random id (see `LeaseToken`), while leased.
+    #[serde(default)]
+    lease: Option<String>,
 }
 
 fn encode(h: &Header, payload: &[u8]) -> Vec<u8> {
@@ -114,7 +117,7 @@ fn leased_header(msg: &TransactionalTree, token: &LeaseToken) -> TxResult<(Heade
         return abort(QueueError::LeaseLost { id: token.id });
     };
     let (h, payload) = decode(token.id, &bytes).map_err(ConflictableTransactionError::Abort)?;
-    if h.attempts != token.attempt {
+    if !token.holds(h.attempts, h.lease.as_deref()) {
         return abort(QueueError::LeaseLost { id: token.id });
     }
     Ok((h, payload))
@@ -208,7 +211,7 @@ impl LeaseQueue for SledQueue {
         let mut staged = Vec::with_capacity(msgs.len());
         for m in msgs {
             let id = self.db.generate_id()? + 1;
-            let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None };
+            let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None, lease: None };
             let record = encode(&header, &m.payload);
             staged.push((id, header.idem, record));
         }
@@ -255,7 +258,7 @@ impl LeaseQueue for SledQueue {
             if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
                 break;
             }
-            let expires = now + visibility.as_millis() as i64;
+            let expires = super::later(now, visibility);
             let max_attempts = self.policy.max_attempts;
             let leased = (&t.msg, &t.ready, &t.dead)
                 .transaction(|(msg, ready, dead)| {
@@ -269,10 +272,12 @@ impl LeaseQueue for SledQueue {
                     ready.remove(&sched_key(h.visible_at_ms, id))?;
                     h.attempts += 1;
                     h.visible_at_ms = expires;
+                    let token = LeaseToken::issue(id, h.attempts);
+                    h.lease = Some(token.lease.clone());
                     ready.insert(&sched_key(expires, id), &[])?;
                     msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
                     Ok(Some(Leased {
-                        token: LeaseToken { id, attempt: h.attempts },
+                        token,
                         partition: h.partition.clone(),
                         payload,
                         enqueued_at_ms: h.enqueued_at_ms,
@@ -316,8 +321,9 @@ impl LeaseQueue for SledQueue {
                     return Self::bury(msg, ready, dead, token.id, h, &payload, why);
                 }
                 ready.remove(&sched_key(h.visible_at_ms, token.id))?;
-                h.visible_at_ms = now_ms() + delay.as_millis() as i64;
+                h.visible_at_ms = super::later(now_ms(), delay);
                 h.last_error = Some(reason.to_string());
+                h.lease = None;
                 ready.insert(&sched_key(h.visible_at_ms, token.id), &[])?;
                 msg.insert(&token.id.to_be_bytes(), encode(&h, &payload))?;
                 Ok(())
@@ -325,6 +331,22 @@ impl LeaseQueue for SledQueue {
             .map_err(tx_err)?;
         self.commit.durable().await?;
         Ok(())
+    }
+
+    async fn extend(&self, queue: &str, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError> {
+        let t = self.trees(queue)?;
+        let expires = (&t.msg, &t.ready)
+            .transaction(|(msg, ready)| {
+                let (mut h, payload) = leased_header(msg, token)?;
+                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                h.visible_at_ms = super::later(now_ms(), visibility);
+                ready.insert(&sched_key(h.visible_at_ms, token.id), &[])?;
+                msg.insert(&token.id.to_be_bytes(), encode(&h, &payload))?;
+                Ok(h.visible_at_ms)
+            })
+            .map_err(tx_err)?;
+        self.commit.durable().await?;
+        Ok(expires)
     }
 
     fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -359,6 +381,7 @@ impl LeaseQueue for SledQueue {
                     let Some(bytes) = dead.remove(&id.to_be_bytes())? else { continue };
                     let (mut h, payload) = decode(*id, &bytes).map_err(ConflictableTransactionError::Abort)?;
                     h.attempts = 0;
+                    h.lease = None;
                     h.visible_at_ms = now;
                     msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
                     ready.insert(&sched_key(now, *id), &[])?;
@@ -560,12 +583,19 @@ mod tests {
         let q = open(dir.path(), 2);
         q.enqueue("q", msg("p", "poison", None)).await.unwrap();
         let l = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
-        q.nack("q", &l.token, Duration::from_secs(3600), "platform said 500").await.unwrap();
-        // Delayed: not leasable yet.
+        q.nack("q", &l.token, Duration::from_millis(300), "platform said 500").await.unwrap();
+        // Delayed: not leasable yet; the nack spent the token.
         assert!(q.lease("q", 1, Duration::from_secs(60)).await.unwrap().is_empty());
         assert_eq!(q.stats("q").unwrap().in_flight, 1);
-        q.nack("q", &l.token, Duration::ZERO, "again").await.unwrap();
-        let l = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+        assert!(matches!(q.nack("q", &l.token, Duration::ZERO, "again").await, Err(QueueError::LeaseLost { .. })));
+        let started = std::time::Instant::now();
+        let l = loop {
+            if let Some(l) = q.lease("q", 1, Duration::from_secs(60)).await.unwrap().pop() {
+                break l;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the delayed message never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(l.token.attempt, 2);
         q.nack("q", &l.token, Duration::ZERO, "still 500").await.unwrap();
         let dead = q.dead_letters("q", 10).unwrap();
@@ -623,5 +653,38 @@ mod tests {
         let rest = q.lease_within("q", 10, 700, Duration::from_secs(60)).await.unwrap();
         assert_eq!(rest.iter().map(|l| l.payload.len()).collect::<Vec<_>>(), [300, 300], "600 bytes fit 700, 900 do not");
         assert_eq!(q.lease_within("q", 10, 700, Duration::from_secs(60)).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_its_random_token_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 5);
+        q.enqueue("q", msg("p", "a", None)).await.unwrap();
+        q.enqueue("q", msg("p", "b", None)).await.unwrap();
+        // Nobody leased `a` (id 0): counting ids and attempts gets nowhere.
+        for guess in [LeaseToken { id: 0, attempt: 0, lease: String::new() }, LeaseToken { id: 0, attempt: 1, lease: "0".repeat(32) }] {
+            assert!(matches!(q.ack("q", &guess).await, Err(QueueError::LeaseLost { id: 0 })));
+        }
+        let leased = q.lease("q", 2, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(leased[0].token.lease.len(), 32);
+        assert_ne!(leased[0].token.lease, leased[1].token.lease);
+        // The right id and attempt with another lease's id: refused, nothing changes.
+        let forged = LeaseToken { lease: leased[1].token.lease.clone(), ..leased[0].token.clone() };
+        assert!(matches!(q.ack("q", &forged).await, Err(QueueError::LeaseLost { .. })));
+        assert!(matches!(q.nack("q", &forged, Duration::ZERO, "x").await, Err(QueueError::LeaseLost { .. })));
+        assert!(matches!(q.extend("q", &forged, Duration::from_secs(60)).await, Err(QueueError::LeaseLost { .. })));
+        assert_eq!(q.stats("q").unwrap().in_flight, 2);
+        // Its own token extends and acks it.
+        let until = q.extend("q", &leased[0].token, Duration::from_secs(3600)).await.unwrap();
+        assert!(until > now_ms() + 3_500_000);
+        q.ack("q", &leased[0].token).await.unwrap();
+        // A nack ends the lease: its token is spent, the next lease gets a new one.
+        q.nack("q", &leased[1].token, Duration::ZERO, "later").await.unwrap();
+        assert!(matches!(q.ack("q", &leased[1].token).await, Err(QueueError::LeaseLost { .. })));
+        let again = q.lease("q", 1, Duration::from_secs(60)).await.unwrap();
+        assert_ne!(again[0].token.lease, leased[1].token.lease);
+        // A delay past any sane bound saturates instead of wrapping into the past.
+        q.nack("q", &again[0].token, Duration::from_secs(u64::MAX), "never").await.unwrap();
+        assert!(q.lease("q", 1, Duration::ZERO).await.unwrap().is_empty());
     }
 }
