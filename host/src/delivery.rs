@@ -83,6 +83,7 @@ impl ErpDeliverer {
         let Some(url) = cfg.webhook_url.clone() else { return Ok(None) };
         let timeout = Duration::from_millis(cfg.webhook_timeout_ms);
         let client = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()

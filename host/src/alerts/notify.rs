@@ -285,6 +285,7 @@ impl Notifier {
         // Receivers are ops' own endpoints (often on the private network): not the
         // connectors' sandboxed client. No redirects: a notice goes where it was configured.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot set up the alert HTTP client: {e}"))?;

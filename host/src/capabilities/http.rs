@@ -105,7 +105,12 @@ impl reqwest::dns::Resolve for PublicResolver {
     }
 }
 
-/// Addresses a connector must not reach without an explicit grant.
+/// Addresses a connector must not reach without an explicit grant: every IANA
+/// special-purpose range that is not globally reachable (loopback, private, link-local
+/// and the cloud metadata address, CGNAT, documentation and benchmarking nets, reserved
+/// and multicast, "this network"), and the IPv6 forms that carry an IPv4 address or
+/// tunnel to one (mapped, compatible, NAT64, 6to4, Teredo), judged by what they carry or
+/// refused whole.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -115,16 +120,35 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local() // includes 169.254.169.254, the cloud metadata service
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // carrier-grade NAT
-                || o[0] == 0
+                || v4.is_multicast() // 224.0.0.0/4
+                || o[0] == 0 // "this network"
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24, IETF protocol assignments
+                || (o[0] == 192 && o[1] == 0 && o[2] == 2) // 192.0.2.0/24, TEST-NET-1
+                || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 192.88.99.0/24, 6to4 relay anycast
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100) // TEST-NET-2
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113) // TEST-NET-3
+                || o[0] >= 240 // 240.0.0.0/4, reserved (and the broadcast address)
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || v6.is_multicast() // ff00::/8
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link-local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10, site-local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32, documentation
+                || (s[0] == 0x2001 && s[1] == 0) // 2001::/32, Teredo (tunnels to IPv4)
+                || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // 2001:10::/28, ORCHID
+                || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0020) // 2001:20::/28, ORCHIDv2
+                || (s[0] == 0x2001 && s[1] < 0x0200 && s[1] != 0x0db8) // 2001::/23, IETF protocol assignments
+                || s[0] == 0x2002 // 2002::/16, 6to4 (tunnels to the IPv4 address inside)
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // 64:ff9b::/96 and 64:ff9b:1::/48, NAT64
+                || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // 100::/64, discard
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4))) // ::ffff:a.b.c.d
+                || (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()) // ::a.b.c.d, IPv4-compatible (deprecated)
         }
     }
 }
@@ -143,6 +167,9 @@ impl HttpGateway {
         let build = |allow_private| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // Never through a proxy from the environment (HTTP(S)_PROXY): a proxy
+                // resolves names itself, and the address check would never run.
+                .no_proxy()
                 .dns_resolver(Arc::new(PublicResolver { allow_private }))
                 .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -253,6 +280,9 @@ fn classify(e: reqwest::Error) -> HttpError {
         }
         source = err.source();
     }
+    // reqwest's text names the whole URL — query (tokens) and userinfo included — and it
+    // reaches shop status and logs through the connector: the guest knows its own URL.
+    let e = e.without_url();
     if e.is_timeout() {
         HttpError::Timeout
     } else if e.is_builder() {
@@ -342,10 +372,15 @@ mod tests {
 
     #[test]
     fn private_ranges() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1",
+            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255", "192.0.0.8",
+            "192.0.2.1", "198.18.0.1", "198.51.100.7", "203.0.113.9", "64:ff9b::a9fe:a9fe", "64:ff9b:1::1", "2002:a9fe:a9fe::1",
+            "::a9fe:a9fe", "::127.0.0.1", "2001::1", "2001:db8::1", "ff02::1", "fec0::1", "100::1",
+        ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+        for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1", "1.1.1.1", "2a00:1450:4001::200e", "::ffff:8.8.8.8", "223.5.5.5"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }
