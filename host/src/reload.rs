@@ -74,6 +74,33 @@ fn restart_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     names.into_iter().filter(|k| !RELOADED.contains(&k.as_str()) && old.get(*k) != new.get(*k)).cloned().collect()
 }
 
+/// What a reload must not do to a running berth: leave it with no shops, no connectors
+/// or no admin tokens where it has them — what an empty or truncated file looks like (a
+/// file written over with `: > berth.toml`, a copy cut short). Refused like an invalid file.
+fn emptied(old: &toml::Table, new: &Config) -> Option<String> {
+    let had = |key: &str| old.get(key).and_then(toml::Value::as_table).is_some_and(|t| !t.is_empty());
+    let tokens = old.get("admin").and_then(|a| a.get("tokens")).and_then(toml::Value::as_array).is_some_and(|t| !t.is_empty());
+    let lost = [
+        ("shops", had("shops") && new.shops.is_empty()),
+        ("connectors", had("connectors") && new.connectors.is_empty()),
+        ("admin tokens", tokens && new.admin.tokens.is_empty()),
+    ];
+    let lost: Vec<&str> = lost.iter().filter(|(_, gone)| *gone).map(|(what, _)| *what).collect();
+    (!lost.is_empty()).then(|| {
+        format!(
+            "the new file has no {} where the running config has them (an empty or truncated file?); to remove them all, stop berth and start it on the new file",
+            lost.join(", no ")
+        )
+    })
+}
+
+/// Shops the running config has and the new one drops, when that is more than half of them.
+fn many_removed(old: &toml::Table, new: &Config) -> Option<Vec<String>> {
+    let running: Vec<&String> = old.get("shops").and_then(toml::Value::as_table).map(|t| t.keys().collect()).unwrap_or_default();
+    let gone: Vec<String> = running.iter().filter(|s| !new.shops.contains_key(s.as_str())).map(|s| s.to_string()).collect();
+    (gone.len() * 2 > running.len() && !gone.is_empty()).then_some(gone)
+}
+
 pub async fn watch_config(path: PathBuf, live: Reloadable, mut shutdown: watch::Receiver<bool>) {
     let mut seen = modified(&path);
     let mut current = sections(&path);
@@ -87,9 +114,16 @@ pub async fn watch_config(path: PathBuf, live: Reloadable, mut shutdown: watch::
             continue;
         }
         seen = now;
-        match Config::load(&path) {
+        let loaded = Config::load(&path).map_err(|e| e.to_string()).and_then(|new| match emptied(&current, &new) {
+            Some(why) => Err(format!("config {}: {why}", path.display())),
+            None => Ok(new),
+        });
+        match loaded {
             Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
             Ok(new) => {
+                if let Some(gone) = many_removed(&current, &new) {
+                    tracing::warn!(path = %path.display(), shops = %gone.join(", "), "config reload removes more than half of the running shops");
+                }
                 let text = sections(&path);
                 let (changed, restart) = live.apply(&current, &text, &new).await;
                 for c in &changed {
@@ -113,6 +147,25 @@ pub async fn watch_config(path: PathBuf, live: Reloadable, mut shutdown: watch::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_emptied_or_truncated_file_is_not_taken_and_a_mass_removal_is_named() {
+        let running = "[admin]\ntokens = [{ name = \"ops\", token = \"operator-token-0001\", role = \"operator\" }]\n\
+                       [connectors.c]\ncomponent = \"c.wasm\"\n[shops.a]\nconnector = \"c\"\n[shops.b]\nconnector = \"c\"\n[shops.c]\nconnector = \"c\"\n";
+        let old: toml::Table = running.parse().unwrap();
+        let parse = |t: &str| Config::parse(t, std::path::Path::new("/b.toml")).unwrap();
+        let why = emptied(&old, &parse("")).unwrap();
+        assert!(why.contains("no shops, no connectors, no admin tokens"), "{why}");
+        // Cut short before the shops: the connectors and tokens are there, the shops not.
+        let cut = &running[..running.find("[shops.a]").unwrap()];
+        assert!(emptied(&old, &parse(cut)).unwrap().contains("no shops where"));
+        assert_eq!(emptied(&old, &parse(running)), None);
+        let two_gone = running.replace("[shops.b]\nconnector = \"c\"\n", "").replace("[shops.c]\nconnector = \"c\"\n", "");
+        assert_eq!(many_removed(&old, &parse(&two_gone)), Some(vec!["b".to_string(), "c".to_string()]));
+        assert_eq!(many_removed(&old, &parse(&running.replace("[shops.c]\nconnector = \"c\"\n", ""))), None, "one of three is not more than half");
+        // A berth that never had shops may get its first ones, or none.
+        assert_eq!(emptied(&"".parse().unwrap(), &parse("")), None);
+    }
 
     #[test]
     fn names_the_sections_that_need_a_restart() {

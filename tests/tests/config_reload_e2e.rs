@@ -59,6 +59,16 @@ async fn rate_limits_reload_and_bad_files_are_refused() {
     assert!(line.contains("line 2"), "{line}");
     let still = observed_rate(&sim, Platform::Taobao, 24).await;
     assert!((5.4..=6.6).contains(&still), "after a refused reload the simulator saw {still:.2}/s");
+
+    // An emptied file (`: > berth.toml`) parses, but would stop every shop: refused too.
+    std::fs::write(&config, "").unwrap();
+    poll_until(Duration::from_secs(20), || async { berth.log().contains("an empty or truncated file?").then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the emptied config was not refused\n{}", berth.log()));
+    let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
+    assert_eq!(shops.as_array().map(Vec::len), Some(1), "the shop kept running: {shops}");
+    let still = observed_rate(&sim, Platform::Taobao, 24).await;
+    assert!((5.4..=6.6).contains(&still), "after an emptied file the simulator saw {still:.2}/s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,17 +284,18 @@ async fn every_seeded_order_arrives_exactly_once() {
         }
     }
 
-    // Shopify needed several pages per window (130 orders, 20 a page).
-    let status = shops_status(&client, &berth).await;
-    let acme = status.iter().find(|s| s["shop"] == "acme").unwrap();
-    assert!(acme["pages"].as_u64().unwrap() >= 7, "{acme}");
+    // Shopify needed several pages per window (130 orders, 20 a page): counted at the
+    // platform, across both processes (a per-process count depends on how far the first
+    // one got before the kill).
+    let served = sim.state.stats()[&Platform::Shopify].ok;
+    assert!(served >= 7, "the Shopify simulator answered {served} requests");
 
-    // The platforms did throttle, and berth saw it and rode it out.
+    // The platforms did throttle, and berth rode it out: every order arrived above. (Not
+    // the shops' own `throttled` counts: they are per process, and the throttling may all
+    // have fallen to the process that was killed.)
     let stats = sim.state.stats();
     assert!(stats[&Platform::Shopify].throttled > 0, "no 429 was served: {stats:?}");
     assert!(stats[&Platform::Taobao].throttled > 0, "no code 7 was served: {stats:?}");
-    let host_throttled: u64 = status.iter().map(|s| s["throttled"].as_u64().unwrap()).sum();
-    assert!(host_throttled > 0, "host never parked a throttled shop: {status:?}");
     // Every injected fault was served, and no request was refused for a bad signature,
     // token or parameter.
     assert_eq!(stats[&Platform::Shopify].faults, 3, "{stats:?}");
