@@ -51,6 +51,10 @@ pub enum IngestError {
     /// The request cannot be taken as it is: 400 (the platform should not retry it).
     #[error("webhook refused: {0}")]
     Invalid(String),
+    /// The push was read, but what it carries cannot be an order berth keeps (an id past
+    /// its bound, too many events): 422, not to be sent again.
+    #[error("webhook refused: {0}")]
+    Unprocessable(String),
     /// Could not be handled now: 503, the platform retries.
     #[error("webhook not handled, retry: {0}")]
     Unavailable(String),
@@ -112,6 +116,13 @@ pub async fn ingest(
             Err(call @ (crate::runtime::CallError::Busy { .. } | crate::runtime::CallError::NoInstance { .. })) => {
                 crate::metrics::Metrics::get().limit_hit(&conn.name, "webhook_busy", 1);
                 return Err(IngestError::TooMany { why: call.to_string(), retry_after_secs: 1 });
+            }
+            Err(call @ (crate::runtime::CallError::OutputTooLarge { .. } | crate::runtime::CallError::BadOutput { .. })) => {
+                // What the push turned into cannot be taken (an id past its bound, a time
+                // of year 10000): sent again it would be refused again, so the platform
+                // is told not to (422), and berth logs what it was.
+                tracing::warn!(error = %call, "a webhook's events cannot be taken as orders");
+                return Err(IngestError::Unprocessable(call.to_string()));
             }
             Err(call) => {
                 // The platform gets what happened, not the guest's trap text: that is

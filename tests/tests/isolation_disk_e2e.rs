@@ -59,11 +59,12 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
     let started_bytes = berth_tests::dir_bytes(&data);
     let client = reqwest::Client::new();
 
-    // Webhooks of a thousand orders: refused whole (max_events_per_webhook = 100), the
-    // platform told to send them again; nothing stored.
+    // Webhooks of a thousand orders: refused whole (max_events_per_webhook = 100), 422 —
+    // not to be sent again; nothing stored.
     for _ in 0..5 {
         let r = client.post(berth.url("/v1/webhooks/h-hook")).body("{}").send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(r.status().as_u16(), 422);
+        assert!(r.text().await.unwrap().contains("more than max_events_per_webhook (100)"));
     }
     // Webhooks of a hundred: taken until the shop's hour is full, then 429 with Retry-After.
     let mut answers = Vec::new();

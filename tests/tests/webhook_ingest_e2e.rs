@@ -105,6 +105,20 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
     assert_eq!(status, 404);
     assert_eq!(feed_len(&client, &berth).await, 14, "a refused webhook stored something");
 
+    // A signed order whose line title is 3,000 bytes (a platform allows what it allows):
+    // taken, the title cut to its bound and marked — not a 503 the platform retries forever.
+    let long = sim.state.create(Platform::Shopify, "acme").unwrap();
+    let mut rendered = berth_sim::shopify::render(&long);
+    rendered["line_items"][0]["title"] = json!("T".repeat(3000));
+    let body3 = serde_json::to_vec(&rendered).unwrap();
+    let (status, r) = hook(&client, &berth, "acme", "orders/create", &body3, &sign(HOOK_SECRET, &body3)).await;
+    assert_eq!((status, r["orders_new"].as_u64()), (200, Some(1)), "{r}");
+    let stored: Value = client.get(berth.url("/v1/orders?limit=1000&shop=acme")).send().await.unwrap().json().await.unwrap();
+    let kept = stored["orders"].as_array().unwrap().iter().find(|o| o["order"]["order_id"] == long.id.to_string()).unwrap().clone();
+    let title = kept["order"]["lines"][0]["title"].as_str().unwrap();
+    assert!(title.len() <= 2048 && title.ends_with("…(cut)"), "{}", title.len());
+    assert_eq!(feed_len(&client, &berth).await, 15);
+
     // An update of the same order is a new version.
     let touched = sim.state.touch(Platform::Shopify, "acme", order.id).unwrap();
     let body2 = serde_json::to_vec(&berth_sim::shopify::render(&touched)).unwrap();
@@ -125,6 +139,6 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
     let mut got = versions.clone();
     got.sort();
     assert_eq!(got, expected, "webhook versions in the queue: {versions:?}");
-    assert_eq!(leased["leases"].as_array().unwrap().len(), 13 + expected.len());
+    assert_eq!(leased["leases"].as_array().unwrap().len(), 13 + expected.len() + 1, "the pulled 13, the versions, the long-titled order");
     assert!(!berth.log().contains(HOOK_SECRET), "the webhook secret reached the log");
 }

@@ -187,10 +187,16 @@ async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
 
 pub(crate) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-/// The request body, or a 400 saying what was wrong and what shape was `expected`.
+/// The request body, or a 400 saying what was wrong and what shape was `expected` (413
+/// for a body over the size limit).
 pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
-    body.map(|Json(b)| b)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e}; expected {expected}")))
+    body.map(|Json(b)| b).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; the body is larger than this call takes"))
+        } else {
+            error(StatusCode::BAD_REQUEST, format!("{e}; expected {expected}"))
+        }
+    })
 }
 
 fn queue_error(e: QueueError) -> Response {
@@ -432,6 +438,7 @@ async fn platform_webhook(
         Ok(done) => Json(done).into_response(),
         Err(e @ IngestError::Unauthorized(_)) => error(StatusCode::UNAUTHORIZED, e.to_string()),
         Err(e @ IngestError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ IngestError::Unprocessable(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(e @ IngestError::Unavailable(_)) => {
             tracing::warn!(shop = %shop, error = %e, "webhook not handled; the platform will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())

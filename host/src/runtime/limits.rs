@@ -190,6 +190,34 @@ pub fn check_events(events: &[Event], limits: &ConnectorLimits, now_ms: i64) -> 
     Ok(())
 }
 
+/// What ends a free-text field berth cut to its bound.
+pub const CUT_MARK: &str = " …(cut)";
+
+/// Cut free text longer than its bound — a line's title, masked buyer fields — to the
+/// bound, ending in [`CUT_MARK`]: an order with a long title is still an order (a
+/// platform allows what it allows), and refusing it would hold the shop's pulls, or a
+/// webhook, forever. Returns how many fields were cut. Ids are not cut: a cut id would
+/// name another order.
+pub fn cut_free_text<'a>(orders: impl Iterator<Item = &'a mut Order>) -> usize {
+    fn cut(s: &mut String) -> usize {
+        if s.len() <= MAX_TEXT_BYTES {
+            return 0;
+        }
+        let keep = crate::runtime::state::bounded(s, MAX_TEXT_BYTES - CUT_MARK.len()).len();
+        s.truncate(keep);
+        s.push_str(CUT_MARK);
+        1
+    }
+    let mut n = 0;
+    for o in orders {
+        n += cut(&mut o.buyer_name_masked) + cut(&mut o.buyer_phone_masked);
+        for l in &mut o.lines {
+            n += cut(&mut l.title);
+        }
+    }
+    n
+}
+
 /// Replace raw platform JSON longer than `max_raw_json_bytes` with a note of its size:
 /// the order is kept, its raw copy is not. Returns how many were replaced.
 pub fn cap_raw_json<'a>(orders: impl Iterator<Item = &'a mut Order>, limits: &ConnectorLimits) -> usize {
@@ -293,6 +321,17 @@ mod tests {
         let mut o = order("T-1", "S", "t");
         o.updated_at_ms = NOW + MAX_AHEAD_MS;
         assert!(check_orders(&[o], &l, NOW).is_ok(), "a day ahead is still taken");
+    }
+
+    #[test]
+    fn free_text_past_its_bound_is_cut_and_marked() {
+        let mut orders = vec![order("A", "S", &"é".repeat(MAX_TEXT_BYTES)), order("B", "S", "short")];
+        assert_eq!(cut_free_text(orders.iter_mut()), 1);
+        let title = &orders[0].lines[0].title;
+        assert!(title.len() <= MAX_TEXT_BYTES && title.ends_with(CUT_MARK), "{}", title.len());
+        assert_eq!(orders[1].lines[0].title, "short");
+        let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
+        assert!(check_orders(&orders, &l, NOW).is_ok(), "a cut order passes");
     }
 
     #[test]

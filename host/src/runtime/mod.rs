@@ -811,7 +811,16 @@ impl LoadedConnector {
         let mut out = out;
         store.data().redactor().output(&mut out);
         let out = out.and_then(|mut o| {
-            // Raw JSON past its bound is dropped first: the page is judged by what is kept.
+            // Over-long free text is cut and raw JSON past its bound dropped first: the
+            // page is judged by what is kept.
+            let cut = limits::cut_free_text(o.orders_mut());
+            if cut > 0 {
+                tracing::warn!(
+                    connector = %self.name, version = %self.version, shop, fields = cut,
+                    "order titles or buyer fields were longer than the host keeps; cut, ending in `…(cut)`"
+                );
+                crate::metrics::Metrics::get().limit_hit(&self.name, "text_cut", cut as u64);
+            }
             let capped = limits::cap_raw_json(o.orders_mut(), &self.limits);
             if capped > 0 {
                 tracing::warn!(
