@@ -3,8 +3,9 @@
 //! the ERP does not ack in time comes back; acks from an expired lease are refused.
 //!
 //! Orders are enqueued before the page is committed to the store, with an idempotency
-//! key of shop + order id + updated time: a crash between the two re-pulls the page and
-//! the repeated enqueue is a no-op, so an order is neither lost nor queued twice.
+//! key of shop + order id + updated time + content digest: a crash between the two
+//! re-pulls the page and the repeated enqueue is a no-op, so an order is neither lost nor
+//! queued twice.
 
 use crate::queue::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, NewMessage, QueueError, QueueStats, SledQueue};
 use crate::store::{OrderData, OrderStore, PageSource, StoreError};
@@ -84,7 +85,8 @@ impl OrderInbox {
             .map(|o| NewMessage {
                 partition: o.shop.clone(),
                 payload: serde_json::to_vec(o).expect("order serializes"),
-                idempotency_key: Some(format!("{}/{}/{}", o.shop, o.order.order_id, o.order.updated_at_ms)),
+                // A version: the order at its updated time with this content.
+                idempotency_key: Some(format!("{}/{}/{}/{}", o.shop, o.order.order_id, o.order.updated_at_ms, hex::encode(&o.order.version_digest()[..8]))),
             })
             .collect();
         let enqueued = self.queue.enqueue_many(ORDERS_QUEUE, msgs).await?;

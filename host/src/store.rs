@@ -1,9 +1,12 @@
 //! The durable order store on sled.
 //!
 //! Pulled orders go into an append-only feed keyed by a sequence number, which the ERP
-//! reads with `GET /v1/orders?after=SEQ`. A version of an order (id + updated time) enters
-//! the feed once: `latest` remembers the newest updated time per shop + order, and an
-//! order no newer than that is a duplicate (overlapping windows, re-read pages). A page's
+//! reads with `GET /v1/orders?after=SEQ`. A version of an order enters the feed once:
+//! `latest` remembers per shop + order the newest updated time and a digest of the
+//! normalized order at that time. A version is new when its updated time is newer, or
+//! equal with different content — platforms stamp whole seconds, and paid → shipped
+//! within one second must reach the ERP as two versions; an exact repeat (overlapping
+//! windows, re-read pages) is a duplicate. A page's
 //! orders and the shop's sync position are written in one transaction and flushed to disk
 //! before the worker moves on, so a crash can neither lose a page nor skip past it.
 //!
@@ -127,11 +130,33 @@ fn latest_key(shop: &str, order_id: &str) -> Vec<u8> {
     k
 }
 
-/// Whether `updated_at_ms` is newer than the stored latest version (`None`: never seen).
-fn is_newer(stored: Option<&[u8]>, updated_at_ms: i64) -> bool {
-    match stored {
-        Some(v) => updated_at_ms > i64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
-        None => true,
+/// Whether `order` is a version the stored latest one (`None`: never seen) is not: newer,
+/// or as new with other content. (An entry stored before digests were kept has only the
+/// time: a version as new as it is then a repeat, as it was judged then.)
+fn is_newer(stored: Option<&[u8]>, updated_at_ms: i64, digest: &[u8; 32]) -> bool {
+    let Some(v) = stored else { return true };
+    let at = i64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+    updated_at_ms > at || (updated_at_ms == at && v.get(8..40).is_some_and(|d| d != digest))
+}
+
+/// The `latest` value of a version: its updated time, then its digest.
+fn latest_value(updated_at_ms: i64, digest: &[u8; 32]) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&updated_at_ms.to_be_bytes());
+    v[8..].copy_from_slice(digest);
+    v
+}
+
+impl OrderData {
+    /// A digest of the normalized order — everything but the platform's raw JSON, whose
+    /// volatile fields would make every re-read a "change".
+    pub fn version_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let fields = serde_json::json!([
+            self.order_id, self.status, self.platform_status, self.created_at_ms, self.updated_at_ms, self.currency,
+            self.total_minor, self.lines, self.buyer_name_masked, self.buyer_phone_masked,
+        ]);
+        Sha256::digest(fields.to_string().as_bytes()).into()
     }
 }
 
@@ -180,7 +205,7 @@ impl OrderStore {
     /// Whether this version of an order is newer than any stored for the shop.
     pub fn is_new(&self, shop: &str, order: &OrderData) -> Result<bool, StoreError> {
         let stored = self.latest.get(latest_key(shop, &order.order_id))?;
-        Ok(is_newer(stored.as_deref(), order.updated_at_ms))
+        Ok(is_newer(stored.as_deref(), order.updated_at_ms, &order.version_digest()))
     }
 
     /// Record a page of orders and the shop's new sync position atomically, durably.
@@ -213,7 +238,8 @@ impl OrderStore {
             let mut outcome = PageOutcome { max_seq: None, ..PageOutcome::default() };
             for order in orders {
                 let key = latest_key(src.shop, &order.order_id);
-                if !is_newer(latest.get(&key)?.as_deref(), order.updated_at_ms) {
+                let digest = order.version_digest();
+                if !is_newer(latest.get(&key)?.as_deref(), order.updated_at_ms, &digest) {
                     outcome.duplicates += 1;
                     continue;
                 }
@@ -230,7 +256,7 @@ impl OrderStore {
                 let bytes = serde_json::to_vec(&record)
                     .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
                 feed.insert(&seq.to_be_bytes(), bytes)?;
-                latest.insert(key, &order.updated_at_ms.to_be_bytes())?;
+                latest.insert(key, &latest_value(order.updated_at_ms, &digest)[..])?;
                 outcome.added += 1;
                 outcome.max_seq = Some(seq);
             }
@@ -379,6 +405,29 @@ mod tests {
         assert_eq!(store.list(all[1].seq, 100, None).unwrap().len(), 1);
         assert_eq!(store.list(0, 100, Some("other")).unwrap().len(), 0);
         assert_eq!(store.sync_state("acme").unwrap(), st);
+    }
+
+    #[tokio::test]
+    async fn two_changes_within_one_second_are_two_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OrderStore::open(dir.path()).unwrap();
+        let st = SyncState::default();
+        let paid = order("1", 1_000);
+        let shipped = OrderData { status: "shipped".into(), ..paid.clone() };
+        let out = store.commit_page(&SRC, std::slice::from_ref(&paid), &st).await.unwrap();
+        assert_eq!(out.added, 1);
+        assert!(store.is_new("acme", &shipped).unwrap(), "same second, other content: a new version");
+        let out = store.commit_page(&SRC, &[shipped.clone(), paid.clone()], &st).await.unwrap();
+        assert_eq!((out.added, out.duplicates), (2, 0), "shipped, then paid again (it differs from shipped)");
+        let out = store.commit_page(&SRC, std::slice::from_ref(&paid), &st).await.unwrap();
+        assert_eq!((out.added, out.duplicates), (0, 1), "an exact repeat of the latest is a duplicate");
+        let re_read = OrderData { raw: serde_json::json!({"id": "1", "fetched_at": 7}), ..paid.clone() };
+        assert!(!store.is_new("acme", &re_read).unwrap(), "the raw JSON alone does not make a version");
+        let statuses: Vec<String> = store.list(0, 10, None).unwrap().into_iter().map(|r| r.order.status).collect();
+        assert_eq!(statuses, ["paid", "shipped", "paid"], "in the order they came");
+        // An entry from before digests were kept: as new as it is, a repeat (as then).
+        assert!(!is_newer(Some(&1_000i64.to_be_bytes()), 1_000, &shipped.version_digest()));
+        assert!(is_newer(Some(&1_000i64.to_be_bytes()), 1_001, &shipped.version_digest()));
     }
 
     /// A reader following the feed with `after` must see every entry even while many

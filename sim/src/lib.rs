@@ -427,6 +427,17 @@ impl SimState {
         Some(order.clone())
     }
 
+    /// Change an order again within the second it last changed in: its status moves on,
+    /// its modification time (whole seconds, as the platforms stamp it) stays the same.
+    /// What a paid-then-shipped order looks like when both happen in one second.
+    pub fn change_within_second(&self, platform: Platform, shop: &str, id: u64) -> Option<SimOrder> {
+        let statuses = status_count(platform);
+        let mut inner = self.lock();
+        let order = inner.orders.get_mut(&(platform, shop.to_string()))?.get_mut(&id)?;
+        order.status = (order.status + 1) % statuses;
+        Some(order.clone())
+    }
+
     /// A new order created now.
     pub fn create(&self, platform: Platform, shop: &str) -> Option<SimOrder> {
         let now = now_s();
@@ -743,10 +754,18 @@ struct TouchRequest {
     platform: Platform,
     shop: String,
     id: u64,
+    /// Change it again within the second of its last change (same modification time).
+    #[serde(default)]
+    same_second: bool,
 }
 
 async fn control_touch(State(state): State<Arc<SimState>>, Json(req): Json<TouchRequest>) -> Response {
-    match state.touch(req.platform, &req.shop, req.id) {
+    let changed = if req.same_second {
+        state.change_within_second(req.platform, &req.shop, req.id)
+    } else {
+        state.touch(req.platform, &req.shop, req.id)
+    };
+    match changed {
         Some(o) => Json(o).into_response(),
         None => (StatusCode::NOT_FOUND, "no such order").into_response(),
     }

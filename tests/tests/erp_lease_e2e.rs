@@ -1,6 +1,7 @@
 //! The ERP side of inbound orders, end to end: orders pulled by the real binary land in
 //! the durable queue; the ERP leases and acks them over HTTP; unacked leases come back
-//! after their visibility timeout, across a SIGKILL; stale acks are refused.
+//! after their visibility timeout, across a SIGKILL; stale, made-up and spent tokens are
+//! refused; a lease can be extended; two changes within one second are two versions.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig};
 use berth_tests::{poll_until, Berth};
@@ -137,6 +138,22 @@ async fn erp_leases_and_acks_orders_durably() {
     assert_eq!(again[0]["order"]["updated_at_ms"].as_i64(), Some(touched.updated_s * 1000));
 
     let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": [again[0]["token"]] })).await;
+    assert_eq!(r["done"], 1, "{r}");
+
+    // Changed again within the same second (paid → shipped, one modification time): a
+    // second version, after the first — not a "duplicate" the ERP never hears of.
+    let within = sim.state.change_within_second(Platform::Shopify, "acme", first).unwrap();
+    assert_eq!(within.updated_s, touched.updated_s);
+    let second_version = lease_n(&client, &berth, 1, 30).await;
+    assert_eq!(second_version[0]["order"]["order_id"], first.to_string().as_str());
+    assert_eq!(second_version[0]["order"]["updated_at_ms"], again[0]["order"]["updated_at_ms"], "the same second");
+    assert_ne!(second_version[0]["order"]["platform_status"], again[0]["order"]["platform_status"], "another status");
+    assert!(second_version[0]["token"]["id"].as_u64() > again[0]["token"]["id"].as_u64(), "queued after the first");
+    let feed: Value = client.get(berth.url("/v1/orders?limit=1000&shop=acme")).send().await.unwrap().json().await.unwrap();
+    let versions: Vec<&Value> = feed["orders"].as_array().unwrap().iter().filter(|o| o["order"]["order_id"] == first.to_string().as_str()).collect();
+    assert_eq!(versions.len(), 3, "seeded, touched, changed within its second: {versions:?}");
+    assert_eq!(versions[2]["order"]["platform_status"], second_version[0]["order"]["platform_status"], "in order");
+    let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": [second_version[0]["token"]] })).await;
     assert_eq!(r["done"], 1, "{r}");
 
     // Long work: a lease of 1 s extended to 10 min does not come back after that second.
