@@ -148,14 +148,16 @@ fn latest_value(updated_at_ms: i64, digest: &[u8; 32]) -> [u8; 40] {
 }
 
 impl OrderData {
-    /// A digest of the normalized order — everything but the platform's raw JSON, whose
-    /// volatile fields would make every re-read a "change".
+    /// A digest of what a change of an order changes for the ERP: its normalized status,
+    /// currency, total and lines (SKU, quantity, unit price). Not the platform's raw JSON
+    /// (volatile fields would make every re-read a "change"), nor the fields one source
+    /// has and another lacks (buyer fields, the platform's own status text, titles and
+    /// line ids: a CSV import of the platform's export carries fewer than a pull), so a
+    /// version read twice, by pull, webhook or import, is one version.
     pub fn version_digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
-        let fields = serde_json::json!([
-            self.order_id, self.status, self.platform_status, self.created_at_ms, self.updated_at_ms, self.currency,
-            self.total_minor, self.lines, self.buyer_name_masked, self.buyer_phone_masked,
-        ]);
+        let lines: Vec<(&str, u32, i64)> = self.lines.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_minor)).collect();
+        let fields = serde_json::json!([self.order_id, self.status, self.currency, self.total_minor, lines]);
         Sha256::digest(fields.to_string().as_bytes()).into()
     }
 }
