@@ -60,6 +60,21 @@ pub struct ServerConfig {
     /// Exit (status 3) when storage or the async runtime makes no progress for this long,
     /// so a supervisor restarts berth (see watchdog.rs); 0 disables.
     pub stall_exit_secs: u64,
+    /// `GET /metrics` without a token (for a scraper that cannot send one); otherwise
+    /// it needs a token of any role.
+    pub metrics_public: bool,
+    /// Listen on a non-loopback address with no `[admin] tokens`, so that anyone who
+    /// reaches the port can lease, ack and purge orders: refused unless this says so on
+    /// purpose (and then warned about at every start).
+    pub insecure: bool,
+}
+
+impl ServerConfig {
+    /// Whether the API may answer callers without a token: only with no tokens at all,
+    /// and only on loopback unless `insecure` says otherwise.
+    pub fn open_without_tokens(&self) -> bool {
+        self.listen.ip().is_loopback() || self.insecure
+    }
 }
 
 impl Default for ServerConfig {
@@ -68,6 +83,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             data_dir: "berth-data".into(),
             stall_exit_secs: 60,
+            metrics_public: false,
+            insecure: false,
         }
     }
 }
@@ -485,11 +502,14 @@ impl Default for StockConfig {
     }
 }
 
-/// The ops API under `/v1/admin`: who may do what.
+/// Who may call the API: the ERP, people reading status, ops under `/v1/admin`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Bearer tokens; with none, every admin call is refused.
+    /// Bearer tokens, each with a role. With none, `/v1/admin` refuses every call and
+    /// the rest of the API answers without a token — allowed on a loopback listener
+    /// only (or with `[server] insecure = true`). With any, every call but `/healthz`,
+    /// `/readyz` and platform webhooks needs one.
     pub tokens: Vec<AdminToken>,
     /// Largest component a deploy takes.
     pub max_component_mb: u32,
@@ -510,18 +530,57 @@ pub struct AdminToken {
     pub role: Role,
 }
 
-/// What a token may do; each role includes the ones before it.
-#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+/// What a token may do (see `Role::grants`): `erp` is the ERP's integration; `viewer`,
+/// `operator`, `deployer` and `admin` are people, each including the one before it.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Read connectors, versions and status.
+    /// Read status, health, alerts, connectors, platforms, the dashboard and metrics.
     Viewer,
-    /// Also pause and resume connectors and shops.
+    /// The ERP: read the order feed, lease, ack, nack and extend orders, submit stock
+    /// and read its push results; and read what a viewer reads.
+    Erp,
+    /// A viewer who also replays and purges dead letters, pauses and resumes
+    /// connectors and shops, releases quota holds and works a degraded shop.
     Operator,
-    /// Also deploy, activate and roll back versions.
+    /// Also deploys, activates, rolls back, canaries and shadows versions.
     Deployer,
-    /// Also read the audit log.
+    /// Everything, the audit log included.
     Admin,
+}
+
+/// What a call needs of its caller's role.
+#[derive(Clone, Copy, Debug, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Status and health reads.
+    Read,
+    /// The ERP's order and stock calls.
+    Erp,
+    /// Dead letters, pauses, holds, degraded shops.
+    Operate,
+    /// Versions: deploy, activate, roll back, canary, shadow.
+    Deploy,
+    /// The audit log.
+    Audit,
+}
+
+impl Role {
+    /// Whether a token of this role may make a call needing `need`.
+    pub fn grants(self, need: Access) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Viewer => need == Access::Read,
+            Role::Erp => matches!(need, Access::Read | Access::Erp),
+            Role::Operator => matches!(need, Access::Read | Access::Operate),
+            Role::Deployer => matches!(need, Access::Read | Access::Operate | Access::Deploy),
+        }
+    }
+
+    /// The roles that may make a call needing `need`, for error messages.
+    pub fn granting(need: Access) -> Vec<Role> {
+        [Role::Viewer, Role::Erp, Role::Operator, Role::Deployer, Role::Admin].into_iter().filter(|r| r.grants(need)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -787,6 +846,14 @@ impl Config {
             if cfg.admin.tokens[..i].iter().any(|o| o.name == t.name || o.token.expose() == t.token.expose()) {
                 return Err(invalid(format!("admin.tokens[{i}] (`{}`): names and tokens must be unique", t.name)));
             }
+        }
+        if cfg.admin.tokens.is_empty() && !cfg.server.open_without_tokens() {
+            return Err(invalid(format!(
+                "server.listen is {}, not a loopback address, and no [admin] tokens are configured: anyone who reaches \
+                 the port could lease, ack and purge orders. Add tokens (e.g. `{{ name = \"erp\", token = \"<openssl rand -hex 24>\", \
+                 role = \"erp\" }}`), listen on 127.0.0.1, or set [server] insecure = true to run open on purpose",
+                cfg.server.listen
+            )));
         }
         if cfg.admin.max_component_mb == 0 {
             return Err(invalid("admin.max_component_mb must be at least 1".into()));

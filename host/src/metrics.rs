@@ -108,6 +108,14 @@ pub struct ReceiverLabels {
     pub result: String,
 }
 
+/// A refused API call: `reason` is `unauthorized` or `forbidden`, `access` what the
+/// call needed (never the token or who held it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: &'static str,
+    pub access: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogLabels {
     pub connector: String,
@@ -217,6 +225,7 @@ pub struct Metrics {
     pub alert_notifications: Family<ReceiverLabels, Counter>,
     pub connector_isolated: Family<ConnectorLabels, Gauge>,
     pub breaker_trips: Family<ConnectorLabels, Counter>,
+    pub api_refused: Family<RefusedLabels, Counter>,
     /// Series each connector has created, to hold it to GUEST_MAX_SERIES.
     guest_series: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<(GuestKind, GuestLabels)>>>,
 }
@@ -312,10 +321,13 @@ impl Metrics {
         registry.register("connector_isolated", "1 while the circuit breaker isolates a connector version (its calls are refused)", connector_isolated.clone());
         let breaker_trips = Family::<ConnectorLabels, Counter>::default();
         registry.register("connector_breaker_trips", "Times a connector version's circuit breaker opened", breaker_trips.clone());
+        let api_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register("api_refused", "API calls refused for a missing, unknown or too weak token", api_refused.clone());
         Metrics {
             registry,
             connector_isolated,
             breaker_trips,
+            api_refused,
             probes,
             shops,
             availability,

@@ -168,6 +168,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
+    let gate = Arc::new(api::gate::Gate { auth: admin_auth.clone(), audit: audit.clone() });
+    if !admin_auth.has_tokens() {
+        if cfg.server.listen.ip().is_loopback() {
+            tracing::info!(listen = %cfg.server.listen, "no [admin] tokens: the API answers without a token on this loopback address, /v1/admin is off");
+        } else {
+            tracing::warn!(listen = %cfg.server.listen, "[server] insecure = true: the API answers anyone who reaches this address without a token");
+        }
+    }
     let admin = api::admin::router(Arc::new(api::admin::AdminState {
         registry: registry.clone(),
         services: services.clone(),
@@ -192,7 +200,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         health,
         alerts,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
-    }))
+    }), gate, cfg.server.metrics_public)
     .merge(admin);
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {

@@ -72,8 +72,8 @@ impl Browser {
         Browser { child, port, _profile: profile }
     }
 
-    /// A new tab at `url`.
-    pub async fn open(&self, url: &str) -> Page {
+    /// A DevTools connection to a new tab at `url`.
+    async fn tab(&self, url: &str) -> Page {
         let target: Value = reqwest::Client::new()
             .put(format!("http://127.0.0.1:{}/json/new?{url}", self.port))
             .send()
@@ -84,13 +84,39 @@ impl Browser {
             .expect("DevTools answers JSON");
         let ws = target["webSocketDebuggerUrl"].as_str().unwrap_or_else(|| panic!("no page socket in {target}"));
         let (socket, _) = tokio_tungstenite::connect_async(ws).await.expect("connect to the page");
-        let mut page = Page { socket, next_id: 1 };
-        let started = Instant::now();
-        while page.eval("document.readyState === 'complete' && location.href !== 'about:blank'").await != true {
-            assert!(started.elapsed() < Duration::from_secs(30), "{url} did not load within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Page { socket, next_id: 1 }
+    }
+
+    /// A new tab at `url`.
+    pub async fn open(&self, url: &str) -> Page {
+        let mut page = self.tab(url).await;
+        page.until_loaded(url).await;
         page
+    }
+
+    /// A new tab at `url` whose first `window.prompt` is answered with `answer`, as a
+    /// person would type it; returns the page and what the prompt asked.
+    pub async fn open_answering_prompt(&self, url: &str, answer: &str) -> (Page, String) {
+        let mut page = self.tab("about:blank").await;
+        page.call("Page.enable", json!({})).await;
+        let id = page.send("Page.navigate", json!({"url": url})).await;
+        // The dialog may open before or after the navigation's answer arrives.
+        let (mut navigated, mut asked) = (false, None);
+        let started = Instant::now();
+        while !navigated || asked.is_none() {
+            assert!(started.elapsed() < Duration::from_secs(30), "{url} showed no prompt within 30 s");
+            let Some(Ok(Message::Text(text))) = page.socket.next().await else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["id"] == id {
+                navigated = true;
+            } else if v["method"] == "Page.javascriptDialogOpening" {
+                assert_eq!(v["params"]["type"], "prompt", "{v}");
+                asked = Some(v["params"]["message"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        page.call("Page.handleJavaScriptDialog", json!({"accept": true, "promptText": answer})).await;
+        page.until_loaded(url).await;
+        (page, asked.unwrap_or_default())
     }
 }
 
@@ -102,12 +128,26 @@ impl Drop for Browser {
 }
 
 impl Page {
-    /// Call a DevTools method and return its result (events in between are skipped).
-    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+    async fn until_loaded(&mut self, url: &str) {
+        let started = Instant::now();
+        while self.eval("document.readyState === 'complete' && location.href !== 'about:blank'").await != true {
+            assert!(started.elapsed() < Duration::from_secs(30), "{url} did not load within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send a DevTools call without waiting for its answer; returns its id.
+    async fn send(&mut self, method: &str, params: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
         self.socket.send(Message::Text(msg.into())).await.expect("send to the page");
+        id
+    }
+
+    /// Call a DevTools method and return its result (events in between are skipped).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params).await;
         while let Some(m) = self.socket.next().await {
             let Ok(Message::Text(text)) = m else { continue };
             let v: Value = serde_json::from_str(&text).unwrap_or_default();

@@ -244,6 +244,24 @@ pub async fn rate_of(events: u64, count: impl Fn() -> u64) -> f64 {
     events as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// A client that sends `Authorization: Bearer <token>` with every request (a call that
+/// sets its own bearer token keeps that one).
+pub fn client_as(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token fits a header");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
+}
+
+/// GET a JSON document with a bearer token; `Null` when it cannot be read.
+pub async fn get_json_as(token: &str, url: String) -> serde_json::Value {
+    match client_as(token).get(&url).send().await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
 /// GET a JSON document (tests assert on it); `Null` when it cannot be read.
 pub async fn get_json(url: String) -> serde_json::Value {
     match reqwest::get(&url).await {
@@ -363,12 +381,14 @@ pub fn shopify_neighbour(base: &str) -> String {
     )
 }
 
-/// Set one SKU of `shop` to `quantity` through berth's stock API and wait until the
-/// platform (the simulator) holds that quantity: the shop's stock still reaches it.
-pub async fn stock_reaches(sim: &berth_sim::SimHandle, berth: &Berth, platform: berth_sim::Platform, shop: &str, quantity: u32, deadline: Duration) -> bool {
+/// Set one SKU of `shop` to `quantity` through berth's stock API (as the ERP, with
+/// `token` when berth has tokens) and wait until the platform (the simulator) holds that
+/// quantity: the shop's stock still reaches it.
+pub async fn stock_reaches(sim: &berth_sim::SimHandle, berth: &Berth, token: Option<&str>, platform: berth_sim::Platform, shop: &str, quantity: u32, deadline: Duration) -> bool {
     let Some(sku) = sim.state.stock(platform, shop).into_iter().map(|i| i.sku).next() else { return false };
     let body = serde_json::json!({ "updates": [{ "sku": sku, "quantity": quantity }] });
-    let answer = post_json(&reqwest::Client::new(), berth.url(&format!("/v1/shops/{shop}/stock")), body).await;
+    let client = token.map(client_as).unwrap_or_default();
+    let answer = post_json(&client, berth.url(&format!("/v1/shops/{shop}/stock")), body).await;
     if !answer.to_string().contains("queued") {
         return false;
     }

@@ -4,7 +4,7 @@
 //! healthy candidate is promoted to every shop.
 
 use berth_sim::Platform;
-use berth_tests::{component_variant, get_json, poll_until, Berth};
+use berth_tests::{component_variant, get_json_as, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TOKEN: &str = "deployer-token-0000001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-canary-0001";
 const ADMIN: &str = "admin-token-00000000001";
 const SHOPS: [&str; 4] = ["s1", "s2", "s3", "s4"];
 
@@ -23,7 +25,7 @@ async fn admin(berth: &Berth, method: reqwest::Method, path: &str, token: &str, 
 }
 
 async fn entries(berth: &Berth) -> u64 {
-    get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
+    get_json_as(ERP, berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,14 +50,14 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
         &format!(
             "[sync]\ninitial_lookback_hours = 6\nsettle_secs = 1\nretry_base_ms = 200\nretry_max_ms = 1000\n\
              [alerts]\nevaluate_secs = 1\n[alerts.receivers.ops]\nurl = \"{}\"\n\
-             [admin]\ntokens = [{{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n{}{shops}",
+             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n{}{shops}",
             receiver.url("/alerts"),
             berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
         ),
     );
     let berth = Berth::start(&config);
     poll_until(DEADLINE, || async { (entries(&berth).await >= 40).then_some(()) }).await.expect("initial orders");
-    let active = get_json(berth.url("/v1/connectors")).await[0]["digest"].as_str().unwrap().to_string();
+    let active = get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"].as_str().unwrap().to_string();
 
     // A regressed build, stored but not active, goes to half the shops.
     let (status, bad) = admin(
@@ -125,7 +127,7 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
     assert_eq!(tally["failures"], 0, "{tally}");
     let (status, end) = admin(&berth, reqwest::Method::POST, "/v1/admin/connectors/shopify/promote", TOKEN, None, None).await;
     assert_eq!((status, end["outcome"].as_str()), (200, Some("promoted")), "{end}");
-    assert_eq!(get_json(berth.url("/v1/connectors")).await[0]["digest"], good_digest.as_str());
+    assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], good_digest.as_str());
     let (status, _) = admin(&berth, reqwest::Method::POST, "/v1/admin/connectors/shopify/promote", TOKEN, None, None).await;
     assert_eq!(status, 409, "nothing left to promote");
 }

@@ -156,3 +156,38 @@ secrets = {{ app_secret = "demo_secret", session = "sess-demo" }}
     let banner = until_text(&mut page, "#banner", |t| !t.is_empty()).await;
     assert!(banner.starts_with("berth is not answering"), "{banner}");
 }
+
+/// With tokens configured the page's data needs one: the page asks once, keeps the
+/// token for the tab (sessionStorage, never a cookie or the URL) and shows the status
+/// with it, refreshing without asking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_page_asks_once_and_keeps_the_token_for_the_tab() {
+    const VIEWER: &str = "viewer-token-dash-0001";
+    let sim = berth_sim::start(berth_tests::shopify_sim(22, 1, &[("acme", 2)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            "{sync}[admin]\ntokens = [{{ name = \"watch\", token = \"{VIEWER}\", role = \"viewer\" }}]\n{connectors}\
+             [shops.acme]\nconnector = \"shopify\"\nsettings = {{ base_url = \"{base}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
+            sync = berth_tests::QUICK_SYNC,
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+        ),
+    );
+    let berth = Berth::start(&config);
+    let (status, _) = berth_tests::api_call(reqwest::Method::GET, berth.url("/v1/status"), None, None, None).await;
+    assert_eq!(status, 401, "the page's data needs a token");
+
+    let browser = Browser::launch();
+    let (mut page, asked) = browser.open_answering_prompt(&berth.url("/dashboard?refresh=1"), VIEWER).await;
+    assert!(asked.contains("needs a token"), "{asked}");
+    let connectors = until_table(&mut page, "connectors", "the connector, read with the token", |r| row(r, "shopify").is_some()).await;
+    assert_eq!(row(&connectors, "shopify").unwrap()[1], "shopify");
+    assert_eq!(page.eval("sessionStorage.getItem('berth-token')").await, VIEWER);
+    assert_eq!(page.eval("document.cookie").await, "", "the token is not a cookie");
+    // It keeps refreshing with the kept token (a second prompt would block the page and this read).
+    let first = until_text(&mut page, "#updated", |t| t.starts_with("updated ")).await;
+    until_text(&mut page, "#updated", |t| t.starts_with("updated ") && t != first).await;
+    assert!(page.text("#banner").await.is_empty());
+}

@@ -7,7 +7,7 @@
 //! pushed twice.
 
 use berth_sim::Platform;
-use berth_tests::{api_call, get_json, poll_until, Berth};
+use berth_tests::{api_call, get_json_as, poll_until, Berth};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -19,6 +19,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const OPERATOR: &str = "operator-token-degrade-1";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-degrade-0001";
 const VIEWER: &str = "viewer-token-degrade-01";
 
 fn rfc3339(secs: i64) -> String {
@@ -26,7 +28,7 @@ fn rfc3339(secs: i64) -> String {
 }
 
 async fn orders_of(berth: &Berth) -> Vec<Value> {
-    get_json(berth.url("/v1/orders?limit=1000&shop=corner")).await["orders"].as_array().cloned().unwrap_or_default()
+    get_json_as(ERP, berth.url("/v1/orders?limit=1000&shop=corner")).await["orders"].as_array().cloned().unwrap_or_default()
 }
 
 async fn csv_post(berth: &Berth, path: &str, body: String) -> (u16, Value) {
@@ -51,7 +53,7 @@ degrade_after_secs = 2
 [health.C]
 probe_secs = 1
 [admin]
-tokens = [{{ name = "ops", token = "{OPERATOR}", role = "operator" }}, {{ name = "watch", token = "{VIEWER}", role = "viewer" }}]
+tokens = [{{ name = "erp", token = "{ERP}", role = "erp" }}, {{ name = "ops", token = "{OPERATOR}", role = "operator" }}, {{ name = "watch", token = "{VIEWER}", role = "viewer" }}]
 {connectors}
 [shops.corner]
 connector = "shopify"
@@ -86,7 +88,7 @@ secrets = {{ access_token = "tok" }}
     let skus: Vec<String> = sim.state.stock(Platform::Shopify, "corner").into_iter().map(|i| i.sku).take(3).collect();
     let before: Vec<u32> = skus.iter().map(|s| sim.state.stock(Platform::Shopify, "corner").into_iter().find(|i| &i.sku == s).unwrap().quantity).collect();
     let updates: Vec<Value> = skus.iter().enumerate().map(|(i, s)| json!({"sku": s, "quantity": 100 + i})).collect();
-    api_call(Method::POST, berth.url("/v1/shops/corner/stock"), None, None, Some(json!({ "updates": updates }))).await;
+    api_call(Method::POST, berth.url("/v1/shops/corner/stock"), Some(ERP), None, Some(json!({ "updates": updates }))).await;
     let fresh: Vec<_> = (0..2).map(|_| sim.state.create(Platform::Shopify, "corner").unwrap()).collect();
     let status = poll_until(DEADLINE, || async {
         let (_, s) = api_call(Method::GET, berth.url("/v1/admin/shops/corner/degrade"), Some(VIEWER), None, None).await;
@@ -114,12 +116,12 @@ secrets = {{ access_token = "tok" }}
     let mut want: Vec<(String, String)> = skus.iter().enumerate().map(|(i, s)| (s.clone(), (100 + i).to_string())).collect();
     want.sort();
     assert_eq!(exported, want, "every pending update, once:\n{csv}");
-    let held = get_json(berth.url("/v1/shops/corner/stock?state=exported")).await;
+    let held = get_json_as(ERP, berth.url("/v1/shops/corner/stock?state=exported")).await;
     assert_eq!(held["skus"].as_array().map(Vec::len), Some(3), "{held}");
     let (status, again) = api_call(Method::POST, berth.url("/v1/admin/shops/corner/stock/export"), Some(OPERATOR), None, None).await;
     assert_eq!(status, 200, "{again}");
     // The ERP changes one SKU after the export: that newer quantity must still reach the platform.
-    api_call(Method::POST, berth.url("/v1/shops/corner/stock"), None, None, Some(json!({"updates": [{"sku": skus[1], "quantity": 555}]}))).await;
+    api_call(Method::POST, berth.url("/v1/shops/corner/stock"), Some(ERP), None, Some(json!({"updates": [{"sku": skus[1], "quantity": 555}]}))).await;
 
     // Orders in from the platform's CSV: the two taken during the outage, plus one berth has.
     let known = sim.state.orders(Platform::Shopify, "corner").into_iter().find(|o| !fresh.iter().any(|f| f.id == o.id)).unwrap();
@@ -172,13 +174,13 @@ secrets = {{ access_token = "tok" }}
     for (i, s) in skus.iter().enumerate().filter(|(i, _)| *i != 1) {
         let item = sim.state.stock(Platform::Shopify, "corner").into_iter().find(|it| &it.sku == s).unwrap();
         assert_eq!(item.quantity, before[i], "{s} was uploaded by hand: berth must not push it again (history {:?})", item.history);
-        let rec = get_json(berth.url(&format!("/v1/shops/corner/stock/{s}"))).await;
+        let rec = get_json_as(ERP, berth.url(&format!("/v1/shops/corner/stock/{s}"))).await;
         assert_eq!((rec["state"].as_str(), rec["pushed_quantity"].as_u64()), (Some("pushed"), Some(100 + i as u64)), "{rec}");
     }
     // The platform serves the two outage orders again: same versions, nothing new for the ERP.
     let newest_ms = fresh.iter().map(|o| o.updated_s * 1000).max().unwrap();
     poll_until(DEADLINE, || async {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         (shops[0]["watermark_ms"].as_i64()? > newest_ms).then_some(())
     })
     .await

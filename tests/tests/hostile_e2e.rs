@@ -10,7 +10,7 @@
 
 use berth_sim::Platform;
 use berth_tests::recorder::Recorder;
-use berth_tests::{api_call, get_json, poll_until, post_json, Berth};
+use berth_tests::{api_call, get_json_as, poll_until, post_json, Berth};
 use reqwest::Method;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const SECRET: &str = "hostile-secret-value-8231";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-hostile-0001";
 const ADMIN: &str = "admin-token-hostile-0001";
 const MODES: [&str; 9] = ["loop", "memory", "recursion", "giant", "long-id", "kv-fill", "log-flood", "panic", "leak"];
 
@@ -68,7 +70,7 @@ async fn a_hostile_connector_is_contained_and_its_neighbour_unaffected() {
         &format!(
             r#"
 {sync}[admin]
-tokens = [{{ name = "root", token = "{ADMIN}", role = "admin" }}]
+tokens = [{{ name = "erp", token = "{ERP}", role = "erp" }}, {{ name = "root", token = "{ADMIN}", role = "admin" }}]
 {connectors}
 [connectors.hostile]
 component = "{hostile}"
@@ -116,7 +118,7 @@ secrets = {{ access_token = "tok" }}
     ];
     // The poll's condition is the assertion; what it returns is not read.
     if poll_until(DEADLINE, || async {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         let all = expect.iter().filter(|(m, _)| *m != "log-flood").all(|(m, why)| {
             shop_status(&shops, &format!("h-{m}"))["last_error"].as_str().is_some_and(|e| e.contains(why))
         });
@@ -125,19 +127,19 @@ secrets = {{ access_token = "tok" }}
     .await
     .is_none()
     {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         let errors: Vec<String> = MODES.iter().map(|m| format!("h-{m}: {}", shop_status(&shops, &format!("h-{m}"))["last_error"])).collect();
         panic!("hostile shops did not all fail as expected:\n{}", errors.join("\n"))
     }
     // Egress: refused before a byte leaves, each for its reason.
     let refused = poll_until(DEADLINE, || async {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         let all = egress.iter().all(|(shop, _, why)| shop_status(&shops, shop)["last_error"].as_str().is_some_and(|e| e.contains(why)));
         all.then_some(shops)
     })
     .await;
     let Some(shops) = refused else {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         let errors: Vec<String> = egress.iter().map(|(shop, _, _)| format!("{shop}: {}", shop_status(&shops, shop)["last_error"])).collect();
         panic!("egress not refused as expected:\n{}", errors.join("\n"));
     };
@@ -149,19 +151,19 @@ secrets = {{ access_token = "tok" }}
 
     // A panic in every export is contained: check (the probe), push, webhook (pull above).
     let probe = poll_until(DEADLINE, || async {
-        let h = get_json(berth.url("/v1/health")).await;
+        let h = get_json_as(ERP, berth.url("/v1/health")).await;
         let s = h["shops"].as_array()?.iter().find(|s| s["shop"] == "h-panic")?.clone();
         (s["last_probe"]["outcome"] == "trap").then_some(s)
     })
     .await
     .expect("the panicking shop's probe");
     assert_eq!(probe["state"], "down", "{probe}");
-    let client = reqwest::Client::new();
+    let client = berth_tests::client_as(ERP);
     post_json(&client, berth.url("/v1/shops/h-leak/stock"), serde_json::json!({"updates": [{"sku": "L-1", "quantity": 5}]})).await;
     let submitted = post_json(&client, berth.url("/v1/shops/h-panic/stock"), serde_json::json!({"updates": [{"sku": "P-1", "quantity": 5}]})).await;
     assert!(submitted.to_string().contains("queued"), "{submitted}");
     let sku = poll_until(DEADLINE, || async {
-        let v = get_json(berth.url("/v1/shops/h-panic/stock/P-1")).await;
+        let v = get_json_as(ERP, berth.url("/v1/shops/h-panic/stock/P-1")).await;
         v["last_error"].as_str().is_some_and(|e| e.contains("push-inventory trapped")).then_some(v)
     })
     .await
@@ -177,7 +179,7 @@ secrets = {{ access_token = "tok" }}
     assert!(!answer.contains(SECRET) && answer.contains("<secret:api_secret>"), "the webhook answer is redacted: {answer}");
 
     // Components the host must refuse: an import it does not give, a panicking manifest.
-    let before = get_json(berth.url("/v1/connectors")).await;
+    let before = get_json_as(ERP, berth.url("/v1/connectors")).await;
     let active = |v: &Value| v.as_array().and_then(|a| a.iter().find(|c| c["name"] == "hostile")).map(|c| c["digest"].clone());
     for (fixture, why) in [
         (plugins::INTRUDER, "imports `berth-test:intruder/vault`, which berth does not give connectors"),
@@ -189,7 +191,7 @@ secrets = {{ access_token = "tok" }}
         assert!(body.to_string().contains(why), "{fixture}: {body}");
         eprintln!("refused: {}", &body.to_string()[..body.to_string().len().min(400)]);
     }
-    assert_eq!(active(&get_json(berth.url("/v1/connectors")).await), active(&before), "the refused deploys changed nothing");
+    assert_eq!(active(&get_json_as(ERP, berth.url("/v1/connectors")).await), active(&before), "the refused deploys changed nothing");
 
     for m in ["memory", "recursion", "panic"] {
         let e = shop_status(&shops, &format!("h-{m}"))["last_error"].as_str().unwrap().to_string();
@@ -199,7 +201,7 @@ secrets = {{ access_token = "tok" }}
     // The neighbour: every seeded order arrives, and a new one within seconds, while the
     // hostile shops keep misbehaving every second.
     let seeded = sim.state.orders(Platform::Shopify, "acme").len();
-    let count = || async { get_json(berth.url("/v1/orders?limit=1000&shop=acme")).await["orders"].as_array().map_or(0, Vec::len) };
+    let count = || async { get_json_as(ERP, berth.url("/v1/orders?limit=1000&shop=acme")).await["orders"].as_array().map_or(0, Vec::len) };
     poll_until(DEADLINE, || async { (count().await == seeded).then_some(()) }).await.expect("the neighbour's orders");
     let mut lags = Vec::new();
     for _ in 0..5 {
@@ -218,7 +220,7 @@ secrets = {{ access_token = "tok" }}
     assert!(sorted[2] < Duration::from_millis(4500) && sorted[4] < Duration::from_secs(8), "the neighbour was slowed: {lags:?}");
 
     // The log flood was cut and counted; the host is healthy.
-    let metrics = reqwest::get(berth.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = berth_tests::client_as(ERP).get(berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let dropped = metrics
         .lines()
         .find(|l| l.starts_with("berth_connector_log_dropped_bytes_total{connector=\"hostile\"}"))
@@ -237,13 +239,13 @@ secrets = {{ access_token = "tok" }}
     // The secret: nowhere.
     let mut seen = vec![("metrics", metrics), ("webhook answer", answer)];
     for path in ["/v1/shops", "/v1/health", "/v1/alerts", "/v1/status", "/v1/connectors"] {
-        seen.push((path, get_json(berth.url(path)).await.to_string()));
+        seen.push((path, get_json_as(ERP, berth.url(path)).await.to_string()));
     }
     let (_, admin) = api_call(Method::GET, berth.url("/v1/admin/connectors/hostile"), Some(ADMIN), None, None).await;
     seen.push(("admin", admin.to_string()));
     // What the ERP reads back about a stock update the leaking connector refused.
-    seen.push(("stock", get_json(berth.url("/v1/shops/h-leak/stock/L-1")).await.to_string()));
-    seen.push(("stock queue", get_json(berth.url("/v1/stock/queue")).await.to_string()));
+    seen.push(("stock", get_json_as(ERP, berth.url("/v1/shops/h-leak/stock/L-1")).await.to_string()));
+    seen.push(("stock queue", get_json_as(ERP, berth.url("/v1/stock/queue")).await.to_string()));
     let log = std::fs::read_to_string(config.with_extension("stderr.log")).unwrap();
     assert!(log.contains("my secret is <secret:api_secret>") && log.contains("stdout secret <secret:api_secret>"), "the leak was logged, redacted");
     assert!(log.contains("one call may write at most 1048576"), "kv-fill met the per-call write budget before the quota");

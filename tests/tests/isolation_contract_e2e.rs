@@ -116,7 +116,7 @@ async fn what_a_connector_returns_and_logs_keeps_to_the_contract() {
     poll_until(DEADLINE, || async { (acme().await >= 10).then_some(()) }).await.expect("the neighbour's orders");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (acme().await >= 11).then_some(()) }).await.expect("the neighbour's new order");
-    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Shopify, "acme", 31, DEADLINE).await, "the neighbour's stock");
+    assert!(berth_tests::stock_reaches(&sim, &berth, None, Platform::Shopify, "acme", 31, DEADLINE).await, "the neighbour's stock");
     let metrics = reqwest::get(berth.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(berth_tests::metric_sum(&metrics, "berth_connector_calls_total{connector=\"hostile\",version=\"6.6.6\",call=\"pull-orders\",outcome=\"bad_output\"") >= 4.0);
     assert!(berth_tests::metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile\",limit=\"outside_window\"}") >= 4.0);

@@ -9,7 +9,7 @@
 //! neighbour's orders.
 
 use berth_sim::Platform;
-use berth_tests::{api_call, get_json, hostile_shop, metric_sum, poll_until, Berth};
+use berth_tests::{api_call, get_json_as, hostile_shop, metric_sum, poll_until, Berth};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ mod plugins {
 const DEADLINE: Duration = Duration::from_secs(120);
 const PER_HOUR: u64 = 1500;
 const OPERATOR: &str = "operator-token-disk-0001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-isolation-disk-0001";
 
 fn shop<'a>(shops: &'a Value, name: &str) -> &'a Value {
     shops.as_array().and_then(|a| a.iter().find(|s| s["shop"] == name)).unwrap_or(&Value::Null)
@@ -47,7 +49,7 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
         dir.path(),
         &format!(
             "{sync}max_pages_per_window = 4\nerror_pause_secs = 2\n\
-             [admin]\ntokens = [{{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}]\n\
+             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}]\n\
              [alerts]\nevaluate_secs = 1\n{connectors}{neighbour}{hostile}",
             sync = berth_tests::QUICK_SYNC,
             connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
@@ -78,28 +80,28 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
 
     // The order flood fills its hour, then its intake is held, visibly.
     let held = poll_until(DEADLINE, || async {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         shop(&shops, "h-flood")["held"].as_str().map(str::to_string)
     })
     .await;
     let Some(held) = held else {
-        panic!("h-flood's intake was never held: {}", get_json(berth.url("/v1/shops")).await);
+        panic!("h-flood's intake was never held: {}", get_json_as(ERP, berth.url("/v1/shops")).await);
     };
     assert!(held.contains("max_orders_per_shop_per_hour (1500)"), "{held}");
     let alert = poll_until(DEADLINE, || async {
-        let a = get_json(berth.url("/v1/alerts")).await;
+        let a = get_json_as(ERP, berth.url("/v1/alerts")).await;
         a["firing"].as_array()?.iter().find(|f| f["rule"] == "order-flood" && f["subject"] == "h-flood").cloned()
     })
     .await
     .expect("the order-flood alert names h-flood");
     assert!(alert["summary"].as_str().unwrap().contains("shop h-flood (hostile)"), "{alert}");
-    let health = get_json(berth.url("/v1/health")).await;
+    let health = get_json_as(ERP, berth.url("/v1/health")).await;
     let h = health["shops"].as_array().unwrap().iter().find(|s| s["shop"] == "h-flood").unwrap().clone();
     assert_eq!(h["state"], "held", "{h}");
 
     // Let every flood run against its bounds for a while.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let queue = get_json(berth.url("/v1/orders/queue")).await;
+    let queue = get_json_as(ERP, berth.url("/v1/orders/queue")).await;
     for s in ["h-flood", "h-raw", "h-hook100"] {
         let queued = queue["partitions"][s]["ready"].as_u64().unwrap_or(0);
         assert!(queued <= PER_HOUR, "{s}: {queued} orders queued, over its hour's {PER_HOUR}");
@@ -107,14 +109,14 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
     }
     assert_eq!(queue["partitions"]["h-hook"]["ready"].as_u64().unwrap_or(0), 0);
     // Stored raw JSON past max_raw_json_bytes is a note of its size; the order is kept.
-    let page = get_json(berth.url("/v1/orders?limit=5&shop=h-raw")).await;
+    let page = get_json_as(ERP, berth.url("/v1/orders?limit=5&shop=h-raw")).await;
     let raw = &page["orders"][0]["order"]["raw"];
     assert_eq!(raw["berth_raw_json_dropped"]["bytes"], 300000, "{raw}");
     // The endless cursor failed its window by the page bound, not by running on forever.
     let log = berth.full_log();
     assert!(log.contains("without its cursor ending (sync.max_pages_per_window = 4)"), "the page bound never tripped");
     // The state churn met the per-minute write bound.
-    let metrics = reqwest::get(berth.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = berth_tests::client_as(ERP).get(berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile\",limit=\"kv_rate\"}") >= 1.0, "kv writes were never bounded");
     assert!(metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile\",limit=\"raw_json_dropped\"}") >= 100.0);
     assert!(metric_sum(&metrics, "berth_connector_limit_hits_total{connector=\"hostile\",limit=\"order_budget\"}") >= 1.0);
@@ -128,11 +130,11 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
     assert!(peak < 512 << 20, "berth's memory peaked at {} MB", peak >> 20);
 
     // The neighbour kept working: all its orders, and a new one.
-    let acme = || async { get_json(berth.url("/v1/orders?limit=1000&shop=acme")).await["orders"].as_array().map_or(0, Vec::len) };
+    let acme = || async { get_json_as(ERP, berth.url("/v1/orders?limit=1000&shop=acme")).await["orders"].as_array().map_or(0, Vec::len) };
     poll_until(DEADLINE, || async { (acme().await >= 10).then_some(()) }).await.expect("the neighbour's orders");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (acme().await >= 11).then_some(()) }).await.expect("the neighbour's new order");
-    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Shopify, "acme", 29, DEADLINE).await, "the neighbour's stock");
+    assert!(berth_tests::stock_reaches(&sim, &berth, Some(ERP), Platform::Shopify, "acme", 29, DEADLINE).await, "the neighbour's stock");
 
     // An operator resuming the shop lifts the hold: its intake starts afresh.
     let (code, body) = api_call(reqwest::Method::POST, berth.url("/v1/admin/shops/h-hook100/resume"), Some(OPERATOR), None, None).await;

@@ -8,7 +8,7 @@
 //! it: that holds nothing shared.
 
 use berth_sim::Platform;
-use berth_tests::{api_call, berth_admin, get_json, poll_until, Berth};
+use berth_tests::{api_call, berth_admin, get_json_as, poll_until, Berth};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const OPERATOR: &str = "operator-token-hold-0001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-isolation-hold-0001";
 const ADMIN: &str = "admin-token-hold-00000001";
 const MAX_HOLD_SECS: u64 = 300;
 
@@ -33,7 +35,7 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
     let gateway = format!("{}/taobao/router/rest", sim.base_url());
     let mut text = format!(
         "[sync]\ninitial_lookback_hours = 2\nsettle_secs = 1\n\
-         [admin]\ntokens = [{{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n\
+         [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n\
          [alerts]\nevaluate_secs = 1\n\
          [[alerts.rules]]\nname = \"quota-held\"\nkind = \"quota-held\"\nabove_secs = 60\n\
          [platforms.taobao]\nrequests_per_second = 20.0\nburst = 5\nquota_key = \"app_key\"\nmax_hold_secs = {MAX_HOLD_SECS}\n\
@@ -58,7 +60,7 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
 
     // The hold: an hour asked for, max_hold_secs given, and who caused it named.
     let hold = poll_until(DEADLINE, || async {
-        let p = get_json(berth.url("/v1/platforms")).await;
+        let p = get_json_as(ERP, berth.url("/v1/platforms")).await;
         p["taobao"]["held_quotas"].as_array()?.iter().find(|h| h["kind"] == "throttle").cloned()
     })
     .await
@@ -71,24 +73,24 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
     poll_until(DEADLINE, || async { berth.full_log().contains("without an answer from the platform in this call").then_some(()) })
         .await
         .expect("h-liar's claim was seen");
-    let holds = get_json(berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
+    let holds = get_json_as(ERP, berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
     assert!(holds.as_array().unwrap().iter().all(|h| h["shop"] != "h-liar"), "{holds}");
 
     // Every shop on the key is `throttled`, naming the shop whose call caused it.
     let health = poll_until(DEADLINE, || async {
-        let h = get_json(berth.url("/v1/health")).await;
+        let h = get_json_as(ERP, berth.url("/v1/health")).await;
         (shop_health(&h, "t1")["state"] == "throttled").then_some(h)
     })
     .await
     .expect("t1 shows throttled");
     let t1 = shop_health(&health, "t1");
     assert!(t1["held"].as_str().unwrap().contains("after a call of shop `h-throttle`"), "{t1}");
-    let status = get_json(berth.url("/v1/status")).await;
+    let status = get_json_as(ERP, berth.url("/v1/status")).await;
     let row = status["shops"].as_array().unwrap().iter().find(|s| s["shop"] == "t2").unwrap().clone();
     assert_eq!(row["state"], "throttled", "the dashboard's data: {row}");
     // The alert names the quota and the shop.
     let alert = poll_until(DEADLINE, || async {
-        let a = get_json(berth.url("/v1/alerts")).await;
+        let a = get_json_as(ERP, berth.url("/v1/alerts")).await;
         a["firing"].as_array()?.iter().find(|f| f["rule"] == "quota-held").cloned()
     })
     .await
@@ -98,11 +100,11 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
 
     // While held, no call of the key reaches the platform.
     let before = sim.state.stats()[&Platform::Taobao].requests;
-    let held = get_json(berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
+    let held = get_json_as(ERP, berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
     let left = held.as_array().unwrap().iter().find(|h| h["kind"] == "throttle").unwrap()["remaining_ms"].as_u64().unwrap();
     assert!(left > 200_000, "the test needs the hold to have most of its time left: {held}");
     sim.state.create(Platform::Taobao, "t1").unwrap();
-    let t1_orders = || async { get_json(berth.url("/v1/orders?limit=1000&shop=t1")).await["orders"].as_array().map_or(0, Vec::len) };
+    let t1_orders = || async { get_json_as(ERP, berth.url("/v1/orders?limit=1000&shop=t1")).await["orders"].as_array().map_or(0, Vec::len) };
     let seeded = t1_orders().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sim.state.stats()[&Platform::Taobao].requests, before, "a call of the held key reached the platform");
@@ -113,15 +115,15 @@ async fn an_hour_long_throttle_is_capped_visible_alerted_and_released() {
     let (code, out, err) = berth_admin(&berth.base_url, OPERATOR, &["release-hold", "taobao", "app_key:k"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("\"shop\": \"h-throttle\""), "the answer shows the hold ended: {out}");
-    let held = get_json(berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
+    let held = get_json_as(ERP, berth.url("/v1/platforms")).await["taobao"]["held_quotas"].clone();
     assert!(held.as_array().unwrap().iter().all(|h| h["kind"] != "throttle"), "released: {held}");
     // Calls go on at once: the new order arrives well within the hold it would have waited.
     poll_until(Duration::from_secs(60), || async { (t1_orders().await > seeded).then_some(()) })
         .await
         .expect("t1's new order after the release");
-    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 43, Duration::from_secs(60)).await, "t2's stock after the release");
+    assert!(berth_tests::stock_reaches(&sim, &berth, Some(ERP), Platform::Taobao, "t2", 43, Duration::from_secs(60)).await, "t2's stock after the release");
     let again = poll_until(DEADLINE, || async {
-        let h = get_json(berth.url("/v1/health")).await;
+        let h = get_json_as(ERP, berth.url("/v1/health")).await;
         (shop_health(&h, "t1")["state"] != "throttled").then_some(())
     })
     .await;

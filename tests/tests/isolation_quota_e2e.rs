@@ -81,7 +81,7 @@ async fn another_platforms_host_spends_that_platforms_bucket_whoever_calls_it() 
             .await
             .unwrap_or_else(|| panic!("{shop}'s new order did not arrive"));
     }
-    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 37, DEADLINE).await, "t2's stock update did not reach the platform");
+    assert!(berth_tests::stock_reaches(&sim, &berth, None, Platform::Taobao, "t2", 37, DEADLINE).await, "t2's stock update did not reach the platform");
     // The loop never stopped: it is still spending the bucket, not refused outright.
     let evil = get_json(berth.url("/v1/shops")).await;
     let evil = evil.as_array().unwrap().iter().find(|s| s["shop"] == "evilmart").unwrap().clone();

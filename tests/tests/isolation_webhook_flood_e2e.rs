@@ -69,7 +69,7 @@ async fn a_webhook_flood_takes_no_slot_the_real_shops_need() {
         })
         .collect();
     // While the slow ones hold their slots: the real shops' stock and new order go through.
-    assert!(berth_tests::stock_reaches(&sim, &berth, Platform::Taobao, "t2", 41, DEADLINE).await, "t2's stock during the flood");
+    assert!(berth_tests::stock_reaches(&sim, &berth, None, Platform::Taobao, "t2", 41, DEADLINE).await, "t2's stock during the flood");
     sim.state.create(Platform::Taobao, "t1").unwrap();
     let count = || async { get_json(berth.url("/v1/orders?limit=1000&shop=t1")).await["orders"].as_array().map_or(0, Vec::len) };
     poll_until(DEADLINE, || async { (count().await >= 11).then_some(()) }).await.expect("t1's new order during the flood");

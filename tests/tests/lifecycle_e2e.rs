@@ -4,7 +4,7 @@
 //! deployed version without compiling it again.
 
 use berth_sim::Platform;
-use berth_tests::{berth_admin, component_variant, get_json, poll_until, Berth};
+use berth_tests::{berth_admin, component_variant, get_json_as, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const VIEWER: &str = "viewer-token-000000001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-lifecycle-0001";
 const OPERATOR: &str = "operator-token-0000001";
 const DEPLOYER: &str = "deployer-token-0000001";
 const ADMIN: &str = "admin-token-00000000001";
@@ -36,6 +38,7 @@ fn config(dir: &std::path::Path, sim: &str, max_mb: u32) -> std::path::PathBuf {
             "[sync]\ninitial_lookback_hours = 8\nsettle_secs = 1\n\
              [stock]\nretry_base_ms = 50\nretry_max_ms = 200\n\
              [admin]\nmax_component_mb = {max_mb}\ntokens = [\n\
+               {{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }},\
                {{ name = \"dash\", token = \"{VIEWER}\", role = \"viewer\" }},\n\
                {{ name = \"oncall\", token = \"{OPERATOR}\", role = \"operator\" }},\n\
                {{ name = \"ci\", token = \"{DEPLOYER}\", role = \"deployer\" }},\n\
@@ -57,7 +60,7 @@ async fn deploy(berth: &Berth, token: Option<&str>, connector: &str, bytes: Vec<
 }
 
 async fn active_digest(berth: &Berth) -> String {
-    get_json(berth.url("/v1/connectors")).await[0]["digest"].as_str().unwrap_or_default().to_string()
+    get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"].as_str().unwrap_or_default().to_string()
 }
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -66,7 +69,7 @@ fn digest_of(bytes: &[u8]) -> String {
 }
 
 async fn entries(berth: &Berth) -> u64 {
-    get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
+    get_json_as(ERP, berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +90,7 @@ async fn swaps_under_load_fail_nothing_and_roll_back() {
     let load = {
         let (stop, skus, url, state) = (stop.clone(), skus.clone(), berth.url("/v1/shops/acme/stock"), sim.state.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = berth_tests::client_as(ERP);
             let (mut quantity, mut orders) = (0u32, 0u64);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 quantity += 1;
@@ -137,16 +140,16 @@ async fn swaps_under_load_fail_nothing_and_roll_back() {
     .unwrap_or_else(|| panic!("stock did not reach {quantity} everywhere\n{}", berth.log()));
 
     // Zero failed calls: no pull or push error anywhere, nothing the platform refused.
-    let shops = get_json(berth.url("/v1/shops")).await;
+    let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
     let pull_errors: u64 = shops.as_array().unwrap().iter().map(|s| s["errors"].as_u64().unwrap()).sum();
-    let queue = get_json(berth.url("/v1/stock/queue")).await;
+    let queue = get_json_as(ERP, berth.url("/v1/stock/queue")).await;
     let push_errors = queue["acme"]["pusher"]["errors"].as_u64().unwrap();
     let stats = sim.state.stats()[&Platform::Shopify].clone();
     eprintln!("{swaps} swaps under load ({quantity} stock submissions, {created} new orders): pull errors {pull_errors}, push errors {push_errors}, platform {stats:?}");
     assert_eq!((pull_errors, push_errors, stats.rejected), (0, 0, 0), "{shops}\n{queue}");
 
     // The registry kept every version; the audit log has every change with its digest.
-    let view = get_json(berth.url("/v1/admin/connectors/shopify")).await;
+    let view = berth_tests::get_json(berth.url("/v1/admin/connectors/shopify")).await;
     assert_eq!(view["versions"].as_array().map(Vec::len), None, "needs a token: {view}");
     let (_, view) = send(reqwest::Method::GET, berth.url("/v1/admin/connectors/shopify"), Some(VIEWER), None).await;
     assert_eq!(view["versions"].as_array().unwrap().len(), 4, "{view}");
@@ -171,8 +174,8 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
     let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
         ("no token", None, "shopify", good.clone(), 401, "Authorization: Bearer"),
         ("unknown token", Some("not-a-token-at-all-xx"), "shopify", good.clone(), 401, "unknown token"),
-        ("viewer", Some(VIEWER), "shopify", good.clone(), 403, "needs Deployer"),
-        ("operator", Some(OPERATOR), "shopify", good.clone(), 403, "needs Deployer"),
+        ("viewer", Some(VIEWER), "shopify", good.clone(), 403, "needs one of deployer, admin"),
+        ("operator", Some(OPERATOR), "shopify", good.clone(), 403, "needs one of deployer, admin"),
         ("not wasm", Some(DEPLOYER), "shopify", b"#!/bin/sh\necho hi\n".to_vec(), 422, "not a WebAssembly component"),
         // An empty component: valid wasm, but not the connector world.
         ("wrong world", Some(DEPLOYER), "shopify", b"\0asm\x0d\0\x01\0".to_vec(), 422, "does not fit a berth:connector world"),
@@ -184,6 +187,18 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
         let (got, body) = deploy(&berth, token, connector, bytes).await;
         assert_eq!(got, status, "{what}: {body}");
         assert!(body["error"].as_str().unwrap_or_default().contains(message), "{what}: {body}");
+    }
+    // The token is checked before the query or the body is looked at, and a known caller's
+    // bad query or body is refused and audited like any other refusal.
+    let maybe = berth.url("/v1/admin/connectors/shopify/versions?activate=maybe");
+    let (status, body) = send(reqwest::Method::POST, maybe.clone(), None, Some(good.clone())).await;
+    assert_eq!(status, 401, "no token, bad query: the token first: {body}");
+    let (status, body) = send(reqwest::Method::POST, maybe, Some(DEPLOYER), Some(good.clone())).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("activate=true|false"), "{body}");
+    for bad in [&b"{\"digest\": 7"[..], b"", b"[]"] {
+        let (status, body) = send(reqwest::Method::POST, berth.url("/v1/admin/connectors/shopify/canary"), Some(DEPLOYER), Some(bad.to_vec())).await;
+        assert_eq!(status, 400, "{body}");
     }
     // Nothing changed: same active version, only the one configured version stored.
     assert_eq!(active_digest(&berth).await, before);
@@ -210,9 +225,10 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
         .map(|e| (e["action"].as_str().unwrap().to_string(), e["outcome"].as_str().unwrap().to_string()))
         .collect();
     let count = |action: &str, outcome: &str| outcomes.iter().filter(|(a, o)| a == action && o == outcome).count();
-    assert_eq!(count("deploy", "unauthorized"), 2, "{audit}");
+    assert_eq!(count("deploy", "unauthorized"), 3, "{audit}");
     assert_eq!(count("deploy", "forbidden"), 2, "{audit}");
-    assert_eq!(count("deploy", "refused"), 5, "{audit}");
+    assert_eq!(count("deploy", "refused"), 6, "{audit}");
+    assert_eq!(count("canary", "refused"), 3, "bad bodies from a known caller are audited: {audit}");
     assert_eq!((count("rollback", "refused"), count("pause", "forbidden"), count("pause", "ok"), count("resume", "ok")), (1, 1, 1, 1), "{audit}");
     assert!(!audit.to_string().contains(DEPLOYER), "a token reached the audit log");
     assert!(!berth.log().contains(DEPLOYER), "a token reached the log");
@@ -234,13 +250,13 @@ async fn cli_deploy_survives_a_restart_without_recompiling_and_pause_holds_a_sho
     assert!(out.contains(&digest_of(&v2)), "{out}");
     let (code, _, err) = berth_admin(&berth.base_url, VIEWER, &["deploy", file.to_str().unwrap(), "--connector", "shopify"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("403") && err.contains("needs Deployer"), "{err}");
+    assert!(err.contains("403") && err.contains("needs one of deployer, admin"), "{err}");
 
     // Pause one shop: its new order waits while the other shop's comes in; resume brings it.
     let (code, out, err) = berth_admin(&berth.base_url, OPERATOR, &["pause", "--shop", "acme"]);
     assert_eq!(code, Some(0), "{out}\n{err}");
     poll_until(DEADLINE, || async {
-        let shops = get_json(berth.url("/v1/shops")).await;
+        let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
         shops.as_array()?.iter().any(|s| s["shop"] == "acme" && s["paused"] == true).then_some(())
     })
     .await
@@ -250,14 +266,14 @@ async fn cli_deploy_survives_a_restart_without_recompiling_and_pause_holds_a_sho
     let has = |id: u64| {
         let berth = &berth;
         async move {
-            let orders = get_json(berth.url("/v1/orders?limit=1000")).await;
+            let orders = get_json_as(ERP, berth.url("/v1/orders?limit=1000")).await;
             orders["orders"].as_array().is_some_and(|o| o.iter().any(|o| o["order"]["order_id"] == id.to_string()))
         }
     };
     poll_until(DEADLINE, || async { has(other.id).await.then_some(()) }).await.expect("the unpaused shop's order");
     // Two more polls of the unpaused shop: the paused one would have been read by now.
     let zeta_pages = || async {
-        get_json(berth.url("/v1/shops")).await.as_array().and_then(|a| a.iter().find(|s| s["shop"] == "zeta").and_then(|s| s["windows_completed"].as_u64())).unwrap_or(0)
+        get_json_as(ERP, berth.url("/v1/shops")).await.as_array().and_then(|a| a.iter().find(|s| s["shop"] == "zeta").and_then(|s| s["windows_completed"].as_u64())).unwrap_or(0)
     };
     let w = zeta_pages().await;
     poll_until(DEADLINE, || async { (zeta_pages().await >= w + 2).then_some(()) }).await.expect("zeta keeps polling");

@@ -4,7 +4,7 @@
 //! are listed and block promotion unless forced.
 
 use berth_sim::Platform;
-use berth_tests::{component_variant, get_json, poll_until, Berth};
+use berth_tests::{component_variant, get_json_as, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TOKEN: &str = "deployer-token-0000001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-shadow-0001";
 
 async fn admin(berth: &Berth, path: &str, body: Option<Vec<u8>>, json: Option<Value>) -> (u16, Value) {
     let method = if body.is_some() || json.is_some() || !path.ends_with("/shadow") { reqwest::Method::POST } else { reqwest::Method::GET };
@@ -32,7 +34,7 @@ async fn stored(berth: &Berth, bytes: Vec<u8>) -> String {
 }
 
 async fn entries(berth: &Berth) -> u64 {
-    get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
+    get_json_as(ERP, berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +46,7 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
         dir.path(),
         &format!(
             "[sync]\ninitial_lookback_hours = 6\nsettle_secs = 1\n\
-             [admin]\ntokens = [{{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}]\n{}\
+             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}]\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"5\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
             berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
@@ -62,7 +64,7 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
     assert_eq!(status, 201, "{body}");
     let skus: Vec<String> = sim.state.stock(Platform::Shopify, "acme").into_iter().take(5).map(|i| i.sku).collect();
     let updates: Vec<Value> = skus.iter().map(|s| json!({"sku": s, "quantity": 77})).collect();
-    let r = reqwest::Client::new().post(berth.url("/v1/shops/acme/stock")).json(&json!({ "updates": updates })).send().await.unwrap();
+    let r = berth_tests::client_as(ERP).post(berth.url("/v1/shops/acme/stock")).json(&json!({ "updates": updates })).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 202);
     for _ in 0..3 {
         sim.state.create(Platform::Shopify, "acme").unwrap();
@@ -82,7 +84,7 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
     assert_eq!(writes, 5, "the shadow reached the platform");
     let (status, end) = admin(&berth, "/v1/admin/connectors/shopify/promote", None, None).await;
     assert_eq!((status, end["outcome"].as_str()), (200, Some("promoted")), "{end}");
-    assert_eq!(get_json(berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
+    assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
 
     // A regressed build: every call differs, listed field by field; promotion refused.
     let bad = stored(&berth, std::fs::read(plugins::REGRESSED).unwrap()).await;
@@ -105,16 +107,16 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
     // The active version kept working throughout.
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 24).then_some(()) }).await.expect("orders during the bad shadow");
-    assert_eq!(get_json(berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
-    let shops = get_json(berth.url("/v1/shops")).await;
+    assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
+    let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
     assert_eq!(shops[0]["errors"], 0, "the shadow's failures touched the shop: {shops}");
     // Forcing overrides the gate (and ends the shadow, keeping its report); roll back after.
     let (status, end) = admin(&berth, "/v1/admin/connectors/shopify/promote", None, Some(json!({"force": true}))).await;
     assert_eq!((status, end["reason"].as_str()), (200, Some("promoted by ops (forced)")), "{end}");
-    assert_eq!(get_json(berth.url("/v1/connectors")).await[0]["digest"], bad.as_str());
+    assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], bad.as_str());
     let last = report(&berth).await;
     assert!(last["running"].is_null() && last["last"]["stopped_ms"].as_i64().is_some(), "{last}");
     let (status, _) = admin(&berth, "/v1/admin/connectors/shopify/rollback", None, None).await;
     assert_eq!(status, 200);
-    assert_eq!(get_json(berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
+    assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
 }

@@ -4,7 +4,7 @@
 //! deploy swaps it for its 0.2.0 build and back under the same shops.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
-use berth_tests::{get_json, poll_until, Berth};
+use berth_tests::{get_json_as, poll_until, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,9 +15,11 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TOKEN: &str = "deployer-token-0000001";
+/// The ERP's token: order and stock calls, status reads.
+const ERP: &str = "erp-token-wit-versions-0001";
 
 async fn entries(berth: &Berth) -> u64 {
-    get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
+    get_json_as(ERP, berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
 }
 
 fn wit_of(connectors: &Value, name: &str) -> String {
@@ -27,7 +29,7 @@ fn wit_of(connectors: &Value, name: &str) -> String {
 async fn stock_lands(berth: &Berth, sim: &berth_sim::SimHandle, platform: Platform, shop: &str, quantity: u32) {
     let skus: Vec<String> = sim.state.stock(platform, shop).into_iter().take(5).map(|i| i.sku).collect();
     let updates: Vec<Value> = skus.iter().map(|s| json!({"sku": s, "quantity": quantity})).collect();
-    let r = reqwest::Client::new().post(berth.url(&format!("/v1/shops/{shop}/stock"))).json(&json!({ "updates": updates })).send().await.unwrap();
+    let r = berth_tests::client_as(ERP).post(berth.url(&format!("/v1/shops/{shop}/stock"))).json(&json!({ "updates": updates })).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 202);
     poll_until(DEADLINE, || async {
         let items = sim.state.stock(platform, shop);
@@ -53,7 +55,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
         dir.path(),
         &format!(
             "[sync]\ninitial_lookback_hours = 8\nsettle_secs = 1\n\
-             [admin]\ntokens = [{{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}]\n{}\
+             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}]\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{base}/shopify/acme\", page_size = \"10\" }}\nsecrets = {{ access_token = \"tok\" }}\n\
              [shops.tb]\nconnector = \"taobao\"\npoll_interval_secs = 1\n\
@@ -62,7 +64,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
         ),
     );
     let berth = Berth::start(&config);
-    let connectors = get_json(berth.url("/v1/connectors")).await;
+    let connectors = get_json_as(ERP, berth.url("/v1/connectors")).await;
     assert_eq!((wit_of(&connectors, "shopify").as_str(), wit_of(&connectors, "taobao").as_str()), ("0.1.0", "0.2.0"), "{connectors}");
 
     // Both worlds do their whole job side by side.
@@ -86,17 +88,17 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"]["wit_version"], "0.2.0", "{body}");
     assert_eq!(body["version"]["capabilities"], serde_json::json!(["orders", "inventory", "webhooks"]), "{body}");
-    assert_eq!(wit_of(&get_json(berth.url("/v1/connectors")).await, "shopify"), "0.2.0");
+    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.2.0");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 51).then_some(()) }).await.expect("order after the upgrade");
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 21).await;
 
     let back = client.post(berth.url("/v1/admin/connectors/shopify/rollback")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(back.status().as_u16(), 200);
-    assert_eq!(wit_of(&get_json(berth.url("/v1/connectors")).await, "shopify"), "0.1.0");
+    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.1.0");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 52).then_some(()) }).await.expect("order after the rollback");
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 31).await;
-    let shops = get_json(berth.url("/v1/shops")).await;
+    let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
     assert!(shops.as_array().unwrap().iter().all(|s| s["errors"] == 0), "{shops}");
 }

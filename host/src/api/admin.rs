@@ -9,7 +9,7 @@ use super::error;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{AdminAuth, AuthError, Caller};
 use crate::clock::now_ms;
-use crate::config::Role;
+use crate::config::Access;
 use crate::registry::{ConnectorRegistry, DeployError};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -56,7 +56,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/shops/{shop}/stock/exports/{batch}", get(super::degrade::batch))
         .route("/v1/admin/shops/{shop}/stock/exports/{batch}/confirm", post(|s, p, h| super::degrade::end(s, p, h, true)))
         .route("/v1/admin/shops/{shop}/stock/exports/{batch}/cancel", post(|s, p, h| super::degrade::end(s, p, h, false)))
-        .route("/v1/admin/shops/{shop}/orders/import", post(super::degrade::import).layer(DefaultBodyLimit::max(64 << 20)))
+        .route("/v1/admin/shops/{shop}/orders/import", post(super::degrade::import).layer(DefaultBodyLimit::disable()))
         .with_state(state)
 }
 
@@ -84,7 +84,7 @@ impl AdminState {
     }
 
     /// Check the caller; a refused change is audited too (`action` is `None` for reads).
-    pub(super) fn caller(&self, headers: &HeaderMap, need: Role, action: Option<&Action<'_>>) -> Result<Caller, Response> {
+    pub(super) fn caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
         let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.auth.authorize(header, need).map_err(|e| {
             let (status, outcome, who) = match &e {
@@ -101,6 +101,23 @@ impl AdminState {
                 resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
             }
             resp
+        })
+    }
+
+    /// Refuse a change whose input was wrong (a bad query, a body that does not parse,
+    /// one too large): audited like any other refusal, then answered `status`.
+    pub(super) fn refuse(&self, caller: &Caller, action: &Action<'_>, status: StatusCode, why: String) -> Response {
+        match self.record(&caller.name, action, None, "refused", why.clone()) {
+            Ok(()) => error(status, why),
+            Err(resp) => resp,
+        }
+    }
+
+    /// A change's JSON body, or its refusal audited (400, or 413 past the size limit).
+    pub(super) fn body<T>(&self, caller: &Caller, action: &Action<'_>, body: super::JsonBody<T>, expected: &str) -> Result<T, Response> {
+        body.map(|axum::Json(b)| b).map_err(|e| {
+            let (status, why) = super::body_error(&e, expected);
+            self.refuse(caller, action, status, why)
         })
     }
 
@@ -144,7 +161,7 @@ fn status_of(e: &DeployError) -> StatusCode {
 }
 
 async fn list(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+    if let Err(resp) = st.caller(&headers, Access::Read, None) {
         return resp;
     }
     let views: Result<Vec<_>, _> = st.registry.slots().keys().map(|n| st.registry.view(n)).collect();
@@ -155,7 +172,7 @@ async fn list(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response
 }
 
 async fn one(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+    if let Err(resp) = st.caller(&headers, Access::Read, None) {
         return resp;
     }
     match st.registry.view(&name) {
@@ -173,25 +190,25 @@ struct DeployQuery {
 async fn deploy(
     State(st): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    Query(q): Query<DeployQuery>,
+    q: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let action = Action { name: "deploy", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return st.refuse(&caller, &action, StatusCode::BAD_REQUEST, format!("{e}; expected ?activate=true|false")),
     };
     let max = st.auth.max_component_bytes();
     let bytes = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
         Err(_) => {
-            let e = DeployError::TooLarge { size: max + 1, max };
             let why = format!("the upload is larger than {max} bytes (admin.max_component_mb)");
-            return match st.record(&caller.name, &action, None, "refused", why.clone()) {
-                Ok(()) => error(status_of(&e), why),
-                Err(resp) => resp,
-            };
+            return st.refuse(&caller, &action, StatusCode::PAYLOAD_TOO_LARGE, why);
         }
     };
     let digest = crate::runtime::digest(&bytes);
@@ -224,11 +241,11 @@ async fn with_digest(
     op: DigestOp,
 ) -> Response {
     let action = Action { name: if matches!(op, DigestOp::Activate) { "activate" } else { "shadow" }, target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let req = match super::body_or_400(body, r#"{"digest": "<sha256 hex of a deployed version>"}"#) {
+    let req = match st.body(&caller, &action, body, r#"{"digest": "<sha256 hex of a deployed version>"}"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -242,7 +259,7 @@ async fn with_digest(
 
 async fn rollback(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let action = Action { name: "rollback", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -259,12 +276,12 @@ async fn canary(
     body: super::JsonBody<crate::registry::CanaryRequest>,
 ) -> Response {
     let action = Action { name: "canary", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
     let expected = r#"{"digest": "<sha256>", "share_percent": 10 | "shops": ["a"], "max_failure_rate": 0.05, "window_secs": 300, "min_calls": 20}"#;
-    let req = match super::body_or_400(body, expected) {
+    let req = match st.body(&caller, &action, body, expected) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -274,7 +291,7 @@ async fn canary(
 
 async fn abort_canary(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let action = Action { name: "canary-abort", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -293,7 +310,7 @@ struct PromoteRequest {
 
 async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let action = Action { name: "promote", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -302,7 +319,7 @@ async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, he
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected {{\"force\": true}} or no body")),
+            Err(e) => return st.refuse(&caller, &action, StatusCode::BAD_REQUEST, format!("{e}; expected {{\"force\": true}} or no body")),
         }
     };
     let result = st.registry.promote(&name, req.force).await;
@@ -312,7 +329,7 @@ async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, he
 
 async fn stop_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let action = Action { name: "shadow-stop", target: &name };
-    let caller = match st.caller(&headers, Role::Deployer, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -322,7 +339,7 @@ async fn stop_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>
 }
 
 async fn shadow_report(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+    if let Err(resp) = st.caller(&headers, Access::Read, None) {
         return resp;
     }
     match st.registry.view(&name) {
@@ -333,7 +350,7 @@ async fn shadow_report(State(st): State<Arc<AdminState>>, Path(name): Path<Strin
 
 async fn pause_connector(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, paused: bool) -> Response {
     let action = Action { name: if paused { "pause" } else { "resume" }, target: &name };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -344,7 +361,7 @@ async fn pause_connector(State(st): State<Arc<AdminState>>, Path(name): Path<Str
 async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, paused: bool) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: if paused { "pause" } else { "resume" }, target: &target };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -370,7 +387,7 @@ async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
 async fn release_hold(State(st): State<Arc<AdminState>>, Path((platform, key)): Path<(String, String)>, headers: HeaderMap) -> Response {
     let target = format!("hold:{platform}/{key}");
     let action = Action { name: "release-hold", target: &target };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -401,7 +418,7 @@ struct AuditQuery {
 }
 
 async fn audit(State(st): State<Arc<AdminState>>, Query(q): Query<AuditQuery>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Admin, None) {
+    if let Err(resp) = st.caller(&headers, Access::Audit, None) {
         return resp;
     }
     match st.audit.tail(q.limit.unwrap_or(100).clamp(1, 10_000)) {

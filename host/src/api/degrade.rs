@@ -10,10 +10,9 @@
 
 use super::admin::{Action, AdminState};
 use super::error;
-use crate::config::Role;
+use crate::config::Access;
 use crate::degrade::DegradeError;
 use crate::stock::StockError;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,8 +59,11 @@ impl AdminState {
     }
 }
 
+/// Largest orders CSV one import takes.
+pub const MAX_IMPORT_BYTES: usize = 64 << 20;
+
 pub async fn status(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+    if let Err(resp) = st.caller(&headers, Access::Read, None) {
         return resp;
     }
     match st.degrade.status(&shop) {
@@ -73,7 +75,7 @@ pub async fn status(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
 pub async fn export(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: "stock-export", target: &target };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -86,7 +88,7 @@ pub async fn export(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
 }
 
 pub async fn batch(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Role::Viewer, None) {
+    if let Err(resp) = st.caller(&headers, Access::Read, None) {
         return resp;
     }
     match st.degrade.stock.export_batch(&shop, &batch) {
@@ -101,7 +103,7 @@ pub async fn batch(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<
 pub async fn end(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(String, String)>, headers: HeaderMap, uploaded: bool) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: if uploaded { "stock-export-confirm" } else { "stock-export-cancel" }, target: &target };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -116,12 +118,20 @@ pub async fn end(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(S
     }
 }
 
-pub async fn import(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn import(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: "orders-import", target: &target };
-    let caller = match st.caller(&headers, Role::Operator, Some(&action)) {
+    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
         Ok(c) => c,
         Err(resp) => return resp,
+    };
+    // Read only once the token is known good, and only up to the bound.
+    let body = match axum::body::to_bytes(body, MAX_IMPORT_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let why = format!("the CSV is larger than {} MB; split it", MAX_IMPORT_BYTES >> 20);
+            return st.refuse(&caller, &action, StatusCode::PAYLOAD_TOO_LARGE, why);
+        }
     };
     let r = st.degrade.import_orders(&shop, &body).await;
     let detail = match &r {

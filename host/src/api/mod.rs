@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod degrade;
+pub mod gate;
 pub mod status;
 pub mod stock;
 
@@ -57,34 +58,52 @@ pub struct ApiState {
     pub max_response_bytes: usize,
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/", get(index))
+/// The API outside `/v1/admin`, each group of routes behind the access it needs (see
+/// gate.rs): health probes, the index, the dashboard's page and platform webhooks (which
+/// carry the platform's signature) need no token.
+pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool) -> Router {
+    use crate::config::Access;
+    let behind = |need: Access, routes: Router<Arc<ApiState>>| {
+        routes.route_layer(axum::middleware::from_fn_with_state((gate.clone(), need), gate::check))
+    };
+    let erp = Router::new()
         .route("/v1/orders", get(list_orders))
         .route("/v1/orders/feed", get(feed_info))
         .route("/v1/orders/lease", post(lease_orders))
         .route("/v1/orders/ack", post(ack_orders))
         .route("/v1/orders/nack", post(nack_orders))
         .route("/v1/orders/extend", post(extend_orders))
-        .route("/v1/orders/queue", get(queue_info))
+        .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
+        .route("/v1/shops/{shop}/stock/{sku}", get(stock::one));
+    let operate = Router::new()
         .route("/v1/orders/dead-letters/replay", post(replay_dead))
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
+        .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
+        .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge));
+    let mut read = Router::new()
+        .route("/v1/orders/queue", get(queue_info))
         .route("/v1/shops", get(list_shops))
         .route("/v1/health", get(health))
         .route("/v1/alerts", get(alerts))
         .route("/v1/status", get(status::get_status))
-        .route("/dashboard", get(status::dashboard))
-        .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
-        .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
-        .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge))
-        .route("/v1/shops/{shop}/stock/{sku}", get(stock::one))
         .route("/v1/stock/queue", get(stock::queue))
-        .route("/v1/webhooks/{shop}", post(platform_webhook))
         .route("/v1/connectors", get(list_connectors))
-        .route("/v1/platforms", get(list_platforms))
-        .route("/metrics", get(metrics))
+        .route("/v1/platforms", get(list_platforms));
+    let mut public = Router::new()
+        .route("/", get(index))
+        .route("/dashboard", get(status::dashboard))
+        .route("/v1/webhooks/{shop}", post(platform_webhook))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if metrics_public {
+        public = public.route("/metrics", get(metrics));
+    } else {
+        read = read.route("/metrics", get(metrics));
+    }
+    public
+        .merge(behind(Access::Erp, erp))
+        .merge(behind(Access::Operate, operate))
+        .merge(behind(Access::Read, read))
         .with_state(state)
 }
 
@@ -187,15 +206,22 @@ async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
 
 pub(crate) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
+/// What was wrong with a JSON body and what shape was `expected`: 400, or 413 for a
+/// body over the size limit.
+pub(crate) fn body_error(e: &axum::extract::rejection::JsonRejection, expected: &str) -> (StatusCode, String) {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; the body is larger than this call takes"))
+    } else {
+        (StatusCode::BAD_REQUEST, format!("{e}; expected {expected}"))
+    }
+}
+
 /// The request body, or a 400 saying what was wrong and what shape was `expected` (413
 /// for a body over the size limit).
 pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
     body.map(|Json(b)| b).map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            error(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; the body is larger than this call takes"))
-        } else {
-            error(StatusCode::BAD_REQUEST, format!("{e}; expected {expected}"))
-        }
+        let (status, why) = body_error(&e, expected);
+        error(status, why)
     })
 }
 
