@@ -288,10 +288,12 @@ impl ConnectorRegistry {
         if bytes.len() > max_bytes {
             return Err(DeployError::TooLarge { size: bytes.len(), max: max_bytes });
         }
-        let _guard = self.changes.lock().await;
+        // Compiled before the change lock is taken (5–25 s for a Python or JavaScript
+        // component): pause, abort-canary and rollback never wait behind a compile.
         let origin = Path::new("upload").join(&digest(bytes)[..12]);
         let loaded = self.runtime.load_bytes(name, &origin, bytes, &self.runtime.options(name, &cfg)).await?;
         check_deploy(name, &slot.platform, &loaded.manifest.platform, &loaded.manifest.allowed_hosts, cfg.grant_hosts.as_deref())?;
+        let _guard = self.changes.lock().await;
         let existing = self.store.version(name, &loaded.digest)?;
         let known = existing.is_some();
         let version = match existing {
@@ -332,12 +334,12 @@ impl ConnectorRegistry {
     /// Make a stored version active.
     pub async fn activate(&self, name: &str, digest: &str) -> Result<VersionRecord, DeployError> {
         let (slot, cfg) = self.known(name)?;
-        let _guard = self.changes.lock().await;
         let rec = self
             .store
             .version(name, digest)?
             .ok_or_else(|| DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() })?;
         let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
+        let _guard = self.changes.lock().await;
         self.make_active(name, &slot, Arc::new(loaded), false).await?;
         Ok(rec)
     }
@@ -345,16 +347,30 @@ impl ConnectorRegistry {
     /// Go back to the version active before the current one. Returns (from, to).
     pub async fn rollback(&self, name: &str) -> Result<(VersionRecord, VersionRecord), DeployError> {
         let (slot, cfg) = self.known(name)?;
-        let _guard = self.changes.lock().await;
-        let st = self.store.state(name)?;
-        let to = st.history.last().cloned().ok_or_else(|| DeployError::NothingToRollBack(name.to_string()))?;
-        let from = slot.current().digest.clone();
         let missing = |d: &str| DeployError::UnknownVersion { connector: name.to_string(), digest: d.to_string() };
-        let from_rec = self.store.version(name, &from)?.ok_or_else(|| missing(&from))?;
-        let to_rec = self.store.version(name, &to)?.ok_or_else(|| missing(&to))?;
-        let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, &to).await?;
-        self.make_active(name, &slot, Arc::new(loaded), true).await?;
-        Ok((from_rec, to_rec))
+        // The version to go back to is loaded outside the change lock; if another change
+        // moved the history meanwhile, look again (the loaded version is usually the
+        // same one, from the compile cache).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let to = self.store.state(name)?.history.last().cloned().ok_or_else(|| DeployError::NothingToRollBack(name.to_string()))?;
+            let to_rec = self.store.version(name, &to)?.ok_or_else(|| missing(&to))?;
+            let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, &to).await?;
+            let _guard = self.changes.lock().await;
+            let st = self.store.state(name)?;
+            if st.history.last() != Some(&to) && attempts < 5 {
+                continue;
+            }
+            let to_now = st.history.last().cloned().ok_or_else(|| DeployError::NothingToRollBack(name.to_string()))?;
+            if to_now != to {
+                return Err(DeployError::NothingToRollBack(format!("{name} (its history kept changing during the rollback; try again)")));
+            }
+            let from = slot.current().digest.clone();
+            let from_rec = self.store.version(name, &from)?.ok_or_else(|| missing(&from))?;
+            self.make_active(name, &slot, Arc::new(loaded), true).await?;
+            return Ok((from_rec, to_rec));
+        }
     }
 
     /// Pause or resume a connector (every shop on it) or one shop, durably.
@@ -381,6 +397,11 @@ impl ConnectorRegistry {
     /// failure rate crosses the plan's threshold (see [`ConnectorRegistry::check_canaries`]).
     pub async fn start_canary(&self, name: &str, req: &CanaryRequest, by: &str) -> Result<CanaryPlan, DeployError> {
         let (slot, cfg) = self.known(name)?;
+        if self.store.version(name, &req.digest)?.is_none() {
+            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: req.digest.clone() });
+        }
+        // Loaded (compiled if the cache lacks it) before the change lock is taken.
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, &req.digest).await?;
         let _guard = self.changes.lock().await;
         if slot.canary().is_some() {
             return Err(DeployError::CanaryRunning(name.to_string()));
@@ -407,10 +428,6 @@ impl ConnectorRegistry {
         if slot.current().digest == req.digest {
             return Err(DeployError::BadCanary("that version is already active".into()));
         }
-        if self.store.version(name, &req.digest)?.is_none() {
-            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: req.digest.clone() });
-        }
-        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, &req.digest).await?;
         let plan = CanaryPlan {
             digest: req.digest.clone(),
             shops: shops.clone(),
@@ -472,6 +489,10 @@ impl ConnectorRegistry {
     /// Run a stored version as a shadow of the active one (see shadow.rs).
     pub async fn start_shadow(&self, name: &str, digest: &str) -> Result<shadow::ShadowReport, DeployError> {
         let (slot, cfg) = self.known(name)?;
+        if self.store.version(name, digest)?.is_none() {
+            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
+        }
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
         let _guard = self.changes.lock().await;
         if slot.canary().is_some() {
             return Err(DeployError::CanaryRunning(name.to_string()));
@@ -482,10 +503,6 @@ impl ConnectorRegistry {
         if slot.current().digest == digest {
             return Err(DeployError::BadCanary("that version is already active".into()));
         }
-        if self.store.version(name, digest)?.is_none() {
-            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
-        }
-        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
         let sh = Arc::new(shadow::Shadow::new(Arc::new(candidate)));
         let report = sh.report();
         slot.set_shadow(Some(sh));

@@ -219,6 +219,7 @@ impl ConnectorRuntime {
                 Err(why) => tracing::warn!(path = %cached.display(), error = %why, "ignoring a compiled cache entry; compiling again"),
             }
             let started = std::time::Instant::now();
+            tracing::info!(digest = %short, bytes = bytes.len(), "compiling component");
             let component = Component::new(&engine, &bytes)
                 .map_err(|e| LoadError::NotAComponent { path: path.clone(), message: format!("{e}") })?;
             tracing::info!(digest = %short, ms = started.elapsed().as_millis() as u64, "component compiled");
