@@ -1,6 +1,7 @@
 //! The `berth deploy | activate | rollback | pause | resume | connectors` commands: a
 //! small client of the admin API. The server comes from `--url` or `BERTH_URL`, the
-//! bearer token from `BERTH_TOKEN` (never from the command line, where `ps` would show it).
+//! bearer token from `BERTH_TOKEN` (never from the command line, where `ps` would show it),
+//! a CA certificate for an https:// berth from `--ca-file` or `BERTH_CA_FILE`.
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ pub enum ClientError {
     NoToken,
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{path} is not a PEM CA certificate: {message}")]
+    BadCa { path: String, message: String },
     #[error("cannot reach berth at {url}: {message}; is it running, and is --url (or BERTH_URL) right?")]
     Unreachable { url: String, message: String },
     #[error("berth answered {status}: {message}")]
@@ -29,14 +32,26 @@ pub enum Body {
 }
 
 impl AdminClient {
-    pub fn from_env(url: Option<String>) -> Result<Self, ClientError> {
+    pub fn from_env(url: Option<String>, ca_file: Option<std::path::PathBuf>) -> Result<Self, ClientError> {
         let token = std::env::var("BERTH_TOKEN").ok().filter(|t| !t.is_empty()).ok_or(ClientError::NoToken)?;
         let base = url
             .or_else(|| std::env::var("BERTH_URL").ok())
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
             .trim_end_matches('/')
             .to_string();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().map_err(|e| ClientError::Unreachable {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(300)).no_proxy();
+        if let Some(path) = ca_file.or_else(|| std::env::var_os("BERTH_CA_FILE").filter(|v| !v.is_empty()).map(Into::into)) {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(&path).map_err(|source| ClientError::Read { path: shown.clone(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::BadCa { path: shown.clone(), message: e.to_string() })?;
+            if certs.is_empty() {
+                return Err(ClientError::BadCa { path: shown, message: "no certificate in it".into() });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Unreachable {
             url: base.clone(),
             message: e.to_string(),
         })?;

@@ -67,6 +67,16 @@ pub struct ServerConfig {
     /// reaches the port can lease, ack and purge orders: refused unless this says so on
     /// purpose (and then warned about at every start).
     pub insecure: bool,
+    /// API connections open at once; past it the one idle longest is closed (see
+    /// api/listener.rs). Keep it well under the process's file-descriptor limit.
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers — and the longest a kept-alive
+    /// connection may sit idle, and a TLS handshake take.
+    pub header_read_timeout_secs: u64,
+    /// PEM certificate chain and private key (paths relative to the config file): the
+    /// API speaks HTTPS, and both files are read again when they change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -85,6 +95,10 @@ impl Default for ServerConfig {
             stall_exit_secs: 60,
             metrics_public: false,
             insecure: false,
+            max_connections: 512,
+            header_read_timeout_secs: 10,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -250,11 +264,14 @@ pub struct HttpConfig {
     /// Let connectors reach loopback, private and link-local addresses. Only for tests
     /// and demos against a local simulator.
     pub allow_private_addresses: bool,
+    /// Ports beyond 80 and 443 connectors may call (a platform's API on 8443, say); a
+    /// connector allowed private addresses (a local sandbox) may call any port.
+    pub allowed_ports: Vec<u16>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { timeout_ms: 15_000, max_response_bytes: 8 * 1024 * 1024, allow_private_addresses: false }
+        HttpConfig { timeout_ms: 15_000, max_response_bytes: 8 * 1024 * 1024, allow_private_addresses: false, allowed_ports: Vec::new() }
     }
 }
 
@@ -716,6 +733,17 @@ impl Config {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
         if cfg.server.data_dir.is_relative() {
             cfg.server.data_dir = base.join(&cfg.server.data_dir);
+        }
+        for file in [&mut cfg.server.tls_cert, &mut cfg.server.tls_key].into_iter().flatten() {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        if cfg.server.tls_cert.is_some() != cfg.server.tls_key.is_some() {
+            return Err(invalid("server.tls_cert and server.tls_key go together: set both (PEM files) or neither".into()));
+        }
+        if cfg.server.max_connections < 8 || !(1..=3600).contains(&cfg.server.header_read_timeout_secs) {
+            return Err(invalid("server.max_connections must be at least 8 and server.header_read_timeout_secs 1..=3600".into()));
         }
         for (name, c) in cfg.connectors.iter_mut() {
             if !valid_id(name) {

@@ -160,9 +160,14 @@ enum PluginCommand {
 
 #[derive(clap::Args)]
 struct Server {
-    /// The berth to talk to (default: $BERTH_URL, else http://127.0.0.1:8080).
+    /// The berth to talk to (default: $BERTH_URL, else http://127.0.0.1:8080); https://
+    /// when it has `[server] tls_cert`.
     #[arg(long)]
     url: Option<String>,
+    /// A PEM CA certificate to trust for an https:// berth whose certificate no public
+    /// CA signed (default: $BERTH_CA_FILE).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 async fn plugin_command(command: PluginCommand) -> ExitCode {
@@ -255,54 +260,54 @@ async fn admin_command(cmd: Command) -> ExitCode {
         match cmd {
             Command::Deploy { file, connector, no_activate, server } => {
                 let bytes = read_component(&file)?;
-                let client = AdminClient::from_env(server.url)?;
+                let client = AdminClient::from_env(server.url, server.ca_file)?;
                 let path = format!("/v1/admin/connectors/{connector}/versions?activate={}", !no_activate);
                 client.call(Method::POST, &path, Body::Wasm(bytes)).await
             }
             Command::Activate { connector, digest, server } => {
                 let body = Body::Json(serde_json::json!({ "digest": digest }));
-                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/activate"), body).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/activate"), body).await
             }
             Command::Rollback { connector, server } => {
-                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/rollback"), Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/rollback"), Body::Empty).await
             }
             Command::Pause { connector, shop, server } => {
                 let path = pause_path(connector, shop, "pause")?;
-                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Resume { connector, shop, server } => {
                 let path = pause_path(connector, shop, "resume")?;
-                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Canary { connector, digest, share, shops, max_failure_rate, window_secs, min_calls, server } => {
                 let body = Body::Json(serde_json::json!({
                     "digest": digest, "share_percent": share, "shops": shops,
                     "max_failure_rate": max_failure_rate, "window_secs": window_secs, "min_calls": min_calls,
                 }));
-                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/canary"), body).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/canary"), body).await
             }
             Command::Promote { connector, force, server } => {
                 let body = Body::Json(serde_json::json!({ "force": force }));
-                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/promote"), body).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/promote"), body).await
             }
             Command::Shadow { connector, digest, server } => {
                 let body = Body::Json(serde_json::json!({ "digest": digest }));
-                AdminClient::from_env(server.url)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/shadow"), body).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/shadow"), body).await
             }
             Command::ShadowStop { connector, server } => {
                 let path = format!("/v1/admin/connectors/{connector}/shadow/stop");
-                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::AbortCanary { connector, server } => {
                 let path = format!("/v1/admin/connectors/{connector}/canary/abort");
-                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::ReleaseHold { platform, key, server } => {
                 let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let path = format!("/v1/admin/platforms/{}/holds/{}/release", enc(&platform), enc(&key));
-                AdminClient::from_env(server.url)?.call(Method::POST, &path, Body::Empty).await
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
-            Command::Connectors { server } => AdminClient::from_env(server.url)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
+            Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
             Command::Serve { .. } | Command::CheckConfig { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
         }
     };
@@ -327,7 +332,7 @@ async fn serve(config: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("berth listening on http://{}", running.addr);
+    println!("berth listening on {}://{}", if running.tls { "https" } else { "http" }, running.addr);
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -108,6 +108,11 @@ pub struct ReceiverLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub reason: &'static str,
+}
+
 /// A refused API call: `reason` is `unauthorized` or `forbidden`, `access` what the
 /// call needed (never the token or who held it).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -226,6 +231,8 @@ pub struct Metrics {
     pub connector_isolated: Family<ConnectorLabels, Gauge>,
     pub breaker_trips: Family<ConnectorLabels, Counter>,
     pub api_refused: Family<RefusedLabels, Counter>,
+    pub api_connections: Gauge,
+    pub api_connections_closed: Family<ClosedLabels, Counter>,
     /// Series each connector has created, to hold it to GUEST_MAX_SERIES.
     guest_series: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<(GuestKind, GuestLabels)>>>,
 }
@@ -323,11 +330,21 @@ impl Metrics {
         registry.register("connector_breaker_trips", "Times a connector version's circuit breaker opened", breaker_trips.clone());
         let api_refused = Family::<RefusedLabels, Counter>::default();
         registry.register("api_refused", "API calls refused for a missing, unknown or too weak token", api_refused.clone());
+        let api_connections = Gauge::default();
+        registry.register("api_connections", "API connections open now", api_connections.clone());
+        let api_connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "api_connections_closed",
+            "API connections berth closed: evicted (idle longest when max_connections was reached), refused (all busy), timeout (headers or TLS handshake too slow, idle too long)",
+            api_connections_closed.clone(),
+        );
         Metrics {
             registry,
             connector_isolated,
             breaker_trips,
             api_refused,
+            api_connections,
+            api_connections_closed,
             probes,
             shops,
             availability,
@@ -503,6 +520,11 @@ impl Metrics {
     /// A host bound stopped `n` things connector `connector` did or returned.
     pub fn limit_hit(&self, connector: &str, limit: &str, n: u64) {
         self.limit_hits.get_or_create(&LimitLabels { connector: connector.to_string(), limit: limit.to_string() }).inc_by(n);
+    }
+
+    /// The listener closed an API connection itself (see api/listener.rs).
+    pub fn api_connection_closed(&self, reason: &'static str) {
+        self.api_connections_closed.get_or_create(&ClosedLabels { reason }).inc();
     }
 
     pub fn log_dropped(&self, connector: &str, bytes: usize) {

@@ -46,10 +46,14 @@ pub enum StartError {
     Health(#[from] crate::health::HealthStoreError),
     #[error(transparent)]
     Alerts(#[from] crate::alerts::AlertsError),
+    #[error("TLS: {0}; check [server] tls_cert and tls_key")]
+    Tls(#[from] crate::api::listener::TlsError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
 pub struct Running {
+    /// Whether the API speaks HTTPS.
+    pub tls: bool,
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -110,6 +114,10 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             .map_err(|source| StartError::DataDir { path: audit_path.display().to_string(), source })?,
     );
 
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(api::listener::Tls::load(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
@@ -202,17 +210,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         max_response_bytes: cfg.erp.max_response_bytes as usize,
     }), gate, cfg.server.metrics_public)
     .merge(admin);
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = server_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let limits = api::listener::Limits {
+        max_connections: cfg.server.max_connections as usize,
+        header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
+    };
+    let tls_on = tls.is_some();
+    let server = tokio::spawn(api::listener::serve(listener, app, limits, tls, shutdown_rx.clone()));
     tracing::info!(%addr, shops = cfg.shops.len(), connectors = connectors.len(), "berth is serving; orders at /v1/orders");
-    Ok(Running { addr, shutdown, workers, server, store, shops })
+    Ok(Running { tls: tls_on, addr, shutdown, workers, server, store, shops })
 }
 
 /// Forget old idempotency keys of the order queue: at start, then hourly.

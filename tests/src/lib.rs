@@ -39,17 +39,39 @@ impl Berth {
 
     /// The same, with more arguments for `berth` (e.g. `--log-format json`).
     pub fn start_with(config: &Path, args: &[&str]) -> Berth {
+        Self::launch(config, args, None)
+    }
+
+    /// The same, with the process's open-file limit set to `nofile` (`ulimit -n`).
+    pub fn start_with_nofile(config: &Path, nofile: u64) -> Berth {
+        Self::launch(config, &[], Some(nofile))
+    }
+
+    fn launch(config: &Path, args: &[&str], nofile: Option<u64>) -> Berth {
         let stderr_log = config.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("create stderr log");
-        let mut child = Command::new(berth_bin())
+        let mut command = Command::new(berth_bin());
+        command
             .args(args)
             .args(["serve", "--config"])
             .arg(config)
             .env("BERTH_LOG", "info,berth_host=debug,wasmtime=warn,cranelift=warn")
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn berth");
+            .stderr(stderr);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn berth");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -201,6 +223,25 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Raise this process's own open-file limit to its hard limit (or `want`, if lower);
+/// returns the limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        let target = (want as libc::rlim_t).min(limit.rlim_max);
+        if limit.rlim_cur < target {
+            limit.rlim_cur = target;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    limit.rlim_cur as u64
 }
 
 /// Write `berth.toml` in `dir`: a loopback listener on any port, `data_dir = "data"`,

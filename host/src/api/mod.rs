@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod degrade;
 pub mod gate;
+pub mod listener;
 pub mod status;
 pub mod stock;
 
