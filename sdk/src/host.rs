@@ -58,7 +58,9 @@ fn own_labels(labels: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn send(req: &Request) -> Result<Response, ConnectorError> {
     http::send(req).map_err(|e| match e {
         HttpError::Denied(why) => ConnectorError::Permanent(format!("host refused the request: {why}")),
-        HttpError::Timeout => ConnectorError::Transient(format!("timed out calling {}", req.url)),
+        // The URL without its query or fragment: access tokens and signatures travel there,
+        // and this text reaches berth's log and status.
+        HttpError::Timeout => ConnectorError::Transient(format!("timed out calling {}", req.url.split(['?', '#']).next().unwrap_or_default())),
         HttpError::Connection(why) => ConnectorError::Transient(format!("connection failed: {why}")),
         HttpError::TooLarge(cap) => {
             ConnectorError::Transient(format!("response exceeded the host's {cap}-byte cap"))

@@ -97,7 +97,9 @@ secrets = {{ access_token = "tok" }}
         ),
     );
     // Private addresses: only the neighbour may reach one (the simulator on loopback).
-    let text = std::fs::read_to_string(&config).unwrap().replace("allow_private_addresses = true", "allow_private_addresses = false").replace(
+    // The bait's port is granted so that the refusals below are about addresses, not ports.
+    let http = format!("allow_private_addresses = false\nallowed_ports = [{}]", bait.addr.port());
+    let text = std::fs::read_to_string(&config).unwrap().replacen("allow_private_addresses = true", &http, 1).replace(
         "[connectors.shopify]\n",
         "[connectors.shopify]\nallow_private_addresses = true\n",
     );

@@ -39,7 +39,9 @@ async fn connectors_cannot_reach_ungranted_or_private_addresses() {
     let dir = tempfile::tempdir().unwrap();
     // write_config allows private addresses for simulator tests; this one must not.
     let config = berth_tests::write_config(dir.path(), &text);
-    let body = std::fs::read_to_string(&config).unwrap().replace("allow_private_addresses = true", "allow_private_addresses = false");
+    // The simulator's port is granted so that the refusals are about addresses, not ports.
+    let http = format!("allow_private_addresses = false\nallowed_ports = [{port}]");
+    let body = std::fs::read_to_string(&config).unwrap().replacen("allow_private_addresses = true", &http, 1);
     std::fs::write(&config, body).unwrap();
 
     let berth = Berth::start(&config);

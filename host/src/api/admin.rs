@@ -417,10 +417,14 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(State(st): State<Arc<AdminState>>, Query(q): Query<AuditQuery>, headers: HeaderMap) -> Response {
+async fn audit(State(st): State<Arc<AdminState>>, q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>, headers: HeaderMap) -> Response {
     if let Err(resp) = st.caller(&headers, Access::Audit, None) {
         return resp;
     }
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?limit=1..=10000 (the newest entries to show)")),
+    };
     match st.audit.tail(q.limit.unwrap_or(100).clamp(1, 10_000)) {
         Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")),

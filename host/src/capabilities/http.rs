@@ -11,6 +11,8 @@
 //! connection is made, so the address checked is the address used: a name that
 //! resolves to a public address at check time and a private one later (DNS rebinding)
 //! gets nowhere.
+//! The port must be 80 or 443 or one ops list in `[http] allowed_ports` (any port for a
+//! connector allowed private addresses: a local sandbox or simulator).
 //! Redirects are not followed: a connector sees the 3xx and decides. Bodies above the cap
 //! are cut off with `too-large`.
 
@@ -209,7 +211,16 @@ impl HttpGateway {
             )));
         }
         self.check_literal(allow, host)?;
+        self.check_port(allow, &url)?;
         Ok(url)
+    }
+
+    fn check_port(&self, allow: &HostAllowlist, url: &url::Url) -> Result<(), HttpError> {
+        let port = url.port_or_known_default().unwrap_or(0);
+        if matches!(port, 80 | 443) || self.config.allowed_ports.contains(&port) || self.config.allow_private_addresses || allow.private {
+            return Ok(());
+        }
+        Err(HttpError::Denied(format!("port {port} is not allowed; connectors call 80 and 443, and ports ops list in [http] allowed_ports")))
     }
 
     /// Names are checked by the resolver as they are connected to; IP literals here.
@@ -349,7 +360,7 @@ mod tests {
             format!("http://localhost:{}/", addr.port()),
         ] {
             match gw.send(&allow, get(url.clone())).await {
-                Err(HttpError::Denied(why)) => assert!(why.contains("public"), "{url}: {why}"),
+                Err(HttpError::Denied(why)) => assert!(why.contains("public") || why.contains("port"), "{url}: {why}"),
                 other => panic!("{url}: expected a refusal, got {other:?}"),
             }
         }
@@ -368,6 +379,25 @@ mod tests {
             assert_eq!(resp.status, 200);
         }
         assert!(matches!(gw.send(&allow, get(format!("http://localhost:{}/", addr.port()))).await, Err(HttpError::Denied(_))));
+    }
+
+    #[test]
+    fn ports_beyond_80_and_443_need_ops() {
+        let allow = HostAllowlist::new(["api.example.com".to_string()]);
+        for url in ["https://api.example.com/", "http://api.example.com/", "https://api.example.com:443/x", "http://api.example.com:80/"] {
+            assert!(gateway(false).admit(&allow, url).is_ok(), "{url}");
+        }
+        for url in ["https://api.example.com:8443/", "http://api.example.com:22/", "https://api.example.com:6379/"] {
+            match gateway(false).admit(&allow, url) {
+                Err(HttpError::Denied(why)) => assert!(why.contains("[http] allowed_ports"), "{url}: {why}"),
+                other => panic!("{url}: expected a refusal, got {other:?}"),
+            }
+        }
+        let granted = HttpGateway::new(HttpConfig { allowed_ports: vec![8443], ..HttpConfig::default() }).unwrap();
+        assert!(granted.admit(&allow, "https://api.example.com:8443/").is_ok());
+        assert!(granted.admit(&allow, "https://api.example.com:8444/").is_err());
+        // A sandbox connector (private addresses allowed) calls any port.
+        assert!(gateway(false).admit(&allow.clone().with_private(true), "http://api.example.com:9100/").is_ok());
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl HostState {
 fn redacted_error(e: &http::HttpError) -> String {
     let scrub = |s: &str| -> String {
         // Cut every URL in the text at its query.
-        s.split(' ').map(|w| if w.contains("://") { strip_query(w) } else { w }).collect::<Vec<_>>().join(" ")
+        s.split(' ').map(|w| if w.contains("://") { strip_query(w) } else { w.to_string() }).collect::<Vec<_>>().join(" ")
     };
     match e {
         http::HttpError::Connection(s) => format!("connection: {}", scrub(s)),
@@ -389,8 +389,37 @@ fn api_method(url: &url::Url, req: &http::Request) -> Option<String> {
 }
 
 /// URLs may carry tokens in their query; logs get the path only.
-fn strip_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
+/// A URL as logs and errors may show it: scheme, host, port and path — no query, no
+/// fragment, no user or password (where access tokens and signatures travel).
+fn strip_query(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        _ => {
+            let cut = url.split(['?', '#']).next().unwrap_or_default();
+            // Not a URL the parser takes: drop anything up to an `@` after the scheme too.
+            match cut.split_once("://") {
+                Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, r)| r)),
+                None => cut.to_string(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn logged_urls_lose_query_fragment_and_userinfo() {
+        assert_eq!(super::strip_query("https://u:p@api.example.com:8443/a/b?access_token=SECRET&x=1#frag"), "https://api.example.com:8443/a/b");
+        assert_eq!(super::strip_query("http://127.0.0.1:9/x?sign=abc"), "http://127.0.0.1:9/x");
+        assert_eq!(super::strip_query("weird://tok@host/p?q"), "weird://host/p");
+        assert_eq!(super::strip_query("not a url?token=1"), "not a url");
+    }
 }
 
 impl kv::Host for HostState {
