@@ -8,15 +8,41 @@
 
 use crate::config::{Access, AdminConfig, Role};
 use sha2::{Digest, Sha256};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Who made a call: a token's holder and role, or nobody (`role: None`) on an API
-/// without tokens.
+/// without tokens; `scope` when the token sees only some shops.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub name: String,
     pub role: Option<Role>,
+    pub scope: Option<Arc<Scope>>,
+}
+
+/// The shops a token may see: exact names, or prefixes ending in `*`.
+#[derive(Clone, Debug)]
+pub struct Scope(Vec<String>);
+
+impl Scope {
+    pub fn sees(&self, shop: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => shop.starts_with(prefix),
+            None => p == shop,
+        })
+    }
+}
+
+impl Caller {
+    /// Whether this caller may see and change `shop`.
+    pub fn sees(&self, shop: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.sees(shop))
+    }
+
+    /// Of `shops`, the ones this caller sees.
+    pub fn visible<'a>(&self, shops: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        shops.into_iter().filter(|s| self.sees(s)).cloned().collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,6 +60,7 @@ struct KnownToken {
     name: String,
     role: Role,
     digest: [u8; 32],
+    scope: Option<Arc<Scope>>,
 }
 
 #[derive(Default)]
@@ -74,7 +101,16 @@ impl AdminAuth {
     }
 
     pub fn reconfigure(&self, cfg: &AdminConfig) {
-        let known = cfg.tokens.iter().map(|t| KnownToken { name: t.name.clone(), role: t.role, digest: digest(t.token.expose()) }).collect();
+        let known = cfg
+            .tokens
+            .iter()
+            .map(|t| KnownToken {
+                name: t.name.clone(),
+                role: t.role,
+                digest: digest(t.token.expose()),
+                scope: t.shops.clone().map(|s| Arc::new(Scope(s))),
+            })
+            .collect();
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = known;
         *self.max_component_mb.write().unwrap_or_else(|e| e.into_inner()) = cfg.max_component_mb;
     }
@@ -92,7 +128,7 @@ impl AdminAuth {
     /// (config allows that on loopback only); otherwise as `authorize`.
     pub fn authorize_api(&self, header: Option<&str>, need: Access) -> Result<Caller, AuthError> {
         if !self.has_tokens() {
-            return Ok(Caller { name: "-".into(), role: None });
+            return Ok(Caller { name: "-".into(), role: None, scope: None });
         }
         self.authorize(header, need)
     }
@@ -120,7 +156,7 @@ impl AdminAuth {
         if !t.role.grants(need) {
             return Err(AuthError::Forbidden { name: t.name.clone(), have: t.role, need });
         }
-        Ok(Caller { name: t.name.clone(), role: Some(t.role) })
+        Ok(Caller { name: t.name.clone(), role: Some(t.role), scope: t.scope.clone() })
     }
 }
 

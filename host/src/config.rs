@@ -545,6 +545,13 @@ pub struct AdminToken {
     pub name: String,
     pub token: Secret,
     pub role: Role,
+    /// The shops this token may see and change (exact names, or a prefix ending in `*`:
+    /// `["acme-*", "globex"]`): one ERP vendor's merchant, in a berth serving many. Its
+    /// leases come from those shops' queue partitions only, every call naming another
+    /// shop answers 404, and whole-host views (metrics, alerts, the dashboard's status,
+    /// platforms, connectors, the feed's counters) are not for it. All shops when absent.
+    #[serde(default)]
+    pub shops: Option<Vec<String>>,
 }
 
 /// What a token may do (see `Role::grants`): `erp` is the ERP's integration; `viewer`,
@@ -882,6 +889,25 @@ impl Config {
                  role = \"erp\" }}`), listen on 127.0.0.1, or set [server] insecure = true to run open on purpose",
                 cfg.server.listen
             )));
+        }
+        for t in &cfg.admin.tokens {
+            let Some(shops) = &t.shops else { continue };
+            let pattern_ok = |p: &String| {
+                let name = p.strip_suffix('*').unwrap_or(p);
+                !p.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+            };
+            if shops.is_empty() || !shops.iter().all(pattern_ok) {
+                return Err(invalid(format!(
+                    "admin.tokens `{}`: shops must list shop names or prefixes ending in `*` (e.g. [\"acme-*\", \"globex\"])",
+                    t.name
+                )));
+            }
+            if !matches!(t.role, Role::Erp | Role::Viewer | Role::Operator) {
+                return Err(invalid(format!(
+                    "admin.tokens `{}`: a token scoped to shops may have role erp, viewer or operator; deploys and the audit log concern every shop",
+                    t.name
+                )));
+            }
         }
         if cfg.admin.max_component_mb == 0 {
             return Err(invalid("admin.max_component_mb must be at least 1".into()));

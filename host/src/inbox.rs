@@ -117,6 +117,22 @@ impl OrderInbox {
         self.queue.lease_within(ORDERS_QUEUE, max, max_bytes, visibility).await
     }
 
+    /// `lease_raw` from these shops' partitions only (a tenant's lease; see
+    /// [`SledQueue::lease_partitions`]).
+    pub async fn lease_raw_from(&self, shops: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
+        self.queue.lease_partitions(ORDERS_QUEUE, shops, max, max_bytes, visibility).await
+    }
+
+    /// The shop of a queued order (`None` when it is not queued).
+    pub fn shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
+        self.queue.partition_of(ORDERS_QUEUE, id)
+    }
+
+    /// The shop of a dead-lettered order (`None` when there is no such dead letter).
+    pub fn dead_shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
+        self.queue.dead_partition_of(ORDERS_QUEUE, id)
+    }
+
     pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
         self.queue.ack(ORDERS_QUEUE, token).await
     }

@@ -315,7 +315,7 @@ impl OrderStore {
         after: u64,
         limit: usize,
         max_bytes: usize,
-        shop: Option<&str>,
+        shop: Option<&dyn Fn(&str) -> bool>,
         mut each: impl FnMut(sled::IVec) -> bool,
     ) -> Result<u64, StoreError> {
         #[derive(Deserialize)]
@@ -333,7 +333,7 @@ impl OrderStore {
             let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?);
             if let Some(want) = shop {
                 let head: Head<'_> = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("order feed entry {seq}: {e}")))?;
-                if head.shop != want {
+                if !want(&head.shop) {
                     next = seq;
                     continue;
                 }

@@ -83,8 +83,36 @@ impl AdminState {
         })
     }
 
-    /// Check the caller; a refused change is audited too (`action` is `None` for reads).
+    /// Check the caller of a call about connectors, versions, platforms or the audit log:
+    /// a token scoped to some shops is refused (403). A refused change is audited too
+    /// (`action` is `None` for reads).
     pub(super) fn caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
+        let caller = self.any_caller(headers, need, action)?;
+        if caller.scope.is_some() {
+            let why = format!("token `{}` is scoped to some shops; this call concerns every shop", caller.name);
+            if let Some(a) = action {
+                self.record(&caller.name, a, None, "forbidden", why.clone())?;
+            }
+            return Err(error(StatusCode::FORBIDDEN, why));
+        }
+        Ok(caller)
+    }
+
+    /// Check the caller of a call about one shop: a scoped token that does not see it
+    /// gets 404, as for a shop that is not there.
+    pub(super) fn caller_for_shop(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>, shop: &str) -> Result<Caller, Response> {
+        let caller = self.any_caller(headers, need, action)?;
+        if !caller.sees(shop) {
+            let why = format!("no shop `{shop}` is configured");
+            if let Some(a) = action {
+                self.record(&caller.name, a, None, "refused", why.clone())?;
+            }
+            return Err(error(StatusCode::NOT_FOUND, why));
+        }
+        Ok(caller)
+    }
+
+    fn any_caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
         let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.auth.authorize(header, need).map_err(|e| {
             let (status, outcome, who) = match &e {
@@ -361,7 +389,7 @@ async fn pause_connector(State(st): State<Arc<AdminState>>, Path(name): Path<Str
 async fn pause_shop(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, paused: bool) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: if paused { "pause" } else { "resume" }, target: &target };
-    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
+    let caller = match st.caller_for_shop(&headers, Access::Operate, Some(&action), &shop) {
         Ok(c) => c,
         Err(resp) => return resp,
     };

@@ -63,7 +63,7 @@ impl AdminState {
 pub const MAX_IMPORT_BYTES: usize = 64 << 20;
 
 pub async fn status(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Access::Read, None) {
+    if let Err(resp) = st.caller_for_shop(&headers, Access::Read, None, &shop) {
         return resp;
     }
     match st.degrade.status(&shop) {
@@ -75,7 +75,7 @@ pub async fn status(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
 pub async fn export(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: "stock-export", target: &target };
-    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
+    let caller = match st.caller_for_shop(&headers, Access::Operate, Some(&action), &shop) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -88,7 +88,7 @@ pub async fn export(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
 }
 
 pub async fn batch(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(resp) = st.caller(&headers, Access::Read, None) {
+    if let Err(resp) = st.caller_for_shop(&headers, Access::Read, None, &shop) {
         return resp;
     }
     match st.degrade.stock.export_batch(&shop, &batch) {
@@ -103,7 +103,7 @@ pub async fn batch(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<
 pub async fn end(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(String, String)>, headers: HeaderMap, uploaded: bool) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: if uploaded { "stock-export-confirm" } else { "stock-export-cancel" }, target: &target };
-    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
+    let caller = match st.caller_for_shop(&headers, Access::Operate, Some(&action), &shop) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -121,7 +121,7 @@ pub async fn end(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<(S
 pub async fn import(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let target = format!("shop:{shop}");
     let action = Action { name: "orders-import", target: &target };
-    let caller = match st.caller(&headers, Access::Operate, Some(&action)) {
+    let caller = match st.caller_for_shop(&headers, Access::Operate, Some(&action), &shop) {
         Ok(c) => c,
         Err(resp) => return resp,
     };

@@ -53,14 +53,25 @@ pub(super) fn refused(e: &AuthError, need: Access) -> Response {
     resp
 }
 
-/// The middleware: `need` is what the routes behind it require.
-pub async fn check(State((gate, need)): State<(Arc<Gate>, Access)>, mut req: Request, next: Next) -> Response {
+/// The middleware: `need` is what the routes behind it require; `whole_host` routes
+/// show every shop's data and are refused to a token scoped to some shops.
+pub async fn check(State((gate, need, whole_host)): State<(Arc<Gate>, Access, bool)>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let audited = need == Access::Operate && req.method() != Method::GET && req.method() != Method::HEAD;
     let target = req.uri().path().to_string();
     let action = if target.contains("/stock/") { "stock-dead-letters" } else { "order-dead-letters" };
     let action = format!("{action}-{}", target.rsplit('/').next().unwrap_or_default());
     match gate.auth.authorize_api(header, need) {
+        Ok(caller) if whole_host && caller.scope.is_some() => {
+            crate::metrics::Metrics::get()
+                .api_refused
+                .get_or_create(&crate::metrics::RefusedLabels { reason: "forbidden", access: access_name(need) })
+                .inc();
+            error(
+                StatusCode::FORBIDDEN,
+                format!("token `{}` is scoped to some shops; {} covers every shop (read /v1/shops and /v1/orders/queue instead)", caller.name, target),
+            )
+        }
         Ok(caller) => {
             let who = caller.name.clone();
             req.extensions_mut().insert(caller);

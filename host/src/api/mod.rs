@@ -16,7 +16,8 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use crate::auth::Caller;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,12 +65,11 @@ pub struct ApiState {
 /// carry the platform's signature) need no token.
 pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool) -> Router {
     use crate::config::Access;
-    let behind = |need: Access, routes: Router<Arc<ApiState>>| {
-        routes.route_layer(axum::middleware::from_fn_with_state((gate.clone(), need), gate::check))
+    let behind = |need: Access, whole_host: bool, routes: Router<Arc<ApiState>>| {
+        routes.route_layer(axum::middleware::from_fn_with_state((gate.clone(), need, whole_host), gate::check))
     };
     let erp = Router::new()
         .route("/v1/orders", get(list_orders))
-        .route("/v1/orders/feed", get(feed_info))
         .route("/v1/orders/lease", post(lease_orders))
         .route("/v1/orders/ack", post(ack_orders))
         .route("/v1/orders/nack", post(nack_orders))
@@ -81,13 +81,16 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
         .route("/v1/shops/{shop}/stock/dead-letters/replay", post(stock::replay))
         .route("/v1/shops/{shop}/stock/dead-letters/purge", post(stock::purge));
-    let mut read = Router::new()
+    let read = Router::new()
         .route("/v1/orders/queue", get(queue_info))
         .route("/v1/shops", get(list_shops))
+        .route("/v1/stock/queue", get(stock::queue));
+    // What covers every shop: not for a token scoped to some.
+    let erp_host = Router::new().route("/v1/orders/feed", get(feed_info));
+    let mut read_host = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/alerts", get(alerts))
         .route("/v1/status", get(status::get_status))
-        .route("/v1/stock/queue", get(stock::queue))
         .route("/v1/connectors", get(list_connectors))
         .route("/v1/platforms", get(list_platforms));
     let mut public = Router::new()
@@ -99,12 +102,14 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
     if metrics_public {
         public = public.route("/metrics", get(metrics));
     } else {
-        read = read.route("/metrics", get(metrics));
+        read_host = read_host.route("/metrics", get(metrics));
     }
     public
-        .merge(behind(Access::Erp, erp))
-        .merge(behind(Access::Operate, operate))
-        .merge(behind(Access::Read, read))
+        .merge(behind(Access::Erp, false, erp))
+        .merge(behind(Access::Erp, true, erp_host))
+        .merge(behind(Access::Operate, false, operate))
+        .merge(behind(Access::Read, false, read))
+        .merge(behind(Access::Read, true, read_host))
         .with_state(state)
 }
 
@@ -157,11 +162,18 @@ fn streamed(chunks: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Er
 
 /// `{"orders":[...],"next_after":N}`: feed entries after `after` (as stored, not parsed
 /// again), stopping at `limit` entries or `[erp] max_response_bytes` of them.
-async fn list_orders(State(st): State<Arc<ApiState>>, q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn list_orders(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?after=SEQ&limit=1..={MAX_ORDERS_PAGE}&shop=NAME")),
     };
+    if let Some(shop) = q.shop.as_deref().filter(|s| !caller.sees(s)) {
+        return no_such_shop(&st, &caller, shop);
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, format!("limit must be 1..={MAX_ORDERS_PAGE}"));
@@ -173,7 +185,10 @@ async fn list_orders(State(st): State<Arc<ApiState>>, q: Result<Query<OrdersQuer
             return;
         }
         let mut first = true;
-        let read = store.scan(q.after, limit, max_bytes, q.shop.as_deref(), |entry| {
+        // One shop asked for, or the caller's shops when its token is scoped, or all.
+        let wanted = |s: &str| q.shop.as_deref().is_none_or(|want| want == s) && caller.sees(s);
+        let filter: Option<&dyn Fn(&str) -> bool> = (q.shop.is_some() || caller.scope.is_some()).then_some(&wanted);
+        let read = store.scan(q.after, limit, max_bytes, filter, |entry| {
             if !std::mem::take(&mut first) && tx.blocking_send(Ok(bytes::Bytes::from_static(b","))).is_err() {
                 return false;
             }
@@ -203,6 +218,12 @@ struct FeedInfo {
 async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
     let (committed_seq, durable_seq) = st.store.sequences();
     Json(FeedInfo { entries: st.store.feed_len(), committed_seq, durable_seq })
+}
+
+/// 404 for a shop that is not configured or that the caller's token does not see; the
+/// names listed are the ones it sees.
+pub(crate) fn no_such_shop(st: &ApiState, caller: &Caller, shop: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; shops: {}", caller.visible(st.shops.names().iter()).join(", ")))
 }
 
 pub(crate) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -250,7 +271,7 @@ fn default_visibility() -> u64 {
 
 /// `{"leases":[{"token":..,"expires_at_ms":..,<the queued order's fields>},...]}`, at
 /// most `max` orders and `[erp] max_response_bytes` of them (at least one).
-async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseRequest>) -> Response {
+async fn lease_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<LeaseRequest>) -> Response {
     let req = match body_or_400(body, &format!("{{\"max\": 1..={MAX_ORDERS_PAGE}, \"visibility_secs\": 1..=86400}}")) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -258,7 +279,13 @@ async fn lease_orders(State(st): State<Arc<ApiState>>, body: JsonBody<LeaseReque
     if !(1..=MAX_ORDERS_PAGE).contains(&req.max) || !(1..=86_400).contains(&req.visibility_secs) {
         return error(StatusCode::BAD_REQUEST, format!("max must be 1..={MAX_ORDERS_PAGE} and visibility_secs 1..=86400"));
     }
-    let leases = match st.inbox.lease_raw(req.max, st.max_response_bytes, std::time::Duration::from_secs(req.visibility_secs)).await {
+    let visibility = std::time::Duration::from_secs(req.visibility_secs);
+    let leased = match &caller.scope {
+        // A tenant leases from its shops' partitions only: another's backlog is not in its way.
+        Some(_) => st.inbox.lease_raw_from(&caller.visible(st.shops.names().iter()), req.max, st.max_response_bytes, visibility).await,
+        None => st.inbox.lease_raw(req.max, st.max_response_bytes, visibility).await,
+    };
+    let leases = match leased {
         Ok(leases) => leases,
         Err(e) => return queue_error(e),
     };
@@ -320,7 +347,7 @@ enum Settle {
     Extend,
 }
 
-async fn settle(st: &ApiState, body: JsonBody<AckRequest>, how: Settle) -> Response {
+async fn settle(st: &ApiState, caller: &Caller, body: JsonBody<AckRequest>, how: Settle) -> Response {
     let req = match body_or_400(body, r#"{"tokens": [{"id": N, "attempt": N, "lease": "..."}]} as the lease answered them"#) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -341,6 +368,23 @@ async fn settle(st: &ApiState, body: JsonBody<AckRequest>, how: Settle) -> Respo
         (_, None) => std::time::Duration::ZERO,
     };
     let mut resp = AckResponse { done: 0, lease_lost: Vec::new(), refused: Vec::new(), expires_at_ms: (how == Settle::Extend).then(BTreeMap::new) };
+    // A scoped token settles only its shops' orders; another's is refused like a token
+    // that is not the current lease, and nothing changes for it.
+    let mut req = req;
+    if caller.scope.is_some() {
+        let mut mine = Vec::with_capacity(req.tokens.len());
+        for token in req.tokens {
+            match st.inbox.shop_of(token.id) {
+                Ok(Some(shop)) if caller.sees(&shop) => mine.push(token),
+                Ok(_) => {
+                    resp.lease_lost.push(token.id);
+                    resp.refused.push(Refused { id: token.id, reason: QueueError::LeaseLost { id: token.id }.to_string() });
+                }
+                Err(e) => return queue_error(e),
+            }
+        }
+        req.tokens = mine;
+    }
     let reason = req.reason.as_deref().map(|r| crate::runtime::state::bounded(r, 2048)).unwrap_or("nacked by the ERP");
     // Acks share one fsync; a nack or an extend is rare and each is its own.
     let results: Vec<Result<Option<i64>, QueueError>> = match how {
@@ -383,16 +427,16 @@ async fn settle(st: &ApiState, body: JsonBody<AckRequest>, how: Settle) -> Respo
     (status, Json(resp)).into_response()
 }
 
-async fn ack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
-    settle(&st, body, Settle::Ack).await
+async fn ack_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, &caller, body, Settle::Ack).await
 }
 
-async fn nack_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
-    settle(&st, body, Settle::Nack).await
+async fn nack_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, &caller, body, Settle::Nack).await
 }
 
-async fn extend_orders(State(st): State<Arc<ApiState>>, body: JsonBody<AckRequest>) -> Response {
-    settle(&st, body, Settle::Extend).await
+async fn extend_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<AckRequest>) -> Response {
+    settle(&st, &caller, body, Settle::Extend).await
 }
 
 #[derive(Serialize)]
@@ -406,12 +450,23 @@ struct QueueInfo {
     webhook: Option<crate::delivery::DeliveryStatus>,
 }
 
-async fn queue_info(State(st): State<Arc<ApiState>>) -> Response {
+async fn queue_info(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Response {
     let webhook = st.delivery.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).clone());
     match (st.inbox.stats(), st.inbox.partition_stats(), st.inbox.dead_letters(100)) {
-        (Ok(stats), Ok(partitions), Ok(dead_letters)) => {
-            Json(QueueInfo { stats, partitions, dead_letters, webhook }).into_response()
+        (Ok(_), Ok(partitions), Ok(dead_letters)) if caller.scope.is_some() => {
+            // The caller's shops only, their totals summed.
+            let partitions: BTreeMap<String, QueueStats> = partitions.into_iter().filter(|(shop, _)| caller.sees(shop)).collect();
+            let mut stats = QueueStats::default();
+            for p in partitions.values() {
+                stats.ready += p.ready;
+                stats.in_flight += p.in_flight;
+                stats.dead += p.dead;
+                stats.oldest_age_ms = stats.oldest_age_ms.max(p.oldest_age_ms);
+            }
+            let dead_letters = dead_letters.into_iter().filter(|d| caller.sees(&d.partition)).collect();
+            Json(QueueInfo { stats, partitions, dead_letters, webhook: None }).into_response()
         }
+        (Ok(stats), Ok(partitions), Ok(dead_letters)) => Json(QueueInfo { stats, partitions, dead_letters, webhook }).into_response(),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => queue_error(e),
     }
 }
@@ -427,11 +482,26 @@ struct CountResponse {
     count: usize,
 }
 
-async fn dead_letter_op(st: &ApiState, body: JsonBody<IdsRequest>, replay: bool) -> Response {
-    let req = match body_or_400(body, r#"{"ids": [N, ...]} from GET /v1/orders/queue"#) {
+async fn dead_letter_op(st: &ApiState, caller: &Caller, body: JsonBody<IdsRequest>, replay: bool) -> Response {
+    let mut req = match body_or_400(body, r#"{"ids": [N, ...]} from GET /v1/orders/queue"#) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if req.ids.len() > MAX_TOKENS {
+        return error(StatusCode::BAD_REQUEST, format!("ids: {} given, at most {MAX_TOKENS} a call", req.ids.len()));
+    }
+    if caller.scope.is_some() {
+        // Another shop's dead letter is, for this token, not there.
+        let mut mine = Vec::with_capacity(req.ids.len());
+        for id in req.ids {
+            match st.inbox.dead_shop_of(id) {
+                Ok(Some(shop)) if caller.sees(&shop) => mine.push(id),
+                Ok(_) => {}
+                Err(e) => return queue_error(e),
+            }
+        }
+        req.ids = mine;
+    }
     let result = if replay { st.inbox.replay(&req.ids).await } else { st.inbox.purge(&req.ids).await };
     match result {
         Ok(count) => Json(CountResponse { count }).into_response(),
@@ -439,12 +509,12 @@ async fn dead_letter_op(st: &ApiState, body: JsonBody<IdsRequest>, replay: bool)
     }
 }
 
-async fn replay_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>) -> Response {
-    dead_letter_op(&st, body, true).await
+async fn replay_dead(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<IdsRequest>) -> Response {
+    dead_letter_op(&st, &caller, body, true).await
 }
 
-async fn purge_dead(State(st): State<Arc<ApiState>>, body: JsonBody<IdsRequest>) -> Response {
-    dead_letter_op(&st, body, false).await
+async fn purge_dead(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, body: JsonBody<IdsRequest>) -> Response {
+    dead_letter_op(&st, &caller, body, false).await
 }
 
 async fn platform_webhook(
@@ -479,8 +549,8 @@ async fn platform_webhook(
     }
 }
 
-async fn list_shops(State(st): State<Arc<ApiState>>) -> Json<Vec<ShopStatus>> {
-    Json(st.shops.statuses())
+async fn list_shops(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Json<Vec<ShopStatus>> {
+    Json(st.shops.statuses().into_iter().filter(|s| caller.sees(&s.shop)).collect())
 }
 
 #[derive(Serialize)]

@@ -10,7 +10,9 @@
 use super::{body_or_400, error, ApiState, JsonBody};
 use crate::stock::pusher::{PushStatus, SharedPushStatus};
 use crate::stock::{SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult};
+use crate::auth::Caller;
 use axum::extract::{Path, Query, State};
+use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,11 +42,10 @@ fn stock_error(e: StockError) -> Response {
     }
 }
 
-/// The shop's entry, or the response saying why it cannot take stock.
-fn shop_entry(st: &ApiState, shop: &str) -> Result<StockShop, Response> {
-    st.shops.stock(shop).ok_or_else(|| {
-        error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; configured shops: {}", st.shops.names().join(", ")))
-    })
+/// The shop's entry, or the response saying why it cannot take stock (404 also for a
+/// shop the caller's token does not see).
+fn shop_entry(st: &ApiState, caller: &Caller, shop: &str) -> Result<StockShop, Response> {
+    st.shops.stock(shop).filter(|_| caller.sees(shop)).ok_or_else(|| super::no_such_shop(st, caller, shop))
 }
 
 #[derive(Deserialize)]
@@ -58,8 +59,8 @@ struct SubmitResponse {
     results: Vec<SubmitResult>,
 }
 
-pub async fn submit(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<SubmitBody>) -> Response {
-    let entry = match shop_entry(&st, &shop) {
+pub async fn submit(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(shop): Path<String>, body: JsonBody<SubmitBody>) -> Response {
+    let entry = match shop_entry(&st, &caller, &shop) {
         Ok(e) => e,
         Err(resp) => return resp,
     };
@@ -102,10 +103,11 @@ struct ListResponse {
 
 pub async fn list(
     State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(shop): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(resp) = shop_entry(&st, &shop) {
+    if let Err(resp) = shop_entry(&st, &caller, &shop) {
         return resp;
     }
     let Query(q) = match q {
@@ -127,8 +129,8 @@ pub async fn list(
     }
 }
 
-pub async fn one(State(st): State<Arc<ApiState>>, Path((shop, sku)): Path<(String, String)>) -> Response {
-    if let Err(resp) = shop_entry(&st, &shop) {
+pub async fn one(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path((shop, sku)): Path<(String, String)>) -> Response {
+    if let Err(resp) = shop_entry(&st, &caller, &shop) {
         return resp;
     }
     match st.stock.get(&shop, &sku) {
@@ -149,8 +151,8 @@ struct ReplayResponse {
     count: usize,
 }
 
-async fn dead_letter_op(st: &ApiState, shop: &str, body: JsonBody<ReplayBody>, replay: bool) -> Response {
-    let entry = match shop_entry(st, shop) {
+async fn dead_letter_op(st: &ApiState, caller: &Caller, shop: &str, body: JsonBody<ReplayBody>, replay: bool) -> Response {
+    let entry = match shop_entry(st, caller, shop) {
         Ok(e) => e,
         Err(resp) => return resp,
     };
@@ -170,12 +172,12 @@ async fn dead_letter_op(st: &ApiState, shop: &str, body: JsonBody<ReplayBody>, r
     }
 }
 
-pub async fn replay(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
-    dead_letter_op(&st, &shop, body, true).await
+pub async fn replay(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
+    dead_letter_op(&st, &caller, &shop, body, true).await
 }
 
-pub async fn purge(State(st): State<Arc<ApiState>>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
-    dead_letter_op(&st, &shop, body, false).await
+pub async fn purge(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(shop): Path<String>, body: JsonBody<ReplayBody>) -> Response {
+    dead_letter_op(&st, &caller, &shop, body, false).await
 }
 
 #[derive(Serialize)]
@@ -187,9 +189,9 @@ struct ShopStockView {
     pusher: Option<PushStatus>,
 }
 
-pub async fn queue(State(st): State<Arc<ApiState>>) -> Response {
+pub async fn queue(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Response {
     let mut out = BTreeMap::new();
-    for (shop, entry) in &st.shops.stock_shops() {
+    for (shop, entry) in st.shops.stock_shops().iter().filter(|(shop, _)| caller.sees(shop)) {
         let stats = match st.stock.stats(shop) {
             Ok(s) => s,
             Err(e) => return stock_error(e),

@@ -1,7 +1,10 @@
 //! The embedded queue backend on sled.
 //!
 //! Per queue four trees: `msg` (id -> header + payload), `ready` (visible-at + id, the
-//! schedule: both waiting and leased messages, a lease being a move into the future),
+//! schedule: both waiting and leased messages, a lease being a move into the future;
+//! beside it, after every timestamp, the same schedule per partition — `0xFF`,
+//! partition, `0`, visible-at, id — so one partition is leased without reading past
+//! another's backlog),
 //! `idem` (idempotency key -> id) and `dead`. Each operation is one sled transaction
 //! across the trees it touches, then a group-committed flush before it returns.
 //! Leasing is serialized in-process so a message is never handed to two consumers.
@@ -79,7 +82,46 @@ fn idem_created(v: &[u8]) -> i64 {
 }
 
 fn id_of_sched(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[8..16].try_into().expect("16-byte schedule key"))
+    let tail = &key[key.len() - 16..];
+    u64::from_be_bytes(tail[8..16].try_into().expect("16-byte schedule key"))
+}
+
+/// Partition schedule keys start here, after every timestamp a global key can hold.
+const PARTITIONED: u8 = 0xFF;
+/// Present in `ready` once the partition schedule has been built for this queue.
+const PARTITIONED_MARK: &[u8] = b"\xFEpartition-schedule-v1";
+
+fn psched_prefix(partition: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(partition.len() + 2 + 16);
+    k.push(PARTITIONED);
+    k.extend_from_slice(partition.as_bytes());
+    k.push(0);
+    k
+}
+
+fn psched_key(partition: &str, visible_at_ms: i64, id: u64) -> Vec<u8> {
+    let mut k = psched_prefix(partition);
+    k.extend_from_slice(&sched_key(visible_at_ms, id));
+    k
+}
+
+/// Whether a `ready` key is the global schedule's (visible-at + id).
+fn is_global_sched(key: &[u8]) -> bool {
+    key.len() == 16 && key[0] < 0xFE
+}
+
+/// Put a message on both schedules.
+fn sched_put(ready: &TransactionalTree, partition: &str, visible_at_ms: i64, id: u64) -> TxResult<()> {
+    ready.insert(&sched_key(visible_at_ms, id), &[])?;
+    ready.insert(psched_key(partition, visible_at_ms, id), &[])?;
+    Ok(())
+}
+
+/// Take a message off both schedules.
+fn sched_del(ready: &TransactionalTree, partition: &str, visible_at_ms: i64, id: u64) -> TxResult<()> {
+    ready.remove(&sched_key(visible_at_ms, id))?;
+    ready.remove(psched_key(partition, visible_at_ms, id))?;
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -152,6 +194,15 @@ impl SledQueue {
         }
         let open = |part: &str| self.db.open_tree(format!("q/{queue}/{part}"));
         let t = QueueTrees { msg: open("msg")?, ready: open("ready")?, idem: open("idem")?, dead: open("dead")? };
+        if t.ready.get(PARTITIONED_MARK)?.is_none() {
+            // Written by a berth before partition schedules: build them from the messages.
+            for item in t.msg.iter() {
+                let (k, v) = item?;
+                let (h, _) = decode(id_of(&k), &v)?;
+                t.ready.insert(psched_key(&h.partition, h.visible_at_ms, id_of(&k)), &[])?;
+            }
+            t.ready.insert(PARTITIONED_MARK, &[])?;
+        }
         map.insert(queue.to_string(), t.clone());
         Ok(t)
     }
@@ -178,16 +229,102 @@ impl SledQueue {
         (&t.msg, &t.ready)
             .transaction(|(msg, ready)| {
                 let (h, _) = leased_header(msg, token)?;
-                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                sched_del(ready, &h.partition, h.visible_at_ms, token.id)?;
                 msg.remove(&token.id.to_be_bytes())?;
                 Ok(())
             })
             .map_err(tx_err)
     }
 
+    /// Lease the messages `due` (in that order) until `max_bytes` of payload.
+    fn lease_due(&self, t: &QueueTrees, due: Vec<u64>, now: i64, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        let mut out = Vec::with_capacity(due.len());
+        let mut bytes = 0usize;
+        for id in due {
+            // Stop before a message that would pass the byte bound (a first one always goes).
+            let size = t.msg.get(id.to_be_bytes())?.map_or(0, |v| payload_len(&v));
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            let expires = super::later(now, visibility);
+            let max_attempts = self.policy.max_attempts;
+            let leased = (&t.msg, &t.ready, &t.dead)
+                .transaction(|(msg, ready, dead)| {
+                    let Some(bytes) = msg.get(id.to_be_bytes())? else { return Ok(None) };
+                    let (mut h, payload) = decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    if h.attempts >= max_attempts {
+                        let reason = format!("lease expired {} times without an ack; last error: {}", h.attempts, h.last_error.clone().unwrap_or_else(|| "none".into()));
+                        Self::bury(msg, ready, dead, id, h, &payload, reason)?;
+                        return Ok(None);
+                    }
+                    sched_del(ready, &h.partition, h.visible_at_ms, id)?;
+                    h.attempts += 1;
+                    h.visible_at_ms = expires;
+                    let token = LeaseToken::issue(id, h.attempts);
+                    h.lease = Some(token.lease.clone());
+                    sched_put(ready, &h.partition, expires, id)?;
+                    msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
+                    Ok(Some(Leased {
+                        token,
+                        partition: h.partition.clone(),
+                        payload,
+                        enqueued_at_ms: h.enqueued_at_ms,
+                        expires_at_ms: expires,
+                    }))
+                })
+                .map_err(tx_err)?;
+            if let Some(l) = leased {
+                bytes += l.payload.len();
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lease like `lease_within`, from `partitions` only: each partition's own schedule
+    /// is read, so another partition's backlog is never read past (a tenant's lease does
+    /// not wait behind another tenant's orders). Oldest due first across them.
+    pub async fn lease_partitions(&self, queue: &str, partitions: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        let t = self.trees(queue)?;
+        let _serial = self.lease_lock.lock().await;
+        let now = now_ms();
+        let mut due: Vec<([u8; 16], u64)> = Vec::new();
+        for p in partitions {
+            let prefix = psched_prefix(p);
+            let mut end = prefix.clone();
+            end.extend_from_slice(&sched_key(now, u64::MAX));
+            for k in t.ready.range(prefix..end).keys().take(max) {
+                let k = k?;
+                let sched: [u8; 16] = k[k.len() - 16..].try_into().expect("16-byte schedule tail");
+                due.push((sched, id_of_sched(&k)));
+            }
+        }
+        due.sort_unstable();
+        due.truncate(max);
+        self.lease_due(&t, due.into_iter().map(|(_, id)| id).collect(), now, max_bytes, visibility)
+    }
+
+    /// The partition of a live message (`None` when it is not in the queue).
+    pub fn partition_of(&self, queue: &str, id: u64) -> Result<Option<String>, QueueError> {
+        let t = self.trees(queue)?;
+        match t.msg.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(decode(id, &v)?.0.partition)),
+            None => Ok(None),
+        }
+    }
+
+    /// The partition of a dead letter (`None` when there is no such dead letter).
+    pub fn dead_partition_of(&self, queue: &str, id: u64) -> Result<Option<String>, QueueError> {
+        let t = self.trees(queue)?;
+        match t.dead.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(decode(id, &v)?.0.partition)),
+            None => Ok(None),
+        }
+    }
+
     /// Move a message to the dead letters inside a transaction.
     fn bury(msg: &TransactionalTree, ready: &TransactionalTree, dead: &TransactionalTree, id: u64, mut h: Header, payload: &[u8], reason: String) -> TxResult<()> {
-        ready.remove(&sched_key(h.visible_at_ms, id))?;
+        sched_del(ready, &h.partition, h.visible_at_ms, id)?;
         msg.remove(&id.to_be_bytes())?;
         h.last_error = Some(reason);
         h.visible_at_ms = now_ms();
@@ -213,12 +350,12 @@ impl LeaseQueue for SledQueue {
             let id = self.db.generate_id()? + 1;
             let header = Header { partition: m.partition, attempts: 0, enqueued_at_ms: now, visible_at_ms: now, idem: m.idempotency_key, last_error: None, lease: None };
             let record = encode(&header, &m.payload);
-            staged.push((id, header.idem, record));
+            staged.push((id, header.idem, record, header.partition));
         }
         let result = (&t.msg, &t.ready, &t.idem)
             .transaction(|(msg, ready, idem)| {
                 let mut out = Vec::with_capacity(staged.len());
-                for (id, key, record) in &staged {
+                for (id, key, record, partition) in &staged {
                     if let Some(key) = key {
                         // Also sees a key inserted earlier in this transaction.
                         if let Some(existing) = idem.get(key.as_bytes())? {
@@ -228,7 +365,7 @@ impl LeaseQueue for SledQueue {
                         idem.insert(key.as_bytes(), idem_value(*id, now).as_slice())?;
                     }
                     msg.insert(&id.to_be_bytes(), record.as_slice())?;
-                    ready.insert(&sched_key(now, *id), &[])?;
+                    sched_put(ready, partition, now, *id)?;
                     out.push(Enqueued::New(*id));
                 }
                 Ok(out)
@@ -250,49 +387,9 @@ impl LeaseQueue for SledQueue {
             .take(max)
             .map(|k| k.map(|k| id_of_sched(&k)))
             .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(due.len());
-        let mut bytes = 0usize;
-        for id in due {
-            // Stop before a message that would pass the byte bound (a first one always goes).
-            let size = t.msg.get(id.to_be_bytes())?.map_or(0, |v| payload_len(&v));
-            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
-                break;
-            }
-            let expires = super::later(now, visibility);
-            let max_attempts = self.policy.max_attempts;
-            let leased = (&t.msg, &t.ready, &t.dead)
-                .transaction(|(msg, ready, dead)| {
-                    let Some(bytes) = msg.get(id.to_be_bytes())? else { return Ok(None) };
-                    let (mut h, payload) = decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    if h.attempts >= max_attempts {
-                        let reason = format!("lease expired {} times without an ack; last error: {}", h.attempts, h.last_error.clone().unwrap_or_else(|| "none".into()));
-                        Self::bury(msg, ready, dead, id, h, &payload, reason)?;
-                        return Ok(None);
-                    }
-                    ready.remove(&sched_key(h.visible_at_ms, id))?;
-                    h.attempts += 1;
-                    h.visible_at_ms = expires;
-                    let token = LeaseToken::issue(id, h.attempts);
-                    h.lease = Some(token.lease.clone());
-                    ready.insert(&sched_key(expires, id), &[])?;
-                    msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
-                    Ok(Some(Leased {
-                        token,
-                        partition: h.partition.clone(),
-                        payload,
-                        enqueued_at_ms: h.enqueued_at_ms,
-                        expires_at_ms: expires,
-                    }))
-                })
-                .map_err(tx_err)?;
-            if let Some(l) = leased {
-                bytes += l.payload.len();
-                out.push(l);
-            }
-        }
         // A lease lost in a crash only makes the message visible again (at least once),
         // so leases are not flushed on their own; the next durable write carries them.
-        Ok(out)
+        self.lease_due(&t, due, now, max_bytes, visibility)
     }
 
     async fn ack(&self, queue: &str, token: &LeaseToken) -> Result<(), QueueError> {
@@ -320,11 +417,11 @@ impl LeaseQueue for SledQueue {
                     let why = format!("failed {} attempts; last error: {reason}", h.attempts);
                     return Self::bury(msg, ready, dead, token.id, h, &payload, why);
                 }
-                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                sched_del(ready, &h.partition, h.visible_at_ms, token.id)?;
                 h.visible_at_ms = super::later(now_ms(), delay);
                 h.last_error = Some(reason.to_string());
                 h.lease = None;
-                ready.insert(&sched_key(h.visible_at_ms, token.id), &[])?;
+                sched_put(ready, &h.partition, h.visible_at_ms, token.id)?;
                 msg.insert(&token.id.to_be_bytes(), encode(&h, &payload))?;
                 Ok(())
             })
@@ -338,9 +435,9 @@ impl LeaseQueue for SledQueue {
         let expires = (&t.msg, &t.ready)
             .transaction(|(msg, ready)| {
                 let (mut h, payload) = leased_header(msg, token)?;
-                ready.remove(&sched_key(h.visible_at_ms, token.id))?;
+                sched_del(ready, &h.partition, h.visible_at_ms, token.id)?;
                 h.visible_at_ms = super::later(now_ms(), visibility);
-                ready.insert(&sched_key(h.visible_at_ms, token.id), &[])?;
+                sched_put(ready, &h.partition, h.visible_at_ms, token.id)?;
                 msg.insert(&token.id.to_be_bytes(), encode(&h, &payload))?;
                 Ok(h.visible_at_ms)
             })
@@ -384,7 +481,7 @@ impl LeaseQueue for SledQueue {
                     h.lease = None;
                     h.visible_at_ms = now;
                     msg.insert(&id.to_be_bytes(), encode(&h, &payload))?;
-                    ready.insert(&sched_key(now, *id), &[])?;
+                    sched_put(ready, &h.partition, now, *id)?;
                     moved += 1;
                 }
                 Ok(moved)
@@ -410,8 +507,11 @@ impl LeaseQueue for SledQueue {
         let t = self.trees(queue)?;
         let now = now_ms();
         let mut stats = QueueStats { dead: t.dead.len() as u64, ..QueueStats::default() };
-        for key in t.ready.iter().keys() {
+        for key in t.ready.range(..[0xFEu8].as_slice()).keys() {
             let key = key?;
+            if !is_global_sched(&key) {
+                continue;
+            }
             let visible = u64::from_be_bytes(key[..8].try_into().expect("16-byte schedule key")) as i64;
             if visible <= now {
                 stats.ready += 1;
@@ -461,7 +561,69 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, max_attempts: u32) -> SledQueue {
-        SledQueue::new(sled::open(dir).unwrap(), QueuePolicy { max_attempts })
+        // A queue dropped just before may still be releasing the directory's lock (its
+        // flusher task and sled's own threads let go of the database a moment later).
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen {}: {e}", dir.display()),
+            }
+        };
+        SledQueue::new(db, QueuePolicy { max_attempts })
+    }
+
+    #[tokio::test]
+    async fn partitions_lease_their_own_messages_past_another_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 3);
+        // An older backlog in `big`, then two messages of `small`.
+        let big: Vec<NewMessage> = (0..500).map(|i| msg("big", &format!("b{i}"), None)).collect();
+        q.enqueue_many("orders", big).await.unwrap();
+        q.enqueue("orders", msg("small", "s1", None)).await.unwrap();
+        q.enqueue("orders", msg("small-2", "s2", None)).await.unwrap();
+        let v = Duration::from_secs(60);
+        let mine = q.lease_partitions("orders", &["small".into(), "small-2".into()], 10, usize::MAX, v).await.unwrap();
+        let got: Vec<&str> = mine.iter().map(|l| std::str::from_utf8(&l.payload).unwrap()).collect();
+        assert_eq!(got, ["s1", "s2"], "both, though 500 older messages of another partition are due");
+        assert!(q.lease_partitions("orders", &["small".into()], 10, usize::MAX, v).await.unwrap().is_empty(), "leased already");
+        assert_eq!(q.partition_of("orders", mine[0].token.id).unwrap().as_deref(), Some("small"));
+        // The global lease still sees everything due, oldest first; stats count each message once.
+        let all = q.lease_within("orders", 1000, usize::MAX, v).await.unwrap();
+        assert_eq!(all.len(), 500);
+        let st = q.stats("orders").unwrap();
+        assert_eq!((st.ready, st.in_flight), (0, 502));
+        // A nack puts it back on its partition's schedule; an ack takes it off both.
+        q.nack("orders", &mine[0].token, Duration::ZERO, "again").await.unwrap();
+        let again = q.lease_partitions("orders", &["small".into()], 10, usize::MAX, v).await.unwrap();
+        assert_eq!(again.len(), 1);
+        q.ack("orders", &again[0].token).await.unwrap();
+        assert_eq!(q.partition_of("orders", again[0].token.id).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_queue_written_before_partition_schedules_gets_them_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        {
+            let q = SledQueue::new(db.clone(), QueuePolicy { max_attempts: 3 });
+            q.enqueue("orders", msg("a", "1", None)).await.unwrap();
+            q.enqueue("orders", msg("b", "2", None)).await.unwrap();
+        }
+        // What an older berth left: only the global schedule.
+        let ready = db.open_tree("q/orders/ready").unwrap();
+        for k in ready.iter().keys().map(Result::unwrap).filter(|k| !is_global_sched(k)) {
+            ready.remove(k).unwrap();
+        }
+        let q = SledQueue::new(db, QueuePolicy { max_attempts: 3 });
+        let b = q.lease_partitions("orders", &["b".into()], 10, usize::MAX, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].payload, b"2");
+        assert_eq!(q.stats("orders").unwrap().ready, 1);
     }
 
     #[tokio::test]
