@@ -1,7 +1,11 @@
 //! The audit log: one JSON line per admin call that changes (or tried to change)
 //! something — who, what, when, on what, the component digest, and how it ended —
 //! appended to `DATA_DIR/audit.log` and fsynced before the call is answered. berth only
-//! ever appends to it.
+//! ever appends to it. Attempts without a valid token (`who` = `-`) are written one by
+//! one up to `[admin] max_unauthenticated_audits_per_minute`; past it they are counted
+//! and one entry says how many were not written, so a client without a token cannot
+//! fill the disk or spend an fsync per request (they stay counted in
+//! `berth_api_refused_total`).
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -25,6 +29,9 @@ pub struct AuditEntry {
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<std::fs::File>,
+    /// Unauthenticated entries: the minute, how many written in it, how many not.
+    unauthenticated: Mutex<(i64, u32, u64)>,
+    max_unauthenticated_per_minute: std::sync::atomic::AtomicU32,
 }
 
 impl AuditLog {
@@ -42,11 +49,59 @@ impl AuditLog {
                 file.sync_data()?;
             }
         }
-        Ok(AuditLog { path: path.to_path_buf(), file: Mutex::new(file) })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            unauthenticated: Mutex::new((0, 0, 0)),
+            max_unauthenticated_per_minute: std::sync::atomic::AtomicU32::new(60),
+        })
     }
 
-    /// Append one entry and fsync it.
+    /// `[admin] max_unauthenticated_audits_per_minute` (reloaded with the config).
+    pub fn set_max_unauthenticated_per_minute(&self, n: u32) {
+        self.max_unauthenticated_per_minute.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Append one entry and fsync it — an unauthenticated one only within its minute's
+    /// allowance (see the module doc).
     pub fn append(&self, entry: &AuditEntry) -> std::io::Result<()> {
+        if entry.who != "-" {
+            return self.write(entry);
+        }
+        let minute = entry.at_ms.div_euclid(60_000);
+        let max = self.max_unauthenticated_per_minute.load(std::sync::atomic::Ordering::Relaxed);
+        let not_written = {
+            let mut w = self.unauthenticated.lock().unwrap_or_else(|e| e.into_inner());
+            let mut not_written = 0;
+            if w.0 != minute {
+                not_written = w.2;
+                *w = (minute, 0, 0);
+            }
+            if w.1 >= max {
+                w.2 += 1;
+                if w.2 == 1 {
+                    tracing::warn!(max, "more attempts without a valid token than the audit log writes one by one this minute; counting them");
+                }
+                return Ok(());
+            }
+            w.1 += 1;
+            not_written
+        };
+        if not_written > 0 {
+            self.write(&AuditEntry {
+                at_ms: entry.at_ms,
+                who: "-".into(),
+                action: "unauthenticated-attempts".into(),
+                target: "*".into(),
+                digest: None,
+                outcome: "unauthorized".into(),
+                detail: format!("{not_written} more attempts without a valid token in the minute before were not written one by one (admin.max_unauthenticated_audits_per_minute = {max})"),
+            })?;
+        }
+        self.write(entry)
+    }
+
+    fn write(&self, entry: &AuditEntry) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,5 +156,33 @@ mod tests {
         let all = log.tail(10).unwrap();
         assert_eq!(all.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [1, 2, 4], "the torn entry is skipped, the next one kept");
         assert_eq!(log.tail(1).unwrap()[0].at_ms, 4);
+    }
+
+    #[test]
+    fn unauthenticated_attempts_are_written_up_to_the_minute_allowance_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        log.set_max_unauthenticated_per_minute(3);
+        let e = |at_ms: i64, who: &str| AuditEntry {
+            at_ms,
+            who: who.into(),
+            action: "deploy".into(),
+            target: "shopify".into(),
+            digest: None,
+            outcome: if who == "-" { "unauthorized" } else { "forbidden" }.into(),
+            detail: String::new(),
+        };
+        for i in 0..10 {
+            log.append(&e(60_000 + i, "-")).unwrap();
+        }
+        log.append(&e(60_100, "viewer")).unwrap();
+        assert_eq!(log.tail(100).unwrap().len(), 4, "three unauthenticated, and a known token's always");
+        // The next minute: one entry counts the seven not written, then this one.
+        log.append(&e(120_000, "-")).unwrap();
+        let all = log.tail(100).unwrap();
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[4].action, "unauthenticated-attempts");
+        assert!(all[4].detail.starts_with("7 more attempts"), "{}", all[4].detail);
+        assert_eq!(all[5].at_ms, 120_000);
     }
 }

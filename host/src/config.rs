@@ -530,11 +530,14 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Largest component a deploy takes.
     pub max_component_mb: u32,
+    /// Refused attempts without a valid token written to the audit log one by one per
+    /// minute; the rest are counted in one entry (and in `berth_api_refused_total`).
+    pub max_unauthenticated_audits_per_minute: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { tokens: Vec::new(), max_component_mb: 32 }
+        AdminConfig { tokens: Vec::new(), max_component_mb: 32, max_unauthenticated_audits_per_minute: 60 }
     }
 }
 

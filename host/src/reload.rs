@@ -30,6 +30,7 @@ const RELOADED: [&str; 4] = ["platforms", "admin", "shops", "connectors"];
 pub struct Reloadable {
     pub services: Arc<HostServices>,
     pub admin: Arc<crate::auth::AdminAuth>,
+    pub audit: Arc<crate::audit::AuditLog>,
     pub registry: Arc<ConnectorRegistry>,
     pub shops: Arc<ShopSet>,
 }
@@ -39,6 +40,7 @@ impl Reloadable {
     async fn apply(&self, old: &toml::Table, text: &toml::Table, new: &Config) -> (Vec<String>, Vec<String>) {
         self.services.reconfigure(&new.platforms);
         self.admin.reconfigure(&new.admin);
+        self.audit.set_max_unauthenticated_per_minute(new.admin.max_unauthenticated_audits_per_minute);
         let mut changed = Vec::new();
         let mut restart = restart_sections(old, text);
         let (old_c, new_c) = (old.get("connectors").and_then(|v| v.as_table()), text.get("connectors").and_then(|v| v.as_table()));

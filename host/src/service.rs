@@ -113,6 +113,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         crate::audit::AuditLog::open(&audit_path)
             .map_err(|source| StartError::DataDir { path: audit_path.display().to_string(), source })?,
     );
+    audit.set_max_unauthenticated_per_minute(cfg.admin.max_unauthenticated_audits_per_minute);
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => Some(api::listener::Tls::load(cert, key)?),
@@ -156,7 +157,13 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(standby.run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
-        crate::reload::Reloadable { services: services.clone(), admin: admin_auth.clone(), registry: registry.clone(), shops: shops.clone() },
+        crate::reload::Reloadable {
+            services: services.clone(),
+            admin: admin_auth.clone(),
+            audit: audit.clone(),
+            registry: registry.clone(),
+            shops: shops.clone(),
+        },
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(sweep_idempotency_keys(
