@@ -58,10 +58,18 @@ pub fn minor_units(amount: &str, currency: &str) -> Result<i64, String> {
     Ok(if neg { -v } else { v })
 }
 
+/// An order time from a person's file: RFC 3339, from 2000 on and at most a day ahead of
+/// the clock — the bounds a connector's orders keep (a far-future time would make every
+/// later version from the platform look older, and never reach the ERP).
 fn time_ms(value: &str) -> Result<i64, String> {
-    chrono::DateTime::parse_from_rfc3339(value)
+    let t = chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("`{value}` is not an RFC 3339 time with an offset (e.g. 2026-12-01T10:00:00+08:00)"))
+        .map_err(|_| format!("`{value}` is not an RFC 3339 time with an offset (e.g. 2026-12-01T10:00:00+08:00)"))?;
+    let now = crate::clock::now_ms();
+    if t < crate::runtime::limits::EARLIEST_ORDER_MS || t > now.saturating_add(crate::runtime::limits::MAX_AHEAD_MS) {
+        return Err(format!("`{value}` is outside 2000-01-01 .. a day from now"));
+    }
+    Ok(t)
 }
 
 fn mask_name(name: &str) -> String {
@@ -222,6 +230,18 @@ mod tests {
         assert_eq!((a.lines[0].title.as_str(), a.lines[1].unit_price_minor, a.lines[1].line_id.as_str()), ("Mug, blue", 550, "2"));
         assert_eq!((a.buyer_name_masked.as_str(), a.buyer_phone_masked.as_str()), ("A**", "155****4567"));
         assert_eq!((orders[1].total_minor, orders[1].currency.as_str(), orders[1].status.as_str()), (1200, "JPY", "shipped"));
+    }
+
+    #[test]
+    fn times_keep_to_the_bounds_connector_orders_keep() {
+        for (when, ok) in [("2026-12-01T10:00:00Z", true), ("9999-01-01T00:00:00Z", false), ("1999-12-31T23:59:59Z", false), ("1970-01-01T00:00:00Z", false)] {
+            let text = format!("{HEADER}A-1,paid,{when},USD,1,SKU-1,1,1,x,,\n");
+            match parse(text.as_bytes()) {
+                Ok(_) => assert!(ok, "{when} was taken"),
+                Err(CsvError::Rows(p)) => assert!(!ok && p[0].contains("is outside 2000-01-01 .. a day from now"), "{when}: {p:?}"),
+                Err(e) => panic!("{when}: {e}"),
+            }
+        }
     }
 
     #[test]
