@@ -26,6 +26,21 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl AuditEntry {
+    /// An entry stamped now.
+    pub fn now(who: &str, action: &str, target: &str, digest: Option<&str>, outcome: &str, detail: String) -> AuditEntry {
+        AuditEntry {
+            at_ms: crate::clock::now_ms(),
+            who: who.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            digest: digest.map(String::from),
+            outcome: outcome.to_string(),
+            detail,
+        }
+    }
+}
+
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<std::fs::File>,

@@ -164,12 +164,14 @@ async fn erp_leases_and_acks_orders_durably() {
     assert_eq!(r["done"], 1, "{r}");
     let until = r["expires_at_ms"][slow["token"]["id"].to_string()].as_i64().unwrap();
     assert!(until > slow["expires_at_ms"].as_i64().unwrap() + 500_000, "{r}");
-    let looked = std::time::Instant::now();
-    while looked.elapsed() < Duration::from_secs(3) {
-        let r = post(&client, &berth, "/v1/orders/lease", json!({"max": 10, "visibility_secs": 30})).await;
-        assert_eq!(r["leases"].as_array().map(Vec::len), Some(0), "an extended lease was handed out again: {r}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Once the clock (berth's too) is past the lease's first expiry, the order is still not
+    // offered again: the extension holds.
+    let first_expiry = slow["expires_at_ms"].as_i64().unwrap();
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let past = poll_until(DEADLINE, || async { (now_ms() > first_expiry + 1000).then_some(()) }).await;
+    assert!(past.is_some(), "the clock never passed the first expiry");
+    let r = post(&client, &berth, "/v1/orders/lease", json!({"max": 10, "visibility_secs": 30})).await;
+    assert_eq!(r["leases"].as_array().map(Vec::len), Some(0), "an extended lease was handed out again: {r}");
     let r = post(&client, &berth, "/v1/orders/ack", json!({ "tokens": [slow["token"]] })).await;
     assert_eq!(r["done"], 1, "{r}");
 

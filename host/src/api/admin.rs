@@ -8,7 +8,6 @@
 use super::error;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{AdminAuth, AuthError, Caller};
-use crate::clock::now_ms;
 use crate::config::Access;
 use crate::registry::{ConnectorRegistry, DeployError};
 use axum::body::Body;
@@ -68,15 +67,7 @@ pub(super) struct Action<'a> {
 
 impl AdminState {
     pub(super) fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
-        let entry = AuditEntry {
-            at_ms: now_ms(),
-            who: who.to_string(),
-            action: action.name.to_string(),
-            target: action.target.to_string(),
-            digest: digest.map(String::from),
-            outcome: outcome.to_string(),
-            detail,
-        };
+        let entry = AuditEntry::now(who, action.name, action.target, digest, outcome, detail);
         self.audit.append(&entry).map_err(|e| {
             tracing::error!(error = %e, action = action.name, "cannot write the audit log");
             error(StatusCode::INTERNAL_SERVER_ERROR, format!("the audit log cannot be written ({e}); the call was not answered normally"))
@@ -90,10 +81,7 @@ impl AdminState {
         let caller = self.any_caller(headers, need, action)?;
         if caller.scope.is_some() {
             let why = format!("token `{}` is scoped to some shops; this call concerns every shop", caller.name);
-            if let Some(a) = action {
-                self.record(&caller.name, a, None, "forbidden", why.clone())?;
-            }
-            return Err(error(StatusCode::FORBIDDEN, why));
+            return Err(self.refusal(&caller.name, action, "forbidden", StatusCode::FORBIDDEN, why));
         }
         Ok(caller)
     }
@@ -104,10 +92,7 @@ impl AdminState {
         let caller = self.any_caller(headers, need, action)?;
         if !caller.sees(shop) {
             let why = format!("no shop `{shop}` is configured");
-            if let Some(a) = action {
-                self.record(&caller.name, a, None, "refused", why.clone())?;
-            }
-            return Err(error(StatusCode::NOT_FOUND, why));
+            return Err(self.refusal(&caller.name, action, "refused", StatusCode::NOT_FOUND, why));
         }
         Ok(caller)
     }
@@ -115,30 +100,33 @@ impl AdminState {
     fn any_caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
         let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.auth.authorize(header, need).map_err(|e| {
-            let (status, outcome, who) = match &e {
-                AuthError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "-".to_string()),
-                AuthError::Forbidden { name, .. } => (StatusCode::FORBIDDEN, "forbidden", name.clone()),
+            let (outcome, who) = match &e {
+                AuthError::Unauthenticated(_) => ("unauthorized", "-".to_string()),
+                AuthError::Forbidden { name, .. } => ("forbidden", name.clone()),
             };
             if let Some(a) = action {
                 if let Err(resp) = self.record(&who, a, None, outcome, e.to_string()) {
                     return resp;
                 }
             }
-            let mut resp = error(status, e.to_string());
-            if status == StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
-            }
-            resp
+            super::gate::refused(&e, need)
         })
     }
 
     /// Refuse a change whose input was wrong (a bad query, a body that does not parse,
     /// one too large): audited like any other refusal, then answered `status`.
     pub(super) fn refuse(&self, caller: &Caller, action: &Action<'_>, status: StatusCode, why: String) -> Response {
-        match self.record(&caller.name, action, None, "refused", why.clone()) {
-            Ok(()) => error(status, why),
-            Err(resp) => resp,
+        self.refusal(&caller.name, Some(action), "refused", status, why)
+    }
+
+    /// Audit a refusal (when the call changes something) and answer it `status`.
+    fn refusal(&self, who: &str, action: Option<&Action<'_>>, outcome: &str, status: StatusCode, why: String) -> Response {
+        if let Some(a) = action {
+            if let Err(resp) = self.record(who, a, None, outcome, why.clone()) {
+                return resp;
+            }
         }
+        error(status, why)
     }
 
     /// A change's JSON body, or its refusal audited (400, or 413 past the size limit).

@@ -21,19 +21,17 @@ pub struct Gate {
 
 impl Gate {
     fn audit(&self, who: &str, action: &str, target: &str, outcome: &str, detail: String) {
-        let entry = AuditEntry {
-            at_ms: crate::clock::now_ms(),
-            who: who.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            digest: None,
-            outcome: outcome.to_string(),
-            detail,
-        };
-        if let Err(e) = self.audit.append(&entry) {
+        if let Err(e) = self.audit.append(&AuditEntry::now(who, action, target, None, outcome, detail)) {
             tracing::error!(error = %e, action, "cannot write the audit log");
         }
     }
+}
+
+fn count_refusal(reason: &'static str, need: Access) {
+    crate::metrics::Metrics::get()
+        .api_refused
+        .get_or_create(&crate::metrics::RefusedLabels { reason, access: access_name(need) })
+        .inc();
 }
 
 /// The answer to a refused call: 401 (with `WWW-Authenticate`) or 403, counted.
@@ -42,10 +40,7 @@ pub(super) fn refused(e: &AuthError, need: Access) -> Response {
         AuthError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
     };
-    crate::metrics::Metrics::get()
-        .api_refused
-        .get_or_create(&crate::metrics::RefusedLabels { reason, access: access_name(need) })
-        .inc();
+    count_refusal(reason, need);
     let mut resp = error(status, e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -63,10 +58,7 @@ pub async fn check(State((gate, need, whole_host)): State<(Arc<Gate>, Access, bo
     let action = format!("{action}-{}", target.rsplit('/').next().unwrap_or_default());
     match gate.auth.authorize_api(header, need) {
         Ok(caller) if whole_host && caller.scope.is_some() => {
-            crate::metrics::Metrics::get()
-                .api_refused
-                .get_or_create(&crate::metrics::RefusedLabels { reason: "forbidden", access: access_name(need) })
-                .inc();
+            count_refusal("forbidden", need);
             error(
                 StatusCode::FORBIDDEN,
                 format!("token `{}` is scoped to some shops; {} covers every shop (read /v1/shops and /v1/orders/queue instead)", caller.name, target),

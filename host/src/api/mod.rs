@@ -337,6 +337,28 @@ struct AckResponse {
     expires_at_ms: Option<BTreeMap<u64, i64>>,
 }
 
+/// Of queue `items` (each with a message `id`), those whose shop — `shop_of(id)`, `None`
+/// when the message is not there — the caller sees, and the ids of the rest. An unscoped
+/// caller keeps them all without a lookup.
+fn in_scope<T>(
+    caller: &Caller,
+    items: Vec<T>,
+    id: impl Fn(&T) -> u64,
+    shop_of: impl Fn(u64) -> Result<Option<String>, QueueError>,
+) -> Result<(Vec<T>, Vec<u64>), QueueError> {
+    if caller.scope.is_none() {
+        return Ok((items, Vec::new()));
+    }
+    let (mut mine, mut others) = (Vec::with_capacity(items.len()), Vec::new());
+    for item in items {
+        match shop_of(id(&item))? {
+            Some(shop) if caller.sees(&shop) => mine.push(item),
+            _ => others.push(id(&item)),
+        }
+    }
+    Ok((mine, others))
+}
+
 /// Most tokens one ack, nack or extend takes.
 const MAX_TOKENS: usize = 1000;
 
@@ -371,19 +393,14 @@ async fn settle(st: &ApiState, caller: &Caller, body: JsonBody<AckRequest>, how:
     // A scoped token settles only its shops' orders; another's is refused like a token
     // that is not the current lease, and nothing changes for it.
     let mut req = req;
-    if caller.scope.is_some() {
-        let mut mine = Vec::with_capacity(req.tokens.len());
-        for token in req.tokens {
-            match st.inbox.shop_of(token.id) {
-                Ok(Some(shop)) if caller.sees(&shop) => mine.push(token),
-                Ok(_) => {
-                    resp.lease_lost.push(token.id);
-                    resp.refused.push(Refused { id: token.id, reason: QueueError::LeaseLost { id: token.id }.to_string() });
-                }
-                Err(e) => return queue_error(e),
-            }
-        }
-        req.tokens = mine;
+    let others;
+    (req.tokens, others) = match in_scope(caller, req.tokens, |t| t.id, |id| st.inbox.shop_of(id)) {
+        Ok(split) => split,
+        Err(e) => return queue_error(e),
+    };
+    for id in others {
+        resp.lease_lost.push(id);
+        resp.refused.push(Refused { id, reason: QueueError::LeaseLost { id }.to_string() });
     }
     let reason = req.reason.as_deref().map(|r| crate::runtime::state::bounded(r, 2048)).unwrap_or("nacked by the ERP");
     // Acks share one fsync; a nack or an extend is rare and each is its own.
@@ -490,18 +507,11 @@ async fn dead_letter_op(st: &ApiState, caller: &Caller, body: JsonBody<IdsReques
     if req.ids.len() > MAX_TOKENS {
         return error(StatusCode::BAD_REQUEST, format!("ids: {} given, at most {MAX_TOKENS} a call", req.ids.len()));
     }
-    if caller.scope.is_some() {
-        // Another shop's dead letter is, for this token, not there.
-        let mut mine = Vec::with_capacity(req.ids.len());
-        for id in req.ids {
-            match st.inbox.dead_shop_of(id) {
-                Ok(Some(shop)) if caller.sees(&shop) => mine.push(id),
-                Ok(_) => {}
-                Err(e) => return queue_error(e),
-            }
-        }
-        req.ids = mine;
-    }
+    // Another shop's dead letter is, for this token, not there.
+    req.ids = match in_scope(caller, req.ids, |id| *id, |id| st.inbox.dead_shop_of(id)) {
+        Ok((mine, _)) => mine,
+        Err(e) => return queue_error(e),
+    };
     let result = if replay { st.inbox.replay(&req.ids).await } else { st.inbox.purge(&req.ids).await };
     match result {
         Ok(count) => Json(CountResponse { count }).into_response(),

@@ -351,26 +351,20 @@ impl ConnectorRegistry {
         // The version to go back to is loaded outside the change lock; if another change
         // moved the history meanwhile, look again (the loaded version is usually the
         // same one, from the compile cache).
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
+        for _ in 0..5 {
             let to = self.store.state(name)?.history.last().cloned().ok_or_else(|| DeployError::NothingToRollBack(name.to_string()))?;
             let to_rec = self.store.version(name, &to)?.ok_or_else(|| missing(&to))?;
             let loaded = Self::load_stored(&self.store, &self.runtime, name, &cfg, &to).await?;
             let _guard = self.changes.lock().await;
-            let st = self.store.state(name)?;
-            if st.history.last() != Some(&to) && attempts < 5 {
+            if self.store.state(name)?.history.last() != Some(&to) {
                 continue;
-            }
-            let to_now = st.history.last().cloned().ok_or_else(|| DeployError::NothingToRollBack(name.to_string()))?;
-            if to_now != to {
-                return Err(DeployError::NothingToRollBack(format!("{name} (its history kept changing during the rollback; try again)")));
             }
             let from = slot.current().digest.clone();
             let from_rec = self.store.version(name, &from)?.ok_or_else(|| missing(&from))?;
             self.make_active(name, &slot, Arc::new(loaded), true).await?;
             return Ok((from_rec, to_rec));
         }
+        Err(DeployError::NothingToRollBack(format!("{name} (its history kept changing during the rollback; try again)")))
     }
 
     /// Pause or resume a connector (every shop on it) or one shop, durably.
@@ -611,15 +605,7 @@ pub async fn watch_canaries(
         for r in registry.check_canaries().await {
             tracing::error!(connector = %r.connector, digest = %r.digest, reason = %r.reason, "canary rolled back automatically");
             alerts.canary_rolled_back(&r.connector, &r.reason);
-            let entry = crate::audit::AuditEntry {
-                at_ms: now_ms(),
-                who: "berth".into(),
-                action: "canary-rollback".into(),
-                target: r.connector.clone(),
-                digest: Some(r.digest.clone()),
-                outcome: "ok".into(),
-                detail: r.reason.clone(),
-            };
+            let entry = crate::audit::AuditEntry::now("berth", "canary-rollback", &r.connector, Some(&r.digest), "ok", r.reason.clone());
             if let Err(e) = audit.append(&entry) {
                 tracing::error!(error = %e, "cannot write the audit log");
             }
