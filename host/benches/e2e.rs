@@ -21,7 +21,7 @@
 use berth_host::config::{Secret, ShopConfig, Tier};
 use berth_host::inbox::OrderInbox;
 use berth_host::plugin::ScratchHost;
-use berth_host::queue::{QueuePolicy, SledQueue};
+use berth_host::queue::{QueuePolicy, StoreQueues};
 use berth_host::runtime::bindings::berth::connector::types::{ConnectorError, OrderPage, PullRequest, TimeWindow};
 use berth_host::runtime::tape::Tape;
 use berth_host::runtime::{Call, LoadedConnector};
@@ -149,8 +149,9 @@ async fn consume(inbox: OrderInbox, expected: usize) -> usize {
 
 async fn run(conn: &Arc<Connector>, shops: &[Arc<Shop>], window: &TimeWindow, expected: usize) -> RunResult {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(OrderStore::open(&dir.path().join("db")).expect("order store"));
-    let queue = SledQueue::with_commit(store.db().clone(), store.commit(), QueuePolicy::default());
+    let storage = berth_storage::Store::open(&dir.path().join("store"), berth_storage::StoreConfig::default()).expect("open store");
+    let store = Arc::new(OrderStore::on(&storage).expect("order store"));
+    let queue = StoreQueues::open(&storage, QueuePolicy::default()).expect("queues");
     let inbox = OrderInbox::new(Arc::new(queue));
     let started = Instant::now();
     let consumer = tokio::spawn(consume(inbox.clone(), expected));

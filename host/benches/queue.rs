@@ -1,15 +1,15 @@
 //! Durable queue benchmark: enqueue (returns after fsync) and ack (returns after fsync)
 //! on a real disk, at 1, 16 and 256 concurrent producers, through berth-storage's
-//! `StoreQueues` (one writer thread, fjall) and the `SledQueue` it replaces — and, in the
-//! same run, the same work through NATS JetStream (file storage on the same disk) for
-//! every `nats-server` found (see `nats::binaries`). `BENCH_QUEUES=store` skips sled.
+//! `StoreQueues` (one writer thread, fjall) — and, in the same run, the same work through
+//! NATS JetStream (file storage on the same disk) for every `nats-server` found (see
+//! `nats::binaries`). The sled queue it replaced is in BENCHMARKS.md section 2.
 //!
-//! Run: `cargo bench -p berth-host --bench queue` (optionally `-- MESSAGES`).
+//! Run: `cargo bench -p berth-host --bench queue` (optionally `-- MESSAGES`;
+//! `QUEUE_BENCH_PRODUCERS=16,256` for some rows only).
 //! Prints one row per system and producer count: messages/s from first enqueue to last
 //! ack, p50/p99 latency of enqueue and of ack.
 
-use berth_host::queue::{LeaseQueue, NewMessage, QueuePolicy, SledQueue};
-use berth_storage::queue::StoreQueues;
+use berth_storage::queue::{LeaseQueue, NewMessage, QueuePolicy, StoreQueues};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,50 +19,7 @@ mod nats;
 
 use common::{count_arg, ms, percentile};
 
-/// The three calls the bench makes, on either backend (each with its own trait).
-trait BenchQueue: Send + Sync + 'static {
-    fn enqueue(&self, m: NewMessage) -> impl std::future::Future<Output = ()> + Send;
-    fn lease(&self, max: usize) -> impl std::future::Future<Output = Vec<Token>> + Send;
-    fn ack(&self, t: &Token) -> impl std::future::Future<Output = ()> + Send;
-    fn syncs(&self) -> u64;
-}
-
-type Token = berth_host::queue::LeaseToken;
-
-impl BenchQueue for SledQueue {
-    async fn enqueue(&self, m: NewMessage) {
-        LeaseQueue::enqueue(self, "bench", m).await.expect("enqueue");
-    }
-    async fn lease(&self, max: usize) -> Vec<Token> {
-        LeaseQueue::lease(self, "bench", max, Duration::from_secs(60)).await.expect("lease").into_iter().map(|l| l.token).collect()
-    }
-    async fn ack(&self, t: &Token) {
-        LeaseQueue::ack(self, "bench", t).await.expect("ack");
-    }
-    fn syncs(&self) -> u64 {
-        self.flush_count()
-    }
-}
-
-impl BenchQueue for StoreQueues {
-    async fn enqueue(&self, m: NewMessage) {
-        let m = berth_storage::queue::NewMessage { partition: m.partition, payload: m.payload, idempotency_key: m.idempotency_key };
-        berth_storage::queue::LeaseQueue::enqueue(self, "bench", m).await.expect("enqueue");
-    }
-    async fn lease(&self, max: usize) -> Vec<Token> {
-        let leased = berth_storage::queue::LeaseQueue::lease(self, "bench", max, Duration::from_secs(60)).await.expect("lease");
-        leased.into_iter().map(|l| Token { id: l.token.id, attempt: l.token.attempt, lease: l.token.lease }).collect()
-    }
-    async fn ack(&self, t: &Token) {
-        let t = berth_storage::queue::LeaseToken { id: t.id, attempt: t.attempt, lease: t.lease.clone() };
-        berth_storage::queue::LeaseQueue::ack(self, "bench", &t).await.expect("ack");
-    }
-    fn syncs(&self) -> u64 {
-        self.flush_count()
-    }
-}
-
-async fn run<Q: BenchQueue>(q: Q, producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Duration>, u64) {
+async fn run(q: StoreQueues, producers: usize, messages: usize) -> (f64, Vec<Duration>, Vec<Duration>, u64) {
     let q = Arc::new(q);
     let payload = vec![b'x'; 512];
     let per = messages / producers;
@@ -77,7 +34,7 @@ async fn run<Q: BenchQueue>(q: Q, producers: usize, messages: usize) -> (f64, Ve
                 for i in 0..per {
                     let m = NewMessage { partition: format!("shop{}/sku{i}", p % 32), payload: payload.clone(), idempotency_key: Some(format!("{p}-{i}")) };
                     let t = Instant::now();
-                    q.enqueue(m).await;
+                    q.enqueue("bench", m).await.expect("enqueue");
                     lat.push(t.elapsed());
                 }
                 lat
@@ -93,7 +50,7 @@ async fn run<Q: BenchQueue>(q: Q, producers: usize, messages: usize) -> (f64, Ve
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while acked.load(std::sync::atomic::Ordering::SeqCst) < total {
-                    let leased = q.lease(32).await;
+                    let leased = q.lease("bench", 32, Duration::from_secs(60)).await.expect("lease");
                     if leased.is_empty() {
                         tokio::task::yield_now().await;
                         continue;
@@ -104,7 +61,7 @@ async fn run<Q: BenchQueue>(q: Q, producers: usize, messages: usize) -> (f64, Ve
                             let q = q.clone();
                             tokio::spawn(async move {
                                 let t = Instant::now();
-                                q.ack(&l).await;
+                                q.ack("bench", &l.token).await.expect("ack");
                                 t.elapsed()
                             })
                         })
@@ -120,7 +77,7 @@ async fn run<Q: BenchQueue>(q: Q, producers: usize, messages: usize) -> (f64, Ve
         .collect();
 
     let (enq, ack) = latencies(prod, cons).await;
-    (total as f64 / start.elapsed().as_secs_f64(), enq, ack, q.syncs())
+    (total as f64 / start.elapsed().as_secs_f64(), enq, ack, q.flush_count())
 }
 
 type Latencies = Vec<tokio::task::JoinHandle<Vec<Duration>>>;
@@ -162,25 +119,23 @@ fn main() {
         println!("NATS JetStream {} at {}: file storage, {sync}", s.version, s.path.display());
     }
     if servers.is_empty() {
-        println!("no nats-server found (scripts/toolchains installs them; NATS_SERVER=path picks one): sled rows only");
+        println!("no nats-server found (scripts/toolchains installs them; NATS_SERVER=path picks one): berth rows only");
     }
     println!("| system | producers | msgs/s | enqueue p50 | enqueue p99 | ack p50 | ack p99 | fsyncs |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let payload = vec![b'x'; 512];
-    let with_sled = std::env::var("BENCH_QUEUES").map_or(true, |v| v != "store");
-    for producers in [1, 16, 256] {
+    // `QUEUE_BENCH_PRODUCERS=256` runs one row (scripts/queue-hang-check reruns it).
+    let rows: Vec<usize> = match std::env::var("QUEUE_BENCH_PRODUCERS") {
+        Ok(v) => v.split(',').map(|p| p.trim().parse().expect("QUEUE_BENCH_PRODUCERS: numbers")).collect(),
+        Err(_) => vec![1, 16, 256],
+    };
+    for producers in rows {
         // On the project's disk, not a tmpfs: the point is real fsync.
         let dir = tempfile::tempdir_in(&disk).expect("temp dir");
         let store = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig::default()).expect("open store");
-        let q = StoreQueues::open(&store, berth_storage::queue::QueuePolicy::default()).expect("open queues");
+        let q = StoreQueues::open(&store, QueuePolicy::default()).expect("open queues");
         let (rate, enq, ack, syncs) = rt.block_on(run(q, producers, messages));
         row("berth StoreQueues (fjall)", producers, rate, &enq, &ack, &syncs.to_string());
-        if with_sled {
-            let dir = tempfile::tempdir_in(&disk).expect("temp dir");
-            let q = rt.block_on(async { SledQueue::new(sled::open(dir.path()).expect("open sled"), QueuePolicy::default()) });
-            let (rate, enq, ack, flushes) = rt.block_on(run(q, producers, messages));
-            row("berth SledQueue", producers, rate, &enq, &ack, &flushes.to_string());
-        }
         for s in &servers {
             let (rate, enq, ack) = rt.block_on(async {
                 let server = nats::NatsServer::start(s, &disk).await;

@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p berth-host --bench stock` (optionally `-- UPDATES`).
 //! Each submit carries one SKU out of 1000 (so many coalesce) and returns after fsync.
 
-use berth_host::queue::group_commit::GroupCommit;
 use berth_host::stock::ledger::RetryPolicy;
 use berth_host::stock::{PushOutcome, StockLedger, StockRequest};
 use std::sync::Arc;
@@ -26,11 +25,8 @@ struct Row {
 async fn run(clients: usize, updates: usize) -> Row {
     // On the project's disk, not a tmpfs: the point is real fsync.
     let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("temp dir");
-    let db = sled::open(dir.path()).expect("open sled");
-    let commit = GroupCommit::start(db.clone());
-    let ledger = Arc::new(
-        StockLedger::open(db, commit.clone(), RetryPolicy::new(1000, 60_000, 10)).expect("ledger"),
-    );
+    let store = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig::default()).expect("open store");
+    let ledger = Arc::new(StockLedger::open(&store, RetryPolicy::new(1000, 60_000, 10)).expect("ledger"));
     let per = updates / clients;
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -69,7 +65,7 @@ async fn run(clients: usize, updates: usize) -> Row {
         ledger.settle("shop", &results).await.expect("settle");
         pushed += batch.len();
     }
-    Row { submits_per_s, lat, pushed, settle_per_s: pushed as f64 / start.elapsed().as_secs_f64(), flushes: commit.flush_count() }
+    Row { submits_per_s, lat, pushed, settle_per_s: pushed as f64 / start.elapsed().as_secs_f64(), flushes: store.stats().syncs.load(std::sync::atomic::Ordering::Relaxed) }
 }
 
 fn main() {

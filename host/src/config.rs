@@ -55,8 +55,14 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// Where sled keeps orders, cursors and connector state, and compiled components are cached.
+    /// Where the store keeps orders, queues, stock, cursors and connector state
+    /// (`store/`), component files (`components/`), compiled components (`compiled/`)
+    /// and the audit log.
     pub data_dir: PathBuf,
+    /// Free space (MiB) berth leaves untouched on the data dir's filesystem: below it,
+    /// writes are refused with 507 and `Retry-After`, reads go on, and writes resume by
+    /// themselves once space is freed (see crates/berth-storage/src/space.rs).
+    pub disk_reserve_mb: u64,
     /// Exit (status 3) when storage or the async runtime makes no progress for this long,
     /// so a supervisor restarts berth (see watchdog.rs); 0 disables.
     pub stall_exit_secs: u64,
@@ -92,6 +98,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             data_dir: "berth-data".into(),
+            disk_reserve_mb: 64,
             stall_exit_secs: 60,
             metrics_public: false,
             insecure: false,

@@ -7,7 +7,7 @@
 //! re-pulls the page and the repeated enqueue is a no-op, so an order is neither lost nor
 //! queued twice.
 
-use crate::queue::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, NewMessage, QueueError, QueueStats, SledQueue};
+use crate::queue::{DeadLetter, Enqueued, LeaseQueue, LeaseToken, NewMessage, QueueError, QueueStats, StoreQueues};
 use crate::store::{OrderData, OrderStore, PageSource, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -70,11 +70,11 @@ pub fn lease_json(comma: bool, lease: crate::queue::Leased) -> Vec<bytes::Bytes>
 
 #[derive(Clone)]
 pub struct OrderInbox {
-    queue: Arc<SledQueue>,
+    queue: Arc<StoreQueues>,
 }
 
 impl OrderInbox {
-    pub fn new(queue: Arc<SledQueue>) -> Self {
+    pub fn new(queue: Arc<StoreQueues>) -> Self {
         OrderInbox { queue }
     }
 
@@ -118,7 +118,7 @@ impl OrderInbox {
     }
 
     /// `lease_raw` from these shops' partitions only (a tenant's lease; see
-    /// [`SledQueue::lease_partitions`]).
+    /// [`StoreQueues::lease_partitions`]).
     pub async fn lease_raw_from(&self, shops: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
         self.queue.lease_partitions(ORDERS_QUEUE, shops, max, max_bytes, visibility).await
     }
@@ -169,8 +169,8 @@ impl OrderInbox {
 
     /// Forget idempotency keys older than `ttl` (the order store still drops versions it
     /// has seen, so an old page re-read later is not queued again).
-    pub fn expire_keys(&self, ttl: Duration) -> Result<usize, QueueError> {
-        self.queue.expire_idempotency_keys(ORDERS_QUEUE, ttl)
+    pub async fn expire_keys(&self, ttl: Duration) -> Result<usize, QueueError> {
+        self.queue.expire_idempotency_keys(ORDERS_QUEUE, ttl).await
     }
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

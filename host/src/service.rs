@@ -6,7 +6,7 @@ use crate::capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
 use crate::delivery::ErpDeliverer;
 use crate::inbox::OrderInbox;
-use crate::queue::{QueuePolicy, SledQueue};
+use crate::queue::{QueueError, QueuePolicy, StoreQueues};
 use crate::stock::ledger::RetryPolicy;
 use crate::stock::{StockError, StockLedger};
 use crate::runtime::state::HostServices;
@@ -26,6 +26,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Stock(#[from] StockError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Migrate(#[from] berth_storage::migrate::MigrateError),
     #[error("connector `{connector}`: {source}")]
     Connector { connector: String, source: LoadError },
     #[error("shop `{shop}`: connector `{connector}` needs config key `{key}`; add it under [shops.{shop}.settings] or [shops.{shop}.secrets]")]
@@ -67,32 +71,32 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let data_dir = &cfg.server.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
-    let store = Arc::new(OrderStore::open(&data_dir.join("db"))?);
-    // One group committer per database: queue and stock writes share fsyncs.
-    let commit = store.commit();
-    if cfg.server.stall_exit_secs > 0 {
-        crate::watchdog::start(
-            commit.clone(),
-            std::time::Duration::from_secs(cfg.server.stall_exit_secs),
-            crate::watchdog::exit_on_stall,
+    let store_config = berth_storage::StoreConfig { reserve_bytes: cfg.server.disk_reserve_mb.saturating_mul(1024 * 1024), ..Default::default() };
+    let (storage, migrated) = berth_storage::migrate::open(data_dir, &data_dir.join("components"), store_config).await?;
+    if let Some(m) = migrated {
+        tracing::warn!(
+            backup = %m.backup.display(),
+            entries = ?m.trees,
+            components = m.components,
+            "migrated the sled data dir into the store; the old one is kept as the backup named here (remove it once this release runs well)"
         );
     }
-    let inbox = OrderInbox::new(Arc::new(SledQueue::with_commit(
-        store.db().clone(),
-        commit.clone(),
-        QueuePolicy { max_attempts: cfg.erp.max_attempts },
-    )));
+    // One writer for everything durable: orders, queues and stock share its batches.
+    let store = Arc::new(OrderStore::on(&storage)?);
+    if cfg.server.stall_exit_secs > 0 {
+        crate::watchdog::start(&storage, std::time::Duration::from_secs(cfg.server.stall_exit_secs), crate::watchdog::exit_on_stall);
+    }
+    let inbox = OrderInbox::new(Arc::new(StoreQueues::open(&storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?));
     let ledger = Arc::new(StockLedger::open(
-        store.db().clone(),
-        commit,
+        &storage,
         RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
     )?);
-    let kv = KvStore::new(store.db().open_tree("connector_kv").map_err(StoreError::from)?);
+    let kv = KvStore::open(&storage)?;
     let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| StartError::Http(e.to_string()))?);
     let standby = services.standby.clone();
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
-    let registry_store = crate::registry::RegistryStore::open(store.db(), store.commit()).map_err(StartError::Registry)?;
+    let registry_store = crate::registry::RegistryStore::open(&storage, &data_dir.join("components")).map_err(StartError::Registry)?;
     let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
     let registry = Arc::new(
         crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors)
@@ -126,7 +130,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut workers = Vec::new();
-    let health = Arc::new(crate::health::HealthBook::open(store.db(), cfg.health.clone())?);
+    let health = Arc::new(crate::health::HealthBook::open(&storage, cfg.health.clone())?);
     let shops = Arc::new(ShopSet::new(
         crate::shops::ShopDeps {
             store: store.clone(),
@@ -171,7 +175,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
-    let alerts = Arc::new(crate::alerts::Alerts::open(store.db(), &cfg.alerts)?);
+    let alerts = Arc::new(crate::alerts::Alerts::open(&storage, &cfg.alerts)?);
     workers.push(tokio::spawn(alerts.clone().run(
         crate::alerts::Sources {
             registry: registry.clone(),
@@ -230,7 +234,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 /// Forget old idempotency keys of the order queue: at start, then hourly.
 async fn sweep_idempotency_keys(inbox: OrderInbox, ttl: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        match inbox.expire_keys(ttl) {
+        match inbox.expire_keys(ttl).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "forgot old idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "idempotency key sweep failed"),
@@ -251,8 +255,8 @@ impl Running {
             let _ = w.await;
         }
         let _ = self.server.await;
-        if let Err(e) = self.store.db().flush_async().await {
-            tracing::error!(error = %e, "final flush failed");
+        if let Err(e) = self.store.storage().barrier().await {
+            tracing::error!(error = %e, "final sync failed");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The durable order store on sled.
+//! The durable order store, on the storage core's single writer.
 //!
 //! Pulled orders go into an append-only feed keyed by a sequence number, which the ERP
 //! reads with `GET /v1/orders?after=SEQ`. A version of an order enters the feed once:
@@ -6,34 +6,27 @@
 //! normalized order at that time. A version is new when its updated time is newer, or
 //! equal with different content — platforms stamp whole seconds, and paid → shipped
 //! within one second must reach the ERP as two versions; an exact repeat (overlapping
-//! windows, re-read pages) is a duplicate. A page's
-//! orders and the shop's sync position are written in one transaction and flushed to disk
-//! before the worker moves on, so a crash can neither lose a page nor skip past it.
+//! windows, re-read pages) is a duplicate. A page's orders and the shop's sync position
+//! are one operation of the writer's batch, so a crash can neither lose a page nor skip
+//! past it, and the call returns once the batch is synced.
 //!
-//! Readers must never skip an entry: sequence numbers are assigned and committed under
-//! one lock, so they become visible in order, and `list` shows only entries up to the
-//! last flushed sequence, so an ERP never reads an order a crash could still take back.
+//! Readers must never skip an entry: sequence numbers are given by the writer, one batch
+//! after another, and `list` shows only entries up to the last synced sequence, so an ERP
+//! never reads an order a crash could still take back. The feed's length is a counter
+//! kept in the same batches (no scan).
 
 use crate::clock::now_ms;
+use berth_storage::store::Keyspace;
+pub use berth_storage::StoreError;
+use berth_storage::{Store, WriteCtx};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Transactional, Tree};
 use std::path::Path;
-use crate::queue::group_commit::GroupCommit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the data store at {path}: {source}; check the path is writable and no other berth uses it")]
-    Open { path: String, source: sled::Error },
-    #[error("storage failure: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Flush(#[from] crate::queue::group_commit::FlushError),
-}
+/// `orders_meta` keys: the feed's entry count and the next sequence number.
+const FEED_LEN: &[u8] = b"feed_len";
+const PROBE: &[u8] = b"probe";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OrderLineRecord {
@@ -107,19 +100,17 @@ pub struct PageSource<'a> {
 }
 
 pub struct OrderStore {
-    db: sled::Db,
-    /// The database's one group committer, shared with the queues and the stock ledger
-    /// so a page and the orders it queued share fsyncs.
-    commit: Arc<GroupCommit>,
-    latest: Tree,
-    feed: Tree,
-    sync: Tree,
-    /// Held while a page gets its sequence numbers and commits.
-    commit_lock: std::sync::Mutex<()>,
-    /// Highest sequence committed (visible in sled, maybe not yet on disk).
-    committed_seq: AtomicU64,
+    store: Store,
+    latest: Keyspace,
+    feed: Keyspace,
+    sync: Keyspace,
+    meta: Keyspace,
+    /// Highest sequence given (the writer's; visible in the store, maybe not yet synced).
+    committed_seq: Arc<AtomicU64>,
     /// Highest sequence known to be on disk; readers see up to here.
     durable_seq: AtomicU64,
+    /// Entries in the feed (kept with every batch that adds some).
+    feed_len: Arc<AtomicU64>,
 }
 
 fn latest_key(shop: &str, order_id: &str) -> Vec<u8> {
@@ -163,38 +154,35 @@ impl OrderData {
 }
 
 impl OrderStore {
+    /// A store of its own in `path` (tests and tools; berth shares one [`Store`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        Self::from_db(db)
+        let store = Store::open(path, berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })?;
+        Self::on(&store)
     }
 
-    /// Must be called inside a tokio runtime (starts the group committer).
-    pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let feed = db.open_tree("orders_feed")?;
+    pub fn on(store: &Store) -> Result<Self, StoreError> {
+        let feed = store.keyspace("orders_feed")?;
+        let meta = store.keyspace("orders_meta")?;
         let last = match feed.last()? {
-            Some((k, _)) => u64::from_be_bytes(
-                k.as_ref().try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?,
-            ),
+            Some((k, _)) => seq_of(&k)?,
             None => 0,
         };
+        let feed_len = meta.get(FEED_LEN)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
         Ok(OrderStore {
-            latest: db.open_tree("orders_latest")?,
-            sync: db.open_tree("sync_state")?,
+            store: store.clone(),
+            latest: store.keyspace("orders_latest")?,
+            sync: store.keyspace("sync_state")?,
             feed,
-            commit: GroupCommit::start(db.clone()),
-            db,
-            commit_lock: std::sync::Mutex::new(()),
-            committed_seq: AtomicU64::new(last),
+            meta,
+            committed_seq: Arc::new(AtomicU64::new(last)),
             durable_seq: AtomicU64::new(last),
+            feed_len: Arc::new(AtomicU64::new(feed_len)),
         })
     }
 
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
-    pub fn commit(&self) -> Arc<GroupCommit> {
-        self.commit.clone()
+    /// The storage core this store writes through.
+    pub fn storage(&self) -> &Store {
+        &self.store
     }
 
     pub fn sync_state(&self, shop: &str) -> Result<SyncState, StoreError> {
@@ -206,7 +194,7 @@ impl OrderStore {
 
     /// Whether this version of an order is newer than any stored for the shop.
     pub fn is_new(&self, shop: &str, order: &OrderData) -> Result<bool, StoreError> {
-        let stored = self.latest.get(latest_key(shop, &order.order_id))?;
+        let stored = self.latest.get(&latest_key(shop, &order.order_id))?;
         Ok(is_newer(stored.as_deref(), order.updated_at_ms, &order.version_digest()))
     }
 
@@ -235,74 +223,84 @@ impl OrderStore {
         let state_json = next
             .map(|n| serde_json::to_vec(n).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()?;
-        let guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = (&self.latest, &self.feed, &self.sync).transaction(|(latest, feed, sync)| {
-            let mut outcome = PageOutcome { max_seq: None, ..PageOutcome::default() };
-            for order in orders {
-                let key = latest_key(src.shop, &order.order_id);
-                let digest = order.version_digest();
-                if !is_newer(latest.get(&key)?.as_deref(), order.updated_at_ms, &digest) {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                // Sequences start at 1 so `after=0` means "from the beginning".
-                let seq = feed.generate_id()? + 1;
-                let record = OrderRecord {
-                    seq,
+        // Serialized here, off the writer; the sequence number is the writer's to give.
+        let staged: Vec<(Vec<u8>, [u8; 32], i64, OrderRecord)> = orders
+            .iter()
+            .map(|o| {
+                let rec = OrderRecord {
+                    seq: 0,
                     shop: src.shop.to_string(),
                     platform: src.platform.to_string(),
                     connector_version: src.connector_version.to_string(),
                     received_at_ms: received,
-                    order: order.clone(),
+                    order: o.clone(),
                 };
-                let bytes = serde_json::to_vec(&record)
-                    .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
-                feed.insert(&seq.to_be_bytes(), bytes)?;
-                latest.insert(key, &latest_value(order.updated_at_ms, &digest)[..])?;
-                outcome.added += 1;
-                outcome.max_seq = Some(seq);
-            }
-            if let Some(state) = &state_json {
-                sync.insert(src.shop.as_bytes(), state.as_slice())?;
-            }
-            Ok(outcome)
-        });
-        let outcome = result.map_err(|e| match e {
-            TransactionError::Abort(msg) => StoreError::Corrupt(msg),
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })?;
+                (latest_key(src.shop, &o.order_id), o.version_digest(), o.updated_at_ms, rec)
+            })
+            .collect();
+        let shop = src.shop.as_bytes().to_vec();
+        let (latest, feed, sync, meta) = (self.latest.clone(), self.feed.clone(), self.sync.clone(), self.meta.clone());
+        let (committed, feed_len) = (self.committed_seq.clone(), self.feed_len.clone());
+        let outcome = self
+            .store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                // Decide (reads through the batch: a page before this one in the batch counts).
+                let mut fresh = Vec::with_capacity(staged.len());
+                let mut seen: std::collections::HashMap<&[u8], (i64, [u8; 32])> = std::collections::HashMap::new();
+                for (i, (key, digest, updated, _)) in staged.iter().enumerate() {
+                    let stored = match seen.get(key.as_slice()) {
+                        Some((at, d)) => Some(latest_value(*at, d).to_vec()),
+                        None => ctx.get(&latest, key)?,
+                    };
+                    if is_newer(stored.as_deref(), *updated, digest) {
+                        seen.insert(key, (*updated, *digest));
+                        fresh.push(i);
+                    }
+                }
+                // Write.
+                let mut outcome = PageOutcome { duplicates: staged.len() - fresh.len(), ..PageOutcome::default() };
+                let mut seq = committed.load(Ordering::SeqCst);
+                for i in fresh {
+                    let (key, digest, updated, rec) = &staged[i];
+                    // Sequences start at 1 so `after=0` means "from the beginning".
+                    seq += 1;
+                    let rec = OrderRecord { seq, ..rec.clone() };
+                    let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    ctx.insert(&feed, seq.to_be_bytes(), bytes);
+                    ctx.insert(&latest, key, latest_value(*updated, digest));
+                    outcome.added += 1;
+                    outcome.max_seq = Some(seq);
+                }
+                if let Some(state) = &state_json {
+                    ctx.insert(&sync, &shop, state);
+                }
+                if outcome.added > 0 {
+                    committed.store(seq, Ordering::SeqCst);
+                    let len = feed_len.fetch_add(outcome.added as u64, Ordering::SeqCst) + outcome.added as u64;
+                    ctx.insert(&meta, FEED_LEN, len.to_be_bytes());
+                }
+                Ok::<_, StoreError>(outcome)
+            })
+            .await?;
+        // Everything given a sequence before this batch was synced with it or before it.
         if let Some(seq) = outcome.max_seq {
-            self.committed_seq.fetch_max(seq, Ordering::SeqCst);
+            self.durable_seq.fetch_max(seq, Ordering::SeqCst);
         }
-        drop(guard);
-        // Everything committed before this call is on disk when it returns.
-        let covered = self.committed_seq.load(Ordering::SeqCst);
-        self.commit.durable().await?;
-        self.durable_seq.fetch_max(covered, Ordering::SeqCst);
         Ok(outcome)
     }
 
     /// Feed entries after `after`, oldest first, optionally for one shop.
     pub fn list(&self, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<OrderRecord>, StoreError> {
-        let durable = self.durable_seq.load(Ordering::SeqCst);
-        if after >= durable {
-            return Ok(Vec::new());
-        }
-        let start = after.saturating_add(1).to_be_bytes();
-        let end = durable.to_be_bytes();
         let mut out = Vec::new();
-        for item in self.feed.range(start..=end) {
-            let (_, v) = item?;
-            let rec: OrderRecord =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("order feed entry: {e}")))?;
-            if shop.is_none_or(|s| s == rec.shop) {
-                out.push(rec);
-                if out.len() >= limit {
-                    break;
-                }
+        self.scan(after, limit, usize::MAX, None, |v| {
+            match serde_json::from_slice::<OrderRecord>(&v) {
+                Ok(rec) if shop.is_none_or(|s| s == rec.shop) => out.push(Ok(rec)),
+                Ok(_) => {}
+                Err(e) => out.push(Err(StoreError::Corrupt(format!("order feed entry: {e}")))),
             }
-        }
-        Ok(out)
+            out.iter().filter(|r| r.is_ok()).count() < limit
+        })?;
+        out.into_iter().collect()
     }
 
     /// Walk feed entries after `after` as stored (each an [`OrderRecord`]'s JSON), oldest
@@ -316,7 +314,7 @@ impl OrderStore {
         limit: usize,
         max_bytes: usize,
         shop: Option<&dyn Fn(&str) -> bool>,
-        mut each: impl FnMut(sled::IVec) -> bool,
+        mut each: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<u64, StoreError> {
         #[derive(Deserialize)]
         struct Head<'a> {
@@ -330,7 +328,7 @@ impl OrderStore {
         let (mut sent, mut bytes, mut next) = (0usize, 0usize, after);
         for item in self.feed.range(after.saturating_add(1).to_be_bytes()..=durable.to_be_bytes()) {
             let (k, v) = item?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?);
+            let seq = seq_of(&k)?;
             if let Some(want) = shop {
                 let head: Head<'_> = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("order feed entry {seq}: {e}")))?;
                 if !want(&head.shop) {
@@ -351,8 +349,9 @@ impl OrderStore {
         Ok(durable.max(next))
     }
 
+    /// Entries in the feed (a counter: the same cost at any size).
     pub fn feed_len(&self) -> usize {
-        self.feed.len()
+        self.feed_len.load(Ordering::SeqCst) as usize
     }
 
     /// (committed, durable) sequence numbers.
@@ -360,12 +359,20 @@ impl OrderStore {
         (self.committed_seq.load(Ordering::SeqCst), self.durable_seq.load(Ordering::SeqCst))
     }
 
-    /// Write and flush a probe, for readiness checks.
+    /// Write and sync a probe, for readiness checks.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
-        self.sync.insert(b"\0probe", &now_ms().to_be_bytes())?;
-        self.commit.durable().await?;
-        Ok(())
+        let meta = self.meta.clone();
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&meta, PROBE, now_ms().to_be_bytes());
+                Ok::<_, StoreError>(())
+            })
+            .await
     }
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(key.try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?))
 }
 
 #[cfg(test)]

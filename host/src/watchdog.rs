@@ -1,16 +1,17 @@
-//! Storage watchdog: sled 0.34 can deadlock under heavy concurrent writes (seen in the
-//! queue benchmark: its IO threads, its flusher and our transactions all parked on its
-//! internal locks; upstream spacejam/sled#1412). A deadlocked store never comes back,
-//! and because sled is called from the async workers, the whole API stops with it.
+//! Storage watchdog, a safety net: the store on sled 0.34 deadlocked under load
+//! (upstream spacejam/sled#1412, see docs/storage.md), which is why berth moved off it.
+//! The store now has one writer thread and no storage call runs on an async worker, so
+//! a stall can only come from the disk itself (a sync that never returns) or from a
+//! blocked runtime — and then nothing berth does will bring it back.
 //!
 //! Everything berth acknowledged is already on disk, so the safe answer is to exit and
 //! let the supervisor restart berth. An OS thread (not a tokio task, which would be stuck
 //! too) watches two things: a heartbeat the tokio runtime must keep ticking, and how long
-//! the running group-commit flush has taken. Past the limit it logs why and exits with
+//! the writer's running batch has taken. Past the limit it logs why and exits with
 //! status 3.
 
 use crate::clock::now_ms;
-use crate::queue::group_commit::GroupCommit;
+use berth_storage::Store;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,22 +20,19 @@ use std::time::Duration;
 pub const STALL_EXIT_CODE: i32 = 3;
 
 /// Why the watchdog fired, or `None` when all is well.
-pub fn stall(now: i64, last_beat: i64, flush_running_ms: Option<i64>, limit_ms: i64) -> Option<String> {
+pub fn stall(now: i64, last_beat: i64, batch_running_ms: Option<i64>, limit_ms: i64) -> Option<String> {
     if now - last_beat > limit_ms {
-        return Some(format!(
-            "the async runtime has not run for {} ms (its workers are blocked, most likely inside the storage engine)",
-            now - last_beat
-        ));
+        return Some(format!("the async runtime has not run for {} ms (its workers are blocked)", now - last_beat));
     }
-    match flush_running_ms {
-        Some(ms) if ms > limit_ms => Some(format!("a flush to disk has not finished in {ms} ms")),
+    match batch_running_ms {
+        Some(ms) if ms > limit_ms => Some(format!("a write batch (its sync to disk) has not finished in {ms} ms")),
         _ => None,
     }
 }
 
 /// Start watching. `on_stall` runs once, on the watchdog thread, with the reason; the
 /// service passes one that exits the process.
-pub fn start(commit: Arc<GroupCommit>, limit: Duration, on_stall: impl FnOnce(String) + Send + 'static) {
+pub fn start(store: &Store, limit: Duration, on_stall: impl FnOnce(String) + Send + 'static) {
     let beat = Arc::new(AtomicI64::new(now_ms()));
     let tick = beat.clone();
     let period = (limit / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -46,16 +44,17 @@ pub fn start(commit: Arc<GroupCommit>, limit: Duration, on_stall: impl FnOnce(St
         }
     });
     let limit_ms = limit.as_millis() as i64;
-    let weak = Arc::downgrade(&commit);
-    drop(commit);
+    let weak = store.downgrade();
     std::thread::Builder::new()
         .name("berth-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(period);
             // The store is gone: berth is shutting down.
-            let Some(commit) = weak.upgrade() else { return };
+            let Some(store) = weak.upgrade() else { return };
             let now = now_ms();
-            if let Some(why) = stall(now, beat.load(Ordering::SeqCst), commit.flush_running_for_ms(now), limit_ms) {
+            let running = store.stats().batch_running_for_ms(now);
+            drop(store);
+            if let Some(why) = stall(now, beat.load(Ordering::SeqCst), running, limit_ms) {
                 on_stall(why);
                 return;
             }
@@ -83,7 +82,7 @@ mod tests {
         assert_eq!(stall(10_000, 9_000, None, 5_000), None);
         assert_eq!(stall(10_000, 9_000, Some(4_000), 5_000), None);
         assert!(stall(10_000, 4_000, None, 5_000).unwrap().contains("has not run for 6000 ms"));
-        assert!(stall(10_000, 9_900, Some(5_001), 5_000).unwrap().contains("flush"));
+        assert!(stall(10_000, 9_900, Some(5_001), 5_000).unwrap().contains("write batch"));
     }
 
     #[test]
@@ -92,15 +91,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         rt.block_on(async {
-            let commit = GroupCommit::start(sled::open(dir.path()).unwrap());
-            start(commit.clone(), Duration::from_millis(200), move |why| tx.send(why).unwrap());
+            let store = Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+            start(&store, Duration::from_millis(200), move |why| tx.send(why).unwrap());
             // Let the heartbeat run; then the blocking recv below holds the only worker the
-            // way a sled deadlock does.
+            // way a blocked runtime does.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(rx.try_recv().is_err(), "fired while healthy");
             let why = rx.recv_timeout(Duration::from_secs(5)).expect("the watchdog did not fire");
             assert!(why.contains("async runtime has not run"), "{why}");
-            drop(commit);
+            drop(store);
         });
     }
 }

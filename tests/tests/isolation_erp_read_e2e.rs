@@ -95,8 +95,8 @@ async fn reads_and_leases_stop_at_the_byte_bound_and_stream() {
         assert_eq!(acked["done"].as_u64().unwrap() as usize, leases.len());
     }
     assert_eq!(leased, seen, "every order leased once");
-    // A lease rewrites each message it takes (sled keeps header and payload in one
-    // value), and sled caches what it wrote: memory follows what was leased, not the
+    // A lease rewrites each message it takes (header and payload are one record), and the
+    // engine's memtable holds what it wrote: memory follows what was leased, not the
     // answer's size — bounded here by what was leased plus one answer.
     let (_, peak) = berth.memory();
     let grew = peak.saturating_sub(rss_before);

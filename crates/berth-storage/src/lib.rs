@@ -5,9 +5,11 @@
 //! answers each caller ([`Store`]); reads never wait on it. Disk space is checked before
 //! each batch, so a full or read-only disk refuses writes with a reason and recovers by
 //! itself instead of poisoning the engine ([`space`]). On top: the durable lease queues
-//! ([`queue`]). This crate depends on no other berth crate.
+//! ([`queue`]). sled, which berth used before, is read only to migrate an old data dir
+//! ([`migrate`]). This crate depends on no other berth crate.
 
 pub mod error;
+pub mod migrate;
 pub mod queue;
 pub mod space;
 pub mod store;

@@ -130,12 +130,23 @@ pub struct WriterStats {
     pub refused_batches: AtomicU64,
     /// Why writes are being refused right now (`None` when the last batch went through).
     refusing: Mutex<Option<StoreError>>,
+    /// When the running batch began (Unix ms), 0 while the writer waits for work.
+    batch_started_ms: std::sync::atomic::AtomicI64,
 }
 
 impl WriterStats {
     /// Why writes are refused now, if they are.
     pub fn refusing(&self) -> Option<StoreError> {
         self.refusing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How long the running batch (its operations, commit and sync) has taken so far;
+    /// `None` while the writer is idle. A watchdog's view of a stuck disk.
+    pub fn batch_running_for_ms(&self, now_ms: i64) -> Option<i64> {
+        match self.batch_started_ms.load(Ordering::SeqCst) {
+            0 => None,
+            started => Some(now_ms - started),
+        }
     }
 }
 
@@ -146,6 +157,16 @@ struct Inner {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<WriterStats>,
     guard: SpaceGuard,
+}
+
+/// A handle that does not keep the store open (for watchers that should stop with it).
+#[derive(Clone)]
+pub struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
 }
 
 /// A handle on the store; clones share it. The writer stops, and the data dir is let go,
@@ -188,6 +209,10 @@ impl Store {
         &self.inner.path
     }
 
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
+    }
+
     /// Open (or create) a keyspace.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
         self.inner
@@ -220,6 +245,25 @@ impl Store {
             let _ = tx.send(r);
         })?;
         rx.await.map_err(|_| E::from(StoreError::Closed))?
+    }
+
+    /// Wait until everything committed before this call is on disk: an empty operation
+    /// in the next batch, which is synced after every batch before it.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write(|_ctx: &mut WriteCtx<'_>| Ok::<_, StoreError>(())).await
+    }
+
+    /// Queue `op` for the next batch without waiting for it (records that may lose their
+    /// last seconds in a crash: probe history, alert logs). A refusal is logged.
+    pub fn write_detached(&self, what: &'static str, op: impl FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + Send + 'static) {
+        let sent = self.submit(op, move |r: Result<(), StoreError>| {
+            if let Err(e) = r {
+                tracing::debug!(what, error = %e, "a detached write was not stored");
+            }
+        });
+        if let Err(e) = sent {
+            tracing::debug!(what, error = %e, "a detached write was not stored");
+        }
     }
 
     /// [`Store::write`] for a caller outside async code (it blocks this thread).
@@ -315,7 +359,10 @@ fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &Wri
             continue;
         }
         let count = batch.len() as u64;
-        match run_batch(db, &mut batch) {
+        stats.batch_started_ms.store(crate::now_ms(), Ordering::SeqCst);
+        let ran = run_batch(db, &mut batch);
+        stats.batch_started_ms.store(0, Ordering::SeqCst);
+        match ran {
             Ok(done) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.operations.fetch_add(count, Ordering::Relaxed);

@@ -78,7 +78,7 @@ impl NatsServer {
     }
 }
 
-/// Enqueue + ack `messages` through JetStream the way the sled row does it: `producers`
+/// Enqueue + ack `messages` through JetStream the way the berth row does it: `producers`
 /// publishers, as many consumers as producers up to 16, each fetching 32 and acking each.
 /// Returns msgs/s and the publish and ack latencies.
 pub async fn run(server: &NatsServer, producers: usize, messages: usize, payload: &[u8]) -> (f64, Vec<Duration>, Vec<Duration>) {

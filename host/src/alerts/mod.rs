@@ -2,7 +2,7 @@
 //! host sees (call success per connector, queue age and dead letters, probe results,
 //! canary rollbacks). A rule holding for a subject fires once — one notification to
 //! each receiver — and resolves once when it stops holding; firing alerts are kept in
-//! sled, so a restart neither repeats them nor forgets to resolve them. The last
+//! the store, so a restart neither repeats them nor forgets to resolve them. The last
 //! notifications are kept for the API and the dashboard.
 
 pub mod notify;
@@ -101,7 +101,7 @@ const LOG_KEEP: usize = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum AlertsError {
     #[error("alert storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] berth_storage::StoreError),
     #[error("{0}")]
     Setup(String),
 }
@@ -122,6 +122,8 @@ struct State {
     dead_history: BTreeMap<String, VecDeque<(i64, u64)>>,
     rollbacks: Vec<(String, i64, String)>,
     next_seq: u64,
+    /// The stored log's last `LOG_KEEP` entries, oldest first.
+    log: VecDeque<LogEntry>,
 }
 
 pub struct Alerts {
@@ -133,18 +135,19 @@ pub struct Alerts {
     rollback_hold_ms: i64,
     config: AlertsConfig,
     notifier: Notifier,
-    firing_tree: sled::Tree,
-    log_tree: sled::Tree,
+    store: berth_storage::Store,
+    firing_tree: berth_storage::store::Keyspace,
+    log_tree: berth_storage::store::Keyspace,
     state: Mutex<State>,
 }
 
 impl Alerts {
     /// Load the firing alerts and start the receivers' workers (inside a tokio runtime).
-    pub fn open(db: &sled::Db, config: &AlertsConfig) -> Result<Alerts, AlertsError> {
+    pub fn open(store: &berth_storage::Store, config: &AlertsConfig) -> Result<Alerts, AlertsError> {
         let rules = config.rules().map_err(AlertsError::Setup)?;
         let notifier = Notifier::start(&config.receivers).map_err(AlertsError::Setup)?;
-        let firing_tree = db.open_tree("alerts_firing")?;
-        let log_tree = db.open_tree("alerts_log")?;
+        let firing_tree = store.keyspace("alerts_firing")?;
+        let log_tree = store.keyspace("alerts_log")?;
         let mut state = State::default();
         for item in firing_tree.iter() {
             let (_, v) = item?;
@@ -159,9 +162,15 @@ impl Alerts {
             }
         }
         state.next_seq = match log_tree.last()? {
-            Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1,
+            Some((k, _)) => k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1,
             None => 0,
         };
+        for item in log_tree.iter().rev().take(LOG_KEEP) {
+            let (_, v) = item?;
+            if let Ok(e) = serde_json::from_slice(&v) {
+                state.log.push_front(e);
+            }
+        }
         let windows = rules
             .iter()
             .filter_map(|r| match r.check {
@@ -185,6 +194,7 @@ impl Alerts {
             rollback_hold_ms,
             config: config.clone(),
             notifier,
+            store: store.clone(),
             firing_tree,
             log_tree,
             state: Mutex::new(state),
@@ -320,25 +330,30 @@ impl Alerts {
         }
     }
 
-    /// Keep the firing set and the log in sled (not fsynced on their own: they go to
-    /// disk with the next group commit or sled's own flush).
+    /// Keep the firing set and the log in the store (the next batch, not waited for: an
+    /// alert is not an order) and the log's tail in memory.
     fn persist(&self, st: &mut State, status: &str, alert: &AlertRecord) {
-        let stored = match st.firing.get(&alert.fingerprint) {
-            Some(f) => self.firing_tree.insert(alert.fingerprint.as_bytes(), serde_json::to_vec(f).unwrap_or_default()).map(drop),
-            None => self.firing_tree.remove(alert.fingerprint.as_bytes()).map(drop),
-        };
+        let firing = st.firing.get(&alert.fingerprint).map(|f| serde_json::to_vec(f).unwrap_or_default());
         let entry = LogEntry { at_ms: crate::clock::now_ms(), status: status.to_string(), alert: alert.clone() };
-        let logged = self.log_tree.insert(st.next_seq.to_be_bytes(), serde_json::to_vec(&entry).unwrap_or_default()).map(drop);
+        let logged = serde_json::to_vec(&entry).unwrap_or_default();
+        let seq = st.next_seq;
         st.next_seq += 1;
-        if let Err(e) = stored.and(logged) {
-            tracing::warn!(error = %e, "cannot store an alert");
+        st.log.push_back(entry);
+        if st.log.len() > LOG_KEEP {
+            st.log.pop_front();
         }
-        while self.log_tree.len() > LOG_KEEP {
-            match self.log_tree.pop_min() {
-                Ok(Some(_)) => {}
-                _ => break,
+        let (firing_tree, log_tree, fingerprint) = (self.firing_tree.clone(), self.log_tree.clone(), alert.fingerprint.clone());
+        self.store.write_detached("alert", move |ctx| {
+            match firing {
+                Some(f) => ctx.insert(&firing_tree, fingerprint.as_bytes(), f),
+                None => ctx.remove(&firing_tree, fingerprint.as_bytes()),
             }
-        }
+            ctx.insert(&log_tree, seq.to_be_bytes(), logged);
+            if let Some(old) = seq.checked_sub(LOG_KEEP as u64) {
+                ctx.remove(&log_tree, old.to_be_bytes());
+            }
+            Ok(())
+        });
     }
 
     /// Alerts firing now, most severe and oldest first.
@@ -351,12 +366,8 @@ impl Alerts {
 
     /// The last `n` notifications, newest first.
     pub fn recent(&self, n: usize) -> Vec<LogEntry> {
-        self.log_tree
-            .iter()
-            .rev()
-            .take(n)
-            .filter_map(|r| r.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
-            .collect()
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.log.iter().rev().take(n).cloned().collect()
     }
 
     pub fn receivers(&self) -> Vec<ReceiverStatus> {
@@ -397,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn an_alert_fires_once_and_resolves_once_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
         let alerts = Alerts::open(&db, &cfg).unwrap();
         let obs = |age_ms: i64| Observation {
@@ -412,6 +423,8 @@ mod tests {
         let log = alerts.recent(10);
         assert_eq!(log.len(), 1, "one notification while it keeps holding");
         drop(alerts);
+        // The alert writes did not wait for their batch; this waits for them.
+        db.barrier().await.unwrap();
         let alerts = Alerts::open(&db, &cfg).unwrap();
         assert_eq!(alerts.firing().len(), 1, "still firing after a restart");
         alerts.evaluate(&obs(81_000));

@@ -248,8 +248,34 @@ pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Res
 }
 
 fn queue_error(e: QueueError) -> Response {
-    tracing::error!(error = %e, "order queue failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    match e {
+        QueueError::Store(e) => storage_error(&e),
+        e => {
+            tracing::error!(error = %e, "order queue failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// Seconds a client is told to wait when the disk is full or read-only.
+const NO_SPACE_RETRY_SECS: u16 = 30;
+
+/// A store failure as the client should see it: a full or read-only disk is 507 with
+/// `Retry-After` (nothing was written; it clears by itself once space is freed), a
+/// store that stopped writing 503 (an operator restarts berth), anything else 500.
+pub(crate) fn storage_error(e: &crate::store::StoreError) -> Response {
+    use crate::store::StoreError;
+    let (status, retry) = match e {
+        StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } => (StatusCode::INSUFFICIENT_STORAGE, Some(NO_SPACE_RETRY_SECS)),
+        StoreError::Failed(_) | StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, None),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    };
+    tracing::warn!(error = %e, status = status.as_u16(), "a write was not stored");
+    let mut resp = error(status, e.to_string());
+    if let Some(secs) = retry {
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+    }
+    resp
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,7 @@ pub struct StockShop {
 fn stock_error(e: StockError) -> Response {
     match e {
         StockError::BadSku(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        StockError::Storage(e) => super::storage_error(&e),
         e => {
             tracing::error!(error = %e, "stock ledger failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -1,11 +1,12 @@
-//! `berth:connector/kv`: state on sled, scoped to one connector and one shop so a
+//! `berth:connector/kv`: state in the storage core, scoped to one connector and one shop so a
 //! connector can neither read another's state nor another shop's, and held to a quota
 //! per scope so one cannot fill the host's disk. The quota is checked before a write
 //! (a refused write writes nothing), and what a scope may write per minute is bounded
 //! too: the store is log-structured, so rewriting the same keys in a loop costs disk
 //! even when the quota holds.
 
-use sled::Tree;
+use berth_storage::store::Keyspace;
+use berth_storage::{Store, StoreError, WriteCtx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -48,7 +49,8 @@ pub enum WriteRefused {
 
 #[derive(Clone)]
 pub struct KvStore {
-    tree: Tree,
+    store: Store,
+    tree: Keyspace,
     /// Per scope prefix, counted from the tree the first time the scope writes. The map's
     /// lock is held only to find a scope's entry; a write holds its own scope's lock, so
     /// scopes never wait on each other.
@@ -62,8 +64,21 @@ pub struct KvScope<'a> {
 }
 
 impl KvStore {
-    pub fn new(tree: Tree) -> Self {
-        KvStore { tree, usage: Arc::default() }
+    /// Connector state in `store`'s `connector_kv` keyspace.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Ok(KvStore { store: store.clone(), tree: store.keyspace("connector_kv")?, usage: Arc::default() })
+    }
+
+    /// A write through the store's writer, from a connector's (synchronous) host call:
+    /// on a multi-threaded runtime the worker hands its other tasks on while it waits
+    /// for the batch, so no async task waits behind a sync.
+    fn write(&self, op: impl FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let wait = move || store.write_blocking(op);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
     }
 
     pub fn scope(&self, connector: &str, shop: &str) -> KvScope<'_> {
@@ -87,7 +102,7 @@ impl KvScope<'_> {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.store.tree.get(self.key(key)?).map_err(storage)?.map(|v| v.to_vec()))
+        self.store.tree.get(&self.key(key)?).map_err(storage)
     }
 
     /// This scope's usage entry.
@@ -105,7 +120,7 @@ impl KvScope<'_> {
             return Ok(u);
         }
         let mut u = Usage::default();
-        for item in self.store.tree.scan_prefix(&self.prefix) {
+        for item in self.store.tree.prefix(&self.prefix) {
             let (k, v) = item.map_err(storage)?;
             u.keys += 1;
             u.bytes += (k.len() - self.prefix.len() + v.len()) as u64;
@@ -143,7 +158,13 @@ impl KvScope<'_> {
         if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
             return Err(WriteRefused::Quota { keys, bytes });
         }
-        self.store.tree.insert(&k, value).map_err(|e| WriteRefused::Storage(e.to_string()))?;
+        let (tree, value) = (self.store.tree.clone(), value.to_vec());
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&tree, k, value);
+                Ok(())
+            })
+            .map_err(|e| WriteRefused::Storage(e.to_string()))?;
         st.usage = Some(Usage { keys, bytes });
         st.written = (minute, written + n);
         Ok(())
@@ -153,7 +174,15 @@ impl KvScope<'_> {
         let k = self.key(key)?;
         let entry = self.usage_entry();
         let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = self.store.tree.remove(k).map_err(storage)? {
+        let old = self.store.tree.get(&k).map_err(storage)?;
+        if let Some(old) = old {
+            let tree = self.store.tree.clone();
+            self.store
+                .write(move |ctx: &mut WriteCtx<'_>| {
+                    ctx.remove(&tree, k);
+                    Ok(())
+                })
+                .map_err(storage)?;
             if let Some(u) = guard.usage.as_mut() {
                 u.keys = u.keys.saturating_sub(1);
                 u.bytes = u.bytes.saturating_sub((key.len() + old.len()) as u64);
@@ -167,18 +196,17 @@ impl KvScope<'_> {
         let start = self.key(prefix)?;
         self.store
             .tree
-            .scan_prefix(&start)
-            .keys()
+            .prefix(&start)
             .take(1000)
-            .map(|k| {
-                let k = k.map_err(storage)?;
+            .map(|item| {
+                let (k, _) = item.map_err(storage)?;
                 Ok(String::from_utf8_lossy(&k[self.prefix.len()..]).into_owned())
             })
             .collect()
     }
 }
 
-fn storage(e: sled::Error) -> String {
+fn storage(e: StoreError) -> String {
     format!("storage error: {e}")
 }
 
@@ -189,8 +217,8 @@ mod tests {
     #[test]
     fn scopes_do_not_leak() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let kv = KvStore::new(db.open_tree("kv").unwrap());
+        let store = Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+        let kv = KvStore::open(&store).unwrap();
         let a = kv.scope("shopify", "acme");
         let b = kv.scope("shopify", "other");
         let c = kv.scope("taobao", "acme");
@@ -210,8 +238,8 @@ mod tests {
     #[test]
     fn a_scope_is_held_to_its_quota_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let kv = KvStore::new(db.open_tree("kv").unwrap());
+        let store = Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+        let kv = KvStore::open(&store).unwrap();
         let a = kv.scope("hostile", "a");
         let chunk = vec![7u8; MAX_VALUE_BYTES];
         let fit = (MAX_SCOPE_BYTES / (MAX_VALUE_BYTES as u64 + 8)) as usize;
@@ -223,7 +251,7 @@ mod tests {
         a.set("k000000", &chunk).expect("overwriting in place does not grow it");
         kv.scope("hostile", "b").set("k", &chunk).expect("another shop has its own quota");
         // A new process counts what is stored.
-        let again = KvStore::new(db.open_tree("kv").unwrap());
+        let again = KvStore::open(&store).unwrap();
         let a = again.scope("hostile", "a");
         assert!(a.set("one-more", &chunk).is_err());
         a.set("k000001", b"small").expect("shrinking a value is taken");
@@ -236,8 +264,8 @@ mod tests {
     #[test]
     fn a_refused_write_writes_nothing_and_writes_per_minute_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let kv = KvStore::new(db.open_tree("kv").unwrap());
+        let store = Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+        let kv = KvStore::open(&store).unwrap();
         let a = kv.scope("hostile", "a");
         let t = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
         let chunk = vec![1u8; 1000];
@@ -257,9 +285,9 @@ mod tests {
         for i in 0..fit {
             b.set(&format!("k{i:06}"), &big).unwrap();
         }
-        let before = kv.tree.len();
+        let before = kv.tree.iter().count();
         assert!(matches!(b.set_within("one-more", &big, u64::MAX, t), Err(WriteRefused::Quota { .. })));
-        assert_eq!(kv.tree.len(), before);
+        assert_eq!(kv.tree.iter().count(), before);
         assert_eq!(b.get("one-more").unwrap(), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Shop health by tier: every shop's connector `check` runs on the tier's probe interval
 //! (A 30 s, B 5 min, C 1 h by default), and availability — probes that found the shop
 //! up over all probes — is computed over a trailing window and held against the tier's
-//! SLA target. Results are kept per minute in sled (tree `probe_minutes`), so a restart
+//! SLA target. Results are kept per minute in the store (keyspace `probe_minutes`), so a restart
 //! keeps the window's history.
 
 pub mod prober;
@@ -194,7 +194,7 @@ struct Entry {
 
 #[derive(Debug, thiserror::Error)]
 #[error("probe history storage: {0}")]
-pub struct HealthStoreError(#[from] sled::Error);
+pub struct HealthStoreError(#[from] berth_storage::StoreError);
 
 /// Where a shop's holds come from (the running shops, which know each one's quota and
 /// order budget): `(state, why)` while one is held.
@@ -205,7 +205,8 @@ pub trait HoldSource: Send + Sync {
 /// Every running shop's probe results.
 pub struct HealthBook {
     config: HealthConfig,
-    tree: sled::Tree,
+    store: berth_storage::Store,
+    tree: berth_storage::store::Keyspace,
     shops: RwLock<BTreeMap<String, Entry>>,
     holds: RwLock<Option<std::sync::Weak<dyn HoldSource>>>,
 }
@@ -225,8 +226,8 @@ fn counts(v: &[u8]) -> Option<(u32, u32)> {
 }
 
 impl HealthBook {
-    pub fn open(db: &sled::Db, config: HealthConfig) -> Result<HealthBook, HealthStoreError> {
-        Ok(HealthBook { config, tree: db.open_tree("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None) })
+    pub fn open(store: &berth_storage::Store, config: HealthConfig) -> Result<HealthBook, HealthStoreError> {
+        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None) })
     }
 
     /// Show shops held by a quota or a host bound as such (`throttled`, `held`).
@@ -248,13 +249,23 @@ impl HealthBook {
         let mut minutes = BTreeMap::new();
         let mut prefix = shop.as_bytes().to_vec();
         prefix.push(0);
-        for (k, v) in self.tree.scan_prefix(&prefix).flatten() {
+        let mut expired = Vec::new();
+        for (k, v) in self.tree.prefix(&prefix).flatten() {
             let Some(minute) = k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
             if minute < oldest {
-                let _ = self.tree.remove(&k);
+                expired.push(k);
             } else if let Some(c) = counts(&v) {
                 minutes.insert(minute, c);
             }
+        }
+        if !expired.is_empty() {
+            let tree = self.tree.clone();
+            self.store.write_detached("probe history", move |ctx| {
+                for k in expired {
+                    ctx.remove(&tree, k);
+                }
+                Ok(())
+            });
         }
         let entry = Entry {
             connector: connector.to_string(),
@@ -285,8 +296,8 @@ impl HealthBook {
         }
     }
 
-    /// Count a probe. The minute's counts are written through to sled (not fsynced on
-    /// their own: a crash may lose the last seconds of probe history, never an order).
+    /// Count a probe. The minute's counts go to the store's next batch without waiting
+    /// for it (a crash may lose the last seconds of probe history, never an order).
     pub fn record(&self, shop: &str, result: ProbeResult) {
         let minute = result.at_ms.max(0) as u64 / 60_000;
         let oldest = self.oldest_minute(result.at_ms);
@@ -298,16 +309,22 @@ impl HealthBook {
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&c.0.to_le_bytes());
         value[4..].copy_from_slice(&c.1.to_le_bytes());
-        if let Err(err) = self.tree.insert(key(shop, minute), &value[..]) {
-            tracing::warn!(shop, error = %err, "cannot store a probe result");
-        }
+        let mut gone = Vec::new();
         while let Some((&m, _)) = e.minutes.first_key_value() {
             if m >= oldest {
                 break;
             }
             e.minutes.remove(&m);
-            let _ = self.tree.remove(key(shop, m));
+            gone.push(key(shop, m));
         }
+        let (tree, k) = (self.tree.clone(), key(shop, minute));
+        self.store.write_detached("probe history", move |ctx| {
+            ctx.insert(&tree, k, value);
+            for k in gone {
+                ctx.remove(&tree, k);
+            }
+            Ok(())
+        });
         e.consecutive_failures = if result.up { 0 } else { e.consecutive_failures + 1 };
         e.down_since_ms = if result.up { None } else { e.down_since_ms.or(Some(result.at_ms)) };
         e.paused = false;
@@ -431,7 +448,7 @@ mod tests {
     #[test]
     fn availability_counts_the_window_and_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = HealthConfig { window_secs: 3600, ..HealthConfig::default() };
         let book = HealthBook::open(&db, cfg.clone()).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
@@ -449,6 +466,8 @@ mod tests {
         assert!(s.availability.error_budget_left.unwrap().abs() < 1e-9, "the whole budget is spent");
         assert_eq!((s.state, s.consecutive_failures), ("down", 1));
         drop(book);
+        // The probe writes did not wait for their batch; this waits for all of them.
+        db.write_blocking(|_ctx| Ok::<_, berth_storage::StoreError>(())).unwrap();
         let book = HealthBook::open(&db, cfg).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
         let s = &book.shops()[0];
@@ -461,7 +480,7 @@ mod tests {
     #[test]
     fn shop_series_only_when_configured() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = HealthConfig { shop_labels: true, ..HealthConfig::default() };
         let book = HealthBook::open(&db, cfg).unwrap();
         book.register("labelled-shop", "shopify", "shopify", Tier::B);

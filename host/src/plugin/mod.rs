@@ -35,7 +35,7 @@ pub enum PluginError {
 pub struct ScratchHost {
     pub runtime: Arc<ConnectorRuntime>,
     pub services: Arc<HostServices>,
-    _db: sled::Db,
+    _store: berth_storage::Store,
     _dir: tempfile::TempDir,
 }
 
@@ -51,11 +51,12 @@ impl ScratchHost {
         let dir = tempfile::tempdir().map_err(|e| scratch(&e))?;
         let text = format!("[server]\ndata_dir = {:?}\n[http]\nallow_private_addresses = true\n{extra}", dir.path().display().to_string());
         let cfg = Config::parse(&text, Path::new("<scratch host>")).map_err(|e| scratch(&e))?;
-        let db = sled::Config::new().path(dir.path().join("db")).open().map_err(|e| scratch(&e))?;
-        let kv = KvStore::new(db.open_tree("connector_kv").map_err(|e| scratch(&e))?);
+        let store = berth_storage::Store::open(&dir.path().join("store"), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })
+            .map_err(|e| scratch(&e))?;
+        let kv = KvStore::open(&store).map_err(|e| scratch(&e))?;
         let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
-        Ok(ScratchHost { runtime, services, _db: db, _dir: dir })
+        Ok(ScratchHost { runtime, services, _store: store, _dir: dir })
     }
 
     /// Load options granting no manifest host, only `extra_hosts`, with default limits.

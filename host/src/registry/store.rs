@@ -1,19 +1,22 @@
-//! The registry on sled: component bytes by digest (`registry/blobs`), one record per
-//! deployed version (`registry/versions`, connector \0 digest), and each connector's
-//! state — active version, the versions before it, pauses (`registry/state`). Every
-//! write is durable (group commit) before it returns.
+//! The registry's storage: component bytes as files by digest
+//! (`DATA_DIR/components/<sha256>.wasm`, written to a temporary name, synced, renamed),
+//! one record per deployed version (keyspace `registry_versions`, connector \0 digest)
+//! and each connector's state — active version, the versions before it, pauses
+//! (`registry_state`). Every write is durable before it returns.
 
-use crate::queue::group_commit::GroupCommit;
+use berth_storage::store::Keyspace;
+use berth_storage::{Store, StoreError, WriteCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryStoreError {
     #[error("registry storage failed: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("registry storage could not be made durable: {0}")]
-    Durable(String),
+    Storage(#[from] StoreError),
+    #[error("component file {path}: {why}")]
+    File { path: String, why: String },
     #[error("registry record `{key}` is unreadable: {message}")]
     Corrupt { key: String, message: String },
 }
@@ -80,10 +83,10 @@ pub struct ConnectorState {
 }
 
 pub struct RegistryStore {
-    blobs: sled::Tree,
-    versions: sled::Tree,
-    state: sled::Tree,
-    commit: Arc<GroupCommit>,
+    store: Store,
+    components: PathBuf,
+    versions: Keyspace,
+    state: Keyspace,
 }
 
 fn version_key(connector: &str, digest: &str) -> Vec<u8> {
@@ -105,26 +108,61 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl RegistryStore {
-    pub fn open(db: &sled::Db, commit: Arc<GroupCommit>) -> Result<Self, RegistryStoreError> {
+    /// Records in `store`, component files in `components` (made if missing).
+    pub fn open(store: &Store, components: &Path) -> Result<Self, RegistryStoreError> {
+        std::fs::create_dir_all(components).map_err(|e| file_error(components, &e))?;
         Ok(RegistryStore {
-            blobs: db.open_tree("registry/blobs")?,
-            versions: db.open_tree("registry/versions")?,
-            state: db.open_tree("registry/state")?,
-            commit,
+            store: store.clone(),
+            components: components.to_path_buf(),
+            versions: store.keyspace("registry_versions")?,
+            state: store.keyspace("registry_state")?,
         })
     }
 
-    async fn durable(&self) -> Result<(), RegistryStoreError> {
-        self.commit.durable().await.map_err(|e| RegistryStoreError::Durable(e.to_string()))
+    /// Where the bytes of `digest` are kept (`None` for a digest that is not hex: it
+    /// never names a file).
+    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
+        (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.components.join(format!("{digest}.wasm")))
+    }
+
+    /// Write the bytes of `digest` once: a temporary file, synced, renamed, the folder
+    /// synced — a crash leaves the whole file or none.
+    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryStoreError> {
+        let path = self.blob_path(digest).ok_or_else(|| RegistryStoreError::File { path: digest.to_string(), why: "the digest is not hex".into() })?;
+        if path.exists() {
+            return Ok(());
+        }
+        self.store.space_guard().check()?;
+        let tmp = self.components.join(format!(".{digest}.{}.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.components)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            file_error(&path, &e)
+        })
     }
 
     /// Store a version and its bytes (once per digest), durably.
     pub async fn put_version(&self, rec: &VersionRecord, bytes: &[u8]) -> Result<(), RegistryStoreError> {
-        if !self.blobs.contains_key(rec.digest.as_bytes())? {
-            self.blobs.insert(rec.digest.as_bytes(), bytes)?;
-        }
-        self.versions.insert(version_key(&rec.connector, &rec.digest), encode(rec))?;
-        self.durable().await
+        self.put_blob(&rec.digest, bytes)?;
+        self.put_record(rec).await
+    }
+
+    /// Store a version's record (its bytes are in place already).
+    pub async fn put_record(&self, rec: &VersionRecord) -> Result<(), RegistryStoreError> {
+        let (versions, key, value) = (self.versions.clone(), version_key(&rec.connector, &rec.digest), encode(rec));
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&versions, key, value);
+                Ok::<_, RegistryStoreError>(())
+            })
+            .await
     }
 
     pub fn version(&self, connector: &str, digest: &str) -> Result<Option<VersionRecord>, RegistryStoreError> {
@@ -138,7 +176,7 @@ impl RegistryStore {
         prefix.push(0);
         let mut out: Vec<VersionRecord> = self
             .versions
-            .scan_prefix(&prefix)
+            .prefix(&prefix)
             .map(|kv| {
                 let (k, v) = kv?;
                 decode(&k, &v)
@@ -149,7 +187,12 @@ impl RegistryStore {
     }
 
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryStoreError> {
-        Ok(self.blobs.get(digest.as_bytes())?.map(|b| b.to_vec()))
+        let Some(path) = self.blob_path(digest) else { return Ok(None) };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_error(&path, &e)),
+        }
     }
 
     pub fn state(&self, connector: &str) -> Result<ConnectorState, RegistryStoreError> {
@@ -160,9 +203,18 @@ impl RegistryStore {
     }
 
     pub async fn set_state(&self, connector: &str, st: &ConnectorState) -> Result<(), RegistryStoreError> {
-        self.state.insert(connector.as_bytes(), encode(st))?;
-        self.durable().await
+        let (state, key, value) = (self.state.clone(), connector.as_bytes().to_vec(), encode(st));
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&state, key, value);
+                Ok::<_, RegistryStoreError>(())
+            })
+            .await
     }
+}
+
+fn file_error(path: &Path, e: &std::io::Error) -> RegistryStoreError {
+    RegistryStoreError::File { path: path.display().to_string(), why: e.to_string() }
 }
 
 #[cfg(test)]
@@ -187,22 +239,28 @@ mod tests {
     #[tokio::test]
     async fn versions_and_state_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let store = Store::open(&dir.path().join("store"), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+            RegistryStore::open(&store, &dir.path().join("components")).unwrap()
+        };
         {
-            let db = sled::open(dir.path()).unwrap();
-            let s = RegistryStore::open(&db, GroupCommit::start(db.clone())).unwrap();
+            let s = open();
             s.put_version(&rec("c", "bbb", 2), b"two").await.unwrap();
             s.put_version(&rec("c", "aaa", 1), b"one").await.unwrap();
             s.put_version(&rec("cx", "ccc", 3), b"three").await.unwrap();
             let st = ConnectorState { active: Some("bbb".into()), history: vec!["aaa".into()], ..Default::default() };
             s.set_state("c", &st).await.unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
-        let s = RegistryStore::open(&db, GroupCommit::start(db.clone())).unwrap();
+        let s = open();
         let v: Vec<String> = s.versions("c").unwrap().into_iter().map(|r| r.digest).collect();
         assert_eq!(v, ["aaa", "bbb"], "oldest first, other connectors apart");
         assert_eq!(s.blob("aaa").unwrap().as_deref(), Some(b"one".as_slice()));
         assert_eq!(s.state("c").unwrap().active.as_deref(), Some("bbb"));
         assert_eq!(s.state("nope").unwrap(), ConnectorState::default());
         assert!(s.version("c", "zzz").unwrap().is_none());
+        // Bytes are files named by digest, and only a hex digest names one.
+        assert_eq!(std::fs::read(dir.path().join("components/aaa.wasm")).unwrap(), b"one");
+        assert_eq!(s.blob("../store").unwrap(), None);
+        assert!(s.put_blob("../x", b"no").is_err());
     }
 }

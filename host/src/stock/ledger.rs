@@ -1,31 +1,72 @@
-//! The stock ledger on sled: `stock/sku` (shop \0 sku -> [`SkuStock`]) and `stock/due`
-//! (shop \0 due-time sku -> version), changed together in one transaction and made
-//! durable through the database's group commit.
+//! The stock ledger on the storage core: `stock_sku` (shop \0 sku -> [`SkuStock`]) and
+//! `stock_due` (shop \0 due-time sku -> version), changed together in one operation of
+//! the writer's batch, durable when the call returns.
+//!
+//! Every change reads the SKUs it touches, decides in memory, then writes — so a
+//! change that fails (a corrupt record) has written nothing. Per-shop counts by state
+//! and the oldest pending SKU are kept in memory beside the writes (rebuilt at open),
+//! so a status page or scrape costs the same at any number of SKUs.
 
 use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
 use crate::clock::now_ms;
-use crate::queue::group_commit::GroupCommit;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
-use std::sync::Arc;
+use berth_storage::store::Keyspace;
+use berth_storage::{Store, WriteCtx};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use crate::retry::RetryPolicy;
 
-pub struct StockLedger {
-    db: sled::Db,
-    skus: Tree,
-    due: Tree,
-    commit: Arc<GroupCommit>,
-    policy: RetryPolicy,
+/// `stock_meta` key of the next version number.
+const NEXT_VERSION: &[u8] = b"next_version";
+
+#[derive(Clone)]
+struct Spaces {
+    skus: Keyspace,
+    due: Keyspace,
+    meta: Keyspace,
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StockError>>;
+/// One shop's counts by state, and its SKUs not yet on the platform by age.
+#[derive(Default)]
+struct ShopCounts {
+    pending: u64,
+    pushed: u64,
+    rejected: u64,
+    dead: u64,
+    exported: u64,
+    waiting: BTreeSet<(i64, String)>,
+}
 
-fn tx_err(e: TransactionError<StockError>) -> StockError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StockError::Storage(e),
+impl ShopCounts {
+    fn count(&mut self, rec: &SkuStock, add: bool) {
+        let n = match rec.state {
+            SkuState::Pending => &mut self.pending,
+            SkuState::Pushed => &mut self.pushed,
+            SkuState::Rejected => &mut self.rejected,
+            SkuState::Dead => &mut self.dead,
+            SkuState::Exported => &mut self.exported,
+        };
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        if matches!(rec.state, SkuState::Pending | SkuState::Exported) {
+            let key = (rec.received_at_ms, rec.sku.clone());
+            if add {
+                self.waiting.insert(key);
+            } else {
+                self.waiting.remove(&key);
+            }
+        }
     }
+}
+
+type Counts = Arc<Mutex<HashMap<String, ShopCounts>>>;
+
+pub struct StockLedger {
+    store: Store,
+    ks: Spaces,
+    counts: Counts,
+    next_version: Arc<AtomicU64>,
+    policy: RetryPolicy,
 }
 
 fn sku_key(shop: &str, sku: &str) -> Vec<u8> {
@@ -52,27 +93,98 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<SkuStock, StockError> {
         .map_err(|e| StockError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why: e.to_string() })
 }
 
-fn read(skus: &TransactionalTree, key: &[u8]) -> TxResult<Option<SkuStock>> {
-    match skus.get(key)? {
-        None => Ok(None),
-        Some(b) => decode(key, &b).map(Some).map_err(ConflictableTransactionError::Abort),
-    }
+fn lock(counts: &Counts) -> std::sync::MutexGuard<'_, HashMap<String, ShopCounts>> {
+    counts.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write(skus: &TransactionalTree, due: &TransactionalTree, shop: &str, old_due: Option<i64>, rec: &SkuStock) -> TxResult<()> {
-    if let Some(d) = old_due {
-        due.remove(due_key(shop, d, &rec.sku))?;
-    }
-    if let Some(d) = rec.due_at_ms {
-        due.insert(due_key(shop, d, &rec.sku), &rec.version.to_be_bytes())?;
-    }
-    skus.insert(sku_key(shop, &rec.sku), serde_json::to_vec(rec).expect("stock record serializes"))?;
-    Ok(())
-}
+/// The SKUs a change reads, as the change leaves them (`None`: no record).
+type Working = HashMap<String, Option<SkuStock>>;
 
 impl StockLedger {
-    pub fn open(db: sled::Db, commit: Arc<GroupCommit>, policy: RetryPolicy) -> Result<Self, StockError> {
-        Ok(StockLedger { skus: db.open_tree("stock/sku")?, due: db.open_tree("stock/due")?, db, commit, policy })
+    /// A store of its own in `dir` (tests and tools; berth shares one [`Store`]).
+    pub fn open_dir(dir: &std::path::Path, policy: RetryPolicy) -> Result<Self, StockError> {
+        let store = Store::open(dir, berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })?;
+        Self::open(&store, policy)
+    }
+
+    /// The ledger in `store`; counts rebuilt from the stored SKUs.
+    pub fn open(store: &Store, policy: RetryPolicy) -> Result<Self, StockError> {
+        let ks = Spaces { skus: store.keyspace("stock_sku")?, due: store.keyspace("stock_due")?, meta: store.keyspace("stock_meta")? };
+        let mut counts: HashMap<String, ShopCounts> = HashMap::new();
+        let mut max_version = 0;
+        for item in ks.skus.iter() {
+            let (k, v) = item?;
+            let rec = decode(&k, &v)?;
+            let shop = String::from_utf8_lossy(&k[..k.iter().position(|&b| b == 0).unwrap_or(k.len())]).into_owned();
+            counts.entry(shop).or_default().count(&rec, true);
+            max_version = max_version.max(rec.version);
+        }
+        let stored = ks.meta.get(NEXT_VERSION)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+        Ok(StockLedger {
+            store: store.clone(),
+            ks,
+            counts: Arc::new(Mutex::new(counts)),
+            next_version: Arc::new(AtomicU64::new(stored.max(max_version + 1))),
+            policy,
+        })
+    }
+
+    /// Read `skus` of `shop`, let `decide` change them, write what it changed — one
+    /// operation of the writer's batch, durable on return.
+    async fn change<R: Send + 'static>(
+        &self,
+        shop: &str,
+        skus: Vec<String>,
+        decide: impl FnOnce(&mut Working, &dyn Fn() -> u64) -> R + Send + 'static,
+    ) -> Result<R, StockError> {
+        let (ks, counts, next_version, shop) = (self.ks.clone(), self.counts.clone(), self.next_version.clone(), shop.to_string());
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                let mut work: Working = HashMap::with_capacity(skus.len());
+                for sku in skus {
+                    if work.contains_key(&sku) {
+                        continue;
+                    }
+                    let key = sku_key(&shop, &sku);
+                    let rec = ctx.get(&ks.skus, &key)?.map(|b| decode(&key, &b)).transpose()?;
+                    work.insert(sku, rec);
+                }
+                let before = work.clone();
+                let versions_from = next_version.load(Ordering::SeqCst);
+                let taken = AtomicU64::new(versions_from);
+                let out = decide(&mut work, &|| taken.fetch_add(1, Ordering::SeqCst));
+                let taken = taken.load(Ordering::SeqCst);
+                if taken != versions_from {
+                    next_version.store(taken, Ordering::SeqCst);
+                    ctx.insert(&ks.meta, NEXT_VERSION, taken.to_be_bytes());
+                }
+                let mut all = lock(&counts);
+                let shop_counts = all.entry(shop.clone()).or_default();
+                for (sku, new) in &work {
+                    let old = before.get(sku).and_then(Option::as_ref);
+                    if old == new.as_ref() {
+                        continue;
+                    }
+                    if let Some(d) = old.and_then(|o| o.due_at_ms) {
+                        ctx.remove(&ks.due, due_key(&shop, d, sku));
+                    }
+                    if let Some(o) = old {
+                        shop_counts.count(o, false);
+                    }
+                    match new {
+                        Some(rec) => {
+                            if let Some(d) = rec.due_at_ms {
+                                ctx.insert(&ks.due, due_key(&shop, d, sku), rec.version.to_be_bytes());
+                            }
+                            ctx.insert(&ks.skus, sku_key(&shop, sku), serde_json::to_vec(rec).map_err(|e| StockError::Corrupt { key: sku.clone(), why: e.to_string() })?);
+                            shop_counts.count(rec, true);
+                        }
+                        None => ctx.remove(&ks.skus, sku_key(&shop, sku)),
+                    }
+                }
+                Ok::<_, StockError>(out)
+            })
+            .await
     }
 
     /// Record the ERP's desired quantities; returns once they are on disk. Within one
@@ -81,61 +193,57 @@ impl StockLedger {
         for u in updates {
             check_sku(&u.sku)?;
         }
-        // Versions are taken up front (ids only grow, also across restarts).
-        let versions = updates.iter().map(|_| self.db.generate_id().map(|v| v + 1)).collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        let results = (&self.skus, &self.due)
-            .transaction(|(skus, due)| {
-                let mut out = Vec::with_capacity(updates.len());
-                for (u, &version) in updates.iter().zip(&versions) {
-                    let key = sku_key(shop, &u.sku);
-                    let existing = read(skus, &key)?;
-                    if let (Some(rec), Some(seq)) = (&existing, u.seq) {
-                        if rec.seq.is_some_and(|s| s >= seq) {
-                            out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Stale, version: rec.version });
-                            continue;
-                        }
-                    }
-                    if let Some(rec) = existing.as_ref().filter(|r| {
-                        r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed | SkuState::Exported)
-                    }) {
-                        let mut rec = rec.clone();
-                        rec.seq = u.seq.or(rec.seq);
-                        write(skus, due, shop, None, &rec)?;
-                        out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Unchanged, version: rec.version });
+        let updates = updates.to_vec();
+        let skus = updates.iter().map(|u| u.sku.clone()).collect();
+        self.change(shop, skus, move |work, next_version| {
+            let mut out = Vec::with_capacity(updates.len());
+            for u in updates {
+                let existing = work.get(&u.sku).cloned().flatten();
+                if let (Some(rec), Some(seq)) = (&existing, u.seq) {
+                    if rec.seq.is_some_and(|s| s >= seq) {
+                        out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Stale, version: rec.version });
                         continue;
                     }
-                    let old_due = existing.as_ref().and_then(|r| r.due_at_ms);
-                    let rec = SkuStock {
-                        sku: u.sku.clone(),
-                        quantity: u.quantity,
-                        seq: u.seq.or(existing.as_ref().and_then(|r| r.seq)),
-                        version,
-                        received_at_ms: now,
-                        state: SkuState::Pending,
-                        attempts: 0,
-                        due_at_ms: Some(now),
-                        last_error: None,
-                        pushed_quantity: existing.as_ref().and_then(|r| r.pushed_quantity),
-                        pushed_version: existing.as_ref().and_then(|r| r.pushed_version),
-                        pushed_at_ms: existing.as_ref().and_then(|r| r.pushed_at_ms),
-                        export_batch: None,
-                    };
-                    write(skus, due, shop, old_due, &rec)?;
-                    out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
                 }
-                Ok(out)
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok(results)
+                if let Some(rec) = existing.as_ref().filter(|r| {
+                    r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed | SkuState::Exported)
+                }) {
+                    let mut rec = rec.clone();
+                    rec.seq = u.seq.or(rec.seq);
+                    out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Unchanged, version: rec.version });
+                    work.insert(u.sku.clone(), Some(rec));
+                    continue;
+                }
+                let version = next_version();
+                let rec = SkuStock {
+                    sku: u.sku.clone(),
+                    quantity: u.quantity,
+                    seq: u.seq.or(existing.as_ref().and_then(|r| r.seq)),
+                    version,
+                    received_at_ms: now,
+                    state: SkuState::Pending,
+                    attempts: 0,
+                    due_at_ms: Some(now),
+                    last_error: None,
+                    pushed_quantity: existing.as_ref().and_then(|r| r.pushed_quantity),
+                    pushed_version: existing.as_ref().and_then(|r| r.pushed_version),
+                    pushed_at_ms: existing.as_ref().and_then(|r| r.pushed_at_ms),
+                    export_batch: None,
+                };
+                out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
+                work.insert(u.sku, Some(rec));
+            }
+            out
+        })
+        .await
     }
 
     /// Pending SKUs of a shop due by `now`, oldest due first, at most `max`.
     pub fn due(&self, shop: &str, now: i64, max: usize) -> Result<Vec<SkuStock>, StockError> {
         let end = due_key(shop, now.saturating_add(1), "");
         let mut out = Vec::new();
-        for item in self.due.range(shop_prefix(shop)..end) {
+        for item in self.ks.due.range(shop_prefix(shop)..end) {
             let (k, _) = item?;
             let sku = String::from_utf8_lossy(&k[shop.len() + 9..]).into_owned();
             if let Some(rec) = self.get(shop, &sku)? {
@@ -153,10 +261,10 @@ impl StockLedger {
     /// When the shop's next pending SKU falls due.
     pub fn next_due(&self, shop: &str) -> Result<Option<i64>, StockError> {
         let prefix = shop_prefix(shop);
-        match self.due.scan_prefix(&prefix).keys().next() {
+        match self.ks.due.prefix(&prefix).next() {
             None => Ok(None),
-            Some(k) => {
-                let k = k?;
+            Some(item) => {
+                let (k, _) = item?;
                 let at = k.get(prefix.len()..prefix.len() + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
                 Ok(at.map(|t| t as i64))
             }
@@ -166,13 +274,13 @@ impl StockLedger {
     /// Wait until everything read so far is on disk: the pusher calls this before it
     /// sends, so a quantity it pushes can never be lost by a crash afterwards.
     pub async fn durable(&self) -> Result<(), StockError> {
-        Ok(self.commit.durable().await?)
+        Ok(self.store.barrier().await?)
     }
 
     /// Record how pushes of `(sku, version, quantity)` ended, under the ledger's default
     /// retry policy.
     pub async fn settle(&self, shop: &str, results: &[(String, u64, u32, PushOutcome)]) -> Result<(), StockError> {
-        self.settle_with(shop, results, &self.policy).await
+        self.settle_with(shop, results, &self.policy.clone()).await
     }
 
     /// Record how pushes ended; failures back off and die by `policy`. A result for a
@@ -184,60 +292,57 @@ impl StockLedger {
         policy: &RetryPolicy,
     ) -> Result<(), StockError> {
         let now = now_ms();
-        let backoff = |attempts: u32| policy.delay(attempts).as_millis() as i64;
-        (&self.skus, &self.due)
-            .transaction(|(skus, due)| {
-                for (sku, version, quantity, outcome) in results {
-                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
-                    let old_due = rec.due_at_ms;
-                    let current = rec.version == *version;
-                    match outcome {
-                        PushOutcome::Accepted => {
-                            rec.pushed_quantity = Some(*quantity);
-                            rec.pushed_version = Some(*version);
-                            rec.pushed_at_ms = Some(now);
-                            if current {
-                                rec.state = SkuState::Pushed;
-                                rec.due_at_ms = None;
-                                rec.last_error = None;
-                            }
-                        }
-                        PushOutcome::Rejected(why) if current => {
-                            rec.state = SkuState::Rejected;
+        let (results, policy) = (results.to_vec(), policy.clone());
+        let skus = results.iter().map(|r| r.0.clone()).collect();
+        self.change(shop, skus, move |work, _| {
+            let backoff = |attempts: u32| policy.delay(attempts).as_millis() as i64;
+            for (sku, version, quantity, outcome) in results {
+                let Some(Some(mut rec)) = work.get(&sku).cloned() else { continue };
+                let current = rec.version == version;
+                match outcome {
+                    PushOutcome::Accepted => {
+                        rec.pushed_quantity = Some(quantity);
+                        rec.pushed_version = Some(version);
+                        rec.pushed_at_ms = Some(now);
+                        if current {
+                            rec.state = SkuState::Pushed;
                             rec.due_at_ms = None;
-                            rec.last_error = Some(why.clone());
+                            rec.last_error = None;
                         }
-                        PushOutcome::Failed(why) if current => {
-                            rec.attempts += 1;
-                            rec.last_error = Some(why.clone());
-                            if rec.attempts >= policy.max_attempts {
-                                rec.state = SkuState::Dead;
-                                rec.due_at_ms = None;
-                            } else {
-                                rec.due_at_ms = Some(now + backoff(rec.attempts));
-                            }
-                        }
-                        PushOutcome::GaveUp(why) if current => {
-                            rec.attempts += 1;
-                            rec.last_error = Some(why.clone());
+                    }
+                    PushOutcome::Rejected(why) if current => {
+                        rec.state = SkuState::Rejected;
+                        rec.due_at_ms = None;
+                        rec.last_error = Some(why);
+                    }
+                    PushOutcome::Failed(why) if current => {
+                        rec.attempts += 1;
+                        rec.last_error = Some(why);
+                        if rec.attempts >= policy.max_attempts {
                             rec.state = SkuState::Dead;
                             rec.due_at_ms = None;
+                        } else {
+                            rec.due_at_ms = Some(now + backoff(rec.attempts));
                         }
-                        // A failure of a version no longer wanted: the newer one is pending.
-                        PushOutcome::Rejected(_) | PushOutcome::Failed(_) | PushOutcome::GaveUp(_) => continue,
                     }
-                    write(skus, due, shop, old_due, &rec)?;
+                    PushOutcome::GaveUp(why) if current => {
+                        rec.attempts += 1;
+                        rec.last_error = Some(why);
+                        rec.state = SkuState::Dead;
+                        rec.due_at_ms = None;
+                    }
+                    // A failure of a version no longer wanted: the newer one is pending.
+                    PushOutcome::Rejected(_) | PushOutcome::Failed(_) | PushOutcome::GaveUp(_) => continue,
                 }
-                Ok(())
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok(())
+                work.insert(sku, Some(rec));
+            }
+        })
+        .await
     }
 
     pub fn get(&self, shop: &str, sku: &str) -> Result<Option<SkuStock>, StockError> {
         let key = sku_key(shop, sku);
-        match self.skus.get(&key)? {
+        match self.ks.skus.get(&key)? {
             None => Ok(None),
             Some(b) => decode(&key, &b).map(Some),
         }
@@ -255,7 +360,7 @@ impl StockLedger {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
-        for item in self.skus.range(start..) {
+        for item in self.ks.skus.range(start..) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -274,87 +379,79 @@ impl StockLedger {
     /// Put rejected or dead SKUs back to pending with their attempts reset.
     pub async fn replay(&self, shop: &str, skus_to_retry: &[String]) -> Result<usize, StockError> {
         let now = now_ms();
-        let moved = (&self.skus, &self.due)
-            .transaction(|(skus, due)| {
-                let mut moved = 0;
-                for sku in skus_to_retry {
-                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
-                    if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
-                        continue;
-                    }
-                    rec.state = SkuState::Pending;
-                    rec.attempts = 0;
-                    rec.due_at_ms = Some(now);
-                    write(skus, due, shop, None, &rec)?;
-                    moved += 1;
+        let skus = skus_to_retry.to_vec();
+        self.change(shop, skus.clone(), move |work, _| {
+            let mut moved = 0;
+            for sku in skus {
+                let Some(Some(rec)) = work.get_mut(&sku) else { continue };
+                if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
+                    continue;
                 }
-                Ok(moved)
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok(moved)
+                rec.state = SkuState::Pending;
+                rec.attempts = 0;
+                rec.due_at_ms = Some(now);
+                moved += 1;
+            }
+            moved
+        })
+        .await
     }
 
     /// Forget rejected or dead SKUs (their record goes; a later update starts afresh).
     pub async fn purge(&self, shop: &str, skus_to_drop: &[String]) -> Result<usize, StockError> {
-        let dropped = (&self.skus, &self.due)
-            .transaction(|(skus, _due)| {
-                let mut dropped = 0;
-                for sku in skus_to_drop {
-                    let key = sku_key(shop, sku);
-                    let Some(rec) = read(skus, &key)? else { continue };
-                    if matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
-                        skus.remove(key)?;
+        let skus = skus_to_drop.to_vec();
+        self.change(shop, skus.clone(), move |work, _| {
+            let mut dropped = 0;
+            for sku in skus {
+                if let Some(slot) = work.get_mut(&sku) {
+                    if slot.as_ref().is_some_and(|r| matches!(r.state, SkuState::Rejected | SkuState::Dead)) {
+                        *slot = None;
                         dropped += 1;
                     }
                 }
-                Ok(dropped)
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok(dropped)
+            }
+            dropped
+        })
+        .await
     }
 
     /// Hold every pending SKU of `shop` in a new export batch (for a manual upload) and
     /// return the batch's name and its SKUs. The pusher skips them from now on.
     pub async fn export(&self, shop: &str) -> Result<(String, Vec<SkuStock>), StockError> {
-        let batch = format!("exp-{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), self.db.generate_id()? + 1);
         let prefix = shop_prefix(shop);
         let pending: Vec<String> = self
+            .ks
             .skus
-            .scan_prefix(&prefix)
+            .prefix(&prefix)
             .map(|item| {
                 let (k, v) = item?;
                 Ok::<_, StockError>((decode(&k, &v)?.state == SkuState::Pending).then(|| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()))
             })
             .filter_map(Result::transpose)
             .collect::<Result<_, _>>()?;
-        let held = (&self.skus, &self.due)
-            .transaction(|(skus, due)| {
-                let mut held = Vec::new();
-                for sku in &pending {
-                    let Some(mut rec) = read(skus, &sku_key(shop, sku))? else { continue };
-                    if rec.state != SkuState::Pending {
-                        continue;
-                    }
-                    let old_due = rec.due_at_ms;
-                    rec.state = SkuState::Exported;
-                    rec.due_at_ms = None;
-                    rec.export_batch = Some(batch.clone());
-                    write(skus, due, shop, old_due, &rec)?;
-                    held.push(rec);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        self.change(shop, pending.clone(), move |work, next_version| {
+            let batch = format!("exp-{stamp}-{}", next_version());
+            let mut held = Vec::new();
+            for sku in pending {
+                let Some(Some(rec)) = work.get_mut(&sku) else { continue };
+                if rec.state != SkuState::Pending {
+                    continue;
                 }
-                Ok(held)
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok((batch, held))
+                rec.state = SkuState::Exported;
+                rec.due_at_ms = None;
+                rec.export_batch = Some(batch.clone());
+                held.push(rec.clone());
+            }
+            (batch, held)
+        })
+        .await
     }
 
     /// The SKUs an export batch still holds.
     pub fn export_batch(&self, shop: &str, batch: &str) -> Result<Vec<SkuStock>, StockError> {
         let mut out = Vec::new();
-        for item in self.skus.scan_prefix(shop_prefix(shop)) {
+        for item in self.ks.skus.prefix(&shop_prefix(shop)) {
             let (k, v) = item?;
             let rec = decode(&k, &v)?;
             if rec.state == SkuState::Exported && rec.export_batch.as_deref() == Some(batch) {
@@ -374,59 +471,45 @@ impl StockLedger {
             return Err(StockError::UnknownBatch { shop: shop.to_string(), batch: batch.to_string() });
         }
         let now = now_ms();
-        let ended = (&self.skus, &self.due)
-            .transaction(|(skus, due)| {
-                let mut ended = 0;
-                for h in &held {
-                    let Some(mut rec) = read(skus, &sku_key(shop, &h.sku))? else { continue };
-                    if rec.state != SkuState::Exported || rec.export_batch.as_deref() != Some(batch) || rec.version != h.version {
-                        continue;
-                    }
-                    rec.export_batch = None;
-                    if uploaded {
-                        rec.state = SkuState::Pushed;
-                        rec.pushed_quantity = Some(rec.quantity);
-                        rec.pushed_version = Some(rec.version);
-                        rec.pushed_at_ms = Some(now);
-                        rec.last_error = None;
-                    } else {
-                        rec.state = SkuState::Pending;
-                        rec.due_at_ms = Some(now);
-                    }
-                    write(skus, due, shop, None, &rec)?;
-                    ended += 1;
+        let batch = batch.to_string();
+        self.change(shop, held.iter().map(|h| h.sku.clone()).collect(), move |work, _| {
+            let mut ended = 0;
+            for h in held {
+                let Some(Some(rec)) = work.get_mut(&h.sku) else { continue };
+                if rec.state != SkuState::Exported || rec.export_batch.as_deref() != Some(batch.as_str()) || rec.version != h.version {
+                    continue;
                 }
-                Ok(ended)
-            })
-            .map_err(tx_err)?;
-        self.commit.durable().await?;
-        Ok(ended)
+                rec.export_batch = None;
+                if uploaded {
+                    rec.state = SkuState::Pushed;
+                    rec.pushed_quantity = Some(rec.quantity);
+                    rec.pushed_version = Some(rec.version);
+                    rec.pushed_at_ms = Some(now);
+                    rec.last_error = None;
+                } else {
+                    rec.state = SkuState::Pending;
+                    rec.due_at_ms = Some(now);
+                }
+                ended += 1;
+            }
+            ended
+        })
+        .await
     }
 
-    /// Counts by state and the oldest pending age (a scan of the shop's SKUs).
+    /// Counts by state and the oldest pending age (counters: no scan).
     pub fn stats(&self, shop: &str) -> Result<StockStats, StockError> {
         let now = now_ms();
-        let mut st = StockStats::default();
-        for item in self.skus.scan_prefix(shop_prefix(shop)) {
-            let (k, v) = item?;
-            let rec = decode(&k, &v)?;
-            match rec.state {
-                SkuState::Pending => {
-                    st.pending += 1;
-                    let age = now - rec.received_at_ms;
-                    st.oldest_pending_age_ms = Some(st.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
-                }
-                SkuState::Pushed => st.pushed += 1,
-                SkuState::Rejected => st.rejected += 1,
-                SkuState::Dead => st.dead += 1,
-                SkuState::Exported => {
-                    st.exported += 1;
-                    let age = now - rec.received_at_ms;
-                    st.oldest_pending_age_ms = Some(st.oldest_pending_age_ms.map_or(age, |a| a.max(age)));
-                }
-            }
-        }
-        Ok(st)
+        let all = lock(&self.counts);
+        let Some(c) = all.get(shop) else { return Ok(StockStats::default()) };
+        Ok(StockStats {
+            pending: c.pending,
+            pushed: c.pushed,
+            rejected: c.rejected,
+            dead: c.dead,
+            exported: c.exported,
+            oldest_pending_age_ms: c.waiting.first().map(|(at, _)| now - at),
+        })
     }
 }
 
@@ -439,9 +522,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, max_attempts: u32) -> StockLedger {
-        let db = sled::open(dir).unwrap();
-        let commit = GroupCommit::start(db.clone());
-        StockLedger::open(db, commit, RetryPolicy::new(1, 2, max_attempts)).unwrap()
+        StockLedger::open_dir(dir, RetryPolicy::new(1, 2, max_attempts)).unwrap()
     }
 
     #[tokio::test]

@@ -19,10 +19,8 @@ pub use ledger::StockLedger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
-    #[error("stock storage failed: {0}")]
-    Storage(#[from] sled::Error),
     #[error(transparent)]
-    Flush(#[from] crate::queue::group_commit::FlushError),
+    Storage(#[from] berth_storage::StoreError),
     #[error("stored stock record for `{key}` is corrupt: {why}")]
     Corrupt { key: String, why: String },
     #[error("SKU `{0}` is not acceptable: use 1..=128 characters without control characters")]

@@ -10,7 +10,7 @@
 //! embedded backend on the store. A NATS JetStream backend can plug in behind the trait.
 
 mod index;
-mod record;
+pub(crate) mod record;
 mod store_queues;
 
 pub use store_queues::StoreQueues;
