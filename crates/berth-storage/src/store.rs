@@ -22,6 +22,17 @@ use std::sync::{mpsc, Arc, Mutex};
 /// The most operations one batch takes: bounds the time one batch holds callers.
 pub const MAX_BATCH: usize = 4096;
 
+/// The journal's bound: past it the engine flushes memtables so the journal can go.
+/// It is also what a start after a crash replays at most.
+pub(crate) const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// When the writer has been idle this long and has written [`FLUSH_AFTER_BYTES`] since
+/// the last flush, it asks the engine to flush its memtables: their memory is freed,
+/// sealed journals can go, and a restart has less to replay. (The active journal file
+/// stays until it reaches 64 MB: the engine rotates it then.)
+const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+const FLUSH_AFTER_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Ops-chosen settings of the store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -84,6 +95,8 @@ pub struct WriteCtx<'a> {
     tx: SingleWriterWriteTx<'a>,
     /// Writes by the operation running now.
     writes: usize,
+    /// Bytes of keys and values written in this batch.
+    bytes: u64,
 }
 
 impl WriteCtx<'_> {
@@ -93,13 +106,17 @@ impl WriteCtx<'_> {
     }
 
     pub fn insert(&mut self, ks: &Keyspace, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
         self.writes += 1;
-        self.tx.insert(&ks.0, key.as_ref(), value.as_ref());
+        self.bytes += (key.len() + value.len()) as u64;
+        self.tx.insert(&ks.0, key, value);
     }
 
     pub fn remove(&mut self, ks: &Keyspace, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
         self.writes += 1;
-        self.tx.remove(&ks.0, key.as_ref());
+        self.bytes += key.len() as u64;
+        self.tx.remove(&ks.0, key);
     }
 
     /// Entries under `prefix`, through the batch, in key order.
@@ -150,8 +167,12 @@ impl WriterStats {
     }
 }
 
+/// The keyspaces opened so far (the writer flushes them when idle).
+type Opened = Arc<Mutex<Vec<SingleWriterTxKeyspace>>>;
+
 struct Inner {
     db: SingleWriterTxDatabase,
+    opened: Opened,
     path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -185,6 +206,7 @@ impl Store {
         std::fs::create_dir_all(path).map_err(|e| open_error(path, &e.to_string()))?;
         let db = SingleWriterTxDatabase::builder(path)
             .manual_journal_persist(true)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .cache_size(config.cache_bytes)
             .open()
             .map_err(|e| match e {
@@ -192,16 +214,17 @@ impl Store {
                 e => open_error(path, &e.to_string()),
             })?;
         let stats = Arc::new(WriterStats::default());
+        let opened: Opened = Arc::default();
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = {
-            let (db, stats, guard) = (db.clone(), stats.clone(), guard.clone());
+            let (db, stats, guard, opened) = (db.clone(), stats.clone(), guard.clone(), opened.clone());
             std::thread::Builder::new()
                 .name("berth-store-writer".into())
-                .spawn(move || write_loop(&db, &rx, &stats, &guard))
+                .spawn(move || write_loop(&db, &rx, &stats, &guard, &opened))
                 .map_err(|e| open_error(path, &format!("cannot start the writer thread: {e}")))?
         };
         Ok(Store {
-            inner: Arc::new(Inner { db, path: path.to_path_buf(), jobs: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), stats, guard }),
+            inner: Arc::new(Inner { db, opened, path: path.to_path_buf(), jobs: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), stats, guard }),
         })
     }
 
@@ -215,11 +238,16 @@ impl Store {
 
     /// Open (or create) a keyspace.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
-        self.inner
+        let ks = self
+            .inner
             .db
             .keyspace(name, fjall::KeyspaceCreateOptions::default)
-            .map(Keyspace)
-            .map_err(|e| open_error(&self.inner.path, &format!("keyspace {name}: {e}")))
+            .map_err(|e| open_error(&self.inner.path, &format!("keyspace {name}: {e}")))?;
+        let mut opened = self.inner.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if !opened.iter().any(|k| k.inner().name() == ks.inner().name()) {
+            opened.push(ks.clone());
+        }
+        Ok(Keyspace(ks))
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -333,11 +361,23 @@ impl Drop for Inner {
     }
 }
 
-fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &WriterStats, guard: &SpaceGuard) {
+fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &WriterStats, guard: &SpaceGuard, opened: &Opened) {
     // Set once a write or sync failed: the engine refuses writes from then on.
     let mut failed: Option<String> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    let mut unflushed = 0u64;
+    loop {
+        let first = match rx.recv_timeout(IDLE) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if failed.is_none() && unflushed >= FLUSH_AFTER_BYTES {
+                    unflushed = 0;
+                    flush_memtables(opened);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -363,7 +403,8 @@ fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &Wri
         let ran = run_batch(db, &mut batch);
         stats.batch_started_ms.store(0, Ordering::SeqCst);
         match ran {
-            Ok(done) => {
+            Ok((done, bytes)) => {
+                unflushed += bytes;
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.operations.fetch_add(count, Ordering::Relaxed);
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -394,8 +435,19 @@ fn refuse(batch: &mut Vec<Job>, err: &StoreError) {
 
 type Failure = (String, Vec<Done>);
 
-fn run_batch(db: &SingleWriterTxDatabase, batch: &mut Vec<Job>) -> Result<Vec<Done>, Failure> {
-    let mut ctx = WriteCtx { tx: db.write_tx(), writes: 0 };
+/// Ask the engine to flush every keyspace's memtable (in the background).
+fn flush_memtables(opened: &Opened) {
+    let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for ks in opened {
+        if let Err(e) = ks.inner().rotate_memtable() {
+            tracing::warn!(error = %e, "could not flush a memtable");
+        }
+    }
+}
+
+/// The batch's answers and the bytes it wrote.
+fn run_batch(db: &SingleWriterTxDatabase, batch: &mut Vec<Job>) -> Result<(Vec<Done>, u64), Failure> {
+    let mut ctx = WriteCtx { tx: db.write_tx(), writes: 0, bytes: 0 };
     let mut done = Vec::with_capacity(batch.len());
     let mut broken = None;
     for job in batch.drain(..) {
@@ -416,7 +468,7 @@ fn run_batch(db: &SingleWriterTxDatabase, batch: &mut Vec<Job>) -> Result<Vec<Do
     if let Err(e) = db.persist(PersistMode::SyncData) {
         return Err((format!("sync: {e}"), done));
     }
-    Ok(done)
+    Ok((done, ctx.bytes))
 }
 
 #[cfg(test)]

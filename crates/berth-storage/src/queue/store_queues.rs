@@ -1029,3 +1029,61 @@ mod model {
         }
     }
 }
+
+/// A long churn does not grow the data dir: what was acked is dropped by compaction and
+/// the journal is bounded, so with nothing live the store keeps at most the journal's
+/// bound, however much went through it.
+#[cfg(test)]
+mod churn {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn disk_bytes(dir: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                if m.is_dir() { disk_bytes(&e.path()) } else { m.blocks() * 512 }
+            })
+            .sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_churn_leaves_no_more_than_the_journal_bound_on_disk() {
+        let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+        let store = Store::open(dir.path(), StoreConfig { reserve_bytes: 0, ..StoreConfig::default() }).unwrap();
+        let q = StoreQueues::open(&store, QueuePolicy::default()).unwrap();
+        // Random bytes: the engine compresses, and the point is bytes on disk.
+        let mut x = rand::random::<u64>() | 1;
+        let mut payload = move || {
+            (0..1024)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect::<Vec<u8>>()
+        };
+        let mut written = 0u64;
+        let mut peak = 0u64;
+        for round in 0..24u64 {
+            let msgs: Vec<NewMessage> = (0..500).map(|i| NewMessage { partition: format!("p{}", i % 7), payload: payload(), idempotency_key: Some(format!("{round}-{i}")) }).collect();
+            // Each message is written twice: enqueued, then rewritten by its lease.
+            written += 2 * msgs.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+            q.enqueue_many("q", msgs).await.unwrap();
+            let leased = q.lease("q", 500, Duration::from_secs(60)).await.unwrap();
+            let tokens: Vec<LeaseToken> = leased.into_iter().map(|l| l.token).collect();
+            assert!(q.ack_many("q", &tokens).await.unwrap().iter().all(Result::is_ok));
+            peak = peak.max(disk_bytes(dir.path()));
+        }
+        assert_eq!(q.stats("q").unwrap(), QueueStats::default());
+        let bound = crate::store::MAX_JOURNAL_BYTES + 16 * 1024 * 1024;
+        assert!(written > 2 * bound, "the churn wrote {written} bytes");
+        let after = disk_bytes(dir.path());
+        assert!(after <= bound, "{after} bytes on disk after a churn of {written} (peak {peak}); the bound is {bound}");
+        assert!(peak <= bound + crate::store::MAX_JOURNAL_BYTES, "peak {peak} bytes during a churn of {written}");
+    }
+}
