@@ -55,16 +55,24 @@ async fn run(clients: usize, updates: usize) -> Row {
     // The pusher's side: batches of 50, durable before "sending", settled after.
     let start = Instant::now();
     let mut pushed = 0;
+    let mut split = [Duration::ZERO; 3];
     loop {
+        let t = Instant::now();
         let batch = ledger.due("shop", i64::MAX - 1, 50).expect("due");
+        split[0] += t.elapsed();
         if batch.is_empty() {
             break;
         }
+        let t = Instant::now();
         ledger.durable().await.expect("durable");
+        split[1] += t.elapsed();
         let results: Vec<_> = batch.iter().map(|r| (r.sku.clone(), r.version, r.quantity, PushOutcome::Accepted)).collect();
+        let t = Instant::now();
         ledger.settle("shop", &results).await.expect("settle");
+        split[2] += t.elapsed();
         pushed += batch.len();
     }
+    eprintln!("pusher side: due {:?}, durable {:?}, settle {:?}", split[0], split[1], split[2]);
     Row { submits_per_s, lat, pushed, settle_per_s: pushed as f64 / start.elapsed().as_secs_f64(), flushes: store.stats().syncs.load(std::sync::atomic::Ordering::Relaxed) }
 }
 

@@ -175,6 +175,8 @@ async fn churn(dir: &Path) {
         last = dir_bytes(dir);
     }
     println!("| idle {:.1} s later, nothing live | | {} MB |", settle.elapsed().as_secs_f64(), last / 1_000_000);
+    drop((queue, storage));
+    println!("| the store closed | | {} MB |", dir_bytes(dir) / 1_000_000);
 }
 
 fn main() {

@@ -61,7 +61,8 @@ async fn a_sled_data_dir_migrates_with_nothing_lost_or_reordered() {
     assert!(!data.join("db").exists(), "the sled dir is set aside");
     assert!(migrated.backup.join("conf").is_file(), "and kept whole: {}", migrated.backup.display());
     for (tree, rows) in &want {
-        if tree != "__sled__default" && !tree.ends_with("/ready") {
+        // The schedules (queue `ready`, stock `due`) are derived from the records.
+        if tree != "__sled__default" && !tree.ends_with("/ready") && tree != "stock/due" {
             assert_eq!(migrated.trees.get(tree), Some(&rows.len()), "tree {tree}");
         }
     }

@@ -294,6 +294,22 @@ impl Store {
         }
     }
 
+    /// Wait until everything a read has seen is on disk. A batch is visible from its
+    /// commit and answered after its sync, so while the writer is between batches there
+    /// is nothing to wait for (the common case: no batch, no sync); otherwise this waits
+    /// for the next batch like [`Store::barrier`]. (Not for operations still queued:
+    /// those need `barrier`.)
+    pub async fn synced(&self) -> Result<(), StoreError> {
+        let stats = &self.inner.stats;
+        if stats.batch_started_ms.load(Ordering::SeqCst) == 0 {
+            return match stats.refusing() {
+                Some(e @ StoreError::Failed(_)) => Err(e),
+                _ => Ok(()),
+            };
+        }
+        self.barrier().await
+    }
+
     /// [`Store::write`] for a caller outside async code (it blocks this thread).
     pub fn write_blocking<R, E>(&self, op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static) -> Result<R, E>
     where
@@ -552,6 +568,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn between_batches_everything_read_is_synced_already() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ks) = open(dir.path());
+        put(&store, &ks, "a", "1").await.unwrap();
+        let syncs = store.stats().syncs.load(Ordering::Relaxed);
+        store.synced().await.unwrap();
+        assert_eq!(store.stats().syncs.load(Ordering::Relaxed), syncs, "no batch, no sync");
+        store.barrier().await.unwrap();
+        assert_eq!(store.stats().syncs.load(Ordering::Relaxed), syncs + 1, "a barrier is a batch");
+    }
+
+    #[tokio::test]
     async fn opening_on_a_full_disk_says_so_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
@@ -578,6 +606,7 @@ mod tests {
         assert!(matches!(broken, Err(TestError::Refused(_))));
         let next = put(&store, &ks, "b", "2").await.unwrap_err();
         assert!(matches!(next, TestError::Store(StoreError::Failed(_))), "{next}");
+        assert!(matches!(store.synced().await, Err(StoreError::Failed(_))), "what was read may not be on disk");
         assert_eq!(ks.get(b"half").unwrap(), None, "the half-written batch was not committed");
         assert_eq!(ks.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
     }

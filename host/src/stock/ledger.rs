@@ -1,11 +1,12 @@
-//! The stock ledger on the storage core: `stock_sku` (shop \0 sku -> [`SkuStock`]) and
-//! `stock_due` (shop \0 due-time sku -> version), changed together in one operation of
-//! the writer's batch, durable when the call returns.
+//! The stock ledger on the storage core: `stock_sku` (shop \0 sku -> [`SkuStock`]),
+//! changed in one operation of the writer's batch, durable when the call returns.
 //!
 //! Every change reads the SKUs it touches, decides in memory, then writes — so a
-//! change that fails (a corrupt record) has written nothing. Per-shop counts by state
-//! and the oldest pending SKU are kept in memory beside the writes (rebuilt at open),
-//! so a status page or scrape costs the same at any number of SKUs.
+//! change that fails (a corrupt record) has written nothing. Per shop, the due index
+//! (pending SKUs by due time), counts by state and the oldest pending SKU are kept in
+//! memory beside the writes, rebuilt from the records at open: the pusher finds what
+//! is due without scanning past the tombstones an on-disk index of ever-moving due
+//! times collects, and a status page or scrape costs the same at any number of SKUs.
 
 use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
 use crate::clock::now_ms;
@@ -23,7 +24,6 @@ const NEXT_VERSION: &[u8] = b"next_version";
 #[derive(Clone)]
 struct Spaces {
     skus: Keyspace,
-    due: Keyspace,
     meta: Keyspace,
 }
 
@@ -36,6 +36,8 @@ struct ShopCounts {
     dead: u64,
     exported: u64,
     waiting: BTreeSet<(i64, String)>,
+    /// SKUs with a due time (pending), by it.
+    due: BTreeSet<(i64, String)>,
 }
 
 impl ShopCounts {
@@ -54,6 +56,14 @@ impl ShopCounts {
                 self.waiting.insert(key);
             } else {
                 self.waiting.remove(&key);
+            }
+        }
+        if let Some(at) = rec.due_at_ms {
+            let key = (at, rec.sku.clone());
+            if add {
+                self.due.insert(key);
+            } else {
+                self.due.remove(&key);
             }
         }
     }
@@ -81,13 +91,6 @@ fn shop_prefix(shop: &str) -> Vec<u8> {
     sku_key(shop, "")
 }
 
-fn due_key(shop: &str, due_ms: i64, sku: &str) -> Vec<u8> {
-    let mut k = shop_prefix(shop);
-    k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(sku.as_bytes());
-    k
-}
-
 fn decode(key: &[u8], bytes: &[u8]) -> Result<SkuStock, StockError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StockError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why: e.to_string() })
@@ -109,7 +112,7 @@ impl StockLedger {
 
     /// The ledger in `store`; counts rebuilt from the stored SKUs.
     pub fn open(store: &Store, policy: RetryPolicy) -> Result<Self, StockError> {
-        let ks = Spaces { skus: store.keyspace("stock_sku")?, due: store.keyspace("stock_due")?, meta: store.keyspace("stock_meta")? };
+        let ks = Spaces { skus: store.keyspace("stock_sku")?, meta: store.keyspace("stock_meta")? };
         let mut counts: HashMap<String, ShopCounts> = HashMap::new();
         let mut max_version = 0;
         for item in ks.skus.iter() {
@@ -165,17 +168,11 @@ impl StockLedger {
                     if old == new.as_ref() {
                         continue;
                     }
-                    if let Some(d) = old.and_then(|o| o.due_at_ms) {
-                        ctx.remove(&ks.due, due_key(&shop, d, sku));
-                    }
                     if let Some(o) = old {
                         shop_counts.count(o, false);
                     }
                     match new {
                         Some(rec) => {
-                            if let Some(d) = rec.due_at_ms {
-                                ctx.insert(&ks.due, due_key(&shop, d, sku), rec.version.to_be_bytes());
-                            }
                             ctx.insert(&ks.skus, sku_key(&shop, sku), serde_json::to_vec(rec).map_err(|e| StockError::Corrupt { key: sku.clone(), why: e.to_string() })?);
                             shop_counts.count(rec, true);
                         }
@@ -241,18 +238,17 @@ impl StockLedger {
 
     /// Pending SKUs of a shop due by `now`, oldest due first, at most `max`.
     pub fn due(&self, shop: &str, now: i64, max: usize) -> Result<Vec<SkuStock>, StockError> {
-        let end = due_key(shop, now.saturating_add(1), "");
-        let mut out = Vec::new();
-        for item in self.ks.due.range(shop_prefix(shop)..end) {
-            let (k, _) = item?;
-            let sku = String::from_utf8_lossy(&k[shop.len() + 9..]).into_owned();
+        let skus: Vec<String> = {
+            let all = lock(&self.counts);
+            let Some(c) = all.get(shop) else { return Ok(Vec::new()) };
+            c.due.iter().take_while(|(at, _)| *at <= now).take(max).map(|(_, sku)| sku.clone()).collect()
+        };
+        let mut out = Vec::with_capacity(skus.len());
+        for sku in skus {
             if let Some(rec) = self.get(shop, &sku)? {
                 if rec.state == SkuState::Pending {
                     out.push(rec);
                 }
-            }
-            if out.len() >= max {
-                break;
             }
         }
         Ok(out)
@@ -260,21 +256,13 @@ impl StockLedger {
 
     /// When the shop's next pending SKU falls due.
     pub fn next_due(&self, shop: &str) -> Result<Option<i64>, StockError> {
-        let prefix = shop_prefix(shop);
-        match self.ks.due.prefix(&prefix).next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, _) = item?;
-                let at = k.get(prefix.len()..prefix.len() + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-                Ok(at.map(|t| t as i64))
-            }
-        }
+        Ok(lock(&self.counts).get(shop).and_then(|c| c.due.first()).map(|(at, _)| *at))
     }
 
     /// Wait until everything read so far is on disk: the pusher calls this before it
     /// sends, so a quantity it pushes can never be lost by a crash afterwards.
     pub async fn durable(&self) -> Result<(), StockError> {
-        Ok(self.store.barrier().await?)
+        Ok(self.store.synced().await?)
     }
 
     /// Record how pushes of `(sku, version, quantity)` ended, under the ledger's default
