@@ -32,6 +32,9 @@ pub(crate) const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// stays until it reaches 64 MB: the engine rotates it then.)
 const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 const FLUSH_AFTER_BYTES: u64 = 16 * 1024 * 1024;
+/// The store's own keyspace: a marker written after a compaction, whose flush has the
+/// engine delete the files the compaction replaced (it does so at a memtable flush).
+const MAINTENANCE: &str = "store_maintenance";
 
 /// Ops-chosen settings of the store.
 #[derive(Clone, Debug)]
@@ -40,18 +43,23 @@ pub struct StoreConfig {
     pub reserve_bytes: u64,
     /// The engine's block cache.
     pub cache_bytes: u64,
+    /// Removals in a keyspace after which an idle writer has it compacted whole, on a
+    /// thread of its own: what acks and deletes removed stops taking disk, so an emptied
+    /// queue gives its space back while berth runs. Only churned keyspaces get there —
+    /// queues, the ledger — whose live data is small next to what went through them.
+    pub compact_after_removals: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { reserve_bytes: crate::space::DEFAULT_RESERVE_BYTES, cache_bytes: 64 * 1024 * 1024 }
+        StoreConfig { reserve_bytes: crate::space::DEFAULT_RESERVE_BYTES, cache_bytes: 64 * 1024 * 1024, compact_after_removals: 100_000 }
     }
 }
 
 /// A keyspace of the store: its own sorted map (writes to several are atomic together).
 /// Reads here see committed batches and never wait on the writer.
 #[derive(Clone)]
-pub struct Keyspace(SingleWriterTxKeyspace);
+pub struct Keyspace(SingleWriterTxKeyspace, Arc<AtomicU64>);
 
 /// A key and its value, as read.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -115,6 +123,7 @@ impl WriteCtx<'_> {
     pub fn remove(&mut self, ks: &Keyspace, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.writes += 1;
+        ks.1.fetch_add(1, Ordering::Relaxed);
         self.bytes += key.len() as u64;
         self.tx.remove(&ks.0, key);
     }
@@ -167,8 +176,9 @@ impl WriterStats {
     }
 }
 
-/// The keyspaces opened so far (the writer flushes them when idle).
-type Opened = Arc<Mutex<Vec<SingleWriterTxKeyspace>>>;
+/// The keyspaces opened so far, with their removals since they were last compacted (the
+/// writer flushes and compacts them when idle).
+type Opened = Arc<Mutex<Vec<(SingleWriterTxKeyspace, Arc<AtomicU64>)>>>;
 
 struct Inner {
     db: SingleWriterTxDatabase,
@@ -215,12 +225,13 @@ impl Store {
             })?;
         let stats = Arc::new(WriterStats::default());
         let opened: Opened = Arc::default();
+        let maintenance = db.keyspace(MAINTENANCE, fjall::KeyspaceCreateOptions::default).map_err(|e| open_error(path, &e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = {
-            let (db, stats, guard, opened) = (db.clone(), stats.clone(), guard.clone(), opened.clone());
+            let (db, stats, guard, opened, every) = (db.clone(), stats.clone(), guard.clone(), opened.clone(), config.compact_after_removals);
             std::thread::Builder::new()
                 .name("berth-store-writer".into())
-                .spawn(move || write_loop(&db, &rx, &stats, &guard, &opened))
+                .spawn(move || write_loop(&db, &rx, &stats, &guard, (&opened, &maintenance, every)))
                 .map_err(|e| open_error(path, &format!("cannot start the writer thread: {e}")))?
         };
         Ok(Store {
@@ -244,10 +255,15 @@ impl Store {
             .keyspace(name, fjall::KeyspaceCreateOptions::default)
             .map_err(|e| open_error(&self.inner.path, &format!("keyspace {name}: {e}")))?;
         let mut opened = self.inner.opened.lock().unwrap_or_else(|e| e.into_inner());
-        if !opened.iter().any(|k| k.inner().name() == ks.inner().name()) {
-            opened.push(ks.clone());
-        }
-        Ok(Keyspace(ks))
+        let removed = match opened.iter().find(|(k, _)| k.inner().name() == ks.inner().name()) {
+            Some((_, removed)) => removed.clone(),
+            None => {
+                let removed = Arc::new(AtomicU64::new(0));
+                opened.push((ks.clone(), removed.clone()));
+                removed
+            }
+        };
+        Ok(Keyspace(ks, removed))
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -377,18 +393,27 @@ impl Drop for Inner {
     }
 }
 
-fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &WriterStats, guard: &SpaceGuard, opened: &Opened) {
+/// What the idle writer keeps up: the keyspaces, the maintenance keyspace, and after how
+/// many removals a keyspace is compacted.
+type Upkeep<'a> = (&'a Opened, &'a SingleWriterTxKeyspace, u64);
+
+fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &WriterStats, guard: &SpaceGuard, (opened, maintenance, every): Upkeep<'_>) {
     // Set once a write or sync failed: the engine refuses writes from then on.
     let mut failed: Option<String> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut unflushed = 0u64;
+    // 0: no compaction; 1: one running; 2: one finished, its old files still to drop.
+    let compaction = Arc::new(std::sync::atomic::AtomicU8::new(0));
     loop {
         let first = match rx.recv_timeout(IDLE) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if failed.is_none() && unflushed >= FLUSH_AFTER_BYTES {
-                    unflushed = 0;
-                    flush_memtables(opened);
+                if failed.is_none() {
+                    if unflushed >= FLUSH_AFTER_BYTES {
+                        unflushed = 0;
+                        flush_memtables(opened);
+                    }
+                    maintain(db, (opened, maintenance, every), &compaction, guard);
                 }
                 continue;
             }
@@ -454,10 +479,58 @@ type Failure = (String, Vec<Done>);
 /// Ask the engine to flush every keyspace's memtable (in the background).
 fn flush_memtables(opened: &Opened) {
     let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for ks in opened {
+    for (ks, _) in opened {
         if let Err(e) = ks.inner().rotate_memtable() {
             tracing::warn!(error = %e, "could not flush a memtable");
         }
+    }
+}
+
+/// Idle upkeep: compact keyspaces that removed much (on a thread of their own), and once
+/// a compaction is done, write and flush a marker so the engine deletes the files the
+/// compaction replaced. Skipped while the disk is short of space (a compaction writes).
+fn maintain(db: &SingleWriterTxDatabase, (opened, maintenance, every): Upkeep<'_>, state: &Arc<std::sync::atomic::AtomicU8>, guard: &SpaceGuard) {
+    match state.load(Ordering::SeqCst) {
+        2 => {
+            let mut tx = db.write_tx();
+            tx.insert(maintenance, b"compacted_at_ms", crate::now_ms().to_be_bytes());
+            let done = tx.commit().and_then(|()| db.persist(PersistMode::SyncData)).and_then(|()| maintenance.inner().rotate_memtable().map(drop));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not finish a compaction's clean-up");
+            }
+            state.store(0, Ordering::SeqCst);
+        }
+        0 => {
+            let churned: Vec<SingleWriterTxKeyspace> = {
+                let opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+                opened
+                    .iter()
+                    .filter(|(_, removed)| removed.load(Ordering::Relaxed) >= every)
+                    .map(|(ks, removed)| {
+                        removed.store(0, Ordering::Relaxed);
+                        ks.clone()
+                    })
+                    .collect()
+            };
+            if churned.is_empty() || guard.check().is_err() {
+                return;
+            }
+            state.store(1, Ordering::SeqCst);
+            let finished = state.clone();
+            let spawned = std::thread::Builder::new().name("berth-store-compact".into()).spawn(move || {
+                for ks in churned {
+                    let compacted = ks.inner().rotate_memtable_and_wait().and_then(|()| ks.inner().major_compact());
+                    if let Err(e) = compacted {
+                        tracing::warn!(error = %e, "could not compact a keyspace");
+                    }
+                }
+                finished.store(2, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                state.store(0, Ordering::SeqCst);
+            }
+        }
+        _ => {}
     }
 }
 
