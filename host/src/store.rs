@@ -292,15 +292,16 @@ impl OrderStore {
     /// Feed entries after `after`, oldest first, optionally for one shop.
     pub fn list(&self, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<OrderRecord>, StoreError> {
         let mut out = Vec::new();
-        self.scan(after, limit, usize::MAX, None, |v| {
+        let mut failed = None;
+        self.scan(after, usize::MAX, usize::MAX, None, |v| {
             match serde_json::from_slice::<OrderRecord>(&v) {
-                Ok(rec) if shop.is_none_or(|s| s == rec.shop) => out.push(Ok(rec)),
+                Ok(rec) if shop.is_none_or(|s| s == rec.shop) => out.push(rec),
                 Ok(_) => {}
-                Err(e) => out.push(Err(StoreError::Corrupt(format!("order feed entry: {e}")))),
+                Err(e) => failed = Some(StoreError::Corrupt(format!("order feed entry: {e}"))),
             }
-            out.iter().filter(|r| r.is_ok()).count() < limit
+            failed.is_none() && out.len() < limit
         })?;
-        out.into_iter().collect()
+        failed.map_or(Ok(out), Err)
     }
 
     /// Walk feed entries after `after` as stored (each an [`OrderRecord`]'s JSON), oldest

@@ -138,9 +138,33 @@ async fn put_all(store: &Store, ks: &Keyspace, entries: Vec<(Vec<u8>, Vec<u8>)>)
     Ok(())
 }
 
-fn read_tree(db: &sled::Db, sled_dir: &Path, name: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MigrateError> {
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// Copy the sled tree `name` into `ks` as it is read, `CHUNK` entries per operation (a
+/// tree is never held in memory whole), each entry through `convert` (`None`: left out).
+/// Returns how many entries the tree had.
+async fn stream_tree(
+    db: &sled::Db,
+    sled_dir: &Path,
+    name: &str,
+    store: &Store,
+    ks: &Keyspace,
+    mut convert: impl FnMut(Vec<u8>, Vec<u8>) -> Result<Option<Entry>, MigrateError>,
+) -> Result<usize, MigrateError> {
     let tree = db.open_tree(name).map_err(|e| sled_err(sled_dir, e))?;
-    tree.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| sled_err(sled_dir, e))).collect()
+    let (mut read, mut chunk) = (0usize, Vec::with_capacity(CHUNK));
+    for item in tree.iter() {
+        let (k, v) = item.map_err(|e| sled_err(sled_dir, e))?;
+        read += 1;
+        if let Some(entry) = convert(k.to_vec(), v.to_vec())? {
+            chunk.push(entry);
+        }
+        if chunk.len() >= CHUNK {
+            put_all(store, ks, std::mem::take(&mut chunk)).await?;
+        }
+    }
+    put_all(store, ks, chunk).await?;
+    Ok(read)
 }
 
 /// Copy every tree of the sled db in `sled_dir` into `store` (new and empty), component
@@ -151,65 +175,57 @@ async fn copy(sled_dir: &Path, store: &Store, components: &Path) -> Result<Migra
     let mut names: Vec<String> = db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
     names.retain(|n| n != "__sled__default");
     for (tree, keyspace) in SAME_BYTES {
-        let mut entries = read_tree(&db, sled_dir, tree.as_bytes())?;
-        if tree == "sync_state" {
-            // The sled release's readiness probe wrote here.
-            entries.retain(|(k, _)| k.as_slice() != b"\0probe");
-        }
-        out.trees.insert(tree.to_string(), entries.len());
+        // The sled release's readiness probe wrote `\0probe` into sync_state.
+        let n = stream_tree(&db, sled_dir, tree, store, &store.keyspace(keyspace)?, |k, v| Ok((k.as_slice() != b"\0probe").then_some((k, v)))).await?;
+        out.trees.insert(tree.to_string(), n);
         if tree == "orders_feed" {
             let meta = store.keyspace("orders_meta")?;
-            put_all(store, &meta, vec![(b"feed_len".to_vec(), (entries.len() as u64).to_be_bytes().to_vec())]).await?;
+            put_all(store, &meta, vec![(b"feed_len".to_vec(), (n as u64).to_be_bytes().to_vec())]).await?;
         }
-        put_all(store, &store.keyspace(keyspace)?, entries).await?;
     }
     // Queues: q/<queue>/{msg,dead,idem}; `ready` (the schedule) is rebuilt from the records.
     let (msg, dead, idem) = (store.keyspace("queue_msg")?, store.keyspace("queue_dead")?, store.keyspace("queue_idem")?);
     for name in &names {
         let Some(rest) = name.strip_prefix("q/") else { continue };
         let Some((queue, part)) = rest.rsplit_once('/') else { continue };
-        let entries = read_tree(&db, sled_dir, name.as_bytes())?;
-        out.trees.insert(name.clone(), entries.len());
-        let converted = match part {
-            "msg" | "dead" => entries
-                .iter()
-                .map(|(k, v)| Ok((queue_key(queue, k), convert_queue_record(name, k, v, part == "dead")?)))
-                .collect::<Result<Vec<_>, MigrateError>>()?,
-            "idem" => entries
-                .into_iter()
-                .map(|(k, mut v)| {
+        let n = match part {
+            "msg" | "dead" => {
+                let ks = if part == "msg" { &msg } else { &dead };
+                stream_tree(&db, sled_dir, name, store, ks, |k, v| Ok(Some((queue_key(queue, &k), convert_queue_record(name, &k, &v, part == "dead")?)))).await?
+            }
+            "idem" => {
+                stream_tree(&db, sled_dir, name, store, &idem, |k, mut v| {
                     // Keys kept before they had a time get the migration's: they expire a TTL from now.
                     if v.len() == 8 {
                         v.extend_from_slice(&crate::now_ms().to_be_bytes());
                     }
-                    (queue_key(queue, &k), v)
+                    Ok(Some((queue_key(queue, &k), v)))
                 })
-                .collect(),
+                .await?
+            }
             _ => continue,
         };
-        let ks = match part {
-            "msg" => &msg,
-            "dead" => &dead,
-            _ => &idem,
-        };
-        put_all(store, ks, converted).await?;
+        out.trees.insert(name.clone(), n);
     }
     // One id counter in sled served queue ids, stock versions and feed sequences.
     let next = db.generate_id().map_err(|e| sled_err(sled_dir, e))? + 2;
     put_all(store, &store.keyspace("queue_meta")?, vec![(b"next_id".to_vec(), next.to_be_bytes().to_vec())]).await?;
     put_all(store, &store.keyspace("stock_meta")?, vec![(b"next_version".to_vec(), next.to_be_bytes().to_vec())]).await?;
-    // Component bytes become files.
-    let blobs = read_tree(&db, sled_dir, b"registry/blobs")?;
-    out.trees.insert("registry/blobs".into(), blobs.len());
+    // Component bytes become files, one at a time.
     std::fs::create_dir_all(components).map_err(|e| file_err(components, e))?;
-    for (digest, bytes) in blobs {
+    let blobs = db.open_tree("registry/blobs").map_err(|e| sled_err(sled_dir, e))?;
+    let mut count = 0;
+    for item in blobs.iter() {
+        let (digest, bytes) = item.map_err(|e| sled_err(sled_dir, e))?;
         let digest = String::from_utf8_lossy(&digest).into_owned();
         if digest.is_empty() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(MigrateError::Record { tree: "registry/blobs".into(), key: digest, why: "not a hex digest".into() });
         }
         write_file(&components.join(format!("{digest}.wasm")), &bytes)?;
-        out.components += 1;
+        count += 1;
     }
+    out.trees.insert("registry/blobs".into(), count);
+    out.components = count;
     sync_dir(components)?;
     for name in names {
         let known = SAME_BYTES.iter().any(|(t, _)| *t == name) || name.starts_with("q/") || name == "registry/blobs" || name == "stock/due";
