@@ -189,6 +189,11 @@ async fn a_full_or_read_only_disk_refuses_writes_keeps_reads_and_loses_nothing()
     let (rss_after, _) = berth.memory();
     assert!(cpu < 0.5 * wall, "berth used {cpu:.2} s of CPU in {wall:.2} s on a full disk");
     assert!(rss_after < rss_before + 32 * 1024 * 1024, "memory grew from {rss_before} to {rss_after} on a full disk");
+    // Nor filling the log: the refusals are said once a minute, not once a request.
+    let log = berth.full_log();
+    let said = log.matches("store refusing writes").count();
+    assert!((1..=2).contains(&said), "{said} refusal lines for 100+ refused writes:\n{}", berth.log());
+    assert_eq!(log.matches("a write was not stored").count(), 0, "a line per refused request");
 
     // Killed while full, restarted while still full: refused, saying why; nothing changes.
     berth.kill();

@@ -32,6 +32,8 @@ pub(crate) const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// stays until it reaches 64 MB: the engine rotates it then.)
 const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 const FLUSH_AFTER_BYTES: u64 = 16 * 1024 * 1024;
+/// How often a store that keeps refusing writes says so in the log.
+const REFUSAL_LOG_EVERY_MS: i64 = 60_000;
 /// The store's own keyspace: a marker written after a compaction, whose flush has the
 /// engine delete the files the compaction replaced (it does so at a memtable flush).
 const MAINTENANCE: &str = "store_maintenance";
@@ -402,6 +404,7 @@ fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &Wri
     let mut failed: Option<String> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut unflushed = 0u64;
+    let mut last_refusal_log = i64::MIN / 2;
     // 0: no compaction; 1: one running; 2: one finished, its old files still to drop.
     let compaction = Arc::new(std::sync::atomic::AtomicU8::new(0));
     loop {
@@ -432,8 +435,14 @@ fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &Wri
         };
         if let Some(err) = refusal {
             if err.is_no_space() {
-                stats.refused_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %err, operations = batch.len(), "store refused a batch");
+                let refused = stats.refused_batches.fetch_add(1, Ordering::Relaxed) + 1;
+                // Once when it starts, then once a minute: clients retrying against a full
+                // disk must not fill the log as well.
+                let now = crate::now_ms();
+                if now - last_refusal_log >= REFUSAL_LOG_EVERY_MS {
+                    last_refusal_log = now;
+                    tracing::warn!(error = %err, refused_batches = refused, "store refusing writes");
+                }
             }
             *stats.refusing.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.clone());
             refuse(&mut batch, &err);
@@ -446,6 +455,10 @@ fn write_loop(db: &SingleWriterTxDatabase, rx: &mpsc::Receiver<Job>, stats: &Wri
         match ran {
             Ok((done, bytes)) => {
                 unflushed += bytes;
+                if stats.refusing().is_some() {
+                    tracing::info!("store writing again");
+                    last_refusal_log = i64::MIN / 2;
+                }
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.operations.fetch_add(count, Ordering::Relaxed);
                 stats.syncs.fetch_add(1, Ordering::Relaxed);

@@ -270,7 +270,11 @@ pub(crate) fn storage_error(e: &crate::store::StoreError) -> Response {
         StoreError::Failed(_) | StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, None),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
-    tracing::warn!(error = %e, status = status.as_u16(), "a write was not stored");
+    // The store logs a full disk itself, once a minute; a line per refused request
+    // would let retrying clients fill the log too.
+    if retry.is_none() {
+        tracing::warn!(error = %e, status = status.as_u16(), "a write was not stored");
+    }
     let mut resp = error(status, e.to_string());
     if let Some(secs) = retry {
         resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
