@@ -245,7 +245,7 @@ impl OrderStore {
             .store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 // Decide (reads through the batch: a page before this one in the batch counts).
-                let mut fresh = Vec::with_capacity(staged.len());
+                let mut fresh = vec![false; staged.len()];
                 let mut seen: std::collections::HashMap<&[u8], (i64, [u8; 32])> = std::collections::HashMap::new();
                 for (i, (key, digest, updated, _)) in staged.iter().enumerate() {
                     let stored = match seen.get(key.as_slice()) {
@@ -254,20 +254,20 @@ impl OrderStore {
                     };
                     if is_newer(stored.as_deref(), *updated, digest) {
                         seen.insert(key, (*updated, *digest));
-                        fresh.push(i);
+                        fresh[i] = true;
                     }
                 }
-                // Write.
-                let mut outcome = PageOutcome { duplicates: staged.len() - fresh.len(), ..PageOutcome::default() };
+                drop(seen);
+                // Write (the records are moved, not copied, on the writer's thread).
+                let mut outcome = PageOutcome { duplicates: fresh.iter().filter(|f| !**f).count(), ..PageOutcome::default() };
                 let mut seq = committed.load(Ordering::SeqCst);
-                for i in fresh {
-                    let (key, digest, updated, rec) = &staged[i];
+                for ((key, digest, updated, mut rec), _) in staged.into_iter().zip(fresh).filter(|(_, f)| *f) {
                     // Sequences start at 1 so `after=0` means "from the beginning".
                     seq += 1;
-                    let rec = OrderRecord { seq, ..rec.clone() };
+                    rec.seq = seq;
                     let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     ctx.insert(&feed, seq.to_be_bytes(), bytes);
-                    ctx.insert(&latest, key, latest_value(*updated, digest));
+                    ctx.insert(&latest, key, latest_value(updated, &digest));
                     outcome.added += 1;
                     outcome.max_seq = Some(seq);
                 }

@@ -9,6 +9,7 @@
 //! ([`migrate`]). This crate depends on no other berth crate.
 
 pub mod error;
+pub mod files;
 pub mod migrate;
 pub mod queue;
 pub mod space;

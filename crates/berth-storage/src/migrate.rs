@@ -14,7 +14,6 @@ use crate::queue::record::{self, Header};
 use crate::store::{Keyspace, Store, StoreConfig, WriteCtx};
 use crate::StoreError;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Entries written per operation (one writer batch each, at most).
@@ -221,12 +220,12 @@ async fn copy(sled_dir: &Path, store: &Store, components: &Path) -> Result<Migra
         if digest.is_empty() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(MigrateError::Record { tree: "registry/blobs".into(), key: digest, why: "not a hex digest".into() });
         }
-        write_file(&components.join(format!("{digest}.wasm")), &bytes)?;
+        let path = components.join(format!("{digest}.wasm"));
+        crate::files::write_whole(&path, &bytes).map_err(|e| file_err(&path, e))?;
         count += 1;
     }
     out.trees.insert("registry/blobs".into(), count);
     out.components = count;
-    sync_dir(components)?;
     for name in names {
         let known = SAME_BYTES.iter().any(|(t, _)| *t == name) || name.starts_with("q/") || name == "registry/blobs" || name == "stock/due";
         if !known {
@@ -234,18 +233,6 @@ async fn copy(sled_dir: &Path, store: &Store, components: &Path) -> Result<Migra
         }
     }
     Ok(out)
-}
-
-/// Write a file whole: a temporary name, synced, renamed.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), MigrateError> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| file_err(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), MigrateError> {

@@ -8,7 +8,6 @@ use berth_storage::store::Keyspace;
 use berth_storage::{Store, StoreError, WriteCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,18 +133,7 @@ impl RegistryStore {
             return Ok(());
         }
         self.store.space_guard().check()?;
-        let tmp = self.components.join(format!(".{digest}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.components)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            file_error(&path, &e)
-        })
+        berth_storage::files::write_whole(&path, bytes).map_err(|e| file_error(&path, &e))
     }
 
     /// Store a version and its bytes (once per digest), durably.
