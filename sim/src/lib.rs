@@ -251,8 +251,40 @@ pub struct PlatformStats {
     pub rejected: u64,
     /// Stock quantities written.
     pub stock_writes: u64,
-    /// Requests that came before the wait a throttling answer asked for had passed.
+    /// Requests that came before the wait a throttling answer asked for had passed
+    /// (past [`ON_THE_WAY`] after the throttle: earlier ones may have been sent before
+    /// the client had the answer).
     pub early_after_throttle: u64,
+}
+
+/// How long after a throttling answer a request may still arrive that the client sent
+/// before it had that answer (another call of the same shop already on its way, on a
+/// busy machine). Those are not counted as early; a client that ignores the wait and
+/// keeps retrying is, because a throttle answered while one is in force does not start
+/// a new window.
+pub const ON_THE_WAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Per shop or quota: the wait a throttling answer asked for.
+#[derive(Default)]
+pub(crate) struct ToldToWait(HashMap<String, (std::time::Instant, std::time::Instant)>);
+
+impl ToldToWait {
+    /// Whether a request of `key` arriving `now` comes early: after the first throttle of
+    /// the window in force plus [`ON_THE_WAY`], before its end.
+    pub(crate) fn early(&self, key: &str, now: std::time::Instant) -> bool {
+        self.0.get(key).is_some_and(|(since, until)| now < *until && now >= *since + ON_THE_WAY)
+    }
+
+    /// A throttle answered `now` asked to wait until `until`. While a window is in force
+    /// it keeps its start and ends at the later of the two.
+    pub(crate) fn told(&mut self, key: &str, now: std::time::Instant, until: std::time::Instant) {
+        match self.0.get_mut(key) {
+            Some((_, end)) if now < *end => *end = (*end).max(until),
+            _ => {
+                self.0.insert(key.to_string(), (now, until));
+            }
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -262,8 +294,8 @@ pub(crate) struct Inner {
     pub inventory: HashMap<(Platform, String), BTreeMap<String, StockItem>>,
     pub faults: HashMap<Platform, FaultQueue>,
     pub buckets: HashMap<String, LeakyBucket>,
-    /// Per shop: until when the last 429 told the client to wait.
-    pub told_to_wait: HashMap<String, std::time::Instant>,
+    /// Per shop or quota: the wait throttling answers asked for.
+    pub told_to_wait: ToldToWait,
     pub windows: HashMap<String, CallWindow>,
     pub stats: BTreeMap<Platform, PlatformStats>,
     pub next_id: u64,
@@ -334,7 +366,7 @@ impl SimState {
                 inventory,
                 faults: HashMap::new(),
                 buckets,
-                told_to_wait: HashMap::new(),
+                told_to_wait: ToldToWait::default(),
                 windows,
                 stats: BTreeMap::new(),
                 next_id: id_base,
@@ -477,7 +509,7 @@ impl SimState {
     pub(crate) fn spend(&self, platform: Platform, key: &str, told: impl FnOnce(Duration) -> Duration) -> Result<(), Duration> {
         let mut inner = self.lock();
         let now = std::time::Instant::now();
-        if inner.told_to_wait.get(key).is_some_and(|until| now < *until) {
+        if inner.told_to_wait.early(key, now) {
             inner.stats.entry(platform).or_default().early_after_throttle += 1;
         }
         let Some(window) = inner.windows.get_mut(key) else { return Ok(()) };
@@ -485,7 +517,7 @@ impl SimState {
             Ok(()) => Ok(()),
             Err(left) => {
                 let wait = told(left);
-                inner.told_to_wait.insert(key.to_string(), now + wait);
+                inner.told_to_wait.told(key, now, now + wait);
                 inner.stats.entry(platform).or_default().throttled += 1;
                 Err(wait)
             }
@@ -788,5 +820,32 @@ pub(crate) async fn fault_response(kind: FaultKind, hold: Duration) -> Response 
             (StatusCode::GATEWAY_TIMEOUT, "gateway timeout").into_response()
         }
         FaultKind::Garbage => (StatusCode::OK, "<html><body>Sorry, something went wr").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod told_to_wait_tests {
+    use super::{ToldToWait, ON_THE_WAY};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_call_already_on_its_way_is_not_early_a_retrying_client_is() {
+        let t0 = Instant::now();
+        let mut told = ToldToWait::default();
+        told.told("acme", t0, t0 + Duration::from_millis(500));
+        // Sent before the client had the 429: arrives just after it.
+        assert!(!told.early("acme", t0 + Duration::from_millis(5)));
+        // A client retrying at once is throttled again and again; the window keeps its
+        // start, so its retries past the grace count.
+        for ms in [1u64, 2, 3] {
+            told.told("acme", t0 + Duration::from_millis(ms), t0 + Duration::from_millis(500 + ms));
+        }
+        assert!(told.early("acme", t0 + ON_THE_WAY + Duration::from_millis(1)));
+        // After the wait has passed nothing is early, and a new throttle starts anew.
+        let later = t0 + Duration::from_secs(1);
+        assert!(!told.early("acme", later));
+        told.told("acme", later, later + Duration::from_millis(500));
+        assert!(!told.early("acme", later + Duration::from_millis(5)));
+        assert!(!told.early("other", later + ON_THE_WAY));
     }
 }

@@ -130,7 +130,7 @@ async fn gated(state: &SimState, shop: &str, headers: &HeaderMap, handler: impl 
     let used = {
         let mut inner = state.lock();
         let now = Instant::now();
-        if inner.told_to_wait.get(shop).is_some_and(|until| now < *until) {
+        if inner.told_to_wait.early(shop, now) {
             inner.stats.entry(Platform::Shopify).or_default().early_after_throttle += 1;
         }
         let bucket = inner.buckets.get_mut(shop);
@@ -140,7 +140,7 @@ async fn gated(state: &SimState, shop: &str, headers: &HeaderMap, handler: impl 
                 inner.stats.entry(Platform::Shopify).or_default().throttled += 1;
                 // What the client is told: rounded up to the tenth the header shows.
                 let told = Duration::from_secs_f64((retry_after.as_secs_f64() * 10.0).ceil() / 10.0);
-                inner.told_to_wait.insert(shop.to_string(), now + told);
+                inner.told_to_wait.told(shop, now, now + told);
                 drop(inner);
                 let mut resp = errors(
                     StatusCode::TOO_MANY_REQUESTS,
