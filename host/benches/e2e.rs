@@ -22,7 +22,7 @@ use berth_host::config::{Secret, ShopConfig, Tier};
 use berth_host::inbox::OrderInbox;
 use berth_host::plugin::ScratchHost;
 use berth_host::queue::{QueuePolicy, StoreQueues};
-use berth_host::runtime::bindings::berth::connector::types::{ConnectorError, OrderPage, PullRequest, TimeWindow};
+use berth_types::connector::{ConnectorError, OrderPage, PullRequest, TimeWindow};
 use berth_host::runtime::tape::Tape;
 use berth_host::runtime::{Call, LoadedConnector};
 use berth_host::store::{OrderData, OrderStore, PageSource, SyncState, WindowProgress};

@@ -18,7 +18,7 @@
 
 use berth_host::config::{Secret, ShopConfig, Tier};
 use berth_host::plugin::ScratchHost;
-use berth_host::runtime::bindings::berth::connector::types::{PullRequest, TimeWindow};
+use berth_types::connector::{PullRequest, TimeWindow};
 use berth_host::runtime::tape::Tape;
 use berth_host::runtime::{Call, Output};
 use berth_sim::{LimitsUpdate, Platform, SimConfig};

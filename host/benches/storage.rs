@@ -28,7 +28,7 @@ use common::{count_arg, ms, percentile};
 fn order(i: u64) -> OrderData {
     OrderData {
         order_id: format!("{}", 10_000_000 + i),
-        status: "paid".into(),
+        status: berth_types::connector::OrderStatus::Paid,
         platform_status: "PAID".into(),
         created_at_ms: 1_790_000_000_000,
         updated_at_ms: 1_790_000_000_000 + i as i64,

@@ -30,7 +30,7 @@ impl AuditEntry {
     /// An entry stamped now.
     pub fn now(who: &str, action: &str, target: &str, digest: Option<&str>, outcome: &str, detail: String) -> AuditEntry {
         AuditEntry {
-            at_ms: crate::clock::now_ms(),
+            at_ms: berth_types::clock::now_ms(),
             who: who.to_string(),
             action: action.to_string(),
             target: target.to_string(),

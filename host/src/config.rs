@@ -5,9 +5,13 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+pub use berth_types::access::{Access, Role};
+pub use berth_types::retry::RetryOverrides;
+pub use berth_types::shop::{ShopConfig, Tier};
+pub use berth_types::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -438,27 +442,6 @@ pub struct EndpointClass {
     pub burst: u32,
 }
 
-/// Per-platform retry settings; each one absent falls back to the job's defaults
-/// (`[sync]` for order pulls, `[stock]` for stock pushes).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetryOverrides {
-    /// First backoff step; each further attempt doubles it up to `max_ms`.
-    pub base_ms: Option<u64>,
-    pub max_ms: Option<u64>,
-    /// Share of each step taken off at random (0 = exact steps, 0.5 = somewhere in the upper half).
-    pub jitter: Option<f64>,
-    /// Failed attempts before giving up: a stock update moves to the dead letters, an
-    /// order pull pauses for `sync.error_pause_secs` and is shown on the shop's status.
-    pub max_attempts: Option<u32>,
-    /// Which errors are retried; the rest give up at once. Kinds: `transient`,
-    /// `timeout`, `trap`, `permanent`, `invalid-input`, `auth`.
-    pub retry_on: Option<Vec<crate::retry::ErrorKind>>,
-    /// After the platform throttles, hold its quota at least this long (e.g. 7200 for a
-    /// platform that bans for hours once a daily quota is spent).
-    pub suspend_after_throttle_secs: Option<u64>,
-}
-
 /// Hot standby: calls a connector makes to `primary` go to `backup` while the primary
 /// fails its health checks, and back when it recovers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -564,59 +547,6 @@ pub struct AdminToken {
     pub shops: Option<Vec<String>>,
 }
 
-/// What a token may do (see `Role::grants`): `erp` is the ERP's integration; `viewer`,
-/// `operator`, `deployer` and `admin` are people, each including the one before it.
-#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read status, health, alerts, connectors, platforms, the dashboard and metrics.
-    Viewer,
-    /// The ERP: read the order feed, lease, ack, nack and extend orders, submit stock
-    /// and read its push results; and read what a viewer reads.
-    Erp,
-    /// A viewer who also replays and purges dead letters, pauses and resumes
-    /// connectors and shops, releases quota holds and works a degraded shop.
-    Operator,
-    /// Also deploys, activates, rolls back, canaries and shadows versions.
-    Deployer,
-    /// Everything, the audit log included.
-    Admin,
-}
-
-/// What a call needs of its caller's role.
-#[derive(Clone, Copy, Debug, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Status and health reads.
-    Read,
-    /// The ERP's order and stock calls.
-    Erp,
-    /// Dead letters, pauses, holds, degraded shops.
-    Operate,
-    /// Versions: deploy, activate, roll back, canary, shadow.
-    Deploy,
-    /// The audit log.
-    Audit,
-}
-
-impl Role {
-    /// Whether a token of this role may make a call needing `need`.
-    pub fn grants(self, need: Access) -> bool {
-        match self {
-            Role::Admin => true,
-            Role::Viewer => need == Access::Read,
-            Role::Erp => matches!(need, Access::Read | Access::Erp),
-            Role::Operator => matches!(need, Access::Read | Access::Operate),
-            Role::Deployer => matches!(need, Access::Read | Access::Operate | Access::Deploy),
-        }
-    }
-
-    /// The roles that may make a call needing `need`, for error messages.
-    pub fn granting(need: Access) -> Vec<Role> {
-        [Role::Viewer, Role::Erp, Role::Operator, Role::Deployer, Role::Admin].into_iter().filter(|r| r.grants(need)).collect()
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
@@ -646,92 +576,6 @@ impl ConnectorConfig {
     /// The platform connector `name` serves: as configured, else its name.
     pub fn platform_of<'a>(&'a self, name: &'a str) -> &'a str {
         self.platform.as_deref().unwrap_or(name)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
-pub enum Tier {
-    A,
-    B,
-    C,
-}
-
-impl Tier {
-    /// Default order poll interval by tier.
-    pub fn default_poll_secs(self) -> u64 {
-        match self {
-            Tier::A => 30,
-            Tier::B => 300,
-            Tier::C => 3600,
-        }
-    }
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShopConfig {
-    pub connector: String,
-    #[serde(default = "tier_b")]
-    pub tier: Tier,
-    /// Order poll interval; the tier's default when absent.
-    pub poll_interval_secs: Option<u64>,
-    #[serde(default)]
-    pub settings: BTreeMap<String, String>,
-    #[serde(default)]
-    pub secrets: BTreeMap<String, Secret>,
-}
-
-fn tier_b() -> Tier {
-    Tier::B
-}
-
-impl ShopConfig {
-    pub fn poll_interval_secs(&self) -> u64 {
-        self.poll_interval_secs.unwrap_or_else(|| self.tier.default_poll_secs())
-    }
-
-    /// A setting or secret by key, as the connector's `config.get` sees it.
-    pub fn value(&self, key: &str) -> Option<&str> {
-        self.settings.get(key).map(String::as_str).or_else(|| self.secrets.get(key).map(Secret::expose))
-    }
-}
-
-impl fmt::Debug for ShopConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShopConfig")
-            .field("connector", &self.connector)
-            .field("tier", &self.tier)
-            .field("poll_interval_secs", &self.poll_interval_secs)
-            .field("settings", &self.settings)
-            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// A secret from config. Its `Debug` and `Display` never show the value.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
     }
 }
 

@@ -13,13 +13,11 @@
 //! configured: `X-Berth-Timestamp` (Unix ms) and
 //! `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{timestamp}.{body}"))`.
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::{ErpConfig, Secret};
 use crate::inbox::{LeasedOrder, OrderInbox};
 use crate::queue::QueueError;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -70,11 +68,8 @@ pub struct ErpDeliverer {
 
 /// The signature header value for `body` sent at `timestamp_ms`.
 pub fn signature(secret: &str, timestamp_ms: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(timestamp_ms.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let mac = berth_types::digest::hmac_sha256_parts(secret.as_bytes(), &[timestamp_ms.to_string().as_bytes(), b".", body]);
+    format!("sha256={}", hex::encode(mac))
 }
 
 impl ErpDeliverer {
@@ -123,7 +118,7 @@ impl ErpDeliverer {
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        let d = crate::backoff::delay(failures, self.retry_base_ms, self.retry_max_ms);
+                        let d = berth_types::backoff::delay(failures, self.retry_base_ms, self.retry_max_ms);
                         tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "order delivery to the ERP failed");
                         self.update(|s| {
                             s.failures += 1;
@@ -173,7 +168,7 @@ impl ErpDeliverer {
             }
             Err(e) => {
                 // Back in the queue after the same pause the deliverer takes.
-                let delay = crate::backoff::delay(failures.saturating_add(1), self.retry_base_ms, self.retry_max_ms);
+                let delay = berth_types::backoff::delay(failures.saturating_add(1), self.retry_base_ms, self.retry_max_ms);
                 let reason = e.to_string();
                 for l in &leases {
                     self.inbox.nack(&l.token, delay, &reason).await.or_else(|e| match e {

@@ -190,7 +190,7 @@ mod tests {
             connector_version: "1.0.0".into(),
             order: crate::store::OrderData {
                 order_id: "1001".into(),
-                status: "paid".into(),
+                status: berth_types::connector::OrderStatus::Paid,
                 platform_status: "paid".into(),
                 created_at_ms: 1,
                 updated_at_ms: 2,

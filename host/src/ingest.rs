@@ -7,7 +7,7 @@
 
 use crate::config::ShopConfig;
 use crate::inbox::{OrderInbox, QueuedOrder};
-use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, WebhookRequest};
+use berth_types::connector::{ConnectorError, Event, WebhookRequest};
 use crate::registry::ConnectorSlot;
 use crate::store::{OrderData, OrderStore, PageOutcome, PageSource};
 use crate::sync::to_record;
@@ -77,7 +77,7 @@ pub async fn accept_orders(
 ) -> Result<PageOutcome, crate::sync::PageError> {
     let fresh = QueuedOrder::new_versions(src, orders, store)?;
     if let Some(i) = intake {
-        i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, crate::clock::now_ms()).map_err(crate::sync::PageError::Held)?;
+        i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, berth_types::clock::now_ms()).map_err(crate::sync::PageError::Held)?;
     }
     inbox.deliver(fresh).await?;
     Ok(store.commit_pushed(src, orders).await?)
@@ -158,7 +158,7 @@ pub async fn ingest(
             Ok(outcome) => outcome,
             Err(crate::sync::PageError::Held(held)) => {
                 crate::metrics::Metrics::get().limit_hit(&conn.name, "order_budget", 1);
-                let retry_after_secs = ((held.until_ms - crate::clock::now_ms()) / 1000).clamp(1, 3600) as u64;
+                let retry_after_secs = ((held.until_ms - berth_types::clock::now_ms()) / 1000).clamp(1, 3600) as u64;
                 return Err(IngestError::TooMany { why: held.reason(), retry_after_secs });
             }
             Err(e) => return Err(IngestError::Unavailable(e.to_string())),

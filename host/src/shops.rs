@@ -8,7 +8,7 @@ use crate::config::{ShopConfig, SyncDefaults};
 use crate::inbox::OrderInbox;
 use crate::ingest::WebhookShop;
 use crate::registry::ConnectorSlot;
-use crate::runtime::bindings::berth::connector::types::Capability;
+use berth_types::connector::Capability;
 use crate::stock::pusher::ShopPusher;
 use crate::stock::StockLedger;
 use crate::store::OrderStore;
@@ -282,6 +282,6 @@ impl crate::health::HoldSource for ShopSet {
                 format!("quota {} of {platform} held {} s more ({} s in all) after {by}: {}", h.key, h.remaining_ms.div_ceil(1000), h.held_ms / 1000, h.reason),
             ));
         }
-        self.deps.budgets.held_shop(shop, crate::clock::now_ms()).map(|h| ("held", h.reason()))
+        self.deps.budgets.held_shop(shop, berth_types::clock::now_ms()).map(|h| ("held", h.reason()))
     }
 }

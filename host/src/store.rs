@@ -15,7 +15,7 @@
 //! never reads an order a crash could still take back. The feed's length is a counter
 //! kept in the same batches (no scan).
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use berth_storage::store::Keyspace;
 pub use berth_storage::StoreError;
 use berth_storage::{Store, WriteCtx};
@@ -41,8 +41,9 @@ pub struct OrderLineRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OrderData {
     pub order_id: String,
-    /// One of: unpaid, paid, partially-shipped, shipped, delivered, completed, cancelled, refunded, other.
-    pub status: String,
+    /// Stored and answered by its name: unpaid, paid, partially-shipped, shipped,
+    /// delivered, completed, cancelled, refunded, other.
+    pub status: berth_types::connector::OrderStatus,
     pub platform_status: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -383,7 +384,7 @@ mod tests {
     fn order(id: &str, updated: i64) -> OrderData {
         OrderData {
             order_id: id.into(),
-            status: "paid".into(),
+            status: berth_types::connector::OrderStatus::Paid,
             platform_status: "PAID".into(),
             created_at_ms: 1,
             updated_at_ms: updated,
@@ -423,7 +424,7 @@ mod tests {
         let store = OrderStore::open(dir.path()).unwrap();
         let st = SyncState::default();
         let paid = order("1", 1_000);
-        let shipped = OrderData { status: "shipped".into(), ..paid.clone() };
+        let shipped = OrderData { status: berth_types::connector::OrderStatus::Shipped, ..paid.clone() };
         let out = store.commit_page(&SRC, std::slice::from_ref(&paid), &st).await.unwrap();
         assert_eq!(out.added, 1);
         assert!(store.is_new("acme", &shipped).unwrap(), "same second, other content: a new version");
@@ -433,7 +434,7 @@ mod tests {
         assert_eq!((out.added, out.duplicates), (0, 1), "an exact repeat of the latest is a duplicate");
         let re_read = OrderData { raw: serde_json::json!({"id": "1", "fetched_at": 7}), ..paid.clone() };
         assert!(!store.is_new("acme", &re_read).unwrap(), "the raw JSON alone does not make a version");
-        let statuses: Vec<String> = store.list(0, 10, None).unwrap().into_iter().map(|r| r.order.status).collect();
+        let statuses: Vec<&str> = store.list(0, 10, None).unwrap().into_iter().map(|r| r.order.status.as_str()).collect();
         assert_eq!(statuses, ["paid", "shipped", "paid"], "in the order they came");
         // An entry from before digests were kept: as new as it is, a repeat (as then).
         assert!(!is_newer(Some(&1_000i64.to_be_bytes()), 1_000, &shipped.version_digest()));

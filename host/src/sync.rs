@@ -10,10 +10,10 @@
 //! jitter; the others, and a pull that used up `max_attempts`, pause for longer and are
 //! shown on the shop's status.
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::{ShopConfig, SyncDefaults};
-use crate::runtime::bindings::berth::connector::types::{
-    ConnectorError, Order, OrderStatus, PullRequest, TimeWindow,
+use berth_types::connector::{
+    ConnectorError, Order, PullRequest, TimeWindow,
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
 use crate::retry::{ErrorKind, Job};
@@ -78,25 +78,11 @@ enum Next {
     Wait(Duration),
 }
 
-pub fn status_name(s: OrderStatus) -> &'static str {
-    match s {
-        OrderStatus::Unpaid => "unpaid",
-        OrderStatus::Paid => "paid",
-        OrderStatus::PartiallyShipped => "partially-shipped",
-        OrderStatus::Shipped => "shipped",
-        OrderStatus::Delivered => "delivered",
-        OrderStatus::Completed => "completed",
-        OrderStatus::Cancelled => "cancelled",
-        OrderStatus::Refunded => "refunded",
-        OrderStatus::Other => "other",
-    }
-}
-
 pub fn to_record(o: Order) -> OrderData {
     let raw = serde_json::from_str(&o.raw_json).unwrap_or(serde_json::Value::String(o.raw_json));
     OrderData {
         order_id: o.order_id,
-        status: status_name(o.status).to_string(),
+        status: o.status,
         platform_status: o.platform_status,
         created_at_ms: o.created_at_ms,
         updated_at_ms: o.updated_at_ms,
@@ -265,7 +251,7 @@ impl ShopWorker {
                     self.update(|s| s.last_error = Some(call.to_string()));
                     return Ok(Next::Wait(wait));
                 }
-                return Err(StepError::Failed(ErrorKind::of_call(&call), call.to_string()));
+                return Err(StepError::Failed(call.kind(), call.to_string()));
             }
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled; parking the shop");

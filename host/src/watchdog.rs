@@ -10,7 +10,7 @@
 //! the writer's running batch has taken. Past the limit it logs why and exits with
 //! status 3.
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use berth_storage::Store;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

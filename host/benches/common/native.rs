@@ -14,7 +14,7 @@ use berth_host::runtime::state::{CallContext, HostServices, HostState};
 use berth_sdk::bindings::berth::connector as sb;
 use berth_sdk::native::MetricKind;
 use berth_sdk::Connector;
-use hb::types::{ConnectorError, OrderPage, PullRequest};
+use berth_types::connector::{ConnectorError, OrderPage, PullRequest};
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
@@ -170,11 +170,11 @@ fn sdk_request(r: &PullRequest) -> berth_sdk::PullRequest {
 /// these by wasmtime; the native one is moved field by field).
 fn host_page(p: berth_sdk::OrderPage) -> OrderPage {
     use berth_sdk::OrderStatus as S;
-    use hb::types::OrderStatus as H;
+    use berth_types::connector::OrderStatus as H;
     let orders = p
         .orders
         .into_iter()
-        .map(|o| hb::types::Order {
+        .map(|o| berth_types::connector::Order {
             order_id: o.order_id,
             status: match o.status {
                 S::Unpaid => H::Unpaid,
@@ -195,7 +195,7 @@ fn host_page(p: berth_sdk::OrderPage) -> OrderPage {
             lines: o
                 .lines
                 .into_iter()
-                .map(|l| hb::types::OrderLine {
+                .map(|l| berth_types::connector::OrderLine {
                     line_id: l.line_id,
                     sku: l.sku,
                     title: l.title,

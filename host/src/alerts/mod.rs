@@ -213,12 +213,12 @@ impl Alerts {
     /// A canary was rolled back: the canary-rollback rules fire for the connector.
     pub fn canary_rolled_back(&self, connector: &str, reason: &str) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.rollbacks.push((connector.to_string(), crate::clock::now_ms(), reason.to_string()));
+        st.rollbacks.push((connector.to_string(), berth_types::clock::now_ms(), reason.to_string()));
     }
 
     /// Read what the rules need from the host.
     pub fn observe(&self, src: &Sources) -> Observation {
-        let now_ms = crate::clock::now_ms();
+        let now_ms = berth_types::clock::now_ms();
         let mut obs = Observation { now_ms, ..Observation::default() };
         let slots = src.registry.slots();
         for &w in &self.windows {
@@ -334,7 +334,7 @@ impl Alerts {
     /// alert is not an order) and the log's tail in memory.
     fn persist(&self, st: &mut State, status: &str, alert: &AlertRecord) {
         let firing = st.firing.get(&alert.fingerprint).map(|f| serde_json::to_vec(f).unwrap_or_default());
-        let entry = LogEntry { at_ms: crate::clock::now_ms(), status: status.to_string(), alert: alert.clone() };
+        let entry = LogEntry { at_ms: berth_types::clock::now_ms(), status: status.to_string(), alert: alert.clone() };
         let logged = serde_json::to_vec(&entry).unwrap_or_default();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -412,7 +412,7 @@ mod tests {
         let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
         let alerts = Alerts::open(&db, &cfg).unwrap();
         let obs = |age_ms: i64| Observation {
-            now_ms: crate::clock::now_ms(),
+            now_ms: berth_types::clock::now_ms(),
             queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(age_ms) }],
             ..Observation::default()
         };

@@ -7,9 +7,7 @@
 use super::{AlertRecord, Severity};
 use crate::config::Secret;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -157,9 +155,8 @@ impl Notice {
 
 /// DingTalk's robot signature: base64(HMAC-SHA256(secret, "{timestamp}\n{secret}")).
 pub fn dingtalk_sign(secret: &str, timestamp_ms: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(format!("{timestamp_ms}\n{secret}").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    let mac = berth_types::digest::hmac_sha256(secret.as_bytes(), format!("{timestamp_ms}\n{secret}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac)
 }
 
 /// How one receiver is doing, for the API and the dashboard.
@@ -191,7 +188,7 @@ impl Receiver {
         let body = serde_json::to_vec(&notice.body(self.config.format)).map_err(|e| e.to_string())?;
         let mut url = url::Url::parse(&self.config.url).map_err(|e| e.to_string())?;
         let mut req = self.client.post(url.clone()).header("content-type", "application/json");
-        let now = crate::clock::now_ms();
+        let now = berth_types::clock::now_ms();
         match (self.config.format, &self.config.secret) {
             (Format::Dingtalk, Some(s)) => {
                 url.query_pairs_mut().append_pair("timestamp", &now.to_string()).append_pair("sign", &dingtalk_sign(s.expose(), now));

@@ -102,7 +102,7 @@ pub fn status(st: &ApiState) -> StatusView {
     let tiers = st.health.summary(&health);
     let shops = health.into_iter().map(|h| ShopRow { pull: pulls.remove(&h.shop), health: h }).collect();
     StatusView {
-        generated_at_ms: crate::clock::now_ms(),
+        generated_at_ms: berth_types::clock::now_ms(),
         source: st.alerts.source().to_string(),
         connectors,
         tiers,

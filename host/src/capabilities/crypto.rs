@@ -1,30 +1,8 @@
 //! Signing primitives for `berth:connector/crypto`, computed natively.
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use md5::{Digest, Md5};
-use sha2::Sha256;
 
-pub fn md5(data: &[u8]) -> Vec<u8> {
-    Md5::digest(data).to_vec()
-}
-
-pub fn sha256(data: &[u8]) -> Vec<u8> {
-    Sha256::digest(data).to_vec()
-}
-
-pub fn hmac_md5(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Md5> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
+pub use berth_types::digest::{hmac_md5, hmac_sha256, md5, sha256};
 
 pub fn base64_encode(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

@@ -131,7 +131,7 @@ impl KvScope<'_> {
 
     /// Write `key` (no bound on writes per minute: for the host's own use and tests).
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.set_within(key, value, u64::MAX, crate::clock::now_ms()).map_err(|e| e.to_string())
+        self.set_within(key, value, u64::MAX, berth_types::clock::now_ms()).map_err(|e| e.to_string())
     }
 
     /// Write `key` if the scope's quota and its writes this minute (`per_minute`, at

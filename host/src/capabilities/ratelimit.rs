@@ -502,7 +502,7 @@ impl RateLimits {
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         // Forget holds that have passed, so the map stays as small as the set of held quotas.
         blocked.retain(|_, h| h.until > now);
-        let state = HoldState { until, since_ms: crate::clock::now_ms(), length: wait, throttle, cause };
+        let state = HoldState { until, since_ms: berth_types::clock::now_ms(), length: wait, throttle, cause };
         match blocked.entry((platform.to_string(), key)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 // The later end wins; a throttle is not downgraded to pacing.
@@ -617,7 +617,7 @@ impl RateLimits {
         let p = platforms.get(platform).unwrap_or(&unconfigured);
         let no_slot = |wait: Duration| NoSlot { platform: platform.to_string(), wait_ms: wait.as_millis() as u64 };
         // Outside the allowed hours, or while the platform holds the quota: wait.
-        let closed = wait_until_open(&p.windows, p.zone, crate::clock::now_ms());
+        let closed = wait_until_open(&p.windows, p.zone, berth_types::clock::now_ms());
         let mut waited = self.blocked_for(platform, key).max(closed);
         if waited > budget {
             return Err(no_slot(waited));

@@ -8,7 +8,7 @@
 //! Switching takes at most `check_interval_ms × fail_after` plus one probe timeout
 //! (10–15 s with the defaults), well inside the alert time of any tier.
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::{PlatformConfig, StandbyConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -108,7 +108,7 @@ impl Degrade {
                 None if h.state == "unknown" => "it has not been probed yet".to_string(),
                 None if h.state == "paused" => "it is paused".to_string(),
                 None => format!("its last probe found it {}", h.state),
-                Some(since) => format!("it has been down for {} s", (crate::clock::now_ms() - since) / 1000),
+                Some(since) => format!("it has been down for {} s", (berth_types::clock::now_ms() - since) / 1000),
             }
         };
         let tiers: Vec<String> = cfg.degrade_tiers.iter().map(|t| format!("{t:?}")).collect();

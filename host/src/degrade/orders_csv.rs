@@ -7,12 +7,12 @@
 //! Every row is checked before anything is taken; the first problems are reported
 //! with their row numbers.
 
+use berth_types::connector::OrderStatus;
 use crate::store::{OrderData, OrderLineRecord};
 use std::collections::BTreeMap;
 
 const REQUIRED: [&str; 8] = ["order_id", "status", "updated_at", "currency", "total", "sku", "quantity", "unit_price"];
 const OPTIONAL: [&str; 6] = ["created_at", "platform_status", "line_id", "title", "buyer_name", "buyer_phone"];
-const STATUSES: [&str; 9] = ["unpaid", "paid", "partially-shipped", "shipped", "delivered", "completed", "cancelled", "refunded", "other"];
 /// Problems reported at most.
 const MAX_PROBLEMS: usize = 20;
 /// Rows taken in one import.
@@ -65,7 +65,7 @@ fn time_ms(value: &str) -> Result<i64, String> {
     let t = chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())
         .map_err(|_| format!("`{value}` is not an RFC 3339 time with an offset (e.g. 2026-12-01T10:00:00+08:00)"))?;
-    let now = crate::clock::now_ms();
+    let now = berth_types::clock::now_ms();
     if t < crate::runtime::limits::EARLIEST_ORDER_MS || t > now.saturating_add(crate::runtime::limits::MAX_AHEAD_MS) {
         return Err(format!("`{value}` is outside 2000-01-01 .. a day from now"));
     }
@@ -127,10 +127,13 @@ pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
             bad("order_id must be 1..=128 characters".into());
             continue;
         }
-        let status = get("status").to_ascii_lowercase();
-        if !STATUSES.contains(&status.as_str()) {
-            bad(format!("status `{status}` is not one of {}", STATUSES.join(", ")));
-        }
+        let status = match get("status").to_ascii_lowercase().parse::<OrderStatus>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                bad(format!("status `{}` is not one of {}", e.0, OrderStatus::ALL.map(OrderStatus::as_str).join(", ")));
+                None
+            }
+        };
         let currency = get("currency").to_ascii_uppercase();
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             bad(format!("currency `{currency}` is not an ISO 4217 code"));
@@ -151,7 +154,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
         if sku.is_empty() {
             bad("sku is empty".into());
         }
-        let (Some(updated), Some(created), Some(total), Some(unit_price), Some(quantity)) = (updated, created, total, unit_price, quantity) else {
+        let (Some(status), Some(updated), Some(created), Some(total), Some(unit_price), Some(quantity)) = (status, updated, created, total, unit_price, quantity) else {
             continue;
         };
         let n = match index.get(&order_id) {
@@ -166,12 +169,12 @@ pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
             None => {
                 index.insert(order_id.clone(), orders.len());
                 let platform_status = match get("platform_status") {
-                    s if s.is_empty() => status.clone(),
+                    s if s.is_empty() => status.to_string(),
                     s => s,
                 };
                 orders.push(OrderData {
                     order_id: order_id.clone(),
-                    status: status.clone(),
+                    status,
                     platform_status,
                     created_at_ms: created,
                     updated_at_ms: updated,

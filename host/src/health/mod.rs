@@ -245,7 +245,7 @@ impl HealthBook {
 
     /// Start watching a shop; its stored history within the window comes back.
     pub fn register(&self, shop: &str, connector: &str, platform: &str, tier: Tier) {
-        let oldest = self.oldest_minute(crate::clock::now_ms());
+        let oldest = self.oldest_minute(berth_types::clock::now_ms());
         let mut minutes = BTreeMap::new();
         let mut prefix = shop.as_bytes().to_vec();
         prefix.push(0);
@@ -340,7 +340,7 @@ impl HealthBook {
 
     /// Every watched shop, by name.
     pub fn shops(&self) -> Vec<ShopHealth> {
-        let now = crate::clock::now_ms();
+        let now = berth_types::clock::now_ms();
         let holds = self.holds.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(std::sync::Weak::upgrade);
         let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<ShopHealth> = shops
@@ -452,7 +452,7 @@ mod tests {
         let cfg = HealthConfig { window_secs: 3600, ..HealthConfig::default() };
         let book = HealthBook::open(&db, cfg.clone()).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
-        let now = crate::clock::now_ms();
+        let now = berth_types::clock::now_ms();
         // Two hours ago: outside the window, dropped.
         book.record("acme", probe(now - 2 * 3600 * 1000, false));
         for i in 0..999 {
@@ -484,7 +484,7 @@ mod tests {
         let cfg = HealthConfig { shop_labels: true, ..HealthConfig::default() };
         let book = HealthBook::open(&db, cfg).unwrap();
         book.register("labelled-shop", "shopify", "shopify", Tier::B);
-        book.record("labelled-shop", probe(crate::clock::now_ms(), true));
+        book.record("labelled-shop", probe(berth_types::clock::now_ms(), true));
         book.export();
         let text = crate::metrics::Metrics::get().render();
         assert!(text.contains("berth_shop_up{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");

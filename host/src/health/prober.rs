@@ -60,7 +60,7 @@ impl Prober {
             Err(e) => (false, call_error_outcome(&e), e.to_string()),
         };
         ProbeResult {
-            at_ms: crate::clock::now_ms(),
+            at_ms: berth_types::clock::now_ms(),
             up,
             outcome: outcome.to_string(),
             message: crate::runtime::state::bounded(&message, MAX_MESSAGE).to_string(),

@@ -7,7 +7,7 @@
 
 use super::{capability_name, PluginError, ScratchHost};
 use crate::config::{Secret, ShopConfig, Tier};
-use crate::runtime::bindings::berth::connector::types::{
+use berth_types::connector::{
     Capability, ConnectorError, Event, Manifest, Order, PullRequest, StockUpdate, TimeWindow, UpdateResult, WebhookRequest,
 };
 use crate::runtime::tape::{Exchange, Tape};
@@ -211,7 +211,7 @@ impl Suite {
         out.map_err(|e| e.to_string())
     }
 
-    async fn pull(&mut self, window: TimeWindow, cursor: Option<String>) -> Result<Result<crate::runtime::bindings::berth::connector::types::OrderPage, ConnectorError>, String> {
+    async fn pull(&mut self, window: TimeWindow, cursor: Option<String>) -> Result<Result<berth_types::connector::OrderPage, ConnectorError>, String> {
         match self.call(Call::Pull(PullRequest { window, page_cursor: cursor })).await? {
             Output::Pull(r) => Ok(r),
             _ => Err("the host answered a pull with another call's output".into()),
@@ -351,7 +351,7 @@ impl Suite {
             p.push(format!("created-at-ms {} is not {}", o.created_at_ms, sim.created_s * 1000));
         }
         // The WIT name, which is how the simulator names the status it expects.
-        let status = crate::sync::status_name(o.status);
+        let status = o.status.as_str();
         let want = profiles::normalized_status(self.platform, sim);
         if status != want {
             p.push(format!("status {status} is not {want}"));

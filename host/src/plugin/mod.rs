@@ -9,7 +9,7 @@ pub mod conformance;
 
 use crate::capabilities::kv::KvStore;
 use crate::config::{Config, PlatformConfig};
-use crate::runtime::bindings::berth::connector::types::{Capability, Manifest};
+use berth_types::connector::{Capability, Manifest};
 use crate::runtime::state::HostServices;
 use crate::runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
 use std::collections::BTreeMap;

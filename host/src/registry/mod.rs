@@ -12,7 +12,7 @@ pub mod slot;
 pub mod store;
 
 use crate::capabilities::http::HostAllowlist;
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::ConnectorConfig;
 use crate::runtime::{digest, ConnectorRuntime, LoadError, LoadedConnector};
 use serde::Serialize;
@@ -151,8 +151,8 @@ fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> Versio
     }
 }
 
-fn capability_name(c: crate::runtime::bindings::berth::connector::types::Capability) -> &'static str {
-    use crate::runtime::bindings::berth::connector::types::Capability;
+fn capability_name(c: berth_types::connector::Capability) -> &'static str {
+    use berth_types::connector::Capability;
     match c {
         Capability::Orders => "orders",
         Capability::Inventory => "inventory",

@@ -4,7 +4,7 @@
 //! platform and changes no state. Both outputs are compared field by field; the report
 //! lists every difference (the first 200 in full) and promotion waits for a complete match.
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::ShopConfig;
 use crate::runtime::tape::Tape;
 use crate::runtime::{Call, CallError, LoadedConnector, Output};

@@ -4,7 +4,7 @@
 
 use super::shadow::{Shadow, ShadowReport};
 use crate::config::ShopConfig;
-use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
+use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
 use crate::runtime::tape::Tape;
 use crate::runtime::{Call, CallError, LoadedConnector, Output};
 use std::collections::BTreeSet;

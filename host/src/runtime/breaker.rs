@@ -11,7 +11,7 @@
 //! and they never trip the breaker. Neither do `busy` (the host's own queueing) and
 //! instance-creation failures (the host's pool).
 
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -82,7 +82,7 @@ impl LogBudget {
             }
             return false;
         }
-        match self.minute.take(n, crate::clock::now_ms()) {
+        match self.minute.take(n, berth_types::clock::now_ms()) {
             Ok(()) => true,
             Err(first) => {
                 crate::metrics::Metrics::get().log_dropped(&self.connector, n);

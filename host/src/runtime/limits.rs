@@ -6,7 +6,7 @@
 //! bytes returned).
 
 use crate::config::{LimitOverrides, RuntimeConfig};
-use crate::runtime::bindings::berth::connector::types::{Event, Order};
+use berth_types::connector::{Event, Order};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -247,7 +247,7 @@ mod tests {
     }
 
     fn order(id: &str, sku: &str, title: &str) -> Order {
-        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus};
+        use berth_types::connector::{OrderLine, OrderStatus};
         Order {
             order_id: id.into(),
             status: OrderStatus::Paid,
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn every_guest_string_in_an_order_is_bounded() {
-        use crate::runtime::bindings::berth::connector::types::StockUpdate;
+        use berth_types::connector::StockUpdate;
         let l = ConnectorLimits::resolve(&RuntimeConfig::default(), &LimitOverrides::default());
         assert!(check_orders(&[order("A-1", "S", "t")], &l, NOW).is_ok());
         let long = "x".repeat(MAX_ID_BYTES + 1);

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod call_stats;
 mod compat_v0_1;
 pub mod compile_cache;
+pub mod convert;
 pub mod engine;
 pub mod guest_log;
 pub mod limits;
@@ -17,7 +18,7 @@ pub mod tape;
 
 use crate::capabilities::http::HostAllowlist;
 use crate::config::{RuntimeConfig, ShopConfig};
-use bindings::berth::connector::types::{
+use berth_types::connector::{
     ConnectorError, Event, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest,
 };
 use bindings::{Connector, ConnectorPre};
@@ -450,6 +451,21 @@ pub fn error_outcome(e: &ConnectorError) -> &'static str {
     }
 }
 
+impl CallError {
+    /// How a retry policy sees a call that did not return.
+    pub fn kind(&self) -> berth_types::retry::ErrorKind {
+        use berth_types::retry::ErrorKind;
+        match self {
+            CallError::Timeout { .. } => ErrorKind::Timeout,
+            CallError::Trap { .. } | CallError::OutOfFuel { .. } | CallError::OutputTooLarge { .. } | CallError::BadOutput { .. } => ErrorKind::Trap,
+            CallError::Busy { .. } | CallError::NoInstance { .. } | CallError::HeldBack { .. } => ErrorKind::Timeout,
+            CallError::Instantiate(_) => ErrorKind::Trap,
+            // Callers wait an isolation out (`CallError::isolated_for`) before asking.
+            CallError::Isolated { .. } => ErrorKind::Trap,
+        }
+    }
+}
+
 /// The `outcome` metric label of a call that did not return.
 pub fn call_error_outcome(e: &CallError) -> &'static str {
     match e {
@@ -486,7 +502,7 @@ impl Output {
     }
 
     /// Orders the answer carries, to cap their raw JSON.
-    fn orders_mut(&mut self) -> Box<dyn Iterator<Item = &mut bindings::berth::connector::types::Order> + '_> {
+    fn orders_mut(&mut self) -> Box<dyn Iterator<Item = &mut berth_types::connector::Order> + '_> {
         match self {
             Output::Pull(Ok(page)) => Box::new(page.orders.iter_mut()),
             Output::Webhook(Ok(events)) => Box::new(events.iter_mut().filter_map(|e| match e {
@@ -555,7 +571,7 @@ fn placeholder_manifest() -> Manifest {
         wit_version: String::new(),
         capabilities: Vec::new(),
         allowed_hosts: Vec::new(),
-        default_rate_limit: bindings::berth::connector::types::RateLimit { requests_per_minute: 0, burst: 0 },
+        default_rate_limit: berth_types::connector::RateLimit { requests_per_minute: 0, burst: 0 },
         max_window_ms: None,
         required_config: Vec::new(),
     }
@@ -710,7 +726,7 @@ impl LoadedConnector {
     pub async fn manifest_call(&self) -> Result<Manifest, CallError> {
         let started = std::time::Instant::now();
         let (mut store, inst) = self.instance("manifest", None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
-        let r = self.finish("manifest", inst.call_manifest(&mut store)).await;
+        let r = self.finish("manifest", inst.call_manifest(&mut store)).await.map(Manifest::from);
         let outcome = r.as_ref().map_or_else(call_error_outcome, |_| "ok");
         self.observe("manifest", outcome, started, Some(self.usage(&store)));
         r
@@ -719,7 +735,7 @@ impl LoadedConnector {
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
         let started = std::time::Instant::now();
         let (mut store, inst, ticket) = self.start("check", shop, cfg, started).await?;
-        let mut r = self.finish("check", inst.call_check(&mut store, shop)).await;
+        let mut r = self.finish("check", inst.call_check(&mut store, shop)).await.map(convert::answer);
         self.judge(ticket, r.as_ref().err());
         store.data().redactor().health(&mut r);
         let outcome = match &r {
@@ -800,14 +816,19 @@ impl LoadedConnector {
         store.data_mut().tape = tape;
         let out = match &call {
             Call::Pull(req) => self
-                .finish("pull-orders", inst.call_pull_orders(&mut store, shop, req))
+                .finish("pull-orders", inst.call_pull_orders(&mut store, shop, &convert::pull_request(req)))
                 .await
+                .map(convert::answer)
                 .and_then(|r| held_back_as_throttle("pull-orders", r, store.data().held_back()).map(Output::Pull)),
             Call::Push(updates) => self
-                .finish("push-inventory", inst.call_push_inventory(&mut store, shop, updates))
+                .finish("push-inventory", inst.call_push_inventory(&mut store, shop, &convert::stock_updates(updates)))
                 .await
+                .map(convert::answers)
                 .and_then(|r| held_back_as_throttle("push-inventory", r, store.data().held_back()).map(Output::Push)),
-            Call::Webhook(req) => self.finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, req)).await.map(Output::Webhook),
+            Call::Webhook(req) => self
+                .finish("handle-webhook", inst.call_handle_webhook(&mut store, shop, &convert::webhook_request(req)))
+                .await
+                .map(|r| Output::Webhook(convert::answers(r))),
         };
         let mut out = out;
         store.data().redactor().output(&mut out);
@@ -830,7 +851,7 @@ impl LoadedConnector {
                 );
                 crate::metrics::Metrics::get().limit_hit(&self.name, "raw_json_dropped", capped as u64);
             }
-            match o.within(&self.limits, &call, crate::clock::now_ms()) {
+            match o.within(&self.limits, &call, berth_types::clock::now_ms()) {
                 Ok(()) => Ok(o),
                 Err(limits::Refusal::TooLarge(why)) => Err(CallError::OutputTooLarge { call: call.name(), why }),
                 Err(limits::Refusal::Bad(why)) => Err(CallError::BadOutput { call: call.name(), why }),
@@ -911,7 +932,7 @@ impl LoadedConnector {
     }
 
     /// Whether the manifest offers a capability.
-    pub fn offers(&self, cap: bindings::berth::connector::types::Capability) -> bool {
+    pub fn offers(&self, cap: berth_types::connector::Capability) -> bool {
         self.manifest.capabilities.contains(&cap)
     }
 }

@@ -8,7 +8,7 @@
 //! connector's own state are not touched: they are the connector's, never served.
 
 use crate::config::ShopConfig;
-use crate::runtime::bindings::berth::connector::types::{ConnectorError, Event, Order, UpdateResult};
+use berth_types::connector::{ConnectorError, Event, Order, UpdateResult};
 use std::borrow::Cow;
 
 /// Values shorter than this are not searched for (they would match ordinary text).
@@ -144,7 +144,7 @@ impl Redactor {
     }
 
     /// What `check` hands back.
-    pub fn health(&self, r: &mut Result<Result<crate::runtime::bindings::berth::connector::types::Health, ConnectorError>, super::CallError>) {
+    pub fn health(&self, r: &mut Result<Result<berth_types::connector::Health, ConnectorError>, super::CallError>) {
         match r {
             Ok(Ok(h)) => self.owned(&mut h.message),
             Ok(Err(e)) => self.error(e),
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn orders_lose_the_secrets_raw_json_included() {
-        use crate::runtime::bindings::berth::connector::types::{OrderLine, OrderStatus};
+        use berth_types::connector::{OrderLine, OrderStatus};
         let mut cfg: ShopConfig = toml::from_str("connector = \"c\"").unwrap();
         cfg.secrets.insert("app_secret".into(), Secret::new("sec/ret\"key"));
         let r = Redactor::for_shop(Some(&cfg));

@@ -444,7 +444,7 @@ impl kv::Host for HostState {
             return Ok(());
         }
         let scope = self.services.kv.scope(&self.ctx.connector, self.shop_name());
-        match scope.set_within(&key, &value, self.ctx.kv_write_per_minute, crate::clock::now_ms()) {
+        match scope.set_within(&key, &value, self.ctx.kv_write_per_minute, berth_types::clock::now_ms()) {
             Ok(()) => {
                 self.kv_written += n;
                 Ok(())

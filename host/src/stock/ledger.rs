@@ -9,7 +9,7 @@
 //! times collects, and a status page or scrape costs the same at any number of SKUs.
 
 use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use berth_storage::store::Keyspace;
 use berth_storage::{Store, WriteCtx};
 use std::collections::{BTreeSet, HashMap};

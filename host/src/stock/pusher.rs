@@ -6,10 +6,10 @@
 //! policy does not retry); SKUs a connector did not get to stay due.
 
 use super::{PushOutcome, SkuStock, StockLedger};
-use crate::clock::now_ms;
+use berth_types::clock::now_ms;
 use crate::config::ShopConfig;
 use crate::retry::{ErrorKind, Job};
-use crate::runtime::bindings::berth::connector::types::{ConnectorError, StockUpdate, UpdateResult};
+use berth_types::connector::{ConnectorError, StockUpdate, UpdateResult};
 use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;
 use serde::Serialize;
@@ -186,7 +186,7 @@ impl ShopPusher {
                     self.update(|s| s.last_error = Some(call.to_string()));
                     return Ok(Next::Park(wait));
                 }
-                return self.fail_all(conn, &batch, ErrorKind::of_call(&call), call.to_string()).await;
+                return self.fail_all(conn, &batch, call.kind(), call.to_string()).await;
             }
             Ok(Err(ConnectorError::RateLimited(ms))) => {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
