@@ -18,7 +18,8 @@
 //! 1500; `ROUNDS=n`, default 3). The component is the one the test build makes
 //! (`cargo test -p berth-tests --no-run`).
 
-use berth_host::config::{Secret, ShopConfig, Tier};
+use berth_types::Secret;
+use berth_types::shop::{ShopConfig, Tier};
 use berth_host::inbox::OrderInbox;
 use berth_host::plugin::ScratchHost;
 use berth_host::queue::{QueuePolicy, StoreQueues};

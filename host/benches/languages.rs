@@ -16,7 +16,8 @@
 //! `Store<()>` (every import a trap; `manifest` calls none) and called — no per-call host
 //! state, limiter, deadline callback, call permit or metrics. The difference is berth's.
 
-use berth_host::config::{Secret, ShopConfig, Tier};
+use berth_types::Secret;
+use berth_types::shop::{ShopConfig, Tier};
 use berth_host::plugin::ScratchHost;
 use berth_types::connector::{PullRequest, TimeWindow};
 use berth_host::runtime::tape::Tape;

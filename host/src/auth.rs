@@ -6,10 +6,12 @@
 //! compared with every one of them in constant time (`subtle`), so neither its length
 //! nor which token it matched shows in the time taken. A token never reaches a log line.
 
-use crate::config::{Access, AdminConfig, Role};
+use berth_types::access::{Access, Role};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+use serde::Deserialize;
+use berth_types::Secret;
 
 /// Who made a call: a token's holder and role, or nobody (`role: None`) on an API
 /// without tokens; `scope` when the token sees only some shops.
@@ -157,6 +159,82 @@ impl AdminAuth {
             return Err(AuthError::Forbidden { name: t.name.clone(), have: t.role, need });
         }
         Ok(Caller { name: t.name.clone(), role: Some(t.role), scope: t.scope.clone() })
+    }
+}
+
+/// Who may call the API: the ERP, people reading status, ops under `/v1/admin`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer tokens, each with a role. With none, `/v1/admin` refuses every call and
+    /// the rest of the API answers without a token — allowed on a loopback listener
+    /// only (or with `[server] insecure = true`). With any, every call but `/healthz`,
+    /// `/readyz` and platform webhooks needs one.
+    pub tokens: Vec<AdminToken>,
+    /// Largest component a deploy takes.
+    pub max_component_mb: u32,
+    /// Refused attempts without a valid token written to the audit log one by one per
+    /// minute; the rest are counted in one entry (and in `berth_api_refused_total`).
+    pub max_unauthenticated_audits_per_minute: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { tokens: Vec::new(), max_component_mb: 32, max_unauthenticated_audits_per_minute: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it: written to the audit log with every change it makes.
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+    /// The shops this token may see and change (exact names, or a prefix ending in `*`:
+    /// `["acme-*", "globex"]`): one ERP vendor's merchant, in a berth serving many. Its
+    /// leases come from those shops' queue partitions only, every call naming another
+    /// shop answers 404, and whole-host views (metrics, alerts, the dashboard's status,
+    /// platforms, connectors, the feed's counters) are not for it. All shops when absent.
+    #[serde(default)]
+    pub shops: Option<Vec<String>>,
+}
+
+impl AdminConfig {
+    /// `[admin]` on its own: tokens named, long enough, unique; shop scopes well formed
+    /// and only on roles that concern shops.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.name.is_empty() || t.token.expose().len() < 16 {
+                return Err(format!("admin.tokens[{i}]: a token needs a name and at least 16 characters (e.g. `openssl rand -hex 24`)"));
+            }
+            if self.tokens[..i].iter().any(|o| o.name == t.name || o.token.expose() == t.token.expose()) {
+                return Err(format!("admin.tokens[{i}] (`{}`): names and tokens must be unique", t.name));
+            }
+        }
+        for t in &self.tokens {
+            let Some(shops) = &t.shops else { continue };
+            let pattern_ok = |p: &String| {
+                let name = p.strip_suffix('*').unwrap_or(p);
+                !p.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+            };
+            if shops.is_empty() || !shops.iter().all(pattern_ok) {
+                return Err(format!(
+                    "admin.tokens `{}`: shops must list shop names or prefixes ending in `*` (e.g. [\"acme-*\", \"globex\"])",
+                    t.name
+                ));
+            }
+            if !matches!(t.role, Role::Erp | Role::Viewer | Role::Operator) {
+                return Err(format!(
+                    "admin.tokens `{}`: a token scoped to shops may have role erp, viewer or operator; deploys and the audit log concern every shop",
+                    t.name
+                ));
+            }
+        }
+        if self.max_component_mb == 0 {
+            return Err("admin.max_component_mb must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

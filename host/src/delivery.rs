@@ -14,7 +14,7 @@
 //! `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{timestamp}.{body}"))`.
 
 use berth_types::clock::now_ms;
-use crate::config::{ErpConfig, Secret};
+use berth_types::Secret;
 use crate::inbox::{LeasedOrder, OrderInbox};
 use crate::queue::QueueError;
 use serde::Serialize;
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
+use serde::Deserialize;
 
 /// What ops see about webhook delivery.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -199,6 +200,73 @@ impl ErpDeliverer {
         }
         let text = resp.text().await.unwrap_or_default();
         Err(DeliveryError::Status { status: status.as_u16(), body: crate::runtime::state::bounded(&text, 300).to_string() })
+    }
+}
+
+/// How the ERP receives orders from the inbound queue: it leases them over HTTP, and/or
+/// berth posts them to `webhook_url`. Each queued order goes to one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpConfig {
+    /// Leases (or webhook deliveries) of one order before it moves to the dead letters.
+    pub max_attempts: u32,
+    /// Idempotency keys of the order queue are forgotten after this long.
+    pub idempotency_ttl_hours: u64,
+    /// Post new orders here (JSON `{"orders": [...]}`); 2xx acknowledges the batch.
+    pub webhook_url: Option<String>,
+    /// Signs each delivery: `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{X-Berth-Timestamp}.{body}"))`.
+    pub webhook_secret: Option<Secret>,
+    /// Orders per delivery.
+    pub webhook_batch: usize,
+    pub webhook_timeout_ms: u64,
+    /// Backoff after a failed delivery: base doubling up to max, with jitter.
+    pub webhook_retry_base_ms: u64,
+    pub webhook_retry_max_ms: u64,
+    /// Bytes of orders one answer carries (`GET /v1/orders`, a lease, a webhook
+    /// delivery), at least one order; read on with `next_after` or another lease.
+    pub max_response_bytes: u64,
+}
+
+impl Default for ErpConfig {
+    fn default() -> Self {
+        ErpConfig {
+            max_attempts: 20,
+            idempotency_ttl_hours: 168,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: 50,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_base_ms: 1_000,
+            webhook_retry_max_ms: 300_000,
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl ErpConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("erp.max_attempts must be at least 1".into());
+        }
+        if let Some(u) = &self.webhook_url {
+            let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+            if !ok {
+                return Err(format!("erp.webhook_url `{u}` must be an http:// or https:// URL"));
+            }
+        }
+        if self.max_response_bytes < 1024 {
+            return Err("erp.max_response_bytes must be at least 1024".into());
+        }
+        if self.idempotency_ttl_hours == 0 {
+            return Err("erp.idempotency_ttl_hours must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.webhook_batch) || self.webhook_timeout_ms == 0 {
+            return Err("erp.webhook_batch must be 1..=1000 and erp.webhook_timeout_ms positive".into());
+        }
+        if self.webhook_retry_base_ms == 0 || self.webhook_retry_max_ms < self.webhook_retry_base_ms {
+            return Err("erp.webhook_retry_base_ms must be positive and not above erp.webhook_retry_max_ms".into());
+        }
+        Ok(())
     }
 }
 

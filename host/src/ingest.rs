@@ -5,7 +5,7 @@
 //! that sees an error delivers again and nothing is lost or queued twice. An event that
 //! only names a changed order wakes the shop's pull.
 
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use crate::inbox::{OrderInbox, QueuedOrder};
 use berth_types::connector::{ConnectorError, Event, WebhookRequest};
 use crate::registry::ConnectorSlot;

@@ -478,7 +478,7 @@ impl Metrics {
 
     /// Set the health gauges (at scrape time) from the tier summaries and, when shop
     /// labels are configured, each shop.
-    pub fn health(&self, tiers: &[crate::health::TierSummary], shops: Option<&[crate::health::ShopHealth]>, sla: impl Fn(crate::config::Tier) -> f64) {
+    pub fn health(&self, tiers: &[crate::health::TierSummary], shops: Option<&[crate::health::ShopHealth]>, sla: impl Fn(berth_types::shop::Tier) -> f64) {
         self.shops.clear();
         self.availability.clear();
         self.shops_below_sla.clear();
@@ -494,7 +494,7 @@ impl Metrics {
             }
             self.shops_below_sla.get_or_create(&labels).set(t.below_sla as i64);
         }
-        for tier in [crate::config::Tier::A, crate::config::Tier::B, crate::config::Tier::C] {
+        for tier in [berth_types::shop::Tier::A, berth_types::shop::Tier::B, berth_types::shop::Tier::C] {
             self.sla_target.get_or_create(&SlaLabels { tier: format!("{tier:?}") }).set(sla(tier) / 100.0);
         }
         self.shop_up.clear();

@@ -4,7 +4,8 @@
 //! platform and is reloaded with the config, so a changed policy applies to the next
 //! failure.
 
-use crate::config::{Config, PlatformConfig};
+use crate::config::Config;
+use crate::capabilities::config::PlatformConfig;
 pub use berth_types::retry::{ErrorKind, Job, RetryOverrides, RetryPolicy, DEFAULT_RETRY_ON};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

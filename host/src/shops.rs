@@ -4,7 +4,8 @@
 //! settings and stops removed ones (their stored orders and stock records stay).
 
 use crate::api::stock::StockShop;
-use crate::config::{ShopConfig, SyncDefaults};
+use berth_types::shop::ShopConfig;
+use crate::sync::SyncDefaults;
 use crate::inbox::OrderInbox;
 use crate::ingest::WebhookShop;
 use crate::registry::ConnectorSlot;
@@ -61,11 +62,6 @@ pub enum ShopError {
 }
 
 /// Settings compared as written (secrets included, never printed).
-fn same_config(a: &ShopConfig, b: &ShopConfig) -> bool {
-    let secrets = |c: &ShopConfig| c.secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect::<Vec<_>>();
-    format!("{a:?}") == format!("{b:?}") && secrets(a) == secrets(b)
-}
-
 impl ShopSet {
     pub fn new(deps: ShopDeps, shutdown: watch::Receiver<bool>) -> Self {
         ShopSet { deps, shops: RwLock::default(), shutdown }
@@ -193,7 +189,7 @@ impl ShopSet {
         }
         for (name, sc) in shops {
             let old = running.get(name);
-            if old.is_some_and(|o| same_config(o, sc)) {
+            if old.is_some_and(|o| o == sc) {
                 continue;
             }
             let Some(s) = slot(&sc.connector) else {

@@ -11,7 +11,7 @@
 //! shown on the shop's status.
 
 use berth_types::clock::now_ms;
-use crate::config::{ShopConfig, SyncDefaults};
+use berth_types::shop::ShopConfig;
 use berth_types::connector::{
     ConnectorError, Order, PullRequest, TimeWindow,
 };
@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
+use serde::Deserialize;
 
 /// What ops and tests see about one shop's pulls.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -407,4 +408,50 @@ enum StepError {
     Failed(ErrorKind, String),
     /// Storage failed; pause longer.
     Pause(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncDefaults {
+    /// How far back the first pull of a new shop reaches.
+    pub initial_lookback_hours: u32,
+    /// Each window starts this far before the last one ended, to catch late updates.
+    pub overlap_secs: u32,
+    /// The newest edge of a window stays this far behind now, so a platform's own
+    /// write lag does not hide an order at the edge.
+    pub settle_secs: u32,
+    /// Backoff for transient errors: base doubling up to max, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Pause after an auth or permanent error before trying again.
+    pub error_pause_secs: u64,
+    /// Pages one window may take; a connector whose cursor has not ended by then fails
+    /// the window (its cursor does not end) and the window starts over after a pause.
+    pub max_pages_per_window: u32,
+}
+
+impl Default for SyncDefaults {
+    fn default() -> Self {
+        SyncDefaults {
+            initial_lookback_hours: 72,
+            overlap_secs: 120,
+            settle_secs: 2,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            error_pause_secs: 60,
+            max_pages_per_window: 2000,
+        }
+    }
+}
+
+impl SyncDefaults {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_pages_per_window == 0 {
+            return Err("sync.max_pages_per_window must be at least 1".into());
+        }
+        if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
+            return Err("sync.retry_base_ms must be positive and not above sync.retry_max_ms".into());
+        }
+        Ok(())
+    }
 }

@@ -5,10 +5,11 @@
 //! manifest, [`connector::ConnectorError`]), how a failure is classed and retried
 //! ([`retry`]: `ErrorKind`, `RetryPolicy`, backoff), shops and their tiers ([`shop`]),
 //! API roles ([`access`]), config secrets that never print ([`secret`]), the clock
-//! ([`clock`]) and the one HMAC/digest helper ([`digest`]).
+//! ([`clock`]), outbound requests and answers ([`http`]) and the one HMAC/digest helper
+//! ([`digest`]).
 //!
 //! Must not know: wasmtime or WIT bindings (berth-runtime converts WIT values to these
-//! types and back, there and nowhere else), storage, HTTP, tokio, or any other berth crate.
+//! types and back, there and nowhere else), storage, an HTTP client, tokio, or any other berth crate.
 //! Dependencies: serde, thiserror, rand (jitter), hmac/sha2/md-5 (digests).
 
 pub mod access;
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod clock;
 pub mod connector;
 pub mod digest;
+pub mod http;
 pub mod retry;
 pub mod secret;
 pub mod shop;

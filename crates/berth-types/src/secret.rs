@@ -3,8 +3,9 @@
 use std::fmt;
 
 /// A secret value. Its `Debug` and `Display` never show it, and it does not serialize:
-/// only [`Secret::expose`] hands the value out, to the code that sends it.
-#[derive(Clone, serde::Deserialize)]
+/// only [`Secret::expose`] hands the value out, to the code that sends it. Equality is
+/// for telling configs apart; checking a caller's token is auth's (in constant time).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

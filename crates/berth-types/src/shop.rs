@@ -24,7 +24,7 @@ impl Tier {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShopConfig {
     pub connector: String,
@@ -65,3 +65,23 @@ impl fmt::Debug for ShopConfig {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_differing_in_a_secret_alone_differ() {
+        let a = ShopConfig {
+            connector: "shopify".into(),
+            tier: Tier::A,
+            poll_interval_secs: None,
+            settings: BTreeMap::from([("base_url".to_string(), "https://a".to_string())]),
+            secrets: BTreeMap::from([("token".to_string(), Secret::new("one"))]),
+        };
+        let b = ShopConfig { secrets: BTreeMap::from([("token".to_string(), Secret::new("two"))]), ..a.clone() };
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "Debug never shows secrets");
+        assert!(a != b && a == a.clone());
+        assert_eq!(a.poll_interval_secs(), 30);
+    }
+}

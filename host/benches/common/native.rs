@@ -5,7 +5,7 @@
 //! what a native connector cannot have: the sandbox (instance, memory and fuel limits,
 //! the deadline interrupt) and the host's checks of the answer (size limits, redaction).
 
-use berth_host::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use berth_host::runtime::bindings::berth::connector as hb;
 use berth_host::runtime::guest_log::LogBudget;
 use berth_host::runtime::limits::ConnectorLimits;

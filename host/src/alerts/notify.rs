@@ -5,7 +5,7 @@
 //! a failed post is retried with backoff and then given up (counted and logged).
 
 use super::{AlertRecord, Severity};
-use crate::config::Secret;
+use berth_types::Secret;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Alert rules: `[[alerts.rules]]` in berth.toml, checked when the config loads, and
 //! what each one makes of an [`Observation`] of the host.
 
-use crate::config::Tier;
+use berth_types::shop::Tier;
 use crate::runtime::call_stats::Tally;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};

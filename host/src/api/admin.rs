@@ -8,7 +8,7 @@
 use super::error;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{AdminAuth, AuthError, Caller};
-use crate::config::Access;
+use berth_types::access::Access;
 use crate::registry::{ConnectorRegistry, DeployError};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};

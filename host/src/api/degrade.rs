@@ -10,7 +10,7 @@
 
 use super::admin::{Action, AdminState};
 use super::error;
-use crate::config::Access;
+use berth_types::access::Access;
 use crate::degrade::DegradeError;
 use crate::stock::StockError;
 use axum::extract::{Path, State};

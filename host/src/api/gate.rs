@@ -7,7 +7,7 @@
 use super::error;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::{access_name, AdminAuth, AuthError};
-use crate::config::Access;
+use berth_types::access::Access;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;

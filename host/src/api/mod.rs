@@ -64,7 +64,7 @@ pub struct ApiState {
 /// gate.rs): health probes, the index, the dashboard's page and platform webhooks (which
 /// carry the platform's signature) need no token.
 pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool) -> Router {
-    use crate::config::Access;
+    use berth_types::access::Access;
     let behind = |need: Access, whole_host: bool, routes: Router<Arc<ApiState>>| {
         routes.route_layer(axum::middleware::from_fn_with_state((gate.clone(), need, whole_host), gate::check))
     };
@@ -606,7 +606,7 @@ async fn health(State(st): State<Arc<ApiState>>) -> Json<HealthView> {
     let shops = st.health.shops();
     Json(HealthView {
         window_secs: cfg.window_secs,
-        tiers: [crate::config::Tier::A, crate::config::Tier::B, crate::config::Tier::C].into_iter().map(|t| (format!("{t:?}"), cfg.policy(t))).collect(),
+        tiers: [berth_types::shop::Tier::A, berth_types::shop::Tier::B, berth_types::shop::Tier::C].into_iter().map(|t| (format!("{t:?}"), cfg.policy(t))).collect(),
         summary: st.health.summary(&shops),
         shops,
     })

@@ -16,8 +16,8 @@
 //! Redirects are not followed: a connector sees the 3xx and decides. Bodies above the cap
 //! are cut off with `too-large`.
 
-use crate::config::HttpConfig;
-use crate::runtime::bindings::berth::connector::http::{HttpError, Method, Request, Response};
+use crate::capabilities::config::HttpConfig;
+use berth_types::http::{HttpError, Method, Request, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! What the host gives a connector, one module per WIT import.
 
+pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod kv;

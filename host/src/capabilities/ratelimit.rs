@@ -20,7 +20,8 @@
 //! rather than a hand-written bucket.
 
 use crate::capabilities::windows::{parse_zone, wait_until_open, TimeWindow, Zone};
-use crate::config::{PlatformConfig, ShopConfig};
+use crate::capabilities::config::PlatformConfig;
+use berth_types::shop::ShopConfig;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::BTreeMap;
@@ -64,7 +65,7 @@ impl PlatformLimiter {
             classes: Vec::new(),
             call_limit_leak: Some(DEFAULT_LEAK_PER_SECOND),
             suspend_after_throttle: Duration::ZERO,
-            max_hold: Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS),
+            max_hold: Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS),
             windows: Vec::new(),
             zone: Zone::UTC,
         }
@@ -519,7 +520,7 @@ impl RateLimits {
 
     /// The longest hold the platform's `max_hold_secs` allows.
     pub fn max_hold(&self, platform: &str) -> Duration {
-        self.snapshot().get(platform).map_or(Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS), |p| p.max_hold)
+        self.snapshot().get(platform).map_or(Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS), |p| p.max_hold)
     }
 
     /// The platform or a connector said `shop`'s quota is spent and asked for `wait`:
@@ -527,7 +528,7 @@ impl RateLimits {
     /// `suspend_after_throttle_secs`. Returns the hold.
     pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration, cause: HoldCause) -> Duration {
         let (suspend, max_hold) = self.snapshot().get(platform).map_or(
-            (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
+            (Duration::ZERO, Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS)),
             |p| (p.suspend_after_throttle, p.max_hold),
         );
         if wait > max_hold {
@@ -550,7 +551,7 @@ impl RateLimits {
         let cause = |reason: String| HoldCause { shop: shop.to_string(), connector: connector.to_string(), reason };
         if let Some(wait) = retry_after(status, headers, now_s) {
             let (suspend, max_hold) = self.snapshot().get(platform).map_or(
-                (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
+                (Duration::ZERO, Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS)),
                 |p| (p.suspend_after_throttle, p.max_hold),
             );
             let held = wait.min(max_hold).max(suspend);

@@ -9,7 +9,7 @@
 //! (10–15 s with the defaults), well inside the alert time of any tier.
 
 use berth_types::clock::now_ms;
-use crate::config::{PlatformConfig, StandbyConfig};
+use crate::capabilities::config::{PlatformConfig, StandbyConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -40,7 +40,7 @@ pub enum DegradeError {
 #[derive(Clone, Debug, Serialize)]
 pub struct DegradeStatus {
     pub shop: String,
-    pub tier: crate::config::Tier,
+    pub tier: berth_types::shop::Tier,
     pub state: &'static str,
     pub down_since_ms: Option<i64>,
     pub degraded: bool,

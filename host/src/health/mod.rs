@@ -6,7 +6,7 @@
 
 pub mod prober;
 
-use crate::config::Tier;
+use berth_types::shop::Tier;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::RwLock;

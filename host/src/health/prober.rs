@@ -1,7 +1,7 @@
 //! One shop's probe loop: the connector's `check` on the tier's interval.
 
 use super::{HealthBook, ProbeResult, MAX_MESSAGE};
-use crate::config::{ShopConfig, Tier};
+use berth_types::shop::{ShopConfig, Tier};
 use crate::registry::ConnectorSlot;
 use crate::runtime::{call_error_outcome, error_outcome};
 use std::sync::Arc;

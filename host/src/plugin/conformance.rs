@@ -6,7 +6,8 @@
 //! request outside the hosts it was granted.
 
 use super::{capability_name, PluginError, ScratchHost};
-use crate::config::{Secret, ShopConfig, Tier};
+use berth_types::Secret;
+use berth_types::shop::{ShopConfig, Tier};
 use berth_types::connector::{
     Capability, ConnectorError, Event, Manifest, Order, PullRequest, StockUpdate, TimeWindow, UpdateResult, WebhookRequest,
 };
@@ -598,7 +599,7 @@ impl Suite {
         for x in &self.exchanges {
             let host = url::Url::parse(&x.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_else(|| x.url.clone());
             *hosts.entry(host.clone()).or_default() += 1;
-            if let Err(crate::runtime::bindings::berth::connector::http::HttpError::Denied(why)) = &x.result {
+            if let Err(berth_types::http::HttpError::Denied(why)) = &x.result {
                 refused.push(format!("{host}: {why}"));
             }
         }

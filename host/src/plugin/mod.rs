@@ -8,7 +8,8 @@
 pub mod conformance;
 
 use crate::capabilities::kv::KvStore;
-use crate::config::{Config, PlatformConfig};
+use crate::config::Config;
+use crate::capabilities::config::PlatformConfig;
 use berth_types::connector::{Capability, Manifest};
 use crate::runtime::state::HostServices;
 use crate::runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};

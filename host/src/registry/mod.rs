@@ -13,7 +13,7 @@ pub mod store;
 
 use crate::capabilities::http::HostAllowlist;
 use berth_types::clock::now_ms;
-use crate::config::ConnectorConfig;
+
 use crate::runtime::{digest, ConnectorRuntime, LoadError, LoadedConnector};
 use serde::Serialize;
 pub use slot::ConnectorSlot;
@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 pub use store::{CanaryEnd, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
+use serde::Deserialize;
+use std::path::PathBuf;
+use crate::runtime::config::LimitOverrides;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -624,6 +627,38 @@ pub fn check_deploy(connector: &str, platform: &str, new_platform: &str, hosts: 
         return Err(DeployError::HostsNotGranted { connector: connector.into(), hosts: missing.join(", ") });
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Path to the component (`.wasm`), relative to the config file.
+    pub component: PathBuf,
+    /// The platform this connector serves (its buckets, retry policy and holds); the
+    /// connector's name when absent. A component whose manifest names another platform
+    /// is refused.
+    pub platform: Option<String>,
+    /// Which of the manifest's hosts ops grant (exact names or `*.suffix`); all of them
+    /// when absent. A manifest host no grant covers is unreachable.
+    #[serde(default)]
+    pub grant_hosts: Option<Vec<String>>,
+    /// Hosts granted beyond the manifest's own list (e.g. a simulator's address).
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// Let this connector reach loopback, private and link-local addresses (a local
+    /// sandbox or simulator); `http.allow_private_addresses` does it for all.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// This connector's limits where they differ from `[runtime]`.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+impl ConnectorConfig {
+    /// The platform connector `name` serves: as configured, else its name.
+    pub fn platform_of<'a>(&'a self, name: &'a str) -> &'a str {
+        self.platform.as_deref().unwrap_or(name)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! lists every difference (the first 200 in full) and promotion waits for a complete match.
 
 use berth_types::clock::now_ms;
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use crate::runtime::tape::Tape;
 use crate::runtime::{Call, CallError, LoadedConnector, Output};
 use serde::Serialize;

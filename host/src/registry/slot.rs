@@ -3,7 +3,7 @@
 //! finishes on that version even when another becomes active meanwhile.
 
 use super::shadow::{Shadow, ShadowReport};
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
 use crate::runtime::tape::Tape;
 use crate::runtime::{Call, CallError, LoadedConnector, Output};

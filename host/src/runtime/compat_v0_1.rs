@@ -8,23 +8,24 @@ use super::state::HostState;
 
 impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+        use berth_types::http as t;
         let method = match req.method {
-            http::Method::Get => current::http::Method::Get,
-            http::Method::Head => current::http::Method::Head,
-            http::Method::Post => current::http::Method::Post,
-            http::Method::Put => current::http::Method::Put,
-            http::Method::Patch => current::http::Method::Patch,
-            http::Method::Delete => current::http::Method::Delete,
+            http::Method::Get => t::Method::Get,
+            http::Method::Head => t::Method::Head,
+            http::Method::Post => t::Method::Post,
+            http::Method::Put => t::Method::Put,
+            http::Method::Patch => t::Method::Patch,
+            http::Method::Delete => t::Method::Delete,
         };
-        let req = current::http::Request { method, url: req.url, headers: req.headers, body: req.body, timeout_ms: req.timeout_ms };
-        match <HostState as current::http::Host>::send(self, req).await {
+        let req = t::Request { method, url: req.url, headers: req.headers, body: req.body, timeout_ms: req.timeout_ms };
+        match self.http_send(req).await {
             Ok(r) => Ok(http::Response { status: r.status, headers: r.headers, body: r.body }),
             Err(e) => Err(match e {
-                current::http::HttpError::Denied(why) => http::HttpError::Denied(why),
-                current::http::HttpError::Timeout | current::http::HttpError::Throttled(_) => http::HttpError::Timeout,
-                current::http::HttpError::Connection(why) => http::HttpError::Connection(why),
-                current::http::HttpError::TooLarge(cap) => http::HttpError::TooLarge(cap),
-                current::http::HttpError::InvalidRequest(why) => http::HttpError::InvalidRequest(why),
+                t::HttpError::Denied(why) => http::HttpError::Denied(why),
+                t::HttpError::Timeout | t::HttpError::Throttled(_) => http::HttpError::Timeout,
+                t::HttpError::Connection(why) => http::HttpError::Connection(why),
+                t::HttpError::TooLarge(cap) => http::HttpError::TooLarge(cap),
+                t::HttpError::InvalidRequest(why) => http::HttpError::InvalidRequest(why),
             }),
         }
     }

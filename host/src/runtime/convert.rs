@@ -146,3 +146,36 @@ pub fn answer<W, T: From<W>>(r: Result<W, wit::ConnectorError>) -> Result<T, t::
 pub fn answers<W, T: From<W>>(r: Result<Vec<W>, wit::ConnectorError>) -> Result<Vec<T>, t::ConnectorError> {
     r.map(|v| v.into_iter().map(T::from).collect()).map_err(Into::into)
 }
+
+// Outbound HTTP, in the current world.
+
+pub mod http {
+    use crate::runtime::bindings::berth::connector::http as wit;
+    use berth_types::http as t;
+
+    pub fn request(r: wit::Request) -> t::Request {
+        let method = match r.method {
+            wit::Method::Get => t::Method::Get,
+            wit::Method::Head => t::Method::Head,
+            wit::Method::Post => t::Method::Post,
+            wit::Method::Put => t::Method::Put,
+            wit::Method::Patch => t::Method::Patch,
+            wit::Method::Delete => t::Method::Delete,
+        };
+        t::Request { method, url: r.url, headers: r.headers, body: r.body, timeout_ms: r.timeout_ms }
+    }
+
+    pub fn answer(r: Result<t::Response, t::HttpError>) -> Result<wit::Response, wit::HttpError> {
+        match r {
+            Ok(r) => Ok(wit::Response { status: r.status, headers: r.headers, body: r.body }),
+            Err(e) => Err(match e {
+                t::HttpError::Denied(why) => wit::HttpError::Denied(why),
+                t::HttpError::Timeout => wit::HttpError::Timeout,
+                t::HttpError::Connection(why) => wit::HttpError::Connection(why),
+                t::HttpError::TooLarge(cap) => wit::HttpError::TooLarge(cap),
+                t::HttpError::InvalidRequest(why) => wit::HttpError::InvalidRequest(why),
+                t::HttpError::Throttled(ms) => wit::HttpError::Throttled(ms),
+            }),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! volume (the log import and stdout/stderr together) and output (orders per page,
 //! bytes returned).
 
-use crate::config::{LimitOverrides, RuntimeConfig};
+use crate::runtime::config::{LimitOverrides, RuntimeConfig};
 use berth_types::connector::{Event, Order};
 use std::time::Duration;
 

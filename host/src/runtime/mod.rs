@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod call_stats;
 mod compat_v0_1;
 pub mod compile_cache;
+pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod guest_log;
@@ -17,7 +18,8 @@ pub mod state;
 pub mod tape;
 
 use crate::capabilities::http::HostAllowlist;
-use crate::config::{RuntimeConfig, ShopConfig};
+use crate::runtime::config::RuntimeConfig;
+use berth_types::shop::ShopConfig;
 use berth_types::connector::{
     ConnectorError, Event, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest,
 };
@@ -249,12 +251,12 @@ impl ConnectorRuntime {
     }
 
     /// The limits of a connector with `overrides` (`[connectors.X.limits]`).
-    pub fn limits(&self, overrides: &crate::config::LimitOverrides) -> limits::ConnectorLimits {
+    pub fn limits(&self, overrides: &crate::runtime::config::LimitOverrides) -> limits::ConnectorLimits {
         limits::ConnectorLimits::resolve(&self.defaults, overrides)
     }
 
     /// How connector `name`, configured as `c`, is loaded.
-    pub fn options<'a>(&self, name: &'a str, c: &'a crate::config::ConnectorConfig) -> LoadOptions<'a> {
+    pub fn options<'a>(&self, name: &'a str, c: &'a crate::registry::ConnectorConfig) -> LoadOptions<'a> {
         LoadOptions {
             platform: Some(c.platform_of(name)),
             grants: c.grant_hosts.as_deref(),

@@ -7,7 +7,7 @@
 //! Error and message texts are also cut to [`MAX_GUEST_TEXT`]. Page cursors and the
 //! connector's own state are not touched: they are the connector's, never served.
 
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use berth_types::connector::{ConnectorError, Event, Order, UpdateResult};
 use std::borrow::Cow;
 
@@ -156,7 +156,7 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use berth_types::Secret;
 
     #[test]
     fn secrets_are_replaced_as_written_and_url_encoded() {

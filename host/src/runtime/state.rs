@@ -3,7 +3,8 @@
 
 use super::bindings::berth::connector::{config, crypto, http, kv, log, metrics};
 use crate::capabilities::{self, http::HostAllowlist, http::HttpGateway, kv::KvStore};
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
+use berth_types::http::{HttpError, Request as HttpRequest, Response as HttpResponse};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -47,7 +48,7 @@ impl HostServices {
     }
 
     /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
-    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::config::PlatformConfig>) {
+    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::capabilities::config::PlatformConfig>) {
         self.limits.reconfigure(platforms);
         self.retry.reconfigure(platforms);
         self.standby.reconfigure(platforms);
@@ -238,6 +239,13 @@ pub fn bounded(s: &str, max: usize) -> &str {
 
 impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+        super::convert::http::answer(self.http_send(super::convert::http::request(req)).await)
+    }
+}
+
+impl HostState {
+    /// A connector's request, in any world's version: replayed, recorded or sent.
+    pub async fn http_send(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         // A shadow run is answered from the active version's recording; nothing leaves.
         if let Some(answer) = self.tape.answer(&req.method, &req.url) {
             return answer;
@@ -253,7 +261,7 @@ impl http::Host for HostState {
 }
 
 impl HostState {
-    async fn send_live(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+    async fn send_live(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let started = std::time::Instant::now();
         let url_for_log = bounded(&req.url, 256).to_string();
         let services = self.services.clone();
@@ -275,7 +283,7 @@ impl HostState {
             Ok(key) => key,
             Err(e) => {
                 let why = format!("{e}: berth cannot tell whose quota this request to `{}` would spend", url.host_str().unwrap_or(""));
-                return Err(self.refused(&url_for_log, http::HttpError::Denied(why)));
+                return Err(self.refused(&url_for_log, HttpError::Denied(why)));
             }
         };
         // Wait for the platform's rate limits, leaving the guest half its remaining time.
@@ -297,7 +305,7 @@ impl HostState {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
                 crate::metrics::Metrics::get().http(&platform, "held_back", None);
-                return Err(http::HttpError::Throttled(no_slot.wait_ms.max(1)));
+                return Err(HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
         };
         let url = services.standby.route(&platform, url);
@@ -305,12 +313,12 @@ impl HostState {
         let result = services.http.send_to(&self.ctx.allow, url, req).await;
         let status = match &result {
             Ok(r) => crate::metrics::status_class(r.status),
-            Err(http::HttpError::Denied(_)) => "denied",
-            Err(http::HttpError::Timeout) => "timeout",
-            Err(http::HttpError::Connection(_)) => "connection",
-            Err(http::HttpError::TooLarge(_)) => "too_large",
-            Err(http::HttpError::InvalidRequest(_)) => "invalid",
-            Err(http::HttpError::Throttled(_)) => "held_back",
+            Err(HttpError::Denied(_)) => "denied",
+            Err(HttpError::Timeout) => "timeout",
+            Err(HttpError::Connection(_)) => "connection",
+            Err(HttpError::TooLarge(_)) => "too_large",
+            Err(HttpError::InvalidRequest(_)) => "invalid",
+            Err(HttpError::Throttled(_)) => "held_back",
         };
         crate::metrics::Metrics::get().http(&platform, status, Some(sent.elapsed()));
         if result.is_ok() && platform == self.ctx.platform {
@@ -335,14 +343,14 @@ impl HostState {
                     ms = started.elapsed().as_millis() as u64, "http"
                 )
             }
-            Err(http::HttpError::Denied(_)) => {}
+            Err(HttpError::Denied(_)) => {}
             Err(e) => tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
                 error = %redacted_error(e), "http request failed"
             ),
         }
         result.map_err(|e| match e {
-            http::HttpError::Denied(why) => self.refused(&url_for_log, http::HttpError::Denied(why)),
+            HttpError::Denied(why) => self.refused(&url_for_log, HttpError::Denied(why)),
             e => e,
         })
     }
@@ -350,22 +358,22 @@ impl HostState {
 
 /// An HTTP error for the log: reqwest's text names the whole URL, query (and any access
 /// token in it) included, so only the kind and the URL's path are kept.
-fn redacted_error(e: &http::HttpError) -> String {
+fn redacted_error(e: &HttpError) -> String {
     let scrub = |s: &str| -> String {
         // Cut every URL in the text at its query.
         s.split(' ').map(|w| if w.contains("://") { strip_query(w) } else { w.to_string() }).collect::<Vec<_>>().join(" ")
     };
     match e {
-        http::HttpError::Connection(s) => format!("connection: {}", scrub(s)),
-        http::HttpError::InvalidRequest(s) => format!("invalid request: {}", scrub(s)),
+        HttpError::Connection(s) => format!("connection: {}", scrub(s)),
+        HttpError::InvalidRequest(s) => format!("invalid request: {}", scrub(s)),
         other => format!("{other:?}"),
     }
 }
 
 impl HostState {
     /// Count and log a request refused by policy; returns the error for the guest.
-    fn refused(&self, url: &str, e: http::HttpError) -> http::HttpError {
-        if let http::HttpError::Denied(why) = &e {
+    fn refused(&self, url: &str, e: HttpError) -> HttpError {
+        if let HttpError::Denied(why) = &e {
             self.services.http.note_refusal(&self.ctx.connector);
             crate::metrics::Metrics::get().http(&self.ctx.platform, "denied", None);
             tracing::warn!(
@@ -378,7 +386,7 @@ impl HostState {
 }
 
 /// The API method of an RPC-style call (`method=` in the query, or in a form body).
-fn api_method(url: &url::Url, req: &http::Request) -> Option<String> {
+fn api_method(url: &url::Url, req: &HttpRequest) -> Option<String> {
     let pick = |pairs: url::form_urlencoded::Parse<'_>| pairs.into_iter().find(|(k, _)| k == "method").map(|(_, v)| v.into_owned());
     pick(url.query_pairs()).or_else(|| {
         let form = req.headers.iter().any(|(k, v)| {
@@ -549,9 +557,9 @@ impl super::bindings::berth::connector::types::Host for HostState {}
 mod tests {
     use super::*;
 
-    fn req(url: &str, headers: &[(&str, &str)], body: &str) -> (url::Url, http::Request) {
-        let r = http::Request {
-            method: http::Method::Post,
+    fn req(url: &str, headers: &[(&str, &str)], body: &str) -> (url::Url, HttpRequest) {
+        let r = HttpRequest {
+            method: berth_types::http::Method::Post,
             url: url.into(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: body.as_bytes().to_vec(),

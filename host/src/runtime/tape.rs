@@ -6,7 +6,7 @@
 //! not compared: signed APIs put timestamps there). A request that does not match, or
 //! comes after the recording ran out, is refused and noted as a mismatch.
 
-use super::bindings::berth::connector::http::{HttpError, Method, Response};
+use berth_types::http::{HttpError, Method, Response};
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Debug)]
@@ -45,15 +45,7 @@ fn endpoint(url: &str) -> (String, String) {
 
 fn describe(method: &Method, url: &str) -> String {
     let (host, path) = endpoint(url);
-    let m = match method {
-        Method::Get => "GET",
-        Method::Head => "HEAD",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Patch => "PATCH",
-        Method::Delete => "DELETE",
-    };
-    format!("{m} {host}{path}")
+    format!("{} {host}{path}", method.as_str())
 }
 
 impl Tape {

@@ -135,3 +135,34 @@ pub fn check_sku(sku: &str) -> Result<(), StockError> {
     }
     Ok(())
 }
+
+/// Outbound stock pushes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StockConfig {
+    /// Failed pushes of one quantity before the SKU moves to the dead letters.
+    pub max_attempts: u32,
+    /// SKUs handed to one `push-inventory` call.
+    pub batch_size: usize,
+    /// Backoff between failed pushes of a SKU: base doubling up to max, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for StockConfig {
+    fn default() -> Self {
+        StockConfig { max_attempts: 10, batch_size: 50, retry_base_ms: 1_000, retry_max_ms: 300_000 }
+    }
+}
+
+impl StockConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_attempts == 0 || !(1..=1000).contains(&self.batch_size) {
+            return Err("stock.max_attempts must be at least 1 and stock.batch_size 1..=1000".into());
+        }
+        if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
+            return Err("stock.retry_base_ms must be positive and not above stock.retry_max_ms".into());
+        }
+        Ok(())
+    }
+}

@@ -7,7 +7,7 @@
 
 use super::{PushOutcome, SkuStock, StockLedger};
 use berth_types::clock::now_ms;
-use crate::config::ShopConfig;
+use berth_types::shop::ShopConfig;
 use crate::retry::{ErrorKind, Job};
 use berth_types::connector::{ConnectorError, StockUpdate, UpdateResult};
 use crate::registry::ConnectorSlot;
