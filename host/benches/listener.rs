@@ -21,7 +21,11 @@ async fn start(own: bool) -> (std::net::SocketAddr, tokio::sync::watch::Sender<b
     let addr = listener.local_addr().expect("addr");
     let (stop, rx) = tokio::sync::watch::channel(false);
     if own {
-        let limits = berth_host::api::listener::Limits { max_connections: 512, header_read_timeout: Duration::from_secs(10) };
+        let limits = berth_host::api::listener::Limits {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            metrics: berth_host::metrics::AllMetrics::new().api,
+        };
         tokio::spawn(berth_host::api::listener::serve(listener, app(), limits, None, rx));
     } else {
         let mut rx = rx;

@@ -98,7 +98,7 @@ pub async fn ingest(
     // A flood of webhooks for one shop is answered at once, never queued: the platform
     // sends them again, and the shop's pulls and other shops keep their instances.
     let Ok(_running) = target.running.clone().try_acquire_owned() else {
-        crate::metrics::Metrics::get().limit_hit(&conn.name, "webhook_busy", 1);
+        conn.limit_hit("webhook_busy", 1);
         return Err(IngestError::TooMany {
             why: format!("{} webhook calls of this shop are running (max_webhook_calls_per_shop)", conn.limits.max_webhook_calls_per_shop),
             retry_after_secs: 1,
@@ -114,7 +114,7 @@ pub async fn ingest(
         let req = WebhookRequest { headers, body };
         let events = match target.connector.handle_webhook(&conn, shop, target.config.clone(), &req).await {
             Err(call @ (crate::runtime::CallError::Busy { .. } | crate::runtime::CallError::NoInstance { .. })) => {
-                crate::metrics::Metrics::get().limit_hit(&conn.name, "webhook_busy", 1);
+                conn.limit_hit("webhook_busy", 1);
                 return Err(IngestError::TooMany { why: call.to_string(), retry_after_secs: 1 });
             }
             Err(call @ (crate::runtime::CallError::OutputTooLarge { .. } | crate::runtime::CallError::BadOutput { .. })) => {
@@ -157,7 +157,7 @@ pub async fn ingest(
         let outcome = match accept_orders(&src, &orders, inbox, store, Some(&intake)).await {
             Ok(outcome) => outcome,
             Err(crate::sync::PageError::Held(held)) => {
-                crate::metrics::Metrics::get().limit_hit(&conn.name, "order_budget", 1);
+                conn.limit_hit("order_budget", 1);
                 let retry_after_secs = ((held.until_ms - berth_types::clock::now_ms()) / 1000).clamp(1, 3600) as u64;
                 return Err(IngestError::TooMany { why: held.reason(), retry_after_secs });
             }

@@ -92,7 +92,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
     )?);
     let kv = KvStore::open(&storage)?;
-    let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| StartError::Http(e.to_string()))?);
+    let metrics = crate::metrics::AllMetrics::new();
+    let services = Arc::new(HostServices::new(&cfg, kv, metrics.runtime.clone(), metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
     let standby = services.standby.clone();
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
 
@@ -130,7 +131,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut workers = Vec::new();
-    let health = Arc::new(crate::health::HealthBook::open(&storage, cfg.health.clone())?);
+    let health = Arc::new(crate::health::HealthBook::open(&storage, cfg.health.clone(), metrics.ops.clone())?);
     let shops = Arc::new(ShopSet::new(
         crate::shops::ShopDeps {
             store: store.clone(),
@@ -175,7 +176,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
-    let alerts = Arc::new(crate::alerts::Alerts::open(&storage, &cfg.alerts)?);
+    let alerts = Arc::new(crate::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
     workers.push(tokio::spawn(alerts.clone().run(
         crate::alerts::Sources {
             registry: registry.clone(),
@@ -187,7 +188,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
-    let gate = Arc::new(api::gate::Gate { auth: admin_auth.clone(), audit: audit.clone() });
+    let gate = Arc::new(api::gate::Gate { auth: admin_auth.clone(), audit: audit.clone(), metrics: metrics.api.clone() });
     if !admin_auth.has_tokens() {
         if cfg.server.listen.ip().is_loopback() {
             tracing::info!(listen = %cfg.server.listen, "no [admin] tokens: the API answers without a token on this loopback address, /v1/admin is off");
@@ -207,6 +208,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             inbox: inbox.clone(),
             store: store.clone(),
         }),
+        api_metrics: metrics.api.clone(),
     }));
     let app = api::router(Arc::new(ApiState {
         store: store.clone(),
@@ -219,11 +221,13 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         health,
         alerts,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
+        metrics: metrics.ops.clone(),
     }), gate, cfg.server.metrics_public)
     .merge(admin);
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
+        metrics: metrics.api.clone(),
     };
     let tls_on = tls.is_some();
     let server = tokio::spawn(api::listener::serve(listener, app, limits, tls, shutdown_rx.clone()));

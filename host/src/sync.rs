@@ -292,7 +292,7 @@ impl ShopWorker {
                 dropped = outside, window_start_ms = window.start_ms, window_end_ms = window.end_ms,
                 "the connector returned orders updated outside the window asked for; dropped"
             );
-            crate::metrics::Metrics::get().limit_hit(&conn.name, "outside_window", outside as u64);
+            conn.limit_hit("outside_window", outside as u64);
             self.update(|s| s.outside_window += outside as u64);
         }
         let done = page.next_page_cursor.is_none();
@@ -302,7 +302,7 @@ impl ShopWorker {
             // fixed version gets a fresh start and a broken one cannot page forever.
             let restart = SyncState { watermark_ms: state.watermark_ms, current: Some(WindowProgress { cursor: None, pages: 0, ..window.clone() }) };
             self.store.commit_page(&self.source(conn), &[], &restart).await.map_err(|e| StepError::Pause(e.to_string()))?;
-            crate::metrics::Metrics::get().limit_hit(&conn.name, "pages_per_window", 1);
+            conn.limit_hit("pages_per_window", 1);
             return Err(StepError::Failed(
                 ErrorKind::Permanent,
                 format!(
@@ -327,7 +327,7 @@ impl ShopWorker {
                 let wait = Duration::from_millis((held.until_ms - now_ms()).clamp(1_000, 60_000) as u64);
                 if self.status.lock().unwrap_or_else(|e| e.into_inner()).held.is_none() {
                     tracing::error!(reason = %held.reason(), "the shop's order intake is held");
-                    crate::metrics::Metrics::get().limit_hit(&conn.name, "order_budget", 1);
+                    conn.limit_hit("order_budget", 1);
                 }
                 self.update(|s| s.held = Some(held.reason()));
                 return Ok(Next::Wait(wait));

@@ -135,6 +135,7 @@ pub struct Alerts {
     rollback_hold_ms: i64,
     config: AlertsConfig,
     notifier: Notifier,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     store: berth_storage::Store,
     firing_tree: berth_storage::store::Keyspace,
     log_tree: berth_storage::store::Keyspace,
@@ -143,9 +144,9 @@ pub struct Alerts {
 
 impl Alerts {
     /// Load the firing alerts and start the receivers' workers (inside a tokio runtime).
-    pub fn open(store: &berth_storage::Store, config: &AlertsConfig) -> Result<Alerts, AlertsError> {
+    pub fn open(store: &berth_storage::Store, config: &AlertsConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<Alerts, AlertsError> {
         let rules = config.rules().map_err(AlertsError::Setup)?;
-        let notifier = Notifier::start(&config.receivers).map_err(AlertsError::Setup)?;
+        let notifier = Notifier::start(&config.receivers, metrics.clone()).map_err(AlertsError::Setup)?;
         let firing_tree = store.keyspace("alerts_firing")?;
         let log_tree = store.keyspace("alerts_log")?;
         let mut state = State::default();
@@ -194,6 +195,7 @@ impl Alerts {
             rollback_hold_ms,
             config: config.clone(),
             notifier,
+            metrics,
             store: store.clone(),
             firing_tree,
             log_tree,
@@ -323,7 +325,7 @@ impl Alerts {
         for f in st.firing.values() {
             *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
         }
-        crate::metrics::Metrics::get().alerts(&counts);
+        self.metrics.alerts(&counts);
         for (status, alert) in notices {
             self.persist(&mut st, status, &alert);
             self.notifier.send(&Notice { status, source: self.config.source.clone(), alert });
@@ -410,7 +412,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
-        let alerts = Alerts::open(&db, &cfg).unwrap();
+        let alerts = Alerts::open(&db, &cfg, crate::metrics::AllMetrics::new().ops).unwrap();
         let obs = |age_ms: i64| Observation {
             now_ms: berth_types::clock::now_ms(),
             queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(age_ms) }],
@@ -425,7 +427,7 @@ mod tests {
         drop(alerts);
         // The alert writes did not wait for their batch; this waits for them.
         db.barrier().await.unwrap();
-        let alerts = Alerts::open(&db, &cfg).unwrap();
+        let alerts = Alerts::open(&db, &cfg, crate::metrics::AllMetrics::new().ops).unwrap();
         assert_eq!(alerts.firing().len(), 1, "still firing after a restart");
         alerts.evaluate(&obs(81_000));
         assert_eq!(alerts.recent(10).len(), 1, "and not sent again");

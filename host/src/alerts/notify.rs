@@ -175,6 +175,7 @@ struct Receiver {
     config: ReceiverConfig,
     client: reqwest::Client,
     status: Arc<Mutex<ReceiverStatus>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Attempts per notification before it is given up.
@@ -248,7 +249,7 @@ impl Receiver {
                     "failed"
                 }
             };
-            crate::metrics::Metrics::get().alert_notification(&self.name, result);
+            self.metrics.alert_notification(&self.name, result);
         }
     }
 }
@@ -274,11 +275,12 @@ fn without_url(e: &reqwest::Error) -> String {
 /// Every receiver, each behind its own queue.
 pub struct Notifier {
     receivers: Vec<(Severity, mpsc::Sender<Notice>, Arc<Mutex<ReceiverStatus>>)>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Notifier {
     /// Start one worker per receiver.
-    pub fn start(receivers: &std::collections::BTreeMap<String, ReceiverConfig>) -> Result<Notifier, String> {
+    pub fn start(receivers: &std::collections::BTreeMap<String, ReceiverConfig>, metrics: Arc<crate::metrics::Metrics>) -> Result<Notifier, String> {
         // Receivers are ops' own endpoints (often on the private network): not the
         // connectors' sandboxed client. No redirects: a notice goes where it was configured.
         let client = reqwest::Client::builder()
@@ -294,11 +296,11 @@ impl Notifier {
                 format: format!("{:?}", config.format).to_lowercase(),
                 ..Default::default()
             }));
-            let r = Receiver { name: name.clone(), config: config.clone(), client: client.clone(), status: status.clone() };
+            let r = Receiver { name: name.clone(), config: config.clone(), client: client.clone(), status: status.clone(), metrics: metrics.clone() };
             tokio::spawn(r.run(rx));
             out.push((config.min_severity, tx, status));
         }
-        Ok(Notifier { receivers: out })
+        Ok(Notifier { receivers: out, metrics })
     }
 
     /// Queue a notice to every receiver that takes its severity.
@@ -313,7 +315,7 @@ impl Notifier {
                 Err(_) => {
                     st.failed += 1;
                     st.last_error = Some(format!("more than {QUEUE} notifications waiting; this one was dropped"));
-                    crate::metrics::Metrics::get().alert_notification(&st.name, "failed");
+                    self.metrics.alert_notification(&st.name, "failed");
                 }
             }
         }

@@ -27,6 +27,7 @@ pub struct AdminState {
     pub audit: Arc<AuditLog>,
     pub shops: Arc<crate::shops::ShopSet>,
     pub degrade: Arc<crate::degrade::Degrade>,
+    pub api_metrics: Arc<super::metrics::ApiMetrics>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -109,7 +110,7 @@ impl AdminState {
                     return resp;
                 }
             }
-            super::gate::refused(&e, need)
+            super::gate::refused(&self.api_metrics, &e, need)
         })
     }
 

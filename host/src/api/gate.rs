@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub struct Gate {
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
+    pub metrics: Arc<super::metrics::ApiMetrics>,
 }
 
 impl Gate {
@@ -27,20 +28,17 @@ impl Gate {
     }
 }
 
-fn count_refusal(reason: &'static str, need: Access) {
-    crate::metrics::Metrics::get()
-        .api_refused
-        .get_or_create(&crate::metrics::RefusedLabels { reason, access: access_name(need) })
-        .inc();
+fn count_refusal(metrics: &super::metrics::ApiMetrics, reason: &'static str, need: Access) {
+    metrics.refused(reason, access_name(need));
 }
 
 /// The answer to a refused call: 401 (with `WWW-Authenticate`) or 403, counted.
-pub(super) fn refused(e: &AuthError, need: Access) -> Response {
+pub(super) fn refused(metrics: &super::metrics::ApiMetrics, e: &AuthError, need: Access) -> Response {
     let (status, reason) = match e {
         AuthError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
     };
-    count_refusal(reason, need);
+    count_refusal(metrics, reason, need);
     let mut resp = error(status, e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -58,7 +56,7 @@ pub async fn check(State((gate, need, whole_host)): State<(Arc<Gate>, Access, bo
     let action = format!("{action}-{}", target.rsplit('/').next().unwrap_or_default());
     match gate.auth.authorize_api(header, need) {
         Ok(caller) if whole_host && caller.scope.is_some() => {
-            count_refusal("forbidden", need);
+            count_refusal(&gate.metrics, "forbidden", need);
             error(
                 StatusCode::FORBIDDEN,
                 format!("token `{}` is scoped to some shops; {} covers every shop (read /v1/shops and /v1/orders/queue instead)", caller.name, target),
@@ -89,7 +87,7 @@ pub async fn check(State((gate, need, whole_host)): State<(Arc<Gate>, Access, bo
                 };
                 gate.audit(&who, &action, &target, outcome, e.to_string());
             }
-            refused(&e, need)
+            refused(&gate.metrics, &e, need)
         }
     }
 }

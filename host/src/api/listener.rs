@@ -34,6 +34,8 @@ use tower::ServiceExt;
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// Counts open connections and the ones closed.
+    pub metrics: Arc<super::metrics::ApiMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +144,8 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn closed(reason: &'static str) {
-    crate::metrics::Metrics::get().api_connection_closed(reason);
+fn closed(limits: &Limits, reason: &'static str) {
+    limits.metrics.connection_closed(reason);
 }
 
 /// Serve `app` on `listener` until `shutdown` turns true, then let the requests in
@@ -176,7 +178,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, tls: Opti
                 let freed = table.lock().unwrap_or_else(|e| e.into_inner()).take_idlest();
                 if let Some(c) = &freed {
                     c.close.notify_one();
-                    closed("evicted");
+                    closed(&limits, "evicted");
                 }
                 if last_emfile_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(error = %e, freed = freed.is_some(), "accepting a connection failed (logged once per 10 s)");
@@ -195,12 +197,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, tls: Opti
                 match t.take_idlest() {
                     Some(victim) => {
                         victim.close.notify_one();
-                        closed("evicted");
+                        closed(&limits, "evicted");
                     }
                     None => {
                         drop(t);
                         drop(stream);
-                        closed("refused");
+                        closed(&limits, "refused");
                         continue;
                     }
                 }
@@ -208,7 +210,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, tls: Opti
             t.next += 1;
             let id = t.next;
             t.open.insert(id, conn.clone());
-            crate::metrics::Metrics::get().api_connections.set(t.open.len() as i64);
+            limits.metrics.connections.set(t.open.len() as i64);
             id
         };
         let _ = stream.set_nodelay(true);
@@ -222,7 +224,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, tls: Opti
                         r = handshake => match r {
                             Ok(Ok(stream)) => serve_conn(stream, app, conn, &limits, started, stop).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => closed("timeout"),
+                            Err(_) => closed(&limits, "timeout"),
                         },
                         _ = conn.close.notified() => {}
                     }
@@ -230,7 +232,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, tls: Opti
             }
             let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
             t.open.remove(&id);
-            crate::metrics::Metrics::get().api_connections.set(t.open.len() as i64);
+            limits.metrics.connections.set(t.open.len() as i64);
         });
         // Reap finished connection tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
@@ -263,7 +265,7 @@ where
         r = served.as_mut() => {
             if let Err(e) = r {
                 if e.is_timeout() {
-                    closed("timeout");
+                    closed(&limits, "timeout");
                 } else {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod degrade;
 pub mod gate;
 pub mod listener;
+pub mod metrics;
 pub mod status;
 pub mod stock;
 
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
+    /// Rendered at `/metrics` (queue gauges are set just before).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see
@@ -702,7 +705,7 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
 /// Prometheus text format. Queue gauges are read at scrape time; stock queues are
 /// summed over shops (shops are not a label).
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
-    let m = crate::metrics::Metrics::get();
+    let m = &st.metrics;
     let ms = |v: Option<i64>| v.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64));
     for q in crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops) {
         m.queue(q.queue, q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms));

@@ -4,6 +4,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod ratelimit;
 pub mod standby;
 pub mod windows;

@@ -209,6 +209,7 @@ pub struct HealthBook {
     tree: berth_storage::store::Keyspace,
     shops: RwLock<BTreeMap<String, Entry>>,
     holds: RwLock<Option<std::sync::Weak<dyn HoldSource>>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn key(shop: &str, minute: u64) -> Vec<u8> {
@@ -226,8 +227,8 @@ fn counts(v: &[u8]) -> Option<(u32, u32)> {
 }
 
 impl HealthBook {
-    pub fn open(store: &berth_storage::Store, config: HealthConfig) -> Result<HealthBook, HealthStoreError> {
-        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None) })
+    pub fn open(store: &berth_storage::Store, config: HealthConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<HealthBook, HealthStoreError> {
+        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None), metrics })
     }
 
     /// Show shops held by a quota or a host bound as such (`throttled`, `held`).
@@ -329,7 +330,7 @@ impl HealthBook {
         e.down_since_ms = if result.up { None } else { e.down_since_ms.or(Some(result.at_ms)) };
         e.paused = false;
         let tier = format!("{:?}", e.tier);
-        crate::metrics::Metrics::get().probe(&e.connector, &tier, &result.outcome);
+        self.metrics.probe(&e.connector, &tier, &result.outcome);
         e.last = Some(result);
     }
 
@@ -433,7 +434,7 @@ impl HealthBook {
     pub fn export(&self) {
         let shops = self.shops();
         let labelled = self.config.shop_labels.then_some(shops.as_slice());
-        crate::metrics::Metrics::get().health(&self.summary(&shops), labelled, |t| self.config.policy(t).sla_percent);
+        self.metrics.health(&self.summary(&shops), labelled, |t| self.config.policy(t).sla_percent);
     }
 }
 
@@ -450,7 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = HealthConfig { window_secs: 3600, ..HealthConfig::default() };
-        let book = HealthBook::open(&db, cfg.clone()).unwrap();
+        let book = HealthBook::open(&db, cfg.clone(), crate::metrics::AllMetrics::new().ops).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
         let now = berth_types::clock::now_ms();
         // Two hours ago: outside the window, dropped.
@@ -468,7 +469,7 @@ mod tests {
         drop(book);
         // The probe writes did not wait for their batch; this waits for all of them.
         db.write_blocking(|_ctx| Ok::<_, berth_storage::StoreError>(())).unwrap();
-        let book = HealthBook::open(&db, cfg).unwrap();
+        let book = HealthBook::open(&db, cfg, crate::metrics::AllMetrics::new().ops).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
         let s = &book.shops()[0];
         assert_eq!((s.availability.probes, s.availability.up), (1000, 999), "history comes back after a restart");
@@ -482,17 +483,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = HealthConfig { shop_labels: true, ..HealthConfig::default() };
-        let book = HealthBook::open(&db, cfg).unwrap();
+        let metrics = crate::metrics::AllMetrics::new().ops;
+        let book = HealthBook::open(&db, cfg, metrics.clone()).unwrap();
         book.register("labelled-shop", "shopify", "shopify", Tier::B);
         book.record("labelled-shop", probe(berth_types::clock::now_ms(), true));
         book.export();
-        let text = crate::metrics::Metrics::get().render();
+        let text = metrics.render();
         assert!(text.contains("berth_shop_up{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
         assert!(text.contains("berth_shop_availability_ratio{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
-        let book = HealthBook::open(&db, HealthConfig::default()).unwrap();
+        let book = HealthBook::open(&db, HealthConfig::default(), metrics.clone()).unwrap();
         book.register("labelled-shop", "shopify", "shopify", Tier::B);
         book.export();
-        assert!(!crate::metrics::Metrics::get().render().contains("labelled-shop"), "off by default");
+        assert!(!metrics.render().contains("labelled-shop"), "off by default");
     }
 
     #[test]

@@ -55,7 +55,8 @@ impl ScratchHost {
         let store = berth_storage::Store::open(&dir.path().join("store"), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })
             .map_err(|e| scratch(&e))?;
         let kv = KvStore::open(&store).map_err(|e| scratch(&e))?;
-        let services = Arc::new(HostServices::new(&cfg, kv).map_err(|e| scratch(&e))?);
+        let metrics = crate::metrics::AllMetrics::new();
+        let services = Arc::new(HostServices::new(&cfg, kv, metrics.runtime, metrics.http).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _store: store, _dir: dir })
     }

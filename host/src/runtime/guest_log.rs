@@ -22,13 +22,15 @@ pub const MAX_LINE_BYTES: usize = 4096;
 /// A connector's log allowance per minute, shared by every call of every version.
 pub struct MinuteBudget {
     limit: usize,
+    /// `berth_connector_log_dropped_bytes_total` of the connector.
+    dropped: prometheus_client::metrics::counter::Counter,
     /// (minute since the epoch, bytes logged in it, whether the drop was told).
     used: Mutex<(u64, usize, bool)>,
 }
 
 impl MinuteBudget {
-    pub fn new(limit: usize) -> MinuteBudget {
-        MinuteBudget { limit, used: Mutex::new((0, 0, false)) }
+    pub fn new(limit: usize, dropped: prometheus_client::metrics::counter::Counter) -> MinuteBudget {
+        MinuteBudget { limit, dropped, used: Mutex::new((0, 0, false)) }
     }
 
     pub fn limit(&self) -> usize {
@@ -76,7 +78,7 @@ impl LogBudget {
     pub fn take(&self, n: usize) -> bool {
         let call_ok = self.call.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
         if !call_ok {
-            crate::metrics::Metrics::get().log_dropped(&self.connector, n);
+            self.minute.dropped.inc_by(n as u64);
             if !self.call.told.swap(true, Ordering::Relaxed) {
                 tracing::warn!(connector = %self.connector, "the connector's log output for this call passed max_log_bytes_per_call; the rest is dropped");
             }
@@ -85,7 +87,7 @@ impl LogBudget {
         match self.minute.take(n, berth_types::clock::now_ms()) {
             Ok(()) => true,
             Err(first) => {
-                crate::metrics::Metrics::get().log_dropped(&self.connector, n);
+                self.minute.dropped.inc_by(n as u64);
                 if first {
                     tracing::warn!(
                         connector = %self.connector, limit_bytes = self.minute.limit,
@@ -213,14 +215,16 @@ mod tests {
 
     #[test]
     fn budgets_per_call_and_per_minute() {
-        let b = LogBudget::new("c".into(), 10, Arc::new(MinuteBudget::new(1 << 20)));
+        let dropped = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let b = LogBudget::new("c".into(), 10, Arc::new(MinuteBudget::new(1 << 20, dropped.clone())));
         let stdout = b.clone();
         assert!(b.take(6));
         assert!(!stdout.take(6), "the clone spends the same call budget");
         assert!(stdout.take(4));
         assert!(!b.take(1));
+        assert_eq!(dropped.get(), 7, "what was refused is counted");
         // Every call of a connector spends one allowance per minute.
-        let minute = MinuteBudget::new(15);
+        let minute = MinuteBudget::new(15, Default::default());
         let t = 1_700_000_000_000 - 1_700_000_000_000 % 60_000;
         assert_eq!(minute.take(10, t), Ok(()));
         assert_eq!(minute.take(5, t + 59_999), Ok(()));

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod engine;
 pub mod guest_log;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod redact;
 pub mod state;
@@ -174,7 +175,7 @@ pub struct LoadedConnector {
     /// Isolates this version while its calls keep failing in the sandbox.
     pub breaker: breaker::Breaker,
     /// Where this version's calls are counted and timed.
-    meters: crate::metrics::CallMeters,
+    meters: metrics::CallMeters,
     /// The connector's log allowance per minute, shared with its other versions.
     log_minute: Arc<guest_log::MinuteBudget>,
 }
@@ -309,7 +310,7 @@ impl ConnectorRuntime {
             limits: options.limits,
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
             breaker: breaker::Breaker::new(options.limits.breaker),
-            meters: crate::metrics::Metrics::get().meters(name, "unknown"),
+            meters: self.services.metrics.meters(name, "unknown"),
             log_minute: self.services.log_minute(name, options.limits.max_log_bytes_per_minute),
         };
         let manifest = loaded
@@ -334,7 +335,7 @@ impl ConnectorRuntime {
             .map_err(|e| LoadError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
         loaded.version = manifest.connector_version.as_str().into();
         loaded.platform = manifest.platform.as_str().into();
-        loaded.meters = crate::metrics::Metrics::get().meters(name, &loaded.version);
+        loaded.meters = self.services.metrics.meters(name, &loaded.version);
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
             tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
@@ -651,7 +652,7 @@ impl LoadedConnector {
         };
         let slot = if webhook { rt.pool.try_take(&self.name) } else { rt.pool.take(&self.name, deadline).await };
         let slot = slot.map_err(|no| {
-            crate::metrics::Metrics::get().limit_hit(&self.name, "instances", 1);
+            rt.services.metrics.limit_hit(&self.name, "instances", 1);
             if no.at_max {
                 CallError::Busy { call, running: no.in_use }
             } else {
@@ -774,7 +775,7 @@ impl LoadedConnector {
     /// or ends its isolation.
     fn judge(&self, ticket: breaker::Ticket<'_>, error: Option<&CallError>) {
         let (connector, version) = (&*self.name, &*self.version);
-        let m = crate::metrics::Metrics::get();
+        let m = &self.runtime.services.metrics;
         match ticket.finish(CallError::sandbox_failure(error)) {
             None => {}
             Some(breaker::Change::Opened { reason, open_for }) => {
@@ -843,7 +844,7 @@ impl LoadedConnector {
                     connector = %self.name, version = %self.version, shop, fields = cut,
                     "order titles or buyer fields were longer than the host keeps; cut, ending in `…(cut)`"
                 );
-                crate::metrics::Metrics::get().limit_hit(&self.name, "text_cut", cut as u64);
+                self.limit_hit("text_cut", cut as u64);
             }
             let capped = limits::cap_raw_json(o.orders_mut(), &self.limits);
             if capped > 0 {
@@ -851,7 +852,7 @@ impl LoadedConnector {
                     connector = %self.name, version = %self.version, shop, orders = capped, max_raw_json_bytes = self.limits.max_raw_json_bytes,
                     "orders' raw JSON was longer than max_raw_json_bytes; kept the orders without it"
                 );
-                crate::metrics::Metrics::get().limit_hit(&self.name, "raw_json_dropped", capped as u64);
+                self.limit_hit("raw_json_dropped", capped as u64);
             }
             match o.within(&self.limits, &call, berth_types::clock::now_ms()) {
                 Ok(()) => Ok(o),
@@ -920,6 +921,11 @@ impl LoadedConnector {
     /// The connector's instance slots: reserved, its max, in use now.
     pub fn pool_share(&self) -> Option<pool::PoolShare> {
         self.runtime.pool.share(&self.name)
+    }
+
+    /// A host bound stopped `n` things this connector did or returned (`limit` names it).
+    pub fn limit_hit(&self, limit: &str, n: u64) {
+        self.runtime.services.metrics.limit_hit(&self.name, limit, n);
     }
 
     /// The retry policy in force now for this connector's platform.

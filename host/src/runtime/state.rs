@@ -17,13 +17,22 @@ pub struct HostServices {
     pub limits: capabilities::ratelimit::RateLimits,
     pub retry: crate::retry::RetryPolicies,
     pub standby: Arc<capabilities::standby::Standbys>,
+    /// The runtime's metric families (calls, bounds hit, guest metrics).
+    pub metrics: Arc<super::metrics::RuntimeMetrics>,
+    /// Outbound requests and rate-limit waits.
+    pub http_metrics: Arc<capabilities::metrics::HttpMetrics>,
     /// Each connector's log allowance per minute (by name: shared by its versions).
     log_minutes: std::sync::Mutex<std::collections::HashMap<String, Arc<super::guest_log::MinuteBudget>>>,
 }
 
 impl HostServices {
     /// The services a config describes, over the connector state in `kv`.
-    pub fn new(cfg: &crate::config::Config, kv: KvStore) -> Result<HostServices, reqwest::Error> {
+    pub fn new(
+        cfg: &crate::config::Config,
+        kv: KvStore,
+        metrics: Arc<super::metrics::RuntimeMetrics>,
+        http_metrics: Arc<capabilities::metrics::HttpMetrics>,
+    ) -> Result<HostServices, reqwest::Error> {
         Ok(HostServices {
             http: HttpGateway::new(cfg.http.clone())?,
             kv,
@@ -31,6 +40,8 @@ impl HostServices {
             retry: crate::retry::RetryPolicies::new(cfg),
             standby: Arc::new(capabilities::standby::Standbys::new(&cfg.platforms)),
             log_minutes: Default::default(),
+            metrics,
+            http_metrics,
         })
     }
 
@@ -40,7 +51,7 @@ impl HostServices {
         match all.get(name).filter(|b| b.limit() == limit) {
             Some(b) => b.clone(),
             None => {
-                let b = Arc::new(super::guest_log::MinuteBudget::new(limit));
+                let b = Arc::new(super::guest_log::MinuteBudget::new(limit, self.metrics.log_dropped_counter(name)));
                 all.insert(name.to_string(), b.clone());
                 b
             }
@@ -294,7 +305,7 @@ impl HostState {
         let _on_its_way = match services.limits.acquire(&platform, &key, endpoint, budget).await {
             Ok((waited, flight)) => {
                 if !waited.is_zero() {
-                    crate::metrics::Metrics::get().rate_limit_wait(&platform, waited);
+                    services.http_metrics.rate_limit_wait(&platform, waited);
                     tracing::debug!(
                         connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
                     )
@@ -304,7 +315,7 @@ impl HostState {
             Err(no_slot) => {
                 tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
                 self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
-                crate::metrics::Metrics::get().http(&platform, "held_back", None);
+                services.http_metrics.http(&platform, "held_back", None);
                 return Err(HttpError::Throttled(no_slot.wait_ms.max(1)));
             }
         };
@@ -312,7 +323,7 @@ impl HostState {
         let sent = std::time::Instant::now();
         let result = services.http.send_to(&self.ctx.allow, url, req).await;
         let status = match &result {
-            Ok(r) => crate::metrics::status_class(r.status),
+            Ok(r) => capabilities::metrics::status_class(r.status),
             Err(HttpError::Denied(_)) => "denied",
             Err(HttpError::Timeout) => "timeout",
             Err(HttpError::Connection(_)) => "connection",
@@ -320,7 +331,7 @@ impl HostState {
             Err(HttpError::InvalidRequest(_)) => "invalid",
             Err(HttpError::Throttled(_)) => "held_back",
         };
-        crate::metrics::Metrics::get().http(&platform, status, Some(sent.elapsed()));
+        services.http_metrics.http(&platform, status, Some(sent.elapsed()));
         if result.is_ok() && platform == self.ctx.platform {
             self.platform_answered = true;
         }
@@ -375,7 +386,7 @@ impl HostState {
     fn refused(&self, url: &str, e: HttpError) -> HttpError {
         if let HttpError::Denied(why) = &e {
             self.services.http.note_refusal(&self.ctx.connector);
-            crate::metrics::Metrics::get().http(&self.ctx.platform, "denied", None);
+            self.services.http_metrics.http(&self.ctx.platform, "denied", None);
             tracing::warn!(
                 connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(url),
                 reason = %why, "http request refused by policy"
@@ -440,7 +451,7 @@ impl kv::Host for HostState {
         // call, and one shop per minute, make (rewriting the same keys again and again).
         let n = key.len() + value.len();
         if self.kv_written + n > capabilities::kv::MAX_WRITE_BYTES_PER_CALL {
-            crate::metrics::Metrics::get().limit_hit(&self.ctx.connector, "kv_rate", 1);
+            self.services.metrics.limit_hit(&self.ctx.connector, "kv_rate", 1);
             return Err(format!(
                 "this call has written {} bytes of state; one call may write at most {} (state is for cursors and tokens, not bulk data)",
                 self.kv_written,
@@ -464,7 +475,7 @@ impl kv::Host for HostState {
                     _ => None,
                 };
                 if let Some(limit) = limit {
-                    crate::metrics::Metrics::get().limit_hit(&self.ctx.connector, limit, 1);
+                    self.services.metrics.limit_hit(&self.ctx.connector, limit, 1);
                 }
                 Err(e.to_string())
             }
@@ -501,27 +512,27 @@ impl log::Host for HostState {
 }
 
 impl metrics::Host for HostState {
-    // Exported under berth_connector_metric_*, bounded (see crate::metrics::GUEST_MAX_SERIES).
+    // Exported under berth_connector_metric_*, bounded (see super::metrics::GUEST_MAX_SERIES).
     fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) {
-        self.guest_metric(crate::metrics::GuestKind::Counter, &name, &labels, value as f64);
+        self.guest_metric(super::metrics::GuestKind::Counter, &name, &labels, value as f64);
     }
     fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        self.guest_metric(crate::metrics::GuestKind::Gauge, &name, &labels, value);
+        self.guest_metric(super::metrics::GuestKind::Gauge, &name, &labels, value);
     }
     fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
-        self.guest_metric(crate::metrics::GuestKind::Histogram, &name, &labels, value);
+        self.guest_metric(super::metrics::GuestKind::Histogram, &name, &labels, value);
     }
 }
 
 impl HostState {
-    fn guest_metric(&self, kind: crate::metrics::GuestKind, name: &str, labels: &[(String, String)], value: f64) {
+    fn guest_metric(&self, kind: super::metrics::GuestKind, name: &str, labels: &[(String, String)], value: f64) {
         let secret = |s: &str| matches!(self.ctx.redact.text(s), std::borrow::Cow::Owned(_));
         if secret(name) || labels.iter().any(|(k, v)| secret(k) || secret(v)) {
             // Not even redacted: a series named after a secret says where it is.
-            crate::metrics::Metrics::get().guest_refused(&self.ctx.connector, "secret");
+            self.services.metrics.guest_refused(&self.ctx.connector, "secret");
             return;
         }
-        if let Err(reason) = crate::metrics::Metrics::get().guest(&self.ctx.connector, kind, name, labels, value) {
+        if let Err(reason) = self.services.metrics.guest(&self.ctx.connector, kind, name, labels, value) {
             tracing::debug!(connector = %self.ctx.connector, metric = bounded(name, 64), reason, "guest metric dropped");
         }
     }
