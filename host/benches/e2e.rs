@@ -288,7 +288,7 @@ async fn main() {
     let limits = options.limits;
     let wasm = Arc::new(Connector::Wasm(Arc::new(host.runtime.load("shopify", &component, &options).await.expect("load the component"))));
     host.unlimited("shopify");
-    let native = Arc::new(Connector::Native(Arc::new(NativeShopify::new(host.services.clone(), &local, limits))));
+    let native = Arc::new(Connector::Native(Arc::new(NativeShopify::new(host.runtime.clone(), &local, limits))));
     let expected = SHOPS * per_shop;
 
     println!("{SHOPS} shops × {per_shop} orders = {expected} orders per run, pages of {PAGE}, the ERP leasing {LEASE} at a time");

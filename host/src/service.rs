@@ -9,7 +9,7 @@ use crate::inbox::OrderInbox;
 use crate::queue::{QueueError, QueuePolicy, StoreQueues};
 use crate::stock::ledger::RetryPolicy;
 use crate::stock::{StockError, StockLedger};
-use crate::runtime::state::HostServices;
+use crate::capabilities::services::HostServices;
 use crate::runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
 use crate::shops::ShopSet;
@@ -93,9 +93,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     )?);
     let kv = KvStore::open(&storage)?;
     let metrics = crate::metrics::AllMetrics::new();
-    let services = Arc::new(HostServices::new(&cfg, kv, metrics.runtime.clone(), metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
+    let services = Arc::new(HostServices::new(&cfg, kv, metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
     let standby = services.standby.clone();
-    let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), data_dir.join("compiled"))?;
+    let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
 
     let registry_store = crate::registry::RegistryStore::open(&storage, &data_dir.join("components")).map_err(StartError::Registry)?;
     let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));

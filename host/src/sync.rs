@@ -16,7 +16,7 @@ use berth_types::connector::{
     ConnectorError, Order, PullRequest, TimeWindow,
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
-use crate::retry::{ErrorKind, Job};
+use berth_types::retry::{ErrorKind, Job};
 use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;
 use crate::queue::QueueError;

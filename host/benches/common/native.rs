@@ -10,7 +10,8 @@ use berth_host::runtime::bindings::berth::connector as hb;
 use berth_host::runtime::guest_log::LogBudget;
 use berth_host::runtime::limits::ConnectorLimits;
 use berth_host::runtime::redact::Redactor;
-use berth_host::runtime::state::{CallContext, HostServices, HostState};
+use berth_host::runtime::ConnectorRuntime;
+use berth_host::runtime::state::{CallContext, HostState};
 use berth_sdk::bindings::berth::connector as sb;
 use berth_sdk::native::MetricKind;
 use berth_sdk::Connector;
@@ -24,17 +25,17 @@ use tokio::runtime::Handle;
 mod shopify;
 
 pub struct NativeShopify {
-    services: Arc<HostServices>,
-    allow: Arc<berth_host::capabilities::http::HostAllowlist>,
+    runtime: Arc<ConnectorRuntime>,
+    allow: Arc<berth_host::runtime::allowlist::HostAllowlist>,
     limits: ConnectorLimits,
     turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl NativeShopify {
-    pub fn new(services: Arc<HostServices>, hosts: &[String], limits: ConnectorLimits) -> Self {
-        let allow = Arc::new(berth_host::capabilities::http::HostAllowlist::new(hosts.iter().cloned()));
+    pub fn new(runtime: Arc<ConnectorRuntime>, hosts: &[String], limits: ConnectorLimits) -> Self {
+        let allow = Arc::new(berth_host::runtime::allowlist::HostAllowlist::new(hosts.iter().cloned()));
         let turns = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
-        NativeShopify { services, allow, limits, turns }
+        NativeShopify { runtime, allow, limits, turns }
     }
 
     /// One `pull-orders` call for `shop`.
@@ -50,9 +51,9 @@ impl NativeShopify {
             deadline: std::time::Instant::now() + self.limits.call_timeout,
             kv_write_per_minute: self.limits.max_kv_write_bytes_per_minute as u64,
         };
-        let minute = self.services.log_minute(&ctx.connector, self.limits.max_log_bytes_per_minute);
+        let minute = self.runtime.log_minute(&ctx.connector, self.limits.max_log_bytes_per_minute);
         let log = LogBudget::new(ctx.connector.clone(), self.limits.max_log_bytes_per_call, minute);
-        let state = HostState::new(ctx, self.services.clone(), self.limits.max_memory_bytes, log, turn);
+        let state = HostState::new(ctx, self.runtime.imports(), self.runtime.metrics.clone(), self.limits.max_memory_bytes, log, turn);
         let host = Calls { state, rt: Handle::current() };
         let (shop, req) = (shop.to_string(), sdk_request(req));
         tokio::task::spawn_blocking(move || {

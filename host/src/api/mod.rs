@@ -54,7 +54,7 @@ pub struct ApiState {
     /// The shops served now (a config reload adds and removes them).
     pub shops: Arc<crate::shops::ShopSet>,
     pub registry: Arc<crate::registry::ConnectorRegistry>,
-    pub services: Arc<crate::runtime::state::HostServices>,
+    pub services: Arc<crate::capabilities::services::HostServices>,
     pub health: Arc<crate::health::HealthBook>,
     pub alerts: Arc<crate::alerts::Alerts>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
@@ -666,13 +666,13 @@ struct PlatformView {
     /// Quotas held after a throttle or a nearly full call bucket: key, time left, and
     /// the shop whose call caused it.
     held_quotas: Vec<crate::capabilities::ratelimit::HeldQuota>,
-    retry_pull: crate::retry::RetryPolicy,
-    retry_push: crate::retry::RetryPolicy,
+    retry_pull: berth_types::retry::RetryPolicy,
+    retry_push: berth_types::retry::RetryPolicy,
     standby: Option<crate::capabilities::standby::ChannelStatus>,
 }
 
 async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String, PlatformView>> {
-    use crate::retry::Job;
+    use berth_types::retry::Job;
     let services = &st.services;
     let held = services.limits.held();
     let mut standby = services.standby.status();

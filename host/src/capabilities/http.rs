@@ -17,64 +17,11 @@
 //! are cut off with `too-large`.
 
 use crate::capabilities::config::HttpConfig;
+use crate::runtime::allowlist::HostAllowlist;
 use berth_types::http::{HttpError, Method, Request, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The hosts one connector may reach: exact names or `*.suffix` patterns.
-#[derive(Clone, Debug, Default)]
-pub struct HostAllowlist {
-    patterns: Vec<String>,
-    /// Ops let this connector reach non-public addresses.
-    private: bool,
-}
-
-impl HostAllowlist {
-    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
-        HostAllowlist { patterns: patterns.into_iter().map(|p| p.to_ascii_lowercase()).collect(), private: false }
-    }
-
-    /// Let (or not) this connector reach loopback, private and link-local addresses.
-    pub fn with_private(mut self, private: bool) -> Self {
-        self.private = private;
-        self
-    }
-
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.patterns.iter().any(|p| match p.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
-            None => *p == host,
-        })
-    }
-}
-
-/// Whether grant pattern `grant` covers host or pattern `m` (both lower-case): equal,
-/// or a `*.suffix` grant over a name or pattern strictly under the suffix.
-fn covers(grant: &str, m: &str) -> bool {
-    if grant == m {
-        return true;
-    }
-    let Some(suffix) = grant.strip_prefix("*.") else { return false };
-    let name = m.strip_prefix("*.").unwrap_or(m);
-    name.len() > suffix.len() && name.ends_with(suffix) && name[..name.len() - suffix.len()].ends_with('.')
-}
-
-impl HostAllowlist {
-    /// The manifest's patterns that ops granted; with no grants configured, all of them.
-    pub fn granted(manifest: &[String], grants: Option<&[String]>) -> Vec<String> {
-        let Some(grants) = grants else { return manifest.to_vec() };
-        manifest
-            .iter()
-            .filter(|m| {
-                let m = m.to_ascii_lowercase();
-                grants.iter().any(|g| covers(&g.to_ascii_lowercase(), &m))
-            })
-            .cloned()
-            .collect()
-    }
-}
 
 /// Why the resolver refused a name: surfaces to the guest as `denied`.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +164,7 @@ impl HttpGateway {
 
     fn check_port(&self, allow: &HostAllowlist, url: &url::Url) -> Result<(), HttpError> {
         let port = url.port_or_known_default().unwrap_or(0);
-        if matches!(port, 80 | 443) || self.config.allowed_ports.contains(&port) || self.config.allow_private_addresses || allow.private {
+        if matches!(port, 80 | 443) || self.config.allowed_ports.contains(&port) || self.config.allow_private_addresses || allow.private() {
             return Ok(());
         }
         Err(HttpError::Denied(format!("port {port} is not allowed; connectors call 80 and 443, and ports ops list in [http] allowed_ports")))
@@ -226,7 +173,7 @@ impl HttpGateway {
     /// Names are checked by the resolver as they are connected to; IP literals here.
     fn check_literal(&self, allow: &HostAllowlist, host: &str) -> Result<(), HttpError> {
         match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(ip) if !self.config.allow_private_addresses && !allow.private && is_private(ip) => Err(HttpError::Denied(format!(
+            Ok(ip) if !self.config.allow_private_addresses && !allow.private() && is_private(ip) => Err(HttpError::Denied(format!(
                 "{ip} is not a public address; refused (set http.allow_private_addresses only for local testing)"
             ))),
             _ => Ok(()),
@@ -253,7 +200,7 @@ impl HttpGateway {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let client = if allow.private { &self.open_client } else { &self.client };
+        let client = if allow.private() { &self.open_client } else { &self.client };
         let mut builder = client.request(method, url).timeout(timeout);
         for (k, v) in &req.headers {
             builder = builder.header(k.as_str(), v.as_str());
@@ -306,30 +253,6 @@ fn classify(e: reqwest::Error) -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn allowlist_matches_exact_and_wildcards() {
-        let a = HostAllowlist::new(["*.myshopify.com".to_string(), "eco.taobao.com".to_string()]);
-        assert!(a.allows("acme.myshopify.com"));
-        assert!(a.allows("ACME.myshopify.com"));
-        assert!(!a.allows("myshopify.com"));
-        assert!(!a.allows("evilmyshopify.com"));
-        assert!(!a.allows("myshopify.com.evil.io"));
-        assert!(a.allows("eco.taobao.com"));
-        assert!(!a.allows("x.eco.taobao.com"));
-    }
-
-    #[test]
-    fn grants_narrow_the_manifest() {
-        let manifest = vec!["*.myshopify.com".to_string(), "eco.taobao.com".to_string(), "*.cdn.example".to_string()];
-        assert_eq!(HostAllowlist::granted(&manifest, None), manifest);
-        let grants = vec!["*.myshopify.com".to_string(), "*.example".to_string()];
-        assert_eq!(HostAllowlist::granted(&manifest, Some(&grants)), vec!["*.myshopify.com".to_string(), "*.cdn.example".to_string()]);
-        assert!(HostAllowlist::granted(&manifest, Some(&["myshopify.com".to_string()])).is_empty());
-        assert!(covers("*.taobao.com", "eco.taobao.com"));
-        assert!(!covers("*.taobao.com", "taobao.com"));
-        assert!(!covers("*.taobao.com", "eviltaobao.com"));
-    }
 
     fn gateway(allow_private: bool) -> HttpGateway {
         HttpGateway::new(HttpConfig { allow_private_addresses: allow_private, timeout_ms: 2000, ..HttpConfig::default() }).unwrap()

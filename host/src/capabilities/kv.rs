@@ -16,8 +16,6 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// What one connector may keep for one shop: keys, and bytes of keys and values.
 pub const MAX_SCOPE_KEYS: u64 = 10_000;
 pub const MAX_SCOPE_BYTES: u64 = 16 * 1024 * 1024;
-/// What one call may write (keys and values, overwrites included).
-pub const MAX_WRITE_BYTES_PER_CALL: usize = 1024 * 1024;
 
 /// Keys and bytes a scope holds.
 #[derive(Clone, Copy, Default)]

@@ -592,7 +592,7 @@ impl RateLimits {
                 (Some(v), _) => Ok(format!("{setting}:{v}")),
                 // Keys show up on status pages: a secret is keyed by a digest, never its value.
                 (None, Some(secret)) => {
-                    Ok(format!("{setting}:sha256:{}", &hex::encode(crate::capabilities::crypto::sha256(secret.expose().as_bytes()))[..16]))
+                    Ok(format!("{setting}:sha256:{}", &hex::encode(berth_types::digest::sha256(secret.expose().as_bytes()))[..16]))
                 }
                 (None, None) => Err(NoQuotaKey { platform: platform.to_string(), setting: setting.clone(), shop: shop.to_string() }),
             },

@@ -11,7 +11,7 @@ use crate::capabilities::kv::KvStore;
 use crate::config::Config;
 use crate::capabilities::config::PlatformConfig;
 use berth_types::connector::{Capability, Manifest};
-use crate::runtime::state::HostServices;
+use crate::capabilities::services::HostServices;
 use crate::runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,8 +56,8 @@ impl ScratchHost {
             .map_err(|e| scratch(&e))?;
         let kv = KvStore::open(&store).map_err(|e| scratch(&e))?;
         let metrics = crate::metrics::AllMetrics::new();
-        let services = Arc::new(HostServices::new(&cfg, kv, metrics.runtime, metrics.http).map_err(|e| scratch(&e))?);
-        let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), dir.path().join("compiled"))?;
+        let services = Arc::new(HostServices::new(&cfg, kv, metrics.http).map_err(|e| scratch(&e))?);
+        let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime, dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _store: store, _dir: dir })
     }
 

@@ -11,7 +11,7 @@ pub mod shadow;
 pub mod slot;
 pub mod store;
 
-use crate::capabilities::http::HostAllowlist;
+use crate::runtime::allowlist::HostAllowlist;
 use berth_types::clock::now_ms;
 
 use crate::runtime::{digest, ConnectorRuntime, LoadError, LoadedConnector};

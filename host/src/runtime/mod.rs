@@ -2,6 +2,7 @@
 //! a fresh instance per call with a deadline and a memory cap, and compiled components
 //! cached on disk keyed by content digest and engine settings.
 
+pub mod allowlist;
 pub mod bindings;
 pub mod breaker;
 pub mod call_stats;
@@ -9,8 +10,10 @@ mod compat_v0_1;
 pub mod compile_cache;
 pub mod config;
 pub mod convert;
+pub mod crypto;
 pub mod engine;
 pub mod guest_log;
+pub mod imports;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
@@ -18,7 +21,7 @@ pub mod redact;
 pub mod state;
 pub mod tape;
 
-use crate::capabilities::http::HostAllowlist;
+use crate::runtime::allowlist::HostAllowlist;
 use crate::runtime::config::RuntimeConfig;
 use berth_types::shop::ShopConfig;
 use berth_types::connector::{
@@ -27,7 +30,8 @@ use berth_types::connector::{
 use bindings::{Connector, ConnectorPre};
 use engine::ConnectorEngine;
 use sha2::{Digest, Sha256};
-use state::{CallContext, HostServices, HostState};
+use imports::HostImports;
+use state::{CallContext, HostState};
 use tape::Tape;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -134,7 +138,11 @@ struct Usage {
 pub struct ConnectorRuntime {
     engine: ConnectorEngine,
     linker: Linker<HostState>,
-    services: Arc<HostServices>,
+    /// What connectors' imports reach outside the sandbox (the capabilities).
+    imports: Arc<dyn HostImports>,
+    pub metrics: Arc<metrics::RuntimeMetrics>,
+    /// Each connector's log allowance per minute (by name: shared by its versions).
+    log_minutes: std::sync::Mutex<std::collections::HashMap<String, Arc<guest_log::MinuteBudget>>>,
     cache_dir: PathBuf,
     /// `[runtime]`: every connector's limits where its own section says nothing.
     defaults: RuntimeConfig,
@@ -181,7 +189,12 @@ pub struct LoadedConnector {
 }
 
 impl ConnectorRuntime {
-    pub fn new(cfg: &RuntimeConfig, services: Arc<HostServices>, cache_dir: PathBuf) -> Result<Arc<Self>, LoadError> {
+    pub fn new(
+        cfg: &RuntimeConfig,
+        imports: Arc<dyn HostImports>,
+        metrics: Arc<metrics::RuntimeMetrics>,
+        cache_dir: PathBuf,
+    ) -> Result<Arc<Self>, LoadError> {
         let engine = ConnectorEngine::new(cfg).map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         let mut linker = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:?}")))?;
@@ -194,7 +207,9 @@ impl ConnectorRuntime {
         Ok(Arc::new(ConnectorRuntime {
             engine,
             linker,
-            services,
+            imports,
+            metrics,
+            log_minutes: Default::default(),
             cache_dir,
             defaults: cfg.clone(),
             pool: pool::InstancePool::new(cfg.max_instances as usize),
@@ -241,6 +256,25 @@ impl ConnectorRuntime {
     }
 
     /// How connector `name` stands in the instance pool.
+    /// What connectors' imports reach (the capabilities), for calls made outside a
+    /// loaded component (the native comparison in the e2e bench).
+    pub fn imports(&self) -> Arc<dyn HostImports> {
+        self.imports.clone()
+    }
+
+    /// Connector `name`'s log allowance per minute, the one its other versions spend.
+    pub fn log_minute(&self, name: &str, limit: usize) -> Arc<guest_log::MinuteBudget> {
+        let mut all = self.log_minutes.lock().unwrap_or_else(|e| e.into_inner());
+        match all.get(name).filter(|b| b.limit() == limit) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(guest_log::MinuteBudget::new(limit, self.metrics.log_dropped_counter(name)));
+                all.insert(name.to_string(), b.clone());
+                b
+            }
+        }
+    }
+
     pub fn pool_share(&self, name: &str) -> Option<pool::PoolShare> {
         self.pool.share(name)
     }
@@ -310,8 +344,8 @@ impl ConnectorRuntime {
             limits: options.limits,
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
             breaker: breaker::Breaker::new(options.limits.breaker),
-            meters: self.services.metrics.meters(name, "unknown"),
-            log_minute: self.services.log_minute(name, options.limits.max_log_bytes_per_minute),
+            meters: self.metrics.meters(name, "unknown"),
+            log_minute: self.log_minute(name, options.limits.max_log_bytes_per_minute),
         };
         let manifest = loaded
             .manifest_call()
@@ -329,13 +363,12 @@ impl ConnectorRuntime {
             });
         }
         // Its declared hosts count against its platform, whoever calls them later.
-        self.services
-            .limits
-            .claim(&manifest.platform, &manifest.allowed_hosts)
-            .map_err(|e| LoadError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
+        self.imports
+            .claim_hosts(&manifest.platform, &manifest.allowed_hosts)
+            .map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         loaded.version = manifest.connector_version.as_str().into();
         loaded.platform = manifest.platform.as_str().into();
-        loaded.meters = self.services.metrics.meters(name, &loaded.version);
+        loaded.meters = self.metrics.meters(name, &loaded.version);
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
             tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
@@ -652,7 +685,7 @@ impl LoadedConnector {
         };
         let slot = if webhook { rt.pool.try_take(&self.name) } else { rt.pool.take(&self.name, deadline).await };
         let slot = slot.map_err(|no| {
-            rt.services.metrics.limit_hit(&self.name, "instances", 1);
+            rt.metrics.limit_hit(&self.name, "instances", 1);
             if no.at_max {
                 CallError::Busy { call, running: no.in_use }
             } else {
@@ -671,7 +704,7 @@ impl LoadedConnector {
             kv_write_per_minute: l.max_kv_write_bytes_per_minute as u64,
         };
         let log = guest_log::LogBudget::new(self.name.clone(), l.max_log_bytes_per_call, self.log_minute.clone());
-        let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.services.clone(), l.max_memory_bytes, log, turn));
+        let mut store = Store::new(&rt.engine.engine, HostState::new(ctx, rt.imports.clone(), rt.metrics.clone(), l.max_memory_bytes, log, turn));
         store.limiter(|s| s.limiter());
         // Every epoch tick (10 ms) of guest code: past the deadline, stop it; before,
         // yield to the executor, so a guest spinning on the CPU holds no worker thread
@@ -775,7 +808,7 @@ impl LoadedConnector {
     /// or ends its isolation.
     fn judge(&self, ticket: breaker::Ticket<'_>, error: Option<&CallError>) {
         let (connector, version) = (&*self.name, &*self.version);
-        let m = &self.runtime.services.metrics;
+        let m = &self.runtime.metrics;
         match ticket.finish(CallError::sandbox_failure(error)) {
             None => {}
             Some(breaker::Change::Opened { reason, open_for }) => {
@@ -892,17 +925,13 @@ impl LoadedConnector {
             Ok(Output::Pull(Err(ConnectorError::RateLimited(ms))) | Output::Push(Err(ConnectorError::RateLimited(ms)))) => ms,
             _ => return,
         };
-        let limits = &self.runtime.services.limits;
+        let imports = &self.runtime.imports;
         let wait = Duration::from_millis((*ms).max(1));
         let held = if answered {
-            let cause = crate::capabilities::ratelimit::HoldCause {
-                shop: shop.to_string(),
-                connector: self.name.to_string(),
-                reason: format!("the connector returned rate-limited({} ms)", wait.as_millis()),
-            };
-            limits.penalize(&self.manifest.platform, shop, Some(cfg), wait, cause)
+            let reason = format!("the connector returned rate-limited({} ms)", wait.as_millis());
+            imports.hold_quota(&self.manifest.platform, shop, cfg, wait, &self.name, reason)
         } else {
-            let own = wait.min(limits.max_hold(&self.manifest.platform));
+            let own = wait.min(imports.max_hold(&self.manifest.platform));
             tracing::warn!(
                 connector = %self.name, version = %self.version, shop, wait_ms = own.as_millis() as u64,
                 "the connector said rate-limited without an answer from the platform in this call: only this shop waits, its quota is not held"
@@ -915,7 +944,7 @@ impl LoadedConnector {
     /// Resolves when an operator releases a quota hold (a worker waiting out a hold or a
     /// throttle looks again).
     pub async fn quota_released(&self) {
-        self.runtime.services.limits.released().await
+        self.runtime.imports.quota_released().await
     }
 
     /// The connector's instance slots: reserved, its max, in use now.
@@ -925,12 +954,12 @@ impl LoadedConnector {
 
     /// A host bound stopped `n` things this connector did or returned (`limit` names it).
     pub fn limit_hit(&self, limit: &str, n: u64) {
-        self.runtime.services.metrics.limit_hit(&self.name, limit, n);
+        self.runtime.metrics.limit_hit(&self.name, limit, n);
     }
 
     /// The retry policy in force now for this connector's platform.
-    pub fn retry_policy(&self, job: crate::retry::Job) -> crate::retry::RetryPolicy {
-        self.runtime.services.retry.get(&self.manifest.platform, job)
+    pub fn retry_policy(&self, job: berth_types::retry::Job) -> berth_types::retry::RetryPolicy {
+        self.runtime.imports.retry_policy(&self.manifest.platform, job)
     }
 
     /// Count how a call ended, and hand the result on.

@@ -2,69 +2,15 @@
 //! the connector, version and shop of this call.
 
 use super::bindings::berth::connector::{config, crypto, http, kv, log, metrics};
-use crate::capabilities::{self, http::HostAllowlist, http::HttpGateway, kv::KvStore};
+use super::allowlist::HostAllowlist;
+use super::imports::{HostImports, SendNotes};
+use super::metrics::RuntimeMetrics;
 use berth_types::shop::ShopConfig;
 use berth_types::http::{HttpError, Request as HttpRequest, Response as HttpResponse};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// Services shared by every call.
-pub struct HostServices {
-    pub http: HttpGateway,
-    pub kv: KvStore,
-    pub limits: capabilities::ratelimit::RateLimits,
-    pub retry: crate::retry::RetryPolicies,
-    pub standby: Arc<capabilities::standby::Standbys>,
-    /// The runtime's metric families (calls, bounds hit, guest metrics).
-    pub metrics: Arc<super::metrics::RuntimeMetrics>,
-    /// Outbound requests and rate-limit waits.
-    pub http_metrics: Arc<capabilities::metrics::HttpMetrics>,
-    /// Each connector's log allowance per minute (by name: shared by its versions).
-    log_minutes: std::sync::Mutex<std::collections::HashMap<String, Arc<super::guest_log::MinuteBudget>>>,
-}
-
-impl HostServices {
-    /// The services a config describes, over the connector state in `kv`.
-    pub fn new(
-        cfg: &crate::config::Config,
-        kv: KvStore,
-        metrics: Arc<super::metrics::RuntimeMetrics>,
-        http_metrics: Arc<capabilities::metrics::HttpMetrics>,
-    ) -> Result<HostServices, reqwest::Error> {
-        Ok(HostServices {
-            http: HttpGateway::new(cfg.http.clone())?,
-            kv,
-            limits: capabilities::ratelimit::RateLimits::new(&cfg.platforms),
-            retry: crate::retry::RetryPolicies::new(cfg),
-            standby: Arc::new(capabilities::standby::Standbys::new(&cfg.platforms)),
-            log_minutes: Default::default(),
-            metrics,
-            http_metrics,
-        })
-    }
-
-    /// Connector `name`'s log allowance per minute, the one its other versions spend.
-    pub fn log_minute(&self, name: &str, limit: usize) -> Arc<super::guest_log::MinuteBudget> {
-        let mut all = self.log_minutes.lock().unwrap_or_else(|e| e.into_inner());
-        match all.get(name).filter(|b| b.limit() == limit) {
-            Some(b) => b.clone(),
-            None => {
-                let b = Arc::new(super::guest_log::MinuteBudget::new(limit, self.metrics.log_dropped_counter(name)));
-                all.insert(name.to_string(), b.clone());
-                b
-            }
-        }
-    }
-
-    /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
-    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::capabilities::config::PlatformConfig>) {
-        self.limits.reconfigure(platforms);
-        self.retry.reconfigure(platforms);
-        self.standby.reconfigure(platforms);
-    }
-}
 
 /// Who is calling: fixed for the life of one store.
 #[derive(Clone)]
@@ -91,19 +37,18 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) limits: PeakLimits,
     ctx: CallContext,
-    services: Arc<HostServices>,
-    /// Set when the host's rate limiter held a request back past the call's budget:
-    /// how long the quota still needs.
-    held_back: Option<std::time::Duration>,
+    /// What the imports reach outside the sandbox (the capabilities).
+    imports: Arc<dyn HostImports>,
+    metrics: Arc<RuntimeMetrics>,
+    /// Whether the host's rate limiter held a request back past the call's budget (and
+    /// how long the quota still needs), whether the platform answered one.
+    notes: SendNotes,
     /// Recording for, or replaying to, a shadow run (see tape.rs).
     pub(crate) tape: super::tape::Tape,
     /// What this call may still log (shared with stdout/stderr).
     log: super::guest_log::LogBudget,
     /// Bytes of state (keys and values) this call has written.
     kv_written: usize,
-    /// The connector's own platform answered a request of this call (a throttle it
-    /// reports then has an answer behind it).
-    platform_answered: bool,
     /// This call's turn among the connector's concurrent calls, given back with the store.
     _turn: tokio::sync::OwnedSemaphorePermit,
 }
@@ -111,7 +56,8 @@ pub struct HostState {
 impl HostState {
     pub fn new(
         ctx: CallContext,
-        services: Arc<HostServices>,
+        imports: Arc<dyn HostImports>,
+        metrics: Arc<RuntimeMetrics>,
         max_memory_bytes: usize,
         log: super::guest_log::LogBudget,
         turn: tokio::sync::OwnedSemaphorePermit,
@@ -124,12 +70,12 @@ impl HostState {
                 peak_memory: 0,
             },
             ctx,
-            services,
-            held_back: None,
+            imports,
+            metrics,
+            notes: SendNotes::default(),
             tape: super::tape::Tape::Off,
             log,
             kv_written: 0,
-            platform_answered: false,
             _turn: turn,
         }
     }
@@ -141,16 +87,12 @@ impl HostState {
 
     /// Whether the connector's own platform answered a request of this call.
     pub fn platform_answered(&self) -> bool {
-        self.platform_answered
+        self.notes.platform_answered
     }
 
     /// Whether (and for how long) the rate limiter held a request of this call back.
     pub fn held_back(&self) -> Option<std::time::Duration> {
-        self.held_back
-    }
-
-    fn shop_name(&self) -> &str {
-        self.ctx.shop.as_ref().map(|(s, _)| s.as_str()).unwrap_or("")
+        self.notes.held_back
     }
 
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
@@ -229,6 +171,11 @@ fn locked_down_wasi(ctx: &CallContext, log: &super::guest_log::LogBudget) -> Was
 }
 
 impl CallContext {
+    /// The calling shop's name (empty for calls not made for a shop).
+    pub fn shop_name(&self) -> &str {
+        self.shop.as_ref().map(|(s, _)| s.as_str()).unwrap_or("")
+    }
+
     /// Who writes this call's guest log records.
     fn origin(&self) -> super::guest_log::Origin {
         let shop: Arc<str> = self.shop.as_ref().map_or_else(|| Arc::from(""), |(s, _)| Arc::from(s.as_str()));
@@ -247,6 +194,9 @@ pub fn bounded(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// State bytes (keys and values, overwrites included) one call may write.
+pub const MAX_KV_WRITE_BYTES_PER_CALL: usize = 1024 * 1024;
 
 impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
@@ -269,213 +219,41 @@ impl HostState {
         self.tape.record(&method, &raw_url, &result);
         result
     }
-}
 
-impl HostState {
     async fn send_live(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let started = std::time::Instant::now();
-        let url_for_log = bounded(&req.url, 256).to_string();
-        let services = self.services.clone();
-        let url = match services.http.admit(&self.ctx.allow, &req.url) {
-            Ok(url) => url,
-            Err(e) => return Err(self.refused(&url_for_log, e)),
-        };
-        // The destination picks the platform whose buckets the request spends, whoever
-        // sends it; a destination of no platform's counts against the connector's own.
-        let platform: Arc<str> = match services.limits.platform_for(&url) {
-            Some(p) if *p != *self.ctx.platform => {
-                tracing::debug!(connector = %self.ctx.connector, shop = self.shop_name(), destination_platform = %p, "request to another platform's host: it spends that platform's quota");
-                Arc::from(p)
-            }
-            _ => self.ctx.platform.clone(),
-        };
-        let cfg = self.ctx.shop.as_ref().map(|(_, c)| c.clone());
-        let key = match services.limits.quota_of(&platform, self.shop_name(), cfg.as_deref()) {
-            Ok(key) => key,
-            Err(e) => {
-                let why = format!("{e}: berth cannot tell whose quota this request to `{}` would spend", url.host_str().unwrap_or(""));
-                return Err(self.refused(&url_for_log, HttpError::Denied(why)));
-            }
-        };
-        // Wait for the platform's rate limits, leaving the guest half its remaining time.
-        let budget = self.ctx.deadline.saturating_duration_since(started) / 2;
-        let api_method = services.limits.has_classes(&platform).then(|| api_method(&url, &req)).flatten();
-        let endpoint = capabilities::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
-        // Held until the answer has been learnt from (see RateLimits::acquire).
-        let _on_its_way = match services.limits.acquire(&platform, &key, endpoint, budget).await {
-            Ok((waited, flight)) => {
-                if !waited.is_zero() {
-                    services.http_metrics.rate_limit_wait(&platform, waited);
-                    tracing::debug!(
-                        connector = %self.ctx.connector, shop = self.shop_name(), waited_ms = waited.as_millis() as u64, "rate limit wait"
-                    )
-                }
-                flight
-            }
-            Err(no_slot) => {
-                tracing::info!(connector = %self.ctx.connector, shop = self.shop_name(), error = %no_slot, "request held back");
-                self.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
-                services.http_metrics.http(&platform, "held_back", None);
-                return Err(HttpError::Throttled(no_slot.wait_ms.max(1)));
-            }
-        };
-        let url = services.standby.route(&platform, url);
-        let sent = std::time::Instant::now();
-        let result = services.http.send_to(&self.ctx.allow, url, req).await;
-        let status = match &result {
-            Ok(r) => capabilities::metrics::status_class(r.status),
-            Err(HttpError::Denied(_)) => "denied",
-            Err(HttpError::Timeout) => "timeout",
-            Err(HttpError::Connection(_)) => "connection",
-            Err(HttpError::TooLarge(_)) => "too_large",
-            Err(HttpError::InvalidRequest(_)) => "invalid",
-            Err(HttpError::Throttled(_)) => "held_back",
-        };
-        services.http_metrics.http(&platform, status, Some(sent.elapsed()));
-        if result.is_ok() && platform == self.ctx.platform {
-            self.platform_answered = true;
-        }
-        match &result {
-            Ok(r) => {
-                use capabilities::ratelimit::Hold;
-                match services.limits.learn(&platform, &key, self.shop_name(), &self.ctx.connector, r.status, &r.headers) {
-                    Some(Hold::Throttled(wait)) => tracing::info!(
-                        connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64,
-                        "platform throttled; holding its quota"
-                    ),
-                    Some(Hold::NearlyFull(wait)) => tracing::debug!(
-                        connector = %self.ctx.connector, shop = self.shop_name(), wait_ms = wait.as_millis() as u64,
-                        "platform's call bucket nearly full; slowing down"
-                    ),
-                    None => {}
-                }
-                tracing::debug!(
-                    connector = %self.ctx.connector, shop = self.shop_name(), status = r.status,
-                    ms = started.elapsed().as_millis() as u64, "http"
-                )
-            }
-            Err(HttpError::Denied(_)) => {}
-            Err(e) => tracing::warn!(
-                connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(&url_for_log),
-                error = %redacted_error(e), "http request failed"
-            ),
-        }
-        result.map_err(|e| match e {
-            HttpError::Denied(why) => self.refused(&url_for_log, HttpError::Denied(why)),
-            e => e,
-        })
-    }
-}
-
-/// An HTTP error for the log: reqwest's text names the whole URL, query (and any access
-/// token in it) included, so only the kind and the URL's path are kept.
-fn redacted_error(e: &HttpError) -> String {
-    let scrub = |s: &str| -> String {
-        // Cut every URL in the text at its query.
-        s.split(' ').map(|w| if w.contains("://") { strip_query(w) } else { w.to_string() }).collect::<Vec<_>>().join(" ")
-    };
-    match e {
-        HttpError::Connection(s) => format!("connection: {}", scrub(s)),
-        HttpError::InvalidRequest(s) => format!("invalid request: {}", scrub(s)),
-        other => format!("{other:?}"),
-    }
-}
-
-impl HostState {
-    /// Count and log a request refused by policy; returns the error for the guest.
-    fn refused(&self, url: &str, e: HttpError) -> HttpError {
-        if let HttpError::Denied(why) = &e {
-            self.services.http.note_refusal(&self.ctx.connector);
-            self.services.http_metrics.http(&self.ctx.platform, "denied", None);
-            tracing::warn!(
-                connector = %self.ctx.connector, shop = self.shop_name(), url = %strip_query(url),
-                reason = %why, "http request refused by policy"
-            );
-        }
-        e
-    }
-}
-
-/// The API method of an RPC-style call (`method=` in the query, or in a form body).
-fn api_method(url: &url::Url, req: &HttpRequest) -> Option<String> {
-    let pick = |pairs: url::form_urlencoded::Parse<'_>| pairs.into_iter().find(|(k, _)| k == "method").map(|(_, v)| v.into_owned());
-    pick(url.query_pairs()).or_else(|| {
-        let form = req.headers.iter().any(|(k, v)| {
-            k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
-        });
-        form.then(|| pick(url::form_urlencoded::parse(&req.body))).flatten()
-    })
-}
-
-/// URLs may carry tokens in their query; logs get the path only.
-/// A URL as logs and errors may show it: scheme, host, port and path — no query, no
-/// fragment, no user or password (where access tokens and signatures travel).
-fn strip_query(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.has_host() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
-        _ => {
-            let cut = url.split(['?', '#']).next().unwrap_or_default();
-            // Not a URL the parser takes: drop anything up to an `@` after the scheme too.
-            match cut.split_once("://") {
-                Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, r)| r)),
-                None => cut.to_string(),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    #[test]
-    fn logged_urls_lose_query_fragment_and_userinfo() {
-        assert_eq!(super::strip_query("https://u:p@api.example.com:8443/a/b?access_token=SECRET&x=1#frag"), "https://api.example.com:8443/a/b");
-        assert_eq!(super::strip_query("http://127.0.0.1:9/x?sign=abc"), "http://127.0.0.1:9/x");
-        assert_eq!(super::strip_query("weird://tok@host/p?q"), "weird://host/p");
-        assert_eq!(super::strip_query("not a url?token=1"), "not a url");
+        let imports = self.imports.clone();
+        imports.send(&self.ctx, req, &mut self.notes).await
     }
 }
 
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        let scope = self.services.kv.scope(&self.ctx.connector, self.shop_name());
-        self.tape.kv_get(&key, || scope.get(&key))
+        let (imports, ctx) = (&self.imports, &self.ctx);
+        self.tape.kv_get(&key, || imports.kv_get(ctx, &key))
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         // The quota bounds what a shop's state holds; these bound the disk writes one
         // call, and one shop per minute, make (rewriting the same keys again and again).
         let n = key.len() + value.len();
-        if self.kv_written + n > capabilities::kv::MAX_WRITE_BYTES_PER_CALL {
-            self.services.metrics.limit_hit(&self.ctx.connector, "kv_rate", 1);
+        if self.kv_written + n > MAX_KV_WRITE_BYTES_PER_CALL {
+            self.metrics.limit_hit(&self.ctx.connector, "kv_rate", 1);
             return Err(format!(
                 "this call has written {} bytes of state; one call may write at most {} (state is for cursors and tokens, not bulk data)",
-                self.kv_written,
-                capabilities::kv::MAX_WRITE_BYTES_PER_CALL
+                self.kv_written, MAX_KV_WRITE_BYTES_PER_CALL
             ));
         }
         if self.tape.kv_put(&key, Some(&value)) {
             self.kv_written += n;
             return Ok(());
         }
-        let scope = self.services.kv.scope(&self.ctx.connector, self.shop_name());
-        match scope.set_within(&key, &value, self.ctx.kv_write_per_minute, berth_types::clock::now_ms()) {
+        match self.imports.kv_set(&self.ctx, &key, &value) {
             Ok(()) => {
                 self.kv_written += n;
                 Ok(())
             }
             Err(e) => {
-                let limit = match e {
-                    capabilities::kv::WriteRefused::Quota { .. } => Some("kv_quota"),
-                    capabilities::kv::WriteRefused::Rate { .. } => Some("kv_rate"),
-                    _ => None,
-                };
-                if let Some(limit) = limit {
-                    self.services.metrics.limit_hit(&self.ctx.connector, limit, 1);
+                if let Some(limit) = e.limit() {
+                    self.metrics.limit_hit(&self.ctx.connector, limit, 1);
                 }
                 Err(e.to_string())
             }
@@ -485,10 +263,10 @@ impl kv::Host for HostState {
         if self.tape.kv_put(&key, None) {
             return Ok(());
         }
-        self.services.kv.scope(&self.ctx.connector, self.shop_name()).delete(&key)
+        self.imports.kv_delete(&self.ctx, &key)
     }
     fn list_prefix(&mut self, prefix: String) -> Result<Vec<String>, String> {
-        self.services.kv.scope(&self.ctx.connector, self.shop_name()).list_prefix(&prefix)
+        self.imports.kv_list(&self.ctx, &prefix)
     }
 }
 
@@ -529,10 +307,10 @@ impl HostState {
         let secret = |s: &str| matches!(self.ctx.redact.text(s), std::borrow::Cow::Owned(_));
         if secret(name) || labels.iter().any(|(k, v)| secret(k) || secret(v)) {
             // Not even redacted: a series named after a secret says where it is.
-            self.services.metrics.guest_refused(&self.ctx.connector, "secret");
+            self.metrics.guest_refused(&self.ctx.connector, "secret");
             return;
         }
-        if let Err(reason) = self.services.metrics.guest(&self.ctx.connector, kind, name, labels, value) {
+        if let Err(reason) = self.metrics.guest(&self.ctx.connector, kind, name, labels, value) {
             tracing::debug!(connector = %self.ctx.connector, metric = bounded(name, 64), reason, "guest metric dropped");
         }
     }
@@ -540,54 +318,26 @@ impl HostState {
 
 impl crypto::Host for HostState {
     fn md5(&mut self, data: Vec<u8>) -> Vec<u8> {
-        capabilities::crypto::md5(&data)
+        super::crypto::md5(&data)
     }
     fn sha256(&mut self, data: Vec<u8>) -> Vec<u8> {
-        capabilities::crypto::sha256(&data)
+        super::crypto::sha256(&data)
     }
     fn hmac_md5(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
-        capabilities::crypto::hmac_md5(&key, &data)
+        super::crypto::hmac_md5(&key, &data)
     }
     fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
-        capabilities::crypto::hmac_sha256(&key, &data)
+        super::crypto::hmac_sha256(&key, &data)
     }
     fn base64_encode(&mut self, data: Vec<u8>) -> String {
-        capabilities::crypto::base64_encode(&data)
+        super::crypto::base64_encode(&data)
     }
     fn base64_decode(&mut self, text: String) -> Result<Vec<u8>, String> {
-        capabilities::crypto::base64_decode(&text)
+        super::crypto::base64_decode(&text)
     }
     fn hex_encode(&mut self, data: Vec<u8>, upper: bool) -> String {
-        capabilities::crypto::hex_encode(&data, upper)
+        super::crypto::hex_encode(&data, upper)
     }
 }
 
 impl super::bindings::berth::connector::types::Host for HostState {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(url: &str, headers: &[(&str, &str)], body: &str) -> (url::Url, HttpRequest) {
-        let r = HttpRequest {
-            method: berth_types::http::Method::Post,
-            url: url.into(),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            body: body.as_bytes().to_vec(),
-            timeout_ms: None,
-        };
-        (url::Url::parse(url).unwrap(), r)
-    }
-
-    #[test]
-    fn reads_the_api_method_from_the_query_or_a_form_body() {
-        let (u, r) = req("http://gw/router/rest?method=taobao.trades.sold.get&v=2.0", &[], "");
-        assert_eq!(api_method(&u, &r).as_deref(), Some("taobao.trades.sold.get"));
-        let form = [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")];
-        let (u, r) = req("http://gw/router/rest", &form, "app_key=1&method=taobao.item.quantity.update&sign=X");
-        assert_eq!(api_method(&u, &r).as_deref(), Some("taobao.item.quantity.update"));
-        // A JSON body is not read as a form.
-        let (u, r) = req("http://gw/router/rest", &[("content-type", "application/json")], "method=x");
-        assert_eq!(api_method(&u, &r), None);
-    }
-}

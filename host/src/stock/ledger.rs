@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use crate::retry::RetryPolicy;
+pub use berth_types::retry::RetryPolicy;
 
 /// `stock_meta` key of the next version number.
 const NEXT_VERSION: &[u8] = b"next_version";

@@ -8,7 +8,7 @@
 use super::{PushOutcome, SkuStock, StockLedger};
 use berth_types::clock::now_ms;
 use berth_types::shop::ShopConfig;
-use crate::retry::{ErrorKind, Job};
+use berth_types::retry::{ErrorKind, Job};
 use berth_types::connector::{ConnectorError, StockUpdate, UpdateResult};
 use crate::registry::ConnectorSlot;
 use crate::runtime::LoadedConnector;

@@ -1,4 +1,5 @@
-//! Signing primitives for `berth:connector/crypto`, computed natively.
+//! Signing primitives for `berth:connector/crypto`, computed natively: pure functions
+//! over the bytes given, so the runtime serves them itself (digests from berth-types).
 
 use base64::Engine as _;
 
