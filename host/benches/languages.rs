@@ -20,8 +20,8 @@ use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
 use berth_host::plugin::ScratchHost;
 use berth_types::connector::{PullRequest, TimeWindow};
-use berth_host::runtime::tape::Tape;
-use berth_host::runtime::{Call, Output};
+use berth_runtime::tape::Tape;
+use berth_runtime::{Call, Output};
 use berth_sim::{LimitsUpdate, Platform, SimConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -287,8 +287,8 @@ async fn main() {
 /// `[runtime]` lines), each call instantiating it into a bare store and calling
 /// `manifest`.
 struct Floor {
-    engine: berth_host::runtime::engine::ConnectorEngine,
-    pre: berth_host::runtime::bindings::ConnectorPre<()>,
+    engine: berth_runtime::engine::ConnectorEngine,
+    pre: berth_runtime::bindings::ConnectorPre<()>,
     fuel: bool,
 }
 
@@ -296,11 +296,11 @@ impl Floor {
     fn new(path: &Path, runtime: &str) -> Floor {
         use wasmtime::component::{Component, Linker};
         let cfg = berth_host::config::Config::parse(runtime, Path::new("<bench>")).expect("runtime config");
-        let engine = berth_host::runtime::engine::ConnectorEngine::new(&cfg.runtime).expect("engine");
+        let engine = berth_runtime::engine::ConnectorEngine::new(&cfg.runtime).expect("engine");
         let component = Component::from_file(&engine.engine, path).expect("compile");
         let mut linker = Linker::<()>::new(&engine.engine);
         linker.define_unknown_imports_as_traps(&component).expect("trap imports");
-        let pre = berth_host::runtime::bindings::ConnectorPre::new(linker.instantiate_pre(&component).expect("instantiate_pre")).expect("world");
+        let pre = berth_runtime::bindings::ConnectorPre::new(linker.instantiate_pre(&component).expect("instantiate_pre")).expect("world");
         Floor { engine, pre, fuel: cfg.runtime.meter_fuel }
     }
 

@@ -15,7 +15,7 @@ use crate::auth::AdminConfig;
 use crate::capabilities::config::{HttpConfig, PlatformConfig};
 use crate::delivery::ErpConfig;
 use crate::registry::ConnectorConfig;
-use crate::runtime::config::RuntimeConfig;
+use berth_runtime::config::RuntimeConfig;
 use crate::stock::StockConfig;
 use crate::sync::SyncDefaults;
 use berth_types::shop::ShopConfig;
@@ -168,7 +168,7 @@ impl Config {
         for (name, c) in &self.connectors {
             self.runtime.check_connector(name, &c.limits)?;
         }
-        crate::runtime::config::check_reservations(&self.runtime, self.connectors.iter().map(|(n, c)| (n.as_str(), &c.limits)))?;
+        berth_runtime::config::check_reservations(&self.runtime, self.connectors.iter().map(|(n, c)| (n.as_str(), &c.limits)))?;
         self.erp.check()?;
         self.sync.check()?;
         for (name, l) in &self.platforms {

@@ -199,7 +199,7 @@ impl ErpDeliverer {
             return Ok(());
         }
         let text = resp.text().await.unwrap_or_default();
-        Err(DeliveryError::Status { status: status.as_u16(), body: crate::runtime::state::bounded(&text, 300).to_string() })
+        Err(DeliveryError::Status { status: status.as_u16(), body: berth_runtime::state::bounded(&text, 300).to_string() })
     }
 }
 

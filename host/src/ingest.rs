@@ -113,11 +113,11 @@ pub async fn ingest(
             .collect();
         let req = WebhookRequest { headers, body };
         let events = match target.connector.handle_webhook(&conn, shop, target.config.clone(), &req).await {
-            Err(call @ (crate::runtime::CallError::Busy { .. } | crate::runtime::CallError::NoInstance { .. })) => {
+            Err(call @ (berth_runtime::CallError::Busy { .. } | berth_runtime::CallError::NoInstance { .. })) => {
                 conn.limit_hit("webhook_busy", 1);
                 return Err(IngestError::TooMany { why: call.to_string(), retry_after_secs: 1 });
             }
-            Err(call @ (crate::runtime::CallError::OutputTooLarge { .. } | crate::runtime::CallError::BadOutput { .. })) => {
+            Err(call @ (berth_runtime::CallError::OutputTooLarge { .. } | berth_runtime::CallError::BadOutput { .. })) => {
                 // What the push turned into cannot be taken (an id past its bound, a time
                 // of year 10000): sent again it would be refused again, so the platform
                 // is told not to (422), and berth logs what it was.
@@ -130,7 +130,7 @@ pub async fn ingest(
                 tracing::warn!(error = %call, "the connector failed on a webhook");
                 return Err(IngestError::Unavailable(format!(
                     "the shop's connector failed ({}); berth logged the details",
-                    crate::runtime::call_error_outcome(&call)
+                    berth_runtime::call_error_outcome(&call)
                 )));
             }
             Ok(Err(ConnectorError::Auth(why))) => return Err(IngestError::Unauthorized(why)),

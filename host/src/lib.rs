@@ -26,7 +26,6 @@ pub mod plugin;
 pub mod queue;
 pub mod registry;
 pub mod reload;
-pub mod runtime;
 pub mod service;
 pub mod shops;
 pub mod stock;

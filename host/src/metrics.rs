@@ -107,7 +107,7 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct AllMetrics {
     pub ops: std::sync::Arc<Metrics>,
-    pub runtime: std::sync::Arc<crate::runtime::metrics::RuntimeMetrics>,
+    pub runtime: std::sync::Arc<berth_runtime::metrics::RuntimeMetrics>,
     pub http: std::sync::Arc<crate::capabilities::metrics::HttpMetrics>,
     pub api: std::sync::Arc<crate::api::metrics::ApiMetrics>,
 }
@@ -116,7 +116,7 @@ impl AllMetrics {
     /// A fresh registry with every family berth exports.
     pub fn new() -> AllMetrics {
         let mut registry = Registry::with_prefix("berth");
-        let runtime = std::sync::Arc::new(crate::runtime::metrics::RuntimeMetrics::register(&mut registry));
+        let runtime = std::sync::Arc::new(berth_runtime::metrics::RuntimeMetrics::register(&mut registry));
         let http = std::sync::Arc::new(crate::capabilities::metrics::HttpMetrics::register(&mut registry));
         let api = std::sync::Arc::new(crate::api::metrics::ApiMetrics::register(&mut registry));
         AllMetrics { ops: std::sync::Arc::new(Metrics::new(registry)), runtime, http, api }

@@ -10,7 +10,7 @@ use crate::queue::{QueueError, QueuePolicy, StoreQueues};
 use crate::stock::ledger::RetryPolicy;
 use crate::stock::{StockError, StockLedger};
 use crate::capabilities::services::HostServices;
-use crate::runtime::{ConnectorRuntime, LoadError};
+use berth_runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
 use crate::shops::ShopSet;
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ use berth_types::connector::{
 use crate::inbox::{OrderInbox, QueuedOrder};
 use berth_types::retry::{ErrorKind, Job};
 use crate::registry::ConnectorSlot;
-use crate::runtime::LoadedConnector;
+use berth_runtime::LoadedConnector;
 use crate::queue::QueueError;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageOutcome, PageSource, StoreError, SyncState, WindowProgress};
 use serde::Serialize;

@@ -6,12 +6,12 @@
 //! the deadline interrupt) and the host's checks of the answer (size limits, redaction).
 
 use berth_types::shop::ShopConfig;
-use berth_host::runtime::bindings::berth::connector as hb;
-use berth_host::runtime::guest_log::LogBudget;
-use berth_host::runtime::limits::ConnectorLimits;
-use berth_host::runtime::redact::Redactor;
-use berth_host::runtime::ConnectorRuntime;
-use berth_host::runtime::state::{CallContext, HostState};
+use berth_runtime::bindings::berth::connector as hb;
+use berth_runtime::guest_log::LogBudget;
+use berth_runtime::limits::ConnectorLimits;
+use berth_runtime::redact::Redactor;
+use berth_runtime::ConnectorRuntime;
+use berth_runtime::state::{CallContext, HostState};
 use berth_sdk::bindings::berth::connector as sb;
 use berth_sdk::native::MetricKind;
 use berth_sdk::Connector;
@@ -26,14 +26,14 @@ mod shopify;
 
 pub struct NativeShopify {
     runtime: Arc<ConnectorRuntime>,
-    allow: Arc<berth_host::runtime::allowlist::HostAllowlist>,
+    allow: Arc<berth_runtime::allowlist::HostAllowlist>,
     limits: ConnectorLimits,
     turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl NativeShopify {
     pub fn new(runtime: Arc<ConnectorRuntime>, hosts: &[String], limits: ConnectorLimits) -> Self {
-        let allow = Arc::new(berth_host::runtime::allowlist::HostAllowlist::new(hosts.iter().cloned()));
+        let allow = Arc::new(berth_runtime::allowlist::HostAllowlist::new(hosts.iter().cloned()));
         let turns = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
         NativeShopify { runtime, allow, limits, turns }
     }

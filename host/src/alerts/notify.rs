@@ -211,7 +211,7 @@ impl Receiver {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(format!("HTTP {status}: {}", crate::runtime::state::bounded(&text, 200)));
+            return Err(format!("HTTP {status}: {}", berth_runtime::state::bounded(&text, 200)));
         }
         // The robots answer 200 with an error code when they refuse a message.
         if matches!(self.config.format, Format::Wecom | Format::Dingtalk) {

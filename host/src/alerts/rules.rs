@@ -2,7 +2,7 @@
 //! what each one makes of an [`Observation`] of the host.
 
 use berth_types::shop::Tier;
-use crate::runtime::call_stats::Tally;
+use berth_runtime::call_stats::Tally;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -228,7 +228,7 @@ pub struct Observation {
 pub struct Isolated {
     pub connector: String,
     pub version: String,
-    pub breaker: crate::runtime::breaker::BreakerView,
+    pub breaker: berth_runtime::breaker::BreakerView,
 }
 
 #[derive(Clone, Debug)]
@@ -458,7 +458,7 @@ mod tests {
             ShopProbe { shop: "b".into(), connector: "c".into(), tier: Tier::B, consecutive_failures: 5, last_message: "503".into() },
         ];
         obs.rollbacks = vec![("old".into(), 0, "r".into()), ("new".into(), 4_999_000, "too many traps".into())];
-        let view = |state| crate::runtime::breaker::BreakerView { state, since_ms: Some(1), reason: Some("5 of 5 calls failed".into()), trial_at_ms: None, trips: 1, window_failures: 0, window_calls: 0 };
+        let view = |state| berth_runtime::breaker::BreakerView { state, since_ms: Some(1), reason: Some("5 of 5 calls failed".into()), trial_at_ms: None, trips: 1, window_failures: 0, window_calls: 0 };
         obs.isolated = vec![Isolated { connector: "hostile".into(), version: "6.6.6".into(), breaker: view("open") }];
         let subjects = |r: Rule| r.evaluate(&obs).into_iter().map(|b| b.subject).collect::<Vec<_>>();
         let d = Rule::defaults();

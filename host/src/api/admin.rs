@@ -228,7 +228,7 @@ async fn deploy(
             return st.refuse(&caller, &action, StatusCode::PAYLOAD_TOO_LARGE, why);
         }
     };
-    let digest = crate::runtime::digest(&bytes);
+    let digest = berth_runtime::digest(&bytes);
     let result = st
         .registry
         .deploy(&name, &bytes, &caller.name, q.activate.unwrap_or(true), max)

@@ -37,13 +37,13 @@ pub struct ConnectorInfo {
     /// Outbound requests refused by policy (host not granted, non-public address).
     pub http_refusals: u64,
     /// What each call of the active version may use.
-    pub limits: crate::runtime::limits::ConnectorLimits,
+    pub limits: berth_runtime::limits::ConnectorLimits,
     /// The active version's circuit breaker.
-    pub breaker: crate::runtime::breaker::BreakerView,
+    pub breaker: berth_runtime::breaker::BreakerView,
     /// A canary candidate's, while one runs.
-    pub canary_breaker: Option<crate::runtime::breaker::BreakerView>,
+    pub canary_breaker: Option<berth_runtime::breaker::BreakerView>,
     /// Its instance slots: reserved for it, its max, in use now.
-    pub instances: Option<crate::runtime::pool::PoolShare>,
+    pub instances: Option<berth_runtime::pool::PoolShare>,
 }
 
 pub struct ApiState {
@@ -435,7 +435,7 @@ async fn settle(st: &ApiState, caller: &Caller, body: JsonBody<AckRequest>, how:
         resp.lease_lost.push(id);
         resp.refused.push(Refused { id, reason: QueueError::LeaseLost { id }.to_string() });
     }
-    let reason = req.reason.as_deref().map(|r| crate::runtime::state::bounded(r, 2048)).unwrap_or("nacked by the ERP");
+    let reason = req.reason.as_deref().map(|r| berth_runtime::state::bounded(r, 2048)).unwrap_or("nacked by the ERP");
     // Acks share one fsync; a nack or an extend is rare and each is its own.
     let results: Vec<Result<Option<i64>, QueueError>> = match how {
         Settle::Ack => match st.inbox.ack_many(&req.tokens).await {

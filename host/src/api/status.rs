@@ -6,7 +6,7 @@ use super::ApiState;
 use crate::alerts::{AlertRecord, LogEntry};
 use crate::health::{ShopHealth, TierSummary};
 use crate::levels::QueueLevel;
-use crate::runtime::call_stats::Tally;
+use berth_runtime::call_stats::Tally;
 use crate::sync::ShopStatus;
 use axum::extract::State;
 use axum::http::header;

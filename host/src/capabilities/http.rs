@@ -17,7 +17,7 @@
 //! are cut off with `too-large`.
 
 use crate::capabilities::config::HttpConfig;
-use crate::runtime::allowlist::HostAllowlist;
+use berth_runtime::allowlist::HostAllowlist;
 use berth_types::http::{HttpError, Method, Request, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

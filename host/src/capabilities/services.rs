@@ -5,8 +5,8 @@
 
 use super::http::HttpGateway;
 use super::kv::KvStore;
-use crate::runtime::imports::{HostImports, KvRefusal, Pending, SendNotes};
-use crate::runtime::state::CallContext;
+use berth_runtime::imports::{HostImports, KvRefusal, Pending, SendNotes};
+use berth_runtime::state::CallContext;
 use berth_types::http::{HttpError, Request as HttpRequest, Response as HttpResponse};
 use berth_types::retry::{Job, RetryPolicy};
 use berth_types::shop::ShopConfig;
@@ -52,7 +52,7 @@ impl HostServices {
 impl HostServices {
     async fn send_live(&self, ctx: &CallContext, req: HttpRequest, notes: &mut SendNotes) -> Result<HttpResponse, HttpError> {
         let started = std::time::Instant::now();
-        let url_for_log = crate::runtime::state::bounded(&req.url, 256).to_string();
+        let url_for_log = berth_runtime::state::bounded(&req.url, 256).to_string();
         let url = match self.http.admit(&ctx.allow, &req.url) {
             Ok(url) => url,
             Err(e) => return Err(self.refused(ctx, &url_for_log, e)),

@@ -66,7 +66,7 @@ fn time_ms(value: &str) -> Result<i64, String> {
         .map(|t| t.timestamp_millis())
         .map_err(|_| format!("`{value}` is not an RFC 3339 time with an offset (e.g. 2026-12-01T10:00:00+08:00)"))?;
     let now = berth_types::clock::now_ms();
-    if t < crate::runtime::limits::EARLIEST_ORDER_MS || t > now.saturating_add(crate::runtime::limits::MAX_AHEAD_MS) {
+    if t < berth_runtime::limits::EARLIEST_ORDER_MS || t > now.saturating_add(berth_runtime::limits::MAX_AHEAD_MS) {
         return Err(format!("`{value}` is outside 2000-01-01 .. a day from now"));
     }
     Ok(t)

@@ -3,7 +3,7 @@
 use super::{HealthBook, ProbeResult, MAX_MESSAGE};
 use berth_types::shop::{ShopConfig, Tier};
 use crate::registry::ConnectorSlot;
-use crate::runtime::{call_error_outcome, error_outcome};
+use berth_runtime::{call_error_outcome, error_outcome};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -63,7 +63,7 @@ impl Prober {
             at_ms: berth_types::clock::now_ms(),
             up,
             outcome: outcome.to_string(),
-            message: crate::runtime::state::bounded(&message, MAX_MESSAGE).to_string(),
+            message: berth_runtime::state::bounded(&message, MAX_MESSAGE).to_string(),
             latency_ms: started.elapsed().as_millis() as u64,
         }
     }

@@ -11,8 +11,8 @@ use berth_types::shop::{ShopConfig, Tier};
 use berth_types::connector::{
     Capability, ConnectorError, Event, Manifest, Order, PullRequest, StockUpdate, TimeWindow, UpdateResult, WebhookRequest,
 };
-use crate::runtime::tape::{Exchange, Tape};
-use crate::runtime::{Call, LoadedConnector, Output};
+use berth_runtime::tape::{Exchange, Tape};
+use berth_runtime::{Call, LoadedConnector, Output};
 use berth_sim::faults::FaultKind;
 use berth_sim::profiles::{self, ShopProfile};
 use berth_sim::{LimitsUpdate, Platform, SimConfig, SimHandle};

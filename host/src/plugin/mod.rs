@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::capabilities::config::PlatformConfig;
 use berth_types::connector::{Capability, Manifest};
 use crate::capabilities::services::HostServices;
-use crate::runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
+use berth_runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -62,8 +62,8 @@ impl ScratchHost {
     }
 
     /// Load options granting no manifest host, only `extra_hosts`, with default limits.
-    pub fn options<'a>(&self, extra_hosts: &'a [String]) -> crate::runtime::LoadOptions<'a> {
-        crate::runtime::LoadOptions { platform: None, grants: Some(&[]), extra_hosts, allow_private: false, limits: self.runtime.limits(&Default::default()) }
+    pub fn options<'a>(&self, extra_hosts: &'a [String]) -> berth_runtime::LoadOptions<'a> {
+        berth_runtime::LoadOptions { platform: None, grants: Some(&[]), extra_hosts, allow_private: false, limits: self.runtime.limits(&Default::default()) }
     }
 
     /// No host-side limit for `platform`: what the suite sees is the platform's own
@@ -88,9 +88,9 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
     let host = ScratchHost::new()?;
     let shape = host.runtime.shape(path, &bytes).await?;
-    let options = crate::runtime::LoadOptions { platform: None, grants: None, extra_hosts: &[], allow_private: false, limits: host.runtime.limits(&Default::default()) };
+    let options = berth_runtime::LoadOptions { platform: None, grants: None, extra_hosts: &[], allow_private: false, limits: host.runtime.limits(&Default::default()) };
     let loaded = host.runtime.load_bytes("inspect", path, &bytes, &options).await.map(|c: LoadedConnector| c.manifest);
-    Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: crate::runtime::digest(&bytes), shape, loaded })
+    Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: berth_runtime::digest(&bytes), shape, loaded })
 }
 
 pub fn capability_name(c: &Capability) -> &'static str {

@@ -11,10 +11,10 @@ pub mod shadow;
 pub mod slot;
 pub mod store;
 
-use crate::runtime::allowlist::HostAllowlist;
+use berth_runtime::allowlist::HostAllowlist;
 use berth_types::clock::now_ms;
 
-use crate::runtime::{digest, ConnectorRuntime, LoadError, LoadedConnector};
+use berth_runtime::{digest, ConnectorRuntime, LoadError, LoadedConnector};
 use serde::Serialize;
 pub use slot::ConnectorSlot;
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 pub use store::{CanaryEnd, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
 use serde::Deserialize;
 use std::path::PathBuf;
-use crate::runtime::config::LimitOverrides;
+use berth_runtime::config::LimitOverrides;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -89,7 +89,7 @@ pub struct CanaryView {
     pub plan: CanaryPlan,
     pub version: String,
     /// The candidate's calls and failures over the plan's window.
-    pub tally: crate::runtime::call_stats::Tally,
+    pub tally: berth_runtime::call_stats::Tally,
 }
 
 /// What a canary request asks for.
@@ -203,7 +203,7 @@ impl ConnectorRegistry {
         let file_digest = digest(&bytes);
         let mut st = store.state(name)?;
         let from_file = runtime
-            .load_bytes(name, &c.component, &bytes, &runtime.options(name, c))
+            .load_bytes(name, &c.component, &bytes, &load_options(&runtime, name, c))
             .await
             .map_err(load_err)?;
         let from_file = Arc::new(from_file);
@@ -260,7 +260,7 @@ impl ConnectorRegistry {
             .blob(digest)?
             .ok_or_else(|| DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() })?;
         let origin = Path::new("registry").join(digest);
-        Ok(runtime.load_bytes(name, &origin, &bytes, &runtime.options(name, c)).await?)
+        Ok(runtime.load_bytes(name, &origin, &bytes, &load_options(&runtime, name, c)).await?)
     }
 
     pub fn slot(&self, name: &str) -> Option<Arc<ConnectorSlot>> {
@@ -294,7 +294,7 @@ impl ConnectorRegistry {
         // Compiled before the change lock is taken (5–25 s for a Python or JavaScript
         // component): pause, abort-canary and rollback never wait behind a compile.
         let origin = Path::new("upload").join(&digest(bytes)[..12]);
-        let loaded = self.runtime.load_bytes(name, &origin, bytes, &self.runtime.options(name, &cfg)).await?;
+        let loaded = self.runtime.load_bytes(name, &origin, bytes, &load_options(&self.runtime, name, &cfg)).await?;
         check_deploy(name, &slot.platform, &loaded.manifest.platform, &loaded.manifest.allowed_hosts, cfg.grant_hosts.as_deref())?;
         let _guard = self.changes.lock().await;
         let existing = self.store.version(name, &loaded.digest)?;
@@ -658,6 +658,19 @@ impl ConnectorConfig {
     /// The platform connector `name` serves: as configured, else its name.
     pub fn platform_of<'a>(&'a self, name: &'a str) -> &'a str {
         self.platform.as_deref().unwrap_or(name)
+    }
+}
+
+
+/// How connector `name`, configured as `c`, is loaded: the platform ops bound it to, the
+/// hosts they grant and add, and its limits over `[runtime]`'s.
+fn load_options<'a>(runtime: &ConnectorRuntime, name: &'a str, c: &'a ConnectorConfig) -> berth_runtime::LoadOptions<'a> {
+    berth_runtime::LoadOptions {
+        platform: Some(c.platform_of(name)),
+        grants: c.grant_hosts.as_deref(),
+        extra_hosts: &c.extra_hosts,
+        allow_private: c.allow_private_addresses,
+        limits: runtime.limits(&c.limits),
     }
 }
 

@@ -6,8 +6,8 @@
 
 use berth_types::clock::now_ms;
 use berth_types::shop::ShopConfig;
-use crate::runtime::tape::Tape;
-use crate::runtime::{Call, CallError, LoadedConnector, Output};
+use berth_runtime::tape::Tape;
+use berth_runtime::{Call, CallError, LoadedConnector, Output};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,8 +5,8 @@
 use super::shadow::{Shadow, ShadowReport};
 use berth_types::shop::ShopConfig;
 use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
-use crate::runtime::tape::Tape;
-use crate::runtime::{Call, CallError, LoadedConnector, Output};
+use berth_runtime::tape::Tape;
+use berth_runtime::{Call, CallError, LoadedConnector, Output};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -50,7 +50,7 @@ impl ConnectorSlot {
 
     /// Calls and failures over `window` of the versions serving now: the active one
     /// and a canary candidate.
-    pub fn tally(&self, window: std::time::Duration) -> crate::runtime::call_stats::Tally {
+    pub fn tally(&self, window: std::time::Duration) -> berth_runtime::call_stats::Tally {
         let mut t = self.current().calls.tally(window);
         if let Some(c) = self.canary() {
             let ct = c.version.calls.tally(window);

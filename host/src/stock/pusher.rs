@@ -11,7 +11,7 @@ use berth_types::shop::ShopConfig;
 use berth_types::retry::{ErrorKind, Job};
 use berth_types::connector::{ConnectorError, StockUpdate, UpdateResult};
 use crate::registry::ConnectorSlot;
-use crate::runtime::LoadedConnector;
+use berth_runtime::LoadedConnector;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ pub fn outcomes(batch: &[SkuStock], results: Vec<UpdateResult>) -> Vec<(String, 
             let outcome = if r.accepted {
                 PushOutcome::Accepted
             } else {
-                PushOutcome::Rejected(crate::runtime::state::bounded(r.message.as_deref().unwrap_or("refused by the platform"), 512).to_string())
+                PushOutcome::Rejected(berth_runtime::state::bounded(r.message.as_deref().unwrap_or("refused by the platform"), 512).to_string())
             };
             Some((rec.sku.clone(), rec.version, rec.quantity, outcome))
         })

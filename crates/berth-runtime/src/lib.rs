@@ -21,8 +21,8 @@ pub mod redact;
 pub mod state;
 pub mod tape;
 
-use crate::runtime::allowlist::HostAllowlist;
-use crate::runtime::config::RuntimeConfig;
+use crate::allowlist::HostAllowlist;
+use crate::config::RuntimeConfig;
 use berth_types::shop::ShopConfig;
 use berth_types::connector::{
     ConnectorError, Event, Health, Manifest, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest,
@@ -286,19 +286,8 @@ impl ConnectorRuntime {
     }
 
     /// The limits of a connector with `overrides` (`[connectors.X.limits]`).
-    pub fn limits(&self, overrides: &crate::runtime::config::LimitOverrides) -> limits::ConnectorLimits {
+    pub fn limits(&self, overrides: &crate::config::LimitOverrides) -> limits::ConnectorLimits {
         limits::ConnectorLimits::resolve(&self.defaults, overrides)
-    }
-
-    /// How connector `name`, configured as `c`, is loaded.
-    pub fn options<'a>(&self, name: &'a str, c: &'a crate::registry::ConnectorConfig) -> LoadOptions<'a> {
-        LoadOptions {
-            platform: Some(c.platform_of(name)),
-            grants: c.grant_hosts.as_deref(),
-            extra_hosts: &c.extra_hosts,
-            allow_private: c.allow_private_addresses,
-            limits: self.limits(&c.limits),
-        }
     }
 
     /// Load a connector component: compile (or reuse the cache), check it against the

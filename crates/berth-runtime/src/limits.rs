@@ -5,7 +5,7 @@
 //! volume (the log import and stdout/stderr together) and output (orders per page,
 //! bytes returned).
 
-use crate::runtime::config::{LimitOverrides, RuntimeConfig};
+use crate::config::{LimitOverrides, RuntimeConfig};
 use berth_types::connector::{Event, Order};
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ pub const MAX_CURSOR_BYTES: usize = 4096;
 
 /// The start of a guest string, for naming it in an error.
 fn head(s: &str) -> &str {
-    crate::runtime::state::bounded(s, 64)
+    crate::state::bounded(s, 64)
 }
 
 /// The earliest time an order may carry: 2000-01-01T00:00:00Z. Anything before is a
@@ -203,7 +203,7 @@ pub fn cut_free_text<'a>(orders: impl Iterator<Item = &'a mut Order>) -> usize {
         if s.len() <= MAX_TEXT_BYTES {
             return 0;
         }
-        let keep = crate::runtime::state::bounded(s, MAX_TEXT_BYTES - CUT_MARK.len()).len();
+        let keep = crate::state::bounded(s, MAX_TEXT_BYTES - CUT_MARK.len()).len();
         s.truncate(keep);
         s.push_str(CUT_MARK);
         1

@@ -1,7 +1,7 @@
 //! The one wasmtime [`Engine`] the host runs every connector on: pooling allocator,
 //! epoch interruption driven by a ticker thread, fuel metering, async support.
 
-use crate::runtime::config::RuntimeConfig;
+use crate::config::RuntimeConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 
 wasmtime::component::bindgen!({
     world: "connector",
-    path: "../wit/0.2.0",
+    path: "../../wit/0.2.0",
     imports: {
         // The only import that waits on the network; the rest answer at once.
         "berth:connector/http.send": async,
@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
 pub mod v0_1 {
     wasmtime::component::bindgen!({
         world: "connector",
-        path: "../wit/0.1.0",
+        path: "../../wit/0.1.0",
         imports: {
             "berth:connector/http.send": async,
         },

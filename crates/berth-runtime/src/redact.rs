@@ -96,7 +96,7 @@ impl Redactor {
     /// Bound a guest string and take the secrets out of it.
     fn owned(&self, s: &mut String) {
         if s.len() > MAX_GUEST_TEXT {
-            let keep = crate::runtime::state::bounded(s, MAX_GUEST_TEXT).len();
+            let keep = crate::state::bounded(s, MAX_GUEST_TEXT).len();
             s.truncate(keep);
             s.push_str(" …(cut)");
         }

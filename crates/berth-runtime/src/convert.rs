@@ -150,7 +150,7 @@ pub fn answers<W, T: From<W>>(r: Result<Vec<W>, wit::ConnectorError>) -> Result<
 // Outbound HTTP, in the current world.
 
 pub mod http {
-    use crate::runtime::bindings::berth::connector::http as wit;
+    use crate::bindings::berth::connector::http as wit;
     use berth_types::http as t;
 
     pub fn request(r: wit::Request) -> t::Request {
