@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::auth::AdminConfig;
-use crate::capabilities::config::{HttpConfig, PlatformConfig};
+use berth_capabilities::config::{HttpConfig, PlatformConfig};
 use crate::delivery::ErpConfig;
 use crate::registry::ConnectorConfig;
 use berth_runtime::config::RuntimeConfig;
@@ -148,6 +148,15 @@ impl Config {
         cfg.check_shops().map_err(invalid)?;
         cfg.check_exposure().map_err(invalid)?;
         Ok(cfg)
+    }
+
+    /// The retry policies' job defaults: order pulls from `[sync]` (they keep trying
+    /// unless a platform sets `max_attempts`), stock pushes from `[stock]`.
+    pub fn retry_defaults(&self) -> berth_capabilities::retry::RetryDefaults {
+        berth_capabilities::retry::RetryDefaults {
+            pull: berth_types::retry::RetryPolicy::new(self.sync.retry_base_ms, self.sync.retry_max_ms, u32::MAX),
+            push: berth_types::retry::RetryPolicy::new(self.stock.retry_base_ms, self.stock.retry_max_ms, self.stock.max_attempts),
+        }
     }
 
     /// Paths in the file are relative to the file's folder.

@@ -12,7 +12,6 @@ pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod capabilities;
 pub mod config;
 pub mod degrade;
 pub mod delivery;

@@ -108,7 +108,7 @@ pub struct Metrics {
 pub struct AllMetrics {
     pub ops: std::sync::Arc<Metrics>,
     pub runtime: std::sync::Arc<berth_runtime::metrics::RuntimeMetrics>,
-    pub http: std::sync::Arc<crate::capabilities::metrics::HttpMetrics>,
+    pub http: std::sync::Arc<berth_capabilities::metrics::HttpMetrics>,
     pub api: std::sync::Arc<crate::api::metrics::ApiMetrics>,
 }
 
@@ -117,7 +117,7 @@ impl AllMetrics {
     pub fn new() -> AllMetrics {
         let mut registry = Registry::with_prefix("berth");
         let runtime = std::sync::Arc::new(berth_runtime::metrics::RuntimeMetrics::register(&mut registry));
-        let http = std::sync::Arc::new(crate::capabilities::metrics::HttpMetrics::register(&mut registry));
+        let http = std::sync::Arc::new(berth_capabilities::metrics::HttpMetrics::register(&mut registry));
         let api = std::sync::Arc::new(crate::api::metrics::ApiMetrics::register(&mut registry));
         AllMetrics { ops: std::sync::Arc::new(Metrics::new(registry)), runtime, http, api }
     }
@@ -266,7 +266,7 @@ mod tests {
         let meters = all.runtime.meters("shopify", "1.0.0");
         meters.call("pull-orders", "ok", Duration::from_millis(3));
         meters.call("pull-orders", "ok", Duration::from_millis(4));
-        all.http.http("shopify", crate::capabilities::metrics::status_class(429), Some(Duration::from_millis(20)));
+        all.http.http("shopify", berth_capabilities::metrics::status_class(429), Some(Duration::from_millis(20)));
         all.ops.queue("orders", 3, 1, 0, Some(Duration::from_secs(2)));
         let text = all.ops.render();
         assert!(text.contains("# TYPE berth_connector_calls_total counter"), "{text}");
@@ -277,6 +277,6 @@ mod tests {
         assert!(text.contains("berth_http_requests_total{platform=\"shopify\",status=\"429\"} 1"), "{text}");
         assert!(text.contains("berth_queue_ready{queue=\"orders\"} 3"), "{text}");
         assert!(text.contains("berth_connector_call_seconds_bucket{"), "{text}");
-        assert_eq!(crate::capabilities::metrics::status_class(503), "5xx");
+        assert_eq!(berth_capabilities::metrics::status_class(503), "5xx");
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::config::Config;
 use crate::registry::ConnectorRegistry;
-use crate::capabilities::services::HostServices;
+use berth_capabilities::services::HostServices;
 use crate::shops::ShopSet;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,14 +2,14 @@
 //! order, each failure reported with what to fix.
 
 use crate::api::{self, ApiState};
-use crate::capabilities::kv::KvStore;
+use berth_capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
 use crate::delivery::ErpDeliverer;
 use crate::inbox::OrderInbox;
 use crate::queue::{QueueError, QueuePolicy, StoreQueues};
 use crate::stock::ledger::RetryPolicy;
 use crate::stock::{StockError, StockLedger};
-use crate::capabilities::services::HostServices;
+use berth_capabilities::services::HostServices;
 use berth_runtime::{ConnectorRuntime, LoadError};
 use crate::store::{OrderStore, StoreError};
 use crate::shops::ShopSet;
@@ -93,7 +93,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     )?);
     let kv = KvStore::open(&storage)?;
     let metrics = crate::metrics::AllMetrics::new();
-    let services = Arc::new(HostServices::new(&cfg, kv, metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
+    let services = Arc::new(HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
     let standby = services.standby.clone();
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
 

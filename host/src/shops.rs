@@ -31,7 +31,7 @@ pub struct ShopDeps {
     /// New orders per shop per hour, pulls and webhooks together.
     pub budgets: Arc<crate::order_budget::OrderBudgets>,
     /// Rate limits and their holds (a shop whose quota is held shows `throttled`).
-    pub services: Arc<crate::capabilities::services::HostServices>,
+    pub services: Arc<berth_capabilities::services::HostServices>,
 }
 
 struct RunningShop {
@@ -213,7 +213,7 @@ impl ShopSet {
     }
 
     /// The host's services (rate limits and their holds).
-    pub fn services(&self) -> &Arc<crate::capabilities::services::HostServices> {
+    pub fn services(&self) -> &Arc<berth_capabilities::services::HostServices> {
         &self.deps.services
     }
 

@@ -7,7 +7,7 @@
 //! migrate again. What is expected is read from the fixture's own dump of every sled
 //! tree, decoded here independently of the migration code.
 
-use berth_host::capabilities::kv::KvStore;
+use berth_capabilities::kv::KvStore;
 use berth_host::queue::{Enqueued, LeaseQueue, LeaseToken, NewMessage, QueuePolicy, StoreQueues};
 use berth_host::registry::RegistryStore;
 use berth_host::stock::ledger::RetryPolicy;

@@ -221,7 +221,7 @@ pub struct Observation {
     /// Shops whose order intake is held by their hourly budget.
     pub held_intake: Vec<crate::order_budget::HeldIntake>,
     /// Platform quotas held now.
-    pub holds: Vec<crate::capabilities::ratelimit::HeldQuota>,
+    pub holds: Vec<berth_capabilities::ratelimit::HeldQuota>,
 }
 
 #[derive(Clone, Debug)]
@@ -490,7 +490,7 @@ mod tests {
         }];
         assert_eq!(subjects_of(&d[7], &obs), ["h-flood"]);
         assert!(d[7].evaluate(&obs)[0].summary.starts_with("shop h-flood (hostile): order intake held: 50000 new orders in the last hour"));
-        let hold = |kind, held_ms| crate::capabilities::ratelimit::HeldQuota {
+        let hold = |kind, held_ms| berth_capabilities::ratelimit::HeldQuota {
             platform: "taobao".into(),
             key: "app_key:K".into(),
             remaining_ms: 100_000,

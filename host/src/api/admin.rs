@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub struct AdminState {
     pub registry: Arc<ConnectorRegistry>,
     /// Rate limits, for releasing a hold.
-    pub services: Arc<crate::capabilities::services::HostServices>,
+    pub services: Arc<berth_capabilities::services::HostServices>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
     pub shops: Arc<crate::shops::ShopSet>,

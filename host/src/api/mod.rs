@@ -54,7 +54,7 @@ pub struct ApiState {
     /// The shops served now (a config reload adds and removes them).
     pub shops: Arc<crate::shops::ShopSet>,
     pub registry: Arc<crate::registry::ConnectorRegistry>,
-    pub services: Arc<crate::capabilities::services::HostServices>,
+    pub services: Arc<berth_capabilities::services::HostServices>,
     pub health: Arc<crate::health::HealthBook>,
     pub alerts: Arc<crate::alerts::Alerts>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
@@ -661,14 +661,14 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
 #[derive(Serialize)]
 struct PlatformView {
     /// Its buckets, quota key, hold bounds and the destinations that count against it.
-    limits: crate::capabilities::ratelimit::PlatformLimitsView,
+    limits: berth_capabilities::ratelimit::PlatformLimitsView,
     endpoint_classes: Vec<String>,
     /// Quotas held after a throttle or a nearly full call bucket: key, time left, and
     /// the shop whose call caused it.
-    held_quotas: Vec<crate::capabilities::ratelimit::HeldQuota>,
+    held_quotas: Vec<berth_capabilities::ratelimit::HeldQuota>,
     retry_pull: berth_types::retry::RetryPolicy,
     retry_push: berth_types::retry::RetryPolicy,
-    standby: Option<crate::capabilities::standby::ChannelStatus>,
+    standby: Option<berth_capabilities::standby::ChannelStatus>,
 }
 
 async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String, PlatformView>> {

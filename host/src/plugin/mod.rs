@@ -7,11 +7,11 @@
 
 pub mod conformance;
 
-use crate::capabilities::kv::KvStore;
+use berth_capabilities::kv::KvStore;
 use crate::config::Config;
-use crate::capabilities::config::PlatformConfig;
+use berth_capabilities::config::PlatformConfig;
 use berth_types::connector::{Capability, Manifest};
-use crate::capabilities::services::HostServices;
+use berth_capabilities::services::HostServices;
 use berth_runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,7 +56,7 @@ impl ScratchHost {
             .map_err(|e| scratch(&e))?;
         let kv = KvStore::open(&store).map_err(|e| scratch(&e))?;
         let metrics = crate::metrics::AllMetrics::new();
-        let services = Arc::new(HostServices::new(&cfg, kv, metrics.http).map_err(|e| scratch(&e))?);
+        let services = Arc::new(HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime, dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _store: store, _dir: dir })
     }

@@ -9,7 +9,7 @@
 //! (10–15 s with the defaults), well inside the alert time of any tier.
 
 use berth_types::clock::now_ms;
-use crate::capabilities::config::{PlatformConfig, StandbyConfig};
+use crate::config::{PlatformConfig, StandbyConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -311,10 +311,10 @@ mod tests {
     #[test]
     fn reload_keeps_the_state_of_unchanged_channels() {
         let text = "[platforms.p.standby]\nprimary = \"http://a.example\"\nbackup = \"http://b.example\"\nfail_after = 1\n";
-        let cfg = crate::config::Config::parse(text, std::path::Path::new("/b.toml")).unwrap();
-        let s = Standbys::new(&cfg.platforms);
+        let cfg = crate::config::parse_platforms(text);
+        let s = Standbys::new(&cfg);
         s.snapshot()["p"].record("p", Err("x".into()), Ok(()));
-        s.reconfigure(&cfg.platforms);
+        s.reconfigure(&cfg);
         assert_eq!(s.status()["p"].active, "backup");
         assert_eq!(s.route("p", u("http://a.example/x?y=1")).as_str(), "http://b.example/x?y=1");
         assert_eq!(s.route("q", u("http://a.example/x")).as_str(), "http://a.example/x");

@@ -25,24 +25,27 @@ pub struct HostServices {
 }
 
 impl HostServices {
-    /// The services a config describes, over the connector state in `kv`.
+    /// The services `[http]` and `[platforms]` describe, with the job defaults of the
+    /// retry policies, over the connector state in `kv`.
     pub fn new(
-        cfg: &crate::config::Config,
+        http: &super::config::HttpConfig,
+        platforms: &std::collections::BTreeMap<String, super::config::PlatformConfig>,
+        retry: super::retry::RetryDefaults,
         kv: KvStore,
         http_metrics: Arc<super::metrics::HttpMetrics>,
     ) -> Result<HostServices, reqwest::Error> {
         Ok(HostServices {
-            http: HttpGateway::new(cfg.http.clone())?,
+            http: HttpGateway::new(http.clone())?,
             kv,
-            limits: super::ratelimit::RateLimits::new(&cfg.platforms),
-            retry: super::retry::RetryPolicies::new(cfg),
-            standby: Arc::new(super::standby::Standbys::new(&cfg.platforms)),
+            limits: super::ratelimit::RateLimits::new(platforms),
+            retry: super::retry::RetryPolicies::new(retry, platforms),
+            standby: Arc::new(super::standby::Standbys::new(platforms)),
             http_metrics,
         })
     }
 
     /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
-    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::capabilities::config::PlatformConfig>) {
+    pub fn reconfigure(&self, platforms: &std::collections::BTreeMap<String, crate::config::PlatformConfig>) {
         self.limits.reconfigure(platforms);
         self.retry.reconfigure(platforms);
         self.standby.reconfigure(platforms);

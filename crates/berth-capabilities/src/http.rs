@@ -16,7 +16,7 @@
 //! Redirects are not followed: a connector sees the 3xx and decides. Bodies above the cap
 //! are cut off with `too-large`.
 
-use crate::capabilities::config::HttpConfig;
+use crate::config::HttpConfig;
 use berth_runtime::allowlist::HostAllowlist;
 use berth_types::http::{HttpError, Method, Request, Response};
 use std::net::{IpAddr, SocketAddr};

@@ -236,3 +236,18 @@ fn check_platform(l: &PlatformConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `[platforms.X]` tables from TOML, each checked as in berth.toml (for tests).
+#[cfg(test)]
+pub(crate) fn parse_platforms(text: &str) -> BTreeMap<String, PlatformConfig> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        platforms: BTreeMap<String, PlatformConfig>,
+    }
+    let only: Only = toml::from_str(text).expect("valid [platforms] TOML");
+    for (name, p) in &only.platforms {
+        p.check().unwrap_or_else(|e| panic!("platforms.{name}: {e}"));
+    }
+    only.platforms
+}

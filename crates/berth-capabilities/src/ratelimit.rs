@@ -19,8 +19,8 @@
 //! Built on `governor` (GCRA, the token-bucket equivalent used across the Rust ecosystem)
 //! rather than a hand-written bucket.
 
-use crate::capabilities::windows::{parse_zone, wait_until_open, TimeWindow, Zone};
-use crate::capabilities::config::PlatformConfig;
+use crate::windows::{parse_zone, wait_until_open, TimeWindow, Zone};
+use crate::config::PlatformConfig;
 use berth_types::shop::ShopConfig;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -65,7 +65,7 @@ impl PlatformLimiter {
             classes: Vec::new(),
             call_limit_leak: Some(DEFAULT_LEAK_PER_SECOND),
             suspend_after_throttle: Duration::ZERO,
-            max_hold: Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS),
+            max_hold: Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS),
             windows: Vec::new(),
             zone: Zone::UTC,
         }
@@ -520,7 +520,7 @@ impl RateLimits {
 
     /// The longest hold the platform's `max_hold_secs` allows.
     pub fn max_hold(&self, platform: &str) -> Duration {
-        self.snapshot().get(platform).map_or(Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS), |p| p.max_hold)
+        self.snapshot().get(platform).map_or(Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS), |p| p.max_hold)
     }
 
     /// The platform or a connector said `shop`'s quota is spent and asked for `wait`:
@@ -528,7 +528,7 @@ impl RateLimits {
     /// `suspend_after_throttle_secs`. Returns the hold.
     pub fn penalize(&self, platform: &str, shop: &str, cfg: Option<&ShopConfig>, wait: Duration, cause: HoldCause) -> Duration {
         let (suspend, max_hold) = self.snapshot().get(platform).map_or(
-            (Duration::ZERO, Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS)),
+            (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
             |p| (p.suspend_after_throttle, p.max_hold),
         );
         if wait > max_hold {
@@ -551,7 +551,7 @@ impl RateLimits {
         let cause = |reason: String| HoldCause { shop: shop.to_string(), connector: connector.to_string(), reason };
         if let Some(wait) = retry_after(status, headers, now_s) {
             let (suspend, max_hold) = self.snapshot().get(platform).map_or(
-                (Duration::ZERO, Duration::from_secs(crate::capabilities::config::DEFAULT_MAX_HOLD_SECS)),
+                (Duration::ZERO, Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS)),
                 |p| (p.suspend_after_throttle, p.max_hold),
             );
             let held = wait.min(max_hold).max(suspend);
@@ -805,8 +805,7 @@ mod tests {
 
     /// Limits from a `[platforms]` TOML snippet, checked as berth.toml is.
     fn from_toml(text: &str) -> RateLimits {
-        let cfg = crate::config::Config::parse(text, std::path::Path::new("/etc/berth.toml")).unwrap();
-        RateLimits::new(&cfg.platforms)
+        RateLimits::new(&crate::config::parse_platforms(text))
     }
 
     fn limits(rps: f64, burst: u32, quota_key: Option<&str>) -> RateLimits {
@@ -819,8 +818,8 @@ mod tests {
         let l = limits(1.0, 1, None);
         acq(&l, "p", "s", None, ANY, Duration::ZERO).await.unwrap();
         assert!(acq(&l, "p", "s", None, ANY, Duration::ZERO).await.is_err());
-        let cfg = crate::config::Config::parse("[platforms.p]\nrequests_per_second = 1000.0\nburst = 5\n", std::path::Path::new("/b.toml")).unwrap();
-        l.reconfigure(&cfg.platforms);
+        let cfg = crate::config::parse_platforms("[platforms.p]\nrequests_per_second = 1000.0\nburst = 5\n");
+        l.reconfigure(&cfg);
         for _ in 0..5 {
             acq(&l, "p", "s", None, ANY, Duration::ZERO).await.unwrap();
         }

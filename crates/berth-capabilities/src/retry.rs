@@ -4,11 +4,18 @@
 //! platform and is reloaded with the config, so a changed policy applies to the next
 //! failure.
 
-use crate::config::Config;
-use crate::capabilities::config::PlatformConfig;
+use crate::config::PlatformConfig;
 pub use berth_types::retry::{ErrorKind, Job, RetryOverrides, RetryPolicy, DEFAULT_RETRY_ON};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+
+/// The job defaults: order pulls from `[sync]` (they keep trying unless a platform sets
+/// `max_attempts`), stock pushes from `[stock]`.
+#[derive(Clone, Debug)]
+pub struct RetryDefaults {
+    pub pull: RetryPolicy,
+    pub push: RetryPolicy,
+}
 
 /// The policies in force; swapped whole on a config reload.
 pub struct RetryPolicies {
@@ -18,14 +25,9 @@ pub struct RetryPolicies {
 }
 
 impl RetryPolicies {
-    pub fn new(cfg: &Config) -> Self {
-        let policies = RetryPolicies {
-            // Order pulls keep trying unless a platform sets max_attempts.
-            pull: RetryPolicy::new(cfg.sync.retry_base_ms, cfg.sync.retry_max_ms, u32::MAX),
-            push: RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
-            platforms: RwLock::default(),
-        };
-        policies.reconfigure(&cfg.platforms);
+    pub fn new(defaults: RetryDefaults, platforms: &BTreeMap<String, PlatformConfig>) -> Self {
+        let policies = RetryPolicies { pull: defaults.pull, push: defaults.push, platforms: RwLock::default() };
+        policies.reconfigure(platforms);
         policies
     }
 
@@ -48,14 +50,17 @@ impl RetryPolicies {
 mod tests {
     use super::*;
 
-    fn cfg(text: &str) -> Config {
-        Config::parse(text, std::path::Path::new("/etc/berth.toml")).unwrap()
+    fn policies(push_attempts: u32, platforms: &str) -> RetryPolicies {
+        let defaults = RetryDefaults {
+            pull: RetryPolicy::new(1_000, 60_000, u32::MAX),
+            push: RetryPolicy::new(1_000, 300_000, push_attempts),
+        };
+        RetryPolicies::new(defaults, &crate::config::parse_platforms(platforms))
     }
 
     #[test]
     fn platform_settings_override_the_job_defaults() {
-        let c = cfg("[stock]\nmax_attempts = 4\n[platforms.taobao.retry]\nbase_ms = 1000\nmax_ms = 8000\njitter = 0.0\nmax_attempts = 6\nretry_on = [\"transient\", \"permanent\"]\n");
-        let p = RetryPolicies::new(&c);
+        let p = policies(4, "[platforms.taobao.retry]\nbase_ms = 1000\nmax_ms = 8000\njitter = 0.0\nmax_attempts = 6\nretry_on = [\"transient\", \"permanent\"]\n");
         let tb = p.get("taobao", Job::Push);
         assert_eq!((tb.base_ms, tb.max_ms, tb.max_attempts), (1000, 8000, 6));
         let steps: Vec<u64> = (1..=5).map(|a| tb.delay(a).as_millis() as u64).collect();
@@ -71,9 +76,9 @@ mod tests {
 
     #[test]
     fn a_reload_applies_to_the_next_lookup() {
-        let p = RetryPolicies::new(&cfg(""));
+        let p = policies(10, "");
         assert_eq!(p.get("taobao", Job::Pull).max_attempts, u32::MAX);
-        p.reconfigure(&cfg("[platforms.taobao.retry]\nmax_attempts = 2\n").platforms);
+        p.reconfigure(&crate::config::parse_platforms("[platforms.taobao.retry]\nmax_attempts = 2\n"));
         assert_eq!(p.get("taobao", Job::Pull).max_attempts, 2);
     }
 }

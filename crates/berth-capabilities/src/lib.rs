@@ -1,0 +1,24 @@
+//! berth-capabilities: what the host gives a connector beyond the sandbox, behind the
+//! runtime's `HostImports` trait ([`services::HostServices`] implements it).
+//!
+//! Owns: the outbound HTTP gateway ([`http`]: allowlist enforcement, the address guard
+//! against private and metadata ranges, ports, size caps), the platforms' rate limits,
+//! quota keys, holds and call-limit pacing ([`ratelimit`]), allowed hours ([`windows`]),
+//! hot-standby channels ([`standby`]), retry policies per platform ([`retry`]), connector
+//! state per shop over the store ([`kv`]), their metrics, and their config sections
+//! (`[http]`, `[platforms.X]`: [`config`]).
+//!
+//! Depends on berth-types, berth-storage (kv) and berth-runtime (the trait it
+//! implements, the call context and allowlist). Must not know: shops' workers, queues,
+//! the registry, the API, or anything of berth-core and above — a stock update waiting on
+//! a throttled platform waits here, in `ratelimit::RateLimits::acquire`, whoever sent it.
+
+pub mod config;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod ratelimit;
+pub mod retry;
+pub mod services;
+pub mod standby;
+pub mod windows;
