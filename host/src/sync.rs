@@ -16,7 +16,7 @@ use berth_types::connector::{
     ConnectorError, Order, PullRequest, TimeWindow,
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
-use berth_types::retry::{ErrorKind, Job};
+use berth_types::retry::{Decision, ErrorKind, Job};
 use crate::registry::ConnectorSlot;
 use berth_runtime::LoadedConnector;
 use crate::queue::QueueError;
@@ -154,18 +154,13 @@ impl ShopWorker {
                     Err(StepError::Failed(kind, why)) => {
                         attempt = attempt.saturating_add(1);
                         let policy = conn.retry_policy(Job::Pull);
-                        if policy.retries(kind, attempt) {
-                            let d = policy.delay(attempt);
+                        if let Decision::Retry(d) = policy.decide(kind, attempt) {
                             tracing::warn!(attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
                             self.note_error(why);
                             d
                         } else {
                             let pause = Duration::from_secs(self.defaults.error_pause_secs).max(poll);
-                            let why = if policy.retry_on.contains(&kind) {
-                                format!("gave up after {attempt} attempts: {why}")
-                            } else {
-                                format!("{}: {why} (not retried: `{}` is not in the platform's retry_on)", kind.name(), kind.name())
-                            };
+                            let why = policy.gave_up(kind, attempt, &why);
                             tracing::error!(error = %why, pause_secs = pause.as_secs(), "pull failed and needs attention; pausing");
                             self.note_error(why);
                             attempt = 0;

@@ -72,8 +72,6 @@ pub const DEFAULT_RETRY_ON: [ErrorKind; 3] = [ErrorKind::Transient, ErrorKind::T
 /// What a retry loop does after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// The platform throttled: wait this long without spending an attempt.
-    Throttled(Duration),
     /// Try again after this long.
     Retry(Duration),
     /// The policy does not retry this (any more).
@@ -101,6 +99,16 @@ impl RetryPolicy {
             Decision::Retry(self.delay(attempts))
         } else {
             Decision::GiveUp
+        }
+    }
+
+    /// Why a failure of `kind` is not tried again, for people: the attempts ran out, or
+    /// the policy does not retry its kind at all.
+    pub fn gave_up(&self, kind: ErrorKind, attempts: u32, why: &str) -> String {
+        if self.retry_on.contains(&kind) {
+            format!("gave up after {attempts} attempts: {why}")
+        } else {
+            format!("{}: {why} (not retried: `{}` is not in the platform's retry_on)", kind.name(), kind.name())
         }
     }
 
@@ -153,6 +161,8 @@ mod tests {
         assert_eq!(p.decide(ErrorKind::Transient, 5), Decision::Retry(Duration::from_millis(8000)));
         assert_eq!(p.decide(ErrorKind::Transient, 6), Decision::GiveUp);
         assert_eq!(p.decide(ErrorKind::Auth, 0), Decision::GiveUp, "only what retry_on names is retried");
+        assert_eq!(p.gave_up(ErrorKind::Transient, 6, "503"), "gave up after 6 attempts: 503");
+        assert!(p.gave_up(ErrorKind::Auth, 1, "401").ends_with("(not retried: `auth` is not in the platform's retry_on)"));
         assert_eq!(ErrorKind::of(&ConnectorError::RateLimited(5)), None);
         assert_eq!(ErrorKind::of(&ConnectorError::Auth("x".into())), Some(ErrorKind::Auth));
     }

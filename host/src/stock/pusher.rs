@@ -152,7 +152,7 @@ impl ShopPusher {
             PushOutcome::Failed(why.clone())
         } else {
             tracing::error!(skus = batch.len(), kind = kind.name(), error = %why, "stock push failed with an error the platform's policy does not retry; SKUs moved to the dead letters");
-            PushOutcome::GaveUp(format!("{}: {why} (not retried: `{}` is not in the platform's retry_on)", kind.name(), kind.name()))
+            PushOutcome::GaveUp(policy.gave_up(kind, 0, &why))
         };
         let failed: Vec<_> = batch.iter().map(|r| (r.sku.clone(), r.version, r.quantity, outcome.clone())).collect();
         self.note_error(why);
