@@ -203,7 +203,7 @@ impl Metrics {
         self.shop_availability.clear();
         for s in shops.unwrap_or_default() {
             let labels = ShopLabels { shop: s.shop.clone(), connector: s.connector.clone(), tier: format!("{:?}", s.tier) };
-            self.shop_up.get_or_create(&labels).set((s.state == "up") as i64);
+            self.shop_up.get_or_create(&labels).set((s.state == crate::health::ShopState::Up) as i64);
             if let Some(r) = s.availability.ratio {
                 self.shop_availability.get_or_create(&labels).set(r);
             }

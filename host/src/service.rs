@@ -68,90 +68,19 @@ pub struct Running {
 
 pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let cfg = Config::load(config_path)?;
-    let data_dir = &cfg.server.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
-    let store_config = berth_storage::StoreConfig { reserve_bytes: cfg.server.disk_reserve_mb.saturating_mul(1024 * 1024), ..Default::default() };
-    let (storage, migrated) = berth_storage::migrate::open(data_dir, &data_dir.join("components"), store_config).await?;
-    if let Some(m) = migrated {
-        tracing::warn!(
-            backup = %m.backup.display(),
-            entries = ?m.trees,
-            components = m.components,
-            "migrated the sled data dir into the store; the old one is kept as the backup named here (remove it once this release runs well)"
-        );
-    }
-    // One writer for everything durable: orders, queues and stock share its batches.
-    let store = Arc::new(OrderStore::on(&storage)?);
-    if cfg.server.stall_exit_secs > 0 {
-        crate::watchdog::start(&storage, std::time::Duration::from_secs(cfg.server.stall_exit_secs), crate::watchdog::exit_on_stall);
-    }
-    let inbox = OrderInbox::new(Arc::new(StoreQueues::open(&storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?));
-    let ledger = Arc::new(StockLedger::open(
-        &storage,
-        RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts),
-    )?);
-    let kv = KvStore::open(&storage)?;
+    let storage = open_storage(&cfg).await?;
+    let durable = Durable::open(&storage, &cfg)?;
     let metrics = crate::metrics::AllMetrics::new();
-    let services = Arc::new(HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http.clone()).map_err(|e| StartError::Http(e.to_string()))?);
-    let standby = services.standby.clone();
-    let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
-
-    let registry_store = crate::registry::RegistryStore::open(&storage, &data_dir.join("components")).map_err(StartError::Registry)?;
-    let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
-    let registry = Arc::new(
-        crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors)
-            .await
-            .map_err(|e| match e {
-                crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
-                crate::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
-            })?,
-    );
-    let connectors = registry.slots();
-    for (shop, sc) in &cfg.shops {
-        if let Err(crate::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
-            return Err(StartError::MissingShopKey { shop, connector, key });
-        }
-    }
-    let audit_path = data_dir.join("audit.log");
-    let audit = Arc::new(
-        crate::audit::AuditLog::open(&audit_path)
-            .map_err(|source| StartError::DataDir { path: audit_path.display().to_string(), source })?,
-    );
-    audit.set_max_unauthenticated_per_minute(cfg.admin.max_unauthenticated_audits_per_minute);
-
-    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(cert), Some(key)) => Some(api::listener::Tls::load(cert, key)?),
-        _ => None,
-    };
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.server.listen, source })?;
+    let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
+    let audit = open_audit(&cfg)?;
+    let (listener, addr, tls) = bind(&cfg).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut workers = Vec::new();
     let health = Arc::new(crate::health::HealthBook::open(&storage, cfg.health.clone(), metrics.ops.clone())?);
-    let shops = Arc::new(ShopSet::new(
-        crate::shops::ShopDeps {
-            store: store.clone(),
-            inbox: inbox.clone(),
-            ledger: ledger.clone(),
-            sync: cfg.sync.clone(),
-            stock_batch_size: cfg.stock.batch_size,
-            error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
-            health: health.clone(),
-            budgets: Default::default(),
-            services: services.clone(),
-        },
-        shutdown_rx.clone(),
-    ));
-    health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn crate::health::HoldSource>);
-    for (shop, sc) in &cfg.shops {
-        shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
-    }
-    registry.set_shops(shops.by_connector());
-    let delivery = match ErpDeliverer::from_config(&cfg.erp, inbox.clone()).map_err(StartError::Http)? {
+    let shops = start_shops(&cfg, &durable, &services, &registry, &health, shutdown_rx.clone())?;
+    let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
+    let mut workers = Vec::new();
+    let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
             let status = d.status.clone();
             workers.push(tokio::spawn(d.run(shutdown_rx.clone())));
@@ -159,7 +88,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         }
         None => None,
     };
-    workers.push(tokio::spawn(standby.run(services.http.client().clone(), shutdown_rx.clone())));
+    workers.push(tokio::spawn(services.standby.clone().run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
         crate::reload::Reloadable {
@@ -172,58 +101,23 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
     workers.push(tokio::spawn(sweep_idempotency_keys(
-        inbox.clone(),
+        durable.inbox.clone(),
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
     let alerts = Arc::new(crate::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
-    workers.push(tokio::spawn(alerts.clone().run(
-        crate::alerts::Sources {
-            registry: registry.clone(),
-            inbox: inbox.clone(),
-            stock: ledger.clone(),
-            shops: shops.clone(),
-            health: health.clone(),
-        },
-        shutdown_rx.clone(),
-    )));
-    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
-    let gate = Arc::new(api::gate::Gate { auth: admin_auth.clone(), audit: audit.clone(), metrics: metrics.api.clone() });
-    if !admin_auth.has_tokens() {
-        if cfg.server.listen.ip().is_loopback() {
-            tracing::info!(listen = %cfg.server.listen, "no [admin] tokens: the API answers without a token on this loopback address, /v1/admin is off");
-        } else {
-            tracing::warn!(listen = %cfg.server.listen, "[server] insecure = true: the API answers anyone who reaches this address without a token");
-        }
-    }
-    let admin = api::admin::router(Arc::new(api::admin::AdminState {
+    let sources = crate::alerts::Sources {
         registry: registry.clone(),
-        services: services.clone(),
-        auth: admin_auth,
-        audit,
+        inbox: durable.inbox.clone(),
+        stock: durable.ledger.clone(),
         shops: shops.clone(),
-        degrade: Arc::new(crate::degrade::Degrade {
-            health: health.clone(),
-            stock: ledger.clone(),
-            inbox: inbox.clone(),
-            store: store.clone(),
-        }),
-        api_metrics: metrics.api.clone(),
-    }));
-    let app = api::router(Arc::new(ApiState {
-        store: store.clone(),
-        inbox,
-        stock: ledger,
-        delivery,
-        shops: shops.clone(),
-        registry,
-        services: services.clone(),
-        health,
-        alerts,
-        max_response_bytes: cfg.erp.max_response_bytes as usize,
-        metrics: metrics.ops.clone(),
-    }), gate, cfg.server.metrics_public)
-    .merge(admin);
+        health: health.clone(),
+    };
+    workers.push(tokio::spawn(alerts.clone().run(sources, shutdown_rx.clone())));
+    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
+
+    let connectors = registry.slots().len();
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -231,8 +125,176 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     };
     let tls_on = tls.is_some();
     let server = tokio::spawn(api::listener::serve(listener, app, limits, tls, shutdown_rx.clone()));
-    tracing::info!(%addr, shops = cfg.shops.len(), connectors = connectors.len(), "berth is serving; orders at /v1/orders");
-    Ok(Running { tls: tls_on, addr, shutdown, workers, server, store, shops })
+    tracing::info!(%addr, shops = cfg.shops.len(), connectors, "berth is serving; orders at /v1/orders");
+    Ok(Running { tls: tls_on, addr, shutdown, workers, server, store: durable.store, shops })
+}
+
+/// The data dir and the store in it (a sled data dir is migrated first), with the
+/// watchdog that ends a stalled process.
+async fn open_storage(cfg: &Config) -> Result<berth_storage::Store, StartError> {
+    let data_dir = &cfg.server.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir { path: data_dir.display().to_string(), source })?;
+    let store_config = berth_storage::StoreConfig { reserve_bytes: cfg.server.disk_reserve_mb.saturating_mul(1024 * 1024), ..Default::default() };
+    let (storage, migrated) = berth_storage::migrate::open(data_dir, &data_dir.join("components"), store_config).await?;
+    if let Some(m) = migrated {
+        tracing::warn!(
+            backup = %m.backup.display(),
+            entries = ?m.trees,
+            components = m.components,
+            "migrated the sled data dir into the store; the old one is kept as the backup named here (remove it once this release runs well)"
+        );
+    }
+    if cfg.server.stall_exit_secs > 0 {
+        crate::watchdog::start(&storage, std::time::Duration::from_secs(cfg.server.stall_exit_secs), crate::watchdog::exit_on_stall);
+    }
+    Ok(storage)
+}
+
+/// What orders and stock updates are kept in: one writer for everything durable, so
+/// orders, queues and stock share its batches.
+struct Durable {
+    store: Arc<OrderStore>,
+    inbox: OrderInbox,
+    ledger: Arc<StockLedger>,
+}
+
+impl Durable {
+    fn open(storage: &berth_storage::Store, cfg: &Config) -> Result<Durable, StartError> {
+        let store = Arc::new(OrderStore::on(storage)?);
+        let inbox = OrderInbox::new(Arc::new(StoreQueues::open(storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?));
+        let policy = RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts);
+        let ledger = Arc::new(StockLedger::open(storage, policy)?);
+        Ok(Durable { store, inbox, ledger })
+    }
+}
+
+/// The capabilities, the runtime over them and the registry with every configured
+/// connector loaded; each shop has the keys its connector's manifest requires.
+async fn load_connectors(
+    cfg: &Config,
+    storage: &berth_storage::Store,
+    metrics: &crate::metrics::AllMetrics,
+) -> Result<(Arc<HostServices>, Arc<crate::registry::ConnectorRegistry>), StartError> {
+    let data_dir = &cfg.server.data_dir;
+    let kv = KvStore::open(storage)?;
+    let services = HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http.clone());
+    let services = Arc::new(services.map_err(|e| StartError::Http(e.to_string()))?);
+    let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
+    let registry_store = crate::registry::RegistryStore::open(storage, &data_dir.join("components")).map_err(StartError::Registry)?;
+    let registry = crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors).await.map_err(|e| match e {
+        crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
+        crate::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
+    })?;
+    let connectors = registry.slots();
+    for (shop, sc) in &cfg.shops {
+        if let Err(crate::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
+            return Err(StartError::MissingShopKey { shop, connector, key });
+        }
+    }
+    Ok((services, Arc::new(registry)))
+}
+
+fn open_audit(cfg: &Config) -> Result<Arc<crate::audit::AuditLog>, StartError> {
+    let path = cfg.server.data_dir.join("audit.log");
+    let audit = crate::audit::AuditLog::open(&path).map_err(|source| StartError::DataDir { path: path.display().to_string(), source })?;
+    audit.set_max_unauthenticated_per_minute(cfg.admin.max_unauthenticated_audits_per_minute);
+    Ok(Arc::new(audit))
+}
+
+/// The API's socket, and its certificate when it speaks HTTPS.
+async fn bind(cfg: &Config) -> Result<(tokio::net::TcpListener, SocketAddr, Option<Arc<api::listener::Tls>>), StartError> {
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(api::listener::Tls::load(cert, key)?),
+        _ => None,
+    };
+    let bind_error = |source| StartError::Bind { addr: cfg.server.listen, source };
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, addr, tls))
+}
+
+/// Every configured shop's workers (pulls, pushes, probes), started.
+fn start_shops(
+    cfg: &Config,
+    durable: &Durable,
+    services: &Arc<HostServices>,
+    registry: &Arc<crate::registry::ConnectorRegistry>,
+    health: &Arc<crate::health::HealthBook>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<ShopSet>, StartError> {
+    let deps = crate::shops::ShopDeps {
+        store: durable.store.clone(),
+        inbox: durable.inbox.clone(),
+        ledger: durable.ledger.clone(),
+        sync: cfg.sync.clone(),
+        stock_batch_size: cfg.stock.batch_size,
+        error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
+        health: health.clone(),
+        budgets: Default::default(),
+        services: services.clone(),
+    };
+    let shops = Arc::new(ShopSet::new(deps, shutdown));
+    health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn crate::health::HoldSource>);
+    let connectors = registry.slots();
+    for (shop, sc) in &cfg.shops {
+        shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
+    }
+    registry.set_shops(shops.by_connector());
+    Ok(shops)
+}
+
+/// What the API's routes read and change.
+struct Routed<'a> {
+    durable: &'a Durable,
+    services: Arc<HostServices>,
+    registry: Arc<crate::registry::ConnectorRegistry>,
+    shops: Arc<ShopSet>,
+    health: Arc<crate::health::HealthBook>,
+    alerts: Arc<crate::alerts::Alerts>,
+    delivery: Option<crate::delivery::SharedDeliveryStatus>,
+    admin_auth: Arc<crate::auth::AdminAuth>,
+    audit: Arc<crate::audit::AuditLog>,
+    metrics: &'a crate::metrics::AllMetrics,
+}
+
+/// The whole API: ERP, status and admin routes behind the one auth gate.
+fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
+    let gate = Arc::new(api::gate::Gate { auth: r.admin_auth.clone(), audit: r.audit.clone(), metrics: r.metrics.api.clone() });
+    if !r.admin_auth.has_tokens() {
+        if cfg.server.listen.ip().is_loopback() {
+            tracing::info!(listen = %cfg.server.listen, "no [admin] tokens: the API answers without a token on this loopback address, /v1/admin is off");
+        } else {
+            tracing::warn!(listen = %cfg.server.listen, "[server] insecure = true: the API answers anyone who reaches this address without a token");
+        }
+    }
+    let admin = api::admin::router(Arc::new(api::admin::AdminState {
+        registry: r.registry.clone(),
+        services: r.services.clone(),
+        auth: r.admin_auth,
+        audit: r.audit,
+        shops: r.shops.clone(),
+        degrade: Arc::new(crate::degrade::Degrade {
+            health: r.health.clone(),
+            stock: r.durable.ledger.clone(),
+            inbox: r.durable.inbox.clone(),
+            store: r.durable.store.clone(),
+        }),
+        api_metrics: r.metrics.api.clone(),
+    }));
+    let state = Arc::new(ApiState {
+        store: r.durable.store.clone(),
+        inbox: r.durable.inbox.clone(),
+        stock: r.durable.ledger.clone(),
+        delivery: r.delivery,
+        shops: r.shops,
+        registry: r.registry,
+        services: r.services,
+        health: r.health,
+        alerts: r.alerts,
+        max_response_bytes: cfg.erp.max_response_bytes as usize,
+        metrics: r.metrics.ops.clone(),
+    });
+    api::router(state, gate, cfg.server.metrics_public).merge(admin)
 }
 
 /// Forget old idempotency keys of the order queue: at start, then hourly.

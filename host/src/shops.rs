@@ -265,7 +265,7 @@ impl ShopSet {
 impl crate::health::HoldSource for ShopSet {
     /// `throttled` while the shop's quota is held by a throttle, `held` while its order
     /// intake is; the reason names who caused it and for how long.
-    fn hold(&self, shop: &str) -> Option<(&'static str, String)> {
+    fn hold(&self, shop: &str) -> Option<(crate::health::ShopState, String)> {
         let (platform, config) = {
             let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
             let r = shops.get(shop)?;
@@ -274,10 +274,10 @@ impl crate::health::HoldSource for ShopSet {
         if let Some(h) = self.deps.services.limits.throttle_on(&platform, shop, Some(&config)) {
             let by = if h.shop == shop { "its own call".to_string() } else { format!("a call of shop `{}`", h.shop) };
             return Some((
-                "throttled",
+                crate::health::ShopState::Throttled,
                 format!("quota {} of {platform} held {} s more ({} s in all) after {by}: {}", h.key, h.remaining_ms.div_ceil(1000), h.held_ms / 1000, h.reason),
             ));
         }
-        self.deps.budgets.held_shop(shop, berth_types::clock::now_ms()).map(|h| ("held", h.reason()))
+        self.deps.budgets.held_shop(shop, berth_types::clock::now_ms()).map(|h| (crate::health::ShopState::Held, h.reason()))
     }
 }

@@ -136,43 +136,7 @@ impl ShopWorker {
                 let step = self.step(&conn).instrument(tracing::info_span!("pull", version = %conn.version())).await;
                 // Only an idle wait is cut short by a wake-up, never a throttle or backoff.
                 let idle = matches!(step, Ok(Next::Idle));
-                let wait = match step {
-                    Ok(Next::Continue) => {
-                        attempt = 0;
-                        Duration::ZERO
-                    }
-                    Ok(Next::Idle) => {
-                        attempt = 0;
-                        // After a push named a changed order, look again each second
-                        // until the settled edge has passed the time of the push.
-                        match chase_until {
-                            Some(t) if std::time::Instant::now() < t => poll.min(Duration::from_secs(1)),
-                            _ => poll,
-                        }
-                    }
-                    Ok(Next::Wait(d)) => d,
-                    Err(StepError::Failed(kind, why)) => {
-                        attempt = attempt.saturating_add(1);
-                        let policy = conn.retry_policy(Job::Pull);
-                        if let Decision::Retry(d) = policy.decide(kind, attempt) {
-                            tracing::warn!(attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
-                            self.note_error(why);
-                            d
-                        } else {
-                            let pause = Duration::from_secs(self.defaults.error_pause_secs).max(poll);
-                            let why = policy.gave_up(kind, attempt, &why);
-                            tracing::error!(error = %why, pause_secs = pause.as_secs(), "pull failed and needs attention; pausing");
-                            self.note_error(why);
-                            attempt = 0;
-                            pause
-                        }
-                    }
-                    Err(StepError::Pause(why)) => {
-                        tracing::error!(error = %why, "pull failed and needs attention; pausing");
-                        self.note_error(why);
-                        Duration::from_secs(self.defaults.error_pause_secs).max(poll)
-                    }
-                };
+                let wait = self.wait_after(step, &conn, poll, &mut attempt, chase_until);
                 if wait.is_zero() {
                     continue;
                 }
@@ -189,6 +153,56 @@ impl ShopWorker {
         }
         .instrument(span)
         .await
+    }
+
+    /// How long to wait after a step: not at all after a page; the poll interval once
+    /// caught up (a second while chasing an order a push named); what the platform or
+    /// the retry policy says after a failure; the error pause once the policy gives up.
+    fn wait_after(
+        &self,
+        step: Result<Next, StepError>,
+        conn: &LoadedConnector,
+        poll: Duration,
+        attempt: &mut u32,
+        chase_until: Option<std::time::Instant>,
+    ) -> Duration {
+        match step {
+            Ok(Next::Continue) => {
+                *attempt = 0;
+                Duration::ZERO
+            }
+            Ok(Next::Idle) => {
+                *attempt = 0;
+                // After a push named a changed order, look again each second
+                // until the settled edge has passed the time of the push.
+                match chase_until {
+                    Some(t) if std::time::Instant::now() < t => poll.min(Duration::from_secs(1)),
+                    _ => poll,
+                }
+            }
+            Ok(Next::Wait(d)) => d,
+            Err(StepError::Failed(kind, why)) => {
+                *attempt = attempt.saturating_add(1);
+                let policy = conn.retry_policy(Job::Pull);
+                if let Decision::Retry(d) = policy.decide(kind, *attempt) {
+                    tracing::warn!(attempt = *attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
+                    self.note_error(why);
+                    d
+                } else {
+                    let pause = Duration::from_secs(self.defaults.error_pause_secs).max(poll);
+                    let why = policy.gave_up(kind, *attempt, &why);
+                    tracing::error!(error = %why, pause_secs = pause.as_secs(), "pull failed and needs attention; pausing");
+                    self.note_error(why);
+                    *attempt = 0;
+                    pause
+                }
+            }
+            Err(StepError::Pause(why)) => {
+                tracing::error!(error = %why, "pull failed and needs attention; pausing");
+                self.note_error(why);
+                Duration::from_secs(self.defaults.error_pause_secs).max(poll)
+            }
+        }
     }
 
     fn note_error(&self, why: String) {

@@ -53,11 +53,38 @@ impl BreakerPolicy {
     }
 }
 
+/// Where a breaker stands (answered as `closed`, `open`, `half-open`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    /// Calls run.
+    Closed,
+    /// Calls are refused until the trial time.
+    Open,
+    /// One trial call is running.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How the breaker stands, for the API, the dashboard and the alert rule.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct BreakerView {
-    /// `closed`, `open` (calls refused) or `half-open` (one trial call running).
-    pub state: &'static str,
+    pub state: BreakerState,
     /// When it opened (wall clock, ms), while not closed.
     pub since_ms: Option<i64>,
     /// Why it opened.
@@ -228,9 +255,9 @@ impl Breaker {
         let inner = self.lock();
         let now = Instant::now();
         let (state, trial_at_ms) = match inner.state {
-            State::Closed => ("closed", None),
-            State::Open { until, .. } => ("open", Some(now_ms() + until.saturating_duration_since(now).as_millis() as i64)),
-            State::Trial { .. } => ("half-open", None),
+            State::Closed => (BreakerState::Closed, None),
+            State::Open { until, .. } => (BreakerState::Open, Some(now_ms() + until.saturating_duration_since(now).as_millis() as i64)),
+            State::Trial { .. } => (BreakerState::HalfOpen, None),
         };
         let (window_calls, window_failures) = if matches!(inner.state, State::Closed) { inner.totals() } else { (0, 0) };
         BreakerView {
@@ -305,7 +332,7 @@ mod tests {
         let refused = b.admit().err().expect("isolated");
         assert!(refused.retry_in > Duration::from_secs(29) && refused.reason.contains("2 of 4"), "{refused:?}");
         let v = b.view();
-        assert_eq!((v.state, v.trips), ("open", 1));
+        assert_eq!((v.state, v.trips), (BreakerState::Open, 1));
         assert!(BreakerPolicy { window_secs: 7200, ..policy(30) }.check().unwrap_err().contains("at most 3600"));
         assert!(policy(30).check().is_ok());
         assert!(v.since_ms.is_some() && v.trial_at_ms.is_some());
@@ -318,7 +345,7 @@ mod tests {
             assert_eq!(run(&b, i % 3 == 2).unwrap(), None, "a third failing stays under 50%");
         }
         let v = b.view();
-        assert_eq!((v.state, v.window_calls, v.window_failures), ("closed", 100, 33));
+        assert_eq!((v.state, v.window_calls, v.window_failures), (BreakerState::Closed, 100, 33));
     }
 
     #[test]
@@ -332,7 +359,7 @@ mod tests {
         let trial = b.admit().expect("the trial runs");
         assert!(trial.is_trial());
         assert!(b.admit().is_err(), "one trial at a time");
-        assert_eq!(b.view().state, "half-open");
+        assert_eq!(b.view().state, BreakerState::HalfOpen);
         assert!(matches!(trial.finish(Some(true)), Some(Change::Reopened { .. })), "a failed trial reopens");
         // A cancelled trial, or one that never ran guest code, hands the trial on.
         let cancelled = b.admit().expect("trial");

@@ -85,7 +85,7 @@ pub struct AlertRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogEntry {
     pub at_ms: i64,
-    pub status: String,
+    pub status: notify::NoticeStatus,
     pub alert: AlertRecord,
 }
 
@@ -295,7 +295,7 @@ impl Alerts {
             let Some(mut f) = st.firing.remove(&key) else { continue };
             f.alert.resolved_ms = Some(now);
             tracing::info!(alert = %f.alert.rule, subject = %f.alert.subject, "alert resolved");
-            notices.push(("resolved", f.alert));
+            notices.push((notify::NoticeStatus::Resolved, f.alert));
         }
         for (key, mut alert) in holding {
             match st.firing.get_mut(&key) {
@@ -304,7 +304,7 @@ impl Alerts {
                     f.alert.value = alert.value;
                     if self.config.repeat_secs > 0 && now - f.notified_ms >= self.config.repeat_secs as i64 * 1000 {
                         f.notified_ms = now;
-                        notices.push(("firing", f.alert.clone()));
+                        notices.push((notify::NoticeStatus::Firing, f.alert.clone()));
                     }
                 }
                 None => {
@@ -317,7 +317,7 @@ impl Alerts {
                         Severity::Warning => tracing::warn!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
                     }
                     st.firing.insert(key, Firing { alert: alert.clone(), notified_ms: now });
-                    notices.push(("firing", alert));
+                    notices.push((notify::NoticeStatus::Firing, alert));
                 }
             }
         }
@@ -334,9 +334,9 @@ impl Alerts {
 
     /// Keep the firing set and the log in the store (the next batch, not waited for: an
     /// alert is not an order) and the log's tail in memory.
-    fn persist(&self, st: &mut State, status: &str, alert: &AlertRecord) {
+    fn persist(&self, st: &mut State, status: notify::NoticeStatus, alert: &AlertRecord) {
         let firing = st.firing.get(&alert.fingerprint).map(|f| serde_json::to_vec(f).unwrap_or_default());
-        let entry = LogEntry { at_ms: berth_types::clock::now_ms(), status: status.to_string(), alert: alert.clone() };
+        let entry = LogEntry { at_ms: berth_types::clock::now_ms(), status, alert: alert.clone() };
         let logged = serde_json::to_vec(&entry).unwrap_or_default();
         let seq = st.next_seq;
         st.next_seq += 1;

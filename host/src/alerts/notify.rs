@@ -68,11 +68,28 @@ impl ReceiverConfig {
     }
 }
 
+/// What a notification says of its alert (sent and stored in lower case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeStatus {
+    /// It started firing, or fires still (a reminder).
+    Firing,
+    Resolved,
+}
+
+impl NoticeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeStatus::Firing => "firing",
+            NoticeStatus::Resolved => "resolved",
+        }
+    }
+}
+
 /// One notification: an alert started firing, fired again (a reminder) or resolved.
 #[derive(Clone, Debug, Serialize)]
 pub struct Notice {
-    /// `firing` or `resolved`.
-    pub status: &'static str,
+    pub status: NoticeStatus,
     pub source: String,
     #[serde(flatten)]
     pub alert: AlertRecord,
@@ -95,8 +112,8 @@ impl Notice {
     fn headline(&self) -> String {
         let a = &self.alert;
         match self.status {
-            "resolved" => format!("[RESOLVED] {} — {}", a.rule, a.subject),
-            _ => format!("[{}] {} — {}", a.severity.name().to_uppercase(), a.rule, a.subject),
+            NoticeStatus::Resolved => format!("[RESOLVED] {} — {}", a.rule, a.subject),
+            NoticeStatus::Firing => format!("[{}] {} — {}", a.severity.name().to_uppercase(), a.rule, a.subject),
         }
     }
 
@@ -115,7 +132,7 @@ impl Notice {
             Format::Json => serde_json::to_value(self).unwrap_or_default(),
             Format::Wecom => {
                 let colour = match (self.status, a.severity) {
-                    ("resolved", _) => "info",
+                    (NoticeStatus::Resolved, _) => "info",
                     (_, Severity::Critical) => "warning",
                     _ => "comment",
                 };
@@ -134,7 +151,7 @@ impl Notice {
             }
             Format::Slack => {
                 let color = match (self.status, a.severity) {
-                    ("resolved", _) => "#2eb886",
+                    (NoticeStatus::Resolved, _) => "#2eb886",
                     (_, Severity::Critical) => "#d00000",
                     _ => "#e8a317",
                 };
@@ -330,7 +347,7 @@ impl Notifier {
 mod tests {
     use super::*;
 
-    fn notice(status: &'static str) -> Notice {
+    fn notice(status: NoticeStatus) -> Notice {
         Notice {
             status,
             source: "berth-test".into(),
@@ -344,24 +361,24 @@ mod tests {
                 value: 2.0,
                 threshold: 2.0,
                 started_ms: 1_700_000_000_000,
-                resolved_ms: (status == "resolved").then_some(1_700_000_195_000),
+                resolved_ms: (status == NoticeStatus::Resolved).then_some(1_700_000_195_000),
             },
         }
     }
 
     #[test]
     fn each_format_reads_as_its_receiver_expects() {
-        let j = notice("firing").body(Format::Json);
+        let j = notice(NoticeStatus::Firing).body(Format::Json);
         assert_eq!((j["status"].as_str(), j["rule"].as_str(), j["severity"].as_str()), (Some("firing"), Some("probe-failing"), Some("critical")));
         assert_eq!(j["fingerprint"], "probe-failing/acme");
-        let w = notice("firing").body(Format::Wecom);
+        let w = notice(NoticeStatus::Firing).body(Format::Wecom);
         assert_eq!(w["msgtype"], "markdown");
         let content = w["markdown"]["content"].as_str().unwrap();
         assert!(content.contains("[CRITICAL] probe-failing — acme") && content.contains("firing since 2023-11-14 22:13:20 UTC"), "{content}");
-        let d = notice("resolved").body(Format::Dingtalk);
+        let d = notice(NoticeStatus::Resolved).body(Format::Dingtalk);
         assert_eq!(d["markdown"]["title"], "[RESOLVED] probe-failing — acme");
         assert!(d["markdown"]["text"].as_str().unwrap().contains("after 3m15s"), "{d}");
-        let s = notice("firing").body(Format::Slack);
+        let s = notice(NoticeStatus::Firing).body(Format::Slack);
         assert_eq!(s["attachments"][0]["color"], "#d00000");
         assert_eq!(s["text"], "[CRITICAL] probe-failing — acme");
     }

@@ -257,140 +257,171 @@ impl Rule {
     /// Where the rule's condition holds now.
     pub fn evaluate(&self, obs: &Observation) -> Vec<Breach> {
         match &self.check {
-            Check::SuccessRate { below, window_secs, min_calls, connectors } => obs
-                .calls
-                .get(window_secs)
-                .into_iter()
-                .flatten()
-                .filter(|(c, t)| t.calls >= *min_calls && wanted(connectors, c))
-                .filter_map(|(c, t)| {
-                    let rate = 1.0 - t.failure_rate();
-                    (rate < *below).then(|| Breach {
-                        subject: c.clone(),
-                        summary: format!(
-                            "connector {c}: {:.1}% of {} calls succeeded in the last {} s (threshold {:.1}%)",
-                            rate * 100.0,
-                            t.calls,
-                            window_secs,
-                            below * 100.0
-                        ),
-                        value: rate,
-                        threshold: *below,
-                    })
-                })
-                .collect(),
-            Check::QueueAge { queue, above_secs } => obs
-                .queues
-                .iter()
-                .filter(|q| q.queue_matches(queue))
-                .filter_map(|q| {
-                    let age = q.oldest_age_ms? as f64 / 1000.0;
-                    (age > *above_secs as f64).then(|| Breach {
-                        subject: q.queue.to_string(),
-                        summary: format!(
-                            "{} queue: the oldest item has waited {:.0} s (threshold {} s); {} ready, {} in flight",
-                            q.queue, age, above_secs, q.ready, q.in_flight
-                        ),
-                        value: age,
-                        threshold: *above_secs as f64,
-                    })
-                })
-                .collect(),
-            Check::DeadLetters { queue, window_secs } => obs
-                .queues
-                .iter()
-                .filter(|q| q.queue_matches(queue))
-                .filter_map(|q| {
-                    let since = obs.now_ms - *window_secs as i64 * 1000;
-                    let before = obs.dead_history.get(q.queue)?.iter().find(|(at, _)| *at >= since)?.1;
-                    (q.dead > before).then(|| Breach {
-                        subject: q.queue.to_string(),
-                        summary: format!(
-                            "{} queue: dead letters grew from {before} to {} in the last {window_secs} s; they wait for a person (replay or purge)",
-                            q.queue, q.dead
-                        ),
-                        value: q.dead as f64,
-                        threshold: before as f64,
-                    })
-                })
-                .collect(),
-            Check::ProbeFailing { failures, tiers } => obs
-                .shops
-                .iter()
-                .filter(|s| s.consecutive_failures >= *failures && tiers.as_ref().is_none_or(|t| t.contains(&s.tier)))
-                .map(|s| Breach {
-                    subject: s.shop.clone(),
-                    summary: format!(
-                        "shop {} ({}, tier {:?}): the last {} probes failed: {}",
-                        s.shop, s.connector, s.tier, s.consecutive_failures, s.last_message
-                    ),
-                    value: s.consecutive_failures as f64,
-                    threshold: *failures as f64,
-                })
-                .collect(),
-            Check::CanaryRollback { hold_secs } => {
-                let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
-                for (c, at, reason) in &obs.rollbacks {
-                    if obs.now_ms - at < *hold_secs as i64 * 1000 {
-                        latest.insert(c, (*at, reason));
-                    }
-                }
-                latest
-                    .into_iter()
-                    .map(|(c, (_, reason))| Breach {
-                        subject: c.to_string(),
-                        summary: format!("connector {c}: the canary was rolled back automatically: {reason}"),
-                        value: 1.0,
-                        threshold: 0.0,
-                    })
-                    .collect()
-            }
-            Check::ConnectorIsolated { connectors } => {
-                let mut per: BTreeMap<&str, Vec<&Isolated>> = BTreeMap::new();
-                for i in obs.isolated.iter().filter(|i| wanted(connectors, &i.connector)) {
-                    per.entry(&i.connector).or_default().push(i);
-                }
-                per.into_iter()
-                    .map(|(c, versions)| {
-                        let what = versions
-                            .iter()
-                            .map(|i| format!("version {} {} ({})", i.version, i.breaker.state, i.breaker.reason.as_deref().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        Breach {
-                            subject: c.to_string(),
-                            summary: format!("connector {c}: isolated by its circuit breaker, its calls are refused until a trial call passes: {what}"),
-                            value: versions.len() as f64,
-                            threshold: 0.0,
-                        }
-                    })
-                    .collect()
-            }
+            Check::SuccessRate { below, window_secs, min_calls, connectors } => success_rate(obs, below, window_secs, min_calls, connectors),
+            Check::QueueAge { queue, above_secs } => queue_age(obs, queue, above_secs),
+            Check::DeadLetters { queue, window_secs } => dead_letters(obs, queue, window_secs),
+            Check::ProbeFailing { failures, tiers } => probe_failing(obs, failures, tiers),
+            Check::CanaryRollback { hold_secs } => canary_rollback(obs, hold_secs),
+            Check::ConnectorIsolated { connectors } => connector_isolated(obs, connectors),
             Check::OrderFlood { connectors } => order_flood(obs, connectors),
-            Check::QuotaHeld { above_secs } => obs
-                .holds
-                .iter()
-                .filter(|h| h.kind == "throttle" && h.held_ms > above_secs * 1000)
-                .map(|h| Breach {
-                    subject: format!("{}:{}", h.platform, h.key),
-                    summary: format!(
-                        "platform {} quota {} is held for {} s ({} s left) after a call of shop {} ({}): {}; every shop on it waits. Release it with `berth release-hold {} {}` if the platform is fine",
-                        h.platform,
-                        h.key,
-                        h.held_ms / 1000,
-                        h.remaining_ms.div_ceil(1000),
-                        h.shop,
-                        h.connector,
-                        h.reason,
-                        h.platform,
-                        h.key
-                    ),
-                    value: h.held_ms as f64 / 1000.0,
-                    threshold: *above_secs as f64,
-                })
-                .collect(),
+            Check::QuotaHeld { above_secs } => quota_held(obs, above_secs),
         }
     }
+}
+
+/// Connectors whose calls succeeded less often than `below` in the window.
+fn success_rate(obs: &Observation, below: &f64, window_secs: &u64, min_calls: &u64, connectors: &Option<Vec<String>>) -> Vec<Breach> {
+    obs
+        .calls
+        .get(window_secs)
+        .into_iter()
+        .flatten()
+        .filter(|(c, t)| t.calls >= *min_calls && wanted(connectors, c))
+        .filter_map(|(c, t)| {
+            let rate = 1.0 - t.failure_rate();
+            (rate < *below).then(|| Breach {
+                subject: c.clone(),
+                summary: format!(
+                    "connector {c}: {:.1}% of {} calls succeeded in the last {} s (threshold {:.1}%)",
+                    rate * 100.0,
+                    t.calls,
+                    window_secs,
+                    below * 100.0
+                ),
+                value: rate,
+                threshold: *below,
+            })
+        })
+        .collect()
+}
+
+/// Queues whose oldest item has waited longer than `above_secs`.
+fn queue_age(obs: &Observation, queue: &Option<String>, above_secs: &u64) -> Vec<Breach> {
+    obs
+        .queues
+        .iter()
+        .filter(|q| q.queue_matches(queue))
+        .filter_map(|q| {
+            let age = q.oldest_age_ms? as f64 / 1000.0;
+            (age > *above_secs as f64).then(|| Breach {
+                subject: q.queue.to_string(),
+                summary: format!(
+                    "{} queue: the oldest item has waited {:.0} s (threshold {} s); {} ready, {} in flight",
+                    q.queue, age, above_secs, q.ready, q.in_flight
+                ),
+                value: age,
+                threshold: *above_secs as f64,
+            })
+        })
+        .collect()
+}
+
+/// Queues whose dead letters grew within the window.
+fn dead_letters(obs: &Observation, queue: &Option<String>, window_secs: &u64) -> Vec<Breach> {
+    obs
+        .queues
+        .iter()
+        .filter(|q| q.queue_matches(queue))
+        .filter_map(|q| {
+            let since = obs.now_ms - *window_secs as i64 * 1000;
+            let before = obs.dead_history.get(q.queue)?.iter().find(|(at, _)| *at >= since)?.1;
+            (q.dead > before).then(|| Breach {
+                subject: q.queue.to_string(),
+                summary: format!(
+                    "{} queue: dead letters grew from {before} to {} in the last {window_secs} s; they wait for a person (replay or purge)",
+                    q.queue, q.dead
+                ),
+                value: q.dead as f64,
+                threshold: before as f64,
+            })
+        })
+        .collect()
+}
+
+/// Shops whose last `failures` probes failed.
+fn probe_failing(obs: &Observation, failures: &u32, tiers: &Option<Vec<Tier>>) -> Vec<Breach> {
+    obs
+        .shops
+        .iter()
+        .filter(|s| s.consecutive_failures >= *failures && tiers.as_ref().is_none_or(|t| t.contains(&s.tier)))
+        .map(|s| Breach {
+            subject: s.shop.clone(),
+            summary: format!(
+                "shop {} ({}, tier {:?}): the last {} probes failed: {}",
+                s.shop, s.connector, s.tier, s.consecutive_failures, s.last_message
+            ),
+            value: s.consecutive_failures as f64,
+            threshold: *failures as f64,
+        })
+        .collect()
+}
+
+/// Connectors whose canary was rolled back within `hold_secs`.
+fn canary_rollback(obs: &Observation, hold_secs: &u64) -> Vec<Breach> {
+        let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+        for (c, at, reason) in &obs.rollbacks {
+            if obs.now_ms - at < *hold_secs as i64 * 1000 {
+                latest.insert(c, (*at, reason));
+            }
+        }
+        latest
+            .into_iter()
+            .map(|(c, (_, reason))| Breach {
+                subject: c.to_string(),
+                summary: format!("connector {c}: the canary was rolled back automatically: {reason}"),
+                value: 1.0,
+                threshold: 0.0,
+            })
+            .collect()
+    }
+
+/// Connectors with a version isolated by its circuit breaker.
+fn connector_isolated(obs: &Observation, connectors: &Option<Vec<String>>) -> Vec<Breach> {
+        let mut per: BTreeMap<&str, Vec<&Isolated>> = BTreeMap::new();
+        for i in obs.isolated.iter().filter(|i| wanted(connectors, &i.connector)) {
+            per.entry(&i.connector).or_default().push(i);
+        }
+        per.into_iter()
+            .map(|(c, versions)| {
+                let what = versions
+                    .iter()
+                    .map(|i| format!("version {} {} ({})", i.version, i.breaker.state, i.breaker.reason.as_deref().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Breach {
+                    subject: c.to_string(),
+                    summary: format!("connector {c}: isolated by its circuit breaker, its calls are refused until a trial call passes: {what}"),
+                    value: versions.len() as f64,
+                    threshold: 0.0,
+                }
+            })
+            .collect()
+    }
+
+/// Platform quotas held by a throttle for longer than `above_secs`.
+fn quota_held(obs: &Observation, above_secs: &u64) -> Vec<Breach> {
+    obs
+        .holds
+        .iter()
+        .filter(|h| h.kind == "throttle" && h.held_ms > above_secs * 1000)
+        .map(|h| Breach {
+            subject: format!("{}:{}", h.platform, h.key),
+            summary: format!(
+                "platform {} quota {} is held for {} s ({} s left) after a call of shop {} ({}): {}; every shop on it waits. Release it with `berth release-hold {} {}` if the platform is fine",
+                h.platform,
+                h.key,
+                h.held_ms / 1000,
+                h.remaining_ms.div_ceil(1000),
+                h.shop,
+                h.connector,
+                h.reason,
+                h.platform,
+                h.key
+            ),
+            value: h.held_ms as f64 / 1000.0,
+            threshold: *above_secs as f64,
+        })
+        .collect()
 }
 
 fn order_flood(obs: &Observation, connectors: &Option<Vec<String>>) -> Vec<Breach> {
@@ -459,7 +490,7 @@ mod tests {
         ];
         obs.rollbacks = vec![("old".into(), 0, "r".into()), ("new".into(), 4_999_000, "too many traps".into())];
         let view = |state| berth_runtime::breaker::BreakerView { state, since_ms: Some(1), reason: Some("5 of 5 calls failed".into()), trial_at_ms: None, trips: 1, window_failures: 0, window_calls: 0 };
-        obs.isolated = vec![Isolated { connector: "hostile".into(), version: "6.6.6".into(), breaker: view("open") }];
+        obs.isolated = vec![Isolated { connector: "hostile".into(), version: "6.6.6".into(), breaker: view(berth_runtime::breaker::BreakerState::Open) }];
         let subjects = |r: Rule| r.evaluate(&obs).into_iter().map(|b| b.subject).collect::<Vec<_>>();
         let d = Rule::defaults();
         assert_eq!(subjects(d[0].clone()), ["bad"], "95% < 98%; 99% is fine; 3 calls are too few to judge");

@@ -2,6 +2,7 @@
 //! everything it shows in one read: connectors and versions, shops with their pulls and
 //! probes, health per tier, queue levels and alerts.
 
+use berth_runtime::breaker::BreakerState;
 use super::ApiState;
 use crate::alerts::{AlertRecord, LogEntry};
 use crate::health::{ShopHealth, TierSummary};
@@ -49,7 +50,7 @@ pub struct ConnectorRow {
     pub calls_5m: Tally,
     /// `closed`, or `open` / `half-open` while the circuit breaker isolates the active
     /// version or the candidate.
-    pub breaker: &'static str,
+    pub breaker: BreakerState,
     pub breaker_reason: Option<String>,
 }
 
@@ -79,7 +80,7 @@ pub fn status(st: &ApiState) -> StatusView {
             // The active version's breaker, unless only the canary's is not closed.
             let active = c.breaker.view();
             let breaker = match candidate.map(|k| k.version.breaker.view()) {
-                Some(canary) if active.state == "closed" && canary.state != "closed" => canary,
+                Some(canary) if active.state == BreakerState::Closed && canary.state != BreakerState::Closed => canary,
                 _ => active,
             };
             ConnectorRow {

@@ -41,7 +41,7 @@ pub enum DegradeError {
 pub struct DegradeStatus {
     pub shop: String,
     pub tier: berth_types::shop::Tier,
-    pub state: &'static str,
+    pub state: crate::health::ShopState,
     pub down_since_ms: Option<i64>,
     pub degraded: bool,
     pub degrade_after_secs: u64,
@@ -105,8 +105,8 @@ impl Degrade {
             format!("it is tier {:?}", h.tier)
         } else {
             match h.down_since_ms {
-                None if h.state == "unknown" => "it has not been probed yet".to_string(),
-                None if h.state == "paused" => "it is paused".to_string(),
+                None if h.state == crate::health::ShopState::Unknown => "it has not been probed yet".to_string(),
+                None if h.state == crate::health::ShopState::Paused => "it is paused".to_string(),
                 None => format!("its last probe found it {}", h.state),
                 Some(since) => format!("it has been down for {} s", (berth_types::clock::now_ms() - since) / 1000),
             }

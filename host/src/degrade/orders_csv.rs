@@ -89,9 +89,8 @@ fn mask_phone(phone: &str) -> String {
     format!("{head}****{tail}")
 }
 
-/// Parse the whole file into orders (rows grouped by `order_id`, in first-seen order).
-pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(text);
+/// The header's column names (lower case): none unknown, none required missing.
+fn columns(reader: &mut csv::Reader<&[u8]>) -> Result<Vec<String>, CsvError> {
     let headers: Vec<String> = match reader.headers() {
         Ok(h) if !h.is_empty() && !(h.len() == 1 && h[0].is_empty()) => h.iter().map(|c| c.to_ascii_lowercase()).collect(),
         Ok(_) => return Err(CsvError::Empty),
@@ -104,6 +103,23 @@ pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
     if !missing.is_empty() {
         return Err(CsvError::MissingColumns { missing: missing.join(", ") });
     }
+    Ok(headers)
+}
+
+/// The rows' problems, the first [`MAX_PROBLEMS`] of them and a count of the rest.
+fn rows_error(mut problems: Vec<String>) -> CsvError {
+    let more = problems.len().saturating_sub(MAX_PROBLEMS);
+    problems.truncate(MAX_PROBLEMS);
+    if more > 0 {
+        problems.push(format!("… and {more} more"));
+    }
+    CsvError::Rows(problems)
+}
+
+/// Parse the whole file into orders (rows grouped by `order_id`, in first-seen order).
+pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(text);
+    let headers = columns(&mut reader)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let mut problems = Vec::new();
     let mut orders: Vec<OrderData> = Vec::new();
@@ -200,12 +216,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<OrderData>, CsvError> {
         o.lines.push(OrderLineRecord { line_id, sku: sku.clone(), title: get("title"), quantity, unit_price_minor: unit_price });
     }
     if !problems.is_empty() {
-        let more = problems.len().saturating_sub(MAX_PROBLEMS);
-        problems.truncate(MAX_PROBLEMS);
-        if more > 0 {
-            problems.push(format!("… and {more} more"));
-        }
-        return Err(CsvError::Rows(problems));
+        return Err(rows_error(problems));
     }
     for o in &mut orders {
         o.raw = serde_json::json!({ "source": "csv-import", "lines": o.lines.len() });

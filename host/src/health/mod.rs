@@ -108,6 +108,43 @@ pub struct ProbeResult {
 /// Longest connector message kept with a probe result.
 pub const MAX_MESSAGE: usize = 300;
 
+/// Where a shop stands, as its probes and holds say (answered in lower case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShopState {
+    /// Its last probe passed.
+    Up,
+    /// Its last probe failed.
+    Down,
+    /// Not probed yet.
+    Unknown,
+    /// An operator paused it.
+    Paused,
+    /// Its platform quota is held after a throttle.
+    Throttled,
+    /// A host bound holds it (its order budget).
+    Held,
+}
+
+impl ShopState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShopState::Up => "up",
+            ShopState::Down => "down",
+            ShopState::Unknown => "unknown",
+            ShopState::Paused => "paused",
+            ShopState::Throttled => "throttled",
+            ShopState::Held => "held",
+        }
+    }
+}
+
+impl std::fmt::Display for ShopState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One shop's state as ops see it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShopHealth {
@@ -119,7 +156,7 @@ pub struct ShopHealth {
     /// `up`, `down`, `paused` (ops paused the shop or its connector), `throttled` (its
     /// quota is held: the platform or its connector said stop), `held` (a host bound
     /// holds its order intake) or `unknown` (not probed yet).
-    pub state: &'static str,
+    pub state: ShopState,
     /// Why the shop is `throttled` or `held`, and until when.
     pub held: Option<String>,
     pub consecutive_failures: u32,
@@ -199,7 +236,7 @@ pub struct HealthStoreError(#[from] berth_storage::StoreError);
 /// Where a shop's holds come from (the running shops, which know each one's quota and
 /// order budget): `(state, why)` while one is held.
 pub trait HoldSource: Send + Sync {
-    fn hold(&self, shop: &str) -> Option<(&'static str, String)>;
+    fn hold(&self, shop: &str) -> Option<(ShopState, String)>;
 }
 
 /// Every running shop's probe results.
@@ -356,10 +393,10 @@ impl HealthBook {
                     tier: e.tier,
                     probe_secs: policy.probe_secs,
                     state: match (&e.last, e.paused) {
-                        (_, true) => "paused",
-                        (None, false) => "unknown",
-                        (Some(r), false) if r.up => "up",
-                        (Some(_), false) => "down",
+                        (_, true) => ShopState::Paused,
+                        (None, false) => ShopState::Unknown,
+                        (Some(r), false) if r.up => ShopState::Up,
+                        (Some(_), false) => ShopState::Down,
                     },
                     consecutive_failures: e.consecutive_failures,
                     down_since_ms: e.down_since_ms,
@@ -373,7 +410,7 @@ impl HealthBook {
             .collect();
         drop(shops);
         if let Some(source) = holds {
-            for s in out.iter_mut().filter(|s| s.state != "paused") {
+            for s in out.iter_mut().filter(|s| s.state != ShopState::Paused) {
                 if let Some((state, why)) = source.hold(&s.shop) {
                     s.state = state;
                     s.held = Some(why);
@@ -412,11 +449,11 @@ impl HealthBook {
             });
             t.shops += 1;
             match s.state {
-                "up" => t.up += 1,
-                "down" => t.down += 1,
-                "paused" => t.paused += 1,
-                "throttled" | "held" => t.held += 1,
-                _ => t.unknown += 1,
+                ShopState::Up => t.up += 1,
+                ShopState::Down => t.down += 1,
+                ShopState::Paused => t.paused += 1,
+                ShopState::Throttled | ShopState::Held => t.held += 1,
+                ShopState::Unknown => t.unknown += 1,
             }
             t.below_sla += (s.availability.sla_met == Some(false)) as u64;
             *probes += s.availability.probes;
@@ -465,7 +502,7 @@ mod tests {
         assert_eq!(s.availability.ratio, Some(0.999));
         assert_eq!(s.availability.sla_met, Some(true), "99.9% meets tier A's 99.9%");
         assert!(s.availability.error_budget_left.unwrap().abs() < 1e-9, "the whole budget is spent");
-        assert_eq!((s.state, s.consecutive_failures), ("down", 1));
+        assert_eq!((s.state, s.consecutive_failures), (ShopState::Down, 1));
         drop(book);
         // The probe writes did not wait for their batch; this waits for all of them.
         db.write_blocking(|_ctx| Ok::<_, berth_storage::StoreError>(())).unwrap();
@@ -473,7 +510,7 @@ mod tests {
         book.register("acme", "shopify", "shopify", Tier::A);
         let s = &book.shops()[0];
         assert_eq!((s.availability.probes, s.availability.up), (1000, 999), "history comes back after a restart");
-        assert_eq!(s.state, "unknown");
+        assert_eq!(s.state, ShopState::Unknown);
         let sum = &book.summary(&book.shops())[0];
         assert_eq!((sum.shops, sum.unknown, sum.below_sla), (1, 1, 0));
     }

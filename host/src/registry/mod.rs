@@ -20,7 +20,7 @@ pub use slot::ConnectorSlot;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-pub use store::{CanaryEnd, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
+pub use store::{CanaryEnd, CanaryOutcome, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
 use serde::Deserialize;
 use std::path::PathBuf;
 use berth_runtime::config::LimitOverrides;
@@ -444,13 +444,13 @@ impl ConnectorRegistry {
 
     /// End the canary: `promoted` makes the candidate active, `aborted` and
     /// `rolled-back` send its shops back to the active version.
-    async fn end_canary(&self, name: &str, outcome: &str, reason: String) -> Result<CanaryEnd, DeployError> {
+    async fn end_canary(&self, name: &str, outcome: CanaryOutcome, reason: String) -> Result<CanaryEnd, DeployError> {
         let (slot, _) = self.known(name)?;
         let canary = slot.canary().ok_or_else(|| DeployError::NoCanary(name.to_string()))?;
-        if outcome == "promoted" {
+        if outcome == CanaryOutcome::Promoted {
             self.make_active(name, &slot, canary.version.clone(), false).await?;
         }
-        let end = CanaryEnd { digest: canary.version.digest.clone(), outcome: outcome.to_string(), reason, at_ms: now_ms() };
+        let end = CanaryEnd { digest: canary.version.digest.clone(), outcome, reason, at_ms: now_ms() };
         let mut st = self.store.state(name)?;
         st.canary = None;
         st.last_canary = Some(end.clone());
@@ -476,11 +476,11 @@ impl ConnectorRegistry {
         }
         let reason = if force { "promoted by ops (forced)" } else { "promoted by ops" }.to_string();
         if slot.canary().is_some() {
-            return self.end_canary(name, "promoted", reason).await;
+            return self.end_canary(name, CanaryOutcome::Promoted, reason).await;
         }
         self.make_active(name, &slot, candidate.clone(), false).await?;
         slot.set_shadow(None);
-        Ok(CanaryEnd { digest: candidate.digest.clone(), outcome: "promoted".into(), reason, at_ms: now_ms() })
+        Ok(CanaryEnd { digest: candidate.digest.clone(), outcome: CanaryOutcome::Promoted, reason, at_ms: now_ms() })
     }
 
     /// Run a stored version as a shadow of the active one (see shadow.rs).
@@ -520,7 +520,7 @@ impl ConnectorRegistry {
 
     pub async fn abort_canary(&self, name: &str) -> Result<CanaryEnd, DeployError> {
         let _guard = self.changes.lock().await;
-        self.end_canary(name, "aborted", "aborted by ops".into()).await
+        self.end_canary(name, CanaryOutcome::Aborted, "aborted by ops".into()).await
     }
 
     /// Roll back every canary whose candidate fails too often; returns what it rolled back.
@@ -543,7 +543,7 @@ impl ConnectorRegistry {
                 plan.max_failure_rate * 100.0
             );
             let _guard = self.changes.lock().await;
-            match self.end_canary(name, "rolled-back", reason.clone()).await {
+            match self.end_canary(name, CanaryOutcome::RolledBack, reason.clone()).await {
                 Ok(_) => rolled.push(CanaryRollback { connector: name.clone(), digest: plan.digest, reason }),
                 Err(e) => tracing::error!(connector = %name, error = %e, "cannot roll the canary back"),
             }

@@ -54,12 +54,23 @@ pub struct CanaryPlan {
     pub started_by: String,
 }
 
+/// How a canary ended (stored and answered as `promoted`, `aborted`, `rolled-back`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CanaryOutcome {
+    /// The candidate became the active version.
+    Promoted,
+    /// Ops ended it; its shops went back to the active version.
+    Aborted,
+    /// Its calls failed too often; its shops went back to the active version.
+    RolledBack,
+}
+
 /// How the last canary ended.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CanaryEnd {
     pub digest: String,
-    /// `promoted`, `aborted` or `rolled-back`.
-    pub outcome: String,
+    pub outcome: CanaryOutcome,
     pub reason: String,
     pub at_ms: i64,
 }
