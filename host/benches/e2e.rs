@@ -21,7 +21,7 @@
 use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
 use berth_host::inbox::OrderInbox;
-use berth_host::plugin::ScratchHost;
+use berth_kit::ScratchHost;
 use berth_host::queue::{QueuePolicy, StoreQueues};
 use berth_types::connector::{ConnectorError, OrderPage, PullRequest, TimeWindow};
 use berth_runtime::tape::Tape;

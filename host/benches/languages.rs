@@ -18,7 +18,7 @@
 
 use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
-use berth_host::plugin::ScratchHost;
+use berth_kit::ScratchHost;
 use berth_types::connector::{PullRequest, TimeWindow};
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, Output};

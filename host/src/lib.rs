@@ -21,7 +21,6 @@ pub mod ingest;
 pub mod levels;
 pub mod metrics;
 pub mod order_budget;
-pub mod plugin;
 pub mod queue;
 pub mod registry;
 pub mod reload;

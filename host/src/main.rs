@@ -138,23 +138,13 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
-    /// Tools for connector authors: describe a component, run the conformance suite.
+    /// Tools for connector authors: `inspect FILE` describes a component, `test FILE --sim
+    /// PLATFORM` runs the conformance suite. Runs the vendor kit, `berth-kit`, installed
+    /// beside this binary (`berth serve` does not carry it or the simulator).
+    #[command(disable_help_flag = true)]
     Plugin {
-        #[command(subcommand)]
-        command: PluginCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Print a component's manifest, WIT version, imports, exports and digest.
-    Inspect { file: PathBuf },
-    /// Run the conformance suite against the built-in simulator of a platform
-    /// (shopify, taobao, shopee, woo). Exit 0 when every check passes, 1 when one fails.
-    Test {
-        file: PathBuf,
-        #[arg(long)]
-        sim: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -170,27 +160,25 @@ struct Server {
     ca_file: Option<std::path::PathBuf>,
 }
 
-async fn plugin_command(command: PluginCommand) -> ExitCode {
-    use berth_host::plugin;
-    // Print what was found; exit 0 when it is good, 1 when not, 2 when it could not run.
-    let printed = |text: String, good: bool| {
-        print!("{text}");
-        if good {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
+/// `berth plugin ARGS`: run the vendor kit beside this binary (or `$BERTH_KIT`) with ARGS.
+fn plugin_command(args: Vec<String>) -> ExitCode {
+    let kit = std::env::var_os("BERTH_KIT").map(std::path::PathBuf::from).or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.join(format!("berth-kit{}", std::env::consts::EXE_SUFFIX)))
+    });
+    let Some(kit) = kit.filter(|k| k.exists()) else {
+        eprintln!(
+            "error: `berth plugin` runs the vendor kit, `berth-kit`, and it is not beside this binary; build it with `cargo build --release -p berth-kit` and put it next to `berth` (or point BERTH_KIT at it)"
+        );
+        return ExitCode::from(2);
     };
-    let result = match command {
-        PluginCommand::Inspect { file } => plugin::inspect(&file).await.map(|i| printed(i.render(), i.loaded.is_ok())),
-        PluginCommand::Test { file, sim } => {
-            plugin::conformance::run(&file, &sim).await.map(|report| printed(report.render(), report.passed()))
+    match std::process::Command::new(&kit).args(&args).status() {
+        Ok(status) => ExitCode::from(status.code().map_or(2, |c| c.clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("error: cannot run {}: {e}", kit.display());
+            ExitCode::from(2)
         }
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+    }
 }
 
 fn init_tracing(format: Option<LogFormat>) {
@@ -223,10 +211,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Plugin { command } => match runtime() {
-            Some(rt) => rt.block_on(plugin_command(command)),
-            None => ExitCode::FAILURE,
-        },
+        Command::Plugin { args } => plugin_command(args),
         Command::Serve { config } => match runtime() {
             Some(rt) => rt.block_on(serve(config)),
             None => ExitCode::FAILURE,

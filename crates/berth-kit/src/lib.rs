@@ -1,5 +1,10 @@
-//! Tools for connector authors: `berth plugin inspect` describes a component,
-//! `berth plugin test` runs the conformance suite against the simulator.
+//! berth-kit, the vendor kit: `berth plugin inspect` describes a component, `berth plugin
+//! test` runs the conformance suite against the simulator (`berth plugin …` runs the
+//! `berth-kit` binary installed beside `berth`).
+//!
+//! Owns the scratch host and the conformance suite. Depends on the host crates and
+//! berth-sim; nothing depends on it but benches, so `berth serve` links neither the kit
+//! nor the simulator.
 //!
 //! Both run the component in a throwaway host (its own temporary data directory, the
 //! same engine, capabilities and limits as `berth serve`), so what passes here is what
@@ -8,7 +13,7 @@
 pub mod conformance;
 
 use berth_capabilities::kv::KvStore;
-use crate::config::Config;
+use berth_host::config::Config;
 use berth_capabilities::config::PlatformConfig;
 use berth_types::connector::{Capability, Manifest};
 use berth_capabilities::services::HostServices;
@@ -55,7 +60,7 @@ impl ScratchHost {
         let store = berth_storage::Store::open(&dir.path().join("store"), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })
             .map_err(|e| scratch(&e))?;
         let kv = KvStore::open(&store).map_err(|e| scratch(&e))?;
-        let metrics = crate::metrics::AllMetrics::new();
+        let metrics = berth_host::metrics::AllMetrics::new();
         let services = Arc::new(HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http).map_err(|e| scratch(&e))?);
         let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime, dir.path().join("compiled"))?;
         Ok(ScratchHost { runtime, services, _store: store, _dir: dir })
