@@ -131,9 +131,9 @@ impl Default for AllMetrics {
 
 impl Metrics {
     /// Register the whole-service families in `registry` and keep it for rendering.
-    pub fn new(mut registry: Registry) -> Metrics {
-        let m = Metrics {
-            registry: Registry::default(),
+    pub fn new(registry: Registry) -> Metrics {
+        let mut m = Metrics {
+            registry,
             queue_depth: Family::default(),
             queue_in_flight: Family::default(),
             queue_oldest_age_seconds: Family::default(),
@@ -148,20 +148,20 @@ impl Metrics {
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
         };
-        registry.register("queue_ready", "Items waiting to be taken (orders for the ERP, SKUs due for a push)", m.queue_depth.clone());
-        registry.register("queue_in_flight", "Items leased or waiting for a retry", m.queue_in_flight.clone());
-        registry.register("queue_oldest_age_seconds", "Age of the oldest item not yet done", m.queue_oldest_age_seconds.clone());
-        registry.register("queue_dead_letters", "Items that ran out of attempts and wait for a person", m.queue_dead_letters.clone());
-        registry.register("probes", "Health probes (the connector's check) by how they ended", m.probes.clone());
-        registry.register("shops", "Shops by connector, tier and probe state", m.shops.clone());
-        registry.register("availability_ratio", "Probes that found shops up over all probes in the health window", m.availability.clone());
-        registry.register("shops_below_sla", "Shops whose availability in the window is below their tier's SLA", m.shops_below_sla.clone());
-        registry.register("sla_target_ratio", "Availability each tier promises", m.sla_target.clone());
-        registry.register("shop_up", "1 when the shop's last probe found it up (only with health.shop_labels)", m.shop_up.clone());
-        registry.register("shop_availability_ratio", "A shop's availability in the window (only with health.shop_labels)", m.shop_availability.clone());
-        registry.register("alerts_firing", "Alerts firing now, by rule and severity", m.alerts_firing.clone());
-        registry.register("alert_notifications", "Alert notifications per receiver: delivered, or given up after retries", m.alert_notifications.clone());
-        Metrics { registry, ..m }
+        m.registry.register("queue_ready", "Items waiting to be taken (orders for the ERP, SKUs due for a push)", m.queue_depth.clone());
+        m.registry.register("queue_in_flight", "Items leased or waiting for a retry", m.queue_in_flight.clone());
+        m.registry.register("queue_oldest_age_seconds", "Age of the oldest item not yet done", m.queue_oldest_age_seconds.clone());
+        m.registry.register("queue_dead_letters", "Items that ran out of attempts and wait for a person", m.queue_dead_letters.clone());
+        m.registry.register("probes", "Health probes (the connector's check) by how they ended", m.probes.clone());
+        m.registry.register("shops", "Shops by connector, tier and probe state", m.shops.clone());
+        m.registry.register("availability_ratio", "Probes that found shops up over all probes in the health window", m.availability.clone());
+        m.registry.register("shops_below_sla", "Shops whose availability in the window is below their tier's SLA", m.shops_below_sla.clone());
+        m.registry.register("sla_target_ratio", "Availability each tier promises", m.sla_target.clone());
+        m.registry.register("shop_up", "1 when the shop's last probe found it up (only with health.shop_labels)", m.shop_up.clone());
+        m.registry.register("shop_availability_ratio", "A shop's availability in the window (only with health.shop_labels)", m.shop_availability.clone());
+        m.registry.register("alerts_firing", "Alerts firing now, by rule and severity", m.alerts_firing.clone());
+        m.registry.register("alert_notifications", "Alert notifications per receiver: delivered, or given up after retries", m.alert_notifications.clone());
+        m
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.

@@ -7,7 +7,6 @@ use crate::config::{Config, ConfigError};
 use crate::delivery::ErpDeliverer;
 use crate::inbox::OrderInbox;
 use crate::queue::{QueueError, QueuePolicy, StoreQueues};
-use crate::stock::ledger::RetryPolicy;
 use crate::stock::{StockError, StockLedger};
 use berth_capabilities::services::HostServices;
 use berth_runtime::{ConnectorRuntime, LoadError};
@@ -162,8 +161,8 @@ impl Durable {
     fn open(storage: &berth_storage::Store, cfg: &Config) -> Result<Durable, StartError> {
         let store = Arc::new(OrderStore::on(storage)?);
         let inbox = OrderInbox::new(Arc::new(StoreQueues::open(storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?));
-        let policy = RetryPolicy::new(cfg.stock.retry_base_ms, cfg.stock.retry_max_ms, cfg.stock.max_attempts);
-        let ledger = Arc::new(StockLedger::open(storage, policy)?);
+        // The push policy's job defaults: the same ones the pusher's platforms fall back to.
+        let ledger = Arc::new(StockLedger::open(storage, cfg.retry_defaults().push)?);
         Ok(Durable { store, inbox, ledger })
     }
 }

@@ -5,7 +5,7 @@
 //! verified and forgeries refused, stock set per SKU with one result each, and no
 //! request outside the hosts it was granted.
 
-use super::{capability_name, PluginError, ScratchHost};
+use super::{PluginError, ScratchHost};
 use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
 use berth_types::connector::{
@@ -125,7 +125,7 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     let m = connector.manifest.clone();
     report.connector = format!("{} {}", m.platform, m.connector_version);
     host.unlimited(&m.platform);
-    let caps: Vec<&str> = m.capabilities.iter().map(capability_name).collect();
+    let caps: Vec<&str> = m.capabilities.iter().map(|c| c.name()).collect();
     report.checks.push(Check {
         name: "loads",
         outcome: Outcome::Pass,

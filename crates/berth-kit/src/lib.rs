@@ -15,7 +15,7 @@ pub mod conformance;
 use berth_capabilities::kv::KvStore;
 use berth_host::config::Config;
 use berth_capabilities::config::PlatformConfig;
-use berth_types::connector::{Capability, Manifest};
+use berth_types::connector::Manifest;
 use berth_capabilities::services::HostServices;
 use berth_runtime::{ComponentShape, ConnectorRuntime, LoadError, LoadedConnector};
 use std::collections::BTreeMap;
@@ -98,15 +98,6 @@ pub async fn inspect(path: &Path) -> Result<Inspection, PluginError> {
     Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), digest: berth_runtime::digest(&bytes), shape, loaded })
 }
 
-pub fn capability_name(c: &Capability) -> &'static str {
-    match c {
-        Capability::Orders => "orders",
-        Capability::Inventory => "inventory",
-        Capability::Products => "products",
-        Capability::Webhooks => "webhooks",
-    }
-}
-
 impl Inspection {
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -120,7 +111,7 @@ impl Inspection {
                 let _ = writeln!(out, "  platform          {}", m.platform);
                 let _ = writeln!(out, "  connector-version {}", m.connector_version);
                 let _ = writeln!(out, "  wit-version       {}", m.wit_version);
-                let caps: Vec<&str> = m.capabilities.iter().map(capability_name).collect();
+                let caps: Vec<&str> = m.capabilities.iter().map(|c| c.name()).collect();
                 let _ = writeln!(out, "  capabilities      {}", caps.join(", "));
                 let hosts = if m.allowed_hosts.is_empty() { "(none: ops grant hosts with extra_hosts)".to_string() } else { m.allowed_hosts.join(", ") };
                 let _ = writeln!(out, "  allowed-hosts     {hosts}");

@@ -74,7 +74,7 @@ impl std::fmt::Display for OrderStatus {
 
 /// A status name that is not one of [`OrderStatus::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown order status {0:?}: one of unpaid, paid, partially-shipped, shipped, delivered, completed, cancelled, refunded, other")]
+#[error("unknown order status {0:?}: one of {all}", all = OrderStatus::ALL.map(OrderStatus::as_str).join(", "))]
 pub struct UnknownStatus(pub String);
 
 impl std::str::FromStr for OrderStatus {

@@ -147,20 +147,10 @@ fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> Versio
         platform: m.platform.clone(),
         wit_version: m.wit_version.clone(),
         allowed_hosts: m.allowed_hosts.clone(),
-        capabilities: m.capabilities.iter().map(|c| capability_name(*c).to_string()).collect(),
+        capabilities: m.capabilities.iter().map(|c| c.name().to_string()).collect(),
         size_bytes: size as u64,
         deployed_at_ms: now_ms(),
         deployed_by: by.to_string(),
-    }
-}
-
-fn capability_name(c: berth_types::connector::Capability) -> &'static str {
-    use berth_types::connector::Capability;
-    match c {
-        Capability::Orders => "orders",
-        Capability::Inventory => "inventory",
-        Capability::Products => "products",
-        Capability::Webhooks => "webhooks",
     }
 }
 
