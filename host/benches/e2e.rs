@@ -20,14 +20,14 @@
 
 use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
-use berth_host::inbox::OrderInbox;
+use berth_core::inbox::OrderInbox;
 use berth_kit::ScratchHost;
-use berth_host::queue::{QueuePolicy, StoreQueues};
+use berth_core::queue::{QueuePolicy, StoreQueues};
 use berth_types::connector::{ConnectorError, OrderPage, PullRequest, TimeWindow};
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, LoadedConnector};
-use berth_host::store::{OrderData, OrderStore, PageSource, SyncState, WindowProgress};
-use berth_host::sync::{store_page, to_record};
+use berth_core::store::{OrderData, OrderStore, PageSource, SyncState, WindowProgress};
+use berth_core::sync::{store_page, to_record};
 use berth_sim::{LimitsUpdate, Platform, SimConfig};
 use std::path::Path;
 use std::sync::Arc;

@@ -21,12 +21,12 @@ async fn start(own: bool) -> (std::net::SocketAddr, tokio::sync::watch::Sender<b
     let addr = listener.local_addr().expect("addr");
     let (stop, rx) = tokio::sync::watch::channel(false);
     if own {
-        let limits = berth_host::api::listener::Limits {
+        let limits = berth_api::listener::Limits {
             max_connections: 512,
             header_read_timeout: Duration::from_secs(10),
             metrics: berth_host::metrics::AllMetrics::new().api,
         };
-        tokio::spawn(berth_host::api::listener::serve(listener, app(), limits, None, rx));
+        tokio::spawn(berth_api::listener::serve(listener, app(), limits, None, rx));
     } else {
         let mut rx = rx;
         tokio::spawn(async move {

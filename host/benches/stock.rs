@@ -5,8 +5,8 @@
 //! Run: `cargo bench -p berth-host --bench stock` (optionally `-- UPDATES`).
 //! Each submit carries one SKU out of 1000 (so many coalesce) and returns after fsync.
 
-use berth_host::stock::ledger::RetryPolicy;
-use berth_host::stock::{PushOutcome, StockLedger, StockRequest};
+use berth_core::stock::ledger::RetryPolicy;
+use berth_core::stock::{PushOutcome, StockLedger, StockRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -13,8 +13,8 @@
 //!    with 100,000 live, at the end of the churn, and once compaction caught up —
 //!    bytes per live message.
 
-use berth_host::queue::{LeaseQueue, NewMessage, QueuePolicy, StoreQueues};
-use berth_host::store::{OrderData, OrderStore, PageSource, SyncState};
+use berth_core::queue::{LeaseQueue, NewMessage, QueuePolicy, StoreQueues};
+use berth_core::store::{OrderData, OrderStore, PageSource, SyncState};
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,7 +34,7 @@ fn order(i: u64) -> OrderData {
         updated_at_ms: 1_790_000_000_000 + i as i64,
         currency: "USD".into(),
         total_minor: 1999,
-        lines: vec![berth_host::store::OrderLineRecord { line_id: "1".into(), sku: format!("SKU-{}", i % 1000), title: "Tee".into(), quantity: 1, unit_price_minor: 1999 }],
+        lines: vec![berth_core::store::OrderLineRecord { line_id: "1".into(), sku: format!("SKU-{}", i % 1000), title: "Tee".into(), quantity: 1, unit_price_minor: 1999 }],
         buyer_name_masked: "J***".into(),
         buyer_phone_masked: String::new(),
         raw: serde_json::json!({"id": 10_000_000 + i, "financial_status": "paid"}),

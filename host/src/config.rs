@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::auth::AdminConfig;
+use berth_api::auth::AdminConfig;
 use berth_capabilities::config::{HttpConfig, PlatformConfig};
-use crate::delivery::ErpConfig;
-use crate::registry::ConnectorConfig;
+use berth_core::delivery::ErpConfig;
+use berth_core::registry::ConnectorConfig;
 use berth_runtime::config::RuntimeConfig;
-use crate::stock::StockConfig;
-use crate::sync::SyncDefaults;
+use berth_core::stock::StockConfig;
+use berth_core::sync::SyncDefaults;
 use berth_types::shop::ShopConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +49,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Probes per tier, availability window and SLA targets.
     #[serde(default)]
-    pub health: crate::health::HealthConfig,
+    pub health: berth_core::health::HealthConfig,
     /// Alert rules and the webhooks they notify.
     #[serde(default)]
-    pub alerts: crate::alerts::AlertsConfig,
+    pub alerts: berth_ops::alerts::AlertsConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,

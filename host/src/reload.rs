@@ -9,9 +9,9 @@
 //! is refused with the parser's message (file and line) and the running config stays.
 
 use crate::config::Config;
-use crate::registry::ConnectorRegistry;
+use berth_core::registry::ConnectorRegistry;
 use berth_capabilities::services::HostServices;
-use crate::shops::ShopSet;
+use berth_core::shops::ShopSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,8 +29,8 @@ const RELOADED: [&str; 4] = ["platforms", "admin", "shops", "connectors"];
 /// What a reload changes.
 pub struct Reloadable {
     pub services: Arc<HostServices>,
-    pub admin: Arc<crate::auth::AdminAuth>,
-    pub audit: Arc<crate::audit::AuditLog>,
+    pub admin: Arc<berth_api::auth::AdminAuth>,
+    pub audit: Arc<berth_core::audit::AuditLog>,
     pub registry: Arc<ConnectorRegistry>,
     pub shops: Arc<ShopSet>,
 }

@@ -1,17 +1,17 @@
 //! Start-up and shutdown: config, storage, connectors, workers and the API, in that
 //! order, each failure reported with what to fix.
 
-use crate::api::{self, ApiState};
+use berth_api::{self as api, ApiState};
 use berth_capabilities::kv::KvStore;
 use crate::config::{Config, ConfigError};
-use crate::delivery::ErpDeliverer;
-use crate::inbox::OrderInbox;
-use crate::queue::{QueueError, QueuePolicy, StoreQueues};
-use crate::stock::{StockError, StockLedger};
+use berth_core::delivery::ErpDeliverer;
+use berth_core::inbox::OrderInbox;
+use berth_core::queue::{QueueError, QueuePolicy, StoreQueues};
+use berth_core::stock::{StockError, StockLedger};
 use berth_capabilities::services::HostServices;
 use berth_runtime::{ConnectorRuntime, LoadError};
-use crate::store::{OrderStore, StoreError};
-use crate::shops::ShopSet;
+use berth_core::store::{OrderStore, StoreError};
+use berth_core::shops::ShopSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,15 +42,15 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
-    Registry(crate::registry::RegistryStoreError),
+    Registry(berth_core::registry::RegistryStoreError),
     #[error("{0}")]
     Shop(String),
     #[error(transparent)]
-    Health(#[from] crate::health::HealthStoreError),
+    Health(#[from] berth_core::health::HealthStoreError),
     #[error(transparent)]
-    Alerts(#[from] crate::alerts::AlertsError),
+    Alerts(#[from] berth_ops::alerts::AlertsError),
     #[error("TLS: {0}; check [server] tls_cert and tls_key")]
-    Tls(#[from] crate::api::listener::TlsError),
+    Tls(#[from] berth_api::listener::TlsError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -75,9 +75,12 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let (listener, addr, tls) = bind(&cfg).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let health = Arc::new(crate::health::HealthBook::open(&storage, cfg.health.clone(), metrics.ops.clone())?);
+    // Core tells what happens as events; ops count them (metrics) and raise alerts.
+    let events = berth_core::events::Events::new();
+    events.subscribe(metrics.ops.clone());
+    let health = Arc::new(berth_core::health::HealthBook::open(&storage, cfg.health.clone(), events.clone())?);
     let shops = start_shops(&cfg, &durable, &services, &registry, &health, shutdown_rx.clone())?;
-    let admin_auth = Arc::new(crate::auth::AdminAuth::new(&cfg.admin));
+    let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
     let mut workers = Vec::new();
     let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
@@ -104,8 +107,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         std::time::Duration::from_secs(cfg.erp.idempotency_ttl_hours * 3600),
         shutdown_rx.clone(),
     )));
-    let alerts = Arc::new(crate::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
-    let sources = crate::alerts::Sources {
+    let alerts = Arc::new(berth_ops::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
+    events.subscribe(alerts.clone());
+    let sources = berth_ops::alerts::Sources {
         registry: registry.clone(),
         inbox: durable.inbox.clone(),
         stock: durable.ledger.clone(),
@@ -113,7 +117,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         health: health.clone(),
     };
     workers.push(tokio::spawn(alerts.clone().run(sources, shutdown_rx.clone())));
-    workers.push(tokio::spawn(crate::registry::watch_canaries(registry.clone(), audit.clone(), alerts.clone(), shutdown_rx.clone())));
+    workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
     let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics });
@@ -144,7 +148,7 @@ async fn open_storage(cfg: &Config) -> Result<berth_storage::Store, StartError> 
         );
     }
     if cfg.server.stall_exit_secs > 0 {
-        crate::watchdog::start(&storage, std::time::Duration::from_secs(cfg.server.stall_exit_secs), crate::watchdog::exit_on_stall);
+        berth_ops::watchdog::start(&storage, std::time::Duration::from_secs(cfg.server.stall_exit_secs), berth_ops::watchdog::exit_on_stall);
     }
     Ok(storage)
 }
@@ -173,29 +177,29 @@ async fn load_connectors(
     cfg: &Config,
     storage: &berth_storage::Store,
     metrics: &crate::metrics::AllMetrics,
-) -> Result<(Arc<HostServices>, Arc<crate::registry::ConnectorRegistry>), StartError> {
+) -> Result<(Arc<HostServices>, Arc<berth_core::registry::ConnectorRegistry>), StartError> {
     let data_dir = &cfg.server.data_dir;
     let kv = KvStore::open(storage)?;
     let services = HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http.clone());
     let services = Arc::new(services.map_err(|e| StartError::Http(e.to_string()))?);
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
-    let registry_store = crate::registry::RegistryStore::open(storage, &data_dir.join("components")).map_err(StartError::Registry)?;
-    let registry = crate::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors).await.map_err(|e| match e {
-        crate::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
-        crate::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
+    let registry_store = berth_core::registry::RegistryStore::open(storage, &data_dir.join("components")).map_err(StartError::Registry)?;
+    let registry = berth_core::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors).await.map_err(|e| match e {
+        berth_core::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
+        berth_core::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
     })?;
     let connectors = registry.slots();
     for (shop, sc) in &cfg.shops {
-        if let Err(crate::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
+        if let Err(berth_core::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
             return Err(StartError::MissingShopKey { shop, connector, key });
         }
     }
     Ok((services, Arc::new(registry)))
 }
 
-fn open_audit(cfg: &Config) -> Result<Arc<crate::audit::AuditLog>, StartError> {
+fn open_audit(cfg: &Config) -> Result<Arc<berth_core::audit::AuditLog>, StartError> {
     let path = cfg.server.data_dir.join("audit.log");
-    let audit = crate::audit::AuditLog::open(&path).map_err(|source| StartError::DataDir { path: path.display().to_string(), source })?;
+    let audit = berth_core::audit::AuditLog::open(&path).map_err(|source| StartError::DataDir { path: path.display().to_string(), source })?;
     audit.set_max_unauthenticated_per_minute(cfg.admin.max_unauthenticated_audits_per_minute);
     Ok(Arc::new(audit))
 }
@@ -217,11 +221,11 @@ fn start_shops(
     cfg: &Config,
     durable: &Durable,
     services: &Arc<HostServices>,
-    registry: &Arc<crate::registry::ConnectorRegistry>,
-    health: &Arc<crate::health::HealthBook>,
+    registry: &Arc<berth_core::registry::ConnectorRegistry>,
+    health: &Arc<berth_core::health::HealthBook>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<ShopSet>, StartError> {
-    let deps = crate::shops::ShopDeps {
+    let deps = berth_core::shops::ShopDeps {
         store: durable.store.clone(),
         inbox: durable.inbox.clone(),
         ledger: durable.ledger.clone(),
@@ -233,7 +237,7 @@ fn start_shops(
         services: services.clone(),
     };
     let shops = Arc::new(ShopSet::new(deps, shutdown));
-    health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn crate::health::HoldSource>);
+    health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn berth_core::health::HoldSource>);
     let connectors = registry.slots();
     for (shop, sc) in &cfg.shops {
         shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
@@ -246,13 +250,13 @@ fn start_shops(
 struct Routed<'a> {
     durable: &'a Durable,
     services: Arc<HostServices>,
-    registry: Arc<crate::registry::ConnectorRegistry>,
+    registry: Arc<berth_core::registry::ConnectorRegistry>,
     shops: Arc<ShopSet>,
-    health: Arc<crate::health::HealthBook>,
-    alerts: Arc<crate::alerts::Alerts>,
-    delivery: Option<crate::delivery::SharedDeliveryStatus>,
-    admin_auth: Arc<crate::auth::AdminAuth>,
-    audit: Arc<crate::audit::AuditLog>,
+    health: Arc<berth_core::health::HealthBook>,
+    alerts: Arc<berth_ops::alerts::Alerts>,
+    delivery: Option<berth_core::delivery::SharedDeliveryStatus>,
+    admin_auth: Arc<berth_api::auth::AdminAuth>,
+    audit: Arc<berth_core::audit::AuditLog>,
     metrics: &'a crate::metrics::AllMetrics,
 }
 
@@ -266,13 +270,13 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
             tracing::warn!(listen = %cfg.server.listen, "[server] insecure = true: the API answers anyone who reaches this address without a token");
         }
     }
-    let admin = api::admin::router(Arc::new(api::admin::AdminState {
+    let admin = api::admin_router(Arc::new(api::admin::AdminState {
         registry: r.registry.clone(),
         services: r.services.clone(),
         auth: r.admin_auth,
         audit: r.audit,
         shops: r.shops.clone(),
-        degrade: Arc::new(crate::degrade::Degrade {
+        degrade: Arc::new(berth_core::degrade::Degrade {
             health: r.health.clone(),
             stock: r.durable.ledger.clone(),
             inbox: r.durable.inbox.clone(),

@@ -8,11 +8,11 @@
 //! tree, decoded here independently of the migration code.
 
 use berth_capabilities::kv::KvStore;
-use berth_host::queue::{Enqueued, LeaseQueue, LeaseToken, NewMessage, QueuePolicy, StoreQueues};
-use berth_host::registry::RegistryStore;
-use berth_host::stock::ledger::RetryPolicy;
-use berth_host::stock::{SkuStock, StockLedger};
-use berth_host::store::{OrderRecord, OrderStore, SyncState};
+use berth_core::queue::{Enqueued, LeaseQueue, LeaseToken, NewMessage, QueuePolicy, StoreQueues};
+use berth_core::registry::RegistryStore;
+use berth_core::stock::ledger::RetryPolicy;
+use berth_core::stock::{SkuStock, StockLedger};
+use berth_core::store::{OrderRecord, OrderStore, SyncState};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -149,7 +149,7 @@ async fn a_sled_data_dir_migrates_with_nothing_lost_or_reordered() {
     assert!(with_seq >= 12, "the ERP's seqs are in the fixture ({with_seq})");
     let due = ledger.due("acme", i64::MAX - 1, 1000).unwrap();
     assert_eq!(due.len(), want["stock/due"].len(), "the due index");
-    let next = ledger.submit("acme", &[berth_host::stock::StockRequest { sku: "NEW-SKU".into(), quantity: 1, seq: None }]).await.unwrap();
+    let next = ledger.submit("acme", &[berth_core::stock::StockRequest { sku: "NEW-SKU".into(), quantity: 1, seq: None }]).await.unwrap();
     assert!(next[0].version > max_version, "version {} after sled's {max_version}", next[0].version);
 
     // Connector state, the registry and component bytes.

@@ -55,7 +55,7 @@ impl Berth {
             .args(args)
             .args(["serve", "--config"])
             .arg(config)
-            .env("BERTH_LOG", "info,berth_host=debug,berth_runtime=debug,berth_capabilities=debug,wasmtime=warn,cranelift=warn")
+            .env("BERTH_LOG", "info,berth_host=debug,berth_core=debug,berth_ops=debug,berth_api=debug,berth_runtime=debug,berth_capabilities=debug,wasmtime=warn,cranelift=warn")
             .stdout(Stdio::piped())
             .stderr(stderr);
         if let Some(n) = nofile {

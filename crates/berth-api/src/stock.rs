@@ -8,8 +8,8 @@
 //! `GET  /v1/stock/queue`               per shop: counts, oldest pending age, pusher status
 
 use super::{body_or_400, error, ApiState, JsonBody};
-use crate::stock::pusher::{PushStatus, SharedPushStatus};
-use crate::stock::{SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult};
+use berth_core::stock::pusher::PushStatus;
+use berth_core::stock::{StockShop, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult};
 use crate::auth::Caller;
 use axum::extract::{Path, Query, State};
 use axum::Extension;
@@ -19,18 +19,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// Largest batch one stock request may carry, and the largest listing page.
 pub const MAX_STOCK_BATCH: usize = 1000;
 
-/// What the API knows about one shop's stock pushes.
-#[derive(Clone)]
-pub struct StockShop {
-    pub connector: String,
-    /// `None` when the shop's connector does not offer inventory.
-    pub pusher: Option<(Arc<Notify>, SharedPushStatus)>,
-}
 
 fn stock_error(e: StockError) -> Response {
     match e {

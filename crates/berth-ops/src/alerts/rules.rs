@@ -210,7 +210,7 @@ pub struct Observation {
     pub now_ms: i64,
     /// Per window length (seconds): each connector's calls in that window.
     pub calls: BTreeMap<u64, BTreeMap<String, Tally>>,
-    pub queues: Vec<crate::levels::QueueLevel>,
+    pub queues: Vec<berth_core::levels::QueueLevel>,
     /// Earlier dead-letter counts per queue, oldest first: (at_ms, count).
     pub dead_history: BTreeMap<String, VecDeque<(i64, u64)>>,
     pub shops: Vec<ShopProbe>,
@@ -219,7 +219,7 @@ pub struct Observation {
     /// Connector versions their circuit breaker isolates now.
     pub isolated: Vec<Isolated>,
     /// Shops whose order intake is held by their hourly budget.
-    pub held_intake: Vec<crate::order_budget::HeldIntake>,
+    pub held_intake: Vec<berth_core::order_budget::HeldIntake>,
     /// Platform quotas held now.
     pub holds: Vec<berth_capabilities::ratelimit::HeldQuota>,
 }
@@ -300,7 +300,7 @@ fn queue_age(obs: &Observation, queue: &Option<String>, above_secs: &u64) -> Vec
     obs
         .queues
         .iter()
-        .filter(|q| q.queue_matches(queue))
+        .filter(|q| queue_matches(q, queue))
         .filter_map(|q| {
             let age = q.oldest_age_ms? as f64 / 1000.0;
             (age > *above_secs as f64).then(|| Breach {
@@ -321,7 +321,7 @@ fn dead_letters(obs: &Observation, queue: &Option<String>, window_secs: &u64) ->
     obs
         .queues
         .iter()
-        .filter(|q| q.queue_matches(queue))
+        .filter(|q| queue_matches(q, queue))
         .filter_map(|q| {
             let since = obs.now_ms - *window_secs as i64 * 1000;
             let before = obs.dead_history.get(q.queue)?.iter().find(|(at, _)| *at >= since)?.1;
@@ -437,16 +437,15 @@ fn order_flood(obs: &Observation, connectors: &Option<Vec<String>>) -> Vec<Breac
         .collect()
 }
 
-impl crate::levels::QueueLevel {
-    fn queue_matches(&self, filter: &Option<String>) -> bool {
-        filter.as_deref().is_none_or(|q| q == self.queue)
-    }
+/// Whether a rule's `queue` filter (none: every queue) takes this queue.
+fn queue_matches(level: &berth_core::levels::QueueLevel, filter: &Option<String>) -> bool {
+    filter.as_deref().is_none_or(|q| q == level.queue)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::levels::QueueLevel;
+    use berth_core::levels::QueueLevel;
 
     fn parse(text: &str) -> Result<Rule, String> {
         Rule::from_config(&toml::from_str::<RuleConfig>(text).map_err(|e| e.to_string())?)
@@ -510,7 +509,7 @@ mod tests {
         assert!(subjects(only).is_empty(), "filtered by connector");
         let b = &d[0].evaluate(&obs)[0];
         assert_eq!(b.summary, "connector bad: 95.0% of 100 calls succeeded in the last 300 s (threshold 98.0%)");
-        obs.held_intake = vec![crate::order_budget::HeldIntake {
+        obs.held_intake = vec![berth_core::order_budget::HeldIntake {
             shop: "h-flood".into(),
             connector: "hostile".into(),
             taken: 50_000,

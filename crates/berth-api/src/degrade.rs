@@ -11,13 +11,26 @@
 use super::admin::{Action, AdminState};
 use super::error;
 use berth_types::access::Access;
-use crate::degrade::DegradeError;
-use crate::stock::StockError;
-use axum::extract::{Path, State};
+use berth_core::degrade::DegradeError;
+use berth_core::stock::StockError;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::Router;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
+
+/// The degraded shop's routes, beside the admin API's own (same state, same audit).
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/v1/admin/shops/{shop}/degrade", get(status))
+        .route("/v1/admin/shops/{shop}/stock/export", post(export))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}", get(batch))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/confirm", post(|s, p, h| end(s, p, h, true)))
+        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/cancel", post(|s, p, h| end(s, p, h, false)))
+        .route("/v1/admin/shops/{shop}/orders/import", post(import).layer(DefaultBodyLimit::disable()))
+}
 
 fn status_of(e: &DegradeError) -> StatusCode {
     match e {
@@ -82,7 +95,7 @@ pub async fn export(State(st): State<Arc<AdminState>>, Path(shop): Path<String>,
     let r = st.degrade.export_stock(&shop).await;
     let detail = r.as_ref().map(|(b, held)| format!("batch {b}: {} SKUs", held.len())).unwrap_or_default();
     match st.audited(&caller.name, &action, detail, r) {
-        Ok((batch, held)) => csv_response(&batch, held.len(), crate::degrade::stock_csv(&held)),
+        Ok((batch, held)) => csv_response(&batch, held.len(), berth_core::degrade::stock_csv(&held)),
         Err(resp) => resp,
     }
 }
@@ -95,7 +108,7 @@ pub async fn batch(State(st): State<Arc<AdminState>>, Path((shop, batch)): Path<
         Ok(held) if held.is_empty() => {
             error(StatusCode::NOT_FOUND, StockError::UnknownBatch { shop, batch }.to_string())
         }
-        Ok(held) => csv_response(&batch, held.len(), crate::degrade::stock_csv(&held)),
+        Ok(held) => csv_response(&batch, held.len(), berth_core::degrade::stock_csv(&held)),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

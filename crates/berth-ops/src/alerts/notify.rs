@@ -215,7 +215,7 @@ impl Receiver {
             (Format::Json, Some(s)) => {
                 req = req
                     .header("x-berth-timestamp", now.to_string())
-                    .header("x-berth-signature", crate::delivery::signature(s.expose(), now, &body));
+                    .header("x-berth-signature", berth_core::delivery::signature(s.expose(), now, &body));
             }
             _ => {}
         }

@@ -243,12 +243,12 @@ mod tests {
     use super::*;
 
     fn auth() -> AdminAuth {
-        let cfg: crate::config::Config = crate::config::Config::parse(
-            "[admin]\ntokens = [\n { name = \"ops\", token = \"operator-token-0001\", role = \"operator\" },\n { name = \"ci\", token = \"deployer-token-0001\", role = \"deployer\" },\n { name = \"erp\", token = \"erp-token-000001\", role = \"erp\" },\n]\n",
-            std::path::Path::new("/b.toml"),
+        let cfg: AdminConfig = toml::from_str(
+            "tokens = [\n { name = \"ops\", token = \"operator-token-0001\", role = \"operator\" },\n { name = \"ci\", token = \"deployer-token-0001\", role = \"deployer\" },\n { name = \"erp\", token = \"erp-token-000001\", role = \"erp\" },\n]\n",
         )
         .unwrap();
-        AdminAuth::new(&cfg.admin)
+        cfg.check().unwrap();
+        AdminAuth::new(&cfg)
     }
 
     #[test]

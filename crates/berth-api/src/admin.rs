@@ -6,10 +6,10 @@
 //! to the audit log before it is answered.
 
 use super::error;
-use crate::audit::{AuditEntry, AuditLog};
+use berth_core::audit::{AuditEntry, AuditLog};
 use crate::auth::{AdminAuth, AuthError, Caller};
 use berth_types::access::Access;
-use crate::registry::{ConnectorRegistry, DeployError};
+use berth_core::registry::{ConnectorRegistry, DeployError};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,12 +25,14 @@ pub struct AdminState {
     pub services: Arc<berth_capabilities::services::HostServices>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<AuditLog>,
-    pub shops: Arc<crate::shops::ShopSet>,
-    pub degrade: Arc<crate::degrade::Degrade>,
+    pub shops: Arc<berth_core::shops::ShopSet>,
+    pub degrade: Arc<berth_core::degrade::Degrade>,
     pub api_metrics: Arc<super::metrics::ApiMetrics>,
 }
 
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The routes about connectors, versions, pauses, holds and the audit log (the degraded
+/// shop's routes are api/degrade.rs's; [`super::admin_router`] puts both together).
+pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/v1/admin/connectors", get(list))
         .route("/v1/admin/connectors/{name}", get(one))
@@ -51,13 +53,6 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/admin/shops/{shop}/resume", post(|s, p, h| pause_shop(s, p, h, false)))
         .route("/v1/admin/platforms/{platform}/holds/{key}/release", post(release_hold))
         .route("/v1/admin/audit", get(audit))
-        .route("/v1/admin/shops/{shop}/degrade", get(super::degrade::status))
-        .route("/v1/admin/shops/{shop}/stock/export", post(super::degrade::export))
-        .route("/v1/admin/shops/{shop}/stock/exports/{batch}", get(super::degrade::batch))
-        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/confirm", post(|s, p, h| super::degrade::end(s, p, h, true)))
-        .route("/v1/admin/shops/{shop}/stock/exports/{batch}/cancel", post(|s, p, h| super::degrade::end(s, p, h, false)))
-        .route("/v1/admin/shops/{shop}/orders/import", post(super::degrade::import).layer(DefaultBodyLimit::disable()))
-        .with_state(state)
 }
 
 /// What an audited call was about.
@@ -290,7 +285,7 @@ async fn canary(
     State(st): State<Arc<AdminState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: super::JsonBody<crate::registry::CanaryRequest>,
+    body: super::JsonBody<berth_core::registry::CanaryRequest>,
 ) -> Response {
     let action = Action { name: "canary", target: &name };
     let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {

@@ -5,7 +5,7 @@
 //! so is every refused attempt at one.
 
 use super::error;
-use crate::audit::{AuditEntry, AuditLog};
+use berth_core::audit::{AuditEntry, AuditLog};
 use crate::auth::{access_name, AdminAuth, AuthError};
 use berth_types::access::Access;
 use axum::extract::{Request, State};

@@ -1,7 +1,16 @@
-//! The HTTP API: ERP-facing order reads and leases, stock submissions, shop and
-//! connector status, health.
+//! berth-api: berth's HTTP API.
+//!
+//! Owns the routes — the ERP's (order feed, leases, acks, stock submissions), status and
+//! the dashboard, `/metrics`, the admin API ([`admin`], [`degrade`]) — the one auth gate
+//! every route passes ([`auth`], [`gate`]), the request and answer types, and the
+//! listener that bounds connections and header time ([`listener`]).
+//!
+//! It calls core's public methods and reads ops' renderings; it holds no state of its own
+//! beyond tokens, and must not be needed by core or ops (they never name a route or a
+//! status code).
 
 pub mod admin;
+pub mod auth;
 pub mod degrade;
 pub mod gate;
 pub mod listener;
@@ -9,10 +18,10 @@ pub mod metrics;
 pub mod status;
 pub mod stock;
 
-use crate::inbox::OrderInbox;
-use crate::queue::{LeaseToken, QueueError, QueueStats};
-use crate::store::OrderStore;
-use crate::sync::ShopStatus;
+use berth_core::inbox::OrderInbox;
+use berth_core::queue::{LeaseToken, QueueError, QueueStats};
+use berth_core::store::OrderStore;
+use berth_core::sync::ShopStatus;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -49,18 +58,24 @@ pub struct ConnectorInfo {
 pub struct ApiState {
     pub store: Arc<OrderStore>,
     pub inbox: OrderInbox,
-    pub stock: Arc<crate::stock::StockLedger>,
-    pub delivery: Option<crate::delivery::SharedDeliveryStatus>,
+    pub stock: Arc<berth_core::stock::StockLedger>,
+    pub delivery: Option<berth_core::delivery::SharedDeliveryStatus>,
     /// The shops served now (a config reload adds and removes them).
-    pub shops: Arc<crate::shops::ShopSet>,
-    pub registry: Arc<crate::registry::ConnectorRegistry>,
+    pub shops: Arc<berth_core::shops::ShopSet>,
+    pub registry: Arc<berth_core::registry::ConnectorRegistry>,
     pub services: Arc<berth_capabilities::services::HostServices>,
-    pub health: Arc<crate::health::HealthBook>,
-    pub alerts: Arc<crate::alerts::Alerts>,
+    pub health: Arc<berth_core::health::HealthBook>,
+    pub alerts: Arc<berth_ops::alerts::Alerts>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<berth_ops::metrics::Metrics>,
+}
+
+/// The admin API: connectors, versions and the audit log (admin.rs) beside working a
+/// degraded shop by hand (degrade.rs), on one state.
+pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
+    admin::routes().merge(degrade::routes()).with_state(state)
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see
@@ -266,8 +281,8 @@ const NO_SPACE_RETRY_SECS: u16 = 30;
 /// A store failure as the client should see it: a full or read-only disk is 507 with
 /// `Retry-After` (nothing was written; it clears by itself once space is freed), a
 /// store that stopped writing 503 (an operator restarts berth), anything else 500.
-pub(crate) fn storage_error(e: &crate::store::StoreError) -> Response {
-    use crate::store::StoreError;
+pub(crate) fn storage_error(e: &berth_core::store::StoreError) -> Response {
+    use berth_core::store::StoreError;
     let (status, retry) = match e {
         StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } => (StatusCode::INSUFFICIENT_STORAGE, Some(NO_SPACE_RETRY_SECS)),
         StoreError::Failed(_) | StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, None),
@@ -326,7 +341,7 @@ async fn lease_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extens
     tokio::spawn(async move {
         let _ = tx.send(Ok(bytes::Bytes::from_static(b"{\"leases\":["))).await;
         for (i, lease) in leases.into_iter().enumerate() {
-            for chunk in crate::inbox::lease_json(i > 0, lease) {
+            for chunk in berth_core::inbox::lease_json(i > 0, lease) {
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
                 }
@@ -410,7 +425,7 @@ async fn settle(st: &ApiState, caller: &Caller, body: JsonBody<AckRequest>, how:
     if req.tokens.len() > MAX_TOKENS {
         return error(StatusCode::BAD_REQUEST, format!("tokens: {} given, at most {MAX_TOKENS} a call", req.tokens.len()));
     }
-    let max_delay = crate::queue::MAX_DELAY.as_secs();
+    let max_delay = berth_core::queue::MAX_DELAY.as_secs();
     if req.delay_secs > max_delay {
         return error(StatusCode::BAD_REQUEST, format!("delay_secs must be 0..={max_delay} (a week), not {}", req.delay_secs));
     }
@@ -495,9 +510,9 @@ struct QueueInfo {
     stats: QueueStats,
     /// The same figures per shop.
     partitions: std::collections::BTreeMap<String, QueueStats>,
-    dead_letters: Vec<crate::queue::DeadLetter>,
+    dead_letters: Vec<berth_core::queue::DeadLetter>,
     /// Present when orders are also posted to an ERP webhook.
-    webhook: Option<crate::delivery::DeliveryStatus>,
+    webhook: Option<berth_core::delivery::DeliveryStatus>,
 }
 
 async fn queue_info(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Response {
@@ -566,7 +581,7 @@ async fn platform_webhook(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    use crate::ingest::IngestError;
+    use berth_core::ingest::IngestError;
     let Some(target) = st.shops.webhook(&shop) else {
         return error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; point the platform's webhook at /v1/webhooks/SHOP for a configured shop"));
     };
@@ -574,7 +589,7 @@ async fn platform_webhook(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    match crate::ingest::ingest(&shop, &target, headers, body.to_vec(), &st.inbox, &st.store).await {
+    match berth_core::ingest::ingest(&shop, &target, headers, body.to_vec(), &st.inbox, &st.store).await {
         Ok(done) => Json(done).into_response(),
         Err(e @ IngestError::Unauthorized(_)) => error(StatusCode::UNAUTHORIZED, e.to_string()),
         Err(e @ IngestError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -599,9 +614,9 @@ async fn list_shops(State(st): State<Arc<ApiState>>, Extension(caller): Extensio
 #[derive(Serialize)]
 struct HealthView {
     window_secs: u64,
-    tiers: BTreeMap<String, crate::health::TierPolicy>,
-    summary: Vec<crate::health::TierSummary>,
-    shops: Vec<crate::health::ShopHealth>,
+    tiers: BTreeMap<String, berth_core::health::TierPolicy>,
+    summary: Vec<berth_core::health::TierSummary>,
+    shops: Vec<berth_core::health::ShopHealth>,
 }
 
 async fn health(State(st): State<Arc<ApiState>>) -> Json<HealthView> {
@@ -617,9 +632,9 @@ async fn health(State(st): State<Arc<ApiState>>) -> Json<HealthView> {
 
 #[derive(Serialize)]
 struct AlertsView {
-    firing: Vec<crate::alerts::AlertRecord>,
-    recent: Vec<crate::alerts::LogEntry>,
-    receivers: Vec<crate::alerts::notify::ReceiverStatus>,
+    firing: Vec<berth_ops::alerts::AlertRecord>,
+    recent: Vec<berth_ops::alerts::LogEntry>,
+    receivers: Vec<berth_ops::alerts::notify::ReceiverStatus>,
     rules: Vec<String>,
 }
 
@@ -707,10 +722,10 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let m = &st.metrics;
     let ms = |v: Option<i64>| v.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64));
-    for q in crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops) {
+    for q in berth_core::levels::queue_levels(&st.inbox, &st.stock, &st.shops) {
         m.queue(q.queue, q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms));
     }
-    st.health.export();
+    st.metrics.export_health(&st.health);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 

@@ -583,11 +583,11 @@ pub fn canary_shops(connector: &str, shops: &[String], percent: u32) -> Vec<Stri
 }
 
 /// Watch running canaries every second; a candidate failing too often is rolled back,
-/// written to the audit log and raised with the canary-rollback alert rules.
+/// written to the audit log and told as an event (the canary-rollback alert rules hear it).
 pub async fn watch_canaries(
     registry: Arc<ConnectorRegistry>,
     audit: Arc<crate::audit::AuditLog>,
-    alerts: Arc<crate::alerts::Alerts>,
+    events: Arc<crate::events::Events>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -597,7 +597,7 @@ pub async fn watch_canaries(
         }
         for r in registry.check_canaries().await {
             tracing::error!(connector = %r.connector, digest = %r.digest, reason = %r.reason, "canary rolled back automatically");
-            alerts.canary_rolled_back(&r.connector, &r.reason);
+            events.emit(&crate::events::Event::CanaryRolledBack { connector: &r.connector, digest: &r.digest, reason: &r.reason });
             let entry = crate::audit::AuditEntry::now("berth", "canary-rollback", &r.connector, Some(&r.digest), "ok", r.reason.clone());
             if let Err(e) = audit.append(&entry) {
                 tracing::error!(error = %e, "cannot write the audit log");

@@ -246,7 +246,7 @@ pub struct HealthBook {
     tree: berth_storage::store::Keyspace,
     shops: RwLock<BTreeMap<String, Entry>>,
     holds: RwLock<Option<std::sync::Weak<dyn HoldSource>>>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    events: std::sync::Arc<crate::events::Events>,
 }
 
 fn key(shop: &str, minute: u64) -> Vec<u8> {
@@ -264,8 +264,8 @@ fn counts(v: &[u8]) -> Option<(u32, u32)> {
 }
 
 impl HealthBook {
-    pub fn open(store: &berth_storage::Store, config: HealthConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<HealthBook, HealthStoreError> {
-        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None), metrics })
+    pub fn open(store: &berth_storage::Store, config: HealthConfig, events: std::sync::Arc<crate::events::Events>) -> Result<HealthBook, HealthStoreError> {
+        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None), events })
     }
 
     /// Show shops held by a quota or a host bound as such (`throttled`, `held`).
@@ -366,8 +366,7 @@ impl HealthBook {
         e.consecutive_failures = if result.up { 0 } else { e.consecutive_failures + 1 };
         e.down_since_ms = if result.up { None } else { e.down_since_ms.or(Some(result.at_ms)) };
         e.paused = false;
-        let tier = format!("{:?}", e.tier);
-        self.metrics.probe(&e.connector, &tier, &result.outcome);
+        self.events.emit(&crate::events::Event::Probed { shop, connector: &e.connector, tier: e.tier, outcome: &result.outcome });
         e.last = Some(result);
     }
 
@@ -466,13 +465,6 @@ impl HealthBook {
             })
             .collect()
     }
-
-    /// Set the health gauges in `/metrics` (called at scrape).
-    pub fn export(&self) {
-        let shops = self.shops();
-        let labelled = self.config.shop_labels.then_some(shops.as_slice());
-        self.metrics.health(&self.summary(&shops), labelled, |t| self.config.policy(t).sla_percent);
-    }
 }
 
 #[cfg(test)]
@@ -488,7 +480,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = HealthConfig { window_secs: 3600, ..HealthConfig::default() };
-        let book = HealthBook::open(&db, cfg.clone(), crate::metrics::AllMetrics::new().ops).unwrap();
+        let book = HealthBook::open(&db, cfg.clone(), crate::events::Events::new()).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
         let now = berth_types::clock::now_ms();
         // Two hours ago: outside the window, dropped.
@@ -506,32 +498,13 @@ mod tests {
         drop(book);
         // The probe writes did not wait for their batch; this waits for all of them.
         db.write_blocking(|_ctx| Ok::<_, berth_storage::StoreError>(())).unwrap();
-        let book = HealthBook::open(&db, cfg, crate::metrics::AllMetrics::new().ops).unwrap();
+        let book = HealthBook::open(&db, cfg, crate::events::Events::new()).unwrap();
         book.register("acme", "shopify", "shopify", Tier::A);
         let s = &book.shops()[0];
         assert_eq!((s.availability.probes, s.availability.up), (1000, 999), "history comes back after a restart");
         assert_eq!(s.state, ShopState::Unknown);
         let sum = &book.summary(&book.shops())[0];
         assert_eq!((sum.shops, sum.unknown, sum.below_sla), (1, 1, 0));
-    }
-
-    #[test]
-    fn shop_series_only_when_configured() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
-        let cfg = HealthConfig { shop_labels: true, ..HealthConfig::default() };
-        let metrics = crate::metrics::AllMetrics::new().ops;
-        let book = HealthBook::open(&db, cfg, metrics.clone()).unwrap();
-        book.register("labelled-shop", "shopify", "shopify", Tier::B);
-        book.record("labelled-shop", probe(berth_types::clock::now_ms(), true));
-        book.export();
-        let text = metrics.render();
-        assert!(text.contains("berth_shop_up{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
-        assert!(text.contains("berth_shop_availability_ratio{shop=\"labelled-shop\",connector=\"shopify\",tier=\"B\"} 1"), "{text}");
-        let book = HealthBook::open(&db, HealthConfig::default(), metrics.clone()).unwrap();
-        book.register("labelled-shop", "shopify", "shopify", Tier::B);
-        book.export();
-        assert!(!metrics.render().contains("labelled-shop"), "off by default");
     }
 
     #[test]

@@ -166,3 +166,11 @@ impl StockConfig {
         Ok(())
     }
 }
+
+/// A running shop's stock side, as the API and the alerts read it.
+#[derive(Clone)]
+pub struct StockShop {
+    pub connector: String,
+    /// `None` when the shop's connector does not offer inventory.
+    pub pusher: Option<(std::sync::Arc<tokio::sync::Notify>, pusher::SharedPushStatus)>,
+}

@@ -4,11 +4,11 @@
 
 use berth_runtime::breaker::BreakerState;
 use super::ApiState;
-use crate::alerts::{AlertRecord, LogEntry};
-use crate::health::{ShopHealth, TierSummary};
-use crate::levels::QueueLevel;
+use berth_ops::alerts::{AlertRecord, LogEntry};
+use berth_core::health::{ShopHealth, TierSummary};
+use berth_core::levels::QueueLevel;
 use berth_runtime::call_stats::Tally;
-use crate::sync::ShopStatus;
+use berth_core::sync::ShopStatus;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -108,7 +108,7 @@ pub fn status(st: &ApiState) -> StatusView {
         connectors,
         tiers,
         shops,
-        queues: crate::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
+        queues: berth_core::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
         firing: st.alerts.firing(),
         recent: st.alerts.recent(RECENT),
     }

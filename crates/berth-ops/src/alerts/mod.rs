@@ -109,11 +109,11 @@ pub enum AlertsError {
 /// What the rules read: the host's parts.
 #[derive(Clone)]
 pub struct Sources {
-    pub registry: Arc<crate::registry::ConnectorRegistry>,
-    pub inbox: crate::inbox::OrderInbox,
-    pub stock: Arc<crate::stock::StockLedger>,
-    pub shops: Arc<crate::shops::ShopSet>,
-    pub health: Arc<crate::health::HealthBook>,
+    pub registry: Arc<berth_core::registry::ConnectorRegistry>,
+    pub inbox: berth_core::inbox::OrderInbox,
+    pub stock: Arc<berth_core::stock::StockLedger>,
+    pub shops: Arc<berth_core::shops::ShopSet>,
+    pub health: Arc<berth_core::health::HealthBook>,
 }
 
 #[derive(Default)]
@@ -213,7 +213,7 @@ impl Alerts {
     }
 
     /// A canary was rolled back: the canary-rollback rules fire for the connector.
-    pub fn canary_rolled_back(&self, connector: &str, reason: &str) {
+    fn canary_rolled_back(&self, connector: &str, reason: &str) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.rollbacks.push((connector.to_string(), berth_types::clock::now_ms(), reason.to_string()));
     }
@@ -233,7 +233,7 @@ impl Alerts {
                 obs.isolated.push(rules::Isolated { connector: name.clone(), version: v.version().to_string(), breaker: v.breaker.view() });
             }
         }
-        obs.queues = crate::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
+        obs.queues = berth_core::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
         obs.held_intake = src.shops.budgets().held(now_ms);
         obs.holds = src.shops.services().limits.held();
         obs.shops = src
@@ -398,10 +398,19 @@ impl Alerts {
     }
 }
 
+/// Core's events that raise alerts: an automatic canary rollback.
+impl berth_core::events::Listener for Alerts {
+    fn on(&self, event: &berth_core::events::Event<'_>) {
+        if let berth_core::events::Event::CanaryRolledBack { connector, reason, .. } = event {
+            self.canary_rolled_back(connector, reason);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::levels::QueueLevel;
+    use berth_core::levels::QueueLevel;
 
     fn config(rules: &str) -> AlertsConfig {
         toml::from_str(rules).unwrap()
@@ -412,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
         let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
-        let alerts = Alerts::open(&db, &cfg, crate::metrics::AllMetrics::new().ops).unwrap();
+        let alerts = Alerts::open(&db, &cfg, std::sync::Arc::new(crate::metrics::Metrics::new(prometheus_client::registry::Registry::default()))).unwrap();
         let obs = |age_ms: i64| Observation {
             now_ms: berth_types::clock::now_ms(),
             queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(age_ms) }],
@@ -427,7 +436,7 @@ mod tests {
         drop(alerts);
         // The alert writes did not wait for their batch; this waits for them.
         db.barrier().await.unwrap();
-        let alerts = Alerts::open(&db, &cfg, crate::metrics::AllMetrics::new().ops).unwrap();
+        let alerts = Alerts::open(&db, &cfg, std::sync::Arc::new(crate::metrics::Metrics::new(prometheus_client::registry::Registry::default()))).unwrap();
         assert_eq!(alerts.firing().len(), 1, "still firing after a restart");
         alerts.evaluate(&obs(81_000));
         assert_eq!(alerts.recent(10).len(), 1, "and not sent again");

@@ -3,7 +3,7 @@
 //! berth runs: a config reload starts new shops, restarts changed ones with their new
 //! settings and stops removed ones (their stored orders and stock records stay).
 
-use crate::api::stock::StockShop;
+use crate::stock::StockShop;
 use berth_types::shop::ShopConfig;
 use crate::sync::SyncDefaults;
 use crate::inbox::OrderInbox;
