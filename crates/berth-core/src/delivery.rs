@@ -13,6 +13,7 @@
 //! configured: `X-Berth-Timestamp` (Unix ms) and
 //! `X-Berth-Signature: sha256=HEX(HMAC-SHA256(secret, "{timestamp}.{body}"))`.
 
+use crate::worker::Wait;
 use berth_types::clock::now_ms;
 use berth_types::Secret;
 use crate::inbox::{LeasedOrder, OrderInbox};
@@ -103,47 +104,15 @@ impl ErpDeliverer {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let host = self.status.lock().unwrap_or_else(|e| e.into_inner()).url_host.clone();
-        async move {
-            let mut failures: u32 = 0;
-            loop {
-                if *shutdown.borrow() {
-                    break;
-                }
-                let wait = match self.step(failures).await {
-                    Ok(0) => Duration::from_millis(200),
-                    Ok(_) => {
-                        failures = 0;
-                        Duration::ZERO
-                    }
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let d = berth_types::backoff::delay(failures, self.retry_base_ms, self.retry_max_ms);
-                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "order delivery to the ERP failed");
-                        self.update(|s| {
-                            s.failures += 1;
-                            s.consecutive_failures = failures;
-                            s.last_error = Some(e.to_string());
-                        });
-                        d
-                    }
-                };
-                if wait.is_zero() {
-                    continue;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-        }
-        .instrument(tracing::info_span!("erp_delivery", webhook_host = %host))
-        .await
+        crate::worker::run(DeliveryLoop { deliverer: self, failures: 0 }, shutdown)
+            .instrument(tracing::info_span!("erp_delivery", webhook_host = %host))
+            .await
     }
 
     /// Deliver one batch; the number of orders delivered.
-    async fn step(&self, failures: u32) -> Result<usize, DeliveryError> {
+    async fn deliver_batch(&self, failures: u32) -> Result<usize, DeliveryError> {
         // The lease outlives one request with room to spare; an expired one only means
         // the batch may go out again (at least once).
         let leases = self.inbox.lease_within(self.batch, self.max_bytes, self.timeout + Duration::from_secs(30)).await?;
@@ -267,6 +236,39 @@ impl ErpConfig {
             return Err("erp.webhook_retry_base_ms must be positive and not above erp.webhook_retry_max_ms".into());
         }
         Ok(())
+    }
+}
+
+/// Delivery as a [`crate::worker::Worker`]: batches back to back while the queue has
+/// orders, a short look every 200 ms when empty, backoff after a failed post.
+struct DeliveryLoop {
+    deliverer: ErpDeliverer,
+    /// Failed posts in a row.
+    failures: u32,
+}
+
+impl crate::worker::Worker for DeliveryLoop {
+    async fn step(&mut self) -> Wait {
+        let d = &self.deliverer;
+        match d.deliver_batch(self.failures).await {
+            Ok(0) => Wait::Idle(Duration::from_millis(200)),
+            Ok(_) => {
+                self.failures = 0;
+                Wait::Now
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let failures = self.failures;
+                let wait = berth_types::backoff::delay(failures, d.retry_base_ms, d.retry_max_ms);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "order delivery to the ERP failed");
+                d.update(|s| {
+                    s.failures += 1;
+                    s.consecutive_failures = failures;
+                    s.last_error = Some(e.to_string());
+                });
+                Wait::Park(wait)
+            }
+        }
     }
 }
 

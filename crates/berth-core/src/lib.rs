@@ -28,3 +28,4 @@ pub mod shops;
 pub mod stock;
 pub mod store;
 pub mod sync;
+pub mod worker;

@@ -20,6 +20,7 @@ use berth_types::retry::{Decision, ErrorKind, Job};
 use crate::registry::ConnectorSlot;
 use berth_runtime::LoadedConnector;
 use crate::queue::QueueError;
+use crate::worker::Wait;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageOutcome, PageSource, StoreError, SyncState, WindowProgress};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,47 @@ pub struct ShopWorker {
     pub budgets: Arc<crate::order_budget::OrderBudgets>,
 }
 
+/// A shop's sync as a [`crate::worker::Worker`]: the retry count and the chase after a
+/// webhook's wake-up live between steps.
+struct SyncLoop {
+    worker: ShopWorker,
+    poll: Duration,
+    attempt: u32,
+    /// Until when idle waits are kept short after a wake-up (see `wait_after`).
+    chase_until: Option<std::time::Instant>,
+}
+
+impl crate::worker::Worker for SyncLoop {
+    async fn step(&mut self) -> Wait {
+        let w = &self.worker;
+        let conn = w.connector.for_shop(&w.shop);
+        let step = w.step(&conn).instrument(tracing::info_span!("pull", version = %conn.version())).await;
+        w.wait_after(step, &conn, self.poll, &mut self.attempt, self.chase_until)
+    }
+
+    fn pause_gate(&self) -> Option<(&ConnectorSlot, &str)> {
+        Some((&self.worker.connector, &self.worker.shop))
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.worker.update(|s| s.paused = paused);
+    }
+
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.worker.wake.clone())
+    }
+
+    fn woken(&mut self) {
+        let settle = Duration::from_secs(u64::from(self.worker.defaults.settle_secs) + 2);
+        self.chase_until = Some(std::time::Instant::now() + settle);
+    }
+
+    fn released(&self) -> impl std::future::Future<Output = ()> + Send {
+        let conn = self.worker.connector.for_shop(&self.worker.shop);
+        async move { conn.quota_released().await }
+    }
+}
+
 /// What to do after one step.
 enum Next {
     /// More to read now.
@@ -107,52 +149,14 @@ pub fn to_record(o: Order) -> OrderData {
 }
 
 impl ShopWorker {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let span = tracing::info_span!(
             "shop_sync",
             shop = %self.shop,
             connector = %self.connector.name,
         );
-        async move {
-            let poll = Duration::from_secs(self.config.poll_interval_secs());
-            let mut attempt: u32 = 0;
-            // Until when idle waits are kept short after a wake-up (see below).
-            let mut chase_until: Option<std::time::Instant> = None;
-            loop {
-                if *shutdown.borrow() {
-                    break;
-                }
-                if self.connector.is_paused(&self.shop) {
-                    self.update(|s| s.paused = true);
-                    tokio::select! {
-                        _ = self.connector.resumed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-                self.update(|s| s.paused = false);
-                let conn = self.connector.for_shop(&self.shop);
-                let step = self.step(&conn).instrument(tracing::info_span!("pull", version = %conn.version())).await;
-                // Only an idle wait is cut short by a wake-up, never a throttle or backoff.
-                let idle = matches!(step, Ok(Next::Idle));
-                let wait = self.wait_after(step, &conn, poll, &mut attempt, chase_until);
-                if wait.is_zero() {
-                    continue;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    // An operator ended a hold this shop may be waiting out.
-                    _ = conn.quota_released(), if !idle => {}
-                    _ = self.wake.notified(), if idle => {
-                        chase_until = Some(std::time::Instant::now() + Duration::from_secs(u64::from(self.defaults.settle_secs) + 2));
-                    }
-                    _ = shutdown.changed() => {}
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        let poll = Duration::from_secs(self.config.poll_interval_secs());
+        crate::worker::run(SyncLoop { worker: self, poll, attempt: 0, chase_until: None }, shutdown).instrument(span).await
     }
 
     /// How long to wait after a step: not at all after a page; the poll interval once
@@ -165,42 +169,42 @@ impl ShopWorker {
         poll: Duration,
         attempt: &mut u32,
         chase_until: Option<std::time::Instant>,
-    ) -> Duration {
+    ) -> Wait {
         match step {
             Ok(Next::Continue) => {
                 *attempt = 0;
-                Duration::ZERO
+                Wait::Now
             }
             Ok(Next::Idle) => {
                 *attempt = 0;
                 // After a push named a changed order, look again each second
                 // until the settled edge has passed the time of the push.
-                match chase_until {
+                Wait::Idle(match chase_until {
                     Some(t) if std::time::Instant::now() < t => poll.min(Duration::from_secs(1)),
                     _ => poll,
-                }
+                })
             }
-            Ok(Next::Wait(d)) => d,
+            Ok(Next::Wait(d)) => Wait::Park(d),
             Err(StepError::Failed(kind, why)) => {
                 *attempt = attempt.saturating_add(1);
                 let policy = conn.retry_policy(Job::Pull);
                 if let Decision::Retry(d) = policy.decide(kind, *attempt) {
                     tracing::warn!(attempt = *attempt, ?kind, retry_in_ms = d.as_millis() as u64, error = %why, "pull failed; retrying");
                     self.note_error(why);
-                    d
+                    Wait::Park(d)
                 } else {
                     let pause = Duration::from_secs(self.defaults.error_pause_secs).max(poll);
                     let why = policy.gave_up(kind, *attempt, &why);
                     tracing::error!(error = %why, pause_secs = pause.as_secs(), "pull failed and needs attention; pausing");
                     self.note_error(why);
                     *attempt = 0;
-                    pause
+                    Wait::Park(pause)
                 }
             }
             Err(StepError::Pause(why)) => {
                 tracing::error!(error = %why, "pull failed and needs attention; pausing");
                 self.note_error(why);
-                Duration::from_secs(self.defaults.error_pause_secs).max(poll)
+                Wait::Park(Duration::from_secs(self.defaults.error_pause_secs).max(poll))
             }
         }
     }

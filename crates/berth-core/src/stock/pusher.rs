@@ -16,6 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use crate::worker::Wait;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
@@ -48,15 +49,6 @@ pub struct ShopPusher {
     pub status: SharedPushStatus,
 }
 
-enum Next {
-    /// More may be due now.
-    Now,
-    /// Nothing due: wait for this long or a wake-up.
-    Idle(Duration),
-    /// Hold off for this long even if woken (throttled, auth).
-    Park(Duration),
-}
-
 /// Longest idle wait; the ledger is checked again after it even without a wake-up.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
@@ -81,54 +73,13 @@ pub fn outcomes(batch: &[SkuStock], results: Vec<UpdateResult>) -> Vec<(String, 
 }
 
 impl ShopPusher {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let span = tracing::info_span!(
             "stock_push",
             shop = %self.shop,
             connector = %self.connector.name,
         );
-        async move {
-            loop {
-                if *shutdown.borrow() {
-                    break;
-                }
-                if self.connector.is_paused(&self.shop) {
-                    tokio::select! {
-                        _ = self.connector.resumed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-                let conn = self.connector.for_shop(&self.shop);
-                let next = match self.step(&conn).instrument(tracing::info_span!("push", version = %conn.version())).await {
-                    Ok(n) => n,
-                    Err(why) => {
-                        tracing::error!(error = %why, "stock ledger failed; retrying shortly");
-                        self.note_error(why);
-                        Next::Park(Duration::from_secs(1))
-                    }
-                };
-                match next {
-                    Next::Now => continue,
-                    Next::Idle(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.wake.notified() => {}
-                        _ = shutdown.changed() => {}
-                    },
-                    Next::Park(d) => {
-                        let conn = self.connector.for_shop(&self.shop);
-                        tokio::select! {
-                            _ = tokio::time::sleep(d) => {}
-                            _ = conn.quota_released() => {}
-                            _ = shutdown.changed() => {}
-                        }
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        crate::worker::run(self, shutdown).instrument(span).await
     }
 
     fn update(&self, f: impl FnOnce(&mut PushStatus)) {
@@ -144,7 +95,7 @@ impl ShopPusher {
 
     /// The whole batch failed with `kind`: back off per the platform's retry policy, or
     /// move straight to the dead letters when the policy does not retry `kind`.
-    async fn fail_all(&self, conn: &LoadedConnector, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Next, String> {
+    async fn fail_all(&self, conn: &LoadedConnector, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Wait, String> {
         let policy = conn.retry_policy(Job::Push);
         let retried = policy.retry_on.contains(&kind);
         let outcome = if retried {
@@ -157,16 +108,17 @@ impl ShopPusher {
         let failed: Vec<_> = batch.iter().map(|r| (r.sku.clone(), r.version, r.quantity, outcome.clone())).collect();
         self.note_error(why);
         self.ledger.settle_with(&self.shop, &failed, &policy).await.map_err(|e| e.to_string())?;
-        Ok(Next::Now)
+        Ok(Wait::Now)
     }
 
-    async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, String> {
+    /// Push one batch of due SKUs and settle them.
+    async fn push_batch(&self, conn: &Arc<LoadedConnector>) -> Result<Wait, String> {
         let now = now_ms();
         let batch = self.ledger.due(&self.shop, now, self.batch_size).map_err(|e| e.to_string())?;
         if batch.is_empty() {
             let next = self.ledger.next_due(&self.shop).map_err(|e| e.to_string())?;
             let wait = next.map_or(MAX_IDLE, |t| Duration::from_millis((t - now).max(1) as u64).min(MAX_IDLE));
-            return Ok(Next::Idle(wait));
+            return Ok(Wait::Idle(wait));
         }
         // Never push a quantity a crash could still take back (see mod.rs).
         self.ledger.durable().await.map_err(|e| e.to_string())?;
@@ -178,13 +130,13 @@ impl ShopPusher {
                 if let Some(wait) = call.held_back_for() {
                     // berth's own limiter: the SKUs stay due and spend no attempt.
                     self.update(|s| s.throttled += 1);
-                    return Ok(Next::Park(wait.max(std::time::Duration::from_millis(50))));
+                    return Ok(Wait::Park(wait.max(std::time::Duration::from_millis(50))));
                 }
                 if let Some(wait) = call.isolated_for() {
                     // The SKUs stay due and spend no attempt: push once the connector serves.
                     tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; stock pushes wait");
                     self.update(|s| s.last_error = Some(call.to_string()));
-                    return Ok(Next::Park(wait));
+                    return Ok(Wait::Park(wait));
                 }
                 return self.fail_all(conn, &batch, call.kind(), call.to_string()).await;
             }
@@ -192,12 +144,12 @@ impl ShopPusher {
                 tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
                 // Held and bounded by the runtime (see LoadedConnector::hold_for_throttle).
-                return Ok(Next::Park(Duration::from_millis(ms.max(50))));
+                return Ok(Wait::Park(Duration::from_millis(ms.max(50))));
             }
             Ok(Err(ConnectorError::Auth(why))) => {
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
                 self.note_error(format!("auth: {why}"));
-                return Ok(Next::Park(self.error_pause));
+                return Ok(Wait::Park(self.error_pause));
             }
             Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(conn, &batch, ErrorKind::Transient, why).await,
             Ok(Err(ConnectorError::Permanent(why))) => return self.fail_all(conn, &batch, ErrorKind::Permanent, why).await,
@@ -223,7 +175,36 @@ impl ShopPusher {
                 s.last_error = None;
             }
         });
-        Ok(Next::Now)
+        Ok(Wait::Now)
+    }
+}
+
+/// A shop's pushes as a [`crate::worker::Worker`]: new quantities from the ERP end an
+/// idle wait; a throttle parks the shop until its hold ends or is released.
+impl crate::worker::Worker for ShopPusher {
+    async fn step(&mut self) -> Wait {
+        let conn = self.connector.for_shop(&self.shop);
+        match self.push_batch(&conn).instrument(tracing::info_span!("push", version = %conn.version())).await {
+            Ok(wait) => wait,
+            Err(why) => {
+                tracing::error!(error = %why, "stock ledger failed; retrying shortly");
+                self.note_error(why);
+                Wait::Park(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn pause_gate(&self) -> Option<(&ConnectorSlot, &str)> {
+        Some((&self.connector, &self.shop))
+    }
+
+    fn work_signal(&self) -> Option<Arc<Notify>> {
+        Some(self.wake.clone())
+    }
+
+    fn released(&self) -> impl std::future::Future<Output = ()> + Send {
+        let conn = self.connector.for_shop(&self.shop);
+        async move { conn.quota_released().await }
     }
 }
 
