@@ -7,7 +7,9 @@
 
 use berth_types::shop::ShopConfig;
 use crate::inbox::{OrderInbox, QueuedOrder};
-use berth_types::connector::{ConnectorError, Event, WebhookRequest};
+use berth_types::connector::{Event, WebhookRequest};
+use berth_types::retry::ErrorKind;
+use crate::failure::Failure;
 use crate::registry::ConnectorSlot;
 use crate::store::{OrderData, OrderStore, PageOutcome, PageSource};
 use crate::sync::to_record;
@@ -133,13 +135,16 @@ pub async fn ingest(
                     berth_runtime::call_error_outcome(&call)
                 )));
             }
-            Ok(Err(ConnectorError::Auth(why))) => return Err(IngestError::Unauthorized(why)),
-            Ok(Err(ConnectorError::InvalidInput(why) | ConnectorError::Permanent(why))) => {
-                return Err(IngestError::Invalid(why))
-            }
-            Ok(Err(ConnectorError::Transient(why))) => return Err(IngestError::Unavailable(why)),
-            Ok(Err(ConnectorError::RateLimited(ms))) => {
-                return Err(IngestError::Unavailable(format!("the connector asked to wait {ms} ms")))
+            // The platform sent it; what it should do next is the answer (nothing here is
+            // retried by berth: the platform redelivers what was not taken).
+            Ok(Err(e)) => {
+                return Err(match Failure::of_connector(e) {
+                    Failure::Failed { kind: ErrorKind::Auth, why } => IngestError::Unauthorized(why),
+                    Failure::Failed { kind: ErrorKind::InvalidInput | ErrorKind::Permanent, why } => IngestError::Invalid(why),
+                    Failure::Throttled(wait) => IngestError::Unavailable(format!("the connector asked to wait {} ms", wait.as_millis())),
+                    Failure::Failed { why, .. } | Failure::Isolated { why, .. } => IngestError::Unavailable(why),
+                    Failure::HeldBack(wait) => IngestError::Unavailable(format!("the quota is held for {} ms", wait.as_millis())),
+                })
             }
             Ok(Ok(events)) => events,
         };

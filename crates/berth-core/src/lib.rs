@@ -17,6 +17,7 @@ pub mod audit;
 pub mod degrade;
 pub mod delivery;
 pub mod events;
+pub mod failure;
 pub mod health;
 pub mod inbox;
 pub mod ingest;

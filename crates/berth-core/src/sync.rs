@@ -13,13 +13,14 @@
 use berth_types::clock::now_ms;
 use berth_types::shop::ShopConfig;
 use berth_types::connector::{
-    ConnectorError, Order, PullRequest, TimeWindow,
+    Order, PullRequest, TimeWindow,
 };
 use crate::inbox::{OrderInbox, QueuedOrder};
 use berth_types::retry::{Decision, ErrorKind, Job};
 use crate::registry::ConnectorSlot;
 use berth_runtime::LoadedConnector;
 use crate::queue::QueueError;
+use crate::failure::Failure;
 use crate::worker::Wait;
 use crate::store::{OrderData, OrderLineRecord, OrderStore, PageOutcome, PageSource, StoreError, SyncState, WindowProgress};
 use serde::Serialize;
@@ -250,34 +251,24 @@ impl ShopWorker {
             window: TimeWindow { start_ms: window.start_ms, end_ms: window.end_ms },
             page_cursor: window.cursor.clone(),
         };
-        let page = match self.connector.pull_orders(conn, &self.shop, self.config.clone(), &req).await {
-            Err(call) => {
-                if let Some(wait) = call.held_back_for() {
-                    // berth's own limiter (a held quota, a full bucket): wait for it, no
-                    // attempt spent and no new hold, since the platform said nothing.
-                    tracing::debug!(wait_ms = wait.as_millis() as u64, "the quota is held or its bucket is full; waiting");
-                    self.update(|s| s.throttled += 1);
-                    return Ok(Next::Wait(wait.max(Duration::from_millis(50))));
-                }
-                if let Some(wait) = call.isolated_for() {
-                    // Not this shop's failure and no attempt spent: wait for the trial.
-                    tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; waiting");
-                    self.update(|s| s.last_error = Some(call.to_string()));
-                    return Ok(Next::Wait(wait));
-                }
-                return Err(StepError::Failed(call.kind(), call.to_string()));
-            }
-            Ok(Err(ConnectorError::RateLimited(ms))) => {
-                tracing::info!(wait_ms = ms, "platform throttled; parking the shop");
+        let page = match Failure::check(self.connector.pull_orders(conn, &self.shop, self.config.clone(), &req).await) {
+            Ok(page) => page,
+            Err(Failure::HeldBack(wait)) => {
+                tracing::debug!(wait_ms = wait.as_millis() as u64, "the quota is held or its bucket is full; waiting");
                 self.update(|s| s.throttled += 1);
-                // The runtime held the quota (or only this shop, when no answer of the
-                // platform stood behind the claim) and bounded the wait by max_hold_secs.
-                return Ok(Next::Wait(Duration::from_millis(ms.max(50))));
+                return Ok(Next::Wait(wait));
             }
-            Ok(Err(ConnectorError::Transient(why))) => return Err(StepError::Failed(ErrorKind::Transient, why)),
-            Ok(Err(ConnectorError::Auth(why))) => return Err(StepError::Failed(ErrorKind::Auth, why)),
-            Ok(Err(ConnectorError::Permanent(why))) => return Err(StepError::Failed(ErrorKind::Permanent, why)),
-            Ok(Err(ConnectorError::InvalidInput(why))) => {
+            Err(Failure::Isolated { wait, why }) => {
+                tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; waiting");
+                self.update(|s| s.last_error = Some(why));
+                return Ok(Next::Wait(wait));
+            }
+            Err(Failure::Throttled(wait)) => {
+                tracing::info!(wait_ms = wait.as_millis() as u64, "platform throttled; parking the shop");
+                self.update(|s| s.throttled += 1);
+                return Ok(Next::Wait(wait));
+            }
+            Err(Failure::Failed { kind: ErrorKind::InvalidInput, why }) => {
                 // A cursor the connector no longer understands must not wedge the shop:
                 // restart the window from its first page (duplicates are filtered).
                 let restart = SyncState {
@@ -292,7 +283,7 @@ impl ShopWorker {
                 }
                 return Err(StepError::Failed(ErrorKind::InvalidInput, why));
             }
-            Ok(Ok(page)) => page,
+            Err(Failure::Failed { kind, why }) => return Err(StepError::Failed(kind, why)),
         };
         let mut page = page;
         // The contract: orders updated within the window asked for. One outside it is

@@ -9,7 +9,8 @@ use super::{PushOutcome, SkuStock, StockLedger};
 use berth_types::clock::now_ms;
 use berth_types::shop::ShopConfig;
 use berth_types::retry::{ErrorKind, Job};
-use berth_types::connector::{ConnectorError, StockUpdate, UpdateResult};
+use berth_types::connector::{StockUpdate, UpdateResult};
+use crate::failure::Failure;
 use crate::registry::ConnectorSlot;
 use berth_runtime::LoadedConnector;
 use serde::Serialize;
@@ -97,7 +98,7 @@ impl ShopPusher {
     /// move straight to the dead letters when the policy does not retry `kind`.
     async fn fail_all(&self, conn: &LoadedConnector, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Wait, String> {
         let policy = conn.retry_policy(Job::Push);
-        let retried = policy.retry_on.contains(&kind);
+        let retried = policy.retries(kind, 0);
         let outcome = if retried {
             tracing::warn!(skus = batch.len(), kind = kind.name(), error = %why, "stock push failed; SKUs back off");
             PushOutcome::Failed(why.clone())
@@ -125,36 +126,32 @@ impl ShopPusher {
         let updates: Vec<StockUpdate> = batch.iter().map(|r| StockUpdate { sku: r.sku.clone(), quantity: r.quantity }).collect();
         self.update(|s| s.calls += 1);
         let answer = self.connector.push_inventory(conn, &self.shop, self.config.clone(), &updates).await;
-        let results = match answer {
-            Err(call) => {
-                if let Some(wait) = call.held_back_for() {
-                    // berth's own limiter: the SKUs stay due and spend no attempt.
-                    self.update(|s| s.throttled += 1);
-                    return Ok(Wait::Park(wait.max(std::time::Duration::from_millis(50))));
-                }
-                if let Some(wait) = call.isolated_for() {
-                    // The SKUs stay due and spend no attempt: push once the connector serves.
-                    tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; stock pushes wait");
-                    self.update(|s| s.last_error = Some(call.to_string()));
-                    return Ok(Wait::Park(wait));
-                }
-                return self.fail_all(conn, &batch, call.kind(), call.to_string()).await;
+        let results = match Failure::check(answer) {
+            Ok(results) => results,
+            Err(Failure::HeldBack(wait)) => {
+                // berth's own limiter: the SKUs stay due and spend no attempt.
+                self.update(|s| s.throttled += 1);
+                return Ok(Wait::Park(wait));
             }
-            Ok(Err(ConnectorError::RateLimited(ms))) => {
-                tracing::info!(wait_ms = ms, "platform throttled stock pushes; parking the shop");
+            Err(Failure::Isolated { wait, why }) => {
+                // The SKUs stay due and spend no attempt: push once the connector serves.
+                tracing::warn!(wait_ms = wait.as_millis() as u64, "connector isolated by its circuit breaker; stock pushes wait");
+                self.update(|s| s.last_error = Some(why));
+                return Ok(Wait::Park(wait));
+            }
+            Err(Failure::Throttled(wait)) => {
+                tracing::info!(wait_ms = wait.as_millis() as u64, "platform throttled stock pushes; parking the shop");
                 self.update(|s| s.throttled += 1);
                 // Held and bounded by the runtime (see LoadedConnector::hold_for_throttle).
-                return Ok(Wait::Park(Duration::from_millis(ms.max(50))));
+                return Ok(Wait::Park(wait));
             }
-            Ok(Err(ConnectorError::Auth(why))) => {
+            Err(Failure::Failed { kind: ErrorKind::Auth, why }) => {
+                // Credentials need a person; the SKUs stay due and spend no attempt.
                 tracing::error!(error = %why, "platform refused the shop's credentials; stock pushes paused");
                 self.note_error(format!("auth: {why}"));
                 return Ok(Wait::Park(self.error_pause));
             }
-            Ok(Err(ConnectorError::Transient(why))) => return self.fail_all(conn, &batch, ErrorKind::Transient, why).await,
-            Ok(Err(ConnectorError::Permanent(why))) => return self.fail_all(conn, &batch, ErrorKind::Permanent, why).await,
-            Ok(Err(ConnectorError::InvalidInput(why))) => return self.fail_all(conn, &batch, ErrorKind::InvalidInput, why).await,
-            Ok(Ok(results)) => results,
+            Err(Failure::Failed { kind, why }) => return self.fail_all(conn, &batch, kind, why).await,
         };
         let settled = outcomes(&batch, results);
         if settled.is_empty() {
