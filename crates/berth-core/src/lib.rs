@@ -14,6 +14,7 @@
 //! through `berth-runtime`, and the outside world only through `berth-capabilities`.
 
 pub mod audit;
+pub mod credentials;
 pub mod degrade;
 pub mod delivery;
 pub mod events;

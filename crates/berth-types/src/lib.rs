@@ -16,6 +16,7 @@ pub mod access;
 pub mod backoff;
 pub mod clock;
 pub mod connector;
+pub mod credentials;
 pub mod digest;
 pub mod http;
 pub mod retry;

@@ -1,0 +1,486 @@
+//! Each shop's platform credentials, renewed by berth before they expire.
+//!
+//! The rules a refresh must keep, since many platforms hand out a new refresh token on
+//! each refresh and kill the old one (Shopee, Lazada, Kuaishou): a refresh token used
+//! twice, or a new one lost, means the merchant has to authorize the app again.
+//!
+//! - **Single flight per shop.** Callers that find the access token ending wait for the
+//!   one refresh in progress and take its result; they never start a second.
+//! - **Durable before use.** The new credentials are on disk before any caller gets them.
+//! - **A lost answer is not a loop.** Before the platform is asked, the book notes on disk
+//!   that a refresh is under way. If berth dies before the answer is stored, the next
+//!   refresh tries the refresh token it has; if the platform refuses it, the shop is
+//!   marked as needing the merchant to authorize again (with why), never retried forever.
+//! - **The previous credentials stay** until the new ones have worked once
+//!   ([`CredentialBook::worked`]): a platform that takes a moment to honour a new token,
+//!   or one whose new access token is refused, still has the old one to fall back on.
+//!
+//! What a shop's credential state is (expiry times, the last refresh, failures) is public
+//! ([`CredentialState`]); the tokens never leave through it. How a refresh is done is the
+//! connector's ([`Refresher`]).
+
+use berth_storage::store::{Keyspace, WriteCtx};
+use berth_storage::{Store, StoreError};
+use berth_types::credentials::{Credentials, RefreshError};
+use berth_types::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// Who renews a shop's credentials (the shop's connector).
+pub trait Refresher: Send + Sync {
+    fn refresh(&self, shop: &str, current: &Credentials) -> impl Future<Output = Result<Credentials, RefreshError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("shop `{0}` has no credentials in berth")]
+    Unknown(String),
+    /// Only the merchant can bring the shop back: authorize the app again.
+    #[error("shop `{shop}` needs the merchant to authorize the app again: {why}")]
+    Reauthorize { shop: String, why: String },
+    /// The refresh failed in a way that may pass; the current credentials stay.
+    #[error("refreshing the credentials of shop `{shop}` failed ({why}); the current ones stay")]
+    Transient { shop: String, why: String },
+    #[error("credential storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("stored credentials of shop `{shop}` cannot be read: {why}")]
+    Corrupt { shop: String, why: String },
+}
+
+/// A shop's credential state as ops see it: when things end and how refreshing goes.
+/// Never a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialState {
+    /// Counts the credentials a shop has had: 1 for the first, one more per refresh.
+    pub generation: u64,
+    pub access_expires_ms: Option<i64>,
+    pub refresh_expires_ms: Option<i64>,
+    pub authorization_expires_ms: Option<i64>,
+    pub can_refresh: bool,
+    pub last_refresh_ms: Option<i64>,
+    /// Refreshes that failed since the last one that worked.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Set when only the merchant can bring the shop back, with why.
+    pub needs_authorization: Option<String>,
+    /// Whether the previous credentials are still kept (the current ones have not
+    /// worked yet).
+    pub previous_kept: bool,
+}
+
+/// Credentials as stored: tokens in the clear inside this record only (the store's
+/// at-rest encryption is the data dir's).
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredCredentials {
+    access_token: String,
+    refresh_token: Option<String>,
+    access_expires_ms: Option<i64>,
+    refresh_expires_ms: Option<i64>,
+    authorization_expires_ms: Option<i64>,
+}
+
+impl From<&Credentials> for StoredCredentials {
+    fn from(c: &Credentials) -> Self {
+        StoredCredentials {
+            access_token: c.access_token.expose().to_string(),
+            refresh_token: c.refresh_token.as_ref().map(|t| t.expose().to_string()),
+            access_expires_ms: c.access_expires_ms,
+            refresh_expires_ms: c.refresh_expires_ms,
+            authorization_expires_ms: c.authorization_expires_ms,
+        }
+    }
+}
+
+impl From<&StoredCredentials> for Credentials {
+    fn from(s: &StoredCredentials) -> Self {
+        Credentials {
+            access_token: Secret::new(s.access_token.clone()),
+            refresh_token: s.refresh_token.clone().map(Secret::new),
+            access_expires_ms: s.access_expires_ms,
+            refresh_expires_ms: s.refresh_expires_ms,
+            authorization_expires_ms: s.authorization_expires_ms,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Stored {
+    generation: u64,
+    current: StoredCredentials,
+    /// Kept until `current` has worked once.
+    previous: Option<StoredCredentials>,
+    /// When a refresh was started whose answer is not stored yet (`Some` after a crash
+    /// mid-refresh: the platform may have spent the refresh token).
+    refreshing_since_ms: Option<i64>,
+    last_refresh_ms: Option<i64>,
+    failures: u32,
+    last_error: Option<String>,
+    needs_authorization: Option<String>,
+}
+
+impl Stored {
+    fn state(&self) -> CredentialState {
+        CredentialState {
+            generation: self.generation,
+            access_expires_ms: self.current.access_expires_ms,
+            refresh_expires_ms: self.current.refresh_expires_ms,
+            authorization_expires_ms: self.current.authorization_expires_ms,
+            can_refresh: self.current.refresh_token.is_some(),
+            last_refresh_ms: self.last_refresh_ms,
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            needs_authorization: self.needs_authorization.clone(),
+            previous_kept: self.previous.is_some(),
+        }
+    }
+}
+
+/// Every shop's credentials, on disk, with one refresh at a time per shop.
+pub struct CredentialBook {
+    store: Store,
+    tree: Keyspace,
+    /// One lock per shop: held across a refresh, so a second caller waits for it.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn decode(shop: &str, bytes: &[u8]) -> Result<Stored, CredentialError> {
+    serde_json::from_slice(bytes).map_err(|e| CredentialError::Corrupt { shop: shop.to_string(), why: e.to_string() })
+}
+
+fn encode(s: &Stored) -> Vec<u8> {
+    serde_json::to_vec(s).expect("a credential record always serializes")
+}
+
+impl CredentialBook {
+    pub fn open(store: &Store) -> Result<CredentialBook, CredentialError> {
+        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, flights: Mutex::default() })
+    }
+
+    fn read(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
+        self.tree.get(shop.as_bytes())?.map(|b| decode(shop, &b)).transpose()
+    }
+
+    /// Write what `change` makes of the shop's record, durably, and hand back the result.
+    async fn update(&self, shop: &str, change: impl FnOnce(Option<Stored>) -> Stored + Send + 'static) -> Result<Stored, CredentialError> {
+        let (tree, key) = (self.tree.clone(), shop.to_string());
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&key, &b)).transpose()?;
+                let new = change(old);
+                ctx.insert(&tree, key.as_bytes(), encode(&new));
+                Ok::<_, CredentialError>(new)
+            })
+            .await
+    }
+
+    /// Give a shop credentials (from config, or from the merchant authorizing the app):
+    /// they replace whatever it had, clear a needed authorization, and count as a new
+    /// generation. Durable when this returns.
+    pub async fn set(&self, shop: &str, creds: &Credentials) -> Result<CredentialState, CredentialError> {
+        let current = StoredCredentials::from(creds);
+        let stored = self
+            .update(shop, move |old| Stored {
+                generation: old.as_ref().map_or(1, |o| o.generation + 1),
+                current,
+                previous: None,
+                refreshing_since_ms: None,
+                last_refresh_ms: None,
+                failures: 0,
+                last_error: None,
+                needs_authorization: None,
+            })
+            .await?;
+        Ok(stored.state())
+    }
+
+    /// The shop's current credentials and their generation.
+    pub fn current(&self, shop: &str) -> Result<(Credentials, u64), CredentialError> {
+        let s = self.read(shop)?.ok_or_else(|| CredentialError::Unknown(shop.to_string()))?;
+        Ok((Credentials::from(&s.current), s.generation))
+    }
+
+    /// The credentials before the current ones, while they are kept.
+    pub fn previous(&self, shop: &str) -> Result<Option<Credentials>, CredentialError> {
+        Ok(self.read(shop)?.and_then(|s| s.previous.as_ref().map(Credentials::from)))
+    }
+
+    pub fn state(&self, shop: &str) -> Result<Option<CredentialState>, CredentialError> {
+        Ok(self.read(shop)?.map(|s| s.state()))
+    }
+
+    /// Credentials whose access token lasts at least `margin_ms` more: the current ones,
+    /// or new ones from a refresh (one per shop at a time; callers arriving meanwhile
+    /// wait for it and take its result).
+    pub async fn fresh<R: Refresher>(&self, shop: &str, margin_ms: i64, refresher: &R) -> Result<(Credentials, u64), CredentialError> {
+        let (creds, generation) = self.current(shop)?;
+        if !creds.access_ends_within(berth_types::clock::now_ms(), margin_ms) {
+            return Ok((creds, generation));
+        }
+        self.refresh_unless(shop, refresher, |s| !Credentials::from(&s.current).access_ends_within(berth_types::clock::now_ms(), margin_ms))
+            .await
+    }
+
+    /// A call with the credentials of `generation` was refused as expired: refresh,
+    /// unless a refresh since has already replaced them (then take those).
+    pub async fn refused<R: Refresher>(&self, shop: &str, generation: u64, refresher: &R) -> Result<(Credentials, u64), CredentialError> {
+        self.refresh_unless(shop, refresher, move |s| s.generation != generation).await
+    }
+
+    /// The credentials of `generation` worked: the previous ones are no longer kept.
+    pub async fn worked(&self, shop: &str, generation: u64) -> Result<(), CredentialError> {
+        match self.read(shop)? {
+            Some(s) if s.generation == generation && s.previous.is_some() => {}
+            _ => return Ok(()),
+        }
+        self.update(shop, move |old| {
+            let mut s = old.expect("read above; records are never removed");
+            if s.generation == generation {
+                s.previous = None;
+            }
+            s
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Refresh under the shop's lock, unless `settled` says (after waiting for the lock)
+    /// that someone else's refresh already gave what is wanted.
+    async fn refresh_unless<R: Refresher>(
+        &self,
+        shop: &str,
+        refresher: &R,
+        settled: impl Fn(&Stored) -> bool,
+    ) -> Result<(Credentials, u64), CredentialError> {
+        let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.to_string()).or_default().clone();
+        let _held = flight.lock().await;
+        let s = self.read(shop)?.ok_or_else(|| CredentialError::Unknown(shop.to_string()))?;
+        if let Some(why) = &s.needs_authorization {
+            return Err(CredentialError::Reauthorize { shop: shop.to_string(), why: why.clone() });
+        }
+        if settled(&s) {
+            return Ok((Credentials::from(&s.current), s.generation));
+        }
+        if s.current.refresh_token.is_none() {
+            let why = "the access token ended and there is no refresh token".to_string();
+            self.update(shop, {
+                let why = why.clone();
+                move |old| Stored { needs_authorization: Some(why), ..old.expect("read above") }
+            })
+            .await?;
+            return Err(CredentialError::Reauthorize { shop: shop.to_string(), why });
+        }
+        // A refresh whose answer a crash lost may have spent the refresh token already.
+        let answer_lost = s.refreshing_since_ms.is_some();
+        let started = berth_types::clock::now_ms();
+        self.update(shop, move |old| Stored { refreshing_since_ms: Some(started), ..old.expect("read above") }).await?;
+        let current = Credentials::from(&s.current);
+        let answer = refresher.refresh(shop, &current).await;
+        let (why, gone) = match answer {
+            Ok(new) => {
+                let new = StoredCredentials::from(&new);
+                let stored = self
+                    .update(shop, move |old| {
+                        let old = old.expect("read above");
+                        Stored {
+                            generation: old.generation + 1,
+                            previous: Some(old.current),
+                            current: new,
+                            refreshing_since_ms: None,
+                            last_refresh_ms: Some(berth_types::clock::now_ms()),
+                            failures: 0,
+                            last_error: None,
+                            needs_authorization: None,
+                        }
+                    })
+                    .await?;
+                tracing::info!(shop, generation = stored.generation, "credentials refreshed");
+                return Ok((Credentials::from(&stored.current), stored.generation));
+            }
+            Err(RefreshError::Revoked(why)) => {
+                let why = if answer_lost {
+                    format!("{why} (a refresh berth started earlier ended with berth stopping before its answer was stored; the platform may have spent the refresh token then)")
+                } else {
+                    why
+                };
+                tracing::error!(shop, reason = %why, "the shop's authorization is gone; the merchant must authorize the app again");
+                (why.clone(), Some(why))
+            }
+            Err(RefreshError::Transient(why)) => {
+                tracing::warn!(shop, reason = %why, "refreshing credentials failed; the current ones stay");
+                (why, None)
+            }
+        };
+        let gone_too = gone.clone();
+        let last = why.clone();
+        self.update(shop, move |old| {
+            let old = old.expect("read above");
+            Stored {
+                // The platform answered: nothing of this attempt is lost.
+                refreshing_since_ms: None,
+                failures: old.failures + 1,
+                last_error: Some(last),
+                needs_authorization: gone_too.or(old.needs_authorization.clone()),
+                ..old
+            }
+        })
+        .await?;
+        Err(match gone {
+            Some(why) => CredentialError::Reauthorize { shop: shop.to_string(), why },
+            None => CredentialError::Transient { shop: shop.to_string(), why },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(dir, berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap()
+    }
+
+    fn creds(access: &str, refresh: &str, access_in_ms: i64) -> Credentials {
+        Credentials {
+            access_token: Secret::new(access),
+            refresh_token: Some(Secret::new(refresh)),
+            access_expires_ms: Some(berth_types::clock::now_ms() + access_in_ms),
+            refresh_expires_ms: None,
+            authorization_expires_ms: None,
+        }
+    }
+
+    /// A platform's token endpoint in miniature: each refresh token works once and is
+    /// replaced by a new one (as Shopee and Lazada do).
+    struct Rotating {
+        calls: AtomicU32,
+        live: Mutex<String>,
+        gate: tokio::sync::Notify,
+        hold: bool,
+    }
+
+    impl Rotating {
+        fn new(first_refresh: &str, hold: bool) -> Rotating {
+            Rotating { calls: AtomicU32::new(0), live: Mutex::new(first_refresh.into()), gate: tokio::sync::Notify::new(), hold }
+        }
+    }
+
+    impl Refresher for Rotating {
+        async fn refresh(&self, _shop: &str, current: &Credentials) -> Result<Credentials, RefreshError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.hold {
+                self.gate.notified().await;
+            }
+            let mut live = self.live.lock().unwrap();
+            if current.refresh_token.as_ref().map(Secret::expose) != Some(live.as_str()) {
+                return Err(RefreshError::Revoked("refresh token invalid".into()));
+            }
+            *live = format!("refresh-{n}");
+            Ok(creds(&format!("access-{n}"), &live, 3_600_000))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_callers_at_expiry_make_one_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = Arc::new(CredentialBook::open(&store(dir.path())).unwrap());
+        book.set("acme", &creds("access-0", "refresh-0", 1_000)).await.unwrap();
+        let platform = Arc::new(Rotating::new("refresh-0", true));
+        let mut callers = Vec::new();
+        for _ in 0..50 {
+            let (book, platform) = (book.clone(), platform.clone());
+            callers.push(tokio::spawn(async move { book.fresh("acme", 60_000, &*platform).await.map(|(c, g)| (c.access_token.expose().to_string(), g)) }));
+        }
+        // Wait until the one refresh is at the platform, then let it answer.
+        while platform.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        platform.gate.notify_one();
+        for c in callers {
+            assert_eq!(c.await.unwrap().unwrap(), ("access-1".to_string(), 2));
+        }
+        assert_eq!(platform.calls.load(Ordering::SeqCst), 1, "one refresh for fifty callers");
+        let st = book.state("acme").unwrap().unwrap();
+        assert_eq!((st.generation, st.failures, st.previous_kept), (2, 0, true));
+        // Still fresh: no second refresh.
+        assert_eq!(book.fresh("acme", 60_000, &*platform).await.unwrap().1, 2);
+        assert_eq!(platform.calls.load(Ordering::SeqCst), 1);
+        book.worked("acme", 2).await.unwrap();
+        assert!(!book.state("acme").unwrap().unwrap().previous_kept, "the old ones go once the new ones worked");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_refreshes_once_and_late_refusals_take_the_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CredentialBook::open(&store(dir.path())).unwrap();
+        book.set("acme", &creds("access-0", "refresh-0", 3_600_000)).await.unwrap();
+        let platform = Rotating::new("refresh-0", false);
+        let (_, g) = book.current("acme").unwrap();
+        assert_eq!(book.refused("acme", g, &platform).await.unwrap().1, g + 1);
+        // Another call made with the old generation was refused too: it gets the new
+        // credentials without a second refresh.
+        assert_eq!(book.refused("acme", g, &platform).await.unwrap().1, g + 1);
+        assert_eq!(platform.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stored_before_use_and_a_lost_answer_ends_in_reauthorization_not_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Rotating::new("refresh-0", false);
+        {
+            let book = CredentialBook::open(&store(dir.path())).unwrap();
+            book.set("acme", &creds("access-0", "refresh-0", 0)).await.unwrap();
+            let (c, _) = book.fresh("acme", 60_000, &platform).await.unwrap();
+            assert_eq!(c.access_token.expose(), "access-1");
+        }
+        // What a caller got is what a restart finds.
+        let db = store(dir.path());
+        let book = CredentialBook::open(&db).unwrap();
+        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-1");
+        // Now a crash between the platform's answer and storing it: the platform rotated
+        // to refresh-2, berth kept only its note that a refresh was under way.
+        book.update("acme", |old| Stored { refreshing_since_ms: Some(1), ..old.unwrap() }).await.unwrap();
+        *platform.live.lock().unwrap() = "refresh-2".into();
+        book.update("acme", |old| {
+            let mut s = old.unwrap();
+            s.current.access_expires_ms = Some(0);
+            s
+        })
+        .await
+        .unwrap();
+        let err = book.fresh("acme", 60_000, &platform).await.unwrap_err();
+        let CredentialError::Reauthorize { why, .. } = &err else { panic!("{err:?}") };
+        assert!(why.contains("before its answer was stored"), "{why}");
+        let st = book.state("acme").unwrap().unwrap();
+        assert!(st.needs_authorization.is_some() && st.failures == 1, "{st:?}");
+        // And it stays so: no further calls to the platform until the merchant authorizes.
+        let calls = platform.calls.load(Ordering::SeqCst);
+        assert!(matches!(book.fresh("acme", 60_000, &platform).await, Err(CredentialError::Reauthorize { .. })));
+        assert_eq!(platform.calls.load(Ordering::SeqCst), calls, "no retry loop against a spent token");
+        // The merchant authorized again: new credentials, the shop works.
+        book.set("acme", &creds("access-new", "refresh-2", 3_600_000)).await.unwrap();
+        assert_eq!(book.fresh("acme", 60_000, &platform).await.unwrap().0.access_token.expose(), "access-new");
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_keeps_the_current_ones_and_counts() {
+        struct Down;
+        impl Refresher for Down {
+            async fn refresh(&self, _: &str, _: &Credentials) -> Result<Credentials, RefreshError> {
+                Err(RefreshError::Transient("503".into()))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let book = CredentialBook::open(&store(dir.path())).unwrap();
+        book.set("acme", &creds("access-0", "refresh-0", 0)).await.unwrap();
+        assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
+        assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
+        let st = book.state("acme").unwrap().unwrap();
+        assert_eq!((st.generation, st.failures, st.needs_authorization.clone()), (1, 2, None));
+        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-0");
+        let shown = serde_json::to_string(&st).unwrap();
+        assert!(!shown.contains("access-0") && !shown.contains("refresh-0"), "no token in the state: {shown}");
+    }
+}
