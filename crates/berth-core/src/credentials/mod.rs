@@ -16,8 +16,10 @@
 //!   or one whose new access token is refused, still has the old one to fall back on.
 //!
 //! What a shop's credential state is (expiry times, the last refresh, failures) is public
-//! ([`CredentialState`]); the tokens never leave through it. How a refresh is done is the
-//! connector's ([`Refresher`]).
+//! ([`CredentialState`]); the tokens never leave through it, and on disk every record is
+//! sealed ([`seal`]). How a refresh is done is the connector's ([`Refresher`]).
+
+pub mod seal;
 
 use berth_storage::store::{Keyspace, WriteCtx};
 use berth_storage::{Store, StoreError};
@@ -47,6 +49,8 @@ pub enum CredentialError {
     Storage(#[from] StoreError),
     #[error("stored credentials of shop `{shop}` cannot be read: {why}")]
     Corrupt { shop: String, why: String },
+    #[error("stored credentials of shop `{shop}`: {source}")]
+    Sealed { shop: String, source: seal::SealError },
 }
 
 /// A shop's credential state as ops see it: when things end and how refreshing goes.
@@ -70,8 +74,7 @@ pub struct CredentialState {
     pub previous_kept: bool,
 }
 
-/// Credentials as stored: tokens in the clear inside this record only (the store's
-/// at-rest encryption is the data dir's).
+/// Credentials as stored, inside a record that is sealed as a whole.
 #[derive(Clone, Serialize, Deserialize)]
 struct StoredCredentials {
     access_token: String,
@@ -141,35 +144,59 @@ impl Stored {
 pub struct CredentialBook {
     store: Store,
     tree: Keyspace,
+    sealer: Arc<seal::Sealer>,
     /// One lock per shop: held across a refresh, so a second caller waits for it.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn decode(shop: &str, bytes: &[u8]) -> Result<Stored, CredentialError> {
-    serde_json::from_slice(bytes).map_err(|e| CredentialError::Corrupt { shop: shop.to_string(), why: e.to_string() })
+/// Open a stored record: whether it was sealed with a previous key too.
+fn decode(sealer: &seal::Sealer, shop: &str, bytes: &[u8]) -> Result<(Stored, bool), CredentialError> {
+    let opened = sealer.open(shop.as_bytes(), bytes).map_err(|source| CredentialError::Sealed { shop: shop.to_string(), source })?;
+    let stored = serde_json::from_slice(&opened.plain).map_err(|e| CredentialError::Corrupt { shop: shop.to_string(), why: e.to_string() })?;
+    Ok((stored, opened.stale))
 }
 
-fn encode(s: &Stored) -> Vec<u8> {
-    serde_json::to_vec(s).expect("a credential record always serializes")
+fn encode(sealer: &seal::Sealer, shop: &str, s: &Stored) -> Vec<u8> {
+    sealer.seal(shop.as_bytes(), &serde_json::to_vec(s).expect("a credential record always serializes"))
 }
 
 impl CredentialBook {
-    pub fn open(store: &Store) -> Result<CredentialBook, CredentialError> {
-        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, flights: Mutex::default() })
+    /// Open the book; `sealer` seals what it writes and opens what it reads.
+    pub fn open(store: &Store, sealer: Arc<seal::Sealer>) -> Result<CredentialBook, CredentialError> {
+        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, sealer, flights: Mutex::default() })
     }
 
     fn read(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
-        self.tree.get(shop.as_bytes())?.map(|b| decode(shop, &b)).transpose()
+        self.tree.get(shop.as_bytes())?.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()
+    }
+
+    /// Seal every record still sealed with a previous key with the current one; how many
+    /// were. Once it has run, the previous keys can leave the config.
+    pub async fn reseal(&self) -> Result<usize, CredentialError> {
+        let mut stale = Vec::new();
+        for entry in self.tree.iter() {
+            let (key, value) = entry?;
+            let shop = String::from_utf8_lossy(&key).into_owned();
+            if decode(&self.sealer, &shop, &value)?.1 {
+                stale.push(shop);
+            }
+        }
+        for shop in &stale {
+            let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.clone()).or_default().clone();
+            let _held = flight.lock().await;
+            self.update(shop, |old| old.expect("listed above; records are never removed")).await?;
+        }
+        Ok(stale.len())
     }
 
     /// Write what `change` makes of the shop's record, durably, and hand back the result.
     async fn update(&self, shop: &str, change: impl FnOnce(Option<Stored>) -> Stored + Send + 'static) -> Result<Stored, CredentialError> {
-        let (tree, key) = (self.tree.clone(), shop.to_string());
+        let (tree, key, sealer) = (self.tree.clone(), shop.to_string(), self.sealer.clone());
         self.store
             .write(move |ctx: &mut WriteCtx<'_>| {
-                let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&key, &b)).transpose()?;
+                let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&sealer, &key, &b).map(|(s, _)| s)).transpose()?;
                 let new = change(old);
-                ctx.insert(&tree, key.as_bytes(), encode(&new));
+                ctx.insert(&tree, key.as_bytes(), encode(&sealer, &key, &new));
                 Ok::<_, CredentialError>(new)
             })
             .await
@@ -338,6 +365,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    fn sealer() -> Arc<seal::Sealer> {
+        Arc::new(seal::Sealer::new(&[5u8; 32], &[]))
+    }
+
     fn store(dir: &std::path::Path) -> Store {
         Store::open(dir, berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap()
     }
@@ -385,7 +416,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fifty_callers_at_expiry_make_one_refresh() {
         let dir = tempfile::tempdir().unwrap();
-        let book = Arc::new(CredentialBook::open(&store(dir.path())).unwrap());
+        let book = Arc::new(CredentialBook::open(&store(dir.path()), sealer()).unwrap());
         book.set("acme", &creds("access-0", "refresh-0", 1_000)).await.unwrap();
         let platform = Arc::new(Rotating::new("refresh-0", true));
         let mut callers = Vec::new();
@@ -414,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_refreshes_once_and_late_refusals_take_the_new_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let book = CredentialBook::open(&store(dir.path())).unwrap();
+        let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
         book.set("acme", &creds("access-0", "refresh-0", 3_600_000)).await.unwrap();
         let platform = Rotating::new("refresh-0", false);
         let (_, g) = book.current("acme").unwrap();
@@ -430,14 +461,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let platform = Rotating::new("refresh-0", false);
         {
-            let book = CredentialBook::open(&store(dir.path())).unwrap();
+            let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
             book.set("acme", &creds("access-0", "refresh-0", 0)).await.unwrap();
             let (c, _) = book.fresh("acme", 60_000, &platform).await.unwrap();
             assert_eq!(c.access_token.expose(), "access-1");
         }
         // What a caller got is what a restart finds.
         let db = store(dir.path());
-        let book = CredentialBook::open(&db).unwrap();
+        let book = CredentialBook::open(&db, sealer()).unwrap();
         assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-1");
         // Now a crash between the platform's answer and storing it: the platform rotated
         // to refresh-2, berth kept only its note that a refresh was under way.
@@ -473,7 +504,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let book = CredentialBook::open(&store(dir.path())).unwrap();
+        let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
         book.set("acme", &creds("access-0", "refresh-0", 0)).await.unwrap();
         assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
         assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
@@ -482,5 +513,55 @@ mod tests {
         assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-0");
         let shown = serde_json::to_string(&st).unwrap();
         assert!(!shown.contains("access-0") && !shown.contains("refresh-0"), "no token in the state: {shown}");
+    }
+
+    #[tokio::test]
+    async fn a_copied_data_dir_reveals_no_token_and_keys_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let secret = "access-TOKEN-3f9c2a";
+        {
+            let db = store(dir.path());
+            let book = CredentialBook::open(&db, Arc::new(seal::Sealer::new(&old, &[]))).unwrap();
+            book.set("acme", &creds(secret, "refresh-TOKEN-77ab", 3_600_000)).await.unwrap();
+            book.set("globex", &creds("access-globex", "refresh-globex", 3_600_000)).await.unwrap();
+            // A control: the same kind of value stored unsealed is found by the scan below.
+            let plain = db.keyspace("control").unwrap();
+            db.write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&plain, b"k", b"control-PLAIN-marker");
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+            db.barrier().await.unwrap();
+        }
+        let mut files = vec![dir.path().to_path_buf()];
+        let mut control_seen = false;
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                control_seen |= bytes.windows(20).any(|w| w == b"control-PLAIN-marker");
+                for token in [secret.as_bytes(), b"refresh-TOKEN-77ab"] {
+                    assert!(!bytes.windows(token.len()).any(|w| w == token), "{} holds a token in the clear", p.display());
+                }
+            }
+        }
+        assert!(control_seen, "the scan finds a value stored in the clear (else it could not find a token either)");
+        // Without the key the data dir is useless; the error names the missing key.
+        let db = store(dir.path());
+        let stranger = CredentialBook::open(&db, Arc::new(seal::Sealer::new(&new, &[]))).unwrap();
+        let err = stranger.current("acme").unwrap_err();
+        assert!(matches!(&err, CredentialError::Sealed { source: seal::SealError::UnknownKey { .. }, .. }), "{err}");
+        // Rotation: new key current, old key previous; everything still opens, reseal
+        // moves both records, then the old key can go.
+        let rotated = CredentialBook::open(&db, Arc::new(seal::Sealer::new(&new, &[old]))).unwrap();
+        assert_eq!(rotated.current("acme").unwrap().0.access_token.expose(), secret);
+        assert_eq!(rotated.reseal().await.unwrap(), 2);
+        assert_eq!(rotated.reseal().await.unwrap(), 0, "nothing left on the old key");
+        let new_only = CredentialBook::open(&db, Arc::new(seal::Sealer::new(&new, &[]))).unwrap();
+        assert_eq!(new_only.current("acme").unwrap().0.access_token.expose(), secret);
+        assert_eq!(new_only.current("globex").unwrap().0.access_token.expose(), "access-globex");
     }
 }
