@@ -96,24 +96,26 @@ fn a_connector_that_breaks_fails_with_the_check_and_the_reason() {
 
 #[test]
 fn inspect_prints_manifest_world_imports_and_digest() {
-    for (component, platform, language_import) in [
-        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp"),
-        (plugins::WOO_JS, "woocommerce", "wasi:random/random"),
-        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens"),
-        (plugins::SHOPIFY, "shopify", "berth:connector/http@0.2.0"),
+    for (component, platform, language_import, world) in [
+        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.2.0"),
+        (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0"),
+        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0"),
+        (plugins::SHOPIFY, "shopify", "berth:connector/http@0.3.0", "0.3.0"),
     ] {
         let (code, out, err) = run_berth(&["plugin", "inspect", component], DEADLINE);
         assert_eq!(code, Some(0), "{out}\n{err}");
         let digest = hex::encode(Sha256::digest(std::fs::read(component).unwrap()));
         assert!(out.contains(&format!("digest     sha256:{digest}")), "{out}");
-        assert!(out.contains("WIT world  berth:connector@0.2.0"), "{out}");
+        assert!(out.contains(&format!("WIT world  berth:connector@{world}")), "{out}");
         assert!(out.contains(&format!("  platform          {platform}\n")), "{out}");
-        assert!(out.contains("  wit-version       0.2.0"), "{out}");
-        assert!(out.contains("berth:connector/crypto@0.2.0"), "{out}");
+        assert!(out.contains(&format!("  wit-version       {world}")), "{out}");
+        assert!(out.contains(&format!("berth:connector/crypto@{world}")), "{out}");
         assert!(out.contains(language_import), "{component}: {out}");
         for export in ["manifest", "check", "pull-orders", "push-inventory", "handle-webhook"] {
             assert!(out.lines().any(|l| l.trim() == export), "{export} missing: {out}");
         }
+        let credentials = ["authorization", "refresh-credentials", "consent-url", "exchange-code"];
+        assert_eq!(credentials.iter().all(|e| out.lines().any(|l| l.trim() == *e)), world == "0.3.0", "0.3.0's exports: {out}");
     }
     // The 0.1 build of the Shopify connector says which world it imports.
     let (code, out, _) = run_berth(&["plugin", "inspect", plugins::SHOPIFY_WIT_0_1], DEADLINE);

@@ -1,7 +1,9 @@
-//! Versioned WIT: the host serves berth:connector 0.2.0 and still 0.1.0. A Shopify
+//! Versioned WIT: the host serves berth:connector 0.3.0, 0.2.0 and 0.1.0. A Shopify
 //! connector built against 0.1.0 (a fixture from the same source, SDK feature `wit-0-1`)
-//! runs beside the 0.2.0 Taobao connector in one host — orders in, stock out — and a
-//! deploy swaps it for its 0.2.0 build and back under the same shops.
+//! runs beside the 0.3.0 Taobao connector in one host — orders in, stock out — and a
+//! deploy swaps it for its 0.3.0 build and back under the same shops. The exports new in
+//! 0.3.0 (credentials, OAuth) are called in a 0.3.0 component and refused, naming the
+//! world, for a 0.2.0 (C) and a 0.1.0 one.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
 use berth_tests::{get_json_as, poll_until, Berth};
@@ -40,7 +42,7 @@ async fn stock_lands(berth: &Berth, sim: &berth_sim::SimHandle, platform: Platfo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
+async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
     let mut cfg = SimConfig { seed: 41, history_hours: 6, ..SimConfig::default() };
     cfg.shopify.shops = vec![ShopifyShop { name: "acme".into(), access_token: "tok".into(), orders: 25 }];
     cfg.shopify.bucket_size = 1000;
@@ -65,7 +67,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     );
     let berth = Berth::start(&config);
     let connectors = get_json_as(ERP, berth.url("/v1/connectors")).await;
-    assert_eq!((wit_of(&connectors, "shopify").as_str(), wit_of(&connectors, "taobao").as_str()), ("0.1.0", "0.2.0"), "{connectors}");
+    assert_eq!((wit_of(&connectors, "shopify").as_str(), wit_of(&connectors, "taobao").as_str()), ("0.1.0", "0.3.0"), "{connectors}");
 
     // Both worlds do their whole job side by side.
     poll_until(DEADLINE, || async { (entries(&berth).await >= 50).then_some(()) })
@@ -74,7 +76,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 11).await;
     stock_lands(&berth, &sim, Platform::Taobao, "tb", 12).await;
 
-    // Swap the 0.1.0 build for the 0.2.0 one and back, under the same shops.
+    // Swap the 0.1.0 build for the 0.3.0 one and back, under the same shops.
     let client = reqwest::Client::new();
     let upgrade = client
         .post(berth.url("/v1/admin/connectors/shopify/versions"))
@@ -86,9 +88,9 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     let status = upgrade.status().as_u16();
     let body: Value = upgrade.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["version"]["wit_version"], "0.2.0", "{body}");
+    assert_eq!(body["version"]["wit_version"], "0.3.0", "{body}");
     assert_eq!(body["version"]["capabilities"], serde_json::json!(["orders", "inventory", "webhooks"]), "{body}");
-    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.2.0");
+    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.3.0");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 51).then_some(()) }).await.expect("order after the upgrade");
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 21).await;
@@ -101,4 +103,43 @@ async fn a_connector_built_for_0_1_runs_beside_0_2_and_swaps_across_versions() {
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 31).await;
     let shops = get_json_as(ERP, berth.url("/v1/shops")).await;
     assert!(shops.as_array().unwrap().iter().all(|s| s["errors"] == 0), "{shops}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_exports_are_called_in_0_3_and_refused_by_name_before() {
+    use berth_runtime::credential_calls::AuthSupport;
+    use berth_runtime::CallError;
+    use berth_types::credentials::{Credentials, RefreshError};
+    let host = berth_kit::ScratchHost::new().unwrap();
+    let load = |name: &'static str, path: &'static str| {
+        let runtime = host.runtime.clone();
+        let options = host.options(&[]);
+        async move { runtime.load(name, std::path::Path::new(path), &options).await.unwrap_or_else(|e| panic!("{name}: {e}")) }
+    };
+    let cfg = std::sync::Arc::new(berth_types::shop::ShopConfig {
+        connector: "any".into(),
+        tier: berth_types::shop::Tier::B,
+        poll_interval_secs: None,
+        settings: Default::default(),
+        secrets: Default::default(),
+    });
+    let creds = Credentials::lasting(berth_types::Secret::new("access-1"));
+
+    // 0.3.0: the calls reach the guest (the SDK's defaults answer for a connector with
+    // static credentials, as Taobao's is today).
+    let taobao = load("taobao", plugins::TAOBAO).await;
+    assert_eq!(taobao.auth_support().await.unwrap(), AuthSupport::NONE);
+    let refreshed = taobao.refresh_credentials("tb", cfg.clone(), &creds).await.unwrap();
+    assert_eq!(refreshed, Err(RefreshError::Revoked("this connector does not refresh credentials".into())));
+    let consent = taobao.consent_url("tb", cfg.clone(), "state-1", "https://berth.example/cb").await.unwrap();
+    assert!(matches!(consent, Err(berth_types::connector::ConnectorError::Permanent(ref why)) if why.contains("OAuth")), "{consent:?}");
+
+    // 0.2.0 and 0.1.0: no such exports; nothing is called, the error names the world.
+    for (name, path, world) in [("woo-c", plugins::WOO_C, "0.2.0"), ("shopify", plugins::SHOPIFY_WIT_0_1, "0.1.0")] {
+        let old = load(name, path).await;
+        assert_eq!(old.auth_support().await.unwrap(), AuthSupport::NONE, "{name}");
+        let err = old.refresh_credentials("s", cfg.clone(), &creds).await.unwrap_err();
+        assert!(matches!(&err, CallError::NotExported { call: "refresh-credentials", wit_version } if wit_version == world), "{name}: {err:?}");
+        assert!(err.to_string().contains(&format!("built for berth:connector {world}")), "{err}");
+    }
 }

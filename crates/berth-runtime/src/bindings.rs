@@ -1,8 +1,9 @@
-//! Host bindings for the `berth:connector` worlds. The current world (0.2.0) is
-//! generated at the top level and used for every call; `v0_1` holds the 0.1.0 world, whose
-//! imports the host still provides (see `compat_v0_1.rs`) so components built for it keep
-//! loading. Exports and `types` did not change between them, and component values are
-//! checked by structure, so one set of export bindings calls both.
+//! Host bindings for the `berth:connector` worlds. The 0.2.0 world is generated at the
+//! top level and calls the exports every world has (manifest, check, pull, push,
+//! webhook) for components of every version: those exports and their types did not
+//! change, and component values are checked by structure. `v0_1` and `v0_3` hold the other
+//! worlds, whose imports the host provides too (`compat_v0_1.rs`, `compat_v0_3.rs`); the
+//! exports new in 0.3.0 (credentials and OAuth) are called through `v0_3`.
 
 wasmtime::component::bindgen!({
     world: "connector",
@@ -20,6 +21,17 @@ pub mod v0_1 {
     wasmtime::component::bindgen!({
         world: "connector",
         path: "../../wit/0.1.0",
+        imports: {
+            "berth:connector/http.send": async,
+        },
+        exports: { default: async },
+    });
+}
+
+pub mod v0_3 {
+    wasmtime::component::bindgen!({
+        world: "connector",
+        path: "../../wit/0.3.0",
         imports: {
             "berth:connector/http.send": async,
         },

@@ -6,7 +6,10 @@ pub mod allowlist;
 pub mod bindings;
 pub mod breaker;
 pub mod call_stats;
+mod compat;
 mod compat_v0_1;
+mod compat_v0_3;
+pub mod credential_calls;
 pub mod compile_cache;
 pub mod config;
 pub mod convert;
@@ -42,9 +45,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Store;
 
 /// The newest WIT version this host serves.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 /// Every version it serves: components built for any of them load.
-pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+pub const WIT_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -86,6 +89,8 @@ pub enum CallError {
     HeldBack { call: &'static str, wait: Duration },
     #[error("{call} not run: this connector version is isolated by its circuit breaker ({reason}); a trial call in {} s", retry_in.as_secs().max(1))]
     Isolated { call: &'static str, retry_in: Duration, reason: String },
+    #[error("{call} not run: this connector version was built for berth:connector {wit_version}, which has no {call} export (new in 0.3.0); rebuild it with a newer SDK")]
+    NotExported { call: &'static str, wit_version: String },
 }
 
 impl CallError {
@@ -102,7 +107,13 @@ impl CallError {
                 | CallError::OutputTooLarge { .. }
                 | CallError::BadOutput { .. },
             ) => Some(true),
-            Some(CallError::Busy { .. } | CallError::NoInstance { .. } | CallError::Instantiate(_) | CallError::Isolated { .. }) => None,
+            Some(
+                CallError::Busy { .. }
+                | CallError::NoInstance { .. }
+                | CallError::Instantiate(_)
+                | CallError::Isolated { .. }
+                | CallError::NotExported { .. },
+            ) => None,
             // It ran; the host's own limiter stopped it.
             Some(CallError::HeldBack { .. }) => Some(false),
         }
@@ -173,6 +184,10 @@ pub struct LoadedConnector {
     /// The manifest's platform, shared by every call's context.
     platform: Arc<str>,
     pre: ConnectorPre<HostState>,
+    /// The exports new in 0.3.0 (credentials, OAuth), for a component built for it.
+    pre_v0_3: Option<bindings::v0_3::ConnectorPre<HostState>>,
+    /// The berth:connector version the component imports.
+    wit_version: Option<String>,
     allow: Arc<HostAllowlist>,
     runtime: Arc<ConnectorRuntime>,
     /// How this version's calls ended lately (canary checks read it).
@@ -201,6 +216,8 @@ impl ConnectorRuntime {
         Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         bindings::v0_1::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        bindings::v0_3::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| LoadError::Engine(format!("cannot create cache dir {}: {e}", cache_dir.display())))?;
@@ -319,6 +336,10 @@ impl ConnectorRuntime {
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
         self.pool.register(name, options.limits.reserved_instances, options.limits.max_concurrent_calls);
+        let pre_v0_3 = match linked_wit.as_deref() {
+            Some("0.3.0") => Some(bindings::v0_3::ConnectorPre::new(instance_pre.clone()).map_err(wrong)?),
+            _ => None,
+        };
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
         let mut loaded = LoadedConnector {
             name: name.into(),
@@ -327,6 +348,8 @@ impl ConnectorRuntime {
             version: "unknown".into(),
             platform: "".into(),
             pre,
+            pre_v0_3,
+            wit_version: linked_wit.clone(),
             allow: Arc::new(HostAllowlist::default()),
             runtime: self.clone(),
             calls: Default::default(),
@@ -487,6 +510,8 @@ impl CallError {
             CallError::Instantiate(_) => ErrorKind::Trap,
             // Callers wait an isolation out (`CallError::isolated_for`) before asking.
             CallError::Isolated { .. } => ErrorKind::Trap,
+            // Only a new build helps.
+            CallError::NotExported { .. } => ErrorKind::Permanent,
         }
     }
 }
@@ -503,6 +528,7 @@ pub fn call_error_outcome(e: &CallError) -> &'static str {
         CallError::BadOutput { .. } => "bad_output",
         CallError::Instantiate(_) => "instantiate",
         CallError::Isolated { .. } => "isolated",
+        CallError::NotExported { .. } => "not_exported",
     }
 }
 
@@ -656,9 +682,20 @@ impl LoadedConnector {
         }
     }
 
-    /// A fresh instance under this connector's limits, once it is this call's turn and
-    /// the pool has a slot for it (a webhook call does not wait for either).
+    /// A fresh instance of the exports every world has, in a store from [`Self::store_for`].
     async fn instance(&self, call: &'static str, shop: Option<(String, Arc<ShopConfig>)>) -> Result<(Running, Connector), CallError> {
+        let mut running = self.store_for(call, shop).await?;
+        let instance = self
+            .pre
+            .instantiate_async(&mut running)
+            .await
+            .map_err(|e| CallError::Instantiate(format!("{e}")))?;
+        Ok((running, instance))
+    }
+
+    /// A store for one call under this connector's limits, once it is the call's turn
+    /// and the pool has a slot for it (a webhook call does not wait for either).
+    async fn store_for(&self, call: &'static str, shop: Option<(String, Arc<ShopConfig>)>) -> Result<Running, CallError> {
         let rt = &self.runtime;
         let l = &self.limits;
         let webhook = call == WEBHOOK_CALL;
@@ -709,13 +746,7 @@ impl LoadedConnector {
         if rt.defaults.meter_fuel {
             store.set_fuel(l.fuel_per_call).map_err(|e| CallError::Instantiate(format!("{e}")))?;
         }
-        let mut running = Running { store, _slot: slot };
-        let instance = self
-            .pre
-            .instantiate_async(&mut running)
-            .await
-            .map_err(|e| CallError::Instantiate(format!("{e}")))?;
-        Ok((running, instance))
+        Ok(Running { store, _slot: slot })
     }
 
     /// Await a call under the deadline; traps and timeouts become [`CallError`]s. The
@@ -979,7 +1010,7 @@ mod tests {
         let err = check_manifest(&manifest("0.1.0"), Some("0.2.0")).unwrap_err();
         assert!(err.contains("imports the 0.2.0 world"), "{err}");
         let err = check_manifest(&manifest("0.9.0"), None).unwrap_err();
-        assert!(err.contains("not one this host serves (0.1.0, 0.2.0)"), "{err}");
+        assert!(err.contains("not one this host serves (0.1.0, 0.2.0, 0.3.0)"), "{err}");
         let hosts = Manifest { allowed_hosts: vec!["h".repeat(300)], ..manifest("0.2.0") };
         let err = check_manifest(&hosts, None).unwrap_err();
         assert!(err.contains("at most 253 characters") && err.len() < 200, "named, bounded: {err}");
