@@ -17,11 +17,12 @@ pub mod faults;
 pub mod inventory;
 pub mod profiles;
 pub mod shopee;
+pub mod shopee_auth;
 pub mod shopify;
 pub mod taobao;
 pub mod woo;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,6 +69,9 @@ pub struct ShopeeConfig {
     /// window has passed again.
     pub calls_per_window: u32,
     pub window_ms: u64,
+    /// Expiring access tokens and rotating refresh tokens (see shopee_auth.rs); without
+    /// it a shop's configured access token never expires.
+    pub tokens: Option<shopee_auth::ShopeeTokens>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,6 +208,7 @@ impl Default for ShopeeConfig {
             shops: vec![ShopeeShop { shop_id: 14701711, partner_id: 2001887, access_token: "demo-shopee-token".into(), orders: 150 }],
             calls_per_window: 10,
             window_ms: 1000,
+            tokens: None,
         }
     }
 }
@@ -255,6 +260,12 @@ pub struct PlatformStats {
     /// (past [`ON_THE_WAY`] after the throttle: earlier ones may have been sent before
     /// the client had the answer).
     pub early_after_throttle: u64,
+    /// Shopee: token refreshes answered.
+    pub refreshes: u64,
+    /// Shopee: calls made with an access token past its expiry.
+    pub expired_token_calls: u64,
+    /// Shopee: refreshes tried with a refresh token an earlier refresh had spent.
+    pub spent_refresh_tokens: u64,
 }
 
 /// How long after a throttling answer a request may still arrive that the client sent
@@ -306,6 +317,8 @@ pub struct SimState {
     inner: Mutex<Inner>,
     /// Listeners serving this platform state (channel 0 is the one `start` opened).
     channels: Mutex<Vec<ChannelStats>>,
+    /// Shopee shops' tokens, with `[shopee.tokens]`.
+    shopee_tokens: Mutex<HashMap<u64, shopee_auth::ShopTokens>>,
 }
 
 /// One listener ("channel") of the simulator, as a platform's second gateway would be.
@@ -371,6 +384,14 @@ impl SimState {
                 stats: BTreeMap::new(),
                 next_id: id_base,
             }),
+            shopee_tokens: Mutex::new(
+                config
+                    .shopee
+                    .tokens
+                    .iter()
+                    .flat_map(|t| config.shopee.shops.iter().map(move |s| (s.shop_id, shopee_auth::ShopTokens::first(&s.access_token, s.shop_id, t, now_ms()))))
+                    .collect(),
+            ),
             config: Mutex::new(config),
             channels: Mutex::new(Vec::new()),
         })
@@ -590,6 +611,22 @@ fn status_count(platform: Platform) -> usize {
     }
 }
 
+/// `POST /_sim/shopee/{shop_id}/revoke`: the merchant revoked the app's authorization.
+async fn control_shopee_revoke(State(state): State<Arc<SimState>>, Path(shop_id): Path<u64>) -> StatusCode {
+    if state.revoke_shopee(shop_id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -684,7 +721,9 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
+        .route("/shopee/api/v2/auth/access_token/get", post(shopee::refresh_token))
         .route("/shopee/api/v2/{module}/{call}", get(shopee::api).post(shopee::api))
+        .route("/_sim/shopee/{shop_id}/revoke", post(control_shopee_revoke))
         .route("/woo/{site}/wp-json/wc/v3/orders", get(woo::orders))
         .route("/woo/{site}/wp-json/wc/v3/products", get(woo::products))
         .route("/woo/{site}/wp-json/wc/v3/products/batch", post(woo::products_batch))

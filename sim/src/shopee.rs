@@ -36,7 +36,7 @@ pub const STATUSES: &[(&str, &str)] = &[
 ];
 
 const MAX_WINDOW_S: i64 = 15 * 86_400;
-const TIMESTAMP_VALID_S: i64 = 300;
+pub(crate) const TIMESTAMP_VALID_S: i64 = 300;
 const MAX_DETAIL: usize = 50;
 
 pub fn normalized_status(order: &SimOrder) -> &'static str {
@@ -48,7 +48,7 @@ pub fn order_sn(o: &SimOrder) -> String {
     format!("SP{}", o.id)
 }
 
-fn hmac_hex(key: &str, data: &str) -> String {
+pub(crate) fn hmac_hex(key: &str, data: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(data.as_bytes());
     hex::encode(mac.finalize().into_bytes())
@@ -92,7 +92,8 @@ fn envelope(status: StatusCode, error: &str, message: &str, response: Value) -> 
 }
 
 /// Why a call was refused: (HTTP status, error code, message).
-struct Refusal(StatusCode, &'static str, String);
+#[derive(Debug)]
+pub(crate) struct Refusal(pub StatusCode, pub &'static str, pub String);
 
 fn param_error(message: impl Into<String>) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, "error_param", message.into())
@@ -128,9 +129,7 @@ fn authenticate(state: &SimState, api_path: &str, q: &HashMap<String, String>) -
     let Some(shop) = cfg.shopee.shops.iter().find(|s| s.shop_id == shop_id && s.partner_id == partner_id) else {
         return Err(Refusal(StatusCode::FORBIDDEN, "error_shop_id", "Invalid shop_id.".into()));
     };
-    if shop.access_token != get("access_token") {
-        return Err(Refusal(StatusCode::FORBIDDEN, "error_auth", "Invalid access_token.".into()));
-    }
+    crate::shopee_auth::check_access(state, shop_id, &shop.access_token, get("access_token"))?;
     if state.spend(Platform::Shopee, &format!("shopee:{shop_id}"), |left| left).is_err() {
         return Err(Refusal(StatusCode::TOO_MANY_REQUESTS, "error_too_many_request", "Too many requests, please slow down.".into()));
     }
@@ -180,6 +179,27 @@ pub async fn api(
             answer(&state, &api_path, query.as_deref(), |s, shop, _| update_stock(s, shop, &body)).await
         }
         _ => envelope(StatusCode::NOT_FOUND, "error_not_found", "Wrong api path.", Value::Null),
+    }
+}
+
+/// `POST /shopee/api/v2/auth/access_token/get`: a refresh (see shopee_auth.rs). The
+/// answer's fields are at the top level beside `error`, as Shopee's token calls answer.
+pub async fn refresh_token(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    if let Some(kind) = state.begin(Platform::Shopee) {
+        return fault_response(kind, Duration::from_millis(state.config().timeout_hold_ms)).await;
+    }
+    match crate::shopee_auth::refresh(&state, &query_map(query.as_deref()), &body) {
+        Ok(mut v) => {
+            state.count(Platform::Shopee, |s| s.ok += 1);
+            v["error"] = json!("");
+            v["message"] = json!("");
+            v["request_id"] = json!(format!("sim-{}", crate::now_ms()));
+            (StatusCode::OK, Json(v)).into_response()
+        }
+        Err(Refusal(status, code, message)) => {
+            state.count(Platform::Shopee, |s| s.rejected += 1);
+            envelope(status, code, &message, Value::Null)
+        }
     }
 }
 
