@@ -21,6 +21,14 @@ Push: ``Authorization`` = hex HMAC-SHA256(partner_key, callback_url + "|" + body
 callback URL is the shop setting ``webhook_url``. Order-status pushes (code 3) become
 ``order-changed``; the host then pulls the order.
 
+Credentials (berth:connector 0.3.0): Shopee access tokens live four hours and each
+refresh (``POST /api/v2/auth/access_token/get``, signed as a public call: partner_id +
+api_path + timestamp) returns a new access token *and a new refresh token*, the old one
+spent. ``refresh_credentials`` makes that call; berth decides when, one at a time per
+shop, and stores the answer before using it. An expired access token comes back as
+``invalid_acceess_token`` (Shopee's spelling), which becomes an ``auth`` error saying the
+token expired, so berth refreshes.
+
 Shop config: ``base_url`` (e.g. https://partner.shopeemobile.com), ``partner_id``,
 ``shop_id``, secrets ``partner_key`` and ``access_token``; optional ``webhook_url``,
 ``page_size`` (1..50, default 50), ``throttle_wait_ms``.
@@ -34,7 +42,9 @@ from wit_world import WitWorld as _WitWorld
 from wit_world.imports import config, crypto, http, kv, log, metrics, types
 
 VERSION = "0.1.0"
-WIT_VERSION = "0.2.0"
+WIT_VERSION = "0.3.0"
+# Shopee does not say when a refresh token ends: 30 days after it was issued.
+REFRESH_LIFETIME_MS = 30 * 86_400 * 1000
 MAX_WINDOW_MS = 15 * 86_400 * 1000
 MAX_PAGE = 50
 
@@ -57,6 +67,8 @@ NO_MINOR_UNITS = {"IDR", "VND", "JPY", "KRW", "CLP"}
 
 # Error codes that mean the credentials are wrong or expired.
 AUTH_ERRORS = {"error_auth", "error_sign", "error_partner_id", "error_shop_id", "error_permission", "invalid_access_token"}
+# The access token ran out (Shopee spells the code both ways): berth refreshes.
+EXPIRED_TOKEN_ERRORS = {"invalid_acceess_token", "invalid_access_token"}
 
 
 def fail(error):
@@ -214,6 +226,8 @@ class Shop:
         if error:
             if error == "error_too_many_request":
                 fail(rate_limited(retry_after_ms(resp) or self.throttle_wait_ms))
+            if error in EXPIRED_TOKEN_ERRORS:
+                fail(auth(f"access token expired: Shopee answered {error}: {message}"))
             if error in AUTH_ERRORS:
                 fail(auth(f"Shopee refused the credentials: {error}: {message}"))
             if error in ("error_server", "error_inner", "error_busi_server") or "internal" in message.lower():
@@ -313,6 +327,48 @@ def refresh_models(shop):
         offset = page.get("next_offset", offset + 100)
 
 
+def refresh_grant(refresh_token):
+    """POST auth/access_token/get with the refresh token: the new credentials, or the
+    refresh error berth acts on (``revoked``: the merchant must authorize again)."""
+    base_url = setting("base_url").rstrip("/")
+    partner_id = setting("partner_id")
+    partner_key = setting("partner_key")
+    shop_id = setting("shop_id")
+    api_path = "/api/v2/auth/access_token/get"
+    ts = int(time.time())
+    sign = hmac_hex(partner_key, f"{partner_id}{api_path}{ts}".encode())
+    url = f"{base_url}{api_path}?partner_id={url_encode(partner_id)}&timestamp={ts}&sign={sign}"
+    body = json.dumps({"refresh_token": refresh_token, "partner_id": int(partner_id), "shop_id": int(shop_id)}).encode()
+    try:
+        resp = send(http.Method.POST, url, body, [("content-type", "application/json")])
+    except Err as e:
+        fail(types.RefreshError_Transient(f"refresh not sent: {describe(e.value)}"))
+    if resp.status == 429 or resp.status >= 500:
+        fail(types.RefreshError_Transient(f"Shopee answered {resp.status} to the refresh"))
+    try:
+        data = json.loads(resp.body)
+    except ValueError:
+        fail(types.RefreshError_Transient(f"Shopee sent a refresh answer that is not JSON (HTTP {resp.status})"))
+    if not isinstance(data, dict):
+        fail(types.RefreshError_Transient("Shopee sent an unexpected refresh answer"))
+    error = data.get("error") or ""
+    if error:
+        message = data.get("message") or ""
+        if error in ("error_server", "error_inner", "error_busi_server", "error_too_many_request"):
+            fail(types.RefreshError_Transient(f"Shopee error {error}: {message}"))
+        fail(types.RefreshError_Revoked(f"Shopee refused the refresh: {error}: {message}"))
+    access, refresh, expire_in = data.get("access_token"), data.get("refresh_token"), data.get("expire_in")
+    if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh or not isinstance(expire_in, int):
+        fail(types.RefreshError_Transient("Shopee's refresh answer lacks access_token, refresh_token or expire_in"))
+    now_ms = int(time.time() * 1000)
+    return access, refresh, now_ms + expire_in * 1000, now_ms + REFRESH_LIFETIME_MS
+
+
+def describe(error):
+    value = getattr(error, "value", None)
+    return f"{type(error).__name__}: {value}" if value is not None else type(error).__name__
+
+
 class WitWorld(_WitWorld):
     def manifest(self):
         return types.Manifest(
@@ -325,6 +381,27 @@ class WitWorld(_WitWorld):
             max_window_ms=MAX_WINDOW_MS,
             required_config=["base_url", "partner_id", "partner_key", "shop_id", "access_token"],
         )
+
+    def authorization(self):
+        return types.AuthSupport(refreshes=True, oauth=False)
+
+    def refresh_credentials(self, shop, current):
+        if not current.refresh_token:
+            fail(types.RefreshError_Revoked("no refresh token: authorize the app for the shop again"))
+        access, refresh, access_expires_ms, refresh_expires_ms = refresh_grant(current.refresh_token)
+        return types.Credentials(
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_ms=access_expires_ms,
+            refresh_expires_ms=refresh_expires_ms,
+            authorization_expires_ms=current.authorization_expires_ms,
+        )
+
+    def consent_url(self, shop, state, redirect_uri):
+        fail(permanent("this connector does not onboard shops by OAuth yet: put the shop's tokens in config"))
+
+    def exchange_code(self, shop, code, redirect_uri):
+        fail(types.RefreshError_Revoked("this connector does not onboard shops by OAuth yet"))
 
     def check(self, shop):
         s = Shop()

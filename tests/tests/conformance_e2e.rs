@@ -97,7 +97,7 @@ fn a_connector_that_breaks_fails_with_the_check_and_the_reason() {
 #[test]
 fn inspect_prints_manifest_world_imports_and_digest() {
     for (component, platform, language_import, world) in [
-        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.2.0"),
+        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.3.0"),
         (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0"),
         (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0"),
         (plugins::SHOPIFY, "shopify", "berth:connector/http@0.3.0", "0.3.0"),

@@ -106,6 +106,35 @@ class ShopeeTest(unittest.TestCase):
             else:
                 self.assertEqual(got, expected, resp)
 
+    def test_an_expired_token_is_an_auth_error_that_says_so(self):
+        shop = app.Shop()
+        got = error_of(lambda: shop.answer("/api/v2/x", answer(403, {"error": "invalid_acceess_token", "message": "Invalid access_token."})))
+        self.assertIsInstance(got, types.ConnectorError_Auth)
+        self.assertIn("access token expired", got.value)
+
+    def test_a_refresh_is_signed_and_returns_the_rotated_tokens(self):
+        app.time.time = lambda: 1704110400.5
+        ANSWERS.append(answer(200, {"error": "", "message": "", "access_token": "acc-2", "refresh_token": "ref-2", "expire_in": 14400}))
+        current = types.Credentials(access_token="tok", refresh_token="ref-1", access_expires_ms=1, refresh_expires_ms=None, authorization_expires_ms=77)
+        new = app.WitWorld().refresh_credentials("acme", current)
+        self.assertEqual((new.access_token, new.refresh_token), ("acc-2", "ref-2"))
+        self.assertEqual(new.access_expires_ms, 1704110400500 + 14400 * 1000)
+        self.assertEqual(new.authorization_expires_ms, 77)
+        req = SENT[0]
+        self.assertTrue(req.url.startswith("https://partner.shopeemobile.com/api/v2/auth/access_token/get?partner_id=2001887&timestamp=1704110400&sign="))
+        expected = hmac.new(b"test_secret", b"2001887/api/v2/auth/access_token/get1704110400", hashlib.sha256).hexdigest()
+        self.assertTrue(req.url.endswith(f"sign={expected}"), req.url)
+        self.assertEqual(json.loads(bytes(req.body)), {"refresh_token": "ref-1", "partner_id": 2001887, "shop_id": 14701711})
+
+    def test_a_refused_refresh_is_revoked_and_an_outage_transient(self):
+        current = types.Credentials(access_token="tok", refresh_token="spent", access_expires_ms=None, refresh_expires_ms=None, authorization_expires_ms=None)
+        ANSWERS.append(answer(403, {"error": "error_auth", "message": "Invalid refresh_token."}))
+        self.assertIsInstance(error_of(lambda: app.WitWorld().refresh_credentials("acme", current)), types.RefreshError_Revoked)
+        ANSWERS.append(answer(503, b"<html>"))
+        self.assertIsInstance(error_of(lambda: app.WitWorld().refresh_credentials("acme", current)), types.RefreshError_Transient)
+        ANSWERS.append(answer(200, {"error": "", "access_token": "acc"}))
+        self.assertIsInstance(error_of(lambda: app.WitWorld().refresh_credentials("acme", current)), types.RefreshError_Transient)
+
     def test_pushes_are_verified_against_the_callback_url_and_body(self):
         body = json.dumps({"shop_id": 14701711, "code": 3, "data": {"ordersn": "SP9"}}).encode()
         good = hmac.new(b"test_secret", b"https://berth.example/hook|" + body, hashlib.sha256).hexdigest()

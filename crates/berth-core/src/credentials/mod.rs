@@ -239,14 +239,19 @@ impl CredentialBook {
 
     /// Credentials whose access token lasts at least `margin_ms` more: the current ones,
     /// or new ones from a refresh (one per shop at a time; callers arriving meanwhile
-    /// wait for it and take its result).
+    /// wait for it and take its result, whatever their expiry).
     pub async fn fresh<R: Refresher>(&self, shop: &str, margin_ms: i64, refresher: &R) -> Result<(Credentials, u64), CredentialError> {
         let (creds, generation) = self.current(shop)?;
         if !creds.access_ends_within(berth_types::clock::now_ms(), margin_ms) {
             return Ok((creds, generation));
         }
-        self.refresh_unless(shop, refresher, |s| !Credentials::from(&s.current).access_ends_within(berth_types::clock::now_ms(), margin_ms))
-            .await
+        // Settled when someone else's refresh replaced the credentials while this caller
+        // waited (even if the new ones are inside the margin too: a margin longer than the
+        // platform's token lifetime must not turn into a refresh per caller).
+        self.refresh_unless(shop, refresher, move |s| {
+            s.generation != generation || !Credentials::from(&s.current).access_ends_within(berth_types::clock::now_ms(), margin_ms)
+        })
+        .await
     }
 
     /// A call with the credentials of `generation` was refused as expired: refresh,
@@ -358,6 +363,37 @@ impl CredentialBook {
             None => CredentialError::Transient { shop: shop.to_string(), why },
         })
     }
+}
+
+/// A connector version renews a shop's credentials (its `refresh-credentials` export).
+pub struct ConnectorRefresher {
+    pub connector: Arc<berth_runtime::LoadedConnector>,
+    /// The shop's config; the credentials the call carries are put in it.
+    pub config: Arc<berth_types::shop::ShopConfig>,
+}
+
+impl Refresher for ConnectorRefresher {
+    async fn refresh(&self, shop: &str, current: &Credentials) -> Result<Credentials, RefreshError> {
+        let cfg = with_credentials(&self.config, current);
+        match self.connector.refresh_credentials(shop, cfg, current).await {
+            Ok(answer) => answer,
+            // A trap, a deadline, no instance free: the platform did not answer, so the
+            // refresh token is not spent; it may work later.
+            Err(e) => Err(RefreshError::Transient(e.to_string())),
+        }
+    }
+}
+
+/// The shop's config as a call sees it: `access_token` and `refresh_token` are the
+/// book's current ones (secrets, so the guest's log never shows them).
+pub fn with_credentials(cfg: &berth_types::shop::ShopConfig, c: &Credentials) -> Arc<berth_types::shop::ShopConfig> {
+    let mut cfg = cfg.clone();
+    cfg.secrets.insert("access_token".into(), c.access_token.clone());
+    match &c.refresh_token {
+        Some(t) => cfg.secrets.insert("refresh_token".into(), t.clone()),
+        None => cfg.secrets.remove("refresh_token"),
+    };
+    Arc::new(cfg)
 }
 
 #[cfg(test)]

@@ -1,0 +1,123 @@
+//! Credentials that expire, end to end below the service: the Python Shopee connector
+//! (a real 0.3.0 component) refreshes through the credential book against the
+//! simulator's Shopee, which expires access tokens and spends each refresh token when it
+//! hands out the next one. What is asserted is what the platform saw (its refresh and
+//! expired-token counts) and what the book holds on disk.
+
+use berth_core::credentials::seal::Sealer;
+use berth_core::credentials::{ConnectorRefresher, CredentialBook, CredentialError};
+use berth_core::failure::Failure;
+use berth_sim::shopee_auth::ShopeeTokens;
+use berth_sim::{Platform, ShopeeConfig, SimConfig};
+use berth_types::credentials::Credentials;
+use berth_types::retry::ErrorKind;
+use berth_types::shop::{ShopConfig, Tier};
+use berth_types::Secret;
+use std::sync::Arc;
+
+#[allow(dead_code)]
+mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+const SHOP: &str = "14701711";
+
+struct Setup {
+    sim: berth_sim::SimHandle,
+    book: Arc<CredentialBook>,
+    refresher: Arc<ConnectorRefresher>,
+    _host: berth_kit::ScratchHost,
+    _store: berth_storage::Store,
+    _dir: tempfile::TempDir,
+}
+
+/// The simulator with Shopee tokens that live `access_secs`; the Shopee connector in a
+/// scratch host; a credential book holding the shop's first tokens.
+async fn setup(access_secs: u64) -> Setup {
+    let shopee = ShopeeConfig { tokens: Some(ShopeeTokens { access_secs, refresh_secs: 3600 }), calls_per_window: 1000, ..ShopeeConfig::default() };
+    let cfg = SimConfig { seed: 7, history_hours: 2, shopee, ..SimConfig::default() };
+    let sim = berth_sim::start(cfg.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let host = berth_kit::ScratchHost::new().unwrap();
+    host.unlimited("shopee");
+    let local = ["127.0.0.1".to_string()];
+    let connector = Arc::new(host.runtime.load("shopee", std::path::Path::new(plugins::SHOPEE_PY), &host.options(&local)).await.unwrap());
+    let profile = berth_sim::profiles::shop_profile(&cfg, Platform::Shopee, &sim.base_url()).unwrap();
+    let config = Arc::new(ShopConfig {
+        connector: "shopee".into(),
+        tier: Tier::A,
+        poll_interval_secs: None,
+        settings: profile.settings.iter().cloned().collect(),
+        secrets: profile.secrets.iter().map(|(k, v)| (k.clone(), Secret::new(v.clone()))).collect(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+    let book = Arc::new(CredentialBook::open(&store, Arc::new(Sealer::new(&[9; 32], &[]))).unwrap());
+    let first = Credentials {
+        access_token: config.secrets["access_token"].clone(),
+        refresh_token: Some(Secret::new(format!("refresh-{SHOP}-0"))),
+        access_expires_ms: Some(berth_types::clock::now_ms() + access_secs as i64 * 1000),
+        refresh_expires_ms: None,
+        authorization_expires_ms: None,
+    };
+    book.set(SHOP, &first).await.unwrap();
+    Setup { sim, book, refresher: Arc::new(ConnectorRefresher { connector, config }), _host: host, _store: store, _dir: dir }
+}
+
+fn stats(sim: &berth_sim::SimHandle) -> berth_sim::PlatformStats {
+    sim.state.stats().get(&Platform::Shopee).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_calls_at_expiry_make_one_refresh_at_the_platform() {
+    let s = setup(3600).await;
+    assert!(s.refresher.connector.auth_support().await.unwrap().refreshes, "the Shopee connector refreshes");
+    // Fifty callers find the token inside the margin at once.
+    let margin = 2 * 3600 * 1000;
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (book, refresher) = (s.book.clone(), s.refresher.clone());
+        calls.push(tokio::spawn(async move { book.fresh(SHOP, margin, &*refresher).await.map(|(c, g)| (c.access_token.expose().to_string(), g)) }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), (format!("access-{SHOP}-1"), 2));
+    }
+    assert_eq!(stats(&s.sim).refreshes, 1, "one refresh at the platform for fifty callers");
+    assert_eq!(stats(&s.sim).spent_refresh_tokens, 0);
+    // The platform and the book agree on the rotated refresh token.
+    let platform = s.sim.state.shopee_token_state(SHOP.parse().unwrap()).unwrap();
+    let (held, _) = s.book.current(SHOP).unwrap();
+    assert_eq!(held.refresh_token.as_ref().map(Secret::expose), Some(platform.refresh.as_str()));
+    // The new access token works for a real call.
+    let cfg = berth_core::credentials::with_credentials(&s.refresher.config, &held);
+    let health = s.refresher.connector.check(SHOP, cfg).await.unwrap();
+    assert!(health.is_ok(), "{health:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refused_once_then_refreshed_and_a_revocation_needs_the_merchant() {
+    // Access tokens that are over as soon as they are issued.
+    let s = setup(0).await;
+    let (creds, generation) = s.book.current(SHOP).unwrap();
+    let cfg = berth_core::credentials::with_credentials(&s.refresher.config, &creds);
+    let answer = s.refresher.connector.check(SHOP, cfg).await;
+    let Err(Failure::Failed { kind: ErrorKind::Auth, why }) = Failure::check(answer) else { panic!("an expired token must be an auth failure") };
+    assert!(why.contains("access token expired"), "{why}");
+    assert_eq!(stats(&s.sim).expired_token_calls, 1);
+    // The refusal refreshes once; a second refusal of the same generation takes the new
+    // credentials without another refresh.
+    let (new, g2) = s.book.refused(SHOP, generation, &*s.refresher).await.unwrap();
+    assert_eq!((new.access_token.expose(), g2), (format!("access-{SHOP}-1").as_str(), generation + 1));
+    assert_eq!(s.book.refused(SHOP, generation, &*s.refresher).await.unwrap().1, g2);
+    assert_eq!(stats(&s.sim).refreshes, 1);
+
+    // The merchant revoked the app: the next refresh is refused, the shop needs them.
+    assert!(s.sim.state.revoke_shopee(SHOP.parse().unwrap()));
+    let err = s.book.refused(SHOP, g2, &*s.refresher).await.unwrap_err();
+    assert!(matches!(&err, CredentialError::Reauthorize { why, .. } if why.contains("Invalid refresh_token")), "{err}");
+    let state = s.book.state(SHOP).unwrap().unwrap();
+    assert!(state.needs_authorization.is_some() && state.failures == 1, "{state:?}");
+    // No loop: asking again does not reach the platform.
+    let rejected = stats(&s.sim).rejected;
+    assert!(matches!(s.book.fresh(SHOP, 0, &*s.refresher).await, Err(CredentialError::Reauthorize { .. })));
+    assert_eq!(stats(&s.sim).rejected, rejected, "no refresh attempt after the shop was marked");
+}
