@@ -1,6 +1,6 @@
 //! `berth.toml`, composed of the sections the parts of berth own (`[runtime]`:
 //! runtime/config.rs, `[http]` and `[platforms]`: capabilities/config.rs, `[sync]`,
-//! `[erp]`, `[stock]`, `[admin]`, `[health]`, `[alerts]`, `[connectors]` beside their
+//! `[erp]`, `[stock]`, `[admin]`, `[health]`, `[alerts]`, `[credentials]`, `[connectors]` beside their
 //! modules); `[server]` and the checks across sections are here.
 //!
 //! Parsing is strict (unknown keys are errors, so a typo cannot silently drop a setting)
@@ -53,6 +53,9 @@ pub struct Config {
     /// Alert rules and the webhooks they notify.
     #[serde(default)]
     pub alerts: berth_ops::alerts::AlertsConfig,
+    /// The key that seals the credentials berth renews for shops, and how early.
+    #[serde(default)]
+    pub credentials: berth_core::credentials::CredentialsConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,
@@ -162,7 +165,8 @@ impl Config {
     /// Paths in the file are relative to the file's folder.
     fn resolve_paths(&mut self, base: &Path) {
         let files = [&mut self.server.data_dir].into_iter().chain([&mut self.server.tls_cert, &mut self.server.tls_key].into_iter().flatten());
-        for file in files.chain(self.connectors.values_mut().map(|c| &mut c.component)) {
+        let keys = self.credentials.key_file.iter_mut().chain(self.credentials.previous_key_files.iter_mut());
+        for file in files.chain(self.connectors.values_mut().map(|c| &mut c.component)).chain(keys) {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
@@ -186,6 +190,7 @@ impl Config {
         self.admin.check()?;
         self.health.check()?;
         self.alerts.rules()?;
+        self.credentials.check()?;
         self.stock.check()
     }
 

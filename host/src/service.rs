@@ -51,6 +51,10 @@ pub enum StartError {
     Alerts(#[from] berth_ops::alerts::AlertsError),
     #[error("TLS: {0}; check [server] tls_cert and tls_key")]
     Tls(#[from] berth_api::listener::TlsError),
+    #[error("credentials: {0}; check [credentials] key_file / key_env")]
+    CredentialKey(#[from] berth_core::credentials::seal::SealError),
+    #[error(transparent)]
+    Credentials(#[from] berth_core::credentials::CredentialError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -71,6 +75,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let durable = Durable::open(&storage, &cfg)?;
     let metrics = crate::metrics::AllMetrics::new();
     let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
+    open_credentials(&cfg, &storage, &registry).await?;
     let audit = open_audit(&cfg)?;
     let (listener, addr, tls) = bind(&cfg).await?;
 
@@ -195,6 +200,48 @@ async fn load_connectors(
         }
     }
     Ok((services, Arc::new(registry)))
+}
+
+/// With a key configured: the credential book, seeded with the refresh tokens in config
+/// of shops whose connector refreshes (a shop it already holds keeps what it holds: a
+/// refresh since has spent the configured token), and every connector's calls take their
+/// tokens from it.
+async fn open_credentials(
+    cfg: &Config,
+    storage: &berth_storage::Store,
+    registry: &berth_core::registry::ConnectorRegistry,
+) -> Result<Option<Arc<berth_core::credentials::CredentialBook>>, StartError> {
+    use berth_core::credentials::CredentialBook;
+    use berth_types::credentials::Credentials;
+    let Some(sealer) = cfg.credentials.sealer()? else { return Ok(None) };
+    tracing::info!(key = %sealer.key_id(), "credentials are kept sealed with this key");
+    let book = Arc::new(CredentialBook::open(storage, Arc::new(sealer))?);
+    let resealed = book.reseal().await?;
+    if resealed > 0 {
+        tracing::info!(records = resealed, "credentials sealed with a previous key were sealed again with the current one; the previous keys can leave the config");
+    }
+    let slots = registry.slots();
+    for (shop, sc) in &cfg.shops {
+        let (Some(access), Some(refresh)) = (sc.secrets.get("access_token"), sc.secrets.get("refresh_token")) else { continue };
+        let Some(slot) = slots.get(&sc.connector) else { continue };
+        if book.state(shop)?.is_some() || !slot.current().auth_support().await.map(|a| a.refreshes).unwrap_or(false) {
+            continue;
+        }
+        let first = Credentials {
+            access_token: access.clone(),
+            refresh_token: Some(refresh.clone()),
+            access_expires_ms: None,
+            refresh_expires_ms: None,
+            authorization_expires_ms: None,
+        };
+        book.set(shop, &first).await?;
+        tracing::info!(shop, "the shop's credentials from config are now kept and renewed by berth");
+    }
+    let margin_ms = cfg.credentials.refresh_margin_secs as i64 * 1000;
+    for slot in slots.values() {
+        slot.use_credentials(book.clone(), margin_ms);
+    }
+    Ok(Some(book))
 }
 
 fn open_audit(cfg: &Config) -> Result<Arc<berth_core::audit::AuditLog>, StartError> {

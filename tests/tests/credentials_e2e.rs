@@ -121,3 +121,65 @@ async fn an_expired_token_is_refused_once_then_refreshed_and_a_revocation_needs_
     assert!(matches!(s.book.fresh(SHOP, 0, &*s.refresher).await, Err(CredentialError::Reauthorize { .. })));
     assert_eq!(stats(&s.sim).rejected, rejected, "no refresh attempt after the shop was marked");
 }
+
+/// The whole service: a Shopee shop whose access tokens live three seconds, for many
+/// lifetimes. Every order arrives; each expiry costs at most one call with an expired
+/// token; no refresh token is ever used twice; the tokens on disk are sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() {
+    use berth_sim::{ShopeePartner, ShopeeShop};
+    let mut cfg = SimConfig { seed: 11, history_hours: 2, ..SimConfig::default() };
+    cfg.shopee.partners = vec![ShopeePartner { partner_id: 9001, partner_key: "sp-partner-key".into() }];
+    cfg.shopee.shops = vec![ShopeeShop { shop_id: 880001, partner_id: 9001, access_token: "sp-token".into(), orders: 30 }];
+    cfg.shopee.calls_per_window = 1000;
+    cfg.shopee.tokens = Some(ShopeeTokens { access_secs: 3, refresh_secs: 3600 });
+    let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("credentials.key"), "5e".repeat(32)).unwrap();
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            "[sync]\ninitial_lookback_hours = 3\nsettle_secs = 1\n\
+             [credentials]\nkey_file = \"credentials.key\"\nrefresh_margin_secs = 1\n{}\
+             [shops.sg]\nconnector = \"shopee\"\npoll_interval_secs = 1\n\
+             settings = {{ base_url = \"{}/shopee\", partner_id = \"9001\", shop_id = \"880001\", page_size = \"25\" }}\n\
+             secrets = {{ partner_key = \"sp-partner-key\", access_token = \"sp-token\", refresh_token = \"refresh-880001-0\" }}\n",
+            berth_tests::local_connectors(&[("shopee", plugins::SHOPEE_PY)]),
+            sim.base_url(),
+        ),
+    );
+    let berth = berth_tests::Berth::start(&config);
+    let deadline = std::time::Duration::from_secs(180);
+    let feed = || async { berth_tests::get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0) };
+    let mut expected = sim.state.orders(Platform::Shopee, "880001").len() as u64;
+    berth_tests::poll_until(deadline, || async { (feed().await >= expected).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the seeded orders never all arrived\n{}", berth.log()));
+    // New orders keep coming while tokens expire and are renewed, again and again.
+    for round in 1..=4u64 {
+        let before = stats(&sim).refreshes;
+        berth_tests::poll_until(deadline, || async { (stats(&sim).refreshes > before).then_some(()) })
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no refresh\n{}", berth.log()));
+        sim.state.create(Platform::Shopee, "880001").unwrap();
+        expected += 1;
+        berth_tests::poll_until(deadline, || async { (feed().await >= expected).then_some(()) })
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the new order never arrived\n{}", berth.log()));
+    }
+    let s = stats(&sim);
+    eprintln!("simulated Shopee saw: {} refreshes, {} calls with an expired token, {} spent refresh tokens reused, {} calls answered", s.refreshes, s.expired_token_calls, s.spent_refresh_tokens, s.ok);
+    assert!(s.refreshes >= 4, "{s:?}");
+    assert!(s.expired_token_calls <= s.refreshes, "more calls with an expired token than expiries: {s:?}");
+    assert_eq!(s.spent_refresh_tokens, 0, "a refresh token was used twice: {s:?}");
+    // The tokens berth holds are not in its data dir in the clear.
+    let platform = sim.state.shopee_token_state(880001).unwrap();
+    let mut files = vec![dir.path().join("data")];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            assert!(!bytes.windows(platform.refresh.len()).any(|w| w == platform.refresh.as_bytes()), "{} holds the refresh token", p.display());
+        }
+    }
+}

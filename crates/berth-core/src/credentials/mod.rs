@@ -30,6 +30,62 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+/// `[credentials]`: where the key that seals stored credentials comes from, and how early
+/// berth refreshes. Without a key berth keeps no credentials of its own: every shop
+/// runs on the static secrets in its config, as connectors built before 0.3.0 do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// A file holding the key: 64 hex digits (`openssl rand -hex 32`), kept outside the
+    /// data dir. Relative to the config file.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Or an environment variable holding it.
+    pub key_env: Option<String>,
+    /// Keys that sealed records before a rotation: they still open them, never seal.
+    pub previous_key_files: Vec<std::path::PathBuf>,
+    pub previous_key_envs: Vec<String>,
+    /// Refresh an access token this long before it ends.
+    pub refresh_margin_secs: u64,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig { key_file: None, key_env: None, previous_key_files: Vec::new(), previous_key_envs: Vec::new(), refresh_margin_secs: 600 }
+    }
+}
+
+impl CredentialsConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.key_file.is_some() && self.key_env.is_some() {
+            return Err("credentials: give key_file or key_env, not both".into());
+        }
+        if self.key_file.is_none() && self.key_env.is_none() && !(self.previous_key_files.is_empty() && self.previous_key_envs.is_empty()) {
+            return Err("credentials: previous keys without a current key (key_file or key_env)".into());
+        }
+        if self.refresh_margin_secs > 86_400 {
+            return Err("credentials.refresh_margin_secs must be at most 86400 (a day)".into());
+        }
+        Ok(())
+    }
+
+    /// The sealer from the configured keys; `None` when no key is configured.
+    pub fn sealer(&self) -> Result<Option<seal::Sealer>, seal::SealError> {
+        let current = match (&self.key_file, &self.key_env) {
+            (Some(f), _) => seal::KeySource::File(f.clone()),
+            (None, Some(e)) => seal::KeySource::Env(e.clone()),
+            (None, None) => return Ok(None),
+        };
+        let previous: Vec<seal::KeySource> = self
+            .previous_key_files
+            .iter()
+            .cloned()
+            .map(seal::KeySource::File)
+            .chain(self.previous_key_envs.iter().cloned().map(seal::KeySource::Env))
+            .collect();
+        seal::Sealer::load(&current, &previous).map(Some)
+    }
+}
+
 /// Who renews a shop's credentials (the shop's connector).
 pub trait Refresher: Send + Sync {
     fn refresh(&self, shop: &str, current: &Credentials) -> impl Future<Output = Result<Credentials, RefreshError>> + Send;

@@ -48,7 +48,7 @@ impl Prober {
     async fn probe(&self) -> ProbeResult {
         let started = Instant::now();
         let version = self.connector.for_shop(&self.shop);
-        let r = version.check(&self.shop, self.config.clone()).await;
+        let r = self.connector.check(&version, &self.shop, self.config.clone()).await;
         let (up, outcome, message) = match r {
             Ok(Ok(h)) if h.ok => (true, "ok", h.message),
             Ok(Ok(h)) => (false, "unhealthy", h.message),

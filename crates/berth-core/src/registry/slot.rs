@@ -7,6 +7,7 @@ use berth_types::shop::ShopConfig;
 use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, CallError, LoadedConnector, Output};
+use crate::credentials::{with_credentials, ConnectorRefresher, CredentialBook};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,6 +25,28 @@ pub struct ConnectorSlot {
     shadow: RwLock<Option<Arc<Shadow>>>,
     /// The report of the last shadow run that ended.
     last_shadow: RwLock<Option<ShadowReport>>,
+    /// Where the shops' renewed credentials are kept, when berth keeps them.
+    credentials: std::sync::OnceLock<SlotCredentials>,
+}
+
+/// The credential book the slot's calls take their tokens from, and how early they
+/// refresh them.
+struct SlotCredentials {
+    book: Arc<CredentialBook>,
+    margin_ms: i64,
+}
+
+/// A connector says an access token ran out with an `auth` error whose message says
+/// `expired`; other auth errors (a wrong key, a revoked app) are not fixed by a refresh.
+fn expired(e: &ConnectorError) -> bool {
+    matches!(e, ConnectorError::Auth(why) if why.to_ascii_lowercase().contains("expired"))
+}
+
+fn token_expired(out: &Result<Output, CallError>) -> bool {
+    match out {
+        Ok(Output::Pull(Err(e)) | Output::Push(Err(e)) | Output::Webhook(Err(e))) => expired(e),
+        _ => false,
+    }
 }
 
 /// A candidate version serving some shops.
@@ -45,6 +68,72 @@ impl ConnectorSlot {
             canary: RwLock::new(None),
             shadow: RwLock::new(None),
             last_shadow: RwLock::new(None),
+            credentials: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Take shops' tokens from `book` (for the shops it holds), refreshing them
+    /// `margin_ms` before they end and once when a call finds one expired.
+    pub fn use_credentials(&self, book: Arc<CredentialBook>, margin_ms: i64) {
+        let _ = self.credentials.set(SlotCredentials { book, margin_ms });
+    }
+
+    /// `cfg` with the book's current tokens for `shop` (refreshed first when they end
+    /// within the margin), and their generation; `cfg` itself for a shop the book does
+    /// not hold. A refresh that fails leaves the current tokens: the call shows whether
+    /// they still work.
+    async fn credentialed(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: &Arc<ShopConfig>) -> (Arc<ShopConfig>, Option<u64>) {
+        let Some(c) = self.credentials.get() else { return (cfg.clone(), None) };
+        if !matches!(c.book.state(shop), Ok(Some(_))) {
+            return (cfg.clone(), None);
+        }
+        let refresher = ConnectorRefresher { connector: conn.clone(), config: cfg.clone() };
+        let held = match c.book.fresh(shop, c.margin_ms, &refresher).await {
+            Ok(held) => Some(held),
+            Err(e) => {
+                tracing::warn!(shop, error = %e, "the shop's credentials could not be refreshed; calling with the current ones");
+                c.book.current(shop).ok()
+            }
+        };
+        match held {
+            Some((creds, generation)) => (with_credentials(cfg, &creds), Some(generation)),
+            None => (cfg.clone(), None),
+        }
+    }
+
+    /// After a call made with the credentials of `generation`: an expired token is
+    /// refreshed (once per generation, whoever asks) and the config to retry with comes
+    /// back; otherwise the credentials worked, and the previous ones can go.
+    async fn after_call(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: &Arc<ShopConfig>, generation: u64, expired: bool, answered: bool) -> Option<Arc<ShopConfig>> {
+        let c = self.credentials.get()?;
+        if !expired {
+            if answered {
+                if let Err(e) = c.book.worked(shop, generation).await {
+                    tracing::warn!(shop, error = %e, "cannot note that the shop's new credentials worked");
+                }
+            }
+            return None;
+        }
+        let refresher = ConnectorRefresher { connector: conn.clone(), config: cfg.clone() };
+        match c.book.refused(shop, generation, &refresher).await {
+            Ok((creds, g)) if g != generation => Some(with_credentials(cfg, &creds)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(shop, error = %e, "the shop's access token expired and could not be renewed");
+                None
+            }
+        }
+    }
+
+    /// The connector's health check for `shop`, with the shop's current credentials.
+    pub async fn check(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<berth_types::connector::Health, ConnectorError>, CallError> {
+        let (with, generation) = self.credentialed(conn, shop, &cfg).await;
+        let out = conn.check(shop, with).await;
+        let Some(generation) = generation else { return out };
+        let expired = matches!(&out, Ok(Err(e)) if expired(e));
+        match self.after_call(conn, shop, &cfg, generation, expired, out.is_ok()).await {
+            Some(retry) => conn.check(shop, retry).await,
+            None => out,
         }
     }
 
@@ -136,6 +225,17 @@ impl ConnectorSlot {
     /// Run an export on `conn` (a version from [`ConnectorSlot::for_shop`]); while a
     /// shadow runs, the active version's calls are recorded and replayed to it.
     async fn run(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>, call: Call) -> Result<Output, CallError> {
+        let (with, generation) = self.credentialed(conn, shop, &cfg).await;
+        let Some(generation) = generation else { return self.run_once(conn, shop, cfg, call).await };
+        let out = self.run_once(conn, shop, with, call.clone()).await;
+        match self.after_call(conn, shop, &cfg, generation, token_expired(&out), out.is_ok()).await {
+            Some(retry) => self.run_once(conn, shop, retry, call).await,
+            None => out,
+        }
+    }
+
+    /// One call of an export, with a shadow's recording when one runs.
+    async fn run_once(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>, call: Call) -> Result<Output, CallError> {
         let shadow = self.shadow().filter(|_| conn.digest == self.current().digest);
         let Some(shadow) = shadow else {
             let (out, _) = conn.call(shop, cfg, call, Tape::Off).await;
