@@ -75,7 +75,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let durable = Durable::open(&storage, &cfg)?;
     let metrics = crate::metrics::AllMetrics::new();
     let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
-    open_credentials(&cfg, &storage, &registry).await?;
+    let credentials = open_credentials(&cfg, &storage, &registry).await?;
     let audit = open_audit(&cfg)?;
     let (listener, addr, tls) = bind(&cfg).await?;
 
@@ -120,12 +120,13 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         stock: durable.ledger.clone(),
         shops: shops.clone(),
         health: health.clone(),
+        credentials: credentials.clone(),
     };
     workers.push(tokio::spawn(alerts.clone().run(sources, shutdown_rx.clone())));
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics });
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -305,6 +306,7 @@ struct Routed<'a> {
     admin_auth: Arc<berth_api::auth::AdminAuth>,
     audit: Arc<berth_core::audit::AuditLog>,
     metrics: &'a crate::metrics::AllMetrics,
+    credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
 }
 
 /// The whole API: ERP, status and admin routes behind the one auth gate.
@@ -343,6 +345,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         alerts: r.alerts,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
+        credentials: r.credentials,
     });
     api::router(state, gate, cfg.server.metrics_public).merge(admin)
 }

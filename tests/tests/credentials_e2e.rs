@@ -172,6 +172,13 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     assert!(s.refreshes >= 4, "{s:?}");
     assert!(s.expired_token_calls <= s.refreshes, "more calls with an expired token than expiries: {s:?}");
     assert_eq!(s.spent_refresh_tokens, 0, "a refresh token was used twice: {s:?}");
+    // GET /v1/shops shows the credentials' state, never a token.
+    let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
+    let state = &shops[0]["credentials"];
+    assert!(state["generation"].as_u64().unwrap() >= 5 && state["can_refresh"] == true && state["needs_authorization"].is_null(), "{shops}");
+    assert!(state["access_expires_ms"].as_i64().is_some() && state["last_refresh_ms"].as_i64().is_some(), "{shops}");
+    let text = shops.to_string();
+    assert!(!text.contains("access-880001") && !text.contains("refresh-880001") && !text.contains("sp-token"), "a token in the answer: {text}");
     // The tokens berth holds are not in its data dir in the clear.
     let platform = sim.state.shopee_token_state(880001).unwrap();
     let mut files = vec![dir.path().join("data")];
@@ -182,4 +189,18 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
             assert!(!bytes.windows(platform.refresh.len()).any(|w| w == platform.refresh.as_bytes()), "{} holds the refresh token", p.display());
         }
     }
+
+    // The merchant revokes the app: the next refresh is refused, the shop is marked and
+    // the default `credentials` alert fires naming it and what the merchant must do.
+    assert!(sim.state.revoke_shopee(880001));
+    let alert = berth_tests::poll_until(deadline, || async {
+        let alerts = berth_tests::get_json(berth.url("/v1/alerts")).await;
+        alerts["firing"].as_array()?.iter().find(|a| a["rule"] == "credentials" && a["subject"] == "sg").cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("the credentials alert never fired\n{}", berth.log()));
+    assert!(alert["summary"].as_str().unwrap().contains("the merchant must authorize the app again"), "{alert}");
+    let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
+    assert!(shops[0]["credentials"]["needs_authorization"].is_string(), "{shops}");
+    assert_eq!(stats(&sim).spent_refresh_tokens, 0, "{:?}", stats(&sim));
 }

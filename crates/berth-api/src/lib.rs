@@ -70,6 +70,8 @@ pub struct ApiState {
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
     pub metrics: Arc<berth_ops::metrics::Metrics>,
+    /// The credentials berth renews for shops (`[credentials]` with a key).
+    pub credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
 }
 
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
@@ -607,8 +609,32 @@ async fn platform_webhook(
     }
 }
 
-async fn list_shops(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Json<Vec<ShopStatus>> {
-    Json(st.shops.statuses().into_iter().filter(|s| caller.sees(&s.shop)).collect())
+/// A shop as `GET /v1/shops` shows it: its sync status and, when berth renews its
+/// credentials, their state (expiry times, the last refresh, failures; never a token).
+#[derive(Serialize)]
+struct ShopView {
+    #[serde(flatten)]
+    status: ShopStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<berth_core::credentials::CredentialState>,
+}
+
+async fn list_shops(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Json<Vec<ShopView>> {
+    let credentials = |shop: &str| {
+        let book = st.credentials.as_ref()?;
+        book.state(shop).unwrap_or_else(|e| {
+            tracing::error!(shop, error = %e, "cannot read the shop's credential state");
+            None
+        })
+    };
+    Json(
+        st.shops
+            .statuses()
+            .into_iter()
+            .filter(|s| caller.sees(&s.shop))
+            .map(|status| ShopView { credentials: credentials(&status.shop), status })
+            .collect(),
+    )
 }
 
 #[derive(Serialize)]

@@ -293,6 +293,18 @@ impl CredentialBook {
         Ok(self.read(shop)?.map(|s| s.state()))
     }
 
+    /// Every shop the book holds, with its state.
+    pub fn states(&self) -> Result<Vec<(String, CredentialState)>, CredentialError> {
+        let mut out = Vec::new();
+        for entry in self.tree.iter() {
+            let (key, value) = entry?;
+            let shop = String::from_utf8_lossy(&key).into_owned();
+            let (stored, _) = decode(&self.sealer, &shop, &value)?;
+            out.push((shop, stored.state()));
+        }
+        Ok(out)
+    }
+
     /// Credentials whose access token lasts at least `margin_ms` more: the current ones,
     /// or new ones from a refresh (one per shop at a time; callers arriving meanwhile
     /// wait for it and take its result, whatever their expiry).

@@ -114,6 +114,8 @@ pub struct Sources {
     pub stock: Arc<berth_core::stock::StockLedger>,
     pub shops: Arc<berth_core::shops::ShopSet>,
     pub health: Arc<berth_core::health::HealthBook>,
+    /// The credentials berth renews for shops, when it does.
+    pub credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
 }
 
 #[derive(Default)]
@@ -236,6 +238,12 @@ impl Alerts {
         obs.queues = berth_core::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
         obs.held_intake = src.shops.budgets().held(now_ms);
         obs.holds = src.shops.services().limits.held();
+        if let Some(book) = &src.credentials {
+            match book.states() {
+                Ok(states) => obs.credentials = states,
+                Err(e) => tracing::error!(error = %e, "cannot read the shops' credential state"),
+            }
+        }
         obs.shops = src
             .health
             .shops()

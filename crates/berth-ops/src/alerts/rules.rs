@@ -44,6 +44,9 @@ pub enum RuleKind {
     /// A platform quota is held by a throttle hold set for longer than `above_secs`
     /// (every shop on it makes no call meanwhile).
     QuotaHeld,
+    /// A shop whose credentials berth renews needs the merchant: its authorization is
+    /// gone, or its refresh token or authorization ends within `within_days`.
+    Credentials,
 }
 
 impl RuleKind {
@@ -57,6 +60,7 @@ impl RuleKind {
             RuleKind::ConnectorIsolated => "connector-isolated",
             RuleKind::OrderFlood => "order-flood",
             RuleKind::QuotaHeld => "quota-held",
+            RuleKind::Credentials => "credentials",
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct RuleConfig {
     pub tiers: Option<Vec<Tier>>,
     pub connectors: Option<Vec<String>>,
     pub hold_secs: Option<u64>,
+    pub within_days: Option<u64>,
 }
 
 fn warning() -> Severity {
@@ -103,6 +108,7 @@ pub enum Check {
     ConnectorIsolated { connectors: Option<Vec<String>> },
     OrderFlood { connectors: Option<Vec<String>> },
     QuotaHeld { above_secs: u64 },
+    Credentials { within_days: u64 },
 }
 
 impl Check {
@@ -116,6 +122,7 @@ impl Check {
             Check::ConnectorIsolated { .. } => RuleKind::ConnectorIsolated,
             Check::OrderFlood { .. } => RuleKind::OrderFlood,
             Check::QuotaHeld { .. } => RuleKind::QuotaHeld,
+            Check::Credentials { .. } => RuleKind::Credentials,
         }
     }
 }
@@ -133,6 +140,7 @@ impl Rule {
             ("tiers", c.tiers.is_some()),
             ("connectors", c.connectors.is_some()),
             ("hold_secs", c.hold_secs.is_some()),
+            ("within_days", c.within_days.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -145,6 +153,7 @@ impl Rule {
             RuleKind::CanaryRollback => &["hold_secs"],
             RuleKind::ConnectorIsolated | RuleKind::OrderFlood => &["connectors"],
             RuleKind::QuotaHeld => &["above_secs"],
+            RuleKind::Credentials => &["within_days"],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
@@ -183,6 +192,7 @@ impl Rule {
             RuleKind::ConnectorIsolated => Check::ConnectorIsolated { connectors: c.connectors.clone() },
             RuleKind::OrderFlood => Check::OrderFlood { connectors: c.connectors.clone() },
             RuleKind::QuotaHeld => Check::QuotaHeld { above_secs: positive("above_secs", c.above_secs, 120)? },
+            RuleKind::Credentials => Check::Credentials { within_days: positive("within_days", c.within_days, 14)? },
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -200,6 +210,7 @@ impl Rule {
             rule("connector-isolated", Severity::Critical, Check::ConnectorIsolated { connectors: None }),
             rule("order-flood", Severity::Critical, Check::OrderFlood { connectors: None }),
             rule("quota-held", Severity::Warning, Check::QuotaHeld { above_secs: 120 }),
+            rule("credentials", Severity::Critical, Check::Credentials { within_days: 14 }),
         ]
     }
 }
@@ -222,6 +233,8 @@ pub struct Observation {
     pub held_intake: Vec<berth_core::order_budget::HeldIntake>,
     /// Platform quotas held now.
     pub holds: Vec<berth_capabilities::ratelimit::HeldQuota>,
+    /// The credential state of every shop whose credentials berth renews.
+    pub credentials: Vec<(String, berth_core::credentials::CredentialState)>,
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +278,7 @@ impl Rule {
             Check::ConnectorIsolated { connectors } => connector_isolated(obs, connectors),
             Check::OrderFlood { connectors } => order_flood(obs, connectors),
             Check::QuotaHeld { above_secs } => quota_held(obs, above_secs),
+            Check::Credentials { within_days } => credentials(obs, within_days),
         }
     }
 }
@@ -442,6 +456,41 @@ fn queue_matches(level: &berth_core::levels::QueueLevel, filter: &Option<String>
     filter.as_deref().is_none_or(|q| q == level.queue)
 }
 
+/// Shops whose credentials need the merchant: gone now, or ending within `within_days`.
+fn credentials(obs: &Observation, within_days: &u64) -> Vec<Breach> {
+    let within_ms = *within_days as i64 * 86_400_000;
+    obs.credentials
+        .iter()
+        .filter_map(|(shop, st)| {
+            if let Some(why) = &st.needs_authorization {
+                return Some(Breach {
+                    subject: shop.clone(),
+                    summary: format!(
+                        "shop {shop}: the platform no longer takes berth's credentials ({why}); the merchant must authorize the app again, then berth needs the new tokens"
+                    ),
+                    value: 0.0,
+                    threshold: *within_days as f64,
+                });
+            }
+            let ends = [("refresh token", st.refresh_expires_ms), ("authorization", st.authorization_expires_ms)]
+                .into_iter()
+                .filter_map(|(what, at)| Some((what, at?)))
+                .min_by_key(|(_, at)| *at)?;
+            let left_ms = ends.1 - obs.now_ms;
+            (left_ms < within_ms).then(|| Breach {
+                subject: shop.clone(),
+                summary: format!(
+                    "shop {shop}: its {} ends in {:.1} days; the merchant must authorize the app again before then",
+                    ends.0,
+                    left_ms.max(0) as f64 / 86_400_000.0
+                ),
+                value: left_ms.max(0) as f64 / 86_400_000.0,
+                threshold: *within_days as f64,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +512,42 @@ mod tests {
         assert!(err.contains("queue `refunds` is not one berth has"), "{err}");
         let err = parse("name = \"x\"\nkind = \"flaky\"\n").unwrap_err();
         assert!(err.contains("unknown variant `flaky`"), "{err}");
+    }
+
+    #[test]
+    fn credentials_that_need_the_merchant_fire_with_what_to_do() {
+        use berth_core::credentials::CredentialState;
+        let day = 86_400_000i64;
+        let state = |refresh_in: Option<i64>, gone: Option<&str>| CredentialState {
+            generation: 3,
+            access_expires_ms: Some(1),
+            refresh_expires_ms: refresh_in.map(|d| 1_000 * day + d * day),
+            authorization_expires_ms: None,
+            can_refresh: true,
+            last_refresh_ms: None,
+            failures: 0,
+            last_error: None,
+            needs_authorization: gone.map(str::to_string),
+            previous_kept: false,
+        };
+        let obs = Observation {
+            now_ms: 1_000 * day,
+            credentials: vec![
+                ("fine".into(), state(Some(30), None)),
+                ("soon".into(), state(Some(3), None)),
+                ("gone".into(), state(Some(30), Some("Invalid refresh_token."))),
+                ("static".into(), state(None, None)),
+            ],
+            ..Observation::default()
+        };
+        let rule = Rule::defaults().into_iter().find(|r| r.check.kind() == RuleKind::Credentials).expect("a default credentials rule");
+        let breaches = rule.evaluate(&obs);
+        let subjects: Vec<&str> = breaches.iter().map(|b| b.subject.as_str()).collect();
+        assert_eq!(subjects, ["soon", "gone"]);
+        assert!(breaches[0].summary.contains("refresh token ends in 3.0 days"), "{}", breaches[0].summary);
+        assert!(breaches[1].summary.contains("the merchant must authorize the app again"), "{}", breaches[1].summary);
+        let cfg: RuleConfig = toml::from_str("name = \"c\"\nkind = \"credentials\"\nwithin_days = 0\n").unwrap();
+        assert_eq!(Rule::from_config(&cfg).unwrap_err(), "within_days must be at least 1");
     }
 
     fn subjects_of(r: &Rule, obs: &Observation) -> Vec<String> {
