@@ -57,6 +57,12 @@ fn all_five_connectors_pass_the_conformance_suite() {
         assert!(pushed.contains("NO-SUCH-SKU-0 rejected") && pushed.contains("=11 set"), "{what}: {pushed}");
         let (_, throttled) = check(&out, "throttling").unwrap();
         assert!(throttled.contains("rate-limited("), "{what}: {throttled}");
+        // Only the Shopee connector refreshes its tokens (berth:connector 0.3.0).
+        let (outcome, detail) = check(&out, "credentials").expect("a credentials line");
+        assert_eq!(outcome, if sim == "shopee" { "PASS" } else { "SKIP" }, "{what}: {detail}");
+        if sim == "shopee" {
+            assert!(detail.contains("spent refresh token -> revoked"), "{what}: {detail}");
+        }
         eprintln!("{what}:\n{out}");
     }
 }

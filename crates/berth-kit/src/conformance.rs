@@ -6,6 +6,7 @@
 //! request outside the hosts it was granted.
 
 use super::{PluginError, ScratchHost};
+use berth_core::credentials::with_credentials;
 use berth_types::Secret;
 use berth_types::shop::{ShopConfig, Tier};
 use berth_types::connector::{
@@ -101,7 +102,10 @@ struct Suite {
 pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     let platform = Platform::parse(platform).ok_or_else(|| PluginError::UnknownPlatform(platform.to_string()))?;
     let host = ScratchHost::new()?;
-    let sim_config = SimConfig { timeout_hold_ms: 2_000, ..SimConfig::default() };
+    let mut sim_config = SimConfig { timeout_hold_ms: 2_000, ..SimConfig::default() };
+    // Shopee's tokens expire and rotate as the platform's do, long enough not to end
+    // during the suite (the credentials check refreshes them).
+    sim_config.shopee.tokens = Some(berth_sim::shopee_auth::ShopeeTokens { access_secs: 3600, refresh_secs: 86_400 });
     let sim = berth_sim::start(sim_config.clone(), "127.0.0.1:0".parse().expect("a valid address"))
         .await
         .map_err(PluginError::Simulator)?;
@@ -161,6 +165,7 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     } else {
         report.checks.push(skip("push-inventory", "no `inventory` capability"));
     }
+    report.checks.push(suite.credentials_check().await);
     report.checks.push(suite.hosts_check());
     Ok(report)
 }
@@ -216,6 +221,59 @@ impl Suite {
         match self.call(Call::Pull(PullRequest { window, page_cursor: cursor })).await? {
             Output::Pull(r) => Ok(r),
             _ => Err("the host answered a pull with another call's output".into()),
+        }
+    }
+
+    /// A connector that refreshes (berth:connector 0.3.0) must hand back rotated tokens
+    /// that work, and call a spent refresh token `revoked` (retrying it cannot help).
+    async fn credentials_check(&mut self) -> Check {
+        use berth_types::credentials::{Credentials, RefreshError};
+        const NAME: &str = "credentials";
+        let support = match self.connector.auth_support().await {
+            Ok(s) => s,
+            Err(e) => return fail(NAME, format!("authorization() failed: {e}")),
+        };
+        if !support.refreshes {
+            return skip(NAME, "static credentials (authorization().refreshes is false)");
+        }
+        let Some(state) = self.profile.shop.parse().ok().and_then(|id| self.sim.state.shopee_token_state(id)) else {
+            return skip(NAME, &format!("the simulator does not expire {}'s tokens (only Shopee's)", self.platform.name()));
+        };
+        let Some(access) = self.shop.secrets.get("access_token").cloned() else {
+            return fail(NAME, "the shop profile has no access_token".into());
+        };
+        let current = Credentials {
+            access_token: access,
+            refresh_token: Some(Secret::new(state.refresh.clone())),
+            access_expires_ms: Some(state.access_expires_ms),
+            refresh_expires_ms: None,
+            authorization_expires_ms: None,
+        };
+        let shop = self.profile.shop.clone();
+        let config = with_credentials(&self.shop, &current);
+        let new = match self.connector.refresh_credentials(&shop, config.clone(), &current).await {
+            Ok(Ok(new)) => new,
+            Ok(Err(e)) => return fail(NAME, format!("a refresh with a valid refresh token was refused: {e}")),
+            Err(e) => return fail(NAME, e.to_string()),
+        };
+        let platform = self.sim.state.shopee_token_state(shop.parse().unwrap_or_default());
+        if new.access_token == current.access_token || new.refresh_token.as_ref().map(Secret::expose) != platform.as_ref().map(|p| p.refresh.as_str()) {
+            return fail(NAME, "the refresh did not return the platform's new access and refresh tokens".into());
+        }
+        if !new.access_expires_ms.is_some_and(|t| t > now_ms()) {
+            return fail(NAME, "the new access token has no expiry in the future (access-expires-ms)".into());
+        }
+        match self.connector.check(&shop, with_credentials(&self.shop, &new)).await {
+            Ok(Ok(h)) if h.ok => {}
+            Ok(Ok(h)) => return fail(NAME, format!("the new access token did not work: {}", h.message)),
+            Ok(Err(e)) => return fail(NAME, format!("the new access token did not work: {}", error_kind(&e))),
+            Err(e) => return fail(NAME, e.to_string()),
+        }
+        match self.connector.refresh_credentials(&shop, config, &current).await {
+            Ok(Err(RefreshError::Revoked(_))) => pass(NAME, "rotated tokens returned and working; a spent refresh token -> revoked".into()),
+            Ok(Err(RefreshError::Transient(why))) => fail(NAME, format!("a spent refresh token came back `transient` ({why}); it must be `revoked`: retrying cannot work")),
+            Ok(Ok(_)) => fail(NAME, "a spent refresh token was refused by the platform, but the connector returned credentials".into()),
+            Err(e) => fail(NAME, e.to_string()),
         }
     }
 
