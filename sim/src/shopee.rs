@@ -190,6 +190,10 @@ pub async fn refresh_token(State(state): State<Arc<SimState>>, RawQuery(query): 
     }
     match crate::shopee_auth::refresh(&state, &query_map(query.as_deref()), &body) {
         Ok(mut v) => {
+            let delay = state.config().shopee.tokens.map_or(0, |t| t.answer_delay_ms);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             state.count(Platform::Shopee, |s| s.ok += 1);
             v["error"] = json!("");
             v["message"] = json!("");

@@ -27,6 +27,10 @@ use serde_json::{json, Value};
 pub struct ShopeeTokens {
     pub access_secs: u64,
     pub refresh_secs: u64,
+    /// Hold each refresh's answer this long after the refresh took effect (the old
+    /// refresh token is already spent): a client killed meanwhile loses the answer.
+    #[serde(default)]
+    pub answer_delay_ms: u64,
 }
 
 /// One shop's tokens as the platform keeps them.
@@ -157,6 +161,11 @@ impl SimState {
         self.shopee_tokens().get(&shop_id).cloned()
     }
 
+    /// Whether `token` is a refresh token of the shop that a refresh has spent.
+    pub fn shopee_refresh_spent(&self, shop_id: u64, token: &str) -> bool {
+        self.shopee_tokens().get(&shop_id).is_some_and(|t| t.spent_refresh.iter().any(|s| s == token))
+    }
+
     /// The merchant revoked the app's authorization of the shop.
     pub fn revoke_shopee(&self, shop_id: u64) -> bool {
         self.shopee_tokens().get_mut(&shop_id).map(|t| t.revoked = true).is_some()
@@ -169,7 +178,7 @@ mod tests {
     use crate::{ShopeeConfig, SimConfig};
 
     fn sim(access_secs: u64) -> std::sync::Arc<SimState> {
-        let shopee = ShopeeConfig { tokens: Some(ShopeeTokens { access_secs, refresh_secs: 3600 }), ..ShopeeConfig::default() };
+        let shopee = ShopeeConfig { tokens: Some(ShopeeTokens { access_secs, refresh_secs: 3600, answer_delay_ms: 0 }), ..ShopeeConfig::default() };
         SimState::new(SimConfig { shopee, ..SimConfig::default() })
     }
 

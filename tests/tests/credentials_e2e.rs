@@ -34,7 +34,7 @@ struct Setup {
 /// The simulator with Shopee tokens that live `access_secs`; the Shopee connector in a
 /// scratch host; a credential book holding the shop's first tokens.
 async fn setup(access_secs: u64) -> Setup {
-    let shopee = ShopeeConfig { tokens: Some(ShopeeTokens { access_secs, refresh_secs: 3600 }), calls_per_window: 1000, ..ShopeeConfig::default() };
+    let shopee = ShopeeConfig { tokens: Some(ShopeeTokens { access_secs, refresh_secs: 3600, answer_delay_ms: 0 }), calls_per_window: 1000, ..ShopeeConfig::default() };
     let cfg = SimConfig { seed: 7, history_hours: 2, shopee, ..SimConfig::default() };
     let sim = berth_sim::start(cfg.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let host = berth_kit::ScratchHost::new().unwrap();
@@ -132,7 +132,7 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     cfg.shopee.partners = vec![ShopeePartner { partner_id: 9001, partner_key: "sp-partner-key".into() }];
     cfg.shopee.shops = vec![ShopeeShop { shop_id: 880001, partner_id: 9001, access_token: "sp-token".into(), orders: 30 }];
     cfg.shopee.calls_per_window = 1000;
-    cfg.shopee.tokens = Some(ShopeeTokens { access_secs: 3, refresh_secs: 3600 });
+    cfg.shopee.tokens = Some(ShopeeTokens { access_secs: 3, refresh_secs: 3600, answer_delay_ms: 0 });
     let sim = berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("credentials.key"), "5e".repeat(32)).unwrap();

@@ -105,7 +105,7 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     let mut sim_config = SimConfig { timeout_hold_ms: 2_000, ..SimConfig::default() };
     // Shopee's tokens expire and rotate as the platform's do, long enough not to end
     // during the suite (the credentials check refreshes them).
-    sim_config.shopee.tokens = Some(berth_sim::shopee_auth::ShopeeTokens { access_secs: 3600, refresh_secs: 86_400 });
+    sim_config.shopee.tokens = Some(berth_sim::shopee_auth::ShopeeTokens { access_secs: 3600, refresh_secs: 86_400, answer_delay_ms: 0 });
     let sim = berth_sim::start(sim_config.clone(), "127.0.0.1:0".parse().expect("a valid address"))
         .await
         .map_err(PluginError::Simulator)?;
