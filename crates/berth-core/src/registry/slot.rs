@@ -7,7 +7,7 @@ use berth_types::shop::ShopConfig;
 use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, StockUpdate, UpdateResult, WebhookRequest};
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, CallError, LoadedConnector, Output};
-use crate::credentials::{with_credentials, ConnectorRefresher, CredentialBook};
+use crate::credentials::{with_credentials, ConnectorRefresher, CredentialBook, CredentialError};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -84,12 +84,11 @@ impl ConnectorSlot {
     /// they still work.
     async fn credentialed(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: &Arc<ShopConfig>) -> (Arc<ShopConfig>, Option<u64>) {
         let Some(c) = self.credentials.get() else { return (cfg.clone(), None) };
-        if !matches!(c.book.state(shop), Ok(Some(_))) {
-            return (cfg.clone(), None);
-        }
         let refresher = ConnectorRefresher { connector: conn.clone(), config: cfg.clone() };
         let held = match c.book.fresh(shop, c.margin_ms, &refresher).await {
             Ok(held) => Some(held),
+            // A shop whose credentials the book does not hold runs on its config.
+            Err(CredentialError::Unknown(_)) => return (cfg.clone(), None),
             Err(e) => {
                 tracing::warn!(shop, error = %e, "the shop's credentials could not be refreshed; calling with the current ones");
                 c.book.current(shop).ok()
