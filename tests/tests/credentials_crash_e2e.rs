@@ -92,8 +92,13 @@ async fn kills_during_refreshes_never_leave_a_silently_burned_refresh_token() {
             .await
             .unwrap_or_else(|| panic!("kill {kill}: no refresh after the start\n{}", berth.log()));
         if !held_answer {
-            // Somewhere in the next refresh's path, or between refreshes.
-            tokio::time::sleep(Duration::from_millis(next() % 1_500)).await;
+            // Somewhere in the next refresh's path, or between refreshes: after a random
+            // number (0 to 5) of further requests at the platform.
+            let more = next() % 6;
+            let seen = stats(&sim).requests;
+            poll_until(DEADLINE, || async { (stats(&sim).requests >= seen + more).then_some(()) })
+                .await
+                .unwrap_or_else(|| panic!("kill {kill}: berth stopped calling the platform\n{}", berth.log()));
         }
         berth.kill();
         set_answer_delay(0);

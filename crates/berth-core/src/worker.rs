@@ -123,7 +123,9 @@ mod tests {
     }
 
     async fn until(what: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !what() {
+            assert!(tokio::time::Instant::now() < deadline, "the loop did not get there within 10 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
