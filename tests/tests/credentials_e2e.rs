@@ -184,7 +184,8 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     let mut files = vec![dir.path().join("data")];
     while let Some(p) = files.pop() {
         if p.is_dir() {
-            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            // berth's store compacts while it runs: what was listed a moment ago may be gone.
+            files.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
         } else if let Ok(bytes) = std::fs::read(&p) {
             assert!(!bytes.windows(platform.refresh.len()).any(|w| w == platform.refresh.as_bytes()), "{} holds the refresh token", p.display());
         }
