@@ -97,6 +97,10 @@ pub struct ServerConfig {
     /// API speaks HTTPS, and both files are read again when they change.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The address merchants' browsers reach berth at (`https://berth.example.com`):
+    /// platforms send a merchant who authorized the app back to
+    /// `public_url/v1/oauth/CONNECTOR/callback`. Needed to onboard shops by OAuth.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -106,6 +110,12 @@ impl ServerConfig {
         }
         if self.max_connections < 8 || !(1..=3600).contains(&self.header_read_timeout_secs) {
             return Err("server.max_connections must be at least 8 and server.header_read_timeout_secs 1..=3600".into());
+        }
+        if let Some(u) = &self.public_url {
+            let parsed = url::Url::parse(u).map_err(|e| format!("server.public_url `{u}` is not a URL ({e}); write it like https://berth.example.com"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(format!("server.public_url `{u}` must be an http(s) address with no query or fragment"));
+            }
         }
         Ok(())
     }
@@ -130,6 +140,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             tls_cert: None,
             tls_key: None,
+            public_url: None,
         }
     }
 }
@@ -149,6 +160,7 @@ impl Config {
         cfg.check_sections().map_err(invalid)?;
         cfg.check_names().map_err(invalid)?;
         cfg.check_shops().map_err(invalid)?;
+        cfg.check_onboarding().map_err(invalid)?;
         cfg.check_exposure().map_err(invalid)?;
         Ok(cfg)
     }
@@ -206,6 +218,27 @@ impl Config {
         }
         if let Some(name) = self.shops.keys().find(|n| !valid_id(n)) {
             return Err(format!("shop name `{name}` may only use a-z, 0-9, `-` and `_`"));
+        }
+        Ok(())
+    }
+
+    /// A connector that onboards shops by OAuth has where to send merchants back, a key
+    /// to seal their credentials, and a template a shop can run on.
+    fn check_onboarding(&self) -> Result<(), String> {
+        for (name, c) in &self.connectors {
+            let Some(t) = &c.onboarding else { continue };
+            if self.server.public_url.is_none() {
+                return Err(format!("connectors.{name}.onboarding needs server.public_url: the address merchants' browsers reach berth at, where the platform sends them back"));
+            }
+            if self.credentials.key_file.is_none() && self.credentials.key_env.is_none() {
+                return Err(format!("connectors.{name}.onboarding needs [credentials] key_file or key_env: onboarded shops' tokens are kept sealed with it"));
+            }
+            if t.poll_interval_secs == Some(0) {
+                return Err(format!("connectors.{name}.onboarding.poll_interval_secs must be at least 1"));
+            }
+            if let Some(k) = t.settings.keys().find(|k| t.secrets.contains_key(*k)) {
+                return Err(format!("connectors.{name}.onboarding: `{k}` is both a setting and a secret; keep one"));
+            }
         }
         Ok(())
     }

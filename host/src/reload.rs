@@ -3,10 +3,13 @@
 //! endpoint classes, retry policies, time windows, standby channels) to the next call;
 //! `[admin]` tokens (a revoked token stops working within a second); new
 //! `[connectors.X]` (loaded and registered, so a connector for a new platform needs no
-//! restart); and `[shops]` (new shops start, changed ones restart with their new
-//! settings, removed ones stop). Other changes — to an existing connector's entry, or to
-//! other sections — are reported as needing a restart. An invalid file
-//! is refused with the parser's message (file and line) and the running config stays.
+//! restart; it takes its shops' tokens from the credential book like the others); and
+//! `[shops]` (new shops start — their tokens go into the credential book when their
+//! connector refreshes them —, changed ones restart with their new settings, removed
+//! ones stop; shops onboarded by OAuth are not in the file and keep running). Other
+//! changes — to an existing connector's entry, or to other sections — are reported as
+//! needing a restart. An invalid file is refused with the parser's message (file and
+//! line) and the running config stays.
 
 use crate::config::Config;
 use berth_core::registry::ConnectorRegistry;
@@ -33,6 +36,9 @@ pub struct Reloadable {
     pub audit: Arc<berth_core::audit::AuditLog>,
     pub registry: Arc<ConnectorRegistry>,
     pub shops: Arc<ShopSet>,
+    pub onboarding: Arc<berth_core::onboarding::Onboarding>,
+    /// The credential book and the refresh margin (ms), when berth keeps credentials.
+    pub credentials: Option<(Arc<berth_core::credentials::CredentialBook>, i64)>,
 }
 
 impl Reloadable {
@@ -47,7 +53,15 @@ impl Reloadable {
         for (name, c) in &new.connectors {
             if self.registry.slot(name).is_none() {
                 match self.registry.add_connector(name, c).await {
-                    Ok(slot) => changed.push(format!("connector `{name}` ({}) loaded", slot.platform)),
+                    Ok(slot) => {
+                        if let Some((book, margin_ms)) = &self.credentials {
+                            slot.use_credentials(book.clone(), *margin_ms);
+                        }
+                        if let Some(t) = &c.onboarding {
+                            self.onboarding.add_template(name, t.clone());
+                        }
+                        changed.push(format!("connector `{name}` ({}) loaded", slot.platform))
+                    }
                     Err(e) => changed.push(format!("{e}; not loaded")),
                 }
             } else if old_c.and_then(|t| t.get(name)) != new_c.and_then(|t| t.get(name)) {
@@ -57,8 +71,18 @@ impl Reloadable {
         if let Some(gone) = old_c.into_iter().flat_map(|t| t.keys()).find(|k| !new.connectors.contains_key(*k)) {
             restart.push(format!("connectors.{gone} (removed)"));
         }
+        if let Some((book, _)) = &self.credentials {
+            for (shop, sc) in &new.shops {
+                let Some(slot) = self.registry.slot(&sc.connector) else { continue };
+                if let Err(e) = crate::service::seed_credentials(book, shop, sc, &slot).await {
+                    changed.push(format!("shop `{shop}`: its credentials could not be kept ({e})"));
+                }
+            }
+        }
         let registry = self.registry.clone();
-        changed.extend(self.shops.apply(&new.shops, |c| registry.slot(c)).await);
+        let (all, problems) = self.onboarding.with_onboarded(&new.shops);
+        changed.extend(problems);
+        changed.extend(self.shops.apply(&all, |c| registry.slot(c)).await);
         self.registry.set_shops(self.shops.by_connector());
         (changed, restart)
     }

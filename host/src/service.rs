@@ -55,6 +55,8 @@ pub enum StartError {
     CredentialKey(#[from] berth_core::credentials::seal::SealError),
     #[error(transparent)]
     Credentials(#[from] berth_core::credentials::CredentialError),
+    #[error(transparent)]
+    Onboarding(#[from] berth_core::onboarding::OnboardingError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -76,6 +78,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let metrics = crate::metrics::AllMetrics::new();
     let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
     let credentials = open_credentials(&cfg, &storage, &registry).await?;
+    let onboarding = open_onboarding(&cfg, &storage, credentials.clone())?;
     let audit = open_audit(&cfg)?;
     let (listener, addr, tls) = bind(&cfg).await?;
 
@@ -84,7 +87,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let events = berth_core::events::Events::new();
     events.subscribe(metrics.ops.clone());
     let health = Arc::new(berth_core::health::HealthBook::open(&storage, cfg.health.clone(), events.clone())?);
-    let shops = start_shops(&cfg, &durable, &services, &registry, &health, shutdown_rx.clone())?;
+    let shops = start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?;
     let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
     let mut workers = Vec::new();
     let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
@@ -104,6 +107,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             audit: audit.clone(),
             registry: registry.clone(),
             shops: shops.clone(),
+            onboarding: onboarding.clone(),
+            credentials: credentials.clone().map(|b| (b, cfg.credentials.refresh_margin_secs as i64 * 1000)),
         },
         shutdown_rx.clone(),
     )));
@@ -126,7 +131,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials });
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -213,7 +218,6 @@ async fn open_credentials(
     registry: &berth_core::registry::ConnectorRegistry,
 ) -> Result<Option<Arc<berth_core::credentials::CredentialBook>>, StartError> {
     use berth_core::credentials::CredentialBook;
-    use berth_types::credentials::Credentials;
     let Some(sealer) = cfg.credentials.sealer()? else { return Ok(None) };
     tracing::info!(key = %sealer.key_id(), "credentials are kept sealed with this key");
     let book = Arc::new(CredentialBook::open(storage, Arc::new(sealer))?);
@@ -223,26 +227,55 @@ async fn open_credentials(
     }
     let slots = registry.slots();
     for (shop, sc) in &cfg.shops {
-        let (Some(access), Some(refresh)) = (sc.secrets.get("access_token"), sc.secrets.get("refresh_token")) else { continue };
-        let Some(slot) = slots.get(&sc.connector) else { continue };
-        if book.state(shop)?.is_some() || !slot.current().auth_support().await.map(|a| a.refreshes).unwrap_or(false) {
-            continue;
+        if let Some(slot) = slots.get(&sc.connector) {
+            seed_credentials(&book, shop, sc, slot).await?;
         }
-        let first = Credentials {
-            access_token: access.clone(),
-            refresh_token: Some(refresh.clone()),
-            access_expires_ms: None,
-            refresh_expires_ms: None,
-            authorization_expires_ms: None,
-        };
-        book.set(shop, &first).await?;
-        tracing::info!(shop, "the shop's credentials from config are now kept and renewed by berth");
     }
     let margin_ms = cfg.credentials.refresh_margin_secs as i64 * 1000;
     for slot in slots.values() {
         slot.use_credentials(book.clone(), margin_ms);
     }
     Ok(Some(book))
+}
+
+/// Put a shop's tokens from config into the book, when its connector refreshes them: the
+/// first time, and again when ops pasted new ones (the same tokens are never taken twice:
+/// a refresh since has spent them). Whether it did.
+pub(crate) async fn seed_credentials(
+    book: &berth_core::credentials::CredentialBook,
+    shop: &str,
+    sc: &berth_types::shop::ShopConfig,
+    slot: &berth_core::registry::ConnectorSlot,
+) -> Result<bool, berth_core::credentials::CredentialError> {
+    use berth_types::credentials::Credentials;
+    let (Some(access), Some(refresh)) = (sc.secrets.get("access_token"), sc.secrets.get("refresh_token")) else { return Ok(false) };
+    if !slot.current().auth_support().await.map(|a| a.refreshes).unwrap_or(false) {
+        return Ok(false);
+    }
+    let first = Credentials {
+        access_token: access.clone(),
+        refresh_token: Some(refresh.clone()),
+        access_expires_ms: None,
+        refresh_expires_ms: None,
+        authorization_expires_ms: None,
+    };
+    let taken = book.seed(shop, &first).await?;
+    if taken {
+        tracing::info!(shop, "the shop's credentials from config are now kept and renewed by berth");
+    }
+    Ok(taken)
+}
+
+/// Onboardings by OAuth under way and the shops they brought, with each connector's
+/// `[connectors.NAME.onboarding]` template.
+fn open_onboarding(
+    cfg: &Config,
+    storage: &berth_storage::Store,
+    credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
+) -> Result<Arc<berth_core::onboarding::Onboarding>, StartError> {
+    let templates = cfg.connectors.iter().filter_map(|(name, c)| c.onboarding.clone().map(|t| (name.clone(), t))).collect();
+    let ob = berth_core::onboarding::Onboarding::open(storage, credentials, cfg.server.public_url.clone(), templates)?;
+    Ok(Arc::new(ob))
 }
 
 fn open_audit(cfg: &Config) -> Result<Arc<berth_core::audit::AuditLog>, StartError> {
@@ -264,13 +297,15 @@ async fn bind(cfg: &Config) -> Result<(tokio::net::TcpListener, SocketAddr, Opti
     Ok((listener, addr, tls))
 }
 
-/// Every configured shop's workers (pulls, pushes, probes), started.
+/// Every configured shop's workers (pulls, pushes, probes), started, and every shop
+/// onboarded by OAuth (one that cannot start is named in the log; the others run).
 fn start_shops(
     cfg: &Config,
     durable: &Durable,
     services: &Arc<HostServices>,
     registry: &Arc<berth_core::registry::ConnectorRegistry>,
     health: &Arc<berth_core::health::HealthBook>,
+    onboarding: &berth_core::onboarding::Onboarding,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<ShopSet>, StartError> {
     let deps = berth_core::shops::ShopDeps {
@@ -287,8 +322,20 @@ fn start_shops(
     let shops = Arc::new(ShopSet::new(deps, shutdown));
     health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn berth_core::health::HoldSource>);
     let connectors = registry.slots();
-    for (shop, sc) in &cfg.shops {
-        shops.start(shop, sc, connectors[&sc.connector].clone()).map_err(|e| StartError::Shop(e.to_string()))?;
+    let (all, problems) = onboarding.with_onboarded(&cfg.shops);
+    for why in problems {
+        tracing::error!("{why}");
+    }
+    for (shop, sc) in &all {
+        let Some(slot) = connectors.get(&sc.connector) else {
+            tracing::error!(shop, connector = %sc.connector, "onboarded shop not started: its connector is no longer configured");
+            continue;
+        };
+        match shops.start(shop, sc, slot.clone()) {
+            Ok(()) => {}
+            Err(e) if cfg.shops.contains_key(shop) => return Err(StartError::Shop(e.to_string())),
+            Err(e) => tracing::error!(shop, error = %e, "onboarded shop not started"),
+        }
     }
     registry.set_shops(shops.by_connector());
     Ok(shops)
@@ -307,6 +354,7 @@ struct Routed<'a> {
     audit: Arc<berth_core::audit::AuditLog>,
     metrics: &'a crate::metrics::AllMetrics,
     credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
+    onboarding: Arc<berth_core::onboarding::Onboarding>,
 }
 
 /// The whole API: ERP, status and admin routes behind the one auth gate.
@@ -332,6 +380,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
             store: r.durable.store.clone(),
         }),
         api_metrics: r.metrics.api.clone(),
+        onboarding: r.onboarding,
     }));
     let state = Arc::new(ApiState {
         store: r.durable.store.clone(),

@@ -27,7 +27,10 @@ api_path + timestamp) returns a new access token *and a new refresh token*, the 
 spent. ``refresh_credentials`` makes that call; berth decides when, one at a time per
 shop, and stores the answer before using it. An expired access token comes back as
 ``invalid_acceess_token`` (Shopee's spelling), which becomes an ``auth`` error saying the
-token expired, so berth refreshes.
+token expired, so berth refreshes. A new shop is onboarded by OAuth: ``consent_url``
+builds the ``shop/auth_partner`` link (``state`` rides in the redirect, which Shopee
+keeps), and ``exchange_code`` trades the ``code`` and ``shop_id`` Shopee sends back
+through ``POST /api/v2/auth/token/get`` for the first tokens and the shop's ``shop_id``.
 
 Shop config: ``base_url`` (e.g. https://partner.shopeemobile.com), ``partner_id``,
 ``shop_id``, secrets ``partner_key`` and ``access_token``; optional ``webhook_url``,
@@ -45,6 +48,8 @@ VERSION = "0.1.0"
 WIT_VERSION = "0.3.0"
 # Shopee does not say when a refresh token ends: 30 days after it was issued.
 REFRESH_LIFETIME_MS = 30 * 86_400 * 1000
+# A merchant's authorization of the app ends at most 365 days after it was given.
+AUTHORIZATION_LIFETIME_MS = 365 * 86_400 * 1000
 MAX_WINDOW_MS = 15 * 86_400 * 1000
 MAX_PAGE = 50
 
@@ -327,41 +332,83 @@ def refresh_models(shop):
         offset = page.get("next_offset", offset + 100)
 
 
-def refresh_grant(refresh_token):
-    """POST auth/access_token/get with the refresh token: the new credentials, or the
-    refresh error berth acts on (``revoked``: the merchant must authorize again)."""
+def signed_public_url(api_path):
+    """The URL of a public (shop-less) Shopee call, signed with partner_id + api_path +
+    timestamp, and the base URL it was built on."""
     base_url = setting("base_url").rstrip("/")
     partner_id = setting("partner_id")
     partner_key = setting("partner_key")
-    shop_id = setting("shop_id")
-    api_path = "/api/v2/auth/access_token/get"
     ts = int(time.time())
     sign = hmac_hex(partner_key, f"{partner_id}{api_path}{ts}".encode())
-    url = f"{base_url}{api_path}?partner_id={url_encode(partner_id)}&timestamp={ts}&sign={sign}"
-    body = json.dumps({"refresh_token": refresh_token, "partner_id": int(partner_id), "shop_id": int(shop_id)}).encode()
+    return f"{base_url}{api_path}?partner_id={url_encode(partner_id)}&timestamp={ts}&sign={sign}"
+
+
+def token_call(api_path, body, what):
+    """POST a token call (refresh or code exchange): the new credentials, or the refresh
+    error berth acts on (``revoked``: the merchant must authorize again)."""
+    url = signed_public_url(api_path)
     try:
-        resp = send(http.Method.POST, url, body, [("content-type", "application/json")])
+        resp = send(http.Method.POST, url, json.dumps(body).encode(), [("content-type", "application/json")])
     except Err as e:
-        fail(types.RefreshError_Transient(f"refresh not sent: {describe(e.value)}"))
+        fail(types.RefreshError_Transient(f"{what} not sent: {describe(e.value)}"))
     if resp.status == 429 or resp.status >= 500:
-        fail(types.RefreshError_Transient(f"Shopee answered {resp.status} to the refresh"))
+        fail(types.RefreshError_Transient(f"Shopee answered {resp.status} to the {what}"))
     try:
         data = json.loads(resp.body)
     except ValueError:
-        fail(types.RefreshError_Transient(f"Shopee sent a refresh answer that is not JSON (HTTP {resp.status})"))
+        fail(types.RefreshError_Transient(f"Shopee sent a {what} answer that is not JSON (HTTP {resp.status})"))
     if not isinstance(data, dict):
-        fail(types.RefreshError_Transient("Shopee sent an unexpected refresh answer"))
+        fail(types.RefreshError_Transient(f"Shopee sent an unexpected {what} answer"))
     error = data.get("error") or ""
     if error:
         message = data.get("message") or ""
         if error in ("error_server", "error_inner", "error_busi_server", "error_too_many_request"):
             fail(types.RefreshError_Transient(f"Shopee error {error}: {message}"))
-        fail(types.RefreshError_Revoked(f"Shopee refused the refresh: {error}: {message}"))
+        fail(types.RefreshError_Revoked(f"Shopee refused the {what}: {error}: {message}"))
     access, refresh, expire_in = data.get("access_token"), data.get("refresh_token"), data.get("expire_in")
     if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh or not isinstance(expire_in, int):
-        fail(types.RefreshError_Transient("Shopee's refresh answer lacks access_token, refresh_token or expire_in"))
+        fail(types.RefreshError_Transient(f"Shopee's {what} answer lacks access_token, refresh_token or expire_in"))
     now_ms = int(time.time() * 1000)
     return access, refresh, now_ms + expire_in * 1000, now_ms + REFRESH_LIFETIME_MS
+
+
+def refresh_grant(refresh_token):
+    """POST auth/access_token/get with the refresh token."""
+    body = {"refresh_token": refresh_token, "partner_id": int(setting("partner_id")), "shop_id": int(setting("shop_id"))}
+    return token_call("/api/v2/auth/access_token/get", body, "refresh")
+
+
+def consent_page(state, redirect_uri):
+    """Shopee's authorization page (``shop/auth_partner``). Shopee sends the merchant back
+    to ``redirect`` with ``code`` and ``shop_id`` added and the redirect's own query kept,
+    so ``state`` rides in the redirect."""
+    joiner = "&" if "?" in redirect_uri else "?"
+    redirect = f"{redirect_uri}{joiner}state={url_encode(state)}"
+    return f"{signed_public_url('/api/v2/shop/auth_partner')}&redirect={url_encode(redirect)}"
+
+
+def code_grant(callback):
+    """POST auth/token/get with the code Shopee sent back: the shop's first credentials
+    and its ``shop_id``."""
+    params = dict(callback)
+    code, shop_id = params.get("code") or "", params.get("shop_id") or ""
+    if not code:
+        fail(types.RefreshError_Revoked("the consent page sent no code back: the merchant did not authorize the app"))
+    if not shop_id.isdigit():
+        fail(types.RefreshError_Revoked(
+            "the consent page sent no shop_id back (a main account authorizes many shops: onboard each shop on its own)"
+        ))
+    body = {"code": code, "shop_id": int(shop_id), "partner_id": int(setting("partner_id"))}
+    access, refresh, access_expires_ms, refresh_expires_ms = token_call("/api/v2/auth/token/get", body, "code exchange")
+    now_ms = int(time.time() * 1000)
+    credentials = types.Credentials(
+        access_token=access,
+        refresh_token=refresh,
+        access_expires_ms=access_expires_ms,
+        refresh_expires_ms=refresh_expires_ms,
+        authorization_expires_ms=now_ms + AUTHORIZATION_LIFETIME_MS,
+    )
+    return types.Authorized(credentials=credentials, settings=[("shop_id", shop_id)])
 
 
 def describe(error):
@@ -383,7 +430,7 @@ class WitWorld(_WitWorld):
         )
 
     def authorization(self):
-        return types.AuthSupport(refreshes=True, oauth=False)
+        return types.AuthSupport(refreshes=True, oauth=True)
 
     def refresh_credentials(self, shop, current):
         if not current.refresh_token:
@@ -398,10 +445,10 @@ class WitWorld(_WitWorld):
         )
 
     def consent_url(self, shop, state, redirect_uri):
-        fail(permanent("this connector does not onboard shops by OAuth yet: put the shop's tokens in config"))
+        return consent_page(state, redirect_uri)
 
-    def exchange_code(self, shop, code, redirect_uri):
-        fail(types.RefreshError_Revoked("this connector does not onboard shops by OAuth yet"))
+    def exchange_code(self, shop, callback, redirect_uri):
+        return code_grant(callback)
 
     def check(self, shop):
         s = Shop()

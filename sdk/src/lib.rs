@@ -44,7 +44,7 @@ pub use bindings::berth::connector::types::{
 };
 
 #[cfg(not(feature = "wit-0-1"))]
-pub use bindings::berth::connector::types::{AuthSupport, Credentials, RefreshError};
+pub use bindings::berth::connector::types::{AuthSupport, Authorized, Credentials, RefreshError};
 
 /// The WIT version this SDK builds against; put it in your manifest's `wit_version`.
 #[cfg(not(feature = "wit-0-1"))]
@@ -101,10 +101,12 @@ pub trait Connector {
         Err(ConnectorError::Permanent("this connector does not onboard shops by OAuth".into()))
     }
 
-    /// Exchange the consent page's code for the shop's first credentials (0.3.0).
+    /// Exchange what the consent page sent back to `redirect_uri` (its query parameters
+    /// but `state`: the code, and whatever else the platform adds) for the shop's first
+    /// credentials and the shop settings the platform named (0.3.0).
     #[cfg(not(feature = "wit-0-1"))]
-    fn exchange_code(shop: String, code: String, redirect_uri: String) -> Result<Credentials, RefreshError> {
-        let _ = (shop, code, redirect_uri);
+    fn exchange_code(shop: String, callback: Vec<(String, String)>, redirect_uri: String) -> Result<Authorized, RefreshError> {
+        let _ = (shop, callback, redirect_uri);
         Err(RefreshError::Revoked("this connector does not onboard shops by OAuth".into()))
     }
 }
@@ -141,8 +143,8 @@ impl<T: Connector> bindings::Guest for T {
         <T as Connector>::consent_url(shop, state, redirect_uri)
     }
     #[cfg(not(feature = "wit-0-1"))]
-    fn exchange_code(shop: String, code: String, redirect_uri: String) -> Result<Credentials, RefreshError> {
-        <T as Connector>::exchange_code(shop, code, redirect_uri)
+    fn exchange_code(shop: String, callback: Vec<(String, String)>, redirect_uri: String) -> Result<Authorized, RefreshError> {
+        <T as Connector>::exchange_code(shop, callback, redirect_uri)
     }
 }
 

@@ -266,6 +266,10 @@ pub struct PlatformStats {
     pub expired_token_calls: u64,
     /// Shopee: refreshes tried with a refresh token an earlier refresh had spent.
     pub spent_refresh_tokens: u64,
+    /// Shopee: merchants sent back from the consent page with a code.
+    pub consents: u64,
+    /// Shopee: codes exchanged for a shop's first tokens.
+    pub code_exchanges: u64,
 }
 
 /// How long after a throttling answer a request may still arrive that the client sent
@@ -319,6 +323,10 @@ pub struct SimState {
     channels: Mutex<Vec<ChannelStats>>,
     /// Shopee shops' tokens, with `[shopee.tokens]`.
     shopee_tokens: Mutex<HashMap<u64, shopee_auth::ShopTokens>>,
+    /// Codes the Shopee consent page handed out and no exchange has used yet.
+    shopee_codes: Mutex<HashMap<String, shopee_auth::Code>>,
+    /// The shop a merchant on the Shopee consent page is logged in as.
+    shopee_login: Mutex<Option<u64>>,
 }
 
 /// One listener ("channel") of the simulator, as a platform's second gateway would be.
@@ -394,6 +402,8 @@ impl SimState {
             ),
             config: Mutex::new(config),
             channels: Mutex::new(Vec::new()),
+            shopee_codes: Mutex::new(HashMap::new()),
+            shopee_login: Mutex::new(None),
         })
     }
 
@@ -620,6 +630,16 @@ async fn control_shopee_revoke(State(state): State<Arc<SimState>>, Path(shop_id)
     }
 }
 
+/// The shop a merchant on the Shopee consent page is logged in as.
+async fn control_shopee_login(State(state): State<Arc<SimState>>, Path(shop_id): Path<u64>) -> StatusCode {
+    if state.config().shopee.shops.iter().any(|s| s.shop_id == shop_id) {
+        state.shopee_login(shop_id);
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -722,8 +742,11 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
         .route("/shopee/api/v2/auth/access_token/get", post(shopee::refresh_token))
+        .route("/shopee/api/v2/auth/token/get", post(shopee::code_token))
+        .route("/shopee/api/v2/shop/auth_partner", get(shopee::consent_page))
         .route("/shopee/api/v2/{module}/{call}", get(shopee::api).post(shopee::api))
         .route("/_sim/shopee/{shop_id}/revoke", post(control_shopee_revoke))
+        .route("/_sim/shopee/login/{shop_id}", post(control_shopee_login))
         .route("/woo/{site}/wp-json/wc/v3/orders", get(woo::orders))
         .route("/woo/{site}/wp-json/wc/v3/products", get(woo::products))
         .route("/woo/{site}/wp-json/wc/v3/products/batch", post(woo::products_batch))

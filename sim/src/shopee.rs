@@ -207,6 +207,39 @@ pub async fn refresh_token(State(state): State<Arc<SimState>>, RawQuery(query): 
     }
 }
 
+/// `POST /shopee/api/v2/auth/token/get`: a consent page's code becomes the shop's first
+/// tokens (see shopee_auth.rs).
+pub async fn code_token(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    if let Some(kind) = state.begin(Platform::Shopee) {
+        return fault_response(kind, Duration::from_millis(state.config().timeout_hold_ms)).await;
+    }
+    match crate::shopee_auth::exchange(&state, &query_map(query.as_deref()), &body) {
+        Ok(mut v) => {
+            state.count(Platform::Shopee, |s| s.ok += 1);
+            v["error"] = json!("");
+            v["message"] = json!("");
+            v["request_id"] = json!(format!("sim-{}", crate::now_ms()));
+            (StatusCode::OK, Json(v)).into_response()
+        }
+        Err(Refusal(status, code, message)) => {
+            state.count(Platform::Shopee, |s| s.rejected += 1);
+            envelope(status, code, &message, Value::Null)
+        }
+    }
+}
+
+/// `GET /shopee/api/v2/shop/auth_partner`: the consent page, where the merchant logged
+/// in authorizes the app at once: a redirect back with `code` and `shop_id`.
+pub async fn consent_page(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery) -> Response {
+    match crate::shopee_auth::consent(&state, &query_map(query.as_deref())) {
+        Ok(back) => (StatusCode::FOUND, [(axum::http::header::LOCATION, back)]).into_response(),
+        Err(Refusal(status, code, message)) => {
+            state.count(Platform::Shopee, |s| s.rejected += 1);
+            envelope(status, code, &message, Value::Null)
+        }
+    }
+}
+
 fn number<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str) -> Result<T, Refusal> {
     q.get(key)
         .ok_or_else(|| param_error(format!("{key} is required")))?

@@ -139,7 +139,7 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     let config = berth_tests::write_config(
         dir.path(),
         &format!(
-            "[sync]\ninitial_lookback_hours = 3\nsettle_secs = 1\n\
+            "[sync]\ninitial_lookback_hours = 3\nsettle_secs = 1\nerror_pause_secs = 1\n\
              [credentials]\nkey_file = \"credentials.key\"\nrefresh_margin_secs = 1\n{}\
              [shops.sg]\nconnector = \"shopee\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopee\", partner_id = \"9001\", shop_id = \"880001\", page_size = \"25\" }}\n\
@@ -204,4 +204,19 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
     assert!(shops[0]["credentials"]["needs_authorization"].is_string(), "{shops}");
     assert_eq!(stats(&sim).spent_refresh_tokens, 0, "{:?}", stats(&sim));
+
+    // A marked shop makes no call with the credentials the platform refused: its pulls
+    // fail inside berth, and the platform hears nothing more from it.
+    let errors = |shops: &serde_json::Value| shops[0]["errors"].as_u64().unwrap_or(0);
+    let first = berth_tests::poll_until(deadline, || async {
+        let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
+        shops[0]["last_error"].as_str()?.contains("no call is made").then(|| errors(&shops))
+    })
+    .await
+    .unwrap_or_else(|| panic!("the marked shop's pulls never failed inside berth\n{}", berth.log()));
+    let heard = stats(&sim).requests;
+    berth_tests::poll_until(deadline, || async { (errors(&berth_tests::get_json(berth.url("/v1/shops")).await) >= first + 2).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the marked shop stopped trying\n{}", berth.log()));
+    assert_eq!(stats(&sim).requests, heard, "a marked shop still called the platform");
 }

@@ -28,6 +28,8 @@ pub struct AdminState {
     pub shops: Arc<berth_core::shops::ShopSet>,
     pub degrade: Arc<berth_core::degrade::Degrade>,
     pub api_metrics: Arc<super::metrics::ApiMetrics>,
+    /// Shops onboarded by OAuth (api/oauth.rs).
+    pub onboarding: Arc<berth_core::onboarding::Onboarding>,
 }
 
 /// The routes about connectors, versions, pauses, holds and the audit log (the degraded
@@ -56,13 +58,13 @@ pub fn routes() -> Router<Arc<AdminState>> {
 }
 
 /// What an audited call was about.
-pub(super) struct Action<'a> {
+pub(crate) struct Action<'a> {
     pub name: &'static str,
     pub target: &'a str,
 }
 
 impl AdminState {
-    pub(super) fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
+    pub(crate) fn record(&self, who: &str, action: &Action<'_>, digest: Option<&str>, outcome: &str, detail: String) -> Result<(), Response> {
         let entry = AuditEntry::now(who, action.name, action.target, digest, outcome, detail);
         self.audit.append(&entry).map_err(|e| {
             tracing::error!(error = %e, action = action.name, "cannot write the audit log");
@@ -73,7 +75,7 @@ impl AdminState {
     /// Check the caller of a call about connectors, versions, platforms or the audit log:
     /// a token scoped to some shops is refused (403). A refused change is audited too
     /// (`action` is `None` for reads).
-    pub(super) fn caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
+    pub(crate) fn caller(&self, headers: &HeaderMap, need: Access, action: Option<&Action<'_>>) -> Result<Caller, Response> {
         let caller = self.any_caller(headers, need, action)?;
         if caller.scope.is_some() {
             let why = format!("token `{}` is scoped to some shops; this call concerns every shop", caller.name);
@@ -111,7 +113,7 @@ impl AdminState {
 
     /// Refuse a change whose input was wrong (a bad query, a body that does not parse,
     /// one too large): audited like any other refusal, then answered `status`.
-    pub(super) fn refuse(&self, caller: &Caller, action: &Action<'_>, status: StatusCode, why: String) -> Response {
+    pub(crate) fn refuse(&self, caller: &Caller, action: &Action<'_>, status: StatusCode, why: String) -> Response {
         self.refusal(&caller.name, Some(action), "refused", status, why)
     }
 

@@ -88,6 +88,7 @@ pub fn access_name(a: Access) -> &'static str {
         Access::Operate => "operate",
         Access::Deploy => "deploy",
         Access::Audit => "audit",
+        Access::Onboard => "onboard",
     }
 }
 

@@ -1,9 +1,10 @@
 //! berth-api: berth's HTTP API.
 //!
 //! Owns the routes — the ERP's (order feed, leases, acks, stock submissions), status and
-//! the dashboard, `/metrics`, the admin API ([`admin`], [`degrade`]) — the one auth gate
-//! every route passes ([`auth`], [`gate`]), the request and answer types, and the
-//! listener that bounds connections and header time ([`listener`]).
+//! the dashboard, `/metrics`, the admin API ([`admin`], [`degrade`]), OAuth onboarding
+//! ([`oauth`]) — the one auth gate every route passes ([`auth`], [`gate`]), the request
+//! and answer types, and the listener that bounds connections and header time
+//! ([`listener`]).
 //!
 //! It calls core's public methods and reads ops' renderings; it holds no state of its own
 //! beyond tokens, and must not be needed by core or ops (they never name a route or a
@@ -15,6 +16,7 @@ pub mod degrade;
 pub mod gate;
 pub mod listener;
 pub mod metrics;
+pub mod oauth;
 pub mod status;
 pub mod stock;
 
@@ -77,7 +79,7 @@ pub struct ApiState {
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
 /// degraded shop by hand (degrade.rs), on one state.
 pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
-    admin::routes().merge(degrade::routes()).with_state(state)
+    admin::routes().merge(degrade::routes()).merge(oauth::routes()).with_state(state)
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see

@@ -4,8 +4,9 @@
 //! running shops ([`shops`]) with their order sync ([`sync`]), webhook intake
 //! ([`ingest`]), the order store and the ERP's feed and queue ([`store`], [`inbox`],
 //! [`queue`], [`delivery`]), the stock ledger and pusher ([`stock`]), each shop's health
-//! ([`health`]), working a degraded shop by hand ([`degrade`]) and the audit log
-//! ([`audit`]). It tells the rest of berth what happens through [`events`] and lets it
+//! ([`health`]), working a degraded shop by hand ([`degrade`]), the shops' platform
+//! credentials and their refresh ([`credentials`]), shops onboarded by OAuth
+//! ([`onboarding`]) and the audit log ([`audit`]). It tells the rest of berth what happens through [`events`] and lets it
 //! read state snapshots (levels, health, registry slots).
 //!
 //! It must not know metrics, alerts, HTTP routing or the config file: ops
@@ -23,6 +24,7 @@ pub mod health;
 pub mod inbox;
 pub mod ingest;
 pub mod levels;
+pub mod onboarding;
 pub mod order_budget;
 pub mod queue;
 pub mod registry;

@@ -61,16 +61,27 @@ pub enum ShopError {
     MissingKey { shop: String, connector: String, key: String },
 }
 
+/// What [`ShopSet::put`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Put {
+    Started,
+    Restarted,
+    Unchanged,
+}
+
 /// Settings compared as written (secrets included, never printed).
 impl ShopSet {
     pub fn new(deps: ShopDeps, shutdown: watch::Receiver<bool>) -> Self {
         ShopSet { deps, shops: RwLock::default(), shutdown }
     }
 
-    /// Check a shop against its connector's manifest (required keys).
+    /// Check a shop against its connector's manifest (required keys; the tokens of a shop
+    /// whose credentials berth keeps are in the credential book).
     pub fn check(shop: &str, sc: &ShopConfig, slot: &ConnectorSlot) -> Result<(), ShopError> {
         let conn = slot.current();
-        match conn.manifest.required_config.iter().find(|k| sc.value(k).is_none()) {
+        let from_book = |k: &str| matches!(k, "access_token" | "refresh_token") && slot.holds_credentials(shop);
+        match conn.manifest.required_config.iter().find(|k| sc.value(k).is_none() && !from_book(k)) {
             Some(key) => Err(ShopError::MissingKey { shop: shop.into(), connector: sc.connector.clone(), key: key.clone() }),
             None => Ok(()),
         }
@@ -181,35 +192,39 @@ impl ShopSet {
     /// changed, one line per shop.
     pub async fn apply(&self, shops: &BTreeMap<String, ShopConfig>, slot: impl Fn(&str) -> Option<Arc<ConnectorSlot>>) -> Vec<String> {
         let mut changes = Vec::new();
-        let running: BTreeMap<String, ShopConfig> =
-            self.shops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.config.clone())).collect();
-        for name in running.keys().filter(|n| !shops.contains_key(*n)) {
+        let running: Vec<String> = self.names();
+        for name in running.iter().filter(|n| !shops.contains_key(*n)) {
             self.stop(name).await;
             changes.push(format!("shop `{name}` removed and stopped"));
         }
         for (name, sc) in shops {
-            let old = running.get(name);
-            if old.is_some_and(|o| o == sc) {
-                continue;
-            }
             let Some(s) = slot(&sc.connector) else {
                 changes.push(ShopError::NoConnector { shop: name.clone(), connector: sc.connector.clone() }.to_string());
                 continue;
             };
-            // Check before stopping the old one, so a bad change keeps the shop running.
-            if let Err(e) = Self::check(name, sc, &s) {
-                changes.push(format!("{e}; the shop was not (re)started"));
-                continue;
-            }
-            if old.is_some() {
-                self.stop(name).await;
-            }
-            match self.start(name, sc, s) {
-                Ok(()) => changes.push(format!("shop `{name}` {}", if old.is_some() { "restarted with its new settings" } else { "added and started" })),
-                Err(e) => changes.push(e.to_string()),
+            match self.put(name, sc, s).await {
+                Ok(Put::Unchanged) => {}
+                Ok(Put::Started) => changes.push(format!("shop `{name}` added and started")),
+                Ok(Put::Restarted) => changes.push(format!("shop `{name}` restarted with its new settings")),
+                Err(e) => changes.push(format!("{e}; the shop was not (re)started")),
             }
         }
         changes
+    }
+
+    /// Run `shop` on `sc`: start it, restart it when its config changed, or leave it.
+    /// Checked before the old one stops, so a bad change keeps the shop running.
+    pub async fn put(&self, shop: &str, sc: &ShopConfig, slot: Arc<ConnectorSlot>) -> Result<Put, ShopError> {
+        let old = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.config.clone());
+        if old.as_ref() == Some(sc) {
+            return Ok(Put::Unchanged);
+        }
+        Self::check(shop, sc, &slot)?;
+        if old.is_some() {
+            self.stop(shop).await;
+        }
+        self.start(shop, sc, slot)?;
+        Ok(if old.is_some() { Put::Restarted } else { Put::Started })
     }
 
     /// The host's services (rate limits and their holds).

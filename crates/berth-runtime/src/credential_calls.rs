@@ -9,7 +9,7 @@ use super::bindings::v0_3::berth::connector::types as wit;
 use super::bindings::v0_3::Connector as V0_3;
 use super::{call_error_outcome, CallError, HostState, LoadedConnector, Running};
 use berth_types::connector::ConnectorError;
-use berth_types::credentials::{Credentials, RefreshError};
+use berth_types::credentials::{Authorized, Credentials, RefreshError};
 use berth_types::shop::ShopConfig;
 use berth_types::Secret;
 use std::sync::Arc;
@@ -59,11 +59,39 @@ fn from_wit(call: &'static str, c: wit::Credentials) -> Result<Credentials, Call
     })
 }
 
+/// The most settings an exchange may name, and their longest key and value (bytes).
+const MAX_SETTINGS: usize = 32;
+const MAX_SETTING_KEY: usize = 64;
+const MAX_SETTING_VALUE: usize = 1024;
+
+/// Settings a code exchange named, checked: few, short, keys of letters, digits and `_`.
+fn checked_settings(call: &'static str, settings: Vec<(String, String)>) -> Result<Vec<(String, String)>, CallError> {
+    let bad = |why: String| CallError::BadOutput { call, why };
+    if settings.len() > MAX_SETTINGS {
+        return Err(bad(format!("{} settings, at most {MAX_SETTINGS}", settings.len())));
+    }
+    for (k, v) in &settings {
+        if k.is_empty() || k.len() > MAX_SETTING_KEY || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(bad(format!("setting key {:?} is not 1-{MAX_SETTING_KEY} letters, digits or _", super::state::bounded(k, 80))));
+        }
+        if v.len() > MAX_SETTING_VALUE {
+            return Err(bad(format!("setting `{k}` is longer than {MAX_SETTING_VALUE} bytes")));
+        }
+    }
+    Ok(settings)
+}
+
+fn refresh_error(e: wit::RefreshError) -> RefreshError {
+    match e {
+        wit::RefreshError::Revoked(why) => RefreshError::Revoked(super::state::bounded(&why, 512).to_string()),
+        wit::RefreshError::Transient(why) => RefreshError::Transient(super::state::bounded(&why, 512).to_string()),
+    }
+}
+
 fn refresh_answer(call: &'static str, r: Result<wit::Credentials, wit::RefreshError>) -> Result<Result<Credentials, RefreshError>, CallError> {
     Ok(match r {
         Ok(c) => Ok(from_wit(call, c)?),
-        Err(wit::RefreshError::Revoked(why)) => Err(RefreshError::Revoked(super::state::bounded(&why, 512).to_string())),
-        Err(wit::RefreshError::Transient(why)) => Err(RefreshError::Transient(super::state::bounded(&why, 512).to_string())),
+        Err(e) => Err(refresh_error(e)),
     })
 }
 
@@ -118,12 +146,17 @@ impl LoadedConnector {
         r
     }
 
-    /// Exchange the code a consent page sent back for `shop`'s first credentials.
-    pub async fn exchange_code(&self, shop: &str, cfg: Arc<ShopConfig>, code: &str, redirect_uri: &str) -> Result<Result<Credentials, RefreshError>, CallError> {
+    /// Exchange what a consent page sent back for `shop` (the callback's query
+    /// parameters but `state`) for its first credentials and the settings the platform
+    /// named.
+    pub async fn exchange_code(&self, shop: &str, cfg: Arc<ShopConfig>, callback: &[(String, String)], redirect_uri: &str) -> Result<Result<Authorized, RefreshError>, CallError> {
         const CALL: &str = "exchange-code";
         let started = std::time::Instant::now();
         let (mut store, inst) = self.start_v0_3(CALL, Some((shop.to_string(), cfg)), started).await?;
-        let r = self.finish(CALL, inst.call_exchange_code(&mut store, shop, code, redirect_uri)).await.and_then(|r| refresh_answer(CALL, r));
+        let r = self.finish(CALL, inst.call_exchange_code(&mut store, shop, callback, redirect_uri)).await.and_then(|r| match r {
+            Ok(a) => Ok(Ok(Authorized { credentials: from_wit(CALL, a.credentials)?, settings: checked_settings(CALL, a.settings)? })),
+            Err(e) => Ok(Err(refresh_error(e))),
+        });
         self.end_v0_3(CALL, started, &store, r.as_ref().err());
         r
     }

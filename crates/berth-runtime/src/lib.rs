@@ -465,6 +465,15 @@ pub enum Call {
 }
 
 impl Call {
+    /// This call's answer when it fails with `e` before reaching the connector.
+    pub fn failed(&self, e: ConnectorError) -> Output {
+        match self {
+            Call::Pull(_) => Output::Pull(Err(e)),
+            Call::Push(_) => Output::Push(Err(e)),
+            Call::Webhook(_) => Output::Webhook(Err(e)),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Call::Pull(_) => "pull-orders",

@@ -17,7 +17,7 @@ pub enum Role {
     Operator,
     /// Also deploys, activates, rolls back, canaries and shadows versions.
     Deployer,
-    /// Everything, the audit log included.
+    /// Everything, the audit log and onboarding shops by OAuth included.
     Admin,
 }
 
@@ -35,6 +35,8 @@ pub enum Access {
     Deploy,
     /// The audit log.
     Audit,
+    /// Onboarding a shop by OAuth (a new shop, and the platform's consent for it).
+    Onboard,
 }
 
 impl Role {

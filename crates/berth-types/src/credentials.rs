@@ -32,6 +32,14 @@ impl Credentials {
     }
 }
 
+/// What a code exchange gives a shop onboarded by OAuth: its first credentials and the
+/// shop settings the platform named (Shopee: `shop_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    pub credentials: Credentials,
+    pub settings: Vec<(String, String)>,
+}
+
 /// Why a refresh (or a code exchange) gave no new credentials.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {

@@ -135,6 +135,32 @@ class ShopeeTest(unittest.TestCase):
         ANSWERS.append(answer(200, {"error": "", "access_token": "acc"}))
         self.assertIsInstance(error_of(lambda: app.WitWorld().refresh_credentials("acme", current)), types.RefreshError_Transient)
 
+    def test_the_consent_page_is_signed_and_carries_state_in_the_redirect(self):
+        app.time.time = lambda: 1704110400.5
+        url = app.WitWorld().consent_url("new-shop", "st-1", "https://berth.example/v1/oauth/shopee/callback")
+        expected = hmac.new(b"test_secret", b"2001887/api/v2/shop/auth_partner1704110400", hashlib.sha256).hexdigest()
+        self.assertEqual(
+            url,
+            "https://partner.shopeemobile.com/api/v2/shop/auth_partner?partner_id=2001887&timestamp=1704110400"
+            f"&sign={expected}&redirect=https%3A%2F%2Fberth.example%2Fv1%2Foauth%2Fshopee%2Fcallback%3Fstate%3Dst-1",
+        )
+
+    def test_a_code_is_exchanged_for_tokens_and_the_shop_id(self):
+        app.time.time = lambda: 1704110400.5
+        del SETTINGS["shop_id"], SETTINGS["access_token"]
+        ANSWERS.append(answer(200, {"error": "", "message": "", "access_token": "acc-1", "refresh_token": "ref-1", "expire_in": 14400}))
+        got = app.WitWorld().exchange_code("new-shop", [("code", "c0de"), ("shop_id", "5550001")], "https://berth.example/cb")
+        self.assertEqual((got.credentials.access_token, got.credentials.refresh_token), ("acc-1", "ref-1"))
+        self.assertEqual(got.credentials.authorization_expires_ms, 1704110400500 + 365 * 86_400 * 1000)
+        self.assertEqual(got.settings, [("shop_id", "5550001")])
+        req = SENT[0]
+        self.assertTrue(req.url.startswith("https://partner.shopeemobile.com/api/v2/auth/token/get?partner_id=2001887&timestamp=1704110400&sign="))
+        self.assertEqual(json.loads(bytes(req.body)), {"code": "c0de", "shop_id": 5550001, "partner_id": 2001887})
+        # No code (the merchant declined) or no shop: revoked, nothing sent.
+        self.assertIsInstance(error_of(lambda: app.WitWorld().exchange_code("s", [("shop_id", "1")], "u")), types.RefreshError_Revoked)
+        self.assertIsInstance(error_of(lambda: app.WitWorld().exchange_code("s", [("code", "c"), ("main_account_id", "9")], "u")), types.RefreshError_Revoked)
+        self.assertEqual(len(SENT), 1)
+
     def test_pushes_are_verified_against_the_callback_url_and_body(self):
         body = json.dumps({"shop_id": 14701711, "code": 3, "data": {"ordersn": "SP9"}}).encode()
         good = hmac.new(b"test_secret", b"https://berth.example/hook|" + body, hashlib.sha256).hexdigest()

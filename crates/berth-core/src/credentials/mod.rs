@@ -128,6 +128,8 @@ pub struct CredentialState {
     /// Whether the previous credentials are still kept (the current ones have not
     /// worked yet).
     pub previous_kept: bool,
+    /// After a failed refresh: the next one is not tried before this (backoff).
+    pub retry_after_ms: Option<i64>,
 }
 
 /// Credentials as stored, inside a record that is sealed as a whole.
@@ -177,7 +179,18 @@ struct Stored {
     failures: u32,
     last_error: Option<String>,
     needs_authorization: Option<String>,
+    /// After a refresh that failed in a way that may pass: no new try before this.
+    #[serde(default)]
+    retry_after_ms: Option<i64>,
+    /// SHA-256 of the tokens last taken from the shop's config: tokens pasted there anew
+    /// (the merchant authorized again) are taken again, the same ones are not.
+    #[serde(default)]
+    seeded_from: Option<String>,
 }
+
+/// The first wait after a failed refresh, and the longest.
+const RETRY_BASE_MS: u64 = 1_000;
+const RETRY_MAX_MS: u64 = 5 * 60_000;
 
 impl Stored {
     fn state(&self) -> CredentialState {
@@ -192,6 +205,7 @@ impl Stored {
             last_error: self.last_error.clone(),
             needs_authorization: self.needs_authorization.clone(),
             previous_kept: self.previous.is_some(),
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -262,6 +276,10 @@ impl CredentialBook {
     /// they replace whatever it had, clear a needed authorization, and count as a new
     /// generation. Durable when this returns.
     pub async fn set(&self, shop: &str, creds: &Credentials) -> Result<CredentialState, CredentialError> {
+        self.put(shop, creds, None).await
+    }
+
+    async fn put(&self, shop: &str, creds: &Credentials, seeded_from: Option<String>) -> Result<CredentialState, CredentialError> {
         let current = StoredCredentials::from(creds);
         let stored = self
             .update(shop, move |old| Stored {
@@ -273,9 +291,38 @@ impl CredentialBook {
                 failures: 0,
                 last_error: None,
                 needs_authorization: None,
+                retry_after_ms: None,
+                seeded_from: seeded_from.or_else(|| old.and_then(|o| o.seeded_from)),
             })
             .await?;
         Ok(stored.state())
+    }
+
+    /// Take a shop's tokens from its config: the first time, and again when they differ
+    /// from the ones taken last (ops pasted new tokens after the merchant authorized the
+    /// app again). The same tokens are never taken twice: a refresh since has spent them.
+    /// Whether they were taken.
+    pub async fn seed(&self, shop: &str, creds: &Credentials) -> Result<bool, CredentialError> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(creds.access_token.expose().as_bytes());
+        h.update([0]);
+        h.update(creds.refresh_token.as_ref().map_or("", |t| t.expose()).as_bytes());
+        let digest = hex::encode(h.finalize());
+        match self.read(shop)? {
+            None => {}
+            Some(s) if s.seeded_from.as_deref() == Some(digest.as_str()) => return Ok(false),
+            // Kept before berth noted where tokens came from: note it, take nothing.
+            Some(s) if s.seeded_from.is_none() => {
+                self.update(shop, move |old| Stored { seeded_from: Some(digest), ..old.expect("read above") }).await?;
+                return Ok(false);
+            }
+            Some(_) => tracing::warn!(shop, "the shop's tokens in config changed: berth takes the new ones"),
+        }
+        let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.to_string()).or_default().clone();
+        let _held = flight.lock().await;
+        self.put(shop, creds, Some(digest)).await?;
+        Ok(true)
     }
 
     /// The shop's current credentials and their generation.
@@ -362,6 +409,11 @@ impl CredentialBook {
         if settled(&s) {
             return Ok((Credentials::from(&s.current), s.generation));
         }
+        let now = berth_types::clock::now_ms();
+        if let Some(after) = s.retry_after_ms.filter(|t| *t > now) {
+            let why = format!("{} (next try in {} s)", s.last_error.as_deref().unwrap_or("the last refresh failed"), (after - now + 999) / 1000);
+            return Err(CredentialError::Transient { shop: shop.to_string(), why });
+        }
         if s.current.refresh_token.is_none() {
             let why = "the access token ended and there is no refresh token".to_string();
             self.update(shop, {
@@ -392,6 +444,8 @@ impl CredentialBook {
                             failures: 0,
                             last_error: None,
                             needs_authorization: None,
+                            retry_after_ms: None,
+                            seeded_from: old.seeded_from,
                         }
                     })
                     .await?;
@@ -414,12 +468,16 @@ impl CredentialBook {
         };
         let gone_too = gone.clone();
         let last = why.clone();
+        let transient = gone.is_none();
         self.update(shop, move |old| {
             let old = old.expect("read above");
+            let failures = old.failures + 1;
+            let wait = berth_types::backoff::delay(failures, RETRY_BASE_MS, RETRY_MAX_MS).as_millis() as i64;
             Stored {
                 // The platform answered: nothing of this attempt is lost.
                 refreshing_since_ms: None,
-                failures: old.failures + 1,
+                retry_after_ms: transient.then(|| berth_types::clock::now_ms() + wait),
+                failures,
                 last_error: Some(last),
                 needs_authorization: gone_too.or(old.needs_authorization.clone()),
                 ..old
@@ -546,6 +604,64 @@ mod tests {
         assert!(!book.state("acme").unwrap().unwrap().previous_kept, "the old ones go once the new ones worked");
     }
 
+    /// A platform that is down: every refresh fails as transient.
+    struct Down(AtomicU32);
+
+    impl Refresher for Down {
+        async fn refresh(&self, _shop: &str, _current: &Credentials) -> Result<Credentials, RefreshError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(RefreshError::Transient("HTTP 503".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_backs_off_instead_of_retrying_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
+        book.set("acme", &creds("access-0", "refresh-0", 1_000)).await.unwrap();
+        let down = Down(AtomicU32::new(0));
+        for _ in 0..20 {
+            let err = book.fresh("acme", 60_000, &down).await.unwrap_err();
+            assert!(matches!(err, CredentialError::Transient { .. }), "{err}");
+        }
+        assert_eq!(down.0.load(Ordering::SeqCst), 1, "calls during the backoff do not reach the platform");
+        let st = book.state("acme").unwrap().unwrap();
+        assert!(st.failures == 1 && st.retry_after_ms.is_some_and(|t| t > berth_types::clock::now_ms()), "{st:?}");
+        assert!(st.needs_authorization.is_none() && st.generation == 1, "an outage is not a lost authorization");
+        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-0", "the current ones stay");
+        let shown = serde_json::to_string(&st).unwrap();
+        assert!(!shown.contains("access-0") && !shown.contains("refresh-0"), "no token in the state: {shown}");
+        // Once the wait is over, the next call tries again; success clears the backoff.
+        let wait = st.retry_after_ms.unwrap() - berth_types::clock::now_ms();
+        tokio::time::sleep(std::time::Duration::from_millis(wait.max(0) as u64 + 20)).await;
+        let platform = Rotating::new("refresh-0", false);
+        assert_eq!(book.fresh("acme", 60_000, &platform).await.unwrap().1, 2);
+        let st = book.state("acme").unwrap().unwrap();
+        assert_eq!((st.failures, st.retry_after_ms), (0, None));
+    }
+
+    #[tokio::test]
+    async fn tokens_from_config_are_taken_once_and_again_only_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
+        let pasted = creds("access-0", "refresh-0", 1_000);
+        assert!(book.seed("acme", &pasted).await.unwrap());
+        // A refresh since spent them: the same config must not bring them back.
+        book.refused("acme", 1, &Rotating::new("refresh-0", false)).await.unwrap();
+        assert!(!book.seed("acme", &pasted).await.unwrap());
+        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-1");
+        // The merchant authorized again and ops pasted the new tokens: taken, and a
+        // needed authorization is cleared.
+        book.update("acme", |old| Stored { needs_authorization: Some("revoked".into()), ..old.unwrap() }).await.unwrap();
+        assert!(book.seed("acme", &creds("access-new", "refresh-new", 1_000)).await.unwrap());
+        let st = book.state("acme").unwrap().unwrap();
+        assert!(st.needs_authorization.is_none() && st.generation == 3, "{st:?}");
+        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-new");
+        // Credentials given another way (OAuth) keep the note of what config had.
+        book.set("acme", &creds("access-oauth", "refresh-oauth", 1_000)).await.unwrap();
+        assert!(!book.seed("acme", &creds("access-new", "refresh-new", 1_000)).await.unwrap());
+    }
+
     #[tokio::test]
     async fn a_refusal_refreshes_once_and_late_refusals_take_the_new_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -597,26 +713,6 @@ mod tests {
         // The merchant authorized again: new credentials, the shop works.
         book.set("acme", &creds("access-new", "refresh-2", 3_600_000)).await.unwrap();
         assert_eq!(book.fresh("acme", 60_000, &platform).await.unwrap().0.access_token.expose(), "access-new");
-    }
-
-    #[tokio::test]
-    async fn a_transient_failure_keeps_the_current_ones_and_counts() {
-        struct Down;
-        impl Refresher for Down {
-            async fn refresh(&self, _: &str, _: &Credentials) -> Result<Credentials, RefreshError> {
-                Err(RefreshError::Transient("503".into()))
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let book = CredentialBook::open(&store(dir.path()), sealer()).unwrap();
-        book.set("acme", &creds("access-0", "refresh-0", 0)).await.unwrap();
-        assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
-        assert!(matches!(book.fresh("acme", 60_000, &Down).await, Err(CredentialError::Transient { .. })));
-        let st = book.state("acme").unwrap().unwrap();
-        assert_eq!((st.generation, st.failures, st.needs_authorization.clone()), (1, 2, None));
-        assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-0");
-        let shown = serde_json::to_string(&st).unwrap();
-        assert!(!shown.contains("access-0") && !shown.contains("refresh-0"), "no token in the state: {shown}");
     }
 
     #[tokio::test]

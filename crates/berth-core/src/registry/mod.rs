@@ -642,6 +642,9 @@ pub struct ConnectorConfig {
     /// This connector's limits where they differ from `[runtime]`.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// What every shop onboarded by OAuth through this connector gets (the app's keys,
+    /// the platform's URL); without it the connector onboards no shop.
+    pub onboarding: Option<crate::onboarding::OnboardingConfig>,
 }
 
 impl ConnectorConfig {

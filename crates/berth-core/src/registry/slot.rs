@@ -78,26 +78,34 @@ impl ConnectorSlot {
         let _ = self.credentials.set(SlotCredentials { book, margin_ms });
     }
 
+    /// Whether the credential book holds `shop`'s tokens (then `access_token` and
+    /// `refresh_token` come from it, not from the shop's config).
+    pub fn holds_credentials(&self, shop: &str) -> bool {
+        self.credentials.get().is_some_and(|c| matches!(c.book.state(shop), Ok(Some(_))))
+    }
+
     /// `cfg` with the book's current tokens for `shop` (refreshed first when they end
     /// within the margin), and their generation; `cfg` itself for a shop the book does
     /// not hold. A refresh that fails leaves the current tokens: the call shows whether
-    /// they still work.
-    async fn credentialed(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: &Arc<ShopConfig>) -> (Arc<ShopConfig>, Option<u64>) {
-        let Some(c) = self.credentials.get() else { return (cfg.clone(), None) };
+    /// they still work. A shop that needs the merchant to authorize the app again makes
+    /// no call: the platform refused its credentials already, so it fails here as `auth`.
+    async fn credentialed(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: &Arc<ShopConfig>) -> Result<(Arc<ShopConfig>, Option<u64>), ConnectorError> {
+        let Some(c) = self.credentials.get() else { return Ok((cfg.clone(), None)) };
         let refresher = ConnectorRefresher { connector: conn.clone(), config: cfg.clone() };
         let held = match c.book.fresh(shop, c.margin_ms, &refresher).await {
             Ok(held) => Some(held),
             // A shop whose credentials the book does not hold runs on its config.
-            Err(CredentialError::Unknown(_)) => return (cfg.clone(), None),
+            Err(CredentialError::Unknown(_)) => return Ok((cfg.clone(), None)),
+            Err(e @ CredentialError::Reauthorize { .. }) => return Err(ConnectorError::Auth(format!("{e}; no call is made until then"))),
             Err(e) => {
                 tracing::warn!(shop, error = %e, "the shop's credentials could not be refreshed; calling with the current ones");
                 c.book.current(shop).ok()
             }
         };
-        match held {
+        Ok(match held {
             Some((creds, generation)) => (with_credentials(cfg, &creds), Some(generation)),
             None => (cfg.clone(), None),
-        }
+        })
     }
 
     /// After a call made with the credentials of `generation`: an expired token is
@@ -126,7 +134,10 @@ impl ConnectorSlot {
 
     /// The connector's health check for `shop`, with the shop's current credentials.
     pub async fn check(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<berth_types::connector::Health, ConnectorError>, CallError> {
-        let (with, generation) = self.credentialed(conn, shop, &cfg).await;
+        let (with, generation) = match self.credentialed(conn, shop, &cfg).await {
+            Ok(held) => held,
+            Err(e) => return Ok(Err(e)),
+        };
         let out = conn.check(shop, with).await;
         let Some(generation) = generation else { return out };
         let expired = matches!(&out, Ok(Err(e)) if expired(e));
@@ -224,7 +235,10 @@ impl ConnectorSlot {
     /// Run an export on `conn` (a version from [`ConnectorSlot::for_shop`]); while a
     /// shadow runs, the active version's calls are recorded and replayed to it.
     async fn run(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>, call: Call) -> Result<Output, CallError> {
-        let (with, generation) = self.credentialed(conn, shop, &cfg).await;
+        let (with, generation) = match self.credentialed(conn, shop, &cfg).await {
+            Ok(held) => held,
+            Err(e) => return Ok(call.failed(e)),
+        };
         let Some(generation) = generation else { return self.run_once(conn, shop, cfg, call).await };
         let out = self.run_once(conn, shop, with, call.clone()).await;
         match self.after_call(conn, shop, &cfg, generation, token_expired(&out), out.is_ok()).await {

@@ -466,7 +466,7 @@ fn credentials(obs: &Observation, within_days: &u64) -> Vec<Breach> {
                 return Some(Breach {
                     subject: shop.clone(),
                     summary: format!(
-                        "shop {shop}: the platform no longer takes berth's credentials ({why}); the merchant must authorize the app again, then berth needs the new tokens"
+                        "shop {shop}: the platform no longer takes berth's credentials ({why}); the merchant must authorize the app again: an admin opens /v1/oauth/CONNECTOR/start?shop={shop} where the connector onboards by OAuth, else the new tokens go into the shop's config"
                     ),
                     value: 0.0,
                     threshold: *within_days as f64,
