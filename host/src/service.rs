@@ -240,7 +240,8 @@ async fn open_credentials(
 
 /// Put a shop's tokens from config into the book, when its connector refreshes them: the
 /// first time, and again when ops pasted new ones (the same tokens are never taken twice:
-/// a refresh since has spent them). Whether it did.
+/// a refresh since has spent them). A shop with no token at all is kept with an ended
+/// empty one, so its first call has the connector mint one. Whether it did.
 pub(crate) async fn seed_credentials(
     book: &berth_core::credentials::CredentialBook,
     shop: &str,
@@ -248,16 +249,21 @@ pub(crate) async fn seed_credentials(
     slot: &berth_core::registry::ConnectorSlot,
 ) -> Result<bool, berth_core::credentials::CredentialError> {
     use berth_types::credentials::Credentials;
-    let (Some(access), Some(refresh)) = (sc.secrets.get("access_token"), sc.secrets.get("refresh_token")) else { return Ok(false) };
     if !slot.current().auth_support().await.map(|a| a.refreshes).unwrap_or(false) {
         return Ok(false);
     }
-    let first = Credentials {
-        access_token: access.clone(),
-        refresh_token: Some(refresh.clone()),
-        access_expires_ms: None,
-        refresh_expires_ms: None,
-        authorization_expires_ms: None,
+    let first = match (sc.value("access_token"), sc.secrets.get("refresh_token")) {
+        (Some(_), Some(refresh)) => Credentials {
+            access_token: sc.secrets.get("access_token").cloned().unwrap_or_else(|| berth_types::Secret::new(sc.value("access_token").unwrap_or_default())),
+            refresh_token: Some(refresh.clone()),
+            access_expires_ms: None,
+            refresh_expires_ms: None,
+            authorization_expires_ms: None,
+        },
+        // No token at all: the connector mints the first one from the app's own
+        // credentials (a client credentials grant) at the shop's first call.
+        (None, None) => Credentials { access_expires_ms: Some(0), ..Credentials::lasting(berth_types::Secret::new(String::new())) },
+        _ => return Ok(false),
     };
     let taken = book.seed(shop, &first).await?;
     if taken {

@@ -3,8 +3,12 @@
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::berth::connector::{config, crypto, http, kv, log, metrics};
+#[cfg(all(target_arch = "wasm32", not(feature = "wit-0-1")))]
+use crate::bindings::berth::connector::quota;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::native::{config, crypto, http, kv, log, metrics};
+#[cfg(all(not(target_arch = "wasm32"), not(feature = "wit-0-1")))]
+use crate::native::quota;
 use crate::ConnectorError;
 
 pub use http::{HttpError, Method, Request, Response};
@@ -56,7 +60,28 @@ fn own_labels(labels: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Send a request through the host. Host refusals and network failures come back as
 /// [`ConnectorError`]s the host knows how to act on.
 pub fn send(req: &Request) -> Result<Response, ConnectorError> {
-    http::send(req).map_err(|e| match e {
+    http::send(req).map_err(|e| connector_error(req, e))
+}
+
+/// Send a request expected to cost `points` of the platform quota `quota` (0.3.0): the
+/// host waits until the shop's quota has them — as the platform last reported it with
+/// [`report_quota`] — and answers `rate-limited` when that is longer than the call may
+/// wait.
+#[cfg(not(feature = "wit-0-1"))]
+pub fn send_costed(req: &Request, quota: &str, points: f64) -> Result<Response, ConnectorError> {
+    http::send_costed(req, &http::Cost { quota: quota.to_string(), points }).map_err(|e| connector_error(req, e))
+}
+
+/// Tell the host what the platform said about one of the shop's quotas (0.3.0): points
+/// `available` now, the bucket's `maximum`, `restore_per_second`. Requests sent with
+/// [`send_costed`] then wait for the platform's numbers, not a guess.
+#[cfg(not(feature = "wit-0-1"))]
+pub fn report_quota(name: &str, available: f64, maximum: f64, restore_per_second: f64) -> Result<(), String> {
+    quota::report(&quota::QuotaState { name: name.to_string(), available, maximum, restore_per_second })
+}
+
+fn connector_error(req: &Request, e: HttpError) -> ConnectorError {
+    match e {
         HttpError::Denied(why) => ConnectorError::Permanent(format!("host refused the request: {why}")),
         // The URL without its query or fragment: access tokens and signatures travel there,
         // and this text reaches berth's log and status.
@@ -69,7 +94,7 @@ pub fn send(req: &Request) -> Result<Response, ConnectorError> {
         // The host's limiter held the request back: park the shop, no retry spent.
         #[cfg(not(feature = "wit-0-1"))]
         HttpError::Throttled(ms) => ConnectorError::RateLimited(ms),
-    })
+    }
 }
 
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, ConnectorError> {

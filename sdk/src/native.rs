@@ -37,6 +37,18 @@ pub trait Host {
     fn base64_encode(&mut self, data: &[u8]) -> String;
     fn base64_decode(&mut self, text: &str) -> Result<Vec<u8>, String>;
     fn hex_encode(&mut self, data: &[u8], upper: bool) -> String;
+    /// `http.send-costed` (0.3.0): by default the request goes as `send` would send it.
+    #[cfg(not(feature = "wit-0-1"))]
+    fn send_costed(&mut self, req: &Request, cost: &crate::bindings::berth::connector::http::Cost) -> Result<Response, HttpError> {
+        let _ = cost;
+        self.send(req)
+    }
+    /// `quota.report` (0.3.0): by default taken and forgotten.
+    #[cfg(not(feature = "wit-0-1"))]
+    fn report_quota(&mut self, state: &crate::bindings::berth::connector::quota::QuotaState) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 thread_local! {
@@ -75,6 +87,23 @@ pub(crate) mod http {
 
     pub fn send(req: &Request) -> Result<Response, HttpError> {
         super::call(|h| h.send(req))
+    }
+
+    #[cfg(not(feature = "wit-0-1"))]
+    pub use crate::bindings::berth::connector::http::Cost;
+
+    #[cfg(not(feature = "wit-0-1"))]
+    pub fn send_costed(req: &Request, cost: &Cost) -> Result<Response, HttpError> {
+        super::call(|h| h.send_costed(req, cost))
+    }
+}
+
+#[cfg(not(feature = "wit-0-1"))]
+pub(crate) mod quota {
+    pub use crate::bindings::berth::connector::quota::QuotaState;
+
+    pub fn report(state: &QuotaState) -> Result<(), String> {
+        super::call(|h| h.report_quota(state))
     }
 }
 

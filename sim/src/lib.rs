@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod profiles;
 pub mod shopee;
 pub mod shopee_auth;
+pub mod shopify_graphql;
 pub mod shopify;
 pub mod taobao;
 pub mod woo;
@@ -116,6 +117,12 @@ pub struct ShopifyConfig {
     /// Leaky bucket per app + store (Shopify standard: 40, leaking 2/s).
     pub bucket_size: u32,
     pub leak_per_sec: f64,
+    /// The GraphQL Admin API's cost bucket per app + store (see shopify_graphql.rs).
+    pub graphql: shopify_graphql::GraphqlLimits,
+    /// Apps whose tokens come from the client credentials grant.
+    pub apps: Vec<shopify_graphql::ShopifyApp>,
+    /// How long a token from the client credentials grant lives (Shopify: 24 h).
+    pub token_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +186,9 @@ impl Default for ShopifyConfig {
             }],
             bucket_size: 40,
             leak_per_sec: 2.0,
+            graphql: shopify_graphql::GraphqlLimits::default(),
+            apps: Vec::new(),
+            token_secs: 86_399,
         }
     }
 }
@@ -327,6 +337,8 @@ pub struct SimState {
     shopee_codes: Mutex<HashMap<String, shopee_auth::Code>>,
     /// The shop a merchant on the Shopee consent page is logged in as.
     shopee_login: Mutex<Option<u64>>,
+    /// Shopify GraphQL cost buckets and minted tokens.
+    shopify_graphql: Mutex<shopify_graphql::GraphqlState>,
 }
 
 /// One listener ("channel") of the simulator, as a platform's second gateway would be.
@@ -404,6 +416,7 @@ impl SimState {
             channels: Mutex::new(Vec::new()),
             shopee_codes: Mutex::new(HashMap::new()),
             shopee_login: Mutex::new(None),
+            shopify_graphql: Mutex::new(Default::default()),
         })
     }
 
@@ -740,6 +753,8 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/products.json", get(shopify::products))
         .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
+        .route("/shopify/{shop}/admin/api/{version}/graphql.json", post(shopify_graphql::graphql))
+        .route("/shopify/{shop}/admin/oauth/access_token", post(shopify_graphql::access_token))
         .route("/taobao/router/rest", get(taobao::router).post(taobao::router))
         .route("/shopee/api/v2/auth/access_token/get", post(shopee::refresh_token))
         .route("/shopee/api/v2/auth/token/get", post(shopee::code_token))

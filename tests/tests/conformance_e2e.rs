@@ -29,9 +29,10 @@ fn check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
 }
 
 #[test]
-fn all_five_connectors_pass_the_conformance_suite() {
+fn every_connector_passes_the_conformance_suite() {
     let cases = [
         ("Rust Shopify", plugins::SHOPIFY, "shopify", true),
+        ("Rust Shopify GraphQL", plugins::SHOPIFY_GRAPHQL, "shopify", true),
         ("Rust Taobao", plugins::TAOBAO, "taobao", false),
         ("Python Shopee", plugins::SHOPEE_PY, "shopee", true),
         ("JavaScript WooCommerce", plugins::WOO_JS, "woo", true),
@@ -57,11 +58,19 @@ fn all_five_connectors_pass_the_conformance_suite() {
         assert!(pushed.contains("NO-SUCH-SKU-0 rejected") && pushed.contains("=11 set"), "{what}: {pushed}");
         let (_, throttled) = check(&out, "throttling").unwrap();
         assert!(throttled.contains("rate-limited("), "{what}: {throttled}");
-        // Only the Shopee connector refreshes its tokens (berth:connector 0.3.0).
+        // The Shopee connector's tokens rotate in the simulator; the Shopify GraphQL
+        // connector mints them from client credentials (no rotation to check here).
         let (outcome, detail) = check(&out, "credentials").expect("a credentials line");
         assert_eq!(outcome, if sim == "shopee" { "PASS" } else { "SKIP" }, "{what}: {detail}");
         if sim == "shopee" {
             assert!(detail.contains("spent refresh token -> revoked"), "{what}: {detail}");
+        }
+        // Only the GraphQL connector sends costed requests and reports the platform's quota.
+        let (outcome, detail) = check(&out, "quota").expect("a quota line");
+        let graphql = component == plugins::SHOPIFY_GRAPHQL;
+        assert_eq!(outcome, if graphql { "PASS" } else { "SKIP" }, "{what}: {detail}");
+        if graphql {
+            assert!(detail.contains("`graphql`"), "{what}: {detail}");
         }
         eprintln!("{what}:\n{out}");
     }

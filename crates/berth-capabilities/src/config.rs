@@ -79,6 +79,10 @@ pub struct PlatformConfig {
     pub retry: RetryOverrides,
     /// A second channel to the same API, used while the first one is unhealthy.
     pub standby: Option<StandbyConfig>,
+    /// Ops' guess of quotas of points (a GraphQL cost bucket), by the name the
+    /// connector reports them under: followed until the platform reports its own numbers.
+    #[serde(default)]
+    pub points: BTreeMap<String, crate::points::PointsGuess>,
 }
 
 impl PlatformConfig {
@@ -98,6 +102,7 @@ impl PlatformConfig {
             timezone: None,
             retry: RetryOverrides::default(),
             standby: None,
+            points: BTreeMap::new(),
         }
     }
 }
@@ -201,6 +206,9 @@ fn check_platform(l: &PlatformConfig) -> Result<(), String> {
         if e.patterns.is_empty() || e.patterns.iter().any(|p| p.is_empty()) {
             return Err(format!("endpoints.{class}: `match` needs at least one non-empty pattern"));
         }
+    }
+    for (name, g) in &l.points {
+        g.check().map_err(|e| format!("points.{name}: {e}"))?;
     }
     if l.call_limit_leak_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("call_limit_leak_per_second must be positive".into());

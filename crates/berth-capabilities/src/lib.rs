@@ -3,7 +3,8 @@
 //!
 //! Owns: the outbound HTTP gateway ([`http`]: allowlist enforcement, the address guard
 //! against private and metadata ranges, ports, size caps), the platforms' rate limits,
-//! quota keys, holds and call-limit pacing ([`ratelimit`]), allowed hours ([`windows`]),
+//! quota keys, holds and call-limit pacing ([`ratelimit`]), quotas of points the platforms
+//! report ([`points`]), allowed hours ([`windows`]),
 //! hot-standby channels ([`standby`]), retry policies per platform ([`retry`]), connector
 //! state per shop over the store ([`kv`]), their metrics, and their config sections
 //! (`[http]`, `[platforms.X]`: [`config`]).
@@ -17,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod metrics;
+pub mod points;
 pub mod ratelimit;
 pub mod retry;
 pub mod services;

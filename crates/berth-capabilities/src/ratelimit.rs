@@ -254,6 +254,8 @@ pub struct PlatformLimitsView {
     pub hosts: Vec<String>,
     /// `config` (`[platforms.ID] hosts`) or `manifests` (its connectors' declared hosts).
     pub hosts_from: &'static str,
+    /// Quotas of points, as the platform last reported them (or ops guessed).
+    pub points: Vec<crate::points::PointsView>,
 }
 
 /// Whether two host patterns (`name` or `*.suffix`) can match one host.
@@ -334,6 +336,8 @@ pub struct RateLimits {
     queues: std::sync::Mutex<std::collections::HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Told when an operator releases a hold: workers waiting one out look again.
     released: tokio::sync::Notify,
+    /// Quotas of points the platforms report (a GraphQL cost bucket), per shop quota.
+    pub points: crate::points::PointsBuckets,
 }
 
 /// The shop lacks the setting its platform's quota is counted by.
@@ -442,6 +446,7 @@ impl RateLimits {
         let platforms: BTreeMap<String, PlatformLimiter> =
             cfg.iter().map(|(name, l)| (name.clone(), PlatformLimiter::from_config(l))).collect();
         *self.platforms.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(platforms);
+        self.points.configure(cfg.iter().filter(|(_, l)| !l.points.is_empty()).map(|(name, l)| (name.clone(), l.points.clone())).collect());
         let mut d = self.destinations.write().unwrap_or_else(|e| e.into_inner());
         d.configured = cfg
             .iter()
@@ -727,6 +732,7 @@ impl RateLimits {
             suspend_after_throttle_secs: p.suspend_after_throttle.as_secs(),
             hosts: configured.chain(declared).collect(),
             hosts_from: if d.listed.contains(platform) { "config" } else { "manifests" },
+            points: self.points.views(platform),
         }
     }
 

@@ -53,7 +53,7 @@ impl HostServices {
 }
 
 impl HostServices {
-    async fn send_live(&self, ctx: &CallContext, req: HttpRequest, notes: &mut SendNotes) -> Result<HttpResponse, HttpError> {
+    async fn send_live(&self, ctx: &CallContext, req: HttpRequest, cost: Option<berth_types::http::Cost>, notes: &mut SendNotes) -> Result<HttpResponse, HttpError> {
         let started = std::time::Instant::now();
         let url_for_log = berth_runtime::state::bounded(&req.url, 256).to_string();
         let url = match self.http.admit(&ctx.allow, &req.url) {
@@ -78,7 +78,27 @@ impl HostServices {
             }
         };
         // Wait for the platform's rate limits, leaving the guest half its remaining time.
-        let budget = ctx.deadline.saturating_duration_since(started) / 2;
+        let mut budget = ctx.deadline.saturating_duration_since(started) / 2;
+        // A request expected to cost points of a quota the platform reports waits for them.
+        let _points = match &cost {
+            None => None,
+            Some(c) => match self.limits.points.take(&platform, &key, c, budget).await {
+                Ok((waited, spent)) => {
+                    if !waited.is_zero() {
+                        self.http_metrics.rate_limit_wait(&platform, waited);
+                        tracing::debug!(connector = %ctx.connector, shop = ctx.shop_name(), quota = %c.quota, points = c.points, waited_ms = waited.as_millis() as u64, "points quota wait");
+                    }
+                    budget = budget.saturating_sub(waited);
+                    spent
+                }
+                Err(no_slot) => {
+                    tracing::info!(connector = %ctx.connector, shop = ctx.shop_name(), quota = %c.quota, points = c.points, error = %no_slot, "request held back: its quota lacks the points");
+                    notes.held_back = Some(std::time::Duration::from_millis(no_slot.wait_ms));
+                    self.http_metrics.http(&platform, "held_back", None);
+                    return Err(HttpError::Throttled(no_slot.wait_ms.max(1)));
+                }
+            },
+        };
         let api_method = self.limits.has_classes(&platform).then(|| api_method(&url, &req)).flatten();
         let endpoint = super::ratelimit::Endpoint { path: url.path(), api_method: api_method.as_deref() };
         // Held until the answer has been learnt from (see RateLimits::acquire).
@@ -227,8 +247,16 @@ impl HostImports for HostServices {
         self.limits.claim(platform, hosts).map_err(|e| e.to_string())
     }
 
-    fn send<'a>(&'a self, call: &'a CallContext, req: HttpRequest, notes: &'a mut SendNotes) -> Pending<'a, Result<HttpResponse, HttpError>> {
-        Box::pin(self.send_live(call, req, notes))
+    fn send<'a>(&'a self, call: &'a CallContext, req: HttpRequest, cost: Option<berth_types::http::Cost>, notes: &'a mut SendNotes) -> Pending<'a, Result<HttpResponse, HttpError>> {
+        Box::pin(self.send_live(call, req, cost, notes))
+    }
+
+    fn report_quota(&self, call: &CallContext, report: berth_types::http::QuotaReport) -> Result<(), String> {
+        let cfg = call.shop.as_ref().map(|(_, c)| c.clone());
+        let key = self.limits.quota_of(&call.platform, call.shop_name(), cfg.as_deref()).map_err(|e| e.to_string())?;
+        self.limits.points.report(&call.platform, &key, &report).inspect_err(|e| {
+            tracing::warn!(connector = %call.connector, shop = call.shop_name(), error = %e, "quota report refused");
+        })
     }
 
     fn kv_get(&self, call: &CallContext, key: &str) -> Result<Option<Vec<u8>>, String> {

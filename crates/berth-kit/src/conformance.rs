@@ -166,8 +166,31 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
         report.checks.push(skip("push-inventory", "no `inventory` capability"));
     }
     report.checks.push(suite.credentials_check().await);
+    report.checks.push(quota_check(&host, &m.platform));
     report.checks.push(suite.hosts_check());
     Ok(report)
+}
+
+/// A connector that sends requests with an expected cost (`http.send-costed`, 0.3.0)
+/// must report what the platform says of that quota (`quota.report`), or the host's
+/// bucket never learns the platform's numbers.
+fn quota_check(host: &ScratchHost, platform: &str) -> Check {
+    const NAME: &str = "quota";
+    let points = &host.services.limits.points;
+    let costed = points.costed(platform);
+    if costed == 0 {
+        return skip(NAME, "no request was sent with an expected cost (http.send-costed)");
+    }
+    let reported: Vec<String> = points
+        .views(platform)
+        .into_iter()
+        .filter(|v| v.source == "reported")
+        .map(|v| format!("`{}` {:.0}/{:.0} restored {}/s", v.name, v.available.max(0.0), v.maximum, v.restore_per_second))
+        .collect();
+    if reported.is_empty() {
+        return fail(NAME, format!("{costed} requests were sent with an expected cost, but no answer's quota state was reported (quota.report): the host's bucket cannot follow the platform"));
+    }
+    pass(NAME, format!("{costed} costed requests; the platform's quota reported: {}", reported.join(", ")))
 }
 
 fn skip(name: &'static str, why: &str) -> Check {
@@ -447,6 +470,8 @@ impl Suite {
             shopee_calls_per_window: Some(1),
             woo_requests_per_window: Some(1),
         });
+        // A GraphQL API's bucket of points, spent by another app behind the host's back.
+        self.sim.state.spend_shopify_points(&self.profile.shop, 1e9);
         let window = TimeWindow { start_ms: now_ms() - 3_600_000, end_ms: now_ms() };
         let mut kinds = Vec::new();
         let mut limited = None;
@@ -471,6 +496,7 @@ impl Suite {
             shopee_calls_per_window: Some(defaults.shopee.calls_per_window),
             woo_requests_per_window: Some(defaults.woo.requests_per_window),
         });
+        self.sim.state.spend_shopify_points(&self.profile.shop, -1e9);
         let after = self.sim.state.stats().get(&self.platform).map(|s| s.throttled).unwrap_or(0);
         let others: Vec<&String> = kinds.iter().filter(|k| *k != "ok" && !k.starts_with("rate-limited")).collect();
         // Let the platform's ban pass before the next check.

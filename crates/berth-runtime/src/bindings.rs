@@ -34,6 +34,7 @@ pub mod v0_3 {
         path: "../../wit/0.3.0",
         imports: {
             "berth:connector/http.send": async,
+            "berth:connector/http.send-costed": async,
         },
         exports: { default: async },
     });

@@ -90,39 +90,56 @@ macro_rules! delegate_imports {
 
 /// Implement a world's `http` import for `HostState` through the current one's
 /// `http_send`; `$throttled` makes the world's error for a request the host's limiter
-/// held back `ms` milliseconds (worlds before 0.2 have no `throttled`).
+/// held back `ms` milliseconds (worlds before 0.2 have no `throttled`). With `costed`,
+/// the world's `send-costed` (0.3.0) too.
 macro_rules! delegate_http {
-    ($($m:ident)::+, |$ms:ident| $throttled:expr) => {
+    ($($m:ident)::+, |$ms:ident| $throttled:expr $(, $costed:ident)?) => {
         const _: () = {
             use $crate::state::HostState;
             use $($m)::+::http;
             use berth_types::http as t;
 
-            impl http::Host for HostState {
-                async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
-                    let method = match req.method {
-                        http::Method::Get => t::Method::Get,
-                        http::Method::Head => t::Method::Head,
-                        http::Method::Post => t::Method::Post,
-                        http::Method::Put => t::Method::Put,
-                        http::Method::Patch => t::Method::Patch,
-                        http::Method::Delete => t::Method::Delete,
-                    };
-                    let req = t::Request { method, url: req.url, headers: req.headers, body: req.body, timeout_ms: req.timeout_ms };
-                    match self.http_send(req).await {
-                        Ok(r) => Ok(http::Response { status: r.status, headers: r.headers, body: r.body }),
-                        Err(e) => Err(match e {
-                            t::HttpError::Denied(why) => http::HttpError::Denied(why),
-                            t::HttpError::Timeout => http::HttpError::Timeout,
-                            t::HttpError::Throttled($ms) => $throttled,
-                            t::HttpError::Connection(why) => http::HttpError::Connection(why),
-                            t::HttpError::TooLarge(cap) => http::HttpError::TooLarge(cap),
-                            t::HttpError::InvalidRequest(why) => http::HttpError::InvalidRequest(why),
-                        }),
-                    }
+            fn request(req: http::Request) -> t::Request {
+                let method = match req.method {
+                    http::Method::Get => t::Method::Get,
+                    http::Method::Head => t::Method::Head,
+                    http::Method::Post => t::Method::Post,
+                    http::Method::Put => t::Method::Put,
+                    http::Method::Patch => t::Method::Patch,
+                    http::Method::Delete => t::Method::Delete,
+                };
+                t::Request { method, url: req.url, headers: req.headers, body: req.body, timeout_ms: req.timeout_ms }
+            }
+
+            fn answer(r: Result<t::Response, t::HttpError>) -> Result<http::Response, http::HttpError> {
+                match r {
+                    Ok(r) => Ok(http::Response { status: r.status, headers: r.headers, body: r.body }),
+                    Err(e) => Err(match e {
+                        t::HttpError::Denied(why) => http::HttpError::Denied(why),
+                        t::HttpError::Timeout => http::HttpError::Timeout,
+                        t::HttpError::Throttled($ms) => $throttled,
+                        t::HttpError::Connection(why) => http::HttpError::Connection(why),
+                        t::HttpError::TooLarge(cap) => http::HttpError::TooLarge(cap),
+                        t::HttpError::InvalidRequest(why) => http::HttpError::InvalidRequest(why),
+                    }),
                 }
             }
+
+            impl http::Host for HostState {
+                async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+                    answer(self.http_send(request(req)).await)
+                }
+                $(
+                    $crate::compat::delegate_http!(@$costed);
+                )?
+            }
         };
+    };
+    (@costed) => {
+        async fn send_costed(&mut self, req: http::Request, cost: http::Cost) -> Result<http::Response, http::HttpError> {
+            let cost = t::Cost { quota: cost.quota, points: cost.points };
+            answer(self.http_send_costed(request(req), Some(cost)).await)
+        }
     };
 }
 

@@ -6,7 +6,7 @@
 //! is kept.
 
 use super::state::CallContext;
-use berth_types::http::{HttpError, Request, Response};
+use berth_types::http::{Cost, HttpError, QuotaReport, Request, Response};
 use berth_types::retry::{Job, RetryPolicy};
 use berth_types::shop::ShopConfig;
 use std::future::Future;
@@ -54,8 +54,13 @@ pub trait HostImports: Send + Sync + 'static {
     /// against that platform whoever makes them. Refused when another platform has them.
     fn claim_hosts(&self, platform: &str, hosts: &[String]) -> Result<(), String>;
 
-    /// Send a connector's request, within the call's allowlist and its platform's limits.
-    fn send<'a>(&'a self, call: &'a CallContext, req: Request, notes: &'a mut SendNotes) -> Pending<'a, Result<Response, HttpError>>;
+    /// Send a connector's request, within the call's allowlist and its platform's limits;
+    /// with a `cost`, once the shop's quota of that name has the points.
+    fn send<'a>(&'a self, call: &'a CallContext, req: Request, cost: Option<Cost>, notes: &'a mut SendNotes) -> Pending<'a, Result<Response, HttpError>>;
+
+    /// The connector read what its platform says of one of the calling shop's quotas:
+    /// the host's bucket follows it. Refused, with why, when the report is not sane.
+    fn report_quota(&self, call: &CallContext, report: QuotaReport) -> Result<(), String>;
 
     /// The calling shop's state (keys are the connector's, per shop).
     fn kv_get(&self, call: &CallContext, key: &str) -> Result<Option<Vec<u8>>, String>;

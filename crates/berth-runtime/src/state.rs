@@ -207,22 +207,40 @@ impl http::Host for HostState {
 impl HostState {
     /// A connector's request, in any world's version: replayed, recorded or sent.
     pub async fn http_send(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.http_send_costed(req, None).await
+    }
+
+    /// `http.send`, for a request expected to cost points of a platform quota (0.3.0).
+    pub async fn http_send_costed(&mut self, req: HttpRequest, cost: Option<berth_types::http::Cost>) -> Result<HttpResponse, HttpError> {
         // A shadow run is answered from the active version's recording; nothing leaves.
         if let Some(answer) = self.tape.answer(&req.method, &req.url) {
             return answer;
         }
         if !matches!(self.tape, super::tape::Tape::Recording { .. }) {
-            return self.send_live(req).await;
+            return self.send_live(req, cost).await;
         }
         let (method, raw_url) = (req.method, req.url.clone());
-        let result = self.send_live(req).await;
+        let result = self.send_live(req, cost).await;
         self.tape.record(&method, &raw_url, &result);
         result
     }
 
-    async fn send_live(&mut self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    async fn send_live(&mut self, req: HttpRequest, cost: Option<berth_types::http::Cost>) -> Result<HttpResponse, HttpError> {
         let imports = self.imports.clone();
-        imports.send(&self.ctx, req, &mut self.notes).await
+        imports.send(&self.ctx, req, cost, &mut self.notes).await
+    }
+
+    /// `quota.report` (0.3.0). A shadow run's reports are about recorded answers, not the
+    /// platform now: they are dropped.
+    pub fn report_quota(&mut self, report: berth_types::http::QuotaReport) -> Result<(), String> {
+        if self.tape.is_replaying() {
+            return Ok(());
+        }
+        let out = self.imports.report_quota(&self.ctx, report);
+        if out.is_err() {
+            self.metrics.limit_hit(&self.ctx.connector, "quota_report", 1);
+        }
+        out
     }
 }
 

@@ -36,6 +36,25 @@ pub struct Request {
     pub timeout_ms: Option<u32>,
 }
 
+/// What a request is expected to cost of one of the platform's quotas (a bucket of
+/// points the platform reports, such as a GraphQL API's query cost).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cost {
+    /// The quota's name, as the connector reports it.
+    pub quota: String,
+    pub points: f64,
+}
+
+/// What the platform said about one of its quotas, read from an answer by the connector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaReport {
+    pub name: String,
+    /// Points available now, after the answered request.
+    pub available: f64,
+    pub maximum: f64,
+    pub restore_per_second: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,

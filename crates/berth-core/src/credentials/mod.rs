@@ -118,6 +118,8 @@ pub struct CredentialState {
     pub access_expires_ms: Option<i64>,
     pub refresh_expires_ms: Option<i64>,
     pub authorization_expires_ms: Option<i64>,
+    /// Whether it has a refresh token (a connector that mints tokens from the app's own
+    /// credentials renews them without one).
     pub can_refresh: bool,
     pub last_refresh_ms: Option<i64>,
     /// Refreshes that failed since the last one that worked.
@@ -414,15 +416,8 @@ impl CredentialBook {
             let why = format!("{} (next try in {} s)", s.last_error.as_deref().unwrap_or("the last refresh failed"), (after - now + 999) / 1000);
             return Err(CredentialError::Transient { shop: shop.to_string(), why });
         }
-        if s.current.refresh_token.is_none() {
-            let why = "the access token ended and there is no refresh token".to_string();
-            self.update(shop, {
-                let why = why.clone();
-                move |old| Stored { needs_authorization: Some(why), ..old.expect("read above") }
-            })
-            .await?;
-            return Err(CredentialError::Reauthorize { shop: shop.to_string(), why });
-        }
+        // Without a refresh token the connector may still mint a token from the app's own
+        // credentials (a client credentials grant); one that cannot answers `revoked`.
         // A refresh whose answer a crash lost may have spent the refresh token already.
         let answer_lost = s.refreshing_since_ms.is_some();
         let started = berth_types::clock::now_ms();
