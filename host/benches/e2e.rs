@@ -251,7 +251,7 @@ async fn main() {
     let component = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
-        .join("target/wasm-guests/wasm32-wasip2/release/berth_connector_shopify.wasm");
+        .join("target/wasm-guests/wasm32-wasip2/release/berth_connector_shopify_rest.wasm");
     if !component.exists() {
         eprintln!("{} is missing: build it with `cargo test -p berth-tests --no-run`", component.display());
         std::process::exit(2);

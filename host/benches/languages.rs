@@ -33,7 +33,7 @@ use common::{count_arg, ms, percentile, spread};
 
 /// (language, connector, simulated platform, component path under target/)
 const CONNECTORS: &[(&str, &str, Platform, &str)] = &[
-    ("Rust", "shopify", Platform::Shopify, "wasm-guests/wasm32-wasip2/release/berth_connector_shopify.wasm"),
+    ("Rust", "shopify", Platform::Shopify, "wasm-guests/wasm32-wasip2/release/berth_connector_shopify_rest.wasm"),
     ("Rust", "taobao", Platform::Taobao, "wasm-guests/wasm32-wasip2/release/berth_connector_taobao.wasm"),
     ("Python", "shopee-py", Platform::Shopee, "wasm-guests-foreign/shopee_py.wasm"),
     ("JavaScript", "woo-js", Platform::Woo, "wasm-guests-foreign/woo_js.wasm"),

@@ -41,7 +41,7 @@ const DEPLOYER: &str = "bench-deployer-token-0001";
 
 /// (connector, component)
 fn connectors() -> [(&'static str, &'static str); 5] {
-    [("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO), ("shopee", plugins::SHOPEE_PY), ("woo-js", plugins::WOO_JS), ("woo-c", plugins::WOO_C)]
+    [("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO), ("shopee", plugins::SHOPEE_PY), ("woo-js", plugins::WOO_JS), ("woo-c", plugins::WOO_C)]
 }
 
 fn sim_config(per: usize) -> SimConfig {

@@ -137,7 +137,7 @@ secrets = {{ access_token = "tok" }}
             dingtalk = rec.url("/dingtalk?access_token=robot-token"),
             slack = rec.url("/slack"),
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     // berth's own receiver is down for the first notification: it must come on a retry.

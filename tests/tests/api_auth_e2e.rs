@@ -33,7 +33,7 @@ fn config(dir: &std::path::Path, base: &str, server: &str) -> std::path::PathBuf
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{base}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\", webhook_secret = \"hook-secret\" }}\n",
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     let text = std::fs::read_to_string(&path).unwrap().replacen("data_dir = \"data\"\n", &format!("data_dir = \"data\"\n{server}"), 1);

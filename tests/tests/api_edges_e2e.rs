@@ -53,7 +53,7 @@ async fn idle_and_slow_header_connections_cannot_take_the_port() {
             "{sync}{tokens}{connectors}[shops.acme]\nconnector = \"shopify\"\nsettings = {{ base_url = \"{base}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
             sync = berth_tests::QUICK_SYNC,
             tokens = tokens(),
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             base = sim.base_url(),
         ),
     );

@@ -135,7 +135,7 @@ async fn random_input_never_a_5xx_and_a_refusal_changes_nothing() {
             "{sync}[admin]\ntokens = [{{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n{connectors}\
              [shops.acme]\nconnector = \"shopify\"\nsettings = {{ base_url = \"{base}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             base = sim.base_url(),
         ),
     );

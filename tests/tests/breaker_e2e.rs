@@ -47,7 +47,7 @@ secrets = {{ access_token = "tok" }}
 {hostile_shops}
 "#,
         sync = berth_tests::QUICK_SYNC,
-        connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+        connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         hostile = plugins::HOSTILE,
     )
 }

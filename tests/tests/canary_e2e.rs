@@ -52,7 +52,7 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
              [alerts]\nevaluate_secs = 1\n[alerts.receivers.ops]\nurl = \"{}\"\n\
              [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n{}{shops}",
             receiver.url("/alerts"),
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     let berth = Berth::start(&config);
@@ -109,7 +109,7 @@ async fn a_failing_canary_rolls_back_by_itself_and_a_healthy_one_is_promoted() {
         .unwrap_or_else(|| panic!("orders lost after the rollback\n{}", berth.log()));
 
     // A healthy candidate on one shop: no failures, promoted to all.
-    let good = component_variant(&std::fs::read(plugins::SHOPIFY).unwrap(), "next");
+    let good = component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "next");
     let (status, body) = admin(&berth, reqwest::Method::POST, "/v1/admin/connectors/shopify/versions?activate=false", TOKEN, Some(good), None).await;
     assert_eq!(status, 201, "{body}");
     let good_digest = body["version"]["digest"].as_str().unwrap().to_string();

@@ -93,8 +93,8 @@ async fn a_new_platform_and_its_shops_start_without_a_restart() {
         )
     };
     let sync = "[sync]\ninitial_lookback_hours = 8\nsettle_secs = 1\n";
-    let shopify_only = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]);
-    let both = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]);
+    let shopify_only = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]);
+    let both = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]);
     let dir = tempfile::tempdir().unwrap();
     let config = berth_tests::write_config(dir.path(), &format!("{sync}{shopify_only}{acme}"));
     let berth = Berth::start(&config);

@@ -31,7 +31,7 @@ fn check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
 #[test]
 fn every_connector_passes_the_conformance_suite() {
     let cases = [
-        ("Rust Shopify", plugins::SHOPIFY, "shopify", true),
+        ("Rust Shopify", plugins::SHOPIFY_REST, "shopify", true),
         ("Rust Shopify GraphQL", plugins::SHOPIFY_GRAPHQL, "shopify", true),
         ("Rust Taobao", plugins::TAOBAO, "taobao", false),
         ("Python Shopee", plugins::SHOPEE_PY, "shopee", true),
@@ -115,7 +115,7 @@ fn inspect_prints_manifest_world_imports_and_digest() {
         (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.3.0"),
         (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0"),
         (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0"),
-        (plugins::SHOPIFY, "shopify", "berth:connector/http@0.3.0", "0.3.0"),
+        (plugins::SHOPIFY_REST, "shopify", "berth:connector/http@0.3.0", "0.3.0"),
     ] {
         let (code, out, err) = run_berth(&["plugin", "inspect", component], DEADLINE);
         assert_eq!(code, Some(0), "{out}\n{err}");

@@ -55,7 +55,7 @@ poll_interval_secs = 1
 settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "k", page_size = "10" }}
 secrets = {{ app_secret = "s", session = "sess" }}
 "#,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]),
         ),
     )
     .unwrap();

@@ -88,7 +88,7 @@ settings = {{ gateway = "{base}/taobao/router/rest", app_key = "12345678", page_
 secrets = {{ app_secret = "demo_secret", session = "sess-demo" }}
 "#,
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]),
         ),
     );
     let berth = Berth::start(&config);
@@ -172,7 +172,7 @@ async fn with_tokens_the_page_asks_once_and_keeps_the_token_for_the_tab() {
             "{sync}[admin]\ntokens = [{{ name = \"watch\", token = \"{VIEWER}\", role = \"viewer\" }}]\n{connectors}\
              [shops.acme]\nconnector = \"shopify\"\nsettings = {{ base_url = \"{base}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     let berth = Berth::start(&config);

@@ -63,7 +63,7 @@ settings = {{ base_url = "{base}/shopify/corner" }}
 secrets = {{ access_token = "tok" }}
 "#,
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     let berth = Berth::start(&config);

@@ -44,10 +44,10 @@ fn short(bytes: &[u8]) -> String {
 async fn pause_abort_canary_and_rollback_answer_while_a_large_component_compiles() {
     let sim = berth_sim::start(berth_tests::shopify_sim(41, 1, &[("acme", 3)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let berth = Berth::start(&config(dir.path(), &sim.base_url(), &[("shopify", plugins::SHOPIFY), ("shopee", plugins::SHOPEE_PY)]));
+    let berth = Berth::start(&config(dir.path(), &sim.base_url(), &[("shopify", plugins::SHOPIFY_REST), ("shopee", plugins::SHOPEE_PY)]));
 
     // shopify: v2 active over v1 (so there is something to roll back to), v3 on canary.
-    let shopify = std::fs::read(plugins::SHOPIFY).unwrap();
+    let shopify = std::fs::read(plugins::SHOPIFY_REST).unwrap();
     let (v2, v3) = (component_variant(&shopify, "v2"), component_variant(&shopify, "v3"));
     let (status, body) = admin(&berth, "/v1/admin/connectors/shopify/versions", DEPLOYER, Some(v2), None).await;
     assert_eq!(status, 201, "{body}");
@@ -102,9 +102,9 @@ async fn pause_abort_canary_and_rollback_answer_while_a_large_component_compiles
 async fn two_deploys_of_one_component_at_once_are_safe() {
     let sim = berth_sim::start(berth_tests::shopify_sim(42, 1, &[("acme", 2)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), &sim.base_url(), &[("shopify", plugins::SHOPIFY)]);
+    let path = config(dir.path(), &sim.base_url(), &[("shopify", plugins::SHOPIFY_REST)]);
     let berth = Berth::start(&path);
-    let v2 = component_variant(&std::fs::read(plugins::SHOPIFY).unwrap(), "twice");
+    let v2 = component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "twice");
     let (a, b) = tokio::join!(
         admin(&berth, "/v1/admin/connectors/shopify/versions", DEPLOYER, Some(v2.clone()), None),
         admin(&berth, "/v1/admin/connectors/shopify/versions", DEPLOYER, Some(v2.clone()), None),

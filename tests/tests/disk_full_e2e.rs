@@ -134,7 +134,7 @@ async fn a_full_or_read_only_disk_refuses_writes_keeps_reads_and_loses_nothing()
         &format!(
             "[sync]\ninitial_lookback_hours = 30\nsettle_secs = 1\n{}[shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"25\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             sim.base_url()
         ),
     );

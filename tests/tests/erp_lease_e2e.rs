@@ -62,7 +62,7 @@ async fn erp_leases_and_acks_orders_durably() {
              {}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"25\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             sim.base_url()
         ),
     )

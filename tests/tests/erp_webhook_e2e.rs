@@ -79,7 +79,7 @@ async fn orders_reach_the_erp_webhook_through_outages() {
              [sync]\ninitial_lookback_hours = 20\nsettle_secs = 1\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             sim.base_url()
         ),
     );

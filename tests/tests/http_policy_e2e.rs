@@ -29,7 +29,7 @@ async fn connectors_cannot_reach_ungranted_or_private_addresses() {
     );
     text.push_str(&format!(
         "component = {:?}\ngrant_hosts = [\"*.myshopify.com\"]\nextra_hosts = [\"127.0.0.1\", \"169.254.169.254\", \"localhost\"]\n",
-        plugins::SHOPIFY
+        plugins::SHOPIFY_REST
     ));
     for (name, url, _) in &shops {
         text.push_str(&format!(

@@ -30,7 +30,7 @@ fn config(dir: &std::path::Path, base: &str) -> std::path::PathBuf {
         .collect::<String>();
     let text = [
         berth_tests::QUICK_SYNC.to_string(),
-        berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+        berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         berth_tests::hostile_connector(plugins::HOSTILE, ""),
         berth_tests::shopify_neighbour(base),
         hostile_shop("h-forge", "mode = \"log-forge\""),

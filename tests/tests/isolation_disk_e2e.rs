@@ -52,7 +52,7 @@ async fn state_orders_and_webhooks_are_bounded_per_shop() {
              [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}]\n\
              [alerts]\nevaluate_secs = 1\n{connectors}{neighbour}{hostile}",
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             neighbour = berth_tests::shopify_neighbour(&base),
         ),
     );

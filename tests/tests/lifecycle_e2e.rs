@@ -44,7 +44,7 @@ fn config(dir: &std::path::Path, sim: &str, max_mb: u32) -> std::path::PathBuf {
                {{ name = \"ci\", token = \"{DEPLOYER}\", role = \"deployer\" }},\n\
                {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }},\n]\n\
              {}{}{}",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             shop("acme"),
             shop("zeta"),
         ),
@@ -78,7 +78,7 @@ async fn swaps_under_load_fail_nothing_and_roll_back() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(&config(dir.path(), &sim.base_url(), 32));
     poll_until(DEADLINE, || async { (entries(&berth).await >= 40).then_some(()) }).await.expect("initial orders");
-    let original = std::fs::read(plugins::SHOPIFY).unwrap();
+    let original = std::fs::read(plugins::SHOPIFY_REST).unwrap();
     let v1 = digest_of(&original);
     assert_eq!(active_digest(&berth).await, v1);
     let variants: Vec<Vec<u8>> = (2..=4).map(|n| component_variant(&original, &format!("v{n}"))).collect();
@@ -169,7 +169,7 @@ async fn bad_uploads_and_wrong_tokens_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(&config(dir.path(), &sim.base_url(), 1));
     let before = active_digest(&berth).await;
-    let good = component_variant(&std::fs::read(plugins::SHOPIFY).unwrap(), "candidate");
+    let good = component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "candidate");
 
     let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
         ("no token", None, "shopify", good.clone(), 401, "Authorization: Bearer"),
@@ -242,7 +242,7 @@ async fn cli_deploy_survives_a_restart_without_recompiling_and_pause_holds_a_sho
     let berth = Berth::start(&config);
     poll_until(DEADLINE, || async { (entries(&berth).await >= 40).then_some(()) }).await.expect("initial orders");
 
-    let v2 = component_variant(&std::fs::read(plugins::SHOPIFY).unwrap(), "v2");
+    let v2 = component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "v2");
     let file = dir.path().join("shopify-v2.wasm");
     std::fs::write(&file, &v2).unwrap();
     let (code, out, err) = berth_admin(&berth.base_url, DEPLOYER, &["deploy", file.to_str().unwrap(), "--connector", "shopify"]);
@@ -290,5 +290,5 @@ async fn cli_deploy_survives_a_restart_without_recompiling_and_pause_holds_a_sho
     assert!(!berth.log().contains("component compiled"), "the restart compiled again:\n{}", berth.log());
     let (code, out, err) = berth_admin(&berth.base_url, DEPLOYER, &["rollback", "shopify"]);
     assert_eq!(code, Some(0), "{out}\n{err}");
-    assert_eq!(active_digest(&berth).await, digest_of(&std::fs::read(plugins::SHOPIFY).unwrap()));
+    assert_eq!(active_digest(&berth).await, digest_of(&std::fs::read(plugins::SHOPIFY_REST).unwrap()));
 }

@@ -68,7 +68,7 @@ poll_interval_secs = 3600
 settings = {{ base_url = "{base}/woo/demo-woo", page_size = "20" }}
 secrets = {{ consumer_key = "ck_demo", consumer_secret = "cs_demo" }}
 "#,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("woo-c", plugins::WOO_C)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("woo-c", plugins::WOO_C)]),
         ),
     );
     let berth = Berth::start(&config);

@@ -87,7 +87,7 @@ poll_interval_secs = 1
 settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "2100001", page_size = "20" }}
 secrets = {{ app_secret = "top-secret-1", session = "sess-b" }}
 "#,
-        connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
+        connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]),
     );
     let path = dir.join("berth.toml");
     std::fs::write(&path, text).unwrap();

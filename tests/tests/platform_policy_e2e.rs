@@ -83,7 +83,7 @@ async fn the_call_limit_header_keeps_shopify_below_its_bucket() {
         dir.path(),
         &format!(
             "{SYNC}{}{}",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             shopify_shop("acme", &sim.base_url(), "")
         ),
     );
@@ -141,7 +141,7 @@ async fn retry_policies_are_per_platform_and_reload() {
             &format!(
                 "{SYNC}[stock]\nmax_attempts = 10\nretry_base_ms = 50\nretry_max_ms = 100\n\
                  [platforms.shopify.retry]\nbase_ms = 100\nmax_ms = 400\njitter = 0.0\n{retry}{}{}{}",
-                berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+                berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
                 shopify_shop("acme", &sim.base_url(), ""),
                 shopify_shop("misconfigured", &sim.base_url(), ", location_id = \"main-store\""),
             ),
@@ -235,7 +235,7 @@ async fn a_standby_channel_takes_over_and_hands_back() {
         &format!(
             "{SYNC}[platforms.shopify.standby]\nprimary = \"{primary}\"\nbackup = \"http://{backup}\"\n\
              health_path = \"/health\"\ncheck_interval_ms = 300\nfail_after = 2\nrecover_after = 2\n{}{}",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             shopify_shop("acme", &primary, "")
         ),
     );

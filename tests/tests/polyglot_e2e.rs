@@ -80,7 +80,7 @@ settings = {{ base_url = "{sim}/woo/site-c", page_size = "25" }}
 secrets = {{ consumer_key = "ck_c", consumer_secret = "cs_c", webhook_secret = "{secret}" }}
 "#,
             connectors = berth_tests::local_connectors(&[
-                ("shopify", plugins::SHOPIFY),
+                ("shopify", plugins::SHOPIFY_REST),
                 ("taobao", plugins::TAOBAO),
                 ("shopee", plugins::SHOPEE_PY),
                 ("woo-js", plugins::WOO_JS),

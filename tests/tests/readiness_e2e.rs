@@ -31,7 +31,7 @@ async fn ready_means_connectors_loaded_and_storage_writable() {
     assert!(body["storage"].as_str().unwrap().starts_with("a durable write took"), "storage itself is fine: {body}");
 
     // A connector added to the running config: ready without a restart.
-    berth_tests::write_config(dir.path(), &berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]));
+    berth_tests::write_config(dir.path(), &berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]));
     let ready = poll_until(Duration::from_secs(60), || async {
         let (status, body) = get(berth.url("/readyz")).await;
         (status == 200).then_some(body)

@@ -49,7 +49,7 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
              [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{TOKEN}\", role = \"deployer\" }}]\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"5\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             sim.base_url(),
         ),
     );
@@ -57,7 +57,7 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
     poll_until(DEADLINE, || async { (entries(&berth).await >= 20).then_some(()) }).await.expect("initial orders");
 
     // An identical build as the shadow, while orders come in and stock is pushed.
-    let same = stored(&berth, component_variant(&std::fs::read(plugins::SHOPIFY).unwrap(), "same")).await;
+    let same = stored(&berth, component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "same")).await;
     let (status, body) = admin(&berth, "/v1/admin/connectors/shopify/promote", None, None).await;
     assert_eq!(status, 409, "nothing to promote yet: {body}");
     let (status, body) = admin(&berth, "/v1/admin/connectors/shopify/shadow", None, Some(json!({"digest": same}))).await;

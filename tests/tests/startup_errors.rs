@@ -67,11 +67,11 @@ fn a_missing_component_file_is_named() {
 fn a_fuel_limit_too_small_for_the_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
     // The connector's own limit, under its section.
-    let config = shop_config(plugins::SHOPIFY, "").replace("[shops.acme]", "[connectors.shopify.limits]\nfuel_per_call = 1000\n[shops.acme]");
+    let config = shop_config(plugins::SHOPIFY_REST, "").replace("[shops.acme]", "[connectors.shopify.limits]\nfuel_per_call = 1000\n[shops.acme]");
     let (code, err) = serve(dir.path(), &config);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("manifest used up its fuel (1000, fuel_per_call)"), "{err}");
-    let too_big = shop_config(plugins::SHOPIFY, "").replace("[shops.acme]", "[connectors.shopify.limits]\nmax_memory_mb = 512\n[shops.acme]");
+    let too_big = shop_config(plugins::SHOPIFY_REST, "").replace("[shops.acme]", "[connectors.shopify.limits]\nmax_memory_mb = 512\n[shops.acme]");
     let (code, err) = serve(dir.path(), &too_big);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("connectors.shopify.limits: max_memory_mb 512 is above runtime.max_memory_mb (64)"), "{err}");
@@ -95,7 +95,7 @@ fn components_that_cannot_be_served_are_refused_at_start() {
 fn a_missing_shop_secret_is_named() {
     // Every Shopify build (current world, the 0.1.0 fixture, the regressed fixture) loads,
     // and its manifest's required keys are checked before start.
-    for component in [plugins::SHOPIFY, plugins::SHOPIFY_WIT_0_1, plugins::REGRESSED] {
+    for component in [plugins::SHOPIFY_REST, plugins::SHOPIFY_WIT_0_1, plugins::REGRESSED] {
         let dir = tempfile::tempdir().unwrap();
         let (code, err) = serve(dir.path(), &shop_config(component, "settings = { base_url = \"https://acme.myshopify.com\" }"));
         assert_eq!(code, Some(2), "{component}: {err}");

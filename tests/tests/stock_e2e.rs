@@ -43,7 +43,7 @@ poll_interval_secs = 3600
 settings = {{ gateway = "{sim}/taobao/router/rest", app_key = "k", sign_method = "hmac" }}
 secrets = {{ app_secret = "tb-secret-xyz", session = "tb-session-xyz" }}
 "#,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]),
         ),
     )
 }

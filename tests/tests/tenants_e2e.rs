@@ -73,7 +73,7 @@ async fn two_tenants_lease_their_own_orders_at_once_and_see_nothing_else() {
             shop("acme-b", &base),
             shop("globex", &base),
             sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
         ),
     );
     let berth = Berth::start(&config);

@@ -29,7 +29,7 @@ async fn backs_off_as_told_and_completes() {
             "[platforms.shopify]\ncall_limit_header = false\n[sync]\ninitial_lookback_hours = 12\nsettle_secs = 1\n{}\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{}/shopify/acme\", page_size = \"4\" }}\nsecrets = {{ access_token = \"tok\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
             sim.base_url()
         ),
     );

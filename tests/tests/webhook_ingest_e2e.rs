@@ -60,7 +60,7 @@ async fn signed_webhooks_queue_orders_once_and_forgeries_change_nothing() {
              settings = {{ base_url = \"{sim}/shopify/acme\" }}\nsecrets = {{ access_token = \"tok\", webhook_secret = \"{HOOK_SECRET}\" }}\n\
              [shops.tmall]\nconnector = \"taobao\"\npoll_interval_secs = 3600\n\
              settings = {{ gateway = \"{sim}/taobao/router/rest\", app_key = \"k\" }}\nsecrets = {{ app_secret = \"s\", session = \"sess\" }}\n",
-            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY), ("taobao", plugins::TAOBAO)]),
+            berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST), ("taobao", plugins::TAOBAO)]),
             sim = sim.base_url()
         ),
     );

@@ -81,7 +81,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
     let upgrade = client
         .post(berth.url("/v1/admin/connectors/shopify/versions"))
         .bearer_auth(TOKEN)
-        .body(std::fs::read(plugins::SHOPIFY).unwrap())
+        .body(std::fs::read(plugins::SHOPIFY_REST).unwrap())
         .send()
         .await
         .unwrap();

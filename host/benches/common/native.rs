@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 
 // Its own crate build checks it for dead code; here its #[test]s have no harness.
 #[allow(dead_code)]
-#[path = "../../../plugins/shopify/src/lib.rs"]
+#[path = "../../../plugins/shopify-rest/src/lib.rs"]
 mod shopify;
 
 pub struct NativeShopify {

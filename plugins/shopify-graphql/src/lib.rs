@@ -27,14 +27,14 @@
 //! ahead of expiry, and at once when Shopify answers 401).
 //!
 //! **Webhooks** carry REST-format JSON whatever API the app uses: verified and mapped as
-//! the REST connector does (`plugins/shopify/src/rest_order.rs`).
+//! the REST connector does (`plugins/shopify-rest/src/rest_order.rs`).
 //!
 //! Shop config: `base_url` (e.g. `https://acme.myshopify.com`); secret `access_token`, or
 //! `client_id` + secret `client_secret`; optional `api_version` (default 2026-01),
 //! `page_size` (orders per page, default 25, at most 100), `line_items` (per order,
 //! default 20, at most 100), `location_id`, secret `webhook_secret`.
 
-#[path = "../../shopify/src/rest_order.rs"]
+#[path = "../../shopify-rest/src/rest_order.rs"]
 mod rest_order;
 
 use berth_sdk::host::{self, Method, Request, Response};
@@ -53,6 +53,8 @@ const DEFAULT_API_VERSION: &str = "2026-01";
 /// The name berth's points bucket for the shop goes by.
 const QUOTA: &str = "graphql";
 const MUTATION_COST: f64 = 10.0;
+/// The most one query may cost.
+const MAX_QUERY_COST: f64 = 1000.0;
 const MAX_QUANTITIES: usize = 250;
 const LOCATION_KEY: &str = "stock/location";
 
@@ -103,12 +105,20 @@ fn variants_cost(first: u64) -> f64 {
 
 impl Settings {
     fn load() -> Result<Settings, ConnectorError> {
-        Ok(Settings {
+        let s = Settings {
             base_url: host::required_config("base_url")?.trim_end_matches('/').to_string(),
             api_version: host::config("api_version").unwrap_or_else(|| DEFAULT_API_VERSION.into()),
             page_size: bounded_setting("page_size", 25, 100)?,
             line_items: bounded_setting("line_items", 20, 100)?,
-        })
+        };
+        let cost = orders_cost(s.page_size, s.line_items);
+        if cost > MAX_QUERY_COST {
+            return Err(ConnectorError::Permanent(format!(
+                "page_size {} with line_items {} makes an orders query cost {cost} points, over Shopify's {MAX_QUERY_COST} per query; lower them",
+                s.page_size, s.line_items
+            )));
+        }
+        Ok(s)
     }
 
     /// Run a GraphQL document expected to cost `cost`: its `data`, once the host's view

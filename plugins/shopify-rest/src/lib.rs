@@ -1,4 +1,7 @@
-//! berth connector for Shopify's Admin REST API.
+//! berth connector for Shopify's Admin REST API — the legacy one: REST Admin has been
+//! legacy since October 2024 and new public apps must use GraphQL
+//! (`plugins/shopify-graphql`). Kept for shops on existing custom apps, and as berth's
+//! reference connector in benchmarks and many host tests.
 //!
 //! Orders come from `GET /admin/api/{version}/orders.json` filtered by `updated_at` and
 //! paged with the `page_info` cursor from the `Link` header (when `page_info` is present
