@@ -34,6 +34,7 @@ use common::{count_arg, ms, percentile, spread};
 /// (language, connector, simulated platform, component path under target/)
 const CONNECTORS: &[(&str, &str, Platform, &str)] = &[
     ("Rust", "shopify", Platform::Shopify, "wasm-guests/wasm32-wasip2/release/berth_connector_shopify_rest.wasm"),
+    ("Rust", "shopify-graphql", Platform::Shopify, "wasm-guests/wasm32-wasip2/release/berth_connector_shopify_graphql.wasm"),
     ("Rust", "taobao", Platform::Taobao, "wasm-guests/wasm32-wasip2/release/berth_connector_taobao.wasm"),
     ("Python", "shopee-py", Platform::Shopee, "wasm-guests-foreign/shopee_py.wasm"),
     ("JavaScript", "woo-js", Platform::Woo, "wasm-guests-foreign/woo_js.wasm"),
@@ -118,6 +119,8 @@ async fn main() {
     sim_cfg.taobao.shops[0].orders = 400;
     sim_cfg.shopee.shops[0].orders = 400;
     sim_cfg.woo.sites[0].orders = 400;
+    // Shopify's GraphQL bucket as large as the REST one is made below.
+    sim_cfg.shopify.graphql = berth_sim::shopify_graphql::GraphqlLimits { maximum: 1e12, restore_per_second: 1e12, max_query_cost: 1e12 };
     let sim = berth_sim::start(sim_cfg.clone(), "127.0.0.1:0".parse().expect("address")).await.expect("simulator");
     sim.state.set_limits(LimitsUpdate {
         shopify_bucket_size: Some(1_000_000),
@@ -198,6 +201,8 @@ async fn main() {
         let profile = berth_sim::profiles::shop_profile(&sim_cfg, *platform, &sim.base_url()).expect("profile");
         let mut settings: std::collections::BTreeMap<String, String> = profile.settings.iter().cloned().collect();
         settings.insert("page_size".into(), "50".into());
+        // The GraphQL connector's lines per order: 50 orders of 10 lines stay under a query's cost cap.
+        settings.insert("line_items".into(), "10".into());
         let shop = Arc::new(ShopConfig {
             connector: name.to_string(),
             tier: Tier::A,

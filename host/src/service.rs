@@ -86,6 +86,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     // Core tells what happens as events; ops count them (metrics) and raise alerts.
     let events = berth_core::events::Events::new();
     events.subscribe(metrics.ops.clone());
+    if let Some(book) = &credentials {
+        book.tell(events.clone());
+    }
     let health = Arc::new(berth_core::health::HealthBook::open(&storage, cfg.health.clone(), events.clone())?);
     let shops = start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?;
     let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));

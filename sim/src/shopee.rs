@@ -182,39 +182,29 @@ pub async fn api(
     }
 }
 
-/// `POST /shopee/api/v2/auth/access_token/get`: a refresh (see shopee_auth.rs). The
-/// answer's fields are at the top level beside `error`, as Shopee's token calls answer.
+/// `POST /shopee/api/v2/auth/access_token/get`: a refresh (see shopee_auth.rs).
 pub async fn refresh_token(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    if let Some(kind) = state.begin(Platform::Shopee) {
-        return fault_response(kind, Duration::from_millis(state.config().timeout_hold_ms)).await;
-    }
-    match crate::shopee_auth::refresh(&state, &query_map(query.as_deref()), &body) {
-        Ok(mut v) => {
-            let delay = state.config().shopee.tokens.map_or(0, |t| t.answer_delay_ms);
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            state.count(Platform::Shopee, |s| s.ok += 1);
-            v["error"] = json!("");
-            v["message"] = json!("");
-            v["request_id"] = json!(format!("sim-{}", crate::now_ms()));
-            (StatusCode::OK, Json(v)).into_response()
-        }
-        Err(Refusal(status, code, message)) => {
-            state.count(Platform::Shopee, |s| s.rejected += 1);
-            envelope(status, code, &message, Value::Null)
-        }
-    }
+    let delay = state.config().shopee.tokens.map_or(0, |t| t.answer_delay_ms);
+    token_call(&state, |s| crate::shopee_auth::refresh(s, &query_map(query.as_deref()), &body), delay).await
 }
 
 /// `POST /shopee/api/v2/auth/token/get`: a consent page's code becomes the shop's first
 /// tokens (see shopee_auth.rs).
 pub async fn code_token(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    token_call(&state, |s| crate::shopee_auth::exchange(s, &query_map(query.as_deref()), &body), 0).await
+}
+
+/// A token call's answer: its fields at the top level beside `error`, as Shopee's token
+/// calls answer, after `delay_ms` (a held answer) once it has taken effect.
+async fn token_call(state: &SimState, call: impl FnOnce(&SimState) -> Result<Value, Refusal>, delay_ms: u64) -> Response {
     if let Some(kind) = state.begin(Platform::Shopee) {
         return fault_response(kind, Duration::from_millis(state.config().timeout_hold_ms)).await;
     }
-    match crate::shopee_auth::exchange(&state, &query_map(query.as_deref()), &body) {
+    match call(state) {
         Ok(mut v) => {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
             state.count(Platform::Shopee, |s| s.ok += 1);
             v["error"] = json!("");
             v["message"] = json!("");

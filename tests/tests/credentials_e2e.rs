@@ -155,27 +155,39 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     berth_tests::poll_until(deadline, || async { (feed().await >= expected).then_some(()) })
         .await
         .unwrap_or_else(|| panic!("the seeded orders never all arrived\n{}", berth.log()));
-    // New orders keep coming while tokens expire and are renewed, again and again.
-    for round in 1..=4u64 {
+    // New orders and stock updates keep going through while tokens expire and are
+    // renewed, again and again (each three-second token stands for Shopee's four hours).
+    let skus: Vec<String> = sim.state.stock(Platform::Shopee, "880001").into_iter().map(|i| i.sku).collect();
+    let client = reqwest::Client::new();
+    for round in 1..=6u64 {
         let before = stats(&sim).refreshes;
         berth_tests::poll_until(deadline, || async { (stats(&sim).refreshes > before).then_some(()) })
             .await
             .unwrap_or_else(|| panic!("round {round}: no refresh\n{}", berth.log()));
         sim.state.create(Platform::Shopee, "880001").unwrap();
         expected += 1;
+        let sku = &skus[round as usize % skus.len()];
+        let quantity = 40 + round as u32;
+        let queued = berth_tests::post_json(&client, berth.url("/v1/shops/sg/stock"), serde_json::json!({ "updates": [{ "sku": sku, "quantity": quantity }] })).await;
+        assert!(queued.to_string().contains("queued"), "round {round}: {queued}");
         berth_tests::poll_until(deadline, || async { (feed().await >= expected).then_some(()) })
             .await
             .unwrap_or_else(|| panic!("round {round}: the new order never arrived\n{}", berth.log()));
+        berth_tests::poll_until(deadline, || async {
+            sim.state.stock(Platform::Shopee, "880001").iter().any(|i| &i.sku == sku && i.quantity == quantity).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("round {round}: the stock update never reached the platform\n{}", berth.log()));
     }
     let s = stats(&sim);
     eprintln!("simulated Shopee saw: {} refreshes, {} calls with an expired token, {} spent refresh tokens reused, {} calls answered", s.refreshes, s.expired_token_calls, s.spent_refresh_tokens, s.ok);
-    assert!(s.refreshes >= 4, "{s:?}");
+    assert!(s.refreshes >= 6, "{s:?}");
     assert!(s.expired_token_calls <= s.refreshes, "more calls with an expired token than expiries: {s:?}");
     assert_eq!(s.spent_refresh_tokens, 0, "a refresh token was used twice: {s:?}");
     // GET /v1/shops shows the credentials' state, never a token.
     let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
     let state = &shops[0]["credentials"];
-    assert!(state["generation"].as_u64().unwrap() >= 5 && state["can_refresh"] == true && state["needs_authorization"].is_null(), "{shops}");
+    assert!(state["generation"].as_u64().unwrap() >= 7 && state["can_refresh"] == true && state["needs_authorization"].is_null(), "{shops}");
     assert!(state["access_expires_ms"].as_i64().is_some() && state["last_refresh_ms"].as_i64().is_some(), "{shops}");
     let text = shops.to_string();
     assert!(!text.contains("access-880001") && !text.contains("refresh-880001") && !text.contains("sp-token"), "a token in the answer: {text}");
@@ -204,6 +216,10 @@ async fn berth_renews_a_shops_tokens_through_many_expiries_and_loses_no_order() 
     let shops = berth_tests::get_json(berth.url("/v1/shops")).await;
     assert!(shops[0]["credentials"]["needs_authorization"].is_string(), "{shops}");
     assert_eq!(stats(&sim).spent_refresh_tokens, 0, "{:?}", stats(&sim));
+    // The refreshes are counted by outcome (no shop in a label).
+    let metrics = reqwest::get(berth.url("/metrics")).await.unwrap().text().await.unwrap();
+    let refreshes = |outcome: &str| berth_tests::metric_sum(&metrics, &format!("berth_credential_refreshes_total{{outcome=\"{outcome}\"}}"));
+    assert!(refreshes("ok") >= 6.0 && refreshes("revoked") >= 1.0, "{metrics}");
 
     // A marked shop makes no call with the credentials the platform refused: its pulls
     // fail inside berth, and the platform hears nothing more from it.

@@ -168,4 +168,15 @@ async fn a_merchant_authorizes_the_app_and_the_new_shop_runs_without_a_restart()
     for needle in ["\"oauth-start\"", "\"oauth-callback\"", "shop:sg-new", "\"root\""] {
         assert!(audit.contains(needle), "{needle} not in the audit log: {audit}");
     }
+
+    // Ops see the onboarded shops and can take one away; the config file's are not theirs.
+    let listed = berth_tests::get_json_as(ADMIN, berth.url("/v1/oauth/shops")).await;
+    assert_eq!(listed["shops"]["sg-new"]["settings"]["shop_id"], "880002", "{listed}");
+    let admin = berth_tests::client_as(ADMIN);
+    assert_eq!(admin.delete(berth.url("/v1/oauth/shops/sg")).send().await.unwrap().status(), 409);
+    assert_eq!(berth_tests::client_as(OPERATOR).delete(berth.url("/v1/oauth/shops/sg-new")).send().await.unwrap().status(), 403);
+    assert_eq!(admin.delete(berth.url("/v1/oauth/shops/sg-new")).send().await.unwrap().status(), 200);
+    assert_eq!(admin.delete(berth.url("/v1/oauth/shops/sg-new")).send().await.unwrap().status(), 404);
+    let shops = berth_tests::get_json_as(ADMIN, berth.url("/v1/shops")).await;
+    assert!(shops.as_array().unwrap().iter().all(|s| s["shop"] != "sg-new"), "the removed shop still runs: {shops}");
 }

@@ -104,6 +104,12 @@ fn a_missing_shop_secret_is_named() {
             "{component}: {err}"
         );
     }
+    // The GraphQL connector takes a static token or client credentials: only base_url is
+    // required before start.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = serve(dir.path(), &shop_config(plugins::SHOPIFY_GRAPHQL, "settings = { client_id = \"x\" }"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("shop `acme`: connector `shopify` needs config key `base_url`"), "{err}");
 }
 
 #[test]

@@ -10,8 +10,11 @@
 //!   credential book, the shop is kept and started (or, already running, takes the new
 //!   credentials: a merchant authorizing the app again).
 //!
-//! Both are audited: the start under the admin's name, the callback under the name of
-//! the admin who started it.
+//! - `GET /v1/oauth/shops` lists the onboarded shops; `DELETE /v1/oauth/shops/{shop}`
+//!   stops one and forgets it (admin role).
+//!
+//! All but the list are audited: the start and the removal under the admin's name, the
+//! callback under the name of the admin who started it.
 
 use super::admin::{Action, AdminState};
 use super::error;
@@ -30,7 +33,49 @@ use std::sync::Arc;
 const MAX_CALLBACK_PARAMS: usize = 32;
 
 pub fn routes() -> Router<Arc<AdminState>> {
-    Router::new().route("/v1/oauth/{connector}/start", get(start)).route("/v1/oauth/{connector}/callback", get(callback))
+    Router::new()
+        .route("/v1/oauth/{connector}/start", get(start))
+        .route("/v1/oauth/{connector}/callback", get(callback))
+        .route("/v1/oauth/shops", get(list))
+        .route("/v1/oauth/shops/{shop}", axum::routing::delete(remove))
+}
+
+/// The shops onboarded by OAuth (admin role): connector, the settings the platform named,
+/// when.
+async fn list(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(resp) = st.caller(&headers, Access::Onboard, None) {
+        return resp;
+    }
+    match st.onboarding.onboarded() {
+        Ok(shops) => Json(serde_json::json!({ "shops": shops })).into_response(),
+        Err(e) => error(status_of(&e), e.to_string()),
+    }
+}
+
+/// Stop an onboarded shop and forget it (admin role, audited). Its orders and stock
+/// history stay; onboarding it again starts it again.
+async fn remove(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, headers: HeaderMap) -> Response {
+    let target = format!("shop:{shop}");
+    let action = Action { name: "oauth-remove", target: &target };
+    let caller = match st.caller(&headers, Access::Onboard, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if st.onboarding.in_config_file(&shop) {
+        return st.refuse(&caller, &action, StatusCode::CONFLICT, format!("shop `{shop}` is in the config file: remove it there"));
+    }
+    match st.onboarding.remove(&shop).await {
+        Ok(true) => {}
+        Ok(false) => return st.refuse(&caller, &action, StatusCode::NOT_FOUND, format!("no shop `{shop}` was onboarded by OAuth")),
+        Err(e) => return st.refuse(&caller, &action, status_of(&e), e.to_string()),
+    }
+    st.shops.stop(&shop).await;
+    st.registry.set_shops(st.shops.by_connector());
+    if let Err(resp) = st.record(&caller.name, &action, None, "ok", String::new()) {
+        return resp;
+    }
+    tracing::warn!(shop = %shop, by = %caller.name, "onboarded shop removed and stopped");
+    Json(serde_json::json!({ "shop": shop, "removed": true })).into_response()
 }
 
 #[derive(Deserialize)]

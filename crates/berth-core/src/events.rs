@@ -14,6 +14,10 @@ pub enum Event<'a> {
     Probed { shop: &'a str, connector: &'a str, tier: Tier, outcome: &'a str },
     /// A canary failed too often and was rolled back automatically.
     CanaryRolledBack { connector: &'a str, digest: &'a str, reason: &'a str },
+    /// A refresh of `shop`'s credentials ended: `outcome` is `ok`, `transient` (the
+    /// current ones stay, tried again after a backoff) or `revoked` (the merchant must
+    /// authorize the app again).
+    CredentialsRefreshed { shop: &'a str, outcome: &'a str },
 }
 
 /// Something that wants to hear of core's events.

@@ -187,6 +187,10 @@ impl Onboarding {
     /// The onboarding `state` was handed out for, once: it is removed as it is read, and
     /// `None` when it is unknown, used or older than [`STATE_LIFETIME_MS`].
     pub async fn take(&self, state: &str) -> Result<Option<Pending>, OnboardingError> {
+        // The callback needs no token: a guessed state costs a read, never a write.
+        if state.len() != 64 || self.pending.get(state.as_bytes())?.is_none() {
+            return Ok(None);
+        }
         let (tree, key) = (self.pending.clone(), state.to_string());
         let found = self
             .store
@@ -218,6 +222,22 @@ impl Onboarding {
             })
             .await?;
         Ok(o)
+    }
+
+    /// Forget an onboarded shop (its credentials stay in the book until overwritten);
+    /// whether it was kept.
+    pub async fn remove(&self, shop: &str) -> Result<bool, OnboardingError> {
+        if self.shops.get(shop.as_bytes())?.is_none() {
+            return Ok(false);
+        }
+        let (tree, key) = (self.shops.clone(), shop.to_string());
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.remove(&tree, key.as_bytes());
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        Ok(true)
     }
 
     /// Every onboarded shop as kept.
@@ -319,10 +339,14 @@ mod tests {
         file.insert("sg2".to_string(), ShopConfig { connector: "other".into(), tier: Tier::B, poll_interval_secs: None, settings: Default::default(), secrets: Default::default() });
         assert_eq!(o.with_onboarded(&file).0["sg2"].connector, "other");
         assert!(o.in_config_file("sg2") && !o.in_config_file("lost"));
+        assert!(o.remove("lost").await.unwrap() && !o.remove("lost").await.unwrap());
+        assert_eq!(o.onboarded().unwrap().keys().collect::<Vec<_>>(), ["sg2"]);
         // A value the store holds is never a token: only the settings the platform named.
         let raw: Vec<u8> = o.shops.get(b"sg2").unwrap().unwrap().to_vec();
         assert!(!String::from_utf8_lossy(&raw).contains("pk"));
     }
+
+    const OLD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[tokio::test]
     async fn expired_states_are_refused_and_dropped() {
@@ -332,12 +356,12 @@ mod tests {
         let tree = o.pending.clone();
         o.store
             .write(move |ctx: &mut WriteCtx<'_>| {
-                ctx.insert(&tree, b"old-state", serde_json::to_vec(&old).unwrap());
+                ctx.insert(&tree, OLD.as_bytes(), serde_json::to_vec(&old).unwrap());
                 Ok::<_, StoreError>(())
             })
             .await
             .unwrap();
-        assert_eq!(o.take("old-state").await.unwrap(), None, "an expired state is refused");
+        assert_eq!(o.take(OLD).await.unwrap(), None, "an expired state is refused");
         let tree = o.pending.clone();
         o.store
             .write(move |ctx: &mut WriteCtx<'_>| {

@@ -101,6 +101,12 @@ pub struct Metrics {
     shop_availability: Family<ShopLabels, Gauge<f64, AtomicU64>>,
     alerts_firing: Family<AlertLabels, Gauge>,
     alert_notifications: Family<ReceiverLabels, Counter>,
+    credential_refreshes: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
 }
 
 impl Metrics {
@@ -121,6 +127,7 @@ impl Metrics {
             shop_availability: Family::default(),
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
+            credential_refreshes: Family::default(),
         };
         m.registry.register("queue_ready", "Items waiting to be taken (orders for the ERP, SKUs due for a push)", m.queue_depth.clone());
         m.registry.register("queue_in_flight", "Items leased or waiting for a retry", m.queue_in_flight.clone());
@@ -135,6 +142,11 @@ impl Metrics {
         m.registry.register("shop_availability_ratio", "A shop's availability in the window (only with health.shop_labels)", m.shop_availability.clone());
         m.registry.register("alerts_firing", "Alerts firing now, by rule and severity", m.alerts_firing.clone());
         m.registry.register("alert_notifications", "Alert notifications per receiver: delivered, or given up after retries", m.alert_notifications.clone());
+        m.registry.register(
+            "credential_refreshes",
+            "Refreshes of shops' credentials by outcome: ok, transient (retried after a backoff), revoked (the merchant must authorize again)",
+            m.credential_refreshes.clone(),
+        );
         m
     }
 
@@ -212,11 +224,15 @@ impl Metrics {
     }
 }
 
-/// Core's events that are counted: probes by outcome.
+/// Core's events that are counted: probes and credential refreshes, by outcome.
 impl berth_core::events::Listener for Metrics {
     fn on(&self, event: &berth_core::events::Event<'_>) {
-        if let berth_core::events::Event::Probed { connector, tier, outcome, .. } = event {
-            self.probe(connector, *tier, outcome);
+        match event {
+            berth_core::events::Event::Probed { connector, tier, outcome, .. } => self.probe(connector, *tier, outcome),
+            berth_core::events::Event::CredentialsRefreshed { outcome, .. } => {
+                self.credential_refreshes.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+            }
+            _ => {}
         }
     }
 }

@@ -219,6 +219,8 @@ pub struct CredentialBook {
     sealer: Arc<seal::Sealer>,
     /// One lock per shop: held across a refresh, so a second caller waits for it.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where each refresh's outcome is told (ops count them).
+    events: std::sync::OnceLock<Arc<crate::events::Events>>,
 }
 
 /// Open a stored record: whether it was sealed with a previous key too.
@@ -235,7 +237,18 @@ fn encode(sealer: &seal::Sealer, shop: &str, s: &Stored) -> Vec<u8> {
 impl CredentialBook {
     /// Open the book; `sealer` seals what it writes and opens what it reads.
     pub fn open(store: &Store, sealer: Arc<seal::Sealer>) -> Result<CredentialBook, CredentialError> {
-        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, sealer, flights: Mutex::default() })
+        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, sealer, flights: Mutex::default(), events: Default::default() })
+    }
+
+    /// Tell `events` how each refresh ends.
+    pub fn tell(&self, events: Arc<crate::events::Events>) {
+        let _ = self.events.set(events);
+    }
+
+    fn told(&self, shop: &str, outcome: &str) {
+        if let Some(e) = self.events.get() {
+            e.emit(&crate::events::Event::CredentialsRefreshed { shop, outcome });
+        }
     }
 
     fn read(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
@@ -445,6 +458,7 @@ impl CredentialBook {
                     })
                     .await?;
                 tracing::info!(shop, generation = stored.generation, "credentials refreshed");
+                self.told(shop, "ok");
                 return Ok((Credentials::from(&stored.current), stored.generation));
             }
             Err(RefreshError::Revoked(why)) => {
@@ -479,6 +493,7 @@ impl CredentialBook {
             }
         })
         .await?;
+        self.told(shop, if gone.is_some() { "revoked" } else { "transient" });
         Err(match gone {
             Some(why) => CredentialError::Reauthorize { shop: shop.to_string(), why },
             None => CredentialError::Transient { shop: shop.to_string(), why },

@@ -529,6 +529,7 @@ mod tests {
             last_error: None,
             needs_authorization: gone.map(str::to_string),
             previous_kept: false,
+            retry_after_ms: None,
         };
         let obs = Observation {
             now_ms: 1_000 * day,
