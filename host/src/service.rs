@@ -74,7 +74,9 @@ pub struct Running {
 pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let cfg = Config::load(config_path)?;
     let storage = open_storage(&cfg).await?;
+    tracing::debug!("start: the store is open");
     let durable = Durable::open(&storage, &cfg)?;
+    tracing::debug!("start: orders, queues and the stock ledger are loaded");
     let metrics = crate::metrics::AllMetrics::new();
     let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
     let credentials = open_credentials(&cfg, &storage, &registry).await?;

@@ -83,9 +83,18 @@ impl Berth {
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(base_url) => Berth { child, base_url, stderr_log },
-            Err(_) => {
+            Err(e) => {
+                // Say how it ended: an exit status, or the signal that killed it.
+                std::thread::sleep(Duration::from_millis(200));
+                let ended = match child.try_wait() {
+                    Ok(Some(status)) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        format!("it exited before saying where it listens ({status}, signal {:?})", status.signal())
+                    }
+                    _ => format!("it did not say where it listens within 120 s ({e})"),
+                };
                 let _ = child.kill();
-                panic!("berth did not start within 120 s; its log:\n{}", read_tail(&stderr_log));
+                panic!("berth did not start: {ended}; its log:\n{}", read_tail(&stderr_log));
             }
         }
     }
