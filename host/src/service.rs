@@ -258,8 +258,8 @@ pub(crate) async fn seed_credentials(
         return Ok(false);
     }
     let first = match (sc.value("access_token"), sc.secrets.get("refresh_token")) {
-        (Some(_), Some(refresh)) => Credentials {
-            access_token: sc.secrets.get("access_token").cloned().unwrap_or_else(|| berth_types::Secret::new(sc.value("access_token").unwrap_or_default())),
+        (Some(access), Some(refresh)) => Credentials {
+            access_token: berth_types::Secret::new(access),
             refresh_token: Some(refresh.clone()),
             access_expires_ms: None,
             refresh_expires_ms: None,

@@ -84,9 +84,15 @@ impl Berth {
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(base_url) => Berth { child, base_url, stderr_log },
             Err(e) => {
-                // Say how it ended: an exit status, or the signal that killed it.
-                std::thread::sleep(Duration::from_millis(200));
-                let ended = match child.try_wait() {
+                // Say how it ended: an exit status, or the signal that killed it (stdout
+                // closes a moment before the process is reaped: wait for that, briefly).
+                let reaped = Instant::now() + Duration::from_secs(5);
+                let mut status = child.try_wait();
+                while matches!(status, Ok(None)) && Instant::now() < reaped && matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
+                    std::thread::yield_now();
+                    status = child.try_wait();
+                }
+                let ended = match status {
                     Ok(Some(status)) => {
                         use std::os::unix::process::ExitStatusExt;
                         format!("it exited before saying where it listens ({status}, signal {:?})", status.signal())

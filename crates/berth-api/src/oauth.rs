@@ -134,10 +134,11 @@ async fn start(
         Ok(s) => s,
         Err(e) => return refuse(status_of(&e), e.to_string()),
     };
+    let cannot = |why: String| refuse(StatusCode::BAD_GATEWAY, format!("connector `{connector}` could not build the consent page: {why}"));
     let url = match conn.consent_url(&shop, Arc::new(template), &state, &redirect).await {
         Ok(Ok(url)) => url,
-        Ok(Err(e)) => return refuse(StatusCode::BAD_GATEWAY, format!("connector `{connector}` could not build the consent page: {e}")),
-        Err(e) => return refuse(StatusCode::BAD_GATEWAY, format!("connector `{connector}` could not build the consent page: {e}")),
+        Ok(Err(e)) => return cannot(e.to_string()),
+        Err(e) => return cannot(e.to_string()),
     };
     if let Err(resp) = st.record(&caller.name, &action, None, "ok", format!("connector {connector}")) {
         return resp;
