@@ -1,0 +1,254 @@
+//! Connecting to the NATS cluster, creating berth's buckets, and checking that the
+//! cluster keeps what it acknowledges.
+
+use crate::config::{ClusterConfig, Durability};
+use crate::error::ClusterError;
+use async_nats::jetstream::{self, kv, stream::StorageType};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The buckets berth keeps its cluster state in.
+#[derive(Debug, Clone)]
+pub struct BucketNames {
+    /// One key per live node, expiring `lease_ttl` after its last heartbeat.
+    pub nodes: String,
+    /// `owner.<shop>` leases, and the state a shop's owner writes under its fence.
+    pub shops: String,
+}
+
+impl BucketNames {
+    pub fn new(prefix: &str) -> BucketNames {
+        BucketNames { nodes: format!("{prefix}_nodes"), shops: format!("{prefix}_shops") }
+    }
+}
+
+/// A connection to the cluster with berth's buckets in place.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub nodes: kv::Store,
+    pub shops: kv::Store,
+    pub names: BucketNames,
+    nodes_stream: jetstream::stream::Stream,
+    shops_stream: jetstream::stream::Stream,
+}
+
+/// A key's newest value as the stream's leader has it.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    pub revision: u64,
+    /// None: the key was deleted or purged.
+    pub value: Option<bytes::Bytes>,
+}
+
+impl Connection {
+    /// Read `key` of the nodes bucket from the stream leader. KV reads are answered by
+    /// any replica (direct get) and a lagging one can miss a fresh heartbeat or lease;
+    /// deciding that a node is dead, or that this node still holds a lease, must not.
+    pub async fn latest_node(&self, key: &str) -> Result<Option<Latest>, ClusterError> {
+        latest(&self.nodes_stream, &self.names.nodes, key).await
+    }
+
+    /// Read `key` of the shops bucket from the stream leader.
+    pub async fn latest_shop_key(&self, key: &str) -> Result<Option<Latest>, ClusterError> {
+        latest(&self.shops_stream, &self.names.shops, key).await
+    }
+}
+
+async fn latest(stream: &jetstream::stream::Stream, bucket: &str, key: &str) -> Result<Option<Latest>, ClusterError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}")).await {
+        Ok(msg) => {
+            let op = msg.headers.get("KV-Operation").map(|v| v.as_str().to_string());
+            let deleted = matches!(op.as_deref(), Some("DEL") | Some("PURGE"));
+            Ok(Some(Latest { revision: msg.sequence, value: (!deleted).then_some(msg.payload) }))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(ClusterError::nats(e)),
+    }
+}
+
+/// Connect with the configured credentials and TLS, create (or open) the buckets with
+/// `replicas` copies, and check the durability berth requires.
+pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError> {
+    config.validate().map_err(ClusterError::Durability)?;
+    let urls = config.nats.join(", ");
+    let connect_err = |reason: String| ClusterError::Connect { urls: urls.clone(), reason };
+    let mut options = match &config.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| connect_err(format!("reading creds_file {}: {e}", path.display())))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let options = options
+        .name(format!("berth/{}", config.node))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+        // A server restarting must not end the node: the client reconnects for ever and
+        // the lease logic stops this node's shops if it is cut off for too long.
+        .max_reconnects(None);
+    let addrs: Vec<async_nats::ServerAddr> =
+        config.nats.iter().map(|u| u.parse()).collect::<Result<_, _>>().map_err(|e| connect_err(format!("{e}")))?;
+    let client = options.connect(addrs).await.map_err(|e| connect_err(e.to_string()))?;
+    let js = jetstream::new(client.clone());
+    let names = BucketNames::new(&config.prefix);
+    let nodes = bucket_retrying(&js, config, &names.nodes, config.lease_ttl()).await?;
+    let shops = bucket_retrying(&js, config, &names.shops, Duration::ZERO).await?;
+    // `bucket` fetched both streams a moment ago; these are the handles for leader reads.
+    let nodes_stream = js.get_stream(format!("KV_{}", names.nodes)).await.map_err(ClusterError::nats)?;
+    let shops_stream = js.get_stream(format!("KV_{}", names.shops)).await.map_err(ClusterError::nats)?;
+    let conn = Connection { client, js, nodes, shops, names, nodes_stream, shops_stream };
+    check_durability(&conn, config).await?;
+    Ok(conn)
+}
+
+/// Why opening a bucket failed: worth another try (a request timed out while the
+/// cluster elects a leader, a server restarts) or not (the bucket has the wrong shape).
+enum Open {
+    Retry(ClusterError),
+    Fatal(ClusterError),
+}
+
+/// [`bucket`], tried again for up to 30 s while the failure may pass.
+async fn bucket_retrying(js: &jetstream::Context, config: &ClusterConfig, name: &str, max_age: Duration) -> Result<kv::Store, ClusterError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match bucket(js, config, name, max_age).await {
+            Ok(store) => return Ok(store),
+            Err(Open::Fatal(e)) => return Err(e),
+            Err(Open::Retry(e)) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(Open::Retry(e)) => {
+                tracing::warn!(bucket = name, error = %e, "opening a cluster bucket failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Open `name`, creating it when absent; an existing bucket with fewer copies than
+/// configured is an error (growing it is an operator's decision: `nats kv edit`).
+async fn bucket(js: &jetstream::Context, config: &ClusterConfig, name: &str, max_age: Duration) -> Result<kv::Store, Open> {
+    let err = |reason: String| Open::Retry(ClusterError::Bucket { bucket: name.to_string(), reason });
+    let fatal = |reason: String| Open::Fatal(ClusterError::Bucket { bucket: name.to_string(), reason });
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.to_string(),
+                history: 1,
+                max_age,
+                storage: StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                err(format!(
+                    "cannot create it with {} replicas: {e}{}",
+                    config.replicas,
+                    if config.replicas > 1 { " (a cluster needs at least as many JetStream servers as replicas)" } else { "" }
+                ))
+            })?,
+    };
+    let mut stream = js.get_stream(format!("KV_{name}")).await.map_err(|e| err(e.to_string()))?;
+    let info = stream.info().await.map_err(|e| err(e.to_string()))?;
+    if info.config.num_replicas < config.replicas {
+        return Err(fatal(format!(
+            "has {} replica(s) and [cluster] replicas = {}: raise it (`nats stream edit KV_{name} --replicas {}`) or lower the setting",
+            info.config.num_replicas, config.replicas, config.replicas
+        )));
+    }
+    if info.config.storage != StorageType::File {
+        return Err(fatal("is kept in memory; berth's state must be on disk: recreate it with file storage".into()));
+    }
+    Ok(store)
+}
+
+/// The servers holding berth's buckets, by server name.
+async fn bucket_servers(conn: &Connection) -> Result<BTreeSet<String>, ClusterError> {
+    let mut servers = BTreeSet::new();
+    for name in [&conn.names.nodes, &conn.names.shops] {
+        let mut stream = conn.js.get_stream(format!("KV_{name}")).await.map_err(ClusterError::nats)?;
+        let info = stream.info().await.map_err(ClusterError::nats)?;
+        if let Some(cluster) = &info.cluster {
+            servers.extend(cluster.leader.iter().cloned());
+            servers.extend(cluster.replicas.iter().map(|p| p.name.clone()));
+        }
+    }
+    Ok(servers)
+}
+
+/// `sync-always`: every server that holds a copy of berth's buckets must say, on its
+/// monitoring endpoint, that it syncs each write (`jetstream.config.sync_always`).
+/// `replicated`: the buckets' copies are all the durability there is; their count was
+/// checked when they were opened.
+async fn check_durability(conn: &Connection, config: &ClusterConfig) -> Result<(), ClusterError> {
+    if config.durability == Durability::Replicated {
+        tracing::warn!(replicas = config.replicas, "[cluster] durability = \"replicated\": an acknowledged write is kept by a majority of replicas, not necessarily on disk");
+        return Ok(());
+    }
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(ClusterError::nats)?;
+    let mut synced = BTreeSet::new();
+    let mut unreachable = Vec::new();
+    for url in &config.monitor {
+        let varz = format!("{}/varz", url.trim_end_matches('/'));
+        let body = match http.get(&varz).send().await.and_then(|r| r.error_for_status()) {
+            Ok(r) => r.bytes().await.map_err(|e| ClusterError::Durability(format!("reading {varz}: {e}")))?,
+            // A server that is down cannot be asked; the others may still prove a majority.
+            Err(e) => {
+                tracing::warn!(url = %varz, error = %e, "cannot read a NATS server's monitoring endpoint; checking the others");
+                unreachable.push(url.clone());
+                continue;
+            }
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ClusterError::Durability(format!("{varz} is not a NATS /varz answer: {e}")))?;
+        let name = v["server_name"].as_str().unwrap_or("?").to_string();
+        let js = &v["jetstream"]["config"];
+        if js.is_null() {
+            return Err(ClusterError::Durability(format!("server {name} ({url}) runs without JetStream")));
+        }
+        if js["sync_always"].as_bool() != Some(true) {
+            let every = js["sync_interval"].as_u64().map(|ns| format!("every {} s", ns / 1_000_000_000)).unwrap_or_else(|| "on a timer".into());
+            return Err(ClusterError::Durability(format!(
+                "server {name} ({url}) acknowledges writes before they are on disk (it syncs {every}): set `jetstream {{ sync_interval: always }}` \
+                 on every server and restart them one by one, or set [cluster] durability = \"replicated\" to rely on {} replicas instead",
+                config.replicas
+            )));
+        }
+        synced.insert(name);
+    }
+    let holders = bucket_servers(conn).await?;
+    let unchecked: Vec<&String> = holders.iter().filter(|s| !synced.contains(*s)).collect();
+    if unreachable.is_empty() && !unchecked.is_empty() {
+        return Err(ClusterError::Durability(format!(
+            "berth's buckets have copies on {unchecked:?}, whose monitoring endpoints are not in [cluster] monitor, so their sync setting \
+             is unknown: list every server's monitoring URL"
+        )));
+    }
+    // With a server down, start if a majority of the copies is on servers seen syncing.
+    let checked = holders.iter().filter(|s| synced.contains(*s)).count();
+    if checked * 2 <= holders.len().max(config.replicas) {
+        return Err(ClusterError::Durability(format!(
+            "only {checked} of the servers holding berth's buckets ({holders:?}) could be checked for sync_interval: always \
+             (unreachable: {unreachable:?}); a majority must be: bring the servers back or fix [cluster] monitor"
+        )));
+    }
+    tracing::info!(servers = ?synced, replicas = config.replicas, "NATS cluster checked: every server holding berth's state syncs each write");
+    Ok(())
+}

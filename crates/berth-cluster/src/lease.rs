@@ -1,0 +1,344 @@
+//! Which node runs which shop: heartbeats, rendezvous assignment and per-shop leases.
+//!
+//! A node is alive while its key in the nodes bucket exists: it re-writes the key every
+//! quarter of `lease_ttl`, and the bucket's `max_age` (= `lease_ttl`) drops a key that
+//! was not re-written in time. Every node computes the wanted owner of each shop from the
+//! live nodes alone ([`crate::rendezvous`]). A shop's lease is its `owner.<shop>` key in
+//! the shops bucket, taken and given up only by compare-and-set on the key's revision:
+//! a node claims a shop it is wanted for when the key is absent, released, or names a
+//! node that is no longer alive; a node that is no longer wanted stops the shop's
+//! workers, then releases the key. The revision at which a node took the lease is the
+//! shop's fence ([`Fence`]): every durable write of its workers carries it, and the
+//! stream refuses the write once anyone else has taken the lease ([`crate::fenced`]).
+//!
+//! A node cut off from the cluster (a partition, SIGSTOP, a long pause) stops its own
+//! shops once its last acknowledged heartbeat is older than `lease_ttl` less a margin,
+//! counted from when that heartbeat was sent — before the others can see its key
+//! expire. Writes already in flight when it wakes are refused by the fence.
+
+use crate::connect::Connection;
+use crate::error::ClusterError;
+use crate::rendezvous;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// The proof a node holds a shop's lease: the revision of `owner.<shop>` it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub shop: String,
+    pub revision: u64,
+}
+
+/// A live node as it describes itself in its heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub node: String,
+    pub started_ms: i64,
+    /// Shops it runs, as of its last heartbeat.
+    pub shops: usize,
+}
+
+/// The value of `owner.<shop>`: who holds the lease (None: released, free to claim).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnerRecord {
+    pub node: Option<String>,
+    pub since_ms: i64,
+}
+
+/// What the lease loop starts and stops: a shop's sync worker and stock pusher.
+pub trait ShopWorkers: Send + Sync + 'static {
+    /// This node now holds `fence.shop`'s lease: start its workers, writing under `fence`.
+    fn start(&self, fence: Fence) -> impl Future<Output = ()> + Send;
+    /// This node no longer holds (or is giving up) `shop`: return once nothing of the
+    /// shop runs here any more.
+    fn stop(&self, shop: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// A shop this node runs, for `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HeldLease {
+    pub shop: String,
+    pub revision: u64,
+}
+
+/// This node's view, for `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LeaseView {
+    pub node: String,
+    pub live_nodes: Vec<NodeRecord>,
+    pub held: Vec<HeldLease>,
+    /// Milliseconds since this node's last acknowledged heartbeat was sent.
+    pub heartbeat_age_ms: Option<u64>,
+    /// True while this node is cut off and has stopped its shops.
+    pub fenced_off: bool,
+}
+
+pub fn owner_key(shop: &str) -> String {
+    format!("owner.{shop}")
+}
+
+/// The lease loop of one node.
+pub struct Leases {
+    conn: Connection,
+    node: String,
+    ttl: Duration,
+    started_ms: i64,
+    shops: watch::Receiver<BTreeSet<String>>,
+    held: Mutex<BTreeMap<String, u64>>,
+    view: Mutex<LeaseView>,
+    wake: Notify,
+}
+
+impl Leases {
+    /// `shops`: every shop the cluster serves (from config; a reload sends a new set).
+    pub fn new(conn: Connection, node: String, ttl: Duration, shops: watch::Receiver<BTreeSet<String>>) -> Arc<Leases> {
+        Arc::new(Leases {
+            conn,
+            view: Mutex::new(LeaseView { node: node.clone(), ..Default::default() }),
+            node,
+            ttl,
+            started_ms: berth_types::clock::now_ms(),
+            shops,
+            held: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The fence this node holds for `shop`, if it holds the lease.
+    pub fn fence(&self, shop: &str) -> Option<Fence> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(shop).map(|r| Fence { shop: shop.to_string(), revision: *r })
+    }
+
+    pub fn view(&self) -> LeaseView {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Run until `shutdown` turns true, then hand every held shop over at once (stop its
+    /// workers, release its lease) and leave the cluster.
+    pub async fn run<W: ShopWorkers>(self: Arc<Self>, workers: Arc<W>, mut shutdown: watch::Receiver<bool>) {
+        let tick = (self.ttl / 4).max(Duration::from_millis(250));
+        // Margin for the clock-rate difference between this node and the servers, and
+        // for a stop that takes a moment: a node gives its shops up this long before the
+        // others may take them.
+        let margin = (self.ttl / 5).max(Duration::from_millis(500));
+        // Heartbeats run on their own, so a slow rebalance never lets this node's key expire.
+        let last_ack: Arc<Mutex<Option<Instant>>> = Arc::default();
+        // Both end with this future, however it ends (a dropped or aborted node must stop
+        // heartbeating, or the others would never take its shops).
+        let _beats = AbortOnDrop(tokio::spawn(self.clone().heartbeat(tick, last_ack.clone())));
+        let me = self.clone();
+        let _waker = AbortOnDrop(tokio::spawn(async move { me.wake_on_changes().await }));
+        let mut shops = self.shops.clone();
+        // The moment this node must have stopped its shops unless a heartbeat lands.
+        let deadline = || last_ack.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t + self.ttl - margin);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let cut_off = deadline().is_none_or(|d| Instant::now() >= d);
+            if cut_off {
+                self.give_up_all(&*workers, false).await;
+            } else {
+                let budget = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout(budget, self.balance(&*workers)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(node = %self.node, error = %e, "cluster rebalance failed; retrying next tick"),
+                    Err(_) => tracing::warn!(node = %self.node, "cluster rebalance unanswered; retrying next tick"),
+                }
+            }
+            let until_deadline = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
+            let acked = *last_ack.lock().unwrap_or_else(|p| p.into_inner());
+            self.update_view(acked, cut_off, until_deadline.min(tick)).await;
+            let nap = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(20))).min(tick);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.wake.notified() => {}
+                _ = shops.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        drop((_beats, _waker));
+        self.give_up_all(&*workers, true).await;
+        if let Err(e) = self.conn.nodes.delete(&self.node).await {
+            tracing::warn!(node = %self.node, error = %e, "leaving the cluster: could not remove the heartbeat; the others take over when it expires");
+        }
+        tracing::info!(node = %self.node, "left the cluster; shops handed over");
+    }
+
+    /// Re-write this node's key every `tick`; `last_ack` is when the newest
+    /// acknowledged write was sent (the server's expiry counts from later than that).
+    async fn heartbeat(self: Arc<Self>, tick: Duration, last_ack: Arc<Mutex<Option<Instant>>>) {
+        loop {
+            let sent = Instant::now();
+            let record = NodeRecord { node: self.node.clone(), started_ms: self.started_ms, shops: self.held_count() };
+            match tokio::time::timeout(tick, self.conn.nodes.put(&self.node, json(&record))).await {
+                Ok(Ok(_)) => {
+                    let first = last_ack.lock().unwrap_or_else(|p| p.into_inner()).replace(sent).is_none();
+                    if first {
+                        self.wake.notify_one();
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(node = %self.node, error = %e, "cluster heartbeat failed"),
+                Err(_) => tracing::warn!(node = %self.node, "cluster heartbeat unanswered"),
+            }
+            tokio::time::sleep(tick.saturating_sub(sent.elapsed())).await;
+        }
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Wake the loop when a node joins or leaves, or a lease is released, so handovers
+    /// happen at once rather than on the next tick.
+    async fn wake_on_changes(&self) {
+        loop {
+            let nodes = self.conn.nodes.watch_all().await;
+            let owners = self.conn.shops.watch("owner.>").await;
+            match (nodes, owners) {
+                (Ok(nodes), Ok(owners)) => {
+                    let mut both = futures_util::stream::select(nodes.map(|_| ()), owners.map(|_| ()));
+                    while both.next().await.is_some() {
+                        self.wake.notify_one();
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "cluster watch failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn live_nodes(&self) -> Result<BTreeMap<String, NodeRecord>, ClusterError> {
+        let mut keys = self.conn.nodes.keys().await.map_err(ClusterError::nats)?;
+        let mut live = BTreeMap::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(ClusterError::nats)?;
+            if let Some(value) = self.conn.nodes.get(&key).await.map_err(ClusterError::nats)? {
+                if let Ok(record) = serde_json::from_slice::<NodeRecord>(&value) {
+                    live.insert(key, record);
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    async fn balance<W: ShopWorkers>(&self, workers: &W) -> Result<(), ClusterError> {
+        let live = self.live_nodes().await?;
+        let shops = self.shops.borrow().clone();
+        let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let wanted = |shop: &str| rendezvous::owner(shop, live.keys().map(String::as_str)) == Some(self.node.as_str());
+
+        // Leases this node holds: still ours? still wanted here?
+        for (shop, revision) in &held {
+            let current = self.conn.latest_shop_key(&owner_key(shop)).await?;
+            if current.as_ref().map(|e| e.revision) != Some(*revision) {
+                tracing::warn!(node = %self.node, shop = %shop, revision, "lease taken by another node; stopping the shop here");
+                self.forget(shop);
+                workers.stop(shop).await;
+            } else if !shops.contains(shop) || !wanted(shop) {
+                self.release(workers, shop, *revision).await;
+            }
+        }
+        // Shops wanted here that this node does not hold yet.
+        for shop in shops.iter().filter(|s| !held.contains_key(*s) && wanted(s)) {
+            let record = OwnerRecord { node: Some(self.node.clone()), since_ms: berth_types::clock::now_ms() };
+            let current = self.conn.latest_shop_key(&owner_key(shop)).await?;
+            let claimed = match current {
+                None => self.conn.shops.create(owner_key(shop), json(&record)).await.map_err(ClusterError::nats),
+                Some(latest) => {
+                    let holder = latest.value.as_deref().and_then(|v| serde_json::from_slice::<OwnerRecord>(v).ok()).and_then(|r| r.node);
+                    if let Some(other) = holder.filter(|h| *h != self.node) {
+                        // Taken from a node only once the leader has no heartbeat of it:
+                        // a list of live nodes read a moment ago may already be stale.
+                        if live.contains_key(&other) || self.conn.latest_node(&other).await?.is_some_and(|l| l.value.is_some()) {
+                            // Alive: it releases the shop once it sees this node.
+                            continue;
+                        }
+                    }
+                    self.conn.shops.update(owner_key(shop), json(&record), latest.revision).await.map_err(ClusterError::nats)
+                }
+            };
+            match claimed {
+                Ok(revision) => {
+                    tracing::info!(node = %self.node, shop = %shop, revision, "took the shop's lease");
+                    self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(shop.clone(), revision);
+                    workers.start(Fence { shop: shop.clone(), revision }).await;
+                }
+                // Another node was faster; the next tick sees who.
+                Err(e) => tracing::debug!(node = %self.node, shop = %shop, error = %e, "claim lost a race"),
+            }
+        }
+        Ok(())
+    }
+
+    fn forget(&self, shop: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(shop);
+    }
+
+    /// Stop the shop here first, then free its lease for the node that wants it.
+    async fn release<W: ShopWorkers>(&self, workers: &W, shop: &str, revision: u64) {
+        self.forget(shop);
+        workers.stop(shop).await;
+        let record = OwnerRecord { node: None, since_ms: berth_types::clock::now_ms() };
+        match self.conn.shops.update(owner_key(shop), json(&record), revision).await {
+            Ok(_) => tracing::info!(node = %self.node, shop = %shop, "released the shop's lease"),
+            Err(e) => tracing::warn!(node = %self.node, shop = %shop, error = %e, "could not release the lease; it is taken over once this node's heartbeat expires"),
+        }
+    }
+
+    /// Stop every shop; `release` frees their leases too (a clean shutdown). Cut off
+    /// from the cluster, a node only stops: it cannot write, and others will claim.
+    async fn give_up_all<W: ShopWorkers>(&self, workers: &W, release: bool) {
+        let held: Vec<(String, u64)> = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
+        if !held.is_empty() && !release {
+            tracing::error!(node = %self.node, shops = held.len(), "cut off from the cluster for most of the lease: stopping every shop here");
+        }
+        for (shop, revision) in held {
+            if release {
+                self.release(workers, &shop, revision).await;
+            } else {
+                workers.stop(&shop).await;
+            }
+        }
+    }
+
+    async fn update_view(&self, last_ack: Option<Instant>, cut_off: bool, budget: Duration) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, r)| HeldLease { shop: s.clone(), revision: *r }).collect();
+        {
+            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.held = held;
+            view.heartbeat_age_ms = last_ack.map(|t| t.elapsed().as_millis() as u64);
+            view.fenced_off = cut_off;
+        }
+        if !cut_off {
+            if let Ok(Ok(live)) = tokio::time::timeout(budget, self.live_nodes()).await {
+                self.view.lock().unwrap_or_else(|p| p.into_inner()).live_nodes = live.into_values().collect();
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> bytes::Bytes {
+    serde_json::to_vec(value).unwrap_or_default().into()
+}

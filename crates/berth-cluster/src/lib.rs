@@ -1,0 +1,23 @@
+//! berth-cluster: several berth nodes sharing the shops, on NATS JetStream.
+//!
+//! Cluster mode runs on an existing distributed engine rather than a consensus of our
+//! own: JetStream streams and KV buckets replicated with Raft. This crate owns the
+//! connection and what berth requires of the cluster ([`connect`]: credentials, TLS,
+//! replicas, `sync_interval: always` checked on every server), which node runs which
+//! shop ([`lease`]: heartbeats, [`rendezvous`] assignment, per-shop leases taken by
+//! compare-and-set), and writes only a shop's lease holder can make ([`fenced`]).
+//!
+//! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
+//! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
+
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod fenced;
+pub mod lease;
+pub mod rendezvous;
+
+pub use config::{ClusterConfig, Durability};
+pub use connect::{connect, Connection};
+pub use error::ClusterError;
+pub use lease::{Fence, Leases, ShopWorkers};

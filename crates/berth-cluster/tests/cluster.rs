@@ -1,0 +1,227 @@
+//! Cluster mode's foundations against real nats-server processes (a 3-server JetStream
+//! cluster on loopback): what berth requires of the cluster, fenced writes, and shop
+//! leases moving between nodes that join, leave, die or are cut off.
+
+mod common;
+
+use berth_cluster::lease::{owner_key, OwnerRecord};
+use berth_cluster::{fenced, ClusterConfig, ClusterError, Durability, Fence, Leases, ShopWorkers};
+use common::{wait_for, NatsCluster};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn config(cluster: &NatsCluster, node: &str, durability: Durability) -> ClusterConfig {
+    ClusterConfig {
+        nats: cluster.urls(),
+        node: node.into(),
+        creds_file: None,
+        user: None,
+        password: None,
+        token: None,
+        tls: None,
+        replicas: 3,
+        durability,
+        monitor: cluster.monitors(),
+        lease_ttl_secs: 5,
+        prefix: "berth".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_checks_what_the_cluster_keeps() {
+    let lax = NatsCluster::start(3, false).await;
+    let err = berth_cluster::connect(&config(&lax, "a", Durability::SyncAlways)).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, ClusterError::Durability(_)), "{msg}");
+    assert!(msg.contains("sync_interval: always") && msg.contains("durability = \"replicated\""), "{msg}");
+    berth_cluster::connect(&config(&lax, "a", Durability::Replicated)).await.expect("replicated is enough when asked for");
+
+    let strict = NatsCluster::start(3, true).await;
+    let conn = berth_cluster::connect(&config(&strict, "a", Durability::SyncAlways)).await.expect("a synced cluster passes");
+    let info = conn.js.get_stream("KV_berth_shops").await.expect("stream").info().await.expect("info").clone();
+    assert_eq!(info.config.num_replicas, 3);
+    // One server left out of `monitor`: its sync setting is unknown, and it holds a copy.
+    let mut partial = config(&strict, "a", Durability::SyncAlways);
+    partial.monitor.pop();
+    let msg = berth_cluster::connect(&partial).await.err().expect("refused").to_string();
+    assert!(msg.contains("n3") && msg.contains("monitor"), "{msg}");
+    // A bucket with fewer copies than configured is refused with the command that fixes it.
+    let mut five = config(&strict, "a", Durability::SyncAlways);
+    five.replicas = 5;
+    let msg = berth_cluster::connect(&five).await.err().expect("refused").to_string();
+    assert!(msg.contains("--replicas 5"), "{msg}");
+    let mut unreachable = config(&strict, "a", Durability::Replicated);
+    unreachable.nats = vec!["nats://127.0.0.1:1".into()];
+    assert!(matches!(berth_cluster::connect(&unreachable).await, Err(ClusterError::Connect { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_a_lost_lease_is_refused() {
+    let nats = NatsCluster::start(3, true).await;
+    let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
+    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let first = conn.shops.create(owner_key("shop-1"), record("a")).await.expect("claim");
+    let a = Fence { shop: "shop-1".into(), revision: first };
+    fenced::put(&conn, &a, "cursor", "10".into()).await.expect("the holder writes");
+    fenced::put(&conn, &a, "cursor", "11".into()).await.expect("and writes again");
+
+    let second = conn.shops.update(owner_key("shop-1"), record("b"), first).await.expect("b takes the lease");
+    let b = Fence { shop: "shop-1".into(), revision: second };
+    let refused = fenced::put(&conn, &a, "cursor", "12".into()).await;
+    assert!(matches!(refused, Err(ClusterError::Fenced { revision, .. }) if revision == first), "{refused:?}");
+    assert_eq!(fenced::get(&conn, "shop-1", "cursor").await.expect("read").expect("value").value, "11", "the stale write did not land");
+    fenced::put(&conn, &b, "cursor", "20".into()).await.expect("the new holder writes");
+    // Another shop's lease is another fence.
+    let other = Fence { shop: "shop-2".into(), revision: second };
+    assert!(matches!(fenced::put(&conn, &other, "cursor", "1".into()).await, Err(ClusterError::Fenced { .. })));
+}
+
+/// Records which node runs which shop, and fails the test if two ever run one at once.
+#[derive(Default)]
+struct Running {
+    by_shop: Mutex<BTreeMap<String, (String, u64)>>,
+    overlaps: Mutex<Vec<String>>,
+    starts: Mutex<usize>,
+}
+
+struct Workers {
+    node: String,
+    running: Arc<Running>,
+}
+
+impl ShopWorkers for Workers {
+    async fn start(&self, fence: Fence) {
+        let mut by_shop = self.running.by_shop.lock().unwrap();
+        if let Some((other, _)) = by_shop.get(&fence.shop) {
+            self.running.overlaps.lock().unwrap().push(format!("{} started on {} while running on {other}", fence.shop, self.node));
+        }
+        by_shop.insert(fence.shop, (self.node.clone(), fence.revision));
+        *self.running.starts.lock().unwrap() += 1;
+    }
+    async fn stop(&self, shop: &str) {
+        let mut by_shop = self.running.by_shop.lock().unwrap();
+        if by_shop.get(shop).is_some_and(|(n, _)| *n == self.node) {
+            by_shop.remove(shop);
+        }
+    }
+}
+
+struct Node {
+    leases: Arc<Leases>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn node(nats: &NatsCluster, name: &str, shops: &watch::Sender<BTreeSet<String>>, running: &Arc<Running>) -> Node {
+    let cfg = config(nats, name, Durability::SyncAlways);
+    let conn = berth_cluster::connect(&cfg).await.expect("connect");
+    let leases = Leases::new(conn, name.into(), cfg.lease_ttl(), shops.subscribe());
+    let (shutdown, rx) = watch::channel(false);
+    let workers = Arc::new(Workers { node: name.into(), running: running.clone() });
+    let task = tokio::spawn(leases.clone().run(workers, rx));
+    Node { leases, shutdown, task }
+}
+
+/// Every shop of `shops` runs on its rendezvous owner among `nodes`, and nothing else runs.
+fn placed(running: &Running, shops: &BTreeSet<String>, nodes: &[&str]) -> bool {
+    let by_shop = running.by_shop.lock().unwrap();
+    by_shop.len() == shops.len()
+        && shops.iter().all(|s| by_shop.get(s).map(|(n, _)| n.as_str()) == berth_cluster::rendezvous::owner(s, nodes.iter().copied()))
+}
+
+fn holders(running: &Running) -> BTreeMap<String, usize> {
+    running.by_shop.lock().unwrap().values().fold(BTreeMap::new(), |mut m, (n, _)| {
+        *m.entry(n.clone()).or_insert(0) += 1;
+        m
+    })
+}
+
+fn shops_on(running: &Running, node: &str) -> BTreeSet<String> {
+    running.by_shop.lock().unwrap().iter().filter(|(_, (n, _))| n == node).map(|(s, _)| s.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shops_spread_over_nodes_and_move_when_one_leaves_dies_or_is_cut_off() {
+    let mut nats = NatsCluster::start(3, true).await;
+    let shops: BTreeSet<String> = (0..30).map(|i| format!("shop-{i}")).collect();
+    let (shop_tx, _) = watch::channel(shops.clone());
+    let running = Arc::new(Running::default());
+    let a = node(&nats, "node-a", &shop_tx, &running).await;
+    let b = node(&nats, "node-b", &shop_tx, &running).await;
+    let c = node(&nats, "node-c", &shop_tx, &running).await;
+
+    wait_for("every shop running where rendezvous hashing puts it", 30, || placed(&running, &shops, &["node-a", "node-b", "node-c"])).await;
+    for (n, count) in holders(&running) {
+        assert!((4..=18).contains(&count), "{n} runs {count} of 30: {:?}", holders(&running));
+    }
+    assert_eq!(a.leases.view().live_nodes.len(), 3);
+
+    // A clean shutdown hands over at once: its shops run elsewhere well before its
+    // heartbeat (5 s lease) could expire.
+    let a_shops = shops_on(&running, "node-a");
+    let before = std::time::Instant::now();
+    a.shutdown.send(true).expect("shutdown");
+    a.task.await.expect("node a ends");
+    wait_for("node a's shops running on b and c", 30, || placed(&running, &shops, &["node-b", "node-c"])).await;
+    let handover = before.elapsed();
+    assert!(a_shops.iter().all(|s| !shops_on(&running, "node-a").contains(s)));
+    println!("clean handover of {} shops took {handover:?}", a_shops.len());
+
+    // A crash (the task gone, no release): its leases are taken once its heartbeat
+    // expires, and the new holders' fences are newer revisions.
+    let b_fences: BTreeMap<String, u64> = running.by_shop.lock().unwrap().iter().filter(|(_, (n, _))| n == "node-b").map(|(s, (_, r))| (s.clone(), *r)).collect();
+    b.task.abort();
+    running.by_shop.lock().unwrap().retain(|_, (n, _)| n != "node-b");
+    wait_for("node b's shops running on c within 2 x the lease", 30, || shops_on(&running, "node-c").len() == 30).await;
+    for (shop, old) in &b_fences {
+        let (_, new) = running.by_shop.lock().unwrap()[shop].clone();
+        assert!(new > *old, "{shop}: fence {new} after {old}");
+        let stale = Fence { shop: shop.clone(), revision: *old };
+        assert!(matches!(fenced::put(&b.leases_conn(), &stale, "x", "stale".into()).await, Err(ClusterError::Fenced { .. })));
+    }
+
+    // Cut off: the NATS servers stop answering (SIGSTOP). Node c stops its shops before
+    // its lease could expire; when they answer again it takes them back.
+    for i in 0..3 {
+        nats.stop(i);
+    }
+    wait_for("node c stopping its shops and saying it is cut off", 30, || holders(&running).is_empty() && c.leases.view().fenced_off).await;
+    for i in 0..3 {
+        nats.cont(i);
+    }
+    wait_for("node c running every shop again", 60, || shops_on(&running, "node-c").len() == 30).await;
+
+    // One NATS server killed: the cluster keeps a quorum, nodes keep their leases and a
+    // node joining still gets its share; restarted, the server catches up.
+    nats.kill(1);
+    let d = node(&nats, "node-d", &shop_tx, &running).await;
+    wait_for("node d taking its share with one NATS server down", 30, || placed(&running, &shops, &["node-c", "node-d"])).await;
+    nats.restart(1).await;
+    let conn = d.leases_conn();
+    let mut caught_up = false;
+    for _ in 0..200 {
+        let info = conn.js.get_stream("KV_berth_shops").await.expect("stream").info().await.expect("info").clone();
+        let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
+        if replicas.len() == 2 && replicas.iter().all(|p| p.current && !p.offline) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(caught_up, "the restarted NATS server did not catch up within 20 s");
+
+    // The shop list shrinking releases what is no longer served.
+    let fewer: BTreeSet<String> = shops.iter().take(10).cloned().collect();
+    shop_tx.send_replace(fewer.clone());
+    wait_for("only the 10 remaining shops running", 30, || placed(&running, &fewer, &["node-c", "node-d"])).await;
+    assert!(running.overlaps.lock().unwrap().is_empty(), "{:?}", running.overlaps.lock().unwrap());
+    let _ = (c.shutdown.send(true), d.shutdown.send(true));
+}
+
+impl Node {
+    fn leases_conn(&self) -> berth_cluster::Connection {
+        self.leases.connection().clone()
+    }
+}

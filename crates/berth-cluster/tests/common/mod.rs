@@ -1,0 +1,164 @@
+//! Real nats-server processes on loopback for the cluster tests: a JetStream cluster of
+//! N servers, each killable and restartable on its own store.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `NATS_SERVER`, else the one `scripts/toolchains` installs (2.15: it can sync every write).
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return p.into();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = workspace.join(".toolchains/venv/bin/nats-server");
+    assert!(bin.exists(), "{} is missing: run scripts/toolchains (or set NATS_SERVER)", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+pub struct NatsNode {
+    pub name: String,
+    pub client_port: u16,
+    pub http_port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsNode {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+    pub fn monitor(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.conf.with_extension("log")).expect("log file");
+        let child = Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+    }
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+}
+
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl NatsCluster {
+    /// `n` servers forming one JetStream cluster; `sync_always` sets `sync_interval:
+    /// always`. Returns once every server says it is healthy (JetStream meta leader
+    /// elected).
+    pub async fn start(n: usize, sync_always: bool) -> NatsCluster {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("nats dir");
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(", ");
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let (client_port, http_port) = (free_port(), free_port());
+            let store = dir.path().join(&name);
+            let sync = if sync_always { "  sync_interval: always\n" } else { "" };
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\n\
+                     jetstream {{\n  store_dir: {store:?}\n{sync}}}\n\
+                     cluster {{\n  name: berth-test\n  listen: 127.0.0.1:{route}\n  routes: [{route_list}]\n}}\n"
+                ),
+            )
+            .expect("nats config");
+            let mut node = NatsNode { name, client_port, http_port, conf, child: None };
+            node.spawn();
+            nodes.push(node);
+        }
+        let cluster = NatsCluster { nodes, _dir: dir };
+        for i in 0..n {
+            cluster.wait_healthy(i).await;
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsNode::url).collect()
+    }
+
+    pub fn monitors(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsNode::monitor).collect()
+    }
+
+    /// Until `/healthz` answers 200: the server listens and its JetStream is current.
+    pub async fn wait_healthy(&self, i: usize) {
+        let url = format!("{}/healthz", self.nodes[i].monitor());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.nodes[i].conf.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("nats server {} not healthy within 60 s; its log ends:\n{}", self.nodes[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].signal("KILL");
+        let mut c = self.nodes[i].child.take().expect("running");
+        let _ = c.wait();
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        self.nodes[i].spawn();
+        self.wait_healthy(i).await;
+    }
+
+    pub fn stop(&self, i: usize) {
+        self.nodes[i].signal("STOP");
+    }
+
+    pub fn cont(&self, i: usize) {
+        self.nodes[i].signal("CONT");
+    }
+}
+
+/// Poll `cond` until it holds or `secs` pass.
+pub async fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
