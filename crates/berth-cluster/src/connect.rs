@@ -177,6 +177,15 @@ async fn bucket(js: &jetstream::Context, config: &ClusterConfig, name: &str, max
     if info.config.storage != StorageType::File {
         return Err(fatal("is kept in memory; berth's state must be on disk: recreate it with file storage".into()));
     }
+    // A page of orders and the position after it are written as one atomic batch
+    // (nats-server 2.12+); KV buckets are created without it.
+    if !info.config.allow_atomic_publish {
+        let mut config = info.config.clone();
+        config.allow_atomic_publish = true;
+        js.update_stream(config).await.map_err(|e| {
+            fatal(format!("cannot allow atomic batches on it ({e}): berth needs nats-server 2.12 or later"))
+        })?;
+    }
     Ok(store)
 }
 

@@ -78,6 +78,40 @@ async fn a_write_under_a_lost_lease_is_refused() {
     assert!(matches!(fenced::put(&conn, &other, "cursor", "1".into()).await, Err(ClusterError::Fenced { .. })));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_and_its_position_land_together_or_not_at_all() {
+    let nats = NatsCluster::start(3, true).await;
+    let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
+    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let first = conn.shops.create(owner_key("shop-9"), record("a")).await.expect("claim");
+    let a = Fence { shop: "shop-9".into(), revision: first };
+    let page = |n: usize, tag: &str| -> Vec<(String, bytes::Bytes)> {
+        let mut items: Vec<(String, bytes::Bytes)> = (0..n).map(|i| (format!("feed.shop-9.{tag}-{i}"), format!("order {tag}-{i}").into())).collect();
+        items.push(("state.shop-9.cursor".into(), tag.to_string().into()));
+        items
+    };
+    let seq = fenced::put_all(&conn, &a, page(3, "p1")).await.expect("the holder's page lands");
+    assert!(seq > first);
+    assert_eq!(fenced::get(&conn, "shop-9", "cursor").await.expect("read").expect("cursor").value, "p1");
+    for i in 0..3 {
+        assert!(conn.shops.get(format!("feed.shop-9.p1-{i}")).await.expect("read").is_some());
+    }
+    // A page of 200 in one batch (publishes between the first request and the commit).
+    fenced::put_all(&conn, &a, page(200, "p2")).await.expect("a long page lands");
+    assert!(conn.shops.get("feed.shop-9.p2-199").await.expect("read").is_some());
+
+    conn.shops.update(owner_key("shop-9"), record("b"), first).await.expect("b takes the lease");
+    let refused = fenced::put_all(&conn, &a, page(5, "p3")).await;
+    assert!(matches!(refused, Err(ClusterError::Fenced { .. })), "{refused:?}");
+    for i in 0..5 {
+        assert!(conn.shops.get(format!("feed.shop-9.p3-{i}")).await.expect("read").is_none(), "p3-{i} landed under a lost lease");
+    }
+    assert_eq!(fenced::get(&conn, "shop-9", "cursor").await.expect("read").expect("cursor").value, "p2");
+    // A key of another shop never rides on this shop's fence.
+    let foreign = fenced::put_all(&conn, &a, vec![("feed.shop-1.x".into(), "x".into())]).await;
+    assert!(matches!(foreign, Err(ClusterError::Nats(m)) if m.contains("not one of shop shop-9")));
+}
+
 /// Records which node runs which shop, and fails the test if two ever run one at once.
 #[derive(Default)]
 struct Running {
