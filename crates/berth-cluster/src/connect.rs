@@ -50,6 +50,11 @@ impl Connection {
         latest(&self.nodes_stream, &self.names.nodes, key).await
     }
 
+    /// The shops bucket's stream (feed reads, the ERP's consumer).
+    pub fn shops_stream(&self) -> &jetstream::stream::Stream {
+        &self.shops_stream
+    }
+
     /// Read `key` of the shops bucket from the stream leader.
     pub async fn latest_shop_key(&self, key: &str) -> Result<Option<Latest>, ClusterError> {
         latest(&self.shops_stream, &self.names.shops, key).await

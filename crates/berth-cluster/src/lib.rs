@@ -5,7 +5,8 @@
 //! connection and what berth requires of the cluster ([`connect`]: credentials, TLS,
 //! replicas, `sync_interval: always` checked on every server), which node runs which
 //! shop ([`lease`]: heartbeats, [`rendezvous`] assignment, per-shop leases taken by
-//! compare-and-set), and writes only a shop's lease holder can make ([`fenced`]).
+//! compare-and-set), writes only a shop's lease holder can make ([`fenced`]), and the
+//! order feed with the ERP's lease/ack queue over it ([`feed`]).
 //!
 //! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
 //! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod feed;
 pub mod fenced;
 pub mod lease;
 pub mod rendezvous;

@@ -1,0 +1,338 @@
+//! The order feed and the ERP's order queue, in the shops stream.
+//!
+//! A shop's owner appends each new order version as its own key,
+//! `feed.<shop>.<order>.<updated>.<digest>`, together with `latest.<shop>.<order>` (what
+//! decides that a version is new) and the shop's pull position, as one fenced atomic
+//! batch ([`crate::fenced::put_all`]): a page and its position land together, under the
+//! lease, or not at all. The stream's sequence numbers are the feed's order: a batch is
+//! visible whole or not at all, so a reader never skips an entry.
+//!
+//! The ERP's lease/ack queue is a durable JetStream consumer on the feed subjects: a
+//! lease is a fetch, an ack acks, a nack is a delayed NAK, an extension is a progress
+//! ack; an order delivered `max_attempts` times and not acked becomes a dead letter
+//! (`dead.<seq>`) and is terminated. Any node serves any of these: the token carries the
+//! delivery's ack subject, checked to be this consumer's before it is used.
+
+use crate::connect::Connection;
+use crate::error::ClusterError;
+use crate::fenced;
+use crate::lease::Fence;
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::AckKind;
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One version of an order, as the owner found it on the platform.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub order_id: String,
+    pub updated_at_ms: i64,
+    /// A digest of the normalized order: an equal updated time with another digest is a
+    /// new version (platforms stamp whole seconds).
+    pub digest: [u8; 32],
+    /// The record the ERP reads, as stored.
+    pub record: Bytes,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Appended {
+    pub added: usize,
+    pub duplicates: usize,
+    /// The stream sequence of the batch's last write.
+    pub last_seq: Option<u64>,
+}
+
+/// Order ids are the platform's: any bytes. Keys carry them base64url-encoded.
+fn key_part(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
+}
+
+fn latest_key(shop: &str, order: &str) -> String {
+    format!("latest.{shop}.{}", key_part(order))
+}
+
+fn version_key(shop: &str, e: &FeedEntry) -> String {
+    format!("feed.{shop}.{}.{}.{}", key_part(&e.order_id), e.updated_at_ms.max(0), hex::encode(&e.digest[..8]))
+}
+
+/// `latest.*` value: the newest version's updated time and digest.
+fn latest_value(updated: i64, digest: &[u8; 32]) -> Bytes {
+    let mut v = updated.to_be_bytes().to_vec();
+    v.extend_from_slice(digest);
+    v.into()
+}
+
+fn is_newer(stored: Option<&[u8]>, updated: i64, digest: &[u8; 32]) -> bool {
+    match stored {
+        Some(v) if v.len() == 40 => {
+            let at = i64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+            updated > at || (updated == at && v[8..] != digest[..])
+        }
+        _ => true,
+    }
+}
+
+/// Append the new versions among `entries` and (if given) the shop's pull position, as
+/// one fenced atomic batch. Versions the feed has (or that repeat within the page) are
+/// counted as duplicates and not written.
+pub async fn append_page(conn: &Connection, fence: &Fence, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
+    let shop = &fence.shop;
+    let mut newest: HashMap<&str, (i64, [u8; 32])> = HashMap::new();
+    let mut items = Vec::new();
+    let mut out = Appended::default();
+    for e in entries {
+        let stored = match newest.get(e.order_id.as_str()) {
+            Some((at, d)) => Some(latest_value(*at, d)),
+            // Read from the leader: this node's own last page must count.
+            None => conn.latest_shop_key(&latest_key(shop, &e.order_id)).await?.and_then(|l| l.value),
+        };
+        if !is_newer(stored.as_deref(), e.updated_at_ms, &e.digest) {
+            out.duplicates += 1;
+            continue;
+        }
+        newest.insert(&e.order_id, (e.updated_at_ms, e.digest));
+        items.push((version_key(shop, e), e.record.clone()));
+        items.push((latest_key(shop, &e.order_id), latest_value(e.updated_at_ms, &e.digest)));
+        out.added += 1;
+    }
+    if let Some(position) = position {
+        items.push((fenced::state_key(shop, "position"), position));
+    }
+    if items.is_empty() {
+        return Ok(out);
+    }
+    out.last_seq = Some(fenced::put_all(conn, fence, items).await?);
+    Ok(out)
+}
+
+/// The shop's pull position as last appended.
+pub async fn position(conn: &Connection, shop: &str) -> Result<Option<Bytes>, ClusterError> {
+    Ok(conn.latest_shop_key(&fenced::state_key(shop, "position")).await?.and_then(|l| l.value))
+}
+
+/// A feed entry as read back: its stream sequence and record.
+#[derive(Debug, Clone)]
+pub struct FeedRecord {
+    pub seq: u64,
+    pub shop: String,
+    pub record: Bytes,
+}
+
+/// Up to `limit` feed entries after `after` (a stream sequence), oldest first, for one
+/// shop or all.
+pub async fn list(conn: &Connection, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<FeedRecord>, ClusterError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    let filter = format!("$KV.{}.feed.{}.>", conn.names.shops, shop.unwrap_or("*"));
+    let stream = conn.shops_stream();
+    let mut out = Vec::new();
+    let mut next = after + 1;
+    while out.len() < limit {
+        match stream.direct_get_next_for_subject(filter.as_str(), Some(next)).await {
+            Ok(msg) => {
+                next = msg.sequence + 1;
+                let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
+                out.push(FeedRecord { seq: msg.sequence, shop, record: msg.payload });
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Err(e) => return Err(ClusterError::nats(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// How the ERP's queue behaves.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// How long a lease lasts before the order is delivered again.
+    pub visibility: Duration,
+    /// Deliveries before an order becomes a dead letter.
+    pub max_attempts: u32,
+}
+
+/// A leased order: the token the ERP acks with, and the record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueToken {
+    /// The feed sequence (stable across deliveries).
+    pub id: u64,
+    /// The delivery's ack subject, base64url.
+    pub ack: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeasedRecord {
+    pub token: QueueToken,
+    pub attempt: u32,
+    pub record: Bytes,
+}
+
+/// A dead letter: an order delivered `max_attempts` times without an ack.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadRecord {
+    pub seq: u64,
+    pub attempts: u32,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// The ERP's order queue over the feed.
+pub struct OrderQueue {
+    conn: Connection,
+    consumer: consumer::Consumer<pull::Config>,
+    name: String,
+    settings: QueueSettings,
+}
+
+impl OrderQueue {
+    /// Open (or create) the durable consumer `name` on the feed.
+    pub async fn open(conn: &Connection, name: &str, settings: QueueSettings) -> Result<OrderQueue, ClusterError> {
+        let stream = conn.shops_stream();
+        let consumer = stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.to_string()),
+                    filter_subject: format!("$KV.{}.feed.>", conn.names.shops),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: settings.visibility,
+                    // Attempts are counted here, so a dead letter is recorded with its
+                    // reason rather than left undelivered by the server.
+                    max_deliver: -1,
+                    max_ack_pending: 100_000,
+                    num_replicas: 0,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), settings })
+    }
+
+    /// Lease up to `max` orders; waits at most `wait` for the first.
+    pub async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<LeasedRecord>, ClusterError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait.max(Duration::from_millis(100)))
+            .messages()
+            .await
+            .map_err(ClusterError::nats)?;
+        let mut out = Vec::new();
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(ClusterError::nats)?;
+            let (seq, delivered) = {
+                let info = msg.info().map_err(ClusterError::nats)?;
+                (info.stream_sequence, info.delivered.max(1) as u32)
+            };
+            if delivered > self.settings.max_attempts {
+                // Its last lease ran out without an ack or a nack.
+                self.bury(seq, delivered - 1, "the lease expired without an ack").await?;
+                msg.ack_with(AckKind::Term).await.map_err(ClusterError::nats)?;
+                continue;
+            }
+            let reply = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            let token = QueueToken { id: seq, ack: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(reply) };
+            out.push(LeasedRecord { token, attempt: delivered, record: msg.payload.clone() });
+        }
+        Ok(out)
+    }
+
+    /// The ack subject in `token`, if it is one of this consumer's: `$JS.ACK.<stream>.
+    /// <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or the
+    /// newer form with a domain and account hash before the stream and a random token
+    /// after. Anything else is refused, so a token never makes berth publish elsewhere.
+    fn ack_subject(&self, token: &QueueToken) -> Result<(String, u32), ClusterError> {
+        let bad = || ClusterError::Nats("not a lease token of this queue".into());
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token.ack).map_err(|_| bad())?;
+        let subject = String::from_utf8(raw).map_err(|_| bad())?;
+        let parts: Vec<&str> = subject.strip_prefix("$JS.ACK.").ok_or_else(bad)?.split('.').collect();
+        let at = match parts.len() {
+            7 => 0,
+            9 | 10 => 2,
+            _ => return Err(bad()),
+        };
+        let stream = format!("KV_{}", self.conn.names.shops);
+        let numbers = &parts[at + 2..at + 7];
+        if parts[at] != stream
+            || parts[at + 1] != self.name
+            || numbers.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+            || numbers[1] != token.id.to_string()
+        {
+            return Err(bad());
+        }
+        let delivered = numbers[0].parse().map_err(|_| bad())?;
+        Ok((subject, delivered))
+    }
+
+    async fn send_ack(&self, token: &QueueToken, kind: AckKind) -> Result<(), ClusterError> {
+        let (subject, _) = self.ack_subject(token)?;
+        // A request: the server answers once the ack is applied (replicated).
+        self.conn.client.request(subject, Bytes::from(kind)).await.map_err(ClusterError::nats)?;
+        Ok(())
+    }
+
+    pub async fn ack(&self, token: &QueueToken) -> Result<(), ClusterError> {
+        self.send_ack(token, AckKind::Ack).await
+    }
+
+    /// Give an order back, delivered again after `delay`; on its last attempt it becomes a
+    /// dead letter with `reason`.
+    pub async fn nack(&self, token: &QueueToken, delay: Duration, reason: &str) -> Result<(), ClusterError> {
+        let (_, delivered) = self.ack_subject(token)?;
+        if delivered >= self.settings.max_attempts {
+            self.bury(token.id, delivered, reason).await?;
+            return self.send_ack(token, AckKind::Term).await;
+        }
+        self.send_ack(token, AckKind::Nak(Some(delay))).await
+    }
+
+    /// Keep a lease for another `visibility` (JetStream's progress ack).
+    pub async fn extend(&self, token: &QueueToken) -> Result<(), ClusterError> {
+        self.send_ack(token, AckKind::Progress).await
+    }
+
+    async fn bury(&self, seq: u64, attempts: u32, reason: &str) -> Result<(), ClusterError> {
+        let record = DeadRecord { seq, attempts, reason: reason.chars().take(500).collect(), at_ms: berth_types::clock::now_ms() };
+        let key = format!("dead.{}.{seq}", self.name);
+        // Two nodes may see the same expiry: the first record stands.
+        match self.conn.shops.create(&key, serde_json::to_vec(&record).unwrap_or_default().into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(ClusterError::nats(e)),
+        }
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadRecord>, ClusterError> {
+        let mut keys = self.conn.shops.keys().await.map_err(ClusterError::nats)?;
+        let prefix = format!("dead.{}.", self.name);
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(ClusterError::nats)?;
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(v) = self.conn.shops.get(&key).await.map_err(ClusterError::nats)? {
+                if let Ok(d) = serde_json::from_slice::<DeadRecord>(&v) {
+                    out.push(d);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by_key(|d| d.seq);
+        Ok(out)
+    }
+
+    /// Orders waiting and orders leased, as the server counts them.
+    pub async fn depth(&self) -> Result<(u64, u64), ClusterError> {
+        let mut consumer = self.consumer.clone();
+        let info = consumer.info().await.map_err(ClusterError::nats)?;
+        Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+}

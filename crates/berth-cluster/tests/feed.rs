@@ -1,0 +1,140 @@
+//! The order feed and the ERP's queue over it, against a real 3-server JetStream cluster.
+
+mod common;
+
+use berth_cluster::feed::{self, FeedEntry, OrderQueue, QueueSettings, QueueToken};
+use berth_cluster::lease::{owner_key, OwnerRecord};
+use berth_cluster::{ClusterConfig, ClusterError, Connection, Durability, Fence};
+use common::NatsCluster;
+use std::time::{Duration, Instant};
+
+async fn connect(nats: &NatsCluster, node: &str) -> Connection {
+    berth_cluster::connect(&ClusterConfig {
+        nats: nats.urls(),
+        node: node.into(),
+        creds_file: None,
+        user: None,
+        password: None,
+        token: None,
+        tls: None,
+        replicas: 3,
+        durability: Durability::SyncAlways,
+        monitor: nats.monitors(),
+        lease_ttl_secs: 5,
+        prefix: "berth".into(),
+    })
+    .await
+    .expect("connect")
+}
+
+async fn claim(conn: &Connection, shop: &str, node: &str) -> Fence {
+    let record = serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let revision = match conn.latest_shop_key(&owner_key(shop)).await.expect("read") {
+        None => conn.shops.create(owner_key(shop), record).await.expect("claim"),
+        Some(l) => conn.shops.update(owner_key(shop), record, l.revision).await.expect("take"),
+    };
+    Fence { shop: shop.into(), revision }
+}
+
+fn entry(order: &str, updated: i64, content: &str) -> FeedEntry {
+    let mut digest = [0u8; 32];
+    for (i, b) in content.bytes().enumerate() {
+        digest[i % 32] ^= b;
+    }
+    FeedEntry { order_id: order.into(), updated_at_ms: updated, digest, record: format!("{order}@{updated}:{content}").into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_append_new_versions_once_with_their_position_under_the_lease() {
+    let nats = NatsCluster::start(3, true).await;
+    let conn = connect(&nats, "a").await;
+    let fence = claim(&conn, "shop-1", "a").await;
+    // Order ids are the platform's: dots, slashes and spaces included.
+    let page1 = vec![entry("A.1/x y", 1000, "paid"), entry("B", 1000, "paid"), entry("B", 1000, "paid")];
+    let out = feed::append_page(&conn, &fence, &page1, Some("p1".into())).await.expect("page 1");
+    assert_eq!((out.added, out.duplicates), (2, 1));
+    // The same versions again (an overlapping window), a newer one, one equal in time but
+    // different in content (paid -> shipped within a second), and an older one.
+    let page2 = vec![entry("A.1/x y", 1000, "paid"), entry("B", 2000, "shipped"), entry("C", 500, "paid"), entry("C", 500, "cancelled"), entry("B", 1500, "older")];
+    let out = feed::append_page(&conn, &fence, &page2, Some("p2".into())).await.expect("page 2");
+    assert_eq!((out.added, out.duplicates), (3, 2));
+    assert_eq!(feed::position(&conn, "shop-1").await.expect("read").expect("position"), "p2");
+
+    let other = claim(&conn, "shop-2", "a").await;
+    feed::append_page(&conn, &other, &[entry("Z", 1, "paid")], None).await.expect("shop 2");
+
+    let all = feed::list(&conn, 0, 100, None).await.expect("list");
+    let records: Vec<String> = all.iter().map(|r| String::from_utf8_lossy(&r.record).to_string()).collect();
+    assert_eq!(records, ["A.1/x y@1000:paid", "B@1000:paid", "B@2000:shipped", "C@500:paid", "C@500:cancelled", "Z@1:paid"]);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[5].shop, "shop-2");
+    let after = feed::list(&conn, all[2].seq, 2, Some("shop-1")).await.expect("list after");
+    assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![all[3].seq, all[4].seq]);
+
+    // Another node takes shop-1: the old holder's page lands nothing, not even its position.
+    let _b = claim(&conn, "shop-1", "b").await;
+    let stale = feed::append_page(&conn, &fence, &[entry("D", 9, "paid")], Some("p3".into())).await;
+    assert!(matches!(stale, Err(ClusterError::Fenced { .. })), "{stale:?}");
+    assert_eq!(feed::list(&conn, 0, 100, None).await.expect("list").len(), 6);
+    assert_eq!(feed::position(&conn, "shop-1").await.expect("read").expect("position"), "p2");
+}
+
+async fn lease_until(queue: &OrderQueue, n: usize, secs: u64) -> Vec<feed::LeasedRecord> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "leased {} of {n} within {secs} s", got.len());
+        got.extend(queue.lease(n - got.len(), Duration::from_millis(300)).await.expect("lease"));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_failing() {
+    let nats = NatsCluster::start(3, true).await;
+    let (a, b) = (connect(&nats, "a").await, connect(&nats, "b").await);
+    let fence = claim(&a, "shop-1", "a").await;
+    let entries: Vec<FeedEntry> = (0..6).map(|i| entry(&format!("O{i}"), 10, "paid")).collect();
+    feed::append_page(&a, &fence, &entries, None).await.expect("page");
+
+    let settings = QueueSettings { visibility: Duration::from_secs(2), max_attempts: 2 };
+    let qa = OrderQueue::open(&a, "erp", settings.clone()).await.expect("queue on a");
+    let qb = OrderQueue::open(&b, "erp", settings).await.expect("queue on b");
+    let leased = lease_until(&qa, 6, 20).await;
+    assert_eq!(qa.depth().await.expect("depth"), (0, 6));
+    // Acked on the other node: never delivered again.
+    for l in &leased[..3] {
+        qb.ack(&l.token).await.expect("ack on b");
+    }
+    // Nacked with a delay: back after it, second attempt.
+    qb.nack(&leased[3].token, Duration::from_millis(200), "erp said 503").await.expect("nack");
+    let again = lease_until(&qb, 1, 20).await;
+    assert_eq!((again[0].token.id, again[0].attempt), (leased[3].token.id, 2));
+    // Its last attempt nacked: a dead letter with the reason, never delivered again.
+    qa.nack(&again[0].token, Duration::ZERO, "erp said 400: bad sku").await.expect("last nack");
+    // Never acked: after the visibility the others come back, then die on their last try.
+    let back = lease_until(&qa, 2, 20).await;
+    assert!(back.iter().all(|l| l.attempt == 2));
+    let mut ids: Vec<u64> = back.iter().map(|l| l.token.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![leased[4].token.id, leased[5].token.id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        qa.lease(10, Duration::from_millis(300)).await.expect("lease");
+        if qa.dead_letters(10).await.expect("dead").len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired leases not buried");
+    }
+    let dead = qa.dead_letters(10).await.expect("dead letters");
+    let bad_sku = dead.iter().find(|d| d.seq == leased[3].token.id).expect("the nacked order");
+    assert_eq!((bad_sku.attempts, bad_sku.reason.as_str()), (2, "erp said 400: bad sku"));
+    assert!(dead.iter().filter(|d| d.seq != leased[3].token.id).all(|d| d.reason.contains("expired") && d.attempts == 2));
+    assert!(qb.lease(10, Duration::from_millis(500)).await.expect("lease").is_empty(), "a buried or acked order came back");
+
+    // A token is only ever this queue's ack subject.
+    for ack in ["$KV.berth_shops.owner.shop-1", "$JS.ACK.KV_berth_shops.other.1.1.1.1.0", "$JS.ACK.KV_berth_shops.erp.1.999.1.1.0"] {
+        let forged = QueueToken { id: 1, ack: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, ack) };
+        assert!(qa.ack(&forged).await.is_err(), "{ack} accepted");
+    }
+}
