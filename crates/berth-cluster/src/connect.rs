@@ -50,6 +50,11 @@ impl Connection {
         latest(&self.nodes_stream, &self.names.nodes, key).await
     }
 
+    /// [`Connection::latest_shop_key`] with an owned key (for many reads at once).
+    pub async fn latest_shop_key_owned(&self, key: String) -> Result<Option<Latest>, ClusterError> {
+        self.latest_shop_key(&key).await
+    }
+
     /// The shops bucket's stream (feed reads, the ERP's consumer).
     pub fn shops_stream(&self) -> &jetstream::stream::Stream {
         &self.shops_stream

@@ -81,14 +81,26 @@ fn is_newer(stored: Option<&[u8]>, updated: i64, digest: &[u8; 32]) -> bool {
 /// counted as duplicates and not written.
 pub async fn append_page(conn: &Connection, fence: &Fence, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
     let shop = &fence.shop;
+    if entries.len() * 2 + 1 > fenced::MAX_BATCH {
+        return Err(ClusterError::Nats(format!("a page of {} orders is more than one atomic batch holds ({})", entries.len(), (fenced::MAX_BATCH - 1) / 2)));
+    }
+    // What the feed holds for each order of the page, read from the leader (this node's
+    // own last page must count), all at once: one round trip's wait, not one per order.
+    let mut orders: Vec<&str> = entries.iter().map(|e| e.order_id.as_str()).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    let reads = futures_util::future::join_all(orders.iter().map(|o| conn.latest_shop_key_owned(latest_key(shop, o)))).await;
+    let mut stored_by_order: HashMap<&str, Option<Bytes>> = HashMap::new();
+    for (o, r) in orders.into_iter().zip(reads) {
+        stored_by_order.insert(o, r?.and_then(|l| l.value));
+    }
     let mut newest: HashMap<&str, (i64, [u8; 32])> = HashMap::new();
     let mut items = Vec::new();
     let mut out = Appended::default();
     for e in entries {
         let stored = match newest.get(e.order_id.as_str()) {
             Some((at, d)) => Some(latest_value(*at, d)),
-            // Read from the leader: this node's own last page must count.
-            None => conn.latest_shop_key(&latest_key(shop, &e.order_id)).await?.and_then(|l| l.value),
+            None => stored_by_order.get(e.order_id.as_str()).cloned().flatten(),
         };
         if !is_newer(stored.as_deref(), e.updated_at_ms, &e.digest) {
             out.duplicates += 1;
@@ -278,6 +290,11 @@ impl OrderQueue {
 
     pub async fn ack(&self, token: &QueueToken) -> Result<(), ClusterError> {
         self.send_ack(token, AckKind::Ack).await
+    }
+
+    /// Ack a batch, the acks in flight together: each token's own outcome, in order.
+    pub async fn ack_many(&self, tokens: &[QueueToken]) -> Vec<Result<(), ClusterError>> {
+        futures_util::future::join_all(tokens.iter().map(|t| self.ack(t))).await
     }
 
     /// Give an order back, delivered again after `delay`; on its last attempt it becomes a

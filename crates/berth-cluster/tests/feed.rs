@@ -103,9 +103,8 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     let leased = lease_until(&qa, 6, 20).await;
     assert_eq!(qa.depth().await.expect("depth"), (0, 6));
     // Acked on the other node: never delivered again.
-    for l in &leased[..3] {
-        qb.ack(&l.token).await.expect("ack on b");
-    }
+    let tokens: Vec<QueueToken> = leased[..3].iter().map(|l| l.token.clone()).collect();
+    assert!(qb.ack_many(&tokens).await.iter().all(|r| r.is_ok()), "acks on b");
     // Nacked with a delay: back after it, second attempt.
     qb.nack(&leased[3].token, Duration::from_millis(200), "erp said 503").await.expect("nack");
     let again = lease_until(&qb, 1, 20).await;
