@@ -16,6 +16,10 @@ pub enum ClusterError {
     /// owns the shop now. The worker must stop; nothing was written.
     #[error("shop {shop}: this node's claim (revision {revision}) is no longer the shop's lease; the write was refused")]
     Fenced { shop: String, revision: u64 },
+    /// A compare-and-set found a key changed since it was read (another node wrote it):
+    /// nothing was written; read again, decide again, write again.
+    #[error("{0} changed since it was read; nothing was written")]
+    Conflict(String),
     /// A request to the cluster failed; it may succeed when retried.
     #[error("NATS: {0}")]
     Nats(String),

@@ -112,6 +112,54 @@ async fn a_page_and_its_position_land_together_or_not_at_all() {
     assert!(matches!(foreign, Err(ClusterError::Nats(m)) if m.contains("not one of shop shop-9")));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_compare_and_set_at_once_and_scan_back() {
+    use berth_cluster::fenced::{Expect, Write};
+    let nats = NatsCluster::start(3, true).await;
+    let (a, b) = (
+        berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect a"),
+        berth_cluster::connect(&config(&nats, "b", Durability::SyncAlways)).await.expect("connect b"),
+    );
+    let w = |k: &str, v: &str, expect| Write { key: k.into(), value: v.to_string().into(), expect };
+    let first = fenced::write_all(&a, None, vec![w("stock.s1.x", "1", Expect::Absent), w("stock.s1.y", "1", Expect::Absent)]).await.expect("create both");
+    let scanned = fenced::scan(&a, "stock.s1.").await.expect("scan");
+    assert_eq!(scanned.iter().map(|s| (s.key.as_str(), s.value.as_ref())).collect::<Vec<_>>(), vec![("stock.s1.x", &b"1"[..]), ("stock.s1.y", &b"1"[..])]);
+    let (rx, ry) = (scanned[0].revision, scanned[1].revision);
+    assert_eq!(ry, first);
+    // Two nodes compare-and-set the same key from the same read: exactly one lands.
+    let (ra, rb) = tokio::join!(
+        fenced::write_all(&a, None, vec![w("stock.s1.x", "a", Expect::Revision(rx))]),
+        fenced::write_all(&b, None, vec![w("stock.s1.x", "b", Expect::Revision(rx))]),
+    );
+    assert!(ra.is_ok() != rb.is_ok(), "{ra:?} {rb:?}");
+    assert!(matches!(ra.as_ref().err().or(rb.as_ref().err()), Some(ClusterError::Conflict(_))), "{ra:?} {rb:?}");
+    // One stale expectation refuses the whole batch: y keeps its value.
+    let stale = fenced::write_all(&a, None, vec![w("stock.s1.y", "2", Expect::Revision(ry)), w("stock.s1.x", "2", Expect::Revision(rx))]).await;
+    assert!(matches!(stale, Err(ClusterError::Conflict(_))), "{stale:?}");
+    assert_eq!(a.shops.get("stock.s1.y").await.expect("read").expect("y"), "1");
+    assert!(matches!(fenced::write_all(&a, None, vec![w("stock.s1.y", "3", Expect::Absent)]).await, Err(ClusterError::Conflict(_))));
+    // Deleted keys are not scanned; other prefixes are not either.
+    a.shops.delete("stock.s1.y").await.expect("delete");
+    fenced::write_all(&a, None, vec![w("stock.s10.z", "1", Expect::Any)]).await.expect("other shop");
+    let keys: Vec<String> = fenced::scan(&a, "stock.s1.").await.expect("scan").into_iter().map(|s| s.key).collect();
+    assert_eq!(keys, vec!["stock.s1.x"]);
+    assert!(fenced::scan(&a, "stock.nobody.").await.expect("scan").is_empty());
+
+    // With a fence: the lease and every expectation, together.
+    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let lease = a.shops.create(owner_key("s1"), record("a")).await.expect("claim");
+    let fence = Fence { shop: "s1".into(), revision: lease };
+    let x = fenced::scan(&a, "stock.s1.").await.expect("scan")[0].revision;
+    fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "fenced", Expect::Revision(x))]).await.expect("fenced cas");
+    let conflict = fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "again", Expect::Revision(x))]).await;
+    assert!(matches!(conflict, Err(ClusterError::Conflict(_))), "{conflict:?}");
+    a.shops.update(owner_key("s1"), record("b"), lease).await.expect("b takes it");
+    let x = fenced::scan(&a, "stock.s1.").await.expect("scan")[0].revision;
+    let fenced_out = fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "stale", Expect::Revision(x))]).await;
+    assert!(matches!(fenced_out, Err(ClusterError::Fenced { .. })), "{fenced_out:?}");
+    assert_eq!(a.shops.get("stock.s1.x").await.expect("read").expect("x"), "fenced");
+}
+
 /// Records which node runs which shop, and fails the test if two ever run one at once.
 #[derive(Default)]
 struct Running {
