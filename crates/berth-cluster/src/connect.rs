@@ -14,11 +14,20 @@ pub struct BucketNames {
     pub nodes: String,
     /// `owner.<shop>` leases, and the state a shop's owner writes under its fence.
     pub shops: String,
+    /// Connector versions and what is active, canary, shadow or paused.
+    pub registry: String,
+    /// Component bytes by digest (an object store).
+    pub components: String,
 }
 
 impl BucketNames {
     pub fn new(prefix: &str) -> BucketNames {
-        BucketNames { nodes: format!("{prefix}_nodes"), shops: format!("{prefix}_shops") }
+        BucketNames {
+            nodes: format!("{prefix}_nodes"),
+            shops: format!("{prefix}_shops"),
+            registry: format!("{prefix}_registry"),
+            components: format!("{prefix}_components"),
+        }
     }
 }
 
@@ -30,6 +39,8 @@ pub struct Connection {
     pub nodes: kv::Store,
     pub shops: kv::Store,
     pub names: BucketNames,
+    /// Copies of every bucket berth creates (`[cluster] replicas`).
+    pub replicas: usize,
     nodes_stream: jetstream::stream::Stream,
     shops_stream: jetstream::stream::Stream,
 }
@@ -118,12 +129,12 @@ pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError>
     let client = options.connect(addrs).await.map_err(|e| connect_err(e.to_string()))?;
     let js = jetstream::new(client.clone());
     let names = BucketNames::new(&config.prefix);
-    let nodes = bucket_retrying(&js, config, &names.nodes, config.lease_ttl()).await?;
-    let shops = bucket_retrying(&js, config, &names.shops, Duration::ZERO).await?;
+    let nodes = bucket_retrying(&js, config.replicas, &names.nodes, config.lease_ttl(), 1).await?;
+    let shops = bucket_retrying(&js, config.replicas, &names.shops, Duration::ZERO, 1).await?;
     // `bucket` fetched both streams a moment ago; these are the handles for leader reads.
     let nodes_stream = js.get_stream(format!("KV_{}", names.nodes)).await.map_err(ClusterError::nats)?;
     let shops_stream = js.get_stream(format!("KV_{}", names.shops)).await.map_err(ClusterError::nats)?;
-    let conn = Connection { client, js, nodes, shops, names, nodes_stream, shops_stream };
+    let conn = Connection { client, js, nodes, shops, names, replicas: config.replicas, nodes_stream, shops_stream };
     check_durability(&conn, config).await?;
     Ok(conn)
 }
@@ -136,10 +147,10 @@ enum Open {
 }
 
 /// [`bucket`], tried again for up to 30 s while the failure may pass.
-async fn bucket_retrying(js: &jetstream::Context, config: &ClusterConfig, name: &str, max_age: Duration) -> Result<kv::Store, ClusterError> {
+pub(crate) async fn bucket_retrying(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, ClusterError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match bucket(js, config, name, max_age).await {
+        match bucket(js, replicas, name, max_age, history).await {
             Ok(store) => return Ok(store),
             Err(Open::Fatal(e)) => return Err(e),
             Err(Open::Retry(e)) if std::time::Instant::now() >= deadline => return Err(e),
@@ -153,7 +164,7 @@ async fn bucket_retrying(js: &jetstream::Context, config: &ClusterConfig, name: 
 
 /// Open `name`, creating it when absent; an existing bucket with fewer copies than
 /// configured is an error (growing it is an operator's decision: `nats kv edit`).
-async fn bucket(js: &jetstream::Context, config: &ClusterConfig, name: &str, max_age: Duration) -> Result<kv::Store, Open> {
+async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, Open> {
     let err = |reason: String| Open::Retry(ClusterError::Bucket { bucket: name.to_string(), reason });
     let fatal = |reason: String| Open::Fatal(ClusterError::Bucket { bucket: name.to_string(), reason });
     let store = match js.get_key_value(name).await {
@@ -161,27 +172,27 @@ async fn bucket(js: &jetstream::Context, config: &ClusterConfig, name: &str, max
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: name.to_string(),
-                history: 1,
+                history,
                 max_age,
                 storage: StorageType::File,
-                num_replicas: config.replicas,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
             .map_err(|e| {
                 err(format!(
                     "cannot create it with {} replicas: {e}{}",
-                    config.replicas,
-                    if config.replicas > 1 { " (a cluster needs at least as many JetStream servers as replicas)" } else { "" }
+                    replicas,
+                    if replicas > 1 { " (a cluster needs at least as many JetStream servers as replicas)" } else { "" }
                 ))
             })?,
     };
     let mut stream = js.get_stream(format!("KV_{name}")).await.map_err(|e| err(e.to_string()))?;
     let info = stream.info().await.map_err(|e| err(e.to_string()))?;
-    if info.config.num_replicas < config.replicas {
+    if info.config.num_replicas < replicas {
         return Err(fatal(format!(
             "has {} replica(s) and [cluster] replicas = {}: raise it (`nats stream edit KV_{name} --replicas {}`) or lower the setting",
-            info.config.num_replicas, config.replicas, config.replicas
+            info.config.num_replicas, replicas, replicas
         )));
     }
     if info.config.storage != StorageType::File {

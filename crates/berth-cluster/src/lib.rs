@@ -6,7 +6,8 @@
 //! replicas, `sync_interval: always` checked on every server), which node runs which
 //! shop ([`lease`]: heartbeats, [`rendezvous`] assignment, per-shop leases taken by
 //! compare-and-set), writes only a shop's lease holder can make ([`fenced`]), and the
-//! order feed with the ERP's lease/ack queue over it ([`feed`]).
+//! order feed with the ERP's lease/ack queue over it ([`feed`]), and the connector
+//! registry every node watches ([`registry`]).
 //!
 //! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
 //! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
@@ -17,6 +18,7 @@ pub mod error;
 pub mod feed;
 pub mod fenced;
 pub mod lease;
+pub mod registry;
 pub mod rendezvous;
 
 pub use config::{ClusterConfig, Durability};

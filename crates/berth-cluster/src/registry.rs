@@ -1,0 +1,127 @@
+//! The connector registry shared by every node: component bytes in an object store
+//! (by digest), each connector's state — its versions and which is active, canary,
+//! shadow or paused — in a KV bucket, changed by compare-and-set and watched by every
+//! node, so a deploy, canary, rollback or pause made on one node is in force on all of
+//! them within a moment.
+//!
+//! The state is the host's JSON: this module stores, swaps and announces it.
+
+use crate::connect::{bucket_retrying, Connection};
+use crate::error::ClusterError;
+use async_nats::jetstream::{kv, object_store};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// How many times an update is retried when other nodes keep changing the connector.
+const MAX_RETRIES: usize = 16;
+
+/// One connector's state as it changed: its new value (None: removed) and revision.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub connector: String,
+    pub revision: u64,
+    pub value: Option<Bytes>,
+}
+
+#[derive(Clone)]
+pub struct SharedRegistry {
+    state: kv::Store,
+    components: object_store::ObjectStore,
+}
+
+impl SharedRegistry {
+    /// Open (or create) the registry's bucket and object store, with the cluster's replicas.
+    pub async fn open(conn: &Connection) -> Result<SharedRegistry, ClusterError> {
+        let state = bucket_retrying(&conn.js, conn.replicas, &conn.names.registry, Duration::ZERO, 16).await?;
+        let components = match conn.js.get_object_store(&conn.names.components).await {
+            Ok(store) => store,
+            Err(_) => conn
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: conn.names.components.clone(),
+                    num_replicas: conn.replicas,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::Bucket { bucket: conn.names.components.clone(), reason: e.to_string() })?,
+        };
+        Ok(SharedRegistry { state, components })
+    }
+
+    /// Store a component's bytes under their sha256 (hex); the digest.
+    pub async fn put_component(&self, bytes: &[u8]) -> Result<String, ClusterError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        if self.components.info(&digest).await.is_ok() {
+            return Ok(digest);
+        }
+        let mut reader = bytes;
+        self.components.put(digest.as_str(), &mut reader).await.map_err(ClusterError::nats)?;
+        Ok(digest)
+    }
+
+    /// A component's bytes by digest, checked against it.
+    pub async fn component(&self, digest: &str) -> Result<Vec<u8>, ClusterError> {
+        let mut object = self.components.get(digest).await.map_err(ClusterError::nats)?;
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await.map_err(ClusterError::nats)?;
+        if hex::encode(Sha256::digest(&bytes)) != digest {
+            return Err(ClusterError::Nats(format!("component {digest} read back with other bytes")));
+        }
+        Ok(bytes)
+    }
+
+    /// The connector's state and its revision.
+    pub async fn get(&self, connector: &str) -> Result<Option<(u64, Bytes)>, ClusterError> {
+        let entry = self.state.entry(connector).await.map_err(ClusterError::nats)?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| (e.revision, e.value)))
+    }
+
+    /// Change the connector's state with `change` (given the current state, None when
+    /// there is none), by compare-and-set: when another node changed it in between,
+    /// `change` runs again on the newer state. `change` answering `Err` stops without
+    /// writing. The new revision and state.
+    pub async fn update<E: std::fmt::Display>(
+        &self,
+        connector: &str,
+        mut change: impl FnMut(Option<&[u8]>) -> Result<Bytes, E>,
+    ) -> Result<Result<(u64, Bytes), E>, ClusterError> {
+        for _ in 0..MAX_RETRIES {
+            let current = self.state.entry(connector).await.map_err(ClusterError::nats)?;
+            let (revision, value) = match &current {
+                Some(e) if e.operation == kv::Operation::Put => (e.revision, Some(e.value.as_ref())),
+                Some(e) => (e.revision, None),
+                None => (0, None),
+            };
+            let next = match change(value) {
+                Ok(next) => next,
+                Err(e) => return Ok(Err(e)),
+            };
+            let written = if revision == 0 {
+                self.state.create(connector, next.clone()).await.map_err(|e| e.to_string())
+            } else {
+                self.state.update(connector, next.clone(), revision).await.map_err(|e| e.to_string())
+            };
+            match written {
+                Ok(rev) => return Ok(Ok((rev, next))),
+                Err(e) => tracing::debug!(connector, error = %e, "registry update raced another node; reading again"),
+            }
+        }
+        Err(ClusterError::Conflict(format!("connector {connector}'s state (changed by other nodes {MAX_RETRIES} times in a row)")))
+    }
+
+    /// Every connector's state now, then each change as it is made, by any node.
+    pub async fn watch(&self) -> Result<futures_util::stream::BoxStream<'static, Change>, ClusterError> {
+        let watch = self.state.watch_with_history(">").await.map_err(ClusterError::nats)?;
+        Ok(watch
+            .filter_map(|entry| async move {
+                let entry = entry.ok()?;
+                let value = (entry.operation == kv::Operation::Put).then_some(entry.value);
+                Some(Change { connector: entry.key, revision: entry.revision, value })
+            })
+            .boxed())
+    }
+}
