@@ -63,6 +63,10 @@ pub struct Config {
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
     pub shops: BTreeMap<String, ShopConfig>,
+    /// Cluster mode on NATS JetStream (docs/cluster.md). `berth cluster-check` checks the
+    /// NATS cluster against it; serving in cluster mode is not built yet.
+    #[serde(default)]
+    pub cluster: Option<berth_cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +207,9 @@ impl Config {
         self.health.check()?;
         self.alerts.rules()?;
         self.credentials.check()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.stock.check()
     }
 

@@ -34,6 +34,13 @@ enum Command {
         #[arg(long, default_value = "berth.toml")]
         config: PathBuf,
     },
+    /// Check the NATS cluster named in the config's [cluster] section: reachable, every
+    /// bucket with its replicas (created when missing), and as durable as
+    /// `durability` requires. 0 when it is, 2 with the reason when not.
+    ClusterCheck {
+        #[arg(long, default_value = "berth.toml")]
+        config: PathBuf,
+    },
     /// Upload a component as a new version of a connector and make it active (needs a
     /// deployer token in BERTH_TOKEN). A refused component changes nothing.
     Deploy {
@@ -211,6 +218,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::ClusterCheck { config } => match runtime() {
+            Some(rt) => rt.block_on(cluster_check(config)),
+            None => ExitCode::FAILURE,
+        },
         Command::Plugin { args } => plugin_command(args),
         Command::Serve { config } => match runtime() {
             Some(rt) => rt.block_on(serve(config)),
@@ -293,7 +304,7 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
-            Command::Serve { .. } | Command::CheckConfig { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
+            Command::Serve { .. } | Command::CheckConfig { .. } | Command::ClusterCheck { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
         }
     };
     match run.await {
@@ -306,6 +317,45 @@ async fn admin_command(cmd: Command) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+async fn cluster_check(config: PathBuf) -> ExitCode {
+    let fail = |why: String| {
+        eprintln!("error: {why}");
+        ExitCode::from(2)
+    };
+    let cfg = match berth_host::config::Config::load(&config) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Some(cluster) = cfg.cluster else {
+        return fail(format!("{} has no [cluster] section: there is no NATS cluster to check (docs/cluster.md)", config.display()));
+    };
+    let conn = match berth_cluster::connect(&cluster).await {
+        Ok(conn) => conn,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = berth_cluster::registry::SharedRegistry::open(&conn).await {
+        return fail(e.to_string());
+    }
+    for stream in [&conn.names.nodes, &conn.names.shops, &conn.names.registry] {
+        match conn.js.get_stream(format!("KV_{stream}")).await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => {
+                    let (leader, peers) = info
+                        .cluster
+                        .as_ref()
+                        .map(|c| (c.leader.clone().unwrap_or_default(), c.replicas.iter().map(|p| p.name.clone()).collect::<Vec<_>>()))
+                        .unwrap_or_default();
+                    println!("bucket {stream}: {} replica(s), leader {leader}, followers {peers:?}", info.config.num_replicas);
+                }
+                Err(e) => return fail(format!("bucket {stream}: {e}")),
+            },
+            Err(e) => return fail(format!("bucket {stream}: {e}")),
+        }
+    }
+    println!("{}: the NATS cluster is fit for cluster mode (durability = \"{}\", replicas = {})", config.display(), cluster.durability.name(), cluster.replicas);
+    ExitCode::SUCCESS
 }
 
 async fn serve(config: PathBuf) -> ExitCode {

@@ -57,6 +57,11 @@ pub enum StartError {
     Credentials(#[from] berth_core::credentials::CredentialError),
     #[error(transparent)]
     Onboarding(#[from] berth_core::onboarding::OnboardingError),
+    #[error(
+        "[cluster] is set, and this build does not serve in cluster mode yet: it checks a NATS cluster for it (`berth cluster-check \
+         --config FILE`, docs/cluster.md). Remove [cluster] to serve on the embedded store in [server] data_dir"
+    )]
+    ClusterNotServed,
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -73,6 +78,9 @@ pub struct Running {
 
 pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let cfg = Config::load(config_path)?;
+    if cfg.cluster.is_some() {
+        return Err(StartError::ClusterNotServed);
+    }
     let storage = open_storage(&cfg).await?;
     tracing::debug!("start: the store is open");
     let durable = Durable::open(&storage, &cfg)?;

@@ -12,7 +12,9 @@ pub fn nats_server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER") {
         return p.into();
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The workspace root, from whichever package includes this file.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = here.ancestors().find(|d| d.join("scripts/toolchains").exists()).unwrap_or(here);
     let bin = workspace.join(".toolchains/venv/bin/nats-server");
     assert!(bin.exists(), "{} is missing: run scripts/toolchains (or set NATS_SERVER)", bin.display());
     bin
