@@ -180,11 +180,12 @@ async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: D
             })
             .await
             .map_err(|e| {
-                err(format!(
-                    "cannot create it with {} replicas: {e}{}",
-                    replicas,
-                    if replicas > 1 { " (a cluster needs at least as many JetStream servers as replicas)" } else { "" }
-                ))
+                let hint = if e.to_string().contains("insufficient resources") {
+                    " (a cluster needs at least as many JetStream servers as replicas, each with room)"
+                } else {
+                    ""
+                };
+                err(format!("cannot create it with {replicas} replicas: {e}{hint}"))
             })?,
     };
     let mut stream = js.get_stream(format!("KV_{name}")).await.map_err(|e| err(e.to_string()))?;
@@ -203,9 +204,26 @@ async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: D
     if !info.config.allow_atomic_publish {
         let mut config = info.config.clone();
         config.allow_atomic_publish = true;
-        js.update_stream(config).await.map_err(|e| {
-            fatal(format!("cannot allow atomic batches on it ({e}): berth needs nats-server 2.12 or later"))
-        })?;
+        // Several nodes starting at once all try this; a timeout while the cluster
+        // applies another's change is worth another try.
+        let updated = js.update_stream(config).await.map_err(|e| err(format!("cannot allow atomic batches on it: {e}")))?;
+        if !updated.config.allow_atomic_publish {
+            return Err(fatal("the server does not keep `allow_atomic` on it: berth needs nats-server 2.12 or later".into()));
+        }
+        // The change moves the stream's Raft group; writes right after it can find no
+        // leader ("no responders"). Wait until one answers for the stream again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = stream.info().await.ok().and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone()));
+            // A single copy on a lone server has no Raft group to wait for.
+            if leader.is_some() || replicas == 1 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(err("no leader answers for it after allowing atomic batches".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     Ok(store)
 }

@@ -90,6 +90,12 @@ pub struct Leases {
     started_ms: i64,
     shops: watch::Receiver<BTreeSet<String>>,
     held: Mutex<BTreeMap<String, u64>>,
+    /// Leases this node stopped running but could not free yet (the release write
+    /// failed): retried every round, or the shop would wait for a holder that is alive
+    /// and no longer wants it.
+    releasing: Mutex<BTreeMap<String, u64>>,
+    /// Rounds since the last sweep for leases naming this node that it does not run.
+    rounds: std::sync::atomic::AtomicU32,
     view: Mutex<LeaseView>,
     wake: Notify,
 }
@@ -105,6 +111,8 @@ impl Leases {
             started_ms: berth_types::clock::now_ms(),
             shops,
             held: Mutex::new(BTreeMap::new()),
+            releasing: Mutex::new(BTreeMap::new()),
+            rounds: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
         })
     }
@@ -252,7 +260,21 @@ impl Leases {
                 self.release(workers, shop, *revision).await;
             }
         }
-        // Shops wanted here that this node does not hold yet.
+        // On the first round and every 30th: leases that name this node but that it
+        // does not run (an earlier process of this node died holding them, and it no
+        // longer wants them) would wait for it for ever; free them.
+        if self.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 30 == 0 {
+            self.free_orphans().await?;
+        }
+        // Releases that failed before: free them now (a shop wanted here again is
+        // simply claimed again below).
+        let retry: Vec<(String, u64)> = self.releasing.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, r)| (s.clone(), *r)).collect();
+        for (shop, revision) in retry {
+            self.free(&shop, revision).await;
+        }
+        // Shops wanted here that this node does not hold (read again: the checks above
+        // may have dropped some).
+        let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shop in shops.iter().filter(|s| !held.contains_key(*s) && wanted(s)) {
             let record = OwnerRecord { node: Some(self.node.clone()), since_ms: berth_types::clock::now_ms() };
             let current = self.conn.latest_shop_key(&owner_key(shop)).await?;
@@ -292,10 +314,41 @@ impl Leases {
     async fn release<W: ShopWorkers>(&self, workers: &W, shop: &str, revision: u64) {
         self.forget(shop);
         workers.stop(shop).await;
+        self.free(shop, revision).await;
+    }
+
+    async fn free_orphans(&self) -> Result<(), ClusterError> {
+        let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for lease in crate::fenced::scan(&self.conn, "owner.").await? {
+            let Some(shop) = lease.key.strip_prefix("owner.") else { continue };
+            let mine = serde_json::from_slice::<OwnerRecord>(&lease.value).ok().and_then(|r| r.node).is_some_and(|n| n == self.node);
+            if mine && !held.contains_key(shop) {
+                tracing::info!(node = %self.node, shop, "freeing a lease an earlier run of this node left");
+                self.free(shop, lease.revision).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `owner.<shop>` released, if it is still this node's lease at `revision`;
+    /// remembered and tried again next round when the write fails.
+    async fn free(&self, shop: &str, revision: u64) {
         let record = OwnerRecord { node: None, since_ms: berth_types::clock::now_ms() };
-        match self.conn.shops.update(owner_key(shop), json(&record), revision).await {
-            Ok(_) => tracing::info!(node = %self.node, shop = %shop, "released the shop's lease"),
-            Err(e) => tracing::warn!(node = %self.node, shop = %shop, error = %e, "could not release the lease; it is taken over once this node's heartbeat expires"),
+        let outcome = self.conn.shops.update(owner_key(shop), json(&record), revision).await;
+        let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(_) => {
+                releasing.remove(shop);
+                tracing::info!(node = %self.node, shop = %shop, "released the shop's lease");
+            }
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                // Someone else wrote the lease since: it is not this node's to free.
+                releasing.remove(shop);
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.node, shop = %shop, error = %e, "could not release the lease; trying again next round");
+                releasing.insert(shop.to_string(), revision);
+            }
         }
     }
 

@@ -302,6 +302,25 @@ async fn shops_spread_over_nodes_and_move_when_one_leaves_dies_or_is_cut_off() {
     let _ = (c.shutdown.send(true), d.shutdown.send(true));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_an_earlier_run_of_a_live_node_is_freed() {
+    let nats = NatsCluster::start(3, true).await;
+    let shops: BTreeSet<String> = (0..12).map(|i| format!("shop-{i}")).collect();
+    // An earlier process of node-a died holding every lease; node-a comes back at once
+    // (its name is alive again) beside node-b, so the leases name a live node.
+    let conn = berth_cluster::connect(&config(&nats, "setup", Durability::SyncAlways)).await.expect("connect");
+    for shop in &shops {
+        let record = serde_json::to_vec(&OwnerRecord { node: Some("node-a".into()), since_ms: 0 }).expect("json").into();
+        conn.shops.create(owner_key(shop), record).await.expect("stale lease");
+    }
+    let (shop_tx, _) = watch::channel(shops.clone());
+    let running = Arc::new(Running::default());
+    let _a = node(&nats, "node-a", &shop_tx, &running).await;
+    let _b = node(&nats, "node-b", &shop_tx, &running).await;
+    wait_for("every shop running where rendezvous puts it", 30, || placed(&running, &shops, &["node-a", "node-b"])).await;
+    assert!(!shops_on(&running, "node-b").is_empty());
+}
+
 impl Node {
     fn leases_conn(&self) -> berth_cluster::Connection {
         self.leases.connection().clone()
