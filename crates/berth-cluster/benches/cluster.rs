@@ -8,23 +8,14 @@
 mod common;
 
 use berth_cluster::feed::{self, FeedEntry, OrderQueue, QueueSettings};
-use berth_cluster::lease::{owner_key, OwnerRecord};
-use berth_cluster::{ClusterConfig, Connection, Durability, Fence};
+use berth_cluster::lease::owner_key;
+use berth_cluster::Connection;
 use common::NatsCluster;
 use std::time::{Duration, Instant};
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0
-}
-
-async fn claim(conn: &Connection, shop: &str) -> Fence {
-    let record = serde_json::to_vec(&OwnerRecord { node: Some("bench".into()), since_ms: 0 }).expect("json").into();
-    let revision = match conn.latest_shop_key(&owner_key(shop)).await.expect("read") {
-        None => conn.shops.create(owner_key(shop), record).await.expect("claim"),
-        Some(l) => conn.shops.update(owner_key(shop), record, l.revision).await.expect("take"),
-    };
-    Fence { shop: shop.into(), revision }
 }
 
 fn page(round: usize, shop: usize, n: usize, size: usize) -> Vec<FeedEntry> {
@@ -44,7 +35,7 @@ async fn append(conn: &Connection, round: usize, writers: usize, pages: usize) -
         .map(|w| {
             let conn = conn.clone();
             tokio::spawn(async move {
-                let fence = claim(&conn, &format!("bench-{w}")).await;
+                let fence = common::claim(&conn, &format!("bench-{w}"), "bench").await;
                 let mut lat = Vec::new();
                 for p in 0..pages {
                     let entries = page(round * 1000 + p, w, 50, 1200);
@@ -97,22 +88,7 @@ async fn drain(queue: &OrderQueue, total: usize) -> (f64, Vec<Duration>) {
 async fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let nats = NatsCluster::start(3, true).await;
-    let conn = berth_cluster::connect(&ClusterConfig {
-        nats: nats.urls(),
-        node: "bench".into(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability: Durability::SyncAlways,
-        monitor: nats.monitors(),
-        lease_ttl_secs: 15,
-        prefix: "berth".into(),
-    })
-    .await
-    .expect("connect");
+    let conn = berth_cluster::connect(&common::cluster_config(&nats, "bench", 15)).await.expect("connect");
     let queue = OrderQueue::open(&conn, "erp", QueueSettings { visibility: Duration::from_secs(60), max_attempts: 5 }).await.expect("queue");
     println!("3 x nats-server 2.15 on loopback, R3, sync_interval: always; pages of 50 orders of 1.2 KB");
     println!("| round | what | orders/s | p50 ms | p99 ms |");

@@ -6,7 +6,7 @@
 //!
 //! `lease_node NODE TTL_SECS SHOPS NATS_URL,... MONITOR_URL,...`
 
-use berth_cluster::{fenced, ClusterConfig, ClusterError, Durability, Fence, Leases, ShopWorkers};
+use berth_cluster::{fenced, ClusterConfig, ClusterError, Fence, Leases, ShopWorkers};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -64,18 +64,9 @@ async fn main() {
         std::process::exit(2);
     };
     let config = ClusterConfig {
-        nats: nats.split(',').map(String::from).collect(),
-        node: node.clone(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability: Durability::SyncAlways,
         monitor: monitor.split(',').map(String::from).collect(),
         lease_ttl_secs: ttl.parse().expect("ttl"),
-        prefix: "berth".into(),
+        ..ClusterConfig::new(nats.split(',').map(String::from).collect(), node.clone())
     };
     let conn = berth_cluster::connect(&config).await.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -93,6 +93,25 @@ fn default_prefix() -> String {
 }
 
 impl ClusterConfig {
+    /// `node` on the servers at `nats`, everything else at its default: 3 replicas,
+    /// `sync-always` (which needs `monitor`), a 15 s lease, prefix `berth`, no auth.
+    pub fn new(nats: Vec<String>, node: impl Into<String>) -> ClusterConfig {
+        ClusterConfig {
+            nats,
+            node: node.into(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls: None,
+            replicas: default_replicas(),
+            durability: Durability::default(),
+            monitor: Vec::new(),
+            lease_ttl_secs: default_lease_ttl_secs(),
+            prefix: default_prefix(),
+        }
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl_secs)
     }

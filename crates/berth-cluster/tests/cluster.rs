@@ -4,7 +4,7 @@
 
 mod common;
 
-use berth_cluster::lease::{owner_key, OwnerRecord};
+use berth_cluster::lease::owner_key;
 use berth_cluster::{fenced, ClusterConfig, ClusterError, Durability, Fence, Leases, ShopWorkers};
 use common::{wait_for, NatsCluster};
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,20 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 fn config(cluster: &NatsCluster, node: &str, durability: Durability) -> ClusterConfig {
-    ClusterConfig {
-        nats: cluster.urls(),
-        node: node.into(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability,
-        monitor: cluster.monitors(),
-        lease_ttl_secs: 5,
-        prefix: "berth".into(),
-    }
+    ClusterConfig { durability, ..common::cluster_config(cluster, node, 5) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +48,7 @@ async fn start_checks_what_the_cluster_keeps() {
 async fn a_write_under_a_lost_lease_is_refused() {
     let nats = NatsCluster::start(3, true).await;
     let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
-    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let record = common::lease_record;
     let first = conn.shops.create(owner_key("shop-1"), record("a")).await.expect("claim");
     let a = Fence { shop: "shop-1".into(), revision: first };
     fenced::put(&conn, &a, "cursor", "10".into()).await.expect("the holder writes");
@@ -82,7 +69,7 @@ async fn a_write_under_a_lost_lease_is_refused() {
 async fn a_page_and_its_position_land_together_or_not_at_all() {
     let nats = NatsCluster::start(3, true).await;
     let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
-    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let record = common::lease_record;
     let first = conn.shops.create(owner_key("shop-9"), record("a")).await.expect("claim");
     let a = Fence { shop: "shop-9".into(), revision: first };
     let page = |n: usize, tag: &str| -> Vec<(String, bytes::Bytes)> {
@@ -146,7 +133,7 @@ async fn many_keys_compare_and_set_at_once_and_scan_back() {
     assert!(fenced::scan(&a, "stock.nobody.").await.expect("scan").is_empty());
 
     // With a fence: the lease and every expectation, together.
-    let record = |node: &str| serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
+    let record = common::lease_record;
     let lease = a.shops.create(owner_key("s1"), record("a")).await.expect("claim");
     let fence = Fence { shop: "s1".into(), revision: lease };
     let x = fenced::scan(&a, "stock.s1.").await.expect("scan")[0].revision;
@@ -310,8 +297,7 @@ async fn a_lease_left_by_an_earlier_run_of_a_live_node_is_freed() {
     // (its name is alive again) beside node-b, so the leases name a live node.
     let conn = berth_cluster::connect(&config(&nats, "setup", Durability::SyncAlways)).await.expect("connect");
     for shop in &shops {
-        let record = serde_json::to_vec(&OwnerRecord { node: Some("node-a".into()), since_ms: 0 }).expect("json").into();
-        conn.shops.create(owner_key(shop), record).await.expect("stale lease");
+        conn.shops.create(owner_key(shop), common::lease_record("node-a")).await.expect("stale lease");
     }
     let (shop_tx, _) = watch::channel(shops.clone());
     let running = Arc::new(Running::default());

@@ -3,38 +3,9 @@
 mod common;
 
 use berth_cluster::feed::{self, FeedEntry, OrderQueue, QueueSettings, QueueToken};
-use berth_cluster::lease::{owner_key, OwnerRecord};
-use berth_cluster::{ClusterConfig, ClusterError, Connection, Durability, Fence};
-use common::NatsCluster;
+use berth_cluster::ClusterError;
+use common::{claim, connect, NatsCluster};
 use std::time::{Duration, Instant};
-
-async fn connect(nats: &NatsCluster, node: &str) -> Connection {
-    berth_cluster::connect(&ClusterConfig {
-        nats: nats.urls(),
-        node: node.into(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability: Durability::SyncAlways,
-        monitor: nats.monitors(),
-        lease_ttl_secs: 5,
-        prefix: "berth".into(),
-    })
-    .await
-    .expect("connect")
-}
-
-async fn claim(conn: &Connection, shop: &str, node: &str) -> Fence {
-    let record = serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into();
-    let revision = match conn.latest_shop_key(&owner_key(shop)).await.expect("read") {
-        None => conn.shops.create(owner_key(shop), record).await.expect("claim"),
-        Some(l) => conn.shops.update(owner_key(shop), record, l.revision).await.expect("take"),
-    };
-    Fence { shop: shop.into(), revision }
-}
 
 fn entry(order: &str, updated: i64, content: &str) -> FeedEntry {
     let mut digest = [0u8; 32];

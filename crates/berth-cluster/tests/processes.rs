@@ -6,7 +6,7 @@
 
 mod common;
 
-use berth_cluster::{fenced, ClusterConfig, Durability};
+use berth_cluster::fenced;
 use common::NatsCluster;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -85,6 +85,25 @@ fn running(lines: &[Line]) -> BTreeMap<String, String> {
     by_shop
 }
 
+/// Every shop running, spread over all three nodes.
+fn spread(lines: &[Line]) -> bool {
+    let r = running(lines);
+    r.len() == SHOPS && r.values().collect::<std::collections::BTreeSet<_>>().len() == 3
+}
+
+fn shops_of(lines: &Arc<Mutex<Vec<Line>>>, node: &str) -> Vec<String> {
+    running(&lines.lock().unwrap()).into_iter().filter(|(_, n)| n == node).map(|(s, _)| s).collect()
+}
+
+/// For each of `shops`, how long after `since` another node than `node` started it;
+/// None until every one was.
+fn started_elsewhere(lines: &[Line], shops: &[String], node: &str, since: Instant) -> Option<Vec<Duration>> {
+    shops
+        .iter()
+        .map(|s| lines.iter().find(|x| x.at > since && x.node != node && x.words[0] == "start" && x.words[1] == *s).map(|x| x.at - since))
+        .collect()
+}
+
 async fn wait_until(what: &str, secs: u64, lines: &Arc<Mutex<Vec<Line>>>, cond: impl Fn(&[Line]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -105,20 +124,13 @@ async fn a_stopped_owner_lands_nothing_after_its_lease_moves_and_a_killed_one_is
     let nats = NatsCluster::start(3, true).await;
     let lines: Arc<Mutex<Vec<Line>>> = Arc::default();
     let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|n| spawn(&nats, n, &lines)).collect();
-    wait_until("every shop running, on all three nodes", 60, &lines, |l| {
-        let r = running(l);
-        r.len() == SHOPS && r.values().collect::<std::collections::BTreeSet<_>>().len() == 3
-    })
-    .await;
+    wait_until("every shop running, on all three nodes", 60, &lines, spread).await;
 
     // SIGSTOP n1 past its lease: its shops are taken by n2 and n3.
-    let n1_shops: Vec<String> = running(&lines.lock().unwrap()).into_iter().filter(|(_, n)| n == "n1").map(|(s, _)| s).collect();
+    let n1_shops = shops_of(&lines, "n1");
     let stopped_at = Instant::now();
     signal(&nodes[0], "STOP");
-    wait_until("n1's shops started on n2 or n3", 60, &lines, |l| {
-        n1_shops.iter().all(|s| l.iter().any(|x| x.at > stopped_at && x.node != "n1" && x.words[0] == "start" && x.words[1] == *s))
-    })
-    .await;
+    wait_until("n1's shops started on n2 or n3", 60, &lines, |l| started_elsewhere(l, &n1_shops, "n1", stopped_at).is_some()).await;
     println!("n1 stopped: its {} shops running elsewhere after {:?}", n1_shops.len(), stopped_at.elapsed());
     // Let the new owners write a while, then wake n1: it must stop those shops, and
     // whatever it had in flight is refused.
@@ -131,47 +143,19 @@ async fn a_stopped_owner_lands_nothing_after_its_lease_moves_and_a_killed_one_is
     })
     .await;
     // n1 is alive again: rendezvous gives it its shops back, handed over cleanly.
-    wait_until("every shop running, on all three nodes again", 60, &lines, |l| {
-        let r = running(l);
-        r.len() == SHOPS && r.values().collect::<std::collections::BTreeSet<_>>().len() == 3
-    })
-    .await;
+    wait_until("every shop running, on all three nodes again", 60, &lines, spread).await;
 
     // SIGKILL n2: its shops are taken once its heartbeat expires.
-    let n2_shops: Vec<String> = running(&lines.lock().unwrap()).into_iter().filter(|(_, n)| n == "n2").map(|(s, _)| s).collect();
+    let n2_shops = shops_of(&lines, "n2");
     let killed_at = Instant::now();
     signal(&nodes[1], "KILL");
     let _ = nodes[1].child.wait();
-    wait_until("n2's shops started elsewhere", 60, &lines, |l| {
-        n2_shops.iter().all(|s| l.iter().any(|x| x.at > killed_at && x.node != "n2" && x.words[0] == "start" && x.words[1] == *s))
-    })
-    .await;
-    let failover: Vec<Duration> = n2_shops
-        .iter()
-        .map(|s| {
-            let l = lines.lock().unwrap();
-            l.iter().find(|x| x.at > killed_at && x.node != "n2" && x.words[0] == "start" && x.words[1] == *s).expect("started").at - killed_at
-        })
-        .collect();
+    wait_until("n2's shops started elsewhere", 60, &lines, |l| started_elsewhere(l, &n2_shops, "n2", killed_at).is_some()).await;
+    let failover = started_elsewhere(&lines.lock().unwrap(), &n2_shops, "n2", killed_at).expect("all started");
     println!("n2 killed: failover per shop {failover:?} (lease TTL {TTL} s)");
 
     // The stream's record: every write of every shop inside an epoch of its writer.
-    let conn = berth_cluster::connect(&ClusterConfig {
-        nats: nats.urls(),
-        node: "checker".into(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability: Durability::SyncAlways,
-        monitor: nats.monitors(),
-        lease_ttl_secs: TTL,
-        prefix: "berth".into(),
-    })
-    .await
-    .expect("connect");
+    let conn = berth_cluster::connect(&common::cluster_config(&nats, "checker", TTL)).await.expect("connect");
     let all = lines.lock().unwrap().clone();
     let mut checked = 0;
     for shop in (0..SHOPS).map(|i| format!("shop-{i}")) {

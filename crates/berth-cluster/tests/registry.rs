@@ -4,29 +4,9 @@
 mod common;
 
 use berth_cluster::registry::SharedRegistry;
-use berth_cluster::{ClusterConfig, Connection, Durability};
-use common::NatsCluster;
+use common::{connect, NatsCluster};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-
-async fn connect(nats: &NatsCluster, node: &str) -> Connection {
-    berth_cluster::connect(&ClusterConfig {
-        nats: nats.urls(),
-        node: node.into(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls: None,
-        replicas: 3,
-        durability: Durability::SyncAlways,
-        monitor: nats.monitors(),
-        lease_ttl_secs: 5,
-        prefix: "berth".into(),
-    })
-    .await
-    .expect("connect")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_on_one_node_is_seen_on_another_within_a_second() {

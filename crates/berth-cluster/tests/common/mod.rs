@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use berth_cluster::lease::{owner_key, OwnerRecord};
+use berth_cluster::{ClusterConfig, Connection, Fence};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,4 +165,28 @@ pub async fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
         assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `node`'s config for `nats`: every server monitored (sync-always is checked), a
+/// `ttl`-second lease.
+pub fn cluster_config(nats: &NatsCluster, node: &str, ttl: u64) -> ClusterConfig {
+    ClusterConfig { monitor: nats.monitors(), lease_ttl_secs: ttl, ..ClusterConfig::new(nats.urls(), node) }
+}
+
+pub async fn connect(nats: &NatsCluster, node: &str) -> Connection {
+    berth_cluster::connect(&cluster_config(nats, node, 5)).await.expect("connect")
+}
+
+/// The JSON of a lease held by `node`.
+pub fn lease_record(node: &str) -> bytes::Bytes {
+    serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into()
+}
+
+/// Take `shop`'s lease for `node` whoever holds it (tests that write as one node).
+pub async fn claim(conn: &Connection, shop: &str, node: &str) -> Fence {
+    let revision = match conn.latest_shop_key(&owner_key(shop)).await.expect("read") {
+        None => conn.shops.create(owner_key(shop), lease_record(node)).await.expect("claim"),
+        Some(l) => conn.shops.update(owner_key(shop), lease_record(node), l.revision).await.expect("take"),
+    };
+    Fence { shop: shop.into(), revision }
 }
