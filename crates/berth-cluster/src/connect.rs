@@ -132,8 +132,12 @@ pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError>
     let nodes = bucket_retrying(&js, config.replicas, &names.nodes, config.lease_ttl(), 1).await?;
     let shops = bucket_retrying(&js, config.replicas, &names.shops, Duration::ZERO, 1).await?;
     // `bucket` fetched both streams a moment ago; these are the handles for leader reads.
-    let nodes_stream = js.get_stream(format!("KV_{}", names.nodes)).await.map_err(ClusterError::nats)?;
-    let shops_stream = js.get_stream(format!("KV_{}", names.shops)).await.map_err(ClusterError::nats)?;
+    let stream = |name: String| {
+        let js = js.clone();
+        async move { retrying(&name, || async { js.get_stream(format!("KV_{name}")).await.map_err(|e| Open::Retry(ClusterError::nats(e))) }).await }
+    };
+    let nodes_stream = stream(names.nodes.clone()).await?;
+    let shops_stream = stream(names.shops.clone()).await?;
     let conn = Connection { client, js, nodes, shops, names, replicas: config.replicas, nodes_stream, shops_stream };
     check_durability(&conn, config).await?;
     Ok(conn)
@@ -141,17 +145,21 @@ pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError>
 
 /// Why opening a bucket failed: worth another try (a request timed out while the
 /// cluster elects a leader, a server restarts) or not (the bucket has the wrong shape).
-enum Open {
+pub(crate) enum Open {
     Retry(ClusterError),
     Fatal(ClusterError),
 }
 
-/// [`bucket`], tried again for up to 30 s while the failure may pass.
-pub(crate) async fn bucket_retrying(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, ClusterError> {
+/// Run `open` until it succeeds, fails for good, or 30 s of failures that may pass.
+pub(crate) async fn retrying<T, F, Fut>(name: &str, mut open: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Open>>,
+{
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match bucket(js, replicas, name, max_age, history).await {
-            Ok(store) => return Ok(store),
+        match open().await {
+            Ok(opened) => return Ok(opened),
             Err(Open::Fatal(e)) => return Err(e),
             Err(Open::Retry(e)) if std::time::Instant::now() >= deadline => return Err(e),
             Err(Open::Retry(e)) => {
@@ -160,6 +168,11 @@ pub(crate) async fn bucket_retrying(js: &jetstream::Context, replicas: usize, na
             }
         }
     }
+}
+
+/// [`bucket`], tried again for up to 30 s while the failure may pass.
+pub(crate) async fn bucket_retrying(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, ClusterError> {
+    retrying(name, || bucket(js, replicas, name, max_age, history)).await
 }
 
 /// Open `name`, creating it when absent; an existing bucket with fewer copies than
@@ -281,7 +294,7 @@ async fn check_durability(conn: &Connection, config: &ClusterConfig) -> Result<(
         }
         synced.insert(name);
     }
-    let holders = bucket_servers(conn).await?;
+    let holders = retrying("berth's buckets", || async { bucket_servers(conn).await.map_err(Open::Retry) }).await?;
     let unchecked: Vec<&String> = holders.iter().filter(|s| !synced.contains(*s)).collect();
     if unreachable.is_empty() && !unchecked.is_empty() {
         return Err(ClusterError::Durability(format!(

@@ -14,7 +14,11 @@
 //! A node cut off from the cluster (a partition, SIGSTOP, a long pause) stops its own
 //! shops once its last acknowledged heartbeat is older than `lease_ttl` less a margin,
 //! counted from when that heartbeat was sent — before the others can see its key
-//! expire. Writes already in flight when it wakes are refused by the fence.
+//! expire. A paused process that wakes and gets a heartbeat through before its loop
+//! runs stops every shop all the same (the heartbeat came after the deadline), then
+//! claims again those still leased to it, with new fences. Writes already in flight
+//! when it wakes are refused by the fence; [`Leases::fresh`] tells a worker, before a
+//! platform call, whether its leases are sound right now.
 
 use crate::connect::Connection;
 use crate::error::ClusterError;
@@ -94,6 +98,11 @@ pub struct Leases {
     /// failed): retried every round, or the shop would wait for a holder that is alive
     /// and no longer wants it.
     releasing: Mutex<BTreeMap<String, u64>>,
+    /// This node's last acknowledged heartbeat, and whether it came after the node had
+    /// already passed the point where it must give its shops up.
+    beat: Mutex<Beat>,
+    /// How long before its key can expire a node gives its shops up.
+    margin: Duration,
     /// Rounds since the last sweep for leases naming this node that it does not run.
     rounds: std::sync::atomic::AtomicU32,
     view: Mutex<LeaseView>,
@@ -113,6 +122,10 @@ impl Leases {
             held: Mutex::new(BTreeMap::new()),
             releasing: Mutex::new(BTreeMap::new()),
             rounds: std::sync::atomic::AtomicU32::new(0),
+            beat: Mutex::new(Beat::default()),
+            // Margin for the clock-rate difference between this node and the servers,
+            // and for a stop that takes a moment.
+            margin: (ttl / 5).max(Duration::from_millis(500)),
             wake: Notify::new(),
         })
     }
@@ -130,6 +143,14 @@ impl Leases {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).get(shop).map(|r| Fence { shop: shop.to_string(), revision: *r })
     }
 
+    /// Whether this node's leases are sound right now: its last heartbeat is recent
+    /// enough that no other node can have taken its shops. A worker asks before each
+    /// call that changes a platform (fencing covers durable writes, not HTTP calls).
+    pub fn fresh(&self) -> bool {
+        let beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+        !beat.lapsed && beat.last_ack.is_some_and(|t| t + self.ttl > Instant::now() + self.margin)
+    }
+
     pub fn view(&self) -> LeaseView {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -138,27 +159,30 @@ impl Leases {
     /// workers, release its lease) and leave the cluster.
     pub async fn run<W: ShopWorkers>(self: Arc<Self>, workers: Arc<W>, mut shutdown: watch::Receiver<bool>) {
         let tick = (self.ttl / 4).max(Duration::from_millis(250));
-        // Margin for the clock-rate difference between this node and the servers, and
-        // for a stop that takes a moment: a node gives its shops up this long before the
-        // others may take them.
-        let margin = (self.ttl / 5).max(Duration::from_millis(500));
-        // Heartbeats run on their own, so a slow rebalance never lets this node's key expire.
-        let last_ack: Arc<Mutex<Option<Instant>>> = Arc::default();
-        // Both end with this future, however it ends (a dropped or aborted node must stop
-        // heartbeating, or the others would never take its shops).
-        let _beats = AbortOnDrop(tokio::spawn(self.clone().heartbeat(tick, last_ack.clone())));
+        // Heartbeats run on their own, so a slow rebalance never lets this node's key
+        // expire. Both tasks end with this future, however it ends (a dropped or aborted
+        // node must stop heartbeating, or the others would never take its shops).
+        let _beats = AbortOnDrop(tokio::spawn(self.clone().heartbeat(tick)));
         let me = self.clone();
         let _waker = AbortOnDrop(tokio::spawn(async move { me.wake_on_changes().await }));
         let mut shops = self.shops.clone();
         // The moment this node must have stopped its shops unless a heartbeat lands.
-        let deadline = || last_ack.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t + self.ttl - margin);
+        let deadline = || self.beat.lock().unwrap_or_else(|p| p.into_inner()).last_ack.map(|t| t + self.ttl - self.margin);
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let cut_off = deadline().is_none_or(|d| Instant::now() >= d);
+            // Cut off: past the deadline, or a heartbeat landed only after it (this
+            // process was paused): the others may have taken the shops meanwhile, so
+            // every one stops before anything else; those still leased here are
+            // claimed again with new fences.
+            let lapsed = self.beat.lock().unwrap_or_else(|p| p.into_inner()).lapsed;
+            let cut_off = lapsed || deadline().is_none_or(|d| Instant::now() >= d);
             if cut_off {
                 self.give_up_all(&*workers, false).await;
+                if lapsed {
+                    self.beat.lock().unwrap_or_else(|p| p.into_inner()).lapsed = false;
+                }
             } else {
                 let budget = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
                 match tokio::time::timeout(budget, self.balance(&*workers)).await {
@@ -168,7 +192,7 @@ impl Leases {
                 }
             }
             let until_deadline = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
-            let acked = *last_ack.lock().unwrap_or_else(|p| p.into_inner());
+            let acked = self.beat.lock().unwrap_or_else(|p| p.into_inner()).last_ack;
             self.update_view(acked, cut_off, until_deadline.min(tick)).await;
             let nap = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(20))).min(tick);
             tokio::select! {
@@ -188,13 +212,19 @@ impl Leases {
 
     /// Re-write this node's key every `tick`; `last_ack` is when the newest
     /// acknowledged write was sent (the server's expiry counts from later than that).
-    async fn heartbeat(self: Arc<Self>, tick: Duration, last_ack: Arc<Mutex<Option<Instant>>>) {
+    async fn heartbeat(self: Arc<Self>, tick: Duration) {
         loop {
             let sent = Instant::now();
             let record = NodeRecord { node: self.node.clone(), started_ms: self.started_ms, shops: self.held_count() };
             match tokio::time::timeout(tick, self.conn.nodes.put(&self.node, json(&record))).await {
                 Ok(Ok(_)) => {
-                    let first = last_ack.lock().unwrap_or_else(|p| p.into_inner()).replace(sent).is_none();
+                    let mut beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+                    let first = beat.last_ack.is_none();
+                    if beat.last_ack.is_some_and(|t| t + self.ttl <= Instant::now() + self.margin) {
+                        beat.lapsed = true;
+                    }
+                    beat.last_ack = Some(sent);
+                    drop(beat);
                     if first {
                         self.wake.notify_one();
                     }
@@ -382,6 +412,12 @@ impl Leases {
             }
         }
     }
+}
+
+#[derive(Default)]
+struct Beat {
+    last_ack: Option<Instant>,
+    lapsed: bool,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

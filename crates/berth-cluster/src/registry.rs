@@ -6,7 +6,7 @@
 //!
 //! The state is the host's JSON: this module stores, swaps and announces it.
 
-use crate::connect::{bucket_retrying, Connection};
+use crate::connect::{bucket_retrying, retrying, Connection, Open};
 use crate::error::ClusterError;
 use async_nats::jetstream::{kv, object_store};
 use bytes::Bytes;
@@ -36,19 +36,23 @@ impl SharedRegistry {
     /// Open (or create) the registry's bucket and object store, with the cluster's replicas.
     pub async fn open(conn: &Connection) -> Result<SharedRegistry, ClusterError> {
         let state = bucket_retrying(&conn.js, conn.replicas, &conn.names.registry, Duration::ZERO, 16).await?;
-        let components = match conn.js.get_object_store(&conn.names.components).await {
-            Ok(store) => store,
-            Err(_) => conn
-                .js
+        let name = conn.names.components.clone();
+        let components = retrying(&name, || async {
+            if let Ok(store) = conn.js.get_object_store(&name).await {
+                return Ok(store);
+            }
+            conn.js
                 .create_object_store(object_store::Config {
-                    bucket: conn.names.components.clone(),
+                    bucket: name.clone(),
                     num_replicas: conn.replicas,
                     storage: async_nats::jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| ClusterError::Bucket { bucket: conn.names.components.clone(), reason: e.to_string() })?,
-        };
+                // Another node may be creating it too, or the cluster electing: try again.
+                .map_err(|e| Open::Retry(ClusterError::Bucket { bucket: name.clone(), reason: e.to_string() }))
+        })
+        .await?;
         Ok(SharedRegistry { state, components })
     }
 

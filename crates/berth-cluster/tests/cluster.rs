@@ -257,10 +257,12 @@ async fn shops_spread_over_nodes_and_move_when_one_leaves_dies_or_is_cut_off() {
         nats.stop(i);
     }
     wait_for("node c stopping its shops and saying it is cut off", 30, || holders(&running).is_empty() && c.leases.view().fenced_off).await;
+    assert!(!c.leases.fresh(), "a cut-off node's leases are not fresh");
     for i in 0..3 {
         nats.cont(i);
     }
     wait_for("node c running every shop again", 60, || shops_on(&running, "node-c").len() == 30).await;
+    assert!(c.leases.fresh());
 
     // One NATS server killed: the cluster keeps a quorum, nodes keep their leases and a
     // node joining still gets its share; restarted, the server catches up.
