@@ -88,9 +88,11 @@ impl Berth {
                 // closes a moment before the process is reaped: wait for that, briefly).
                 let reaped = Instant::now() + Duration::from_secs(5);
                 let mut status = child.try_wait();
-                while matches!(status, Ok(None)) && Instant::now() < reaped && matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
-                    std::thread::yield_now();
-                    status = child.try_wait();
+                if matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
+                    while matches!(status, Ok(None)) && Instant::now() < reaped {
+                        std::thread::sleep(Duration::from_millis(10));
+                        status = child.try_wait();
+                    }
                 }
                 let ended = match status {
                     Ok(Some(status)) => {

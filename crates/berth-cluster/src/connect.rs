@@ -61,11 +61,6 @@ impl Connection {
         latest(&self.nodes_stream, &self.names.nodes, key).await
     }
 
-    /// [`Connection::latest_shop_key`] with an owned key (for many reads at once).
-    pub async fn latest_shop_key_owned(&self, key: String) -> Result<Option<Latest>, ClusterError> {
-        self.latest_shop_key(&key).await
-    }
-
     /// The shops bucket's stream (feed reads, the ERP's consumer).
     pub fn shops_stream(&self) -> &jetstream::stream::Stream {
         &self.shops_stream
@@ -129,15 +124,9 @@ pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError>
     let client = options.connect(addrs).await.map_err(|e| connect_err(e.to_string()))?;
     let js = jetstream::new(client.clone());
     let names = BucketNames::new(&config.prefix);
-    let nodes = bucket_retrying(&js, config.replicas, &names.nodes, config.lease_ttl(), 1).await?;
-    let shops = bucket_retrying(&js, config.replicas, &names.shops, Duration::ZERO, 1).await?;
-    // `bucket` fetched both streams a moment ago; these are the handles for leader reads.
-    let stream = |name: String| {
-        let js = js.clone();
-        async move { retrying(&name, || async { js.get_stream(format!("KV_{name}")).await.map_err(|e| Open::Retry(ClusterError::nats(e))) }).await }
-    };
-    let nodes_stream = stream(names.nodes.clone()).await?;
-    let shops_stream = stream(names.shops.clone()).await?;
+    // The buckets, and their streams: the handles for leader reads.
+    let (nodes, nodes_stream) = bucket_retrying(&js, config.replicas, &names.nodes, config.lease_ttl(), 1).await?;
+    let (shops, shops_stream) = bucket_retrying(&js, config.replicas, &names.shops, Duration::ZERO, 1).await?;
     let conn = Connection { client, js, nodes, shops, names, replicas: config.replicas, nodes_stream, shops_stream };
     check_durability(&conn, config).await?;
     Ok(conn)
@@ -171,13 +160,20 @@ where
 }
 
 /// [`bucket`], tried again for up to 30 s while the failure may pass.
-pub(crate) async fn bucket_retrying(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, ClusterError> {
+pub(crate) async fn bucket_retrying(
+    js: &jetstream::Context,
+    replicas: usize,
+    name: &str,
+    max_age: Duration,
+    history: i64,
+) -> Result<(kv::Store, jetstream::stream::Stream), ClusterError> {
     retrying(name, || bucket(js, replicas, name, max_age, history)).await
 }
 
-/// Open `name`, creating it when absent; an existing bucket with fewer copies than
-/// configured is an error (growing it is an operator's decision: `nats kv edit`).
-async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<kv::Store, Open> {
+/// Open `name`, creating it when absent, with its stream; an existing bucket with fewer
+/// copies than configured is an error (growing it is an operator's decision: `nats kv
+/// edit`).
+async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: Duration, history: i64) -> Result<(kv::Store, jetstream::stream::Stream), Open> {
     let err = |reason: String| Open::Retry(ClusterError::Bucket { bucket: name.to_string(), reason });
     let fatal = |reason: String| Open::Fatal(ClusterError::Bucket { bucket: name.to_string(), reason });
     let store = match js.get_key_value(name).await {
@@ -238,15 +234,15 @@ async fn bucket(js: &jetstream::Context, replicas: usize, name: &str, max_age: D
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok(store)
+    Ok((store, stream))
 }
 
 /// The servers holding berth's buckets, by server name.
 async fn bucket_servers(conn: &Connection) -> Result<BTreeSet<String>, ClusterError> {
     let mut servers = BTreeSet::new();
-    for name in [&conn.names.nodes, &conn.names.shops] {
-        let mut stream = conn.js.get_stream(format!("KV_{name}")).await.map_err(ClusterError::nats)?;
-        let info = stream.info().await.map_err(ClusterError::nats)?;
+    for stream in [&conn.nodes_stream, &conn.shops_stream] {
+        // Fresh info (the handle caches what it was opened with): leaders move.
+        let info = stream.clone().info().await.map_err(ClusterError::nats)?.clone();
         if let Some(cluster) = &info.cluster {
             servers.extend(cluster.leader.iter().cloned());
             servers.extend(cluster.replicas.iter().map(|p| p.name.clone()));

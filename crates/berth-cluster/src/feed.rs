@@ -89,7 +89,8 @@ pub async fn append_page(conn: &Connection, fence: &Fence, entries: &[FeedEntry]
     let mut orders: Vec<&str> = entries.iter().map(|e| e.order_id.as_str()).collect();
     orders.sort_unstable();
     orders.dedup();
-    let reads = futures_util::future::join_all(orders.iter().map(|o| conn.latest_shop_key_owned(latest_key(shop, o)))).await;
+    let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
+    let reads = futures_util::future::join_all(keys.iter().map(|k| conn.latest_shop_key(k))).await;
     let mut stored_by_order: HashMap<&str, Option<Bytes>> = HashMap::new();
     for (o, r) in orders.into_iter().zip(reads) {
         stored_by_order.insert(o, r?.and_then(|l| l.value));
@@ -324,25 +325,15 @@ impl OrderQueue {
         }
     }
 
+    /// The queue's dead letters, oldest first, at most `limit`.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadRecord>, ClusterError> {
-        let mut keys = self.conn.shops.keys().await.map_err(ClusterError::nats)?;
-        let prefix = format!("dead.{}.", self.name);
-        let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(ClusterError::nats)?;
-            if !key.starts_with(&prefix) {
-                continue;
-            }
-            if let Some(v) = self.conn.shops.get(&key).await.map_err(ClusterError::nats)? {
-                if let Ok(d) = serde_json::from_slice::<DeadRecord>(&v) {
-                    out.push(d);
-                }
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
+        let mut out: Vec<DeadRecord> = fenced::scan(&self.conn, &format!("dead.{}.", self.name))
+            .await?
+            .into_iter()
+            .filter_map(|d| serde_json::from_slice(&d.value).ok())
+            .collect();
         out.sort_by_key(|d| d.seq);
+        out.truncate(limit);
         Ok(out)
     }
 

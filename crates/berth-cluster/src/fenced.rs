@@ -28,14 +28,20 @@ pub fn state_key(shop: &str, name: &str) -> String {
 pub async fn put(conn: &Connection, fence: &Fence, name: &str, value: Bytes) -> Result<u64, ClusterError> {
     let subject = format!("$KV.{}.{}", conn.names.shops, state_key(&fence.shop, name));
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("$KV.{}.{}", conn.names.shops, owner_key(&fence.shop)).as_str());
-    headers.insert("Nats-Expected-Last-Subject-Sequence", fence.revision.to_string().as_str());
+    fence_headers(conn, fence, &mut headers);
     let ack = conn.js.publish_with_headers(subject, headers, value).await.map_err(ClusterError::nats)?;
     match ack.await {
         Ok(ack) => Ok(ack.sequence),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(ClusterError::Fenced { shop: fence.shop.clone(), revision: fence.revision }),
         Err(e) => Err(ClusterError::nats(e)),
     }
+}
+
+/// The fence on a write: the stream takes it only while the shop's lease is still at
+/// the fence's revision.
+fn fence_headers(conn: &Connection, fence: &Fence, headers: &mut async_nats::HeaderMap) {
+    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("$KV.{}.{}", conn.names.shops, owner_key(&fence.shop)).as_str());
+    headers.insert("Nats-Expected-Last-Subject-Sequence", fence.revision.to_string().as_str());
 }
 
 /// At most this many keys per atomic batch (the server's limit is 1,000).
@@ -103,10 +109,7 @@ pub async fn write_all(conn: &Connection, fence: Option<&Fence>, mut writes: Vec
         headers.insert("Nats-Batch-Id", batch.as_str());
         headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
         match (i, fence, w.expect) {
-            (0, Some(fence), _) => {
-                headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("$KV.{}.{}", conn.names.shops, owner_key(&fence.shop)).as_str());
-                headers.insert("Nats-Expected-Last-Subject-Sequence", fence.revision.to_string().as_str());
-            }
+            (0, Some(fence), _) => fence_headers(conn, fence, &mut headers),
             (_, _, Expect::Any) => {}
             (_, _, Expect::Absent) => headers.insert("Nats-Expected-Last-Subject-Sequence", "0"),
             (_, _, Expect::Revision(r)) => headers.insert("Nats-Expected-Last-Subject-Sequence", r.to_string().as_str()),

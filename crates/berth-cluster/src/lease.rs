@@ -191,9 +191,8 @@ impl Leases {
                     Err(_) => tracing::warn!(node = %self.node, "cluster rebalance unanswered; retrying next tick"),
                 }
             }
-            let until_deadline = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
             let acked = self.beat.lock().unwrap_or_else(|p| p.into_inner()).last_ack;
-            self.update_view(acked, cut_off, until_deadline.min(tick)).await;
+            self.update_view(acked, cut_off);
             let nap = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(20))).min(tick);
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}
@@ -275,6 +274,7 @@ impl Leases {
 
     async fn balance<W: ShopWorkers>(&self, workers: &W) -> Result<(), ClusterError> {
         let live = self.live_nodes().await?;
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).live_nodes = live.values().cloned().collect();
         let shops = self.shops.borrow().clone();
         let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let wanted = |shop: &str| rendezvous::owner(shop, live.keys().map(String::as_str)) == Some(self.node.as_str());
@@ -398,19 +398,14 @@ impl Leases {
         }
     }
 
-    async fn update_view(&self, last_ack: Option<Instant>, cut_off: bool, budget: Duration) {
+    /// What this round leaves for `GET /v1/cluster` (the live nodes are set by the
+    /// round's own read of them, in `balance`).
+    fn update_view(&self, last_ack: Option<Instant>, cut_off: bool) {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, r)| HeldLease { shop: s.clone(), revision: *r }).collect();
-        {
-            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-            view.held = held;
-            view.heartbeat_age_ms = last_ack.map(|t| t.elapsed().as_millis() as u64);
-            view.fenced_off = cut_off;
-        }
-        if !cut_off {
-            if let Ok(Ok(live)) = tokio::time::timeout(budget, self.live_nodes()).await {
-                self.view.lock().unwrap_or_else(|p| p.into_inner()).live_nodes = live.into_values().collect();
-            }
-        }
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        view.held = held;
+        view.heartbeat_age_ms = last_ack.map(|t| t.elapsed().as_millis() as u64);
+        view.fenced_off = cut_off;
     }
 }
 

@@ -11,7 +11,6 @@ use crate::error::ClusterError;
 use async_nats::jetstream::{kv, object_store};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -35,7 +34,7 @@ pub struct SharedRegistry {
 impl SharedRegistry {
     /// Open (or create) the registry's bucket and object store, with the cluster's replicas.
     pub async fn open(conn: &Connection) -> Result<SharedRegistry, ClusterError> {
-        let state = bucket_retrying(&conn.js, conn.replicas, &conn.names.registry, Duration::ZERO, 16).await?;
+        let (state, _) = bucket_retrying(&conn.js, conn.replicas, &conn.names.registry, Duration::ZERO, 16).await?;
         let name = conn.names.components.clone();
         let components = retrying(&name, || async {
             if let Ok(store) = conn.js.get_object_store(&name).await {
@@ -58,7 +57,7 @@ impl SharedRegistry {
 
     /// Store a component's bytes under their sha256 (hex); the digest.
     pub async fn put_component(&self, bytes: &[u8]) -> Result<String, ClusterError> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = hex::encode(berth_types::digest::sha256(bytes));
         if self.components.info(&digest).await.is_ok() {
             return Ok(digest);
         }
@@ -72,7 +71,7 @@ impl SharedRegistry {
         let mut object = self.components.get(digest).await.map_err(ClusterError::nats)?;
         let mut bytes = Vec::new();
         object.read_to_end(&mut bytes).await.map_err(ClusterError::nats)?;
-        if hex::encode(Sha256::digest(&bytes)) != digest {
+        if hex::encode(berth_types::digest::sha256(&bytes)) != digest {
             return Err(ClusterError::Nats(format!("component {digest} read back with other bytes")));
         }
         Ok(bytes)

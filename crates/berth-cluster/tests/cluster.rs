@@ -48,14 +48,13 @@ async fn start_checks_what_the_cluster_keeps() {
 async fn a_write_under_a_lost_lease_is_refused() {
     let nats = NatsCluster::start(3, true).await;
     let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
-    let record = common::lease_record;
-    let first = conn.shops.create(owner_key("shop-1"), record("a")).await.expect("claim");
-    let a = Fence { shop: "shop-1".into(), revision: first };
+    let a = common::claim(&conn, "shop-1", "a").await;
+    let first = a.revision;
     fenced::put(&conn, &a, "cursor", "10".into()).await.expect("the holder writes");
     fenced::put(&conn, &a, "cursor", "11".into()).await.expect("and writes again");
 
-    let second = conn.shops.update(owner_key("shop-1"), record("b"), first).await.expect("b takes the lease");
-    let b = Fence { shop: "shop-1".into(), revision: second };
+    let b = common::claim(&conn, "shop-1", "b").await;
+    let second = b.revision;
     let refused = fenced::put(&conn, &a, "cursor", "12".into()).await;
     assert!(matches!(refused, Err(ClusterError::Fenced { revision, .. }) if revision == first), "{refused:?}");
     assert_eq!(fenced::get(&conn, "shop-1", "cursor").await.expect("read").expect("value").value, "11", "the stale write did not land");
@@ -69,9 +68,8 @@ async fn a_write_under_a_lost_lease_is_refused() {
 async fn a_page_and_its_position_land_together_or_not_at_all() {
     let nats = NatsCluster::start(3, true).await;
     let conn = berth_cluster::connect(&config(&nats, "a", Durability::SyncAlways)).await.expect("connect");
-    let record = common::lease_record;
-    let first = conn.shops.create(owner_key("shop-9"), record("a")).await.expect("claim");
-    let a = Fence { shop: "shop-9".into(), revision: first };
+    let a = common::claim(&conn, "shop-9", "a").await;
+    let first = a.revision;
     let page = |n: usize, tag: &str| -> Vec<(String, bytes::Bytes)> {
         let mut items: Vec<(String, bytes::Bytes)> = (0..n).map(|i| (format!("feed.shop-9.{tag}-{i}"), format!("order {tag}-{i}").into())).collect();
         items.push(("state.shop-9.cursor".into(), tag.to_string().into()));
@@ -87,7 +85,7 @@ async fn a_page_and_its_position_land_together_or_not_at_all() {
     fenced::put_all(&conn, &a, page(200, "p2")).await.expect("a long page lands");
     assert!(conn.shops.get("feed.shop-9.p2-199").await.expect("read").is_some());
 
-    conn.shops.update(owner_key("shop-9"), record("b"), first).await.expect("b takes the lease");
+    common::claim(&conn, "shop-9", "b").await;
     let refused = fenced::put_all(&conn, &a, page(5, "p3")).await;
     assert!(matches!(refused, Err(ClusterError::Fenced { .. })), "{refused:?}");
     for i in 0..5 {
@@ -133,14 +131,12 @@ async fn many_keys_compare_and_set_at_once_and_scan_back() {
     assert!(fenced::scan(&a, "stock.nobody.").await.expect("scan").is_empty());
 
     // With a fence: the lease and every expectation, together.
-    let record = common::lease_record;
-    let lease = a.shops.create(owner_key("s1"), record("a")).await.expect("claim");
-    let fence = Fence { shop: "s1".into(), revision: lease };
+    let fence = common::claim(&a, "s1", "a").await;
     let x = fenced::scan(&a, "stock.s1.").await.expect("scan")[0].revision;
     fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "fenced", Expect::Revision(x))]).await.expect("fenced cas");
     let conflict = fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "again", Expect::Revision(x))]).await;
     assert!(matches!(conflict, Err(ClusterError::Conflict(_))), "{conflict:?}");
-    a.shops.update(owner_key("s1"), record("b"), lease).await.expect("b takes it");
+    common::claim(&a, "s1", "b").await;
     let x = fenced::scan(&a, "stock.s1.").await.expect("scan")[0].revision;
     let fenced_out = fenced::write_all(&a, Some(&fence), vec![w("stock.s1.x", "stale", Expect::Revision(x))]).await;
     assert!(matches!(fenced_out, Err(ClusterError::Fenced { .. })), "{fenced_out:?}");
