@@ -209,6 +209,13 @@ impl Config {
         self.credentials.check()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+            let max = berth_core::stock::cluster::MAX_SKUS_PER_CHANGE;
+            if self.stock.batch_size > max {
+                return Err(format!(
+                    "stock.batch_size = {} with [cluster]: a push's results are written as one atomic batch of the cluster, at most {max} SKUs; set stock.batch_size to {max} or less",
+                    self.stock.batch_size
+                ));
+            }
         }
         self.stock.check()
     }
@@ -384,6 +391,10 @@ mod tests {
         assert!(err.contains("erp.webhook_url `ftp://erp` must be an http:// or https:// URL"), "{err}");
         let err = parse("[stock]\nbatch_size = 0\n").unwrap_err().to_string();
         assert!(err.contains("stock.batch_size 1..=1000"), "{err}");
+        let cluster = "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nmonitor = [\"http://127.0.0.1:8222\"]\nnode = \"n1\"\n";
+        let err = parse(&format!("[stock]\nbatch_size = 1000\n{cluster}")).unwrap_err().to_string();
+        assert!(err.contains("stock.batch_size = 1000 with [cluster]") && err.contains("set stock.batch_size to 999 or less"), "{err}");
+        assert!(parse(&format!("[stock]\nbatch_size = 999\n{cluster}")).is_ok());
         let err = parse("[platforms.taobao]\nwindows = [\"Mon-Fry 09:00-21:00\"]\n").unwrap_err().to_string();
         assert!(err.contains("platforms.taobao: time window `Mon-Fry 09:00-21:00`"), "{err}");
         let err = parse("[platforms.taobao]\ntimezone = \"Asia/Shangai\"\n").unwrap_err().to_string();

@@ -28,6 +28,15 @@ fn stock_error(e: StockError) -> Response {
     match e {
         StockError::BadSku(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
         StockError::Storage(e) => super::storage_error(&e),
+        StockError::TooManySkus { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
+        // The cluster could not take the change now (unreachable, or other nodes kept
+        // changing the same SKUs): nothing was written, the same request may be sent again.
+        StockError::Cluster(berth_cluster::ClusterError::Nats(_) | berth_cluster::ClusterError::Conflict(_)) => {
+            tracing::warn!(error = %e, "stock change not taken by the cluster");
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; nothing was written, send the request again"));
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            resp
+        }
         e => {
             tracing::error!(error = %e, "stock ledger failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

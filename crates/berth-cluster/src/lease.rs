@@ -38,6 +38,18 @@ pub struct Fence {
     pub revision: u64,
 }
 
+/// Where a shop's workers find the fence their durable writes carry.
+pub trait FenceSource: Send + Sync + 'static {
+    /// This node's fence for `shop`; `None` when it does not hold the shop's lease.
+    fn fence(&self, shop: &str) -> Option<Fence>;
+}
+
+impl FenceSource for Leases {
+    fn fence(&self, shop: &str) -> Option<Fence> {
+        Leases::fence(self, shop)
+    }
+}
+
 /// A live node as it describes itself in its heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeRecord {

@@ -6,8 +6,9 @@
 //! replicas, `sync_interval: always` checked on every server), which node runs which
 //! shop ([`lease`]: heartbeats, [`rendezvous`] assignment, per-shop leases taken by
 //! compare-and-set), writes only a shop's lease holder can make ([`fenced`]), and the
-//! order feed with the ERP's lease/ack queue over it ([`feed`]), and the connector
-//! registry every node watches ([`registry`]).
+//! order feed with the ERP's lease/ack queue over it ([`feed`]), the connector
+//! registry every node watches ([`registry`]), and copies of records any node reads and
+//! changes by compare-and-set ([`mirror`]: the stock ledger's SKUs).
 //!
 //! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
 //! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
@@ -18,6 +19,7 @@ pub mod error;
 pub mod feed;
 pub mod fenced;
 pub mod lease;
+pub mod mirror;
 pub mod registry;
 pub mod rendezvous;
 

@@ -78,11 +78,34 @@ impl Drop for NatsCluster {
 impl NatsCluster {
     /// `n` servers forming one JetStream cluster; `sync_always` sets `sync_interval:
     /// always`. Returns once every server says it is healthy (JetStream meta leader
-    /// elected).
+    /// elected). Ports are picked free and then bound by the servers, so another test
+    /// can take one in between: a cluster that does not come up is started again on
+    /// fresh ports (each cluster has a name of its own, so servers of two tests never
+    /// join each other through a reused port).
     pub async fn start(n: usize, sync_always: bool) -> NatsCluster {
+        for attempt in 1..=3 {
+            let cluster = Self::spawn_all(n, sync_always);
+            let mut healthy = true;
+            for i in 0..n {
+                if let Err(why) = cluster.healthy_within(i, Duration::from_secs(30)).await {
+                    eprintln!("nats cluster start {attempt}/3 failed: {why}");
+                    healthy = false;
+                    break;
+                }
+            }
+            if healthy {
+                return cluster;
+            }
+        }
+        panic!("no {n}-server nats cluster came up in 3 starts (logs above)");
+    }
+
+    fn spawn_all(n: usize, sync_always: bool) -> NatsCluster {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("nats dir");
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route_list = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(", ");
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let cluster_name = format!("berth-test-{}-{}", std::process::id(), STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let mut nodes = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let name = format!("n{}", i + 1);
@@ -95,7 +118,7 @@ impl NatsCluster {
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\n\
                      jetstream {{\n  store_dir: {store:?}\n{sync}}}\n\
-                     cluster {{\n  name: berth-test\n  listen: 127.0.0.1:{route}\n  routes: [{route_list}]\n}}\n"
+                     cluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{route}\n  routes: [{route_list}]\n}}\n"
                 ),
             )
             .expect("nats config");
@@ -103,11 +126,7 @@ impl NatsCluster {
             node.spawn();
             nodes.push(node);
         }
-        let cluster = NatsCluster { nodes, _dir: dir };
-        for i in 0..n {
-            cluster.wait_healthy(i).await;
-        }
-        cluster
+        NatsCluster { nodes, _dir: dir }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -120,19 +139,30 @@ impl NatsCluster {
 
     /// Until `/healthz` answers 200: the server listens and its JetStream is current.
     pub async fn wait_healthy(&self, i: usize) {
+        if let Err(why) = self.healthy_within(i, Duration::from_secs(60)).await {
+            panic!("{why}");
+        }
+    }
+
+    async fn healthy_within(&self, i: usize, within: Duration) -> Result<(), String> {
         let url = format!("{}/healthz", self.nodes[i].monitor());
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + within;
         let http = reqwest::Client::new();
         loop {
             if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await {
                 if r.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() >= deadline {
                 let log = std::fs::read_to_string(self.nodes[i].conf.with_extension("log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!("nats server {} not healthy within 60 s; its log ends:\n{}", self.nodes[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                return Err(format!(
+                    "nats server {} not healthy within {} s; its log ends:\n{}",
+                    self.nodes[i].name,
+                    within.as_secs(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -1,5 +1,8 @@
-//! The stock ledger on the storage core: `stock_sku` (shop \0 sku -> [`SkuStock`]),
-//! changed in one operation of the writer's batch, durable when the call returns.
+//! The stock ledger: one [`SkuStock`] per shop + SKU, changed by read–decide–write,
+//! durable when the call returns. Single node, on the storage core: `stock_sku`
+//! (shop \0 sku -> record), each change one operation of the writer's batch. In
+//! cluster mode ([`StockLedger::open_cluster`]), in the cluster's shops bucket, each
+//! change a compare-and-set batch from any node ([`super::cluster`]).
 //!
 //! Every change reads the SKUs it touches, decides in memory, then writes — so a
 //! change that fails (a corrupt record) has written nothing. Per shop, the due index
@@ -8,6 +11,7 @@
 //! is due without scanning past the tombstones an on-disk index of ever-moving due
 //! times collects, and a status page or scrape costs the same at any number of SKUs.
 
+use super::cluster::{ClusterStock, Writer};
 use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
 use berth_types::clock::now_ms;
 use berth_storage::store::Keyspace;
@@ -29,7 +33,7 @@ struct Spaces {
 
 /// One shop's counts by state, and its SKUs not yet on the platform by age.
 #[derive(Default)]
-struct ShopCounts {
+pub(super) struct ShopCounts {
     pending: u64,
     pushed: u64,
     rejected: u64,
@@ -41,7 +45,7 @@ struct ShopCounts {
 }
 
 impl ShopCounts {
-    fn count(&mut self, rec: &SkuStock, add: bool) {
+    pub(super) fn count(&mut self, rec: &SkuStock, add: bool) {
         let n = match rec.state {
             SkuState::Pending => &mut self.pending,
             SkuState::Pushed => &mut self.pushed,
@@ -69,14 +73,17 @@ impl ShopCounts {
     }
 }
 
-type Counts = Arc<Mutex<HashMap<String, ShopCounts>>>;
+pub(super) type Counts = Arc<Mutex<HashMap<String, ShopCounts>>>;
 
 pub struct StockLedger {
-    store: Store,
-    ks: Spaces,
+    backend: Backend,
     counts: Counts,
-    next_version: Arc<AtomicU64>,
     policy: RetryPolicy,
+}
+
+enum Backend {
+    Embedded { store: Store, ks: Spaces, next_version: Arc<AtomicU64> },
+    Cluster(ClusterStock),
 }
 
 fn sku_key(shop: &str, sku: &str) -> Vec<u8> {
@@ -96,12 +103,12 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<SkuStock, StockError> {
         .map_err(|e| StockError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), why: e.to_string() })
 }
 
-fn lock(counts: &Counts) -> std::sync::MutexGuard<'_, HashMap<String, ShopCounts>> {
+pub(super) fn lock(counts: &Counts) -> std::sync::MutexGuard<'_, HashMap<String, ShopCounts>> {
     counts.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The SKUs a change reads, as the change leaves them (`None`: no record).
-type Working = HashMap<String, Option<SkuStock>>;
+pub(super) type Working = HashMap<String, Option<SkuStock>>;
 
 impl StockLedger {
     /// A store of its own in `dir` (tests and tools; berth shares one [`Store`]).
@@ -123,25 +130,46 @@ impl StockLedger {
             max_version = max_version.max(rec.version);
         }
         let stored = ks.meta.get(NEXT_VERSION)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-        Ok(StockLedger {
-            store: store.clone(),
-            ks,
-            counts: Arc::new(Mutex::new(counts)),
-            next_version: Arc::new(AtomicU64::new(stored.max(max_version + 1))),
-            policy,
-        })
+        let next_version = Arc::new(AtomicU64::new(stored.max(max_version + 1)));
+        Ok(StockLedger { backend: Backend::Embedded { store: store.clone(), ks, next_version }, counts: Arc::new(Mutex::new(counts)), policy })
     }
 
-    /// Read `skus` of `shop`, let `decide` change them, write what it changed — one
-    /// operation of the writer's batch, durable on return.
+    /// The ledger in the cluster's shops bucket: this node's copy loaded and watched.
+    /// Pushes settle under the shop's lease from `fences` (this node's [`berth_cluster::Leases`]).
+    pub async fn open_cluster(
+        conn: &berth_cluster::Connection,
+        policy: RetryPolicy,
+        fences: Arc<dyn berth_cluster::lease::FenceSource>,
+    ) -> Result<Self, StockError> {
+        let counts: Counts = Arc::new(Mutex::new(HashMap::new()));
+        let cluster = ClusterStock::open(conn, counts.clone(), fences).await?;
+        Ok(StockLedger { backend: Backend::Cluster(cluster), counts, policy })
+    }
+
+    /// The cluster copy, in cluster mode (tests wait on it).
+    pub fn cluster(&self) -> Option<&ClusterStock> {
+        match &self.backend {
+            Backend::Cluster(c) => Some(c),
+            Backend::Embedded { .. } => None,
+        }
+    }
+
+    /// Read `skus` of `shop`, let `decide` change them, write what it changed; durable
+    /// on return. `decide` may run more than once in cluster mode (another node changed
+    /// one of the SKUs meanwhile: read again, decide again).
     async fn change<R: Send + 'static>(
         &self,
         shop: &str,
+        by: Writer,
         skus: Vec<String>,
-        decide: impl FnOnce(&mut Working, &dyn Fn() -> u64) -> R + Send + 'static,
+        decide: impl Fn(&mut Working, &dyn Fn() -> u64) -> R + Send + Sync + 'static,
     ) -> Result<R, StockError> {
-        let (ks, counts, next_version, shop) = (self.ks.clone(), self.counts.clone(), self.next_version.clone(), shop.to_string());
-        self.store
+        let (store, ks, next_version) = match &self.backend {
+            Backend::Embedded { store, ks, next_version } => (store, ks.clone(), next_version.clone()),
+            Backend::Cluster(c) => return c.change(shop, by, skus, decide).await,
+        };
+        let (counts, shop) = (self.counts.clone(), shop.to_string());
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 let mut work: Working = HashMap::with_capacity(skus.len());
                 for sku in skus {
@@ -193,9 +221,9 @@ impl StockLedger {
         let now = now_ms();
         let updates = updates.to_vec();
         let skus = updates.iter().map(|u| u.sku.clone()).collect();
-        self.change(shop, skus, move |work, next_version| {
+        self.change(shop, Writer::Anyone, skus, move |work, next_version| {
             let mut out = Vec::with_capacity(updates.len());
-            for u in updates {
+            for u in &updates {
                 let existing = work.get(&u.sku).cloned().flatten();
                 if let (Some(rec), Some(seq)) = (&existing, u.seq) {
                     if rec.seq.is_some_and(|s| s >= seq) {
@@ -229,7 +257,7 @@ impl StockLedger {
                     export_batch: None,
                 };
                 out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
-                work.insert(u.sku, Some(rec));
+                work.insert(u.sku.clone(), Some(rec));
             }
             out
         })
@@ -262,7 +290,11 @@ impl StockLedger {
     /// Wait until everything read so far is on disk: the pusher calls this before it
     /// sends, so a quantity it pushes can never be lost by a crash afterwards.
     pub async fn durable(&self) -> Result<(), StockError> {
-        Ok(self.store.synced().await?)
+        match &self.backend {
+            Backend::Embedded { store, .. } => Ok(store.synced().await?),
+            // Every change returned after the stream acknowledged it.
+            Backend::Cluster(_) => Ok(()),
+        }
     }
 
     /// Record how pushes of `(sku, version, quantity)` ended, under the ledger's default
@@ -282,12 +314,13 @@ impl StockLedger {
         let now = now_ms();
         let (results, policy) = (results.to_vec(), policy.clone());
         let skus = results.iter().map(|r| r.0.clone()).collect();
-        self.change(shop, skus, move |work, _| {
+        self.change(shop, Writer::Owner, skus, move |work, _| {
             let backoff = |attempts: u32| policy.delay(attempts).as_millis() as i64;
-            for (sku, version, quantity, outcome) in results {
-                let Some(Some(mut rec)) = work.get(&sku).cloned() else { continue };
+            for (sku, version, quantity, outcome) in &results {
+                let (version, quantity) = (*version, *quantity);
+                let Some(Some(mut rec)) = work.get(sku).cloned() else { continue };
                 let current = rec.version == version;
-                match outcome {
+                match outcome.clone() {
                     PushOutcome::Accepted => {
                         rec.pushed_quantity = Some(quantity);
                         rec.pushed_version = Some(version);
@@ -322,15 +355,19 @@ impl StockLedger {
                     // A failure of a version no longer wanted: the newer one is pending.
                     PushOutcome::Rejected(_) | PushOutcome::Failed(_) | PushOutcome::GaveUp(_) => continue,
                 }
-                work.insert(sku, Some(rec));
+                work.insert(sku.clone(), Some(rec));
             }
         })
         .await
     }
 
     pub fn get(&self, shop: &str, sku: &str) -> Result<Option<SkuStock>, StockError> {
+        let ks = match &self.backend {
+            Backend::Embedded { ks, .. } => ks,
+            Backend::Cluster(c) => return Ok(c.get(shop, sku)),
+        };
         let key = sku_key(shop, sku);
-        match self.ks.skus.get(&key)? {
+        match ks.skus.get(&key)? {
             None => Ok(None),
             Some(b) => decode(&key, &b).map(Some),
         }
@@ -338,6 +375,19 @@ impl StockLedger {
 
     /// A shop's SKUs in SKU order after `after`, optionally only those in `state`.
     pub fn list(&self, shop: &str, state: Option<SkuState>, after: Option<&str>, limit: usize) -> Result<Vec<SkuStock>, StockError> {
+        let mut out = Vec::new();
+        let ks = match &self.backend {
+            Backend::Embedded { ks, .. } => ks,
+            Backend::Cluster(c) => {
+                c.walk(shop, after, |rec| {
+                    if state.is_none_or(|s| s == rec.state) {
+                        out.push(rec.clone());
+                    }
+                    out.len() < limit
+                });
+                return Ok(out);
+            }
+        };
         let prefix = shop_prefix(shop);
         let start = match after {
             Some(a) => {
@@ -347,8 +397,7 @@ impl StockLedger {
             }
             None => prefix.clone(),
         };
-        let mut out = Vec::new();
-        for item in self.ks.skus.range(start..) {
+        for item in ks.skus.range(start..) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -368,10 +417,10 @@ impl StockLedger {
     pub async fn replay(&self, shop: &str, skus_to_retry: &[String]) -> Result<usize, StockError> {
         let now = now_ms();
         let skus = skus_to_retry.to_vec();
-        self.change(shop, skus.clone(), move |work, _| {
+        self.change(shop, Writer::Anyone, skus.clone(), move |work, _| {
             let mut moved = 0;
-            for sku in skus {
-                let Some(Some(rec)) = work.get_mut(&sku) else { continue };
+            for sku in &skus {
+                let Some(Some(rec)) = work.get_mut(sku) else { continue };
                 if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
                     continue;
                 }
@@ -388,10 +437,10 @@ impl StockLedger {
     /// Forget rejected or dead SKUs (their record goes; a later update starts afresh).
     pub async fn purge(&self, shop: &str, skus_to_drop: &[String]) -> Result<usize, StockError> {
         let skus = skus_to_drop.to_vec();
-        self.change(shop, skus.clone(), move |work, _| {
+        self.change(shop, Writer::Anyone, skus.clone(), move |work, _| {
             let mut dropped = 0;
-            for sku in skus {
-                if let Some(slot) = work.get_mut(&sku) {
+            for sku in &skus {
+                if let Some(slot) = work.get_mut(sku) {
                     if slot.as_ref().is_some_and(|r| matches!(r.state, SkuState::Rejected | SkuState::Dead)) {
                         *slot = None;
                         dropped += 1;
@@ -406,47 +455,66 @@ impl StockLedger {
     /// Hold every pending SKU of `shop` in a new export batch (for a manual upload) and
     /// return the batch's name and its SKUs. The pusher skips them from now on.
     pub async fn export(&self, shop: &str) -> Result<(String, Vec<SkuStock>), StockError> {
-        let prefix = shop_prefix(shop);
-        let pending: Vec<String> = self
-            .ks
-            .skus
-            .prefix(&prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                Ok::<_, StockError>((decode(&k, &v)?.state == SkuState::Pending).then(|| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()))
-            })
-            .filter_map(Result::transpose)
-            .collect::<Result<_, _>>()?;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-        self.change(shop, pending.clone(), move |work, next_version| {
-            let batch = format!("exp-{stamp}-{}", next_version());
-            let mut held = Vec::new();
-            for sku in pending {
-                let Some(Some(rec)) = work.get_mut(&sku) else { continue };
-                if rec.state != SkuState::Pending {
-                    continue;
-                }
-                rec.state = SkuState::Exported;
-                rec.due_at_ms = None;
-                rec.export_batch = Some(batch.clone());
-                held.push(rec.clone());
-            }
-            (batch, held)
-        })
-        .await
+        let pending: Vec<String> = self.records(shop, |r| r.state == SkuState::Pending)?.into_iter().map(|r| r.sku).collect();
+        let batch = format!("exp-{}-{:08x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u32>());
+        let mut held = Vec::new();
+        for chunk in pending.chunks(self.max_change()) {
+            let (chunk, batch) = (chunk.to_vec(), batch.clone());
+            held.extend(
+                self.change(shop, Writer::Anyone, chunk.clone(), move |work, _| {
+                    let mut held = Vec::new();
+                    for sku in &chunk {
+                        let Some(Some(rec)) = work.get_mut(sku) else { continue };
+                        if rec.state != SkuState::Pending {
+                            continue;
+                        }
+                        rec.state = SkuState::Exported;
+                        rec.due_at_ms = None;
+                        rec.export_batch = Some(batch.clone());
+                        held.push(rec.clone());
+                    }
+                    held
+                })
+                .await?,
+            );
+        }
+        Ok((batch, held))
     }
 
     /// The SKUs an export batch still holds.
     pub fn export_batch(&self, shop: &str, batch: &str) -> Result<Vec<SkuStock>, StockError> {
+        self.records(shop, |r| r.state == SkuState::Exported && r.export_batch.as_deref() == Some(batch))
+    }
+
+    /// Every record of `shop` that `keep` wants, in SKU order.
+    fn records(&self, shop: &str, mut keep: impl FnMut(&SkuStock) -> bool) -> Result<Vec<SkuStock>, StockError> {
         let mut out = Vec::new();
-        for item in self.ks.skus.prefix(&shop_prefix(shop)) {
-            let (k, v) = item?;
-            let rec = decode(&k, &v)?;
-            if rec.state == SkuState::Exported && rec.export_batch.as_deref() == Some(batch) {
-                out.push(rec);
+        match &self.backend {
+            Backend::Embedded { ks, .. } => {
+                for item in ks.skus.prefix(&shop_prefix(shop)) {
+                    let (k, v) = item?;
+                    let rec = decode(&k, &v)?;
+                    if keep(&rec) {
+                        out.push(rec);
+                    }
+                }
             }
+            Backend::Cluster(c) => c.walk(shop, None, |rec| {
+                if keep(rec) {
+                    out.push(rec.clone());
+                }
+                true
+            }),
         }
         Ok(out)
+    }
+
+    /// How many SKUs one change may touch (cluster: one atomic batch).
+    fn max_change(&self) -> usize {
+        match &self.backend {
+            Backend::Embedded { .. } => usize::MAX,
+            Backend::Cluster(_) => super::cluster::MAX_SKUS_PER_CHANGE,
+        }
     }
 
     /// End an export batch: `uploaded` marks its SKUs pushed (ops put the quantities on
@@ -459,30 +527,35 @@ impl StockLedger {
             return Err(StockError::UnknownBatch { shop: shop.to_string(), batch: batch.to_string() });
         }
         let now = now_ms();
-        let batch = batch.to_string();
-        self.change(shop, held.iter().map(|h| h.sku.clone()).collect(), move |work, _| {
-            let mut ended = 0;
-            for h in held {
-                let Some(Some(rec)) = work.get_mut(&h.sku) else { continue };
-                if rec.state != SkuState::Exported || rec.export_batch.as_deref() != Some(batch.as_str()) || rec.version != h.version {
-                    continue;
-                }
-                rec.export_batch = None;
-                if uploaded {
-                    rec.state = SkuState::Pushed;
-                    rec.pushed_quantity = Some(rec.quantity);
-                    rec.pushed_version = Some(rec.version);
-                    rec.pushed_at_ms = Some(now);
-                    rec.last_error = None;
-                } else {
-                    rec.state = SkuState::Pending;
-                    rec.due_at_ms = Some(now);
-                }
-                ended += 1;
-            }
-            ended
-        })
-        .await
+        let mut ended = 0;
+        for chunk in held.chunks(self.max_change()) {
+            let (chunk, batch) = (chunk.to_vec(), batch.to_string());
+            ended += self
+                .change(shop, Writer::Anyone, chunk.iter().map(|h| h.sku.clone()).collect(), move |work, _| {
+                    let mut ended = 0;
+                    for h in &chunk {
+                        let Some(Some(rec)) = work.get_mut(&h.sku) else { continue };
+                        if rec.state != SkuState::Exported || rec.export_batch.as_deref() != Some(batch.as_str()) || rec.version != h.version {
+                            continue;
+                        }
+                        rec.export_batch = None;
+                        if uploaded {
+                            rec.state = SkuState::Pushed;
+                            rec.pushed_quantity = Some(rec.quantity);
+                            rec.pushed_version = Some(rec.version);
+                            rec.pushed_at_ms = Some(now);
+                            rec.last_error = None;
+                        } else {
+                            rec.state = SkuState::Pending;
+                            rec.due_at_ms = Some(now);
+                        }
+                        ended += 1;
+                    }
+                    ended
+                })
+                .await?;
+        }
+        Ok(ended)
     }
 
     /// Counts by state and the oldest pending age (counters: no scan).

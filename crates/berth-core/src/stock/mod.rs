@@ -10,6 +10,7 @@
 //! pushed before it is on disk, so a crash cannot make berth push a quantity it then
 //! forgets and follow it with an older one.
 
+pub mod cluster;
 pub mod ledger;
 pub mod pusher;
 
@@ -27,6 +28,16 @@ pub enum StockError {
     BadSku(String),
     #[error("no export batch `{batch}` holds SKUs of shop `{shop}` (confirmed or cancelled already, or never made)")]
     UnknownBatch { shop: String, batch: String },
+    /// Cluster mode: the cluster refused or failed the change (`Fenced`: this node lost
+    /// the shop; `Conflict`: other nodes kept changing the SKUs; `Nats`: try again).
+    #[error(transparent)]
+    Cluster(#[from] berth_cluster::ClusterError),
+    /// Cluster mode: push results are written by the shop's owner, and this node does
+    /// not hold the shop's lease.
+    #[error("this node does not hold shop `{shop}`'s lease; its owner settles its pushes")]
+    NotOwner { shop: String },
+    #[error("{count} SKUs in one change; the cluster takes at most {max} (send smaller batches)")]
+    TooManySkus { count: usize, max: usize },
 }
 
 /// One requested change from the ERP.
