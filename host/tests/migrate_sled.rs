@@ -172,7 +172,7 @@ async fn a_sled_data_dir_migrates_with_nothing_lost_or_reordered() {
     }
     for (k, v) in &want["registry/blobs"] {
         let digest = std::str::from_utf8(k).unwrap();
-        let bytes = registry.blob(digest).unwrap().expect("component file");
+        let bytes = registry.blob(digest).await.unwrap().expect("component file");
         assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))), String::from_utf8(v.clone()).unwrap());
         assert_eq!(hex::encode(Sha256::digest(&bytes)), digest, "named by its digest");
     }

@@ -77,6 +77,19 @@ impl SharedRegistry {
         Ok(bytes)
     }
 
+    /// Every key of the registry bucket (connector states, and whatever else the host
+    /// keeps beside them, such as version records under keys with dots).
+    pub async fn keys(&self) -> Result<Vec<String>, ClusterError> {
+        let keys = self.state.keys().await.map_err(ClusterError::nats)?;
+        futures_util::TryStreamExt::try_collect(keys).await.map_err(ClusterError::nats)
+    }
+
+    /// Write `key` whatever it holds (records that never change once written, such as
+    /// a version's facts). The revision.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClusterError> {
+        self.state.put(key, value).await.map_err(ClusterError::nats)
+    }
+
     /// The connector's state and its revision.
     pub async fn get(&self, connector: &str) -> Result<Option<(u64, Bytes)>, ClusterError> {
         let entry = self.state.entry(connector).await.map_err(ClusterError::nats)?;
@@ -87,7 +100,7 @@ impl SharedRegistry {
     /// there is none), by compare-and-set: when another node changed it in between,
     /// `change` runs again on the newer state. `change` answering `Err` stops without
     /// writing. The new revision and state.
-    pub async fn update<E: std::fmt::Display>(
+    pub async fn update<E>(
         &self,
         connector: &str,
         mut change: impl FnMut(Option<&[u8]>) -> Result<Bytes, E>,

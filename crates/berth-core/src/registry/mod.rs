@@ -7,6 +7,7 @@
 //! version (perhaps deployed through the admin API) stays. Compiled code is cached on
 //! disk by digest and engine settings, so neither a restart nor a re-deploy recompiles.
 
+pub mod cluster;
 pub mod shadow;
 pub mod slot;
 pub mod store;
@@ -136,6 +137,8 @@ pub struct ConnectorRegistry {
     changes: tokio::sync::Mutex<()>,
     /// Each connector's shops (canaries pick from them).
     shops: RwLock<BTreeMap<String, Vec<String>>>,
+    /// Cluster mode: versions other nodes deployed that this node has compiled ahead.
+    prepared: RwLock<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> VersionRecord {
@@ -177,6 +180,7 @@ impl ConnectorRegistry {
             slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
             shops: RwLock::default(),
+            prepared: RwLock::default(),
         };
         for (name, c) in configs {
             registry.add_connector(name, c).await?;
@@ -202,14 +206,23 @@ impl ConnectorRegistry {
             if store.version(name, &file_digest)?.is_none() {
                 store.put_version(&record(name, &from_file, bytes.len(), "config"), &bytes).await?;
             }
-            if let Some(prev) = st.active.take().filter(|d| *d != file_digest) {
-                st.history.push(prev);
-            }
-            st.active = Some(file_digest.clone());
-            st.config_digest = Some(file_digest.clone());
-            store.set_state(name, &st).await?;
+            st = store
+                .update_state(name, |st| {
+                    // Checked again: in a cluster, another node starting with the same
+                    // file may have made it active already.
+                    if st.config_digest.as_deref() != Some(file_digest.as_str()) {
+                        if let Some(prev) = st.active.take().filter(|d| *d != file_digest) {
+                            st.history.push(prev);
+                        }
+                        st.active = Some(file_digest.clone());
+                        st.config_digest = Some(file_digest.clone());
+                    }
+                    Ok::<_, RegistryOpenError>(st.clone())
+                })
+                .await?;
             tracing::info!(connector = %name, digest = &file_digest[..12], "the configured component is new or changed; it is active");
-        } else if let Some(d) = st.active.clone().filter(|d| *d != file_digest) {
+        }
+        if let Some(d) = st.active.clone().filter(|d| *d != file_digest) {
             match Self::load_stored(store, runtime, name, c, &d).await {
                 Ok(l) if l.manifest.platform == from_file.manifest.platform => active = Arc::new(l),
                 Ok(l) => tracing::error!(connector = %name, platform = %l.manifest.platform, "the registry's active version serves another platform; using the configured component"),
@@ -223,8 +236,12 @@ impl ConnectorRegistry {
                 Ok(v) => slot.set_canary(Some(slot::Canary { version: Arc::new(v), shops: plan.shops.iter().cloned().collect() })),
                 Err(e) => {
                     tracing::error!(connector = %name, error = %e, "cannot load the canary candidate; the canary ends");
-                    st.canary = None;
-                    store.set_state(name, &st).await?;
+                    store
+                        .update_state(name, |st| {
+                            st.canary = None;
+                            Ok::<_, RegistryOpenError>(())
+                        })
+                        .await?;
                 }
             }
         }
@@ -232,6 +249,73 @@ impl ConnectorRegistry {
         self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), c.clone());
         self.slots.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), slot.clone());
         Ok(slot)
+    }
+
+    /// Cluster mode: put in force here each connector state another node changed (its
+    /// active version, pauses, canary), as the cluster's registry watch reports them.
+    /// Runs until the channel closes.
+    pub async fn follow(self: Arc<Self>, mut changed: tokio::sync::mpsc::UnboundedReceiver<cluster::RegistryChange>) {
+        while let Some(change) = changed.recv().await {
+            match change {
+                cluster::RegistryChange::State(name) => {
+                    if let Err(e) = self.apply_state(&name).await {
+                        tracing::error!(connector = %name, error = %e, "cannot put the connector's new state in force on this node");
+                    }
+                }
+                cluster::RegistryChange::Version { connector, digest } => {
+                    let Some(cfg) = self.config(&connector) else { continue };
+                    // Compiled now into this node's cache: activating it is then a load.
+                    match Self::load_stored(&self.store, &self.runtime, &connector, &cfg, &digest).await {
+                        Ok(_) => {
+                            self.prepared.write().unwrap_or_else(|e| e.into_inner()).insert((connector, digest));
+                        }
+                        Err(e) => tracing::warn!(connector = %connector, digest = &digest[..12.min(digest.len())], error = %e, "cannot compile a version another node deployed; it is compiled when activated"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: whether this node has compiled ahead a version another node deployed.
+    pub fn prepared(&self, name: &str, digest: &str) -> bool {
+        self.prepared.read().unwrap_or_else(|e| e.into_inner()).contains(&(name.to_string(), digest.to_string()))
+    }
+
+    /// Make this node's slot match the stored state of `name`: a no-op for a change this
+    /// node made itself.
+    pub async fn apply_state(&self, name: &str) -> Result<(), DeployError> {
+        let Ok((slot, cfg)) = self.known(name) else { return Ok(()) };
+        let st = self.store.state(name)?;
+        // Loaded outside the change lock, like a deploy.
+        let active = match st.active.as_deref().filter(|d| *d != slot.current().digest) {
+            Some(d) => Some(Arc::new(Self::load_stored(&self.store, &self.runtime, name, &cfg, d).await?)),
+            None => None,
+        };
+        let canary = match (&st.canary, slot.canary()) {
+            (Some(plan), Some(c)) if c.version.digest == plan.digest => None,
+            (Some(plan), _) => Some(Arc::new(Self::load_stored(&self.store, &self.runtime, name, &cfg, &plan.digest).await?)),
+            (None, _) => None,
+        };
+        let _guard = self.changes.lock().await;
+        // Read again under the lock: the state may have moved while loading.
+        let st = self.store.state(name)?;
+        if let Some(next) = active.filter(|a| st.active.as_deref() == Some(a.digest.as_str())) {
+            let old = slot.swap(next.clone());
+            tracing::warn!(connector = name, from = %old.version(), to = %next.version(), to_digest = &next.digest[..12], "active connector version switched by another node");
+        }
+        slot.set_pauses(st.paused, st.paused_shops.clone());
+        match (&st.canary, canary) {
+            (Some(plan), Some(version)) if version.digest == plan.digest => {
+                slot.set_canary(Some(slot::Canary { version, shops: plan.shops.iter().cloned().collect() }));
+                tracing::warn!(connector = name, digest = &plan.digest[..12.min(plan.digest.len())], "canary started by another node");
+            }
+            (None, _) if slot.canary().is_some() => {
+                slot.set_canary(None);
+                tracing::warn!(connector = name, "canary ended by another node");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Each connector's shops, as started (at start-up and after each config reload).
@@ -247,7 +331,8 @@ impl ConnectorRegistry {
         digest: &str,
     ) -> Result<LoadedConnector, DeployError> {
         let bytes = store
-            .blob(digest)?
+            .blob(digest)
+            .await?
             .ok_or_else(|| DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() })?;
         let origin = Path::new("registry").join(digest);
         Ok(runtime.load_bytes(name, &origin, &bytes, &load_options(&runtime, name, c)).await?)
@@ -307,18 +392,22 @@ impl ConnectorRegistry {
     /// Persist `next` as active (pushing the current one on the history unless rolling
     /// back), then swap it in.
     async fn make_active(&self, name: &str, slot: &ConnectorSlot, next: Arc<LoadedConnector>, rollback: bool) -> Result<(), DeployError> {
-        let mut st = self.store.state(name)?;
         let current = slot.current().digest.clone();
         if current == next.digest {
             return Ok(());
         }
-        if rollback {
-            st.history.pop();
-        } else {
-            st.history.push(current);
-        }
-        st.active = Some(next.digest.clone());
-        self.store.set_state(name, &st).await?;
+        self.store
+            .update_state(name, |st| {
+                if rollback {
+                    st.history.pop();
+                } else {
+                    // What the registry had active (another node's choice, in a cluster).
+                    st.history.push(st.active.clone().unwrap_or_else(|| current.clone()));
+                }
+                st.active = Some(next.digest.clone());
+                Ok::<_, DeployError>(())
+            })
+            .await?;
         let old = slot.swap(next.clone());
         tracing::warn!(connector = name, from = %old.version(), to = %next.version(), from_digest = &old.digest[..12], to_digest = &next.digest[..12], "active connector version switched");
         Ok(())
@@ -364,17 +453,20 @@ impl ConnectorRegistry {
     pub async fn set_paused(&self, name: &str, shop: Option<&str>, paused: bool) -> Result<(), DeployError> {
         let (slot, _) = self.known(name)?;
         let _guard = self.changes.lock().await;
-        let mut st = self.store.state(name)?;
-        match shop {
-            None => st.paused = paused,
-            Some(s) if paused => {
-                st.paused_shops.insert(s.to_string());
-            }
-            Some(s) => {
-                st.paused_shops.remove(s);
-            }
-        }
-        self.store.set_state(name, &st).await?;
+        self.store
+            .update_state(name, |st| {
+                match shop {
+                    None => st.paused = paused,
+                    Some(s) if paused => {
+                        st.paused_shops.insert(s.to_string());
+                    }
+                    Some(s) => {
+                        st.paused_shops.remove(s);
+                    }
+                }
+                Ok::<_, DeployError>(())
+            })
+            .await?;
         slot.set_paused(shop, paused);
         tracing::warn!(connector = name, shop = shop.unwrap_or("*"), paused, "connector pause changed");
         Ok(())
@@ -424,9 +516,16 @@ impl ConnectorRegistry {
             started_ms: now_ms(),
             started_by: by.to_string(),
         };
-        let mut st = self.store.state(name)?;
-        st.canary = Some(plan.clone());
-        self.store.set_state(name, &st).await?;
+        self.store
+            .update_state(name, |st| {
+                // Another node may have started one meanwhile (cluster mode).
+                if st.canary.is_some() {
+                    return Err(DeployError::CanaryRunning(name.to_string()));
+                }
+                st.canary = Some(plan.clone());
+                Ok(())
+            })
+            .await?;
         slot.set_canary(Some(slot::Canary { version: Arc::new(candidate), shops: shops.into_iter().collect() }));
         tracing::warn!(connector = name, digest = &req.digest[..12.min(req.digest.len())], shops = ?plan.shops, "canary started");
         Ok(plan)
@@ -441,10 +540,13 @@ impl ConnectorRegistry {
             self.make_active(name, &slot, canary.version.clone(), false).await?;
         }
         let end = CanaryEnd { digest: canary.version.digest.clone(), outcome, reason, at_ms: now_ms() };
-        let mut st = self.store.state(name)?;
-        st.canary = None;
-        st.last_canary = Some(end.clone());
-        self.store.set_state(name, &st).await?;
+        self.store
+            .update_state(name, |st| {
+                st.canary = None;
+                st.last_canary = Some(end.clone());
+                Ok::<_, DeployError>(())
+            })
+            .await?;
         slot.set_canary(None);
         Ok(end)
     }

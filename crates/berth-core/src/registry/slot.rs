@@ -217,6 +217,15 @@ impl ConnectorSlot {
         }
     }
 
+    /// Take the pauses as a whole (a state another node wrote, in a cluster).
+    pub(crate) fn set_pauses(&self, paused: bool, shops: BTreeSet<String>) {
+        let was = self.paused.swap(paused, Ordering::AcqRel);
+        let old = std::mem::replace(&mut *self.paused_shops.write().unwrap_or_else(|e| e.into_inner()), shops.clone());
+        if (was && !paused) || old.iter().any(|s| !shops.contains(s)) {
+            self.resumed.notify_waiters();
+        }
+    }
+
     pub fn shadow(&self) -> Option<Arc<Shadow>> {
         self.shadow.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

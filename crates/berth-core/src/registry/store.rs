@@ -2,7 +2,8 @@
 //! (`DATA_DIR/components/<sha256>.wasm`, written to a temporary name, synced, renamed),
 //! one record per deployed version (keyspace `registry_versions`, connector \0 digest)
 //! and each connector's state — active version, the versions before it, pauses
-//! (`registry_state`). Every write is durable before it returns.
+//! (`registry_state`). Every write is durable before it returns. In cluster mode the
+//! same records live in the cluster ([`super::cluster`]).
 
 use berth_storage::store::Keyspace;
 use berth_storage::{Store, StoreError, WriteCtx};
@@ -18,6 +19,9 @@ pub enum RegistryStoreError {
     File { path: String, why: String },
     #[error("registry record `{key}` is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// Cluster mode: the cluster did not take or give the record; nothing changed.
+    #[error("the cluster's registry: {0}; try again")]
+    Cluster(String),
 }
 
 /// One deployed version of a connector.
@@ -93,6 +97,15 @@ pub struct ConnectorState {
 }
 
 pub struct RegistryStore {
+    backend: Backend,
+}
+
+enum Backend {
+    Embedded(Embedded),
+    Cluster(super::cluster::ClusterRegistryStore),
+}
+
+struct Embedded {
     store: Store,
     components: PathBuf,
     versions: Keyspace,
@@ -122,58 +135,69 @@ impl RegistryStore {
     pub fn open(store: &Store, components: &Path) -> Result<Self, RegistryStoreError> {
         std::fs::create_dir_all(components).map_err(|e| file_error(components, &e))?;
         Ok(RegistryStore {
-            store: store.clone(),
-            components: components.to_path_buf(),
-            versions: store.keyspace("registry_versions")?,
-            state: store.keyspace("registry_state")?,
+            backend: Backend::Embedded(Embedded {
+                store: store.clone(),
+                components: components.to_path_buf(),
+                versions: store.keyspace("registry_versions")?,
+                state: store.keyspace("registry_state")?,
+            }),
         })
     }
 
-    /// Where the bytes of `digest` are kept (`None` for a digest that is not hex: it
-    /// never names a file).
-    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
-        (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.components.join(format!("{digest}.wasm")))
+    /// The registry shared by the cluster's nodes (components cached in `components`),
+    /// and the connectors whose state other nodes change, as they change.
+    pub async fn open_cluster(
+        conn: &berth_cluster::Connection,
+        components: &Path,
+    ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<super::cluster::RegistryChange>), RegistryStoreError> {
+        let (cluster, changes) = super::cluster::ClusterRegistryStore::open(conn, components).await?;
+        Ok((RegistryStore { backend: Backend::Cluster(cluster) }, changes))
     }
 
-    /// Write the bytes of `digest` once: a temporary file, synced, renamed, the folder
-    /// synced — a crash leaves the whole file or none.
-    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryStoreError> {
-        let path = self.blob_path(digest).ok_or_else(|| RegistryStoreError::File { path: digest.to_string(), why: "the digest is not hex".into() })?;
-        if path.exists() {
-            return Ok(());
+    fn embedded(&self) -> Result<&Embedded, &super::cluster::ClusterRegistryStore> {
+        match &self.backend {
+            Backend::Embedded(e) => Ok(e),
+            Backend::Cluster(c) => Err(c),
         }
-        self.store.space_guard().check()?;
-        berth_storage::files::write_whole(&path, bytes).map_err(|e| file_error(&path, &e))
     }
 
     /// Store a version and its bytes (once per digest), durably.
     pub async fn put_version(&self, rec: &VersionRecord, bytes: &[u8]) -> Result<(), RegistryStoreError> {
-        self.put_blob(&rec.digest, bytes)?;
-        self.put_record(rec).await
+        match self.embedded() {
+            Ok(e) => {
+                e.put_blob(&rec.digest, bytes)?;
+                e.put_record(rec).await
+            }
+            Err(c) => c.put_version(rec, bytes).await,
+        }
     }
 
     /// Store a version's record (its bytes are in place already).
     pub async fn put_record(&self, rec: &VersionRecord) -> Result<(), RegistryStoreError> {
-        let (versions, key, value) = (self.versions.clone(), version_key(&rec.connector, &rec.digest), encode(rec));
-        self.store
-            .write(move |ctx: &mut WriteCtx<'_>| {
-                ctx.insert(&versions, key, value);
-                Ok::<_, RegistryStoreError>(())
-            })
-            .await
+        match self.embedded() {
+            Ok(e) => e.put_record(rec).await,
+            Err(c) => c.put_record(rec).await,
+        }
     }
 
     pub fn version(&self, connector: &str, digest: &str) -> Result<Option<VersionRecord>, RegistryStoreError> {
+        let e = match self.embedded() {
+            Ok(e) => e,
+            Err(c) => return Ok(c.version(connector, digest)),
+        };
         let key = version_key(connector, digest);
-        self.versions.get(&key)?.map(|b| decode(&key, &b)).transpose()
+        e.versions.get(&key)?.map(|b| decode(&key, &b)).transpose()
     }
 
     /// Every version of a connector, oldest deploy first.
     pub fn versions(&self, connector: &str) -> Result<Vec<VersionRecord>, RegistryStoreError> {
+        let e = match self.embedded() {
+            Ok(e) => e,
+            Err(c) => return Ok(c.versions(connector)),
+        };
         let mut prefix = connector.as_bytes().to_vec();
         prefix.push(0);
-        let mut out: Vec<VersionRecord> = self
+        let mut out: Vec<VersionRecord> = e
             .versions
             .prefix(&prefix)
             .map(|kv| {
@@ -185,27 +209,88 @@ impl RegistryStore {
         Ok(out)
     }
 
-    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryStoreError> {
-        let Some(path) = self.blob_path(digest) else { return Ok(None) };
+    pub async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryStoreError> {
+        let e = match self.embedded() {
+            Ok(e) => e,
+            Err(c) => return c.blob(digest).await,
+        };
+        let Some(path) = e.blob_path(digest) else { return Ok(None) };
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(file_error(&path, &e)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(file_error(&path, &err)),
         }
     }
 
     pub fn state(&self, connector: &str) -> Result<ConnectorState, RegistryStoreError> {
-        match self.state.get(connector.as_bytes())? {
+        let e = match self.embedded() {
+            Ok(e) => e,
+            Err(c) => return Ok(c.state(connector)),
+        };
+        match e.state.get(connector.as_bytes())? {
             Some(b) => decode(connector.as_bytes(), &b),
             None => Ok(ConnectorState::default()),
         }
     }
 
-    pub async fn set_state(&self, connector: &str, st: &ConnectorState) -> Result<(), RegistryStoreError> {
-        let (state, key, value) = (self.state.clone(), connector.as_bytes().to_vec(), encode(st));
-        self.store
+    /// Read the connector's state, let `change` change it, store it; durable on return.
+    /// Single node: the caller serialises changes (the registry's change lock). Cluster:
+    /// a compare-and-set, and `change` runs again on a newer state another node wrote
+    /// meanwhile. `change`'s `Err` stores nothing.
+    pub async fn update_state<R, E: From<RegistryStoreError>>(
+        &self,
+        connector: &str,
+        mut change: impl FnMut(&mut ConnectorState) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let e = match self.embedded() {
+            Ok(e) => e,
+            Err(c) => return c.update_state(connector, change).await,
+        };
+        let mut st = self.state(connector)?;
+        let out = change(&mut st)?;
+        let (state, key, value) = (e.state.clone(), connector.as_bytes().to_vec(), encode(&st));
+        e.store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 ctx.insert(&state, key, value);
+                Ok::<_, RegistryStoreError>(())
+            })
+            .await?;
+        Ok(out)
+    }
+
+    pub async fn set_state(&self, connector: &str, st: &ConnectorState) -> Result<(), RegistryStoreError> {
+        self.update_state(connector, |held| {
+            *held = st.clone();
+            Ok::<_, RegistryStoreError>(())
+        })
+        .await
+    }
+}
+
+impl Embedded {
+    /// Where the bytes of `digest` are kept (`None` for a digest that is not hex: it
+    /// never names a file).
+    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
+        (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.components.join(format!("{digest}.wasm")))
+    }
+
+    /// Write the bytes of `digest` once: a temporary file, synced, renamed, the folder
+    /// synced — a crash leaves the whole file or none.
+    fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryStoreError> {
+        let path = self.blob_path(digest).ok_or_else(|| RegistryStoreError::File { path: digest.to_string(), why: "the digest is not hex".into() })?;
+        if path.exists() {
+            return Ok(());
+        }
+        self.store.space_guard().check()?;
+        berth_storage::files::write_whole(&path, bytes).map_err(|e| file_error(&path, &e))
+    }
+
+    async fn put_record(&self, rec: &VersionRecord) -> Result<(), RegistryStoreError> {
+        let (versions, key, value) = (self.versions.clone(), version_key(&rec.connector, &rec.digest), encode(rec));
+        self.store
+            .write(move |ctx: &mut WriteCtx<'_>| {
+                ctx.insert(&versions, key, value);
                 Ok::<_, RegistryStoreError>(())
             })
             .await
@@ -253,13 +338,13 @@ mod tests {
         let s = open();
         let v: Vec<String> = s.versions("c").unwrap().into_iter().map(|r| r.digest).collect();
         assert_eq!(v, ["aaa", "bbb"], "oldest first, other connectors apart");
-        assert_eq!(s.blob("aaa").unwrap().as_deref(), Some(b"one".as_slice()));
+        assert_eq!(s.blob("aaa").await.unwrap().as_deref(), Some(b"one".as_slice()));
         assert_eq!(s.state("c").unwrap().active.as_deref(), Some("bbb"));
         assert_eq!(s.state("nope").unwrap(), ConnectorState::default());
         assert!(s.version("c", "zzz").unwrap().is_none());
         // Bytes are files named by digest, and only a hex digest names one.
         assert_eq!(std::fs::read(dir.path().join("components/aaa.wasm")).unwrap(), b"one");
-        assert_eq!(s.blob("../store").unwrap(), None);
-        assert!(s.put_blob("../x", b"no").is_err());
+        assert_eq!(s.blob("../store").await.unwrap(), None);
+        assert!(s.put_version(&rec("c", "../x", 4), b"no").await.is_err());
     }
 }
