@@ -10,6 +10,8 @@
 //! workers, then releases the key. The revision at which a node took the lease is the
 //! shop's fence ([`Fence`]): every durable write of its workers carries it, and the
 //! stream refuses the write once anyone else has taken the lease ([`crate::fenced`]).
+//! A round reads the leases from this node's watched copy of the `owner.*` keys, not
+//! from the stream leader one shop at a time: a stale copy only loses a compare-and-set.
 //!
 //! A node cut off from the cluster (a partition, SIGSTOP, a long pause) stops its own
 //! shops once its last acknowledged heartbeat is older than `lease_ttl` less a margin,
@@ -92,11 +94,37 @@ pub struct LeaseView {
     pub heartbeat_age_ms: Option<u64>,
     /// True while this node is cut off and has stopped its shops.
     pub fenced_off: bool,
+    /// How long this node's last lease round took (reading the live nodes, checking
+    /// its leases, claiming): a round slower than the tick delays handovers.
+    pub last_round_ms: Option<u64>,
 }
+
+/// Claims and releases a node has in flight at once.
+const CLAIMS_IN_FLIGHT: usize = 32;
 
 pub fn owner_key(shop: &str) -> String {
     format!("owner.{shop}")
 }
+
+/// The leases as this node's copy holds them (`owner.*`, kept by a watch): a round reads
+/// them there instead of asking the stream leader once per shop. Every claim and release
+/// is a compare-and-set on the revision read, so a stale copy can only lose a race, and
+/// this node's own writes go into the copy at once.
+struct OwnerCodec;
+
+impl crate::mirror::Codec for OwnerCodec {
+    type Record = OwnerRecord;
+
+    fn decode(_key: &str, bytes: &[u8]) -> Result<Option<OwnerRecord>, String> {
+        serde_json::from_slice(bytes).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn encode(record: Option<&OwnerRecord>) -> bytes::Bytes {
+        record.map(json).unwrap_or_default()
+    }
+}
+
+type Owners = crate::mirror::Mirror<OwnerCodec>;
 
 /// The lease loop of one node.
 pub struct Leases {
@@ -178,6 +206,19 @@ impl Leases {
         let me = self.clone();
         let _waker = AbortOnDrop(tokio::spawn(async move { me.wake_on_changes().await }));
         let mut shops = self.shops.clone();
+        let owners = loop {
+            match Owners::open(&self.conn, "owner.", Box::new(|_, _, _| {})).await {
+                Ok(owners) => break owners,
+                Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot read the cluster's leases yet; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        };
         // The moment this node must have stopped its shops unless a heartbeat lands.
         let deadline = || self.beat.lock().unwrap_or_else(|p| p.into_inner()).last_ack.map(|t| t + self.ttl - self.margin);
         loop {
@@ -191,13 +232,16 @@ impl Leases {
             let lapsed = self.beat.lock().unwrap_or_else(|p| p.into_inner()).lapsed;
             let cut_off = lapsed || deadline().is_none_or(|d| Instant::now() >= d);
             if cut_off {
-                self.give_up_all(&*workers, false).await;
+                self.give_up_all(&*workers, &owners, false).await;
                 if lapsed {
                     self.beat.lock().unwrap_or_else(|p| p.into_inner()).lapsed = false;
                 }
             } else {
                 let budget = deadline().map_or(tick, |d| d.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(budget, self.balance(&*workers)).await {
+                let round = Instant::now();
+                let outcome = tokio::time::timeout(budget, self.balance(&*workers, &owners)).await;
+                self.view.lock().unwrap_or_else(|p| p.into_inner()).last_round_ms = Some(round.elapsed().as_millis() as u64);
+                match outcome {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(node = %self.node, error = %e, "cluster rebalance failed; retrying next tick"),
                     Err(_) => tracing::warn!(node = %self.node, "cluster rebalance unanswered; retrying next tick"),
@@ -214,7 +258,7 @@ impl Leases {
             }
         }
         drop((_beats, _waker));
-        self.give_up_all(&*workers, true).await;
+        self.give_up_all(&*workers, &owners, true).await;
         if let Err(e) = self.conn.nodes.delete(&self.node).await {
             tracing::warn!(node = %self.node, error = %e, "leaving the cluster: could not remove the heartbeat; the others take over when it expires");
         }
@@ -284,7 +328,7 @@ impl Leases {
         Ok(live)
     }
 
-    async fn balance<W: ShopWorkers>(&self, workers: &W) -> Result<(), ClusterError> {
+    async fn balance<W: ShopWorkers>(&self, workers: &W, owners: &Owners) -> Result<(), ClusterError> {
         let live = self.live_nodes().await?;
         self.view.lock().unwrap_or_else(|p| p.into_inner()).live_nodes = live.values().cloned().collect();
         let shops = self.shops.borrow().clone();
@@ -292,94 +336,132 @@ impl Leases {
         let wanted = |shop: &str| rendezvous::owner(shop, live.keys().map(String::as_str)) == Some(self.node.as_str());
 
         // Leases this node holds: still ours? still wanted here?
+        let mut to_free = Vec::new();
         for (shop, revision) in &held {
-            let current = self.conn.latest_shop_key(&owner_key(shop)).await?;
-            if current.as_ref().map(|e| e.revision) != Some(*revision) {
+            if owners.get(&owner_key(shop)).revision != *revision {
                 tracing::warn!(node = %self.node, shop = %shop, revision, "lease taken by another node; stopping the shop here");
                 self.forget(shop);
                 workers.stop(shop).await;
             } else if !shops.contains(shop) || !wanted(shop) {
-                self.release(workers, shop, *revision).await;
+                // Stopped here first; freed below, many at a time.
+                self.forget(shop);
+                workers.stop(shop).await;
+                to_free.push((shop.clone(), *revision));
             }
         }
+        self.free_all(owners, to_free).await;
         // On the first round and every 30th: leases that name this node but that it
         // does not run (an earlier process of this node died holding them, and it no
         // longer wants them) would wait for it for ever; free them.
         if self.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 30 == 0 {
-            self.free_orphans().await?;
+            self.free_orphans(owners).await;
         }
         // Releases that failed before: free them now (a shop wanted here again is
         // simply claimed again below).
         let retry: Vec<(String, u64)> = self.releasing.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, r)| (s.clone(), *r)).collect();
-        for (shop, revision) in retry {
-            self.free(&shop, revision).await;
-        }
+        self.free_all(owners, retry).await;
         // Shops wanted here that this node does not hold (read again: the checks above
         // may have dropped some).
         let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for shop in shops.iter().filter(|s| !held.contains_key(*s) && wanted(s)) {
-            let record = OwnerRecord { node: Some(self.node.clone()), since_ms: berth_types::clock::now_ms() };
-            let current = self.conn.latest_shop_key(&owner_key(shop)).await?;
-            let claimed = match current {
-                None => self.conn.shops.create(owner_key(shop), json(&record)).await.map_err(ClusterError::nats),
-                Some(latest) => {
-                    let holder = latest.value.as_deref().and_then(|v| serde_json::from_slice::<OwnerRecord>(v).ok()).and_then(|r| r.node);
-                    if let Some(other) = holder.filter(|h| *h != self.node) {
-                        // Taken from a node only once the leader has no heartbeat of it:
-                        // a list of live nodes read a moment ago may already be stale.
-                        if live.contains_key(&other) || self.conn.latest_node(&other).await?.is_some_and(|l| l.value.is_some()) {
-                            // Alive: it releases the shop once it sees this node.
-                            continue;
-                        }
-                    }
-                    self.conn.shops.update(owner_key(shop), json(&record), latest.revision).await.map_err(ClusterError::nats)
-                }
-            };
-            match claimed {
-                Ok(revision) => {
-                    tracing::info!(node = %self.node, shop = %shop, revision, "took the shop's lease");
-                    self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(shop.clone(), revision);
-                    workers.start(Fence { shop: shop.clone(), revision }).await;
-                }
-                // Another node was faster; the next tick sees who.
-                Err(e) => tracing::debug!(node = %self.node, shop = %shop, error = %e, "claim lost a race"),
-            }
+        let wanted_here: Vec<String> = shops.iter().filter(|s| !held.contains_key(*s) && wanted(s)).cloned().collect();
+        // Claimed many at a time: each claim is a synced write, and a node taking over
+        // a thousand shops one after another would keep them waiting for seconds.
+        let claims = futures_util::stream::iter(wanted_here)
+            .map(|shop| {
+                let live = &live;
+                async move { self.claim(&shop, owners, live).await }
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (shop, revision) in claims.into_iter().flatten() {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(shop.clone(), revision);
+            workers.start(Fence { shop, revision }).await;
         }
         Ok(())
+    }
+
+    /// Take `shop`'s lease if it is free, or its holder is gone; the new revision.
+    async fn claim(&self, shop: &str, owners: &Owners, live: &BTreeMap<String, NodeRecord>) -> Option<(String, u64)> {
+        let record = OwnerRecord { node: Some(self.node.clone()), since_ms: berth_types::clock::now_ms() };
+        let current = owners.get(&owner_key(shop));
+        let claimed = match current.revision {
+            0 => self.conn.shops.create(owner_key(shop), json(&record)).await.map_err(ClusterError::nats),
+            revision => {
+                let holder = current.record.and_then(|r| r.node);
+                if let Some(other) = holder.filter(|h| *h != self.node) {
+                    // Taken from a node only once the leader has no heartbeat of it:
+                    // a list of live nodes read a moment ago may already be stale.
+                    let alive = match live.contains_key(&other) {
+                        true => Ok(true),
+                        false => self.conn.latest_node(&other).await.map(|l| l.is_some_and(|l| l.value.is_some())),
+                    };
+                    match alive {
+                        // Alive: it releases the shop once it sees this node.
+                        Ok(true) => return None,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(node = %self.node, shop, error = %e, "cannot tell whether the shop's holder is alive; next round");
+                            return None;
+                        }
+                    }
+                }
+                self.conn.shops.update(owner_key(shop), json(&record), revision).await.map_err(ClusterError::nats)
+            }
+        };
+        match claimed {
+            Ok(revision) => {
+                tracing::info!(node = %self.node, shop, revision, "took the shop's lease");
+                owners.applied_writes(&[(owner_key(shop), revision, Some(record))]);
+                Some((shop.to_string(), revision))
+            }
+            // Another node was faster; the next round sees who.
+            Err(e) => {
+                tracing::debug!(node = %self.node, shop, error = %e, "claim lost a race");
+                None
+            }
+        }
     }
 
     fn forget(&self, shop: &str) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(shop);
     }
 
-    /// Stop the shop here first, then free its lease for the node that wants it.
-    async fn release<W: ShopWorkers>(&self, workers: &W, shop: &str, revision: u64) {
-        self.forget(shop);
-        workers.stop(shop).await;
-        self.free(shop, revision).await;
+    /// Free leases whose shops this node has stopped, many at a time.
+    async fn free_all(&self, owners: &Owners, leases: Vec<(String, u64)>) {
+        futures_util::stream::iter(leases).for_each_concurrent(CLAIMS_IN_FLIGHT, |(shop, revision)| async move { self.free(owners, &shop, revision).await }).await;
     }
 
-    async fn free_orphans(&self) -> Result<(), ClusterError> {
+    async fn free_orphans(&self, owners: &Owners) {
         let held: BTreeMap<String, u64> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for lease in crate::fenced::scan(&self.conn, "owner.").await? {
-            let Some(shop) = lease.key.strip_prefix("owner.") else { continue };
-            let mine = serde_json::from_slice::<OwnerRecord>(&lease.value).ok().and_then(|r| r.node).is_some_and(|n| n == self.node);
-            if mine && !held.contains_key(shop) {
-                tracing::info!(node = %self.node, shop, "freeing a lease an earlier run of this node left");
-                self.free(shop, lease.revision).await;
+        let mut orphans = Vec::new();
+        owners.walk("owner.", "owner.", |key, record| {
+            let shop = key.strip_prefix("owner.").unwrap_or(key);
+            if record.node.as_deref() == Some(self.node.as_str()) && !held.contains_key(shop) {
+                orphans.push(shop.to_string());
             }
-        }
-        Ok(())
+            true
+        });
+        let orphans = orphans
+            .into_iter()
+            .map(|shop| {
+                tracing::info!(node = %self.node, shop, "freeing a lease an earlier run of this node left");
+                let revision = owners.get(&owner_key(&shop)).revision;
+                (shop, revision)
+            })
+            .collect();
+        self.free_all(owners, orphans).await;
     }
 
     /// Write `owner.<shop>` released, if it is still this node's lease at `revision`;
     /// remembered and tried again next round when the write fails.
-    async fn free(&self, shop: &str, revision: u64) {
+    async fn free(&self, owners: &Owners, shop: &str, revision: u64) {
         let record = OwnerRecord { node: None, since_ms: berth_types::clock::now_ms() };
         let outcome = self.conn.shops.update(owner_key(shop), json(&record), revision).await;
         let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
-            Ok(_) => {
+            Ok(written) => {
+                owners.applied_writes(&[(owner_key(shop), written, Some(record))]);
                 releasing.remove(shop);
                 tracing::info!(node = %self.node, shop = %shop, "released the shop's lease");
             }
@@ -396,17 +478,18 @@ impl Leases {
 
     /// Stop every shop; `release` frees their leases too (a clean shutdown). Cut off
     /// from the cluster, a node only stops: it cannot write, and others will claim.
-    async fn give_up_all<W: ShopWorkers>(&self, workers: &W, release: bool) {
+    async fn give_up_all<W: ShopWorkers>(&self, workers: &W, owners: &Owners, release: bool) {
         let held: Vec<(String, u64)> = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
         if !held.is_empty() && !release {
             tracing::error!(node = %self.node, shops = held.len(), "cut off from the cluster for most of the lease: stopping every shop here");
         }
-        for (shop, revision) in held {
-            if release {
-                self.release(workers, &shop, revision).await;
-            } else {
-                workers.stop(&shop).await;
-            }
+        for (shop, _) in &held {
+            workers.stop(shop).await;
+        }
+        if release {
+            // Every shop stopped first, then the leases freed, so the others take over
+            // at once.
+            self.free_all(owners, held).await;
         }
     }
 
