@@ -42,7 +42,7 @@ fn each_crate_depends_only_on_crates_below_it() {
         ("berth-storage", &[]),
         ("berth-cluster", &["berth-types"]),
         ("berth-runtime", &["berth-types"]),
-        ("berth-capabilities", &["berth-types", "berth-storage", "berth-runtime"]),
+        ("berth-capabilities", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime"]),
         ("berth-core", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities"]),
         ("berth-ops", &["berth-types", "berth-storage", "berth-runtime", "berth-capabilities", "berth-core"]),
         ("berth-api", &["berth-types", "berth-runtime", "berth-capabilities", "berth-core", "berth-ops", "berth-cluster"]),

@@ -3,7 +3,8 @@
 //! per scope so one cannot fill the host's disk. The quota is checked before a write
 //! (a refused write writes nothing), and what a scope may write per minute is bounded
 //! too: the store is log-structured, so rewriting the same keys in a loop costs disk
-//! even when the quota holds.
+//! even when the quota holds. In cluster mode the state lives in the cluster instead
+//! (`kv_cluster.rs`), under the same keys, quota and rate.
 
 use berth_storage::store::Keyspace;
 use berth_storage::{Store, StoreError, WriteCtx};
@@ -47,31 +48,51 @@ pub enum WriteRefused {
 
 #[derive(Clone)]
 pub struct KvStore {
-    store: Store,
-    tree: Keyspace,
+    backend: Backend,
     /// Per scope prefix, counted from the tree the first time the scope writes. The map's
     /// lock is held only to find a scope's entry; a write holds its own scope's lock, so
     /// scopes never wait on each other.
     usage: Arc<Mutex<HashMap<Vec<u8>, Arc<Mutex<ScopeState>>>>>,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Embedded { store: Store, tree: Keyspace },
+    Cluster(Arc<crate::kv_cluster::ClusterKv>),
+}
+
 /// One connector + shop's view of the store.
 pub struct KvScope<'a> {
     store: &'a KvStore,
+    connector: String,
+    shop: String,
     prefix: Vec<u8>,
 }
 
 impl KvStore {
     /// Connector state in `store`'s `connector_kv` keyspace.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
-        Ok(KvStore { store: store.clone(), tree: store.keyspace("connector_kv")?, usage: Arc::default() })
+        Ok(KvStore { backend: Backend::Embedded { store: store.clone(), tree: store.keyspace("connector_kv")? }, usage: Arc::default() })
+    }
+
+    /// Connector state in the cluster, written by the node holding the shop's lease
+    /// (`fences`: this node's leases).
+    pub fn cluster(conn: berth_cluster::Connection, fences: Arc<dyn berth_cluster::lease::FenceSource>) -> Self {
+        KvStore { backend: Backend::Cluster(Arc::new(crate::kv_cluster::ClusterKv::new(conn, fences))), usage: Arc::default() }
+    }
+
+    fn tree(&self) -> Result<(&Store, &Keyspace), &crate::kv_cluster::ClusterKv> {
+        match &self.backend {
+            Backend::Embedded { store, tree } => Ok((store, tree)),
+            Backend::Cluster(c) => Err(c),
+        }
     }
 
     /// A write through the store's writer, from a connector's (synchronous) host call:
     /// on a multi-threaded runtime the worker hands its other tasks on while it waits
     /// for the batch, so no async task waits behind a sync.
-    fn write(&self, op: impl FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
-        let store = self.store.clone();
+    fn write(store: &Store, op: impl FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+        let store = store.clone();
         let wait = move || store.write_blocking(op);
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
@@ -85,7 +106,7 @@ impl KvStore {
         prefix.push(0);
         prefix.extend_from_slice(shop.as_bytes());
         prefix.push(0);
-        KvScope { store: self, prefix }
+        KvScope { store: self, connector: connector.to_string(), shop: shop.to_string(), prefix }
     }
 }
 
@@ -100,7 +121,11 @@ impl KvScope<'_> {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.store.tree.get(&self.key(key)?).map_err(storage)
+        let k = self.key(key)?;
+        match self.store.tree() {
+            Ok((_, tree)) => tree.get(&k).map_err(storage),
+            Err(c) => c.get(&self.connector, &self.shop, key),
+        }
     }
 
     /// This scope's usage entry.
@@ -113,12 +138,12 @@ impl KvScope<'_> {
     }
 
     /// What the scope holds now (counted from the tree once, then kept up to date).
-    fn counted(&self, usage: &mut Option<Usage>) -> Result<Usage, String> {
+    fn counted(&self, tree: &Keyspace, usage: &mut Option<Usage>) -> Result<Usage, String> {
         if let Some(u) = *usage {
             return Ok(u);
         }
         let mut u = Usage::default();
-        for item in self.store.tree.prefix(&self.prefix) {
+        for item in tree.prefix(&self.prefix) {
             let (k, v) = item.map_err(storage)?;
             u.keys += 1;
             u.bytes += (k.len() - self.prefix.len() + v.len()) as u64;
@@ -141,7 +166,6 @@ impl KvScope<'_> {
         let k = self.key(key).map_err(WriteRefused::Invalid)?;
         let entry = self.usage_entry();
         let mut st = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let usage = self.counted(&mut st.usage).map_err(WriteRefused::Storage)?;
         let n = (key.len() + value.len()) as u64;
         let minute = now_ms.div_euclid(60_000);
         let written = if st.written.0 == minute { st.written.1 } else { 0 };
@@ -149,38 +173,55 @@ impl KvScope<'_> {
             return Err(WriteRefused::Rate { written, limit: per_minute });
         }
         // The quota is judged before anything is written: a refused write costs no disk.
-        let old = self.store.tree.get(&k).map_err(|e| WriteRefused::Storage(e.to_string()))?;
-        let old_bytes = old.as_ref().map_or(0, |v| (key.len() + v.len()) as u64);
-        let keys = usage.keys + u64::from(old.is_none());
+        let (usage, old_len) = match self.store.tree() {
+            Ok((_, tree)) => {
+                let usage = self.counted(tree, &mut st.usage).map_err(WriteRefused::Storage)?;
+                let old = tree.get(&k).map_err(|e| WriteRefused::Storage(e.to_string()))?;
+                (usage, old.map(|v| v.len()))
+            }
+            Err(c) => {
+                let ((keys, bytes), old) = c.usage(&self.connector, &self.shop, key).map_err(WriteRefused::Storage)?;
+                (Usage { keys, bytes }, old)
+            }
+        };
+        let old_bytes = old_len.map_or(0, |v| (key.len() + v) as u64);
+        let keys = usage.keys + u64::from(old_len.is_none());
         let bytes = usage.bytes + n - old_bytes;
         if keys > MAX_SCOPE_KEYS || (bytes > MAX_SCOPE_BYTES && bytes > usage.bytes) {
             return Err(WriteRefused::Quota { keys, bytes });
         }
-        let (tree, value) = (self.store.tree.clone(), value.to_vec());
-        self.store
-            .write(move |ctx: &mut WriteCtx<'_>| {
-                ctx.insert(&tree, k, value);
-                Ok(())
-            })
-            .map_err(|e| WriteRefused::Storage(e.to_string()))?;
-        st.usage = Some(Usage { keys, bytes });
+        match self.store.tree() {
+            Ok((store, tree)) => {
+                let (tree, value) = (tree.clone(), value.to_vec());
+                KvStore::write(store, move |ctx: &mut WriteCtx<'_>| {
+                    ctx.insert(&tree, k, value);
+                    Ok(())
+                })
+                .map_err(|e| WriteRefused::Storage(e.to_string()))?;
+                st.usage = Some(Usage { keys, bytes });
+            }
+            Err(c) => c.put(&self.connector, &self.shop, key, Some(value)).map_err(WriteRefused::Storage)?,
+        }
         st.written = (minute, written + n);
         Ok(())
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
         let k = self.key(key)?;
+        let (store, tree) = match self.store.tree() {
+            Ok(t) => t,
+            Err(c) => return c.put(&self.connector, &self.shop, key, None),
+        };
         let entry = self.usage_entry();
         let mut guard = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.store.tree.get(&k).map_err(storage)?;
+        let old = tree.get(&k).map_err(storage)?;
         if let Some(old) = old {
-            let tree = self.store.tree.clone();
-            self.store
-                .write(move |ctx: &mut WriteCtx<'_>| {
-                    ctx.remove(&tree, k);
-                    Ok(())
-                })
-                .map_err(storage)?;
+            let tree = tree.clone();
+            KvStore::write(store, move |ctx: &mut WriteCtx<'_>| {
+                ctx.remove(&tree, k);
+                Ok(())
+            })
+            .map_err(storage)?;
             if let Some(u) = guard.usage.as_mut() {
                 u.keys = u.keys.saturating_sub(1);
                 u.bytes = u.bytes.saturating_sub((key.len() + old.len()) as u64);
@@ -192,9 +233,11 @@ impl KvScope<'_> {
     /// Keys (without the scope) starting with `prefix`, at most 1000.
     pub fn list_prefix(&self, prefix: &str) -> Result<Vec<String>, String> {
         let start = self.key(prefix)?;
-        self.store
-            .tree
-            .prefix(&start)
+        let (_, tree) = match self.store.tree() {
+            Ok(t) => t,
+            Err(c) => return c.list_prefix(&self.connector, &self.shop, prefix, 1000),
+        };
+        tree.prefix(&start)
             .take(1000)
             .map(|item| {
                 let (k, _) = item.map_err(storage)?;
@@ -283,9 +326,9 @@ mod tests {
         for i in 0..fit {
             b.set(&format!("k{i:06}"), &big).unwrap();
         }
-        let before = kv.tree.iter().count();
+        let before = kv.tree().ok().unwrap().1.iter().count();
         assert!(matches!(b.set_within("one-more", &big, u64::MAX, t), Err(WriteRefused::Quota { .. })));
-        assert_eq!(kv.tree.iter().count(), before);
+        assert_eq!(kv.tree().ok().unwrap().1.iter().count(), before);
         assert_eq!(b.get("one-more").unwrap(), None);
     }
 }

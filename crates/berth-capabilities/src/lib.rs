@@ -6,10 +6,12 @@
 //! quota keys, holds and call-limit pacing ([`ratelimit`]), quotas of points the platforms
 //! report ([`points`]), allowed hours ([`windows`]),
 //! hot-standby channels ([`standby`]), retry policies per platform ([`retry`]), connector
-//! state per shop over the store ([`kv`]), their metrics, and their config sections
+//! state per shop over the store ([`kv`]; in cluster mode in the cluster, [`kv_cluster`]),
+//! their metrics, and their config sections
 //! (`[http]`, `[platforms.X]`: [`config`]).
 //!
-//! Depends on berth-types, berth-storage (kv) and berth-runtime (the trait it
+//! Depends on berth-types, berth-storage (kv), berth-cluster (kv in cluster mode) and
+//! berth-runtime (the trait it
 //! implements, the call context and allowlist). Must not know: shops' workers, queues,
 //! the registry, the API, or anything of berth-core and above — a stock update waiting on
 //! a throttled platform waits here, in `ratelimit::RateLimits::acquire`, whoever sent it.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod kv_cluster;
 pub mod metrics;
 pub mod points;
 pub mod ratelimit;
