@@ -8,14 +8,18 @@
 //! and made again on the leader's values ([`read_latest`]). The mirror is an
 //! optimisation of reads and a cache for the first attempt, never the authority.
 //!
-//! The copy starts from a [`scan`] of the prefix, then a watch from the stream's last
-//! sequence before the scan (so nothing written meanwhile is missed; what the scan
-//! already had is applied once, by revision). A revision not above the one held is
-//! ignored, so the node's own writes applied at once and the watch's echo of them agree.
+//! One ordered consumer fills the copy and then keeps it: it delivers the newest value
+//! of every key under the prefix, then every write after, in stream order. (A scan and
+//! then a separate watch from the stream's last sequence could miss a write: the scan's
+//! consumer may sit on a replica that has not applied a write the leader already
+//! acknowledged, and the watch would start after it.) If the consumer fails, a watch
+//! takes over from the last sequence applied. A revision not above the one held is
+//! ignored, so the node's own writes applied at once and the consumer's echo of them
+//! agree.
 
 use crate::connect::{Connection, Latest};
 use crate::error::ClusterError;
-use crate::fenced::{scan, write_all, Expect, Write};
+use crate::fenced::{write_all, Expect, Write};
 use crate::lease::Fence;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -63,6 +67,25 @@ impl<C: Codec> Shared<C> {
         *slot = Held { revision, record };
     }
 
+    /// A message of the shops stream under the mirror's prefix.
+    fn apply_message(&self, bucket: &str, msg: &async_nats::jetstream::Message) -> Result<(), ClusterError> {
+        let revision = msg.info().map_err(ClusterError::nats)?.stream_sequence;
+        let op = msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_string());
+        let deleted = matches!(op.as_deref(), Some("DEL") | Some("PURGE"));
+        let key = msg.subject.strip_prefix(bucket).unwrap_or(&msg.subject);
+        self.apply_bytes(key, revision, (!deleted).then_some(&msg.payload[..]));
+        self.mark(revision);
+        Ok(())
+    }
+
+    fn mark(&self, revision: u64) {
+        self.applied.send_if_modified(|at| {
+            let moved = revision > *at;
+            *at = (*at).max(revision);
+            moved
+        });
+    }
+
     fn apply_bytes(&self, key: &str, revision: u64, bytes: Option<&[u8]>) {
         let record = match bytes.map(|b| C::decode(key, b)).transpose() {
             Ok(r) => r.flatten(),
@@ -95,12 +118,40 @@ impl<C: Codec> Mirror<C> {
     /// Load every key under `prefix` and keep watching it. `on_change` sees the load as
     /// changes from absent.
     pub async fn open(conn: &Connection, prefix: &str, on_change: OnChange<C::Record>) -> Result<Mirror<C>, ClusterError> {
-        let from = conn.shops_stream().get_info().await.map_err(ClusterError::nats)?.state.last_sequence;
-        let shared = Arc::new(Shared::<C> { map: RwLock::new(BTreeMap::new()), on_change, applied: watch::channel(from).0 });
-        for item in scan(conn, prefix).await? {
-            shared.apply_bytes(&item.key, item.revision, Some(&item.value));
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let shared = Arc::new(Shared::<C> { map: RwLock::new(BTreeMap::new()), on_change, applied: watch::channel(0).0 });
+        let bucket = format!("$KV.{}.", conn.names.shops);
+        let consumer = conn
+            .shops_stream()
+            .create_consumer(OrderedConfig { filter_subject: format!("{bucket}{prefix}>"), deliver_policy: DeliverPolicy::LastPerSubject, ..Default::default() })
+            .await
+            .map_err(ClusterError::nats)?;
+        let mut remaining = consumer.cached_info().num_pending;
+        let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
+        while remaining > 0 {
+            match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                Ok(Some(Ok(msg))) => shared.apply_message(&bucket, &msg)?,
+                Ok(Some(Err(e))) => return Err(ClusterError::nats(e)),
+                Ok(None) => break,
+                Err(_) => return Err(ClusterError::Nats(format!("loading {prefix}: {remaining} keys not delivered within 10 s"))),
+            }
+            remaining -= 1;
         }
-        let task = tokio::spawn(follow(conn.shops.clone(), format!("{prefix}>"), shared.clone()));
+        let (store, filter) = (conn.shops.clone(), format!("{prefix}>"));
+        let follower = shared.clone();
+        let task = tokio::spawn(async move {
+            // The same consumer goes on with every write after the ones loaded.
+            while let Some(msg) = messages.next().await {
+                match msg.map_err(ClusterError::nats).and_then(|m| follower.apply_message(&bucket, &m)) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(filter, error = %e, "the cluster's records stopped arriving; watching again from the last one");
+                        break;
+                    }
+                }
+            }
+            follow(store, filter, follower).await
+        });
         Ok(Mirror { shared, prefix: prefix.to_string(), task })
     }
 
@@ -151,8 +202,8 @@ impl<C: Codec> Mirror<C> {
     }
 }
 
-/// Keep applying the stream's writes under `filter`; a watch that ends or fails is
-/// opened again from the first sequence not yet applied.
+/// After the first consumer failed: keep applying the stream's writes under `filter`
+/// from the first sequence not yet applied; a watch that ends or fails is opened again.
 async fn follow<C: Codec>(store: kv::Store, filter: String, shared: Arc<Shared<C>>) {
     let mut failures = 0u32;
     loop {
@@ -177,11 +228,7 @@ async fn follow<C: Codec>(store: kv::Store, filter: String, shared: Arc<Shared<C
             failures = 0;
             let bytes = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
             shared.apply_bytes(&entry.key, entry.revision, bytes);
-            shared.applied.send_if_modified(|at| {
-                let moved = entry.revision > *at;
-                *at = (*at).max(entry.revision);
-                moved
-            });
+            shared.mark(entry.revision);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -212,11 +212,25 @@ pub fn lease_record(node: &str) -> bytes::Bytes {
     serde_json::to_vec(&OwnerRecord { node: Some(node.into()), since_ms: 0 }).expect("json").into()
 }
 
-/// Take `shop`'s lease for `node` whoever holds it (tests that write as one node).
+/// Take `shop`'s lease for `node` whoever holds it (tests that write as one node). A
+/// fresh cluster may answer "no responders" for a moment (the bucket's stream not yet
+/// known to this client's server): tried again for up to 20 s.
 pub async fn claim(conn: &Connection, shop: &str, node: &str) -> Fence {
-    let revision = match conn.latest_shop_key(&owner_key(shop)).await.expect("read") {
-        None => conn.shops.create(owner_key(shop), lease_record(node)).await.expect("claim"),
-        Some(l) => conn.shops.update(owner_key(shop), lease_record(node), l.revision).await.expect("take"),
-    };
-    Fence { shop: shop.into(), revision }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = async {
+            match conn.latest_shop_key(&owner_key(shop)).await.map_err(|e| e.to_string())? {
+                None => conn.shops.create(owner_key(shop), lease_record(node)).await.map_err(|e| e.to_string()),
+                Some(l) => conn.shops.update(owner_key(shop), lease_record(node), l.revision).await.map_err(|e| e.to_string()),
+            }
+        };
+        match attempt.await {
+            Ok(revision) => return Fence { shop: shop.into(), revision },
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("claiming {shop} for {node}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("claiming {shop} for {node}: {e}"),
+        }
+    }
 }
