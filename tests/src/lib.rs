@@ -86,14 +86,10 @@ impl Berth {
             Err(e) => {
                 // Say how it ended: an exit status, or the signal that killed it (stdout
                 // closes a moment before the process is reaped: wait for that, briefly).
-                let reaped = Instant::now() + Duration::from_secs(5);
-                let mut status = child.try_wait();
                 if matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
-                    while matches!(status, Ok(None)) && Instant::now() < reaped {
-                        std::thread::sleep(Duration::from_millis(10));
-                        status = child.try_wait();
-                    }
+                    exited_within(&child, Duration::from_secs(5));
                 }
+                let status = child.try_wait();
                 let ended = match status {
                     Ok(Some(status)) => {
                         use std::os::unix::process::ExitStatusExt;
@@ -465,4 +461,36 @@ pub fn hostile_connector(component: &str, limits: &str) -> String {
 /// (e.g. `mode = "kv-churn"`).
 pub fn hostile_shop(name: &str, settings: &str) -> String {
     format!("[shops.{name}]\nconnector = \"hostile\"\npoll_interval_secs = 1\nsettings = {{ {settings} }}\n")
+}
+
+/// Block until `child` has exited (it can then be reaped) or `within` passes: a poll on
+/// the process's pidfd, which becomes readable when the process exits.
+fn exited_within(child: &std::process::Child, within: Duration) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+    // child is not reaped yet, so its pid still names it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as libc::c_int;
+    if fd < 0 {
+        return;
+    }
+    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; the descriptor is ours and closed right after.
+    unsafe {
+        libc::poll(&mut pollfd, 1, within.as_millis().min(i32::MAX as u128) as libc::c_int);
+        libc::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_process_that_exits_is_seen_without_polling() {
+        let mut child = std::process::Command::new("sh").args(["-c", "exit 3"]).spawn().expect("sh");
+        super::exited_within(&child, std::time::Duration::from_secs(30));
+        assert_eq!(child.try_wait().expect("try_wait").and_then(|s| s.code()), Some(3));
+        let mut long = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        super::exited_within(&long, std::time::Duration::from_millis(50));
+        assert!(long.try_wait().expect("try_wait").is_none(), "a running process is not taken for exited");
+        long.kill().expect("kill");
+        long.wait().expect("reap");
+    }
 }
