@@ -81,20 +81,24 @@ impl ClusterKv {
         let entry = self.entry(connector, shop);
         let mut held = entry.lock().unwrap_or_else(|e| e.into_inner());
         if held.as_ref().is_none_or(|s| s.fence != fence.revision) {
-            let prefix = scope_prefix(connector, shop);
-            let scanned = wait(fenced::scan(&self.conn, &prefix))?;
-            let mut keys = BTreeMap::new();
-            for item in scanned {
-                let Some(hex_key) = item.key.strip_prefix(&prefix) else { continue };
-                let Some(key) = hex::decode(hex_key).ok().and_then(|k| String::from_utf8(k).ok()) else { continue };
-                // An empty value is a deleted key.
-                if !item.value.is_empty() {
-                    keys.insert(key, (item.revision, item.value.to_vec()));
-                }
-            }
-            *held = Some(Scope { fence: fence.revision, keys });
+            *held = Some(Scope { fence: fence.revision, keys: self.read_scope(connector, shop)? });
         }
         f(&fence, held.as_mut().expect("read above")).map(Some)
+    }
+
+    /// The scope's keys as the cluster holds them: key -> (revision, value).
+    fn read_scope(&self, connector: &str, shop: &str) -> Result<BTreeMap<String, (u64, Vec<u8>)>, String> {
+        let prefix = scope_prefix(connector, shop);
+        let mut keys = BTreeMap::new();
+        for item in wait(fenced::scan(&self.conn, &prefix))? {
+            let Some(hex_key) = item.key.strip_prefix(&prefix) else { continue };
+            let Some(key) = hex::decode(hex_key).ok().and_then(|k| String::from_utf8(k).ok()) else { continue };
+            // An empty value is a deleted key.
+            if !item.value.is_empty() {
+                keys.insert(key, (item.revision, item.value.to_vec()));
+            }
+        }
+        Ok(keys)
     }
 
     pub fn get(&self, connector: &str, shop: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -110,16 +114,7 @@ impl ClusterKv {
         if let Some(keys) = self.with_scope(connector, shop, |_, scope| Ok(scope.keys.keys().filter(|k| k.starts_with(prefix)).take(limit).cloned().collect()))? {
             return Ok(keys);
         }
-        let scanned = wait(fenced::scan(&self.conn, &scope_prefix(connector, shop)))?;
-        let mut keys: Vec<String> = scanned
-            .into_iter()
-            .filter(|i| !i.value.is_empty())
-            .filter_map(|i| i.key.rsplit('.').next().and_then(|h| hex::decode(h).ok()).and_then(|k| String::from_utf8(k).ok()))
-            .filter(|k| k.starts_with(prefix))
-            .collect();
-        keys.sort();
-        keys.truncate(limit);
-        Ok(keys)
+        Ok(self.read_scope(connector, shop)?.into_keys().filter(|k| k.starts_with(prefix)).take(limit).collect())
     }
 
     /// What the scope holds (keys, bytes of keys and values), and the value `key` has.

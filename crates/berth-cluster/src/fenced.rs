@@ -163,9 +163,47 @@ pub struct Scanned {
 }
 
 /// Every live key of the shops bucket under `prefix` (ending in `.`), with its newest
-/// value and revision: an ephemeral ordered consumer delivering the last message per
-/// subject, read until the count it started with.
+/// value and revision.
 pub async fn scan(conn: &Connection, prefix: &str) -> Result<Vec<Scanned>, ClusterError> {
+    let mut out = Vec::new();
+    newest(conn, prefix, |w| {
+        if let Some(value) = w.value {
+            out.push(Scanned { key: w.key, revision: w.revision, value });
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// A message of the shops stream read as a write of one key.
+pub(crate) struct KeyWrite {
+    /// The key without the bucket's prefix.
+    pub key: String,
+    pub revision: u64,
+    /// `None`: the key was deleted or purged.
+    pub value: Option<Bytes>,
+}
+
+impl KeyWrite {
+    pub(crate) fn of(bucket_prefix: &str, msg: &async_nats::jetstream::Message) -> Result<KeyWrite, ClusterError> {
+        let revision = msg.info().map_err(ClusterError::nats)?.stream_sequence;
+        let op = msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_string());
+        let deleted = matches!(op.as_deref(), Some("DEL") | Some("PURGE"));
+        let key = msg.subject.strip_prefix(bucket_prefix).unwrap_or(&msg.subject).to_string();
+        Ok(KeyWrite { key, revision, value: (!deleted).then(|| msg.payload.clone()) })
+    }
+}
+
+/// The newest write of every key under `prefix` (deletions too), each through `each`:
+/// an ephemeral ordered consumer delivering the last message per subject, read until
+/// the count it started with. Returns the bucket's subject prefix and the consumer,
+/// which goes on with every write after those.
+pub(crate) async fn newest(
+    conn: &Connection,
+    prefix: &str,
+    mut each: impl FnMut(KeyWrite) -> Result<(), ClusterError>,
+) -> Result<(String, async_nats::jetstream::consumer::pull::Ordered), ClusterError> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     let bucket_prefix = format!("$KV.{}.", conn.names.shops);
     let consumer = conn
@@ -174,28 +212,18 @@ pub async fn scan(conn: &Connection, prefix: &str) -> Result<Vec<Scanned>, Clust
         .await
         .map_err(ClusterError::nats)?;
     let mut remaining = consumer.cached_info().num_pending;
-    let mut out = Vec::with_capacity(remaining as usize);
-    if remaining == 0 {
-        return Ok(out);
-    }
     let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
     while remaining > 0 {
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::StreamExt::next(&mut messages)).await;
         let msg = match next {
             Ok(Some(m)) => m.map_err(ClusterError::nats)?,
             Ok(None) => break,
-            Err(_) => return Err(ClusterError::Nats(format!("scanning {prefix}: {remaining} keys not delivered within 10 s"))),
+            Err(_) => return Err(ClusterError::Nats(format!("reading {prefix}: {remaining} keys not delivered within 10 s"))),
         };
         remaining -= 1;
-        let op = msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_string());
-        if matches!(op.as_deref(), Some("DEL") | Some("PURGE")) {
-            continue;
-        }
-        let revision = msg.info().map_err(ClusterError::nats)?.stream_sequence;
-        let key = msg.subject.strip_prefix(bucket_prefix.as_str()).unwrap_or(&msg.subject).to_string();
-        out.push(Scanned { key, revision, value: msg.payload.clone() });
+        each(KeyWrite::of(&bucket_prefix, &msg)?)?;
     }
-    Ok(out)
+    Ok((bucket_prefix, messages))
 }
 
 /// Read the shop's state item `name` (any node may read).

@@ -19,15 +19,15 @@
 
 use crate::connect::{Connection, Latest};
 use crate::error::ClusterError;
-use crate::fenced::{write_all, Expect, Write};
+use crate::fenced::{newest, write_all, Expect, KeyWrite, Write};
 use crate::lease::Fence;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Turns a stored value into a record (`None`: the key holds a tombstone) and back.
 pub trait Codec: Send + Sync + 'static {
@@ -52,8 +52,9 @@ pub struct Held<R> {
 struct Shared<C: Codec> {
     map: RwLock<BTreeMap<String, Held<C::Record>>>,
     on_change: OnChange<C::Record>,
-    /// The highest stream sequence the watch has applied.
-    applied: watch::Sender<u64>,
+    /// The highest stream sequence the consumer has delivered (where a watch taking
+    /// over after a failure starts).
+    applied: AtomicU64,
 }
 
 impl<C: Codec> Shared<C> {
@@ -67,23 +68,10 @@ impl<C: Codec> Shared<C> {
         *slot = Held { revision, record };
     }
 
-    /// A message of the shops stream under the mirror's prefix.
-    fn apply_message(&self, bucket: &str, msg: &async_nats::jetstream::Message) -> Result<(), ClusterError> {
-        let revision = msg.info().map_err(ClusterError::nats)?.stream_sequence;
-        let op = msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_string());
-        let deleted = matches!(op.as_deref(), Some("DEL") | Some("PURGE"));
-        let key = msg.subject.strip_prefix(bucket).unwrap_or(&msg.subject);
-        self.apply_bytes(key, revision, (!deleted).then_some(&msg.payload[..]));
-        self.mark(revision);
-        Ok(())
-    }
-
-    fn mark(&self, revision: u64) {
-        self.applied.send_if_modified(|at| {
-            let moved = revision > *at;
-            *at = (*at).max(revision);
-            moved
-        });
+    /// A write the consumer (or the watch after it) delivered.
+    fn delivered(&self, key: &str, revision: u64, bytes: Option<&[u8]>) {
+        self.apply_bytes(key, revision, bytes);
+        self.applied.fetch_max(revision, Ordering::SeqCst);
     }
 
     fn apply_bytes(&self, key: &str, revision: u64, bytes: Option<&[u8]>) {
@@ -104,7 +92,6 @@ impl<C: Codec> Shared<C> {
 /// This node's copy of the keys under a prefix (ending in `.`) of the shops bucket.
 pub struct Mirror<C: Codec> {
     shared: Arc<Shared<C>>,
-    prefix: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -118,32 +105,19 @@ impl<C: Codec> Mirror<C> {
     /// Load every key under `prefix` and keep watching it. `on_change` sees the load as
     /// changes from absent.
     pub async fn open(conn: &Connection, prefix: &str, on_change: OnChange<C::Record>) -> Result<Mirror<C>, ClusterError> {
-        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-        let shared = Arc::new(Shared::<C> { map: RwLock::new(BTreeMap::new()), on_change, applied: watch::channel(0).0 });
-        let bucket = format!("$KV.{}.", conn.names.shops);
-        let consumer = conn
-            .shops_stream()
-            .create_consumer(OrderedConfig { filter_subject: format!("{bucket}{prefix}>"), deliver_policy: DeliverPolicy::LastPerSubject, ..Default::default() })
-            .await
-            .map_err(ClusterError::nats)?;
-        let mut remaining = consumer.cached_info().num_pending;
-        let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
-        while remaining > 0 {
-            match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-                Ok(Some(Ok(msg))) => shared.apply_message(&bucket, &msg)?,
-                Ok(Some(Err(e))) => return Err(ClusterError::nats(e)),
-                Ok(None) => break,
-                Err(_) => return Err(ClusterError::Nats(format!("loading {prefix}: {remaining} keys not delivered within 10 s"))),
-            }
-            remaining -= 1;
-        }
+        let shared = Arc::new(Shared::<C> { map: RwLock::new(BTreeMap::new()), on_change, applied: AtomicU64::new(0) });
+        let load = |w: KeyWrite| {
+            shared.delivered(&w.key, w.revision, w.value.as_deref());
+            Ok(())
+        };
+        let (bucket, mut messages) = newest(conn, prefix, load).await?;
         let (store, filter) = (conn.shops.clone(), format!("{prefix}>"));
         let follower = shared.clone();
         let task = tokio::spawn(async move {
             // The same consumer goes on with every write after the ones loaded.
             while let Some(msg) = messages.next().await {
-                match msg.map_err(ClusterError::nats).and_then(|m| follower.apply_message(&bucket, &m)) {
-                    Ok(()) => {}
+                match msg.map_err(ClusterError::nats).and_then(|m| KeyWrite::of(&bucket, &m)) {
+                    Ok(w) => follower.delivered(&w.key, w.revision, w.value.as_deref()),
                     Err(e) => {
                         tracing::warn!(filter, error = %e, "the cluster's records stopped arriving; watching again from the last one");
                         break;
@@ -152,7 +126,7 @@ impl<C: Codec> Mirror<C> {
             }
             follow(store, filter, follower).await
         });
-        Ok(Mirror { shared, prefix: prefix.to_string(), task })
+        Ok(Mirror { shared, task })
     }
 
     /// The key's value in this node's copy.
@@ -184,22 +158,6 @@ impl<C: Codec> Mirror<C> {
             self.shared.apply(key, *revision, record.clone());
         }
     }
-
-    /// Wait until the watch has applied every write up to stream sequence `revision`
-    /// (a write made on another node is visible here after that).
-    pub async fn caught_up(&self, revision: u64, within: Duration) -> bool {
-        let mut rx = self.shared.applied.subscribe();
-        tokio::time::timeout(within, rx.wait_for(|at| *at >= revision)).await.is_ok_and(|r| r.is_ok())
-    }
-
-    /// The highest stream sequence the watch has applied.
-    pub fn applied(&self) -> u64 {
-        *self.shared.applied.borrow()
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
 }
 
 /// After the first consumer failed: keep applying the stream's writes under `filter`
@@ -207,7 +165,7 @@ impl<C: Codec> Mirror<C> {
 async fn follow<C: Codec>(store: kv::Store, filter: String, shared: Arc<Shared<C>>) {
     let mut failures = 0u32;
     loop {
-        let from = *shared.applied.borrow() + 1;
+        let from = shared.applied.load(Ordering::SeqCst) + 1;
         let mut entries = match store.watch_from_revision(&filter, from).await {
             Ok(w) => w,
             Err(e) => {
@@ -227,8 +185,7 @@ async fn follow<C: Codec>(store: kv::Store, filter: String, shared: Arc<Shared<C
             };
             failures = 0;
             let bytes = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
-            shared.apply_bytes(&entry.key, entry.revision, bytes);
-            shared.mark(entry.revision);
+            shared.delivered(&entry.key, entry.revision, bytes);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

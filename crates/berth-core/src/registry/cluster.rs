@@ -30,12 +30,12 @@ fn version_key(connector: &str, digest: &str) -> String {
 }
 
 #[derive(Default)]
-struct Copy {
+struct Known {
     states: BTreeMap<String, (u64, ConnectorState)>,
     versions: BTreeMap<(String, String), VersionRecord>,
 }
 
-impl Copy {
+impl Known {
     /// Take a key's value if newer than what is held; what changed, if anything.
     fn apply(&mut self, key: &str, revision: u64, value: Option<&[u8]>) -> Option<RegistryChange> {
         if let Some(rest) = key.strip_prefix("version.") {
@@ -72,7 +72,7 @@ pub struct ClusterRegistryStore {
     shared: SharedRegistry,
     /// This node's cache of component files, by digest.
     components: PathBuf,
-    copy: Arc<RwLock<Copy>>,
+    copy: Arc<RwLock<Known>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,7 +93,7 @@ impl ClusterRegistryStore {
     pub async fn open(conn: &Connection, components: &Path) -> Result<(Self, mpsc::UnboundedReceiver<RegistryChange>), RegistryStoreError> {
         std::fs::create_dir_all(components).map_err(|e| RegistryStoreError::File { path: components.display().to_string(), why: e.to_string() })?;
         let shared = SharedRegistry::open(conn).await.map_err(cluster_error)?;
-        let copy = Arc::new(RwLock::new(Copy::default()));
+        let copy = Arc::new(RwLock::new(Known::default()));
         // The watch first (it replays every key, then follows), so nothing written
         // between the load and the watch is missed.
         let mut changes = shared.watch().await.map_err(cluster_error)?;
@@ -119,7 +119,7 @@ impl ClusterRegistryStore {
     }
 
     fn local(&self, digest: &str) -> Option<PathBuf> {
-        (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.components.join(format!("{digest}.wasm")))
+        super::store::component_file(&self.components, digest)
     }
 
     pub async fn put_version(&self, rec: &VersionRecord, bytes: &[u8]) -> Result<(), RegistryStoreError> {

@@ -267,12 +267,15 @@ impl RegistryStore {
     }
 }
 
+/// Where the bytes of `digest` are kept in `dir` (`None` for a digest that is not hex:
+/// it never names a file).
+pub(super) fn component_file(dir: &Path, digest: &str) -> Option<PathBuf> {
+    (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| dir.join(format!("{digest}.wasm")))
+}
+
 impl Embedded {
-    /// Where the bytes of `digest` are kept (`None` for a digest that is not hex: it
-    /// never names a file).
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
-        (!digest.is_empty() && digest.len() <= 128 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.components.join(format!("{digest}.wasm")))
+        component_file(&self.components, digest)
     }
 
     /// Write the bytes of `digest` once: a temporary file, synced, renamed, the folder
