@@ -63,8 +63,9 @@ pub struct Config {
     pub connectors: BTreeMap<String, ConnectorConfig>,
     #[serde(default)]
     pub shops: BTreeMap<String, ShopConfig>,
-    /// Cluster mode on NATS JetStream (docs/cluster.md). `berth cluster-check` checks the
-    /// NATS cluster against it; serving in cluster mode is not built yet.
+    /// Cluster mode on NATS JetStream (docs/cluster.md): shops, orders, stock, connector
+    /// state and the registry in the NATS cluster, shops run by the node holding their
+    /// lease. `BERTH_NODE` in the environment names the node instead of `node`.
     #[serde(default)]
     pub cluster: Option<berth_cluster::ClusterConfig>,
 }
@@ -159,6 +160,11 @@ impl Config {
     /// Parse and check; relative paths are resolved against `path`'s directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        // One file for every node of a cluster: the node's name may come from its
+        // environment instead.
+        if let (Some(cluster), Ok(node)) = (&mut cfg.cluster, std::env::var("BERTH_NODE")) {
+            cluster.node = node;
+        }
         let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
         cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
         cfg.check_sections().map_err(invalid)?;
@@ -215,6 +221,11 @@ impl Config {
                     "stock.batch_size = {} with [cluster]: a push's results are written as one atomic batch of the cluster, at most {max} SKUs; set stock.batch_size to {max} or less",
                     self.stock.batch_size
                 ));
+            }
+            if self.credentials.key_file.is_some() || self.credentials.key_env.is_some() {
+                return Err("[credentials] with [cluster]: the credential book is not shared by the cluster's nodes yet (two nodes renewing one shop's \
+                            rotating refresh token would spend it twice); keep shop tokens in [shops.NAME.secrets] in cluster mode, or run single-node"
+                    .into());
             }
         }
         self.stock.check()

@@ -36,6 +36,8 @@ pub struct Reloadable {
     pub audit: Arc<berth_core::audit::AuditLog>,
     pub registry: Arc<ConnectorRegistry>,
     pub shops: Arc<ShopSet>,
+    /// Cluster mode: the cluster's shops, and the lease loop's view of their names.
+    pub cluster: Option<(Arc<berth_core::shops::cluster::ClusterShops>, watch::Sender<std::collections::BTreeSet<String>>)>,
     pub onboarding: Arc<berth_core::onboarding::Onboarding>,
     /// The credential book and the refresh margin (ms), when berth keeps credentials.
     pub credentials: Option<(Arc<berth_core::credentials::CredentialBook>, i64)>,
@@ -80,6 +82,31 @@ impl Reloadable {
             }
         }
         let registry = self.registry.clone();
+        if let Some((cluster, names)) = &self.cluster {
+            // The lease loop starts new shops where they land and stops removed ones;
+            // a shop running here whose settings changed restarts with them.
+            changed.extend(cluster.set_configs(new.shops.clone()));
+            for (name, sc) in new.shops.iter().filter(|(name, _)| self.shops.runs(name)) {
+                if let Some(slot) = registry.slot(&sc.connector) {
+                    match self.shops.put(name, sc, slot).await {
+                        Ok(berth_core::shops::Put::Restarted) => changed.push(format!("shop `{name}` restarted with its new settings")),
+                        Ok(_) => {}
+                        Err(e) => changed.push(format!("{e}; the shop was not restarted")),
+                    }
+                }
+            }
+            let before = names.borrow().clone();
+            let after = cluster.names();
+            for added in after.difference(&before) {
+                changed.push(format!("shop `{added}` added to the cluster's shops"));
+            }
+            for removed in before.difference(&after) {
+                changed.push(format!("shop `{removed}` removed from the cluster's shops"));
+            }
+            names.send_replace(after);
+            self.registry.set_shops(self.shops.by_connector());
+            return (changed, restart);
+        }
         let (all, problems) = self.onboarding.with_onboarded(&new.shops);
         changed.extend(problems);
         changed.extend(self.shops.apply(&all, |c| registry.slot(c)).await);

@@ -57,11 +57,8 @@ pub enum StartError {
     Credentials(#[from] berth_core::credentials::CredentialError),
     #[error(transparent)]
     Onboarding(#[from] berth_core::onboarding::OnboardingError),
-    #[error(
-        "[cluster] is set, and this build does not serve in cluster mode yet: it checks a NATS cluster for it (`berth cluster-check \
-         --config FILE`, docs/cluster.md). Remove [cluster] to serve on the embedded store in [server] data_dir"
-    )]
-    ClusterNotServed,
+    #[error("cluster mode: {0} (`berth cluster-check --config FILE` checks the NATS cluster; docs/cluster.md)")]
+    Cluster(#[from] berth_cluster::ClusterError),
 }
 
 /// A started service; dropping it does not stop it, call [`Running::shutdown`].
@@ -72,21 +69,28 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
-    store: Arc<OrderStore>,
+    storage: berth_storage::Store,
     shops: Arc<ShopSet>,
+    /// Cluster mode: the lease loop, awaited first at shutdown (it stops this node's
+    /// shops and hands their leases over).
+    leases: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let cfg = Config::load(config_path)?;
-    if cfg.cluster.is_some() {
-        return Err(StartError::ClusterNotServed);
-    }
     let storage = open_storage(&cfg).await?;
     tracing::debug!("start: the store is open");
-    let durable = Durable::open(&storage, &cfg)?;
+    let node = match &cfg.cluster {
+        Some(c) => Some(crate::cluster::join(c, &cfg.shops).await?),
+        None => None,
+    };
+    let durable = match &node {
+        Some(node) => Durable::cluster(&storage, &cfg, node).await?,
+        None => Durable::open(&storage, &cfg)?,
+    };
     tracing::debug!("start: orders, queues and the stock ledger are loaded");
     let metrics = crate::metrics::AllMetrics::new();
-    let (services, registry) = load_connectors(&cfg, &storage, &metrics).await?;
+    let (services, registry) = load_connectors(&cfg, &storage, &metrics, node.as_ref()).await?;
     let credentials = open_credentials(&cfg, &storage, &registry).await?;
     let onboarding = open_onboarding(&cfg, &storage, credentials.clone())?;
     let audit = open_audit(&cfg)?;
@@ -100,7 +104,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         book.tell(events.clone());
     }
     let health = Arc::new(berth_core::health::HealthBook::open(&storage, cfg.health.clone(), events.clone())?);
-    let shops = start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?;
+    let (shops, leases) = match &node {
+        Some(node) => {
+            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, node, shutdown_rx.clone());
+            (shops, Some((leases, cluster_shops)))
+        }
+        None => (start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?, None),
+    };
+    let (leases, cluster_shops) = leases.unzip();
     let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
     let mut workers = Vec::new();
     let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
@@ -120,6 +131,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             audit: audit.clone(),
             registry: registry.clone(),
             shops: shops.clone(),
+            cluster: cluster_shops.zip(node.as_ref().map(|n| n.shops.clone())),
             onboarding: onboarding.clone(),
             credentials: credentials.clone().map(|b| (b, cfg.credentials.refresh_margin_secs as i64 * 1000)),
         },
@@ -144,7 +156,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding });
+    let cluster = node.as_ref().map(|n| n.leases.clone());
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -153,7 +166,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let tls_on = tls.is_some();
     let server = tokio::spawn(api::listener::serve(listener, app, limits, tls, shutdown_rx.clone()));
     tracing::info!(%addr, shops = cfg.shops.len(), connectors, "berth is serving; orders at /v1/orders");
-    Ok(Running { tls: tls_on, addr, shutdown, workers, server, store: durable.store, shops })
+    Ok(Running { tls: tls_on, addr, shutdown, workers, server, storage, shops, leases })
 }
 
 /// The data dir and the store in it (a sled data dir is migrated first), with the
@@ -193,6 +206,19 @@ impl Durable {
         let ledger = Arc::new(StockLedger::open(storage, cfg.retry_defaults().push)?);
         Ok(Durable { store, inbox, ledger })
     }
+
+    /// Cluster mode: orders, the ERP's queue and the stock ledger in the NATS cluster,
+    /// a shop's writes fenced by this node's lease on it.
+    async fn cluster(storage: &berth_storage::Store, cfg: &Config, node: &crate::cluster::Node) -> Result<Durable, StartError> {
+        let fences = node.leases.clone() as Arc<dyn berth_cluster::FenceSource>;
+        let store = Arc::new(OrderStore::open_cluster(node.conn.clone(), fences.clone()));
+        let cluster = cfg.cluster.as_ref().expect("a node joined from [cluster]");
+        let queue = crate::cluster::erp_queue(&node.conn, cluster, cfg.erp.max_attempts).await?;
+        let local = Arc::new(StoreQueues::open(storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?);
+        let inbox = OrderInbox::cluster(local, queue);
+        let ledger = Arc::new(StockLedger::open_cluster(&node.conn, cfg.retry_defaults().push, fences).await?);
+        Ok(Durable { store, inbox, ledger })
+    }
 }
 
 /// The capabilities, the runtime over them and the registry with every configured
@@ -201,24 +227,40 @@ async fn load_connectors(
     cfg: &Config,
     storage: &berth_storage::Store,
     metrics: &crate::metrics::AllMetrics,
+    node: Option<&crate::cluster::Node>,
 ) -> Result<(Arc<HostServices>, Arc<berth_core::registry::ConnectorRegistry>), StartError> {
     let data_dir = &cfg.server.data_dir;
-    let kv = KvStore::open(storage)?;
+    let kv = match node {
+        Some(node) => KvStore::cluster(node.conn.clone(), node.leases.clone()),
+        None => KvStore::open(storage)?,
+    };
     let services = HostServices::new(&cfg.http, &cfg.platforms, cfg.retry_defaults(), kv, metrics.http.clone());
     let services = Arc::new(services.map_err(|e| StartError::Http(e.to_string()))?);
     let runtime = ConnectorRuntime::new(&cfg.runtime, services.clone(), metrics.runtime.clone(), data_dir.join("compiled"))?;
-    let registry_store = berth_core::registry::RegistryStore::open(storage, &data_dir.join("components")).map_err(StartError::Registry)?;
+    let components = data_dir.join("components");
+    let (registry_store, changes) = match node {
+        Some(node) => {
+            let (store, changes) = berth_core::registry::RegistryStore::open_cluster(&node.conn, &components).await.map_err(StartError::Registry)?;
+            (store, Some(changes))
+        }
+        None => (berth_core::registry::RegistryStore::open(storage, &components).map_err(StartError::Registry)?, None),
+    };
     let registry = berth_core::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors).await.map_err(|e| match e {
         berth_core::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
         berth_core::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
     })?;
+    let registry = Arc::new(registry);
+    if let Some(changes) = changes {
+        // Another node's deploy, activation, pause, canary or rollback, put in force here.
+        tokio::spawn(registry.clone().follow(changes));
+    }
     let connectors = registry.slots();
     for (shop, sc) in &cfg.shops {
         if let Err(berth_core::shops::ShopError::MissingKey { shop, connector, key }) = ShopSet::check(shop, sc, &connectors[&sc.connector]) {
             return Err(StartError::MissingShopKey { shop, connector, key });
         }
     }
-    Ok((services, Arc::new(registry)))
+    Ok((services, registry))
 }
 
 /// With a key configured: the credential book, seeded with the refresh tokens in config
@@ -327,18 +369,7 @@ fn start_shops(
     onboarding: &berth_core::onboarding::Onboarding,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<ShopSet>, StartError> {
-    let deps = berth_core::shops::ShopDeps {
-        store: durable.store.clone(),
-        inbox: durable.inbox.clone(),
-        ledger: durable.ledger.clone(),
-        sync: cfg.sync.clone(),
-        stock_batch_size: cfg.stock.batch_size,
-        error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
-        health: health.clone(),
-        budgets: Default::default(),
-        services: services.clone(),
-    };
-    let shops = Arc::new(ShopSet::new(deps, shutdown));
+    let shops = Arc::new(ShopSet::new(shop_deps(cfg, durable, services, health), shutdown));
     health.set_holds(Arc::downgrade(&shops) as std::sync::Weak<dyn berth_core::health::HoldSource>);
     let connectors = registry.slots();
     let (all, problems) = onboarding.with_onboarded(&cfg.shops);
@@ -360,6 +391,49 @@ fn start_shops(
     Ok(shops)
 }
 
+/// Cluster mode: every configured shop is the cluster's; this node runs those whose lease
+/// it takes (the lease loop starts and stops them) and takes the ERP's calls and webhooks
+/// for all. A stock change reaching this node's copy of the ledger wakes the shop's
+/// pusher if it runs here.
+fn start_cluster_shops(
+    cfg: &Config,
+    durable: &Durable,
+    services: &Arc<HostServices>,
+    registry: &Arc<berth_core::registry::ConnectorRegistry>,
+    health: &Arc<berth_core::health::HealthBook>,
+    node: &crate::cluster::Node,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<berth_core::shops::cluster::ClusterShops>) {
+    let set = Arc::new(ShopSet::new(shop_deps(cfg, durable, services, health), shutdown.clone()));
+    health.set_holds(Arc::downgrade(&set) as std::sync::Weak<dyn berth_core::health::HoldSource>);
+    let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), cfg.shops.clone());
+    if let Some(stock) = durable.ledger.cluster() {
+        let woken = Arc::downgrade(&set);
+        stock.on_change(Arc::new(move |shop: &str| {
+            if let Some(set) = woken.upgrade() {
+                set.wake_pusher(shop);
+            }
+        }));
+    }
+    registry.set_shops(set.by_connector());
+    let leases = tokio::spawn(node.leases.clone().run(cluster_shops.clone(), shutdown));
+    (set, leases, cluster_shops)
+}
+
+fn shop_deps(cfg: &Config, durable: &Durable, services: &Arc<HostServices>, health: &Arc<berth_core::health::HealthBook>) -> berth_core::shops::ShopDeps {
+    berth_core::shops::ShopDeps {
+        store: durable.store.clone(),
+        inbox: durable.inbox.clone(),
+        ledger: durable.ledger.clone(),
+        sync: cfg.sync.clone(),
+        stock_batch_size: cfg.stock.batch_size,
+        error_pause: std::time::Duration::from_secs(cfg.sync.error_pause_secs),
+        health: health.clone(),
+        budgets: Default::default(),
+        services: services.clone(),
+    }
+}
+
 /// What the API's routes read and change.
 struct Routed<'a> {
     durable: &'a Durable,
@@ -374,6 +448,7 @@ struct Routed<'a> {
     metrics: &'a crate::metrics::AllMetrics,
     credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
     onboarding: Arc<berth_core::onboarding::Onboarding>,
+    cluster: Option<Arc<berth_cluster::Leases>>,
 }
 
 /// The whole API: ERP, status and admin routes behind the one auth gate.
@@ -414,6 +489,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
         credentials: r.credentials,
+        cluster: r.cluster,
     });
     api::router(state, gate, cfg.server.metrics_public).merge(admin)
 }
@@ -437,12 +513,17 @@ impl Running {
     /// Stop workers and the API, then flush storage.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Cluster mode: the lease loop stops this node's shops, then releases their
+        // leases, so the other nodes take them over at once.
+        if let Some(leases) = self.leases {
+            let _ = leases.await;
+        }
         self.shops.join_all().await;
         for w in self.workers {
             let _ = w.await;
         }
         let _ = self.server.await;
-        if let Err(e) = self.store.storage().barrier().await {
+        if let Err(e) = self.storage.barrier().await {
             tracing::error!(error = %e, "final sync failed");
         }
     }

@@ -75,12 +75,12 @@ async fn a_sled_data_dir_migrates_with_nothing_lost_or_reordered() {
     assert_eq!(feed, want_feed, "the feed, every entry in its place");
     assert_eq!(orders.feed_len(), 81);
     for r in &feed {
-        assert!(!orders.is_new(&r.shop, &r.order).unwrap(), "seq {} would be queued again", r.seq);
+        assert!(!orders.is_new(&r.shop, &r.order).await.unwrap(), "seq {} would be queued again", r.seq);
     }
     for (shop, v) in &want["sync_state"] {
         let shop = String::from_utf8(shop.clone()).unwrap();
         let st: SyncState = serde_json::from_slice(v).unwrap();
-        assert_eq!(orders.sync_state(&shop).unwrap(), st, "sync position of {shop}");
+        assert_eq!(orders.sync_state(&shop).await.unwrap(), st, "sync position of {shop}");
     }
 
     // The order queue.

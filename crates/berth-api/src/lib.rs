@@ -74,6 +74,8 @@ pub struct ApiState {
     pub metrics: Arc<berth_ops::metrics::Metrics>,
     /// The credentials berth renews for shops (`[credentials]` with a key).
     pub credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
+    /// Cluster mode: this node's lease loop (`GET /v1/cluster`).
+    pub cluster: Option<Arc<berth_cluster::Leases>>,
 }
 
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
@@ -114,7 +116,8 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
         .route("/v1/alerts", get(alerts))
         .route("/v1/status", get(status::get_status))
         .route("/v1/connectors", get(list_connectors))
-        .route("/v1/platforms", get(list_platforms));
+        .route("/v1/platforms", get(list_platforms))
+        .route("/v1/cluster", get(cluster_info));
     let mut public = Router::new()
         .route("/", get(index))
         .route("/dashboard", get(status::dashboard))
@@ -210,7 +213,7 @@ async fn list_orders(
         // One shop asked for, or the caller's shops when its token is scoped, or all.
         let wanted = |s: &str| q.shop.as_deref().is_none_or(|want| want == s) && caller.sees(s);
         let filter: Option<&dyn Fn(&str) -> bool> = (q.shop.is_some() || caller.scope.is_some()).then_some(&wanted);
-        let read = store.scan(q.after, limit, max_bytes, filter, |entry| {
+        let read = store.scan(q.after, limit, max_bytes, filter, q.shop.as_deref(), |entry| {
             if !std::mem::take(&mut first) && tx.blocking_send(Ok(bytes::Bytes::from_static(b","))).is_err() {
                 return false;
             }
@@ -229,17 +232,11 @@ async fn list_orders(
     streamed(rx)
 }
 
-#[derive(Serialize)]
-struct FeedInfo {
-    entries: usize,
-    committed_seq: u64,
-    /// Readers see entries up to here: flushed to disk.
-    durable_seq: u64,
-}
-
-async fn feed_info(State(st): State<Arc<ApiState>>) -> Json<FeedInfo> {
-    let (committed_seq, durable_seq) = st.store.sequences();
-    Json(FeedInfo { entries: st.store.feed_len(), committed_seq, durable_seq })
+async fn feed_info(State(st): State<Arc<ApiState>>) -> Response {
+    match st.store.feed_info().await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => storage_error(&e),
+    }
 }
 
 /// 404 for a shop that is not configured or that the caller's token does not see; the
@@ -272,6 +269,7 @@ pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Res
 fn queue_error(e: QueueError) -> Response {
     match e {
         QueueError::Store(e) => storage_error(&e),
+        QueueError::Unsupported(why) => error(StatusCode::NOT_IMPLEMENTED, why),
         e => {
             tracing::error!(error = %e, "order queue failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -290,6 +288,7 @@ pub(crate) fn storage_error(e: &berth_core::store::StoreError) -> Response {
     let (status, retry) = match e {
         StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } => (StatusCode::INSUFFICIENT_STORAGE, Some(NO_SPACE_RETRY_SECS)),
         StoreError::Failed(_) | StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, None),
+        StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
     // The store logs a full disk itself, once a minute; a line per refused request
@@ -712,6 +711,69 @@ struct PlatformView {
     retry_pull: berth_types::retry::RetryPolicy,
     retry_push: berth_types::retry::RetryPolicy,
     standby: Option<berth_capabilities::standby::ChannelStatus>,
+}
+
+/// `GET /v1/cluster`: the nodes, which shops each runs, this node's leases and how
+/// current its view is.
+#[derive(Serialize)]
+struct ClusterInfo {
+    /// The node answering.
+    node: String,
+    /// Live nodes, from their heartbeats.
+    nodes: Vec<ClusterNode>,
+    /// Shops whose lease is released or not taken yet (a handover under way).
+    unowned: Vec<String>,
+    /// This node's leases and the revision each fences its writes with.
+    held: Vec<berth_cluster::lease::HeldLease>,
+    /// How old this node's last acknowledged heartbeat is (its lag behind the cluster).
+    heartbeat_age_ms: Option<u64>,
+    /// True while this node is cut off and has stopped its shops.
+    fenced_off: bool,
+    last_round_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ClusterNode {
+    node: String,
+    started_ms: i64,
+    /// The shops whose lease names it.
+    shops: Vec<String>,
+}
+
+async fn cluster_info(State(st): State<Arc<ApiState>>) -> Response {
+    let Some(leases) = &st.cluster else {
+        return error(StatusCode::NOT_FOUND, "berth runs single-node: [cluster] is not set (docs/cluster.md)".to_string());
+    };
+    let view = leases.view();
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut unowned = Vec::new();
+    let served: std::collections::BTreeSet<String> = st.shops.names().into_iter().collect();
+    for (shop, owner) in leases.owners().into_iter().filter(|(shop, _)| served.contains(shop)) {
+        match owner {
+            Some(node) => by_node.entry(node).or_default().push(shop),
+            None => unowned.push(shop),
+        }
+    }
+    let leased: std::collections::BTreeSet<&String> = by_node.values().flatten().chain(unowned.iter()).collect();
+    let never: Vec<String> = served.iter().filter(|s| !leased.contains(s)).cloned().collect();
+    let nodes = view
+        .live_nodes
+        .iter()
+        .map(|n| ClusterNode { node: n.node.clone(), started_ms: n.started_ms, shops: by_node.remove(&n.node).unwrap_or_default() })
+        .collect();
+    // Leases naming a node that is gone: free for the others to take.
+    unowned.extend(by_node.into_values().flatten().chain(never));
+    unowned.sort();
+    Json(ClusterInfo {
+        node: view.node,
+        nodes,
+        unowned,
+        held: view.held,
+        heartbeat_age_ms: view.heartbeat_age_ms,
+        fenced_off: view.fenced_off,
+        last_round_ms: view.last_round_ms,
+    })
+    .into_response()
 }
 
 async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String, PlatformView>> {

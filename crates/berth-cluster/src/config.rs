@@ -67,6 +67,11 @@ pub struct ClusterConfig {
     /// can share one NATS account.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// How long the ERP's lease of an order lasts before it is delivered again. In cluster
+    /// mode one setting for every lease (the order queue's ack wait), whatever visibility
+    /// a lease asks for; an extension renews it whole.
+    #[serde(default = "default_erp_lease_secs")]
+    pub erp_lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +96,9 @@ fn default_lease_ttl_secs() -> u64 {
 fn default_prefix() -> String {
     "berth".into()
 }
+fn default_erp_lease_secs() -> u64 {
+    60
+}
 
 impl ClusterConfig {
     /// `node` on the servers at `nats`, everything else at its default: 3 replicas,
@@ -109,6 +117,7 @@ impl ClusterConfig {
             monitor: Vec::new(),
             lease_ttl_secs: default_lease_ttl_secs(),
             prefix: default_prefix(),
+            erp_lease_secs: default_erp_lease_secs(),
         }
     }
 
@@ -153,6 +162,9 @@ impl ClusterConfig {
         }
         if !(3..=600).contains(&self.lease_ttl_secs) {
             return Err(format!("[cluster] lease_ttl_secs = {}: between 3 and 600", self.lease_ttl_secs));
+        }
+        if !(1..=86_400).contains(&self.erp_lease_secs) {
+            return Err(format!("[cluster] erp_lease_secs = {}: between 1 and 86400", self.erp_lease_secs));
         }
         let auth = [self.creds_file.is_some(), self.user.is_some() || self.password.is_some(), self.token.is_some()];
         if auth.iter().filter(|a| **a).count() > 1 {

@@ -80,46 +80,106 @@ fn is_newer(stored: Option<&[u8]>, updated: i64, digest: &[u8; 32]) -> bool {
 /// one fenced atomic batch. Versions the feed has (or that repeat within the page) are
 /// counted as duplicates and not written.
 pub async fn append_page(conn: &Connection, fence: &Fence, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
-    let shop = &fence.shop;
-    if entries.len() * 2 + 1 > fenced::MAX_BATCH {
-        return Err(ClusterError::Nats(format!("a page of {} orders is more than one atomic batch holds ({})", entries.len(), (fenced::MAX_BATCH - 1) / 2)));
+    append(conn, &fence.shop, Some(fence), entries, position).await
+}
+
+/// Append the new versions among `entries` from a node that does not run `shop` (a
+/// webhook may arrive at any node): not fenced, and no position. Every version is
+/// decided on the `latest.*` keys as read and written only if none of them changed
+/// since (compare-and-set), so two nodes taking the same version at once queue it once.
+pub async fn append_pushed(conn: &Connection, shop: &str, entries: &[FeedEntry]) -> Result<Appended, ClusterError> {
+    append(conn, shop, None, entries, None).await
+}
+
+/// Times a page is decided again after another node wrote one of its orders first.
+const APPEND_ATTEMPTS: usize = 10;
+
+async fn append(conn: &Connection, shop: &str, fence: Option<&Fence>, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
+    if entries.len() * 2 + 2 > fenced::MAX_BATCH {
+        return Err(ClusterError::Nats(format!("a page of {} orders is more than one atomic batch holds ({})", entries.len(), (fenced::MAX_BATCH - 2) / 2)));
     }
-    // What the feed holds for each order of the page, read from the leader (this node's
-    // own last page must count), all at once: one round trip's wait, not one per order.
     let mut orders: Vec<&str> = entries.iter().map(|e| e.order_id.as_str()).collect();
     orders.sort_unstable();
     orders.dedup();
     let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
-    let reads = futures_util::future::join_all(keys.iter().map(|k| conn.latest_shop_key(k))).await;
-    let mut stored_by_order: HashMap<&str, Option<Bytes>> = HashMap::new();
-    for (o, r) in orders.into_iter().zip(reads) {
-        stored_by_order.insert(o, r?.and_then(|l| l.value));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // What the feed holds for each order of the page, read from the leader (this
+        // node's own last page must count), all at once.
+        let stored = crate::mirror::read_latest(conn, &keys).await?;
+        let stored_by_order: HashMap<&str, &(u64, Option<Bytes>)> = orders.iter().copied().zip(stored.iter()).collect();
+        let (writes, out) = decide(shop, entries, &stored_by_order, position.clone());
+        if writes.is_empty() {
+            return Ok(out);
+        }
+        match fenced::write_all(conn, fence, writes).await {
+            Ok(last) => return Ok(Appended { last_seq: Some(last), ..out }),
+            Err(ClusterError::Conflict(_)) if attempt < APPEND_ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// The writes that add the new versions of a page: each version's `feed.*` key, and
+/// each order's `latest.*` key expecting the revision it was decided on.
+fn decide(shop: &str, entries: &[FeedEntry], stored: &HashMap<&str, &(u64, Option<Bytes>)>, position: Option<Bytes>) -> (Vec<fenced::Write>, Appended) {
+    use fenced::{Expect, Write};
     let mut newest: HashMap<&str, (i64, [u8; 32])> = HashMap::new();
-    let mut items = Vec::new();
+    let mut writes = Vec::new();
     let mut out = Appended::default();
     for e in entries {
-        let stored = match newest.get(e.order_id.as_str()) {
+        let known = match newest.get(e.order_id.as_str()) {
             Some((at, d)) => Some(latest_value(*at, d)),
-            None => stored_by_order.get(e.order_id.as_str()).cloned().flatten(),
+            None => stored.get(e.order_id.as_str()).and_then(|(_, v)| v.clone()),
         };
-        if !is_newer(stored.as_deref(), e.updated_at_ms, &e.digest) {
+        if !is_newer(known.as_deref(), e.updated_at_ms, &e.digest) {
             out.duplicates += 1;
             continue;
         }
         newest.insert(&e.order_id, (e.updated_at_ms, e.digest));
-        items.push((version_key(shop, e), e.record.clone()));
-        items.push((latest_key(shop, &e.order_id), latest_value(e.updated_at_ms, &e.digest)));
+        writes.push(Write::put(version_key(shop, e), e.record.clone()));
         out.added += 1;
     }
+    // One write per order's `latest.*` key (the newest version of the page), expecting
+    // the revision read: a batch may not write a key twice with expectations.
+    for (order, (at, digest)) in newest {
+        let revision = stored.get(order).map_or(0, |(r, _)| *r);
+        let expect = if revision == 0 { Expect::Absent } else { Expect::Revision(revision) };
+        writes.push(Write { key: latest_key(shop, order), value: latest_value(at, &digest), expect });
+    }
     if let Some(position) = position {
-        items.push((fenced::state_key(shop, "position"), position));
+        writes.push(Write::put(fenced::state_key(shop, "position"), position));
     }
-    if items.is_empty() {
-        return Ok(out);
-    }
-    out.last_seq = Some(fenced::put_all(conn, fence, items).await?);
-    Ok(out)
+    (writes, out)
+}
+
+/// Which of `entries` are versions the feed does not hold for `shop` (read from the
+/// leader; a repeat within `entries` counts once).
+pub async fn fresh(conn: &Connection, shop: &str, entries: &[(&str, i64, [u8; 32])]) -> Result<Vec<bool>, ClusterError> {
+    let mut orders: Vec<&str> = entries.iter().map(|e| e.0).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
+    let stored = crate::mirror::read_latest(conn, &keys).await?;
+    let mut known: HashMap<&str, Option<Bytes>> = orders.into_iter().zip(stored.into_iter().map(|(_, v)| v)).collect();
+    Ok(entries
+        .iter()
+        .map(|(order, at, digest)| {
+            let slot = known.entry(order).or_default();
+            let new = is_newer(slot.as_deref(), *at, digest);
+            if new {
+                *slot = Some(latest_value(*at, digest));
+            }
+            new
+        })
+        .collect())
+}
+
+/// The newest sequence of the shops stream (every write, not only the feed's).
+pub async fn last_sequence(conn: &Connection) -> Result<u64, ClusterError> {
+    let mut stream = conn.shops_stream().clone();
+    Ok(stream.info().await.map_err(ClusterError::nats)?.state.last_sequence)
 }
 
 /// The shop's pull position as last appended.
@@ -186,6 +246,9 @@ pub struct LeasedRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadRecord {
     pub seq: u64,
+    /// The order's shop.
+    #[serde(default)]
+    pub shop: String,
     pub attempts: u32,
     pub reason: String,
     pub at_ms: i64,
@@ -203,9 +266,10 @@ impl OrderQueue {
     /// Open (or create) the durable consumer `name` on the feed.
     pub async fn open(conn: &Connection, name: &str, settings: QueueSettings) -> Result<OrderQueue, ClusterError> {
         let stream = conn.shops_stream();
+        // Created, or updated to these settings (a node started with another
+        // `erp_lease_secs` sets it for all).
         let consumer = stream
-            .get_or_create_consumer(
-                name,
+            .create_consumer(
                 pull::Config {
                     durable_name: Some(name.to_string()),
                     filter_subject: format!("$KV.{}.feed.>", conn.names.shops),
@@ -244,7 +308,8 @@ impl OrderQueue {
             };
             if delivered > self.settings.max_attempts {
                 // Its last lease ran out without an ack or a nack.
-                self.bury(seq, delivered - 1, "the lease expired without an ack").await?;
+                let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
+                self.bury(seq, shop, delivered - 1, "the lease expired without an ack").await?;
                 msg.ack_with(AckKind::Term).await.map_err(ClusterError::nats)?;
                 continue;
             }
@@ -303,7 +368,9 @@ impl OrderQueue {
     pub async fn nack(&self, token: &QueueToken, delay: Duration, reason: &str) -> Result<(), ClusterError> {
         let (_, delivered) = self.ack_subject(token)?;
         if delivered >= self.settings.max_attempts {
-            self.bury(token.id, delivered, reason).await?;
+            let msg = self.conn.shops_stream().get_raw_message(token.id).await.map_err(ClusterError::nats)?;
+            let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
+            self.bury(token.id, shop, delivered, reason).await?;
             return self.send_ack(token, AckKind::Term).await;
         }
         self.send_ack(token, AckKind::Nak(Some(delay))).await
@@ -314,8 +381,8 @@ impl OrderQueue {
         self.send_ack(token, AckKind::Progress).await
     }
 
-    async fn bury(&self, seq: u64, attempts: u32, reason: &str) -> Result<(), ClusterError> {
-        let record = DeadRecord { seq, attempts, reason: reason.chars().take(500).collect(), at_ms: berth_types::clock::now_ms() };
+    async fn bury(&self, seq: u64, shop: String, attempts: u32, reason: &str) -> Result<(), ClusterError> {
+        let record = DeadRecord { seq, shop, attempts, reason: reason.chars().take(500).collect(), at_ms: berth_types::clock::now_ms() };
         let key = format!("dead.{}.{seq}", self.name);
         // Two nodes may see the same expiry: the first record stands.
         match self.conn.shops.create(&key, serde_json::to_vec(&record).unwrap_or_default().into()).await {
@@ -335,6 +402,45 @@ impl OrderQueue {
         out.sort_by_key(|d| d.seq);
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// How long a lease lasts (the consumer's ack wait; an extension renews it whole).
+    pub fn visibility(&self) -> Duration {
+        self.settings.visibility
+    }
+
+    /// Put dead letters back in the queue: each dead order's record is appended again
+    /// under its version's key with `.r<seq>` (a new message of the feed, delivered like
+    /// any other), then the dead letter is dropped. Returns how many were replayed (ids
+    /// that are not dead letters are skipped).
+    pub async fn replay(&self, ids: &[u64]) -> Result<usize, ClusterError> {
+        let mut done = 0;
+        for &seq in ids {
+            let key = format!("dead.{}.{seq}", self.name);
+            if self.conn.latest_shop_key(&key).await?.and_then(|l| l.value).is_none_or(|v| v.is_empty()) {
+                continue;
+            }
+            let msg = self.conn.shops_stream().get_raw_message(seq).await.map_err(ClusterError::nats)?;
+            let base = msg.subject.split('.').take(7).collect::<Vec<_>>().join(".");
+            self.conn.js.publish(format!("{base}.r{seq}"), msg.payload).await.map_err(ClusterError::nats)?.await.map_err(ClusterError::nats)?;
+            self.conn.shops.delete(&key).await.map_err(ClusterError::nats)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Drop dead letters for good. Returns how many there were.
+    pub async fn purge(&self, ids: &[u64]) -> Result<usize, ClusterError> {
+        let mut done = 0;
+        for &seq in ids {
+            let key = format!("dead.{}.{seq}", self.name);
+            if self.conn.latest_shop_key(&key).await?.and_then(|l| l.value).is_none_or(|v| v.is_empty()) {
+                continue;
+            }
+            self.conn.shops.delete(&key).await.map_err(ClusterError::nats)?;
+            done += 1;
+        }
+        Ok(done)
     }
 
     /// Orders waiting and orders leased, as the server counts them.

@@ -147,6 +147,8 @@ pub struct Leases {
     rounds: std::sync::atomic::AtomicU32,
     view: Mutex<LeaseView>,
     wake: Notify,
+    /// The watched copy of the leases, once the loop has loaded it.
+    copy: std::sync::OnceLock<Arc<Owners>>,
 }
 
 impl Leases {
@@ -167,6 +169,7 @@ impl Leases {
             // and for a stop that takes a moment.
             margin: (ttl / 5).max(Duration::from_millis(500)),
             wake: Notify::new(),
+            copy: std::sync::OnceLock::new(),
         })
     }
 
@@ -191,6 +194,19 @@ impl Leases {
         !beat.lapsed && beat.last_ack.is_some_and(|t| t + self.ttl > Instant::now() + self.margin)
     }
 
+    /// Every shop's lease holder as this node's copy has it (`None`: released); empty
+    /// until the loop has loaded the copy.
+    pub fn owners(&self) -> BTreeMap<String, Option<String>> {
+        let mut out = BTreeMap::new();
+        if let Some(copy) = self.copy.get() {
+            copy.walk("owner.", "owner.", |key, rec| {
+                out.insert(key.trim_start_matches("owner.").to_string(), rec.node.clone());
+                true
+            });
+        }
+        out
+    }
+
     pub fn view(&self) -> LeaseView {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -208,7 +224,7 @@ impl Leases {
         let mut shops = self.shops.clone();
         let owners = loop {
             match Owners::open(&self.conn, "owner.", Box::new(|_, _, _| {})).await {
-                Ok(owners) => break owners,
+                Ok(owners) => break Arc::new(owners),
                 Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot read the cluster's leases yet; retrying"),
             }
             tokio::select! {
@@ -219,6 +235,7 @@ impl Leases {
                 return;
             }
         };
+        let _ = self.copy.set(owners.clone());
         // The moment this node must have stopped its shops unless a heartbeat lands.
         let deadline = || self.beat.lock().unwrap_or_else(|p| p.into_inner()).last_ack.map(|t| t + self.ttl - self.margin);
         loop {

@@ -26,4 +26,4 @@ pub mod rendezvous;
 pub use config::{ClusterConfig, Durability};
 pub use connect::{connect, Connection};
 pub use error::ClusterError;
-pub use lease::{Fence, Leases, ShopWorkers};
+pub use lease::{Fence, FenceSource, Leases, ShopWorkers};

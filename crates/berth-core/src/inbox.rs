@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cluster;
+
 pub const ORDERS_QUEUE: &str = "orders";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -25,10 +27,11 @@ pub struct QueuedOrder {
 
 impl QueuedOrder {
     /// The versions among `orders` the store has not seen, as they are queued for the ERP.
-    pub fn new_versions(src: &PageSource<'_>, orders: &[OrderData], store: &OrderStore) -> Result<Vec<QueuedOrder>, StoreError> {
+    pub async fn new_versions(src: &PageSource<'_>, orders: &[OrderData], store: &OrderStore) -> Result<Vec<QueuedOrder>, StoreError> {
         let mut fresh = Vec::new();
-        for o in orders {
-            if store.is_new(src.shop, o)? {
+        let new = store.fresh(src.shop, orders).await?;
+        for (o, new) in orders.iter().zip(new) {
+            if new {
                 fresh.push(QueuedOrder {
                     shop: src.shop.to_string(),
                     platform: src.platform.to_string(),
@@ -68,18 +71,32 @@ pub fn lease_json(comma: bool, lease: crate::queue::Leased) -> Vec<bytes::Bytes>
     }
 }
 
+/// The ERP's order queue: the embedded store's lease queue, or (cluster mode) a durable
+/// consumer of the cluster's order feed ([`cluster`]).
 #[derive(Clone)]
 pub struct OrderInbox {
     queue: Arc<StoreQueues>,
+    cluster: Option<Arc<cluster::ClusterInbox>>,
 }
 
 impl OrderInbox {
     pub fn new(queue: Arc<StoreQueues>) -> Self {
-        OrderInbox { queue }
+        OrderInbox { queue, cluster: None }
+    }
+
+    /// Cluster mode: leases, acks and dead letters on `queue` (a consumer of the feed);
+    /// `local` is the node's embedded queues, which hold no orders then.
+    pub fn cluster(local: Arc<StoreQueues>, queue: berth_cluster::feed::OrderQueue) -> Self {
+        OrderInbox { queue: local, cluster: Some(cluster::ClusterInbox::start(queue)) }
     }
 
     /// Enqueue orders durably in one transaction and one fsync. Returns how many were new.
+    /// In cluster mode the feed is the queue: committing the page queues its new
+    /// versions, and this does nothing.
     pub async fn deliver(&self, orders: Vec<QueuedOrder>) -> Result<usize, QueueError> {
+        if self.cluster.is_some() {
+            return Ok(orders.len());
+        }
         let msgs = orders
             .iter()
             .map(|o| NewMessage {
@@ -99,8 +116,7 @@ impl OrderInbox {
 
     /// Lease at most `max` orders and `max_bytes` of them (at least one).
     pub async fn lease_within(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<LeasedOrder>, QueueError> {
-        self.queue
-            .lease_within(ORDERS_QUEUE, max, max_bytes, visibility)
+        self.lease_raw(max, max_bytes, visibility)
             .await?
             .into_iter()
             .map(|l| {
@@ -114,66 +130,112 @@ impl OrderInbox {
     /// Lease orders as queued (each payload a [`QueuedOrder`]'s JSON, not parsed), at
     /// most `max` and `max_bytes` of them (at least one).
     pub async fn lease_raw(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.lease(max, max_bytes).await;
+        }
         self.queue.lease_within(ORDERS_QUEUE, max, max_bytes, visibility).await
     }
 
     /// `lease_raw` from these shops' partitions only (a tenant's lease; see
     /// [`StoreQueues::lease_partitions`]).
     pub async fn lease_raw_from(&self, shops: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
+        if self.cluster.is_some() {
+            return Err(cluster::tenant_unsupported());
+        }
         self.queue.lease_partitions(ORDERS_QUEUE, shops, max, max_bytes, visibility).await
     }
 
     /// The shop of a queued order (`None` when it is not queued).
     pub fn shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
+        if self.cluster.is_some() {
+            return Err(cluster::tenant_unsupported());
+        }
         self.queue.partition_of(ORDERS_QUEUE, id)
     }
 
     /// The shop of a dead-lettered order (`None` when there is no such dead letter).
     pub fn dead_shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
+        if self.cluster.is_some() {
+            return Err(cluster::tenant_unsupported());
+        }
         self.queue.dead_partition_of(ORDERS_QUEUE, id)
     }
 
     pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.ack(token).await;
+        }
         self.queue.ack(ORDERS_QUEUE, token).await
     }
 
     /// Ack a batch with one wait for durability (see [`LeaseQueue::ack_many`]).
     pub async fn ack_many(&self, tokens: &[LeaseToken]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        if let Some(c) = &self.cluster {
+            return Ok(c.ack_many(tokens).await);
+        }
         self.queue.ack_many(ORDERS_QUEUE, tokens).await
     }
 
     /// Keep a lease `visibility` more from now; the new expiry.
     pub async fn extend(&self, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.extend(token).await;
+        }
         self.queue.extend(ORDERS_QUEUE, token, visibility).await
     }
 
     pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.nack(token, delay, reason).await;
+        }
         self.queue.nack(ORDERS_QUEUE, token, delay, reason).await
     }
 
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.stats();
+        }
         self.queue.stats(ORDERS_QUEUE)
     }
 
     pub async fn replay(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.replay(ids).await;
+        }
         self.queue.replay(ORDERS_QUEUE, ids).await
     }
 
     pub async fn purge(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.purge(ids).await;
+        }
         self.queue.purge(ORDERS_QUEUE, ids).await
     }
 
+    /// Per shop (cluster mode: not counted yet, an empty map; the totals are in
+    /// [`OrderInbox::stats`]).
     pub fn partition_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
+        if self.cluster.is_some() {
+            return Ok(std::collections::BTreeMap::new());
+        }
         self.queue.partition_stats(ORDERS_QUEUE)
     }
 
     /// Forget idempotency keys older than `ttl` (the order store still drops versions it
     /// has seen, so an old page re-read later is not queued again).
     pub async fn expire_keys(&self, ttl: Duration) -> Result<usize, QueueError> {
+        // Cluster mode keys versions by the feed's `latest.*` records, not by keys that
+        // expire: nothing to forget.
+        if self.cluster.is_some() {
+            return Ok(0);
+        }
         self.queue.expire_idempotency_keys(ORDERS_QUEUE, ttl).await
     }
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        if let Some(c) = &self.cluster {
+            return Ok(c.dead_letters(limit));
+        }
         self.queue.dead_letters(ORDERS_QUEUE, limit)
     }
 }

@@ -77,7 +77,7 @@ pub async fn accept_orders(
     store: &OrderStore,
     intake: Option<&crate::sync::Intake<'_>>,
 ) -> Result<PageOutcome, crate::sync::PageError> {
-    let fresh = QueuedOrder::new_versions(src, orders, store)?;
+    let fresh = QueuedOrder::new_versions(src, orders, store).await?;
     if let Some(i) = intake {
         i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, berth_types::clock::now_ms()).map_err(crate::sync::PageError::Held)?;
     }

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
+pub mod cluster;
+
 /// What every shop's workers share.
 pub struct ShopDeps {
     pub store: Arc<OrderStore>,
@@ -48,8 +50,19 @@ struct RunningShop {
 pub struct ShopSet {
     deps: ShopDeps,
     shops: RwLock<BTreeMap<String, RunningShop>>,
+    /// Cluster mode: the cluster's shops another node runs. This node takes their ERP
+    /// calls (stock posts, webhooks) and writes what any node may write; their pulls and
+    /// pushes run on the node holding their lease.
+    elsewhere: RwLock<BTreeMap<String, RemoteShop>>,
     /// berth's own shutdown: stops every shop.
     shutdown: watch::Receiver<bool>,
+}
+
+/// A shop of the cluster run by another node.
+struct RemoteShop {
+    connector: String,
+    webhook: Arc<WebhookShop>,
+    stock: StockShop,
 }
 
 /// Why a shop was not started.
@@ -73,7 +86,7 @@ pub enum Put {
 /// Settings compared as written (secrets included, never printed).
 impl ShopSet {
     pub fn new(deps: ShopDeps, shutdown: watch::Receiver<bool>) -> Self {
-        ShopSet { deps, shops: RwLock::default(), shutdown }
+        ShopSet { deps, shops: RwLock::default(), elsewhere: RwLock::default(), shutdown }
     }
 
     /// Check a shop against its connector's manifest (required keys; the tokens of a shop
@@ -165,7 +178,50 @@ impl ShopSet {
             tasks,
         };
         self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), running);
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
         Ok(())
+    }
+
+    /// Cluster mode: `shop` is one of the cluster's, run by another node (or by none at
+    /// the moment). Its webhooks and stock posts are taken here; nothing of it runs here.
+    pub fn run_elsewhere(&self, shop: &str, sc: &ShopConfig, slot: Arc<ConnectorSlot>) {
+        let d = &self.deps;
+        let inventory = slot.current().offers(Capability::Inventory);
+        let remote = RemoteShop {
+            connector: sc.connector.clone(),
+            webhook: Arc::new(WebhookShop {
+                running: Arc::new(tokio::sync::Semaphore::new(slot.current().limits.max_webhook_calls_per_shop)),
+                connector: slot,
+                config: Arc::new(sc.clone()),
+                // The shop's puller runs on its owner, on its own timer.
+                wake_sync: Arc::new(tokio::sync::Notify::new()),
+                budgets: d.budgets.clone(),
+            }),
+            stock: StockShop {
+                connector: sc.connector.clone(),
+                // The owner's pusher is woken by the change reaching its copy of the ledger.
+                pusher: inventory.then(|| (Arc::new(tokio::sync::Notify::new()), Arc::new(Mutex::new(Default::default())))),
+            },
+        };
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), remote);
+    }
+
+    /// Cluster mode: `shop` is no longer one of the cluster's.
+    pub fn forget_elsewhere(&self, shop: &str) {
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+    }
+
+    /// Whether this node runs `shop`'s workers.
+    pub fn runs(&self, shop: &str) -> bool {
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).contains_key(shop)
+    }
+
+    /// Wake the running shop's pusher (cluster mode: a stock change made on another node
+    /// reached this node's copy of the ledger).
+    pub fn wake_pusher(&self, shop: &str) {
+        if let Some((wake, _)) = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).and_then(|r| r.stock.pusher.as_ref()) {
+            wake.notify_one();
+        }
     }
 
     /// Stop a shop's workers and wait for them (a call in flight finishes first).
@@ -192,7 +248,7 @@ impl ShopSet {
     /// changed, one line per shop.
     pub async fn apply(&self, shops: &BTreeMap<String, ShopConfig>, slot: impl Fn(&str) -> Option<Arc<ConnectorSlot>>) -> Vec<String> {
         let mut changes = Vec::new();
-        let running: Vec<String> = self.names();
+        let running: Vec<String> = self.shops.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         for name in running.iter().filter(|n| !shops.contains_key(*n)) {
             self.stop(name).await;
             changes.push(format!("shop `{name}` removed and stopped"));
@@ -246,25 +302,38 @@ impl ShopSet {
             .collect()
     }
 
+    fn remote(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RemoteShop>> {
+        self.elsewhere.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shop's webhook target, whether it runs here or (cluster mode) elsewhere.
     pub fn webhook(&self, shop: &str) -> Option<Arc<WebhookShop>> {
-        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.webhook.clone())
+        let running = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.webhook.clone());
+        running.or_else(|| self.remote().get(shop).map(|r| r.webhook.clone()))
     }
 
     pub fn stock(&self, shop: &str) -> Option<StockShop> {
-        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.stock.clone())
+        let running = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.stock.clone());
+        running.or_else(|| self.remote().get(shop).map(|r| r.stock.clone()))
     }
 
-    /// Every shop's stock side, by name.
+    /// Every shop's stock side, by name (cluster mode: the cluster's shops).
     pub fn stock_shops(&self) -> BTreeMap<String, StockShop> {
-        self.shops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, r)| (k.clone(), r.stock.clone())).collect()
+        let mut all: BTreeMap<String, StockShop> = self.remote().iter().map(|(k, r)| (k.clone(), r.stock.clone())).collect();
+        all.extend(self.shops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, r)| (k.clone(), r.stock.clone())));
+        all
     }
 
     pub fn connector_of(&self, shop: &str) -> Option<String> {
-        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.config.connector.clone())
+        let running = self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|r| r.config.connector.clone());
+        running.or_else(|| self.remote().get(shop).map(|r| r.connector.clone()))
     }
 
+    /// The shops berth serves (cluster mode: the cluster's, wherever they run).
     pub fn names(&self) -> Vec<String> {
-        self.shops.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        let mut all: std::collections::BTreeSet<String> = self.remote().keys().cloned().collect();
+        all.extend(self.shops.read().unwrap_or_else(|e| e.into_inner()).keys().cloned());
+        all.into_iter().collect()
     }
 
     /// Each connector's shops.

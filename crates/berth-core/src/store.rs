@@ -24,6 +24,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod cluster;
+
 /// `orders_meta` keys: the feed's entry count and the next sequence number.
 const FEED_LEN: &[u8] = b"feed_len";
 const PROBE: &[u8] = b"probe";
@@ -100,7 +102,8 @@ pub struct PageSource<'a> {
     pub connector_version: &'a str,
 }
 
-pub struct OrderStore {
+/// The order store on the embedded storage core.
+pub struct EmbeddedOrders {
     store: Store,
     latest: Keyspace,
     feed: Keyspace,
@@ -154,7 +157,7 @@ impl OrderData {
     }
 }
 
-impl OrderStore {
+impl EmbeddedOrders {
     /// A store of its own in `path` (tests and tools; berth shares one [`Store`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Store::open(path, berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() })?;
@@ -169,7 +172,7 @@ impl OrderStore {
             None => 0,
         };
         let feed_len = meta.get(FEED_LEN)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-        Ok(OrderStore {
+        Ok(EmbeddedOrders {
             store: store.clone(),
             latest: store.keyspace("orders_latest")?,
             sync: store.keyspace("sync_state")?,
@@ -290,21 +293,6 @@ impl OrderStore {
         Ok(outcome)
     }
 
-    /// Feed entries after `after`, oldest first, optionally for one shop.
-    pub fn list(&self, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut failed = None;
-        self.scan(after, usize::MAX, usize::MAX, None, |v| {
-            match serde_json::from_slice::<OrderRecord>(&v) {
-                Ok(rec) if shop.is_none_or(|s| s == rec.shop) => out.push(rec),
-                Ok(_) => {}
-                Err(e) => failed = Some(StoreError::Corrupt(format!("order feed entry: {e}"))),
-            }
-            failed.is_none() && out.len() < limit
-        })?;
-        failed.map_or(Ok(out), Err)
-    }
-
     /// Walk feed entries after `after` as stored (each an [`OrderRecord`]'s JSON), oldest
     /// first, optionally for one shop, handing each to `each` until `limit` entries or
     /// `max_bytes` of them (at least one) — or `each` says stop. Returns where a reader
@@ -373,6 +361,152 @@ impl OrderStore {
     }
 }
 
+/// Where orders are kept: the embedded store, or (cluster mode) the shops stream of the
+/// NATS cluster ([`cluster`]). Callers see the same rules either way.
+pub enum OrderStore {
+    Embedded(EmbeddedOrders),
+    Cluster(cluster::ClusterOrders),
+}
+
+/// What the order feed holds, for `GET /v1/orders/feed`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedInfo {
+    /// Entries in the feed (`None` in cluster mode: the stream does not count one
+    /// subject family for free).
+    pub entries: Option<usize>,
+    pub committed_seq: u64,
+    /// Readers see entries up to here: flushed to disk (cluster: acknowledged by the
+    /// stream).
+    pub durable_seq: u64,
+}
+
+impl OrderStore {
+    /// A store of its own in `path` (tests and tools; berth shares one [`Store`]).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        EmbeddedOrders::open(path).map(OrderStore::Embedded)
+    }
+
+    pub fn on(store: &Store) -> Result<Self, StoreError> {
+        EmbeddedOrders::on(store).map(OrderStore::Embedded)
+    }
+
+    /// Cluster mode: orders in the cluster's shops stream, a shop's pages written under
+    /// the lease `fences` holds for it.
+    pub fn open_cluster(conn: berth_cluster::Connection, fences: Arc<dyn berth_cluster::FenceSource>) -> Self {
+        OrderStore::Cluster(cluster::ClusterOrders::new(conn, fences))
+    }
+
+    /// The storage core this store writes through (`None` in cluster mode).
+    pub fn storage(&self) -> Option<&Store> {
+        match self {
+            OrderStore::Embedded(e) => Some(e.storage()),
+            OrderStore::Cluster(_) => None,
+        }
+    }
+
+    pub async fn sync_state(&self, shop: &str) -> Result<SyncState, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => e.sync_state(shop),
+            OrderStore::Cluster(c) => c.sync_state(shop).await,
+        }
+    }
+
+    /// Which of `orders` are versions the store has not seen for the shop.
+    pub async fn fresh(&self, shop: &str, orders: &[OrderData]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => orders.iter().map(|o| e.is_new(shop, o)).collect(),
+            OrderStore::Cluster(c) => c.fresh(shop, orders).await,
+        }
+    }
+
+    /// Whether this version of an order is newer than any stored for the shop.
+    pub async fn is_new(&self, shop: &str, order: &OrderData) -> Result<bool, StoreError> {
+        Ok(self.fresh(shop, std::slice::from_ref(order)).await?.first().copied().unwrap_or(false))
+    }
+
+    /// Record a page of orders and the shop's new sync position atomically, durably.
+    pub async fn commit_page(&self, src: &PageSource<'_>, orders: &[OrderData], next: &SyncState) -> Result<PageOutcome, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => e.commit_page(src, orders, next).await,
+            OrderStore::Cluster(c) => c.commit(src, orders, Some(next)).await,
+        }
+    }
+
+    /// Record orders a platform pushed (webhooks): the sync position stays as it is.
+    pub async fn commit_pushed(&self, src: &PageSource<'_>, orders: &[OrderData]) -> Result<PageOutcome, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => e.commit_pushed(src, orders).await,
+            OrderStore::Cluster(c) => c.commit(src, orders, None).await,
+        }
+    }
+
+    /// Feed entries after `after`, oldest first, optionally for one shop (embedded;
+    /// in cluster mode from a blocking thread, as [`OrderStore::scan`]).
+    pub fn list(&self, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        let wanted = |s: &str| shop.is_none_or(|want| want == s);
+        let filter: Option<&dyn Fn(&str) -> bool> = shop.is_some().then_some(&wanted);
+        self.scan(after, limit, usize::MAX, filter, shop, |v| {
+            match serde_json::from_slice::<OrderRecord>(&v) {
+                Ok(rec) => out.push(rec),
+                Err(e) => failed = Some(StoreError::Corrupt(format!("order feed entry: {e}"))),
+            }
+            failed.is_none()
+        })?;
+        failed.map_or(Ok(out), Err)
+    }
+
+    /// Walk feed entries after `after` as stored (each an [`OrderRecord`]'s JSON), oldest
+    /// first, optionally for one shop, handing each to `each` until `limit` entries or
+    /// `max_bytes` of them (at least one) — or `each` says stop. Returns where a reader
+    /// goes on from. `one`: the single shop `shop` admits, when it admits one (the
+    /// cluster reads that shop's entries only). Blocking: in cluster mode it waits for
+    /// the cluster's answers, so call it from a blocking thread (`spawn_blocking`), never
+    /// from async code.
+    pub fn scan(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+        shop: Option<&dyn Fn(&str) -> bool>,
+        one: Option<&str>,
+        each: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<u64, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => e.scan(after, limit, max_bytes, shop, each),
+            OrderStore::Cluster(c) => c.scan(after, limit, max_bytes, shop, one, each),
+        }
+    }
+
+    /// Entries in the feed (embedded store: a counter, the same cost at any size; 0 in
+    /// cluster mode, see [`OrderStore::feed_info`]).
+    pub fn feed_len(&self) -> usize {
+        match self {
+            OrderStore::Embedded(e) => e.feed_len(),
+            OrderStore::Cluster(_) => 0,
+        }
+    }
+
+    pub async fn feed_info(&self) -> Result<FeedInfo, StoreError> {
+        match self {
+            OrderStore::Embedded(e) => {
+                let (committed_seq, durable_seq) = e.sequences();
+                Ok(FeedInfo { entries: Some(e.feed_len()), committed_seq, durable_seq })
+            }
+            OrderStore::Cluster(c) => c.feed_info().await,
+        }
+    }
+
+    /// Write (and sync) a probe, for readiness checks.
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        match self {
+            OrderStore::Embedded(e) => e.probe_writable().await,
+            OrderStore::Cluster(c) => c.probe_writable().await,
+        }
+    }
+}
+
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(key.try_into().map_err(|_| StoreError::Corrupt("order feed key is not a sequence".into()))?))
 }
@@ -415,7 +549,7 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(store.list(all[1].seq, 100, None).unwrap().len(), 1);
         assert_eq!(store.list(0, 100, Some("other")).unwrap().len(), 0);
-        assert_eq!(store.sync_state("acme").unwrap(), st);
+        assert_eq!(store.sync_state("acme").await.unwrap(), st);
     }
 
     #[tokio::test]
@@ -427,13 +561,13 @@ mod tests {
         let shipped = OrderData { status: berth_types::connector::OrderStatus::Shipped, ..paid.clone() };
         let out = store.commit_page(&SRC, std::slice::from_ref(&paid), &st).await.unwrap();
         assert_eq!(out.added, 1);
-        assert!(store.is_new("acme", &shipped).unwrap(), "same second, other content: a new version");
+        assert!(store.is_new("acme", &shipped).await.unwrap(), "same second, other content: a new version");
         let out = store.commit_page(&SRC, &[shipped.clone(), paid.clone()], &st).await.unwrap();
         assert_eq!((out.added, out.duplicates), (2, 0), "shipped, then paid again (it differs from shipped)");
         let out = store.commit_page(&SRC, std::slice::from_ref(&paid), &st).await.unwrap();
         assert_eq!((out.added, out.duplicates), (0, 1), "an exact repeat of the latest is a duplicate");
         let re_read = OrderData { raw: serde_json::json!({"id": "1", "fetched_at": 7}), ..paid.clone() };
-        assert!(!store.is_new("acme", &re_read).unwrap(), "the raw JSON alone does not make a version");
+        assert!(!store.is_new("acme", &re_read).await.unwrap(), "the raw JSON alone does not make a version");
         let statuses: Vec<&str> = store.list(0, 10, None).unwrap().into_iter().map(|r| r.order.status.as_str()).collect();
         assert_eq!(statuses, ["paid", "shipped", "paid"], "in the order they came");
         // An entry from before digests were kept: as new as it is, a repeat (as then).
@@ -488,7 +622,7 @@ mod tests {
         }
         let store = OrderStore::open(dir.path()).unwrap();
         assert_eq!(store.list(0, 10, None).unwrap().len(), 1);
-        assert_eq!(store.sync_state("acme").unwrap().watermark_ms, Some(42));
+        assert_eq!(store.sync_state("acme").await.unwrap().watermark_ms, Some(42));
         let out = store.commit_page(&SRC, &[order("7", 1)], &SyncState::default()).await.unwrap();
         assert_eq!(out.duplicates, 1);
     }

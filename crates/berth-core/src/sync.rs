@@ -242,7 +242,7 @@ impl ShopWorker {
     }
 
     async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, StepError> {
-        let state = self.store.sync_state(&self.shop).map_err(|e| StepError::Pause(e.to_string()))?;
+        let state = self.store.sync_state(&self.shop).await.map_err(|e| StepError::Pause(e.to_string()))?;
         let now = now_ms();
         let Some(window) = self.next_window(conn, &state, now) else {
             return Ok(Next::Idle);
@@ -399,7 +399,7 @@ pub async fn store_page(
     next: &SyncState,
     intake: Option<&Intake<'_>>,
 ) -> Result<PageOutcome, PageError> {
-    let fresh = QueuedOrder::new_versions(src, orders, store)?;
+    let fresh = QueuedOrder::new_versions(src, orders, store).await?;
     if let Some(i) = intake {
         i.budgets.take(src.shop, i.connector, fresh.len(), i.limit, now_ms()).map_err(PageError::Held)?;
     }

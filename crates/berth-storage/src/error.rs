@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A read failed.
     #[error("reading the store failed: {0}")]
     Read(String),
+    /// Cluster mode: the NATS cluster did not take or answer the request now (no
+    /// leader, a node cut off, a lost lease). Nothing was written; retry shortly.
+    #[error("the cluster could not take this now ({0}); nothing was written, retry shortly")]
+    Unavailable(String),
 }
 
 impl StoreError {

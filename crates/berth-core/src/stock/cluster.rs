@@ -70,8 +70,13 @@ pub fn sku_key(shop: &str, sku: &str) -> String {
     format!("stock.{shop}.{}", hex::encode(sku))
 }
 
+/// Told the shop of every change that reaches this node's copy (its own and other
+/// nodes'): the shop's pusher, if it runs here, has work.
+pub type ChangeHook = Arc<std::sync::RwLock<Option<Arc<dyn Fn(&str) + Send + Sync>>>>;
+
 pub struct ClusterStock {
     conn: Connection,
+    hook: ChangeHook,
     mirror: Mirror<SkuCodec>,
     fences: Arc<dyn FenceSource>,
     next_version: AtomicU64,
@@ -81,15 +86,23 @@ pub struct ClusterStock {
 
 impl ClusterStock {
     pub(super) async fn open(conn: &Connection, counts: Counts, fences: Arc<dyn FenceSource>) -> Result<ClusterStock, StockError> {
+        let hook: ChangeHook = Arc::default();
+        let told = hook.clone();
         let on_change = Box::new(move |key: &str, old: Option<&SkuStock>, new: Option<&SkuStock>| {
             let Some(shop) = key.split('.').nth(1) else { return };
-            let mut all = lock(&counts);
-            let shop_counts = all.entry(shop.to_string()).or_default();
-            if let Some(o) = old {
-                shop_counts.count(o, false);
+            {
+                let mut all = lock(&counts);
+                let shop_counts = all.entry(shop.to_string()).or_default();
+                if let Some(o) = old {
+                    shop_counts.count(o, false);
+                }
+                if let Some(n) = new {
+                    shop_counts.count(n, true);
+                }
             }
-            if let Some(n) = new {
-                shop_counts.count(n, true);
+            let hook = told.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(hook) = hook {
+                hook(shop);
             }
         });
         let mirror = Mirror::<SkuCodec>::open(conn, "stock.", on_change).await?;
@@ -98,7 +111,7 @@ impl ClusterStock {
             newest = newest.max(rec.version);
             true
         });
-        Ok(ClusterStock { conn: conn.clone(), mirror, fences, next_version: AtomicU64::new(newest + 1), retries: AtomicU64::new(0) })
+        Ok(ClusterStock { conn: conn.clone(), hook, mirror, fences, next_version: AtomicU64::new(newest + 1), retries: AtomicU64::new(0) })
     }
 
     pub(super) fn get(&self, shop: &str, sku: &str) -> Option<SkuStock> {
@@ -111,6 +124,11 @@ impl ClusterStock {
         let from = after.map_or_else(|| within.clone(), |a| sku_key(shop, a));
         let skip = after.map(|a| sku_key(shop, a));
         self.mirror.walk(&within, &from, |key, rec| skip.as_deref() == Some(key) || take(rec));
+    }
+
+    /// Call `hook` with the shop of every change reaching this node's copy.
+    pub fn on_change(&self, hook: Arc<dyn Fn(&str) + Send + Sync>) {
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// This node's copy of the records (tests wait for it to catch up).

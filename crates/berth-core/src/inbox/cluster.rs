@@ -1,0 +1,171 @@
+//! The ERP's order queue in cluster mode: a durable consumer of the cluster's order feed
+//! (`berth_cluster::feed::OrderQueue`), served by any node. A lease token carries the
+//! delivery's ack subject (`lease`), checked to be this queue's before it is used.
+//!
+//! Differences from the embedded queue, said where they show: a lease lasts the
+//! consumer's ack wait (`expires_at_ms` says when), whatever visibility was asked; an
+//! extension renews it whole; tenant-scoped leases are not offered yet (501); the
+//! queue's counts are read from the server every 2 seconds.
+
+use super::QueuedOrder;
+use crate::queue::{DeadLetter, LeaseToken, Leased, QueueError, QueueStats};
+use crate::store::{OrderRecord, StoreError};
+use berth_cluster::feed::{OrderQueue, QueueToken};
+use berth_cluster::ClusterError;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How long a lease call waits for the first order when none is ready.
+const LEASE_WAIT: Duration = Duration::from_millis(100);
+/// How often the queue's counts are read from the server.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+pub struct ClusterInbox {
+    queue: OrderQueue,
+    levels: Mutex<Levels>,
+}
+
+#[derive(Default)]
+struct Levels {
+    stats: Option<QueueStats>,
+    dead: Vec<DeadLetter>,
+}
+
+pub(crate) fn tenant_unsupported() -> QueueError {
+    QueueError::Unsupported(
+        "a tenant-scoped token cannot lease or settle orders in cluster mode yet (the cluster's order queue is one consumer for all shops); use an \
+         unscoped ERP token"
+            .into(),
+    )
+}
+
+fn unavailable(e: ClusterError) -> QueueError {
+    QueueError::Store(StoreError::Unavailable(e.to_string()))
+}
+
+fn to_queue(token: &LeaseToken) -> QueueToken {
+    QueueToken { id: token.id, ack: token.lease.clone() }
+}
+
+/// An ack, nack or extension failed: a token that is not one of this queue's deliveries
+/// (or no longer pending) is a lost lease, anything else the cluster's failure.
+fn settle_error(token: &LeaseToken, e: ClusterError) -> QueueError {
+    match e {
+        ClusterError::Nats(why) if why.contains("not a lease token") => QueueError::LeaseLost { id: token.id },
+        e => unavailable(e),
+    }
+}
+
+impl ClusterInbox {
+    /// The queue, with its counts kept fresh by a task that ends with it.
+    pub fn start(queue: OrderQueue) -> Arc<ClusterInbox> {
+        let inbox = Arc::new(ClusterInbox { queue, levels: Mutex::new(Levels::default()) });
+        let weak = Arc::downgrade(&inbox);
+        tokio::spawn(refresh(weak));
+        inbox
+    }
+
+    pub async fn lease(&self, max: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
+        let leased = self.queue.lease(max, LEASE_WAIT).await.map_err(unavailable)?;
+        let expires_at_ms = berth_types::clock::now_ms() + self.queue.visibility().as_millis() as i64;
+        let mut out = Vec::with_capacity(leased.len());
+        let mut bytes = 0usize;
+        for l in leased {
+            let rec: OrderRecord = serde_json::from_slice(&l.record).map_err(|e| QueueError::Corrupt { id: l.token.id, why: e.to_string() })?;
+            let queued = QueuedOrder { shop: rec.shop, platform: rec.platform, connector_version: rec.connector_version, order: rec.order };
+            let payload = serde_json::to_vec(&queued).map_err(|e| QueueError::Corrupt { id: l.token.id, why: e.to_string() })?;
+            if !out.is_empty() && bytes.saturating_add(payload.len()) > max_bytes {
+                // Over the answer's size: back to the queue at once, for the next lease.
+                let token = LeaseToken { id: l.token.id, attempt: l.attempt, lease: l.token.ack };
+                self.queue.nack(&to_queue(&token), Duration::ZERO, "").await.map_err(unavailable)?;
+                continue;
+            }
+            bytes += payload.len();
+            out.push(Leased {
+                token: LeaseToken { id: l.token.id, attempt: l.attempt, lease: l.token.ack },
+                partition: queued.shop,
+                payload,
+                enqueued_at_ms: rec.received_at_ms,
+                expires_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
+        self.queue.ack(&to_queue(token)).await.map_err(|e| settle_error(token, e))
+    }
+
+    pub async fn ack_many(&self, tokens: &[LeaseToken]) -> Vec<Result<(), QueueError>> {
+        let queue_tokens: Vec<QueueToken> = tokens.iter().map(to_queue).collect();
+        self.queue.ack_many(&queue_tokens).await.into_iter().zip(tokens).map(|(r, t)| r.map_err(|e| settle_error(t, e))).collect()
+    }
+
+    /// The lease renewed for the consumer's ack wait; its new expiry.
+    pub async fn extend(&self, token: &LeaseToken) -> Result<i64, QueueError> {
+        self.queue.extend(&to_queue(token)).await.map_err(|e| settle_error(token, e))?;
+        Ok(berth_types::clock::now_ms() + self.queue.visibility().as_millis() as i64)
+    }
+
+    pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        self.queue.nack(&to_queue(token), delay, reason).await.map_err(|e| settle_error(token, e))
+    }
+
+    pub async fn replay(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        let n = self.queue.replay(ids).await.map_err(unavailable)?;
+        self.refresh_now().await;
+        Ok(n)
+    }
+
+    pub async fn purge(&self, ids: &[u64]) -> Result<usize, QueueError> {
+        let n = self.queue.purge(ids).await.map_err(unavailable)?;
+        self.refresh_now().await;
+        Ok(n)
+    }
+
+    /// The counts as last read from the server (at most 2 s old).
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        levels.stats.clone().ok_or_else(|| QueueError::Store(StoreError::Unavailable("the order queue's counts have not been read from the cluster yet".into())))
+    }
+
+    pub fn dead_letters(&self, limit: usize) -> Vec<DeadLetter> {
+        self.levels.lock().unwrap_or_else(|p| p.into_inner()).dead.iter().take(limit).cloned().collect()
+    }
+
+    async fn refresh_now(&self) {
+        let read = async {
+            let (ready, in_flight) = self.queue.depth().await?;
+            let dead = self.queue.dead_letters(usize::MAX).await?;
+            Ok::<_, ClusterError>((ready, in_flight, dead))
+        };
+        match read.await {
+            Ok((ready, in_flight, dead)) => {
+                let stats = QueueStats { ready, in_flight, dead: dead.len() as u64, oldest_age_ms: None };
+                let dead = dead
+                    .into_iter()
+                    .map(|d| DeadLetter {
+                        id: d.seq,
+                        partition: d.shop,
+                        attempts: d.attempts,
+                        reason: d.reason,
+                        enqueued_at_ms: 0,
+                        died_at_ms: d.at_ms,
+                        payload: Vec::new(),
+                    })
+                    .collect();
+                *self.levels.lock().unwrap_or_else(|p| p.into_inner()) = Levels { stats: Some(stats), dead };
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the order queue's counts from the cluster"),
+        }
+    }
+}
+
+async fn refresh(inbox: Weak<ClusterInbox>) {
+    loop {
+        let Some(inbox) = inbox.upgrade() else { return };
+        inbox.refresh_now().await;
+        drop(inbox);
+        tokio::time::sleep(STATS_EVERY).await;
+    }
+}

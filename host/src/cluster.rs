@@ -1,0 +1,45 @@
+//! Cluster mode at start-up: connect to the NATS cluster, join it (heartbeats, leases)
+//! and open what lives there — the order feed and the ERP's queue, the stock ledger,
+//! connector state and the registry. What stays on the node's own disk: health, alert
+//! state, the audit log, onboarding and the compiled-component cache (docs/cluster.md).
+
+use berth_cluster::feed::{OrderQueue, QueueSettings};
+use berth_cluster::{ClusterConfig, Connection, Leases};
+use berth_types::shop::ShopConfig;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The ERP's queue: one durable consumer of the feed for every node.
+pub const ERP_QUEUE: &str = "erp";
+
+/// This node's place in the cluster.
+pub struct Node {
+    pub conn: Connection,
+    pub leases: Arc<Leases>,
+    /// The shops the cluster shares out (a reload sends a new set).
+    pub shops: watch::Sender<BTreeSet<String>>,
+}
+
+/// Connect and join; the lease loop starts later, once the shops can run.
+pub async fn join(config: &ClusterConfig, shops: &BTreeMap<String, ShopConfig>) -> Result<Node, berth_cluster::ClusterError> {
+    let conn = berth_cluster::connect(config).await?;
+    if config.durability == berth_cluster::Durability::Replicated {
+        tracing::warn!(
+            replicas = config.replicas,
+            "[cluster] durability = \"replicated\": a write is acknowledged once a majority of replicas hold it in memory; it is lost if a majority crashes within one sync interval"
+        );
+    }
+    let (tx, rx) = watch::channel(shops.keys().cloned().collect());
+    let leases = Leases::new(conn.clone(), config.node.clone(), config.lease_ttl(), rx);
+    tracing::info!(node = %config.node, servers = config.nats.len(), replicas = config.replicas, "joined the NATS cluster");
+    Ok(Node { conn, leases, shops: tx })
+}
+
+/// The ERP's order queue on the cluster's feed.
+/// Its leases last `[cluster] erp_lease_secs` (the consumer's ack wait).
+pub async fn erp_queue(conn: &Connection, config: &ClusterConfig, max_attempts: u32) -> Result<OrderQueue, berth_cluster::ClusterError> {
+    let visibility = Duration::from_secs(config.erp_lease_secs);
+    OrderQueue::open(conn, ERP_QUEUE, QueueSettings { visibility, max_attempts }).await
+}
