@@ -404,7 +404,9 @@ fn start_cluster_shops(
     node: &crate::cluster::Node,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<berth_core::shops::cluster::ClusterShops>) {
-    let set = Arc::new(ShopSet::new(shop_deps(cfg, durable, services, health), shutdown.clone()));
+    let leases = node.leases.clone();
+    let deps = berth_core::shops::ShopDeps { platform_gate: Some(Arc::new(move || leases.fresh())), ..shop_deps(cfg, durable, services, health) };
+    let set = Arc::new(ShopSet::new(deps, shutdown.clone()));
     health.set_holds(Arc::downgrade(&set) as std::sync::Weak<dyn berth_core::health::HoldSource>);
     let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), cfg.shops.clone());
     if let Some(stock) = durable.ledger.cluster() {
@@ -431,6 +433,7 @@ fn shop_deps(cfg: &Config, durable: &Durable, services: &Arc<HostServices>, heal
         health: health.clone(),
         budgets: Default::default(),
         services: services.clone(),
+        platform_gate: None,
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Connection {
     pub names: BucketNames,
     /// Copies of every bucket berth creates (`[cluster] replicas`).
     pub replicas: usize,
+    /// This node's name: every fenced write carries it (`Berth-Node`), so the stream
+    /// shows who wrote what under which lease.
+    pub node: String,
     nodes_stream: jetstream::stream::Stream,
     shops_stream: jetstream::stream::Stream,
 }
@@ -127,7 +130,7 @@ pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError>
     // The buckets, and their streams: the handles for leader reads.
     let (nodes, nodes_stream) = bucket_retrying(&js, config.replicas, &names.nodes, config.lease_ttl(), 1).await?;
     let (shops, shops_stream) = bucket_retrying(&js, config.replicas, &names.shops, Duration::ZERO, 1).await?;
-    let conn = Connection { client, js, nodes, shops, names, replicas: config.replicas, nodes_stream, shops_stream };
+    let conn = Connection { client, js, nodes, shops, names, replicas: config.replicas, node: config.node.clone(), nodes_stream, shops_stream };
     check_durability(&conn, config).await?;
     Ok(conn)
 }

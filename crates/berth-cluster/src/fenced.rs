@@ -37,9 +37,13 @@ pub async fn put(conn: &Connection, fence: &Fence, name: &str, value: Bytes) -> 
     }
 }
 
+/// The header naming the node that made a fenced write.
+pub const WRITER_HEADER: &str = "Berth-Node";
+
 /// The fence on a write: the stream takes it only while the shop's lease is still at
-/// the fence's revision.
+/// the fence's revision. The write names its node too.
 fn fence_headers(conn: &Connection, fence: &Fence, headers: &mut async_nats::HeaderMap) {
+    headers.insert(WRITER_HEADER, conn.node.as_str());
     headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("$KV.{}.{}", conn.names.shops, owner_key(&fence.shop)).as_str());
     headers.insert("Nats-Expected-Last-Subject-Sequence", fence.revision.to_string().as_str());
 }
@@ -108,6 +112,11 @@ pub async fn write_all(conn: &Connection, fence: Option<&Fence>, mut writes: Vec
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Batch-Id", batch.as_str());
         headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if fence.is_some() {
+            // Who wrote it, on every write of a fenced batch (an audit of the stream:
+            // each must lie in a lease epoch of this node's).
+            headers.insert(WRITER_HEADER, conn.node.as_str());
+        }
         match (i, fence, w.expect) {
             (0, Some(fence), _) => fence_headers(conn, fence, &mut headers),
             (_, _, Expect::Any) => {}

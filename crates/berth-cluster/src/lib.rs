@@ -23,6 +23,8 @@ pub mod mirror;
 pub mod registry;
 pub mod rendezvous;
 
+/// The NATS client berth-cluster is built on (tests and tools read the streams with it).
+pub use async_nats;
 pub use config::{ClusterConfig, Durability};
 pub use connect::{connect, Connection};
 pub use error::ClusterError;

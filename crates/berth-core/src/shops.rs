@@ -34,6 +34,8 @@ pub struct ShopDeps {
     pub budgets: Arc<crate::order_budget::OrderBudgets>,
     /// Rate limits and their holds (a shop whose quota is held shows `throttled`).
     pub services: Arc<berth_capabilities::services::HostServices>,
+    /// Cluster mode: asked before each stock push (see [`ShopPusher::gate`]).
+    pub platform_gate: Option<crate::stock::pusher::PlatformGate>,
 }
 
 struct RunningShop {
@@ -156,6 +158,7 @@ impl ShopSet {
                 batch_size: d.stock_batch_size,
                 error_pause: d.error_pause,
                 status: push_status.clone(),
+                gate: d.platform_gate.clone(),
             };
             tasks.push(tokio::spawn(pusher.run(stop_rx)));
             Some((wake.clone(), push_status))

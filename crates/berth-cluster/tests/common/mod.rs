@@ -234,3 +234,42 @@ pub async fn claim(conn: &Connection, shop: &str, node: &str) -> Fence {
         }
     }
 }
+
+/// Read the whole shops stream in order and check that every fenced write (one that
+/// names its node, `Berth-Node`) landed in a lease epoch of that node: `epochs` lists,
+/// per shop, the revisions at which nodes took its lease (from what they said when they
+/// did: the bucket keeps only each key's newest value, so the stream no longer has the
+/// older leases), and the newest one below the write's sequence must be the writer's.
+/// Returns how many fenced writes were checked; a violation is an `Err` naming it.
+#[allow(dead_code)]
+pub async fn audit_fenced_writes(conn: &Connection, epochs: &std::collections::BTreeMap<String, Vec<(u64, String)>>) -> Result<usize, String> {
+    use berth_cluster::async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use futures_util::StreamExt;
+    let mut stream = conn.shops_stream().clone();
+    let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let consumer = stream
+        .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let prefix = format!("$KV.{}.", conn.names.shops);
+    let mut fenced = 0;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.map_err(|_| "the stream stopped arriving".to_string())? {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+        let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_string();
+        if let Some(writer) = msg.headers.as_ref().and_then(|h| h.get(berth_cluster::fenced::WRITER_HEADER)).map(|v| v.as_str().to_string()) {
+            fenced += 1;
+            let shop = key.split('.').nth(1).unwrap_or_default();
+            let epoch = epochs.get(shop).and_then(|e| e.iter().filter(|(rev, _)| *rev < seq).max_by_key(|(rev, _)| *rev));
+            match epoch {
+                Some((_, holder)) if *holder == writer => {}
+                other => return Err(format!("{key} (stream seq {seq}) written by {writer} inside the lease epoch {other:?}")),
+            }
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(fenced)
+}

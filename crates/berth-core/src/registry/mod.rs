@@ -83,6 +83,10 @@ pub struct ConnectorView {
     /// The running shadow's report, and the last finished one.
     pub shadow: Option<shadow::ShadowReport>,
     pub last_shadow: Option<shadow::ShadowReport>,
+    /// Cluster mode: the digests of versions another node deployed that this node has
+    /// compiled ahead (activating one is then a load, not a compile).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prepared_here: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -668,6 +672,7 @@ impl ConnectorRegistry {
             versions,
             paused: slot.paused(),
             paused_shops: slot.paused_shops().into_iter().collect(),
+            prepared_here: self.prepared.read().unwrap_or_else(|e| e.into_inner()).iter().filter(|(c, _)| c == name).map(|(_, d)| d.clone()).collect(),
         })
     }
 }

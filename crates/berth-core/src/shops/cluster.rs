@@ -68,9 +68,11 @@ impl ShopWorkers for ClusterShops {
             tracing::error!(shop = %shop, connector = %sc.connector, "leased a shop whose connector is not loaded here; not started");
             return;
         };
-        match self.set.start(&shop, &sc, slot) {
-            Ok(()) => tracing::info!(shop = %shop, revision = fence.revision, "this node took the shop's lease and runs it"),
-            Err(e) => tracing::error!(shop = %shop, error = %e, "leased shop not started"),
+        // Said before anything of the shop runs: the lease's revision is the fence of
+        // every durable write the shop's workers make here.
+        tracing::info!(shop = %shop, revision = fence.revision, "this node took the shop's lease and runs it");
+        if let Err(e) = self.set.start(&shop, &sc, slot) {
+            tracing::error!(shop = %shop, error = %e, "leased shop not started");
         }
         self.registry.set_shops(self.set.by_connector());
     }

@@ -48,7 +48,19 @@ pub struct ShopPusher {
     /// How long to hold off after an auth error (credentials need a person).
     pub error_pause: Duration,
     pub status: SharedPushStatus,
+    /// Cluster mode: whether this node may change the platform right now (its leases
+    /// are sound: `Leases::fresh`). Fencing refuses a stale owner's durable writes, not
+    /// its HTTP calls: a node that wakes from a pause must not push what the shop's new
+    /// owner has superseded.
+    pub gate: Option<PlatformGate>,
 }
+
+/// Asked right before each call that changes a platform.
+pub type PlatformGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How long a push waits when the platform gate is closed (the lease loop stops the
+/// shop's workers, or the next heartbeat makes the leases sound again).
+const GATE_WAIT: Duration = Duration::from_millis(500);
 
 /// Longest idle wait; the ledger is checked again after it even without a wake-up.
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -124,6 +136,10 @@ impl ShopPusher {
         // Never push a quantity a crash could still take back (see mod.rs).
         self.ledger.durable().await.map_err(|e| e.to_string())?;
         let updates: Vec<StockUpdate> = batch.iter().map(|r| StockUpdate { sku: r.sku.clone(), quantity: r.quantity }).collect();
+        if self.gate.as_ref().is_some_and(|may| !may()) {
+            tracing::info!(skus = batch.len(), "this node's leases are not sound right now (cut off or just woken); the push waits");
+            return Ok(Wait::Park(GATE_WAIT));
+        }
         self.update(|s| s.calls += 1);
         let answer = self.connector.push_inventory(conn, &self.shop, self.config.clone(), &updates).await;
         let results = match Failure::check(answer) {

@@ -1,0 +1,306 @@
+//! What the cluster end-to-end tests share: the simulator's shops, a node's config, the
+//! ERP's load against several nodes, and reading `GET /v1/cluster`. Each test file
+//! includes it next to the NATS harness (`mod nats`).
+#![allow(dead_code)]
+
+use crate::nats::NatsCluster;
+use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `shopify` Shopify shops `s00…` and `taobao` Taobao shops `t00…`.
+pub fn shops(shopify: usize, taobao: usize) -> Vec<(Platform, String)> {
+    (0..shopify).map(|i| (Platform::Shopify, format!("s{i:02}"))).chain((0..taobao).map(|i| (Platform::Taobao, format!("t{i:02}")))).collect()
+}
+
+pub fn platform_of(shop: &str) -> Platform {
+    if shop.starts_with('s') {
+        Platform::Shopify
+    } else {
+        Platform::Taobao
+    }
+}
+
+/// The simulator with `shops`, `orders` each, quotas out of the way.
+pub async fn sim(shops: &[(Platform, String)], orders: usize) -> berth_sim::SimHandle {
+    let mut cfg = SimConfig { seed: 25, history_hours: 24, ..SimConfig::default() };
+    for (p, s) in shops {
+        match p {
+            Platform::Shopify => cfg.shopify.shops.push(ShopifyShop { name: s.clone(), access_token: "tok".into(), orders }),
+            _ => cfg.taobao.shops.push(TaobaoShop { nick: s.clone(), app_key: "k".into(), session: format!("sess-{s}"), orders }),
+        }
+    }
+    cfg.shopify.bucket_size = 100_000;
+    cfg.taobao.apps = vec![TaobaoApp { app_key: "k".into(), secret: "s".into() }];
+    cfg.taobao.calls_per_window = 1_000_000;
+    berth_sim::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// One node's config: the same cluster and shops for every node, its own name and data
+/// dir (`dir/<node>/`). `extra` goes at the end (more sections).
+pub fn node_config(dir: &Path, node: &str, sim: &str, nats: &NatsCluster, shops: &[(Platform, String)], ttl_secs: u64, extra: &str) -> PathBuf {
+    let quote = |v: Vec<String>| v.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let mut shop_sections = String::new();
+    for (platform, shop) in shops {
+        shop_sections += &match platform {
+            Platform::Shopify => format!(
+                "[shops.{shop}]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
+                 settings = {{ base_url = \"{sim}/shopify/{shop}\", page_size = \"20\" }}\nsecrets = {{ access_token = \"tok\" }}\n"
+            ),
+            _ => format!(
+                "[shops.{shop}]\nconnector = \"taobao\"\npoll_interval_secs = 1\n\
+                 settings = {{ gateway = \"{sim}/taobao/router/rest\", app_key = \"k\", page_size = \"20\" }}\nsecrets = {{ app_secret = \"s\", session = \"sess-{shop}\" }}\n"
+            ),
+        };
+    }
+    let dir = dir.join(node);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("berth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "data"
+[http]
+allow_private_addresses = true
+timeout_ms = 2000
+[sync]
+initial_lookback_hours = 30
+overlap_secs = 30
+settle_secs = 1
+retry_base_ms = 50
+retry_max_ms = 500
+[cluster]
+nats = [{nats}]
+monitor = [{monitor}]
+node = "{node}"
+lease_ttl_secs = {ttl_secs}
+erp_lease_secs = 5
+{connectors}
+{shop_sections}
+{extra}"#,
+            nats = quote(nats.urls()),
+            monitor = quote(nats.monitors()),
+            connectors = berth_tests::local_connectors(&[("shopify", crate::plugins::SHOPIFY_REST), ("taobao", crate::plugins::TAOBAO)]),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub type Version = (String, String, i64);
+
+pub fn version(l: &Value) -> Version {
+    (
+        l["shop"].as_str().unwrap_or_default().to_string(),
+        l["order"]["order_id"].as_str().unwrap_or_default().to_string(),
+        l["order"]["updated_at_ms"].as_i64().unwrap_or_default(),
+    )
+}
+
+/// What the ERP was told, across the run.
+#[derive(Default)]
+pub struct ErpLedger {
+    pub next_quantity: BTreeMap<(String, String), u32>,
+    /// Highest quantity per (shop, SKU) whose POST got a 202.
+    pub acked_quantity: BTreeMap<(String, String), u32>,
+    /// Order versions whose ack berth confirmed.
+    pub acked_orders: BTreeSet<Version>,
+    /// Acks whose answer never came (the node was killed or stopped meanwhile).
+    pub acks_in_doubt: BTreeSet<Version>,
+    pub stock_posts: usize,
+    pub leases: usize,
+    /// Answers other than 2xx, by status (a node going away answers nothing at all).
+    pub refused: BTreeMap<u16, usize>,
+}
+
+/// xorshift; the seed is printed so a failure can be replayed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The ERP at work against the nodes in `nodes` in turn until `stop`: stock updates for
+/// random SKUs of random shops, leases, and acks of about half of what it leased.
+pub async fn erp_load(nodes: Arc<Mutex<Vec<String>>>, skus: BTreeMap<String, Vec<String>>, erp: Arc<Mutex<ErpLedger>>, stop: Arc<AtomicBool>, mut rng: Rng) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    let shops: Vec<&String> = skus.keys().collect();
+    let mut turn = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let base = {
+            let nodes = nodes.lock().unwrap();
+            turn += 1;
+            match nodes.len() {
+                0 => None,
+                n => Some(nodes[turn % n].clone()),
+            }
+        };
+        let Some(base) = base else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let shop = shops[rng.below(shops.len() as u64) as usize].clone();
+        let updates: Vec<(String, u32)> = {
+            let mut erp = erp.lock().unwrap();
+            let list = &skus[&shop];
+            (0..3)
+                .map(|_| {
+                    let sku = list[rng.below(list.len() as u64) as usize].clone();
+                    let q = erp.next_quantity.entry((shop.clone(), sku.clone())).or_insert(0);
+                    *q += 1;
+                    (sku, *q)
+                })
+                .collect()
+        };
+        let body = json!({ "updates": updates.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>() });
+        if let Ok(r) = client.post(format!("{base}/v1/shops/{shop}/stock")).json(&body).send().await {
+            let mut erp = erp.lock().unwrap();
+            if r.status().as_u16() == 202 {
+                erp.stock_posts += 1;
+                for (sku, q) in updates {
+                    let acked = erp.acked_quantity.entry((shop.clone(), sku)).or_insert(0);
+                    *acked = (*acked).max(q);
+                }
+            } else {
+                *erp.refused.entry(r.status().as_u16()).or_default() += 1;
+            }
+        }
+        let leased: Option<Value> = async {
+            let r = client.post(format!("{base}/v1/orders/lease")).json(&json!({"max": 20, "visibility_secs": 5})).send().await.ok()?;
+            r.json().await.ok()
+        }
+        .await;
+        for l in leased.iter().flat_map(|v| v["leases"].as_array().cloned().unwrap_or_default()) {
+            erp.lock().unwrap().leases += 1;
+            if rng.below(2) == 0 {
+                continue;
+            }
+            let acked: Option<Value> = async {
+                let r = client.post(format!("{base}/v1/orders/ack")).json(&json!({"tokens": [l["token"]]})).send().await.ok()?;
+                r.json().await.ok()
+            }
+            .await;
+            match acked {
+                Some(a) if a["done"] == 1 => erp.lock().unwrap().acked_orders.insert(version(&l)),
+                Some(_) => false,
+                None => erp.lock().unwrap().acks_in_doubt.insert(version(&l)),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn cluster_view(client: &reqwest::Client, base: &str) -> Option<Value> {
+    client.get(format!("{base}/v1/cluster")).send().await.ok()?.json().await.ok()
+}
+
+/// Owner of each shop as the view shows it, when every shop has a live owner.
+pub fn owners(view: &Value) -> Option<BTreeMap<String, String>> {
+    if !view["unowned"].as_array()?.is_empty() {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for n in view["nodes"].as_array()? {
+        for s in n["shops"].as_array()? {
+            out.insert(s.as_str()?.to_string(), n["node"].as_str()?.to_string());
+        }
+    }
+    Some(out)
+}
+
+/// The live nodes' names as the view shows them.
+pub fn live(view: &Value) -> BTreeSet<String> {
+    view["nodes"].as_array().into_iter().flatten().filter_map(|n| n["node"].as_str().map(String::from)).collect()
+}
+
+/// Send `sig` (libc's number) to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid this test started.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// Every order version on the platforms for `shops`.
+pub fn platform_versions(sim: &berth_sim::SimHandle, shops: &[(Platform, String)]) -> BTreeSet<Version> {
+    shops.iter().flat_map(|(p, s)| sim.state.orders(*p, s).into_iter().map(move |o| (s.to_string(), o.id.to_string(), o.updated_s * 1000))).collect()
+}
+
+/// Take (lease and ack at once, on `base`) every order the queue gives until `want` is
+/// covered by what was taken here and what the ERP acked (or may have acked) before.
+/// Returns what was taken here; `None` when `want` was not covered in time.
+pub async fn drain_orders(client: &reqwest::Client, base: &str, want: &BTreeSet<Version>, erp: &ErpLedger) -> (Vec<Version>, bool) {
+    let drained = Mutex::new(Vec::<Version>::new());
+    let done = berth_tests::poll_until(Duration::from_secs(180), || async {
+        let r: Value = client.post(format!("{base}/v1/orders/lease")).json(&json!({"max": 200, "visibility_secs": 60})).send().await.ok()?.json().await.ok()?;
+        let leases = r["leases"].as_array()?.clone();
+        if !leases.is_empty() {
+            let tokens: Vec<&Value> = leases.iter().map(|l| &l["token"]).collect();
+            let a: Value = client.post(format!("{base}/v1/orders/ack")).json(&json!({ "tokens": tokens })).send().await.ok()?.json().await.ok()?;
+            assert_eq!(a["done"].as_u64(), Some(leases.len() as u64), "drain acks refused: {a}");
+        }
+        let mut drained = drained.lock().unwrap();
+        drained.extend(leases.iter().map(version));
+        let got: BTreeSet<Version> = drained.iter().cloned().chain(erp.acked_orders.iter().cloned()).chain(erp.acks_in_doubt.iter().cloned()).collect();
+        want.is_subset(&got).then_some(())
+    })
+    .await;
+    (drained.into_inner().unwrap(), done.is_some())
+}
+
+/// Every feed entry from `base`, oldest first: (version, status).
+pub async fn whole_feed(client: &reqwest::Client, base: &str) -> Vec<(Version, String)> {
+    let mut feed = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: Value = client.get(format!("{base}/v1/orders?after={after}&limit=1000")).send().await.unwrap().json().await.unwrap();
+        let orders = page["orders"].as_array().unwrap();
+        feed.extend(orders.iter().map(|o| (version(o), o["order"]["status"].as_str().unwrap_or_default().to_string())));
+        let next = page["next_after"].as_u64().unwrap();
+        if orders.is_empty() || next == after {
+            return feed;
+        }
+        after = next;
+    }
+}
+
+/// The stock checks after a run: everything pushed, each acknowledged SKU at its newest
+/// desired quantity on the platform, never an older quantity after a newer one.
+pub async fn check_stock(client: &reqwest::Client, base: &str, sim: &berth_sim::SimHandle, erp: &ErpLedger, seed: u64) -> Result<usize, String> {
+    let drained = berth_tests::poll_until(Duration::from_secs(180), || async {
+        let q: Value = client.get(format!("{base}/v1/stock/queue")).send().await.ok()?.json().await.ok()?;
+        q.as_object()?.values().all(|s| s["pending"] == 0).then_some(())
+    })
+    .await;
+    if drained.is_none() {
+        return Err(format!("stock still pending (seed {seed})"));
+    }
+    for ((shop, sku), acked) in &erp.acked_quantity {
+        let item = sim.state.stock(platform_of(shop), shop).into_iter().find(|i| &i.sku == sku).unwrap();
+        if !item.history.windows(2).all(|w| w[0] <= w[1]) {
+            return Err(format!("{shop}/{sku}: a stale quantity was pushed after a newer one (seed {seed}): {:?}", item.history));
+        }
+        let rec: Value = client.get(format!("{base}/v1/shops/{shop}/stock/{sku}")).send().await.unwrap().json().await.unwrap();
+        if rec["state"] != "pushed" {
+            return Err(format!("{shop}/{sku}: {rec}"));
+        }
+        let desired = rec["quantity"].as_u64().unwrap() as u32;
+        if desired < *acked {
+            return Err(format!("{shop}/{sku}: acknowledged quantity {acked} lost, berth wants {desired} (seed {seed})"));
+        }
+        if item.quantity != desired {
+            return Err(format!("{shop}/{sku}: platform has {}, berth wants {desired} (seed {seed})", item.quantity));
+        }
+    }
+    Ok(erp.acked_quantity.len())
+}
