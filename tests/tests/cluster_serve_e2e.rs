@@ -229,18 +229,3 @@ async fn nodes_killed_stopped_and_a_nats_server_lost_lose_nothing() {
     assert!(fenced > 0, "the audit found no fenced write");
     eprintln!("{fenced} fenced writes, each inside a lease epoch of its writer ({} epochs)", epochs.values().map(Vec::len).sum::<usize>());
 }
-
-/// Per shop, the revisions at which nodes took its lease, from the nodes' logs ("this
-/// node took the shop's lease … shop=S revision=R").
-fn lease_epochs(logs: &[(String, String)]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for (node, log) in logs {
-        for line in log.lines().filter(|l| l.contains("took the shop's lease")) {
-            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(|v| v.trim_matches('"').to_string());
-            if let (Some(shop), Some(rev)) = (field("shop="), field("revision=").and_then(|r| r.parse().ok())) {
-                out.entry(shop).or_default().push((rev, node.clone()));
-            }
-        }
-    }
-    out
-}

@@ -304,3 +304,18 @@ pub async fn check_stock(client: &reqwest::Client, base: &str, sim: &berth_sim::
     }
     Ok(erp.acked_quantity.len())
 }
+
+/// Per shop, the revisions at which nodes took its lease, from the nodes' logs ("this
+/// node took the shop's lease … shop=S revision=R").
+pub fn lease_epochs(logs: &[(String, String)]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for (node, log) in logs {
+        for line in log.lines().filter(|l| l.contains("took the shop's lease")) {
+            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(|v| v.trim_matches('"').to_string());
+            if let (Some(shop), Some(rev)) = (field("shop="), field("revision=").and_then(|r| r.parse().ok())) {
+                out.entry(shop).or_default().push((rev, node.clone()));
+            }
+        }
+    }
+    out
+}
