@@ -16,7 +16,14 @@ pub struct AllMetrics {
 impl AllMetrics {
     /// A fresh registry with every family berth exports.
     pub fn new() -> AllMetrics {
-        let mut registry = Registry::with_prefix("berth");
+        Self::for_node(None)
+    }
+
+    /// The same, every series labelled `node="NAME"` (cluster mode: one scrape config for
+    /// every node, and the series of each node told apart).
+    pub fn for_node(node: Option<&str>) -> AllMetrics {
+        let labels = node.map(|n| (std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(n.to_string())));
+        let mut registry = Registry::with_prefix_and_labels("berth", labels.into_iter());
         let runtime = std::sync::Arc::new(berth_runtime::metrics::RuntimeMetrics::register(&mut registry));
         let http = std::sync::Arc::new(berth_capabilities::metrics::HttpMetrics::register(&mut registry));
         let api = std::sync::Arc::new(berth_api::metrics::ApiMetrics::register(&mut registry));
@@ -53,6 +60,16 @@ mod tests {
         assert!(text.contains("berth_queue_ready{queue=\"orders\"} 3"), "{text}");
         assert!(text.contains("berth_connector_call_seconds_bucket{"), "{text}");
         assert_eq!(berth_capabilities::metrics::status_class(503), "5xx");
+    }
+
+    #[test]
+    fn a_cluster_node_labels_every_series_with_its_name() {
+        let all = AllMetrics::for_node(Some("berth-2"));
+        all.runtime.meters("shopify", "1.0.0").call("pull-orders", "ok", Duration::from_millis(3));
+        all.ops.queue("orders", 3, 1, 0, None);
+        let text = all.ops.render();
+        assert!(text.contains("berth_connector_calls_total{node=\"berth-2\",connector=\"shopify\",version=\"1.0.0\",call=\"pull-orders\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("berth_queue_ready{node=\"berth-2\",queue=\"orders\"} 3"), "{text}");
     }
 
 }

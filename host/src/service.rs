@@ -89,7 +89,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         None => Durable::open(&storage, &cfg)?,
     };
     tracing::debug!("start: orders, queues and the stock ledger are loaded");
-    let metrics = crate::metrics::AllMetrics::new();
+    let metrics = crate::metrics::AllMetrics::for_node(cfg.cluster.as_ref().map(|c| c.node.as_str()));
     let (services, registry) = load_connectors(&cfg, &storage, &metrics, node.as_ref()).await?;
     let credentials = open_credentials(&cfg, &storage, &registry).await?;
     let onboarding = open_onboarding(&cfg, &storage, credentials.clone())?;
@@ -143,6 +143,10 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
     let alerts = Arc::new(berth_ops::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
+    if let Some(node) = &node {
+        let leases = node.leases.clone();
+        alerts.share_duty(Arc::new(move || leases.leads("alerts")));
+    }
     events.subscribe(alerts.clone());
     let sources = berth_ops::alerts::Sources {
         registry: registry.clone(),

@@ -41,7 +41,7 @@ async fn a_deploy_on_one_node_is_in_force_on_the_others_within_a_second() {
     let admin = format!("[admin]\ntokens = [{{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n");
     let mut nodes = Vec::new();
     for n in ["b1", "b2", "b3"] {
-        let config = node_config(dir.path(), n, &sim.base_url(), &nats, &shops, 4, &admin);
+        let config = node_config(dir.path(), n, &sim.base_url(), Some(&nats), &shops, 4, &admin);
         nodes.push(tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap());
     }
     let urls: Vec<String> = nodes.iter().map(|b| b.base_url.clone()).collect();
@@ -116,7 +116,7 @@ async fn a_deploy_on_one_node_is_in_force_on_the_others_within_a_second() {
     assert!(rolled.is_some(), "the resume and rollback made on node 3 are not in force everywhere: {}", view(&urls[0]).await);
 
     // A node started now takes the cluster's state.
-    let config = node_config(dir.path(), "b4", &sim.base_url(), &nats, &shops, 4, &admin);
+    let config = node_config(dir.path(), "b4", &sim.base_url(), Some(&nats), &shops, 4, &admin);
     let late = tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap();
     let v = view(&late.base_url).await;
     assert_eq!(v["active"]["digest"].as_str(), Some(first.as_str()), "{v}");

@@ -77,7 +77,7 @@ async fn nodes_killed_stopped_and_a_nats_server_lost_lose_nothing() {
     let sim = sim(&shops, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let names = ["b1", "b2", "b3"];
-    let configs: BTreeMap<&str, std::path::PathBuf> = names.iter().map(|n| (*n, node_config(dir.path(), n, &sim.base_url(), &nats, &shops, LEASE_TTL_SECS, ""))).collect();
+    let configs: BTreeMap<&str, std::path::PathBuf> = names.iter().map(|n| (*n, node_config(dir.path(), n, &sim.base_url(), Some(&nats), &shops, LEASE_TTL_SECS, ""))).collect();
     let mut berths: BTreeMap<&str, Berth> = BTreeMap::new();
     for n in names {
         let config = configs[n].clone();

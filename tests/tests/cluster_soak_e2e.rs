@@ -36,7 +36,7 @@ async fn random_nodes_killed_fifty_times_lose_nothing() {
     let sim = sim(&shops, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let names = ["b1", "b2", "b3"];
-    let configs: BTreeMap<&str, std::path::PathBuf> = names.iter().map(|n| (*n, node_config(dir.path(), n, &sim.base_url(), &nats, &shops, 3, ""))).collect();
+    let configs: BTreeMap<&str, std::path::PathBuf> = names.iter().map(|n| (*n, node_config(dir.path(), n, &sim.base_url(), Some(&nats), &shops, 3, ""))).collect();
     let mut berths: BTreeMap<&str, Berth> = BTreeMap::new();
     for n in names {
         let config = configs[n].clone();

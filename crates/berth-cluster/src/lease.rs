@@ -207,6 +207,16 @@ impl Leases {
         out
     }
 
+    /// Whether this node is the one, among the live nodes of its last round, that does
+    /// the cluster-wide duty `duty` (e.g. raising the cluster's own alerts): every node
+    /// computes the same answer from the same node list (rendezvous), so the duty is done
+    /// once — by at most two nodes for a moment while the membership changes, by none
+    /// while this node is cut off.
+    pub fn leads(&self, duty: &str) -> bool {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        !view.fenced_off && crate::rendezvous::owner(duty, view.live_nodes.iter().map(|n| n.node.as_str())) == Some(self.node.as_str())
+    }
+
     pub fn view(&self) -> LeaseView {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -41,8 +41,9 @@ pub async fn sim(shops: &[(Platform, String)], orders: usize) -> berth_sim::SimH
 }
 
 /// One node's config: the same cluster and shops for every node, its own name and data
-/// dir (`dir/<node>/`). `extra` goes at the end (more sections).
-pub fn node_config(dir: &Path, node: &str, sim: &str, nats: &NatsCluster, shops: &[(Platform, String)], ttl_secs: u64, extra: &str) -> PathBuf {
+/// dir (`dir/<node>/`). `extra` goes at the end (more sections). Without `nats`, a
+/// single-node berth on its embedded store doing the same work.
+pub fn node_config(dir: &Path, node: &str, sim: &str, nats: Option<&NatsCluster>, shops: &[(Platform, String)], ttl_secs: u64, extra: &str) -> PathBuf {
     let quote = |v: Vec<String>| v.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
     let mut shop_sections = String::new();
     for (platform, shop) in shops {
@@ -76,17 +77,15 @@ overlap_secs = 30
 settle_secs = 1
 retry_base_ms = 50
 retry_max_ms = 500
-[cluster]
-nats = [{nats}]
-monitor = [{monitor}]
-node = "{node}"
-lease_ttl_secs = {ttl_secs}
-erp_lease_secs = 5
+{cluster}
 {connectors}
 {shop_sections}
 {extra}"#,
-            nats = quote(nats.urls()),
-            monitor = quote(nats.monitors()),
+            cluster = nats.map_or(String::new(), |nats| format!(
+                "[cluster]\nnats = [{}]\nmonitor = [{}]\nnode = \"{node}\"\nlease_ttl_secs = {ttl_secs}\nerp_lease_secs = 5\n",
+                quote(nats.urls()),
+                quote(nats.monitors())
+            )),
             connectors = berth_tests::local_connectors(&[("shopify", crate::plugins::SHOPIFY_REST), ("taobao", crate::plugins::TAOBAO)]),
         ),
     )

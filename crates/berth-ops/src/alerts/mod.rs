@@ -128,6 +128,10 @@ struct State {
     log: VecDeque<LogEntry>,
 }
 
+/// Asked before each evaluation in cluster mode: does this node raise the cluster-wide
+/// alerts now?
+pub type ClusterDuty = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct Alerts {
     rules: Vec<Rule>,
     /// Fixed by the rules at load: the success-rate windows to tally (s), how long
@@ -138,6 +142,9 @@ pub struct Alerts {
     config: AlertsConfig,
     notifier: Notifier,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Cluster mode: whether this node raises the cluster's own alerts (the order
+    /// queue's age and dead letters: every node sees the same queue). `None`: always.
+    cluster_duty: std::sync::RwLock<Option<ClusterDuty>>,
     store: berth_storage::Store,
     firing_tree: berth_storage::store::Keyspace,
     log_tree: berth_storage::store::Keyspace,
@@ -198,11 +205,24 @@ impl Alerts {
             config: config.clone(),
             notifier,
             metrics,
+            cluster_duty: std::sync::RwLock::new(None),
             store: store.clone(),
             firing_tree,
             log_tree,
             state: Mutex::new(state),
         })
+    }
+
+    /// Cluster mode: raise the cluster-wide alerts (queue age, dead letters) only while
+    /// `duty` says this node is the one to. Shop alerts are raised by the node running
+    /// the shop (only it probes and pulls the shop), so each fires once for the cluster.
+    pub fn share_duty(&self, duty: ClusterDuty) {
+        *self.cluster_duty.write().unwrap_or_else(|e| e.into_inner()) = Some(duty);
+    }
+
+    /// Whether a rule of `kind` is this node's to evaluate now.
+    fn evaluates(&self, kind: rules::RuleKind, on_duty: bool) -> bool {
+        on_duty || !matches!(kind, rules::RuleKind::QueueAge | rules::RuleKind::DeadLetters)
     }
 
     /// What notifications call this berth (`[alerts] source`).
@@ -276,7 +296,8 @@ impl Alerts {
     pub fn evaluate(&self, obs: &Observation) {
         let now = obs.now_ms;
         let mut holding: BTreeMap<String, AlertRecord> = BTreeMap::new();
-        for rule in &self.rules {
+        let on_duty = self.cluster_duty.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|duty| duty());
+        for rule in self.rules.iter().filter(|r| self.evaluates(r.check.kind(), on_duty)) {
             for b in rule.evaluate(obs) {
                 let fingerprint = format!("{}/{}", rule.name, b.subject);
                 holding.insert(
@@ -453,6 +474,27 @@ mod tests {
         assert_eq!(log.iter().map(|e| e.status.as_str()).collect::<Vec<_>>(), ["resolved", "firing"]);
         assert!(log[0].alert.resolved_ms.is_some());
         assert!(alerts.firing().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_wide_alert_is_raised_by_the_node_on_duty_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
+        let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
+        let alerts = Alerts::open(&db, &cfg, std::sync::Arc::new(crate::metrics::Metrics::new(prometheus_client::registry::Registry::default()))).unwrap();
+        let on_duty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let duty = on_duty.clone();
+        alerts.share_duty(std::sync::Arc::new(move || duty.load(std::sync::atomic::Ordering::Relaxed)));
+        let obs = Observation {
+            now_ms: berth_types::clock::now_ms(),
+            queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(90_000) }],
+            ..Observation::default()
+        };
+        alerts.evaluate(&obs);
+        assert!(alerts.firing().is_empty(), "another node raises the cluster's queue alerts");
+        on_duty.store(true, std::sync::atomic::Ordering::Relaxed);
+        alerts.evaluate(&obs);
+        assert_eq!(alerts.firing().len(), 1, "this node's duty now");
     }
 
     #[test]
