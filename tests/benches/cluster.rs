@@ -142,9 +142,11 @@ async fn run(setup: Setup) -> Figures {
                     let updates: Vec<Value> = (0..5)
                         .map(|k| {
                             let sku = &list[(i + k * 3) % list.len()];
-                            // Rising over the run: the post number is the quantity.
+                            // Rising over the run: the post number is the quantity and
+                            // the ERP's sequence, so the highest one is the newest
+                            // whichever post arrives last.
                             newest.insert((shop.clone(), sku.clone()), i as u32 + 1);
-                            json!({"sku": sku, "quantity": i + 1})
+                            json!({"sku": sku, "quantity": i + 1, "seq": i + 1})
                         })
                         .collect();
                     let url = &urls[i % urls.len()];

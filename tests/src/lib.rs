@@ -3,6 +3,7 @@
 //! kill it for real (SIGKILL) when a test wants a crash.
 
 pub mod browser;
+pub mod erp;
 pub mod recorder;
 
 use std::io::{BufRead, BufReader};

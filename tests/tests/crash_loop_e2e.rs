@@ -7,6 +7,7 @@
 //! platform never saw an older quantity after a newer one.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
+use berth_tests::erp::{erp_load, version, ErpLedger, Rng, Version};
 use berth_tests::{poll_until, Berth};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,89 +63,6 @@ secrets = {{ app_secret = "s", session = "sess" }}
     path
 }
 
-type Version = (String, String, i64);
-
-/// What the ERP was told, across all rounds.
-#[derive(Default)]
-struct ErpLedger {
-    /// Next quantity per (shop, SKU): quantities only rise, so a fall on the platform
-    /// would be a stale push.
-    next_quantity: BTreeMap<(String, String), u32>,
-    /// Highest quantity per (shop, SKU) whose POST got a 202.
-    acked_quantity: BTreeMap<(String, String), u32>,
-    /// Order versions whose ack berth confirmed.
-    acked_orders: BTreeSet<Version>,
-    /// Acks sent whose answer never came (berth was killed meanwhile): each may or may
-    /// not have taken effect, so such an order may come back or may not.
-    acks_in_doubt: BTreeSet<Version>,
-    stock_posts: usize,
-    leases: usize,
-}
-
-/// The ERP at work until `stop`: stock updates for random SKUs, then lease and ack some
-/// orders (the rest are left to expire and come back).
-async fn erp_load(base: String, skus: Vec<String>, erp: Arc<Mutex<ErpLedger>>, stop: Arc<AtomicBool>, mut rng: Rng) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-    while !stop.load(Ordering::Relaxed) {
-        let shop = ["acme", "tmall"][rng.below(2) as usize];
-        let updates: Vec<(String, u32)> = {
-            let mut erp = erp.lock().unwrap();
-            (0..3)
-                .map(|_| {
-                    let sku = skus[rng.below(skus.len() as u64) as usize].clone();
-                    let q = erp.next_quantity.entry((shop.to_string(), sku.clone())).or_insert(0);
-                    *q += 1;
-                    (sku, *q)
-                })
-                .collect()
-        };
-        let body = json!({ "updates": updates.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>() });
-        if let Ok(r) = client.post(format!("{base}/v1/shops/{shop}/stock")).json(&body).send().await {
-            if r.status().as_u16() == 202 {
-                let mut erp = erp.lock().unwrap();
-                erp.stock_posts += 1;
-                for (sku, q) in updates {
-                    let acked = erp.acked_quantity.entry((shop.to_string(), sku)).or_insert(0);
-                    *acked = (*acked).max(q);
-                }
-            }
-        }
-        let leased: Option<Value> = async {
-            let r = client.post(format!("{base}/v1/orders/lease")).json(&json!({"max": 20, "visibility_secs": 1})).send().await.ok()?;
-            r.json().await.ok()
-        }
-        .await;
-        for l in leased.iter().flat_map(|v| v["leases"].as_array().cloned().unwrap_or_default()) {
-            erp.lock().unwrap().leases += 1;
-            if rng.below(2) == 0 {
-                continue;
-            }
-            let acked: Option<Value> = async {
-                let r = client.post(format!("{base}/v1/orders/ack")).json(&json!({"tokens": [l["token"]]})).send().await.ok()?;
-                r.json().await.ok()
-            }
-            .await;
-            match acked {
-                Some(a) if a["done"] == 1 => erp.lock().unwrap().acked_orders.insert(version(&l)),
-                Some(_) => false,
-                None => erp.lock().unwrap().acks_in_doubt.insert(version(&l)),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// xorshift: kill points vary per run; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
     let mut cfg = SimConfig { seed: 3, history_hours: 24, ..SimConfig::default() };
@@ -169,7 +87,9 @@ async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
     for round in 0..kills {
         let berth = Berth::start(&config);
         let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(erp_load(berth.base_url.clone(), skus.clone(), erp.clone(), stop.clone(), Rng(seed ^ (round as u64 + 1) * 0x9E37_79B9)));
+        let nodes = Arc::new(Mutex::new(vec![berth.base_url.clone()]));
+        let skus = BTreeMap::from([("acme".to_string(), skus.clone()), ("tmall".to_string(), skus.clone())]);
+        let load = tokio::spawn(erp_load(nodes, skus, erp.clone(), stop.clone(), Rng(seed ^ (round as u64 + 1) * 0x9E37_79B9), 1));
         // The platforms move on while berth runs: new orders, changed orders.
         for (platform, shop) in shops {
             sim.state.create(platform, shop).unwrap();
@@ -256,12 +176,4 @@ async fn no_order_is_lost_or_queued_twice_across_repeated_sigkill() {
         assert!(desired >= *acked, "{shop}/{sku}: acknowledged quantity {acked} lost, berth wants {desired} (seed {seed})");
         assert_eq!(item.quantity, desired, "{shop}/{sku}: platform has {}, berth wants {desired} (seed {seed})", item.quantity);
     }
-}
-
-fn version(l: &Value) -> Version {
-    (
-        l["shop"].as_str().unwrap_or_default().to_string(),
-        l["order"]["order_id"].as_str().unwrap_or_default().to_string(),
-        l["order"]["updated_at_ms"].as_i64().unwrap_or_default(),
-    )
 }

@@ -231,14 +231,7 @@ impl EmbeddedOrders {
         let staged: Vec<(Vec<u8>, [u8; 32], i64, OrderRecord)> = orders
             .iter()
             .map(|o| {
-                let rec = OrderRecord {
-                    seq: 0,
-                    shop: src.shop.to_string(),
-                    platform: src.platform.to_string(),
-                    connector_version: src.connector_version.to_string(),
-                    received_at_ms: received,
-                    order: o.clone(),
-                };
+                let rec = src.record(o, received);
                 (latest_key(src.shop, &o.order_id), o.version_digest(), o.updated_at_ms, rec)
             })
             .collect();
@@ -358,6 +351,21 @@ impl EmbeddedOrders {
                 Ok::<_, StoreError>(())
             })
             .await
+    }
+}
+
+impl PageSource<'_> {
+    /// `order` as the feed keeps it, from this source, received at `received_at_ms`
+    /// (its sequence is given when it is stored).
+    pub fn record(&self, order: &OrderData, received_at_ms: i64) -> OrderRecord {
+        OrderRecord {
+            seq: 0,
+            shop: self.shop.to_string(),
+            platform: self.platform.to_string(),
+            connector_version: self.connector_version.to_string(),
+            received_at_ms,
+            order: order.clone(),
+        }
     }
 }
 

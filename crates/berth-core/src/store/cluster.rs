@@ -64,14 +64,7 @@ impl ClusterOrders {
         let entries = orders
             .iter()
             .map(|o| {
-                let rec = OrderRecord {
-                    seq: 0,
-                    shop: src.shop.to_string(),
-                    platform: src.platform.to_string(),
-                    connector_version: src.connector_version.to_string(),
-                    received_at_ms,
-                    order: o.clone(),
-                };
+                let rec = src.record(o, received_at_ms);
                 let record = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(FeedEntry { order_id: o.order_id.clone(), updated_at_ms: o.updated_at_ms, digest: o.version_digest(), record: record.into() })
             })
