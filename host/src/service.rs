@@ -410,6 +410,10 @@ fn start_cluster_shops(
 ) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<berth_core::shops::cluster::ClusterShops>) {
     let leases = node.leases.clone();
     let deps = berth_core::shops::ShopDeps { platform_gate: Some(Arc::new(move || leases.fresh())), ..shop_deps(cfg, durable, services, health) };
+    // And at the gateway, right before a request leaves (the pusher's own check comes
+    // before the connector call, which takes a while).
+    let leases = node.leases.clone();
+    services.gate_platforms(Arc::new(move || leases.fresh()));
     let set = Arc::new(ShopSet::new(deps, shutdown.clone()));
     health.set_holds(Arc::downgrade(&set) as std::sync::Weak<dyn berth_core::health::HoldSource>);
     let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), cfg.shops.clone());

@@ -22,7 +22,12 @@ pub struct HostServices {
     pub standby: Arc<super::standby::Standbys>,
     /// Outbound requests and rate-limit waits.
     pub http_metrics: Arc<super::metrics::HttpMetrics>,
+    /// Cluster mode: asked right before each request leaves (see [`HostServices::gate_platforms`]).
+    platform_gate: std::sync::RwLock<Option<PlatformGate>>,
 }
+
+/// Whether this node may act on platforms right now.
+pub type PlatformGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl HostServices {
     /// The services `[http]` and `[platforms]` describe, with the job defaults of the
@@ -41,7 +46,17 @@ impl HostServices {
             retry: super::retry::RetryPolicies::new(retry, platforms),
             standby: Arc::new(super::standby::Standbys::new(platforms)),
             http_metrics,
+            platform_gate: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Cluster mode: no request leaves while `gate` says no (this node is cut off, or has
+    /// just woken from a pause and its leases may be another node's). Asked after the
+    /// rate-limit wait, right before sending: a stalled process that wakes must not send
+    /// a push the shop's new owner has superseded. A request held so answers as
+    /// throttled (the caller waits and retries without spending an attempt).
+    pub fn gate_platforms(&self, gate: PlatformGate) {
+        *self.platform_gate.write().unwrap_or_else(|p| p.into_inner()) = Some(gate);
     }
 
     /// Apply a reloaded config's `[platforms]`: limits, retry policies, standby channels.
@@ -51,6 +66,9 @@ impl HostServices {
         self.standby.reconfigure(platforms);
     }
 }
+
+/// How long a request held by the platform gate tells its caller to wait.
+const GATE_HOLD_MS: u64 = 500;
 
 impl HostServices {
     async fn send_live(&self, ctx: &CallContext, req: HttpRequest, cost: Option<berth_types::http::Cost>, notes: &mut SendNotes) -> Result<HttpResponse, HttpError> {
@@ -120,6 +138,13 @@ impl HostServices {
             }
         };
         let url = self.standby.route(&platform, url);
+        let gate = self.platform_gate.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if gate.is_some_and(|may| !may()) {
+            tracing::info!(connector = %ctx.connector, shop = ctx.shop_name(), "request held: this node's shop leases are not sound right now");
+            notes.held_back = Some(std::time::Duration::from_millis(GATE_HOLD_MS));
+            self.http_metrics.http(&platform, "held_back", None);
+            return Err(HttpError::Throttled(GATE_HOLD_MS));
+        }
         let sent = std::time::Instant::now();
         let result = self.http.send_to(&ctx.allow, url, req).await;
         let status = match &result {
