@@ -312,3 +312,34 @@ async fn check_durability(conn: &Connection, config: &ClusterConfig) -> Result<(
     tracing::info!(servers = ?synced, replicas = config.replicas, "NATS cluster checked: every server holding berth's state syncs each write");
     Ok(())
 }
+
+/// How long a step keeps trying through what a cluster answers while it settles (a
+/// bucket created a moment ago on another server: "no stream found", no responders, a
+/// timeout) before the caller is told.
+const SETTLING: Duration = Duration::from_secs(10);
+
+/// Run `op` again while it fails the way a settling cluster fails, for up to
+/// [`SETTLING`]. Only for steps that are safe to repeat (reads, creating a consumer,
+/// puts of content-addressed or write-once records).
+pub async fn patiently<T, E, F, Fut>(what: &str, mut op: F) -> Result<T, ClusterError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let until = std::time::Instant::now() + SETTLING;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let why = e.to_string();
+                let settling = ["no stream found", "no responders", "timed out", "timeout"].iter().any(|s| why.contains(s));
+                if !settling || std::time::Instant::now() >= until {
+                    return Err(ClusterError::Nats(why));
+                }
+                tracing::warn!(what, error = %why, "the cluster did not take this yet; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -268,8 +268,8 @@ impl OrderQueue {
         let stream = conn.shops_stream();
         // Created, or updated to these settings (a node started with another
         // `erp_lease_secs` sets it for all).
-        let consumer = stream
-            .create_consumer(
+        let consumer = crate::connect::patiently(name, || {
+            stream.create_consumer(
                 pull::Config {
                     durable_name: Some(name.to_string()),
                     filter_subject: format!("$KV.{}.feed.>", conn.names.shops),
@@ -284,8 +284,8 @@ impl OrderQueue {
                     ..Default::default()
                 },
             )
-            .await
-            .map_err(ClusterError::nats)?;
+        })
+        .await?;
         Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), settings })
     }
 

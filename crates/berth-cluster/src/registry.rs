@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// How many times an update is retried when other nodes keep changing the connector.
-const MAX_RETRIES: usize = 16;
+const MAX_RETRIES: usize = 40;
 
 /// One connector's state as it changed: its new value (None: removed) and revision.
 #[derive(Debug, Clone)]
@@ -61,8 +61,11 @@ impl SharedRegistry {
         if self.components.info(&digest).await.is_ok() {
             return Ok(digest);
         }
-        let mut reader = bytes;
-        self.components.put(digest.as_str(), &mut reader).await.map_err(ClusterError::nats)?;
+        crate::connect::patiently("a component's bytes", || async {
+            let mut reader = bytes;
+            self.components.put(digest.as_str(), &mut reader).await.map_err(ClusterError::nats)
+        })
+        .await?;
         Ok(digest)
     }
 
@@ -87,7 +90,7 @@ impl SharedRegistry {
     /// Write `key` whatever it holds (records that never change once written, such as
     /// a version's facts). The revision.
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClusterError> {
-        self.state.put(key, value).await.map_err(ClusterError::nats)
+        crate::connect::patiently(key, || self.state.put(key, value.clone())).await
     }
 
     /// The connector's state and its revision.
@@ -106,7 +109,7 @@ impl SharedRegistry {
         mut change: impl FnMut(Option<&[u8]>) -> Result<Bytes, E>,
     ) -> Result<Result<(u64, Bytes), E>, ClusterError> {
         for _ in 0..MAX_RETRIES {
-            let current = self.state.entry(connector).await.map_err(ClusterError::nats)?;
+            let current = crate::connect::patiently(connector, || self.state.entry(connector)).await?;
             let (revision, value) = match &current {
                 Some(e) if e.operation == kv::Operation::Put => (e.revision, Some(e.value.as_ref())),
                 Some(e) => (e.revision, None),
@@ -123,7 +126,12 @@ impl SharedRegistry {
             };
             match written {
                 Ok(rev) => return Ok(Ok((rev, next))),
-                Err(e) => tracing::debug!(connector, error = %e, "registry update raced another node; reading again"),
+                Err(e) => {
+                    // Another node's write came first (read again, decide again), or a
+                    // cluster settling did not take it (a moment before trying again).
+                    tracing::debug!(connector, error = %e, "registry update not taken; reading again");
+                    tokio::time::sleep(Duration::from_millis(20 + rand::random::<u64>() % 80)).await;
+                }
             }
         }
         Err(ClusterError::Conflict(format!("connector {connector}'s state (changed by other nodes {MAX_RETRIES} times in a row)")))

@@ -286,6 +286,11 @@ impl ShopSet {
         Ok(if old.is_some() { Put::Restarted } else { Put::Started })
     }
 
+    /// The stock ledger the shops' pushers settle in.
+    pub fn ledger(&self) -> &Arc<StockLedger> {
+        &self.deps.ledger
+    }
+
     /// The host's services (rate limits and their holds).
     pub fn services(&self) -> &Arc<berth_capabilities::services::HostServices> {
         &self.deps.services

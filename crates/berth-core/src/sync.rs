@@ -242,7 +242,7 @@ impl ShopWorker {
     }
 
     async fn step(&self, conn: &Arc<LoadedConnector>) -> Result<Next, StepError> {
-        let state = self.store.sync_state(&self.shop).await.map_err(|e| StepError::Pause(e.to_string()))?;
+        let state = self.store.sync_state(&self.shop).await.map_err(StepError::store)?;
         let now = now_ms();
         let Some(window) = self.next_window(conn, &state, now) else {
             return Ok(Next::Idle);
@@ -279,7 +279,7 @@ impl ShopWorker {
                     self.store
                         .commit_page(&self.source(conn), &[], &restart)
                         .await
-                        .map_err(|e| StepError::Pause(e.to_string()))?;
+                        .map_err(StepError::store)?;
                 }
                 return Err(StepError::Failed(ErrorKind::InvalidInput, why));
             }
@@ -305,7 +305,7 @@ impl ShopWorker {
             // An endless cursor: the window starts over after the error pause, so a
             // fixed version gets a fresh start and a broken one cannot page forever.
             let restart = SyncState { watermark_ms: state.watermark_ms, current: Some(WindowProgress { cursor: None, pages: 0, ..window.clone() }) };
-            self.store.commit_page(&self.source(conn), &[], &restart).await.map_err(|e| StepError::Pause(e.to_string()))?;
+            self.store.commit_page(&self.source(conn), &[], &restart).await.map_err(StepError::store)?;
             conn.limit_hit("pages_per_window", 1);
             return Err(StepError::Failed(
                 ErrorKind::Permanent,
@@ -338,6 +338,7 @@ impl ShopWorker {
             }
             other => other.map_err(|e| match e {
                 PageError::Queue(_) => StepError::Failed(ErrorKind::Transient, e.to_string()),
+                PageError::Store(StoreError::Unavailable(_)) => StepError::Failed(ErrorKind::Transient, e.to_string()),
                 PageError::Store(_) | PageError::Held(_) => StepError::Pause(e.to_string()),
             })?,
         };
@@ -405,6 +406,18 @@ pub async fn store_page(
     }
     inbox.deliver(fresh).await?;
     Ok(store.commit_page(src, orders, next).await?)
+}
+
+impl StepError {
+    /// A store failure: the cluster not taking a write now (a NATS server lost, a
+    /// leader being elected) is retried like a transient platform failure; anything
+    /// else (a full or failed disk) pauses longer.
+    fn store(e: StoreError) -> StepError {
+        match e {
+            StoreError::Unavailable(_) => StepError::Failed(ErrorKind::Transient, e.to_string()),
+            e => StepError::Pause(e.to_string()),
+        }
+    }
 }
 
 enum StepError {

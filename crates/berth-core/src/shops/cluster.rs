@@ -71,6 +71,12 @@ impl ShopWorkers for ClusterShops {
         // Said before anything of the shop runs: the lease's revision is the fence of
         // every durable write the shop's workers make here.
         tracing::info!(shop = %shop, revision = fence.revision, "this node took the shop's lease and runs it");
+        // The previous owner's last push results first (see StockLedger::catch_up_shop).
+        match self.set.ledger().catch_up_shop(&shop).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(shop = %shop, records = n, "this node's copy of the shop's stock caught up with the cluster"),
+            Err(e) => tracing::warn!(shop = %shop, error = %e, "cannot read the shop's stock from the cluster; its pusher starts on this node's copy"),
+        }
         if let Err(e) = self.set.start(&shop, &sc, slot) {
             tracing::error!(shop = %shop, error = %e, "leased shop not started");
         }

@@ -131,6 +131,38 @@ impl ClusterStock {
         *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
+    /// Bring this node's copy of `shop`'s records up to the stream leader's: read every
+    /// SKU the copy has from the leader and take what is newer. A node that has just
+    /// taken a shop's lease calls it before the shop's pusher runs: its copy follows the
+    /// stream a moment behind, and the previous owner's last push results may not have
+    /// reached it — pushing a quantity the copy still shows as due, after the previous
+    /// owner pushed a newer one, would set the platform back. (A SKU the copy does not
+    /// have yet is pushed once it arrives: nothing older can be pushed for it.)
+    pub async fn catch_up_shop(&self, shop: &str) -> Result<usize, StockError> {
+        let within = shop_prefix(shop);
+        let mut keys = Vec::new();
+        self.mirror.walk(&within, &within, |key, _| {
+            keys.push(key.to_string());
+            true
+        });
+        let mut newer = 0;
+        for chunk in keys.chunks(256) {
+            let latest = read_latest(&self.conn, chunk).await?;
+            let written: Vec<(String, u64, Option<SkuStock>)> = chunk
+                .iter()
+                .zip(latest)
+                .filter(|(key, (revision, _))| *revision > self.mirror.get(key).revision)
+                .filter_map(|(key, (revision, bytes))| {
+                    let record = SkuCodec::decode(key, bytes.as_deref().unwrap_or_default()).ok()?;
+                    Some((key.clone(), revision, record))
+                })
+                .collect();
+            newer += written.len();
+            self.mirror.applied_writes(&written);
+        }
+        Ok(newer)
+    }
+
     /// This node's copy of the records (tests wait for it to catch up).
     pub fn mirror(&self) -> &Mirror<SkuCodec> {
         &self.mirror

@@ -146,6 +146,16 @@ impl StockLedger {
         Ok(StockLedger { backend: Backend::Cluster(cluster), counts, policy })
     }
 
+    /// Cluster mode: bring this node's copy of `shop`'s records up to the cluster's
+    /// before the shop's pusher runs here (see [`ClusterStock::catch_up_shop`]); how
+    /// many records were newer. Nothing to do on the embedded store.
+    pub async fn catch_up_shop(&self, shop: &str) -> Result<usize, StockError> {
+        match &self.backend {
+            Backend::Cluster(c) => c.catch_up_shop(shop).await,
+            Backend::Embedded { .. } => Ok(0),
+        }
+    }
+
     /// The cluster copy, in cluster mode (tests wait on it).
     pub fn cluster(&self) -> Option<&ClusterStock> {
         match &self.backend {
