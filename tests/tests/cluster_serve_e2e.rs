@@ -196,23 +196,11 @@ async fn nodes_killed_stopped_and_a_nats_server_lost_lose_nothing() {
         erp.refused
     );
 
-    // Orders: everything not acked comes back and is taken now; nothing acked comes back.
-    let want = platform_versions(&sim, &shops);
+    // Orders: everything not acked comes back and is taken now; nothing acked comes
+    // back; the feed holds each version once.
     let b3 = berths["b3"].base_url.clone();
-    let (drained, all) = drain_orders(&client, &b3, &want, &erp).await;
-    let unique: BTreeSet<Version> = drained.iter().cloned().collect();
-    let got: BTreeSet<Version> = unique.iter().chain(&erp.acked_orders).chain(&erp.acks_in_doubt).cloned().collect();
-    let missing: Vec<_> = want.difference(&got).take(10).collect();
-    assert!(all, "orders lost (seed {seed}): {missing:?}\n{}", berths["b3"].log());
-    assert_eq!(drained.len(), unique.len(), "an order version was delivered twice after its ack (seed {seed})");
-    let back: Vec<_> = unique.intersection(&erp.acked_orders).take(5).collect();
-    assert!(back.is_empty(), "acked orders came back (seed {seed}): {back:?}");
-
-    // The feed holds each version once.
-    let feed = whole_feed(&client, &b1).await;
-    let distinct: BTreeSet<&(Version, String)> = feed.iter().collect();
-    assert_eq!(distinct.len(), feed.len(), "the feed holds a version twice");
-    assert!(want.iter().all(|v| feed.iter().any(|(f, _)| f == v)), "a platform version is missing from the feed");
+    let taken = check_orders(&client, &b3, &sim, &shops, &erp, seed).await.unwrap_or_else(|e| panic!("{e}\n{}", berths["b3"].log()));
+    eprintln!("{taken} orders taken at the end, none lost or delivered after its ack");
 
     // Stock: every SKU drains to its newest quantity, and never went backwards.
     let checked = check_stock(&client, &b1, &sim, &erp, seed).await.unwrap_or_else(|e| panic!("{e}\n{}", berths["b1"].log()));

@@ -14,7 +14,7 @@ mod cluster_common;
 use berth_tests::{poll_until, Berth};
 use cluster_common::*;
 use nats::NatsCluster;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,18 +95,8 @@ async fn random_nodes_killed_fifty_times_lose_nothing() {
     );
     assert!(erp.stock_posts > 0 && !erp.acked_orders.is_empty(), "the ERP load never got through");
 
-    let want = platform_versions(&sim, &shops);
-    let (drained, all) = drain_orders(&client, &b1, &want, &erp).await;
-    let unique: BTreeSet<Version> = drained.iter().cloned().collect();
-    let got: BTreeSet<Version> = unique.iter().chain(&erp.acked_orders).chain(&erp.acks_in_doubt).cloned().collect();
-    let missing: Vec<_> = want.difference(&got).take(10).collect();
-    assert!(all, "orders lost after {kills} kills (seed {seed}): {missing:?}\n{}", berths["b1"].log());
-    assert_eq!(drained.len(), unique.len(), "an order version was delivered twice after its ack (seed {seed})");
-    let back: Vec<_> = unique.intersection(&erp.acked_orders).take(5).collect();
-    assert!(back.is_empty(), "acked orders came back (seed {seed}): {back:?}");
-    let feed = whole_feed(&client, &b1).await;
-    let distinct: BTreeSet<&(Version, String)> = feed.iter().collect();
-    assert_eq!(distinct.len(), feed.len(), "the feed holds a version twice (seed {seed})");
+    let taken = check_orders(&client, &b1, &sim, &shops, &erp, seed).await.unwrap_or_else(|e| panic!("after {kills} kills: {e}\n{}", berths["b1"].log()));
+    eprintln!("{taken} orders taken at the end, none lost or delivered after its ack");
 
     let checked = check_stock(&client, &b1, &sim, &erp, seed).await.unwrap_or_else(|e| panic!("{e}\n{}", berths["b1"].log()));
     eprintln!("{checked} SKUs at their newest quantity on the platforms");

@@ -212,3 +212,33 @@ pub fn lease_epochs(logs: &[(String, String)]) -> BTreeMap<String, Vec<(u64, Str
     }
     out
 }
+
+/// The order checks after a run, from `base`: every version on the platforms was
+/// delivered (taken now, or acked — or maybe acked — before), none came back after its
+/// ack was answered, and the feed holds each version once. How many were taken now.
+pub async fn check_orders(client: &reqwest::Client, base: &str, sim: &berth_sim::SimHandle, shops: &[(Platform, String)], erp: &ErpLedger, seed: u64) -> Result<usize, String> {
+    let want = platform_versions(sim, shops);
+    let (drained, all) = drain_orders(client, base, &want, erp).await;
+    let unique: BTreeSet<Version> = drained.iter().cloned().collect();
+    let got: BTreeSet<Version> = unique.iter().chain(&erp.acked_orders).chain(&erp.acks_in_doubt).cloned().collect();
+    if !all {
+        let missing: Vec<_> = want.difference(&got).take(10).collect();
+        return Err(format!("orders lost (seed {seed}): {missing:?}"));
+    }
+    if drained.len() != unique.len() {
+        return Err(format!("an order version was delivered twice after its ack (seed {seed})"));
+    }
+    let back: Vec<_> = unique.intersection(&erp.acked_orders).take(5).collect();
+    if !back.is_empty() {
+        return Err(format!("acked orders came back (seed {seed}): {back:?}"));
+    }
+    let feed = whole_feed(client, base).await;
+    let distinct: BTreeSet<&(Version, String)> = feed.iter().collect();
+    if distinct.len() != feed.len() {
+        return Err(format!("the feed holds a version twice (seed {seed})"));
+    }
+    if let Some(v) = want.iter().find(|v| !feed.iter().any(|(f, _)| f == *v)) {
+        return Err(format!("a platform version is missing from the feed: {v:?} (seed {seed})"));
+    }
+    Ok(drained.len())
+}
