@@ -53,6 +53,12 @@ struct Bucket {
     in_flight: f64,
     /// When the platform last reported it; `None`: ops' guess.
     reported_ms: Option<i64>,
+    /// Requests that took points, numbered in the order they were sent.
+    sent: u64,
+    /// The number of the request whose answer gave the report the bucket follows: an
+    /// answer to an earlier request, processed later (two requests in flight, answered
+    /// out of order), tells of an older state of the platform's bucket and is not taken.
+    reported_sent: u64,
 }
 
 impl Bucket {
@@ -84,6 +90,8 @@ pub struct Spent {
     buckets: Arc<Mutex<HashMap<BucketKey, Bucket>>>,
     key: BucketKey,
     points: f64,
+    /// This request's number among the bucket's (see [`PointsBuckets::report_after`]).
+    pub sent: u64,
 }
 
 impl Drop for Spent {
@@ -146,6 +154,8 @@ impl PointsBuckets {
                 restore: g.restore_per_second,
                 in_flight: 0.0,
                 reported_ms: None,
+                sent: 0,
+                reported_sent: 0,
             });
         }
         let queue = self.queue(&bk);
@@ -164,7 +174,8 @@ impl PointsBuckets {
                     b.level = level - points;
                     b.at = now;
                     b.in_flight += points;
-                    return Ok((started.elapsed(), Some(Spent { buckets: self.buckets.clone(), key: bk, points })));
+                    b.sent += 1;
+                    return Ok((started.elapsed(), Some(Spent { buckets: self.buckets.clone(), key: bk, points, sent: b.sent })));
                 }
                 if b.restore <= 0.0 {
                     budget + Duration::from_secs(1)
@@ -183,6 +194,14 @@ impl PointsBuckets {
     /// What the platform said of the quota `key`'s `report.name`: the bucket follows it,
     /// less the points of the requests still on their way.
     pub fn report(&self, platform: &str, key: &str, r: &QuotaReport) -> Result<(), String> {
+        self.report_after(platform, key, r, None)
+    }
+
+    /// [`PointsBuckets::report`], read from the answer to the request numbered `sent`
+    /// (its [`Spent::sent`]; `None`: not known). A report from an earlier request than
+    /// the one the bucket follows is dropped: its answer was processed late, and the
+    /// platform has counted later requests since.
+    pub fn report_after(&self, platform: &str, key: &str, r: &QuotaReport, sent: Option<u64>) -> Result<(), String> {
         if !valid_name(&r.name) {
             return Err(format!("quota name must be 1-{MAX_NAME_BYTES} letters, digits, `-` or `_`"));
         }
@@ -198,7 +217,22 @@ impl PointsBuckets {
         if !buckets.contains_key(&bk) && buckets.keys().filter(|(p, k, _)| p == platform && k == key).count() >= MAX_NAMES_PER_QUOTA {
             return Err(format!("this quota has {MAX_NAMES_PER_QUOTA} names already; report fewer quotas"));
         }
-        let b = buckets.entry(bk).or_insert(Bucket { level: 0.0, at: Instant::now(), maximum: r.maximum, restore: 0.0, in_flight: 0.0, reported_ms: None });
+        let b = buckets.entry(bk).or_insert(Bucket {
+            level: 0.0,
+            at: Instant::now(),
+            maximum: r.maximum,
+            restore: 0.0,
+            in_flight: 0.0,
+            reported_ms: None,
+            sent: 0,
+            reported_sent: 0,
+        });
+        if let Some(sent) = sent {
+            if sent < b.reported_sent {
+                return Ok(());
+            }
+            b.reported_sent = sent;
+        }
         b.level = r.available.min(r.maximum) - b.in_flight;
         b.at = Instant::now();
         b.maximum = r.maximum;
@@ -260,6 +294,23 @@ mod tests {
         let (waited, _) = p.take("shopify", "shop:a", &cost(80.0), Duration::from_secs(2)).await.unwrap();
         assert!(waited >= Duration::from_millis(40), "{waited:?}");
         assert_eq!(p.views("shopify")[0].source, "configured");
+    }
+
+    #[tokio::test]
+    async fn a_report_from_an_answer_processed_out_of_order_is_not_taken() {
+        let p = PointsBuckets::default();
+        p.report("shopify", "shop:a", &report(600.0, 600.0, 0.001)).unwrap();
+        let first = p.take("shopify", "shop:a", &cost(100.0), Duration::ZERO).await.unwrap().1.unwrap();
+        let second = p.take("shopify", "shop:a", &cost(100.0), Duration::ZERO).await.unwrap().1.unwrap();
+        assert!(second.sent > first.sent);
+        let (first_sent, second_sent) = (first.sent, second.sent);
+        drop((first, second));
+        // The platform counted both: 400 left. The second's answer is processed first,
+        // then the first's (which tells of 500 left): the bucket stays at 400.
+        p.report_after("shopify", "shop:a", &report(400.0, 600.0, 0.001), Some(second_sent)).unwrap();
+        p.report_after("shopify", "shop:a", &report(500.0, 600.0, 0.001), Some(first_sent)).unwrap();
+        let left = p.views("shopify")[0].available;
+        assert!((399.0..401.0).contains(&left), "{left}");
     }
 
     #[tokio::test]

@@ -107,6 +107,9 @@ impl HostServices {
                         tracing::debug!(connector = %ctx.connector, shop = ctx.shop_name(), quota = %c.quota, points = c.points, waited_ms = waited.as_millis() as u64, "points quota wait");
                     }
                     budget = budget.saturating_sub(waited);
+                    if let Some(s) = &spent {
+                        notes.points_sent = Some((c.quota.clone(), s.sent));
+                    }
                     spent
                 }
                 Err(no_slot) => {
@@ -276,10 +279,10 @@ impl HostImports for HostServices {
         Box::pin(self.send_live(call, req, cost, notes))
     }
 
-    fn report_quota(&self, call: &CallContext, report: berth_types::http::QuotaReport) -> Result<(), String> {
+    fn report_quota(&self, call: &CallContext, report: berth_types::http::QuotaReport, sent: Option<u64>) -> Result<(), String> {
         let cfg = call.shop.as_ref().map(|(_, c)| c.clone());
         let key = self.limits.quota_of(&call.platform, call.shop_name(), cfg.as_deref()).map_err(|e| e.to_string())?;
-        self.limits.points.report(&call.platform, &key, &report).inspect_err(|e| {
+        self.limits.points.report_after(&call.platform, &key, &report, sent).inspect_err(|e| {
             tracing::warn!(connector = %call.connector, shop = call.shop_name(), error = %e, "quota report refused");
         })
     }

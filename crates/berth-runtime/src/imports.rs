@@ -17,12 +17,15 @@ use std::time::Duration;
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What became of a request beyond its answer, for the call's outcome.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SendNotes {
     /// The host's rate limiter held the request back: the quota needs this long.
     pub held_back: Option<Duration>,
     /// The connector's own platform answered it.
     pub platform_answered: bool,
+    /// The newest request of this call that took points of a quota: the quota's name
+    /// and the request's number there (a report read from its answer is ordered by it).
+    pub points_sent: Option<(String, u64)>,
 }
 
 /// Why a state write was refused.
@@ -60,7 +63,9 @@ pub trait HostImports: Send + Sync + 'static {
 
     /// The connector read what its platform says of one of the calling shop's quotas:
     /// the host's bucket follows it. Refused, with why, when the report is not sane.
-    fn report_quota(&self, call: &CallContext, report: QuotaReport) -> Result<(), String>;
+    /// `sent`: the number of this call's newest request that took points of the quota
+    /// (see `SendNotes::points_sent`), when it names the reported quota.
+    fn report_quota(&self, call: &CallContext, report: QuotaReport, sent: Option<u64>) -> Result<(), String>;
 
     /// The calling shop's state (keys are the connector's, per shop).
     fn kv_get(&self, call: &CallContext, key: &str) -> Result<Option<Vec<u8>>, String>;

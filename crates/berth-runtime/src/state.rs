@@ -236,7 +236,8 @@ impl HostState {
         if self.tape.is_replaying() {
             return Ok(());
         }
-        let out = self.imports.report_quota(&self.ctx, report);
+        let sent = self.notes.points_sent.as_ref().filter(|(name, _)| *name == report.name).map(|(_, n)| *n);
+        let out = self.imports.report_quota(&self.ctx, report, sent);
         if out.is_err() {
             self.metrics.limit_hit(&self.ctx.connector, "quota_report", 1);
         }
