@@ -98,17 +98,11 @@ async fn append(conn: &Connection, shop: &str, fence: Option<&Fence>, entries: &
     if entries.len() * 2 + 2 > fenced::MAX_BATCH {
         return Err(ClusterError::Nats(format!("a page of {} orders is more than one atomic batch holds ({})", entries.len(), (fenced::MAX_BATCH - 2) / 2)));
     }
-    let mut orders: Vec<&str> = entries.iter().map(|e| e.order_id.as_str()).collect();
-    orders.sort_unstable();
-    orders.dedup();
-    let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // What the feed holds for each order of the page, read from the leader (this
-        // node's own last page must count), all at once.
-        let stored = crate::mirror::read_latest(conn, &keys).await?;
-        let stored_by_order: HashMap<&str, &(u64, Option<Bytes>)> = orders.iter().copied().zip(stored.iter()).collect();
+        let stored = stored_latest(conn, shop, entries.iter().map(|e| e.order_id.as_str())).await?;
+        let stored_by_order: HashMap<&str, &(u64, Option<Bytes>)> = stored.iter().map(|(o, v)| (*o, v)).collect();
         let (writes, out) = decide(shop, entries, &stored_by_order, position.clone());
         if writes.is_empty() {
             return Ok(out);
@@ -119,6 +113,17 @@ async fn append(conn: &Connection, shop: &str, fence: Option<&Fence>, entries: &
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What the feed holds for each of `orders` (its `latest.*` revision and value),
+/// read from the stream leader — this node's own last page must count — all at once.
+async fn stored_latest<'a>(conn: &Connection, shop: &str, orders: impl Iterator<Item = &'a str>) -> Result<Vec<(&'a str, (u64, Option<Bytes>))>, ClusterError> {
+    let mut orders: Vec<&str> = orders.collect();
+    orders.sort_unstable();
+    orders.dedup();
+    let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
+    let stored = crate::mirror::read_latest(conn, &keys).await?;
+    Ok(orders.into_iter().zip(stored).collect())
 }
 
 /// The writes that add the new versions of a page: each version's `feed.*` key, and
@@ -157,12 +162,8 @@ fn decide(shop: &str, entries: &[FeedEntry], stored: &HashMap<&str, &(u64, Optio
 /// Which of `entries` are versions the feed does not hold for `shop` (read from the
 /// leader; a repeat within `entries` counts once).
 pub async fn fresh(conn: &Connection, shop: &str, entries: &[(&str, i64, [u8; 32])]) -> Result<Vec<bool>, ClusterError> {
-    let mut orders: Vec<&str> = entries.iter().map(|e| e.0).collect();
-    orders.sort_unstable();
-    orders.dedup();
-    let keys: Vec<String> = orders.iter().map(|o| latest_key(shop, o)).collect();
-    let stored = crate::mirror::read_latest(conn, &keys).await?;
-    let mut known: HashMap<&str, Option<Bytes>> = orders.into_iter().zip(stored.into_iter().map(|(_, v)| v)).collect();
+    let stored = stored_latest(conn, shop, entries.iter().map(|e| e.0)).await?;
+    let mut known: HashMap<&str, Option<Bytes>> = stored.into_iter().map(|(o, (_, v))| (o, v)).collect();
     Ok(entries
         .iter()
         .map(|(order, at, digest)| {
@@ -416,10 +417,7 @@ impl OrderQueue {
     pub async fn replay(&self, ids: &[u64]) -> Result<usize, ClusterError> {
         let mut done = 0;
         for &seq in ids {
-            let key = format!("dead.{}.{seq}", self.name);
-            if self.conn.latest_shop_key(&key).await?.and_then(|l| l.value).is_none_or(|v| v.is_empty()) {
-                continue;
-            }
+            let Some(key) = self.dead_key(seq).await? else { continue };
             let msg = self.conn.shops_stream().get_raw_message(seq).await.map_err(ClusterError::nats)?;
             let base = msg.subject.split('.').take(7).collect::<Vec<_>>().join(".");
             self.conn.js.publish(format!("{base}.r{seq}"), msg.payload).await.map_err(ClusterError::nats)?.await.map_err(ClusterError::nats)?;
@@ -429,14 +427,18 @@ impl OrderQueue {
         Ok(done)
     }
 
+    /// The key of dead letter `seq`, when there is one (the leader's newest value).
+    async fn dead_key(&self, seq: u64) -> Result<Option<String>, ClusterError> {
+        let key = format!("dead.{}.{seq}", self.name);
+        let value = self.conn.latest_shop_key(&key).await?.and_then(|l| l.value);
+        Ok(value.is_some_and(|v| !v.is_empty()).then_some(key))
+    }
+
     /// Drop dead letters for good. Returns how many there were.
     pub async fn purge(&self, ids: &[u64]) -> Result<usize, ClusterError> {
         let mut done = 0;
         for &seq in ids {
-            let key = format!("dead.{}.{seq}", self.name);
-            if self.conn.latest_shop_key(&key).await?.and_then(|l| l.value).is_none_or(|v| v.is_empty()) {
-                continue;
-            }
+            let Some(key) = self.dead_key(seq).await? else { continue };
             self.conn.shops.delete(&key).await.map_err(ClusterError::nats)?;
             done += 1;
         }

@@ -101,6 +101,19 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     assert_eq!((bad_sku.attempts, bad_sku.reason.as_str()), (2, "erp said 400: bad sku"));
     assert!(dead.iter().filter(|d| d.seq != leased[3].token.id).all(|d| d.reason.contains("expired") && d.attempts == 2));
     assert!(qb.lease(10, Duration::from_millis(500)).await.expect("lease").is_empty(), "a buried or acked order came back");
+    assert!(dead.iter().all(|d| d.shop == "shop-1"), "dead letters name their shop: {dead:?}");
+
+    // Replayed on b: the order is delivered again (a new message of the feed) and its
+    // dead letter is gone; purged: gone without coming back; unknown ids are skipped.
+    assert_eq!(qb.replay(&[bad_sku.seq, 999_999]).await.expect("replay"), 1);
+    let replayed = lease_until(&qa, 1, 20).await;
+    assert_eq!(replayed[0].record, leased[3].record, "the same order again");
+    qa.ack(&replayed[0].token).await.expect("ack the replayed order");
+    let others: Vec<u64> = dead.iter().map(|d| d.seq).filter(|s| *s != bad_sku.seq).collect();
+    assert_eq!(qa.purge(&others).await.expect("purge"), 2);
+    assert!(qa.dead_letters(10).await.expect("dead").is_empty());
+    assert_eq!(qa.purge(&others).await.expect("purge again"), 0);
+    assert!(qb.lease(10, Duration::from_millis(500)).await.expect("lease").is_empty(), "a purged order came back");
 
     // A token is only ever this queue's ack subject.
     for ack in ["$KV.berth_shops.owner.shop-1", "$JS.ACK.KV_berth_shops.other.1.1.1.1.0", "$JS.ACK.KV_berth_shops.erp.1.999.1.1.0"] {
