@@ -1,7 +1,8 @@
 //! Cluster mode at start-up: connect to the NATS cluster, join it (heartbeats, leases)
 //! and open what lives there — the order feed and the ERP's queue, the stock ledger,
-//! connector state and the registry. What stays on the node's own disk: health, alert
-//! state, the audit log, onboarding and the compiled-component cache (docs/cluster.md).
+//! connector state, the registry, shop health, firing alerts and the audit log. What
+//! stays on the node's own disk: onboarding and the compiled-component cache, and each
+//! node's own audit file, forwarded to the cluster (docs/cluster.md).
 
 use berth_cluster::feed::{OrderQueue, QueueSettings};
 use berth_cluster::{ClusterConfig, Connection, Leases};
@@ -42,4 +43,16 @@ pub async fn join(config: &ClusterConfig, shops: &BTreeMap<String, ShopConfig>) 
 pub async fn erp_queue(conn: &Connection, config: &ClusterConfig, max_attempts: u32) -> Result<OrderQueue, berth_cluster::ClusterError> {
     let visibility = Duration::from_secs(config.erp_lease_secs);
     OrderQueue::open(conn, ERP_QUEUE, QueueSettings { visibility, max_attempts }).await
+}
+
+/// The cluster's audit stream, and this node's audit file forwarded to it.
+pub async fn forward_audit(
+    conn: &Connection,
+    config: &ClusterConfig,
+    audit: Arc<berth_core::audit::AuditLog>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, berth_cluster::ClusterError> {
+    let journal = berth_cluster::journal::Journal::open(conn, &config.prefix, "audit", config.audit_keep).await?;
+    audit.attach(journal.clone());
+    Ok(tokio::spawn(audit.forward(journal, shutdown)))
 }

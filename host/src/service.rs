@@ -104,6 +104,10 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         book.tell(events.clone());
     }
     let health = Arc::new(berth_core::health::HealthBook::open(&storage, cfg.health.clone(), events.clone())?);
+    let shared_health = match &node {
+        Some(node) => Some(berth_core::health::cluster::SharedHealth::attach(&node.conn, node.leases.clone(), &health, shutdown_rx.clone()).await?),
+        None => None,
+    };
     let (shops, leases) = match &node {
         Some(node) => {
             let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, node, shutdown_rx.clone());
@@ -113,7 +117,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     };
     let (leases, cluster_shops) = leases.unzip();
     let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
-    let mut workers = Vec::new();
+    let mut workers: Vec<_> = shared_health.into_iter().collect();
     let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
             let status = d.status.clone();
@@ -143,9 +147,8 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
     let alerts = Arc::new(berth_ops::alerts::Alerts::open(&storage, &cfg.alerts, metrics.ops.clone())?);
-    if let Some(node) = &node {
-        let leases = node.leases.clone();
-        alerts.share_duty(Arc::new(move || leases.leads("alerts")));
+    if let (Some(node), Some(c)) = (&node, &cfg.cluster) {
+        alerts.share(berth_ops::alerts::cluster::Board::open(&node.conn, &c.prefix, node.leases.clone()).await?);
     }
     events.subscribe(alerts.clone());
     let sources = berth_ops::alerts::Sources {
@@ -157,6 +160,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         credentials: credentials.clone(),
     };
     workers.push(tokio::spawn(alerts.clone().run(sources, shutdown_rx.clone())));
+    if let (Some(node), Some(c)) = (&node, &cfg.cluster) {
+        workers.push(crate::cluster::forward_audit(&node.conn, c, audit.clone(), shutdown_rx.clone()).await?);
+    }
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
 
     let connectors = registry.slots().len();

@@ -44,7 +44,7 @@ fn each_crate_depends_only_on_crates_below_it() {
         ("berth-runtime", &["berth-types"]),
         ("berth-capabilities", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime"]),
         ("berth-core", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities"]),
-        ("berth-ops", &["berth-types", "berth-storage", "berth-runtime", "berth-capabilities", "berth-core"]),
+        ("berth-ops", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core"]),
         ("berth-api", &["berth-types", "berth-runtime", "berth-capabilities", "berth-core", "berth-ops", "berth-cluster"]),
         ("berth-host", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core", "berth-ops", "berth-api"]),
     ];

@@ -439,8 +439,13 @@ async fn audit(State(st): State<Arc<AdminState>>, q: Result<Query<AuditQuery>, a
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?limit=1..=10000 (the newest entries to show)")),
     };
-    match st.audit.tail(q.limit.unwrap_or(100).clamp(1, 10_000)) {
+    match st.audit.read(q.limit.unwrap_or(100).clamp(1, 10_000)).await {
         Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
+        Err(e @ berth_core::audit::AuditReadError::Cluster(_)) => {
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the audit log now: {e}; try again"));
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            resp
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit log: {e}")),
     }
 }

@@ -72,6 +72,10 @@ pub struct ClusterConfig {
     /// a lease asks for; an extension renews it whole.
     #[serde(default = "default_erp_lease_secs")]
     pub erp_lease_secs: u64,
+    /// Audit entries the cluster's audit stream keeps (every node's; the oldest go
+    /// first). Each node's own `audit.log` keeps all of its own.
+    #[serde(default = "default_audit_keep")]
+    pub audit_keep: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +103,9 @@ fn default_prefix() -> String {
 fn default_erp_lease_secs() -> u64 {
     60
 }
+fn default_audit_keep() -> i64 {
+    1_000_000
+}
 
 impl ClusterConfig {
     /// `node` on the servers at `nats`, everything else at its default: 3 replicas,
@@ -118,6 +125,7 @@ impl ClusterConfig {
             lease_ttl_secs: default_lease_ttl_secs(),
             prefix: default_prefix(),
             erp_lease_secs: default_erp_lease_secs(),
+            audit_keep: default_audit_keep(),
         }
     }
 
@@ -165,6 +173,9 @@ impl ClusterConfig {
         }
         if !(1..=86_400).contains(&self.erp_lease_secs) {
             return Err(format!("[cluster] erp_lease_secs = {}: between 1 and 86400", self.erp_lease_secs));
+        }
+        if !(1_000..=100_000_000).contains(&self.audit_keep) {
+            return Err(format!("[cluster] audit_keep = {}: between 1000 and 100000000 entries", self.audit_keep));
         }
         let auth = [self.creds_file.is_some(), self.user.is_some() || self.password.is_some(), self.token.is_some()];
         if auth.iter().filter(|a| **a).count() > 1 {

@@ -451,4 +451,24 @@ impl OrderQueue {
         let info = consumer.info().await.map_err(ClusterError::nats)?;
         Ok((info.num_pending, info.num_ack_pending as u64))
     }
+
+    /// Orders waiting and leased, and when the oldest of them (the first not acked) was
+    /// appended to the feed (ms since the epoch; none when nothing waits).
+    pub async fn depth_and_oldest(&self) -> Result<(u64, u64, Option<i64>), ClusterError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let mut consumer = self.consumer.clone();
+        let info = consumer.info().await.map_err(ClusterError::nats)?.clone();
+        let (ready, in_flight) = (info.num_pending, info.num_ack_pending as u64);
+        if ready + in_flight == 0 {
+            return Ok((ready, in_flight, None));
+        }
+        // Every message up to the ack floor is acked; the next one under the filter is not.
+        let filter = format!("$KV.{}.feed.>", self.conn.names.shops);
+        let oldest = match self.conn.shops_stream().direct_get_next_for_subject(filter.as_str(), Some(info.ack_floor.stream_sequence + 1)).await {
+            Ok(msg) => Some((msg.time.unix_timestamp_nanos() / 1_000_000) as i64),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+            Err(e) => return Err(ClusterError::nats(e)),
+        };
+        Ok((ready, in_flight, oldest))
+    }
 }

@@ -8,7 +8,9 @@
 //! compare-and-set), writes only a shop's lease holder can make ([`fenced`]), and the
 //! order feed with the ERP's lease/ack queue over it ([`feed`]), the connector
 //! registry every node watches ([`registry`]), and copies of records any node reads and
-//! changes by compare-and-set ([`mirror`]: the stock ledger's SKUs).
+//! changes by compare-and-set ([`mirror`]: the stock ledger's SKUs, shop health, firing
+//! alerts), and append-only records from every node ([`journal`]: the audit log, alert
+//! notifications).
 //!
 //! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
 //! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
@@ -18,6 +20,7 @@ pub mod connect;
 pub mod error;
 pub mod feed;
 pub mod fenced;
+pub mod journal;
 pub mod lease;
 pub mod mirror;
 pub mod registry;

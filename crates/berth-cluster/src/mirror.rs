@@ -36,6 +36,27 @@ pub trait Codec: Send + Sync + 'static {
     fn encode(record: Option<&Self::Record>) -> Bytes;
 }
 
+/// Records kept as JSON, a tombstone as an empty value.
+pub struct Json<T>(std::marker::PhantomData<T>);
+
+impl<T> Codec for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Record = T;
+
+    fn decode(_key: &str, bytes: &[u8]) -> Result<Option<T>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(bytes).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn encode(record: Option<&T>) -> Bytes {
+        record.map_or_else(Bytes::new, |r| Bytes::from(serde_json::to_vec(r).unwrap_or_default()))
+    }
+}
+
 /// Told of every change the mirror applies, with the record before and after (in
 /// revision order per key; `None`: absent). Runs under the mirror's write lock: keep it
 /// short and never call back into the mirror.

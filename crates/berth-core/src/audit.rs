@@ -6,6 +6,12 @@
 //! and one entry says how many were not written, so a client without a token cannot
 //! fill the disk or spend an fsync per request (they stay counted in
 //! `berth_api_refused_total`).
+//!
+//! In cluster mode the file is also the node's outbox: a forwarder appends each entry to
+//! the cluster's audit stream ([`berth_cluster::journal`]) moments after it is written,
+//! resuming after a restart from the last entry the stream has from this node, and
+//! `GET /v1/admin/audit` on any node reads the stream: every node's entries, each naming
+//! its node.
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -24,6 +30,9 @@ pub struct AuditEntry {
     /// `ok`, `refused` (bad input), `unauthorized`, `forbidden` or `failed`.
     pub outcome: String,
     pub detail: String,
+    /// Cluster mode: the node that took the call (set when read back from the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl AuditEntry {
@@ -37,6 +46,7 @@ impl AuditEntry {
             digest: digest.map(String::from),
             outcome: outcome.to_string(),
             detail,
+            node: None,
         }
     }
 }
@@ -47,6 +57,18 @@ pub struct AuditLog {
     /// Unauthenticated entries: the minute, how many written in it, how many not.
     unauthenticated: Mutex<(i64, u32, u64)>,
     max_unauthenticated_per_minute: std::sync::atomic::AtomicU32,
+    /// Cluster mode: the stream every node's entries go to, and the forwarder's wake-up.
+    cluster: std::sync::OnceLock<berth_cluster::journal::Journal>,
+    written: tokio::sync::Notify,
+}
+
+/// Why the audit log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditReadError {
+    #[error("reading the audit log file: {0}")]
+    File(#[from] std::io::Error),
+    #[error("reading the cluster's audit stream: {0}")]
+    Cluster(#[from] berth_cluster::ClusterError),
 }
 
 impl AuditLog {
@@ -69,6 +91,8 @@ impl AuditLog {
             file: Mutex::new(file),
             unauthenticated: Mutex::new((0, 0, 0)),
             max_unauthenticated_per_minute: std::sync::atomic::AtomicU32::new(60),
+            cluster: std::sync::OnceLock::new(),
+            written: tokio::sync::Notify::new(),
         })
     }
 
@@ -110,6 +134,7 @@ impl AuditLog {
                 target: "*".into(),
                 digest: None,
                 outcome: "unauthorized".into(),
+                node: None,
                 detail: format!("{not_written} more attempts without a valid token in the minute before were not written one by one (admin.max_unauthenticated_audits_per_minute = {max})"),
             })?;
         }
@@ -121,7 +146,121 @@ impl AuditLog {
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(&line)?;
-        f.sync_data()
+        f.sync_data()?;
+        drop(f);
+        self.written.notify_one();
+        Ok(())
+    }
+
+    /// The newest `limit` entries, oldest first: this node's file, or in cluster mode
+    /// the cluster's stream (every node's).
+    pub async fn read(&self, limit: usize) -> Result<Vec<AuditEntry>, AuditReadError> {
+        let Some(journal) = self.cluster.get() else { return Ok(self.tail(limit)?) };
+        let mut out = Vec::new();
+        for e in journal.tail(limit).await? {
+            match serde_json::from_slice::<AuditEntry>(&e.payload) {
+                Ok(mut entry) => {
+                    entry.node = Some(e.node);
+                    out.push(entry);
+                }
+                Err(err) => tracing::warn!(seq = e.seq, error = %err, "skipping an unreadable entry of the cluster's audit stream"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cluster mode: reads go to `journal` from now on (set before the API serves, so
+    /// no read falls back to this node's file alone).
+    pub fn attach(&self, journal: berth_cluster::journal::Journal) {
+        let _ = self.cluster.set(journal);
+    }
+
+    /// Cluster mode: forward every entry of the file to `journal`, from the one after the
+    /// last the stream has from this node, until `shutdown`. An entry's id is its byte
+    /// offset in the file and its time (`<offset>-<at_ms>`): a restart resumes after it;
+    /// a file that does not hold that entry there (a new data dir) is forwarded whole.
+    pub async fn forward(self: std::sync::Arc<Self>, journal: berth_cluster::journal::Journal, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let _ = self.cluster.set(journal.clone());
+        let node = journal.node().to_string();
+        let mut offset = loop {
+            match journal.last_of(&node).await {
+                Ok(last) => break self.resume_offset(last.and_then(|e| e.id)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read where this node's audit entries stopped in the cluster; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            let pending = match self.lines_from(offset) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the audit log to forward it to the cluster");
+                    Vec::new()
+                }
+            };
+            let mut failed = false;
+            for (at, end, line) in pending {
+                let Ok(entry) = serde_json::from_slice::<AuditEntry>(&line) else {
+                    offset = end;
+                    continue;
+                };
+                match journal.append(&format!("{at}-{}", entry.at_ms), bytes::Bytes::from(line)).await {
+                    Ok(_) => offset = end,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the cluster did not take an audit entry; it stays in this node's file and is sent again");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let wait = if failed { std::time::Duration::from_secs(1) } else { std::time::Duration::from_secs(60) };
+            tokio::select! {
+                _ = self.written.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Where forwarding goes on after the entry the stream last took from this node.
+    fn resume_offset(&self, last_id: Option<String>) -> u64 {
+        let Some((offset, at_ms)) = last_id.as_deref().and_then(|id| id.split_once('-')) else { return 0 };
+        let (Ok(offset), Ok(at_ms)) = (offset.parse::<u64>(), at_ms.parse::<i64>()) else { return 0 };
+        match self.lines_from(offset) {
+            Ok(lines) => match lines.first() {
+                Some((_, end, line)) if serde_json::from_slice::<AuditEntry>(line).is_ok_and(|e| e.at_ms == at_ms) => *end,
+                _ => {
+                    tracing::warn!(offset, "this node's audit file does not hold the entry the cluster last took from it; forwarding the file whole");
+                    0
+                }
+            },
+            Err(_) => 0,
+        }
+    }
+
+    /// Complete lines from byte `offset` on: (start, end, line without its newline).
+    fn lines_from(&self, offset: u64) -> std::io::Result<Vec<(u64, u64, Vec<u8>)>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let _held = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = std::fs::File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.take(len - offset).read_to_end(&mut buf)?;
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        while let Some(n) = buf[start..].iter().position(|&b| b == b'\n') {
+            out.push((offset + start as u64, offset + (start + n + 1) as u64, buf[start..start + n].to_vec()));
+            start += n + 1;
+        }
+        Ok(out)
     }
 
     /// The newest `limit` entries, oldest first.
@@ -159,6 +298,7 @@ mod tests {
             digest: Some("abc".into()),
             outcome: "ok".into(),
             detail: String::new(),
+            node: None,
         };
         {
             let log = AuditLog::open(&path).unwrap();
@@ -186,6 +326,7 @@ mod tests {
             digest: None,
             outcome: if who == "-" { "unauthorized" } else { "forbidden" }.into(),
             detail: String::new(),
+            node: None,
         };
         for i in 0..10 {
             log.append(&e(60_000 + i, "-")).unwrap();

@@ -190,6 +190,7 @@ impl ShopSet {
     pub fn run_elsewhere(&self, shop: &str, sc: &ShopConfig, slot: Arc<ConnectorSlot>) {
         let d = &self.deps;
         let inventory = slot.current().offers(Capability::Inventory);
+        let platform = slot.platform.clone();
         let remote = RemoteShop {
             connector: sc.connector.clone(),
             webhook: Arc::new(WebhookShop {
@@ -207,11 +208,18 @@ impl ShopSet {
             },
         };
         self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), remote);
+        d.health.watch_elsewhere(shop, &sc.connector, &platform, sc.tier);
     }
 
     /// Cluster mode: `shop` is no longer one of the cluster's.
     pub fn forget_elsewhere(&self, shop: &str) {
         self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        self.deps.health.forget_elsewhere(shop);
+    }
+
+    /// The shops' probe results.
+    pub fn health(&self) -> &Arc<crate::health::HealthBook> {
+        &self.deps.health
     }
 
     /// Whether this node runs `shop`'s workers.

@@ -165,9 +165,9 @@ impl Metrics {
     }
 
     /// Set the health gauges (at scrape time) from the book's tier summaries and, when
-    /// shop labels are configured, each shop.
+    /// shop labels are configured, each shop (in cluster mode, the shops this node runs).
     pub fn export_health(&self, book: &berth_core::health::HealthBook) {
-        let shops = book.shops();
+        let shops = book.shops_here();
         let labelled = book.config().shop_labels.then_some(shops.as_slice());
         self.health(&book.summary(&shops), labelled, |t| book.config().policy(t).sla_percent);
     }

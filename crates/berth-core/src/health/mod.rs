@@ -2,8 +2,11 @@
 //! (A 30 s, B 5 min, C 1 h by default), and availability — probes that found the shop
 //! up over all probes — is computed over a trailing window and held against the tier's
 //! SLA target. Results are kept per minute in the store (keyspace `probe_minutes`), so a restart
-//! keeps the window's history.
+//! keeps the window's history. In cluster mode they are kept in the cluster instead
+//! ([`cluster`]): a shop's probe history and failure count move with its lease, and
+//! every node shows every shop.
 
+pub mod cluster;
 pub mod prober;
 
 use berth_types::shop::Tier;
@@ -91,7 +94,7 @@ impl HealthConfig {
 }
 
 /// How one probe ended.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProbeResult {
     pub at_ms: i64,
     /// The shop answered: `check` returned `ok: true`, or the platform throttled (it
@@ -229,6 +232,58 @@ struct Entry {
     paused: bool,
 }
 
+/// A shop's probe history and standing as the cluster keeps it (cluster mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredHealth {
+    /// `(minute since the epoch, probes up, probes)`: the last hour minute by minute,
+    /// older minutes summed per hour (kept at the hour's first minute), within the window.
+    pub minutes: Vec<(u64, u32, u32)>,
+    pub last: Option<ProbeResult>,
+    pub consecutive_failures: u32,
+    pub down_since_ms: Option<i64>,
+}
+
+impl Entry {
+    fn new(connector: &str, platform: &str, tier: Tier) -> Entry {
+        Entry {
+            connector: connector.to_string(),
+            platform: platform.to_string(),
+            tier,
+            minutes: BTreeMap::new(),
+            last: None,
+            consecutive_failures: 0,
+            down_since_ms: None,
+            paused: false,
+        }
+    }
+
+    /// Take up what the cluster kept of the shop (minutes older than `oldest` dropped).
+    fn resume(&mut self, stored: StoredHealth, oldest: u64) {
+        self.minutes = stored.minutes.iter().filter(|m| m.0 >= oldest).map(|&(m, up, all)| (m, (up, all))).collect();
+        self.last = stored.last;
+        self.consecutive_failures = stored.consecutive_failures;
+        self.down_since_ms = stored.down_since_ms;
+    }
+
+    /// What the cluster keeps of the shop: the last hour by minute, the rest by hour.
+    fn stored(&self, now_ms: i64) -> StoredHealth {
+        let this_hour = (now_ms.max(0) as u64 / 60_000).saturating_sub(60);
+        let mut minutes: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        for (&m, &(up, all)) in &self.minutes {
+            let at = if m < this_hour { m - m % 60 } else { m };
+            let c = minutes.entry(at).or_default();
+            c.0 += up;
+            c.1 += all;
+        }
+        StoredHealth {
+            minutes: minutes.into_iter().map(|(m, (up, all))| (m, up, all)).collect(),
+            last: self.last.clone(),
+            consecutive_failures: self.consecutive_failures,
+            down_since_ms: self.down_since_ms,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("probe history storage: {0}")]
 pub struct HealthStoreError(#[from] berth_storage::StoreError);
@@ -247,6 +302,10 @@ pub struct HealthBook {
     shops: RwLock<BTreeMap<String, Entry>>,
     holds: RwLock<Option<std::sync::Weak<dyn HoldSource>>>,
     events: std::sync::Arc<crate::events::Events>,
+    /// Cluster mode: where the shops' history is kept, and the shops other nodes run
+    /// (connector, platform, tier), shown from it.
+    shared: std::sync::OnceLock<std::sync::Arc<cluster::SharedHealth>>,
+    elsewhere: RwLock<BTreeMap<String, (String, String, Tier)>>,
 }
 
 fn key(shop: &str, minute: u64) -> Vec<u8> {
@@ -265,7 +324,16 @@ fn counts(v: &[u8]) -> Option<(u32, u32)> {
 
 impl HealthBook {
     pub fn open(store: &berth_storage::Store, config: HealthConfig, events: std::sync::Arc<crate::events::Events>) -> Result<HealthBook, HealthStoreError> {
-        Ok(HealthBook { config, store: store.clone(), tree: store.keyspace("probe_minutes")?, shops: RwLock::default(), holds: RwLock::new(None), events })
+        Ok(HealthBook {
+            config,
+            store: store.clone(),
+            tree: store.keyspace("probe_minutes")?,
+            shops: RwLock::default(),
+            holds: RwLock::new(None),
+            events,
+            shared: std::sync::OnceLock::new(),
+            elsewhere: RwLock::default(),
+        })
     }
 
     /// Show shops held by a quota or a host bound as such (`throttled`, `held`).
@@ -281,9 +349,24 @@ impl HealthBook {
         (now_ms.max(0) as u64 / 1000).saturating_sub(self.config.window_secs) / 60
     }
 
-    /// Start watching a shop; its stored history within the window comes back.
+    /// Start watching a shop; its stored history within the window comes back (in
+    /// cluster mode, from the cluster: whatever node probed it before).
     pub fn register(&self, shop: &str, connector: &str, platform: &str, tier: Tier) {
         let oldest = self.oldest_minute(berth_types::clock::now_ms());
+        let mut entry = Entry::new(connector, platform, tier);
+        if let Some(shared) = self.shared.get() {
+            if let Some(stored) = shared.stored(shop) {
+                entry.resume(stored, oldest);
+            }
+        } else {
+            entry.minutes = self.load_minutes(shop, oldest);
+        }
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), entry);
+    }
+
+    /// The shop's probe minutes in the store from `oldest` on; older ones are removed.
+    fn load_minutes(&self, shop: &str, oldest: u64) -> BTreeMap<u64, (u32, u32)> {
         let mut minutes = BTreeMap::new();
         let mut prefix = shop.as_bytes().to_vec();
         prefix.push(0);
@@ -305,22 +388,40 @@ impl HealthBook {
                 Ok(())
             });
         }
-        let entry = Entry {
-            connector: connector.to_string(),
-            platform: platform.to_string(),
-            tier,
-            minutes,
-            last: None,
-            consecutive_failures: 0,
-            down_since_ms: None,
-            paused: false,
-        };
-        self.shops.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), entry);
+        minutes
     }
 
-    /// Stop watching a shop (removed from config); its history stays on disk for the window.
+    /// Stop watching a shop (removed from config, or in cluster mode run elsewhere now);
+    /// its history stays on disk (in the cluster) for the window.
     pub fn unregister(&self, shop: &str) {
-        self.shops.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        let gone = self.shops.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        if let (Some(shared), Some(e)) = (self.shared.get(), gone) {
+            shared.leaving(shop, e.stored(berth_types::clock::now_ms()));
+        }
+    }
+
+    /// Cluster mode: show `shop`, run by another node, from what the cluster keeps of it.
+    pub fn watch_elsewhere(&self, shop: &str, connector: &str, platform: &str, tier: Tier) {
+        if self.shops.read().unwrap_or_else(|e| e.into_inner()).contains_key(shop) {
+            return;
+        }
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), (connector.into(), platform.into(), tier));
+    }
+
+    /// Cluster mode: `shop` is no longer one of the cluster's.
+    pub fn forget_elsewhere(&self, shop: &str) {
+        self.elsewhere.write().unwrap_or_else(|e| e.into_inner()).remove(shop);
+    }
+
+    /// Cluster mode: where the shops' health is kept.
+    pub fn shared(&self) -> Option<&std::sync::Arc<cluster::SharedHealth>> {
+        self.shared.get()
+    }
+
+    /// Cluster mode: what the cluster is to keep of a shop this node runs, as of now.
+    pub fn stored(&self, shop: &str) -> Option<StoredHealth> {
+        let now = berth_types::clock::now_ms();
+        self.shops.read().unwrap_or_else(|e| e.into_inner()).get(shop).map(|e| e.stored(now))
     }
 
     pub fn probe_interval(&self, tier: Tier) -> std::time::Duration {
@@ -355,14 +456,20 @@ impl HealthBook {
             e.minutes.remove(&m);
             gone.push(key(shop, m));
         }
-        let (tree, k) = (self.tree.clone(), key(shop, minute));
-        self.store.write_detached("probe history", move |ctx| {
-            ctx.insert(&tree, k, value);
-            for k in gone {
-                ctx.remove(&tree, k);
-            }
-            Ok(())
-        });
+        if let Some(shared) = self.shared.get() {
+            // The standing changing (up ↔ down) is written at once, the counts with the
+            // next round.
+            shared.changed(shop, e.last.as_ref().is_none_or(|l| l.up != result.up));
+        } else {
+            let (tree, k) = (self.tree.clone(), key(shop, minute));
+            self.store.write_detached("probe history", move |ctx| {
+                ctx.insert(&tree, k, value);
+                for k in gone {
+                    ctx.remove(&tree, k);
+                }
+                Ok(())
+            });
+        }
         e.consecutive_failures = if result.up { 0 } else { e.consecutive_failures + 1 };
         e.down_since_ms = if result.up { None } else { e.down_since_ms.or(Some(result.at_ms)) };
         e.paused = false;
@@ -375,13 +482,44 @@ impl HealthBook {
         e.minutes.range(oldest..).fold((0, 0), |(up, all), (_, c)| (up + c.0 as u64, all + c.1 as u64))
     }
 
-    /// Every watched shop, by name.
+    /// Every watched shop, by name (in cluster mode, the cluster's: those other nodes run
+    /// as the cluster keeps them).
     pub fn shops(&self) -> Vec<ShopHealth> {
+        self.list(true)
+    }
+
+    /// The shops this node probes (in cluster mode, those it runs): what its metrics
+    /// and alert rules count, so no shop is counted by two nodes.
+    pub fn shops_here(&self) -> Vec<ShopHealth> {
+        self.list(false)
+    }
+
+    fn list(&self, everywhere: bool) -> Vec<ShopHealth> {
         let now = berth_types::clock::now_ms();
         let holds = self.holds.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(std::sync::Weak::upgrade);
         let shops = self.shops.read().unwrap_or_else(|e| e.into_inner());
+        // Cluster mode: the shops other nodes run, as the cluster keeps them.
+        let oldest = self.oldest_minute(now);
+        let elsewhere: Vec<(String, Entry)> = match self.shared.get().filter(|_| everywhere) {
+            Some(shared) => self
+                .elsewhere
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(name, _)| !shops.contains_key(*name))
+                .map(|(name, (connector, platform, tier))| {
+                    let mut e = Entry::new(connector, platform, *tier);
+                    if let Some(stored) = shared.stored(name) {
+                        e.resume(stored, oldest);
+                    }
+                    (name.clone(), e)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut out: Vec<ShopHealth> = shops
             .iter()
+            .chain(elsewhere.iter().map(|(n, e)| (n, e)))
             .map(|(name, e)| {
                 let policy = self.config.policy(e.tier);
                 let (up, all) = self.window(e, now);
@@ -408,6 +546,7 @@ impl HealthBook {
             })
             .collect();
         drop(shops);
+        out.sort_by(|a, b| a.shop.cmp(&b.shop));
         if let Some(source) = holds {
             for s in out.iter_mut().filter(|s| s.state != ShopState::Paused) {
                 if let Some((state, why)) = source.hold(&s.shop) {

@@ -135,13 +135,14 @@ impl ClusterInbox {
 
     async fn refresh_now(&self) {
         let read = async {
-            let (ready, in_flight) = self.queue.depth().await?;
+            let (ready, in_flight, oldest) = self.queue.depth_and_oldest().await?;
             let dead = self.queue.dead_letters(usize::MAX).await?;
-            Ok::<_, ClusterError>((ready, in_flight, dead))
+            Ok::<_, ClusterError>((ready, in_flight, oldest, dead))
         };
         match read.await {
-            Ok((ready, in_flight, dead)) => {
-                let stats = QueueStats { ready, in_flight, dead: dead.len() as u64, oldest_age_ms: None };
+            Ok((ready, in_flight, oldest, dead)) => {
+                let oldest_age_ms = oldest.map(|at| (berth_types::clock::now_ms() - at).max(0));
+                let stats = QueueStats { ready, in_flight, dead: dead.len() as u64, oldest_age_ms };
                 let dead = dead
                     .into_iter()
                     .map(|d| DeadLetter {

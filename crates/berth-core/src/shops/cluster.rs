@@ -85,6 +85,10 @@ impl ShopWorkers for ClusterShops {
 
     async fn stop(&self, shop: &str) {
         self.set.stop(shop).await;
+        // The shop's last probe counts, while this node still holds its lease.
+        if let Some(shared) = self.set.health().shared() {
+            shared.flush_leaving(shop).await;
+        }
         let sc = self.configs.read().unwrap_or_else(|p| p.into_inner()).get(shop).cloned();
         if let Some(sc) = sc {
             if let Some(slot) = self.registry.slot(&sc.connector) {

@@ -3,8 +3,10 @@
 //! canary rollbacks). A rule holding for a subject fires once — one notification to
 //! each receiver — and resolves once when it stops holding; firing alerts are kept in
 //! the store, so a restart neither repeats them nor forgets to resolve them. The last
-//! notifications are kept for the API and the dashboard.
+//! notifications are kept for the API and the dashboard. In cluster mode the firing set
+//! and the log are the cluster's ([`cluster`]).
 
+pub mod cluster;
 pub mod notify;
 pub mod rules;
 
@@ -128,10 +130,6 @@ struct State {
     log: VecDeque<LogEntry>,
 }
 
-/// Asked before each evaluation in cluster mode: does this node raise the cluster-wide
-/// alerts now?
-pub type ClusterDuty = Arc<dyn Fn() -> bool + Send + Sync>;
-
 pub struct Alerts {
     rules: Vec<Rule>,
     /// Fixed by the rules at load: the success-rate windows to tally (s), how long
@@ -142,9 +140,9 @@ pub struct Alerts {
     config: AlertsConfig,
     notifier: Notifier,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Cluster mode: whether this node raises the cluster's own alerts (the order
-    /// queue's age and dead letters: every node sees the same queue). `None`: always.
-    cluster_duty: std::sync::RwLock<Option<ClusterDuty>>,
+    /// Cluster mode: the cluster's firing set and log, and which alerts are this node's
+    /// to decide ([`cluster`]).
+    board: std::sync::OnceLock<cluster::Board>,
     store: berth_storage::Store,
     firing_tree: berth_storage::store::Keyspace,
     log_tree: berth_storage::store::Keyspace,
@@ -205,7 +203,7 @@ impl Alerts {
             config: config.clone(),
             notifier,
             metrics,
-            cluster_duty: std::sync::RwLock::new(None),
+            board: std::sync::OnceLock::new(),
             store: store.clone(),
             firing_tree,
             log_tree,
@@ -213,11 +211,10 @@ impl Alerts {
         })
     }
 
-    /// Cluster mode: raise the cluster-wide alerts (queue age, dead letters) only while
-    /// `duty` says this node is the one to. Shop alerts are raised by the node running
-    /// the shop (only it probes and pulls the shop), so each fires once for the cluster.
-    pub fn share_duty(&self, duty: ClusterDuty) {
-        *self.cluster_duty.write().unwrap_or_else(|e| e.into_inner()) = Some(duty);
+    /// Cluster mode: keep the firing set and the log in the cluster, and decide only this
+    /// node's alerts (see [`cluster`]). Set before [`Alerts::run`] starts.
+    pub fn share(&self, board: cluster::Board) {
+        let _ = self.board.set(board);
     }
 
     /// Whether a rule of `kind` is this node's to evaluate now.
@@ -266,7 +263,7 @@ impl Alerts {
         }
         obs.shops = src
             .health
-            .shops()
+            .shops_here()
             .into_iter()
             .map(|s| ShopProbe {
                 last_message: s.last_probe.map(|p| format!("{}: {}", p.outcome, p.message)).unwrap_or_default(),
@@ -291,32 +288,47 @@ impl Alerts {
         obs
     }
 
-    /// Apply the rules to `obs`: fire what newly holds, resolve what stopped holding,
-    /// remind of what still holds when `repeat_secs` says so.
-    pub fn evaluate(&self, obs: &Observation) {
+    /// What the rules find holding in `obs` (the queue rules only when `on_duty`), by
+    /// fingerprint.
+    fn holding(&self, obs: &Observation, on_duty: bool) -> BTreeMap<String, AlertRecord> {
         let now = obs.now_ms;
         let mut holding: BTreeMap<String, AlertRecord> = BTreeMap::new();
-        let on_duty = self.cluster_duty.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|duty| duty());
+        let rollbacks = self.state.lock().unwrap_or_else(|e| e.into_inner()).rollbacks.clone();
         for rule in self.rules.iter().filter(|r| self.evaluates(r.check.kind(), on_duty)) {
             for b in rule.evaluate(obs) {
                 let fingerprint = format!("{}/{}", rule.name, b.subject);
+                let kind = rule.check.kind();
+                // A canary-rollback alert starts when the rollback happened, not when seen.
+                let started_ms = if kind == rules::RuleKind::CanaryRollback {
+                    rollbacks.iter().filter(|r| r.0 == b.subject).map(|r| r.1).max().unwrap_or(now)
+                } else {
+                    now
+                };
                 holding.insert(
                     fingerprint.clone(),
                     AlertRecord {
                         fingerprint,
                         rule: rule.name.clone(),
-                        kind: rule.check.kind().name().to_string(),
+                        kind: kind.name().to_string(),
                         severity: rule.severity,
                         subject: b.subject,
                         summary: b.summary,
                         value: b.value,
                         threshold: b.threshold,
-                        started_ms: now,
+                        started_ms,
                         resolved_ms: None,
                     },
                 );
             }
         }
+        holding
+    }
+
+    /// Apply the rules to `obs`: fire what newly holds, resolve what stopped holding,
+    /// remind of what still holds when `repeat_secs` says so.
+    pub fn evaluate(&self, obs: &Observation) {
+        let now = obs.now_ms;
+        let holding = self.holding(obs, true);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut notices = Vec::new();
         let gone: Vec<String> = st.firing.keys().filter(|k| !holding.contains_key(*k)).cloned().collect();
@@ -326,7 +338,7 @@ impl Alerts {
             tracing::info!(alert = %f.alert.rule, subject = %f.alert.subject, "alert resolved");
             notices.push((notify::NoticeStatus::Resolved, f.alert));
         }
-        for (key, mut alert) in holding {
+        for (key, alert) in holding {
             match st.firing.get_mut(&key) {
                 Some(f) => {
                     f.alert.summary = alert.summary;
@@ -337,14 +349,7 @@ impl Alerts {
                     }
                 }
                 None => {
-                    if alert.kind == rules::RuleKind::CanaryRollback.name() {
-                        // Started when the rollback happened, not when it was seen.
-                        alert.started_ms = st.rollbacks.iter().filter(|r| r.0 == alert.subject).map(|r| r.1).max().unwrap_or(now);
-                    }
-                    match alert.severity {
-                        Severity::Critical => tracing::error!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
-                        Severity::Warning => tracing::warn!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
-                    }
+                    log_firing(&alert);
                     st.firing.insert(key, Firing { alert: alert.clone(), notified_ms: now });
                     notices.push((notify::NoticeStatus::Firing, alert));
                 }
@@ -387,15 +392,18 @@ impl Alerts {
         });
     }
 
-    /// Alerts firing now, most severe and oldest first.
+    /// Alerts firing now (in cluster mode, the cluster's), most severe and oldest first.
     pub fn firing(&self) -> Vec<AlertRecord> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<AlertRecord> = st.firing.values().map(|f| f.alert.clone()).collect();
+        let mut out: Vec<AlertRecord> = match self.board.get() {
+            Some(board) => board.firing().into_iter().map(|f| f.alert).collect(),
+            None => self.state.lock().unwrap_or_else(|e| e.into_inner()).firing.values().map(|f| f.alert.clone()).collect(),
+        };
         out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.started_ms.cmp(&b.started_ms)));
         out
     }
 
-    /// The last `n` notifications, newest first.
+    /// The last `n` notifications, newest first (in cluster mode, the cluster's as of the
+    /// last evaluation).
     pub fn recent(&self, n: usize) -> Vec<LogEntry> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.log.iter().rev().take(n).cloned().collect()
@@ -422,8 +430,42 @@ impl Alerts {
                     continue;
                 }
             };
-            self.evaluate(&obs);
+            match self.board.get() {
+                Some(board) => self.evaluate_shared(board, &obs, &src).await,
+                None => self.evaluate(&obs),
+            }
         }
+    }
+
+    /// Cluster mode: decide this node's alerts against the cluster's firing set, notify
+    /// what this node's writes changed, and take the cluster's log for the API.
+    async fn evaluate_shared(&self, board: &cluster::Board, obs: &Observation, src: &Sources) {
+        let holding = self.holding(obs, board.on_duty());
+        let shops = src.shops.clone();
+        let runs = move |shop: &str| shops.runs(shop);
+        let decided = board.decide(holding, &runs, self.config.repeat_secs as i64 * 1000, obs.now_ms).await;
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for f in board.firing().iter().filter(|f| f.seen_by.contains(board.node())) {
+            *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
+        }
+        self.metrics.alerts(&counts);
+        for (status, alert) in decided.notices {
+            let entry = LogEntry { at_ms: berth_types::clock::now_ms(), status, alert: alert.clone() };
+            board.log(&entry).await;
+            self.notifier.send(&Notice { status, source: self.config.source.clone(), alert });
+        }
+        match board.recent(LOG_KEEP).await {
+            Ok(log) => self.state.lock().unwrap_or_else(|e| e.into_inner()).log = log.into(),
+            Err(e) => tracing::warn!(error = %e, "cannot read the cluster's alert log; the API shows the last one read"),
+        }
+    }
+}
+
+/// Say in the log that an alert fires.
+fn log_firing(alert: &AlertRecord) {
+    match alert.severity {
+        Severity::Critical => tracing::error!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
+        Severity::Warning => tracing::warn!(alert = %alert.rule, subject = %alert.subject, summary = %alert.summary, "ALERT firing"),
     }
 }
 
@@ -474,27 +516,6 @@ mod tests {
         assert_eq!(log.iter().map(|e| e.status.as_str()).collect::<Vec<_>>(), ["resolved", "firing"]);
         assert!(log[0].alert.resolved_ms.is_some());
         assert!(alerts.firing().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_cluster_wide_alert_is_raised_by_the_node_on_duty_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = berth_storage::Store::open(dir.path(), berth_storage::StoreConfig { reserve_bytes: 0, ..Default::default() }).unwrap();
-        let cfg = config("[[rules]]\nname = \"old-orders\"\nkind = \"queue-age\"\nqueue = \"orders\"\nabove_secs = 60\n");
-        let alerts = Alerts::open(&db, &cfg, std::sync::Arc::new(crate::metrics::Metrics::new(prometheus_client::registry::Registry::default()))).unwrap();
-        let on_duty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let duty = on_duty.clone();
-        alerts.share_duty(std::sync::Arc::new(move || duty.load(std::sync::atomic::Ordering::Relaxed)));
-        let obs = Observation {
-            now_ms: berth_types::clock::now_ms(),
-            queues: vec![QueueLevel { queue: "orders", ready: 1, in_flight: 0, dead: 0, oldest_age_ms: Some(90_000) }],
-            ..Observation::default()
-        };
-        alerts.evaluate(&obs);
-        assert!(alerts.firing().is_empty(), "another node raises the cluster's queue alerts");
-        on_duty.store(true, std::sync::atomic::Ordering::Relaxed);
-        alerts.evaluate(&obs);
-        assert_eq!(alerts.firing().len(), 1, "this node's duty now");
     }
 
     #[test]
