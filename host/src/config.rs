@@ -222,11 +222,6 @@ impl Config {
                     self.stock.batch_size
                 ));
             }
-            if self.credentials.key_file.is_some() || self.credentials.key_env.is_some() {
-                return Err("[credentials] with [cluster]: the credential book is not shared by the cluster's nodes yet (two nodes renewing one shop's \
-                            rotating refresh token would spend it twice); keep shop tokens in [shops.NAME.secrets] in cluster mode, or run single-node"
-                    .into());
-            }
         }
         self.stock.check()
     }

@@ -91,7 +91,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     tracing::debug!("start: orders, queues and the stock ledger are loaded");
     let metrics = crate::metrics::AllMetrics::for_node(cfg.cluster.as_ref().map(|c| c.node.as_str()));
     let (services, registry) = load_connectors(&cfg, &storage, &metrics, node.as_ref()).await?;
-    let credentials = open_credentials(&cfg, &storage, &registry).await?;
+    let credentials = open_credentials(&cfg, &storage, &registry, node.as_ref()).await?;
     let onboarding = open_onboarding(&cfg, &storage, credentials.clone())?;
     let audit = open_audit(&cfg)?;
     let (listener, addr, tls) = bind(&cfg).await?;
@@ -281,11 +281,16 @@ async fn open_credentials(
     cfg: &Config,
     storage: &berth_storage::Store,
     registry: &berth_core::registry::ConnectorRegistry,
+    node: Option<&crate::cluster::Node>,
 ) -> Result<Option<Arc<berth_core::credentials::CredentialBook>>, StartError> {
     use berth_core::credentials::CredentialBook;
     let Some(sealer) = cfg.credentials.sealer()? else { return Ok(None) };
     tracing::info!(key = %sealer.key_id(), "credentials are kept sealed with this key");
-    let book = Arc::new(CredentialBook::open(storage, Arc::new(sealer))?);
+    let book = Arc::new(match node {
+        // Every node must hold the same key: each opens what the others sealed.
+        Some(node) => CredentialBook::open_cluster(&node.conn, node.leases.clone(), Arc::new(sealer)).await?,
+        None => CredentialBook::open(storage, Arc::new(sealer))?,
+    });
     let resealed = book.reseal().await?;
     if resealed > 0 {
         tracing::info!(records = resealed, "credentials sealed with a previous key were sealed again with the current one; the previous keys can leave the config");

@@ -31,12 +31,6 @@ async fn cluster_check_passes_a_synced_cluster_and_names_what_a_weaker_one_lacks
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("fit for cluster mode") && out.contains("bucket berth_shops: 3 replica(s)") && out.contains("bucket berth_registry"), "{out}");
 
-    // Credentials kept by berth are not shared by the nodes yet: refused, said why.
-    let with_book = write_config(dir.path(), &format!("{}\n[credentials]\nkey_env = \"BERTH_TEST_KEY\"\n", cluster_section(&strict, ""))).display().to_string();
-    let (code, _, err) = berth(vec!["check-config".into(), "--config".into(), with_book]).await;
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("[credentials] with [cluster]") && err.contains("not shared"), "{err}");
-
     let lax = NatsCluster::start(3, false).await;
     let lax_dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(lax_dir.path(), &cluster_section(&lax, "")).display().to_string();

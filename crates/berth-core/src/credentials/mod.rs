@@ -17,8 +17,11 @@
 //!
 //! What a shop's credential state is (expiry times, the last refresh, failures) is public
 //! ([`CredentialState`]); the tokens never leave through it, and on disk every record is
-//! sealed ([`seal`]). How a refresh is done is the connector's ([`Refresher`]).
+//! sealed ([`seal`]). How a refresh is done is the connector's ([`Refresher`]). In
+//! cluster mode the records live in the cluster and only the node running a shop
+//! refreshes it ([`cluster`]).
 
+pub mod cluster;
 pub mod seal;
 
 use berth_storage::store::{Keyspace, WriteCtx};
@@ -107,6 +110,9 @@ pub enum CredentialError {
     Corrupt { shop: String, why: String },
     #[error("stored credentials of shop `{shop}`: {source}")]
     Sealed { shop: String, source: seal::SealError },
+    /// Cluster mode: the cluster did not answer or take the write; it may later.
+    #[error("the cluster's credential records: {0}")]
+    Cluster(#[from] berth_cluster::ClusterError),
 }
 
 /// A shop's credential state as ops see it: when things end and how refreshing goes.
@@ -212,10 +218,20 @@ impl Stored {
     }
 }
 
-/// Every shop's credentials, on disk, with one refresh at a time per shop.
+/// Where the sealed records are kept.
+enum Records {
+    Embedded { store: Store, tree: Keyspace },
+    Cluster(cluster::ClusterRecords),
+}
+
+/// A change to a shop's record: the new record, or `None` to leave it as it is (what it
+/// was meant to change has changed since). Tried again on a newer record when another
+/// node wrote first (cluster mode).
+type Change = Box<dyn Fn(Option<&Stored>) -> Option<Stored> + Send + Sync>;
+
+/// Every shop's credentials, on disk (or in the cluster), with one refresh at a time per shop.
 pub struct CredentialBook {
-    store: Store,
-    tree: Keyspace,
+    records: Records,
     sealer: Arc<seal::Sealer>,
     /// One lock per shop: held across a refresh, so a second caller waits for it.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -237,7 +253,15 @@ fn encode(sealer: &seal::Sealer, shop: &str, s: &Stored) -> Vec<u8> {
 impl CredentialBook {
     /// Open the book; `sealer` seals what it writes and opens what it reads.
     pub fn open(store: &Store, sealer: Arc<seal::Sealer>) -> Result<CredentialBook, CredentialError> {
-        Ok(CredentialBook { store: store.clone(), tree: store.keyspace("credentials")?, sealer, flights: Mutex::default(), events: Default::default() })
+        let records = Records::Embedded { store: store.clone(), tree: store.keyspace("credentials")? };
+        Ok(CredentialBook { records, sealer, flights: Mutex::default(), events: Default::default() })
+    }
+
+    /// Cluster mode: the records in the cluster; this node refreshes the shops whose
+    /// lease `fences` holds.
+    pub async fn open_cluster(conn: &berth_cluster::Connection, fences: Arc<dyn berth_cluster::FenceSource>, sealer: Arc<seal::Sealer>) -> Result<CredentialBook, CredentialError> {
+        let records = Records::Cluster(cluster::ClusterRecords::open(conn, fences).await?);
+        Ok(CredentialBook { records, sealer, flights: Mutex::default(), events: Default::default() })
     }
 
     /// Tell `events` how each refresh ends.
@@ -251,17 +275,48 @@ impl CredentialBook {
         }
     }
 
+    /// The shop's record as this node has it (in cluster mode, its copy).
     fn read(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
-        self.tree.get(shop.as_bytes())?.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()
+        let bytes = match &self.records {
+            Records::Embedded { tree, .. } => tree.get(shop.as_bytes())?.map(bytes::Bytes::from),
+            Records::Cluster(c) => c.copy(shop),
+        };
+        bytes.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()
+    }
+
+    /// The shop's record to decide on: in cluster mode, the stream leader's.
+    async fn read_latest(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
+        match &self.records {
+            Records::Embedded { .. } => self.read(shop),
+            Records::Cluster(c) => c.latest(shop).await?.1.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose(),
+        }
+    }
+
+    /// Cluster mode: whether another node runs the shop (and renews its credentials).
+    fn renewed_elsewhere(&self, shop: &str) -> bool {
+        matches!(&self.records, Records::Cluster(c) if !c.owns(shop))
+    }
+
+    /// Every record: (shop, sealed bytes).
+    fn all(&self) -> Result<Vec<(String, Vec<u8>)>, CredentialError> {
+        match &self.records {
+            Records::Embedded { tree, .. } => {
+                let mut out = Vec::new();
+                for entry in tree.iter() {
+                    let (key, value) = entry?;
+                    out.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+                }
+                Ok(out)
+            }
+            Records::Cluster(c) => Ok(c.all().into_iter().map(|(s, b)| (s, b.to_vec())).collect()),
+        }
     }
 
     /// Seal every record still sealed with a previous key with the current one; how many
     /// were. Once it has run, the previous keys can leave the config.
     pub async fn reseal(&self) -> Result<usize, CredentialError> {
         let mut stale = Vec::new();
-        for entry in self.tree.iter() {
-            let (key, value) = entry?;
-            let shop = String::from_utf8_lossy(&key).into_owned();
+        for (shop, value) in self.all()? {
             if decode(&self.sealer, &shop, &value)?.1 {
                 stale.push(shop);
             }
@@ -269,22 +324,50 @@ impl CredentialBook {
         for shop in &stale {
             let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.clone()).or_default().clone();
             let _held = flight.lock().await;
-            self.update(shop, |old| old.expect("listed above; records are never removed")).await?;
+            self.update(shop, false, Box::new(|old| old.cloned())).await?;
         }
         Ok(stale.len())
     }
 
-    /// Write what `change` makes of the shop's record, durably, and hand back the result.
-    async fn update(&self, shop: &str, change: impl FnOnce(Option<Stored>) -> Stored + Send + 'static) -> Result<Stored, CredentialError> {
-        let (tree, key, sealer) = (self.tree.clone(), shop.to_string(), self.sealer.clone());
-        self.store
-            .write(move |ctx: &mut WriteCtx<'_>| {
-                let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&sealer, &key, &b).map(|(s, _)| s)).transpose()?;
-                let new = change(old);
-                ctx.insert(&tree, key.as_bytes(), encode(&sealer, &key, &new));
-                Ok::<_, CredentialError>(new)
-            })
-            .await
+    /// Write what `change` makes of the shop's record, durably, and hand back the record
+    /// as it is then (`change`'s, or the one it left). In cluster mode the record is
+    /// read from the leader and written by compare-and-set, `change` deciding again on
+    /// a newer record when another node wrote first; `fenced`: only while this node
+    /// holds the shop's lease (else [`CredentialError::Transient`]).
+    async fn update(&self, shop: &str, fenced: bool, change: Change) -> Result<Option<Stored>, CredentialError> {
+        match &self.records {
+            Records::Embedded { store, tree } => {
+                let (tree, key, sealer) = (tree.clone(), shop.to_string(), self.sealer.clone());
+                store
+                    .write(move |ctx: &mut WriteCtx<'_>| {
+                        let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&sealer, &key, &b).map(|(s, _)| s)).transpose()?;
+                        match change(old.as_ref()) {
+                            Some(new) => {
+                                ctx.insert(&tree, key.as_bytes(), encode(&sealer, &key, &new));
+                                Ok::<_, CredentialError>(Some(new))
+                            }
+                            None => Ok(old),
+                        }
+                    })
+                    .await
+            }
+            Records::Cluster(c) => {
+                for _ in 0..20 {
+                    let (revision, bytes) = c.latest(shop).await?;
+                    let old = bytes.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()?;
+                    let Some(new) = change(old.as_ref()) else { return Ok(old) };
+                    match c.write(shop, revision, encode(&self.sealer, shop, &new).into(), fenced).await {
+                        Ok(()) => return Ok(Some(new)),
+                        Err(cluster::WriteRefused::Conflict) => continue,
+                        Err(cluster::WriteRefused::NotOwner) => {
+                            return Err(CredentialError::Transient { shop: shop.to_string(), why: "another node runs the shop now and renews its credentials".into() })
+                        }
+                        Err(cluster::WriteRefused::Failed(e)) => return Err(e.into()),
+                    }
+                }
+                Err(CredentialError::Transient { shop: shop.to_string(), why: "the record kept changing on other nodes; try again".into() })
+            }
+        }
     }
 
     /// Give a shop credentials (from config, or from the merchant authorizing the app):
@@ -294,23 +377,34 @@ impl CredentialBook {
         self.put(shop, creds, None).await
     }
 
+    /// Replace the shop's credentials; from config (`seeded_from`: their digest) only
+    /// unless those very tokens were taken already (by another node, in cluster mode).
     async fn put(&self, shop: &str, creds: &Credentials, seeded_from: Option<String>) -> Result<CredentialState, CredentialError> {
         let current = StoredCredentials::from(creds);
         let stored = self
-            .update(shop, move |old| Stored {
-                generation: old.as_ref().map_or(1, |o| o.generation + 1),
-                current,
-                previous: None,
-                refreshing_since_ms: None,
-                last_refresh_ms: None,
-                failures: 0,
-                last_error: None,
-                needs_authorization: None,
-                retry_after_ms: None,
-                seeded_from: seeded_from.or_else(|| old.and_then(|o| o.seeded_from)),
-            })
+            .update(
+                shop,
+                false,
+                Box::new(move |old| {
+                    if seeded_from.is_some() && old.is_some_and(|o| o.seeded_from == seeded_from) {
+                        return None;
+                    }
+                    Some(Stored {
+                        generation: old.map_or(1, |o| o.generation + 1),
+                        current: current.clone(),
+                        previous: None,
+                        refreshing_since_ms: None,
+                        last_refresh_ms: None,
+                        failures: 0,
+                        last_error: None,
+                        needs_authorization: None,
+                        retry_after_ms: None,
+                        seeded_from: seeded_from.clone().or_else(|| old.and_then(|o| o.seeded_from.clone())),
+                    })
+                }),
+            )
             .await?;
-        Ok(stored.state())
+        Ok(stored.expect("a put always leaves a record").state())
     }
 
     /// Take a shop's tokens from its config: the first time, and again when they differ
@@ -324,20 +418,24 @@ impl CredentialBook {
         h.update([0]);
         h.update(creds.refresh_token.as_ref().map_or("", |t| t.expose()).as_bytes());
         let digest = hex::encode(h.finalize());
-        match self.read(shop)? {
+        match self.read_latest(shop).await? {
             None => {}
             Some(s) if s.seeded_from.as_deref() == Some(digest.as_str()) => return Ok(false),
             // Kept before berth noted where tokens came from: note it, take nothing.
             Some(s) if s.seeded_from.is_none() => {
-                self.update(shop, move |old| Stored { seeded_from: Some(digest), ..old.expect("read above") }).await?;
+                let noted = Box::new(move |old: Option<&Stored>| {
+                    old.filter(|o| o.seeded_from.is_none()).map(|o| Stored { seeded_from: Some(digest.clone()), ..o.clone() })
+                });
+                self.update(shop, false, noted).await?;
                 return Ok(false);
             }
             Some(_) => tracing::warn!(shop, "the shop's tokens in config changed: berth takes the new ones"),
         }
         let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.to_string()).or_default().clone();
         let _held = flight.lock().await;
-        self.put(shop, creds, Some(digest)).await?;
-        Ok(true)
+        let before = self.read_latest(shop).await?.map(|s| s.generation);
+        let after = self.put(shop, creds, Some(digest)).await?;
+        Ok(before != Some(after.generation))
     }
 
     /// The shop's current credentials and their generation.
@@ -358,9 +456,7 @@ impl CredentialBook {
     /// Every shop the book holds, with its state.
     pub fn states(&self) -> Result<Vec<(String, CredentialState)>, CredentialError> {
         let mut out = Vec::new();
-        for entry in self.tree.iter() {
-            let (key, value) = entry?;
-            let shop = String::from_utf8_lossy(&key).into_owned();
+        for (shop, value) in self.all()? {
             let (stored, _) = decode(&self.sealer, &shop, &value)?;
             out.push((shop, stored.state()));
         }
@@ -396,14 +492,10 @@ impl CredentialBook {
             Some(s) if s.generation == generation && s.previous.is_some() => {}
             _ => return Ok(()),
         }
-        self.update(shop, move |old| {
-            let mut s = old.expect("read above; records are never removed");
-            if s.generation == generation {
-                s.previous = None;
-            }
-            s
-        })
-        .await?;
+        let done = Box::new(move |old: Option<&Stored>| {
+            old.filter(|o| o.generation == generation && o.previous.is_some()).map(|o| Stored { previous: None, ..o.clone() })
+        });
+        self.update(shop, false, done).await?;
         Ok(())
     }
 
@@ -417,11 +509,12 @@ impl CredentialBook {
     ) -> Result<(Credentials, u64), CredentialError> {
         let flight = self.flights.lock().unwrap_or_else(|e| e.into_inner()).entry(shop.to_string()).or_default().clone();
         let _held = flight.lock().await;
-        let s = self.read(shop)?.ok_or_else(|| CredentialError::Unknown(shop.to_string()))?;
+        let s = self.read_latest(shop).await?.ok_or_else(|| CredentialError::Unknown(shop.to_string()))?;
         if let Some(why) = &s.needs_authorization {
             return Err(CredentialError::Reauthorize { shop: shop.to_string(), why: why.clone() });
         }
-        if settled(&s) {
+        // Cluster mode: the node running the shop renews; the others take what it has.
+        if settled(&s) || self.renewed_elsewhere(shop) {
             return Ok((Credentials::from(&s.current), s.generation));
         }
         let now = berth_types::clock::now_ms();
@@ -434,29 +527,40 @@ impl CredentialBook {
         // A refresh whose answer a crash lost may have spent the refresh token already.
         let answer_lost = s.refreshing_since_ms.is_some();
         let started = berth_types::clock::now_ms();
-        self.update(shop, move |old| Stored { refreshing_since_ms: Some(started), ..old.expect("read above") }).await?;
+        let generation = s.generation;
+        // Noted before the platform is asked, under the shop's lease in cluster mode (a
+        // node that lost it starts no refresh). Each change below applies only while no
+        // other refresh or new tokens landed since this one read the record.
+        let noted = Box::new(move |old: Option<&Stored>| {
+            old.filter(|o| o.generation == generation).map(|o| Stored { refreshing_since_ms: Some(started), ..o.clone() })
+        });
+        match self.update(shop, true, noted).await? {
+            Some(now) if now.generation == generation => {}
+            Some(now) => return Ok((Credentials::from(&now.current), now.generation)),
+            None => return Err(CredentialError::Unknown(shop.to_string())),
+        }
         let current = Credentials::from(&s.current);
         let answer = refresher.refresh(shop, &current).await;
         let (why, gone) = match answer {
             Ok(new) => {
                 let new = StoredCredentials::from(&new);
-                let stored = self
-                    .update(shop, move |old| {
-                        let old = old.expect("read above");
-                        Stored {
-                            generation: old.generation + 1,
-                            previous: Some(old.current),
-                            current: new,
-                            refreshing_since_ms: None,
-                            last_refresh_ms: Some(berth_types::clock::now_ms()),
-                            failures: 0,
-                            last_error: None,
-                            needs_authorization: None,
-                            retry_after_ms: None,
-                            seeded_from: old.seeded_from,
-                        }
+                // Not fenced: the platform has answered, and these may be the only valid
+                // tokens now, whoever runs the shop.
+                let kept = Box::new(move |old: Option<&Stored>| {
+                    old.filter(|o| o.generation == generation).map(|old| Stored {
+                        generation: old.generation + 1,
+                        previous: Some(old.current.clone()),
+                        current: new.clone(),
+                        refreshing_since_ms: None,
+                        last_refresh_ms: Some(berth_types::clock::now_ms()),
+                        failures: 0,
+                        last_error: None,
+                        needs_authorization: None,
+                        retry_after_ms: None,
+                        seeded_from: old.seeded_from.clone(),
                     })
-                    .await?;
+                });
+                let stored = self.update(shop, false, kept).await?.ok_or_else(|| CredentialError::Unknown(shop.to_string()))?;
                 tracing::info!(shop, generation = stored.generation, "credentials refreshed");
                 self.told(shop, "ok");
                 return Ok((Credentials::from(&stored.current), stored.generation));
@@ -478,21 +582,27 @@ impl CredentialBook {
         let gone_too = gone.clone();
         let last = why.clone();
         let transient = gone.is_none();
-        self.update(shop, move |old| {
-            let old = old.expect("read above");
-            let failures = old.failures + 1;
-            let wait = berth_types::backoff::delay(failures, RETRY_BASE_MS, RETRY_MAX_MS).as_millis() as i64;
-            Stored {
-                // The platform answered: nothing of this attempt is lost.
-                refreshing_since_ms: None,
-                retry_after_ms: transient.then(|| berth_types::clock::now_ms() + wait),
-                failures,
-                last_error: Some(last),
-                needs_authorization: gone_too.or(old.needs_authorization.clone()),
-                ..old
+        let failed = Box::new(move |old: Option<&Stored>| {
+            old.filter(|o| o.generation == generation).map(|old| {
+                let failures = old.failures + 1;
+                let wait = berth_types::backoff::delay(failures, RETRY_BASE_MS, RETRY_MAX_MS).as_millis() as i64;
+                Stored {
+                    // The platform answered: nothing of this attempt is lost.
+                    refreshing_since_ms: None,
+                    retry_after_ms: transient.then(|| berth_types::clock::now_ms() + wait),
+                    failures,
+                    last_error: Some(last.clone()),
+                    needs_authorization: gone_too.clone().or(old.needs_authorization.clone()),
+                    ..old.clone()
+                }
+            })
+        });
+        if let Some(now) = self.update(shop, false, failed).await? {
+            if now.generation != generation && now.needs_authorization.is_none() {
+                // Another refresh landed meanwhile: its tokens are the shop's.
+                return Ok((Credentials::from(&now.current), now.generation));
             }
-        })
-        .await?;
+        }
         self.told(shop, if gone.is_some() { "revoked" } else { "transient" });
         Err(match gone {
             Some(why) => CredentialError::Reauthorize { shop: shop.to_string(), why },
@@ -662,7 +772,7 @@ mod tests {
         assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-1");
         // The merchant authorized again and ops pasted the new tokens: taken, and a
         // needed authorization is cleared.
-        book.update("acme", |old| Stored { needs_authorization: Some("revoked".into()), ..old.unwrap() }).await.unwrap();
+        book.update("acme", false, Box::new(|old| Some(Stored { needs_authorization: Some("revoked".into()), ..old.unwrap().clone() }))).await.unwrap();
         assert!(book.seed("acme", &creds("access-new", "refresh-new", 1_000)).await.unwrap());
         let st = book.state("acme").unwrap().unwrap();
         assert!(st.needs_authorization.is_none() && st.generation == 3, "{st:?}");
@@ -702,13 +812,17 @@ mod tests {
         assert_eq!(book.current("acme").unwrap().0.access_token.expose(), "access-1");
         // Now a crash between the platform's answer and storing it: the platform rotated
         // to refresh-2, berth kept only its note that a refresh was under way.
-        book.update("acme", |old| Stored { refreshing_since_ms: Some(1), ..old.unwrap() }).await.unwrap();
+        book.update("acme", false, Box::new(|old| Some(Stored { refreshing_since_ms: Some(1), ..old.unwrap().clone() }))).await.unwrap();
         *platform.live.lock().unwrap() = "refresh-2".into();
-        book.update("acme", |old| {
-            let mut s = old.unwrap();
-            s.current.access_expires_ms = Some(0);
-            s
-        })
+        book.update(
+            "acme",
+            false,
+            Box::new(|old| {
+                let mut s = old.unwrap().clone();
+                s.current.access_expires_ms = Some(0);
+                Some(s)
+            }),
+        )
         .await
         .unwrap();
         let err = book.fresh("acme", 60_000, &platform).await.unwrap_err();
