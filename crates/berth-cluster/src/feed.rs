@@ -196,11 +196,96 @@ pub struct FeedRecord {
     pub record: Bytes,
 }
 
+/// Pages up to this many entries are read one direct get at a time; longer ones through
+/// one ordered consumer (BENCHMARKS.md section 12: a consumer costs a round trip to
+/// create, then delivers without one per entry).
+pub const DIRECT_UP_TO: usize = 32;
+
 /// Up to `limit` feed entries after `after` (a stream sequence), oldest first, for one
 /// shop or all.
 pub async fn list(conn: &Connection, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<FeedRecord>, ClusterError> {
+    if limit <= DIRECT_UP_TO {
+        list_direct(conn, after, limit, shop).await
+    } else {
+        list_streamed(conn, after, limit, shop).await
+    }
+}
+
+fn feed_filter(conn: &Connection, shop: Option<&str>) -> String {
+    format!("$KV.{}.feed.{}.>", conn.names.shops, shop.unwrap_or("*"))
+}
+
+/// [`list`] through an ordered consumer starting after `after`: one round trip to create
+/// it, then the entries as the server sends them.
+pub async fn list_streamed(conn: &Connection, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<FeedRecord>, ClusterError> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let consumer = conn
+        .shops_stream()
+        .create_consumer(OrderedConfig {
+            filter_subject: feed_filter(conn, shop),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(ClusterError::nats)?;
+    let _done = Discard::new(conn.shops_stream(), &consumer.cached_info().name);
+    let want = (consumer.cached_info().num_pending as usize).min(limit);
+    let mut out = Vec::with_capacity(want);
+    if want == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
+    while out.len() < want {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::StreamExt::next(&mut messages)).await;
+        let msg = match next {
+            Ok(Some(m)) => m.map_err(ClusterError::nats)?,
+            Ok(None) => break,
+            Err(_) => return Err(ClusterError::Nats(format!("reading the feed after {after}: {} of {want} entries delivered within 10 s", out.len()))),
+        };
+        let seq = msg.info().map_err(ClusterError::nats)?.stream_sequence;
+        if seq <= out.last().map_or(after, |r: &FeedRecord| r.seq) {
+            // The client recreated the consumer before its first message and started it
+            // from the stream's beginning (async-nats 0.51 does, whatever the policy):
+            // the rest one direct get at a time.
+            let from = out.last().map_or(after, |r| r.seq);
+            out.extend(list_direct(conn, from, want - out.len(), shop).await?);
+            break;
+        }
+        let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
+        out.push(FeedRecord { seq, shop, record: msg.payload.clone() });
+    }
+    Ok(out)
+}
+
+/// Deletes a consumer made for one read when the read ends, without waiting for it: a
+/// busy reader must not leave thousands of them behind (the server limits how many a
+/// stream has; an ordered consumer otherwise lingers until it has been idle for 30 s).
+pub(crate) struct Discard {
+    stream: async_nats::jetstream::stream::Stream,
+    name: String,
+}
+
+impl Discard {
+    pub(crate) fn new(stream: &async_nats::jetstream::stream::Stream, name: &str) -> Discard {
+        Discard { stream: stream.clone(), name: name.to_string() }
+    }
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
+/// [`list`] one direct get (answered by any replica) per entry.
+pub async fn list_direct(conn: &Connection, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<FeedRecord>, ClusterError> {
     use async_nats::jetstream::stream::DirectGetErrorKind;
-    let filter = format!("$KV.{}.feed.{}.>", conn.names.shops, shop.unwrap_or("*"));
+    let filter = feed_filter(conn, shop);
     let stream = conn.shops_stream();
     let mut out = Vec::new();
     let mut next = after + 1;

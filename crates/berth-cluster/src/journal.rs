@@ -100,9 +100,13 @@ impl Journal {
         let start = last.saturating_sub(limit as u64 - 1).max(first).max(1);
         let consumer = self
             .stream
-            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start }, ..Default::default() })
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
             .await
             .map_err(ClusterError::nats)?;
+        let _done = crate::feed::Discard::new(&self.stream, &consumer.cached_info().name);
         let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
         let prefix = format!("{}.", self.name);
         let mut out = Vec::with_capacity(limit.min(4096));
@@ -114,6 +118,25 @@ impl Journal {
                 Err(_) => return Err(ClusterError::Nats(format!("reading {}: records up to {last} not delivered within 10 s", self.name))),
             };
             let seq = msg.info().map(|i| i.stream_sequence).map_err(ClusterError::nats)?;
+            if seq < start || out.last().is_some_and(|e: &Entry| seq <= e.seq) {
+                // The client recreated the consumer from the stream's beginning (see
+                // feed::list_streamed): the rest one message at a time.
+                let from = out.last().map_or(start, |e| e.seq + 1);
+                for seq in from..=last {
+                    match self.stream.get_raw_message(seq).await {
+                        Ok(m) => out.push(Entry {
+                            seq,
+                            node: m.subject.strip_prefix(prefix.as_str()).unwrap_or(&m.subject).to_string(),
+                            id: m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()),
+                            payload: m.payload,
+                        }),
+                        // Removed by the stream's limit meanwhile.
+                        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                        Err(e) => return Err(ClusterError::nats(e)),
+                    }
+                }
+                break;
+            }
             out.push(Entry {
                 seq,
                 node: msg.subject.strip_prefix(prefix.as_str()).unwrap_or(&msg.subject).to_string(),

@@ -103,12 +103,14 @@ impl ClusterOrders {
         one: Option<&str>,
         mut each: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<u64, StoreError> {
-        const CHUNK: usize = 200;
+        // Entries are read from the cluster a chunk at a time (see feed::list).
+        const CHUNK: usize = 1000;
+        let chunk = limit.clamp(1, CHUNK);
         let handle = tokio::runtime::Handle::current();
         let (mut sent, mut bytes, mut next) = (0usize, 0usize, after);
         loop {
-            let page = handle.block_on(feed::list(&self.conn, next, CHUNK, one)).map_err(unavailable)?;
-            let ended = page.len() < CHUNK;
+            let page = handle.block_on(feed::list(&self.conn, next, chunk, one)).map_err(unavailable)?;
+            let ended = page.len() < chunk;
             for entry in page {
                 if shop.is_some_and(|want| !want(&entry.shop)) {
                     next = entry.seq;
