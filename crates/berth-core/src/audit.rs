@@ -314,6 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_resumes_after_the_entry_the_cluster_last_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        for at in [10, 20, 30] {
+            log.append(&AuditEntry { at_ms: at, ..AuditEntry::now("ci", "pause", "shop:a", None, "ok", String::new()) }).unwrap();
+        }
+        let lines = log.lines_from(0).unwrap();
+        assert_eq!(lines.len(), 3);
+        let (start, end, _) = &lines[1];
+        // The stream's last entry from this node is the second: go on with the third.
+        assert_eq!(log.resume_offset(Some(format!("{start}-20"))), *end);
+        assert_eq!(log.lines_from(*end).unwrap().len(), 1);
+        // Not this file's entry there (a new data dir): the whole file; none yet: too.
+        assert_eq!(log.resume_offset(Some(format!("{start}-99"))), 0);
+        assert_eq!(log.resume_offset(Some("garbage".into())), 0);
+        assert_eq!(log.resume_offset(None), 0);
+    }
+
+    #[test]
     fn unauthenticated_attempts_are_written_up_to_the_minute_allowance_then_counted() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();

@@ -221,7 +221,7 @@ impl Stored {
 /// Where the sealed records are kept.
 enum Records {
     Embedded { store: Store, tree: Keyspace },
-    Cluster(cluster::ClusterRecords),
+    Cluster(Box<cluster::ClusterRecords>),
 }
 
 /// A change to a shop's record: the new record, or `None` to leave it as it is (what it
@@ -260,7 +260,7 @@ impl CredentialBook {
     /// Cluster mode: the records in the cluster; this node refreshes the shops whose
     /// lease `fences` holds.
     pub async fn open_cluster(conn: &berth_cluster::Connection, fences: Arc<dyn berth_cluster::FenceSource>, sealer: Arc<seal::Sealer>) -> Result<CredentialBook, CredentialError> {
-        let records = Records::Cluster(cluster::ClusterRecords::open(conn, fences).await?);
+        let records = Records::Cluster(Box::new(cluster::ClusterRecords::open(conn, fences).await?));
         Ok(CredentialBook { records, sealer, flights: Mutex::default(), events: Default::default() })
     }
 

@@ -647,6 +647,33 @@ mod tests {
     }
 
     #[test]
+    fn the_clusters_record_keeps_the_last_hour_by_minute_and_older_hours_summed() {
+        let hour = 60u64;
+        // Minute 0 of some hour, and now 2.5 hours later.
+        let base = 480_000 * hour;
+        let now_ms = ((base + 150) * 60_000) as i64;
+        let mut e = Entry::new("shopify", "shopify", Tier::A);
+        for (minute, up, all) in [(base + 5, 1, 2), (base + 40, 2, 2), (base + 70, 0, 3), (base + 125, 1, 1), (base + 149, 2, 2)] {
+            e.minutes.insert(minute, (up, all));
+        }
+        e.consecutive_failures = 4;
+        e.down_since_ms = Some(now_ms - 120_000);
+        e.last = Some(probe(now_ms, false));
+        let stored = e.stored(now_ms);
+        assert_eq!(
+            stored.minutes,
+            [(base, 3, 4), (base + 60, 0, 3), (base + 125, 1, 1), (base + 149, 2, 2)],
+            "minutes before the last hour are summed into their hour"
+        );
+        // What a new owner makes of it: the same counts in the window, the same standing.
+        let mut next = Entry::new("shopify", "shopify", Tier::A);
+        next.resume(serde_json::from_slice(&serde_json::to_vec(&stored).unwrap()).unwrap(), base + 60);
+        assert_eq!(next.minutes.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1)), (3, 6), "the hour before the window's start is left out");
+        assert_eq!((next.consecutive_failures, next.down_since_ms), (4, Some(now_ms - 120_000)));
+        assert_eq!(next.last, Some(probe(now_ms, false)));
+    }
+
+    #[test]
     fn tiers_have_defaults_and_overrides() {
         let cfg: HealthConfig = toml::from_str("[A]\nprobe_secs = 5\n[C]\nsla_percent = 95.0\n").unwrap();
         assert_eq!(cfg.policy(Tier::A), TierPolicy { probe_secs: 5, sla_percent: 99.9 });

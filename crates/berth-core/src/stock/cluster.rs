@@ -16,9 +16,8 @@
 use super::ledger::{lock, Counts, Working};
 use super::{SkuStock, StockError};
 use berth_cluster::lease::FenceSource;
-use berth_cluster::mirror::{read_latest, write_cas, Codec, Mirror};
+use berth_cluster::mirror::{read_latest, write_cas, Codec, Json, Mirror};
 use berth_cluster::{ClusterError, Connection};
-use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,22 +44,7 @@ pub enum Writer {
 }
 
 /// Stored SKU records: JSON, an empty value for a purged SKU.
-pub struct SkuCodec;
-
-impl Codec for SkuCodec {
-    type Record = SkuStock;
-
-    fn decode(_key: &str, bytes: &[u8]) -> Result<Option<SkuStock>, String> {
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(bytes).map(Some).map_err(|e| e.to_string())
-    }
-
-    fn encode(record: Option<&SkuStock>) -> Bytes {
-        record.map_or_else(Bytes::new, |r| Bytes::from(serde_json::to_vec(r).unwrap_or_default()))
-    }
-}
+pub type SkuCodec = Json<SkuStock>;
 
 pub fn shop_prefix(shop: &str) -> String {
     format!("stock.{shop}.")
