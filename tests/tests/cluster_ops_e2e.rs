@@ -7,7 +7,8 @@
 //!   The node running one of those shops is SIGKILLed while it is down: the shop moves,
 //!   its alert is neither resolved nor sent again, and its health on the new owner goes
 //!   on from the cluster's record (same `down_since`). When the platform and the queue
-//!   recover, each alert resolves once. Every node answers the same firing set and log.
+//!   recover, each alert resolves once (a shop removed from the cluster meanwhile: at its
+//!   removal). Every node answers the same firing set and log.
 //! - Health: every node shows every shop, probed by whichever node runs it.
 //! - Audit: a pause on node 1 and a resume on node 2 are in the audit log read on node 3,
 //!   each naming its node; a node's entries written before a restart stay there once.
@@ -224,6 +225,15 @@ min_calls = 3
         sets.push(firing(&client.get(format!("{u}/v1/alerts")).send().await.unwrap().json::<Value>().await.unwrap()));
     }
     assert!(sets.iter().all(|s| *s == sets[0]) && sets[0].len() >= 7, "the nodes disagree on what fires: {sets:?}");
+
+    // Shop s05 leaves the cluster (every node's config, reloaded) while still down: its
+    // alert is resolved (by the duty node: no node runs it any more).
+    let kept: Vec<_> = shops.iter().filter(|(_, s)| s != "s05").cloned().collect();
+    for n in names {
+        node_config(dir.path(), n, &sim.base_url(), Some(&nats), &kept, 4, &extra);
+    }
+    received(&rec, &["resolved shop-down s05".to_string()], &nodes).await;
+    assert!(count(&rec, "resolved shop-down s04") == 0, "another shop's alert resolved with s05's: {:?}", notices(&rec));
 
     // The platform comes back and the ERP takes the orders: everything resolves once.
     sim.state.set_channel_down(0, false);

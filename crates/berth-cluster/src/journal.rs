@@ -89,6 +89,11 @@ impl Journal {
         }
     }
 
+    /// The sequence of the newest record (0: none yet).
+    pub async fn last_seq(&self) -> Result<u64, ClusterError> {
+        Ok(self.stream.clone().info().await.map_err(ClusterError::nats)?.state.last_sequence)
+    }
+
     /// The newest `limit` records of every node, oldest first.
     pub async fn tail(&self, limit: usize) -> Result<Vec<Entry>, ClusterError> {
         use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};

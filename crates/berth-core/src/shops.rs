@@ -222,6 +222,12 @@ impl ShopSet {
         &self.deps.health
     }
 
+    /// Whether `shop` is one of the shops this node knows: run here, or (cluster mode)
+    /// elsewhere.
+    pub fn knows(&self, shop: &str) -> bool {
+        self.runs(shop) || self.remote().contains_key(shop)
+    }
+
     /// Whether this node runs `shop`'s workers.
     pub fn runs(&self, shop: &str) -> bool {
         self.shops.read().unwrap_or_else(|e| e.into_inner()).contains_key(shop)

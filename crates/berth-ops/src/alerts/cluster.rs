@@ -9,7 +9,8 @@
 //! - a shop's alerts (probes failing, order intake held, credentials) by the node
 //!   running the shop: it alone probes and pulls it, and its probe history and failure
 //!   count come with the shop's lease (shop health is the cluster's too), so a shop
-//!   moving to another node neither resolves nor repeats its alert;
+//!   moving to another node neither resolves nor repeats its alert (the duty node
+//!   resolves the alerts of a shop no longer in the cluster);
 //! - what each node sees of its own (a connector's success rate and circuit breaker, a
 //!   quota held, a canary it rolled back) by every node seeing it: the alert names the
 //!   nodes (`seen_by`), fires when the first one sees it and resolves when the last one
@@ -67,10 +68,18 @@ pub struct Board {
     leases: Arc<Leases>,
     firing: Mirror<Json<SharedAlert>>,
     log: Journal,
+    /// The log's last sequence when this node last read it.
+    log_seen: std::sync::atomic::AtomicU64,
 }
 
 fn key(fingerprint: &str) -> String {
     format!("alert.{}", hex::encode(fingerprint))
+}
+
+/// The shops as this node sees them, for deciding shop alerts.
+pub(super) struct ShopsHere<'a> {
+    pub runs: &'a (dyn Fn(&str) -> bool + Sync),
+    pub knows: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// What one evaluation changed, for this node to notify.
@@ -82,7 +91,7 @@ impl Board {
     pub async fn open(conn: &Connection, prefix: &str, leases: Arc<Leases>) -> Result<Board, ClusterError> {
         let firing = Mirror::open(conn, "alert.", Box::new(|_, _, _| {})).await?;
         let log = Journal::open(conn, prefix, "alerts", LOG_KEEP).await?;
-        Ok(Board { conn: conn.clone(), leases, firing, log })
+        Ok(Board { conn: conn.clone(), leases, firing, log, log_seen: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub fn node(&self) -> &str {
@@ -105,16 +114,18 @@ impl Board {
     }
 
     /// Apply one evaluation: `holding` is what this node's rules found (queue rules only
-    /// when on duty); `runs` says which shops this node runs. Writes what changed and
-    /// returns what this node must notify (its writes landed).
-    pub(super) async fn decide(&self, holding: BTreeMap<String, AlertRecord>, runs: &(dyn Fn(&str) -> bool + Sync), repeat_ms: i64, now: i64) -> Decided {
+    /// when on duty); `shops` says which shops this node runs and which it knows at all.
+    /// Writes what changed and returns what this node must notify (its writes landed).
+    pub(super) async fn decide(&self, holding: BTreeMap<String, AlertRecord>, shops: &ShopsHere<'_>, repeat_ms: i64, now: i64) -> Decided {
         use super::notify::NoticeStatus;
         let me = self.node().to_string();
         let on_duty = self.on_duty();
         let live: BTreeSet<String> = self.leases.view().live_nodes.iter().map(|n| n.node.clone()).collect();
+        // A shop's alert is decided by the node running it; one for a shop no longer in
+        // the cluster, by the duty node (it resolves it).
         let mine = |a: &AlertRecord| match decider(&a.kind) {
             Decider::Duty => on_duty,
-            Decider::ShopOwner => runs(&a.subject),
+            Decider::ShopOwner => (shops.runs)(&a.subject) || (on_duty && !(shops.knows)(&a.subject)),
             Decider::EachNode => true,
         };
         let mut notices = Vec::new();
@@ -168,7 +179,13 @@ impl Board {
                 }
                 Some((_, rec)) => {
                     let mut next = rec.clone();
-                    next.seen_by.insert(me.clone());
+                    match decider(&alert.kind) {
+                        Decider::EachNode => {
+                            next.seen_by.insert(me.clone());
+                        }
+                        // One decider: this node now (a duty or a shop that moved here).
+                        Decider::Duty | Decider::ShopOwner => next.seen_by = BTreeSet::from([me.clone()]),
+                    }
                     // One node reminds: the first that sees it.
                     let reminds = next.seen_by.first() == Some(&me) && repeat_ms > 0 && now - rec.notified_ms >= repeat_ms;
                     if reminds {
@@ -211,8 +228,13 @@ impl Board {
         }
     }
 
-    /// The cluster's last `n` notifications, oldest first.
-    pub(super) async fn recent(&self, n: usize) -> Result<Vec<LogEntry>, ClusterError> {
-        Ok(self.log.tail(n).await?.into_iter().filter_map(|e| serde_json::from_slice(&e.payload).ok()).collect())
+    /// The cluster's last `n` notifications, oldest first; `None` when the log has not
+    /// grown since the last call.
+    pub(super) async fn recent(&self, n: usize) -> Result<Option<Vec<LogEntry>>, ClusterError> {
+        let last = self.log.last_seq().await?;
+        if self.log_seen.swap(last, std::sync::atomic::Ordering::Relaxed) == last && last != 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.log.tail(n).await?.into_iter().filter_map(|e| serde_json::from_slice(&e.payload).ok()).collect()))
     }
 }

@@ -441,9 +441,9 @@ impl Alerts {
     /// what this node's writes changed, and take the cluster's log for the API.
     async fn evaluate_shared(&self, board: &cluster::Board, obs: &Observation, src: &Sources) {
         let holding = self.holding(obs, board.on_duty());
-        let shops = src.shops.clone();
-        let runs = move |shop: &str| shops.runs(shop);
-        let decided = board.decide(holding, &runs, self.config.repeat_secs as i64 * 1000, obs.now_ms).await;
+        let (runs, knows) = (|shop: &str| src.shops.runs(shop), |shop: &str| src.shops.knows(shop));
+        let shops = cluster::ShopsHere { runs: &runs, knows: &knows };
+        let decided = board.decide(holding, &shops, self.config.repeat_secs as i64 * 1000, obs.now_ms).await;
         let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
         for f in board.firing().iter().filter(|f| f.seen_by.contains(board.node())) {
             *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
@@ -455,7 +455,8 @@ impl Alerts {
             self.notifier.send(&Notice { status, source: self.config.source.clone(), alert });
         }
         match board.recent(LOG_KEEP).await {
-            Ok(log) => self.state.lock().unwrap_or_else(|e| e.into_inner()).log = log.into(),
+            Ok(Some(log)) => self.state.lock().unwrap_or_else(|e| e.into_inner()).log = log.into(),
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the cluster's alert log; the API shows the last one read"),
         }
     }
