@@ -180,7 +180,6 @@ impl AuditLog {
     /// offset in the file and its time (`<offset>-<at_ms>`): a restart resumes after it;
     /// a file that does not hold that entry there (a new data dir) is forwarded whole.
     pub async fn forward(self: std::sync::Arc<Self>, journal: berth_cluster::journal::Journal, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let _ = self.cluster.set(journal.clone());
         let node = journal.node().to_string();
         let mut offset = loop {
             match journal.last_of(&node).await {
