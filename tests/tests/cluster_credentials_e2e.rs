@@ -1,6 +1,6 @@
 //! Cluster mode, the credential book across real processes: three `berth serve` nodes on
 //! a 3-server NATS cluster, two Shopee shops whose platform hands out a new refresh token
-//! on every refresh and kills the old one (access tokens last 4 s).
+//! on every refresh and kills the old one (access tokens last 6 s).
 //!
 //! Only the node running a shop renews it, from the cluster's record; the other nodes
 //! take order pushes for it all along (each a call with the shop's credentials) and use
@@ -75,7 +75,7 @@ async fn held(client: &reqwest::Client, base: &str, shop: &str) -> Option<Value>
 }
 
 /// Wait until the node running `shop` has stored a refresh the platform answered after
-/// `after` refreshes (so no refresh of it is in flight right now: the next one is ~3 s
+/// `after` refreshes (so no refresh of it is in flight right now: the next one is ~5 s
 /// away), and return that node's index.
 async fn settled_after(client: &reqwest::Client, urls: &[String], names: &[&str], shop: &str, id: u64, sim: &berth_sim::SimHandle, after: u64) -> usize {
     poll_until(WAIT, || async {
@@ -96,7 +96,7 @@ async fn only_the_node_running_a_shop_renews_it_and_no_refresh_token_is_spent_tw
     cfg.shopee.partners = vec![ShopeePartner { partner_id: 9001, partner_key: "sp-partner-key".into() }];
     cfg.shopee.shops = SHOPS.iter().map(|(_, id)| ShopeeShop { shop_id: *id, partner_id: 9001, access_token: "sp-token".into(), orders: 10 }).collect();
     cfg.shopee.calls_per_window = 100_000;
-    cfg.shopee.tokens = Some(ShopeeTokens { access_secs: 4, refresh_secs: 3600, answer_delay_ms: 0 });
+    cfg.shopee.tokens = Some(ShopeeTokens { access_secs: 6, refresh_secs: 3600, answer_delay_ms: 0 });
     let sim = berth_sim::start(cfg.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let names = ["c1", "c2", "c3"];
