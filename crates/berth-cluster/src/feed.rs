@@ -215,71 +215,21 @@ fn feed_filter(conn: &Connection, shop: Option<&str>) -> String {
     format!("$KV.{}.feed.{}.>", conn.names.shops, shop.unwrap_or("*"))
 }
 
-/// [`list`] through an ordered consumer starting after `after`: one round trip to create
-/// it, then the entries as the server sends them.
+/// [`list`] through one ordered consumer starting after `after` ([`crate::run`]).
 pub async fn list_streamed(conn: &Connection, after: u64, limit: usize, shop: Option<&str>) -> Result<Vec<FeedRecord>, ClusterError> {
-    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-    let consumer = conn
-        .shops_stream()
-        .create_consumer(OrderedConfig {
-            filter_subject: feed_filter(conn, shop),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-            ..Default::default()
-        })
-        .await
-        .map_err(ClusterError::nats)?;
-    let _done = Discard::new(conn.shops_stream(), &consumer.cached_info().name);
-    let want = (consumer.cached_info().num_pending as usize).min(limit);
-    let mut out = Vec::with_capacity(want);
-    if want == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
-    while out.len() < want {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::StreamExt::next(&mut messages)).await;
-        let msg = match next {
-            Ok(Some(m)) => m.map_err(ClusterError::nats)?,
-            Ok(None) => break,
-            Err(_) => return Err(ClusterError::Nats(format!("reading the feed after {after}: {} of {want} entries delivered within 10 s", out.len()))),
-        };
-        let seq = msg.info().map_err(ClusterError::nats)?.stream_sequence;
-        if seq <= out.last().map_or(after, |r: &FeedRecord| r.seq) {
-            // The client recreated the consumer before its first message and started it
-            // from the stream's beginning (async-nats 0.51 does, whatever the policy):
-            // the rest one direct get at a time.
-            let from = out.last().map_or(after, |r| r.seq);
-            out.extend(list_direct(conn, from, want - out.len(), shop).await?);
-            break;
-        }
-        let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
-        out.push(FeedRecord { seq, shop, record: msg.payload.clone() });
+    let run = crate::run::read(conn.shops_stream(), Some(feed_filter(conn, shop)), after + 1, limit, "the feed").await?;
+    let mut out: Vec<FeedRecord> = run.messages.into_iter().map(|m| FeedRecord { shop: shop_of(&m.subject), seq: m.seq, record: m.payload }).collect();
+    if run.cut {
+        // The rest one direct get at a time.
+        let from = out.last().map_or(after, |r| r.seq);
+        out.extend(list_direct(conn, from, limit - out.len(), shop).await?);
     }
     Ok(out)
 }
 
-/// Deletes a consumer made for one read when the read ends, without waiting for it: a
-/// busy reader must not leave thousands of them behind (the server limits how many a
-/// stream has; an ordered consumer otherwise lingers until it has been idle for 30 s).
-pub(crate) struct Discard {
-    stream: async_nats::jetstream::stream::Stream,
-    name: String,
-}
-
-impl Discard {
-    pub(crate) fn new(stream: &async_nats::jetstream::stream::Stream, name: &str) -> Discard {
-        Discard { stream: stream.clone(), name: name.to_string() }
-    }
-}
-
-impl Drop for Discard {
-    fn drop(&mut self) {
-        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = stream.delete_consumer(&name).await;
-            });
-        }
-    }
+/// The shop of a `feed.<shop>.…` subject of the shops bucket.
+fn shop_of(subject: &str) -> String {
+    subject.split('.').nth(3).unwrap_or_default().to_string()
 }
 
 /// [`list`] one direct get (answered by any replica) per entry.
@@ -293,8 +243,7 @@ pub async fn list_direct(conn: &Connection, after: u64, limit: usize, shop: Opti
         match stream.direct_get_next_for_subject(filter.as_str(), Some(next)).await {
             Ok(msg) => {
                 next = msg.sequence + 1;
-                let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
-                out.push(FeedRecord { seq: msg.sequence, shop, record: msg.payload });
+                out.push(FeedRecord { seq: msg.sequence, shop: shop_of(&msg.subject), record: msg.payload });
             }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
             Err(e) => return Err(ClusterError::nats(e)),
@@ -530,16 +479,10 @@ impl OrderQueue {
         Ok(done)
     }
 
-    /// Orders waiting and orders leased, as the server counts them.
-    pub async fn depth(&self) -> Result<(u64, u64), ClusterError> {
-        let mut consumer = self.consumer.clone();
-        let info = consumer.info().await.map_err(ClusterError::nats)?;
-        Ok((info.num_pending, info.num_ack_pending as u64))
-    }
-
-    /// Orders waiting and leased, and when the oldest of them (the first not acked) was
-    /// appended to the feed (ms since the epoch; none when nothing waits).
-    pub async fn depth_and_oldest(&self) -> Result<(u64, u64, Option<i64>), ClusterError> {
+    /// Orders waiting and orders leased, as the server counts them, and when the oldest
+    /// of them (the first not acked) was appended to the feed (ms since the epoch; none
+    /// when nothing waits).
+    pub async fn depth(&self) -> Result<(u64, u64, Option<i64>), ClusterError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let mut consumer = self.consumer.clone();
         let info = consumer.info().await.map_err(ClusterError::nats)?.clone();

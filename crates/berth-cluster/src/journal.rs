@@ -13,7 +13,6 @@ use crate::connect::{retrying, Connection, Open};
 use crate::error::ClusterError;
 use async_nats::jetstream::{self, stream::StorageType};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::time::Duration;
 
 /// One stored record.
@@ -78,12 +77,7 @@ impl Journal {
     pub async fn last_of(&self, node: &str) -> Result<Option<Entry>, ClusterError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         match self.stream.get_last_raw_message_by_subject(&format!("{}.{node}", self.name)).await {
-            Ok(msg) => Ok(Some(Entry {
-                seq: msg.sequence,
-                node: node.to_string(),
-                id: msg.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()),
-                payload: msg.payload,
-            })),
+            Ok(msg) => Ok(Some(self.entry(msg.sequence, &msg.subject, Some(&msg.headers), msg.payload))),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(ClusterError::nats(e)),
         }
@@ -96,65 +90,38 @@ impl Journal {
 
     /// The newest `limit` records of every node, oldest first.
     pub async fn tail(&self, limit: usize) -> Result<Vec<Entry>, ClusterError> {
-        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let info = self.stream.clone().info().await.map_err(ClusterError::nats)?.clone();
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         if info.state.messages == 0 || limit == 0 {
             return Ok(Vec::new());
         }
         let start = last.saturating_sub(limit as u64 - 1).max(first).max(1);
-        let consumer = self
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::nats)?;
-        let _done = crate::feed::Discard::new(&self.stream, &consumer.cached_info().name);
-        let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
-        let prefix = format!("{}.", self.name);
-        let mut out = Vec::with_capacity(limit.min(4096));
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-            let msg = match next {
-                Ok(Some(m)) => m.map_err(ClusterError::nats)?,
-                Ok(None) => break,
-                Err(_) => return Err(ClusterError::Nats(format!("reading {}: records up to {last} not delivered within 10 s", self.name))),
-            };
-            let seq = msg.info().map(|i| i.stream_sequence).map_err(ClusterError::nats)?;
-            if seq < start || out.last().is_some_and(|e: &Entry| seq <= e.seq) {
-                // The client recreated the consumer from the stream's beginning (see
-                // feed::list_streamed): the rest one message at a time.
-                let from = out.last().map_or(start, |e| e.seq + 1);
-                for seq in from..=last {
-                    match self.stream.get_raw_message(seq).await {
-                        Ok(m) => out.push(Entry {
-                            seq,
-                            node: m.subject.strip_prefix(prefix.as_str()).unwrap_or(&m.subject).to_string(),
-                            id: m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()),
-                            payload: m.payload,
-                        }),
-                        // Removed by the stream's limit meanwhile.
-                        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
-                        Err(e) => return Err(ClusterError::nats(e)),
-                    }
+        let run = crate::run::read(&self.stream, None, start, limit, &self.name).await?;
+        let mut out: Vec<Entry> = run.messages.into_iter().map(|m| self.entry(m.seq, &m.subject, m.headers.as_ref(), m.payload)).collect();
+        if run.cut {
+            // The rest one message at a time.
+            for seq in out.last().map_or(start, |e| e.seq + 1)..=last {
+                match self.stream.get_raw_message(seq).await {
+                    Ok(m) => out.push(self.entry(seq, &m.subject, Some(&m.headers), m.payload)),
+                    // Removed by the stream's limit meanwhile.
+                    Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                    Err(e) => return Err(ClusterError::nats(e)),
                 }
-                break;
-            }
-            out.push(Entry {
-                seq,
-                node: msg.subject.strip_prefix(prefix.as_str()).unwrap_or(&msg.subject).to_string(),
-                id: msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string()),
-                payload: msg.payload.clone(),
-            });
-            if seq >= last {
-                break;
             }
         }
         if out.len() > limit {
             out.drain(..out.len() - limit);
         }
         Ok(out)
+    }
+
+    /// A stored message as a record (its node from its subject, its id from its headers).
+    fn entry(&self, seq: u64, subject: &str, headers: Option<&async_nats::HeaderMap>, payload: Bytes) -> Entry {
+        Entry {
+            seq,
+            node: subject.strip_prefix(self.name.as_str()).and_then(|s| s.strip_prefix('.')).unwrap_or(subject).to_string(),
+            id: headers.and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string()),
+            payload,
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod lease;
 pub mod mirror;
 pub mod registry;
 pub mod rendezvous;
+mod run;
 
 /// The NATS client berth-cluster is built on (tests and tools read the streams with it).
 pub use async_nats;

@@ -72,7 +72,9 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     let qa = OrderQueue::open(&a, "erp", settings.clone()).await.expect("queue on a");
     let qb = OrderQueue::open(&b, "erp", settings).await.expect("queue on b");
     let leased = lease_until(&qa, 6, 20).await;
-    assert_eq!(qa.depth().await.expect("depth"), (0, 6));
+    let (ready, in_flight, oldest) = qa.depth().await.expect("depth");
+    assert_eq!((ready, in_flight), (0, 6));
+    assert!(oldest.is_some(), "six leased orders: the oldest has a time");
     // Acked on the other node: never delivered again.
     let tokens: Vec<QueueToken> = leased[..3].iter().map(|l| l.token.clone()).collect();
     assert!(qb.ack_many(&tokens).await.iter().all(|r| r.is_ok()), "acks on b");

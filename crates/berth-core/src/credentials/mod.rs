@@ -246,6 +246,11 @@ fn decode(sealer: &seal::Sealer, shop: &str, bytes: &[u8]) -> Result<(Stored, bo
     Ok((stored, opened.stale))
 }
 
+/// Open a stored record, if there is one.
+fn opened(sealer: &seal::Sealer, shop: &str, bytes: Option<&[u8]>) -> Result<Option<Stored>, CredentialError> {
+    bytes.map(|b| decode(sealer, shop, b).map(|(s, _)| s)).transpose()
+}
+
 fn encode(sealer: &seal::Sealer, shop: &str, s: &Stored) -> Vec<u8> {
     sealer.seal(shop.as_bytes(), &serde_json::to_vec(s).expect("a credential record always serializes"))
 }
@@ -281,14 +286,14 @@ impl CredentialBook {
             Records::Embedded { tree, .. } => tree.get(shop.as_bytes())?.map(bytes::Bytes::from),
             Records::Cluster(c) => c.copy(shop),
         };
-        bytes.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()
+        opened(&self.sealer, shop, bytes.as_deref())
     }
 
     /// The shop's record to decide on: in cluster mode, the stream leader's.
     async fn read_latest(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
         match &self.records {
             Records::Embedded { .. } => self.read(shop),
-            Records::Cluster(c) => c.latest(shop).await?.1.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose(),
+            Records::Cluster(c) => opened(&self.sealer, shop, c.latest(shop).await?.1.as_deref()),
         }
     }
 
@@ -340,7 +345,7 @@ impl CredentialBook {
                 let (tree, key, sealer) = (tree.clone(), shop.to_string(), self.sealer.clone());
                 store
                     .write(move |ctx: &mut WriteCtx<'_>| {
-                        let old = ctx.get(&tree, key.as_bytes())?.map(|b| decode(&sealer, &key, &b).map(|(s, _)| s)).transpose()?;
+                        let old = opened(&sealer, &key, ctx.get(&tree, key.as_bytes())?.as_deref())?;
                         match change(old.as_ref()) {
                             Some(new) => {
                                 ctx.insert(&tree, key.as_bytes(), encode(&sealer, &key, &new));
@@ -354,7 +359,7 @@ impl CredentialBook {
             Records::Cluster(c) => {
                 for _ in 0..20 {
                     let (revision, bytes) = c.latest(shop).await?;
-                    let old = bytes.map(|b| decode(&self.sealer, shop, &b).map(|(s, _)| s)).transpose()?;
+                    let old = opened(&self.sealer, shop, bytes.as_deref())?;
                     let Some(new) = change(old.as_ref()) else { return Ok(old) };
                     match c.write(shop, revision, encode(&self.sealer, shop, &new).into(), fenced).await {
                         Ok(()) => return Ok(Some(new)),

@@ -135,7 +135,7 @@ impl ClusterInbox {
 
     async fn refresh_now(&self) {
         let read = async {
-            let (ready, in_flight, oldest) = self.queue.depth_and_oldest().await?;
+            let (ready, in_flight, oldest) = self.queue.depth().await?;
             let dead = self.queue.dead_letters(usize::MAX).await?;
             Ok::<_, ClusterError>((ready, in_flight, oldest, dead))
         };

@@ -19,6 +19,7 @@
 //! Each change is a compare-and-set on the alert's key, and only the node whose write
 //! landed notifies: two nodes deciding at once (the duty moving) notify once.
 
+use super::rules::RuleKind;
 use super::{AlertRecord, LogEntry};
 use berth_cluster::journal::Journal;
 use berth_cluster::mirror::{self, Json, Mirror};
@@ -48,15 +49,19 @@ pub(super) enum Decider {
     EachNode,
 }
 
-pub(super) fn decider(kind: &str) -> Decider {
-    use super::rules::RuleKind as K;
-    if kind == K::QueueAge.name() || kind == K::DeadLetters.name() {
-        Decider::Duty
-    } else if kind == K::ProbeFailing.name() || kind == K::OrderFlood.name() || kind == K::Credentials.name() {
-        Decider::ShopOwner
-    } else {
-        Decider::EachNode
+pub(super) fn decider(kind: RuleKind) -> Decider {
+    match kind {
+        RuleKind::QueueAge | RuleKind::DeadLetters => Decider::Duty,
+        RuleKind::ProbeFailing | RuleKind::OrderFlood | RuleKind::Credentials => Decider::ShopOwner,
+        RuleKind::SuccessRate | RuleKind::ConnectorIsolated | RuleKind::QuotaHeld | RuleKind::CanaryRollback => Decider::EachNode,
     }
+}
+
+/// Who decides a stored alert (its kind by name); one of a kind this berth does not
+/// know (written by a newer node) is left to every node that sees it.
+fn decider_of(alert: &AlertRecord) -> Decider {
+    let named = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&alert.kind);
+    RuleKind::deserialize(named).map_or(Decider::EachNode, decider)
 }
 
 /// Alert notifications the cluster's log keeps.
@@ -80,6 +85,9 @@ fn key(fingerprint: &str) -> String {
 pub(super) struct ShopsHere<'a> {
     pub runs: &'a (dyn Fn(&str) -> bool + Sync),
     pub knows: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Whether this node is on the `alerts` duty ([`Board::on_duty`], asked once for
+    /// the evaluation).
+    pub on_duty: bool,
 }
 
 /// What one evaluation changed, for this node to notify.
@@ -119,11 +127,11 @@ impl Board {
     pub(super) async fn decide(&self, holding: BTreeMap<String, AlertRecord>, shops: &ShopsHere<'_>, repeat_ms: i64, now: i64) -> Decided {
         use super::notify::NoticeStatus;
         let me = self.node().to_string();
-        let on_duty = self.on_duty();
+        let on_duty = shops.on_duty;
         let live: BTreeSet<String> = self.leases.view().live_nodes.iter().map(|n| n.node.clone()).collect();
         // A shop's alert is decided by the node running it; one for a shop no longer in
         // the cluster, by the duty node (it resolves it).
-        let mine = |a: &AlertRecord| match decider(&a.kind) {
+        let mine = |a: &AlertRecord| match decider_of(a) {
             Decider::Duty => on_duty,
             Decider::ShopOwner => (shops.runs)(&a.subject) || (on_duty && !(shops.knows)(&a.subject)),
             Decider::EachNode => true,
@@ -140,7 +148,7 @@ impl Board {
             if holding.contains_key(fp) {
                 continue;
             }
-            let next = match decider(&rec.alert.kind) {
+            let next = match decider_of(&rec.alert) {
                 Decider::Duty | Decider::ShopOwner if mine(&rec.alert) => None,
                 Decider::Duty | Decider::ShopOwner => continue,
                 Decider::EachNode => {
@@ -179,7 +187,7 @@ impl Board {
                 }
                 Some((_, rec)) => {
                     let mut next = rec.clone();
-                    match decider(&alert.kind) {
+                    match decider_of(&alert) {
                         Decider::EachNode => {
                             next.seen_by.insert(me.clone());
                         }
@@ -236,5 +244,34 @@ impl Board {
             return Ok(None);
         }
         Ok(Some(self.log.tail(n).await?.into_iter().filter_map(|e| serde_json::from_slice(&e.payload).ok()).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(kind: &str) -> AlertRecord {
+        AlertRecord {
+            fingerprint: "r/s".into(),
+            rule: "r".into(),
+            kind: kind.into(),
+            severity: super::super::Severity::Warning,
+            subject: "s".into(),
+            summary: String::new(),
+            value: 0.0,
+            threshold: 0.0,
+            started_ms: 0,
+            resolved_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_alert_is_decided_as_its_rule_kind_says() {
+        use RuleKind as K;
+        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::Credentials] {
+            assert_eq!(decider_of(&alert(kind.name())), decider(kind), "{}", kind.name());
+        }
+        assert_eq!(decider_of(&alert("from-a-newer-node")), Decider::EachNode);
     }
 }

@@ -217,9 +217,10 @@ impl Alerts {
         let _ = self.board.set(board);
     }
 
-    /// Whether a rule of `kind` is this node's to evaluate now.
+    /// Whether a rule of `kind` is this node's to evaluate now: the cluster's own alerts
+    /// only on duty.
     fn evaluates(&self, kind: rules::RuleKind, on_duty: bool) -> bool {
-        on_duty || !matches!(kind, rules::RuleKind::QueueAge | rules::RuleKind::DeadLetters)
+        on_duty || cluster::decider(kind) != cluster::Decider::Duty
     }
 
     /// What notifications call this berth (`[alerts] source`).
@@ -355,11 +356,7 @@ impl Alerts {
                 }
             }
         }
-        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
-        for f in st.firing.values() {
-            *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
-        }
-        self.metrics.alerts(&counts);
+        self.count_firing(st.firing.values().map(|f| &f.alert));
         for (status, alert) in notices {
             self.persist(&mut st, status, &alert);
             self.notifier.send(&Notice { status, source: self.config.source.clone(), alert });
@@ -440,15 +437,14 @@ impl Alerts {
     /// Cluster mode: decide this node's alerts against the cluster's firing set, notify
     /// what this node's writes changed, and take the cluster's log for the API.
     async fn evaluate_shared(&self, board: &cluster::Board, obs: &Observation, src: &Sources) {
-        let holding = self.holding(obs, board.on_duty());
+        // Asked once: the rules run and the decisions are made on the same answer.
+        let on_duty = board.on_duty();
+        let holding = self.holding(obs, on_duty);
         let (runs, knows) = (|shop: &str| src.shops.runs(shop), |shop: &str| src.shops.knows(shop));
-        let shops = cluster::ShopsHere { runs: &runs, knows: &knows };
+        let shops = cluster::ShopsHere { runs: &runs, knows: &knows, on_duty };
         let decided = board.decide(holding, &shops, self.config.repeat_secs as i64 * 1000, obs.now_ms).await;
-        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
-        for f in board.firing().iter().filter(|f| f.seen_by.contains(board.node())) {
-            *counts.entry((f.alert.rule.clone(), f.alert.severity.name())).or_default() += 1;
-        }
-        self.metrics.alerts(&counts);
+        let firing = board.firing();
+        self.count_firing(firing.iter().filter(|f| f.seen_by.contains(board.node())).map(|f| &f.alert));
         for (status, alert) in decided.notices {
             let entry = LogEntry { at_ms: berth_types::clock::now_ms(), status, alert: alert.clone() };
             board.log(&entry).await;
@@ -459,6 +455,17 @@ impl Alerts {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the cluster's alert log; the API shows the last one read"),
         }
+    }
+}
+
+impl Alerts {
+    /// Set the firing-alert gauges from `firing`, by rule and severity.
+    fn count_firing<'a>(&self, firing: impl Iterator<Item = &'a AlertRecord>) {
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for a in firing {
+            *counts.entry((a.rule.clone(), a.severity.name())).or_default() += 1;
+        }
+        self.metrics.alerts(&counts);
     }
 }
 
