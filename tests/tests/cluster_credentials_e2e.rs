@@ -132,6 +132,7 @@ async fn only_the_node_running_a_shop_renews_it_and_no_refresh_token_is_spent_tw
                 if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), req.send()).await {
                     taken += r.is_ok_and(|r| r.status().is_success()) as u64;
                 }
+                // The pushes' rate (~10/s), not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             taken
@@ -155,8 +156,8 @@ async fn only_the_node_running_a_shop_renews_it_and_no_refresh_token_is_spent_tw
     nodes[victim] = tokio::task::spawn_blocking(move || Berth::start(&c)).await.unwrap();
     let urls: Vec<String> = nodes.iter().map(|b| b.base_url.clone()).collect();
 
-    // SIGSTOP the node running shop b for twice its lease (its access token ends
-    // meanwhile and the new owner renews), then resume it.
+    // SIGSTOP the node running shop b until another node has taken the shop and renewed
+    // its tokens twice (the stopped node's are two generations old), then resume it.
     let before = platform_refreshes(&sim, b.1);
     let stalled = settled_after(&client, &urls, &names, b.0, b.1, &sim, before).await;
     let pid = nodes[stalled].pid();
@@ -169,8 +170,9 @@ async fn only_the_node_running_a_shop_renews_it_and_no_refresh_token_is_spent_tw
         (owner != names[stalled] && platform_refreshes(&sim, b.1) > during).then_some(owner)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2 * TTL)).await;
+    let renewed_twice = poll_until(WAIT, || async { (platform_refreshes(&sim, b.1) > during + 1).then_some(()) }).await;
     signal(pid, libc::SIGCONT);
+    assert!(renewed_twice.is_some(), "shop b was renewed only once while its node was stopped");
     let new_owner = new_owner.expect("nobody renewed shop b while its node was stopped");
     eprintln!("shop b: renewed on {new_owner} while {} was stopped", names[stalled]);
     // A few more refreshes of both with every node up.

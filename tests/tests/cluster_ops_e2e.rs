@@ -174,14 +174,18 @@ min_calls = 3
     let mut down: Vec<String> = all.iter().map(|s| format!("firing shop-down {s}")).collect();
     down.push("firing calls-failing shopify".into());
     received(&rec, &down, &nodes).await;
-    // Let the owners write a round of the shops' health after the alerts (the record
-    // the next owner starts from).
-    tokio::time::sleep(berth_core::health::cluster::ROUND + Duration::from_secs(1)).await;
+    // The record the next owner starts from: s00 as another node shows it (from the
+    // cluster), once its owner has written the failures the alert counted.
+    let victim = names.iter().position(|n| *n == spread["s00"]).unwrap();
+    let before = poll_until(WAIT, || async {
+        let s = health(&client, &urls[(victim + 1) % 3]).await?.remove("s00")?;
+        (s["consecutive_failures"].as_u64()? >= 3).then_some(s)
+    })
+    .await
+    .expect("the failures of s00 never reached the cluster's record");
+    let down_since = before["down_since_ms"].as_i64().unwrap_or_else(|| panic!("s00 is not down: {before}"));
 
     // Kill the node running s00 while the shop is down.
-    let victim = names.iter().position(|n| *n == spread["s00"]).unwrap();
-    let before = health(&client, &urls[(victim + 1) % 3]).await.unwrap()["s00"].clone();
-    let down_since = before["down_since_ms"].as_i64().unwrap_or_else(|| panic!("s00 is not down: {before}"));
     nodes.remove(victim).kill();
     let others: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, u)| u.clone()).collect();
     let new_owner = poll_until(WAIT, || async {
@@ -251,17 +255,22 @@ min_calls = 3
     if drained.is_none() {
         received(&rec, &resolved, &nodes).await;
     }
-    // A few more evaluations on every node: nothing is sent twice.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every node has evaluated since the last notification (its log shows them all)
+    // and shows nothing firing: then nothing was sent twice.
+    let all_notices = notices(&rec);
+    for u in &urls {
+        let settled = poll_until(WAIT, || async {
+            let a: Value = client.get(format!("{u}/v1/alerts")).send().await.ok()?.json().await.ok()?;
+            let logged = a["recent"].as_array()?.len();
+            (firing(&a).is_empty() && logged >= all_notices.len()).then_some(())
+        })
+        .await;
+        let a: Value = client.get(format!("{u}/v1/alerts")).send().await.unwrap().json().await.unwrap();
+        assert!(settled.is_some(), "{u} does not show the cluster's {} notifications with nothing firing: {a}", all_notices.len());
+    }
     let all_notices = notices(&rec);
     for line in down.iter().chain(&resolved).chain(std::iter::once(&waiting)) {
         assert_eq!(count(&rec, line), 1, "`{line}` sent {} times: {all_notices:?}", count(&rec, line));
-    }
-    for u in &urls {
-        let a: Value = client.get(format!("{u}/v1/alerts")).send().await.unwrap().json().await.unwrap();
-        assert!(firing(&a).is_empty(), "{u} still shows alerts firing: {a}");
-        let logged = a["recent"].as_array().map_or(0, |r| r.len());
-        assert!(logged >= all_notices.len(), "{u} shows {logged} of the cluster's {} notifications: {a}", all_notices.len());
     }
 
     // The audit entries survived node 1's and 2's lives once each.
