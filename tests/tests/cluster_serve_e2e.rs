@@ -98,7 +98,9 @@ async fn nodes_killed_stopped_and_a_nats_server_lost_lose_nothing() {
     let bases = Arc::new(Mutex::new(berths.values().map(|b| b.base_url.clone()).collect::<Vec<_>>()));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("cluster e2e seed {seed}");
-    let load = tokio::spawn(erp_load(bases.clone(), skus.clone(), erp.clone(), stop.clone(), Rng(seed), 5));
+    // Leases of 2 s against the queue's ack wait of 5 s: each is given back by the node
+    // that leased it (or by the server, 5 s on, when that node was killed).
+    let load = tokio::spawn(erp_load(bases.clone(), skus.clone(), erp.clone(), stop.clone(), Rng(seed), 2));
 
     // The platforms move on while the ERP works: new and changed orders everywhere.
     let mut rng = Rng(seed ^ 0x9E37_79B9);

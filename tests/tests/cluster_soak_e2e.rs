@@ -49,7 +49,9 @@ async fn random_nodes_killed_fifty_times_lose_nothing() {
     let bases = Arc::new(Mutex::new(berths.values().map(|b| b.base_url.clone()).collect::<Vec<_>>()));
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("cluster soak seed {seed}");
-    let load = tokio::spawn(erp_load(bases.clone(), skus, erp.clone(), stop.clone(), Rng(seed), 5));
+    // Leases of 8 s against the queue's ack wait of 5 s: renewed by the node that leased
+    // them, and ended by the server when a kill took that node.
+    let load = tokio::spawn(erp_load(bases.clone(), skus, erp.clone(), stop.clone(), Rng(seed), 8));
     let mut rng = Rng(seed ^ 0x9E37_79B9);
     let mut logs: Vec<(String, String)> = Vec::new();
 

@@ -70,7 +70,7 @@ async fn drain(queue: &OrderQueue, total: usize) -> (f64, Vec<Duration>) {
     let mut acks = Vec::new();
     let mut done = 0;
     while done < total {
-        let leased = queue.lease(100, Duration::from_millis(500)).await.expect("lease");
+        let leased = queue.lease(100, Duration::from_millis(500), Duration::from_secs(60)).await.expect("lease");
         let tokens: Vec<_> = leased.iter().map(|l| l.token.clone()).collect();
         let t = Instant::now();
         for r in queue.ack_many(&tokens).await {

@@ -67,9 +67,9 @@ pub struct ClusterConfig {
     /// can share one NATS account.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// How long the ERP's lease of an order lasts before it is delivered again. In cluster
-    /// mode one setting for every lease (the order queue's ack wait), whatever visibility
-    /// a lease asks for; an extension renews it whole.
+    /// The order queue's ack wait. A lease asking another visibility is given back or
+    /// renewed by the node that leased it, so this is also the longest a lease outlives
+    /// that node's death (and what an extension gets when its node is gone).
     #[serde(default = "default_erp_lease_secs")]
     pub erp_lease_secs: u64,
     /// Audit entries the cluster's audit stream keeps (every node's; the oldest go

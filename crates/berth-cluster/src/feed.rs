@@ -11,7 +11,8 @@
 //! lease is a fetch, an ack acks, a nack is a delayed NAK, an extension is a progress
 //! ack; an order delivered `max_attempts` times and not acked becomes a dead letter
 //! (`dead.<seq>`) and is terminated. Any node serves any of these: the token carries the
-//! delivery's ack subject, checked to be this consumer's before it is used.
+//! delivery's ack subject, checked to be this consumer's before it is used, and the node
+//! keeping the lease's own visibility ([`crate::visibility`]).
 
 use crate::connect::Connection;
 use crate::error::ClusterError;
@@ -19,11 +20,13 @@ use crate::fenced;
 use crate::lease::Fence;
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::AckKind;
+use crate::visibility::{Token, Visibility};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One version of an order, as the owner found it on the platform.
@@ -255,7 +258,8 @@ pub async fn list_direct(conn: &Connection, after: u64, limit: usize, shop: Opti
 /// How the ERP's queue behaves.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
-    /// How long a lease lasts before the order is delivered again.
+    /// The consumer's ack wait: how long a lease asked with no visibility of its own
+    /// lasts, and the longest a lease outlives the node that leased it.
     pub visibility: Duration,
     /// Deliveries before an order becomes a dead letter.
     pub max_attempts: u32,
@@ -266,7 +270,7 @@ pub struct QueueSettings {
 pub struct QueueToken {
     /// The feed sequence (stable across deliveries).
     pub id: u64,
-    /// The delivery's ack subject, base64url.
+    /// The delivery's ack subject, base64url, then `.` and the node keeping its timer.
     pub ack: String,
 }
 
@@ -295,6 +299,7 @@ pub struct OrderQueue {
     consumer: consumer::Consumer<pull::Config>,
     name: String,
     settings: QueueSettings,
+    timers: Arc<Visibility>,
 }
 
 impl OrderQueue {
@@ -321,11 +326,12 @@ impl OrderQueue {
             )
         })
         .await?;
-        Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), settings })
+        let timers = Visibility::start(conn, name, settings.visibility).await?;
+        Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), settings, timers })
     }
 
-    /// Lease up to `max` orders; waits at most `wait` for the first.
-    pub async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<LeasedRecord>, ClusterError> {
+    /// Lease up to `max` orders for `visibility`; waits at most `wait` for the first.
+    pub async fn lease(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<LeasedRecord>, ClusterError> {
         let mut batch = self
             .consumer
             .fetch()
@@ -349,48 +355,23 @@ impl OrderQueue {
                 continue;
             }
             let reply = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
-            let token = QueueToken { id: seq, ack: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(reply) };
+            self.timers.leased(seq, &reply, visibility);
+            let token = QueueToken { id: seq, ack: self.timers.token(&reply) };
             out.push(LeasedRecord { token, attempt: delivered, record: msg.payload.clone() });
         }
         Ok(out)
     }
 
-    /// The ack subject in `token`, if it is one of this consumer's: `$JS.ACK.<stream>.
-    /// <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or the
-    /// newer form with a domain and account hash before the stream and a random token
-    /// after. Anything else is refused, so a token never makes berth publish elsewhere.
-    fn ack_subject(&self, token: &QueueToken) -> Result<(String, u32), ClusterError> {
-        let bad = || ClusterError::Nats("not a lease token of this queue".into());
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token.ack).map_err(|_| bad())?;
-        let subject = String::from_utf8(raw).map_err(|_| bad())?;
-        let parts: Vec<&str> = subject.strip_prefix("$JS.ACK.").ok_or_else(bad)?.split('.').collect();
-        let at = match parts.len() {
-            7 => 0,
-            9 | 10 => 2,
-            _ => return Err(bad()),
-        };
-        let stream = format!("KV_{}", self.conn.names.shops);
-        let numbers = &parts[at + 2..at + 7];
-        if parts[at] != stream
-            || parts[at + 1] != self.name
-            || numbers.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-            || numbers[1] != token.id.to_string()
-        {
-            return Err(bad());
-        }
-        let delivered = numbers[0].parse().map_err(|_| bad())?;
-        Ok((subject, delivered))
-    }
-
-    async fn send_ack(&self, token: &QueueToken, kind: AckKind) -> Result<(), ClusterError> {
-        let (subject, _) = self.ack_subject(token)?;
-        // A request: the server answers once the ack is applied (replicated).
-        self.conn.client.request(subject, Bytes::from(kind)).await.map_err(ClusterError::nats)?;
-        Ok(())
+    fn token(&self, token: &QueueToken) -> Result<Token, ClusterError> {
+        self.timers.parse(token.id, &token.ack)
     }
 
     pub async fn ack(&self, token: &QueueToken) -> Result<(), ClusterError> {
-        self.send_ack(token, AckKind::Ack).await
+        let parsed = self.token(token)?;
+        // A request: the server answers once the ack is applied (replicated).
+        self.timers.send(&parsed.subject, AckKind::Ack).await?;
+        self.timers.settled(token.id, &parsed).await;
+        Ok(())
     }
 
     /// Ack a batch, the acks in flight together: each token's own outcome, in order.
@@ -401,19 +382,30 @@ impl OrderQueue {
     /// Give an order back, delivered again after `delay`; on its last attempt it becomes a
     /// dead letter with `reason`.
     pub async fn nack(&self, token: &QueueToken, delay: Duration, reason: &str) -> Result<(), ClusterError> {
-        let (_, delivered) = self.ack_subject(token)?;
-        if delivered >= self.settings.max_attempts {
+        let parsed = self.token(token)?;
+        if parsed.delivered >= self.settings.max_attempts {
             let msg = self.conn.shops_stream().get_raw_message(token.id).await.map_err(ClusterError::nats)?;
             let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
-            self.bury(token.id, shop, delivered, reason).await?;
-            return self.send_ack(token, AckKind::Term).await;
+            self.bury(token.id, shop, parsed.delivered, reason).await?;
+            self.timers.send(&parsed.subject, AckKind::Term).await?;
+        } else {
+            self.timers.send(&parsed.subject, AckKind::Nak(Some(delay))).await?;
         }
-        self.send_ack(token, AckKind::Nak(Some(delay))).await
+        self.timers.settled(token.id, &parsed).await;
+        Ok(())
     }
 
-    /// Keep a lease for another `visibility` (JetStream's progress ack).
-    pub async fn extend(&self, token: &QueueToken) -> Result<(), ClusterError> {
-        self.send_ack(token, AckKind::Progress).await
+    /// Keep a lease `visibility` more from now (on whichever node keeps its timer); its
+    /// new expiry, ms since the epoch. When that node is gone the lease is renewed for
+    /// the ack wait, and the expiry says so.
+    pub async fn extend(&self, token: &QueueToken, visibility: Duration) -> Result<i64, ClusterError> {
+        let parsed = self.token(token)?;
+        self.timers.extend(token.id, &parsed, visibility).await
+    }
+
+    /// Leases whose visibility this node keeps (those not as long as the ack wait).
+    pub fn timed_leases(&self) -> usize {
+        self.timers.timed()
     }
 
     async fn bury(&self, seq: u64, shop: String, attempts: u32, reason: &str) -> Result<(), ClusterError> {
@@ -439,9 +431,9 @@ impl OrderQueue {
         Ok(out)
     }
 
-    /// How long a lease lasts (the consumer's ack wait; an extension renews it whole).
-    pub fn visibility(&self) -> Duration {
-        self.settings.visibility
+    /// The consumer's ack wait.
+    pub fn ack_wait(&self) -> Duration {
+        self.timers.ack_wait()
     }
 
     /// Put dead letters back in the queue: each dead order's record is appended again

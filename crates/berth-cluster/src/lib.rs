@@ -26,6 +26,7 @@ pub mod mirror;
 pub mod registry;
 pub mod rendezvous;
 mod run;
+mod visibility;
 
 /// The NATS client berth-cluster is built on (tests and tools read the streams with it).
 pub use async_nats;

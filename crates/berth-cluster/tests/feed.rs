@@ -55,7 +55,7 @@ async fn lease_until(queue: &OrderQueue, n: usize, secs: u64) -> Vec<feed::Lease
     let mut got = Vec::new();
     while got.len() < n {
         assert!(Instant::now() < deadline, "leased {} of {n} within {secs} s", got.len());
-        got.extend(queue.lease(n - got.len(), Duration::from_millis(300)).await.expect("lease"));
+        got.extend(queue.lease(n - got.len(), Duration::from_millis(300), queue.ack_wait()).await.expect("lease"));
     }
     got
 }
@@ -77,7 +77,8 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     assert!(oldest.is_some(), "six leased orders: the oldest has a time");
     // Acked on the other node: never delivered again.
     let tokens: Vec<QueueToken> = leased[..3].iter().map(|l| l.token.clone()).collect();
-    assert!(qb.ack_many(&tokens).await.iter().all(|r| r.is_ok()), "acks on b");
+    let acks = qb.ack_many(&tokens).await;
+    assert!(acks.iter().all(|r| r.is_ok()), "acks on b: {acks:?}");
     // Nacked with a delay: back after it, second attempt.
     qb.nack(&leased[3].token, Duration::from_millis(200), "erp said 503").await.expect("nack");
     let again = lease_until(&qb, 1, 20).await;
@@ -92,7 +93,7 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     assert_eq!(ids, vec![leased[4].token.id, leased[5].token.id]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        qa.lease(10, Duration::from_millis(300)).await.expect("lease");
+        qa.lease(10, Duration::from_millis(300), qa.ack_wait()).await.expect("lease");
         if qa.dead_letters(10).await.expect("dead").len() == 3 {
             break;
         }
@@ -102,7 +103,7 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     let bad_sku = dead.iter().find(|d| d.seq == leased[3].token.id).expect("the nacked order");
     assert_eq!((bad_sku.attempts, bad_sku.reason.as_str()), (2, "erp said 400: bad sku"));
     assert!(dead.iter().filter(|d| d.seq != leased[3].token.id).all(|d| d.reason.contains("expired") && d.attempts == 2));
-    assert!(qb.lease(10, Duration::from_millis(500)).await.expect("lease").is_empty(), "a buried or acked order came back");
+    assert!(qb.lease(10, Duration::from_millis(500), qb.ack_wait()).await.expect("lease").is_empty(), "a buried or acked order came back");
     assert!(dead.iter().all(|d| d.shop == "shop-1"), "dead letters name their shop: {dead:?}");
 
     // Replayed on b: the order is delivered again (a new message of the feed) and its
@@ -115,11 +116,92 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     assert_eq!(qa.purge(&others).await.expect("purge"), 2);
     assert!(qa.dead_letters(10).await.expect("dead").is_empty());
     assert_eq!(qa.purge(&others).await.expect("purge again"), 0);
-    assert!(qb.lease(10, Duration::from_millis(500)).await.expect("lease").is_empty(), "a purged order came back");
+    assert!(qb.lease(10, Duration::from_millis(500), qb.ack_wait()).await.expect("lease").is_empty(), "a purged order came back");
 
     // A token is only ever this queue's ack subject.
     for ack in ["$KV.berth_shops.owner.shop-1", "$JS.ACK.KV_berth_shops.other.1.1.1.1.0", "$JS.ACK.KV_berth_shops.erp.1.999.1.1.0"] {
         let forged = QueueToken { id: 1, ack: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, ack) };
         assert!(qa.ack(&forged).await.is_err(), "{ack} accepted");
     }
+}
+
+/// Lease on `queue` until `ids` all came back, each at `attempt`; fails after `secs`.
+async fn comes_back(queue: &OrderQueue, ids: &[u64], attempt: u32, secs: u64) -> Vec<feed::LeasedRecord> {
+    let got = lease_until(queue, ids.len(), secs).await;
+    let mut back: Vec<u64> = got.iter().map(|l| l.token.id).collect();
+    back.sort();
+    assert_eq!(back, ids, "other orders came back");
+    assert!(got.iter().all(|l| l.attempt == attempt), "{:?}", got.iter().map(|l| l.attempt).collect::<Vec<_>>());
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lease_keeps_its_own_visibility_whichever_node_extends_or_settles_it() {
+    let nats = NatsCluster::start(3, true).await;
+    let (a, b, c) = (connect(&nats, "a").await, connect(&nats, "b").await, connect(&nats, "c").await);
+    let fence = claim(&a, "shop-1", "a").await;
+    feed::append_page(&a, &fence, &[entry("O0", 10, "paid")], None).await.expect("page");
+    // The consumer's ack wait is 8 s; leases ask 1 s, 3 s and 20 s.
+    let settings = QueueSettings { visibility: Duration::from_secs(8), max_attempts: 10 };
+    let qa = OrderQueue::open(&a, "erp", settings.clone()).await.expect("queue on a");
+    let qb = OrderQueue::open(&b, "erp", settings.clone()).await.expect("queue on b");
+    let qc = OrderQueue::open(&c, "erp", settings).await.expect("queue on c");
+    let (short, long) = (Duration::from_secs(1), Duration::from_secs(20));
+
+    // A lease of 1 s comes back long before the ack wait (the leasing node gives it back).
+    let first = qa.lease(1, Duration::from_secs(5), short).await.expect("lease");
+    assert_eq!(first.len(), 1);
+    let leased_at = Instant::now();
+    let again = comes_back(&qb, &[first[0].token.id], 2, 20).await;
+    qb.ack(&again[0].token).await.expect("ack");
+    assert!(leased_at.elapsed() < Duration::from_secs(7), "a 1 s lease came back after {:?}: the ack wait, not its own end", leased_at.elapsed());
+    let entries: Vec<FeedEntry> = (1..5).map(|i| entry(&format!("O{i}"), 10, "paid")).collect();
+    feed::append_page(&a, &fence, &entries, None).await.expect("page");
+
+    // Four more on a: O1 and O2 for 20 s, O3 and O4 for 3 s. O3 is extended to 20 s on
+    // c (a keeps its timer), O2 acked on b, O4 left to end.
+    let mut long_ones = lease_until_for(&qa, 2, long).await;
+    let mut short_ones = lease_until_for(&qa, 2, Duration::from_secs(3)).await;
+    let (o4, o3) = (short_ones.pop().expect("o4"), short_ones.pop().expect("o3"));
+    let expires = qc.extend(&o3.token, long).await.expect("extend on c");
+    let extended_at = Instant::now();
+    let asked = berth_types::clock::now_ms() + long.as_millis() as i64;
+    assert!((expires - asked).abs() < 3_000, "extended to {expires}, asked about {asked}");
+    let o2 = long_ones.pop().expect("o2");
+    qb.ack(&o2.token).await.expect("ack on b");
+    // a keeps timers for O1 (renewals) and O3 (extended): O4's ended, O2's dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qa.timed_leases() != 2 {
+        assert!(Instant::now() < deadline, "a keeps {} lease timers, not 2", qa.timed_leases());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // O4 comes back; O1 and O3 are held past the ack wait by a's renewals.
+    let again = comes_back(&qb, &[o4.token.id], 2, 20).await;
+    qb.ack(&again[0].token).await.expect("ack");
+    let mut early = Vec::new();
+    while extended_at.elapsed() < Duration::from_secs(15) {
+        early.extend(qb.lease(5, Duration::from_millis(500), qb.ack_wait()).await.expect("lease").into_iter().map(|l| l.token.id));
+    }
+    assert!(early.is_empty(), "leases of 20 s ({}, {}) came back before 15 s: {early:?}", long_ones[0].token.id, o3.token.id);
+    // Then they end.
+    let mut ids = vec![long_ones[0].token.id, o3.token.id];
+    ids.sort();
+    let back = comes_back(&qb, &ids, 2, 30).await;
+
+    // The node keeping a lease's timer (b leased them) leaves: an extension elsewhere
+    // renews for the ack wait and says so.
+    drop(qb);
+    let extended = qc.extend(&back[0].token, long).await.expect("extend with its holder gone");
+    let wait_end = berth_types::clock::now_ms() + 8_000;
+    assert!((extended - wait_end).abs() < 3_000, "renewed to {extended}, the ack wait ends about {wait_end}");
+}
+
+async fn lease_until_for(queue: &OrderQueue, n: usize, visibility: Duration) -> Vec<feed::LeasedRecord> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "leased {} of {n}", got.len());
+        got.extend(queue.lease(n - got.len(), Duration::from_millis(300), visibility).await.expect("lease"));
+    }
+    got
 }

@@ -131,7 +131,7 @@ impl OrderInbox {
     /// most `max` and `max_bytes` of them (at least one).
     pub async fn lease_raw(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
         if let Some(c) = &self.cluster {
-            return c.lease(max, max_bytes).await;
+            return c.lease(max, max_bytes, visibility).await;
         }
         self.queue.lease_within(ORDERS_QUEUE, max, max_bytes, visibility).await
     }
@@ -179,7 +179,7 @@ impl OrderInbox {
     /// Keep a lease `visibility` more from now; the new expiry.
     pub async fn extend(&self, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError> {
         if let Some(c) = &self.cluster {
-            return c.extend(token).await;
+            return c.extend(token, visibility).await;
         }
         self.queue.extend(ORDERS_QUEUE, token, visibility).await
     }

@@ -2,10 +2,10 @@
 //! (`berth_cluster::feed::OrderQueue`), served by any node. A lease token carries the
 //! delivery's ack subject (`lease`), checked to be this queue's before it is used.
 //!
-//! Differences from the embedded queue, said where they show: a lease lasts the
-//! consumer's ack wait (`expires_at_ms` says when), whatever visibility was asked; an
-//! extension renews it whole; tenant-scoped leases are not offered yet (501); the
-//! queue's counts are read from the server every 2 seconds.
+//! Differences from the embedded queue, said where they show: a lease's visibility is
+//! kept by the node that leased it (`berth_cluster::visibility`), so a lease outlives
+//! that node's death by at most the consumer's ack wait; tenant-scoped leases are not
+//! offered yet (501); the queue's counts are read from the server every 2 seconds.
 
 use super::QueuedOrder;
 use crate::queue::{DeadLetter, LeaseToken, Leased, QueueError, QueueStats};
@@ -65,9 +65,9 @@ impl ClusterInbox {
         inbox
     }
 
-    pub async fn lease(&self, max: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        let leased = self.queue.lease(max, LEASE_WAIT).await.map_err(unavailable)?;
-        let expires_at_ms = berth_types::clock::now_ms() + self.queue.visibility().as_millis() as i64;
+    pub async fn lease(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        let leased = self.queue.lease(max, LEASE_WAIT, visibility).await.map_err(unavailable)?;
+        let expires_at_ms = berth_types::clock::now_ms() + visibility.as_millis() as i64;
         let mut out = Vec::with_capacity(leased.len());
         let mut bytes = 0usize;
         for l in leased {
@@ -101,10 +101,9 @@ impl ClusterInbox {
         self.queue.ack_many(&queue_tokens).await.into_iter().zip(tokens).map(|(r, t)| r.map_err(|e| settle_error(t, e))).collect()
     }
 
-    /// The lease renewed for the consumer's ack wait; its new expiry.
-    pub async fn extend(&self, token: &LeaseToken) -> Result<i64, QueueError> {
-        self.queue.extend(&to_queue(token)).await.map_err(|e| settle_error(token, e))?;
-        Ok(berth_types::clock::now_ms() + self.queue.visibility().as_millis() as i64)
+    /// The lease kept `visibility` from now; its new expiry.
+    pub async fn extend(&self, token: &LeaseToken, visibility: Duration) -> Result<i64, QueueError> {
+        self.queue.extend(&to_queue(token), visibility).await.map_err(|e| settle_error(token, e))
     }
 
     pub async fn nack(&self, token: &LeaseToken, delay: Duration, reason: &str) -> Result<(), QueueError> {
