@@ -36,8 +36,8 @@ pub struct Reloadable {
     pub audit: Arc<berth_core::audit::AuditLog>,
     pub registry: Arc<ConnectorRegistry>,
     pub shops: Arc<ShopSet>,
-    /// Cluster mode: the cluster's shops, and the lease loop's view of their names.
-    pub cluster: Option<(Arc<berth_core::shops::cluster::ClusterShops>, watch::Sender<std::collections::BTreeSet<String>>)>,
+    /// Cluster mode: the cluster's shops.
+    pub cluster: Option<Arc<ClusterShopSet>>,
     pub onboarding: Arc<berth_core::onboarding::Onboarding>,
     /// The credential book and the refresh margin (ms), when berth keeps credentials.
     pub credentials: Option<(Arc<berth_core::credentials::CredentialBook>, i64)>,
@@ -82,29 +82,10 @@ impl Reloadable {
             }
         }
         let registry = self.registry.clone();
-        if let Some((cluster, names)) = &self.cluster {
-            // The lease loop starts new shops where they land and stops removed ones;
-            // a shop running here whose settings changed restarts with them.
-            changed.extend(cluster.set_configs(new.shops.clone()));
-            for (name, sc) in new.shops.iter().filter(|(name, _)| self.shops.runs(name)) {
-                if let Some(slot) = registry.slot(&sc.connector) {
-                    match self.shops.put(name, sc, slot).await {
-                        Ok(berth_core::shops::Put::Restarted) => changed.push(format!("shop `{name}` restarted with its new settings")),
-                        Ok(_) => {}
-                        Err(e) => changed.push(format!("{e}; the shop was not restarted")),
-                    }
-                }
-            }
-            let before = names.borrow().clone();
-            let after = cluster.names();
-            for added in after.difference(&before) {
-                changed.push(format!("shop `{added}` added to the cluster's shops"));
-            }
-            for removed in before.difference(&after) {
-                changed.push(format!("shop `{removed}` removed from the cluster's shops"));
-            }
-            names.send_replace(after);
-            self.registry.set_shops(self.shops.by_connector());
+        if let Some(cluster) = &self.cluster {
+            let (all, problems) = self.onboarding.with_onboarded(&new.shops);
+            changed.extend(problems);
+            changed.extend(cluster.share(&all).await);
             return (changed, restart);
         }
         let (all, problems) = self.onboarding.with_onboarded(&new.shops);
@@ -112,6 +93,60 @@ impl Reloadable {
         changed.extend(self.shops.apply(&all, |c| registry.slot(c)).await);
         self.registry.set_shops(self.shops.by_connector());
         (changed, restart)
+    }
+}
+
+/// Cluster mode: the cluster's shops (the config file's and those onboarded by OAuth on
+/// any node) and the lease loop's view of their names.
+pub struct ClusterShopSet {
+    pub cluster: Arc<berth_core::shops::cluster::ClusterShops>,
+    pub names: watch::Sender<std::collections::BTreeSet<String>>,
+    pub shops: Arc<ShopSet>,
+    pub registry: Arc<ConnectorRegistry>,
+}
+
+impl ClusterShopSet {
+    /// The cluster's shops are now `all`: the lease loop starts new shops where they land
+    /// and stops removed ones; a shop running here whose settings changed restarts with
+    /// them. Returns what changed, one line each.
+    pub async fn share(&self, all: &std::collections::BTreeMap<String, berth_types::shop::ShopConfig>) -> Vec<String> {
+        let mut changed = self.cluster.set_configs(all.clone());
+        for (name, sc) in all.iter().filter(|(name, _)| self.shops.runs(name)) {
+            if let Some(slot) = self.registry.slot(&sc.connector) {
+                match self.shops.put(name, sc, slot).await {
+                    Ok(berth_core::shops::Put::Restarted) => changed.push(format!("shop `{name}` restarted with its new settings")),
+                    Ok(_) => {}
+                    Err(e) => changed.push(format!("{e}; the shop was not restarted")),
+                }
+            }
+        }
+        let before = self.names.borrow().clone();
+        let after = self.cluster.names();
+        for added in after.difference(&before) {
+            changed.push(format!("shop `{added}` added to the cluster's shops"));
+        }
+        for removed in before.difference(&after) {
+            changed.push(format!("shop `{removed}` removed from the cluster's shops"));
+        }
+        self.names.send_replace(after);
+        self.registry.set_shops(self.shops.by_connector());
+        changed
+    }
+
+    /// Share the cluster's shops out again whenever a shop is onboarded or removed by
+    /// OAuth on any node, until shutdown.
+    pub async fn follow_onboarding(self: Arc<Self>, onboarding: Arc<berth_core::onboarding::Onboarding>, mut shutdown: watch::Receiver<bool>) {
+        let Some(changes) = onboarding.changes() else { return };
+        loop {
+            tokio::select! {
+                _ = changes.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let (all, problems) = onboarding.all_shops();
+            for line in problems.into_iter().chain(self.share(&all).await) {
+                tracing::info!("onboarded shops changed: {line}");
+            }
+        }
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     let metrics = crate::metrics::AllMetrics::for_node(cfg.cluster.as_ref().map(|c| c.node.as_str()));
     let (services, registry) = load_connectors(&cfg, &storage, &metrics, node.as_ref()).await?;
     let credentials = open_credentials(&cfg, &storage, &registry, node.as_ref()).await?;
-    let onboarding = open_onboarding(&cfg, &storage, credentials.clone())?;
+    let onboarding = open_onboarding(&cfg, &storage, credentials.clone(), node.as_ref()).await?;
     let audit = open_audit(&cfg)?;
     let (listener, addr, tls) = bind(&cfg).await?;
 
@@ -110,7 +110,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     };
     let (shops, leases) = match &node {
         Some(node) => {
-            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, node, shutdown_rx.clone());
+            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, &onboarding, node, shutdown_rx.clone());
             (shops, Some((leases, cluster_shops)))
         }
         None => (start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?, None),
@@ -126,6 +126,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         }
         None => None,
     };
+    if let Some(cluster) = &cluster_shops {
+        workers.push(tokio::spawn(cluster.clone().follow_onboarding(onboarding.clone(), shutdown_rx.clone())));
+    }
     workers.push(tokio::spawn(services.standby.clone().run(services.http.client().clone(), shutdown_rx.clone())));
     workers.push(tokio::spawn(crate::reload::watch_config(
         config_path.to_path_buf(),
@@ -135,7 +138,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
             audit: audit.clone(),
             registry: registry.clone(),
             shops: shops.clone(),
-            cluster: cluster_shops.zip(node.as_ref().map(|n| n.shops.clone())),
+            cluster: cluster_shops.clone(),
             onboarding: onboarding.clone(),
             credentials: credentials.clone().map(|b| (b, cfg.credentials.refresh_margin_secs as i64 * 1000)),
         },
@@ -344,13 +347,19 @@ pub(crate) async fn seed_credentials(
 
 /// Onboardings by OAuth under way and the shops they brought, with each connector's
 /// `[connectors.NAME.onboarding]` template.
-fn open_onboarding(
+/// In cluster mode both are the cluster's.
+async fn open_onboarding(
     cfg: &Config,
     storage: &berth_storage::Store,
     credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
+    node: Option<&crate::cluster::Node>,
 ) -> Result<Arc<berth_core::onboarding::Onboarding>, StartError> {
+    use berth_core::onboarding::Onboarding;
     let templates = cfg.connectors.iter().filter_map(|(name, c)| c.onboarding.clone().map(|t| (name.clone(), t))).collect();
-    let ob = berth_core::onboarding::Onboarding::open(storage, credentials, cfg.server.public_url.clone(), templates)?;
+    let ob = match node {
+        Some(node) => Onboarding::open_cluster(&node.conn, credentials, cfg.server.public_url.clone(), templates).await?,
+        None => Onboarding::open(storage, credentials, cfg.server.public_url.clone(), templates)?,
+    };
     Ok(Arc::new(ob))
 }
 
@@ -406,19 +415,21 @@ fn start_shops(
     Ok(shops)
 }
 
-/// Cluster mode: every configured shop is the cluster's; this node runs those whose lease
-/// it takes (the lease loop starts and stops them) and takes the ERP's calls and webhooks
-/// for all. A stock change reaching this node's copy of the ledger wakes the shop's
-/// pusher if it runs here.
+/// Cluster mode: every configured shop, and every shop onboarded by OAuth on any node, is
+/// the cluster's; this node runs those whose lease it takes (the lease loop starts and
+/// stops them) and takes the ERP's calls and webhooks for all. A stock change reaching
+/// this node's copy of the ledger wakes the shop's pusher if it runs here.
+#[allow(clippy::too_many_arguments)]
 fn start_cluster_shops(
     cfg: &Config,
     durable: &Durable,
     services: &Arc<HostServices>,
     registry: &Arc<berth_core::registry::ConnectorRegistry>,
     health: &Arc<berth_core::health::HealthBook>,
+    onboarding: &berth_core::onboarding::Onboarding,
     node: &crate::cluster::Node,
     shutdown: watch::Receiver<bool>,
-) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<berth_core::shops::cluster::ClusterShops>) {
+) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<crate::reload::ClusterShopSet>) {
     let leases = node.leases.clone();
     let deps = berth_core::shops::ShopDeps { platform_gate: Some(Arc::new(move || leases.fresh())), ..shop_deps(cfg, durable, services, health) };
     // And at the gateway, right before a request leaves (the pusher's own check comes
@@ -427,7 +438,12 @@ fn start_cluster_shops(
     services.gate_platforms(Arc::new(move || leases.fresh()));
     let set = Arc::new(ShopSet::new(deps, shutdown.clone()));
     health.set_holds(Arc::downgrade(&set) as std::sync::Weak<dyn berth_core::health::HoldSource>);
-    let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), cfg.shops.clone());
+    let (all, problems) = onboarding.with_onboarded(&cfg.shops);
+    for why in problems {
+        tracing::error!("{why}");
+    }
+    let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), all);
+    node.shops.send_replace(cluster_shops.names());
     if let Some(stock) = durable.ledger.cluster() {
         let woken = Arc::downgrade(&set);
         stock.on_change(Arc::new(move |shop: &str| {
@@ -438,7 +454,8 @@ fn start_cluster_shops(
     }
     registry.set_shops(set.by_connector());
     let leases = tokio::spawn(node.leases.clone().run(cluster_shops.clone(), shutdown));
-    (set, leases, cluster_shops)
+    let shared = crate::reload::ClusterShopSet { cluster: cluster_shops, names: node.shops.clone(), shops: set.clone(), registry: registry.clone() };
+    (set, leases, Arc::new(shared))
 }
 
 fn shop_deps(cfg: &Config, durable: &Durable, services: &Arc<HostServices>, health: &Arc<berth_core::health::HealthBook>) -> berth_core::shops::ShopDeps {

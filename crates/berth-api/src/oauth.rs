@@ -69,8 +69,12 @@ async fn remove(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, hea
         Ok(false) => return st.refuse(&caller, &action, StatusCode::NOT_FOUND, format!("no shop `{shop}` was onboarded by OAuth")),
         Err(e) => return st.refuse(&caller, &action, status_of(&e), e.to_string()),
     }
-    st.shops.stop(&shop).await;
-    st.registry.set_shops(st.shops.by_connector());
+    // In cluster mode every node drops it from the cluster's shops on the change, and the
+    // node running it stops it.
+    if !st.onboarding.in_cluster() {
+        st.shops.stop(&shop).await;
+        st.registry.set_shops(st.shops.by_connector());
+    }
     if let Err(resp) = st.record(&caller.name, &action, None, "ok", String::new()) {
         return resp;
     }
@@ -91,7 +95,7 @@ fn status_of(e: &OnboardingError) -> StatusCode {
     match e {
         OnboardingError::NotConfigured(_) | OnboardingError::NoCredentialBook | OnboardingError::NoPublicUrl => StatusCode::CONFLICT,
         OnboardingError::TooManyPending => StatusCode::TOO_MANY_REQUESTS,
-        OnboardingError::Storage(_) | OnboardingError::Corrupt { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        OnboardingError::Storage(_) | OnboardingError::Corrupt { .. } | OnboardingError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -215,6 +219,7 @@ async fn callback(State(st): State<Arc<AdminState>>, Path(connector): Path<Strin
             Err(e) => return refuse(status_of(&e), "failed", format!("the shop could not be stored ({e}); {again}")),
         };
         match ob.shop_config(&onboarded) {
+            Ok(sc) if ob.in_cluster() => berth_core::shops::ShopSet::check(&shop, &sc, &slot).map(|()| berth_core::shops::Put::Shared).map_err(|e| e.to_string()),
             Ok(sc) => st.shops.put(&shop, &sc, slot).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }

@@ -12,6 +12,11 @@
 //!   rotated partner key applies to onboarded shops too.
 //!
 //! A shop in the config file with the same name wins over an onboarded one.
+//!
+//! Both are kept in the embedded store, or in cluster mode in the cluster ([`cluster`]):
+//! there any node takes the callback and every node knows the onboarded shops.
+
+mod cluster;
 
 use crate::credentials::CredentialBook;
 use berth_storage::store::{Keyspace, WriteCtx};
@@ -93,18 +98,25 @@ pub enum OnboardingError {
     Storage(#[from] StoreError),
     #[error("stored onboarding record `{key}` cannot be read: {why}")]
     Corrupt { key: String, why: String },
+    #[error("the cluster did not take the onboarding's write or read ({0}); try again")]
+    Cluster(String),
+}
+
+/// Where onboardings and onboarded shops are kept.
+enum Kept {
+    Local { store: Store, pending: Keyspace, shops: Keyspace },
+    Cluster(cluster::ClusterKept),
 }
 
 /// Onboardings under way and the shops they brought.
 pub struct Onboarding {
-    store: Store,
-    pending: Keyspace,
-    shops: Keyspace,
+    kept: Kept,
     book: Option<Arc<CredentialBook>>,
     public_url: Option<String>,
     templates: RwLock<BTreeMap<String, OnboardingConfig>>,
-    /// The shops the config file has (they keep their file config when authorized).
-    in_file: RwLock<std::collections::BTreeSet<String>>,
+    /// The shops the config file has (they keep their file config when authorized), as
+    /// of the last [`Onboarding::with_onboarded`].
+    in_file: RwLock<BTreeMap<String, ShopConfig>>,
 }
 
 fn corrupt(key: &[u8], e: serde_json::Error) -> OnboardingError {
@@ -120,15 +132,43 @@ impl Onboarding {
         public_url: Option<String>,
         templates: BTreeMap<String, OnboardingConfig>,
     ) -> Result<Onboarding, OnboardingError> {
-        Ok(Onboarding {
-            store: store.clone(),
-            pending: store.keyspace("oauth_pending")?,
-            shops: store.keyspace("onboarded_shops")?,
+        let kept = Kept::Local { store: store.clone(), pending: store.keyspace("oauth_pending")?, shops: store.keyspace("onboarded_shops")? };
+        Ok(Self::with(kept, book, public_url, templates))
+    }
+
+    /// Cluster mode: onboardings and onboarded shops are the cluster's.
+    pub async fn open_cluster(
+        conn: &berth_cluster::Connection,
+        book: Option<Arc<CredentialBook>>,
+        public_url: Option<String>,
+        templates: BTreeMap<String, OnboardingConfig>,
+    ) -> Result<Onboarding, OnboardingError> {
+        let kept = Kept::Cluster(cluster::ClusterKept::open(conn).await?);
+        Ok(Self::with(kept, book, public_url, templates))
+    }
+
+    fn with(kept: Kept, book: Option<Arc<CredentialBook>>, public_url: Option<String>, templates: BTreeMap<String, OnboardingConfig>) -> Onboarding {
+        Onboarding {
+            kept,
             book,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             templates: RwLock::new(templates),
             in_file: RwLock::default(),
-        })
+        }
+    }
+
+    /// Whether onboarded shops are the cluster's: they run where their lease is, started
+    /// and stopped by every node on [`Onboarding::changes`], not by the caller.
+    pub fn in_cluster(&self) -> bool {
+        matches!(self.kept, Kept::Cluster(_))
+    }
+
+    /// Cluster mode: told when the cluster's onboarded shops changed (on any node).
+    pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        match &self.kept {
+            Kept::Cluster(c) => Some(c.changes()),
+            Kept::Local { .. } => None,
+        }
     }
 
     /// The credential book the exchanged credentials go to.
@@ -159,8 +199,15 @@ impl Onboarding {
         let state = hex::encode(rand::Rng::r#gen::<[u8; 32]>(&mut rand::thread_rng()));
         let now = berth_types::clock::now_ms();
         let pending = Pending { connector: connector.to_string(), shop: shop.to_string(), started_ms: now, by: by.to_string() };
-        let (tree, key) = (self.pending.clone(), state.clone());
-        self.store
+        let (store, tree) = match &self.kept {
+            Kept::Cluster(c) => {
+                c.begin(&state, &pending).await?;
+                return Ok(state);
+            }
+            Kept::Local { store, pending, .. } => (store, pending.clone()),
+        };
+        let key = state.clone();
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 // Decide before writing: an error after a write would fail the batch.
                 let (mut live, mut expired) = (0, Vec::new());
@@ -188,20 +235,27 @@ impl Onboarding {
     /// `None` when it is unknown, used or older than [`STATE_LIFETIME_MS`].
     pub async fn take(&self, state: &str) -> Result<Option<Pending>, OnboardingError> {
         // The callback needs no token: a guessed state costs a read, never a write.
-        if state.len() != 64 || self.pending.get(state.as_bytes())?.is_none() {
+        if state.len() != 64 || !state.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        let (tree, key) = (self.pending.clone(), state.to_string());
-        let found = self
-            .store
-            .write(move |ctx: &mut WriteCtx<'_>| {
-                let found = ctx.get(&tree, key.as_bytes())?;
-                if found.is_some() {
-                    ctx.remove(&tree, key.as_bytes());
+        let found = match &self.kept {
+            Kept::Cluster(c) => c.take(state).await?.map(|b| b.to_vec()),
+            Kept::Local { store, pending, .. } => {
+                if pending.get(state.as_bytes())?.is_none() {
+                    return Ok(None);
                 }
-                Ok::<_, OnboardingError>(found)
-            })
-            .await?;
+                let (tree, key) = (pending.clone(), state.to_string());
+                store
+                    .write(move |ctx: &mut WriteCtx<'_>| {
+                        let found = ctx.get(&tree, key.as_bytes())?;
+                        if found.is_some() {
+                            ctx.remove(&tree, key.as_bytes());
+                        }
+                        Ok::<_, OnboardingError>(found.map(|b| b.to_vec()))
+                    })
+                    .await?
+            }
+        };
         let Some(bytes) = found else { return Ok(None) };
         let p: Pending = serde_json::from_slice(&bytes).map_err(|e| corrupt(state.as_bytes(), e))?;
         Ok((berth_types::clock::now_ms() - p.started_ms <= STATE_LIFETIME_MS).then_some(p))
@@ -214,8 +268,15 @@ impl Onboarding {
             settings: settings.iter().cloned().collect(),
             onboarded_ms: berth_types::clock::now_ms(),
         };
-        let (tree, key, value) = (self.shops.clone(), shop.to_string(), serde_json::to_vec(&o).expect("an onboarded shop serializes"));
-        self.store
+        let (store, tree) = match &self.kept {
+            Kept::Cluster(c) => {
+                c.record(shop, &o).await?;
+                return Ok(o);
+            }
+            Kept::Local { store, shops, .. } => (store, shops.clone()),
+        };
+        let (key, value) = (shop.to_string(), serde_json::to_vec(&o).expect("an onboarded shop serializes"));
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 ctx.insert(&tree, key.as_bytes(), value);
                 Ok::<_, StoreError>(())
@@ -227,11 +288,15 @@ impl Onboarding {
     /// Forget an onboarded shop (its credentials stay in the book until overwritten);
     /// whether it was kept.
     pub async fn remove(&self, shop: &str) -> Result<bool, OnboardingError> {
-        if self.shops.get(shop.as_bytes())?.is_none() {
+        let (store, shops) = match &self.kept {
+            Kept::Cluster(c) => return c.remove(shop).await,
+            Kept::Local { store, shops, .. } => (store, shops),
+        };
+        if shops.get(shop.as_bytes())?.is_none() {
             return Ok(false);
         }
-        let (tree, key) = (self.shops.clone(), shop.to_string());
-        self.store
+        let (tree, key) = (shops.clone(), shop.to_string());
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 ctx.remove(&tree, key.as_bytes());
                 Ok::<_, StoreError>(())
@@ -242,8 +307,12 @@ impl Onboarding {
 
     /// Every onboarded shop as kept.
     pub fn onboarded(&self) -> Result<BTreeMap<String, Onboarded>, OnboardingError> {
+        let shops = match &self.kept {
+            Kept::Cluster(c) => return Ok(c.onboarded()),
+            Kept::Local { shops, .. } => shops,
+        };
         let mut out = BTreeMap::new();
-        for entry in self.shops.iter() {
+        for entry in shops.iter() {
             let (k, v) = entry?;
             out.insert(String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?);
         }
@@ -263,13 +332,19 @@ impl Onboarding {
 
     /// Whether the config file has `shop` (as of the last [`Onboarding::with_onboarded`]).
     pub fn in_config_file(&self, shop: &str) -> bool {
-        self.in_file.read().unwrap_or_else(|e| e.into_inner()).contains(shop)
+        self.in_file.read().unwrap_or_else(|e| e.into_inner()).contains_key(shop)
+    }
+
+    /// [`Onboarding::with_onboarded`] on the config file's shops as last given.
+    pub fn all_shops(&self) -> (BTreeMap<String, ShopConfig>, Vec<String>) {
+        let configured = self.in_file.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.with_onboarded(&configured)
     }
 
     /// Every shop to run: the onboarded ones, then `configured` (the config file's) over
     /// them. An onboarded shop whose connector lost its template is left out, with why.
     pub fn with_onboarded(&self, configured: &BTreeMap<String, ShopConfig>) -> (BTreeMap<String, ShopConfig>, Vec<String>) {
-        *self.in_file.write().unwrap_or_else(|e| e.into_inner()) = configured.keys().cloned().collect();
+        *self.in_file.write().unwrap_or_else(|e| e.into_inner()) = configured.clone();
         let mut all = BTreeMap::new();
         let mut problems = Vec::new();
         match self.onboarded() {
@@ -342,7 +417,8 @@ mod tests {
         assert!(o.remove("lost").await.unwrap() && !o.remove("lost").await.unwrap());
         assert_eq!(o.onboarded().unwrap().keys().collect::<Vec<_>>(), ["sg2"]);
         // A value the store holds is never a token: only the settings the platform named.
-        let raw: Vec<u8> = o.shops.get(b"sg2").unwrap().unwrap().to_vec();
+        let Kept::Local { shops, .. } = &o.kept else { unreachable!() };
+        let raw: Vec<u8> = shops.get(b"sg2").unwrap().unwrap().to_vec();
         assert!(!String::from_utf8_lossy(&raw).contains("pk"));
     }
 
@@ -353,8 +429,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = open(dir.path());
         let old = Pending { connector: "shopee".into(), shop: "x".into(), started_ms: berth_types::clock::now_ms() - STATE_LIFETIME_MS - 1, by: "ops".into() };
-        let tree = o.pending.clone();
-        o.store
+        let Kept::Local { store, pending, .. } = &o.kept else { unreachable!() };
+        let tree = pending.clone();
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 ctx.insert(&tree, OLD.as_bytes(), serde_json::to_vec(&old).unwrap());
                 Ok::<_, StoreError>(())
@@ -362,8 +439,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o.take(OLD).await.unwrap(), None, "an expired state is refused");
-        let tree = o.pending.clone();
-        o.store
+        let tree = pending.clone();
+        store
             .write(move |ctx: &mut WriteCtx<'_>| {
                 ctx.insert(&tree, b"old-state-2", b"{\"connector\":\"shopee\",\"shop\":\"x\",\"started_ms\":0,\"by\":\"ops\"}".to_vec());
                 Ok::<_, StoreError>(())
@@ -371,6 +448,6 @@ mod tests {
             .await
             .unwrap();
         o.begin("shopee", "y", "ops").await.unwrap();
-        assert!(o.pending.get(b"old-state-2").unwrap().is_none(), "a start drops expired states");
+        assert!(pending.get(b"old-state-2").unwrap().is_none(), "a start drops expired states");
     }
 }

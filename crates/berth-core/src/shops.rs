@@ -83,6 +83,9 @@ pub enum Put {
     Started,
     Restarted,
     Unchanged,
+    /// Cluster mode: the cluster's shops include it; the node holding its lease runs it.
+    #[serde(rename = "shared_in_cluster")]
+    Shared,
 }
 
 /// Settings compared as written (secrets included, never printed).
@@ -276,7 +279,7 @@ impl ShopSet {
                 continue;
             };
             match self.put(name, sc, s).await {
-                Ok(Put::Unchanged) => {}
+                Ok(Put::Unchanged | Put::Shared) => {}
                 Ok(Put::Started) => changes.push(format!("shop `{name}` added and started")),
                 Ok(Put::Restarted) => changes.push(format!("shop `{name}` restarted with its new settings")),
                 Err(e) => changes.push(format!("{e}; the shop was not (re)started")),

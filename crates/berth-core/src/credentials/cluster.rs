@@ -86,6 +86,17 @@ impl ClusterRecords {
         Ok(found.map_or((0, None), |l| (l.revision, l.value.filter(|v| !v.is_empty()))))
     }
 
+    /// Bring this node's copy of the shop's record up to the stream leader's (a node
+    /// taking a shop's lease: its copy may not have the last renewal or the record of a
+    /// shop just onboarded elsewhere).
+    pub(super) async fn catch_up(&self, shop: &str) -> Result<(), ClusterError> {
+        let k = key(shop);
+        if let Some(l) = self.conn.latest_shop_key(&k).await? {
+            self.copy.applied_writes(&[(k, l.revision, l.value.filter(|v| !v.is_empty()))]);
+        }
+        Ok(())
+    }
+
     /// Write `value` expecting `revision` (0: absent); `fenced`: only under this node's
     /// lease of the shop.
     pub(super) async fn write(&self, shop: &str, revision: u64, value: Bytes, fenced: bool) -> Result<(), WriteRefused> {

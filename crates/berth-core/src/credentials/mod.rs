@@ -289,6 +289,15 @@ impl CredentialBook {
         opened(&self.sealer, shop, bytes.as_deref())
     }
 
+    /// Cluster mode: this node's copy of the shop's record brought up to the cluster's
+    /// (before the node runs the shop). Nothing to do on one node.
+    pub async fn catch_up(&self, shop: &str) -> Result<(), CredentialError> {
+        match &self.records {
+            Records::Embedded { .. } => Ok(()),
+            Records::Cluster(c) => Ok(c.catch_up(shop).await?),
+        }
+    }
+
     /// The shop's record to decide on: in cluster mode, the stream leader's.
     async fn read_latest(&self, shop: &str) -> Result<Option<Stored>, CredentialError> {
         match &self.records {

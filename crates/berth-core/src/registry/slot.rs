@@ -80,6 +80,16 @@ impl ConnectorSlot {
 
     /// Whether the credential book holds `shop`'s tokens (then `access_token` and
     /// `refresh_token` come from it, not from the shop's config).
+    /// Cluster mode, a node about to run `shop`: its copy of the shop's credentials
+    /// brought up to the cluster's.
+    pub async fn catch_up_credentials(&self, shop: &str) {
+        if let Some(c) = self.credentials.get() {
+            if let Err(e) = c.book.catch_up(shop).await {
+                tracing::warn!(shop, error = %e, "cannot read the shop's credentials from the cluster; it starts on this node's copy");
+            }
+        }
+    }
+
     pub fn holds_credentials(&self, shop: &str) -> bool {
         self.credentials.get().is_some_and(|c| matches!(c.book.state(shop), Ok(Some(_))))
     }

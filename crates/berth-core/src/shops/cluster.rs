@@ -77,6 +77,9 @@ impl ShopWorkers for ClusterShops {
             Ok(n) => tracing::debug!(shop = %shop, records = n, "this node's copy of the shop's stock caught up with the cluster"),
             Err(e) => tracing::warn!(shop = %shop, error = %e, "cannot read the shop's stock from the cluster; its pusher starts on this node's copy"),
         }
+        // And its credentials: the last renewal, or those of a shop just onboarded on
+        // another node (its record may reach this node's copy after the shop's).
+        slot.catch_up_credentials(&shop).await;
         if let Err(e) = self.set.start(&shop, &sc, slot) {
             tracing::error!(shop = %shop, error = %e, "leased shop not started");
         }
