@@ -105,7 +105,7 @@ pub enum OnboardingError {
 /// Where onboardings and onboarded shops are kept.
 enum Kept {
     Local { store: Store, pending: Keyspace, shops: Keyspace },
-    Cluster(cluster::ClusterKept),
+    Cluster(Box<cluster::ClusterKept>),
 }
 
 /// Onboardings under way and the shops they brought.
@@ -143,7 +143,7 @@ impl Onboarding {
         public_url: Option<String>,
         templates: BTreeMap<String, OnboardingConfig>,
     ) -> Result<Onboarding, OnboardingError> {
-        let kept = Kept::Cluster(cluster::ClusterKept::open(conn).await?);
+        let kept = Kept::Cluster(Box::new(cluster::ClusterKept::open(conn).await?));
         Ok(Self::with(kept, book, public_url, templates))
     }
 
@@ -418,7 +418,7 @@ mod tests {
         assert_eq!(o.onboarded().unwrap().keys().collect::<Vec<_>>(), ["sg2"]);
         // A value the store holds is never a token: only the settings the platform named.
         let Kept::Local { shops, .. } = &o.kept else { unreachable!() };
-        let raw: Vec<u8> = shops.get(b"sg2").unwrap().unwrap().to_vec();
+        let raw = shops.get(b"sg2").unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("pk"));
     }
 
@@ -442,7 +442,7 @@ mod tests {
         let tree = pending.clone();
         store
             .write(move |ctx: &mut WriteCtx<'_>| {
-                ctx.insert(&tree, b"old-state-2", b"{\"connector\":\"shopee\",\"shop\":\"x\",\"started_ms\":0,\"by\":\"ops\"}".to_vec());
+                ctx.insert(&tree, b"old-state-2", b"{\"connector\":\"shopee\",\"shop\":\"x\",\"started_ms\":0,\"by\":\"ops\"}");
                 Ok::<_, StoreError>(())
             })
             .await
