@@ -7,7 +7,9 @@
 //! the cluster's: whichever node holds its lease runs it, every node lists it, its
 //! orders arrive; a callback works once whichever node it reaches; the node running the
 //! shop is SIGKILLed and the other takes it (the shop is not on any node's disk); the
-//! killed node comes back knowing it; removed on one node, it stops everywhere.
+//! killed node comes back knowing it; removed on one node, it stops everywhere. On the
+//! way, an ERP lease taken on one node is extended and acked on the other: its timer on
+//! the leasing node follows both.
 
 #[path = "../../crates/berth-cluster/tests/common/mod.rs"]
 mod nats;
@@ -141,6 +143,27 @@ async fn a_shop_onboarded_on_one_node_is_the_clusters() {
     }
     assert!(runs(&admin, &urls[first], NEW).await.unwrap(), "its owner does not run it");
     eprintln!("{NEW} onboarded on {}, called back on {}, runs on {}", names[0], names[1], names[first]);
+
+    // An ERP lease of 10 minutes on node 1 (the queue's ack wait is 60 s): node 1 keeps
+    // its timer; extended on node 2, the extension reaches node 1 (the answer is the
+    // asked 15 minutes, not node 2's ack wait); acked on node 2, node 1 drops the timer.
+    let timers = |u: String| {
+        let admin = admin.clone();
+        async move { cluster_view(&admin, &u).await?["erp_lease_timers"].as_u64() }
+    };
+    let leased: Value = admin.post(format!("{}/v1/orders/lease", urls[0])).json(&serde_json::json!({"max": 1, "visibility_secs": 600})).send().await.unwrap().json().await.unwrap();
+    let token = leased["leases"][0]["token"].clone();
+    assert!(token.is_object(), "{leased}");
+    assert_eq!(timers(urls[0].clone()).await, Some(1));
+    let asked = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 900_000;
+    let extended: Value = admin.post(format!("{}/v1/orders/extend", urls[1])).json(&serde_json::json!({"tokens": [token], "visibility_secs": 900})).send().await.unwrap().json().await.unwrap();
+    let until = extended["expires_at_ms"].as_object().and_then(|m| m.values().next()).and_then(Value::as_i64).unwrap_or_else(|| panic!("{extended}"));
+    assert!((until - asked).abs() < 30_000, "extended to {until}, asked about {asked}: {extended}");
+    let acked: Value = admin.post(format!("{}/v1/orders/ack", urls[1])).json(&serde_json::json!({"tokens": [token]})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(acked["done"], 1, "{acked}");
+    poll_until(WAIT, || async { (timers(urls[0].clone()).await? == 0).then_some(()) })
+        .await
+        .expect("node 1 kept the timer of a lease acked on node 2");
 
     // Authorized again step by step: the callback works on node 1 (not where the platform
     // sent it), then once only — node 2 refuses the same link.

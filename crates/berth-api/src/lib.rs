@@ -730,6 +730,9 @@ struct ClusterInfo {
     /// True while this node is cut off and has stopped its shops.
     fenced_off: bool,
     last_round_ms: Option<u64>,
+    /// The ERP leases this node keeps a timer for (a visibility other than the order
+    /// queue's ack wait): they end, or are renewed, on this node's clock.
+    erp_lease_timers: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -772,6 +775,7 @@ async fn cluster_info(State(st): State<Arc<ApiState>>) -> Response {
         heartbeat_age_ms: view.heartbeat_age_ms,
         fenced_off: view.fenced_off,
         last_round_ms: view.last_round_ms,
+        erp_lease_timers: st.inbox.timed_leases(),
     })
     .into_response()
 }

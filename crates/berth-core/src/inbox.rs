@@ -191,6 +191,12 @@ impl OrderInbox {
         self.queue.nack(ORDERS_QUEUE, token, delay, reason).await
     }
 
+    /// Cluster mode: the leases this node keeps a timer for (their visibility differs
+    /// from the queue's ack wait); `None` on one node.
+    pub fn timed_leases(&self) -> Option<usize> {
+        self.cluster.as_ref().map(|c| c.timed_leases())
+    }
+
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
         if let Some(c) = &self.cluster {
             return c.stats();

@@ -110,6 +110,11 @@ impl ClusterInbox {
         self.queue.nack(&to_queue(token), delay, reason).await.map_err(|e| settle_error(token, e))
     }
 
+    /// Leases whose visibility this node keeps (given back or renewed by its timers).
+    pub fn timed_leases(&self) -> usize {
+        self.queue.timed_leases()
+    }
+
     pub async fn replay(&self, ids: &[u64]) -> Result<usize, QueueError> {
         let n = self.queue.replay(ids).await.map_err(unavailable)?;
         self.refresh_now().await;
