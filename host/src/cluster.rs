@@ -1,10 +1,12 @@
 //! Cluster mode at start-up: connect to the NATS cluster, join it (heartbeats, leases)
 //! and open what lives there — the order feed and the ERP's queue, the stock ledger,
-//! connector state, the registry, shop health, firing alerts and the audit log. What
-//! stays on the node's own disk: onboarding and the compiled-component cache, and each
-//! node's own audit file, forwarded to the cluster (docs/cluster.md).
+//! connector state, the registry, shop health, firing alerts, onboarding and the audit
+//! log. What stays on the node's own disk: the compiled-component cache, and each node's
+//! own audit file, forwarded to the cluster (docs/cluster.md).
 
-use berth_cluster::feed::{OrderQueue, QueueSettings};
+use berth_cluster::classes::Classes;
+use berth_cluster::feed::QueueSettings;
+use berth_cluster::queues::OrderQueues;
 use berth_cluster::{ClusterConfig, Connection, Leases};
 use berth_types::shop::ShopConfig;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,13 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The ERP's queue: one durable consumer of the feed for every node.
+/// The ERP's queue: one durable consumer per class of the feed, for every node.
 pub const ERP_QUEUE: &str = "erp";
 
 /// This node's place in the cluster.
 pub struct Node {
     pub conn: Connection,
     pub leases: Arc<Leases>,
+    /// Which class of the feed (and so which of the ERP queue's consumers) each shop's
+    /// orders go to: the shops the same token scopes see.
+    pub classes: Arc<Classes>,
     /// The shops the cluster shares out (a reload sends a new set).
     pub shops: watch::Sender<BTreeSet<String>>,
 }
@@ -35,14 +40,15 @@ pub async fn join(config: &ClusterConfig, shops: &BTreeMap<String, ShopConfig>) 
     let (tx, rx) = watch::channel(shops.keys().cloned().collect());
     let leases = Leases::new(conn.clone(), config.node.clone(), config.lease_ttl(), rx);
     tracing::info!(node = %config.node, servers = config.nats.len(), replicas = config.replicas, "joined the NATS cluster");
-    Ok(Node { conn, leases, shops: tx })
+    let classes = Classes::open(&conn).await?;
+    Ok(Node { conn, leases, shops: tx, classes })
 }
 
 /// The ERP's order queue on the cluster's feed.
-/// Its leases last `[cluster] erp_lease_secs` (the consumer's ack wait).
-pub async fn erp_queue(conn: &Connection, config: &ClusterConfig, max_attempts: u32) -> Result<OrderQueue, berth_cluster::ClusterError> {
+/// Its consumers' ack wait is `[cluster] erp_lease_secs`.
+pub async fn erp_queue(node: &Node, config: &ClusterConfig, max_attempts: u32) -> Result<OrderQueues, berth_cluster::ClusterError> {
     let visibility = Duration::from_secs(config.erp_lease_secs);
-    OrderQueue::open(conn, ERP_QUEUE, QueueSettings { visibility, max_attempts }).await
+    OrderQueues::open(&node.conn, ERP_QUEUE, QueueSettings { visibility, max_attempts }, node.classes.clone()).await
 }
 
 /// The cluster's audit stream, and this node's audit file forwarded to it.

@@ -83,6 +83,7 @@ impl Reloadable {
         }
         let registry = self.registry.clone();
         if let Some(cluster) = &self.cluster {
+            cluster.set_scopes(&new.admin);
             let (all, problems) = self.onboarding.with_onboarded(&new.shops);
             changed.extend(problems);
             changed.extend(cluster.share(&all).await);
@@ -99,18 +100,54 @@ impl Reloadable {
 /// Cluster mode: the cluster's shops (the config file's and those onboarded by OAuth on
 /// any node) and the lease loop's view of their names.
 pub struct ClusterShopSet {
-    pub cluster: Arc<berth_core::shops::cluster::ClusterShops>,
-    pub names: watch::Sender<std::collections::BTreeSet<String>>,
-    pub shops: Arc<ShopSet>,
-    pub registry: Arc<ConnectorRegistry>,
+    cluster: Arc<berth_core::shops::cluster::ClusterShops>,
+    names: watch::Sender<std::collections::BTreeSet<String>>,
+    shops: Arc<ShopSet>,
+    registry: Arc<ConnectorRegistry>,
+    classes: Arc<berth_cluster::classes::Classes>,
+    /// The `[admin]` tokens' shop scopes, as last configured.
+    scopes: std::sync::RwLock<Vec<berth_api::auth::Scope>>,
+}
+
+fn scopes_of(admin: &berth_api::auth::AdminConfig) -> Vec<berth_api::auth::Scope> {
+    admin.tokens.iter().filter_map(|t| t.shops.clone()).map(berth_api::auth::Scope::new).collect()
 }
 
 impl ClusterShopSet {
+    pub fn new(
+        cluster: Arc<berth_core::shops::cluster::ClusterShops>,
+        node: &crate::cluster::Node,
+        shops: Arc<ShopSet>,
+        registry: Arc<ConnectorRegistry>,
+        admin: &berth_api::auth::AdminConfig,
+    ) -> ClusterShopSet {
+        ClusterShopSet { cluster, names: node.shops.clone(), shops, registry, classes: node.classes.clone(), scopes: std::sync::RwLock::new(scopes_of(admin)) }
+    }
+
+    /// `[admin]` was reloaded: the tokens' scopes decide the shops' classes from now on.
+    pub fn set_scopes(&self, admin: &berth_api::auth::AdminConfig) {
+        *self.scopes.write().unwrap_or_else(|p| p.into_inner()) = scopes_of(admin);
+    }
+
+    /// Put each of `all` in the class of the feed of the token scopes that see it, so a
+    /// scoped token leases its shops' orders (berth_cluster::classes). Returns what
+    /// changed, one line each.
+    pub async fn assign_classes(&self, all: &std::collections::BTreeMap<String, berth_types::shop::ShopConfig>) -> Vec<String> {
+        let seen_by: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = {
+            let scopes = self.scopes.read().unwrap_or_else(|p| p.into_inner());
+            all.keys().map(|shop| (shop.clone(), scopes.iter().filter(|s| s.sees(shop)).map(|s| s.key()).collect())).collect()
+        };
+        match self.classes.assign(&seen_by).await {
+            Ok(moved) => moved.into_iter().map(|shop| format!("shop `{shop}`: its new orders go to the ERP leases of the token scopes that see it now")).collect(),
+            Err(e) => vec![format!("the ERP queue's classes of shops could not be recorded in the cluster ({e}); scoped tokens lease as before")],
+        }
+    }
     /// The cluster's shops are now `all`: the lease loop starts new shops where they land
     /// and stops removed ones; a shop running here whose settings changed restarts with
     /// them. Returns what changed, one line each.
     pub async fn share(&self, all: &std::collections::BTreeMap<String, berth_types::shop::ShopConfig>) -> Vec<String> {
-        let mut changed = self.cluster.set_configs(all.clone());
+        let mut changed = self.assign_classes(all).await;
+        changed.extend(self.cluster.set_configs(all.clone()));
         for (name, sc) in all.iter().filter(|(name, _)| self.shops.runs(name)) {
             if let Some(slot) = self.registry.slot(&sc.connector) {
                 match self.shops.put(name, sc, slot).await {

@@ -110,7 +110,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     };
     let (shops, leases) = match &node {
         Some(node) => {
-            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, &onboarding, node, shutdown_rx.clone());
+            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, &onboarding, node, shutdown_rx.clone()).await;
             (shops, Some((leases, cluster_shops)))
         }
         None => (start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?, None),
@@ -224,9 +224,9 @@ impl Durable {
     /// a shop's writes fenced by this node's lease on it.
     async fn cluster(storage: &berth_storage::Store, cfg: &Config, node: &crate::cluster::Node) -> Result<Durable, StartError> {
         let fences = node.leases.clone() as Arc<dyn berth_cluster::FenceSource>;
-        let store = Arc::new(OrderStore::open_cluster(node.conn.clone(), fences.clone()));
+        let store = Arc::new(OrderStore::open_cluster(node.conn.clone(), fences.clone(), node.classes.clone()));
         let cluster = cfg.cluster.as_ref().expect("a node joined from [cluster]");
-        let queue = crate::cluster::erp_queue(&node.conn, cluster, cfg.erp.max_attempts).await?;
+        let queue = crate::cluster::erp_queue(node, cluster, cfg.erp.max_attempts).await?;
         let local = Arc::new(StoreQueues::open(storage, QueuePolicy { max_attempts: cfg.erp.max_attempts })?);
         let inbox = OrderInbox::cluster(local, queue);
         let ledger = Arc::new(StockLedger::open_cluster(&node.conn, cfg.retry_defaults().push, fences).await?);
@@ -420,7 +420,7 @@ fn start_shops(
 /// stops them) and takes the ERP's calls and webhooks for all. A stock change reaching
 /// this node's copy of the ledger wakes the shop's pusher if it runs here.
 #[allow(clippy::too_many_arguments)]
-fn start_cluster_shops(
+async fn start_cluster_shops(
     cfg: &Config,
     durable: &Durable,
     services: &Arc<HostServices>,
@@ -442,7 +442,7 @@ fn start_cluster_shops(
     for why in problems {
         tracing::error!("{why}");
     }
-    let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), all);
+    let cluster_shops = berth_core::shops::cluster::ClusterShops::new(set.clone(), registry.clone(), all.clone());
     node.shops.send_replace(cluster_shops.names());
     if let Some(stock) = durable.ledger.cluster() {
         let woken = Arc::downgrade(&set);
@@ -453,8 +453,12 @@ fn start_cluster_shops(
         }));
     }
     registry.set_shops(set.by_connector());
-    let leases = tokio::spawn(node.leases.clone().run(cluster_shops.clone(), shutdown));
-    let shared = crate::reload::ClusterShopSet { cluster: cluster_shops, names: node.shops.clone(), shops: set.clone(), registry: registry.clone() };
+    let shared = crate::reload::ClusterShopSet::new(cluster_shops.clone(), node, set.clone(), registry.clone(), &cfg.admin);
+    // Each shop's class of the feed before any of its orders is appended here.
+    for line in shared.assign_classes(&all).await {
+        tracing::warn!("{line}");
+    }
+    let leases = tokio::spawn(node.leases.clone().run(cluster_shops, shutdown));
     (set, leases, Arc::new(shared))
 }
 

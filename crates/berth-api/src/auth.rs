@@ -27,6 +27,19 @@ pub struct Caller {
 pub struct Scope(Vec<String>);
 
 impl Scope {
+    pub fn new(patterns: Vec<String>) -> Scope {
+        Scope(patterns)
+    }
+
+    /// The scope's canonical key: its patterns sorted, each once (tokens with the same
+    /// shops have the same key; in cluster mode it names the scope in the feed's classes).
+    pub fn key(&self) -> String {
+        let mut p: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        p.sort_unstable();
+        p.dedup();
+        p.join(",")
+    }
+
     pub fn sees(&self, shop: &str) -> bool {
         self.0.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => shop.starts_with(prefix),

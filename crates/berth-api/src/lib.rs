@@ -269,7 +269,6 @@ pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Res
 fn queue_error(e: QueueError) -> Response {
     match e {
         QueueError::Store(e) => storage_error(&e),
-        QueueError::Unsupported(why) => error(StatusCode::NOT_IMPLEMENTED, why),
         e => {
             tracing::error!(error = %e, "order queue failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -333,7 +332,7 @@ async fn lease_orders(State(st): State<Arc<ApiState>>, Extension(caller): Extens
     let visibility = std::time::Duration::from_secs(req.visibility_secs);
     let leased = match &caller.scope {
         // A tenant leases from its shops' partitions only: another's backlog is not in its way.
-        Some(_) => st.inbox.lease_raw_from(&caller.visible(st.shops.names().iter()), req.max, st.max_response_bytes, visibility).await,
+        Some(scope) => st.inbox.lease_raw_scoped(&scope.key(), &caller.visible(st.shops.names().iter()), req.max, st.max_response_bytes, visibility).await,
         None => st.inbox.lease_raw(req.max, st.max_response_bytes, visibility).await,
     };
     let leases = match leased {
@@ -388,23 +387,21 @@ struct AckResponse {
     expires_at_ms: Option<BTreeMap<u64, i64>>,
 }
 
-/// Of queue `items` (each with a message `id`), those whose shop — `shop_of(id)`, `None`
-/// when the message is not there — the caller sees, and the ids of the rest. An unscoped
+/// Of queue `items` (each with a message `id`), those the caller may act on —
+/// `allowed(scope, item)` for a scoped caller —, and the ids of the rest. An unscoped
 /// caller keeps them all without a lookup.
 fn in_scope<T>(
     caller: &Caller,
     items: Vec<T>,
     id: impl Fn(&T) -> u64,
-    shop_of: impl Fn(u64) -> Result<Option<String>, QueueError>,
+    allowed: impl Fn(&crate::auth::Scope, &T) -> Result<bool, QueueError>,
 ) -> Result<(Vec<T>, Vec<u64>), QueueError> {
-    if caller.scope.is_none() {
-        return Ok((items, Vec::new()));
-    }
+    let Some(scope) = &caller.scope else { return Ok((items, Vec::new())) };
     let (mut mine, mut others) = (Vec::with_capacity(items.len()), Vec::new());
     for item in items {
-        match shop_of(id(&item))? {
-            Some(shop) if caller.sees(&shop) => mine.push(item),
-            _ => others.push(id(&item)),
+        match allowed(scope, &item)? {
+            true => mine.push(item),
+            false => others.push(id(&item)),
         }
     }
     Ok((mine, others))
@@ -445,7 +442,8 @@ async fn settle(st: &ApiState, caller: &Caller, body: JsonBody<AckRequest>, how:
     // that is not the current lease, and nothing changes for it.
     let mut req = req;
     let others;
-    (req.tokens, others) = match in_scope(caller, req.tokens, |t| t.id, |id| st.inbox.shop_of(id)) {
+    let settles = |scope: &crate::auth::Scope, token: &LeaseToken| st.inbox.may_settle(token, &scope.key(), |shop| scope.sees(shop));
+    (req.tokens, others) = match in_scope(caller, req.tokens, |t| t.id, settles) {
         Ok(split) => split,
         Err(e) => return queue_error(e),
     };
@@ -531,7 +529,14 @@ async fn queue_info(State(st): State<Arc<ApiState>>, Extension(caller): Extensio
                 stats.dead += p.dead;
                 stats.oldest_age_ms = stats.oldest_age_ms.max(p.oldest_age_ms);
             }
-            let dead_letters = dead_letters.into_iter().filter(|d| caller.sees(&d.partition)).collect();
+            let dead_letters: Vec<_> = dead_letters.into_iter().filter(|d| caller.sees(&d.partition)).collect();
+            // In cluster mode: the counts of the classes of shops its scope leases from.
+            if let Some(scoped) = caller.scope.as_ref().and_then(|s| st.inbox.scoped_stats(&s.key())) {
+                match scoped {
+                    Ok(s) => stats = QueueStats { dead: dead_letters.len() as u64, ..s },
+                    Err(e) => return queue_error(e),
+                }
+            }
             Json(QueueInfo { stats, partitions, dead_letters, webhook: None }).into_response()
         }
         (Ok(stats), Ok(partitions), Ok(dead_letters)) => Json(QueueInfo { stats, partitions, dead_letters, webhook }).into_response(),
@@ -559,7 +564,15 @@ async fn dead_letter_op(st: &ApiState, caller: &Caller, body: JsonBody<IdsReques
         return error(StatusCode::BAD_REQUEST, format!("ids: {} given, at most {MAX_TOKENS} a call", req.ids.len()));
     }
     // Another shop's dead letter is, for this token, not there.
-    req.ids = match in_scope(caller, req.ids, |id| *id, |id| st.inbox.dead_shop_of(id)) {
+    let shops = match caller.scope {
+        Some(_) => match st.inbox.dead_shops_of(&req.ids).await {
+            Ok(shops) => shops,
+            Err(e) => return queue_error(e),
+        },
+        None => Default::default(),
+    };
+    let sees = |scope: &crate::auth::Scope, id: &u64| Ok(shops.get(id).cloned().flatten().is_some_and(|shop| scope.sees(&shop)));
+    req.ids = match in_scope(caller, req.ids, |id| *id, sees) {
         Ok((mine, _)) => mine,
         Err(e) => return queue_error(e),
     };

@@ -7,6 +7,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use berth_cluster::classes::ALL;
 use berth_cluster::feed::{self, FeedEntry, OrderQueue, QueueSettings};
 use berth_cluster::lease::owner_key;
 use berth_cluster::Connection;
@@ -40,7 +41,7 @@ async fn append(conn: &Connection, round: usize, writers: usize, pages: usize) -
                 for p in 0..pages {
                     let entries = page(round * 1000 + p, w, 50, 1200);
                     let t = Instant::now();
-                    let out = feed::append_page(&conn, &fence, &entries, Some(format!("{p}").into())).await.expect("append");
+                    let out = feed::append_page(&conn, &fence, ALL, &entries, Some(format!("{p}").into())).await.expect("append");
                     assert_eq!(out.added, 50);
                     lat.push(t.elapsed());
                 }
@@ -89,7 +90,7 @@ async fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let nats = NatsCluster::start(3, true).await;
     let conn = berth_cluster::connect(&common::cluster_config(&nats, "bench", 15)).await.expect("connect");
-    let queue = OrderQueue::open(&conn, "erp", QueueSettings { visibility: Duration::from_secs(60), max_attempts: 5 }).await.expect("queue");
+    let queue = OrderQueue::open(&conn, "erp", ALL, QueueSettings { visibility: Duration::from_secs(60), max_attempts: 5 }).await.expect("queue");
     println!("3 x nats-server 2.15 on loopback, R3, sync_interval: always; pages of 50 orders of 1.2 KB");
     println!("| round | what | orders/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");

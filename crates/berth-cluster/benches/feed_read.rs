@@ -24,7 +24,7 @@ async fn main() {
     let record = bytes::Bytes::from(vec![b'x'; 600]);
     // Written 200 at a time, in flight together.
     for chunk in (0..entries).collect::<Vec<_>>().chunks(200) {
-        let puts = chunk.iter().map(|i| conn.shops.put(format!("feed.shop-{}.order-{i}.1.d", i % 20), record.clone()));
+        let puts = chunk.iter().map(|i| conn.shops.put(format!("feed.all.shop-{}.order-{i}.1.d", i % 20), record.clone()));
         for r in futures_util::future::join_all(puts).await {
             r.expect("put");
         }

@@ -1,13 +1,14 @@
 //! The order feed and the ERP's order queue, in the shops stream.
 //!
 //! A shop's owner appends each new order version as its own key,
-//! `feed.<shop>.<order>.<updated>.<digest>`, together with `latest.<shop>.<order>` (what
+//! `feed.<class>.<shop>.<order>.<updated>.<digest>`, together with `latest.<shop>.<order>` (what
 //! decides that a version is new) and the shop's pull position, as one fenced atomic
 //! batch ([`crate::fenced::put_all`]): a page and its position land together, under the
 //! lease, or not at all. The stream's sequence numbers are the feed's order: a batch is
 //! visible whole or not at all, so a reader never skips an entry.
 //!
-//! The ERP's lease/ack queue is a durable JetStream consumer on the feed subjects: a
+//! The ERP's lease/ack queue is a durable JetStream consumer per class of shops
+//! ([`crate::classes`]: the shops the same token scopes see), on `feed.<class>.>`: a
 //! lease is a fetch, an ack acks, a nack is a delayed NAK, an extension is a progress
 //! ack; an order delivered `max_attempts` times and not acked becomes a dead letter
 //! (`dead.<seq>`) and is terminated. Any node serves any of these: the token carries the
@@ -58,8 +59,8 @@ fn latest_key(shop: &str, order: &str) -> String {
     format!("latest.{shop}.{}", key_part(order))
 }
 
-fn version_key(shop: &str, e: &FeedEntry) -> String {
-    format!("feed.{shop}.{}.{}.{}", key_part(&e.order_id), e.updated_at_ms.max(0), hex::encode(&e.digest[..8]))
+fn version_key(class: &str, shop: &str, e: &FeedEntry) -> String {
+    format!("feed.{class}.{shop}.{}.{}.{}", key_part(&e.order_id), e.updated_at_ms.max(0), hex::encode(&e.digest[..8]))
 }
 
 /// `latest.*` value: the newest version's updated time and digest.
@@ -79,25 +80,25 @@ fn is_newer(stored: Option<&[u8]>, updated: i64, digest: &[u8; 32]) -> bool {
     }
 }
 
-/// Append the new versions among `entries` and (if given) the shop's pull position, as
-/// one fenced atomic batch. Versions the feed has (or that repeat within the page) are
-/// counted as duplicates and not written.
-pub async fn append_page(conn: &Connection, fence: &Fence, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
-    append(conn, &fence.shop, Some(fence), entries, position).await
+/// Append the new versions among `entries` (under the shop's `class`) and (if given)
+/// the shop's pull position, as one fenced atomic batch. Versions the feed has (or that
+/// repeat within the page) are counted as duplicates and not written.
+pub async fn append_page(conn: &Connection, fence: &Fence, class: &str, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
+    append(conn, class, &fence.shop, Some(fence), entries, position).await
 }
 
 /// Append the new versions among `entries` from a node that does not run `shop` (a
 /// webhook may arrive at any node): not fenced, and no position. Every version is
 /// decided on the `latest.*` keys as read and written only if none of them changed
 /// since (compare-and-set), so two nodes taking the same version at once queue it once.
-pub async fn append_pushed(conn: &Connection, shop: &str, entries: &[FeedEntry]) -> Result<Appended, ClusterError> {
-    append(conn, shop, None, entries, None).await
+pub async fn append_pushed(conn: &Connection, class: &str, shop: &str, entries: &[FeedEntry]) -> Result<Appended, ClusterError> {
+    append(conn, class, shop, None, entries, None).await
 }
 
 /// Times a page is decided again after another node wrote one of its orders first.
 const APPEND_ATTEMPTS: usize = 10;
 
-async fn append(conn: &Connection, shop: &str, fence: Option<&Fence>, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
+async fn append(conn: &Connection, class: &str, shop: &str, fence: Option<&Fence>, entries: &[FeedEntry], position: Option<Bytes>) -> Result<Appended, ClusterError> {
     if entries.len() * 2 + 2 > fenced::MAX_BATCH {
         return Err(ClusterError::Nats(format!("a page of {} orders is more than one atomic batch holds ({})", entries.len(), (fenced::MAX_BATCH - 2) / 2)));
     }
@@ -106,7 +107,7 @@ async fn append(conn: &Connection, shop: &str, fence: Option<&Fence>, entries: &
         attempt += 1;
         let stored = stored_latest(conn, shop, entries.iter().map(|e| e.order_id.as_str())).await?;
         let stored_by_order: HashMap<&str, &(u64, Option<Bytes>)> = stored.iter().map(|(o, v)| (*o, v)).collect();
-        let (writes, out) = decide(shop, entries, &stored_by_order, position.clone());
+        let (writes, out) = decide(class, shop, entries, &stored_by_order, position.clone());
         if writes.is_empty() {
             return Ok(out);
         }
@@ -131,7 +132,7 @@ async fn stored_latest<'a>(conn: &Connection, shop: &str, orders: impl Iterator<
 
 /// The writes that add the new versions of a page: each version's `feed.*` key, and
 /// each order's `latest.*` key expecting the revision it was decided on.
-fn decide(shop: &str, entries: &[FeedEntry], stored: &HashMap<&str, &(u64, Option<Bytes>)>, position: Option<Bytes>) -> (Vec<fenced::Write>, Appended) {
+fn decide(class: &str, shop: &str, entries: &[FeedEntry], stored: &HashMap<&str, &(u64, Option<Bytes>)>, position: Option<Bytes>) -> (Vec<fenced::Write>, Appended) {
     use fenced::{Expect, Write};
     let mut newest: HashMap<&str, (i64, [u8; 32])> = HashMap::new();
     let mut writes = Vec::new();
@@ -146,7 +147,7 @@ fn decide(shop: &str, entries: &[FeedEntry], stored: &HashMap<&str, &(u64, Optio
             continue;
         }
         newest.insert(&e.order_id, (e.updated_at_ms, e.digest));
-        writes.push(Write::put(version_key(shop, e), e.record.clone()));
+        writes.push(Write::put(version_key(class, shop, e), e.record.clone()));
         out.added += 1;
     }
     // One write per order's `latest.*` key (the newest version of the page), expecting
@@ -215,7 +216,10 @@ pub async fn list(conn: &Connection, after: u64, limit: usize, shop: Option<&str
 }
 
 fn feed_filter(conn: &Connection, shop: Option<&str>) -> String {
-    format!("$KV.{}.feed.{}.>", conn.names.shops, shop.unwrap_or("*"))
+    match shop {
+        Some(shop) => format!("$KV.{}.feed.*.{shop}.>", conn.names.shops),
+        None => format!("$KV.{}.feed.>", conn.names.shops),
+    }
 }
 
 /// [`list`] through one ordered consumer starting after `after` ([`crate::run`]).
@@ -230,9 +234,9 @@ pub async fn list_streamed(conn: &Connection, after: u64, limit: usize, shop: Op
     Ok(out)
 }
 
-/// The shop of a `feed.<shop>.…` subject of the shops bucket.
-fn shop_of(subject: &str) -> String {
-    subject.split('.').nth(3).unwrap_or_default().to_string()
+/// The shop of a `$KV.<bucket>.feed.<class>.<shop>.…` subject of the shops bucket.
+pub(crate) fn shop_of(subject: &str) -> String {
+    subject.split('.').nth(4).unwrap_or_default().to_string()
 }
 
 /// [`list`] one direct get (answered by any replica) per entry.
@@ -293,26 +297,35 @@ pub struct DeadRecord {
     pub at_ms: i64,
 }
 
-/// The ERP's order queue over the feed.
+/// The ERP's order queue over one class of the feed: the durable consumer
+/// `<name>_<class>` on `feed.<class>.>`. Dead letters are the queue's (`dead.<name>.*`),
+/// whichever class they came from.
 pub struct OrderQueue {
     conn: Connection,
     consumer: consumer::Consumer<pull::Config>,
     name: String,
+    class: String,
     settings: QueueSettings,
     timers: Arc<Visibility>,
 }
 
+/// The durable consumer of queue `name`'s class `class`.
+pub fn consumer_name(name: &str, class: &str) -> String {
+    format!("{name}_{class}")
+}
+
 impl OrderQueue {
-    /// Open (or create) the durable consumer `name` on the feed.
-    pub async fn open(conn: &Connection, name: &str, settings: QueueSettings) -> Result<OrderQueue, ClusterError> {
+    /// Open (or create) queue `name`'s consumer of the feed's class `class`.
+    pub async fn open(conn: &Connection, name: &str, class: &str, settings: QueueSettings) -> Result<OrderQueue, ClusterError> {
         let stream = conn.shops_stream();
+        let durable = consumer_name(name, class);
         // Created, or updated to these settings (a node started with another
         // `erp_lease_secs` sets it for all).
-        let consumer = crate::connect::patiently(name, || {
+        let consumer = crate::connect::patiently(&durable, || {
             stream.create_consumer(
                 pull::Config {
-                    durable_name: Some(name.to_string()),
-                    filter_subject: format!("$KV.{}.feed.>", conn.names.shops),
+                    durable_name: Some(durable.clone()),
+                    filter_subject: format!("$KV.{}.feed.{class}.>", conn.names.shops),
                     deliver_policy: DeliverPolicy::All,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: settings.visibility,
@@ -326,8 +339,12 @@ impl OrderQueue {
             )
         })
         .await?;
-        let timers = Visibility::start(conn, name, settings.visibility).await?;
-        Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), settings, timers })
+        let timers = Visibility::start(conn, &durable, settings.visibility).await?;
+        Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), class: class.to_string(), settings, timers })
+    }
+
+    pub fn class(&self) -> &str {
+        &self.class
     }
 
     /// Lease up to `max` orders for `visibility`; waits at most `wait` for the first.
@@ -349,8 +366,7 @@ impl OrderQueue {
             };
             if delivered > self.settings.max_attempts {
                 // Its last lease ran out without an ack or a nack.
-                let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
-                self.bury(seq, shop, delivered - 1, "the lease expired without an ack").await?;
+                self.bury(seq, shop_of(&msg.subject), delivered - 1, "the lease expired without an ack").await?;
                 msg.ack_with(AckKind::Term).await.map_err(ClusterError::nats)?;
                 continue;
             }
@@ -385,8 +401,7 @@ impl OrderQueue {
         let parsed = self.token(token)?;
         if parsed.delivered >= self.settings.max_attempts {
             let msg = self.conn.shops_stream().get_raw_message(token.id).await.map_err(ClusterError::nats)?;
-            let shop = msg.subject.split('.').nth(3).unwrap_or_default().to_string();
-            self.bury(token.id, shop, parsed.delivered, reason).await?;
+            self.bury(token.id, shop_of(&msg.subject), parsed.delivered, reason).await?;
             self.timers.send(&parsed.subject, AckKind::Term).await?;
         } else {
             self.timers.send(&parsed.subject, AckKind::Nak(Some(delay))).await?;
@@ -445,7 +460,7 @@ impl OrderQueue {
         for &seq in ids {
             let Some(key) = self.dead_key(seq).await? else { continue };
             let msg = self.conn.shops_stream().get_raw_message(seq).await.map_err(ClusterError::nats)?;
-            let base = msg.subject.split('.').take(7).collect::<Vec<_>>().join(".");
+            let base = msg.subject.split('.').take(8).collect::<Vec<_>>().join(".");
             self.conn.js.publish(format!("{base}.r{seq}"), msg.payload).await.map_err(ClusterError::nats)?.await.map_err(ClusterError::nats)?;
             self.conn.shops.delete(&key).await.map_err(ClusterError::nats)?;
             done += 1;
@@ -483,7 +498,7 @@ impl OrderQueue {
             return Ok((ready, in_flight, None));
         }
         // Every message up to the ack floor is acked; the next one under the filter is not.
-        let filter = format!("$KV.{}.feed.>", self.conn.names.shops);
+        let filter = format!("$KV.{}.feed.{}.>", self.conn.names.shops, self.class);
         let oldest = match self.conn.shops_stream().direct_get_next_for_subject(filter.as_str(), Some(info.ack_floor.stream_sequence + 1)).await {
             Ok(msg) => Some((msg.time.unix_timestamp_nanos() / 1_000_000) as i64),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,

@@ -84,6 +84,16 @@ pub async fn put_all(conn: &Connection, fence: &Fence, items: Vec<(String, Bytes
     write_all(conn, Some(fence), items.into_iter().map(|(k, v)| Write::put(k, v)).collect()).await
 }
 
+/// The shop a key of the shops bucket belongs to: `<kind>.<shop>.…`, or for the feed
+/// `feed.<class>.<shop>.…`.
+pub fn shop_of_key(key: &str) -> Option<&str> {
+    let mut parts = key.split('.');
+    match parts.next()? {
+        "feed" => parts.nth(1),
+        _ => parts.next(),
+    }
+}
+
 /// Write `writes` as one atomic batch: all land or none does. Each write's [`Expect`] is
 /// checked by the stream in the same step (compare-and-set on many keys at once); with
 /// `fence`, the batch also requires the shop's lease to be unchanged and may touch only
@@ -92,7 +102,7 @@ pub async fn put_all(conn: &Connection, fence: &Fence, items: Vec<(String, Bytes
 /// write again).
 pub async fn write_all(conn: &Connection, fence: Option<&Fence>, mut writes: Vec<Write>) -> Result<u64, ClusterError> {
     if let Some(fence) = fence {
-        if let Some(w) = writes.iter().find(|w| w.key.split('.').nth(1) != Some(fence.shop.as_str())) {
+        if let Some(w) = writes.iter().find(|w| shop_of_key(&w.key) != Some(fence.shop.as_str())) {
             return Err(ClusterError::Nats(format!("key {} is not one of shop {}'s keys", w.key, fence.shop)));
         }
         // The fence rides on the first write; when that one has its own expectation, on

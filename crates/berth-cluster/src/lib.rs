@@ -15,6 +15,7 @@
 //! Must not know: connectors, wasmtime, the HTTP API or the embedded store; the host
 //! gives it the shop list and the workers to start and stop ([`lease::ShopWorkers`]).
 
+pub mod classes;
 pub mod config;
 pub mod connect;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod fenced;
 pub mod journal;
 pub mod lease;
 pub mod mirror;
+pub mod queues;
 pub mod registry;
 pub mod rendezvous;
 mod run;

@@ -42,6 +42,21 @@ pub(crate) struct Token {
     pub holder: Option<String>,
 }
 
+/// The consumer a lease token's ack subject names (`None`: not an ack subject); the
+/// consumer's own queue checks the rest ([`Visibility::parse`]).
+pub(crate) fn consumer_of(token: &str) -> Option<String> {
+    let encoded = token.split_once('.').map_or(token, |(e, _)| e);
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    let subject = String::from_utf8(raw).ok()?;
+    let parts: Vec<&str> = subject.strip_prefix("$JS.ACK.")?.split('.').collect();
+    let at = match parts.len() {
+        7 => 0,
+        9 | 10 => 2,
+        _ => return None,
+    };
+    Some(parts[at + 1].to_string())
+}
+
 /// What a timer does next.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Step {

@@ -71,7 +71,7 @@ async fn a_page_and_its_position_land_together_or_not_at_all() {
     let a = common::claim(&conn, "shop-9", "a").await;
     let first = a.revision;
     let page = |n: usize, tag: &str| -> Vec<(String, bytes::Bytes)> {
-        let mut items: Vec<(String, bytes::Bytes)> = (0..n).map(|i| (format!("feed.shop-9.{tag}-{i}"), format!("order {tag}-{i}").into())).collect();
+        let mut items: Vec<(String, bytes::Bytes)> = (0..n).map(|i| (format!("feed.all.shop-9.{tag}-{i}"), format!("order {tag}-{i}").into())).collect();
         items.push(("state.shop-9.cursor".into(), tag.to_string().into()));
         items
     };
@@ -79,21 +79,21 @@ async fn a_page_and_its_position_land_together_or_not_at_all() {
     assert!(seq > first);
     assert_eq!(fenced::get(&conn, "shop-9", "cursor").await.expect("read").expect("cursor").value, "p1");
     for i in 0..3 {
-        assert!(conn.shops.get(format!("feed.shop-9.p1-{i}")).await.expect("read").is_some());
+        assert!(conn.shops.get(format!("feed.all.shop-9.p1-{i}")).await.expect("read").is_some());
     }
     // A page of 200 in one batch (publishes between the first request and the commit).
     fenced::put_all(&conn, &a, page(200, "p2")).await.expect("a long page lands");
-    assert!(conn.shops.get("feed.shop-9.p2-199").await.expect("read").is_some());
+    assert!(conn.shops.get("feed.all.shop-9.p2-199").await.expect("read").is_some());
 
     common::claim(&conn, "shop-9", "b").await;
     let refused = fenced::put_all(&conn, &a, page(5, "p3")).await;
     assert!(matches!(refused, Err(ClusterError::Fenced { .. })), "{refused:?}");
     for i in 0..5 {
-        assert!(conn.shops.get(format!("feed.shop-9.p3-{i}")).await.expect("read").is_none(), "p3-{i} landed under a lost lease");
+        assert!(conn.shops.get(format!("feed.all.shop-9.p3-{i}")).await.expect("read").is_none(), "p3-{i} landed under a lost lease");
     }
     assert_eq!(fenced::get(&conn, "shop-9", "cursor").await.expect("read").expect("cursor").value, "p2");
     // A key of another shop never rides on this shop's fence.
-    let foreign = fenced::put_all(&conn, &a, vec![("feed.shop-1.x".into(), "x".into())]).await;
+    let foreign = fenced::put_all(&conn, &a, vec![("feed.all.shop-1.x".into(), "x".into())]).await;
     assert!(matches!(foreign, Err(ClusterError::Nats(m)) if m.contains("not one of shop shop-9")));
 }
 

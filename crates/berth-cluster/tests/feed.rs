@@ -2,6 +2,7 @@
 
 mod common;
 
+use berth_cluster::classes::ALL;
 use berth_cluster::feed::{self, FeedEntry, OrderQueue, QueueSettings, QueueToken};
 use berth_cluster::ClusterError;
 use common::{claim, connect, NatsCluster};
@@ -22,17 +23,17 @@ async fn pages_append_new_versions_once_with_their_position_under_the_lease() {
     let fence = claim(&conn, "shop-1", "a").await;
     // Order ids are the platform's: dots, slashes and spaces included.
     let page1 = vec![entry("A.1/x y", 1000, "paid"), entry("B", 1000, "paid"), entry("B", 1000, "paid")];
-    let out = feed::append_page(&conn, &fence, &page1, Some("p1".into())).await.expect("page 1");
+    let out = feed::append_page(&conn, &fence, ALL, &page1, Some("p1".into())).await.expect("page 1");
     assert_eq!((out.added, out.duplicates), (2, 1));
     // The same versions again (an overlapping window), a newer one, one equal in time but
     // different in content (paid -> shipped within a second), and an older one.
     let page2 = vec![entry("A.1/x y", 1000, "paid"), entry("B", 2000, "shipped"), entry("C", 500, "paid"), entry("C", 500, "cancelled"), entry("B", 1500, "older")];
-    let out = feed::append_page(&conn, &fence, &page2, Some("p2".into())).await.expect("page 2");
+    let out = feed::append_page(&conn, &fence, ALL, &page2, Some("p2".into())).await.expect("page 2");
     assert_eq!((out.added, out.duplicates), (3, 2));
     assert_eq!(feed::position(&conn, "shop-1").await.expect("read").expect("position"), "p2");
 
     let other = claim(&conn, "shop-2", "a").await;
-    feed::append_page(&conn, &other, &[entry("Z", 1, "paid")], None).await.expect("shop 2");
+    feed::append_page(&conn, &other, ALL, &[entry("Z", 1, "paid")], None).await.expect("shop 2");
 
     let all = feed::list(&conn, 0, 100, None).await.expect("list");
     let records: Vec<String> = all.iter().map(|r| String::from_utf8_lossy(&r.record).to_string()).collect();
@@ -44,7 +45,7 @@ async fn pages_append_new_versions_once_with_their_position_under_the_lease() {
 
     // Another node takes shop-1: the old holder's page lands nothing, not even its position.
     let _b = claim(&conn, "shop-1", "b").await;
-    let stale = feed::append_page(&conn, &fence, &[entry("D", 9, "paid")], Some("p3".into())).await;
+    let stale = feed::append_page(&conn, &fence, ALL, &[entry("D", 9, "paid")], Some("p3".into())).await;
     assert!(matches!(stale, Err(ClusterError::Fenced { .. })), "{stale:?}");
     assert_eq!(feed::list(&conn, 0, 100, None).await.expect("list").len(), 6);
     assert_eq!(feed::position(&conn, "shop-1").await.expect("read").expect("position"), "p2");
@@ -66,11 +67,11 @@ async fn the_erp_queue_leases_on_one_node_acks_on_another_and_buries_what_keeps_
     let (a, b) = (connect(&nats, "a").await, connect(&nats, "b").await);
     let fence = claim(&a, "shop-1", "a").await;
     let entries: Vec<FeedEntry> = (0..6).map(|i| entry(&format!("O{i}"), 10, "paid")).collect();
-    feed::append_page(&a, &fence, &entries, None).await.expect("page");
+    feed::append_page(&a, &fence, ALL, &entries, None).await.expect("page");
 
     let settings = QueueSettings { visibility: Duration::from_secs(2), max_attempts: 2 };
-    let qa = OrderQueue::open(&a, "erp", settings.clone()).await.expect("queue on a");
-    let qb = OrderQueue::open(&b, "erp", settings).await.expect("queue on b");
+    let qa = OrderQueue::open(&a, "erp", ALL, settings.clone()).await.expect("queue on a");
+    let qb = OrderQueue::open(&b, "erp", ALL, settings).await.expect("queue on b");
     let leased = lease_until(&qa, 6, 20).await;
     let (ready, in_flight, oldest) = qa.depth().await.expect("depth");
     assert_eq!((ready, in_flight), (0, 6));
@@ -140,12 +141,12 @@ async fn each_lease_keeps_its_own_visibility_whichever_node_extends_or_settles_i
     let nats = NatsCluster::start(3, true).await;
     let (a, b, c) = (connect(&nats, "a").await, connect(&nats, "b").await, connect(&nats, "c").await);
     let fence = claim(&a, "shop-1", "a").await;
-    feed::append_page(&a, &fence, &[entry("O0", 10, "paid")], None).await.expect("page");
+    feed::append_page(&a, &fence, ALL, &[entry("O0", 10, "paid")], None).await.expect("page");
     // The consumer's ack wait is 8 s; leases ask 1 s, 3 s and 20 s.
     let settings = QueueSettings { visibility: Duration::from_secs(8), max_attempts: 10 };
-    let qa = OrderQueue::open(&a, "erp", settings.clone()).await.expect("queue on a");
-    let qb = OrderQueue::open(&b, "erp", settings.clone()).await.expect("queue on b");
-    let qc = OrderQueue::open(&c, "erp", settings).await.expect("queue on c");
+    let qa = OrderQueue::open(&a, "erp", ALL, settings.clone()).await.expect("queue on a");
+    let qb = OrderQueue::open(&b, "erp", ALL, settings.clone()).await.expect("queue on b");
+    let qc = OrderQueue::open(&c, "erp", ALL, settings).await.expect("queue on c");
     let (short, long) = (Duration::from_secs(1), Duration::from_secs(20));
 
     // A lease of 1 s comes back long before the ack wait (the leasing node gives it back).
@@ -156,7 +157,7 @@ async fn each_lease_keeps_its_own_visibility_whichever_node_extends_or_settles_i
     qb.ack(&again[0].token).await.expect("ack");
     assert!(leased_at.elapsed() < Duration::from_secs(7), "a 1 s lease came back after {:?}: the ack wait, not its own end", leased_at.elapsed());
     let entries: Vec<FeedEntry> = (1..5).map(|i| entry(&format!("O{i}"), 10, "paid")).collect();
-    feed::append_page(&a, &fence, &entries, None).await.expect("page");
+    feed::append_page(&a, &fence, ALL, &entries, None).await.expect("page");
 
     // Four more on a: O1 and O2 for 20 s, O3 and O4 for 3 s. O3 is extended to 20 s on
     // c (a keeps its timer), O2 acked on b, O4 left to end.
@@ -204,4 +205,88 @@ async fn lease_until_for(queue: &OrderQueue, n: usize, visibility: Duration) -> 
         got.extend(queue.lease(n - got.len(), Duration::from_millis(300), visibility).await.expect("lease"));
     }
     got
+}
+
+fn scopes(list: &[&str]) -> std::collections::BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Lease from `queues` for `scope` until nothing more comes; the records' texts.
+async fn lease_all(queues: &berth_cluster::queues::OrderQueues, scope: Option<&str>) -> Vec<(String, QueueToken)> {
+    let mut out = Vec::new();
+    loop {
+        let got = queues.lease(scope, 50, Duration::from_millis(200), queues.ack_wait()).await.expect("lease");
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got.into_iter().map(|l| (String::from_utf8_lossy(&l.record).to_string(), l.token)));
+    }
+}
+
+fn texts(leased: &[(String, QueueToken)]) -> Vec<String> {
+    let mut t: Vec<String> = leased.iter().map(|(r, _)| r.clone()).collect();
+    t.sort();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs_no_handover() {
+    use berth_cluster::classes::Classes;
+    use berth_cluster::queues::OrderQueues;
+    let nats = NatsCluster::start(3, true).await;
+    let (a, b) = (connect(&nats, "a").await, connect(&nats, "b").await);
+    // shop-a is seen by the scope `acme-*`, shop-c by `acme-*` and `shop-c`, shop-b by none.
+    let seen_by: std::collections::BTreeMap<String, _> =
+        [("shop-a".to_string(), scopes(&["acme-*"])), ("shop-b".to_string(), scopes(&[])), ("shop-c".to_string(), scopes(&["acme-*", "shop-c"]))].into();
+    let (classes_a, classes_b) = (Classes::open(&a).await.expect("classes on a"), Classes::open(&b).await.expect("classes on b"));
+    classes_a.assign(&seen_by).await.expect("assign on a");
+    classes_b.assign(&seen_by).await.expect("assign on b");
+    assert_eq!(classes_a.class_of("shop-b"), ALL);
+    assert_ne!(classes_a.class_of("shop-a"), classes_a.class_of("shop-c"));
+    let settings = QueueSettings { visibility: Duration::from_secs(30), max_attempts: 5 };
+    let qa = OrderQueues::open(&a, "erp", settings.clone(), classes_a.clone()).await.expect("queues on a");
+    let qb = OrderQueues::open(&b, "erp", settings, classes_b.clone()).await.expect("queues on b");
+    for shop in ["shop-a", "shop-b", "shop-c"] {
+        let fence = claim(&a, shop, "a").await;
+        let entries: Vec<FeedEntry> = (0..3).map(|i| entry(&format!("{shop}/{i}"), 10, "paid")).collect();
+        feed::append_page(&a, &fence, &classes_a.class_of(shop), &entries, None).await.expect("page");
+    }
+    let record = |shop: &str, i: usize| format!("{shop}/{i}@10:paid");
+
+    // `shop-c` leases shop-c's orders only; `acme-*` then shop-a's (shop-c's are taken);
+    // an unscoped token the rest. Each order once.
+    let c = lease_all(&qb, Some("shop-c")).await;
+    assert_eq!(texts(&c), (0..3).map(|i| record("shop-c", i)).collect::<Vec<_>>());
+    let acme = lease_all(&qa, Some("acme-*")).await;
+    assert_eq!(texts(&acme), (0..3).map(|i| record("shop-a", i)).collect::<Vec<_>>());
+    assert!(lease_all(&qb, Some("globex")).await.is_empty(), "a scope seeing no shop leased something");
+    let rest = lease_all(&qa, None).await;
+    assert_eq!(texts(&rest), (0..3).map(|i| record("shop-b", i)).collect::<Vec<_>>());
+    // A scope settles only its classes' leases, on any node.
+    assert!(qb.sees(&acme[0].1, Some("acme-*")) && !qb.sees(&acme[0].1, Some("shop-c")) && !qb.sees(&rest[0].1, Some("acme-*")));
+    assert!(qb.sees(&c[0].1, Some("acme-*")), "shop-c is acme-*'s too");
+    for (_, token) in acme.iter().chain(&c).chain(&rest) {
+        qb.ack(token).await.expect("ack on the other node");
+    }
+    let (ready, in_flight, _) = qa.depth().await.expect("depth");
+    assert_eq!((ready, in_flight), (0, 0));
+
+    // A new scope `shop-b` sees shop-b from now on: orders in the feed stay where they
+    // are (an unscoped lease), new ones go to the new class.
+    let fence = claim(&a, "shop-b", "a").await;
+    feed::append_page(&a, &fence, &classes_a.class_of("shop-b"), &[entry("shop-b/old", 20, "paid")], None).await.expect("page");
+    let mut moved = seen_by.clone();
+    moved.insert("shop-b".into(), scopes(&["shop-b"]));
+    assert_eq!(classes_a.assign(&moved).await.expect("reassign"), vec!["shop-b".to_string()]);
+    classes_b.assign(&moved).await.expect("reassign on b");
+    feed::append_page(&a, &fence, &classes_a.class_of("shop-b"), &[entry("shop-b/new", 30, "paid")], None).await.expect("page");
+    let scoped = lease_all(&qb, Some("shop-b")).await;
+    assert_eq!(texts(&scoped), vec!["shop-b/new@30:paid".to_string()]);
+    let unscoped = lease_all(&qb, None).await;
+    assert_eq!(texts(&unscoped), vec!["shop-b/old@20:paid".to_string()]);
+
+    // A token naming a class the cluster does not have opens nothing.
+    let forged_subject = format!("$JS.ACK.KV_berth_shops.erp_s0000000000000000.1.{}.1.1.0", unscoped[0].1.id);
+    let forged = QueueToken { id: unscoped[0].1.id, ack: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, forged_subject) };
+    assert!(qa.ack(&forged).await.is_err());
 }

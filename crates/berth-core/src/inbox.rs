@@ -86,7 +86,7 @@ impl OrderInbox {
 
     /// Cluster mode: leases, acks and dead letters on `queue` (a consumer of the feed);
     /// `local` is the node's embedded queues, which hold no orders then.
-    pub fn cluster(local: Arc<StoreQueues>, queue: berth_cluster::feed::OrderQueue) -> Self {
+    pub fn cluster(local: Arc<StoreQueues>, queue: berth_cluster::queues::OrderQueues) -> Self {
         OrderInbox { queue: local, cluster: Some(cluster::ClusterInbox::start(queue)) }
     }
 
@@ -131,34 +131,37 @@ impl OrderInbox {
     /// most `max` and `max_bytes` of them (at least one).
     pub async fn lease_raw(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
         if let Some(c) = &self.cluster {
-            return c.lease(max, max_bytes, visibility).await;
+            return c.lease(None, max, max_bytes, visibility).await;
         }
         self.queue.lease_within(ORDERS_QUEUE, max, max_bytes, visibility).await
     }
 
-    /// `lease_raw` from these shops' partitions only (a tenant's lease; see
-    /// [`StoreQueues::lease_partitions`]).
-    pub async fn lease_raw_from(&self, shops: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
-        if self.cluster.is_some() {
-            return Err(cluster::tenant_unsupported());
+    /// A tenant's lease: `lease_raw` from the shops a token scope sees — on one node
+    /// `shops`' partitions ([`StoreQueues::lease_partitions`]), in cluster mode the
+    /// classes of the feed scope `scope` (its key) sees.
+    pub async fn lease_raw_scoped(&self, scope: &str, shops: &[String], max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<crate::queue::Leased>, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.lease(Some(scope), max, max_bytes, visibility).await;
         }
         self.queue.lease_partitions(ORDERS_QUEUE, shops, max, max_bytes, visibility).await
     }
 
-    /// The shop of a queued order (`None` when it is not queued).
-    pub fn shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
-        if self.cluster.is_some() {
-            return Err(cluster::tenant_unsupported());
+    /// Whether a token of scope `scope` (its key; `sees` tells its shops) may settle the
+    /// lease `token`: its order is of a shop the scope sees (on one node; `false` when the
+    /// order is not queued), of a class the scope sees (cluster mode).
+    pub fn may_settle(&self, token: &LeaseToken, scope: &str, sees: impl Fn(&str) -> bool) -> Result<bool, QueueError> {
+        if let Some(c) = &self.cluster {
+            return Ok(c.sees(token, scope));
         }
-        self.queue.partition_of(ORDERS_QUEUE, id)
+        Ok(self.queue.partition_of(ORDERS_QUEUE, token.id)?.is_some_and(|shop| sees(&shop)))
     }
 
-    /// The shop of a dead-lettered order (`None` when there is no such dead letter).
-    pub fn dead_shop_of(&self, id: u64) -> Result<Option<String>, QueueError> {
-        if self.cluster.is_some() {
-            return Err(cluster::tenant_unsupported());
+    /// The shop of each dead-lettered order (`None` when there is no such dead letter).
+    pub async fn dead_shops_of(&self, ids: &[u64]) -> Result<std::collections::HashMap<u64, Option<String>>, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.dead_shops_of(ids).await;
         }
-        self.queue.dead_partition_of(ORDERS_QUEUE, id)
+        ids.iter().map(|&id| Ok((id, self.queue.dead_partition_of(ORDERS_QUEUE, id)?))).collect()
     }
 
     pub async fn ack(&self, token: &LeaseToken) -> Result<(), QueueError> {
@@ -195,6 +198,12 @@ impl OrderInbox {
     /// from the queue's ack wait); `None` on one node.
     pub fn timed_leases(&self) -> Option<usize> {
         self.cluster.as_ref().map(|c| c.timed_leases())
+    }
+
+    /// Cluster mode: the counts of the orders a token of scope `scope` (its key) leases
+    /// from; `None` on one node (where per-shop counts are kept: `partition_stats`).
+    pub fn scoped_stats(&self, scope: &str) -> Option<Result<QueueStats, QueueError>> {
+        self.cluster.as_ref().map(|c| c.scoped_stats(scope))
     }
 
     pub fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -399,9 +399,9 @@ impl OrderStore {
     }
 
     /// Cluster mode: orders in the cluster's shops stream, a shop's pages written under
-    /// the lease `fences` holds for it.
-    pub fn open_cluster(conn: berth_cluster::Connection, fences: Arc<dyn berth_cluster::FenceSource>) -> Self {
-        OrderStore::Cluster(cluster::ClusterOrders::new(conn, fences))
+    /// the lease `fences` holds for it, each shop's under its class in `classes`.
+    pub fn open_cluster(conn: berth_cluster::Connection, fences: Arc<dyn berth_cluster::FenceSource>, classes: Arc<berth_cluster::classes::Classes>) -> Self {
+        OrderStore::Cluster(cluster::ClusterOrders::new(conn, fences, classes))
     }
 
     /// The storage core this store writes through (`None` in cluster mode).

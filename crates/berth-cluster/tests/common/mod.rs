@@ -260,7 +260,7 @@ pub async fn audit_fenced_writes(conn: &Connection, epochs: &std::collections::B
         let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_string();
         if let Some(writer) = msg.headers.as_ref().and_then(|h| h.get(berth_cluster::fenced::WRITER_HEADER)).map(|v| v.as_str().to_string()) {
             fenced += 1;
-            let shop = key.split('.').nth(1).unwrap_or_default();
+            let shop = berth_cluster::fenced::shop_of_key(&key).unwrap_or_default();
             let epoch = epochs.get(shop).and_then(|e| e.iter().filter(|(rev, _)| *rev < seq).max_by_key(|(rev, _)| *rev));
             match epoch {
                 Some((_, holder)) if *holder == writer => {}

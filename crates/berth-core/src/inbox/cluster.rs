@@ -1,16 +1,19 @@
-//! The ERP's order queue in cluster mode: a durable consumer of the cluster's order feed
-//! (`berth_cluster::feed::OrderQueue`), served by any node. A lease token carries the
-//! delivery's ack subject (`lease`), checked to be this queue's before it is used.
+//! The ERP's order queue in cluster mode: a durable consumer per class of the cluster's
+//! order feed (`berth_cluster::queues::OrderQueues`), served by any node. A lease token
+//! carries the delivery's ack subject (`lease`), checked to be this queue's before it is
+//! used. A token scoped to some shops leases from the classes its scope sees, and
+//! settles only leases of those classes.
 //!
 //! Differences from the embedded queue, said where they show: a lease's visibility is
 //! kept by the node that leased it (`berth_cluster::visibility`), so a lease outlives
-//! that node's death by at most the consumer's ack wait; tenant-scoped leases are not
-//! offered yet (501); the queue's counts are read from the server every 2 seconds.
+//! that node's death by at most the consumer's ack wait; the queue's counts are read
+//! from the server every 2 seconds.
 
 use super::QueuedOrder;
 use crate::queue::{DeadLetter, LeaseToken, Leased, QueueError, QueueStats};
 use crate::store::{OrderRecord, StoreError};
-use berth_cluster::feed::{OrderQueue, QueueToken};
+use berth_cluster::feed::QueueToken;
+use berth_cluster::queues::OrderQueues;
 use berth_cluster::ClusterError;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -21,22 +24,16 @@ const LEASE_WAIT: Duration = Duration::from_millis(100);
 const STATS_EVERY: Duration = Duration::from_secs(2);
 
 pub struct ClusterInbox {
-    queue: OrderQueue,
+    queue: OrderQueues,
     levels: Mutex<Levels>,
 }
 
 #[derive(Default)]
 struct Levels {
     stats: Option<QueueStats>,
+    /// Each class's counts (what a scoped token's view sums).
+    by_class: Vec<(String, berth_cluster::queues::Depth)>,
     dead: Vec<DeadLetter>,
-}
-
-pub(crate) fn tenant_unsupported() -> QueueError {
-    QueueError::Unsupported(
-        "a tenant-scoped token cannot lease or settle orders in cluster mode yet (the cluster's order queue is one consumer for all shops); use an \
-         unscoped ERP token"
-            .into(),
-    )
 }
 
 fn unavailable(e: ClusterError) -> QueueError {
@@ -58,15 +55,16 @@ fn settle_error(token: &LeaseToken, e: ClusterError) -> QueueError {
 
 impl ClusterInbox {
     /// The queue, with its counts kept fresh by a task that ends with it.
-    pub fn start(queue: OrderQueue) -> Arc<ClusterInbox> {
+    pub fn start(queue: OrderQueues) -> Arc<ClusterInbox> {
         let inbox = Arc::new(ClusterInbox { queue, levels: Mutex::new(Levels::default()) });
         let weak = Arc::downgrade(&inbox);
         tokio::spawn(refresh(weak));
         inbox
     }
 
-    pub async fn lease(&self, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
-        let leased = self.queue.lease(max, LEASE_WAIT, visibility).await.map_err(unavailable)?;
+    /// Lease from the classes `scope` (a token scope's key; `None`: unscoped) sees.
+    pub async fn lease(&self, scope: Option<&str>, max: usize, max_bytes: usize, visibility: Duration) -> Result<Vec<Leased>, QueueError> {
+        let leased = self.queue.lease(scope, max, LEASE_WAIT, visibility).await.map_err(unavailable)?;
         let expires_at_ms = berth_types::clock::now_ms() + visibility.as_millis() as i64;
         let mut out = Vec::with_capacity(leased.len());
         let mut bytes = 0usize;
@@ -110,6 +108,17 @@ impl ClusterInbox {
         self.queue.nack(&to_queue(token), delay, reason).await.map_err(|e| settle_error(token, e))
     }
 
+    /// Whether a token scoped to `scope` may settle this lease (its class is one the
+    /// scope sees).
+    pub fn sees(&self, token: &LeaseToken, scope: &str) -> bool {
+        self.queue.sees(&to_queue(token), Some(scope))
+    }
+
+    /// The shop of each dead letter (`None`: no such dead letter).
+    pub async fn dead_shops_of(&self, ids: &[u64]) -> Result<std::collections::HashMap<u64, Option<String>>, QueueError> {
+        self.queue.dead_shops_of(ids).await.map_err(unavailable)
+    }
+
     /// Leases whose visibility this node keeps (given back or renewed by its timers).
     pub fn timed_leases(&self) -> usize {
         self.queue.timed_leases()
@@ -127,6 +136,18 @@ impl ClusterInbox {
         Ok(n)
     }
 
+    /// The counts of the classes scope `scope` leases from (its dead letters not
+    /// counted: the caller counts those of its shops).
+    pub fn scoped_stats(&self, scope: &str) -> Result<QueueStats, QueueError> {
+        let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        if levels.stats.is_none() {
+            return Err(QueueError::Store(StoreError::Unavailable("the order queue's counts have not been read from the cluster yet".into())));
+        }
+        let classes = self.queue.classes();
+        let total = levels.by_class.iter().filter(|(class, _)| classes.sees(class, Some(scope))).fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.add(*d));
+        Ok(QueueStats { ready: total.ready, in_flight: total.in_flight, dead: 0, oldest_age_ms: age(total.oldest_ms) })
+    }
+
     /// The counts as last read from the server (at most 2 s old).
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
         let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,14 +160,14 @@ impl ClusterInbox {
 
     async fn refresh_now(&self) {
         let read = async {
-            let (ready, in_flight, oldest) = self.queue.depth().await?;
+            let by_class = self.queue.depth_by_class().await?;
             let dead = self.queue.dead_letters(usize::MAX).await?;
-            Ok::<_, ClusterError>((ready, in_flight, oldest, dead))
+            Ok::<_, ClusterError>((by_class, dead))
         };
         match read.await {
-            Ok((ready, in_flight, oldest, dead)) => {
-                let oldest_age_ms = oldest.map(|at| (berth_types::clock::now_ms() - at).max(0));
-                let stats = QueueStats { ready, in_flight, dead: dead.len() as u64, oldest_age_ms };
+            Ok((by_class, dead)) => {
+                let total = by_class.iter().fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.add(*d));
+                let stats = QueueStats { ready: total.ready, in_flight: total.in_flight, dead: dead.len() as u64, oldest_age_ms: age(total.oldest_ms) };
                 let dead = dead
                     .into_iter()
                     .map(|d| DeadLetter {
@@ -159,11 +180,16 @@ impl ClusterInbox {
                         payload: Vec::new(),
                     })
                     .collect();
-                *self.levels.lock().unwrap_or_else(|p| p.into_inner()) = Levels { stats: Some(stats), dead };
+                *self.levels.lock().unwrap_or_else(|p| p.into_inner()) = Levels { stats: Some(stats), by_class, dead };
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the order queue's counts from the cluster"),
         }
     }
+}
+
+/// How long ago `at_ms` was.
+fn age(at_ms: Option<i64>) -> Option<i64> {
+    at_ms.map(|at| (berth_types::clock::now_ms() - at).max(0))
 }
 
 async fn refresh(inbox: Weak<ClusterInbox>) {

@@ -18,6 +18,8 @@ const ORDERS_PER_BATCH: usize = 400;
 pub struct ClusterOrders {
     conn: Connection,
     fences: Arc<dyn FenceSource>,
+    /// Which class of the feed each shop's orders go to (`berth_cluster::classes`).
+    classes: Arc<berth_cluster::classes::Classes>,
 }
 
 /// A cluster failure as the store's callers see it: nothing was written, retry.
@@ -40,8 +42,8 @@ pub(crate) fn with_seq(record: &[u8], seq: u64) -> Result<Vec<u8>, StoreError> {
 }
 
 impl ClusterOrders {
-    pub fn new(conn: Connection, fences: Arc<dyn FenceSource>) -> Self {
-        ClusterOrders { conn, fences }
+    pub fn new(conn: Connection, fences: Arc<dyn FenceSource>, classes: Arc<berth_cluster::classes::Classes>) -> Self {
+        ClusterOrders { conn, fences, classes }
     }
 
     pub async fn sync_state(&self, shop: &str) -> Result<SyncState, StoreError> {
@@ -79,10 +81,11 @@ impl ClusterOrders {
         let mut out = PageOutcome::default();
         let chunks: Vec<&[FeedEntry]> = if entries.is_empty() { vec![&[]] } else { entries.chunks(ORDERS_PER_BATCH).collect() };
         let last = chunks.len() - 1;
+        let class = self.classes.class_of(src.shop);
         for (i, chunk) in chunks.into_iter().enumerate() {
             let appended = match &fence {
-                Some(fence) => feed::append_page(&self.conn, fence, chunk, if i == last { position.clone() } else { None }).await,
-                None => feed::append_pushed(&self.conn, src.shop, chunk).await,
+                Some(fence) => feed::append_page(&self.conn, fence, &class, chunk, if i == last { position.clone() } else { None }).await,
+                None => feed::append_pushed(&self.conn, &class, src.shop, chunk).await,
             }
             .map_err(unavailable)?;
             out.added += appended.added;

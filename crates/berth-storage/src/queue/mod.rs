@@ -29,10 +29,6 @@ pub enum QueueError {
     BadName(String),
     #[error("stored message {id} is corrupt: {why}")]
     Corrupt { id: u64, why: String },
-    /// What was asked is not offered by this backend (cluster mode does not offer every
-    /// call of the embedded queue yet): nothing changed.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// A message to enqueue.
