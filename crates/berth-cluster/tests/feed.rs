@@ -268,8 +268,9 @@ async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs
     for (_, token) in acme.iter().chain(&c).chain(&rest) {
         qb.ack(token).await.expect("ack on the other node");
     }
-    let (ready, in_flight, _) = qa.depth().await.expect("depth");
-    assert_eq!((ready, in_flight), (0, 0));
+    let by_class = qa.depth_by_class().await.expect("depth");
+    assert_eq!(by_class.len(), 3, "{by_class:?}");
+    assert!(by_class.iter().all(|(_, d)| (d.ready, d.in_flight) == (0, 0)), "{by_class:?}");
 
     // A new scope `shop-b` sees shop-b from now on: orders in the feed stay where they
     // are (an unscoped lease), new ones go to the new class.
