@@ -82,15 +82,12 @@ impl Reloadable {
             }
         }
         let registry = self.registry.clone();
+        let (all, problems) = self.onboarding.with_onboarded(&new.shops);
+        changed.extend(problems);
         if let Some(cluster) = &self.cluster {
-            cluster.set_scopes(&new.admin);
-            let (all, problems) = self.onboarding.with_onboarded(&new.shops);
-            changed.extend(problems);
             changed.extend(cluster.share(&all).await);
             return (changed, restart);
         }
-        let (all, problems) = self.onboarding.with_onboarded(&new.shops);
-        changed.extend(problems);
         changed.extend(self.shops.apply(&all, |c| registry.slot(c)).await);
         self.registry.set_shops(self.shops.by_connector());
         (changed, restart)
@@ -105,12 +102,8 @@ pub struct ClusterShopSet {
     shops: Arc<ShopSet>,
     registry: Arc<ConnectorRegistry>,
     classes: Arc<berth_cluster::classes::Classes>,
-    /// The `[admin]` tokens' shop scopes, as last configured.
-    scopes: std::sync::RwLock<Vec<berth_api::auth::Scope>>,
-}
-
-fn scopes_of(admin: &berth_api::auth::AdminConfig) -> Vec<berth_api::auth::Scope> {
-    admin.tokens.iter().filter_map(|t| t.shops.clone()).map(berth_api::auth::Scope::new).collect()
+    /// The `[admin]` tokens as configured now (a reload reconfigures them first).
+    admin: Arc<berth_api::auth::AdminAuth>,
 }
 
 impl ClusterShopSet {
@@ -119,14 +112,9 @@ impl ClusterShopSet {
         node: &crate::cluster::Node,
         shops: Arc<ShopSet>,
         registry: Arc<ConnectorRegistry>,
-        admin: &berth_api::auth::AdminConfig,
+        admin: Arc<berth_api::auth::AdminAuth>,
     ) -> ClusterShopSet {
-        ClusterShopSet { cluster, names: node.shops.clone(), shops, registry, classes: node.classes.clone(), scopes: std::sync::RwLock::new(scopes_of(admin)) }
-    }
-
-    /// `[admin]` was reloaded: the tokens' scopes decide the shops' classes from now on.
-    pub fn set_scopes(&self, admin: &berth_api::auth::AdminConfig) {
-        *self.scopes.write().unwrap_or_else(|p| p.into_inner()) = scopes_of(admin);
+        ClusterShopSet { cluster, names: node.shops.clone(), shops, registry, classes: node.classes.clone(), admin }
     }
 
     /// Put each of `all` in the class of the feed of the token scopes that see it, so a
@@ -134,7 +122,7 @@ impl ClusterShopSet {
     /// changed, one line each.
     pub async fn assign_classes(&self, all: &std::collections::BTreeMap<String, berth_types::shop::ShopConfig>) -> Vec<String> {
         let seen_by: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = {
-            let scopes = self.scopes.read().unwrap_or_else(|p| p.into_inner());
+            let scopes = self.admin.scopes();
             all.keys().map(|shop| (shop.clone(), scopes.iter().filter(|s| s.sees(shop)).map(|s| s.key()).collect())).collect()
         };
         match self.classes.assign(&seen_by).await {

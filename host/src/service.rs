@@ -108,15 +108,15 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         Some(node) => Some(berth_core::health::cluster::SharedHealth::attach(&node.conn, node.leases.clone(), &health, shutdown_rx.clone()).await?),
         None => None,
     };
+    let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
     let (shops, leases) = match &node {
         Some(node) => {
-            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, &onboarding, node, shutdown_rx.clone()).await;
+            let (shops, leases, cluster_shops) = start_cluster_shops(&cfg, &durable, &services, &registry, &health, &onboarding, &admin_auth, node, shutdown_rx.clone()).await;
             (shops, Some((leases, cluster_shops)))
         }
         None => (start_shops(&cfg, &durable, &services, &registry, &health, &onboarding, shutdown_rx.clone())?, None),
     };
     let (leases, cluster_shops) = leases.unzip();
-    let admin_auth = Arc::new(berth_api::auth::AdminAuth::new(&cfg.admin));
     let mut workers: Vec<_> = shared_health.into_iter().collect();
     let delivery = match ErpDeliverer::from_config(&cfg.erp, durable.inbox.clone()).map_err(StartError::Http)? {
         Some(d) => {
@@ -427,6 +427,7 @@ async fn start_cluster_shops(
     registry: &Arc<berth_core::registry::ConnectorRegistry>,
     health: &Arc<berth_core::health::HealthBook>,
     onboarding: &berth_core::onboarding::Onboarding,
+    admin: &Arc<berth_api::auth::AdminAuth>,
     node: &crate::cluster::Node,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<ShopSet>, tokio::task::JoinHandle<()>, Arc<crate::reload::ClusterShopSet>) {
@@ -453,7 +454,7 @@ async fn start_cluster_shops(
         }));
     }
     registry.set_shops(set.by_connector());
-    let shared = crate::reload::ClusterShopSet::new(cluster_shops.clone(), node, set.clone(), registry.clone(), &cfg.admin);
+    let shared = crate::reload::ClusterShopSet::new(cluster_shops.clone(), node, set.clone(), registry.clone(), admin.clone());
     // Each shop's class of the feed before any of its orders is appended here.
     for line in shared.assign_classes(&all).await {
         tracing::warn!("{line}");

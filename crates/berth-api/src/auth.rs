@@ -27,10 +27,6 @@ pub struct Caller {
 pub struct Scope(Vec<String>);
 
 impl Scope {
-    pub fn new(patterns: Vec<String>) -> Scope {
-        Scope(patterns)
-    }
-
     /// The scope's canonical key: its patterns sorted, each once (tokens with the same
     /// shops have the same key; in cluster mode it names the scope in the feed's classes).
     pub fn key(&self) -> String {
@@ -133,6 +129,11 @@ impl AdminAuth {
 
     pub fn max_component_bytes(&self) -> usize {
         *self.max_component_mb.read().unwrap_or_else(|e| e.into_inner()) as usize * 1024 * 1024
+    }
+
+    /// The shop scopes of the tokens configured now (a scoped token's, each).
+    pub fn scopes(&self) -> Vec<Arc<Scope>> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|t| t.scope.clone()).collect()
     }
 
     /// Whether any token is configured (without, the API outside `/v1/admin` is open).

@@ -343,10 +343,6 @@ impl OrderQueue {
         Ok(OrderQueue { conn: conn.clone(), consumer, name: name.to_string(), class: class.to_string(), settings, timers })
     }
 
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
     /// Lease up to `max` orders for `visibility`; waits at most `wait` for the first.
     pub async fn lease(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<LeasedRecord>, ClusterError> {
         let mut batch = self

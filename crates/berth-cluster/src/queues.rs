@@ -7,7 +7,7 @@
 use crate::classes::{Classes, ALL};
 use crate::connect::Connection;
 use crate::error::ClusterError;
-use crate::feed::{consumer_name, DeadRecord, LeasedRecord, OrderQueue, QueueSettings, QueueToken};
+use crate::feed::{DeadRecord, LeasedRecord, OrderQueue, QueueSettings, QueueToken};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,7 +23,7 @@ pub struct Depth {
 
 impl Depth {
     /// The counts of `self` and `other` together.
-    pub fn add(self, other: Depth) -> Depth {
+    pub fn plus(self, other: Depth) -> Depth {
         let oldest_ms = match (self.oldest_ms, other.oldest_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -80,16 +80,21 @@ impl OrderQueues {
         Ok(q)
     }
 
+    /// The class whose consumer a token names (`None`: not one of this queue's).
+    fn class_of(&self, token: &QueueToken) -> Option<String> {
+        let consumer = crate::visibility::consumer_of(&token.ack)?;
+        consumer.strip_prefix(&format!("{}_", self.name)).map(String::from)
+    }
+
     /// The queue a token's lease came from.
     async fn of(&self, token: &QueueToken) -> Result<Arc<OrderQueue>, ClusterError> {
         let bad = || ClusterError::Nats("not a lease token of this queue".into());
-        let consumer = crate::visibility::consumer_of(&token.ack).ok_or_else(bad)?;
-        let class = consumer.strip_prefix(&format!("{}_", self.name)).ok_or_else(bad)?;
+        let class = self.class_of(token).ok_or_else(bad)?;
         // A token names a class the cluster has: a forged one opens no consumer.
-        if consumer != consumer_name(&self.name, class) || !self.classes.exists(class).await? {
+        if !self.classes.exists(&class).await? {
             return Err(bad());
         }
-        self.class(class).await
+        self.class(&class).await
     }
 
     /// Up to `max` orders for `visibility` from the classes scope `scope` leases from
@@ -113,8 +118,7 @@ impl OrderQueues {
     /// Whether a token of scope `scope` may settle this lease (its class is one the
     /// scope sees). `false` for a token that is not this queue's.
     pub fn sees(&self, token: &QueueToken, scope: Option<&str>) -> bool {
-        let Some(consumer) = crate::visibility::consumer_of(&token.ack) else { return false };
-        consumer.strip_prefix(&format!("{}_", self.name)).is_some_and(|class| self.classes.sees(class, scope))
+        self.class_of(token).is_some_and(|class| self.classes.sees(&class, scope))
     }
 
     pub async fn ack(&self, token: &QueueToken) -> Result<(), ClusterError> {

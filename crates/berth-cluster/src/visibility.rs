@@ -42,19 +42,34 @@ pub(crate) struct Token {
     pub holder: Option<String>,
 }
 
-/// The consumer a lease token's ack subject names (`None`: not an ack subject); the
-/// consumer's own queue checks the rest ([`Visibility::parse`]).
-pub(crate) fn consumer_of(token: &str) -> Option<String> {
-    let encoded = token.split_once('.').map_or(token, |(e, _)| e);
+/// A lease token taken apart: its ack subject, the fields of the subject after
+/// `$JS.ACK.` — stream, consumer, delivered, stream seq, consumer seq, time, pending (the
+/// newer form's domain and account hash before them and random token after are skipped)
+/// — and the node it names. `None`: not an ack subject.
+fn decode(token: &str) -> Option<(String, Option<&str>)> {
+    let (encoded, holder) = match token.split_once('.') {
+        Some((e, h)) => (e, Some(h)),
+        None => (token, None),
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
-    let subject = String::from_utf8(raw).ok()?;
+    Some((String::from_utf8(raw).ok()?, holder))
+}
+
+fn fields(subject: &str) -> Option<Vec<&str>> {
     let parts: Vec<&str> = subject.strip_prefix("$JS.ACK.")?.split('.').collect();
     let at = match parts.len() {
         7 => 0,
         9 | 10 => 2,
         _ => return None,
     };
-    Some(parts[at + 1].to_string())
+    Some(parts[at..at + 7].to_vec())
+}
+
+/// The consumer a lease token's ack subject names (`None`: not an ack subject); the
+/// consumer's own queue checks the rest ([`Visibility::parse`]).
+pub(crate) fn consumer_of(token: &str) -> Option<String> {
+    let (subject, _) = decode(token)?;
+    fields(&subject).map(|f| f[1].to_string())
 }
 
 /// What a timer does next.
@@ -224,28 +239,14 @@ impl Visibility {
     /// form with a domain and account hash before the stream and a random token after.
     /// Anything else is refused, so a token never makes berth publish elsewhere.
     pub fn parse(&self, id: u64, token: &str) -> Result<Token, ClusterError> {
-        let (encoded, holder) = match token.split_once('.') {
-            Some((e, h)) => (e, Some(h.to_string())),
-            None => (token, None),
-        };
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).map_err(|_| not_a_token())?;
-        let subject = String::from_utf8(raw).map_err(|_| not_a_token())?;
-        let parts: Vec<&str> = subject.strip_prefix("$JS.ACK.").ok_or_else(not_a_token)?.split('.').collect();
-        let at = match parts.len() {
-            7 => 0,
-            9 | 10 => 2,
-            _ => return Err(not_a_token()),
-        };
-        let numbers = &parts[at + 2..at + 7];
-        if parts[at] != self.stream
-            || parts[at + 1] != self.queue
-            || numbers.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-            || numbers[1] != id.to_string()
-        {
+        let (subject, holder) = decode(token).ok_or_else(not_a_token)?;
+        let f = fields(&subject).ok_or_else(not_a_token)?;
+        let numbers = &f[2..7];
+        if f[0] != self.stream || f[1] != self.queue || numbers.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) || numbers[1] != id.to_string() {
             return Err(not_a_token());
         }
         let delivered = numbers[0].parse().map_err(|_| not_a_token())?;
-        let holder = holder.filter(|h| crate::config::valid_name(h));
+        let holder = holder.filter(|h| crate::config::valid_name(h)).map(String::from);
         Ok(Token { subject, delivered, holder })
     }
 

@@ -144,7 +144,7 @@ impl ClusterInbox {
             return Err(QueueError::Store(StoreError::Unavailable("the order queue's counts have not been read from the cluster yet".into())));
         }
         let classes = self.queue.classes();
-        let total = levels.by_class.iter().filter(|(class, _)| classes.sees(class, Some(scope))).fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.add(*d));
+        let total = levels.by_class.iter().filter(|(class, _)| classes.sees(class, Some(scope))).fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.plus(*d));
         Ok(QueueStats { ready: total.ready, in_flight: total.in_flight, dead: 0, oldest_age_ms: age(total.oldest_ms) })
     }
 
@@ -166,7 +166,7 @@ impl ClusterInbox {
         };
         match read.await {
             Ok((by_class, dead)) => {
-                let total = by_class.iter().fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.add(*d));
+                let total = by_class.iter().fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.plus(*d));
                 let stats = QueueStats { ready: total.ready, in_flight: total.in_flight, dead: dead.len() as u64, oldest_age_ms: age(total.oldest_ms) };
                 let dead = dead
                     .into_iter()
