@@ -314,6 +314,20 @@ pub fn consumer_name(name: &str, class: &str) -> String {
     format!("{name}_{class}")
 }
 
+/// How a fetch failed: the consumer has no leader yet (try again), or anything else.
+enum Fetch {
+    NoLeader(String),
+    Failed(ClusterError),
+}
+
+impl Fetch {
+    /// The pull's status: 503 (no responders: no consumer leader) or 409 "Leadership
+    /// Change". async-nats reports it only as text.
+    fn is_no_leader(error: &str) -> bool {
+        error.contains("stream: 503,") || error.contains("Leadership Change")
+    }
+}
+
 impl OrderQueue {
     /// Open (or create) queue `name`'s consumer of the feed's class `class`.
     pub async fn open(conn: &Connection, name: &str, class: &str, settings: QueueSettings) -> Result<OrderQueue, ClusterError> {
@@ -344,7 +358,29 @@ impl OrderQueue {
     }
 
     /// Lease up to `max` orders for `visibility`; waits at most `wait` for the first.
+    /// A consumer whose leader is being elected (just created, or its server died) answers
+    /// a fetch with 503 or 409: fetched again until `wait` has passed, then nothing.
     pub async fn lease(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<LeasedRecord>, ClusterError> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match self.fetch(max, left, visibility).await {
+                Err(Fetch::NoLeader(e)) => {
+                    if tokio::time::Instant::now() + pause >= until {
+                        tracing::debug!(consumer = %consumer_name(&self.name, &self.class), error = %e, "no consumer leader within the lease's wait");
+                        return Ok(Vec::new());
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(Fetch::Failed(e)) => return Err(e),
+                Ok(out) => return Ok(out),
+            }
+        }
+    }
+
+    async fn fetch(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<LeasedRecord>, Fetch> {
         let mut batch = self
             .consumer
             .fetch()
@@ -352,18 +388,24 @@ impl OrderQueue {
             .expires(wait.max(Duration::from_millis(100)))
             .messages()
             .await
-            .map_err(ClusterError::nats)?;
+            .map_err(|e| Fetch::Failed(ClusterError::nats(e)))?;
         let mut out = Vec::new();
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(ClusterError::nats)?;
+            let msg = match msg {
+                Ok(msg) => msg,
+                // What was delivered before the status stays leased: hand it out.
+                Err(e) if out.is_empty() && Fetch::is_no_leader(&e.to_string()) => return Err(Fetch::NoLeader(e.to_string())),
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(Fetch::Failed(ClusterError::nats(e))),
+            };
             let (seq, delivered) = {
-                let info = msg.info().map_err(ClusterError::nats)?;
+                let info = msg.info().map_err(|e| Fetch::Failed(ClusterError::nats(e)))?;
                 (info.stream_sequence, info.delivered.max(1) as u32)
             };
             if delivered > self.settings.max_attempts {
                 // Its last lease ran out without an ack or a nack.
-                self.bury(seq, shop_of(&msg.subject), delivered - 1, "the lease expired without an ack").await?;
-                msg.ack_with(AckKind::Term).await.map_err(ClusterError::nats)?;
+                self.bury(seq, shop_of(&msg.subject), delivered - 1, "the lease expired without an ack").await.map_err(Fetch::Failed)?;
+                msg.ack_with(AckKind::Term).await.map_err(|e| Fetch::Failed(ClusterError::nats(e)))?;
                 continue;
             }
             let reply = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
@@ -501,5 +543,19 @@ impl OrderQueue {
             Err(e) => return Err(ClusterError::nats(e)),
         };
         Ok((ready, in_flight, oldest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fetch;
+
+    #[test]
+    fn a_pull_without_a_consumer_leader_is_told_from_other_failures() {
+        // As async-nats 0.51 words the statuses of a pull.
+        assert!(Fetch::is_no_leader("error while processing messages from the stream: 503, None"));
+        assert!(Fetch::is_no_leader("error while processing messages from the stream: 409, Some(\"Leadership Change\")"));
+        assert!(!Fetch::is_no_leader("error while processing messages from the stream: 409, Some(\"Consumer Deleted\")"));
+        assert!(!Fetch::is_no_leader("error while processing messages from the stream: 400, Some(\"Bad Request\")"));
     }
 }

@@ -150,8 +150,7 @@ async fn each_lease_keeps_its_own_visibility_whichever_node_extends_or_settles_i
     let (short, long) = (Duration::from_secs(1), Duration::from_secs(20));
 
     // A lease of 1 s comes back long before the ack wait (the leasing node gives it back).
-    let first = qa.lease(1, Duration::from_secs(5), short).await.expect("lease");
-    assert_eq!(first.len(), 1);
+    let first = lease_until_for(&qa, 1, short).await;
     let leased_at = Instant::now();
     let again = comes_back(&qb, &[first[0].token.id], 2, 20).await;
     qb.ack(&again[0].token).await.expect("ack");
@@ -211,16 +210,21 @@ fn scopes(list: &[&str]) -> std::collections::BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Lease from `queues` for `scope` until nothing more comes; the records' texts.
-async fn lease_all(queues: &berth_cluster::queues::OrderQueues, scope: Option<&str>) -> Vec<(String, QueueToken)> {
+/// Lease from `queues` for `scope` until `n` records came (a lease during a consumer
+/// leader's election gives nothing: not the end), then once more, which must give
+/// nothing; the records' texts and tokens.
+async fn lease_n(queues: &berth_cluster::queues::OrderQueues, scope: Option<&str>, n: usize) -> Vec<(String, QueueToken)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
-    loop {
-        let got = queues.lease(scope, 50, Duration::from_millis(200), queues.ack_wait()).await.expect("lease");
-        if got.is_empty() {
-            return out;
-        }
+    let lease = |wait: u64| queues.lease(scope, 50, Duration::from_millis(wait), queues.ack_wait());
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "{scope:?} leased {} of {n}", out.len());
+        let got = lease(300).await.expect("lease");
         out.extend(got.into_iter().map(|l| (String::from_utf8_lossy(&l.record).to_string(), l.token)));
     }
+    let more = lease(300).await.expect("lease");
+    assert!(more.is_empty(), "{scope:?} leased more than {n}: {:?}", more.iter().map(|l| String::from_utf8_lossy(&l.record).to_string()).collect::<Vec<_>>());
+    out
 }
 
 fn texts(leased: &[(String, QueueToken)]) -> Vec<String> {
@@ -255,12 +259,12 @@ async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs
 
     // `shop-c` leases shop-c's orders only; `acme-*` then shop-a's (shop-c's are taken);
     // an unscoped token the rest. Each order once.
-    let c = lease_all(&qb, Some("shop-c")).await;
+    let c = lease_n(&qb, Some("shop-c"), 3).await;
     assert_eq!(texts(&c), (0..3).map(|i| record("shop-c", i)).collect::<Vec<_>>());
-    let acme = lease_all(&qa, Some("acme-*")).await;
+    let acme = lease_n(&qa, Some("acme-*"), 3).await;
     assert_eq!(texts(&acme), (0..3).map(|i| record("shop-a", i)).collect::<Vec<_>>());
-    assert!(lease_all(&qb, Some("globex")).await.is_empty(), "a scope seeing no shop leased something");
-    let rest = lease_all(&qa, None).await;
+    lease_n(&qb, Some("globex"), 0).await;
+    let rest = lease_n(&qa, None, 3).await;
     assert_eq!(texts(&rest), (0..3).map(|i| record("shop-b", i)).collect::<Vec<_>>());
     // A scope settles only its classes' leases, on any node.
     assert!(qb.sees(&acme[0].1, Some("acme-*")) && !qb.sees(&acme[0].1, Some("shop-c")) && !qb.sees(&rest[0].1, Some("acme-*")));
@@ -281,9 +285,9 @@ async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs
     assert_eq!(classes_a.assign(&moved).await.expect("reassign"), vec!["shop-b".to_string()]);
     classes_b.assign(&moved).await.expect("reassign on b");
     feed::append_page(&a, &fence, &classes_a.class_of("shop-b"), &[entry("shop-b/new", 30, "paid")], None).await.expect("page");
-    let scoped = lease_all(&qb, Some("shop-b")).await;
+    let scoped = lease_n(&qb, Some("shop-b"), 1).await;
     assert_eq!(texts(&scoped), vec!["shop-b/new@30:paid".to_string()]);
-    let unscoped = lease_all(&qb, None).await;
+    let unscoped = lease_n(&qb, None, 1).await;
     assert_eq!(texts(&unscoped), vec!["shop-b/old@20:paid".to_string()]);
 
     // A token naming a class the cluster does not have opens nothing.
