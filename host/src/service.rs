@@ -167,6 +167,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         workers.push(crate::cluster::forward_audit(&node.conn, c, audit.clone(), shutdown_rx.clone()).await?);
     }
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
+    workers.push(tokio::spawn(registry.clone().share_shadow_reports(shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
     let cluster = node.as_ref().map(|n| n.leases.clone());

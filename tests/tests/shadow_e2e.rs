@@ -119,4 +119,18 @@ async fn shadow_runs_compare_without_side_effects_and_gate_promotion() {
     let (status, _) = admin(&berth, "/v1/admin/connectors/shopify/rollback", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(get_json_as(ERP, berth.url("/v1/connectors")).await[0]["digest"], same.as_str());
+
+    // A shadow run is in the registry's state: it goes on after a restart (its counts
+    // start again) and still gates promotion.
+    let (status, body) = admin(&berth, "/v1/admin/connectors/shopify/shadow", None, Some(json!({"digest": bad}))).await;
+    assert_eq!(status, 201, "{body}");
+    berth.kill();
+    let berth = Berth::start(&config);
+    let r = report(&berth).await;
+    assert_eq!(r["running"]["digest"], bad.as_str(), "{r}");
+    let (status, body) = admin(&berth, "/v1/admin/connectors/shopify/promote", None, None).await;
+    assert_eq!(status, 409, "{body}");
+    poll_until(DEADLINE, || async { (report(&berth).await["running"]["differing"].as_u64()? >= 1).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the shadow did not run after the restart\n{}", berth.log()));
 }

@@ -265,7 +265,7 @@ async fn with_digest(
     };
     let result = match op {
         DigestOp::Activate => st.registry.activate(&name, &req.digest).await.map(|v| (StatusCode::OK, serde_json::to_value(v))),
-        DigestOp::Shadow => st.registry.start_shadow(&name, &req.digest).await.map(|r| (StatusCode::CREATED, serde_json::to_value(r))),
+        DigestOp::Shadow => st.registry.start_shadow(&name, &req.digest, &caller.name).await.map(|r| (StatusCode::CREATED, serde_json::to_value(r))),
     };
     let result = result.map(|(status, v)| (status, v.unwrap_or_default()));
     st.answer(&caller, &action, Some(&req.digest), result)

@@ -4,7 +4,10 @@
 //! This node keeps a copy of the states and records, loaded at start and kept by a watch;
 //! every change of a state is a compare-and-set, and the watch tells the registry which
 //! connector changed so it puts the new state in force here ([`super::ConnectorRegistry::follow`]).
+//! Each node's report of a shadow run is kept under `shadow.<connector>.<node>`: a
+//! shadow compares the calls of the node's own shops, so the run's report is their sum.
 
+use super::shadow::ShadowReport;
 use super::store::{ConnectorState, RegistryStoreError, VersionRecord};
 use berth_cluster::registry::SharedRegistry;
 use berth_cluster::{ClusterError, Connection};
@@ -29,10 +32,20 @@ fn version_key(connector: &str, digest: &str) -> String {
     format!("version.{connector}.{digest}")
 }
 
+fn shadow_key(connector: &str, node: &str) -> String {
+    format!("shadow.{connector}.{node}")
+}
+
+/// A shared report is cut to this size (its later differences dropped): a shadow finding
+/// large differences must not fill the registry bucket.
+const MAX_SHARED_REPORT: usize = 256 * 1024;
+
 #[derive(Default)]
 struct Known {
     states: BTreeMap<String, (u64, ConnectorState)>,
     versions: BTreeMap<(String, String), VersionRecord>,
+    /// Shadow reports by (connector, node), with their revisions.
+    reports: BTreeMap<(String, String), (u64, ShadowReport)>,
 }
 
 impl Known {
@@ -49,6 +62,23 @@ impl Known {
                 Some(Err(e)) => tracing::error!(key, error = %e, "a version record in the cluster cannot be read; left out"),
                 None => {
                     self.versions.remove(&id);
+                }
+            }
+            return None;
+        }
+        if let Some(rest) = key.strip_prefix("shadow.") {
+            let (connector, node) = rest.split_once('.')?;
+            let id = (connector.to_string(), node.to_string());
+            if self.reports.get(&id).is_some_and(|(held, _)| *held >= revision) {
+                return None;
+            }
+            match value.map(serde_json::from_slice::<ShadowReport>) {
+                Some(Ok(report)) => {
+                    self.reports.insert(id, (revision, report));
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "a shadow report in the cluster cannot be read; left out"),
+                None => {
+                    self.reports.remove(&id);
                 }
             }
             return None;
@@ -70,6 +100,7 @@ impl Known {
 
 pub struct ClusterRegistryStore {
     shared: SharedRegistry,
+    node: String,
     /// This node's cache of component files, by digest.
     components: PathBuf,
     copy: Arc<RwLock<Known>>,
@@ -115,7 +146,30 @@ impl ClusterRegistryStore {
             }
             tracing::error!("the watch of the cluster's registry ended; deploys made on other nodes are not seen here until a restart");
         });
-        Ok((ClusterRegistryStore { shared, components: components.to_path_buf(), copy, task }, rx))
+        Ok((ClusterRegistryStore { shared, node: conn.node.clone(), components: components.to_path_buf(), copy, task }, rx))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Share this node's report of a shadow run (cut to [`MAX_SHARED_REPORT`]).
+    pub async fn put_shadow_report(&self, connector: &str, report: &ShadowReport) -> Result<(), RegistryStoreError> {
+        let mut report = report.clone();
+        let mut value = serde_json::to_vec(&report).expect("shadow reports serialize");
+        while value.len() > MAX_SHARED_REPORT && !report.differences.is_empty() {
+            report.differences.truncate(report.differences.len() / 2);
+            value = serde_json::to_vec(&report).expect("shadow reports serialize");
+        }
+        let key = shadow_key(connector, &self.node);
+        let revision = self.shared.put(&key, Bytes::from(value.clone())).await.map_err(cluster_error)?;
+        self.copy.write().unwrap_or_else(|e| e.into_inner()).apply(&key, revision, Some(&value));
+        Ok(())
+    }
+
+    pub fn shadow_reports(&self, connector: &str) -> Vec<(String, ShadowReport)> {
+        let copy = self.copy.read().unwrap_or_else(|e| e.into_inner());
+        copy.reports.iter().filter(|((c, _), _)| c == connector).map(|((_, node), (_, r))| (node.clone(), r.clone())).collect()
     }
 
     fn local(&self, digest: &str) -> Option<PathBuf> {

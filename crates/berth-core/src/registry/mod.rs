@@ -21,7 +21,7 @@ pub use slot::ConnectorSlot;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-pub use store::{CanaryEnd, CanaryOutcome, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, VersionRecord};
+pub use store::{CanaryEnd, CanaryOutcome, CanaryPlan, ConnectorState, RegistryStore, RegistryStoreError, ShadowPlan, VersionRecord};
 use serde::Deserialize;
 use std::path::PathBuf;
 use berth_runtime::config::LimitOverrides;
@@ -80,7 +80,8 @@ pub struct ConnectorView {
     pub paused_shops: Vec<String>,
     pub canary: Option<CanaryView>,
     pub last_canary: Option<CanaryEnd>,
-    /// The running shadow's report, and the last finished one.
+    /// The running shadow's report, and the last finished one (cluster mode: summed over
+    /// the nodes' reports).
     pub shadow: Option<shadow::ShadowReport>,
     pub last_shadow: Option<shadow::ShadowReport>,
     /// Cluster mode: the digests of versions another node deployed that this node has
@@ -143,6 +144,16 @@ pub struct ConnectorRegistry {
     shops: RwLock<BTreeMap<String, Vec<String>>>,
     /// Cluster mode: versions other nodes deployed that this node has compiled ahead.
     prepared: RwLock<std::collections::BTreeSet<(String, String)>>,
+    /// Cluster mode: what each connector's shared shadow report last said (its run and
+    /// counts): shared again only when it changed.
+    shared_shadows: std::sync::Mutex<BTreeMap<String, ShadowMark>>,
+}
+
+/// A shadow report's run and counts, to tell whether it changed since it was shared.
+type ShadowMark = (String, i64, u64, u64, Option<i64>);
+
+fn shadow_mark(r: &shadow::ShadowReport) -> ShadowMark {
+    (r.digest.clone(), r.started_ms, r.compared, r.skipped, r.stopped_ms)
 }
 
 fn record(name: &str, loaded: &LoadedConnector, size: usize, by: &str) -> VersionRecord {
@@ -185,6 +196,7 @@ impl ConnectorRegistry {
             changes: tokio::sync::Mutex::new(()),
             shops: RwLock::default(),
             prepared: RwLock::default(),
+            shared_shadows: Default::default(),
         };
         for (name, c) in configs {
             registry.add_connector(name, c).await?;
@@ -249,6 +261,13 @@ impl ConnectorRegistry {
                 }
             }
         }
+        if let Some(plan) = st.shadow.clone().filter(|_| slot.canary().is_none()) {
+            // A shadow run survives a restart, and a node joining the cluster runs it too.
+            match Self::load_stored(store, runtime, name, c, &plan.digest).await {
+                Ok(v) => slot.set_shadow(Some(self.shadow_of(name, Arc::new(v), &plan))),
+                Err(e) => tracing::error!(connector = %name, error = %e, "cannot load the shadow candidate; this node does not run the shadow"),
+            }
+        }
         let slot = Arc::new(slot);
         self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), c.clone());
         self.slots.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), slot.clone());
@@ -300,6 +319,18 @@ impl ConnectorRegistry {
             (Some(plan), _) => Some(Arc::new(Self::load_stored(&self.store, &self.runtime, name, &cfg, &plan.digest).await?)),
             (None, _) => None,
         };
+        let shadow = match (&st.shadow, slot.shadow()) {
+            (Some(plan), Some(sh)) if sh.version.digest == plan.digest && sh.started_ms() == plan.started_ms => None,
+            // A candidate this node cannot load leaves the shadow to the others (said once).
+            (Some(plan), _) => match Self::load_stored(&self.store, &self.runtime, name, &cfg, &plan.digest).await {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    tracing::error!(connector = name, error = %e, "cannot load the shadow candidate another node started; this node does not run the shadow");
+                    None
+                }
+            },
+            (None, _) => None,
+        };
         let _guard = self.changes.lock().await;
         // Read again under the lock: the state may have moved while loading.
         let st = self.store.state(name)?;
@@ -319,6 +350,101 @@ impl ConnectorRegistry {
             }
             _ => {}
         }
+        match (&st.shadow, shadow) {
+            (Some(plan), Some(version)) if version.digest == plan.digest => {
+                slot.set_shadow(Some(self.shadow_of(name, version, plan)));
+                tracing::warn!(connector = name, digest = &plan.digest[..12.min(plan.digest.len())], "shadow run started by another node");
+            }
+            (None, _) if slot.shadow().is_some() => {
+                slot.set_shadow(None);
+                tracing::warn!(connector = name, "shadow run ended by another node");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// This node's shadow for the run `plan`: it goes on from the report this node shared
+    /// before (it restarted), else starts from nothing.
+    fn shadow_of(&self, name: &str, version: Arc<LoadedConnector>, plan: &ShadowPlan) -> Arc<shadow::Shadow> {
+        let node = self.store.node();
+        let mine = self.store.shadow_reports(name).into_iter().find(|(n, r)| Some(n.as_str()) == node && r.of_run(&plan.digest, plan.started_ms));
+        Arc::new(match mine {
+            Some((_, report)) => shadow::Shadow::resume(version, report),
+            None => shadow::Shadow::new(version, plan.started_ms),
+        })
+    }
+
+    /// The running shadow's report and the last finished one's. Cluster mode: the sums
+    /// of every node's reports of those runs (this node's as it is now, the others' as
+    /// they last shared them, at most a second old).
+    fn shadow_reports(&self, name: &str, slot: &ConnectorSlot) -> (Option<shadow::ShadowReport>, Option<shadow::ShadowReport>) {
+        let (running, last) = (slot.shadow().map(|s| s.report()), slot.last_shadow());
+        let Some(node) = self.store.node() else { return (running, last) };
+        let st = self.store.state(name).unwrap_or_default();
+        let shared = self.store.shadow_reports(name);
+        let sum = |plan: Option<&ShadowPlan>| {
+            let plan = plan?;
+            let own = running.iter().chain(last.iter()).find(|r| r.of_run(&plan.digest, plan.started_ms)).cloned();
+            let parts = shared.iter().filter(|(n, _)| n != node).cloned().chain(own.map(|r| (node.to_string(), r)));
+            let mut report = shadow::ShadowReport::sum(&plan.digest, plan.started_ms, parts)?;
+            // A node down when the run ended never says it stopped: the plan does.
+            report.stopped_ms = report.stopped_ms.or(plan.stopped_ms);
+            Some(report)
+        };
+        (sum(st.shadow.as_ref()), sum(st.last_shadow.as_ref()))
+    }
+
+    /// Cluster mode: share this node's report of `name`'s shadow run when it changed
+    /// since it was last shared.
+    async fn share_shadow_report(&self, name: &str, slot: &ConnectorSlot) {
+        if self.store.node().is_none() {
+            return;
+        }
+        let Some(report) = slot.shadow().map(|s| s.report()).or_else(|| slot.last_shadow()) else { return };
+        let mark = shadow_mark(&report);
+        if self.shared_shadows.lock().unwrap_or_else(|e| e.into_inner()).get(name) == Some(&mark) {
+            return;
+        }
+        match self.store.put_shadow_report(name, &report).await {
+            Ok(()) => {
+                self.shared_shadows.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), mark);
+            }
+            Err(e) => tracing::warn!(connector = name, error = %e, "cannot share this node's shadow report; tried again in a second"),
+        }
+    }
+
+    /// Cluster mode: share this node's shadow reports every second while they change.
+    /// Runs until shutdown.
+    pub async fn share_shadow_reports(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.store.node().is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+            for (name, slot) in self.slots() {
+                self.share_shadow_report(&name, &slot).await;
+            }
+        }
+    }
+
+    /// End the shadow run, in the registry's state (every node ends it) and here; this
+    /// node's last report is shared at once.
+    async fn end_shadow(&self, name: &str, slot: &ConnectorSlot) -> Result<(), DeployError> {
+        self.store
+            .update_state(name, |st| {
+                if let Some(mut plan) = st.shadow.take() {
+                    plan.stopped_ms = Some(now_ms());
+                    st.last_shadow = Some(plan);
+                }
+                Ok::<_, DeployError>(())
+            })
+            .await?;
+        slot.set_shadow(None);
+        self.share_shadow_report(name, slot).await;
         Ok(())
     }
 
@@ -489,8 +615,6 @@ impl ConnectorRegistry {
         if slot.canary().is_some() {
             return Err(DeployError::CanaryRunning(name.to_string()));
         }
-        // A canary follows a shadow run: the shadow stops, its report stays for promotion.
-        slot.set_shadow(None);
         if !(req.max_failure_rate.is_finite() && (0.0..1.0).contains(&req.max_failure_rate)) || req.window_secs == 0 || req.min_calls == 0 {
             return Err(DeployError::BadCanary("max_failure_rate must be in [0, 1), window_secs and min_calls at least 1".into()));
         }
@@ -527,9 +651,17 @@ impl ConnectorRegistry {
                     return Err(DeployError::CanaryRunning(name.to_string()));
                 }
                 st.canary = Some(plan.clone());
+                // A canary follows a shadow run: the shadow stops, its report stays for
+                // promotion.
+                if let Some(mut shadow) = st.shadow.take() {
+                    shadow.stopped_ms = Some(plan.started_ms);
+                    st.last_shadow = Some(shadow);
+                }
                 Ok(())
             })
             .await?;
+        slot.set_shadow(None);
+        self.share_shadow_report(name, &slot).await;
         slot.set_canary(Some(slot::Canary { version: Arc::new(candidate), shops: shops.into_iter().collect() }));
         tracing::warn!(connector = name, digest = &req.digest[..12.min(req.digest.len())], shops = ?plan.shops, "canary started");
         Ok(plan)
@@ -566,7 +698,8 @@ impl ConnectorRegistry {
             (None, Some(sh)) => sh.version.clone(),
             (None, None) => return Err(DeployError::NoCandidate(name.to_string())),
         };
-        let report = slot.shadow().map(|s| s.report()).or_else(|| slot.last_shadow()).filter(|r| r.digest == candidate.digest);
+        let (running, last) = self.shadow_reports(name, &slot);
+        let report = running.or(last).filter(|r| r.digest == candidate.digest);
         if let (Some(r), false) = (&report, force) {
             r.complete_match().map_err(|why| DeployError::ShadowMismatch { digest: candidate.digest.clone(), why })?;
         }
@@ -575,12 +708,12 @@ impl ConnectorRegistry {
             return self.end_canary(name, CanaryOutcome::Promoted, reason).await;
         }
         self.make_active(name, &slot, candidate.clone(), false).await?;
-        slot.set_shadow(None);
+        self.end_shadow(name, &slot).await?;
         Ok(CanaryEnd { digest: candidate.digest.clone(), outcome: CanaryOutcome::Promoted, reason, at_ms: now_ms() })
     }
 
     /// Run a stored version as a shadow of the active one (see shadow.rs).
-    pub async fn start_shadow(&self, name: &str, digest: &str) -> Result<shadow::ShadowReport, DeployError> {
+    pub async fn start_shadow(&self, name: &str, digest: &str, by: &str) -> Result<shadow::ShadowReport, DeployError> {
         let (slot, cfg) = self.known(name)?;
         if self.store.version(name, digest)?.is_none() {
             return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
@@ -596,9 +729,24 @@ impl ConnectorRegistry {
         if slot.current().digest == digest {
             return Err(DeployError::BadCanary("that version is already active".into()));
         }
-        let sh = Arc::new(shadow::Shadow::new(Arc::new(candidate)));
+        let plan = ShadowPlan { digest: digest.to_string(), started_ms: now_ms(), started_by: by.to_string(), stopped_ms: None };
+        self.store
+            .update_state(name, |st| {
+                // Another node may have started one meanwhile (cluster mode).
+                if st.canary.is_some() {
+                    return Err(DeployError::CanaryRunning(name.to_string()));
+                }
+                if st.shadow.is_some() {
+                    return Err(DeployError::ShadowRunning(name.to_string()));
+                }
+                st.shadow = Some(plan.clone());
+                Ok(())
+            })
+            .await?;
+        let sh = Arc::new(shadow::Shadow::new(Arc::new(candidate), plan.started_ms));
         let report = sh.report();
         slot.set_shadow(Some(sh));
+        self.share_shadow_report(name, &slot).await;
         tracing::warn!(connector = name, digest = &digest[..12.min(digest.len())], "shadow run started");
         Ok(report)
     }
@@ -607,11 +755,12 @@ impl ConnectorRegistry {
     pub async fn stop_shadow(&self, name: &str) -> Result<shadow::ShadowReport, DeployError> {
         let (slot, _) = self.known(name)?;
         let _guard = self.changes.lock().await;
-        if slot.shadow().is_none() {
+        // In a cluster the run may be in the state while this node could not load it.
+        if slot.shadow().is_none() && self.store.state(name)?.shadow.is_none() {
             return Err(DeployError::NoCandidate(name.to_string()));
         }
-        slot.set_shadow(None);
-        slot.last_shadow().ok_or_else(|| DeployError::NoCandidate(name.to_string()))
+        self.end_shadow(name, &slot).await?;
+        self.shadow_reports(name, &slot).1.ok_or_else(|| DeployError::NoCandidate(name.to_string()))
     }
 
     pub async fn abort_canary(&self, name: &str) -> Result<CanaryEnd, DeployError> {
@@ -660,11 +809,12 @@ impl ConnectorRegistry {
             }),
             _ => None,
         };
+        let (shadow, last_shadow) = self.shadow_reports(name, &slot);
         Ok(ConnectorView {
             canary,
             last_canary: st.last_canary.clone(),
-            shadow: slot.shadow().map(|s| s.report()),
-            last_shadow: slot.last_shadow(),
+            shadow,
+            last_shadow,
             name: name.to_string(),
             platform: slot.platform.clone(),
             active: versions.iter().find(|v| v.digest == active_digest).cloned(),

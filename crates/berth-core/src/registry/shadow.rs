@@ -3,13 +3,18 @@
 //! replayed that recording afterwards, off the request path, so it sends nothing to the
 //! platform and changes no state. Both outputs are compared field by field; the report
 //! lists every difference (the first 200 in full) and promotion waits for a complete match.
+//!
+//! In cluster mode every node runs the shadow (the run is in the registry's state) on
+//! the calls of the shops it owns, and shares its report; the run's report is the sum of
+//! the nodes' ([`ShadowReport::sum`]).
 
 use berth_types::clock::now_ms;
 use berth_types::shop::ShopConfig;
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, CallError, LoadedConnector, Output};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +24,7 @@ const MAX_DIFFERENCES: usize = 200;
 /// so a slow candidate cannot pile up work.
 const MAX_IN_FLIGHT: usize = 8;
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShadowReport {
     pub digest: String,
     pub version: String,
@@ -34,9 +39,39 @@ pub struct ShadowReport {
     /// Differences found, across all compared calls.
     pub difference_count: u64,
     pub differences: Vec<Difference>,
+    /// Cluster mode: the calls each node compared (a node compares its own shops' calls).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, u64>,
 }
 
 impl ShadowReport {
+    /// Whether this is a report of the run of `digest` started at `started_ms`.
+    pub fn of_run(&self, digest: &str, started_ms: i64) -> bool {
+        self.digest == digest && self.started_ms == started_ms
+    }
+
+    /// The run's report over the nodes' reports of it (others are left out): counts
+    /// added, differences in the order found (the first [`MAX_DIFFERENCES`]), stopped
+    /// when every node's part is. None when no node reported the run yet.
+    pub fn sum(digest: &str, started_ms: i64, parts: impl IntoIterator<Item = (String, ShadowReport)>) -> Option<ShadowReport> {
+        let parts: Vec<(String, ShadowReport)> = parts.into_iter().filter(|(_, r)| r.of_run(digest, started_ms)).collect();
+        let first = parts.first()?.1.clone();
+        let mut out = ShadowReport { digest: first.digest, version: first.version, started_ms, ..Default::default() };
+        out.stopped_ms = parts.iter().map(|(_, r)| r.stopped_ms).collect::<Option<Vec<i64>>>().and_then(|s| s.into_iter().max());
+        for (node, r) in parts {
+            out.compared += r.compared;
+            out.matched += r.matched;
+            out.differing += r.differing;
+            out.skipped += r.skipped;
+            out.difference_count += r.difference_count;
+            out.differences.extend(r.differences);
+            out.nodes.insert(node, r.compared);
+        }
+        out.differences.sort_by_key(|d| d.at_ms);
+        out.differences.truncate(MAX_DIFFERENCES);
+        Some(out)
+    }
+
     /// Whether the candidate may be promoted on this report.
     pub fn complete_match(&self) -> Result<(), String> {
         if self.compared == 0 {
@@ -52,7 +87,7 @@ impl ShadowReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Difference {
     pub call: String,
     pub shop: String,
@@ -98,14 +133,23 @@ pub fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Valu
 }
 
 impl Shadow {
-    pub fn new(version: Arc<LoadedConnector>) -> Self {
-        let report = ShadowReport {
-            digest: version.digest.clone(),
-            version: version.version().to_string(),
-            started_ms: now_ms(),
-            ..Default::default()
-        };
+    /// A run of `version` started at `started_ms` (the run's plan's time, the same on
+    /// every node).
+    pub fn new(version: Arc<LoadedConnector>, started_ms: i64) -> Self {
+        let report = ShadowReport { digest: version.digest.clone(), version: version.version().to_string(), started_ms, ..Default::default() };
+        Shadow::resume(version, report)
+    }
+
+    /// Go on with a run this node reported before (it restarted): its counts continue.
+    pub fn resume(version: Arc<LoadedConnector>, mut report: ShadowReport) -> Self {
+        report.stopped_ms = None;
+        report.nodes.clear();
         Shadow { version, report: Mutex::new(report), in_flight: AtomicUsize::new(0) }
+    }
+
+    /// The run's start (with the candidate's digest, its identity).
+    pub fn started_ms(&self) -> i64 {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).started_ms
     }
 
     pub fn report(&self) -> ShadowReport {
@@ -181,6 +225,38 @@ mod tests {
         let mut none = Vec::new();
         diff("", &a, &a.clone(), &mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_run_sums_the_nodes_reports_of_that_run_only() {
+        let part = |compared: u64, differing: u64, at_ms: i64, stopped_ms: Option<i64>| ShadowReport {
+            digest: "d1".into(),
+            version: "2.0".into(),
+            started_ms: 100,
+            stopped_ms,
+            compared,
+            matched: compared - differing,
+            differing,
+            difference_count: differing,
+            differences: (0..differing)
+                .map(|i| Difference { call: "pull".into(), shop: "s".into(), at_ms: at_ms + i as i64, path: "Pull.Ok".into(), active: json!(1), candidate: json!(2) })
+                .collect(),
+            ..Default::default()
+        };
+        let earlier_run = ShadowReport { started_ms: 50, compared: 1000, ..part(1000, 0, 0, None) };
+        let parts = vec![("b1".to_string(), part(10, 0, 0, None)), ("b2".to_string(), part(5, 2, 300, Some(400))), ("b3".to_string(), earlier_run)];
+        let sum = ShadowReport::sum("d1", 100, parts.clone()).expect("two nodes reported the run");
+        assert_eq!((sum.compared, sum.matched, sum.differing, sum.difference_count), (15, 13, 2, 2));
+        assert_eq!(sum.nodes, BTreeMap::from([("b1".to_string(), 10), ("b2".to_string(), 5)]));
+        assert_eq!(sum.differences.iter().map(|d| d.at_ms).collect::<Vec<_>>(), [300, 301]);
+        assert_eq!(sum.stopped_ms, None, "b1 still runs it");
+        assert!(sum.complete_match().unwrap_err().contains("2 of 15 compared calls differ"), "a difference on another node stops promotion");
+        let stopped: Vec<_> = parts.into_iter().map(|(n, mut r)| {
+            r.stopped_ms = r.stopped_ms.or(Some(350));
+            (n, r)
+        }).collect();
+        assert_eq!(ShadowReport::sum("d1", 100, stopped).unwrap().stopped_ms, Some(400));
+        assert!(ShadowReport::sum("d2", 100, vec![("b1".to_string(), part(1, 0, 0, None))]).is_none());
     }
 
     #[test]

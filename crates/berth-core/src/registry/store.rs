@@ -94,6 +94,22 @@ pub struct ConnectorState {
     pub config_digest: Option<String>,
     pub canary: Option<CanaryPlan>,
     pub last_canary: Option<CanaryEnd>,
+    /// The shadow run in progress: every node runs it beside the active version.
+    pub shadow: Option<ShadowPlan>,
+    /// The last shadow run that ended (its reports are kept for promotion).
+    pub last_shadow: Option<ShadowPlan>,
+}
+
+/// A shadow run: which candidate, and since when (with the digest, the run's identity:
+/// each node's report names it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShadowPlan {
+    pub digest: String,
+    pub started_ms: i64,
+    pub started_by: String,
+    /// When it ended (a stop, a promotion, a canary).
+    #[serde(default)]
+    pub stopped_ms: Option<i64>,
 }
 
 pub struct RegistryStore {
@@ -264,6 +280,28 @@ impl RegistryStore {
             Ok::<_, RegistryStoreError>(())
         })
         .await
+    }
+
+    /// Cluster mode: this node's name (single node: none, and no report is shared).
+    pub fn node(&self) -> Option<&str> {
+        self.embedded().err().map(|c| c.node())
+    }
+
+    /// Cluster mode: share this node's report of a shadow run of `connector` (a single
+    /// node keeps its reports in memory only).
+    pub async fn put_shadow_report(&self, connector: &str, report: &super::shadow::ShadowReport) -> Result<(), RegistryStoreError> {
+        match self.embedded() {
+            Ok(_) => Ok(()),
+            Err(c) => c.put_shadow_report(connector, report).await,
+        }
+    }
+
+    /// Cluster mode: every node's last shared report of a shadow run of `connector`, by node.
+    pub fn shadow_reports(&self, connector: &str) -> Vec<(String, super::shadow::ShadowReport)> {
+        match self.embedded() {
+            Ok(_) => Vec::new(),
+            Err(c) => c.shadow_reports(connector),
+        }
     }
 }
 
