@@ -92,6 +92,15 @@ async fn scoped_erp_tokens_lease_their_shops_on_any_node() {
         .await;
         assert!(counted.is_some(), "a token's queue view never counted {want} orders");
     }
+    // Per shop too: 4 ready orders for each of its shops, none of another's.
+    for (token, seen) in [(ACME, vec!["s00", "s01"]), (GLOBEX, vec!["t00"]), (ERP, vec!["s00", "s01", "s02", "t00", "t01"])] {
+        let q: Value = client_as(token).get(format!("{}/v1/orders/queue", urls[0])).send().await.unwrap().json().await.unwrap();
+        let parts = q["partitions"].as_object().unwrap_or_else(|| panic!("{q}"));
+        let counts: Vec<(&str, u64, u64)> = parts.iter().map(|(s, p)| (s.as_str(), p["ready"].as_u64().unwrap(), p["in_flight"].as_u64().unwrap())).collect();
+        assert_eq!(counts, seen.iter().map(|s| (*s, 4, 0)).collect::<Vec<_>>(), "{q}");
+        assert!(parts.values().all(|p| p["oldest_age_ms"].as_i64().is_some()), "{q}");
+        assert!(q["partitions_note"].as_str().unwrap_or_default().contains("upper bound"), "{q}");
+    }
 
     // Each token leases its shops' orders, on either node; each order once.
     let acme = lease_all(&urls[0], ACME).await;

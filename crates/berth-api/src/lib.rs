@@ -511,6 +511,9 @@ struct QueueInfo {
     stats: QueueStats,
     /// The same figures per shop.
     partitions: std::collections::BTreeMap<String, QueueStats>,
+    /// Where the per-shop figures are not exact (cluster mode), how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions_note: Option<String>,
     dead_letters: Vec<berth_core::queue::DeadLetter>,
     /// Present when orders are also posted to an ERP webhook.
     webhook: Option<berth_core::delivery::DeliveryStatus>,
@@ -518,10 +521,10 @@ struct QueueInfo {
 
 async fn queue_info(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>) -> Response {
     let webhook = st.delivery.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).clone());
-    match (st.inbox.stats(), st.inbox.partition_stats(), st.inbox.dead_letters(100)) {
-        (Ok(_), Ok(partitions), Ok(dead_letters)) if caller.scope.is_some() => {
+    match (st.inbox.stats(), st.inbox.partition_stats().await, st.inbox.dead_letters(100)) {
+        (Ok(_), Ok(counts), Ok(dead_letters)) if caller.scope.is_some() => {
             // The caller's shops only, their totals summed.
-            let partitions: BTreeMap<String, QueueStats> = partitions.into_iter().filter(|(shop, _)| caller.sees(shop)).collect();
+            let partitions: BTreeMap<String, QueueStats> = counts.shops.into_iter().filter(|(shop, _)| caller.sees(shop)).collect();
             let mut stats = QueueStats::default();
             for p in partitions.values() {
                 stats.ready += p.ready;
@@ -537,9 +540,11 @@ async fn queue_info(State(st): State<Arc<ApiState>>, Extension(caller): Extensio
                     Err(e) => return queue_error(e),
                 }
             }
-            Json(QueueInfo { stats, partitions, dead_letters, webhook: None }).into_response()
+            Json(QueueInfo { stats, partitions, partitions_note: counts.note, dead_letters, webhook: None }).into_response()
         }
-        (Ok(stats), Ok(partitions), Ok(dead_letters)) => Json(QueueInfo { stats, partitions, dead_letters, webhook }).into_response(),
+        (Ok(stats), Ok(counts), Ok(dead_letters)) => {
+            Json(QueueInfo { stats, partitions: counts.shops, partitions_note: counts.note, dead_letters, webhook }).into_response()
+        }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => queue_error(e),
     }
 }

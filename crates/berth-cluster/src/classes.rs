@@ -80,12 +80,18 @@ impl Classes {
             if self.known.get(&key).record.is_some() {
                 continue;
             }
-            let value = serde_json::to_vec(&record).unwrap_or_default();
-            let revision = match self.conn.shops.create(&key, value.into()).await {
-                Ok(revision) => revision,
-                Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(ClusterError::nats(e)),
-            };
+            let value = bytes::Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            // Written once with the same content whoever writes it: tried again while the
+            // cluster settles (a create answered after all is then "already exists").
+            let created = crate::connect::patiently(&key, || async {
+                match self.conn.shops.create(&key, value.clone()).await {
+                    Ok(revision) => Ok(Some(revision)),
+                    Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+            let Some(revision) = created else { continue };
             self.known.applied_writes(&[(key, revision, Some(record))]);
         }
         let mut by_shop = self.by_shop.write().unwrap_or_else(|p| p.into_inner());

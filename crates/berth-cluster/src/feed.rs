@@ -26,7 +26,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -522,6 +522,36 @@ impl OrderQueue {
             done += 1;
         }
         Ok(done)
+    }
+
+    /// Per shop: orders not yet delivered (`ready`, exact), orders delivered and not
+    /// yet under the consumer's ack floor (`in_flight`: an upper bound, as an order acked
+    /// out of turn stays above the floor until the ones before it are settled; the server
+    /// keeps no per-subject count of its pending acks), and the oldest of them. Read from
+    /// the stream from the ack floor on, without bodies, at most `limit` orders; whether
+    /// the read stopped at `limit` (the counts are then of the oldest `limit` only).
+    pub async fn depth_by_shop(&self, limit: usize) -> Result<(BTreeMap<String, crate::queues::Depth>, bool), ClusterError> {
+        let mut consumer = self.consumer.clone();
+        let info = consumer.info().await.map_err(ClusterError::nats)?.clone();
+        let mut out: BTreeMap<String, crate::queues::Depth> = BTreeMap::new();
+        let unsettled = info.num_pending + info.num_ack_pending as u64;
+        if unsettled == 0 {
+            return Ok((out, false));
+        }
+        let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
+        let filter = format!("$KV.{}.feed.{}.>", self.conn.names.shops, self.class);
+        let run = crate::run::read_headers(self.conn.shops_stream(), Some(filter), floor + 1, limit, "the queue's orders").await?;
+        let capped = run.cut || (run.messages.len() == limit && unsettled > limit as u64);
+        for m in &run.messages {
+            let d = out.entry(shop_of(&m.subject)).or_default();
+            if m.seq > delivered {
+                d.ready += 1;
+            } else {
+                d.in_flight += 1;
+            }
+            d.oldest_ms = Some(d.oldest_ms.map_or(m.time_ms, |t| t.min(m.time_ms)));
+        }
+        Ok((out, capped))
     }
 
     /// Orders waiting and orders leased, as the server counts them, and when the oldest

@@ -8,7 +8,7 @@ use crate::classes::{Classes, ALL};
 use crate::connect::Connection;
 use crate::error::ClusterError;
 use crate::feed::{DeadRecord, LeasedRecord, OrderQueue, QueueSettings, QueueToken};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -162,6 +162,22 @@ impl OrderQueues {
             out.push((class, Depth { ready, in_flight, oldest_ms }));
         }
         Ok(out)
+    }
+
+    /// Each shop's counts over every class ([`crate::feed::OrderQueue::depth_by_shop`],
+    /// at most `limit` orders read per class), and whether a class's read stopped at it.
+    pub async fn depth_by_shop(&self, limit: usize) -> Result<(BTreeMap<String, Depth>, bool), ClusterError> {
+        let mut out: BTreeMap<String, Depth> = BTreeMap::new();
+        let mut capped = false;
+        for class in self.classes.leasable(None) {
+            let (shops, cut) = self.class(&class).await?.depth_by_shop(limit).await?;
+            capped |= cut;
+            for (shop, d) in shops {
+                let held = out.entry(shop).or_default();
+                *held = held.plus(d);
+            }
+        }
+        Ok((out, capped))
     }
 
     pub fn timed_leases(&self) -> usize {

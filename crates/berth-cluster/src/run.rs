@@ -12,6 +12,8 @@ use std::time::Duration;
 /// One message of a run.
 pub(crate) struct Message {
     pub seq: u64,
+    /// When the stream stored it (ms since the epoch).
+    pub time_ms: i64,
     pub subject: String,
     pub headers: Option<HeaderMap>,
     pub payload: Bytes,
@@ -31,11 +33,21 @@ pub(crate) struct Run {
 /// Up to `limit` messages of `stream` from sequence `start` on (under `filter`, when
 /// given), oldest first: as many as the stream held there when the read began.
 pub(crate) async fn read(stream: &Stream, filter: Option<String>, start: u64, limit: usize, what: &str) -> Result<Run, ClusterError> {
+    read_as(stream, filter, start, limit, what, false).await
+}
+
+/// [`read`] without the messages' bodies (their subjects, sequences and times only).
+pub(crate) async fn read_headers(stream: &Stream, filter: Option<String>, start: u64, limit: usize, what: &str) -> Result<Run, ClusterError> {
+    read_as(stream, filter, start, limit, what, true).await
+}
+
+async fn read_as(stream: &Stream, filter: Option<String>, start: u64, limit: usize, what: &str, headers_only: bool) -> Result<Run, ClusterError> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: filter.unwrap_or_default(),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start.max(1) },
+            headers_only,
             ..Default::default()
         })
         .await
@@ -53,12 +65,15 @@ pub(crate) async fn read(stream: &Stream, filter: Option<String>, start: u64, li
             Ok(None) => break,
             Err(_) => return Err(ClusterError::Nats(format!("reading {what}: {} of {want} messages delivered within 10 s", run.messages.len()))),
         };
-        let seq = msg.info().map_err(ClusterError::nats)?.stream_sequence;
+        let (seq, time_ms) = {
+            let info = msg.info().map_err(ClusterError::nats)?;
+            (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000) as i64)
+        };
         if seq < start || run.messages.last().is_some_and(|m| seq <= m.seq) {
             run.cut = true;
             break;
         }
-        run.messages.push(Message { seq, subject: msg.subject.to_string(), headers: msg.headers.clone(), payload: msg.payload.clone() });
+        run.messages.push(Message { seq, time_ms, subject: msg.subject.to_string(), headers: msg.headers.clone(), payload: msg.payload.clone() });
     }
     Ok(run)
 }

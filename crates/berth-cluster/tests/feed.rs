@@ -227,6 +227,13 @@ async fn lease_n(queues: &berth_cluster::queues::OrderQueues, scope: Option<&str
     out
 }
 
+/// Per shop, whatever its class: (shop, ready, in flight, an oldest time), and whether
+/// the read stopped at `limit`.
+async fn per_shop(q: &berth_cluster::queues::OrderQueues, limit: usize) -> (Vec<(String, u64, u64, bool)>, bool) {
+    let (by_shop, capped) = q.depth_by_shop(limit).await.expect("depth by shop");
+    (by_shop.into_iter().map(|(s, d)| (s, d.ready, d.in_flight, d.oldest_ms.is_some())).collect(), capped)
+}
+
 fn texts(leased: &[(String, QueueToken)]) -> Vec<String> {
     let mut t: Vec<String> = leased.iter().map(|(r, _)| r.clone()).collect();
     t.sort();
@@ -256,11 +263,17 @@ async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs
         feed::append_page(&a, &fence, &classes_a.class_of(shop), &entries, None).await.expect("page");
     }
     let record = |shop: &str, i: usize| format!("{shop}/{i}@10:paid");
+    let all_ready: Vec<_> = ["shop-a", "shop-b", "shop-c"].iter().map(|s| (s.to_string(), 3, 0, true)).collect();
+    assert_eq!(per_shop(&qb, 100).await, (all_ready, false));
+    let (first_two, capped) = per_shop(&qb, 2).await;
+    assert!(capped && first_two.iter().map(|(_, r, _, _)| r).sum::<u64>() <= 6, "a read stopped at 2 a class: {first_two:?}");
 
     // `shop-c` leases shop-c's orders only; `acme-*` then shop-a's (shop-c's are taken);
     // an unscoped token the rest. Each order once.
     let c = lease_n(&qb, Some("shop-c"), 3).await;
     assert_eq!(texts(&c), (0..3).map(|i| record("shop-c", i)).collect::<Vec<_>>());
+    let (counts, _) = per_shop(&qa, 100).await;
+    assert_eq!(counts.iter().find(|(s, ..)| s == "shop-c"), Some(&("shop-c".to_string(), 0, 3, true)), "{counts:?}");
     let acme = lease_n(&qa, Some("acme-*"), 3).await;
     assert_eq!(texts(&acme), (0..3).map(|i| record("shop-a", i)).collect::<Vec<_>>());
     lease_n(&qb, Some("globex"), 0).await;
@@ -275,6 +288,7 @@ async fn scoped_tokens_lease_only_the_classes_of_shops_they_see_and_a_move_needs
     let by_class = qa.depth_by_class().await.expect("depth");
     assert_eq!(by_class.len(), 3, "{by_class:?}");
     assert!(by_class.iter().all(|(_, d)| (d.ready, d.in_flight) == (0, 0)), "{by_class:?}");
+    assert_eq!(per_shop(&qa, 100).await, (vec![], false), "every order settled");
 
     // A new scope `shop-b` sees shop-b from now on: orders in the feed stay where they
     // are (an unscoped lease), new ones go to the new class.

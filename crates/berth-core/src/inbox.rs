@@ -71,6 +71,13 @@ pub fn lease_json(comma: bool, lease: crate::queue::Leased) -> Vec<bytes::Bytes>
     }
 }
 
+/// The order queue's counts per shop, and what they mean where they are not exact.
+#[derive(Debug, Clone, Default)]
+pub struct ShopCounts {
+    pub shops: std::collections::BTreeMap<String, QueueStats>,
+    pub note: Option<String>,
+}
+
 /// The ERP's order queue: the embedded store's lease queue, or (cluster mode) a durable
 /// consumer of the cluster's order feed ([`cluster`]).
 #[derive(Clone)]
@@ -227,13 +234,13 @@ impl OrderInbox {
         self.queue.purge(ORDERS_QUEUE, ids).await
     }
 
-    /// Per shop (cluster mode: not counted yet, an empty map; the totals are in
-    /// [`OrderInbox::stats`]).
-    pub fn partition_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
-        if self.cluster.is_some() {
-            return Ok(std::collections::BTreeMap::new());
+    /// The queue's counts per shop (cluster mode: read from the stream, see
+    /// [`cluster::ClusterInbox::partition_stats`]).
+    pub async fn partition_stats(&self) -> Result<ShopCounts, QueueError> {
+        if let Some(c) = &self.cluster {
+            return c.partition_stats().await;
         }
-        self.queue.partition_stats(ORDERS_QUEUE)
+        Ok(ShopCounts { shops: self.queue.partition_stats(ORDERS_QUEUE)?, note: None })
     }
 
     /// Forget idempotency keys older than `ttl` (the order store still drops versions it

@@ -22,10 +22,15 @@ use std::time::Duration;
 const LEASE_WAIT: Duration = Duration::from_millis(100);
 /// How often the queue's counts are read from the server.
 const STATS_EVERY: Duration = Duration::from_secs(2);
+/// Per-shop counts read the unsettled orders of each class, at most this many.
+const SHOP_COUNTS_READ: usize = 20_000;
 
 pub struct ClusterInbox {
     queue: OrderQueues,
     levels: Mutex<Levels>,
+    /// The per-shop counts last read (when asked, at most every [`STATS_EVERY`]), and
+    /// whether a read stopped at [`SHOP_COUNTS_READ`].
+    by_shop: tokio::sync::Mutex<Option<(std::time::Instant, super::ShopCounts)>>,
 }
 
 #[derive(Default)]
@@ -56,7 +61,7 @@ fn settle_error(token: &LeaseToken, e: ClusterError) -> QueueError {
 impl ClusterInbox {
     /// The queue, with its counts kept fresh by a task that ends with it.
     pub fn start(queue: OrderQueues) -> Arc<ClusterInbox> {
-        let inbox = Arc::new(ClusterInbox { queue, levels: Mutex::new(Levels::default()) });
+        let inbox = Arc::new(ClusterInbox { queue, levels: Mutex::new(Levels::default()), by_shop: Default::default() });
         let weak = Arc::downgrade(&inbox);
         tokio::spawn(refresh(weak));
         inbox
@@ -146,6 +151,31 @@ impl ClusterInbox {
         let classes = self.queue.classes();
         let total = levels.by_class.iter().filter(|(class, _)| classes.sees(class, Some(scope))).fold(berth_cluster::queues::Depth::default(), |t, (_, d)| t.plus(*d));
         Ok(QueueStats { ready: total.ready, in_flight: total.in_flight, dead: 0, oldest_age_ms: age(total.oldest_ms) })
+    }
+
+    /// Per shop: read from the stream when asked (one read at a time, kept 2 s). Orders
+    /// not yet delivered and dead letters are exact; `in_flight` is an upper bound (see
+    /// `OrderQueue::depth_by_shop`), said in the answer's note.
+    pub async fn partition_stats(&self) -> Result<super::ShopCounts, QueueError> {
+        let mut held = self.by_shop.lock().await;
+        if let Some((_, counts)) = held.as_ref().filter(|(at, _)| at.elapsed() < STATS_EVERY) {
+            return Ok(counts.clone());
+        }
+        let (depths, capped) = self.queue.depth_by_shop(SHOP_COUNTS_READ).await.map_err(unavailable)?;
+        let mut shops: std::collections::BTreeMap<String, QueueStats> = depths
+            .into_iter()
+            .map(|(shop, d)| (shop, QueueStats { ready: d.ready, in_flight: d.in_flight, dead: 0, oldest_age_ms: age(d.oldest_ms) }))
+            .collect();
+        for d in &self.levels.lock().unwrap_or_else(|p| p.into_inner()).dead {
+            shops.entry(d.partition.clone()).or_default().dead += 1;
+        }
+        let mut note = "cluster mode: per shop, in_flight counts the orders delivered and not yet under the queue's ack floor (an upper bound: an order acked out of turn stays counted until those before it are settled); ready and dead are exact".to_string();
+        if capped {
+            note += &format!("; only the oldest {SHOP_COUNTS_READ} unsettled orders of each class of shops were counted");
+        }
+        let counts = super::ShopCounts { shops, note: Some(note) };
+        *held = Some((std::time::Instant::now(), counts.clone()));
+        Ok(counts)
     }
 
     /// The counts as last read from the server (at most 2 s old).
