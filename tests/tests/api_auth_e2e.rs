@@ -199,4 +199,51 @@ fn no_open_api_beyond_loopback_by_accident() {
     assert_eq!(status, 200, "open on purpose");
     let warned = berth.full_log();
     assert!(warned.contains("insecure = true") && warned.contains("WARN"), "{warned}");
+
+    // Open, a JSON body must say so: a web page can post plain text or a form to any
+    // address without asking first, but not JSON.
+    let lease = format!("http://127.0.0.1:{port}/v1/orders/lease");
+    for (label, want) in [(None, 415), (Some("text/plain"), 415), (Some("application/x-www-form-urlencoded"), 415), (Some("application/json"), 200)] {
+        let (status, text) = rt.block_on(raw_post(&lease, None, label, r#"{"max": 1}"#));
+        assert_eq!(status, want, "{label:?}: {text}");
+        if want == 415 {
+            assert!(text.contains("Content-Type: application/json"), "{text}");
+        }
+    }
+}
+
+/// POST `body` to `url` labelled `content_type` (none when absent), with `token`.
+async fn raw_post(url: &str, token: Option<&str>, content_type: Option<&str>, body: &'static str) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(url).body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// With a token, a JSON body is read whatever it is labelled (curl -d says it is a form;
+/// many clients say nothing), unless it says it is something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_json_body_is_read_without_a_json_label() {
+    let sim = berth_sim::start(berth_tests::shopify_sim(33, 1, &[("acme", 1)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(&config(dir.path(), &sim.base_url(), ""));
+    let url = berth.url("/v1/shops/acme/stock");
+    let body = r#"{"updates": [{"sku": "LABEL-1", "quantity": 4}]}"#;
+    for label in [None, Some("application/x-www-form-urlencoded"), Some("text/plain; charset=utf-8"), Some("application/json")] {
+        let (status, text) = raw_post(&url, Some(ERP), label, body).await;
+        assert_eq!(status, 202, "{label:?}: {text}");
+    }
+    let (status, text) = raw_post(&url, Some(ERP), Some("text/xml"), body).await;
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("labelled `text/xml`") && text.contains("expected"), "{text}");
+    let (status, text) = raw_post(&url, Some(ERP), None, "{\"updates\": 5}").await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(raw_post(&url, None, None, body).await.0, 401, "no token, no reading");
+    let (_, stock) = api_call(Method::GET, berth.url("/v1/shops/acme/stock/LABEL-1"), Some(ERP), None, None).await;
+    assert_eq!(stock["quantity"], 4, "{stock}");
 }

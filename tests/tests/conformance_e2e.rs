@@ -131,6 +131,13 @@ fn inspect_prints_manifest_world_imports_and_digest() {
         }
         let credentials = ["authorization", "refresh-credentials", "consent-url", "exchange-code"];
         assert_eq!(credentials.iter().all(|e| out.lines().any(|l| l.trim() == *e)), world == "0.3.0", "0.3.0's exports: {out}");
+        // The berth calls are the exports; componentize-py's own `exports` interface is
+        // set apart, and only the Python component has it.
+        let exports = out.split("\nexports (").nth(1).unwrap_or_else(|| panic!("{out}"));
+        let count: usize = exports.split(')').next().unwrap().parse().unwrap();
+        assert_eq!(count, if world == "0.3.0" { 9 } else { 5 }, "{component}: {out}");
+        let apart = out.contains("also exported, never called by berth (the toolchain's own) (1)\n  exports\n");
+        assert_eq!(apart, component == plugins::SHOPEE_PY, "{component}: {out}");
     }
     // The 0.1 build of the Shopify connector says which world it imports.
     let (code, out, _) = run_berth(&["plugin", "inspect", plugins::SHOPIFY_WIT_0_1], DEADLINE);

@@ -109,6 +109,10 @@ secrets = {{ consumer_key = "ck_demo", consumer_secret = "cs_demo" }}
     assert_eq!(throttled.is_some(), http_429.is_some(), "a 429 must show as a rate-limited call and as an HTTP 429: {text}");
     assert!(sample(&text, "berth_http_requests_total{platform=\"woocommerce\",status=\"2xx\"}").is_some_and(|n| n >= 2.0), "{text}");
     assert!(sample(&text, "berth_connector_call_seconds_count{connector=\"woo-c\",version=\"0.1.0\",call=\"pull-orders\"}").is_some(), "{text}");
+    // The manifest call made at load is counted under the version it answered.
+    assert!(sample(&text, "berth_connector_calls_total{connector=\"woo-c\",version=\"0.1.0\",call=\"manifest\",outcome=\"ok\"}").is_some_and(|n| n >= 1.0), "{text}");
+    let unknown: Vec<&str> = text.lines().filter(|l| l.contains("version=\"unknown\"")).collect();
+    assert!(unknown.is_empty(), "series under an unknown version: {unknown:?}");
     assert!(sample(&text, "berth_instance_memory_bytes_count{connector=\"shopify\",version=\"0.1.0\"}").is_some_and(|n| n >= 1.0), "{text}");
     // Fuel burned per call: every call counted, and a pull of a page costs real work.
     let fuel_calls = sample(&text, "berth_connector_fuel_used_count{connector=\"woo-c\",version=\"0.1.0\"}").unwrap_or(0.0);

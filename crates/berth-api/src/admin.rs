@@ -129,7 +129,7 @@ impl AdminState {
 
     /// A change's JSON body, or its refusal audited (400, or 413 past the size limit).
     pub(super) fn body<T>(&self, caller: &Caller, action: &Action<'_>, body: super::JsonBody<T>, expected: &str) -> Result<T, Response> {
-        body.map(|axum::Json(b)| b).map_err(|e| {
+        body.map(|super::body::JsonIn(b)| b).map_err(|e| {
             let (status, why) = super::body_error(&e, expected);
             self.refuse(caller, action, status, why)
         })

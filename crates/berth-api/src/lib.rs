@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod degrade;
 pub mod gate;
 pub mod listener;
@@ -245,22 +246,22 @@ pub(crate) fn no_such_shop(st: &ApiState, caller: &Caller, shop: &str) -> Respon
     error(StatusCode::NOT_FOUND, format!("no shop `{shop}`; shops: {}", caller.visible(st.shops.names().iter()).join(", ")))
 }
 
-pub(crate) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+pub type JsonBody<T> = Result<body::JsonIn<T>, body::BodyRejection>;
 
-/// What was wrong with a JSON body and what shape was `expected`: 400, or 413 for a
-/// body over the size limit.
-pub(crate) fn body_error(e: &axum::extract::rejection::JsonRejection, expected: &str) -> (StatusCode, String) {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; the body is larger than this call takes"))
-    } else {
-        (StatusCode::BAD_REQUEST, format!("{e}; expected {expected}"))
+/// What was wrong with a JSON body and what shape was `expected`: 400, 413 for a body
+/// over the size limit, 415 for one labelled as something else ([`body`]).
+pub(crate) fn body_error(e: &body::BodyRejection, expected: &str) -> (StatusCode, String) {
+    match e.status {
+        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; the body is larger than this call takes")),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{e}; expected {expected}")),
+        _ => (StatusCode::BAD_REQUEST, format!("{e}; expected {expected}")),
     }
 }
 
 /// The request body, or a 400 saying what was wrong and what shape was `expected` (413
 /// for a body over the size limit).
 pub(crate) fn body_or_400<T>(body: JsonBody<T>, expected: &str) -> Result<T, Response> {
-    body.map(|Json(b)| b).map_err(|e| {
+    body.map(|body::JsonIn(b)| b).map_err(|e| {
         let (status, why) = body_error(&e, expected);
         error(status, why)
     })

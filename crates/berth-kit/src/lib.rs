@@ -136,6 +136,12 @@ impl Inspection {
         for e in &self.shape.exports {
             let _ = writeln!(out, "  {e}");
         }
+        if !self.shape.other_exports.is_empty() {
+            let _ = writeln!(out, "also exported, never called by berth (the toolchain's own) ({})", self.shape.other_exports.len());
+            for e in &self.shape.other_exports {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
         out
     }
 }

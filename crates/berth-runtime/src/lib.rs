@@ -137,6 +137,20 @@ impl CallError {
     }
 }
 
+/// A call made and not yet counted in the metrics ([`LoadedConnector::manifest_call`] at load).
+struct Uncounted {
+    call: &'static str,
+    outcome: &'static str,
+    started: std::time::Instant,
+    usage: Option<Usage>,
+}
+
+impl Uncounted {
+    fn count(self, conn: &LoadedConnector) {
+        conn.observe(self.call, self.outcome, self.started, self.usage);
+    }
+}
+
 /// What one call's instance used.
 #[derive(Clone, Copy, Debug)]
 struct Usage {
@@ -356,13 +370,13 @@ impl ConnectorRuntime {
             limits: options.limits,
             turns: Arc::new(tokio::sync::Semaphore::new(options.limits.max_concurrent_calls)),
             breaker: breaker::Breaker::new(options.limits.breaker),
-            meters: self.metrics.meters(name, "unknown"),
+            meters: metrics::RuntimeMetrics::unregistered(name),
             log_minute: self.log_minute(name, options.limits.max_log_bytes_per_minute),
         };
-        let manifest = loaded
-            .manifest_call()
-            .await
-            .map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
+        // Counted once its version is known (a component whose manifest call fails is
+        // not loaded and leaves no series behind).
+        let (manifest, manifest_call) = loaded.manifest_uncounted().await;
+        let manifest = manifest.map_err(|e| LoadError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
         check_manifest(&manifest, linked_wit.as_deref()).map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
         if let Some(bound) = options.platform.filter(|p| *p != manifest.platform) {
             return Err(LoadError::BadManifest {
@@ -381,6 +395,7 @@ impl ConnectorRuntime {
         loaded.version = manifest.connector_version.as_str().into();
         loaded.platform = manifest.platform.as_str().into();
         loaded.meters = self.metrics.meters(name, &loaded.version);
+        manifest_call.count(&loaded);
         let granted = HostAllowlist::granted(&manifest.allowed_hosts, grants);
         for h in manifest.allowed_hosts.iter().filter(|h| !granted.contains(h)) {
             tracing::warn!(connector = name, host = %h, "the manifest declares a host ops did not grant; calls to it will be refused");
@@ -392,11 +407,28 @@ impl ConnectorRuntime {
     }
 }
 
+/// Every export of any version of the berth world: the calls the host makes.
+pub const WORLD_EXPORTS: &[&str] = &[
+    "manifest",
+    "check",
+    "pull-orders",
+    "push-inventory",
+    "handle-webhook",
+    "authorization",
+    "refresh-credentials",
+    "consent-url",
+    "exchange-code",
+];
+
 /// A component's imports and exports by name, and the berth world it imports.
 #[derive(Clone, Debug)]
 pub struct ComponentShape {
     pub imports: Vec<String>,
+    /// The berth world's calls it exports.
     pub exports: Vec<String>,
+    /// What else it exports, which berth never calls (a toolchain's own interface, such
+    /// as componentize-py's `exports`).
+    pub other_exports: Vec<String>,
     pub world_version: Option<String>,
 }
 
@@ -407,11 +439,8 @@ impl ConnectorRuntime {
         let component = self.compile(origin, bytes, &digest(bytes)).await?;
         let ty = component.component_type();
         let engine = &self.engine.engine;
-        Ok(ComponentShape {
-            imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(),
-            exports: ty.exports(engine).map(|(name, _)| name.to_string()).collect(),
-            world_version: world_version(&component, engine),
-        })
+        let (exports, other_exports) = ty.exports(engine).map(|(name, _)| name.to_string()).partition(|name| WORLD_EXPORTS.contains(&name.as_str()));
+        Ok(ComponentShape { imports: ty.imports(engine).map(|(name, _)| name.to_string()).collect(), exports, other_exports, world_version: world_version(&component, engine) })
     }
 }
 
@@ -789,12 +818,25 @@ impl LoadedConnector {
 
     /// A fresh instance and its `manifest` export: the cheapest whole call there is.
     pub async fn manifest_call(&self) -> Result<Manifest, CallError> {
+        let (r, counted) = self.manifest_uncounted().await;
+        counted.count(self);
+        r
+    }
+
+    /// The manifest call, and how it went, not counted yet: at load the version it is
+    /// counted under comes from its answer.
+    async fn manifest_uncounted(&self) -> (Result<Manifest, CallError>, Uncounted) {
         let started = std::time::Instant::now();
-        let (mut store, inst) = self.instance("manifest", None).await.inspect_err(|e| self.observe("manifest", call_error_outcome(e), started, None))?;
+        let (mut store, inst) = match self.instance("manifest", None).await {
+            Ok(x) => x,
+            Err(e) => {
+                let outcome = call_error_outcome(&e);
+                return (Err(e), Uncounted { call: "manifest", outcome, started, usage: None });
+            }
+        };
         let r = self.finish("manifest", inst.call_manifest(&mut store)).await.map(Manifest::from);
         let outcome = r.as_ref().map_or_else(call_error_outcome, |_| "ok");
-        self.observe("manifest", outcome, started, Some(self.usage(&store)));
-        r
+        (r, Uncounted { call: "manifest", outcome, started, usage: Some(self.usage(&store)) })
     }
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {

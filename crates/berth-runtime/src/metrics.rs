@@ -254,6 +254,20 @@ impl RuntimeMetrics {
         }
     }
 
+    /// Meters that count nothing anyone reads: for a component being loaded, until its
+    /// manifest says which version it is (a series under a made-up version would stay on
+    /// `/metrics` for good).
+    pub fn unregistered(connector: &str) -> CallMeters {
+        CallMeters {
+            labels: ConnectorLabels { connector: connector.to_string(), version: String::new() },
+            calls: Family::default(),
+            call_seconds: HistogramFamily::new_with_constructor(call_buckets as fn() -> Histogram),
+            memory: memory_buckets(),
+            fuel: fuel_buckets(),
+            by_call: Default::default(),
+        }
+    }
+
     /// A connector version's circuit breaker opened (`tripped`) or closed.
     pub fn breaker(&self, connector: &str, version: &str, isolated: bool, tripped: bool) {
         let labels = ConnectorLabels { connector: connector.to_string(), version: version.to_string() };
