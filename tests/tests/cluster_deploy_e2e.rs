@@ -9,7 +9,7 @@
 mod nats;
 mod cluster_common;
 
-use berth_tests::{api_call, poll_until, Berth};
+use berth_tests::{api_call, poll_until};
 use cluster_common::*;
 use nats::NatsCluster;
 use serde_json::{json, Value};
@@ -39,11 +39,7 @@ async fn a_deploy_on_one_node_is_in_force_on_the_others_within_a_second() {
     let sim = sim(&shops, 5).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("[admin]\ntokens = [{{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n");
-    let mut nodes = Vec::new();
-    for n in ["b1", "b2", "b3"] {
-        let config = node_config(dir.path(), n, &sim.base_url(), Some(&nats), &shops, 4, &admin);
-        nodes.push(tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap());
-    }
+    let nodes = start_nodes(dir.path(), &["b1", "b2", "b3"], &sim.base_url(), &nats, &shops, 4, &admin).await;
     let urls: Vec<String> = nodes.iter().map(|b| b.base_url.clone()).collect();
     let client = reqwest::Client::new();
     let first = active(&client, &urls[0]).await.expect("the configured version is active");
@@ -116,8 +112,7 @@ async fn a_deploy_on_one_node_is_in_force_on_the_others_within_a_second() {
     assert!(rolled.is_some(), "the resume and rollback made on node 3 are not in force everywhere: {}", view(&urls[0]).await);
 
     // A node started now takes the cluster's state.
-    let config = node_config(dir.path(), "b4", &sim.base_url(), Some(&nats), &shops, 4, &admin);
-    let late = tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap();
+    let late = start_node(node_config(dir.path(), "b4", &sim.base_url(), Some(&nats), &shops, 4, &admin)).await;
     let v = view(&late.base_url).await;
     assert_eq!(v["active"]["digest"].as_str(), Some(first.as_str()), "{v}");
     assert!(v["versions"].as_array().unwrap().iter().any(|x| x["digest"].as_str() == Some(digest.as_str())), "{v}");

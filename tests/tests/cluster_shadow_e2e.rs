@@ -9,7 +9,7 @@
 mod nats;
 mod cluster_common;
 
-use berth_tests::{api_call, poll_until, Berth};
+use berth_tests::{api_call, poll_until};
 use cluster_common::*;
 use nats::NatsCluster;
 use serde_json::{json, Value};
@@ -63,11 +63,7 @@ async fn a_shadow_run_is_the_clusters_its_report_sums_every_node_and_gates_promo
     let sim = sim(&shops, 5).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("[admin]\ntokens = [{{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n");
-    let mut nodes = Vec::new();
-    for n in ["b1", "b2", "b3"] {
-        let config = node_config(dir.path(), n, &sim.base_url(), Some(&nats), &shops, 4, &admin);
-        nodes.push(tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap());
-    }
+    let mut nodes = start_nodes(dir.path(), &["b1", "b2", "b3"], &sim.base_url(), &nats, &shops, 4, &admin).await;
     let urls: Vec<String> = nodes.iter().map(|b| b.base_url.clone()).collect();
     // The nodes owning shops: each compares its own shops' calls.
     let owners: BTreeSet<String> = poll_until(DEADLINE, || async {
@@ -113,8 +109,7 @@ async fn a_shadow_run_is_the_clusters_its_report_sums_every_node_and_gates_promo
     let before = poll_until(DEADLINE, || async { shadow(&urls[0]).await["running"]["nodes"]["b3"].as_u64().filter(|c| *c > 0) }).await;
     let before = before.expect("node 3 shared no report");
     nodes.pop().unwrap().kill();
-    let config = node_config(dir.path(), "b3", &sim.base_url(), Some(&nats), &shops, 4, &admin);
-    nodes.push(tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap());
+    nodes.push(start_node(node_config(dir.path(), "b3", &sim.base_url(), Some(&nats), &shops, 4, &admin)).await);
     let urls: Vec<String> = nodes.iter().map(|b| b.base_url.clone()).collect();
     let again = shadow(&urls[2]).await["running"].clone();
     assert_eq!(again["digest"], bad.as_str(), "the restarted node does not run the shadow: {again}");

@@ -94,6 +94,21 @@ retry_max_ms = 500
     path
 }
 
+/// Start `berth serve --config config` off the async runtime (it waits until the node
+/// listens).
+pub async fn start_node(config: PathBuf) -> berth_tests::Berth {
+    tokio::task::spawn_blocking(move || berth_tests::Berth::start(&config)).await.unwrap()
+}
+
+/// Start one node per name ([`node_config`] each), one after another.
+pub async fn start_nodes(dir: &Path, names: &[&str], sim: &str, nats: &NatsCluster, shops: &[(Platform, String)], ttl_secs: u64, extra: &str) -> Vec<berth_tests::Berth> {
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(start_node(node_config(dir, n, sim, Some(nats), shops, ttl_secs, extra)).await);
+    }
+    nodes
+}
+
 pub async fn cluster_view(client: &reqwest::Client, base: &str) -> Option<Value> {
     client.get(format!("{base}/v1/cluster")).send().await.ok()?.json().await.ok()
 }
