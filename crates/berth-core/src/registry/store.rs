@@ -94,9 +94,12 @@ pub struct ConnectorState {
     pub config_digest: Option<String>,
     pub canary: Option<CanaryPlan>,
     pub last_canary: Option<CanaryEnd>,
-    /// The shadow run in progress: every node runs it beside the active version.
+    /// The shadow run in progress: every node runs it beside the active version. (Left
+    /// out of the stored JSON when absent, as before shadow runs were stored.)
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowPlan>,
     /// The last shadow run that ended (its reports are kept for promotion).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_shadow: Option<ShadowPlan>,
 }
 
