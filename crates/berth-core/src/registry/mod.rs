@@ -436,10 +436,7 @@ impl ConnectorRegistry {
     async fn end_shadow(&self, name: &str, slot: &ConnectorSlot) -> Result<(), DeployError> {
         self.store
             .update_state(name, |st| {
-                if let Some(mut plan) = st.shadow.take() {
-                    plan.stopped_ms = Some(now_ms());
-                    st.last_shadow = Some(plan);
-                }
+                st.end_shadow(now_ms());
                 Ok::<_, DeployError>(())
             })
             .await?;
@@ -653,10 +650,7 @@ impl ConnectorRegistry {
                 st.canary = Some(plan.clone());
                 // A canary follows a shadow run: the shadow stops, its report stays for
                 // promotion.
-                if let Some(mut shadow) = st.shadow.take() {
-                    shadow.stopped_ms = Some(plan.started_ms);
-                    st.last_shadow = Some(shadow);
-                }
+                st.end_shadow(plan.started_ms);
                 Ok(())
             })
             .await?;

@@ -103,6 +103,16 @@ pub struct ConnectorState {
     pub last_shadow: Option<ShadowPlan>,
 }
 
+impl ConnectorState {
+    /// End the shadow run in progress, if any, at `at_ms`: it becomes the last one.
+    pub fn end_shadow(&mut self, at_ms: i64) {
+        if let Some(mut plan) = self.shadow.take() {
+            plan.stopped_ms = Some(at_ms);
+            self.last_shadow = Some(plan);
+        }
+    }
+}
+
 /// A shadow run: which candidate, and since when (with the digest, the run's identity:
 /// each node's report names it).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
