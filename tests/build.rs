@@ -20,6 +20,7 @@ fn main() {
         "plugins/regressed",
         "plugins/shopify-graphql",
         "plugins/shopify-rest",
+        "plugins/souk",
         "plugins/taobao",
         "plugins/shopee-py/app.py",
         "plugins/shopee-py/build.sh",
@@ -72,6 +73,15 @@ fn main() {
     out.push_str(&format!(
         "/// The hostile fixture with its manifest serving platform `taobao`.\npub const HOSTILE_TAOBAO: &str = {:?};\n",
         hostile_taobao.display().to_string()
+    ));
+    // The Souk fixture's deliberately wrong build, in the same dir (its dependencies are
+    // built there already with the same features).
+    build_plugins(&root, &hostile_taobao_dir, &["--package", "berth-connector-souk", "--features", "wrong"]);
+    let souk_wrong = hostile_taobao_dir.join("wasm32-wasip2/release/berth_connector_souk.wasm");
+    assert!(souk_wrong.exists(), "{} was not produced", souk_wrong.display());
+    out.push_str(&format!(
+        "/// The Souk fixture built with its `wrong` feature (three mistakes on purpose).\npub const SOUK_WRONG: &str = {:?};\n",
+        souk_wrong.display().to_string()
     ));
     let legacy = legacy_dir.join("wasm32-wasip2/release/berth_connector_shopify_rest.wasm");
     assert!(legacy.exists(), "{} was not produced", legacy.display());

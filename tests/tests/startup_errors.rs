@@ -142,6 +142,9 @@ fn connectors_in_other_languages_name_missing_config() {
         (plugins::WOO_JS, "woocommerce", "consumer_key"),
         (plugins::WOO_C, "woocommerce", "consumer_key"),
         (plugins::HOSTILE, "hostile", "mode"),
+        // The vendor kit's fixture for a platform the simulator does not model.
+        (plugins::SOUK, "souk", "app_key"),
+        (plugins::SOUK_WRONG, "souk", "app_key"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(

@@ -5,6 +5,7 @@
 //! verified and forgeries refused, stock set per SKU with one result each, and no
 //! request outside the hosts it was granted.
 
+use super::report::{error_kind, fail, pass, skip, some, Check, Outcome, Report};
 use super::{PluginError, ScratchHost};
 use berth_core::credentials::with_credentials;
 use berth_types::Secret;
@@ -18,68 +19,9 @@ use berth_sim::faults::FaultKind;
 use berth_sim::profiles::{self, ShopProfile};
 use berth_sim::{LimitsUpdate, Platform, SimConfig, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Pass,
-    Fail,
-    /// Not applicable (the connector does not claim the capability).
-    Skip,
-}
-
-#[derive(Clone, Debug)]
-pub struct Check {
-    pub name: &'static str,
-    pub outcome: Outcome,
-    /// What was seen: figures on a pass, what failed and why on a failure.
-    pub detail: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub component: String,
-    pub platform: String,
-    pub connector: String,
-    pub checks: Vec<Check>,
-}
-
-impl Report {
-    pub fn passed(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.outcome != Outcome::Fail)
-    }
-
-    pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "conformance: {} ({}) against the simulated {}", self.component, self.connector, self.platform);
-        for c in &self.checks {
-            let tag = match c.outcome {
-                Outcome::Pass => "PASS",
-                Outcome::Fail => "FAIL",
-                Outcome::Skip => "SKIP",
-            };
-            let mut lines = c.detail.lines();
-            let _ = writeln!(out, "  {tag}  {:<15} {}", c.name, lines.next().unwrap_or(""));
-            for l in lines {
-                let _ = writeln!(out, "  {:<4}  {:<15} {l}", "", "");
-            }
-        }
-        let failed = self.checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
-        if failed == 0 {
-            let _ = writeln!(out, "RESULT: PASS ({} checks, {} skipped)", self.checks.len(), self.checks.iter().filter(|c| c.outcome == Outcome::Skip).count());
-        } else {
-            let _ = writeln!(out, "RESULT: FAIL ({failed} of {} checks failed)", self.checks.len());
-        }
-        out
-    }
-}
 
 /// Longest the suite honours one `rate-limited` wait (a connector asking for an hour
 /// would stall it).
@@ -111,7 +53,7 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
         .map_err(PluginError::Simulator)?;
     let mut report = Report {
         component: path.display().to_string(),
-        platform: platform.name().to_string(),
+        against: format!("the simulated {}", platform.name()),
         connector: "?".into(),
         checks: Vec::new(),
     };
@@ -193,37 +135,10 @@ fn quota_check(host: &ScratchHost, platform: &str) -> Check {
     pass(NAME, format!("{costed} costed requests; the platform's quota reported: {}", reported.join(", ")))
 }
 
-fn skip(name: &'static str, why: &str) -> Check {
-    Check { name, outcome: Outcome::Skip, detail: why.to_string() }
-}
 
-fn pass(name: &'static str, detail: String) -> Check {
-    Check { name, outcome: Outcome::Pass, detail }
-}
 
-fn fail(name: &'static str, detail: String) -> Check {
-    Check { name, outcome: Outcome::Fail, detail }
-}
 
-fn error_kind(e: &ConnectorError) -> String {
-    match e {
-        ConnectorError::RateLimited(ms) => format!("rate-limited({ms} ms)"),
-        ConnectorError::Auth(m) => format!("auth: {m}"),
-        ConnectorError::Transient(m) => format!("transient: {m}"),
-        ConnectorError::Permanent(m) => format!("permanent: {m}"),
-        ConnectorError::InvalidInput(m) => format!("invalid-input: {m}"),
-    }
-}
 
-/// At most `n` items of a list, with how many more there were.
-fn some<T: std::fmt::Display>(items: &[T], n: usize) -> String {
-    let shown: Vec<String> = items.iter().take(n).map(|i| i.to_string()).collect();
-    if items.len() > n {
-        format!("{} (+{} more)", shown.join(", "), items.len() - n)
-    } else {
-        shown.join(", ")
-    }
-}
 
 fn now_ms() -> i64 {
     berth_sim::now_s() * 1000

@@ -11,6 +11,11 @@
 //! ops will load.
 
 pub mod conformance;
+pub mod record;
+pub mod replay;
+pub mod report;
+pub mod shop_file;
+pub mod tape_file;
 
 use berth_capabilities::kv::KvStore;
 use berth_host::config::Config;
@@ -35,6 +40,10 @@ pub enum PluginError {
     UnknownPlatform(String),
     #[error("cannot start the simulator: {0}")]
     Simulator(std::io::Error),
+    #[error(transparent)]
+    ShopFile(#[from] shop_file::ShopFileError),
+    #[error(transparent)]
+    Tape(#[from] tape_file::TapeError),
 }
 
 /// A host of one's own for a component under test.

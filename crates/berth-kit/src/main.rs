@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "berth plugin", bin_name = "berth plugin", about = "Tools for connector authors: describe a component, run the conformance suite")]
+#[command(name = "berth plugin", bin_name = "berth plugin", about = "Tools for connector authors: describe a component, run the conformance suite, record a tape and replay it with faults")]
 struct Cli {
     #[command(subcommand)]
     command: PluginCommand,
@@ -15,12 +15,40 @@ struct Cli {
 enum PluginCommand {
     /// Print a component's manifest, WIT version, imports, exports and digest.
     Inspect { file: PathBuf },
-    /// Run the conformance suite against the built-in simulator of a platform
-    /// (shopify, taobao, shopee, woo). Exit 0 when every check passes, 1 when one fails.
+    /// Run the checks. With --sim: the conformance suite against the built-in simulator
+    /// of a platform (shopify, taobao, shopee, woo). With --tape: replay a tape made by
+    /// `berth plugin record`, clean and with faults injected (any platform). Exit 0 when
+    /// every check passes, 1 when one fails.
+    #[command(group(clap::ArgGroup::new("against").required(true).args(["sim", "tape"])))]
     Test {
         file: PathBuf,
         #[arg(long)]
-        sim: String,
+        sim: Option<String>,
+        /// A tape directory (or its tape.json).
+        #[arg(long)]
+        tape: Option<PathBuf>,
+        /// With --tape: the shop file the tape was recorded with (its secrets let the
+        /// webhook check verify signatures; its [replay] section adds to the tape's).
+        #[arg(long, requires = "tape")]
+        shop_config: Option<PathBuf>,
+    },
+    /// Run the connector's calls (check, pulls over a window, a push, a webhook) against
+    /// the platform or a sandbox named in the shop file, and write every platform
+    /// exchange to a tape, secrets and signatures redacted.
+    Record {
+        file: PathBuf,
+        #[arg(long)]
+        shop_config: PathBuf,
+        /// The tape's directory (created; its tape.json is replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// How far back the pulls reach, in hours (else [record] hours, else 72).
+        #[arg(long)]
+        hours: Option<u64>,
+        /// Where the pulls end, in Unix milliseconds (else now): to record the window of
+        /// an incident.
+        #[arg(long)]
+        until_ms: Option<i64>,
     },
 }
 
@@ -50,8 +78,15 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             PluginCommand::Inspect { file } => berth_kit::inspect(&file).await.map(|i| printed(i.render(), i.loaded.is_ok())),
-            PluginCommand::Test { file, sim } => {
+            PluginCommand::Test { file, sim: Some(sim), .. } => {
                 berth_kit::conformance::run(&file, &sim).await.map(|report| printed(report.render(), report.passed()))
+            }
+            PluginCommand::Test { file, tape: Some(tape), shop_config, .. } => {
+                berth_kit::replay::run(&file, &tape, shop_config.as_deref()).await.map(|report| printed(report.render(), report.passed()))
+            }
+            PluginCommand::Test { .. } => unreachable!("clap requires --sim or --tape"),
+            PluginCommand::Record { file, shop_config, out, hours, until_ms } => {
+                berth_kit::record::record(&file, &shop_config, &out, hours, until_ms).await.map(|r| printed(r.render(), true))
             }
         }
     });

@@ -840,8 +840,17 @@ impl LoadedConnector {
     }
 
     pub async fn check(&self, shop: &str, cfg: Arc<ShopConfig>) -> Result<Result<Health, ConnectorError>, CallError> {
+        self.check_taped(shop, cfg, Tape::Off).await.0
+    }
+
+    /// `check` with a tape (the vendor kit records and replays it).
+    pub async fn check_taped(&self, shop: &str, cfg: Arc<ShopConfig>, tape: Tape) -> (Result<Result<Health, ConnectorError>, CallError>, Tape) {
         let started = std::time::Instant::now();
-        let (mut store, inst, ticket) = self.start("check", shop, cfg, started).await?;
+        let (mut store, inst, ticket) = match self.start("check", shop, cfg, started).await {
+            Ok(x) => x,
+            Err(e) => return (Err(e), tape),
+        };
+        store.data_mut().tape = tape;
         let mut r = self.finish("check", inst.call_check(&mut store, shop)).await.map(convert::answer);
         self.judge(ticket, r.as_ref().err());
         store.data().redactor().health(&mut r);
@@ -851,7 +860,8 @@ impl LoadedConnector {
             Err(e) => call_error_outcome(e),
         };
         self.observe("check", outcome, started, Some(self.usage(&store)));
-        self.tally(r)
+        let tape = std::mem::take(&mut store.data_mut().tape);
+        (self.tally(r), tape)
     }
 
     /// A shop's call past the circuit breaker, on a fresh instance; a call refused or

@@ -25,28 +25,29 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn for_shop(cfg: Option<&ShopConfig>) -> Redactor {
-        let mut needles = Vec::new();
+        let mut r = Redactor::default();
         for (key, secret) in cfg.into_iter().flat_map(|c| c.secrets.iter()) {
-            let value = secret.expose();
-            if value.len() < MIN_SECRET_LEN {
-                continue;
+            r.add(secret.expose(), &format!("<secret:{key}>"));
+        }
+        r
+    }
+
+    /// Also replace `value` (as written, URL-encoded and JSON-escaped) with `label`: a
+    /// value learned at run time, such as a token a refresh returned.
+    pub fn add(&mut self, value: &str, label: &str) {
+        if value.len() < MIN_SECRET_LEN || self.needles.iter().any(|(n, _)| n == value) {
+            return;
+        }
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let quoted = serde_json::to_string(value).unwrap_or_default();
+        let escaped = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_string();
+        for v in [encoded, escaped, value.to_string()] {
+            if !v.is_empty() && !self.needles.iter().any(|(n, _)| *n == v) {
+                self.needles.push((v, label.to_string()));
             }
-            let label = format!("<secret:{key}>");
-            let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
-            if encoded != value {
-                needles.push((encoded, label.clone()));
-            }
-            // As it appears inside a JSON string (raw platform JSON an order carries).
-            let quoted = serde_json::to_string(value).unwrap_or_default();
-            let escaped = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
-            if escaped != value && !escaped.is_empty() {
-                needles.push((escaped.to_string(), label.clone()));
-            }
-            needles.push((value.to_string(), label));
         }
         // Longest first, so a secret containing another is replaced whole.
-        needles.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        Redactor { needles }
+        self.needles.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
     }
 
     pub fn text<'a>(&self, s: &'a str) -> Cow<'a, str> {

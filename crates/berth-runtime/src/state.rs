@@ -213,15 +213,15 @@ impl HostState {
     /// `http.send`, for a request expected to cost points of a platform quota (0.3.0).
     pub async fn http_send_costed(&mut self, req: HttpRequest, cost: Option<berth_types::http::Cost>) -> Result<HttpResponse, HttpError> {
         // A shadow run is answered from the active version's recording; nothing leaves.
-        if let Some(answer) = self.tape.answer(&req.method, &req.url) {
+        if let Some(answer) = self.tape.answer(&req) {
             return answer;
         }
-        if !matches!(self.tape, super::tape::Tape::Recording { .. }) {
+        if !self.tape.is_recording() {
             return self.send_live(req, cost).await;
         }
-        let (method, raw_url) = (req.method, req.url.clone());
+        let sent = req.clone();
         let result = self.send_live(req, cost).await;
-        self.tape.record(&method, &raw_url, &result);
+        self.tape.record(&sent, &result);
         result
     }
 

@@ -4,16 +4,34 @@
 //!
 //! Replayed requests are matched in order by method, host and path (query and body are
 //! not compared: signed APIs put timestamps there). A request that does not match, or
-//! comes after the recording ran out, is refused and noted as a mismatch.
+//! comes after the recording ran out, is refused and noted as a mismatch. The vendor
+//! kit replays its tapes through a [`Script`] instead (berth-kit's replay.rs).
 
-use berth_types::http::{HttpError, Method, Response};
+use berth_types::http::{HttpError, Method, Request, Response};
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct Exchange {
     pub method: Method,
     pub url: String,
+    /// The request's headers and body as the connector sent them (kept for the vendor
+    /// kit's tapes, which match on parameters and body).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     pub result: Result<Response, HttpError>,
+}
+
+/// Answers replayed requests from something other than one call's in-order recording:
+/// the vendor kit's tapes, matched by parameters, with faults injected.
+pub trait Script: Send {
+    fn answer(&mut self, req: &Request) -> Result<Response, HttpError>;
+}
+
+/// Where a replay's answers come from.
+pub enum Source {
+    /// The active version's exchanges of the same call, in order (shadow runs).
+    InOrder { exchanges: VecDeque<Exchange>, answered: usize, mismatches: Vec<String> },
+    Script(Box<dyn Script>),
 }
 
 #[derive(Default)]
@@ -26,13 +44,13 @@ pub enum Tape {
         /// The first value each key had when the call read it.
         kv_reads: BTreeMap<String, Option<Vec<u8>>>,
     },
+    /// Nothing leaves: requests are answered from `source`, kv reads see the recorded
+    /// values, kv writes stay in the overlay.
     Replaying {
-        exchanges: VecDeque<Exchange>,
+        source: Source,
         kv_reads: BTreeMap<String, Option<Vec<u8>>>,
-        /// The candidate's own writes, kept from the store.
+        /// The replayed call's own writes, kept from the store.
         overlay: BTreeMap<String, Option<Vec<u8>>>,
-        answered: usize,
-        mismatches: Vec<String>,
     },
 }
 
@@ -53,15 +71,18 @@ impl Tape {
         Tape::Recording { exchanges: Vec::new(), kv_reads: BTreeMap::new() }
     }
 
+    /// A replay answered by `script`, the state reads seeing `kv_reads` first.
+    pub fn scripted(script: Box<dyn Script>, kv_reads: BTreeMap<String, Option<Vec<u8>>>) -> Tape {
+        Tape::Replaying { source: Source::Script(script), kv_reads, overlay: BTreeMap::new() }
+    }
+
     /// Turn a recording into a replay.
     pub fn into_replay(self) -> Tape {
         match self {
             Tape::Recording { exchanges, kv_reads } => Tape::Replaying {
-                exchanges: exchanges.into(),
+                source: Source::InOrder { exchanges: exchanges.into(), answered: 0, mismatches: Vec::new() },
                 kv_reads,
                 overlay: BTreeMap::new(),
-                answered: 0,
-                mismatches: Vec::new(),
             },
             other => other,
         }
@@ -71,19 +92,23 @@ impl Tape {
         matches!(self, Tape::Replaying { .. })
     }
 
-    /// Requests a replay could not answer from the recording.
+    /// Requests an in-order replay could not answer from the recording.
     pub fn mismatches(&self) -> &[String] {
         match self {
-            Tape::Replaying { mismatches, .. } => mismatches,
+            Tape::Replaying { source: Source::InOrder { mismatches, .. }, .. } => mismatches,
             _ => &[],
         }
     }
 
     /// Answer a replayed request (`None` when not replaying).
-    pub fn answer(&mut self, method: &Method, url: &str) -> Option<Result<Response, HttpError>> {
-        let Tape::Replaying { exchanges, answered, mismatches, .. } = self else { return None };
+    pub fn answer(&mut self, req: &Request) -> Option<Result<Response, HttpError>> {
+        let Tape::Replaying { source, .. } = self else { return None };
+        let (exchanges, answered, mismatches) = match source {
+            Source::Script(script) => return Some(script.answer(req)),
+            Source::InOrder { exchanges, answered, mismatches } => (exchanges, answered, mismatches),
+        };
         let n = *answered + mismatches.len() + 1;
-        let asked = describe(method, url);
+        let asked = describe(&req.method, &req.url);
         let Some(next) = exchanges.pop_front() else {
             mismatches.push(format!("request {n} ({asked}) was not made by the active version"));
             return Some(Err(HttpError::Denied("shadow run: the active version made no such request".into())));
@@ -97,9 +122,20 @@ impl Tape {
         Some(next.result)
     }
 
-    pub fn record(&mut self, method: &Method, url: &str, result: &Result<Response, HttpError>) {
+    pub fn is_recording(&self) -> bool {
+        matches!(self, Tape::Recording { .. })
+    }
+
+    /// Note an exchange; `req` is the request as sent (without its body moved out).
+    pub fn record(&mut self, req: &Request, result: &Result<Response, HttpError>) {
         if let Tape::Recording { exchanges, .. } = self {
-            exchanges.push(Exchange { method: *method, url: url.to_string(), result: result.clone() });
+            exchanges.push(Exchange {
+                method: req.method,
+                url: req.url.clone(),
+                headers: req.headers.clone(),
+                body: req.body.clone(),
+                result: result.clone(),
+            });
         }
     }
 
@@ -132,10 +168,10 @@ impl Tape {
         }
     }
 
-    /// Recorded requests the replay never asked for.
+    /// Recorded requests an in-order replay never asked for.
     pub fn unused(&self) -> usize {
         match self {
-            Tape::Replaying { exchanges, .. } => exchanges.len(),
+            Tape::Replaying { source: Source::InOrder { exchanges, .. }, .. } => exchanges.len(),
             _ => 0,
         }
     }
@@ -149,20 +185,24 @@ mod tests {
         Ok(Response { status: 200, headers: vec![], body: body.as_bytes().to_vec() })
     }
 
+    fn req(method: Method, url: &str) -> Request {
+        Request { method, url: url.into(), headers: vec![], body: vec![], timeout_ms: None }
+    }
+
     #[test]
     fn replays_in_order_by_endpoint_and_notes_mismatches() {
         let mut t = Tape::recording();
-        t.record(&Method::Get, "https://a.example/orders.json?since=1&sig=X", &ok("page1"));
-        t.record(&Method::Post, "https://a.example/router?t=1", &ok("done"));
+        t.record(&req(Method::Get, "https://a.example/orders.json?since=1&sig=X"), &ok("page1"));
+        t.record(&req(Method::Post, "https://a.example/router?t=1"), &ok("done"));
         t.kv_get("cursor", || Ok(Some(b"7".to_vec()))).unwrap();
         let mut r = t.into_replay();
         assert!(r.is_replaying());
         // The same endpoints with another signature: answered from the recording.
-        let first = r.answer(&Method::Get, "https://a.example/orders.json?since=1&sig=Y").unwrap().unwrap();
+        let first = r.answer(&req(Method::Get, "https://a.example/orders.json?since=1&sig=Y")).unwrap().unwrap();
         assert_eq!(first.body, b"page1");
         // Another endpoint: refused and noted.
-        assert!(matches!(r.answer(&Method::Get, "https://a.example/other"), Some(Err(HttpError::Denied(_)))));
-        assert!(matches!(r.answer(&Method::Get, "https://a.example/more"), Some(Err(HttpError::Denied(_)))));
+        assert!(matches!(r.answer(&req(Method::Get, "https://a.example/other")), Some(Err(HttpError::Denied(_)))));
+        assert!(matches!(r.answer(&req(Method::Get, "https://a.example/more")), Some(Err(HttpError::Denied(_)))));
         assert_eq!(r.mismatches().len(), 2, "{:?}", r.mismatches());
         assert!(r.mismatches()[0].contains("the active version's was POST a.example/router"), "{:?}", r.mismatches());
         // kv: the recorded value wins over the store; writes stay in the overlay.
@@ -171,6 +211,21 @@ mod tests {
         assert_eq!(r.kv_get("cursor", || Ok(None)).unwrap(), Some(b"8".to_vec()));
         assert_eq!(r.kv_get("other", || Ok(Some(b"s".to_vec()))).unwrap(), Some(b"s".to_vec()));
         assert_eq!(r.unused(), 0);
-        assert!(Tape::Off.answer(&Method::Get, "https://x").is_none());
+        assert!(Tape::Off.answer(&req(Method::Get, "https://x")).is_none());
+    }
+
+    #[test]
+    fn a_script_answers_every_request_and_keeps_writes() {
+        struct Echo;
+        impl Script for Echo {
+            fn answer(&mut self, req: &Request) -> Result<Response, HttpError> {
+                ok(&req.url)
+            }
+        }
+        let mut t = Tape::scripted(Box::new(Echo), BTreeMap::from([("token".to_string(), Some(b"t".to_vec()))]));
+        assert_eq!(t.answer(&req(Method::Get, "https://b.example/x")).unwrap().unwrap().body, b"https://b.example/x");
+        assert_eq!(t.kv_get("token", || Ok(None)).unwrap(), Some(b"t".to_vec()));
+        assert!(t.kv_put("cursor", Some(b"1")));
+        assert!(t.mismatches().is_empty());
     }
 }

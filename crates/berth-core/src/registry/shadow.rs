@@ -105,7 +105,8 @@ pub struct Shadow {
     in_flight: AtomicUsize,
 }
 
-fn json_of(out: &Result<Output, CallError>) -> Value {
+/// A call's answer as JSON, as shadow reports and the vendor kit's tapes hold it.
+pub fn json_of(out: &Result<Output, CallError>) -> Value {
     match out {
         Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
         Err(e) => serde_json::json!({ "call-error": e.to_string() }),
