@@ -259,7 +259,7 @@ async fn load_connectors(
         }
         None => (berth_core::registry::RegistryStore::open(storage, &components).map_err(StartError::Registry)?, None),
     };
-    let registry = berth_core::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors).await.map_err(|e| match e {
+    let registry = berth_core::registry::ConnectorRegistry::open(registry_store, runtime, &cfg.connectors, Some(data_dir.join("tapes"))).await.map_err(|e| match e {
         berth_core::registry::RegistryOpenError::Load { connector, source } => StartError::Connector { connector, source },
         berth_core::registry::RegistryOpenError::Storage(e) => StartError::Registry(e),
     })?;

@@ -44,7 +44,7 @@ async fn node(nats: &NatsCluster, name: &str) -> Node {
         limits: Default::default(),
         onboarding: None,
     };
-    let registry = Arc::new(ConnectorRegistry::open(store, host.runtime.clone(), &BTreeMap::from([("shopify".to_string(), config)])).await.expect("open the registry"));
+    let registry = Arc::new(ConnectorRegistry::open(store, host.runtime.clone(), &BTreeMap::from([("shopify".to_string(), config)]), None).await.expect("open the registry"));
     registry.set_shops(BTreeMap::from([("shopify".to_string(), vec!["s1".to_string(), "s2".to_string()])]));
     tokio::spawn(registry.clone().follow(changes));
     Node { registry, _host: host, _dir: dir }

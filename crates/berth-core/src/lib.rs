@@ -32,4 +32,5 @@ pub mod shops;
 pub mod stock;
 pub mod store;
 pub mod sync;
+pub mod tape;
 pub mod worker;

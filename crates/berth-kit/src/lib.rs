@@ -15,7 +15,6 @@ pub mod record;
 pub mod replay;
 pub mod report;
 pub mod shop_file;
-pub mod tape_file;
 
 use berth_capabilities::kv::KvStore;
 use berth_host::config::Config;
@@ -43,7 +42,7 @@ pub enum PluginError {
     #[error(transparent)]
     ShopFile(#[from] shop_file::ShopFileError),
     #[error(transparent)]
-    Tape(#[from] tape_file::TapeError),
+    Tape(#[from] berth_core::tape::TapeError),
 }
 
 /// A host of one's own for a component under test.

@@ -8,9 +8,9 @@
 //! push of `[record] push`, continued until every SKU has its result; the webhook of
 //! `[record] webhook`. Each is taped with its input and the connector's answer.
 
-use super::replay::{run_input, CallAnswer};
 use super::shop_file::ShopFile;
-use super::tape_file::{self, TapeFile, TapedCall, TapedExchange, TapedInput, Body};
+use berth_core::tape::replay::{run_input, CallAnswer};
+use berth_core::tape::{self as tape_file, Body, TapeFile, TapedCall, TapedInput};
 use super::{PluginError, ScratchHost};
 use berth_capabilities::config::PlatformConfig;
 use berth_runtime::redact::Redactor;
@@ -76,16 +76,7 @@ struct Recorder {
 impl Recorder {
     async fn call(&mut self, input: TapedInput) -> Result<CallAnswer, String> {
         let (out, tape) = run_input(&self.connector, &self.shop, self.cfg.clone(), &input, Tape::recording()).await;
-        let (exchanges, kv_reads) = match tape {
-            Tape::Recording { exchanges, kv_reads } => (exchanges, kv_reads),
-            _ => (Vec::new(), BTreeMap::new()),
-        };
-        self.calls.push(TapedCall {
-            input,
-            answer: CallAnswer::json(&out),
-            exchanges: exchanges.iter().map(TapedExchange::of).collect(),
-            kv_reads: kv_reads.into_iter().map(|(k, v)| (k, v.as_deref().map(Body::of))).collect(),
-        });
+        self.calls.push(TapedCall::recorded(input, CallAnswer::json(&out), &tape));
         out.map_err(|e| e.to_string())
     }
 

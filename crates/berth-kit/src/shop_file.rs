@@ -21,7 +21,8 @@
 
 use berth_types::shop::{ShopConfig, Tier};
 use berth_types::Secret;
-use serde::{Deserialize, Serialize};
+use berth_core::tape::ReplayPlan;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,24 +67,6 @@ pub struct RecordPlan {
     pub push: BTreeMap<String, u32>,
     /// A webhook to hand the connector: a JSON file `{"headers": {…}, "body": "…"}`.
     pub webhook: Option<PathBuf>,
-}
-
-/// How a tape is replayed; written onto the tape at recording, overridden by a shop
-/// file given to the replay.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayPlan {
-    /// Request parameters not compared (beyond the defaults: clocks, nonces, signatures
-    /// and tokens).
-    #[serde(default)]
-    pub ignore_params: Vec<String>,
-    /// The platform's own throttle answer, injected as a fault: the connector must say
-    /// `rate-limited(ms > 0)` for it. No throttle-body check without it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle_body: Option<String>,
-    /// The HTTP status the throttle body comes with (200 when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle_status: Option<u16>,
 }
 
 /// A webhook given as a file.

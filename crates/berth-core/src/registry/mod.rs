@@ -147,6 +147,8 @@ pub struct ConnectorRegistry {
     /// Cluster mode: what each connector's shared shadow report last said (its run and
     /// counts): shared again only when it changed.
     shared_shadows: std::sync::Mutex<BTreeMap<String, ShadowMark>>,
+    /// Where shops' recordings go (`[connectors.X.record]`): `<tapes>/<connector>/<shop>/`.
+    tapes: Option<std::path::PathBuf>,
 }
 
 /// A shadow report's run and counts, to tell whether it changed since it was shared.
@@ -183,10 +185,12 @@ pub enum RegistryOpenError {
 
 impl ConnectorRegistry {
     /// Register and load every configured connector (see the module docs).
+    /// `tapes`: where shops' recordings go (none: connectors' `record` is not served).
     pub async fn open(
         store: RegistryStore,
         runtime: Arc<ConnectorRuntime>,
         configs: &BTreeMap<String, ConnectorConfig>,
+        tapes: Option<std::path::PathBuf>,
     ) -> Result<Self, RegistryOpenError> {
         let registry = ConnectorRegistry {
             store,
@@ -197,6 +201,7 @@ impl ConnectorRegistry {
             shops: RwLock::default(),
             prepared: RwLock::default(),
             shared_shadows: Default::default(),
+            tapes,
         };
         for (name, c) in configs {
             registry.add_connector(name, c).await?;
@@ -267,6 +272,9 @@ impl ConnectorRegistry {
                 Ok(v) => slot.set_shadow(Some(self.shadow_of(name, Arc::new(v), &plan))),
                 Err(e) => tracing::error!(connector = %name, error = %e, "cannot load the shadow candidate; this node does not run the shadow"),
             }
+        }
+        if let (Some(tapes), Some(rec)) = (&self.tapes, &c.record) {
+            slot.record(&tapes.join(name), rec);
         }
         let slot = Arc::new(slot);
         self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), c.clone());
@@ -896,6 +904,10 @@ pub struct ConnectorConfig {
     /// What every shop onboarded by OAuth through this connector gets (the app's keys,
     /// the platform's URL); without it the connector onboards no shop.
     pub onboarding: Option<crate::onboarding::OnboardingConfig>,
+    /// Record chosen shops' calls to tapes in `data_dir/tapes/<connector>/<shop>/`, for
+    /// the vendor kit to replay (`berth plugin test --tape`); see tape/journal.rs.
+    #[serde(default)]
+    pub record: Option<crate::tape::journal::RecordConfig>,
 }
 
 impl ConnectorConfig {

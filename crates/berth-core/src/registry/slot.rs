@@ -8,7 +8,8 @@ use berth_types::connector::{ConnectorError, Event, OrderPage, PullRequest, Stoc
 use berth_runtime::tape::Tape;
 use berth_runtime::{Call, CallError, LoadedConnector, Output};
 use crate::credentials::{with_credentials, ConnectorRefresher, CredentialBook, CredentialError};
-use std::collections::BTreeSet;
+use crate::tape::journal::{RecordConfig, ShopJournal};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
@@ -27,6 +28,8 @@ pub struct ConnectorSlot {
     last_shadow: RwLock<Option<ShadowReport>>,
     /// Where the shops' renewed credentials are kept, when berth keeps them.
     credentials: std::sync::OnceLock<SlotCredentials>,
+    /// The shops whose calls are recorded to tapes.
+    journals: RwLock<BTreeMap<String, Arc<ShopJournal>>>,
 }
 
 /// The credential book the slot's calls take their tokens from, and how early they
@@ -69,7 +72,18 @@ impl ConnectorSlot {
             shadow: RwLock::new(None),
             last_shadow: RwLock::new(None),
             credentials: std::sync::OnceLock::new(),
+            journals: RwLock::default(),
         }
+    }
+
+    /// Record the calls of `rec.shops` to tapes under `dir/<shop>/`.
+    pub fn record(&self, dir: &std::path::Path, rec: &RecordConfig) {
+        let journals = rec.shops.iter().map(|shop| (shop.clone(), Arc::new(ShopJournal::new(&self.name, shop, dir.join(shop), rec)))).collect();
+        *self.journals.write().unwrap_or_else(|e| e.into_inner()) = journals;
+    }
+
+    fn journal(&self, shop: &str) -> Option<Arc<ShopJournal>> {
+        self.journals.read().unwrap_or_else(|e| e.into_inner()).get(shop).cloned()
     }
 
     /// Take shops' tokens from `book` (for the shops it holds), refreshing them
@@ -266,17 +280,24 @@ impl ConnectorSlot {
         }
     }
 
-    /// One call of an export, with a shadow's recording when one runs.
+    /// One call of an export, recorded while a shadow runs (and replayed to it) or while
+    /// the shop's calls are recorded to a tape.
     async fn run_once(&self, conn: &Arc<LoadedConnector>, shop: &str, cfg: Arc<ShopConfig>, call: Call) -> Result<Output, CallError> {
         let shadow = self.shadow().filter(|_| conn.digest == self.current().digest);
-        let Some(shadow) = shadow else {
+        let journal = self.journal(shop);
+        if shadow.is_none() && journal.is_none() {
             let (out, _) = conn.call(shop, cfg, call, Tape::Off).await;
             conn.note_outcome(&out);
             return out;
-        };
+        }
         let (out, tape) = conn.call(shop, cfg.clone(), call.clone(), Tape::recording()).await;
         conn.note_outcome(&out);
-        shadow.compare(shop, cfg, call, &out, tape);
+        if let Some(journal) = journal {
+            journal.append(conn, &cfg, &call, &out, &tape);
+        }
+        if let Some(shadow) = shadow {
+            shadow.compare(shop, cfg, call, &out, tape);
+        }
         out
     }
 

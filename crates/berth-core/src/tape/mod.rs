@@ -1,3 +1,7 @@
+//! Tapes: a connector's platform exchanges, recorded by the vendor kit (`berth plugin
+//! record`) or by a running berth for chosen shops (`[connectors.X] record_shops`), and
+//! replayed (replay.rs) by the kit's checks and by tape-based shadow runs.
+//!
 //! A tape on disk: every platform exchange of a recorded run, per call, with the call's
 //! input and the recording version's answer. One JSON file (`tape.json`) in the tape's
 //! directory, readable and editable by hand.
@@ -8,7 +12,6 @@
 //! URLs, headers, bodies, answers, state — with `<secret:KEY>` or `<redacted:NAME>`.
 //! Responses are otherwise kept as received.
 
-use super::shop_file::ReplayPlan;
 use berth_runtime::redact::Redactor;
 use berth_runtime::tape::Exchange;
 use berth_types::connector::{StockUpdate, TimeWindow};
@@ -17,6 +20,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub mod journal;
+pub mod replay;
 
 pub const TAPE_FILE: &str = "tape.json";
 pub const FORMAT: u32 = 1;
@@ -29,6 +35,24 @@ pub enum TapeError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a berth tape: {why}")]
     Invalid { path: PathBuf, why: String },
+}
+
+/// How a tape is replayed; written onto the tape at recording, overridden by a shop
+/// file given to the replay.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayPlan {
+    /// Request parameters not compared (beyond the defaults: clocks, nonces, signatures
+    /// and tokens).
+    #[serde(default)]
+    pub ignore_params: Vec<String>,
+    /// The platform's own throttle answer, injected as a fault: the connector must say
+    /// `rate-limited(ms > 0)` for it. No throttle-body check without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_body: Option<String>,
+    /// The HTTP status the throttle body comes with (200 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_status: Option<u16>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -62,6 +86,21 @@ pub struct TapedCall {
     pub kv_reads: BTreeMap<String, Option<Body>>,
 }
 
+impl TapedCall {
+    /// A call that ran with a recording tape: its input, its answer, and the exchanges
+    /// and state reads the tape holds (not yet redacted).
+    pub fn recorded(input: TapedInput, answer: serde_json::Value, tape: &berth_runtime::tape::Tape) -> TapedCall {
+        let (exchanges, kv_reads) = match tape {
+            berth_runtime::tape::Tape::Recording { exchanges, kv_reads } => (
+                exchanges.iter().map(TapedExchange::of).collect(),
+                kv_reads.iter().map(|(k, v)| (k.clone(), v.as_deref().map(Body::of))).collect(),
+            ),
+            _ => (Vec::new(), BTreeMap::new()),
+        };
+        TapedCall { input, answer, exchanges, kv_reads }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "call", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TapedInput {
@@ -72,6 +111,15 @@ pub enum TapedInput {
 }
 
 impl TapedInput {
+    /// A worker's call as a tape holds it.
+    pub fn of(call: &berth_runtime::Call) -> TapedInput {
+        match call {
+            berth_runtime::Call::Pull(r) => TapedInput::PullOrders { window: r.window, page_cursor: r.page_cursor.clone() },
+            berth_runtime::Call::Push(u) => TapedInput::PushInventory { updates: u.clone() },
+            berth_runtime::Call::Webhook(w) => TapedInput::HandleWebhook { headers: w.headers.clone(), body: Body::of(&w.body) },
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             TapedInput::Check => "check",
@@ -204,57 +252,66 @@ pub fn params(url: &str, body: &[u8]) -> Vec<(String, String)> {
 
 /// Learn what must not reach the tape from its requests, then scrub everything.
 pub fn redact(tape: &mut TapeFile, mut r: Redactor) -> usize {
-    let mut learned = 0;
-    for call in &tape.calls {
-        for x in &call.exchanges {
-            let mut found: Vec<(String, String)> = params(&x.url, &x.body.bytes()).into_iter().filter(|(k, _)| sensitive(k)).collect();
-            for (k, v) in &x.headers {
-                if sensitive(k) {
-                    found.push((k.to_ascii_lowercase(), v.clone()));
-                    // `Bearer X`, `Basic X`: the credential alone too.
-                    if let Some((_, cred)) = v.split_once(' ') {
-                        found.push((k.to_ascii_lowercase(), cred.trim().to_string()));
-                    }
+    let learned: usize = tape.calls.iter().map(|c| learn(c, &mut r).len()).sum();
+    for call in &mut tape.calls {
+        scrub(call, &r);
+    }
+    learned
+}
+
+/// The credential and signature values a call's requests carry, as (name, value), each
+/// added to `r` as `<redacted:NAME>`.
+pub fn learn(call: &TapedCall, r: &mut Redactor) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for x in &call.exchanges {
+        found.extend(params(&x.url, &x.body.bytes()).into_iter().filter(|(k, _)| sensitive(k)));
+        for (k, v) in &x.headers {
+            if sensitive(k) {
+                found.push((k.to_ascii_lowercase(), v.clone()));
+                // `Bearer X`, `Basic X`: the credential alone too.
+                if let Some((_, cred)) = v.split_once(' ') {
+                    found.push((k.to_ascii_lowercase(), cred.trim().to_string()));
                 }
             }
-            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&x.body.bytes()) {
-                json_sensitive(&json, &mut found);
-            }
-            for (k, v) in found {
-                r.add(&v, &format!("<redacted:{k}>"));
-                learned += 1;
-            }
+        }
+        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&x.body.bytes()) {
+            json_sensitive(&json, &mut found);
         }
     }
-    for call in &mut tape.calls {
-        let text = call.answer.to_string();
-        if let Ok(v) = serde_json::from_str(&r.text(&text)) {
-            call.answer = v;
+    for (k, v) in &found {
+        r.add(v, &format!("<redacted:{k}>"));
+    }
+    found
+}
+
+/// Replace what `r` knows everywhere in a call: URLs, headers, bodies, answers, state.
+pub fn scrub(call: &mut TapedCall, r: &Redactor) {
+    let text = call.answer.to_string();
+    if let Ok(v) = serde_json::from_str(&r.text(&text)) {
+        call.answer = v;
+    }
+    if let TapedInput::HandleWebhook { headers, body } = &mut call.input {
+        for (_, v) in headers.iter_mut() {
+            *v = r.text(v).into_owned();
         }
-        if let TapedInput::HandleWebhook { headers, body } = &mut call.input {
+        body.scrub(r);
+    }
+    for x in &mut call.exchanges {
+        x.url = r.text(&x.url).into_owned();
+        for (_, v) in x.headers.iter_mut() {
+            *v = r.text(v).into_owned();
+        }
+        x.body.scrub(r);
+        if let TapedAnswer::Response { headers, body, .. } = &mut x.answer {
             for (_, v) in headers.iter_mut() {
                 *v = r.text(v).into_owned();
             }
-            body.scrub(&r);
-        }
-        for x in &mut call.exchanges {
-            x.url = r.text(&x.url).into_owned();
-            for (_, v) in x.headers.iter_mut() {
-                *v = r.text(v).into_owned();
-            }
-            x.body.scrub(&r);
-            if let TapedAnswer::Response { headers, body, .. } = &mut x.answer {
-                for (_, v) in headers.iter_mut() {
-                    *v = r.text(v).into_owned();
-                }
-                body.scrub(&r);
-            }
-        }
-        for v in call.kv_reads.values_mut().flatten() {
-            v.scrub(&r);
+            body.scrub(r);
         }
     }
-    learned
+    for v in call.kv_reads.values_mut().flatten() {
+        v.scrub(r);
+    }
 }
 
 fn json_sensitive(v: &serde_json::Value, found: &mut Vec<(String, String)>) {
@@ -273,7 +330,12 @@ fn json_sensitive(v: &serde_json::Value, found: &mut Vec<(String, String)>) {
 }
 
 impl TapeFile {
+    /// A tape file, a directory holding `tape.json`, or a running berth's recording
+    /// directory (journal.rs: `meta.json` and the calls in `calls*.jsonl`).
     pub fn read(dir: &Path) -> Result<TapeFile, TapeError> {
+        if dir.is_dir() && !dir.join(TAPE_FILE).exists() && dir.join(journal::META_FILE).exists() {
+            return journal::read(dir);
+        }
         let path = if dir.is_dir() { dir.join(TAPE_FILE) } else { dir.to_path_buf() };
         let text = std::fs::read_to_string(&path).map_err(|source| TapeError::Read { path: path.clone(), source })?;
         let tape: TapeFile = serde_json::from_str(&text).map_err(|e| TapeError::Invalid { path: path.clone(), why: e.to_string() })?;
