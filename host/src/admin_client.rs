@@ -17,6 +17,9 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     #[error("berth answered {status}: {message}")]
     Refused { status: u16, message: String },
+    /// A tape to send could not be read.
+    #[error("{0}")]
+    Tape(String),
 }
 
 pub struct AdminClient {

@@ -86,20 +86,30 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
-    /// Make the candidate (the canary's, else the shadow's) active for every shop.
-    /// Refused while its shadow run found differences, unless --force.
+    /// Make the candidate (the canary's, else the shadow's, else the version last run on
+    /// a tape) active for every shop. Refused while its shadow run or its tape run found
+    /// differences, unless --force.
     Promote {
         connector: String,
         #[arg(long)]
         force: bool,
+        /// Also refuse unless the candidate matched a tape completely (`shadow --tape`).
+        #[arg(long)]
+        require_tape: bool,
         #[command(flatten)]
         server: Server,
     },
     /// Run a deployed version as a shadow of the active one: same inputs, recorded
     /// platform answers, outputs compared field by field (nothing is sent or stored).
+    /// With --tape: replay a recorded tape's calls to it instead and compare its answers
+    /// with the recorded ones (the match rate is kept for `promote`).
     Shadow {
         connector: String,
         digest: String,
+        /// A tape: `berth plugin record`'s directory, or a recorded shop's
+        /// (data_dir/tapes/CONNECTOR/SHOP).
+        #[arg(long)]
+        tape: Option<std::path::PathBuf>,
         #[command(flatten)]
         server: Server,
     },
@@ -282,13 +292,20 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 }));
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/canary"), body).await
             }
-            Command::Promote { connector, force, server } => {
-                let body = Body::Json(serde_json::json!({ "force": force }));
+            Command::Promote { connector, force, require_tape, server } => {
+                let body = Body::Json(serde_json::json!({ "force": force, "require_tape": require_tape }));
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/promote"), body).await
             }
-            Command::Shadow { connector, digest, server } => {
+            Command::Shadow { connector, digest, tape: None, server } => {
                 let body = Body::Json(serde_json::json!({ "digest": digest }));
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &format!("/v1/admin/connectors/{connector}/shadow"), body).await
+            }
+            Command::Shadow { connector, digest, tape: Some(dir), server } => {
+                let tape = berth_core::tape::TapeFile::read(&dir)
+                    .map_err(|e| ClientError::Tape(e.to_string()))?;
+                let body = Body::Json(serde_json::json!({ "digest": digest, "tape": tape }));
+                let path = format!("/v1/admin/connectors/{connector}/shadow/tape");
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, body).await
             }
             Command::ShadowStop { connector, server } => {
                 let path = format!("/v1/admin/connectors/{connector}/shadow/stop");

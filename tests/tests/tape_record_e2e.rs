@@ -4,7 +4,7 @@
 //! what production did passes the kit's checks without sending anything.
 
 use berth_sim::Platform;
-use berth_tests::{get_json_as, poll_until, run_berth, Berth};
+use berth_tests::{component_variant, get_json_as, poll_until, run_berth, Berth};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ mod plugins {
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const ERP: &str = "erp-token-tape-00001";
+const DEPLOYER: &str = "deployer-token-tape-01";
 /// The recorded shop's token: it must never reach the tape.
 const ACME_TOKEN: &str = "shpat_acme_7f3c2b";
 
@@ -28,7 +29,7 @@ async fn a_running_berth_records_a_shop_and_the_kit_replays_it() {
         dir.path(),
         &format!(
             "[sync]\ninitial_lookback_hours = 8\nsettle_secs = 1\n\
-             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}]\n{}\
+             [admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ci\", token = \"{DEPLOYER}\", role = \"deployer\" }}]\n{}\
              [connectors.shopify.record]\nshops = [\"acme\"]\n\
              [shops.acme]\nconnector = \"shopify\"\npoll_interval_secs = 1\n\
              settings = {{ base_url = \"{base}/shopify/acme\", page_size = \"7\" }}\nsecrets = {{ access_token = \"{ACME_TOKEN}\" }}\n\
@@ -81,4 +82,62 @@ async fn a_running_berth_records_a_shop_and_the_kit_replays_it() {
     }
     assert!(out.contains("30 orders exactly once"), "every acme order, as production pulled them:\n{out}");
     assert!(out.contains("3 SKUs, one result each (3 accepted"), "{out}");
+
+    // The same tape as a tape-based shadow run on the running berth: a regressed build
+    // falls short and promotion is refused; an identical build matches every field and
+    // is promoted with the tape required.
+    let admin = |path: &str, body: Option<Vec<u8>>, json: Option<Value>| {
+        berth_tests::api_call(reqwest::Method::POST, berth.url(path), Some(DEPLOYER), body, json)
+    };
+    let tape = berth_core_tape(&acme);
+    let stored = |bytes: Vec<u8>| async {
+        let (status, body) = admin("/v1/admin/connectors/shopify/versions?activate=false", Some(bytes), None).await;
+        assert_eq!(status, 201, "{body}");
+        body["version"]["digest"].as_str().unwrap().to_string()
+    };
+    let regressed = stored(std::fs::read(plugins::REGRESSED).unwrap()).await;
+    let (status, r) = admin("/v1/admin/connectors/shopify/shadow/tape", None, Some(json!({"digest": regressed, "tape": tape}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["match_percent"].as_f64().unwrap() < 100.0 && r["compared"].as_u64().unwrap() >= 3, "{r}");
+    assert!(!r["differences"].as_array().unwrap().is_empty(), "{r}");
+    let (status, body) = admin("/v1/admin/connectors/shopify/promote", None, Some(json!({"require_tape": true}))).await;
+    assert_eq!(status, 409, "a regressed build is not promoted: {body}");
+    assert!(body.to_string().contains("not a complete match on the tape"), "{body}");
+
+    let same = stored(component_variant(&std::fs::read(plugins::SHOPIFY_REST).unwrap(), "same")).await;
+    let (status, body) = admin("/v1/admin/connectors/shopify/promote", None, Some(json!({"require_tape": true}))).await;
+    assert_eq!(status, 409, "the regressed build is still the one the tape judged: {body}");
+    // From the command line, as ops run it: the recorded shop's directory is the tape.
+    let cli = |args: Vec<String>| {
+        let url = berth.base_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            berth_tests::berth_admin(&url, DEPLOYER, &args)
+        })
+    };
+    let (code, out, err) = cli(vec!["shadow".into(), "shopify".into(), same.clone(), "--tape".into(), acme.display().to_string()]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["match_percent"].as_f64(), Some(100.0), "{r}");
+    assert_eq!(r["calls_matching"], r["compared"], "{r}");
+    let (code, out, err) = cli(vec!["promote".into(), "shopify".into(), "--require-tape".into()]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let view = get_json_as(DEPLOYER, berth.url("/v1/admin/connectors/shopify")).await;
+    assert_eq!(view["active"]["digest"].as_str(), Some(same.as_str()), "{view}");
+    assert_eq!(view["tape_shadow"]["digest"].as_str(), Some(same.as_str()), "{view}");
+    // A tape of another platform is refused with the reason.
+    let mut other = tape.clone();
+    other["platform"] = json!("taobao");
+    let (status, body) = admin("/v1/admin/connectors/shopify/shadow/tape", None, Some(json!({"digest": same, "tape": other}))).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("recorded on platform `taobao`"), "{body}");
+}
+
+/// A recorded shop's directory as one tape (meta.json, then the calls), as `berth
+/// shadow --tape` sends it.
+fn berth_core_tape(dir: &std::path::Path) -> Value {
+    let mut tape: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let calls: Vec<Value> = std::fs::read_to_string(dir.join("calls.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    tape["calls"] = Value::Array(calls);
+    tape
 }

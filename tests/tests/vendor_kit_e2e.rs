@@ -279,6 +279,20 @@ throttle_body = '{{"result":24,"error_msg":"call frequency exceeded","retry_afte
     let (_, html) = check(&out, "fault-html").unwrap();
     assert!(html.contains("crashed") && html.contains("wasm trap") && !html.contains("backtrace"), "{out}");
 
+    // The tape as a shadow run: the same build matches every field; the wrong one not.
+    let shadow = |component: &str| {
+        vec!["plugin".to_string(), "shadow".into(), component.into(), "--tape".into(), s(&tape), "--shop-config".into(), s(&shop_file)]
+    };
+    let (code, out, err) = berth(shadow(plugins::SOUK)).await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("compared 7 (0 skipped") && out.contains("7 matching every field") && out.contains(": 100.00%"), "{out}");
+    let (code, out, _) = berth(shadow(plugins::SOUK_WRONG)).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("RESULT: FAIL") && out.contains("DIFF pull-orders"), "{out}");
+    let rate: f64 = out.split("matching: ").nth(1).and_then(|r| r.split('%').next()).and_then(|r| r.parse().ok()).expect("a match rate");
+    assert!(rate < 100.0, "{out}");
+    assert_eq!(souk.lock().unwrap().calls, calls_after_recording);
+
     // A tape without the check's exchange: the request is reported, not guessed.
     let cut = dir.path().join("cut");
     let mut edited = taped.clone();

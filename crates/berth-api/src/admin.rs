@@ -49,6 +49,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
             post(|s, p, h, b| with_digest(s, p, h, b, DigestOp::Shadow)).get(shadow_report),
         )
         .route("/v1/admin/connectors/{name}/shadow/stop", post(stop_shadow))
+        .route("/v1/admin/connectors/{name}/shadow/tape", post(tape_shadow).layer(DefaultBodyLimit::disable()))
         .route("/v1/admin/connectors/{name}/pause", post(|s, p, h| pause_connector(s, p, h, true)))
         .route("/v1/admin/connectors/{name}/resume", post(|s, p, h| pause_connector(s, p, h, false)))
         .route("/v1/admin/shops/{shop}/pause", post(|s, p, h| pause_shop(s, p, h, true)))
@@ -169,7 +170,10 @@ fn status_of(e: &DeployError) -> StatusCode {
         }
         DeployError::NothingToRollBack(_) | DeployError::NoCanary(_) | DeployError::CanaryRunning(_) => StatusCode::CONFLICT,
         DeployError::BadCanary(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::NoCandidate(_) | DeployError::ShadowMismatch { .. } | DeployError::ShadowRunning(_) => StatusCode::CONFLICT,
+        DeployError::NoCandidate(_) | DeployError::ShadowMismatch { .. } | DeployError::ShadowRunning(_) | DeployError::TapeMismatch { .. } => {
+            StatusCode::CONFLICT
+        }
+        DeployError::BadTape(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -320,6 +324,9 @@ struct PromoteRequest {
     /// Promote even though the shadow run found differences.
     #[serde(default)]
     force: bool,
+    /// Refuse unless a tape-based shadow run of the candidate matched completely.
+    #[serde(default)]
+    require_tape: bool,
 }
 
 async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -333,12 +340,45 @@ async fn promote(State(st): State<Arc<AdminState>>, Path(name): Path<String>, he
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return st.refuse(&caller, &action, StatusCode::BAD_REQUEST, format!("{e}; expected {{\"force\": true}} or no body")),
+            Err(e) => return st.refuse(&caller, &action, StatusCode::BAD_REQUEST, format!("{e}; expected {{\"force\": true}}, {{\"require_tape\": true}} or no body")),
         }
     };
-    let result = st.registry.promote(&name, req.force).await;
+    let result = st.registry.promote(&name, req.force, req.require_tape).await;
     let digest = result.as_ref().ok().map(|e| e.digest.clone());
     st.answer(&caller, &action, digest.as_deref(), result.map(|e| (StatusCode::OK, e)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TapeShadowRequest {
+    digest: String,
+    tape: berth_core::tape::TapeFile,
+}
+
+/// Replay a recorded tape to a stored version and compare its answers with the
+/// recorded ones (registry `tape_shadow`); the result is kept for `promote`.
+async fn tape_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let action = Action { name: "shadow-tape", target: &name };
+    let caller = match st.caller(&headers, Access::Deploy, Some(&action)) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let max = st.auth.max_tape_bytes();
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        return st.refuse(&caller, &action, StatusCode::PAYLOAD_TOO_LARGE, format!("the tape is larger than {max} bytes (admin.max_tape_mb)"));
+    };
+    let req: TapeShadowRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("{e}; expected {{\"digest\": \"<sha256 of a deployed version>\", \"tape\": <a tape.json from berth plugin record or a recorded shop>}}");
+            return st.refuse(&caller, &action, StatusCode::BAD_REQUEST, why);
+        }
+    };
+    // The shop's own config when it is served here: a recorded webhook's signature can
+    // then be checked.
+    let shop = st.shops.webhook(&req.tape.shop).filter(|w| w.connector.name == name).map(|w| w.config.clone());
+    let result = st.registry.tape_shadow(&name, &req.digest, &req.tape, shop, &caller.name).await.map(|r| (StatusCode::OK, r));
+    st.answer(&caller, &action, Some(&req.digest), result)
 }
 
 async fn stop_shadow(State(st): State<Arc<AdminState>>, Path(name): Path<String>, headers: HeaderMap) -> Response {

@@ -78,6 +78,7 @@ struct KnownToken {
 pub struct AdminAuth {
     tokens: RwLock<Vec<KnownToken>>,
     max_component_mb: RwLock<u32>,
+    max_tape_mb: RwLock<u32>,
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -125,6 +126,11 @@ impl AdminAuth {
             .collect();
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = known;
         *self.max_component_mb.write().unwrap_or_else(|e| e.into_inner()) = cfg.max_component_mb;
+        *self.max_tape_mb.write().unwrap_or_else(|e| e.into_inner()) = cfg.max_tape_mb;
+    }
+
+    pub fn max_tape_bytes(&self) -> usize {
+        *self.max_tape_mb.read().unwrap_or_else(|e| e.into_inner()) as usize * 1024 * 1024
     }
 
     pub fn max_component_bytes(&self) -> usize {
@@ -188,6 +194,8 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Largest component a deploy takes.
     pub max_component_mb: u32,
+    /// Largest tape a tape-based shadow run takes (`POST …/shadow/tape`).
+    pub max_tape_mb: u32,
     /// Refused attempts without a valid token written to the audit log one by one per
     /// minute; the rest are counted in one entry (and in `berth_api_refused_total`).
     pub max_unauthenticated_audits_per_minute: u32,
@@ -195,7 +203,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { tokens: Vec::new(), max_component_mb: 32, max_unauthenticated_audits_per_minute: 60 }
+        AdminConfig { tokens: Vec::new(), max_component_mb: 32, max_tape_mb: 32, max_unauthenticated_audits_per_minute: 60 }
     }
 }
 
@@ -248,6 +256,9 @@ impl AdminConfig {
         }
         if self.max_component_mb == 0 {
             return Err("admin.max_component_mb must be at least 1".into());
+        }
+        if self.max_tape_mb == 0 {
+            return Err("admin.max_tape_mb must be at least 1".into());
         }
         Ok(())
     }

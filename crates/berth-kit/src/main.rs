@@ -32,6 +32,16 @@ enum PluginCommand {
         #[arg(long, requires = "tape")]
         shop_config: Option<PathBuf>,
     },
+    /// Replay a tape's calls to the component and compare its answers with the recorded
+    /// ones, field by field. Exit 0 on a 100% match, 1 otherwise.
+    Shadow {
+        file: PathBuf,
+        #[arg(long)]
+        tape: PathBuf,
+        /// The shop file (its secrets let recorded webhooks be compared).
+        #[arg(long)]
+        shop_config: Option<PathBuf>,
+    },
     /// Run the connector's calls (check, pulls over a window, a push, a webhook) against
     /// the platform or a sandbox named in the shop file, and write every platform
     /// exchange to a tape, secrets and signatures redacted.
@@ -85,6 +95,9 @@ fn main() -> ExitCode {
                 berth_kit::replay::run(&file, &tape, shop_config.as_deref()).await.map(|report| printed(report.render(), report.passed()))
             }
             PluginCommand::Test { .. } => unreachable!("clap requires --sim or --tape"),
+            PluginCommand::Shadow { file, tape, shop_config } => berth_kit::replay::shadow(&file, &tape, shop_config.as_deref())
+                .await
+                .map(|r| printed(berth_kit::replay::render_shadow(&r), r.complete_match().is_ok())),
             PluginCommand::Record { file, shop_config, out, hours, until_ms } => {
                 berth_kit::record::record(&file, &shop_config, &out, hours, until_ms).await.map(|r| printed(r.render(), true))
             }

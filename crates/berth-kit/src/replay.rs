@@ -6,13 +6,12 @@
 use super::report::{error_kind, fail, pass, skip, some, Check, Report};
 use super::shop_file::ShopFile;
 use super::{PluginError, ScratchHost};
-use berth_core::tape::replay::{first_reads, run_input, CallAnswer, Fault, Pool, Shared};
+use berth_core::tape::replay::{first_reads, placeholder_shop, run_input, CallAnswer, Fault, Pool, Shared};
 use berth_core::tape::{sensitive, ReplayPlan, TapeFile, TapedInput};
 use berth_runtime::tape::Tape;
 use berth_runtime::{LoadedConnector, Output};
 use berth_types::connector::{Capability, ConnectorError, Manifest, Order, StockUpdate, TimeWindow, UpdateResult};
 use berth_types::shop::{ShopConfig, Tier};
-use berth_types::Secret;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -504,18 +503,13 @@ fn plan_for(tape: &TapeFile, file: Option<&ShopFile>) -> ReplayPlan {
     plan
 }
 
-/// The shop the replayed calls run for: the tape's settings, and the shop file's
-/// secrets when given (else placeholders named like the tape's redactions).
+/// The shop the replayed calls run for: with a shop file, the tape's settings under its
+/// own and its secrets; else the tape's placeholders.
 fn shop_for(tape: &TapeFile, file: Option<&ShopFile>) -> Arc<ShopConfig> {
+    let Some(f) = file else { return placeholder_shop(tape) };
     let mut settings = tape.settings.clone();
-    let secrets: BTreeMap<String, Secret> = match file {
-        Some(f) => {
-            settings.extend(f.settings.clone());
-            f.secrets.clone()
-        }
-        None => tape.secrets.iter().map(|k| (k.clone(), Secret::new(format!("<secret:{k}>")))).collect(),
-    };
-    Arc::new(ShopConfig { connector: "kit".into(), tier: Tier::A, poll_interval_secs: None, settings, secrets })
+    settings.extend(f.settings.clone());
+    Arc::new(ShopConfig { connector: "kit".into(), tier: Tier::A, poll_interval_secs: None, settings, secrets: f.secrets.clone() })
 }
 
 /// `berth plugin test FILE --tape DIR [--shop-config shop.toml]`.
@@ -597,4 +591,38 @@ mod tests {
             assert!(!masked_phone(bad), "{bad}");
         }
     }
+}
+
+/// `berth plugin shadow FILE --tape DIR`: the tape's calls replayed to the component, its
+/// answers compared with the recorded ones field by field (berth-core's
+/// tape/compare.rs, as a running berth's `shadow --tape` does).
+pub async fn shadow(component: &Path, tape_dir: &Path, shop_file: Option<&Path>) -> Result<berth_core::tape::compare::TapeShadowResult, PluginError> {
+    let tape = TapeFile::read(tape_dir)?;
+    let file = shop_file.map(ShopFile::read).transpose()?;
+    let host = ScratchHost::with_config("[runtime]\nbreaker = false\ncall_timeout_ms = 10000\n")?;
+    let connector = host.runtime.load("kit", component, &host.options(&[])).await?;
+    let cfg = file.as_ref().map(|f| shop_for(&tape, Some(f)));
+    Ok(berth_core::tape::compare::compare(&connector, &tape, cfg, "berth plugin shadow").await)
+}
+
+/// A tape run's result as the kit prints it.
+pub fn render_shadow(r: &berth_core::tape::compare::TapeShadowResult) -> String {
+    let mut out = format!(
+        "tape shadow: {} calls recorded by {} for shop {}\n  compared {} ({} skipped: webhooks need --shop-config), {} matching every field\n  fields {}/{} matching: {:.2}%\n",
+        r.calls, r.recorded_by, r.shop, r.compared, r.skipped, r.calls_matching, r.fields_matching, r.fields, r.match_percent
+    );
+    if r.unanswered_requests > 0 {
+        out.push_str(&format!("  {} requests the tape could not answer\n", r.unanswered_requests));
+    }
+    for d in &r.differences {
+        out.push_str(&format!("  DIFF {} {}: recorded {} / candidate {}\n", d.call, d.path, d.active, d.candidate));
+    }
+    if r.difference_count > r.differences.len() {
+        out.push_str(&format!("  (+{} more differences)\n", r.difference_count - r.differences.len()));
+    }
+    out.push_str(match r.complete_match() {
+        Ok(()) => "RESULT: PASS (100% of fields match)\n",
+        Err(_) => "RESULT: FAIL (not a complete match)\n",
+    });
+    out
 }

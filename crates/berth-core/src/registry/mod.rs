@@ -54,6 +54,10 @@ pub enum DeployError {
     ShadowMismatch { digest: String, why: String },
     #[error("connector `{0}` already runs a shadow; stop it first")]
     ShadowRunning(String),
+    #[error("bad tape: {0}")]
+    BadTape(String),
+    #[error("promotion refused: {digest} {why}; promote with force to override")]
+    TapeMismatch { digest: String, why: String },
     #[error(transparent)]
     Storage(#[from] RegistryStoreError),
 }
@@ -84,6 +88,9 @@ pub struct ConnectorView {
     /// the nodes' reports).
     pub shadow: Option<shadow::ShadowReport>,
     pub last_shadow: Option<shadow::ShadowReport>,
+    /// The last tape-based shadow run (`berth shadow NAME DIGEST --tape DIR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tape_shadow: Option<crate::tape::compare::TapeShadowResult>,
     /// Cluster mode: the digests of versions another node deployed that this node has
     /// compiled ahead (activating one is then a load, not a compile).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -692,18 +699,40 @@ impl ConnectorRegistry {
     /// Make the candidate — the canary's, else the shadow's — active for every shop.
     /// Refused while a shadow run of that version found differences (or compared nothing),
     /// unless `force`.
-    pub async fn promote(&self, name: &str, force: bool) -> Result<CanaryEnd, DeployError> {
-        let (slot, _) = self.known(name)?;
+    /// Make the candidate active for every shop: the canary's, else the shadow's, else
+    /// the version a tape-based shadow run last judged. Refused (unless `force`) while
+    /// the candidate's live shadow or its tape run found differences, and with
+    /// `require_tape` when no tape run of it matched completely.
+    pub async fn promote(&self, name: &str, force: bool, require_tape: bool) -> Result<CanaryEnd, DeployError> {
+        let (slot, cfg) = self.known(name)?;
         let _guard = self.changes.lock().await;
-        let candidate = match (slot.canary(), slot.shadow()) {
-            (Some(c), _) => c.version,
-            (None, Some(sh)) => sh.version.clone(),
-            (None, None) => return Err(DeployError::NoCandidate(name.to_string())),
+        let taped = self.store.state(name)?.tape_shadow;
+        let candidate = match (slot.canary(), slot.shadow(), &taped) {
+            (Some(c), _, _) => c.version,
+            (None, Some(sh), _) => sh.version.clone(),
+            (None, None, Some(t)) if t.digest != slot.current().digest => {
+                Arc::new(Self::load_stored(&self.store, &self.runtime, name, &cfg, &t.digest).await?)
+            }
+            _ => return Err(DeployError::NoCandidate(name.to_string())),
         };
         let (running, last) = self.shadow_reports(name, &slot);
         let report = running.or(last).filter(|r| r.digest == candidate.digest);
         if let (Some(r), false) = (&report, force) {
             r.complete_match().map_err(|why| DeployError::ShadowMismatch { digest: candidate.digest.clone(), why })?;
+        }
+        match (taped.filter(|t| t.digest == candidate.digest), force) {
+            (_, true) => {}
+            (Some(t), false) => t.complete_match().map_err(|why| DeployError::TapeMismatch {
+                digest: candidate.digest.clone(),
+                why: format!("is not a complete match on the tape recorded by {}: {why}", t.recorded_by),
+            })?,
+            (None, false) if require_tape => {
+                return Err(DeployError::TapeMismatch {
+                    digest: candidate.digest.clone(),
+                    why: "has not been run on a tape: `berth shadow NAME DIGEST --tape DIR` first".into(),
+                })
+            }
+            (None, false) => {}
         }
         let reason = if force { "promoted by ops (forced)" } else { "promoted by ops" }.to_string();
         if slot.canary().is_some() {
@@ -751,6 +780,43 @@ impl ConnectorRegistry {
         self.share_shadow_report(name, &slot).await;
         tracing::warn!(connector = name, digest = &digest[..12.min(digest.len())], "shadow run started");
         Ok(report)
+    }
+
+    /// A tape-based shadow run: replay `tape` to the stored version `digest` and compare
+    /// its answers with the recorded ones, field by field (tape/compare.rs). The result
+    /// is kept in the connector's state (one per connector, the last), shown in its view
+    /// and judged by `promote`. `shop` is the tape's shop's config when it is served here.
+    pub async fn tape_shadow(
+        &self,
+        name: &str,
+        digest: &str,
+        tape: &crate::tape::TapeFile,
+        shop: Option<Arc<berth_types::shop::ShopConfig>>,
+        by: &str,
+    ) -> Result<crate::tape::compare::TapeShadowResult, DeployError> {
+        let (slot, cfg) = self.known(name)?;
+        if self.store.version(name, digest)?.is_none() {
+            return Err(DeployError::UnknownVersion { connector: name.to_string(), digest: digest.to_string() });
+        }
+        if tape.platform != slot.platform {
+            return Err(DeployError::BadTape(format!("it was recorded on platform `{}`; connector `{name}` serves `{}`", tape.platform, slot.platform)));
+        }
+        if tape.calls.is_empty() {
+            return Err(DeployError::BadTape("it holds no call".into()));
+        }
+        let candidate = Self::load_stored(&self.store, &self.runtime, name, &cfg, digest).await?;
+        let result = crate::tape::compare::compare(&candidate, tape, shop, by).await;
+        self.store
+            .update_state(name, |st| {
+                st.tape_shadow = Some(result.clone());
+                Ok::<_, DeployError>(())
+            })
+            .await?;
+        tracing::warn!(
+            connector = name, digest = &digest[..12.min(digest.len())], compared = result.compared, match_percent = result.match_percent,
+            "tape-based shadow run done"
+        );
+        Ok(result)
     }
 
     /// Stop the shadow run; its report stays readable until the next one.
@@ -814,6 +880,7 @@ impl ConnectorRegistry {
         let (shadow, last_shadow) = self.shadow_reports(name, &slot);
         Ok(ConnectorView {
             canary,
+            tape_shadow: st.tape_shadow.clone(),
             last_canary: st.last_canary.clone(),
             shadow,
             last_shadow,

@@ -101,6 +101,9 @@ pub struct ConnectorState {
     /// The last shadow run that ended (its reports are kept for promotion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_shadow: Option<ShadowPlan>,
+    /// The last tape-based shadow run's result (`promote` judges it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tape_shadow: Option<crate::tape::compare::TapeShadowResult>,
 }
 
 impl ConnectorState {

@@ -283,6 +283,18 @@ impl Script for Shared {
     }
 }
 
+/// The shop a replay runs for when its real config is not at hand: the tape's settings,
+/// and its secrets as the placeholders the tape's redactions name.
+pub fn placeholder_shop(tape: &TapeFile) -> Arc<ShopConfig> {
+    Arc::new(ShopConfig {
+        connector: "tape".into(),
+        tier: berth_types::shop::Tier::A,
+        poll_interval_secs: None,
+        settings: tape.settings.clone(),
+        secrets: tape.secrets.iter().map(|k| (k.clone(), berth_types::Secret::new(format!("<secret:{k}>")))).collect(),
+    })
+}
+
 /// The state the calls start from: each key as the tape first read it.
 pub fn first_reads(tape: &TapeFile) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut kv = BTreeMap::new();
