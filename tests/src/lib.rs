@@ -351,6 +351,16 @@ pub fn component_variant(component: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// A `berth plugin` report's line for one check: (PASS/FAIL/SKIP, detail's first line).
+pub fn kit_check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    report.lines().find_map(|l| {
+        let l = l.trim_start();
+        let (outcome, rest) = l.split_once("  ")?;
+        let (check, detail) = rest.trim_start().split_once(' ').unwrap_or((rest.trim_start(), ""));
+        (check == name).then_some((outcome, detail.trim()))
+    })
+}
+
 /// Run a `berth` admin command (deploy, rollback, ...) with `BERTH_TOKEN` set; returns
 /// (exit code, stdout, stderr).
 pub fn berth_admin(url: &str, token: &str, args: &[&str]) -> (Option<i32>, String, String) {

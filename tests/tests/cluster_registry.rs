@@ -43,6 +43,7 @@ async fn node(nats: &NatsCluster, name: &str) -> Node {
         allow_private_addresses: false,
         limits: Default::default(),
         onboarding: None,
+        record: None,
     };
     let registry = Arc::new(ConnectorRegistry::open(store, host.runtime.clone(), &BTreeMap::from([("shopify".to_string(), config)]), None).await.expect("open the registry"));
     registry.set_shops(BTreeMap::from([("shopify".to_string(), vec!["s1".to_string(), "s2".to_string()])]));

@@ -3,7 +3,7 @@
 //! connector passes the conformance suite against its simulated platform; a broken one
 //! fails with the check and the reason.
 
-use berth_tests::run_berth;
+use berth_tests::{kit_check as check, run_berth};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -16,16 +16,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 fn plugin_test(component: &str, sim: &str) -> (Option<i32>, String, String) {
     run_berth(&["plugin", "test", component, "--sim", sim], DEADLINE)
-}
-
-/// The report's line for one check: (outcome, detail).
-fn check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
-    report.lines().find_map(|l| {
-        let l = l.trim_start();
-        let (outcome, rest) = l.split_once("  ")?;
-        let (check, detail) = rest.trim_start().split_once(' ').unwrap_or((rest.trim_start(), ""));
-        (check == name).then_some((outcome, detail.trim()))
-    })
 }
 
 #[test]

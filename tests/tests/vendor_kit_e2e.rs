@@ -7,7 +7,7 @@
 
 use axum::extract::{Query, State};
 use axum::routing::get;
-use berth_tests::run_berth;
+use berth_tests::{kit_check as check, run_berth};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -116,16 +116,6 @@ fn seed(until: i64) -> Souk {
         souk.stock.insert(sku.into(), 100);
     }
     souk
-}
-
-/// The report's line for one check: (outcome, detail).
-fn check<'a>(report: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
-    report.lines().find_map(|l| {
-        let l = l.trim_start();
-        let (outcome, rest) = l.split_once("  ")?;
-        let (check, detail) = rest.trim_start().split_once(' ').unwrap_or((rest.trim_start(), ""));
-        (check == name).then_some((outcome, detail.trim()))
-    })
 }
 
 fn outcomes(report: &str) -> BTreeMap<String, String> {
@@ -272,7 +262,7 @@ throttle_body = '{{"result":24,"error_msg":"call frequency exceeded","retry_afte
     assert_eq!(code, Some(1), "{out}\n{err}");
     let failed: Vec<String> = outcomes(&out).into_iter().filter(|(_, o)| o == "FAIL").map(|(n, _)| n).collect();
     assert_eq!(failed, ["fault-html", "fault-throttle-body", "pull-orders"], "{out}");
-    let (_, pulled) = check(&out, "pull-orders").unwrap();
+    assert!(check(&out, "pull-orders").unwrap().1.starts_with("order SK310007 (updated-at-ms"), "{out}");
     assert!(out.contains("order SK310007 (updated-at-ms") && out.contains("outside it"), "{out}");
     assert!(out.contains("orders the recording got never came"), "the taped throttle taken for an empty page: {out}");
     assert!(check(&out, "fault-throttle-body").unwrap().1.contains("for a success"), "{out}");
