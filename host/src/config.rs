@@ -235,6 +235,15 @@ impl Config {
             if c.platform.as_deref().is_some_and(|p| !valid_id(p)) {
                 return Err(format!("connectors.{name}.platform may only use a-z, 0-9, `-` and `_`"));
             }
+            if let Some(rec) = &c.record {
+                // Each names a directory under data_dir/tapes/NAME.
+                if let Some(shop) = rec.shops.iter().find(|s| !valid_id(s)) {
+                    return Err(format!("connectors.{name}.record.shops: `{shop}` is not a shop name (a-z, 0-9, `-` and `_`)"));
+                }
+                if !(1..=1_048_576).contains(&rec.max_kb) {
+                    return Err(format!("connectors.{name}.record.max_kb must be 1..=1048576 (1 GiB), not {}", rec.max_kb));
+                }
+            }
         }
         if let Some(name) = self.shops.keys().find(|n| !valid_id(n)) {
             return Err(format!("shop name `{name}` may only use a-z, 0-9, `-` and `_`"));
@@ -372,6 +381,12 @@ mod tests {
 
     #[test]
     fn connector_limits_are_checked() {
+        let rec = "[connectors.s]\ncomponent = \"s.wasm\"\n[connectors.s.record]\n";
+        let err = parse(&format!("{rec}shops = [\"../etc\"]\n")).unwrap_err().to_string();
+        assert!(err.contains("connectors.s.record.shops: `../etc` is not a shop name"), "{err}");
+        let err = parse(&format!("{rec}shops = [\"acme\"]\nmax_kb = 0\n")).unwrap_err().to_string();
+        assert!(err.contains("connectors.s.record.max_kb must be 1..=1048576"), "{err}");
+        assert_eq!(parse(&format!("{rec}shops = [\"acme\"]\n")).unwrap().connectors["s"].record.as_ref().map(|r| r.max_kb), Some(16 * 1024));
         let c = "[connectors.s]\ncomponent = \"s.wasm\"\n[connectors.s.limits]\n";
         let err = parse(&format!("{c}max_concurrent_calls = 0\n")).unwrap_err().to_string();
         assert!(err.contains("connectors.s.limits: max_concurrent_calls must be at least 1"), "{err}");
