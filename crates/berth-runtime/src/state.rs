@@ -221,7 +221,7 @@ impl HostState {
         }
         let sent = req.clone();
         let result = self.send_live(req, cost).await;
-        self.tape.record(&sent, &result);
+        self.tape.record(sent, &result);
         result
     }
 

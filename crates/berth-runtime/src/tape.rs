@@ -126,16 +126,10 @@ impl Tape {
         matches!(self, Tape::Recording { .. })
     }
 
-    /// Note an exchange; `req` is the request as sent (without its body moved out).
-    pub fn record(&mut self, req: &Request, result: &Result<Response, HttpError>) {
+    /// Note an exchange: `req` is the request as sent, kept whole.
+    pub fn record(&mut self, req: Request, result: &Result<Response, HttpError>) {
         if let Tape::Recording { exchanges, .. } = self {
-            exchanges.push(Exchange {
-                method: req.method,
-                url: req.url.clone(),
-                headers: req.headers.clone(),
-                body: req.body.clone(),
-                result: result.clone(),
-            });
+            exchanges.push(Exchange { method: req.method, url: req.url, headers: req.headers, body: req.body, result: result.clone() });
         }
     }
 
@@ -192,8 +186,8 @@ mod tests {
     #[test]
     fn replays_in_order_by_endpoint_and_notes_mismatches() {
         let mut t = Tape::recording();
-        t.record(&req(Method::Get, "https://a.example/orders.json?since=1&sig=X"), &ok("page1"));
-        t.record(&req(Method::Post, "https://a.example/router?t=1"), &ok("done"));
+        t.record(req(Method::Get, "https://a.example/orders.json?since=1&sig=X"), &ok("page1"));
+        t.record(req(Method::Post, "https://a.example/router?t=1"), &ok("done"));
         t.kv_get("cursor", || Ok(Some(b"7".to_vec()))).unwrap();
         let mut r = t.into_replay();
         assert!(r.is_replaying());

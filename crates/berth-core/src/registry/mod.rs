@@ -696,9 +696,6 @@ impl ConnectorRegistry {
         Ok(end)
     }
 
-    /// Make the candidate — the canary's, else the shadow's — active for every shop.
-    /// Refused while a shadow run of that version found differences (or compared nothing),
-    /// unless `force`.
     /// Make the candidate active for every shop: the canary's, else the shadow's, else
     /// the version a tape-based shadow run last judged. Refused (unless `force`) while
     /// the candidate's live shadow or its tape run found differences, and with

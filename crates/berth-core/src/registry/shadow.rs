@@ -106,7 +106,7 @@ pub struct Shadow {
 }
 
 /// A call's answer as JSON, as shadow reports and the vendor kit's tapes hold it.
-pub fn json_of(out: &Result<Output, CallError>) -> Value {
+pub fn json_of<T: Serialize>(out: Result<&T, &CallError>) -> Value {
     match out {
         Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
         Err(e) => serde_json::json!({ "call-error": e.to_string() }),
@@ -172,12 +172,12 @@ impl Shadow {
             self.report.lock().unwrap_or_else(|e| e.into_inner()).skipped += 1;
             return;
         }
-        let (me, shop, active) = (self.clone(), shop.to_string(), json_of(active));
+        let (me, shop, active) = (self.clone(), shop.to_string(), json_of(active.as_ref()));
         tokio::spawn(async move {
             let name = call.name();
             let (out, tape) = me.version.call(&shop, cfg, call, tape.into_replay()).await;
             let mut found = Vec::new();
-            diff("", &active, &json_of(&out), &mut found);
+            diff("", &active, &json_of(out.as_ref()), &mut found);
             for (i, m) in tape.mismatches().iter().enumerate() {
                 found.push((format!("http[{i}]"), Value::String("as recorded".into()), Value::String(m.clone())));
             }

@@ -88,7 +88,7 @@ impl ShopJournal {
     /// write runs off the async threads.
     pub fn append(self: &Arc<Self>, conn: &LoadedConnector, cfg: &ShopConfig, call: &Call, out: &Result<Output, CallError>, tape: &Tape) {
         let mut r = Redactor::for_shop(Some(cfg));
-        let mut taped = TapedCall::recorded(TapedInput::of(call), crate::registry::shadow::json_of(out), tape);
+        let mut taped = TapedCall::recorded(TapedInput::of(call), crate::registry::shadow::json_of(out.as_ref()), tape);
         let meta = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.stopped {

@@ -31,8 +31,8 @@ impl CallAnswer {
     pub fn json(out: &Result<CallAnswer, CallError>) -> Value {
         match out {
             Ok(CallAnswer::Check(h)) => serde_json::json!({ "Check": h }),
-            Ok(CallAnswer::Out(o)) => json_of(&Ok(o.clone())),
-            Err(e) => serde_json::json!({ "call-error": e.to_string() }),
+            Ok(CallAnswer::Out(o)) => json_of(Ok(o)),
+            Err(e) => json_of::<Output>(Err(e)),
         }
     }
 }
