@@ -74,7 +74,7 @@ async fn start_nodes(setup: Setup, dir: &std::path::Path, sim: &berth_sim::SimHa
     };
     let mut nodes = Vec::new();
     for i in 0..n {
-        let config = node_config(dir, &format!("b{}", i + 1), &sim.base_url(), nats, shops, 4, "");
+        let config = node_config(dir, &format!("b{}", i + 1), &sim.base_url(), nats, shops, 4, berth_tests::NO_MANIFEST_RATES);
         nodes.push(tokio::task::spawn_blocking(move || Berth::start(&config)).await.unwrap());
     }
     nodes

@@ -108,7 +108,8 @@ fn config(dir: &Path, connectors: &[(&str, &str)], shops: &str, cache: Option<&P
     let runtime = std::env::var("RUNTIME").unwrap_or_default();
     let rest = format!(
         "[sync]\ninitial_lookback_hours = 3\n[runtime]\nmax_instances = 256\n{runtime}\n\
-         [admin]\nmax_component_mb = 64\ntokens = [{{ name = \"bench\", token = \"{DEPLOYER}\", role = \"deployer\" }}]\n{}{shops}",
+         [admin]\nmax_component_mb = 64\ntokens = [{{ name = \"bench\", token = \"{DEPLOYER}\", role = \"deployer\" }}]\n{}{}{shops}",
+        berth_tests::NO_MANIFEST_RATES,
         berth_tests::local_connectors(connectors)
     );
     berth_tests::write_config(dir, &rest)

@@ -263,6 +263,12 @@ pub fn raise_nofile(want: u64) -> u64 {
 /// `[sync]` for tests: three hours of history on the first pull and quick retries.
 pub const QUICK_SYNC: &str = "[sync]\ninitial_lookback_hours = 3\nretry_base_ms = 200\nretry_max_ms = 1000\n";
 
+/// `[platforms.X] use_manifest_rate = false` for the four simulated platforms: no
+/// host-side bucket at the connectors' declared rates, for benchmarks that measure the
+/// host against a simulator told not to throttle either.
+pub const NO_MANIFEST_RATES: &str = "[platforms.shopify]\nuse_manifest_rate = false\n[platforms.taobao]\nuse_manifest_rate = false\n\
+     [platforms.shopee]\nuse_manifest_rate = false\n[platforms.woocommerce]\nuse_manifest_rate = false\n";
+
 pub fn write_config(dir: &Path, rest: &str) -> PathBuf {
     let path = dir.join("berth.toml");
     let text = format!(

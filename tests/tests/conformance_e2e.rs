@@ -101,11 +101,11 @@ fn a_connector_that_breaks_fails_with_the_check_and_the_reason() {
 
 #[test]
 fn inspect_prints_manifest_world_imports_and_digest() {
-    for (component, platform, language_import, world) in [
-        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.3.0"),
-        (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0"),
-        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0"),
-        (plugins::SHOPIFY_REST, "shopify", "berth:connector/http@0.3.0", "0.3.0"),
+    for (component, platform, language_import, world, rate) in [
+        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.3.0", "480 requests/min, burst 5"),
+        (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0", "300 requests/min, burst 5"),
+        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0", "300 requests/min, burst 5"),
+        (plugins::SHOPIFY_REST, "shopify", "berth:connector/http@0.3.0", "0.3.0", "120 requests/min, burst 40"),
     ] {
         let (code, out, err) = run_berth(&["plugin", "inspect", component], DEADLINE);
         assert_eq!(code, Some(0), "{out}\n{err}");
@@ -114,6 +114,9 @@ fn inspect_prints_manifest_world_imports_and_digest() {
         assert!(out.contains(&format!("WIT world  berth:connector@{world}")), "{out}");
         assert!(out.contains(&format!("  platform          {platform}\n")), "{out}");
         assert!(out.contains(&format!("  wit-version       {world}")), "{out}");
+        // The declared rate, and what the host makes of it.
+        let declared = format!("  rate limit        {rate} (each shop's or app key's bucket unless ops set [platforms.{platform}] requests_per_second)\n");
+        assert!(out.contains(&declared), "{out}");
         assert!(out.contains(&format!("berth:connector/crypto@{world}")), "{out}");
         assert!(out.contains(language_import), "{component}: {out}");
         for export in ["manifest", "check", "pull-orders", "push-inventory", "handle-webhook"] {

@@ -1,5 +1,7 @@
 //! Calling each platform on its own terms, against the simulator:
 //! - Shopify's call-limit header keeps a store's bucket from overflowing (no 429 at all);
+//! - with no rate in config, each shop is held to the rate the connector's manifest
+//!   declares, shown in `/v1/platforms`; ops turn it off or set their own;
 //! - an endpoint class (Taobao stock writes) has its own rate while other calls run faster;
 //! - retry policies per platform (attempts, which errors retry) and their reload;
 //! - a throttle suspends a platform's quota for the configured time;
@@ -64,6 +66,16 @@ async fn dead(berth: &Berth, shop: &str) -> Value {
     .unwrap_or_else(|| panic!("no dead letter for {shop}\n{}", berth.log()))
 }
 
+/// Taobao's limits in `/v1/platforms` once a reload has made them come from `from`.
+async fn taobao_limits_from(berth: &Berth, from: &str) -> Value {
+    poll_until(Duration::from_secs(20), || async {
+        let l = get_json(berth.url("/v1/platforms")).await["taobao"]["limits"].clone();
+        (l["limit_from"] == from).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the reload did not make Taobao's limit come from {from}\n{}", berth.log()))
+}
+
 async fn feed_entries(berth: &Berth) -> u64 {
     get_json(berth.url("/v1/orders/feed")).await["entries"].as_u64().unwrap_or(0)
 }
@@ -93,6 +105,56 @@ async fn the_call_limit_header_keeps_shopify_below_its_bucket() {
     eprintln!("{stats:?}");
     assert!(stats.requests >= 20, "{stats:?}");
     assert_eq!(stats.throttled, 0, "berth let the bucket overflow: {stats:?}\n{}", berth.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_rate_holds_each_shop_when_ops_set_none() {
+    // The Taobao connector declares 600 calls a minute with a burst of 10. The simulator
+    // takes any rate, so only berth's own bucket can hold the calls back.
+    let sim = berth_sim::start(taobao_sim(150, 10_000), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |platforms: &str| {
+        berth_tests::write_config(
+            dir.path(),
+            &format!("{SYNC}{platforms}{}{}", berth_tests::local_connectors(&[("taobao", plugins::TAOBAO)]), taobao_shop(&sim.base_url())),
+        )
+    };
+    let started = Instant::now();
+    let berth = Berth::start(&write(""));
+    let limits = get_json(berth.url("/v1/platforms")).await["taobao"]["limits"].clone();
+    assert_eq!(limits["limit_from"], "manifest", "{limits}");
+    assert_eq!(limits["declared_by"], "taobao", "{limits}");
+    assert_eq!((limits["requests_per_second"].as_f64(), limits["burst"].as_u64()), (Some(10.0), Some(10)), "{limits}");
+    // Every SKU pushed while 150 orders are pulled in pages of 5: far more calls than
+    // the burst. At no moment has the simulator seen more than the bucket lets through
+    // since berth started (a burst of 10, then 10 a second).
+    let client = reqwest::Client::new();
+    let skus: Vec<String> = sim.state.stock(Platform::Taobao, "tb").into_iter().map(|i| i.sku).collect();
+    let updates: Vec<Value> = skus.iter().map(|s| json!({"sku": s, "quantity": 4})).collect();
+    let r = post_json(&client, berth.url("/v1/shops/tb/stock"), json!({ "updates": updates })).await;
+    assert_eq!(r["results"].as_array().map(Vec::len), Some(skus.len()), "{r}");
+    let requests = || sim.state.stats().get(&Platform::Taobao).map_or(0, |s| s.requests);
+    let pushed = || sim.state.stock(Platform::Taobao, "tb").iter().all(|i| i.quantity == 4);
+    let done = poll_until(DEADLINE, || async {
+        // The count is read before the clock, so the bound is never too tight.
+        let (n, t) = (requests(), started.elapsed().as_secs_f64());
+        let bound = 10.0 + 10.0 * t;
+        assert!(n as f64 <= bound + 1.0, "{n} calls reached the platform in {t:.2} s: more than the declared rate allows\n{}", berth.log());
+        (pushed() && feed_entries(&berth).await >= 150).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "orders or stock missing\n{}", berth.log());
+    let calls = requests();
+    assert!(calls > 40, "too few calls to test the bucket: {calls}");
+
+    // Ops turn the manifest's rate off: no host-side limit, said so.
+    write("[platforms.taobao]\nuse_manifest_rate = false\n");
+    let limits = taobao_limits_from(&berth, "none").await;
+    assert!(limits["requests_per_second"].is_null() && limits.get("declared_by").is_none(), "{limits}");
+    // Their own rate wins over the manifest's.
+    write("[platforms.taobao]\nrequests_per_second = 2.5\nburst = 3\n");
+    let limits = taobao_limits_from(&berth, "config").await;
+    assert_eq!((limits["requests_per_second"].as_f64(), limits["burst"].as_u64()), (Some(2.5), Some(3)), "{limits}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,11 +40,18 @@ impl HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformConfig {
-    /// No limit when absent.
+    /// The bucket per quota. When absent, the rate its connectors' manifests declare
+    /// (`default-rate-limit`, the most generous one) unless `use_manifest_rate = false`;
+    /// no host-side limit when none declares one.
     pub requests_per_second: Option<f64>,
-    /// Requests allowed at once after a quiet spell.
+    /// Requests allowed at once after a quiet spell (with `requests_per_second`).
     #[serde(default = "one")]
     pub burst: u32,
+    /// Without `requests_per_second`: limit each quota at the rate the platform's
+    /// connectors declare (true), or not at all (false: only the platform's own throttles
+    /// hold calls back).
+    #[serde(default = "yes")]
+    pub use_manifest_rate: bool,
     /// Shop setting naming the credential the platform counts calls against (e.g.
     /// `app_key`: every shop on one app key shares one bucket); per shop when absent.
     /// A shop of the platform without the setting is refused, naming it.
@@ -92,6 +99,7 @@ impl PlatformConfig {
         PlatformConfig {
             requests_per_second: None,
             burst: 1,
+            use_manifest_rate: false,
             quota_key: None,
             hosts: None,
             max_hold_secs: DEFAULT_MAX_HOLD_SECS,

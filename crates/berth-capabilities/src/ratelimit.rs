@@ -21,6 +21,7 @@
 
 use crate::windows::{parse_zone, wait_until_open, TimeWindow, Zone};
 use crate::config::PlatformConfig;
+use berth_types::connector::RateLimit;
 use berth_types::shop::ShopConfig;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -38,6 +39,8 @@ struct ClassLimiter {
 struct PlatformLimiter {
     requests_per_second: Option<f64>,
     burst: u32,
+    /// Where `requests_per_second` came from.
+    limit_from: LimitFrom,
     quota_key: Option<String>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     classes: Vec<ClassLimiter>,
@@ -53,6 +56,38 @@ struct PlatformLimiter {
 /// Shopify's standard REST bucket drains 2 calls a second.
 const DEFAULT_LEAK_PER_SECOND: f64 = 2.0;
 
+/// Where a platform's bucket comes from.
+#[derive(Clone, Debug, PartialEq)]
+enum LimitFrom {
+    /// `[platforms.ID] requests_per_second`.
+    Config,
+    /// The most generous rate its loaded connectors declare, and who declared it.
+    Manifest { connector: String, rate: RateLimit },
+    /// No bucket: no rate configured, none declared (or ops turned manifests off).
+    None,
+}
+
+impl LimitFrom {
+    fn label(&self) -> &'static str {
+        match self {
+            LimitFrom::Config => "config",
+            LimitFrom::Manifest { .. } => "manifest",
+            LimitFrom::None => "none",
+        }
+    }
+}
+
+/// The rate a platform's declarations add up to: the most generous one, so a connector
+/// declaring a low rate cannot slow the platform's other connectors, with the connector
+/// that declared it. `None` when none declares a rate.
+fn most_generous(declared: Option<&BTreeMap<String, RateLimit>>) -> Option<(String, RateLimit)> {
+    declared?
+        .iter()
+        .filter(|(_, r)| r.requests_per_minute > 0)
+        .max_by_key(|(c, r)| (r.requests_per_minute, r.burst, std::cmp::Reverse(c.as_str())))
+        .map(|(c, r)| (c.clone(), *r))
+}
+
 impl PlatformLimiter {
     /// A platform without configuration: no limits, but throttles and the call-limit
     /// header are still learnt from.
@@ -60,6 +95,7 @@ impl PlatformLimiter {
         PlatformLimiter {
             requests_per_second: None,
             burst: 1,
+            limit_from: LimitFrom::None,
             quota_key: None,
             limiter: None,
             classes: Vec::new(),
@@ -71,11 +107,36 @@ impl PlatformLimiter {
         }
     }
 
-    /// Built from checked config (`Config::parse` validated windows and time zone).
+    /// Built from checked config (`Config::parse` validated windows and time zone), and
+    /// the rate the platform's connectors declare (used when config names none and lets
+    /// manifests count). A platform config does not name is `PlatformConfig` defaults.
+    fn new(l: Option<&PlatformConfig>, declared: Option<(String, RateLimit)>) -> Self {
+        let base = l.map_or_else(PlatformLimiter::unconfigured, PlatformLimiter::from_config);
+        let manifests_count = l.is_none_or(|l| l.requests_per_second.is_none() && l.use_manifest_rate);
+        match declared {
+            Some(d) if manifests_count => PlatformLimiter::declared(base, d),
+            _ => base,
+        }
+    }
+
+    /// `p` with a bucket at the rate `connector` declared.
+    fn declared(p: PlatformLimiter, (connector, rate): (String, RateLimit)) -> Self {
+        let rps = f64::from(rate.requests_per_minute) / 60.0;
+        let burst = rate.burst.max(1);
+        PlatformLimiter {
+            requests_per_second: Some(rps),
+            burst,
+            limit_from: LimitFrom::Manifest { connector, rate },
+            limiter: Some(RateLimiter::keyed(quota(rps, burst))),
+            ..p
+        }
+    }
+
     fn from_config(l: &PlatformConfig) -> Self {
         PlatformLimiter {
             requests_per_second: l.requests_per_second,
             burst: l.burst,
+            limit_from: if l.requests_per_second.is_some() { LimitFrom::Config } else { LimitFrom::None },
             quota_key: l.quota_key.clone(),
             limiter: l.requests_per_second.map(|r| RateLimiter::keyed(quota(r, l.burst))),
             classes: l
@@ -246,6 +307,15 @@ pub struct PlatformLimitsView {
     /// The bucket per quota; no host-side limit when absent.
     pub requests_per_second: Option<f64>,
     pub burst: u32,
+    /// Where the bucket comes from: `config` (`[platforms.ID] requests_per_second`),
+    /// `manifest` (the most generous `default-rate-limit` its loaded connectors declare)
+    /// or `none`.
+    pub limit_from: &'static str,
+    /// With `manifest`: the connector whose declaration it is, and what it declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared: Option<RateLimit>,
     /// The shop setting naming the quota (shared by shops with the same value); per shop when absent.
     pub quota_key: Option<String>,
     pub max_hold_secs: u64,
@@ -321,7 +391,12 @@ pub struct HeldQuota {
 #[derive(Default)]
 pub struct RateLimits {
     /// Swapped whole when the config is reloaded; a call uses the set it started with.
-    platforms: std::sync::RwLock<std::sync::Arc<BTreeMap<String, PlatformLimiter>>>,
+    /// A platform whose declared rate changes gets a new limiter; the others are kept.
+    platforms: std::sync::RwLock<std::sync::Arc<BTreeMap<String, std::sync::Arc<PlatformLimiter>>>>,
+    /// The config the limiters were built from, and the rates loaded connectors declare
+    /// (platform -> connector -> rate; a connector's newest load replaces its entry).
+    /// Both locked together, under the `platforms` swap.
+    sources: std::sync::Mutex<Sources>,
     destinations: std::sync::RwLock<Destinations>,
     /// Quotas held, until when and why: (platform, key) -> hold.
     blocked: std::sync::Mutex<std::collections::HashMap<(String, String), HoldState>>,
@@ -338,6 +413,12 @@ pub struct RateLimits {
     released: tokio::sync::Notify,
     /// Quotas of points the platforms report (a GraphQL cost bucket), per shop quota.
     pub points: crate::points::PointsBuckets,
+}
+
+#[derive(Default)]
+struct Sources {
+    config: BTreeMap<String, PlatformConfig>,
+    declared: BTreeMap<String, BTreeMap<String, RateLimit>>,
 }
 
 /// The shop lacks the setting its platform's quota is counted by.
@@ -443,9 +524,18 @@ impl RateLimits {
     /// Apply new limits (config reload): the next call uses them. Quotas the platform
     /// said are exhausted stay held.
     pub fn reconfigure(&self, cfg: &BTreeMap<String, PlatformConfig>) {
-        let platforms: BTreeMap<String, PlatformLimiter> =
-            cfg.iter().map(|(name, l)| (name.clone(), PlatformLimiter::from_config(l))).collect();
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.config = cfg.clone();
+        let names: std::collections::BTreeSet<&String> = cfg.keys().chain(sources.declared.keys()).collect();
+        let platforms: BTreeMap<String, std::sync::Arc<PlatformLimiter>> = names
+            .into_iter()
+            .map(|name| {
+                let limiter = PlatformLimiter::new(cfg.get(name), most_generous(sources.declared.get(name)));
+                (name.clone(), std::sync::Arc::new(limiter))
+            })
+            .collect();
         *self.platforms.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(platforms);
+        drop(sources);
         self.points.configure(cfg.iter().filter(|(_, l)| !l.points.is_empty()).map(|(name, l)| (name.clone(), l.points.clone())).collect());
         let mut d = self.destinations.write().unwrap_or_else(|e| e.into_inner());
         d.configured = cfg
@@ -482,12 +572,38 @@ impl RateLimits {
         Ok(())
     }
 
+    /// A loaded version of `connector` declares `rate` for one quota of `platform` (its
+    /// manifest's `default-rate-limit`). Unless config sets the platform's
+    /// `requests_per_second` or turns manifests off, the platform's bucket follows the
+    /// most generous rate declared; it is rebuilt (its buckets refilled) only when that
+    /// rate changes.
+    pub fn declare_rate(&self, platform: &str, connector: &str, rate: RateLimit) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let before = most_generous(sources.declared.get(platform));
+        sources.declared.entry(platform.to_string()).or_default().insert(connector.to_string(), rate);
+        let after = most_generous(sources.declared.get(platform));
+        if before.map(|(_, r)| r) == after.as_ref().map(|(_, r)| *r) {
+            return;
+        }
+        let limiter = PlatformLimiter::new(sources.config.get(platform), after);
+        if let LimitFrom::Manifest { connector, rate } = &limiter.limit_from {
+            tracing::info!(
+                platform, connector = %connector, requests_per_minute = rate.requests_per_minute, burst = rate.burst,
+                "the platform's calls are limited at the rate its connector's manifest declares"
+            );
+        }
+        let mut platforms = self.platforms.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = BTreeMap::clone(&platforms);
+        next.insert(platform.to_string(), std::sync::Arc::new(limiter));
+        *platforms = std::sync::Arc::new(next);
+    }
+
     /// The platform a request to `url` counts against, when its destination belongs to one.
     pub fn platform_for(&self, url: &url::Url) -> Option<String> {
         self.destinations.read().unwrap_or_else(|e| e.into_inner()).platform_for(url).map(str::to_string)
     }
 
-    fn snapshot(&self) -> std::sync::Arc<BTreeMap<String, PlatformLimiter>> {
+    fn snapshot(&self) -> std::sync::Arc<BTreeMap<String, std::sync::Arc<PlatformLimiter>>> {
         self.platforms.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -566,7 +682,7 @@ impl RateLimits {
         }
         let platforms = self.snapshot();
         let unconfigured = PlatformLimiter::unconfigured();
-        let leak = platforms.get(platform).unwrap_or(&unconfigured).call_limit_leak?;
+        let leak = platforms.get(platform).map_or(&unconfigured, |p| p).call_limit_leak?;
         let (used, size) = call_limit(headers)?;
         let flight = (platform.to_string(), key.to_string());
         // Other requests of this quota already on their way will fill the bucket too.
@@ -620,7 +736,7 @@ impl RateLimits {
     pub async fn acquire(&self, platform: &str, key: &str, endpoint: Endpoint<'_>, budget: Duration) -> Result<(Duration, InFlight), NoSlot> {
         let unconfigured = PlatformLimiter::unconfigured();
         let platforms = self.snapshot();
-        let p = platforms.get(platform).unwrap_or(&unconfigured);
+        let p = platforms.get(platform).map_or(&unconfigured, |p| p);
         let no_slot = |wait: Duration| NoSlot { platform: platform.to_string(), wait_ms: wait.as_millis() as u64 };
         // Outside the allowed hours, or while the platform holds the quota: wait.
         let closed = wait_until_open(&p.windows, p.zone, berth_types::clock::now_ms());
@@ -720,13 +836,20 @@ impl RateLimits {
     pub fn limits_view(&self, platform: &str) -> PlatformLimitsView {
         let unconfigured = PlatformLimiter::unconfigured();
         let platforms = self.snapshot();
-        let p = platforms.get(platform).unwrap_or(&unconfigured);
+        let p = platforms.get(platform).map_or(&unconfigured, |p| p);
         let d = self.destinations.read().unwrap_or_else(|e| e.into_inner());
         let configured = d.configured.iter().filter(|(_, p)| p == platform).map(|(dest, _)| dest.to_string());
         let declared = d.declared.iter().filter(|(_, p)| *p == platform).map(|(h, _)| h.clone());
+        let (declared_by, declared_rate) = match &p.limit_from {
+            LimitFrom::Manifest { connector, rate } => (Some(connector.clone()), Some(*rate)),
+            _ => (None, None),
+        };
         PlatformLimitsView {
             requests_per_second: p.requests_per_second,
             burst: p.burst,
+            limit_from: p.limit_from.label(),
+            declared_by,
+            declared: declared_rate,
             quota_key: p.quota_key.clone(),
             max_hold_secs: p.max_hold.as_secs(),
             suspend_after_throttle_secs: p.suspend_after_throttle.as_secs(),
@@ -829,6 +952,63 @@ mod tests {
         for _ in 0..5 {
             acq(&l, "p", "s", None, ANY, Duration::ZERO).await.unwrap();
         }
+    }
+
+    const fn rate(requests_per_minute: u32, burst: u32) -> RateLimit {
+        RateLimit { requests_per_minute, burst }
+    }
+
+    /// How many calls of one shop go through at once, without waiting.
+    async fn at_once(l: &RateLimits, platform: &str, shop: &str) -> usize {
+        let mut n = 0;
+        while acq(l, platform, shop, None, ANY, Duration::ZERO).await.is_ok() {
+            n += 1;
+            assert!(n < 1000, "no bucket");
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn a_declared_rate_limits_each_shop_unless_config_says_otherwise() {
+        // No config: the manifest's rate, per shop.
+        let l = RateLimits::new(&BTreeMap::new());
+        l.declare_rate("p", "c1", rate(6, 3));
+        assert_eq!(at_once(&l, "p", "s").await, 3);
+        assert_eq!(at_once(&l, "p", "other").await, 3, "each shop has its own bucket");
+        let v = l.limits_view("p");
+        assert_eq!((v.limit_from, v.declared_by.as_deref(), v.requests_per_second), ("manifest", Some("c1"), Some(0.1)));
+        // A connector declaring less does not slow the platform; one declaring more
+        // raises it (for a new bucket).
+        l.declare_rate("p", "low", rate(1, 1));
+        assert_eq!(l.limits_view("p").declared_by.as_deref(), Some("c1"));
+        l.declare_rate("p", "c2", rate(12, 5));
+        assert_eq!(at_once(&l, "p", "s").await, 5);
+        // The same rate again (a reload) keeps the buckets as they are.
+        l.declare_rate("p", "c2", rate(12, 5));
+        assert_eq!(at_once(&l, "p", "s").await, 0);
+        // A declared 0 is no advice; a platform without declarations has no bucket.
+        l.declare_rate("q", "c3", rate(0, 9));
+        assert_eq!(l.limits_view("q").limit_from, "none");
+        assert_eq!(l.limits_view("nobody").limit_from, "none");
+
+        // Config's own rate wins; a section without one keeps the declared rate (with
+        // its quota key); `use_manifest_rate = false` means no host-side limit.
+        let cfg = crate::config::parse_platforms(
+            "[platforms.p]\nrequests_per_second = 0.2\nburst = 7\n[platforms.q]\nquota_key = \"app\"\n[platforms.r]\nuse_manifest_rate = false\n",
+        );
+        l.reconfigure(&cfg);
+        l.declare_rate("q", "c3", rate(60, 2));
+        l.declare_rate("r", "c4", rate(60, 2));
+        assert_eq!(l.limits_view("p").limit_from, "config");
+        assert_eq!(at_once(&l, "p", "s").await, 7);
+        let q = l.limits_view("q");
+        assert_eq!((q.limit_from, q.burst, q.quota_key.as_deref()), ("manifest", 2, Some("app")));
+        assert_eq!(l.limits_view("r").limit_from, "none");
+        assert_eq!(acq(&l, "r", "s", None, ANY, Duration::ZERO).await.unwrap().0, Duration::ZERO);
+        // The declarations outlive a reload: without its section, `p` follows c2 again.
+        l.reconfigure(&BTreeMap::new());
+        let p = l.limits_view("p");
+        assert_eq!((p.limit_from, p.declared_by.as_deref(), p.burst), ("manifest", Some("c2"), 5));
     }
 
     #[test]

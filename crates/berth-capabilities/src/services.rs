@@ -275,6 +275,10 @@ impl HostImports for HostServices {
         self.limits.claim(platform, hosts).map_err(|e| e.to_string())
     }
 
+    fn declare_rate(&self, platform: &str, connector: &str, rate: berth_types::connector::RateLimit) {
+        self.limits.declare_rate(platform, connector, rate);
+    }
+
     fn send<'a>(&'a self, call: &'a CallContext, req: HttpRequest, cost: Option<berth_types::http::Cost>, notes: &'a mut SendNotes) -> Pending<'a, Result<HttpResponse, HttpError>> {
         Box::pin(self.send_live(call, req, cost, notes))
     }

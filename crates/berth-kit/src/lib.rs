@@ -123,11 +123,16 @@ impl Inspection {
                 let _ = writeln!(out, "  capabilities      {}", caps.join(", "));
                 let hosts = if m.allowed_hosts.is_empty() { "(none: ops grant hosts with extra_hosts)".to_string() } else { m.allowed_hosts.join(", ") };
                 let _ = writeln!(out, "  allowed-hosts     {hosts}");
-                let _ = writeln!(
-                    out,
-                    "  rate limit        {} requests/min, burst {}",
-                    m.default_rate_limit.requests_per_minute, m.default_rate_limit.burst
-                );
+                let rate = m.default_rate_limit;
+                let rate = match rate.requests_per_minute {
+                    0 => "none declared (no host-side bucket unless ops set one)".to_string(),
+                    rpm => format!(
+                        "{rpm} requests/min, burst {} (each shop's or app key's bucket unless ops set [platforms.{}] requests_per_second)",
+                        rate.burst.max(1),
+                        m.platform
+                    ),
+                };
+                let _ = writeln!(out, "  rate limit        {rate}");
                 let window = m.max_window_ms.map_or("unbounded".to_string(), |ms| format!("{} ms ({:.1} h)", ms, ms as f64 / 3_600_000.0));
                 let _ = writeln!(out, "  max window        {window}");
                 let _ = writeln!(out, "  required config   {}", m.required_config.join(", "));

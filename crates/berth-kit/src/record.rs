@@ -12,7 +12,6 @@ use super::shop_file::ShopFile;
 use berth_core::tape::replay::{run_input, CallAnswer};
 use berth_core::tape::{self as tape_file, Body, TapeFile, TapedCall, TapedInput};
 use super::{PluginError, ScratchHost};
-use berth_capabilities::config::PlatformConfig;
 use berth_runtime::redact::Redactor;
 use berth_runtime::tape::Tape;
 use berth_runtime::{LoadedConnector, Output};
@@ -189,14 +188,8 @@ pub async fn record(component: &Path, shop_file: &Path, out: &Path, hours: Optio
     };
     let connector = host.runtime.load_bytes("kit", component, &bytes, &options).await?;
     let m = connector.manifest.clone();
-    // The platform is called at the pace the manifest declares.
-    let rate = m.default_rate_limit;
-    let paced = PlatformConfig {
-        requests_per_second: (rate.requests_per_minute > 0).then(|| f64::from(rate.requests_per_minute) / 60.0),
-        burst: rate.burst.max(1),
-        ..PlatformConfig::unlimited()
-    };
-    host.services.reconfigure(&BTreeMap::from([(m.platform.clone(), paced)]));
+    // The platform is called at the pace the manifest declares: the host's bucket
+    // follows its `default-rate-limit`, as in a running berth with no `[platforms.ID]`.
     let cfg = file.shop_config();
     let mut rec = Recorder { connector, shop: file.shop.clone(), cfg: cfg.clone(), calls: Vec::new(), throttles: 0, setbacks: 0, errors: Vec::new() };
     match rec.call(TapedInput::Check).await {

@@ -6,6 +6,7 @@
 //! is kept.
 
 use super::state::CallContext;
+use berth_types::connector::RateLimit;
 use berth_types::http::{Cost, HttpError, QuotaReport, Request, Response};
 use berth_types::retry::{Job, RetryPolicy};
 use berth_types::shop::ShopConfig;
@@ -56,6 +57,10 @@ pub trait HostImports: Send + Sync + 'static {
     /// A loading version's manifest declares `hosts` for `platform`: calls to them count
     /// against that platform whoever makes them. Refused when another platform has them.
     fn claim_hosts(&self, platform: &str, hosts: &[String]) -> Result<(), String>;
+
+    /// A loading version of `connector` declares what one quota of `platform` may take
+    /// (the manifest's `default-rate-limit`, checked): the host's bucket may follow it.
+    fn declare_rate(&self, platform: &str, connector: &str, rate: RateLimit);
 
     /// Send a connector's request, within the call's allowlist and its platform's limits;
     /// with a `cost`, once the shop's quota of that name has the points.

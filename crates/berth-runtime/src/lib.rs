@@ -392,6 +392,7 @@ impl ConnectorRuntime {
         self.imports
             .claim_hosts(&manifest.platform, &manifest.allowed_hosts)
             .map_err(|message| LoadError::BadManifest { path: path.to_path_buf(), message })?;
+        self.imports.declare_rate(&manifest.platform, name, manifest.default_rate_limit);
         loaded.version = manifest.connector_version.as_str().into();
         loaded.platform = manifest.platform.as_str().into();
         loaded.meters = self.metrics.meters(name, &loaded.version);
@@ -674,6 +675,11 @@ fn world_version(component: &Component, engine: &wasmtime::Engine) -> Option<Str
         .find_map(|(name, _)| name.strip_prefix("berth:connector/").and_then(|n| n.split_once('@')).map(|(_, v)| v.to_string()))
 }
 
+/// Bounds of a manifest's `default-rate-limit`: ops' own `requests_per_second` bound
+/// (100,000 a second), and a burst a token bucket can hold.
+const MAX_DECLARED_PER_MINUTE: u32 = 6_000_000;
+const MAX_DECLARED_BURST: u32 = 100_000;
+
 fn check_manifest(m: &Manifest, linked: Option<&str>) -> Result<(), String> {
     if m.platform.is_empty() || m.platform.len() > 64 {
         return Err("platform must be 1..=64 characters".into());
@@ -692,6 +698,13 @@ fn check_manifest(m: &Manifest, linked: Option<&str>) -> Result<(), String> {
     }
     if m.max_window_ms == Some(0) {
         return Err("max-window-ms must be positive when given".into());
+    }
+    let rate = m.default_rate_limit;
+    if rate.requests_per_minute > MAX_DECLARED_PER_MINUTE || rate.burst > MAX_DECLARED_BURST {
+        return Err(format!(
+            "default-rate-limit must be at most {MAX_DECLARED_PER_MINUTE} requests per minute and a burst of {MAX_DECLARED_BURST} (it says {} and {}); declare 0 requests per minute for no advice",
+            rate.requests_per_minute, rate.burst
+        ));
     }
     if m.allowed_hosts.len() > 64 || m.required_config.len() > 64 {
         return Err("a manifest may declare at most 64 allowed hosts and 64 required config keys".into());
@@ -1058,6 +1071,7 @@ impl LoadedConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_types::connector::RateLimit;
 
     fn manifest(wit: &str) -> Manifest {
         Manifest { platform: "p".into(), connector_version: "1".into(), wit_version: wit.into(), ..placeholder_manifest() }
@@ -1077,6 +1091,12 @@ mod tests {
         assert!(err.contains("at most 253 characters") && err.len() < 200, "named, bounded: {err}");
         let keys = Manifest { required_config: (0..65).map(|i| format!("k{i}")).collect(), ..manifest("0.2.0") };
         assert!(check_manifest(&keys, None).unwrap_err().contains("at most 64"));
+        let rate = |requests_per_minute, burst| Manifest { default_rate_limit: RateLimit { requests_per_minute, burst }, ..manifest("0.2.0") };
+        assert!(check_manifest(&rate(MAX_DECLARED_PER_MINUTE, MAX_DECLARED_BURST), None).is_ok());
+        assert!(check_manifest(&rate(0, 0), None).is_ok(), "no advice");
+        let err = check_manifest(&rate(u32::MAX, 1), None).unwrap_err();
+        assert!(err.contains("default-rate-limit must be at most 6000000 requests per minute"), "{err}");
+        assert!(check_manifest(&rate(60, MAX_DECLARED_BURST + 1), None).is_err());
         let held = held_back_as_throttle::<()>("pull-orders", Err(ConnectorError::Transient("timed out".into())), Some(Duration::from_millis(1500)));
         assert_eq!(held.unwrap_err().held_back_for(), Some(Duration::from_millis(1500)));
         let own = held_back_as_throttle::<()>("pull-orders", Err(ConnectorError::RateLimited(9)), None);
