@@ -2,6 +2,8 @@
 //! - Shopify's call-limit header keeps a store's bucket from overflowing (no 429 at all);
 //! - with no rate in config, each shop is held to the rate the connector's manifest
 //!   declares, shown in `/v1/platforms`; ops turn it off or set their own;
+//! - quota usage shows in `/v1/platforms`, the gauge and the status page, and a
+//!   `quota-usage` rule fires while a quota stays busy, before the platform throttles;
 //! - an endpoint class (Taobao stock writes) has its own rate while other calls run faster;
 //! - retry policies per platform (attempts, which errors retry) and their reload;
 //! - a throttle suspends a platform's quota for the configured time;
@@ -155,6 +157,82 @@ async fn the_manifest_rate_holds_each_shop_when_ops_set_none() {
     write("[platforms.taobao]\nrequests_per_second = 2.5\nburst = 3\n");
     let limits = taobao_limits_from(&berth, "config").await;
     assert_eq!((limits["requests_per_second"].as_f64(), limits["burst"].as_u64()), (Some(2.5), Some(3)), "{limits}");
+}
+
+/// Taobao's `requests` quota as `/v1/platforms` shows it for shop `tb`, when in use.
+async fn taobao_usage(berth: &Berth) -> Option<Value> {
+    let p = get_json(berth.url("/v1/platforms")).await;
+    p["taobao"]["quota_usage"].as_array()?.iter().find(|u| u["quota"] == "requests" && u["key"] == "shop:tb").cloned()
+}
+
+/// The gauge's value for Taobao's `requests` quota.
+async fn taobao_gauge(berth: &Berth) -> Option<f64> {
+    let text = reqwest::get(berth.url("/metrics")).await.ok()?.text().await.ok()?;
+    let line = text.lines().find(|l| l.starts_with("berth_ratelimit_quota_used_ratio{") && l.contains("platform=\"taobao\"") && l.contains("quota=\"requests\""))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_usage_is_watched_and_alerted_before_the_platform_throttles() {
+    // Berth's bucket: 4 calls a second, counted over 3 s (a capacity of 12). The
+    // simulator takes any rate, so it never throttles: the alert comes from use alone.
+    let sim = berth_sim::start(taobao_sim(200, 10_000), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            "{SYNC}[platforms.taobao]\nrequests_per_second = 4.0\nburst = 2\nusage_window_secs = 3\n\
+             [alerts]\nevaluate_secs = 1\n[[alerts.rules]]\nname = \"taobao-busy\"\nkind = \"quota-usage\"\nabove_percent = 60\nfor_secs = 2\n{}{}",
+            berth_tests::local_connectors(&[("taobao", plugins::TAOBAO)]),
+            taobao_shop(&sim.base_url())
+        ),
+    );
+    let berth = Berth::start(&config);
+    assert_eq!(get_json(berth.url("/v1/platforms")).await["taobao"]["limits"]["usage_window_secs"], 3);
+    // 200 orders in pages of 5 and every SKU pushed: more calls than the bucket lets
+    // through for many seconds.
+    let skus: Vec<String> = sim.state.stock(Platform::Taobao, "tb").into_iter().map(|i| i.sku).collect();
+    let updates: Vec<Value> = skus.iter().map(|s| json!({"sku": s, "quantity": 9})).collect();
+    let r = post_json(&reqwest::Client::new(), berth.url("/v1/shops/tb/stock"), json!({ "updates": updates })).await;
+    assert_eq!(r["results"].as_array().map(Vec::len), Some(skus.len()), "{r}");
+
+    // The alert fires while the quota is busy, naming the quota and its busiest key.
+    let fired = poll_until(DEADLINE, || async {
+        let a = get_json(berth.url("/v1/alerts")).await;
+        a["firing"].as_array()?.iter().find(|f| f["fingerprint"] == "taobao-busy/taobao:requests").cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no quota-usage alert\n{}", berth.log()));
+    let summary = fired["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("platform taobao quota requests") && summary.contains("used by shop:tb") && summary.contains("calls in 3 s"), "{fired}");
+    assert!(fired["value"].as_f64().is_some_and(|v| v > 0.6), "{fired}");
+
+    // Seen on the way: the API row, the gauge and the status page, each at what the
+    // bucket allows (at most its rate over the window plus its burst).
+    let busy = |r: f64| r > 0.3 && r <= (4.0 * 3.0 + 2.0 + 1.0) / 12.0;
+    let row = poll_until(DEADLINE, || async { taobao_usage(&berth).await.filter(|u| u["ratio"].as_f64().is_some_and(busy)) })
+        .await
+        .unwrap_or_else(|| panic!("no busy usage row\n{}", berth.log()));
+    assert_eq!((row["capacity"].as_f64(), row["source"].as_str(), row["window_secs"].as_u64()), (Some(12.0), Some("counted"), Some(3)), "{row}");
+    let gauge = poll_until(DEADLINE, || async { taobao_gauge(&berth).await.filter(|r| busy(*r)) }).await;
+    assert!(gauge.is_some(), "no busy quota gauge\n{}", berth.log());
+    let status = get_json(berth.url("/v1/status")).await;
+    let quotas = status["quotas"].as_array().cloned().unwrap_or_default();
+    assert!(quotas.iter().any(|q| q["platform"] == "taobao" && q["quota"] == "requests"), "{status}");
+    assert!(status["throttles"].as_array().is_some(), "{status}");
+
+    // Every order and SKU arrives, and the platform never had to throttle.
+    all_orders(&berth, 200).await;
+    let pushed = poll_until(DEADLINE, || async { sim.state.stock(Platform::Taobao, "tb").iter().all(|i| i.quantity == 9).then_some(()) }).await;
+    assert!(pushed.is_some(), "stock missing\n{}", berth.log());
+    assert_eq!(sim.state.stats().get(&Platform::Taobao).map_or(u64::MAX, |s| s.throttled), 0);
+    // Once the work is done the quota calms down and the alert resolves.
+    let resolved = poll_until(DEADLINE, || async {
+        let a = get_json(berth.url("/v1/alerts")).await;
+        (!a["firing"].as_array()?.iter().any(|f| f["fingerprint"] == "taobao-busy/taobao:requests")).then_some(())
+    })
+    .await;
+    assert!(resolved.is_some(), "the quota-usage alert did not resolve\n{}", berth.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

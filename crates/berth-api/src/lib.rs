@@ -730,7 +730,13 @@ struct PlatformView {
     retry_pull: berth_types::retry::RetryPolicy,
     retry_push: berth_types::retry::RetryPolicy,
     standby: Option<berth_capabilities::standby::ChannelStatus>,
+    /// How much of each quota is in use, busiest first (at most
+    /// [`MAX_USAGE_ROWS`]; the gauge has every quota's busiest key).
+    quota_usage: Vec<berth_capabilities::usage::QuotaUsage>,
 }
+
+/// The most quota usage rows `GET /v1/platforms` shows per platform.
+const MAX_USAGE_ROWS: usize = 50;
 
 /// `GET /v1/cluster`: the nodes, which shops each runs, this node's leases and how
 /// current its view is.
@@ -804,6 +810,8 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
     let services = &st.services;
     let held = services.limits.held();
     let mut standby = services.standby.status();
+    let mut usage = services.limits.usage();
+    berth_capabilities::usage::by_ratio(&mut usage);
     let names: std::collections::BTreeSet<String> = st
         .registry
         .slots()
@@ -811,6 +819,7 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
         .map(|c| c.platform.clone())
         .chain(held.iter().map(|h| h.platform.clone()))
         .chain(standby.keys().cloned())
+        .chain(usage.iter().map(|u| u.platform.clone()))
         .collect();
     Json(
         names
@@ -823,6 +832,7 @@ async fn list_platforms(State(st): State<Arc<ApiState>>) -> Json<BTreeMap<String
                     retry_pull: services.retry.get(&name, Job::Pull),
                     retry_push: services.retry.get(&name, Job::Push),
                     standby: standby.remove(&name),
+                    quota_usage: usage.iter().filter(|u| u.platform == name).take(MAX_USAGE_ROWS).cloned().collect(),
                 };
                 (name, view)
             })
@@ -839,6 +849,7 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         m.queue(q.queue, q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms));
     }
     st.metrics.export_health(&st.health);
+    st.services.http_metrics.quota_usage(&st.services.limits.usage());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 

@@ -1,6 +1,6 @@
 //! The status dashboard: `GET /dashboard` (a self-refreshing page) and `GET /v1/status`,
 //! everything it shows in one read: connectors and versions, shops with their pulls and
-//! probes, health per tier, queue levels and alerts.
+//! probes, health per tier, queue levels, platform quotas and throttles, and alerts.
 
 use berth_runtime::breaker::BreakerState;
 use super::ApiState;
@@ -8,6 +8,8 @@ use berth_ops::alerts::{AlertRecord, LogEntry};
 use berth_core::health::{ShopHealth, TierSummary};
 use berth_core::levels::QueueLevel;
 use berth_runtime::call_stats::Tally;
+use berth_capabilities::ratelimit::HeldQuota;
+use berth_capabilities::usage::QuotaUsage;
 use berth_core::sync::ShopStatus;
 use axum::extract::State;
 use axum::http::header;
@@ -22,6 +24,8 @@ const PAGE: &str = include_str!("dashboard.html");
 
 /// Recent notifications the dashboard lists.
 const RECENT: usize = 20;
+/// Quotas the dashboard lists (the busiest).
+const QUOTAS: usize = 50;
 
 #[derive(Serialize)]
 pub struct StatusView {
@@ -31,6 +35,11 @@ pub struct StatusView {
     pub tiers: Vec<TierSummary>,
     pub shops: Vec<ShopRow>,
     pub queues: Vec<QueueLevel>,
+    /// Each platform quota's busiest key, busiest first (at most [`QUOTAS`]).
+    pub quotas: Vec<QuotaUsage>,
+    /// Quotas held now: the platform throttled, a connector said `rate-limited`, or a
+    /// call bucket is nearly full.
+    pub throttles: Vec<HeldQuota>,
     pub firing: Vec<AlertRecord>,
     pub recent: Vec<LogEntry>,
 }
@@ -109,6 +118,8 @@ pub fn status(st: &ApiState) -> StatusView {
         tiers,
         shops,
         queues: berth_core::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
+        quotas: berth_capabilities::usage::busiest(&st.services.limits.usage()).into_iter().take(QUOTAS).collect(),
+        throttles: st.services.limits.held(),
         firing: st.alerts.firing(),
         recent: st.alerts.recent(RECENT),
     }

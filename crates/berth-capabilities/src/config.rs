@@ -90,6 +90,10 @@ pub struct PlatformConfig {
     /// connector reports them under: followed until the platform reports its own numbers.
     #[serde(default)]
     pub points: BTreeMap<String, crate::points::PointsGuess>,
+    /// The sliding window quota usage is counted over (the gauge
+    /// `berth_ratelimit_quota_used_ratio`, the status pages, `quota-usage` alerts), seconds.
+    #[serde(default = "usage_window")]
+    pub usage_window_secs: u64,
 }
 
 impl PlatformConfig {
@@ -111,6 +115,7 @@ impl PlatformConfig {
             retry: RetryOverrides::default(),
             standby: None,
             points: BTreeMap::new(),
+            usage_window_secs: crate::usage::DEFAULT_WINDOW_SECS,
         }
     }
 }
@@ -155,6 +160,10 @@ pub const DEFAULT_MAX_HOLD_SECS: u64 = 300;
 
 fn default_max_hold() -> u64 {
     DEFAULT_MAX_HOLD_SECS
+}
+
+fn usage_window() -> u64 {
+    crate::usage::DEFAULT_WINDOW_SECS
 }
 
 fn yes() -> bool {
@@ -205,6 +214,9 @@ fn check_platform(l: &PlatformConfig) -> Result<(), String> {
     }
     if l.hosts.as_ref().is_some_and(Vec::is_empty) {
         return Err("hosts is empty; list the platform's API hosts, or leave it out to take its connectors' manifests".into());
+    }
+    if !(1..=crate::usage::MAX_WINDOW_SECS).contains(&l.usage_window_secs) {
+        return Err(format!("usage_window_secs must be between 1 and {}", crate::usage::MAX_WINDOW_SECS));
     }
     if l.max_hold_secs == 0 {
         return Err("max_hold_secs must be at least 1".into());

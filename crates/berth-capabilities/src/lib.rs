@@ -4,7 +4,7 @@
 //! Owns: the outbound HTTP gateway ([`http`]: allowlist enforcement, the address guard
 //! against private and metadata ranges, ports, size caps), the platforms' rate limits,
 //! quota keys, holds and call-limit pacing ([`ratelimit`]), quotas of points the platforms
-//! report ([`points`]), allowed hours ([`windows`]),
+//! report ([`points`]), how much of each quota is in use ([`usage`]), allowed hours ([`windows`]),
 //! hot-standby channels ([`standby`]), retry policies per platform ([`retry`]), connector
 //! state per shop over the store ([`kv`]; in cluster mode in the cluster, [`kv_cluster`]),
 //! their metrics, and their config sections
@@ -26,4 +26,5 @@ pub mod ratelimit;
 pub mod retry;
 pub mod services;
 pub mod standby;
+pub mod usage;
 pub mod windows;

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
@@ -22,6 +23,13 @@ pub struct PlatformLabels {
     pub platform: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub platform: String,
+    /// `requests`, `endpoint:CLASS`, `call-limit` or `points:NAME` (see `usage`).
+    pub quota: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn http_buckets() -> Histogram {
@@ -33,6 +41,7 @@ pub struct HttpMetrics {
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: HistogramFamily<PlatformLabels>,
     ratelimit_wait_seconds: Family<PlatformLabels, Counter<f64, AtomicU64>>,
+    quota_used_ratio: Family<QuotaLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl HttpMetrics {
@@ -41,11 +50,26 @@ impl HttpMetrics {
             http_requests: Family::default(),
             http_seconds: HistogramFamily::new_with_constructor(http_buckets as fn() -> Histogram),
             ratelimit_wait_seconds: Family::default(),
+            quota_used_ratio: Family::default(),
         };
         registry.register("http_requests", "Outbound platform requests by status class", m.http_requests.clone());
         registry.register("http_request_seconds", "Outbound platform request time, rate-limit waits excluded", m.http_seconds.clone());
         registry.register("ratelimit_wait_seconds", "Time requests waited for the host's rate limits", m.ratelimit_wait_seconds.clone());
+        registry.register(
+            "ratelimit_quota_used_ratio",
+            "Share of each platform quota in use, its busiest key: calls over the usage window against what the bucket refills in it, or the platform's own report",
+            m.quota_used_ratio.clone(),
+        );
         m
+    }
+
+    /// Set the quota gauges (at scrape time) from [`crate::ratelimit::RateLimits::usage`]:
+    /// one per platform and quota, its busiest key (shops are not labels).
+    pub fn quota_usage(&self, rows: &[crate::usage::QuotaUsage]) {
+        self.quota_used_ratio.clear();
+        for r in crate::usage::busiest(rows) {
+            self.quota_used_ratio.get_or_create(&QuotaLabels { platform: r.platform, quota: r.quota }).set(r.ratio);
+        }
     }
 
     pub fn http(&self, platform: &str, status: &str, took: Option<Duration>) {

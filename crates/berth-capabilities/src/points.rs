@@ -246,6 +246,13 @@ impl PointsBuckets {
         self.costed.lock().unwrap_or_else(|e| e.into_inner()).get(platform).copied().unwrap_or(0)
     }
 
+    /// The platforms with a points bucket.
+    pub fn platforms(&self) -> Vec<String> {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let names: std::collections::BTreeSet<&String> = buckets.keys().map(|(p, _, _)| p).collect();
+        names.into_iter().cloned().collect()
+    }
+
     /// Every points quota of `platform`, by key and name.
     pub fn views(&self, platform: &str) -> Vec<PointsView> {
         let now = Instant::now();

@@ -21,9 +21,10 @@
 
 use crate::windows::{parse_zone, wait_until_open, TimeWindow, Zone};
 use crate::config::PlatformConfig;
+use crate::usage::{QuotaUsage, UsageMeter};
 use berth_types::connector::RateLimit;
 use berth_types::shop::ShopConfig;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -34,6 +35,9 @@ struct ClassLimiter {
     name: String,
     patterns: Vec<String>,
     limiter: DefaultKeyedRateLimiter<String>,
+    requests_per_second: f64,
+    /// Calls let through, per key (`endpoint:NAME` on the usage pages).
+    usage: UsageMeter,
 }
 
 struct PlatformLimiter {
@@ -51,6 +55,8 @@ struct PlatformLimiter {
     max_hold: Duration,
     windows: Vec<TimeWindow>,
     zone: Zone,
+    /// Calls let through the platform's bucket, per key (`requests` on the usage pages).
+    usage: UsageMeter,
 }
 
 /// Shopify's standard REST bucket drains 2 calls a second.
@@ -104,6 +110,7 @@ impl PlatformLimiter {
             max_hold: Duration::from_secs(crate::config::DEFAULT_MAX_HOLD_SECS),
             windows: Vec::new(),
             zone: Zone::UTC,
+            usage: UsageMeter::new(crate::usage::DEFAULT_WINDOW_SECS),
         }
     }
 
@@ -146,6 +153,8 @@ impl PlatformLimiter {
                     name: name.clone(),
                     patterns: e.patterns.clone(),
                     limiter: RateLimiter::keyed(quota(e.requests_per_second, e.burst)),
+                    requests_per_second: e.requests_per_second,
+                    usage: UsageMeter::new(l.usage_window_secs),
                 })
                 .collect(),
             call_limit_leak: l
@@ -155,6 +164,7 @@ impl PlatformLimiter {
             max_hold: Duration::from_secs(l.max_hold_secs),
             windows: l.windows.iter().filter_map(|w| TimeWindow::parse(w).ok()).collect(),
             zone: l.timezone.as_deref().and_then(|t| parse_zone(t).ok()).unwrap_or(Zone::UTC),
+            usage: UsageMeter::new(l.usage_window_secs),
         }
     }
 
@@ -167,6 +177,18 @@ impl PlatformLimiter {
             })
         })
     }
+}
+
+/// A host bucket's usage rows: calls counted over the window against what the bucket
+/// refills in it.
+fn counted(platform: &str, quota: &str, meter: &UsageMeter, rps: f64) -> Vec<QuotaUsage> {
+    let window = meter.window_secs();
+    let capacity = rps * window as f64;
+    meter
+        .used()
+        .into_iter()
+        .map(|(key, used)| QuotaUsage { window_secs: Some(window), ..QuotaUsage::new(platform, quota.to_string(), key, used, capacity, "counted") })
+        .collect()
 }
 
 /// What a request is, as endpoint classes see it.
@@ -318,6 +340,8 @@ pub struct PlatformLimitsView {
     pub declared: Option<RateLimit>,
     /// The shop setting naming the quota (shared by shops with the same value); per shop when absent.
     pub quota_key: Option<String>,
+    /// The window its quota usage is counted over (`usage_window_secs`).
+    pub usage_window_secs: u64,
     pub max_hold_secs: u64,
     pub suspend_after_throttle_secs: u64,
     /// Destinations whose requests count against this platform, whoever sends them.
@@ -413,6 +437,17 @@ pub struct RateLimits {
     released: tokio::sync::Notify,
     /// Quotas of points the platforms report (a GraphQL cost bucket), per shop quota.
     pub points: crate::points::PointsBuckets,
+    /// The last call-limit header read per (platform, key): used, size, when, and the
+    /// bucket's leak rate (usage pages drain it since).
+    call_limits: std::sync::Mutex<std::collections::HashMap<(String, String), CallLimitReport>>,
+}
+
+#[derive(Clone, Copy)]
+struct CallLimitReport {
+    used: u32,
+    size: u32,
+    at: std::time::Instant,
+    leak: f64,
 }
 
 #[derive(Default)]
@@ -685,6 +720,8 @@ impl RateLimits {
         let leak = platforms.get(platform).map_or(&unconfigured, |p| p).call_limit_leak?;
         let (used, size) = call_limit(headers)?;
         let flight = (platform.to_string(), key.to_string());
+        let report = CallLimitReport { used, size, at: std::time::Instant::now(), leak };
+        self.call_limits.lock().unwrap_or_else(|e| e.into_inner()).insert(flight.clone(), report);
         // Other requests of this quota already on their way will fill the bucket too.
         let others = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).get(&flight).map_or(0, |n| n.saturating_sub(1));
         let wait = drain_wait(used + others, size, leak);
@@ -747,7 +784,7 @@ impl RateLimits {
         if !waited.is_zero() {
             tokio::time::sleep(waited).await;
         }
-        let class = p.class(&endpoint).map(|c| &c.limiter);
+        let class = p.class(&endpoint);
         let flight = (platform.to_string(), key.to_string());
         let key = key.to_string();
         // A limited bucket is taken in turn; an unlimited one needs no queue.
@@ -768,8 +805,15 @@ impl RateLimits {
             },
             None => None,
         };
-        for limiter in [p.limiter.as_ref(), class].into_iter().flatten() {
+        for limiter in [p.limiter.as_ref(), class.map(|c| &c.limiter)].into_iter().flatten() {
             waited += Self::slot(limiter, &key, budget.saturating_sub(waited)).await.map_err(no_slot)?;
+        }
+        // The tokens are spent: count them against their quotas.
+        if p.limiter.is_some() {
+            p.usage.count(&key);
+        }
+        if let Some(c) = class {
+            c.usage.count(&key);
         }
         loop {
             // Another request of this quota on its way to a nearly full bucket, or a hold
@@ -805,7 +849,8 @@ impl RateLimits {
     }
 
     async fn slot(limiter: &DefaultKeyedRateLimiter<String>, key: &String, budget: Duration) -> Result<Duration, Duration> {
-        let clock = DefaultClock::default();
+        // The limiter's own clock: making a clock per call costs more than the check.
+        let clock = limiter.clock();
         let mut waited = Duration::ZERO;
         loop {
             match limiter.check_key(key) {
@@ -820,6 +865,40 @@ impl RateLimits {
                 }
             }
         }
+    }
+
+    /// How much of each quota is in use (see [`crate::usage`]), every key, unsorted: the
+    /// host's own buckets counted over their windows, the platforms' call-limit reports
+    /// drained at the bucket's leak rate since they were read, and the points quotas.
+    pub fn usage(&self) -> Vec<QuotaUsage> {
+        let mut rows = Vec::new();
+        for (name, p) in self.snapshot().iter() {
+            if let (Some(rps), Some(_)) = (p.requests_per_second, &p.limiter) {
+                rows.extend(counted(name, "requests", &p.usage, rps));
+            }
+            for c in &p.classes {
+                rows.extend(counted(name, &format!("endpoint:{}", c.name), &c.usage, c.requests_per_second));
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut reports = self.call_limits.lock().unwrap_or_else(|e| e.into_inner());
+        // A report drained to nothing tells nothing more: forgotten (the map stays as
+        // small as the keys calling now).
+        reports.retain(|(platform, key), r| {
+            let used = f64::from(r.used) - r.leak * now.saturating_duration_since(r.at).as_secs_f64();
+            if used > 0.0 {
+                rows.push(QuotaUsage::new(platform, "call-limit".into(), key.clone(), used, f64::from(r.size), "reported"));
+            }
+            used > 0.0
+        });
+        drop(reports);
+        for platform in self.points.platforms() {
+            for v in self.points.views(&platform) {
+                let used = (v.maximum - v.available).max(0.0);
+                rows.push(QuotaUsage::new(&platform, format!("points:{}", v.name), v.key, used, v.maximum, v.source));
+            }
+        }
+        rows
     }
 
     /// The endpoint class names of a platform (for status pages).
@@ -851,6 +930,7 @@ impl RateLimits {
             declared_by,
             declared: declared_rate,
             quota_key: p.quota_key.clone(),
+            usage_window_secs: p.usage.window_secs(),
             max_hold_secs: p.max_hold.as_secs(),
             suspend_after_throttle_secs: p.suspend_after_throttle.as_secs(),
             hosts: configured.chain(declared).collect(),
@@ -1104,6 +1184,43 @@ mod tests {
             acq(&l, "taobao", "s", None, orders, Duration::ZERO).await.unwrap();
         }
         assert_eq!(l.classes("taobao"), ["stock"]);
+    }
+
+    #[tokio::test]
+    async fn usage_counts_each_quota_against_what_its_bucket_refills() {
+        let l = from_toml(
+            "[platforms.p]\nrequests_per_second = 10.0\nburst = 100\nusage_window_secs = 10\ncall_limit_leak_per_second = 0.001\n\
+             [platforms.p.endpoints.stock]\nmatch = [\"/stock\"]\nrequests_per_second = 1.0\nburst = 5\n",
+        );
+        let stock = Endpoint { path: "/stock", api_method: None };
+        for _ in 0..30 {
+            acq(&l, "p", "a", None, ANY, Duration::ZERO).await.unwrap();
+        }
+        // Until the class's bucket refuses: a refused call spends nothing.
+        let mut let_through = 0.0;
+        while acq(&l, "p", "b", None, stock, Duration::ZERO).await.is_ok() {
+            let_through += 1.0;
+        }
+        assert!(let_through >= 5.0, "the class's burst");
+        let header = [("X-Shopify-Shop-Api-Call-Limit".to_string(), "30/40".to_string())];
+        assert!(lrn(&l, "p", "a", None, 200, &header).is_none());
+        let mut rows = l.usage();
+        crate::usage::by_ratio(&mut rows);
+        let got: Vec<(&str, &str, f64, f64, &str, Option<u64>)> =
+            rows.iter().map(|r| (r.quota.as_str(), r.key.as_str(), r.used.round(), r.capacity, r.source, r.window_secs)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("call-limit", "shop:a", 30.0, 40.0, "reported", None),
+                ("endpoint:stock", "shop:b", let_through, 10.0, "counted", Some(10)),
+                ("requests", "shop:a", 30.0, 100.0, "counted", Some(10)),
+                ("requests", "shop:b", let_through, 100.0, "counted", Some(10)),
+            ]
+        );
+        assert_eq!(l.limits_view("p").usage_window_secs, 10);
+        // Unlimited platforms have no bucket to measure against.
+        let _ = acq(&l, "free", "a", None, ANY, Duration::ZERO).await.unwrap();
+        assert!(l.usage().iter().all(|r| r.platform == "p"));
     }
 
     #[test]

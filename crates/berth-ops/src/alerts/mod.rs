@@ -125,6 +125,7 @@ struct State {
     firing: BTreeMap<String, Firing>,
     dead_history: BTreeMap<String, VecDeque<(i64, u64)>>,
     rollbacks: Vec<(String, i64, String)>,
+    quota_history: BTreeMap<(String, String), VecDeque<rules::QuotaSample>>,
     next_seq: u64,
     /// The stored log's last `LOG_KEEP` entries, oldest first.
     log: VecDeque<LogEntry>,
@@ -137,6 +138,9 @@ pub struct Alerts {
     windows: BTreeSet<u64>,
     dead_keep_ms: i64,
     rollback_hold_ms: i64,
+    /// How long quota usage looks are kept: the longest quota-usage `for_secs` (0: none
+    /// taken).
+    quota_keep_ms: i64,
     config: AlertsConfig,
     notifier: Notifier,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -195,11 +199,16 @@ impl Alerts {
             rules::Check::CanaryRollback { hold_secs } => Some(*hold_secs),
             _ => None,
         });
+        let quota_keep_ms = longest(|c| match c {
+            rules::Check::QuotaUsage { for_secs, .. } => Some(*for_secs),
+            _ => None,
+        });
         Ok(Alerts {
             rules,
             windows,
             dead_keep_ms,
             rollback_hold_ms,
+            quota_keep_ms,
             config: config.clone(),
             notifier,
             metrics,
@@ -284,6 +293,11 @@ impl Alerts {
             }
         }
         st.rollbacks.retain(|(_, at, _)| now_ms - at < hold);
+        if self.quota_keep_ms > 0 {
+            let usage = berth_capabilities::usage::busiest(&src.shops.services().limits.usage());
+            sample_quotas(&mut st.quota_history, now_ms, usage, self.quota_keep_ms);
+            obs.quota_history = st.quota_history.clone();
+        }
         obs.dead_history = st.dead_history.clone();
         obs.rollbacks = st.rollbacks.clone();
         obs
@@ -484,6 +498,28 @@ impl berth_core::events::Listener for Alerts {
             self.canary_rolled_back(connector, reason);
         }
     }
+}
+
+/// Add this look at the quotas in use to their history: a quota not in use any more
+/// loses its history (its usage must hold again from the start); looks older than
+/// `keep_ms` go, all but the newest of them (the span's start).
+fn sample_quotas(
+    history: &mut BTreeMap<(String, String), VecDeque<rules::QuotaSample>>,
+    now_ms: i64,
+    busiest: Vec<berth_capabilities::usage::QuotaUsage>,
+    keep_ms: i64,
+) {
+    let mut seen = BTreeSet::new();
+    for usage in busiest {
+        let id = (usage.platform.clone(), usage.quota.clone());
+        let h = history.entry(id.clone()).or_default();
+        h.push_back(rules::QuotaSample { at_ms: now_ms, usage });
+        while h.len() > 1 && h.get(1).is_some_and(|s| now_ms - s.at_ms > keep_ms) {
+            h.pop_front();
+        }
+        seen.insert(id);
+    }
+    history.retain(|id, _| seen.contains(id));
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub enum RuleKind {
     /// A shop whose credentials berth renews needs the merchant: its authorization is
     /// gone, or its refresh token or authorization ends within `within_days`.
     Credentials,
+    /// A platform quota's busiest key has used more than `above_percent` of it (see
+    /// `berth_ratelimit_quota_used_ratio`) at every look for `for_secs`: the platform
+    /// will throttle soon.
+    QuotaUsage,
 }
 
 impl RuleKind {
@@ -61,6 +65,7 @@ impl RuleKind {
             RuleKind::OrderFlood => "order-flood",
             RuleKind::QuotaHeld => "quota-held",
             RuleKind::Credentials => "credentials",
+            RuleKind::QuotaUsage => "quota-usage",
         }
     }
 }
@@ -84,6 +89,8 @@ pub struct RuleConfig {
     pub connectors: Option<Vec<String>>,
     pub hold_secs: Option<u64>,
     pub within_days: Option<u64>,
+    pub above_percent: Option<f64>,
+    pub for_secs: Option<u64>,
 }
 
 fn warning() -> Severity {
@@ -109,6 +116,8 @@ pub enum Check {
     OrderFlood { connectors: Option<Vec<String>> },
     QuotaHeld { above_secs: u64 },
     Credentials { within_days: u64 },
+    /// `above` is a ratio (the config's percent / 100).
+    QuotaUsage { above: f64, for_secs: u64 },
 }
 
 impl Check {
@@ -123,6 +132,7 @@ impl Check {
             Check::OrderFlood { .. } => RuleKind::OrderFlood,
             Check::QuotaHeld { .. } => RuleKind::QuotaHeld,
             Check::Credentials { .. } => RuleKind::Credentials,
+            Check::QuotaUsage { .. } => RuleKind::QuotaUsage,
         }
     }
 }
@@ -141,6 +151,8 @@ impl Rule {
             ("connectors", c.connectors.is_some()),
             ("hold_secs", c.hold_secs.is_some()),
             ("within_days", c.within_days.is_some()),
+            ("above_percent", c.above_percent.is_some()),
+            ("for_secs", c.for_secs.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -154,6 +166,7 @@ impl Rule {
             RuleKind::ConnectorIsolated | RuleKind::OrderFlood => &["connectors"],
             RuleKind::QuotaHeld => &["above_secs"],
             RuleKind::Credentials => &["within_days"],
+            RuleKind::QuotaUsage => &["above_percent", "for_secs"],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
@@ -193,6 +206,13 @@ impl Rule {
             RuleKind::OrderFlood => Check::OrderFlood { connectors: c.connectors.clone() },
             RuleKind::QuotaHeld => Check::QuotaHeld { above_secs: positive("above_secs", c.above_secs, 120)? },
             RuleKind::Credentials => Check::Credentials { within_days: positive("within_days", c.within_days, 14)? },
+            RuleKind::QuotaUsage => {
+                let above = c.above_percent.unwrap_or(90.0);
+                if !(above > 0.0 && above <= 1000.0) {
+                    return Err("above_percent must be in (0, 1000] (a quota's burst may take it past 100%)".into());
+                }
+                Check::QuotaUsage { above: above / 100.0, for_secs: positive("for_secs", c.for_secs, 300)? }
+            }
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -211,6 +231,7 @@ impl Rule {
             rule("order-flood", Severity::Critical, Check::OrderFlood { connectors: None }),
             rule("quota-held", Severity::Warning, Check::QuotaHeld { above_secs: 120 }),
             rule("credentials", Severity::Critical, Check::Credentials { within_days: 14 }),
+            rule("quota-usage", Severity::Warning, Check::QuotaUsage { above: 0.9, for_secs: 300 }),
         ]
     }
 }
@@ -235,6 +256,16 @@ pub struct Observation {
     pub holds: Vec<berth_capabilities::ratelimit::HeldQuota>,
     /// The credential state of every shop whose credentials berth renews.
     pub credentials: Vec<(String, berth_core::credentials::CredentialState)>,
+    /// Each platform quota's busiest key at the earlier looks, oldest first, by
+    /// (platform, quota); a quota no longer in use has no history.
+    pub quota_history: BTreeMap<(String, String), VecDeque<QuotaSample>>,
+}
+
+/// A quota's busiest key at one look.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaSample {
+    pub at_ms: i64,
+    pub usage: berth_capabilities::usage::QuotaUsage,
 }
 
 #[derive(Clone, Debug)]
@@ -279,6 +310,7 @@ impl Rule {
             Check::OrderFlood { connectors } => order_flood(obs, connectors),
             Check::QuotaHeld { above_secs } => quota_held(obs, above_secs),
             Check::Credentials { within_days } => credentials(obs, within_days),
+            Check::QuotaUsage { above, for_secs } => quota_usage(obs, *above, *for_secs),
         }
     }
 }
@@ -438,6 +470,41 @@ fn quota_held(obs: &Observation, above_secs: &u64) -> Vec<Breach> {
         .collect()
 }
 
+/// Quotas above `above` at every look for `for_secs`: the last look at or before the
+/// span's start and every one since.
+fn quota_usage(obs: &Observation, above: f64, for_secs: u64) -> Vec<Breach> {
+    let since = obs.now_ms - for_secs as i64 * 1000;
+    obs.quota_history
+        .iter()
+        .filter_map(|((platform, quota), h)| {
+            let start = h.iter().rposition(|s| s.at_ms <= since)?;
+            if !h.iter().skip(start).all(|s| s.usage.ratio > above) {
+                return None;
+            }
+            let now = &h.back()?.usage;
+            let over = match now.window_secs {
+                Some(w) => format!("{:.0} of {:.0} calls in {w} s", now.used, now.capacity),
+                None => format!("{:.0} of {:.0} as the platform reports ({})", now.used, now.capacity, now.source),
+            };
+            Some(Breach {
+                subject: format!("{platform}:{quota}"),
+                summary: format!(
+                    "platform {platform} quota {quota}: {} used by {} ({over}), above {:.0}% for over {for_secs} s; the platform throttles when it is spent: spread the calls (fewer shops per key, a lower rate in [platforms.{platform}]) or ask the platform for more",
+                    percent(now.ratio),
+                    now.key,
+                    above * 100.0,
+                ),
+                value: now.ratio,
+                threshold: above,
+            })
+        })
+        .collect()
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
 fn order_flood(obs: &Observation, connectors: &Option<Vec<String>>) -> Vec<Breach> {
     obs.held_intake
         .iter()
@@ -549,6 +616,39 @@ mod tests {
         assert!(breaches[1].summary.contains("the merchant must authorize the app again"), "{}", breaches[1].summary);
         let cfg: RuleConfig = toml::from_str("name = \"c\"\nkind = \"credentials\"\nwithin_days = 0\n").unwrap();
         assert_eq!(Rule::from_config(&cfg).unwrap_err(), "within_days must be at least 1");
+    }
+
+    #[test]
+    fn a_quota_fires_once_it_has_stayed_above_the_threshold_for_the_whole_span() {
+        use berth_capabilities::usage::QuotaUsage;
+        let rule = parse("name = \"q\"\nkind = \"quota-usage\"\nabove_percent = 80\nfor_secs = 60\n").unwrap();
+        assert_eq!(rule.check, Check::QuotaUsage { above: 0.8, for_secs: 60 });
+        let sample = |at_s: i64, used: f64| QuotaSample {
+            at_ms: at_s * 1000,
+            usage: QuotaUsage { window_secs: Some(60), ..QuotaUsage::new("shopify", "requests".into(), "shop:a".into(), used, 120.0, "counted") },
+        };
+        let obs = |now_s: i64, samples: Vec<QuotaSample>| Observation {
+            now_ms: now_s * 1000,
+            quota_history: BTreeMap::from([(("shopify".to_string(), "requests".to_string()), samples.into())]),
+            ..Observation::default()
+        };
+        // Above since 0 s, looked at until 70 s: fires, naming the busiest key.
+        let above: Vec<QuotaSample> = (0..=7).map(|i| sample(i * 10, 110.0)).collect();
+        let b = rule.evaluate(&obs(70, above.clone()));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].subject, "shopify:requests");
+        assert!(b[0].summary.contains("91.7% used by shop:a (110 of 120 calls in 60 s), above 80% for over 60 s"), "{}", b[0].summary);
+        // Not yet a whole span of looks; or one look below inside it.
+        assert!(rule.evaluate(&obs(70, above[3..].to_vec())).is_empty());
+        let mut dipped = above.clone();
+        dipped[5] = sample(50, 90.0);
+        assert!(rule.evaluate(&obs(70, dipped.clone())).is_empty());
+        // A dip before the span does not count.
+        assert_eq!(subjects_of(&rule, &obs(120, [dipped, (8..=12).map(|i| sample(i * 10, 110.0)).collect()].concat())), ["shopify:requests"]);
+        let err = parse("name = \"q\"\nkind = \"quota-usage\"\nabove_percent = 0\n").unwrap_err();
+        assert!(err.contains("above_percent must be in (0, 1000]"), "{err}");
+        let err = parse("name = \"q\"\nkind = \"quota-usage\"\nabove_secs = 5\n").unwrap_err();
+        assert!(err.contains("(it takes: above_percent, for_secs)"), "{err}");
     }
 
     fn subjects_of(r: &Rule, obs: &Observation) -> Vec<String> {
