@@ -20,6 +20,9 @@ pub enum ClientError {
     /// A tape to send could not be read.
     #[error("{0}")]
     Tape(String),
+    /// The command line lacks something the call needs.
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub struct AdminClient {

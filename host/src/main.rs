@@ -150,6 +150,27 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// A shop's stock held by write guards: `list` the holds, `release ID` (push them) or
+    /// `discard ID` (the platform keeps what it was last given); releases and discards
+    /// need an operator token and are audited.
+    StockHolds {
+        shop: String,
+        #[arg(value_parser = ["list", "release", "discard"], default_value = "list")]
+        action: String,
+        /// The hold (from `list`).
+        id: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Resume stock pushes a write guard paused (the platform's success rate fell): one
+    /// shop's with --shop, else every shop's on PLATFORM.
+    ResumeWrites {
+        platform: Option<String>,
+        #[arg(long)]
+        shop: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
     /// List connectors with their active and deployed versions.
     Connectors {
         #[command(flatten)]
@@ -318,6 +339,27 @@ async fn admin_command(cmd: Command) -> ExitCode {
             Command::ReleaseHold { platform, key, server } => {
                 let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let path = format!("/v1/admin/platforms/{}/holds/{}/release", enc(&platform), enc(&key));
+                AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
+            }
+            Command::StockHolds { shop, action, id, server } => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+                let client = AdminClient::from_env(server.url, server.ca_file)?;
+                match (action.as_str(), id) {
+                    ("list", _) => client.call(Method::GET, &format!("/v1/admin/shops/{}/stock/holds", enc(&shop)), Body::Empty).await,
+                    (end, Some(id)) => {
+                        let path = format!("/v1/admin/shops/{}/stock/holds/{}/{end}", enc(&shop), enc(&id));
+                        client.call(Method::POST, &path, Body::Empty).await
+                    }
+                    (end, None) => Err(ClientError::Usage(format!("`berth stock-holds {shop} {end}` needs the hold's id (see `berth stock-holds {shop}`)"))),
+                }
+            }
+            Command::ResumeWrites { platform, shop, server } => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+                let path = match (platform, shop) {
+                    (_, Some(shop)) => format!("/v1/admin/shops/{}/stock/resume", enc(&shop)),
+                    (Some(p), None) => format!("/v1/admin/platforms/{}/writes/resume", enc(&p)),
+                    (None, None) => return Err(ClientError::Usage("name a PLATFORM, or a shop with --shop".into())),
+                };
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,

@@ -476,6 +476,7 @@ fn shop_deps(cfg: &Config, durable: &Durable, services: &Arc<HostServices>, heal
         budgets: Default::default(),
         services: services.clone(),
         platform_gate: None,
+        guards: Arc::new(berth_core::stock::guard::WriteGuards::new(cfg.stock.write_guards.clone())),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod degrade;
 pub mod gate;
+pub mod guards;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
@@ -82,7 +83,7 @@ pub struct ApiState {
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
 /// degraded shop by hand (degrade.rs), on one state.
 pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
-    admin::routes().merge(degrade::routes()).merge(oauth::routes()).with_state(state)
+    admin::routes().merge(degrade::routes()).merge(guards::routes()).merge(oauth::routes()).with_state(state)
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see

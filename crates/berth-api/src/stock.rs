@@ -1,7 +1,7 @@
 //! Stock endpoints: the ERP submits absolute quantities per SKU and reads per-SKU results.
 //!
 //! `POST /v1/shops/{shop}/stock`        {"updates": [{"sku", "quantity", "seq"?}]}
-//! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead|exported&after=SKU&limit=N
+//! `GET  /v1/shops/{shop}/stock`        ?state=pending|pushed|rejected|dead|exported|held&after=SKU&limit=N
 //! `GET  /v1/shops/{shop}/stock/{sku}`  one SKU's record
 //! `POST /v1/shops/{shop}/stock/dead-letters/replay` {"skus": [...]}: rejected/dead SKUs back to pending
 //! `POST /v1/shops/{shop}/stock/dead-letters/purge` {"skus": [...]}: forget rejected/dead SKUs
@@ -59,6 +59,16 @@ pub struct SubmitBody {
 #[derive(Serialize)]
 struct SubmitResponse {
     results: Vec<SubmitResult>,
+    /// A write guard held the submission: the hold's id and why (an operator releases
+    /// or discards it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<HeldBy>,
+}
+
+#[derive(Serialize)]
+struct HeldBy {
+    hold: String,
+    reason: String,
 }
 
 pub async fn submit(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(shop): Path<String>, body: JsonBody<SubmitBody>) -> Response {
@@ -79,10 +89,11 @@ pub async fn submit(State(st): State<Arc<ApiState>>, Extension(caller): Extensio
     if req.updates.is_empty() || req.updates.len() > MAX_STOCK_BATCH {
         return error(StatusCode::BAD_REQUEST, format!("send 1..={MAX_STOCK_BATCH} updates per request"));
     }
-    match st.stock.submit(&shop, &req.updates).await {
-        Ok(results) => {
+    match st.shops.guards().submit(&st.stock, &shop, &entry.platform, &req.updates).await {
+        Ok(sub) => {
             wake.notify_one();
-            (StatusCode::ACCEPTED, Json(SubmitResponse { results })).into_response()
+            let held = sub.held.map(|(hold, reason)| HeldBy { hold, reason });
+            (StatusCode::ACCEPTED, Json(SubmitResponse { results: sub.results, held })).into_response()
         }
         Err(e) => stock_error(e),
     }
@@ -115,7 +126,7 @@ pub async fn list(
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?state=pending|pushed|rejected|dead|exported&after=SKU&limit=1..={MAX_STOCK_BATCH}"))
+            return error(StatusCode::BAD_REQUEST, format!("{e}; expected ?state=pending|pushed|rejected|dead|exported|held&after=SKU&limit=1..={MAX_STOCK_BATCH}"))
         }
     };
     let limit = q.limit.unwrap_or(100);

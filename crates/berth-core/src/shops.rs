@@ -36,6 +36,8 @@ pub struct ShopDeps {
     pub services: Arc<berth_capabilities::services::HostServices>,
     /// Cluster mode: asked before each stock push (see [`ShopPusher::gate`]).
     pub platform_gate: Option<crate::stock::pusher::PlatformGate>,
+    /// Write guards: holds on suspicious submissions, pauses of failing platforms.
+    pub guards: Arc<crate::stock::guard::WriteGuards>,
 }
 
 struct RunningShop {
@@ -162,15 +164,19 @@ impl ShopSet {
                 error_pause: d.error_pause,
                 status: push_status.clone(),
                 gate: d.platform_gate.clone(),
+                platform: slot.platform.clone(),
+                guards: d.guards.clone(),
+                health: d.health.clone(),
             };
             tasks.push(tokio::spawn(pusher.run(stop_rx)));
             Some((wake.clone(), push_status))
         } else {
             None
         };
+        let platform = slot.platform.clone();
         let running = RunningShop {
             config: sc.clone(),
-            platform: slot.platform.clone(),
+            platform: platform.clone(),
             status,
             webhook: Arc::new(WebhookShop {
                 running: Arc::new(tokio::sync::Semaphore::new(slot.current().limits.max_webhook_calls_per_shop)),
@@ -179,7 +185,7 @@ impl ShopSet {
                 wake_sync: wake,
                 budgets: d.budgets.clone(),
             }),
-            stock: StockShop { connector: sc.connector.clone(), pusher },
+            stock: StockShop { connector: sc.connector.clone(), platform: platform.clone(), pusher },
             stop,
             tasks,
         };
@@ -206,6 +212,7 @@ impl ShopSet {
             }),
             stock: StockShop {
                 connector: sc.connector.clone(),
+                platform: platform.clone(),
                 // The owner's pusher is woken by the change reaching its copy of the ledger.
                 pusher: inventory.then(|| (Arc::new(tokio::sync::Notify::new()), Arc::new(Mutex::new(Default::default())))),
             },
@@ -301,6 +308,11 @@ impl ShopSet {
         }
         self.start(shop, sc, slot)?;
         Ok(if old.is_some() { Put::Restarted } else { Put::Started })
+    }
+
+    /// The write guards the shops' submissions and pushes go through.
+    pub fn guards(&self) -> &Arc<crate::stock::guard::WriteGuards> {
+        &self.deps.guards
     }
 
     /// The stock ledger the shops' pushers settle in.

@@ -12,6 +12,7 @@
 //! times collects, and a status page or scrape costs the same at any number of SKUs.
 
 use super::cluster::{ClusterStock, Writer};
+use super::guard::{Check, Flagged};
 use super::{check_sku, PushOutcome, SkuState, SkuStock, StockError, StockRequest, StockStats, SubmitResult, Submitted};
 use berth_types::clock::now_ms;
 use berth_storage::store::Keyspace;
@@ -39,6 +40,7 @@ pub(super) struct ShopCounts {
     rejected: u64,
     dead: u64,
     exported: u64,
+    held: u64,
     waiting: BTreeSet<(i64, String)>,
     /// SKUs with a due time (pending), by it.
     due: BTreeSet<(i64, String)>,
@@ -52,6 +54,7 @@ impl ShopCounts {
             SkuState::Rejected => &mut self.rejected,
             SkuState::Dead => &mut self.dead,
             SkuState::Exported => &mut self.exported,
+            SkuState::Held => &mut self.held,
         };
         *n = if add { *n + 1 } else { n.saturating_sub(1) };
         if matches!(rec.state, SkuState::Pending | SkuState::Exported) {
@@ -109,6 +112,16 @@ pub(super) fn lock(counts: &Counts) -> std::sync::MutexGuard<'_, HashMap<String,
 
 /// The SKUs a change reads, as the change leaves them (`None`: no record).
 pub(super) type Working = HashMap<String, Option<SkuStock>>;
+
+/// What a judged submission did.
+#[derive(Debug)]
+pub struct Submission {
+    pub results: Vec<SubmitResult>,
+    /// Its changes the guard flags (for the shop's window).
+    pub flagged: Vec<Flagged>,
+    /// The hold it went into, and why.
+    pub held: Option<(String, String)>,
+}
 
 impl StockLedger {
     /// A store of its own in `dir` (tests and tools; berth shares one [`Store`]).
@@ -225,6 +238,15 @@ impl StockLedger {
     /// Record the ERP's desired quantities; returns once they are on disk. Within one
     /// call a later update for the same SKU wins.
     pub async fn submit(&self, shop: &str, updates: &[StockRequest]) -> Result<Vec<SubmitResult>, StockError> {
+        Ok(self.submit_checked(shop, updates, None).await?.results)
+    }
+
+    /// [`StockLedger::submit`] judged by a write guard (see [`super::guard`]): the
+    /// changes it flags are returned for the shop's window, and when they, with the
+    /// window's, trip its limits every SKU the submission queues is held in
+    /// `check.hold_id` instead. A SKU held already stays in its hold with the newer
+    /// quantity.
+    pub async fn submit_checked(&self, shop: &str, updates: &[StockRequest], check: Option<Check>) -> Result<Submission, StockError> {
         for u in updates {
             check_sku(&u.sku)?;
         }
@@ -233,6 +255,9 @@ impl StockLedger {
         let skus = updates.iter().map(|u| u.sku.clone()).collect();
         self.change(shop, Writer::Anyone, skus, move |work, next_version| {
             let mut out = Vec::with_capacity(updates.len());
+            // By SKU: a later update of a SKU within the call replaces an earlier one.
+            let mut flagged: std::collections::BTreeMap<String, Flagged> = std::collections::BTreeMap::new();
+            let mut new_skus = 0u64;
             for u in &updates {
                 let existing = work.get(&u.sku).cloned().flatten();
                 if let (Some(rec), Some(seq)) = (&existing, u.seq) {
@@ -242,36 +267,152 @@ impl StockLedger {
                     }
                 }
                 if let Some(rec) = existing.as_ref().filter(|r| {
-                    r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed | SkuState::Exported)
+                    r.quantity == u.quantity && matches!(r.state, SkuState::Pending | SkuState::Pushed | SkuState::Exported | SkuState::Held)
                 }) {
                     let mut rec = rec.clone();
                     rec.seq = u.seq.or(rec.seq);
-                    out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Unchanged, version: rec.version });
+                    let outcome = if rec.state == SkuState::Held { Submitted::Held } else { Submitted::Unchanged };
+                    out.push(SubmitResult { sku: u.sku.clone(), outcome, version: rec.version });
                     work.insert(u.sku.clone(), Some(rec));
                     continue;
                 }
                 let version = next_version();
+                let held = existing.as_ref().filter(|r| r.state == SkuState::Held);
                 let rec = SkuStock {
                     sku: u.sku.clone(),
                     quantity: u.quantity,
                     seq: u.seq.or(existing.as_ref().and_then(|r| r.seq)),
                     version,
                     received_at_ms: now,
-                    state: SkuState::Pending,
+                    // A held SKU stays in its hold with the newer quantity.
+                    state: if held.is_some() { SkuState::Held } else { SkuState::Pending },
                     attempts: 0,
-                    due_at_ms: Some(now),
-                    last_error: None,
+                    due_at_ms: if held.is_some() { None } else { Some(now) },
+                    last_error: held.and_then(|r| r.last_error.clone()),
                     pushed_quantity: existing.as_ref().and_then(|r| r.pushed_quantity),
                     pushed_version: existing.as_ref().and_then(|r| r.pushed_version),
                     pushed_at_ms: existing.as_ref().and_then(|r| r.pushed_at_ms),
                     export_batch: None,
+                    hold: held.and_then(|r| r.hold.clone()),
                 };
-                out.push(SubmitResult { sku: u.sku.clone(), outcome: Submitted::Queued, version });
+                new_skus += u64::from(existing.is_none());
+                flagged.remove(&rec.sku);
+                if let (Some(c), None) = (&check, held) {
+                    let flags = c.limits.flags(rec.pushed_quantity, rec.quantity);
+                    if flags.zero || flags.big {
+                        flagged.insert(rec.sku.clone(), Flagged { at_ms: now, sku: rec.sku.clone(), version, flags });
+                    }
+                }
+                let outcome = if held.is_some() { Submitted::Held } else { Submitted::Queued };
+                out.push(SubmitResult { sku: u.sku.clone(), outcome, version });
                 work.insert(u.sku.clone(), Some(rec));
             }
-            out
+            let flagged: Vec<Flagged> = flagged.into_values().collect();
+            let tripped = check.as_ref().and_then(|c| {
+                // The window's changes of SKUs this call changes again count once, as now.
+                let again: std::collections::HashSet<&str> = updates.iter().map(|u| u.sku.as_str()).collect();
+                let all = || flagged.iter().chain(c.window.iter().filter(|f| !again.contains(f.sku.as_str())));
+                let zeroed = all().filter(|f| f.flags.zero).count() as u64;
+                let changed = all().filter(|f| f.flags.big).count() as u64;
+                c.limits.tripped(zeroed, changed, c.skus + new_skus).map(|why| (c.hold_id.clone(), why))
+            });
+            if let Some((id, why)) = &tripped {
+                let reason = format!("held by a write guard: {why}");
+                for r in out.iter_mut().filter(|r| r.outcome == Submitted::Queued) {
+                    if let Some(Some(rec)) = work.get_mut(&r.sku) {
+                        rec.state = SkuState::Held;
+                        rec.due_at_ms = None;
+                        rec.hold = Some(id.clone());
+                        rec.last_error = Some(reason.clone());
+                        r.outcome = Submitted::Held;
+                    }
+                }
+            }
+            Submission { results: out, flagged, held: tripped }
         })
         .await
+    }
+
+    /// Put pending SKUs of `shop` into hold `id` — the ones still at the version the
+    /// window saw. Returns how many were held.
+    pub async fn hold_pending(&self, shop: &str, skus: &[(String, u64)], id: &str, reason: &str) -> Result<usize, StockError> {
+        let mut held = 0;
+        for chunk in skus.chunks(self.max_change().min(10_000)) {
+            let (chunk, id, reason) = (chunk.to_vec(), id.to_string(), format!("held by a write guard: {reason}"));
+            held += self
+                .change(shop, Writer::Anyone, chunk.iter().map(|(s, _)| s.clone()).collect(), move |work, _| {
+                    let mut held = 0;
+                    for (sku, version) in &chunk {
+                        let Some(Some(rec)) = work.get_mut(sku) else { continue };
+                        if rec.state != SkuState::Pending || rec.version != *version {
+                            continue;
+                        }
+                        rec.state = SkuState::Held;
+                        rec.due_at_ms = None;
+                        rec.hold = Some(id.clone());
+                        rec.last_error = Some(reason.clone());
+                        held += 1;
+                    }
+                    held
+                })
+                .await?;
+        }
+        Ok(held)
+    }
+
+    /// The SKUs of `shop` held by write guards.
+    pub fn held(&self, shop: &str) -> Result<Vec<SkuStock>, StockError> {
+        if lock(&self.counts).get(shop).is_none_or(|c| c.held == 0) {
+            return Ok(Vec::new());
+        }
+        self.records(shop, |r| r.state == SkuState::Held)
+    }
+
+    /// End hold `id` of `shop`: `release` hands its SKUs to the pusher with their newest
+    /// quantities; otherwise they go back to what the platform was last given (a SKU
+    /// never pushed is forgotten). Returns how many SKUs the hold held.
+    pub async fn end_hold(&self, shop: &str, id: &str, release: bool) -> Result<usize, StockError> {
+        let held: Vec<String> = self.held(shop)?.into_iter().filter(|r| r.hold.as_deref() == Some(id)).map(|r| r.sku).collect();
+        if held.is_empty() {
+            return Err(StockError::UnknownHold { shop: shop.to_string(), hold: id.to_string() });
+        }
+        let now = now_ms();
+        let mut ended = 0;
+        for chunk in held.chunks(self.max_change()) {
+            let (chunk, id) = (chunk.to_vec(), id.to_string());
+            ended += self
+                .change(shop, Writer::Anyone, chunk.clone(), move |work, next_version| {
+                    let mut ended = 0;
+                    for sku in &chunk {
+                        let Some(slot) = work.get_mut(sku) else { continue };
+                        let Some(rec) = slot.as_mut().filter(|r| r.state == SkuState::Held && r.hold.as_deref() == Some(id.as_str())) else {
+                            continue;
+                        };
+                        ended += 1;
+                        rec.hold = None;
+                        rec.last_error = None;
+                        if release {
+                            rec.state = SkuState::Pending;
+                            rec.due_at_ms = Some(now);
+                            continue;
+                        }
+                        match rec.pushed_quantity {
+                            Some(q) => {
+                                let version = next_version();
+                                rec.quantity = q;
+                                rec.version = version;
+                                rec.pushed_version = Some(version);
+                                rec.state = SkuState::Pushed;
+                                rec.received_at_ms = now;
+                            }
+                            None => *slot = None,
+                        }
+                    }
+                    ended
+                })
+                .await?;
+        }
+        Ok(ended)
     }
 
     /// Pending SKUs of a shop due by `now`, oldest due first, at most `max`.
@@ -579,6 +720,7 @@ impl StockLedger {
             rejected: c.rejected,
             dead: c.dead,
             exported: c.exported,
+            held: c.held,
             oldest_pending_age_ms: c.waiting.first().map(|(at, _)| now - at),
         })
     }
@@ -705,6 +847,66 @@ mod tests {
         assert_eq!(held.len(), 1);
         assert_eq!(l.end_export("s", &batch, false).await.unwrap(), 1);
         assert_eq!(l.due("s", now_ms(), 10).unwrap().iter().map(|r| r.sku.as_str()).collect::<Vec<_>>(), ["B"]);
+    }
+
+    /// Every SKU of `skus` pushed at quantity 10.
+    async fn pushed(l: &StockLedger, skus: &[&str]) {
+        let reqs: Vec<StockRequest> = skus.iter().map(|s| req(s, 10, None)).collect();
+        l.submit("s", &reqs).await.unwrap();
+        for r in l.due("s", now_ms(), 100).unwrap() {
+            l.settle("s", &[(r.sku.clone(), r.version, r.quantity, PushOutcome::Accepted)]).await.unwrap();
+        }
+    }
+
+    fn check(window: Vec<Flagged>, skus: u64) -> Check {
+        let limits = crate::stock::guard::Limits { max_zero_percent: 20.0, min_zeroed: 2, max_changed_skus: 3, max_change_percent: 15.0, window_ms: 60_000 };
+        Check { limits, window, skus, hold_id: "hold-t".into() }
+    }
+
+    #[tokio::test]
+    async fn a_guard_holds_a_submission_until_released_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), 3);
+        pushed(&l, &["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"]).await;
+        // One zero of ten SKUs, two small changes: flagged, not held.
+        let sub = l.submit_checked("s", &[req("A", 0, None), req("B", 11, None), req("C", 9, None)], Some(check(Vec::new(), 10))).await.unwrap();
+        assert!(sub.held.is_none());
+        assert_eq!(sub.flagged.iter().map(|f| (f.sku.as_str(), f.flags.zero)).collect::<Vec<_>>(), [("A", true)]);
+        // A second zero, with the first in the window: 2 of 10 is 20%, not more. A
+        // third is: the whole submission is held, naming why.
+        let sub = l.submit_checked("s", &[req("D", 0, None)], Some(check(sub.flagged, 10))).await.unwrap();
+        assert!(sub.held.is_none());
+        let window = [l.submit_checked("s", &[req("Z", 3, None)], None).await.unwrap().flagged, sub.flagged].concat();
+        assert!(window.len() == 1, "an unguarded submission flags nothing; the window holds D");
+        let sub = l
+            .submit_checked("s", &[req("E", 0, None), req("F", 0, None), req("NEW", 4, None)], Some(check(vec![window[0].clone()], 11)))
+            .await
+            .unwrap();
+        let (id, why) = sub.held.clone().expect("held");
+        assert!(why.contains("3 of the shop's 12 SKUs would go to 0"), "{why}");
+        assert!(sub.results.iter().all(|r| r.outcome == Submitted::Held), "{:?}", sub.results);
+        assert_eq!(l.hold_pending("s", &[("D".into(), window[0].version)], &id, &why).await.unwrap(), 1);
+        assert!(l.due("s", now_ms(), 100).unwrap().iter().all(|r| !["D", "E", "F", "NEW"].contains(&r.sku.as_str())), "held SKUs are not pushed");
+        assert_eq!(l.stats("s").unwrap().held, 4);
+        // A newer quantity for a held SKU stays in the hold.
+        let again = l.submit("s", &[req("E", 1, None)]).await.unwrap();
+        assert_eq!(again[0].outcome, Submitted::Held);
+        let views = crate::stock::guard::hold_views(&l.held("s").unwrap());
+        assert_eq!((views.len(), views[0].skus, views[0].zeroed), (1, 4, 2));
+        assert!(views[0].reason.contains("would go to 0"), "{:?}", views[0]);
+        // Discarded: the platform keeps what it was given; a SKU never pushed is forgotten.
+        assert_eq!(l.end_hold("s", &id, false).await.unwrap(), 4);
+        let e = l.get("s", "E").unwrap().unwrap();
+        assert_eq!((e.state, e.quantity, e.pushed_quantity, e.hold), (SkuState::Pushed, 10, Some(10), None));
+        assert_eq!(l.get("s", "NEW").unwrap(), None);
+        assert!(matches!(l.end_hold("s", &id, false).await, Err(StockError::UnknownHold { .. })));
+        // Released: pushed with the newest quantities.
+        let sub = l.submit_checked("s", &[req("G", 0, None), req("H", 0, None), req("I", 0, None)], Some(check(Vec::new(), 11))).await.unwrap();
+        let (id, _) = sub.held.expect("held");
+        assert_eq!(l.end_hold("s", &id, true).await.unwrap(), 3);
+        let due: Vec<(String, u32)> = l.due("s", now_ms(), 100).unwrap().into_iter().map(|r| (r.sku, r.quantity)).collect();
+        assert!(due.contains(&("G".to_string(), 0)) && due.contains(&("I".to_string(), 0)), "{due:?}");
+        assert_eq!(l.stats("s").unwrap().held, 0);
     }
 
     #[tokio::test]

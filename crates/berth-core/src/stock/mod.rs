@@ -11,6 +11,7 @@
 //! forgets and follow it with an older one.
 
 pub mod cluster;
+pub mod guard;
 pub mod ledger;
 pub mod pusher;
 
@@ -36,6 +37,8 @@ pub enum StockError {
     /// not hold the shop's lease.
     #[error("this node does not hold shop `{shop}`'s lease; its owner settles its pushes")]
     NotOwner { shop: String },
+    #[error("no write-guard hold `{hold}` holds SKUs of shop `{shop}` (released or discarded already, or never made)")]
+    UnknownHold { shop: String, hold: String },
     #[error("{count} SKUs in one change; the cluster takes at most {max} (send smaller batches)")]
     TooManySkus { count: usize, max: usize },
 }
@@ -69,6 +72,9 @@ pub enum SkuState {
     /// the pusher leaves it alone until the batch is confirmed (pushed) or cancelled
     /// (pending again). A newer quantity from the ERP makes it pending again.
     Exported,
+    /// Held by a write guard (see [`guard`]) until an operator releases the hold (the
+    /// pusher takes it up) or discards it; a newer quantity stays in the hold.
+    Held,
 }
 
 /// The record kept per shop + SKU, as `GET /v1/shops/{shop}/stock` shows it.
@@ -94,6 +100,9 @@ pub struct SkuStock {
     /// The CSV export batch holding this SKU (state `exported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_batch: Option<String>,
+    /// The write guard's hold holding this SKU (state `held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// What a submitted update did.
@@ -106,6 +115,8 @@ pub enum Submitted {
     Unchanged,
     /// Its `seq` is not newer than the one already accepted: ignored.
     Stale,
+    /// Stored, and held by a write guard for a person to release or discard.
+    Held,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -136,8 +147,18 @@ pub struct StockStats {
     /// Held in CSV export batches.
     #[serde(default)]
     pub exported: u64,
+    /// Held by a write guard.
+    #[serde(default)]
+    pub held: u64,
     /// Age of the oldest desired quantity not yet on the platform.
     pub oldest_pending_age_ms: Option<i64>,
+}
+
+impl StockStats {
+    /// Every SKU of the shop the ledger holds.
+    pub fn skus(&self) -> u64 {
+        self.pending + self.pushed + self.rejected + self.dead + self.exported + self.held
+    }
 }
 
 pub fn check_sku(sku: &str) -> Result<(), StockError> {
@@ -158,11 +179,13 @@ pub struct StockConfig {
     /// Backoff between failed pushes of a SKU: base doubling up to max, with jitter.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Write guards per platform (`"*"`: every platform without its own); none by default.
+    pub write_guards: std::collections::BTreeMap<String, guard::GuardConfig>,
 }
 
 impl Default for StockConfig {
     fn default() -> Self {
-        StockConfig { max_attempts: 10, batch_size: 50, retry_base_ms: 1_000, retry_max_ms: 300_000 }
+        StockConfig { max_attempts: 10, batch_size: 50, retry_base_ms: 1_000, retry_max_ms: 300_000, write_guards: Default::default() }
     }
 }
 
@@ -174,6 +197,9 @@ impl StockConfig {
         if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
             return Err("stock.retry_base_ms must be positive and not above stock.retry_max_ms".into());
         }
+        for (platform, g) in &self.write_guards {
+            g.check().map_err(|e| format!("stock.write_guards.{platform}: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -182,6 +208,8 @@ impl StockConfig {
 #[derive(Clone)]
 pub struct StockShop {
     pub connector: String,
+    /// The platform its connector serves (whose write guard applies).
+    pub platform: String,
     /// `None` when the shop's connector does not offer inventory.
     pub pusher: Option<(std::sync::Arc<tokio::sync::Notify>, pusher::SharedPushStatus)>,
 }

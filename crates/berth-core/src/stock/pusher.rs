@@ -53,7 +53,15 @@ pub struct ShopPusher {
     /// its HTTP calls: a node that wakes from a pause must not push what the shop's new
     /// owner has superseded.
     pub gate: Option<PlatformGate>,
+    /// The platform its connector serves, its write guards (a pause of its pushes) and
+    /// the shop's probes (which end a pause for the shop).
+    pub platform: String,
+    pub guards: Arc<super::guard::WriteGuards>,
+    pub health: Arc<crate::health::HealthBook>,
 }
+
+/// How often a paused shop looks at its probes again.
+const PAUSE_LOOK: Duration = Duration::from_secs(5);
 
 /// Asked right before each call that changes a platform.
 pub type PlatformGate = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -106,6 +114,14 @@ impl ShopPusher {
         });
     }
 
+    /// A push call answered (or failed as the platform's failure) for the platform's
+    /// success rate; a pause it starts is said in the shop's status.
+    fn count_push(&self, succeeded: bool) {
+        if let Some(pause) = self.guards.record_push(&self.platform, succeeded) {
+            self.note_error(format!("stock pushes to {} paused: {}", pause.platform, pause.reason));
+        }
+    }
+
     /// The whole batch failed with `kind`: back off per the platform's retry policy, or
     /// move straight to the dead letters when the policy does not retry `kind`.
     async fn fail_all(&self, conn: &LoadedConnector, batch: &[SkuStock], kind: ErrorKind, why: String) -> Result<Wait, String> {
@@ -132,6 +148,12 @@ impl ShopPusher {
             let next = self.ledger.next_due(&self.shop).map_err(|e| e.to_string())?;
             let wait = next.map_or(MAX_IDLE, |t| Duration::from_millis((t - now).max(1) as u64).min(MAX_IDLE));
             return Ok(Wait::Idle(wait));
+        }
+        // The platform failing writes: wait for an operator or the shop's probes.
+        let probe = self.health.shop(&self.shop).and_then(|h| h.last_probe).map(|p| (p.up, p.at_ms));
+        if let Some(why) = self.guards.paused(&self.platform, &self.shop, probe) {
+            self.update(|s| s.last_error = Some(why));
+            return Ok(Wait::Park(PAUSE_LOOK));
         }
         // Never push a quantity a crash could still take back (see mod.rs).
         self.ledger.durable().await.map_err(|e| e.to_string())?;
@@ -167,8 +189,12 @@ impl ShopPusher {
                 self.note_error(format!("auth: {why}"));
                 return Ok(Wait::Park(self.error_pause));
             }
-            Err(Failure::Failed { kind, why }) => return self.fail_all(conn, &batch, kind, why).await,
+            Err(Failure::Failed { kind, why }) => {
+                self.count_push(false);
+                return self.fail_all(conn, &batch, kind, why).await;
+            }
         };
+        self.count_push(true);
         let settled = outcomes(&batch, results);
         if settled.is_empty() {
             // Without this a connector that answers for nothing would be called in a loop.
@@ -217,7 +243,14 @@ impl crate::worker::Worker for ShopPusher {
 
     fn released(&self) -> impl std::future::Future<Output = ()> + Send {
         let conn = self.connector.for_shop(&self.shop);
-        async move { conn.quota_released().await }
+        let guards = self.guards.clone();
+        async move {
+            // A quota hold released, or a push pause resumed by an operator.
+            tokio::select! {
+                () = conn.quota_released() => {}
+                () = guards.resumed() => {}
+            }
+        }
     }
 }
 
@@ -241,6 +274,7 @@ mod tests {
             pushed_version: None,
             pushed_at_ms: None,
             export_batch: None,
+            hold: None,
         }
     }
 

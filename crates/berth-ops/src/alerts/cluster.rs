@@ -51,9 +51,10 @@ pub(super) enum Decider {
 
 pub(super) fn decider(kind: RuleKind) -> Decider {
     match kind {
-        RuleKind::QueueAge | RuleKind::DeadLetters => Decider::Duty,
+        // The ledger is the cluster's: one node judges its holds.
+        RuleKind::QueueAge | RuleKind::DeadLetters | RuleKind::StockHeld => Decider::Duty,
         RuleKind::ProbeFailing | RuleKind::OrderFlood | RuleKind::Credentials => Decider::ShopOwner,
-        RuleKind::SuccessRate | RuleKind::ConnectorIsolated | RuleKind::QuotaHeld | RuleKind::QuotaUsage | RuleKind::CanaryRollback => {
+        RuleKind::SuccessRate | RuleKind::ConnectorIsolated | RuleKind::QuotaHeld | RuleKind::QuotaUsage | RuleKind::CanaryRollback | RuleKind::WritesPaused => {
             Decider::EachNode
         }
     }
@@ -271,7 +272,7 @@ mod tests {
     #[test]
     fn a_stored_alert_is_decided_as_its_rule_kind_says() {
         use RuleKind as K;
-        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials] {
+        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials, K::StockHeld, K::WritesPaused] {
             assert_eq!(decider_of(&alert(kind.name())), decider(kind), "{}", kind.name());
         }
         assert_eq!(decider_of(&alert("from-a-newer-node")), Decider::EachNode);

@@ -265,6 +265,18 @@ impl Alerts {
         obs.queues = berth_core::levels::queue_levels(&src.inbox, &src.stock, &src.shops);
         obs.held_intake = src.shops.budgets().held(now_ms);
         obs.holds = src.shops.services().limits.held();
+        for (shop, _) in src.shops.stock_shops() {
+            // Counters first: a shop without held stock costs no scan.
+            if src.stock.stats(&shop).is_ok_and(|s| s.held > 0) {
+                match src.stock.held(&shop) {
+                    Ok(held) => {
+                        obs.stock_holds.insert(shop, berth_core::stock::guard::hold_views(&held));
+                    }
+                    Err(e) => tracing::error!(shop = %shop, error = %e, "cannot read the shop's held stock"),
+                }
+            }
+        }
+        obs.write_pauses = src.shops.guards().pauses();
         if let Some(book) = &src.credentials {
             match book.states() {
                 Ok(states) => obs.credentials = states,

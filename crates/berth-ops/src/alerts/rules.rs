@@ -51,6 +51,12 @@ pub enum RuleKind {
     /// `berth_ratelimit_quota_used_ratio`) at every look for `for_secs`: the platform
     /// will throttle soon.
     QuotaUsage,
+    /// A write guard holds some of a shop's stock changes for a person to release or
+    /// discard.
+    StockHeld,
+    /// A shop's stock pushes are paused: its platform's push success rate fell below the
+    /// write guard's `pause_writes_below`.
+    WritesPaused,
 }
 
 impl RuleKind {
@@ -66,6 +72,8 @@ impl RuleKind {
             RuleKind::QuotaHeld => "quota-held",
             RuleKind::Credentials => "credentials",
             RuleKind::QuotaUsage => "quota-usage",
+            RuleKind::StockHeld => "stock-held",
+            RuleKind::WritesPaused => "writes-paused",
         }
     }
 }
@@ -118,6 +126,8 @@ pub enum Check {
     Credentials { within_days: u64 },
     /// `above` is a ratio (the config's percent / 100).
     QuotaUsage { above: f64, for_secs: u64 },
+    StockHeld,
+    WritesPaused,
 }
 
 impl Check {
@@ -133,6 +143,8 @@ impl Check {
             Check::QuotaHeld { .. } => RuleKind::QuotaHeld,
             Check::Credentials { .. } => RuleKind::Credentials,
             Check::QuotaUsage { .. } => RuleKind::QuotaUsage,
+            Check::StockHeld => RuleKind::StockHeld,
+            Check::WritesPaused => RuleKind::WritesPaused,
         }
     }
 }
@@ -167,9 +179,11 @@ impl Rule {
             RuleKind::QuotaHeld => &["above_secs"],
             RuleKind::Credentials => &["within_days"],
             RuleKind::QuotaUsage => &["above_percent", "for_secs"],
+            RuleKind::StockHeld | RuleKind::WritesPaused => &[],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
-            return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {})", allowed.join(", ")));
+            let takes = if allowed.is_empty() { "nothing else".to_string() } else { allowed.join(", ") };
+            return Err(format!("`{extra}` does not apply to a {kind} rule (it takes: {takes})"));
         }
         if let Some(q) = &c.queue {
             if q != "orders" && q != "stock" {
@@ -213,6 +227,8 @@ impl Rule {
                 }
                 Check::QuotaUsage { above: above / 100.0, for_secs: positive("for_secs", c.for_secs, 300)? }
             }
+            RuleKind::StockHeld => Check::StockHeld,
+            RuleKind::WritesPaused => Check::WritesPaused,
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -232,6 +248,8 @@ impl Rule {
             rule("quota-held", Severity::Warning, Check::QuotaHeld { above_secs: 120 }),
             rule("credentials", Severity::Critical, Check::Credentials { within_days: 14 }),
             rule("quota-usage", Severity::Warning, Check::QuotaUsage { above: 0.9, for_secs: 300 }),
+            rule("stock-held", Severity::Critical, Check::StockHeld),
+            rule("writes-paused", Severity::Critical, Check::WritesPaused),
         ]
     }
 }
@@ -259,6 +277,10 @@ pub struct Observation {
     /// Each platform quota's busiest key at the earlier looks, oldest first, by
     /// (platform, quota); a quota no longer in use has no history.
     pub quota_history: BTreeMap<(String, String), VecDeque<QuotaSample>>,
+    /// Per shop with stock held by a write guard: its holds.
+    pub stock_holds: BTreeMap<String, Vec<berth_core::stock::guard::HoldView>>,
+    /// Platforms whose stock pushes a write guard paused.
+    pub write_pauses: Vec<berth_core::stock::guard::PauseView>,
 }
 
 /// A quota's busiest key at one look.
@@ -311,6 +333,8 @@ impl Rule {
             Check::QuotaHeld { above_secs } => quota_held(obs, above_secs),
             Check::Credentials { within_days } => credentials(obs, within_days),
             Check::QuotaUsage { above, for_secs } => quota_usage(obs, *above, *for_secs),
+            Check::StockHeld => stock_held(obs),
+            Check::WritesPaused => writes_paused(obs),
         }
     }
 }
@@ -496,6 +520,47 @@ fn quota_usage(obs: &Observation, above: f64, for_secs: u64) -> Vec<Breach> {
                 ),
                 value: now.ratio,
                 threshold: above,
+            })
+        })
+        .collect()
+}
+
+/// Shops with stock changes a write guard holds.
+fn stock_held(obs: &Observation) -> Vec<Breach> {
+    obs.stock_holds
+        .iter()
+        .filter(|(_, holds)| !holds.is_empty())
+        .map(|(shop, holds)| {
+            let skus: usize = holds.iter().map(|h| h.skus).sum();
+            let first = &holds[0];
+            Breach {
+                subject: shop.clone(),
+                summary: format!(
+                    "shop {shop}: {skus} stock changes held in {} hold(s), the first {}: {}; look at them (`berth stock-holds {shop}`) and release or discard (`berth stock-holds {shop} release|discard ID`)",
+                    holds.len(),
+                    first.id,
+                    first.reason
+                ),
+                value: skus as f64,
+                threshold: 0.0,
+            }
+        })
+        .collect()
+}
+
+/// Shops whose pushes wait on a platform's pause.
+fn writes_paused(obs: &Observation) -> Vec<Breach> {
+    obs.write_pauses
+        .iter()
+        .flat_map(|p| {
+            p.shops.keys().map(move |shop| Breach {
+                subject: shop.clone(),
+                summary: format!(
+                    "shop {shop}: stock pushes to {} paused ({}); they resume when the shop's probes pass for {} min, or `berth resume-writes --shop {shop}`",
+                    p.platform, p.reason, p.resume_after_mins
+                ),
+                value: 1.0,
+                threshold: 0.0,
             })
         })
         .collect()
@@ -723,5 +788,28 @@ mod tests {
         assert!(summary.contains("after a call of shop h-throttle (hostile)") && summary.contains("berth release-hold taobao app_key:K"), "{summary}");
         obs.holds = vec![hold("throttle", 60_000)];
         assert!(subjects_of(&d[8], &obs).is_empty(), "a minute is under the threshold");
+        let by_kind = |k: RuleKind| d.iter().find(|r| r.check.kind() == k).cloned().unwrap();
+        let hold = berth_core::stock::guard::HoldView {
+            id: "hold-1".into(),
+            skus: 30,
+            zeroed: 30,
+            since_ms: 0,
+            reason: "held by a write guard: 30 of the shop's 40 SKUs would go to 0".into(),
+            sample: Vec::new(),
+        };
+        obs.stock_holds = BTreeMap::from([("z".to_string(), vec![hold]), ("none".to_string(), Vec::new())]);
+        let held = by_kind(RuleKind::StockHeld).evaluate(&obs);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].summary.contains("shop z: 30 stock changes held in 1 hold(s), the first hold-1") && held[0].summary.contains("berth stock-holds z"), "{}", held[0].summary);
+        obs.write_pauses = vec![berth_core::stock::guard::PauseView {
+            platform: "woo".into(),
+            since_ms: 0,
+            reason: "10 of the last 20 push calls succeeded".into(),
+            shops: BTreeMap::from([("w1".to_string(), 0), ("w2".to_string(), 0)]),
+            resumed: vec!["w3".into()],
+            resume_after_mins: 10.0,
+        }];
+        assert_eq!(subjects_of(&by_kind(RuleKind::WritesPaused), &obs), ["w1", "w2"], "a resumed shop is not paused");
+        assert!(parse("name = \"h\"\nkind = \"stock-held\"\nfor_secs = 1\n").unwrap_err().contains("it takes: nothing else"));
     }
 }
