@@ -171,6 +171,20 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Inject a failure into one shop on purpose and record what berth did (alerts, time
+    /// to detect and recover, breaker, standby, loss): platform-5xx, throttle-storm,
+    /// timeouts, primary-down, connector-traps. Needs an admin token; audited. Waits for
+    /// the drill to end and prints its record.
+    Drill {
+        scenario: String,
+        #[arg(long)]
+        shop: String,
+        /// How long the fault lasts: `60s`, `2m` or seconds.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// List connectors with their active and deployed versions.
     Connectors {
         #[command(flatten)]
@@ -362,6 +376,22 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 };
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
+            Command::Drill { scenario, shop, duration, server } => {
+                let secs = parse_duration(&duration).ok_or_else(|| ClientError::Usage(format!("--duration `{duration}`: give seconds, `90s` or `2m`")))?;
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+                let client = AdminClient::from_env(server.url, server.ca_file)?;
+                let body = Body::Json(serde_json::json!({ "scenario": scenario, "duration_secs": secs }));
+                let started = client.call(Method::POST, &format!("/v1/admin/shops/{}/drills", enc(&shop)), body).await?;
+                let id = started["id"].as_str().unwrap_or_default().to_string();
+                eprintln!("drill {id} started: {scenario} on {shop} for {secs} s; waiting for it to end");
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let rec = client.call(Method::GET, &format!("/v1/drills/{}", enc(&id)), Body::Empty).await?;
+                    if rec["state"] != "running" && rec["state"] != "recovering" {
+                        break Ok(rec);
+                    }
+                }
+            }
             Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
             Command::Serve { .. } | Command::CheckConfig { .. } | Command::ClusterCheck { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
         }
@@ -376,6 +406,16 @@ async fn admin_command(cmd: Command) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `90`, `90s` or `2m` as seconds.
+fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (n, unit) = match t.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (t.strip_suffix('s').unwrap_or(t), 1),
+    };
+    n.trim().parse::<u64>().ok().map(|n| n * unit)
 }
 
 async fn cluster_check(config: PathBuf) -> ExitCode {

@@ -49,6 +49,8 @@ pub enum StartError {
     Health(#[from] berth_core::health::HealthStoreError),
     #[error(transparent)]
     Alerts(#[from] berth_ops::alerts::AlertsError),
+    #[error("drill records: {0}")]
+    Drills(#[from] berth_ops::drills::DrillError),
     #[error("TLS: {0}; check [server] tls_cert and tls_key")]
     Tls(#[from] berth_api::listener::TlsError),
     #[error("credentials: {0}; check [credentials] key_file / key_env")]
@@ -163,6 +165,16 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         credentials: credentials.clone(),
     };
     workers.push(tokio::spawn(alerts.clone().run(sources, shutdown_rx.clone())));
+    let drills = Arc::new(berth_ops::drills::Drills::open(
+        &storage,
+        berth_ops::drills::DrillDeps {
+            shops: shops.clone(),
+            registry: registry.clone(),
+            inbox: durable.inbox.clone(),
+            stock: durable.ledger.clone(),
+            alerts: alerts.clone(),
+        },
+    )?);
     if let (Some(node), Some(c)) = (&node, &cfg.cluster) {
         workers.push(crate::cluster::forward_audit(&node.conn, c, audit.clone(), shutdown_rx.clone()).await?);
     }
@@ -171,7 +183,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let connectors = registry.slots().len();
     let cluster = node.as_ref().map(|n| n.leases.clone());
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, drills, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -488,6 +500,7 @@ struct Routed<'a> {
     shops: Arc<ShopSet>,
     health: Arc<berth_core::health::HealthBook>,
     alerts: Arc<berth_ops::alerts::Alerts>,
+    drills: Arc<berth_ops::drills::Drills>,
     delivery: Option<berth_core::delivery::SharedDeliveryStatus>,
     admin_auth: Arc<berth_api::auth::AdminAuth>,
     audit: Arc<berth_core::audit::AuditLog>,
@@ -521,6 +534,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         }),
         api_metrics: r.metrics.api.clone(),
         onboarding: r.onboarding,
+        drills: r.drills.clone(),
     }));
     let state = Arc::new(ApiState {
         store: r.durable.store.clone(),
@@ -532,6 +546,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         services: r.services,
         health: r.health,
         alerts: r.alerts,
+        drills: r.drills,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
         credentials: r.credentials,

@@ -30,6 +30,8 @@ pub struct AdminState {
     pub api_metrics: Arc<super::metrics::ApiMetrics>,
     /// Shops onboarded by OAuth (api/oauth.rs).
     pub onboarding: Arc<berth_core::onboarding::Onboarding>,
+    /// Fault drills (api/drills.rs).
+    pub drills: Arc<berth_ops::drills::Drills>,
 }
 
 /// The routes about connectors, versions, pauses, holds and the audit log (the degraded

@@ -99,6 +99,7 @@ pub fn access_name(a: Access) -> &'static str {
         Access::Deploy => "deploy",
         Access::Audit => "audit",
         Access::Onboard => "onboard",
+        Access::Drill => "drill",
     }
 }
 

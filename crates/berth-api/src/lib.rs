@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod degrade;
+pub mod drills;
 pub mod gate;
 pub mod guards;
 pub mod listener;
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub services: Arc<berth_capabilities::services::HostServices>,
     pub health: Arc<berth_core::health::HealthBook>,
     pub alerts: Arc<berth_ops::alerts::Alerts>,
+    /// Fault drills and their records.
+    pub drills: Arc<berth_ops::drills::Drills>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
@@ -83,7 +86,7 @@ pub struct ApiState {
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
 /// degraded shop by hand (degrade.rs), on one state.
 pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
-    admin::routes().merge(degrade::routes()).merge(guards::routes()).merge(oauth::routes()).with_state(state)
+    admin::routes().merge(degrade::routes()).merge(guards::routes()).merge(drills::routes()).merge(oauth::routes()).with_state(state)
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see
@@ -119,6 +122,8 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
         .route("/v1/status", get(status::get_status))
         .route("/v1/connectors", get(list_connectors))
         .route("/v1/platforms", get(list_platforms))
+        .route("/v1/drills", get(drills::list))
+        .route("/v1/drills/{id}", get(drills::one))
         .route("/v1/cluster", get(cluster_info));
     let mut public = Router::new()
         .route("/", get(index))

@@ -40,6 +40,8 @@ pub struct StatusView {
     /// Quotas held now: the platform throttled, a connector said `rate-limited`, or a
     /// call bucket is nearly full.
     pub throttles: Vec<HeldQuota>,
+    /// The last three fault drills.
+    pub drills: Vec<berth_ops::drills::DrillRecord>,
     pub firing: Vec<AlertRecord>,
     pub recent: Vec<LogEntry>,
 }
@@ -120,6 +122,7 @@ pub fn status(st: &ApiState) -> StatusView {
         queues: berth_core::levels::queue_levels(&st.inbox, &st.stock, &st.shops),
         quotas: berth_capabilities::usage::busiest(&st.services.limits.usage()).into_iter().take(QUOTAS).collect(),
         throttles: st.services.limits.held(),
+        drills: st.drills.list().into_iter().take(3).collect(),
         firing: st.alerts.firing(),
         recent: st.alerts.recent(RECENT),
     }

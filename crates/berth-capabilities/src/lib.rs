@@ -5,7 +5,7 @@
 //! against private and metadata ranges, ports, size caps), the platforms' rate limits,
 //! quota keys, holds and call-limit pacing ([`ratelimit`]), quotas of points the platforms
 //! report ([`points`]), how much of each quota is in use ([`usage`]), allowed hours ([`windows`]),
-//! hot-standby channels ([`standby`]), retry policies per platform ([`retry`]), connector
+//! hot-standby channels ([`standby`]), faults injected for drills ([`drills`]), retry policies per platform ([`retry`]), connector
 //! state per shop over the store ([`kv`]; in cluster mode in the cluster, [`kv_cluster`]),
 //! their metrics, and their config sections
 //! (`[http]`, `[platforms.X]`: [`config`]).
@@ -17,6 +17,7 @@
 //! a throttled platform waits here, in `ratelimit::RateLimits::acquire`, whoever sent it.
 
 pub mod config;
+pub mod drills;
 pub mod http;
 pub mod kv;
 pub mod kv_cluster;

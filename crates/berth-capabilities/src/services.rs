@@ -22,6 +22,8 @@ pub struct HostServices {
     pub standby: Arc<super::standby::Standbys>,
     /// Outbound requests and rate-limit waits.
     pub http_metrics: Arc<super::metrics::HttpMetrics>,
+    /// Faults a drill injects into one shop's calls.
+    pub faults: Arc<super::drills::InjectedFaults>,
     /// Cluster mode: asked right before each request leaves (see [`HostServices::gate_platforms`]).
     platform_gate: std::sync::RwLock<Option<PlatformGate>>,
 }
@@ -39,13 +41,15 @@ impl HostServices {
         kv: KvStore,
         http_metrics: Arc<super::metrics::HttpMetrics>,
     ) -> Result<HostServices, reqwest::Error> {
+        let faults = Arc::new(super::drills::InjectedFaults::default());
         Ok(HostServices {
             http: HttpGateway::new(http.clone())?,
             kv,
             limits: super::ratelimit::RateLimits::new(platforms),
             retry: super::retry::RetryPolicies::new(retry, platforms),
-            standby: Arc::new(super::standby::Standbys::new(platforms)),
+            standby: Arc::new(super::standby::Standbys::new(platforms).with_faults(faults.clone())),
             http_metrics,
+            faults,
             platform_gate: std::sync::RwLock::new(None),
         })
     }
@@ -149,7 +153,11 @@ impl HostServices {
             return Err(HttpError::Throttled(GATE_HOLD_MS));
         }
         let sent = std::time::Instant::now();
-        let result = self.http.send_to(&ctx.allow, url, req).await;
+        // A drill on this shop answers in the platform's place.
+        let result = match self.faults.answer(ctx.shop_name(), || self.standby.on_primary(&platform, &url)) {
+            Some(injected) => injected,
+            None => self.http.send_to(&ctx.allow, url, req).await,
+        };
         let status = match &result {
             Ok(r) => super::metrics::status_class(r.status),
             Err(HttpError::Denied(_)) => "denied",
@@ -271,6 +279,10 @@ mod url_tests {
 
 
 impl HostImports for HostServices {
+    fn injected_trap(&self, shop: &str) -> bool {
+        self.faults.traps(shop)
+    }
+
     fn claim_hosts(&self, platform: &str, hosts: &[String]) -> Result<(), String> {
         self.limits.claim(platform, hosts).map_err(|e| e.to_string())
     }

@@ -161,6 +161,8 @@ impl Channel {
 #[derive(Default)]
 pub struct Standbys {
     channels: RwLock<Arc<BTreeMap<String, Arc<Channel>>>>,
+    /// Faults drills inject: a primary a drill has down fails its health checks.
+    faults: Option<Arc<crate::drills::InjectedFaults>>,
 }
 
 impl Standbys {
@@ -197,6 +199,22 @@ impl Standbys {
         }
     }
 
+    /// Whether `url` (routed already) goes to `platform`'s primary channel.
+    pub fn on_primary(&self, platform: &str, url: &url::Url) -> bool {
+        self.snapshot().get(platform).is_some_and(|c| under(url, &c.primary))
+    }
+
+    /// Whether `platform` has a standby channel.
+    pub fn has(&self, platform: &str) -> bool {
+        self.snapshot().contains_key(platform)
+    }
+
+    /// Drills' faults count: a primary a drill has down fails its health checks.
+    pub fn with_faults(mut self, faults: Arc<crate::drills::InjectedFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
     pub fn status(&self) -> BTreeMap<String, ChannelStatus> {
         self.snapshot().iter().map(|(name, c)| (name.clone(), c.status())).collect()
     }
@@ -212,15 +230,19 @@ impl Standbys {
                     }
                     st.probing = true;
                 }
+                let forced = self.faults.as_ref().is_some_and(|f| f.primary_down(platform));
                 let (platform, channel, client) = (platform.clone(), channel.clone(), client.clone());
                 tokio::spawn(async move {
                     let timeout = Duration::from_millis(channel.config.check_interval_ms).min(MAX_PROBE);
                     let path = channel.config.health_path.trim_start_matches('/');
                     let probe = |b: &url::Url| b.join(path).map_err(|e| e.to_string());
-                    let (p, b) = tokio::join!(
-                        check(&client, probe(&channel.primary), timeout),
-                        check(&client, probe(&channel.backup), timeout)
-                    );
+                    let primary = async {
+                        match forced {
+                            true => Err("drill: the primary channel is down".to_string()),
+                            false => check(&client, probe(&channel.primary), timeout).await,
+                        }
+                    };
+                    let (p, b) = tokio::join!(primary, check(&client, probe(&channel.backup), timeout));
                     channel.record(&platform, p, b);
                 });
             }

@@ -62,6 +62,11 @@ pub trait HostImports: Send + Sync + 'static {
     /// (the manifest's `default-rate-limit`, checked): the host's bucket may follow it.
     fn declare_rate(&self, platform: &str, connector: &str, rate: RateLimit);
 
+    /// Whether a drill makes `shop`'s connector calls trap now (checked before each call).
+    fn injected_trap(&self, _shop: &str) -> bool {
+        false
+    }
+
     /// Send a connector's request, within the call's allowlist and its platform's limits;
     /// with a `cost`, once the shop's quota of that name has the points.
     fn send<'a>(&'a self, call: &'a CallContext, req: Request, cost: Option<Cost>, notes: &'a mut SendNotes) -> Pending<'a, Result<Response, HttpError>>;

@@ -750,6 +750,12 @@ impl LoadedConnector {
         let rt = &self.runtime;
         let l = &self.limits;
         let webhook = call == WEBHOOK_CALL;
+        // A drill on the shop: the call traps as a broken version's would.
+        if let Some((name, _)) = &shop {
+            if rt.imports.injected_trap(name) {
+                return Err(CallError::Trap { call, message: "drill: a trap injected into this shop's calls".into() });
+            }
+        }
         let deadline = std::time::Instant::now() + self.timeout_of(call);
         // A free turn is taken without arming a timer; only a wait for one needs it.
         let turn = match self.turns.clone().try_acquire_owned() {

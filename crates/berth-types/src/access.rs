@@ -17,7 +17,7 @@ pub enum Role {
     Operator,
     /// Also deploys, activates, rolls back, canaries and shadows versions.
     Deployer,
-    /// Everything, the audit log and onboarding shops by OAuth included.
+    /// Everything, the audit log, onboarding shops by OAuth and fault drills included.
     Admin,
 }
 
@@ -37,6 +37,8 @@ pub enum Access {
     Audit,
     /// Onboarding a shop by OAuth (a new shop, and the platform's consent for it).
     Onboard,
+    /// Injecting a failure on purpose (a fault drill).
+    Drill,
 }
 
 impl Role {
