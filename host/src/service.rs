@@ -547,6 +547,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         health: r.health,
         alerts: r.alerts,
         drills: r.drills,
+        listings: Default::default(),
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
         credentials: r.credentials,

@@ -17,6 +17,12 @@ addresses stock by item and model id, not SKU: the connector maps SKU -> (item, 
 from ``get_item_list`` + ``get_model_list`` and keeps the map in host kv, refreshing it
 once per batch when a SKU is unknown.
 
+Listings (berth:connector 0.4.0): ``get_item_list`` pages through the items on sale by
+offset (the cursor), ``get_item_base_info`` names up to 50 of them at once, and
+``get_model_list`` gives each item's models with SKU, price and stock: one listing per
+model (per item for one without models), the stock Shopee sells
+(``summary_info.total_available_stock``, else the sum of ``seller_stock``).
+
 Push: ``Authorization`` = hex HMAC-SHA256(partner_key, callback_url + "|" + body); the
 callback URL is the shop setting ``webhook_url``. Order-status pushes (code 3) become
 ``order-changed``; the host then pulls the order.
@@ -45,7 +51,7 @@ from wit_world import WitWorld as _WitWorld
 from wit_world.imports import config, crypto, http, kv, log, metrics, types
 
 VERSION = "0.1.0"
-WIT_VERSION = "0.3.0"
+WIT_VERSION = "0.4.0"
 # Shopee does not say when a refresh token ends: 30 days after it was issued.
 REFRESH_LIFETIME_MS = 30 * 86_400 * 1000
 # A merchant's authorization of the app ends at most 365 days after it was given.
@@ -332,6 +338,61 @@ def refresh_models(shop):
         offset = page.get("next_offset", offset + 100)
 
 
+# Items per listing page: get_item_base_info takes at most 50.
+LISTING_PAGE = 50
+
+
+def listing_cursor(cursor):
+    """The offset a listing cursor carries."""
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        fail(invalid_input(f"listing cursor {cursor!r} is not an offset"))
+    return int(cursor)
+
+
+def sellable(info):
+    """What Shopee sells of an item or model: the summary's available stock, else the
+    sum of the seller's stock across locations."""
+    stock = info.get("stock_info_v2") or {}
+    summary = stock.get("summary_info") or {}
+    if isinstance(summary.get("total_available_stock"), int):
+        return summary["total_available_stock"]
+    return sum(s.get("stock", 0) for s in stock.get("seller_stock") or [] if isinstance(s.get("stock"), int))
+
+
+def priced(info, what):
+    """(minor units, currency) of an item's or model's current price."""
+    prices = info.get("price_info") or []
+    if not prices or not isinstance(prices[0], dict):
+        fail(transient(f"Shopee sent no price for {what}"))
+    currency = prices[0].get("currency") or ""
+    return to_minor(prices[0].get("current_price"), currency), currency
+
+
+def listings_of(shop, base):
+    """One listing per model of each item (per item for one without models)."""
+    out = []
+    for info in base.get("item_list") or []:
+        item_id = info.get("item_id")
+        if not isinstance(item_id, int):
+            fail(transient("Shopee sent an item without item_id"))
+        name = info.get("item_name") or ""
+        if not info.get("has_model"):
+            price, currency = priced(info, f"item {item_id}")
+            out.append(types.Listing(sku=info.get("item_sku") or "", item_id=str(item_id), variant_id=None, title=name,
+                                     quantity=sellable(info), price_minor=price, currency=currency))
+            continue
+        models = shop.call("/api/v2/product/get_model_list", [("item_id", item_id)])
+        for m in models.get("model") or []:
+            price, currency = priced(m, f"model {m.get('model_id')}")
+            model_name = m.get("model_name") or ""
+            out.append(types.Listing(sku=m.get("model_sku") or "", item_id=str(item_id), variant_id=str(m.get("model_id")),
+                                     title=f"{name} ({model_name})" if model_name else name,
+                                     quantity=sellable(m), price_minor=price, currency=currency))
+    return out
+
+
 def signed_public_url(api_path):
     """The URL of a public (shop-less) Shopee call, signed with partner_id + api_path +
     timestamp, and the base URL it was built on."""
@@ -422,7 +483,7 @@ class WitWorld(_WitWorld):
             platform="shopee",
             connector_version=VERSION,
             wit_version=WIT_VERSION,
-            capabilities=[types.Capability.ORDERS, types.Capability.INVENTORY, types.Capability.WEBHOOKS],
+            capabilities=[types.Capability.ORDERS, types.Capability.INVENTORY, types.Capability.WEBHOOKS, types.Capability.PRODUCTS],
             allowed_hosts=["partner.shopeemobile.com", "openplatform.shopee.cn", "openplatform.shopee.com.br"],
             default_rate_limit=types.RateLimit(requests_per_minute=480, burst=5),
             max_window_ms=MAX_WINDOW_MS,
@@ -449,6 +510,21 @@ class WitWorld(_WitWorld):
 
     def exchange_code(self, shop, callback, redirect_uri):
         return code_grant(callback)
+
+    def listings(self, shop, req):
+        s = Shop()
+        offset = listing_cursor(req.cursor)
+        size = max(1, min(req.limit, LISTING_PAGE))
+        page = s.call("/api/v2/product/get_item_list", [("offset", offset), ("page_size", size), ("item_status", "NORMAL")])
+        ids = [i.get("item_id") for i in page.get("item") or []]
+        out = []
+        if ids:
+            base = s.call("/api/v2/product/get_item_base_info", [("item_id_list", ",".join(str(i) for i in ids))])
+            out = listings_of(s, base)
+        next_cursor = None
+        if page.get("has_next_page") and ids:
+            next_cursor = str(page.get("next_offset") or offset + len(ids))
+        return types.ListingPage(listings=out, next_cursor=next_cursor)
 
     def check(self, shop):
         s = Shop()

@@ -6,4 +6,4 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: build.sh OUT.wasm}"
 cd "$here"
-"${COMPONENTIZE_PY:-componentize-py}" -d ../../wit/0.3.0 -w connector componentize app -p . -o "$out" >&2
+"${COMPONENTIZE_PY:-componentize-py}" -d ../../wit/0.4.0 -w connector componentize app -p . -o "$out" >&2

@@ -16,6 +16,14 @@
  * Webhooks: `X-WC-Webhook-Signature` = base64 HMAC-SHA256(webhook secret, raw body),
  * compared in constant time; `order.*` topics -> order-upserted.
  *
+ * Listings (0.4.0): `GET products?per_page&page` (the cursor is the page number, up to
+ * `X-WP-TotalPages`); a simple product is one listing, a variable one a listing per
+ * variation (`products/{id}/variations`), priced in the store's currency
+ * (`data/currencies/current`, or the shop setting `currency`).
+ *
+ * Credentials are static consumer keys: `authorization` says so and the refresh and OAuth
+ * calls (0.3.0) answer that they are not offered.
+ *
  * Shop config: `base_url`, secrets `consumer_key`, `consumer_secret`, `webhook_secret`;
  * optional `page_size` (1..100).
  */
@@ -187,12 +195,19 @@ static void set_list(connector_list_string_t *list, const char *const *items, si
 void exports_connector_manifest(connector_manifest_t *ret) {
     berth_set_str(&ret->platform, "woocommerce");
     berth_set_str(&ret->connector_version, VERSION);
+#ifdef BERTH_WIT_0_2
+    /* The build for the older world (build.sh with BERTH_WIT=0.2.0): no listings. */
     berth_set_str(&ret->wit_version, "0.2.0");
     ret->capabilities.len = 3;
-    ret->capabilities.ptr = calloc(3, sizeof(berth_connector_types_capability_t));
+#else
+    berth_set_str(&ret->wit_version, "0.4.0");
+    ret->capabilities.len = 4;
+#endif
+    ret->capabilities.ptr = calloc(4, sizeof(berth_connector_types_capability_t));
     ret->capabilities.ptr[0] = BERTH_CONNECTOR_TYPES_CAPABILITY_ORDERS;
     ret->capabilities.ptr[1] = BERTH_CONNECTOR_TYPES_CAPABILITY_INVENTORY;
     ret->capabilities.ptr[2] = BERTH_CONNECTOR_TYPES_CAPABILITY_WEBHOOKS;
+    ret->capabilities.ptr[3] = BERTH_CONNECTOR_TYPES_CAPABILITY_PRODUCTS;
     /* Every site is its own host: ops grant it with extra_hosts. */
     set_list(&ret->allowed_hosts, NULL, 0);
     ret->default_rate_limit.requests_per_minute = 300;
@@ -413,3 +428,156 @@ bool exports_connector_handle_webhook(connector_string_t *shop, connector_webhoo
     }
     return true;
 }
+
+#ifndef BERTH_WIT_0_2
+/* Static consumer keys: no refresh, no OAuth onboarding (0.3.0's calls). */
+void exports_connector_authorization(connector_auth_support_t *ret) {
+    ret->refreshes = false;
+    ret->oauth = false;
+}
+
+static bool refresh_refused(connector_refresh_error_t *err, const char *why) {
+    err->tag = BERTH_CONNECTOR_TYPES_REFRESH_ERROR_REVOKED;
+    berth_set_str(&err->val.revoked, why);
+    return false;
+}
+
+bool exports_connector_refresh_credentials(connector_string_t *shop, connector_credentials_t *current, connector_credentials_t *ret,
+                                           connector_refresh_error_t *err) {
+    (void)shop, (void)current, (void)ret;
+    return refresh_refused(err, "WooCommerce consumer keys do not expire: put new ones in the shop config");
+}
+
+bool exports_connector_consent_url(connector_string_t *shop, connector_string_t *state, connector_string_t *redirect_uri,
+                                   connector_string_t *ret, connector_connector_error_t *err) {
+    (void)shop, (void)state, (void)redirect_uri, (void)ret;
+    return berth_permanent(err, "this connector does not onboard shops by OAuth: create a consumer key in WooCommerce");
+}
+
+bool exports_connector_exchange_code(connector_string_t *shop, connector_list_tuple2_string_string_t *callback,
+                                     connector_string_t *redirect_uri, connector_authorized_t *ret, connector_refresh_error_t *err) {
+    (void)shop, (void)callback, (void)redirect_uri, (void)ret;
+    return refresh_refused(err, "this connector does not onboard shops by OAuth");
+}
+
+/* The store's currency: the shop setting `currency`, else data/currencies/current. */
+static bool store_currency(const shop_settings *s, char **out, berth_error *err) {
+    char *configured = berth_config("currency");
+    if (configured && *configured) { *out = configured; return true; }
+    berth_buf url = {0};
+    berth_buf_printf(&url, "%s/wp-json/wc/v3/data/currencies/current", s->base);
+    json_node *data;
+    berth_connector_http_response_t resp;
+    if (!call(s, BERTH_CONNECTOR_HTTP_METHOD_GET, url.ptr, NULL, &data, &resp, err)) return false;
+    const char *code = json_str(json_get(data, "code"));
+    if (!code || !*code) return berth_transient(err, "the shop sent no currency code");
+    *out = (char *)code;
+    return true;
+}
+
+typedef struct {
+    berth_connector_types_listing_t *ptr;
+    size_t len, cap;
+} listing_vec;
+
+/* One listing of a product, or of one of its variations (`variation` non-NULL). */
+static bool add_listing(listing_vec *v, const json_node *product, const json_node *variation, const char *currency, berth_error *err) {
+    const json_node *from = variation ? variation : product;
+    int64_t item_id, variant_id = 0, quantity = 0, price = 0;
+    if (!json_i64(json_get(product, "id"), &item_id) || (variation && !json_i64(json_get(variation, "id"), &variant_id)))
+        return berth_transient(err, "the shop sent a product or variation without an id");
+    const char *price_text = json_str(json_get(from, "price"));
+    if (price_text && *price_text && !berth_parse_minor(price_text, &price))
+        return berth_transient(err, "product %lld has an unreadable price", (long long)item_id);
+    json_i64(json_get(from, "stock_quantity"), &quantity);
+    if (v->len == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 32;
+        v->ptr = realloc(v->ptr, v->cap * sizeof(*v->ptr));
+    }
+    berth_connector_types_listing_t *l = &v->ptr[v->len++];
+    memset(l, 0, sizeof(*l));
+    const char *sku = json_str(json_get(from, "sku"));
+    berth_set_str(&l->sku, sku ? sku : "");
+    berth_buf id = {0};
+    berth_buf_printf(&id, "%lld", (long long)item_id);
+    berth_set_str(&l->item_id, id.ptr);
+    l->variant_id.is_some = variation != NULL;
+    if (variation) {
+        berth_buf vid = {0};
+        berth_buf_printf(&vid, "%lld", (long long)variant_id);
+        berth_set_str(&l->variant_id.val, vid.ptr);
+    }
+    const char *name = json_str(json_get(product, "name"));
+    berth_buf title = {0};
+    berth_buf_puts(&title, name ? name : "");
+    if (variation) {
+        const char *sep = " (";
+        for (json_node *a = json_get(variation, "attributes") ? json_get(variation, "attributes")->first_child : NULL; a; a = a->next) {
+            const char *option = json_str(json_get(a, "option"));
+            if (!option || !*option) continue;
+            berth_buf_printf(&title, "%s%s", sep, option);
+            sep = ", ";
+        }
+        if (strcmp(sep, ", ") == 0) berth_buf_puts(&title, ")");
+    }
+    berth_set_str(&l->title, title.ptr);
+    l->quantity = quantity;
+    l->price_minor = price;
+    berth_set_str(&l->currency, currency);
+    return true;
+}
+
+bool exports_connector_listings(connector_string_t *shop, connector_listing_request_t *req, connector_listing_page_t *ret,
+                                connector_connector_error_t *err) {
+    (void)shop;
+    shop_settings s;
+    if (!load_settings(&s, err)) return false;
+    long page = 1;
+    if (req->cursor.is_some) {
+        char *text = berth_cstr(&req->cursor.val), *end;
+        page = strtol(text, &end, 10);
+        if (*end || page < 1) return berth_invalid_input(err, "listing cursor `%s` is not a page number", text);
+    }
+    unsigned size = req->limit < 1 ? 1 : req->limit > MAX_PAGE ? MAX_PAGE : req->limit;
+    char *currency;
+    if (!store_currency(&s, &currency, err)) return false;
+    berth_buf url = {0};
+    berth_buf_printf(&url, "%s/wp-json/wc/v3/products?per_page=%u&page=%ld&orderby=id&order=asc", s.base, size, page);
+    json_node *products;
+    berth_connector_http_response_t resp;
+    if (!call(&s, BERTH_CONNECTOR_HTTP_METHOD_GET, url.ptr, NULL, &products, &resp, err)) return false;
+    if (!json_is(products, JSON_ARRAY)) return berth_transient(err, "the shop sent a product list that is not a list");
+    listing_vec v = {0};
+    size_t count = 0;
+    for (json_node *p = products->first_child; p; p = p->next, count++) {
+        const char *type = json_str(json_get(p, "type"));
+        if (!type || strcmp(type, "variable") != 0) {
+            if (!add_listing(&v, p, NULL, currency, err)) return false;
+            continue;
+        }
+        int64_t id = 0;
+        json_i64(json_get(p, "id"), &id);
+        berth_buf vurl = {0};
+        berth_buf_printf(&vurl, "%s/wp-json/wc/v3/products/%lld/variations?per_page=%d", s.base, (long long)id, MAX_PAGE);
+        json_node *variations;
+        berth_connector_http_response_t vresp;
+        if (!call(&s, BERTH_CONNECTOR_HTTP_METHOD_GET, vurl.ptr, NULL, &variations, &vresp, err)) return false;
+        if (!json_is(variations, JSON_ARRAY)) return berth_transient(err, "the shop sent variations of product %lld that are not a list", (long long)id);
+        for (json_node *x = variations->first_child; x; x = x->next)
+            if (!add_listing(&v, p, x, currency, err)) return false;
+    }
+    ret->listings.ptr = v.ptr;
+    ret->listings.len = v.len;
+    char *pages = berth_header(&resp, "x-wp-totalpages");
+    char *end = NULL;
+    long total = pages ? strtol(pages, &end, 10) : -1;
+    bool more = pages && end && *end == '\0' ? page < total : count == size;
+    ret->next_cursor.is_some = more;
+    if (more) {
+        berth_buf next = {0};
+        berth_buf_printf(&next, "%ld", page + 1);
+        berth_set_str(&ret->next_cursor.val, next.ptr);
+    }
+    return true;
+}
+#endif /* BERTH_WIT_0_2 */

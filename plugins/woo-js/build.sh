@@ -10,5 +10,5 @@ if [ ! -x node_modules/.bin/componentize-js ] || [ package-lock.json -nt node_mo
     npm ci --no-audit --no-fund >&2
 fi
 # No WASI http or fetch-event: a connector reaches the network only through berth's http import.
-node_modules/.bin/componentize-js connector.js --wit ../../wit/0.2.0 --world-name connector \
+node_modules/.bin/componentize-js connector.js --wit ../../wit/0.4.0 --world-name connector \
     --disable http fetch-event --out "$out"

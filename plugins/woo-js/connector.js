@@ -21,13 +21,21 @@
 // compared in constant time. `order.*` topics carry the whole order -> order-upserted;
 // the creation ping (`webhook_id=N`) and other topics are acknowledged without events.
 //
+// Listings (0.4.0): `GET products?per_page&page` (the cursor is the page number, up to
+// `X-WP-TotalPages`); a simple product is one listing, a variable one a listing per
+// variation (`products/{id}/variations`). Prices are decimal strings in the store's
+// currency (`data/currencies/current`, or the shop setting `currency`).
+//
+// Credentials are static consumer keys: `authorization` says so, and the refresh and
+// OAuth calls (0.3.0) answer that they are not offered.
+//
 // Shop config: `base_url` (the site, e.g. https://shop.example.com), secrets
 // `consumer_key`, `consumer_secret`, `webhook_secret`; optional `page_size` (1..100).
 
-import { send } from 'berth:connector/http@0.2.0';
-import { get as configGet } from 'berth:connector/config@0.2.0';
-import { hmacSha256, base64Encode } from 'berth:connector/crypto@0.2.0';
-import { counterAdd } from 'berth:connector/metrics@0.2.0';
+import { send } from 'berth:connector/http@0.4.0';
+import { get as configGet } from 'berth:connector/config@0.4.0';
+import { hmacSha256, base64Encode } from 'berth:connector/crypto@0.4.0';
+import { counterAdd } from 'berth:connector/metrics@0.4.0';
 
 const VERSION = '0.1.0';
 const MAX_PAGE = 100;
@@ -208,14 +216,85 @@ export function manifest() {
   return {
     platform: 'woocommerce',
     connectorVersion: VERSION,
-    witVersion: '0.2.0',
-    capabilities: ['orders', 'inventory', 'webhooks'],
+    witVersion: '0.4.0',
+    capabilities: ['orders', 'inventory', 'webhooks', 'products'],
     // Every site is its own host: ops grant it with `extra_hosts`.
     allowedHosts: [],
     defaultRateLimit: { requestsPerMinute: 300, burst: 5 },
     maxWindowMs: undefined,
     requiredConfig: ['base_url', 'consumer_key', 'consumer_secret'],
   };
+}
+
+// Static consumer keys: no refresh, no OAuth onboarding (0.3.0's calls).
+class RefreshError extends Error {
+  constructor(tag, val) {
+    super(`${tag}: ${val}`);
+    this.payload = { tag, val };
+  }
+}
+
+export function authorization() {
+  return { refreshes: false, oauth: false };
+}
+
+export function refreshCredentials(_shop, _current) {
+  throw new RefreshError('revoked', 'WooCommerce consumer keys do not expire: put new ones in the shop config');
+}
+
+export function consentUrl(_shop, _state, _redirectUri) {
+  throw permanent('this connector does not onboard shops by OAuth: create a consumer key in WooCommerce');
+}
+
+export function exchangeCode(_shop, _callback, _redirectUri) {
+  throw new RefreshError('revoked', 'this connector does not onboard shops by OAuth');
+}
+
+function storeCurrency() {
+  const configured = configGet('currency');
+  if (configured) return configured;
+  const { data } = call('get', api('data/currencies/current'));
+  if (!data || typeof data.code !== 'string' || data.code === '') throw transient('the shop sent no currency code');
+  return data.code;
+}
+
+function listingOf(product, variation, currency) {
+  const from = variation || product;
+  const options = variation && Array.isArray(variation.attributes) ? variation.attributes.map((a) => a.option).filter(Boolean) : [];
+  return {
+    sku: from.sku || '',
+    itemId: String(product.id),
+    variantId: variation ? String(variation.id) : undefined,
+    title: options.length ? `${product.name} (${options.join(', ')})` : String(product.name || ''),
+    quantity: BigInt(Number.isInteger(from.stock_quantity) ? from.stock_quantity : 0),
+    priceMinor: parseMinor(from.price === '' || from.price === undefined ? '0' : String(from.price)),
+    currency,
+  };
+}
+
+export function listings(_shop, req) {
+  let page = 1;
+  if (req.cursor !== undefined && req.cursor !== null) {
+    page = Number(req.cursor);
+    if (!Number.isInteger(page) || page < 1) throw invalidInput(`listing cursor \`${req.cursor}\` is not a page number`);
+  }
+  const size = Math.max(1, Math.min(Number(req.limit), MAX_PAGE));
+  const currency = storeCurrency();
+  const { data, resp } = call('get', api(`products?per_page=${size}&page=${page}&orderby=id&order=asc`));
+  if (!Array.isArray(data)) throw transient('the shop sent a product list that is not a list');
+  const out = [];
+  for (const p of data) {
+    if (p.type === 'variable') {
+      const { data: variations } = call('get', api(`products/${p.id}/variations?per_page=${MAX_PAGE}`));
+      if (!Array.isArray(variations)) throw transient(`the shop sent variations of product ${p.id} that are not a list`);
+      for (const v of variations) out.push(listingOf(p, v, currency));
+    } else {
+      out.push(listingOf(p, undefined, currency));
+    }
+  }
+  const totalPages = Number(header(resp, 'x-wp-totalpages'));
+  const more = Number.isFinite(totalPages) ? page < totalPages : data.length === size;
+  return { listings: out, nextCursor: more ? String(page + 1) : undefined };
 }
 
 export function check(_shop) {

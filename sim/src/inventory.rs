@@ -21,6 +21,9 @@ pub struct StockItem {
     /// Shopify `inventory_item_id`.
     pub inventory_item_id: u64,
     pub quantity: u32,
+    /// The price, in minor units of the platform's currency (`Platform::currency`).
+    #[serde(default)]
+    pub price_minor: i64,
     /// Every quantity written, oldest first.
     pub history: Vec<u32>,
 }
@@ -43,11 +46,17 @@ pub fn catalogue(shop_index: u64) -> Vec<StockItem> {
                 variant_id,
                 inventory_item_id: 40_000_000_000 + variant_id,
                 quantity: 0,
+                price_minor: price_minor(p, s),
                 history: Vec::new(),
             });
         }
     }
     items
+}
+
+/// A product's price: 10.00 for the first, 2.50 more per product, 1.50 more per size.
+pub fn price_minor(product: usize, size: usize) -> i64 {
+    1_000 + 250 * product as i64 + 150 * size as i64
 }
 
 impl StockItem {

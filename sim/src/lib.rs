@@ -47,6 +47,18 @@ pub enum Platform {
     Woo,
 }
 
+impl Platform {
+    /// The currency the platform's simulated shops sell and take orders in.
+    pub fn currency(self) -> &'static str {
+        match self {
+            Platform::Shopify => "USD",
+            Platform::Taobao => "CNY",
+            Platform::Shopee => "SGD",
+            Platform::Woo => "EUR",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimConfig {
@@ -517,12 +529,7 @@ impl SimState {
     /// A new order created now.
     pub fn create(&self, platform: Platform, shop: &str) -> Option<SimOrder> {
         let now = now_s();
-        let currency = match platform {
-            Platform::Shopify => "USD",
-            Platform::Taobao => "CNY",
-            Platform::Shopee => "SGD",
-            Platform::Woo => "EUR",
-        };
+        let currency = platform.currency();
         let mut inner = self.lock();
         let key = (platform, shop.to_string());
         if !inner.orders.contains_key(&key) {
@@ -752,6 +759,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/shopify/{shop}/admin/api/{version}/orders.json", get(shopify::orders))
         .route("/shopify/{shop}/admin/api/{version}/products.json", get(shopify::products))
         .route("/shopify/{shop}/admin/api/{version}/locations.json", get(shopify::locations))
+        .route("/shopify/{shop}/admin/api/{version}/shop.json", get(shopify::shop))
         .route("/shopify/{shop}/admin/api/{version}/inventory_levels/set.json", post(shopify::set_inventory_level))
         .route("/shopify/{shop}/admin/api/{version}/graphql.json", post(shopify_graphql::graphql))
         .route("/shopify/{shop}/admin/oauth/access_token", post(shopify_graphql::access_token))
@@ -765,6 +773,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/woo/{site}/wp-json/wc/v3/orders", get(woo::orders))
         .route("/woo/{site}/wp-json/wc/v3/products", get(woo::products))
         .route("/woo/{site}/wp-json/wc/v3/products/batch", post(woo::products_batch))
+        .route("/woo/{site}/wp-json/wc/v3/data/currencies/current", get(woo::current_currency))
         .route("/health", get(|| async { "ok" }))
         .route("/_sim/stats", get(control_stats))
         .route("/_sim/channels", get(control_channels))

@@ -175,6 +175,7 @@ pub async fn api(
         ("order", "get_order_detail") => answer(&state, &api_path, query.as_deref(), order_detail).await,
         ("product", "get_item_list") => answer(&state, &api_path, query.as_deref(), item_list).await,
         ("product", "get_model_list") => answer(&state, &api_path, query.as_deref(), model_list).await,
+        ("product", "get_item_base_info") => answer(&state, &api_path, query.as_deref(), item_base_info).await,
         ("product", "update_stock") => {
             answer(&state, &api_path, query.as_deref(), |s, shop, _| update_stock(s, shop, &body)).await
         }
@@ -350,6 +351,36 @@ fn item_list(state: &SimState, shop_id: u64, q: &HashMap<String, String>) -> Res
     Ok(json!({ "item": page, "total_count": items.len(), "has_next_page": has_next, "next_offset": offset + page.len() }))
 }
 
+/// A price in currency units, as Shopee's JSON numbers carry it.
+fn decimal(minor: i64) -> f64 {
+    minor as f64 / 100.0
+}
+
+/// At most this many items per `get_item_base_info`.
+const MAX_BASE_INFO: usize = 50;
+
+/// `get_item_base_info`: name, SKU, status and whether it has models, for up to 50 items.
+fn item_base_info(state: &SimState, shop_id: u64, q: &HashMap<String, String>) -> Result<Value, Refusal> {
+    let list = q.get("item_id_list").filter(|v| !v.is_empty()).ok_or_else(|| param_error("item_id_list is required"))?;
+    let wanted: Vec<u64> = list.split(',').map(|v| v.trim().parse::<u64>()).collect::<Result<_, _>>().map_err(|_| param_error("item_id_list must be item ids"))?;
+    if wanted.len() > MAX_BASE_INFO {
+        return Err(param_error(format!("item_id_list takes at most {MAX_BASE_INFO} items")));
+    }
+    let stock = state.stock(Platform::Shopee, &shop_id.to_string());
+    let items: Vec<Value> = wanted
+        .iter()
+        .filter_map(|id| stock.iter().find(|i| i.product_id == *id))
+        .map(|i| json!({
+            "item_id": i.product_id,
+            "item_name": i.title.split(" (").next().unwrap_or_default(),
+            "item_status": "NORMAL",
+            "item_sku": "",
+            "has_model": true,
+        }))
+        .collect();
+    Ok(json!({ "item_list": items }))
+}
+
 /// `get_model_list`: an item's models (variants) with their SKU codes and stock.
 fn model_list(state: &SimState, shop_id: u64, q: &HashMap<String, String>) -> Result<Value, Refusal> {
     let item_id: u64 = number(q, "item_id")?;
@@ -360,7 +391,12 @@ fn model_list(state: &SimState, shop_id: u64, q: &HashMap<String, String>) -> Re
         .map(|i| json!({
             "model_id": i.variant_id,
             "model_sku": i.sku,
-            "stock_info_v2": { "seller_stock": [{ "stock": i.quantity }] },
+            "model_name": i.title.rsplit_once('(').map(|(_, t)| t.trim_end_matches(')')).unwrap_or(""),
+            "price_info": [{ "currency": Platform::Shopee.currency(), "current_price": decimal(i.price_minor), "original_price": decimal(i.price_minor) }],
+            "stock_info_v2": {
+                "summary_info": { "total_reserved_stock": 0, "total_available_stock": i.quantity },
+                "seller_stock": [{ "location_id": "SGZ", "stock": i.quantity }],
+            },
         }))
         .collect();
     if models.is_empty() {

@@ -181,7 +181,7 @@ pub async fn locations(
 /// `GET products.json?limit=N&since_id=ID`: products by ascending id with their variants.
 pub async fn products(
     State(state): State<Arc<SimState>>,
-    Path((shop, _version)): Path<(String, String)>,
+    Path((shop, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
@@ -191,17 +191,32 @@ pub async fn products(
             Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
             Some(_) => return bad_param("limit", "must be between 1 and 250"),
         };
-        let since_id = match q.get("since_id").map(|v| v.parse::<u64>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => return bad_param("since_id", "must be an id"),
+        // Paged by `since_id`, or by the `page_info` cursor of the `Link` header (with
+        // which only `limit` and `fields` may be passed).
+        let since_id = if let Some(pi) = q.get("page_info") {
+            if let Some(other) = q.keys().find(|k| !matches!(k.as_str(), "page_info" | "limit" | "fields")) {
+                return bad_param(other, &format!("{other} cannot be passed when page_info is present"));
+            }
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(pi).ok().and_then(|b| String::from_utf8(b).ok());
+            match decoded.as_deref().and_then(|s| s.strip_prefix("after:")).and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) => n,
+                None => return bad_param("page_info", "Invalid value."),
+            }
+        } else {
+            match q.get("since_id").map(|v| v.parse::<u64>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => return bad_param("since_id", "must be an id"),
+            }
         };
         let mut by_product: std::collections::BTreeMap<u64, Vec<StockItem>> = Default::default();
         for item in state.stock(Platform::Shopify, &shop) {
             by_product.entry(item.product_id).or_default().push(item);
         }
-        let products: Vec<Value> = by_product
-            .range(since_id + 1..)
+        let page: Vec<(&u64, &Vec<StockItem>)> = by_product.range(since_id + 1..).take(limit + 1).collect();
+        let more = page.len() > limit;
+        let products: Vec<Value> = page
+            .iter()
             .take(limit)
             .map(|(id, variants)| {
                 json!({
@@ -214,11 +229,19 @@ pub async fn products(
                         "title": v.title,
                         "inventory_item_id": v.inventory_item_id,
                         "inventory_quantity": v.quantity,
+                        "price": minor_to_decimal(v.price_minor),
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
-        Json(json!({ "products": products })).into_response()
+        let mut resp = Json(json!({ "products": products })).into_response();
+        if let Some((last, _)) = page.get(limit.saturating_sub(1)).filter(|_| more) {
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("after:{last}"));
+            let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+            let link = format!("<http://{host}/shopify/{shop}/admin/api/{version}/products.json?limit={limit}&page_info={token}>; rel=\"next\"");
+            resp.headers_mut().insert("link", hv(&link));
+        }
+        resp
     })
     .await
 }
@@ -261,6 +284,19 @@ pub async fn set_inventory_level(
                 json!({ "errors": { "inventory_item_id": ["Inventory item does not exist"] } }),
             ),
         }
+    })
+    .await
+}
+
+/// `GET shop.json`: the store's own settings (the connector reads its currency).
+pub async fn shop(
+    State(state): State<Arc<SimState>>,
+    Path((shop, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let name = shop.clone();
+    gated(&state, &shop, &headers, || {
+        Json(json!({ "shop": { "name": name, "myshopify_domain": format!("{name}.myshopify.com"), "currency": Platform::Shopify.currency(), "iana_timezone": "America/New_York" } })).into_response()
     })
     .await
 }

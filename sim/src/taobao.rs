@@ -208,6 +208,8 @@ fn handle(state: &SimState, query: Option<&str>, body: &[u8]) -> Result<Value, R
         "taobao.trades.sold.increment.get" => increment_get(state, &shop.nick, &params),
         "taobao.skus.custom.get" => skus_custom_get(state, &shop.nick, &params),
         "taobao.item.quantity.update" => item_quantity_update(state, &shop.nick, &params),
+        "taobao.items.onsale.get" => items_onsale_get(state, &shop.nick, &params),
+        "taobao.items.seller.list.get" => items_seller_list_get(state, &shop.nick, &params),
         _ => Err(Refusal::Error(22, "Invalid method", None, None)),
     }
 }
@@ -277,6 +279,91 @@ fn skus_custom_get(state: &SimState, shop: &str, params: &BTreeMap<String, Strin
         resp["skus"] = json!({ "sku": skus });
     }
     Ok(json!({ "skus_custom_get_response": resp }))
+}
+
+/// The shop's items (`num_iid`) with their SKUs, by ascending id.
+fn items_of(state: &SimState, shop: &str) -> std::collections::BTreeMap<u64, Vec<crate::inventory::StockItem>> {
+    let mut items: std::collections::BTreeMap<u64, Vec<crate::inventory::StockItem>> = Default::default();
+    for i in state.stock(Platform::Taobao, shop) {
+        items.entry(i.product_id).or_default().push(i);
+    }
+    items.values_mut().for_each(|skus| skus.sort_by_key(|s| s.variant_id));
+    items
+}
+
+fn yuan(fen: i64) -> String {
+    crate::data::minor_to_decimal(fen)
+}
+
+/// An item as both listing methods answer it: its title, its lowest SKU's price and the
+/// sum of its SKUs' quantities.
+fn item_json(id: u64, skus: &[crate::inventory::StockItem]) -> Value {
+    json!({
+        "num_iid": id,
+        "title": skus[0].title.split(" (").next().unwrap_or_default(),
+        "price": yuan(skus.iter().map(|s| s.price_minor).min().unwrap_or(0)),
+        "num": skus.iter().map(|s| u64::from(s.quantity)).sum::<u64>(),
+    })
+}
+
+/// `taobao.items.onsale.get`: the items on sale, `page_size` (1..=200, default 40) per
+/// page from `page_no`, with `total_results`; an item's `price` is its lowest SKU's and
+/// `num` the sum of its SKUs' quantities.
+fn items_onsale_get(state: &SimState, shop: &str, params: &BTreeMap<String, String>) -> Result<Value, Refusal> {
+    let p = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if p("fields").is_empty() {
+        return Err(Refusal::Error(40, "Missing required arguments", None, Some("missing fields".into())));
+    }
+    let page_no: usize = match p("page_no") {
+        "" => 1,
+        v => v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| invalid("isv.invalid-parameter", "page_no must be >= 1".into()))?,
+    };
+    let page_size: usize = match p("page_size") {
+        "" => 40,
+        v => v.parse().ok().filter(|n| (1..=200).contains(n)).ok_or_else(|| invalid("isv.invalid-parameter", "page_size must be 1..200".into()))?,
+    };
+    let items = items_of(state, shop);
+    let page: Vec<Value> = items
+        .iter()
+        .skip((page_no - 1) * page_size)
+        .take(page_size)
+        .map(|(id, skus)| item_json(*id, skus))
+        .collect();
+    let mut resp = json!({ "total_results": items.len(), "request_id": request_id() });
+    if !page.is_empty() {
+        resp["items"] = json!({ "item": page });
+    }
+    Ok(json!({ "items_onsale_get_response": resp }))
+}
+
+/// `taobao.items.seller.list.get`: up to 20 of the seller's items by `num_iids`, with
+/// their SKUs (`sku_id`, `outer_id`, `quantity`, `price`, `properties_name`).
+fn items_seller_list_get(state: &SimState, shop: &str, params: &BTreeMap<String, String>) -> Result<Value, Refusal> {
+    let p = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if p("fields").is_empty() || p("num_iids").is_empty() {
+        return Err(Refusal::Error(40, "Missing required arguments", None, Some("missing fields or num_iids".into())));
+    }
+    let ids: Vec<u64> = p("num_iids").split(',').map(|v| v.trim().parse::<u64>()).collect::<Result<_, _>>().map_err(|_| invalid("isv.invalid-parameter", "num_iids must be item ids".into()))?;
+    if ids.len() > 20 {
+        return Err(invalid("isv.invalid-parameter", "num_iids takes at most 20 ids".into()));
+    }
+    let items = items_of(state, shop);
+    let found: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| items.get(id).map(|skus| (id, skus)))
+        .map(|(id, skus)| {
+            let mut item = item_json(*id, skus);
+            item["skus"] = json!({ "sku": skus.iter().map(|s| json!({
+                    "sku_id": s.variant_id,
+                    "outer_id": s.sku,
+                    "quantity": s.quantity,
+                    "price": yuan(s.price_minor),
+                "properties_name": format!("20509:{}:尺码:{}", s.variant_id % 10, s.title.rsplit_once('(').map(|(_, t)| t.trim_end_matches(')')).unwrap_or("")),
+            })).collect::<Vec<_>>() });
+            item
+        })
+        .collect();
+    Ok(json!({ "items_seller_list_get_response": { "items": { "item": found }, "request_id": request_id() } }))
 }
 
 /// `taobao.item.quantity.update`: `type` 1 sets the quantity, 2 adds to it (never below 0).

@@ -232,16 +232,43 @@ pub async fn products(
 ) -> Response {
     gated(&state, &site, &headers, || {
         let wanted: Option<Vec<&str>> = q.get("sku").map(|s| s.split(',').collect());
-        let items: Vec<Value> = state
-            .stock(Platform::Woo, &site)
+        // Paged by number: `per_page` (1..=100, default 10) and `page`, with the totals
+        // in `X-WP-Total` and `X-WP-TotalPages`.
+        let per_page = match q.get("per_page").map(|v| v.parse::<usize>()) {
+            None => 10,
+            Some(Ok(n)) if (1..=MAX_PER_PAGE).contains(&n) => n,
+            Some(_) => return rest_error(StatusCode::BAD_REQUEST, "rest_invalid_param", "Invalid parameter(s): per_page"),
+        };
+        let page = match q.get("page").map(|v| v.parse::<usize>()) {
+            None => 1,
+            Some(Ok(n)) if n >= 1 => n,
+            Some(_) => return rest_error(StatusCode::BAD_REQUEST, "rest_invalid_param", "Invalid parameter(s): page"),
+        };
+        let mut matching: Vec<crate::inventory::StockItem> =
+            state.stock(Platform::Woo, &site).into_iter().filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.sku.as_str()))).collect();
+        matching.sort_by_key(|i| i.variant_id);
+        let total = matching.len();
+        let items: Vec<Value> = matching
             .iter()
-            .filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.sku.as_str())))
-            .take(MAX_PER_PAGE)
-            .map(|i| json!({ "id": i.variant_id, "name": i.title, "sku": i.sku, "type": "simple", "manage_stock": true, "stock_quantity": i.quantity }))
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .map(|i| {
+                let price = crate::data::minor_to_decimal(i.price_minor);
+                json!({ "id": i.variant_id, "name": i.title, "sku": i.sku, "type": "simple", "price": price, "regular_price": price, "manage_stock": true, "stock_quantity": i.quantity })
+            })
             .collect();
-        Json(Value::Array(items)).into_response()
+        let mut resp = Json(Value::Array(items)).into_response();
+        let h = resp.headers_mut();
+        h.insert("x-wp-total", total.into());
+        h.insert("x-wp-totalpages", total.div_ceil(per_page).into());
+        resp
     })
     .await
+}
+
+/// `GET data/currencies/current`: the store's currency.
+pub async fn current_currency(State(state): State<Arc<SimState>>, Path(site): Path<String>, headers: HeaderMap) -> Response {
+    gated(&state, &site, &headers, || Json(json!({ "code": Platform::Woo.currency(), "name": "Euro", "symbol": "&euro;" })).into_response()).await
 }
 
 #[derive(Deserialize)]

@@ -55,6 +55,15 @@ fn every_connector_passes_the_conformance_suite() {
         if sim == "shopee" {
             assert!(detail.contains("spent refresh token -> revoked"), "{what}: {detail}");
         }
+        // The connectors built for 0.4.0 that declare `products` list the shop's
+        // listings: every SKU once, over several pages, as the platform holds it.
+        let (outcome, detail) = check(&out, "listings").expect("a listings line");
+        // Every production connector but the GraphQL one (next: productVariants).
+        let lists = component != plugins::SHOPIFY_GRAPHQL;
+        assert_eq!(outcome, if lists { "PASS" } else { "SKIP" }, "{what}: {detail}");
+        if lists {
+            assert!(detail.contains("24 SKUs in") && detail.contains("pages of 3 items"), "{what}: {detail}");
+        }
         // Only the GraphQL connector sends costed requests and reports the platform's quota.
         let (outcome, detail) = check(&out, "quota").expect("a quota line");
         let graphql = component == plugins::SHOPIFY_GRAPHQL;
@@ -102,10 +111,12 @@ fn a_connector_that_breaks_fails_with_the_check_and_the_reason() {
 #[test]
 fn inspect_prints_manifest_world_imports_and_digest() {
     for (component, platform, language_import, world, rate) in [
-        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.3.0", "480 requests/min, burst 5"),
-        (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.2.0", "300 requests/min, burst 5"),
-        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.2.0", "300 requests/min, burst 5"),
-        (plugins::SHOPIFY_REST, "shopify", "berth:connector/http@0.3.0", "0.3.0", "120 requests/min, burst 40"),
+        (plugins::SHOPEE_PY, "shopee", "wasi:sockets/tcp", "0.4.0", "480 requests/min, burst 5"),
+        (plugins::WOO_JS, "woocommerce", "wasi:random/random", "0.4.0", "300 requests/min, burst 5"),
+        (plugins::WOO_C, "woocommerce", "wasi:filesystem/preopens", "0.4.0", "300 requests/min, burst 5"),
+        (plugins::WOO_C_WIT_0_2, "woocommerce", "wasi:filesystem/preopens", "0.2.0", "300 requests/min, burst 5"),
+        (plugins::TAOBAO_WIT_0_3, "taobao", "berth:connector/http@0.3.0", "0.3.0", "600 requests/min, burst 10"),
+        (plugins::SHOPIFY_REST, "shopify", "berth:connector/http@0.4.0", "0.4.0", "120 requests/min, burst 40"),
     ] {
         let (code, out, err) = run_berth(&["plugin", "inspect", component], DEADLINE);
         assert_eq!(code, Some(0), "{out}\n{err}");
@@ -123,12 +134,13 @@ fn inspect_prints_manifest_world_imports_and_digest() {
             assert!(out.lines().any(|l| l.trim() == export), "{export} missing: {out}");
         }
         let credentials = ["authorization", "refresh-credentials", "consent-url", "exchange-code"];
-        assert_eq!(credentials.iter().all(|e| out.lines().any(|l| l.trim() == *e)), world == "0.3.0", "0.3.0's exports: {out}");
+        assert_eq!(credentials.iter().all(|e| out.lines().any(|l| l.trim() == *e)), world >= "0.3.0", "0.3.0's exports: {out}");
+        assert_eq!(out.lines().any(|l| l.trim() == "listings"), world == "0.4.0", "0.4.0's export: {out}");
         // The berth calls are the exports; componentize-py's own `exports` interface is
         // set apart, and only the Python component has it.
         let exports = out.split("\nexports (").nth(1).unwrap_or_else(|| panic!("{out}"));
         let count: usize = exports.split(')').next().unwrap().parse().unwrap();
-        assert_eq!(count, if world == "0.3.0" { 9 } else { 5 }, "{component}: {out}");
+        assert_eq!(count, match world { "0.4.0" => 10, "0.3.0" => 9, _ => 5 }, "{component}: {out}");
         let apart = out.contains("also exported, never called by berth (the toolchain's own) (1)\n  exports\n");
         assert_eq!(apart, component == plugins::SHOPEE_PY, "{component}: {out}");
     }

@@ -141,6 +141,9 @@ fn connectors_in_other_languages_name_missing_config() {
         (plugins::SHOPEE_PY, "shopee", "partner_key"),
         (plugins::WOO_JS, "woocommerce", "consumer_key"),
         (plugins::WOO_C, "woocommerce", "consumer_key"),
+        // The same connectors built for older worlds.
+        (plugins::WOO_C_WIT_0_2, "woocommerce", "consumer_key"),
+        (plugins::TAOBAO_WIT_0_3, "taobao", "gateway"),
         (plugins::HOSTILE, "hostile", "mode"),
         // The vendor kit's fixture for a platform the simulator does not model.
         (plugins::SOUK, "souk", "app_key"),

@@ -1,9 +1,10 @@
-//! Versioned WIT: the host serves berth:connector 0.3.0, 0.2.0 and 0.1.0. A Shopify
-//! connector built against 0.1.0 (a fixture from the same source, SDK feature `wit-0-1`)
-//! runs beside the 0.3.0 Taobao connector in one host — orders in, stock out — and a
-//! deploy swaps it for its 0.3.0 build and back under the same shops. The exports new in
-//! 0.3.0 (credentials, OAuth) are called in a 0.3.0 component and refused, naming the
-//! world, for a 0.2.0 (C) and a 0.1.0 one.
+//! Versioned WIT: the host serves berth:connector 0.4.0, 0.3.0, 0.2.0 and 0.1.0. A
+//! Shopify connector built against 0.1.0 (a fixture from the same source, SDK feature
+//! `wit-0-1`) runs beside the 0.4.0 Taobao connector in one host — orders in, stock out —
+//! and a deploy swaps it for its 0.4.0 build and back under the same shops. The exports
+//! new in 0.3.0 (credentials, OAuth) are called in 0.4.0 and 0.3.0 components and refused,
+//! naming the world, for a 0.2.0 (C) and a 0.1.0 one; the one new in 0.4.0 (listings) is
+//! refused the same way for 0.3.0, 0.2.0 and 0.1.0 builds.
 
 use berth_sim::{Platform, ShopifyShop, SimConfig, TaobaoApp, TaobaoShop};
 use berth_tests::{get_json_as, poll_until, Berth};
@@ -42,7 +43,7 @@ async fn stock_lands(berth: &Berth, sim: &berth_sim::SimHandle, platform: Platfo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
+async fn a_connector_built_for_0_1_runs_beside_0_4_and_swaps_across_versions() {
     let mut cfg = SimConfig { seed: 41, history_hours: 6, ..SimConfig::default() };
     cfg.shopify.shops = vec![ShopifyShop { name: "acme".into(), access_token: "tok".into(), orders: 25 }];
     cfg.shopify.bucket_size = 1000;
@@ -67,7 +68,11 @@ async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
     );
     let berth = Berth::start(&config);
     let connectors = get_json_as(ERP, berth.url("/v1/connectors")).await;
-    assert_eq!((wit_of(&connectors, "shopify").as_str(), wit_of(&connectors, "taobao").as_str()), ("0.1.0", "0.3.0"), "{connectors}");
+    assert_eq!((wit_of(&connectors, "shopify").as_str(), wit_of(&connectors, "taobao").as_str()), ("0.1.0", "0.4.0"), "{connectors}");
+    // What the older world lacks is said.
+    let old = connectors.as_array().unwrap().iter().find(|c| c["name"] == "shopify").unwrap();
+    assert_eq!((old["features"]["listings"].as_bool(), old["features"]["credentials"].as_bool()), (Some(false), Some(false)), "{old}");
+    assert!(old["features"]["absent"].to_string().contains("listings: built for berth:connector 0.1.0"), "{old}");
 
     // Both worlds do their whole job side by side.
     poll_until(DEADLINE, || async { (entries(&berth).await >= 50).then_some(()) })
@@ -76,7 +81,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 11).await;
     stock_lands(&berth, &sim, Platform::Taobao, "tb", 12).await;
 
-    // Swap the 0.1.0 build for the 0.3.0 one and back, under the same shops.
+    // Swap the 0.1.0 build for the 0.4.0 one and back, under the same shops.
     let client = reqwest::Client::new();
     let upgrade = client
         .post(berth.url("/v1/admin/connectors/shopify/versions"))
@@ -88,9 +93,9 @@ async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
     let status = upgrade.status().as_u16();
     let body: Value = upgrade.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["version"]["wit_version"], "0.3.0", "{body}");
-    assert_eq!(body["version"]["capabilities"], serde_json::json!(["orders", "inventory", "webhooks"]), "{body}");
-    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.3.0");
+    assert_eq!(body["version"]["wit_version"], "0.4.0", "{body}");
+    assert_eq!(body["version"]["capabilities"], serde_json::json!(["orders", "inventory", "webhooks", "products"]), "{body}");
+    assert_eq!(wit_of(&get_json_as(ERP, berth.url("/v1/connectors")).await, "shopify"), "0.4.0");
     sim.state.create(Platform::Shopify, "acme").unwrap();
     poll_until(DEADLINE, || async { (entries(&berth).await >= 51).then_some(()) }).await.expect("order after the upgrade");
     stock_lands(&berth, &sim, Platform::Shopify, "acme", 21).await;
@@ -106,7 +111,7 @@ async fn a_connector_built_for_0_1_runs_beside_0_3_and_swaps_across_versions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_exports_are_called_in_0_3_and_refused_by_name_before() {
+async fn newer_exports_are_called_in_their_worlds_and_refused_by_name_before() {
     use berth_runtime::credential_calls::AuthSupport;
     use berth_runtime::CallError;
     use berth_types::credentials::{Credentials, RefreshError};
@@ -125,8 +130,8 @@ async fn credential_exports_are_called_in_0_3_and_refused_by_name_before() {
     });
     let creds = Credentials::lasting(berth_types::Secret::new("access-1"));
 
-    // 0.3.0: the calls reach the guest (the SDK's defaults answer for a connector with
-    // static credentials, as Taobao's is today).
+    // 0.4.0 has 0.3.0's calls: they reach the guest (the SDK's defaults answer for a
+    // connector with static credentials, as Taobao's is today).
     let taobao = load("taobao", plugins::TAOBAO).await;
     assert_eq!(taobao.auth_support().await.unwrap(), AuthSupport::NONE);
     let refreshed = taobao.refresh_credentials("tb", cfg.clone(), &creds).await.unwrap();
@@ -135,11 +140,25 @@ async fn credential_exports_are_called_in_0_3_and_refused_by_name_before() {
     assert!(matches!(consent, Err(berth_types::connector::ConnectorError::Permanent(ref why)) if why.contains("OAuth")), "{consent:?}");
 
     // 0.2.0 and 0.1.0: no such exports; nothing is called, the error names the world.
-    for (name, path, world) in [("woo-c", plugins::WOO_C, "0.2.0"), ("shopify", plugins::SHOPIFY_WIT_0_1, "0.1.0")] {
+    let taobao_0_3 = load("taobao-0-3", plugins::TAOBAO_WIT_0_3).await;
+    assert_eq!(taobao_0_3.auth_support().await.unwrap(), AuthSupport::NONE);
+    let refreshed = taobao_0_3.refresh_credentials("tb", cfg.clone(), &creds).await.unwrap();
+    assert_eq!(refreshed, Err(RefreshError::Revoked("this connector does not refresh credentials".into())));
+    for (name, path, world) in [("woo-c", plugins::WOO_C_WIT_0_2, "0.2.0"), ("shopify", plugins::SHOPIFY_WIT_0_1, "0.1.0")] {
         let old = load(name, path).await;
         assert_eq!(old.auth_support().await.unwrap(), AuthSupport::NONE, "{name}");
         let err = old.refresh_credentials("s", cfg.clone(), &creds).await.unwrap_err();
-        assert!(matches!(&err, CallError::NotExported { call: "refresh-credentials", wit_version } if wit_version == world), "{name}: {err:?}");
+        assert!(matches!(&err, CallError::NotExported { call: "refresh-credentials", wit_version, .. } if wit_version == world), "{name}: {err:?}");
         assert!(err.to_string().contains(&format!("built for berth:connector {world}")), "{err}");
+    }
+
+    // Listings: new in 0.4.0; older worlds' components have no such export.
+    assert!(taobao.has_listings());
+    for (name, path, world) in [("taobao-0-3", plugins::TAOBAO_WIT_0_3, "0.3.0"), ("woo-c", plugins::WOO_C_WIT_0_2, "0.2.0"), ("shopify", plugins::SHOPIFY_WIT_0_1, "0.1.0")] {
+        let old = load(name, path).await;
+        assert!(!old.has_listings(), "{name}");
+        let err = old.listings("s", cfg.clone(), None, 50).await.unwrap_err();
+        assert!(matches!(&err, CallError::NotExported { call: "listings", wit_version, since: "0.4.0" } if wit_version == world), "{name}: {err:?}");
+        assert!(err.to_string().contains("new in 0.4.0"), "{err}");
     }
 }

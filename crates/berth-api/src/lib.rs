@@ -18,6 +18,7 @@ pub mod drills;
 pub mod gate;
 pub mod guards;
 pub mod listener;
+pub mod listings;
 pub mod metrics;
 pub mod oauth;
 pub mod status;
@@ -58,6 +59,40 @@ pub struct ConnectorInfo {
     pub canary_breaker: Option<berth_runtime::breaker::BreakerView>,
     /// Its instance slots: reserved for it, its max, in use now.
     pub instances: Option<berth_runtime::pool::PoolShare>,
+    /// What the active version's world lets berth ask of it beyond orders, stock and
+    /// webhooks, and what it cannot (a version built for an older world).
+    pub features: Features,
+}
+
+/// The calls newer worlds added, for one version.
+#[derive(Clone, Debug, Serialize)]
+pub struct Features {
+    /// `refresh-credentials`, `consent-url`, `exchange-code` (0.3.0).
+    pub credentials: bool,
+    /// `listings` (0.4.0, with the `products` capability): snapshots and reconciliation
+    /// read the platform's listings.
+    pub listings: bool,
+    /// Each feature absent and why.
+    pub absent: Vec<String>,
+}
+
+impl Features {
+    fn of(c: &berth_runtime::LoadedConnector) -> Features {
+        let credentials = c.has_credential_calls();
+        let products = c.manifest.capabilities.contains(&berth_types::connector::Capability::Products);
+        let listings = c.has_listings() && products;
+        let world = &c.manifest.wit_version;
+        let mut absent = Vec::new();
+        if !credentials {
+            absent.push(format!("credentials: built for berth:connector {world}; refresh and OAuth onboarding need 0.3.0 or later"));
+        }
+        if !c.has_listings() {
+            absent.push(format!("listings: built for berth:connector {world}; listings, snapshots of them and reconciliation need 0.4.0"));
+        } else if !products {
+            absent.push("listings: the connector does not declare the `products` capability".to_string());
+        }
+        Features { credentials, listings, absent }
+    }
 }
 
 pub struct ApiState {
@@ -73,6 +108,8 @@ pub struct ApiState {
     pub alerts: Arc<berth_ops::alerts::Alerts>,
     /// Fault drills and their records.
     pub drills: Arc<berth_ops::drills::Drills>,
+    /// Listing reads running now (one per shop).
+    pub listings: Arc<berth_core::listings::ListingReads>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
@@ -104,7 +141,8 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
         .route("/v1/orders/nack", post(nack_orders))
         .route("/v1/orders/extend", post(extend_orders))
         .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
-        .route("/v1/shops/{shop}/stock/{sku}", get(stock::one));
+        .route("/v1/shops/{shop}/stock/{sku}", get(stock::one))
+        .route("/v1/shops/{shop}/listings", get(listings::get));
     let operate = Router::new()
         .route("/v1/orders/dead-letters/replay", post(replay_dead))
         .route("/v1/orders/dead-letters/purge", post(purge_dead))
@@ -718,6 +756,7 @@ async fn list_connectors(State(st): State<Arc<ApiState>>) -> Json<Vec<ConnectorI
                     breaker: c.breaker.view(),
                     canary_breaker: slot.canary().map(|k| k.version.breaker.view()),
                     instances: c.pool_share(),
+                    features: Features::of(&c),
                 }
             })
             .collect(),

@@ -24,6 +24,7 @@ pub mod health;
 pub mod inbox;
 pub mod ingest;
 pub mod levels;
+pub mod listings;
 pub mod onboarding;
 pub mod order_budget;
 pub mod queue;

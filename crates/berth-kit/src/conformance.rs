@@ -107,6 +107,7 @@ pub async fn run(path: &Path, platform: &str) -> Result<Report, PluginError> {
     } else {
         report.checks.push(skip("push-inventory", "no `inventory` capability"));
     }
+    report.checks.push(suite.listings_check().await);
     report.checks.push(suite.credentials_check().await);
     report.checks.push(quota_check(&host, &m.platform));
     report.checks.push(suite.hosts_check());
@@ -587,6 +588,80 @@ impl Suite {
             pass(name, format!("{} SKUs in {calls} calls: {}", wanted.len(), lines.join(", ")))
         } else {
             fail(name, problems.join("\n"))
+        }
+    }
+
+    /// A 0.4.0 connector lists every SKU the shop sells exactly once, over pages small
+    /// enough to need several, with the platform's quantity, price and currency.
+    async fn listings_check(&mut self) -> Check {
+        const NAME: &str = "listings";
+        const LIMIT: u32 = 3;
+        if !self.connector.has_listings() {
+            let world = self.connector.manifest.wit_version.clone();
+            return skip(NAME, &format!("built for berth:connector {world}; listings are new in 0.4.0"));
+        }
+        if !self.connector.manifest.capabilities.contains(&Capability::Products) {
+            return skip(NAME, "no `products` capability");
+        }
+        let shop = self.profile.shop.clone();
+        let (mut listed, mut cursor, mut pages, mut throttles) = (Vec::new(), None::<String>, 0usize, 0usize);
+        loop {
+            pages += 1;
+            if pages > 200 {
+                return fail(NAME, "200 pages and the listings did not end (next-cursor never none)".into());
+            }
+            match self.connector.listings(&shop, self.shop.clone(), cursor.as_deref(), LIMIT).await {
+                Ok(Ok(page)) => {
+                    listed.extend(page.listings);
+                    match page.next_cursor {
+                        Some(next) if cursor.as_deref() == Some(next.as_str()) => return fail(NAME, format!("page {pages} answered the cursor it was given: paging never ends")),
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                Ok(Err(ConnectorError::RateLimited(ms))) => {
+                    throttles += 1;
+                    if throttles > MAX_THROTTLES {
+                        return fail(NAME, "throttled without end".into());
+                    }
+                    pages -= 1;
+                    tokio::time::sleep(Duration::from_millis(ms).min(MAX_HONOURED_WAIT)).await;
+                }
+                Ok(Err(e)) => return fail(NAME, format!("page {pages} failed: {}", error_kind(&e))),
+                Err(e) => return fail(NAME, format!("page {pages} crashed: {e}")),
+            }
+        }
+        let catalogue = self.sim.state.stock(self.platform, &shop);
+        let currency = self.platform.currency();
+        let mut problems = Vec::new();
+        for item in &catalogue {
+            let found: Vec<_> = listed.iter().filter(|l| l.sku == item.sku).collect();
+            let [l] = found.as_slice() else {
+                problems.push(format!("{}: listed {} times, not once", item.sku, found.len()));
+                continue;
+            };
+            if l.quantity != i64::from(item.quantity) {
+                problems.push(format!("{}: quantity {} listed, the platform holds {}", item.sku, l.quantity, item.quantity));
+            }
+            if l.price_minor != item.price_minor || l.currency != currency {
+                problems.push(format!("{}: price {} {} listed, the platform's is {} {currency} (minor units)", item.sku, l.price_minor, l.currency, item.price_minor));
+            }
+            let ids = [item.product_id.to_string(), item.variant_id.to_string()];
+            if !ids.contains(&l.item_id) || l.variant_id.as_ref().is_some_and(|v| !ids.contains(v)) {
+                problems.push(format!("{}: ids {}/{:?} are not the platform's ({}/{})", item.sku, l.item_id, l.variant_id, ids[0], ids[1]));
+            }
+        }
+        let extra: Vec<&str> = listed.iter().filter(|l| !catalogue.iter().any(|i| i.sku == l.sku)).map(|l| l.sku.as_str()).collect();
+        if !extra.is_empty() {
+            problems.push(format!("listed SKUs the shop does not sell: {}", extra.join(", ")));
+        }
+        if pages < 2 && catalogue.len() > LIMIT as usize {
+            problems.push(format!("{} SKUs came in one page though {LIMIT} items were asked for", listed.len()));
+        }
+        if problems.is_empty() {
+            pass(NAME, format!("{} SKUs in {pages} pages of {LIMIT} items, quantities, prices and ids as the platform holds them", listed.len()))
+        } else {
+            fail(NAME, problems.join("\n"))
         }
     }
 

@@ -143,4 +143,23 @@ macro_rules! delegate_http {
     };
 }
 
-pub(crate) use {delegate_http, delegate_imports};
+/// `fn connector_error`, from a world's generated `connector-error` to berth's, its
+/// messages cut to 512 bytes: for the modules calling the exports newer worlds added.
+macro_rules! connector_error_fn {
+    ($wit:path) => {
+        fn connector_error(e: $wit) -> berth_types::connector::ConnectorError {
+            use berth_types::connector::ConnectorError as Ours;
+            use $wit as Theirs;
+            let cut = |why: String| $crate::state::bounded(&why, 512).to_string();
+            match e {
+                Theirs::RateLimited(ms) => Ours::RateLimited(ms),
+                Theirs::Auth(why) => Ours::Auth(cut(why)),
+                Theirs::Transient(why) => Ours::Transient(cut(why)),
+                Theirs::Permanent(why) => Ours::Permanent(cut(why)),
+                Theirs::InvalidInput(why) => Ours::InvalidInput(cut(why)),
+            }
+        }
+    };
+}
+
+pub(crate) use {connector_error_fn, delegate_http, delegate_imports};

@@ -95,18 +95,14 @@ fn refresh_answer(call: &'static str, r: Result<wit::Credentials, wit::RefreshEr
     })
 }
 
-fn connector_error(e: wit::ConnectorError) -> ConnectorError {
-    let cut = |why: String| super::state::bounded(&why, 512).to_string();
-    match e {
-        wit::ConnectorError::RateLimited(ms) => ConnectorError::RateLimited(ms),
-        wit::ConnectorError::Auth(why) => ConnectorError::Auth(cut(why)),
-        wit::ConnectorError::Transient(why) => ConnectorError::Transient(cut(why)),
-        wit::ConnectorError::Permanent(why) => ConnectorError::Permanent(cut(why)),
-        wit::ConnectorError::InvalidInput(why) => ConnectorError::InvalidInput(cut(why)),
-    }
-}
+super::compat::connector_error_fn!(wit::ConnectorError);
 
 impl LoadedConnector {
+    /// Whether this version exports the credential and OAuth calls (0.3.0 or later).
+    pub fn has_credential_calls(&self) -> bool {
+        self.pre_v0_3.is_some()
+    }
+
     /// How the connector's platform authorizes shops.
     pub async fn auth_support(&self) -> Result<AuthSupport, CallError> {
         if self.pre_v0_3.is_none() {
@@ -163,7 +159,7 @@ impl LoadedConnector {
 
     /// A 0.3.0 instance for `call`, once the breaker, a turn and a pool slot allow it.
     async fn start_v0_3(&self, call: &'static str, shop: Option<(String, Arc<ShopConfig>)>, started: std::time::Instant) -> Result<(Running, V0_3), CallError> {
-        let not_exported = || CallError::NotExported { call, wit_version: self.wit_version.clone().unwrap_or_else(|| "none".into()) };
+        let not_exported = || CallError::NotExported { call, wit_version: self.wit_version.clone().unwrap_or_else(|| "none".into()), since: "0.3.0" };
         let pre = self.pre_v0_3.as_ref().ok_or_else(not_exported)?;
         let fail = |e: CallError| {
             self.observe(call, call_error_outcome(&e), started, None);

@@ -9,7 +9,9 @@ pub mod call_stats;
 mod compat;
 mod compat_v0_1;
 mod compat_v0_3;
+mod compat_v0_4;
 pub mod credential_calls;
+pub mod listing_calls;
 pub mod compile_cache;
 pub mod config;
 pub mod convert;
@@ -45,9 +47,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Store;
 
 /// The newest WIT version this host serves.
-pub const WIT_VERSION: &str = "0.3.0";
+pub const WIT_VERSION: &str = "0.4.0";
 /// Every version it serves: components built for any of them load.
-pub const WIT_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+pub const WIT_VERSIONS: [&str; 4] = ["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -89,8 +91,8 @@ pub enum CallError {
     HeldBack { call: &'static str, wait: Duration },
     #[error("{call} not run: this connector version is isolated by its circuit breaker ({reason}); a trial call in {} s", retry_in.as_secs().max(1))]
     Isolated { call: &'static str, retry_in: Duration, reason: String },
-    #[error("{call} not run: this connector version was built for berth:connector {wit_version}, which has no {call} export (new in 0.3.0); rebuild it with a newer SDK")]
-    NotExported { call: &'static str, wit_version: String },
+    #[error("{call} not run: this connector version was built for berth:connector {wit_version}, which has no {call} export (new in {since}); rebuild it with a newer SDK")]
+    NotExported { call: &'static str, wit_version: String, since: &'static str },
 }
 
 impl CallError {
@@ -200,6 +202,8 @@ pub struct LoadedConnector {
     pre: ConnectorPre<HostState>,
     /// The exports new in 0.3.0 (credentials, OAuth), for a component built for it.
     pre_v0_3: Option<bindings::v0_3::ConnectorPre<HostState>>,
+    /// The export new in 0.4.0 (listings), for a component built for it.
+    pre_v0_4: Option<bindings::v0_4::ConnectorPre<HostState>>,
     /// The berth:connector version the component imports.
     wit_version: Option<String>,
     allow: Arc<HostAllowlist>,
@@ -232,6 +236,8 @@ impl ConnectorRuntime {
         bindings::v0_1::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         bindings::v0_3::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
+        bindings::v0_4::Connector::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:?}")))?;
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| LoadError::Engine(format!("cannot create cache dir {}: {e}", cache_dir.display())))?;
@@ -350,8 +356,13 @@ impl ConnectorRuntime {
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), message: format!("{e}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
         self.pool.register(name, options.limits.reserved_instances, options.limits.max_concurrent_calls);
+        // 0.3.0's exports are 0.4.0's too: both worlds' components are called through them.
         let pre_v0_3 = match linked_wit.as_deref() {
-            Some("0.3.0") => Some(bindings::v0_3::ConnectorPre::new(instance_pre.clone()).map_err(wrong)?),
+            Some("0.3.0" | "0.4.0") => Some(bindings::v0_3::ConnectorPre::new(instance_pre.clone()).map_err(wrong)?),
+            _ => None,
+        };
+        let pre_v0_4 = match linked_wit.as_deref() {
+            Some("0.4.0") => Some(bindings::v0_4::ConnectorPre::new(instance_pre.clone()).map_err(wrong)?),
             _ => None,
         };
         let pre = ConnectorPre::new(instance_pre).map_err(wrong)?;
@@ -363,6 +374,7 @@ impl ConnectorRuntime {
             platform: "".into(),
             pre,
             pre_v0_3,
+            pre_v0_4,
             wit_version: linked_wit.clone(),
             allow: Arc::new(HostAllowlist::default()),
             runtime: self.clone(),
@@ -419,6 +431,7 @@ pub const WORLD_EXPORTS: &[&str] = &[
     "refresh-credentials",
     "consent-url",
     "exchange-code",
+    "listings",
 ];
 
 /// A component's imports and exports by name, and the berth world it imports.
@@ -1088,10 +1101,11 @@ mod tests {
         assert!(check_manifest(&manifest("0.1.0"), Some("0.1.0")).is_ok());
         assert!(check_manifest(&manifest("0.2.0"), Some("0.2.0")).is_ok());
         assert!(check_manifest(&manifest("0.2.0"), None).is_ok());
+        assert!(check_manifest(&manifest("0.4.0"), Some("0.4.0")).is_ok());
         let err = check_manifest(&manifest("0.1.0"), Some("0.2.0")).unwrap_err();
         assert!(err.contains("imports the 0.2.0 world"), "{err}");
         let err = check_manifest(&manifest("0.9.0"), None).unwrap_err();
-        assert!(err.contains("not one this host serves (0.1.0, 0.2.0, 0.3.0)"), "{err}");
+        assert!(err.contains("not one this host serves (0.1.0, 0.2.0, 0.3.0, 0.4.0)"), "{err}");
         let hosts = Manifest { allowed_hosts: vec!["h".repeat(300)], ..manifest("0.2.0") };
         let err = check_manifest(&hosts, None).unwrap_err();
         assert!(err.contains("at most 253 characters") && err.len() < 200, "named, bounded: {err}");

@@ -142,6 +142,28 @@ pub struct UpdateResult {
     pub message: Option<String>,
 }
 
+/// One sellable SKU as the platform lists it now (berth:connector 0.4.0 `listings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub sku: String,
+    /// The platform's item id (product, num_iid, item_id).
+    pub item_id: String,
+    /// The platform's variant id, absent for an item without variants.
+    pub variant_id: Option<String>,
+    pub title: String,
+    /// What the platform holds as sellable (negative where it oversold).
+    pub quantity: i64,
+    pub price_minor: i64,
+    pub currency: String,
+}
+
+/// One page of a shop's listings; `next_cursor` is `None` on the last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingPage {
+    pub listings: Vec<Listing>,
+    pub next_cursor: Option<String>,
+}
+
 /// A webhook delivery as the platform sent it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRequest {

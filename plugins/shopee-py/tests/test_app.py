@@ -89,6 +89,29 @@ class ShopeeTest(unittest.TestCase):
         self.assertIn("cursor=c1", SENT[0].url)
         self.assertIn("order_sn_list=SP1", SENT[1].url)
 
+    def test_listings_page_items_then_their_models(self):
+        ANSWERS.append(answer(200, {"error": "", "response": {"item": [{"item_id": 7}, {"item_id": 8}], "has_next_page": True, "next_offset": 2}}))
+        ANSWERS.append(answer(200, {"error": "", "response": {"item_list": [
+            {"item_id": 7, "item_name": "Tea Cup", "has_model": True},
+            {"item_id": 8, "item_name": "Lamp", "has_model": False, "item_sku": "LAMP",
+             "price_info": [{"currency": "SGD", "current_price": 0.99}],
+             "stock_info_v2": {"seller_stock": [{"stock": 2}, {"stock": 3}]}},
+        ]}}))
+        ANSWERS.append(answer(200, {"error": "", "response": {"model": [
+            {"model_id": 70, "model_sku": "CUP-S", "model_name": "S", "price_info": [{"currency": "SGD", "current_price": 12.5}],
+             "stock_info_v2": {"summary_info": {"total_available_stock": 4}, "seller_stock": [{"stock": 9}]}},
+        ]}}))
+        page = app.WitWorld().listings("s", types.ListingRequest(cursor=None, limit=2))
+        self.assertEqual(page.next_cursor, "2")
+        cup, lamp = page.listings
+        self.assertEqual((cup.sku, cup.item_id, cup.variant_id, cup.title, cup.quantity, cup.price_minor, cup.currency),
+                         ("CUP-S", "7", "70", "Tea Cup (S)", 4, 1250, "SGD"))
+        self.assertEqual((lamp.sku, lamp.variant_id, lamp.quantity, lamp.price_minor), ("LAMP", None, 5, 99))
+        self.assertIn("offset=0&page_size=2", SENT[0].url)
+        self.assertIn("item_id_list=7%2C8", SENT[1].url)
+        # A cursor that is not an offset is the host's mistake.
+        self.assertIsInstance(error_of(lambda: app.WitWorld().listings("s", types.ListingRequest(cursor="x", limit=2))), types.ConnectorError_InvalidInput)
+
     def test_answers_map_to_the_errors_berth_acts_on(self):
         shop = app.Shop()
         cases = [

@@ -13,6 +13,11 @@
 //! the map in host kv, refreshing it when a SKU is missing or Shopify no longer knows
 //! the item.
 //!
+//! Listings (0.4.0) come from the same `products.json`, paged by the `page_info` cursor
+//! of its `Link` header: one listing per variant (SKU, product and variant ids,
+//! `inventory_quantity`, `price`) in the store's currency (`shop.json`, remembered in kv;
+//! shop config `currency` overrides it).
+//!
 //! Webhooks (`orders/create`, `orders/updated`, `orders/cancelled`, ...) are verified
 //! against `X-Shopify-Hmac-Sha256` = base64 HMAC-SHA256 of the raw body with the app's
 //! client secret (shop secret `webhook_secret`), compared in constant time; an order
@@ -27,10 +32,10 @@ mod rest_order;
 use berth_sdk::host::{self, Response};
 use rest_order::{garbled, map_order, webhook_events, ShopifyOrder};
 use berth_sdk::stock::{accepted, is_per_sku, rejected, rejected_by, stop_batch};
-use berth_sdk::text::query_param;
+use berth_sdk::text::{parse_minor, query_param};
 use berth_sdk::time::format_rfc3339_utc;
 use berth_sdk::{
-    Capability, Connector, ConnectorError, Health, Manifest, OrderPage,
+    Capability, Connector, ConnectorError, Health, Listing, ListingPage, ListingRequest, Manifest, OrderPage,
     Event, PullRequest, RateLimit, StockUpdate, UpdateResult, WebhookRequest,
 };
 use serde::Deserialize;
@@ -155,6 +160,80 @@ impl ShopSettings {
 }
 
 const LOCATION_KEY: &str = "stock/location";
+const CURRENCY_KEY: &str = "shop/currency";
+
+impl ShopSettings {
+    /// The store's currency: configured, else remembered, else `shop.json`'s.
+    fn currency(&self) -> Result<String, ConnectorError> {
+        if let Some(c) = host::config("currency") {
+            return Ok(c);
+        }
+        if let Some(c) = host::state::get(CURRENCY_KEY)?.and_then(|b| String::from_utf8(b).ok()) {
+            return Ok(c);
+        }
+        let body: ShopBody = self.get_json(&self.url("shop.json"), "shop")?;
+        host::state::set(CURRENCY_KEY, body.shop.currency.as_bytes())?;
+        Ok(body.shop.currency)
+    }
+}
+
+#[derive(Deserialize)]
+struct ShopBody {
+    shop: ShopInfo,
+}
+
+#[derive(Deserialize)]
+struct ShopInfo {
+    currency: String,
+}
+
+#[derive(Deserialize)]
+struct ListedProducts {
+    products: Vec<ListedProduct>,
+}
+
+#[derive(Deserialize)]
+struct ListedProduct {
+    id: u64,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    variants: Vec<ListedVariant>,
+}
+
+#[derive(Deserialize)]
+struct ListedVariant {
+    id: u64,
+    sku: Option<String>,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    inventory_quantity: i64,
+    price: String,
+}
+
+/// One listing per variant of each product; a product's only variant ("Default Title")
+/// takes the product's title.
+fn listed(products: Vec<ListedProduct>, currency: &str) -> Result<Vec<Listing>, ConnectorError> {
+    let mut out = Vec::new();
+    for p in products {
+        let single = p.variants.len() == 1;
+        for v in p.variants {
+            let price_minor = parse_minor(&v.price, 2).map_err(|e| garbled("variant price", e))?;
+            let title = if single || v.title.is_empty() || v.title == "Default Title" { p.title.clone() } else { v.title };
+            out.push(Listing {
+                sku: v.sku.unwrap_or_default(),
+                item_id: p.id.to_string(),
+                variant_id: Some(v.id.to_string()),
+                title,
+                quantity: v.inventory_quantity,
+                price_minor,
+                currency: currency.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
 
 fn item_key(sku: &str) -> String {
     format!("stock/item/{sku}")
@@ -227,7 +306,7 @@ impl Connector for Shopify {
             platform: "shopify".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks],
+            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks, Capability::Products],
             allowed_hosts: vec!["*.myshopify.com".into()],
             // Standard plan: 2 requests/s leak, bucket of 40.
             default_rate_limit: RateLimit { requests_per_minute: 120, burst: 40 },
@@ -297,6 +376,20 @@ impl Connector for Shopify {
     fn handle_webhook(_shop: String, req: WebhookRequest) -> Result<Vec<Event>, ConnectorError> {
         webhook_events(&req)
     }
+
+    fn listings(_shop: String, req: ListingRequest) -> Result<ListingPage, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let currency = s.currency()?;
+        let limit = req.limit.clamp(1, MAX_PAGE);
+        const FIELDS: &str = "id,title,variants";
+        let url = match &req.cursor {
+            Some(page_info) => s.url(&format!("products.json?limit={limit}&page_info={}&fields={FIELDS}", berth_sdk::text::url_encode(page_info))),
+            None => s.url(&format!("products.json?limit={limit}&fields={FIELDS}")),
+        };
+        let resp = s.get(&url)?;
+        let body: ListedProducts = serde_json::from_slice(&resp.body).map_err(|e| garbled("products list", e))?;
+        Ok(ListingPage { listings: listed(body.products, &currency)?, next_cursor: next_page_info(&resp) })
+    }
 }
 
 /// Push one SKU, refreshing the SKU map at most once per batch when it is stale.
@@ -358,6 +451,21 @@ mod tests {
         assert!(matches!(check_status(&resp(503, &[])), Err(ConnectorError::Transient(_))));
         assert!(matches!(check_status(&resp(404, &[])), Err(ConnectorError::Permanent(_))));
         assert!(check_status(&resp(200, &[])).is_ok());
+    }
+
+    #[test]
+    fn lists_one_listing_per_variant() {
+        let body: ListedProducts = serde_json::from_value(serde_json::json!({"products": [
+            {"id": 1, "title": "Cup", "variants": [
+                {"id": 11, "sku": "CUP-S", "title": "S", "inventory_quantity": 4, "price": "10.50"},
+                {"id": 12, "sku": null, "title": "M", "inventory_quantity": -2, "price": "11"}]},
+            {"id": 2, "title": "Lamp", "variants": [{"id": 21, "sku": "LAMP", "title": "Default Title", "inventory_quantity": 0, "price": "0.99"}]}
+        ]})).unwrap();
+        let l = listed(body.products, "USD").unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!((l[0].sku.as_str(), l[0].item_id.as_str(), l[0].variant_id.as_deref(), l[0].price_minor, l[0].quantity), ("CUP-S", "1", Some("11"), 1050, 4));
+        assert_eq!((l[1].sku.as_str(), l[1].quantity, l[1].price_minor), ("", -2, 1100));
+        assert_eq!((l[2].title.as_str(), l[2].price_minor, l[2].currency.as_str()), ("Lamp", 99, "USD"));
     }
 
     #[test]

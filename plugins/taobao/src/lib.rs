@@ -13,6 +13,11 @@
 //! twice). TOP addresses a SKU by item (`num_iid`) and `sku_id`; the connector finds both
 //! from the seller's SKU code with `taobao.skus.custom.get` and remembers them in kv.
 //!
+//! Listings (0.4.0): `taobao.items.onsale.get` pages through the items on sale (20 per
+//! page, the cursor is the page number), and `taobao.items.seller.list.get` gives those
+//! items' SKUs (`sku_id`, `outer_id`, quantity, price) in one call: one listing per SKU,
+//! or per item for an item without SKUs, priced in CNY.
+//!
 //! Shop config: `gateway` (e.g. `https://eco.taobao.com/router/rest`), `app_key`,
 //! secrets `app_secret` and `session`; optional `sign_method` (md5 | hmac | hmac-sha256,
 //! default md5) and `page_size` (1..=100, default 40).
@@ -22,7 +27,7 @@ use berth_sdk::stock::{accepted, is_per_sku, rejected, rejected_by, stop_batch};
 use berth_sdk::text::{form_encode, mask_name, mask_phone, parse_minor};
 use berth_sdk::time::{format_ymd_hms, now_ms, parse_ymd_hms};
 use berth_sdk::{
-    Capability, Connector, ConnectorError, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
+    Capability, Connector, ConnectorError, Health, Listing, ListingPage, ListingRequest, Manifest, Order, OrderLine, OrderPage, OrderStatus,
     PullRequest, RateLimit, StockUpdate, UpdateResult,
 };
 use serde::{Deserialize, Serialize};
@@ -281,6 +286,61 @@ fn map_trade(raw: Value) -> Result<Order, ConnectorError> {
     })
 }
 
+/// Items per listing page: `items.seller.list.get` takes at most 20 `num_iids`.
+const LISTING_PAGE: u32 = 20;
+
+/// A TOP price ("12.50" yuan) in fen.
+fn fen(v: Option<&Value>, what: &str) -> Result<i64, ConnectorError> {
+    let text = match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(garbled(what, "no price")),
+    };
+    parse_minor(&text, 2).map_err(|e| garbled(what, e))
+}
+
+/// One listing per SKU of each item the seller-list answer holds (per item for an item
+/// without SKUs).
+fn listings_of(items: &Value) -> Result<Vec<Listing>, ConnectorError> {
+    let mut out = Vec::new();
+    for item in items.pointer("/items/item").and_then(Value::as_array).into_iter().flatten() {
+        let num_iid = item.get("num_iid").and_then(Value::as_u64).ok_or_else(|| garbled("item", "no num_iid"))?;
+        let title = item.get("title").and_then(Value::as_str).unwrap_or_default().to_string();
+        let skus = item.pointer("/skus/sku").and_then(Value::as_array).cloned().unwrap_or_default();
+        if skus.is_empty() {
+            out.push(Listing {
+                sku: item.get("outer_id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                item_id: num_iid.to_string(),
+                variant_id: None,
+                title,
+                quantity: item.get("num").and_then(Value::as_i64).unwrap_or(0),
+                price_minor: fen(item.get("price"), "item price")?,
+                currency: "CNY".into(),
+            });
+            continue;
+        }
+        for sku in skus {
+            let sku_id = sku.get("sku_id").and_then(Value::as_u64).ok_or_else(|| garbled("sku", "no sku_id"))?;
+            // `pid:vid:name:value;…`: the values name the SKU ("S", "Red").
+            let name = sku
+                .get("properties_name")
+                .and_then(Value::as_str)
+                .map(|n| n.split(';').filter_map(|p| p.splitn(4, ':').nth(3)).collect::<Vec<_>>().join(" "))
+                .filter(|n| !n.is_empty());
+            out.push(Listing {
+                sku: sku.get("outer_id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                item_id: num_iid.to_string(),
+                variant_id: Some(sku_id.to_string()),
+                title: name.map_or_else(|| title.clone(), |n| format!("{title} {n}")),
+                quantity: sku.get("quantity").and_then(Value::as_i64).unwrap_or(0),
+                price_minor: fen(sku.get("price"), "sku price")?,
+                currency: "CNY".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn trades_of(resp: &Value) -> Result<Vec<Order>, ConnectorError> {
     let list = resp.pointer("/trades/trade").and_then(|t| t.as_array()).cloned().unwrap_or_default();
     list.into_iter().map(map_trade).collect()
@@ -292,7 +352,7 @@ impl Connector for Taobao {
             platform: "taobao".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders, Capability::Inventory],
+            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Products],
             allowed_hosts: vec!["eco.taobao.com".into(), "gw.api.taobao.com".into(), "gw.api.tbsandbox.com".into()],
             default_rate_limit: RateLimit { requests_per_minute: 600, burst: 10 },
             max_window_ms: Some(ONE_DAY_MS),
@@ -379,6 +439,39 @@ impl Connector for Taobao {
         host::counter_add("stock_pushed", &[], done.iter().filter(|r| r.accepted).count() as u64);
         Ok(done)
     }
+
+    fn listings(_shop: String, req: ListingRequest) -> Result<ListingPage, ConnectorError> {
+        let s = ShopSettings::load()?;
+        let page_no: u64 = match &req.cursor {
+            None => 1,
+            Some(c) => c.parse().ok().filter(|n| *n >= 1).ok_or_else(|| ConnectorError::InvalidInput(format!("listing cursor `{c}` is not a page number")))?,
+        };
+        let page_size = req.limit.clamp(1, LISTING_PAGE);
+        let onsale = s.call(
+            "taobao.items.onsale.get",
+            &[("fields", "num_iid".into()), ("page_no", page_no.to_string()), ("page_size", page_size.to_string())],
+        )?;
+        let ids: Vec<String> = onsale
+            .pointer("/items/item")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.get("num_iid").and_then(Value::as_u64))
+            .map(|id| id.to_string())
+            .collect();
+        let total = onsale.get("total_results").and_then(Value::as_u64).unwrap_or(0);
+        let listings = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let detail = s.call(
+                "taobao.items.seller.list.get",
+                &[("num_iids", ids.join(",")), ("fields", "num_iid,title,price,num,outer_id,sku".into())],
+            )?;
+            listings_of(&detail)?
+        };
+        let more = !ids.is_empty() && page_no * u64::from(page_size) < total;
+        Ok(ListingPage { listings, next_cursor: more.then(|| (page_no + 1).to_string()) })
+    }
 }
 
 berth_sdk::export_connector!(Taobao);
@@ -386,6 +479,23 @@ berth_sdk::export_connector!(Taobao);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_each_sku_of_each_item() {
+        let detail = serde_json::json!({"items": {"item": [
+            {"num_iid": 7, "title": "Tea Cup", "price": "12.50", "num": 9, "skus": {"sku": [
+                {"sku_id": 70, "outer_id": "CUP-S", "quantity": 4, "price": "12.50", "properties_name": "1627207:28341:Size:S"},
+                {"sku_id": 71, "outer_id": "CUP-M", "quantity": 5, "price": 13}]}},
+            {"num_iid": 8, "title": "Lamp", "price": "0.99", "num": 2, "outer_id": "LAMP"}
+        ]}});
+        let l = listings_of(&detail).unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!((l[0].sku.as_str(), l[0].item_id.as_str(), l[0].variant_id.as_deref(), l[0].quantity, l[0].price_minor), ("CUP-S", "7", Some("70"), 4, 1250));
+        assert_eq!(l[0].title, "Tea Cup S");
+        assert_eq!((l[1].price_minor, l[1].title.as_str()), (1300, "Tea Cup"));
+        assert_eq!((l[2].sku.as_str(), l[2].variant_id.as_deref(), l[2].quantity, l[2].price_minor, l[2].currency.as_str()), ("LAMP", None, 2, 99, "CNY"));
+        assert!(listings_of(&serde_json::json!({"items": {"item": [{"num_iid": 1, "price": "x"}]}})).is_err());
+    }
 
     #[test]
     fn parses_ban_seconds() {

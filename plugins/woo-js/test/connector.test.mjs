@@ -2,9 +2,9 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { sent, answers } from 'berth:connector/http@0.2.0';
-import { settings } from 'berth:connector/config@0.2.0';
-import { pullOrders, pushInventory, handleWebhook } from '../connector.js';
+import { sent, answers } from 'berth:connector/http@0.4.0';
+import { settings } from 'berth:connector/config@0.4.0';
+import { pullOrders, pushInventory, handleWebhook, listings, authorization, refreshCredentials } from '../connector.js';
 
 const encoder = new TextEncoder();
 const answer = (status, body, headers = []) => ({
@@ -96,4 +96,33 @@ test('webhooks are verified before anything else', () => {
   const ping = encoder.encode('webhook_id=3');
   const pingSig = createHmac('sha256', 'whs').update(ping).digest('base64');
   assert.deepEqual(handleWebhook('s', { headers: [['x-wc-webhook-signature', pingSig]], body: ping }), []);
+});
+
+test('listings: a simple product is one listing, a variable one a listing per variation', () => {
+  answers.push(answer(200, { code: 'EUR' }));
+  answers.push(answer(200, [
+    { id: 11, name: 'Tea Cup', sku: 'CUP', type: 'simple', price: '10.50', stock_quantity: 4 },
+    { id: 12, name: 'Shirt', sku: '', type: 'variable', price: '20', stock_quantity: null },
+  ], [['X-WP-TotalPages', '2']]));
+  answers.push(answer(200, [
+    { id: 121, sku: 'SHIRT-S', price: '20.00', stock_quantity: 3, attributes: [{ name: 'Size', option: 'S' }] },
+    { id: 122, sku: 'SHIRT-M', price: '21', stock_quantity: -1, attributes: [{ name: 'Size', option: 'M' }] },
+  ]));
+  const page = listings('s', { cursor: undefined, limit: 50 });
+  assert.equal(page.listings.length, 3);
+  assert.deepEqual(page.listings[0], { sku: 'CUP', itemId: '11', variantId: undefined, title: 'Tea Cup', quantity: 4n, priceMinor: 1050n, currency: 'EUR' });
+  assert.deepEqual(page.listings[2], { sku: 'SHIRT-M', itemId: '12', variantId: '122', title: 'Shirt (M)', quantity: -1n, priceMinor: 2100n, currency: 'EUR' });
+  assert.equal(page.nextCursor, '2');
+  assert.match(sent[1].url, /products\?per_page=50&page=1&/);
+  assert.match(sent[2].url, /products\/12\/variations/);
+  // The last page ends the listing; a bad cursor is the host's mistake.
+  answers.push(answer(200, { code: 'EUR' }));
+  answers.push(answer(200, [], [['X-WP-TotalPages', '2']]));
+  assert.equal(listings('s', { cursor: '2', limit: 50 }).nextCursor, undefined);
+  assert.equal(errorOf(() => listings('s', { cursor: 'x', limit: 50 })).tag, 'invalid-input');
+});
+
+test('static consumer keys: no refresh, no OAuth', () => {
+  assert.deepEqual(authorization(), { refreshes: false, oauth: false });
+  assert.equal(errorOf(() => refreshCredentials('s', {})).tag, 'revoked');
 });

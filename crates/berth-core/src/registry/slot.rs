@@ -171,6 +171,29 @@ impl ConnectorSlot {
         }
     }
 
+    /// One page of `shop`'s listings (0.4.0 `listings`), with the shop's current
+    /// credentials (renewed and called again once when the token had expired).
+    pub async fn listings(
+        &self,
+        conn: &Arc<LoadedConnector>,
+        shop: &str,
+        cfg: Arc<ShopConfig>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Result<berth_types::connector::ListingPage, ConnectorError>, CallError> {
+        let (with, generation) = match self.credentialed(conn, shop, &cfg).await {
+            Ok(held) => held,
+            Err(e) => return Ok(Err(e)),
+        };
+        let out = conn.listings(shop, with, cursor, limit).await;
+        let Some(generation) = generation else { return out };
+        let expired = matches!(&out, Ok(Err(e)) if expired(e));
+        match self.after_call(conn, shop, &cfg, generation, expired, out.is_ok()).await {
+            Some(retry) => conn.listings(shop, retry, cursor, limit).await,
+            None => out,
+        }
+    }
+
     /// Calls and failures over `window` of the versions serving now: the active one
     /// and a canary candidate.
     pub fn tally(&self, window: std::time::Duration) -> berth_runtime::call_stats::Tally {
