@@ -185,6 +185,22 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Compare a shop's platform quantities (its listings) with the ERP's newest desired
+    /// quantities and print every drift (JSON, or CSV with --csv); --repair queues the
+    /// drifting SKUs' desired quantities again through the pusher. Operator role; audited.
+    /// --last prints the shop's last report without running.
+    Reconcile {
+        #[arg(long)]
+        shop: String,
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        csv: bool,
+        #[arg(long, conflicts_with = "repair")]
+        last: bool,
+        #[command(flatten)]
+        server: Server,
+    },
     /// List connectors with their active and deployed versions.
     Connectors {
         #[command(flatten)]
@@ -392,11 +408,26 @@ async fn admin_command(cmd: Command) -> ExitCode {
                     }
                 }
             }
+            Command::Reconcile { shop, repair, csv, last, server } => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+                let format = if csv { "csv" } else { "json" };
+                let client = AdminClient::from_env(server.url, server.ca_file)?;
+                if last {
+                    client.call(Method::GET, &format!("/v1/admin/shops/{}/reconcile?format={format}", enc(&shop)), Body::Empty).await
+                } else {
+                    client.call(Method::POST, &format!("/v1/admin/shops/{}/reconcile?repair={repair}&format={format}", enc(&shop)), Body::Empty).await
+                }
+            }
             Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
             Command::Serve { .. } | Command::CheckConfig { .. } | Command::ClusterCheck { .. } | Command::Plugin { .. } => unreachable!("handled in main"),
         }
     };
     match run.await {
+        // An answer that is not JSON (CSV) is printed as it came.
+        Ok(serde_json::Value::String(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Ok(answer) => {
             println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
             ExitCode::SUCCESS

@@ -51,6 +51,8 @@ pub enum StartError {
     Alerts(#[from] berth_ops::alerts::AlertsError),
     #[error("drill records: {0}")]
     Drills(#[from] berth_ops::drills::DrillError),
+    #[error("cannot open the reconciliation reports: {0}")]
+    Reconcile(#[from] berth_core::reconcile::ReconcileError),
     #[error("TLS: {0}; check [server] tls_cert and tls_key")]
     Tls(#[from] berth_api::listener::TlsError),
     #[error("credentials: {0}; check [credentials] key_file / key_env")]
@@ -156,7 +158,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         alerts.share(berth_ops::alerts::cluster::Board::open(&node.conn, &c.prefix, node.leases.clone()).await?);
     }
     events.subscribe(alerts.clone());
+    let reconciler = Arc::new(berth_core::reconcile::Reconciler::open(&storage, durable.ledger.clone(), Default::default())?);
     let sources = berth_ops::alerts::Sources {
+        reconciler: reconciler.clone(),
         registry: registry.clone(),
         inbox: durable.inbox.clone(),
         stock: durable.ledger.clone(),
@@ -183,7 +187,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
 
     let connectors = registry.slots().len();
     let cluster = node.as_ref().map(|n| n.leases.clone());
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, drills, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, drills, reconciler, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -501,6 +505,7 @@ struct Routed<'a> {
     health: Arc<berth_core::health::HealthBook>,
     alerts: Arc<berth_ops::alerts::Alerts>,
     drills: Arc<berth_ops::drills::Drills>,
+    reconciler: Arc<berth_core::reconcile::Reconciler>,
     delivery: Option<berth_core::delivery::SharedDeliveryStatus>,
     admin_auth: Arc<berth_api::auth::AdminAuth>,
     audit: Arc<berth_core::audit::AuditLog>,
@@ -535,6 +540,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         api_metrics: r.metrics.api.clone(),
         onboarding: r.onboarding,
         drills: r.drills.clone(),
+        reconciler: r.reconciler.clone(),
     }));
     let state = Arc::new(ApiState {
         store: r.durable.store.clone(),
@@ -547,7 +553,8 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         health: r.health,
         alerts: r.alerts,
         drills: r.drills,
-        listings: Default::default(),
+        listings: r.reconciler.reads().clone(),
+        reconciler: r.reconciler,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
         credentials: r.credentials,

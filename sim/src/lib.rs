@@ -492,6 +492,16 @@ impl SimState {
         Some(item)
     }
 
+    /// A seller changing a SKU's quantity by hand in the platform's own back office,
+    /// outside any API: not an API write (not in the item's `history`, not counted). What
+    /// reconciliation is there to find. `None` when the shop has no such SKU.
+    pub fn edit_stock(&self, platform: Platform, shop: &str, sku: &str, quantity: u32) -> Option<StockItem> {
+        let mut inner = self.lock();
+        let item = inner.inventory.get_mut(&(platform, shop.to_string()))?.values_mut().find(|i| i.sku == sku)?;
+        item.quantity = quantity;
+        Some(item.clone())
+    }
+
     pub fn stats(&self) -> BTreeMap<Platform, PlatformStats> {
         self.lock().stats.clone()
     }

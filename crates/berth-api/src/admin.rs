@@ -32,6 +32,8 @@ pub struct AdminState {
     pub onboarding: Arc<berth_core::onboarding::Onboarding>,
     /// Fault drills (api/drills.rs).
     pub drills: Arc<berth_ops::drills::Drills>,
+    /// Reconciliation (api/reconcile.rs).
+    pub reconciler: Arc<berth_core::reconcile::Reconciler>,
 }
 
 /// The routes about connectors, versions, pauses, holds and the audit log (the degraded

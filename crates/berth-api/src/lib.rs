@@ -21,6 +21,7 @@ pub mod listener;
 pub mod listings;
 pub mod metrics;
 pub mod oauth;
+pub mod reconcile;
 pub mod status;
 pub mod stock;
 
@@ -108,8 +109,10 @@ pub struct ApiState {
     pub alerts: Arc<berth_ops::alerts::Alerts>,
     /// Fault drills and their records.
     pub drills: Arc<berth_ops::drills::Drills>,
-    /// Listing reads running now (one per shop).
+    /// Listing reads running now (one per shop), shared with reconciliation.
     pub listings: Arc<berth_core::listings::ListingReads>,
+    /// Reconciliation and its last reports.
+    pub reconciler: Arc<berth_core::reconcile::Reconciler>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
@@ -123,7 +126,13 @@ pub struct ApiState {
 /// The admin API: connectors, versions and the audit log (admin.rs) beside working a
 /// degraded shop by hand (degrade.rs), on one state.
 pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
-    admin::routes().merge(degrade::routes()).merge(guards::routes()).merge(drills::routes()).merge(oauth::routes()).with_state(state)
+    admin::routes()
+        .merge(degrade::routes())
+        .merge(guards::routes())
+        .merge(drills::routes())
+        .merge(reconcile::routes())
+        .merge(oauth::routes())
+        .with_state(state)
 }
 
 /// The API outside `/v1/admin`, each group of routes behind the access it needs (see
@@ -894,6 +903,7 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         m.queue(q.queue, q.ready, q.in_flight, q.dead, ms(q.oldest_age_ms));
     }
     st.metrics.export_health(&st.health);
+    st.metrics.export_drift(&st.reconciler.drift());
     st.services.http_metrics.quota_usage(&st.services.limits.usage());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }

@@ -28,6 +28,7 @@ pub mod listings;
 pub mod onboarding;
 pub mod order_budget;
 pub mod queue;
+pub mod reconcile;
 pub mod registry;
 pub mod shops;
 pub mod stock;

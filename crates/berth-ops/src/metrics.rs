@@ -52,6 +52,12 @@ pub struct SlaLabels {
     pub tier: String,
 }
 
+/// One reconciled shop (as many as the shops reconciled, never more).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub shop: String,
+}
+
 /// Only with `[health] shop_labels = true`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShopLabels {
@@ -102,6 +108,7 @@ pub struct Metrics {
     alerts_firing: Family<AlertLabels, Gauge>,
     alert_notifications: Family<ReceiverLabels, Counter>,
     credential_refreshes: Family<OutcomeLabels, Counter>,
+    stock_drift: Family<DriftLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,7 +135,13 @@ impl Metrics {
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
             credential_refreshes: Family::default(),
+            stock_drift: Family::default(),
         };
+        m.registry.register(
+            "stock_drift_skus",
+            "SKUs whose platform quantity differed from the ERP's at the shop's last reconciliation (missing ones included)",
+            m.stock_drift.clone(),
+        );
         m.registry.register("queue_ready", "Items waiting to be taken (orders for the ERP, SKUs due for a push)", m.queue_depth.clone());
         m.registry.register("queue_in_flight", "Items leased or waiting for a retry", m.queue_in_flight.clone());
         m.registry.register("queue_oldest_age_seconds", "Age of the oldest item not yet done", m.queue_oldest_age_seconds.clone());
@@ -162,6 +175,14 @@ impl Metrics {
     fn probe(&self, connector: &str, tier: berth_types::shop::Tier, outcome: &str) {
         let labels = ProbeLabels { connector: connector.to_string(), tier: format!("{tier:?}"), outcome: outcome.to_string() };
         self.probes.get_or_create(&labels).inc();
+    }
+
+    /// Set the drift gauge (at scrape time): one series per reconciled shop.
+    pub fn export_drift(&self, drift: &[berth_core::reconcile::DriftView]) {
+        self.stock_drift.clear();
+        for d in drift {
+            self.stock_drift.get_or_create(&DriftLabels { shop: d.shop.clone() }).set(d.drifting as i64);
+        }
     }
 
     /// Set the health gauges (at scrape time) from the book's tier summaries and, when

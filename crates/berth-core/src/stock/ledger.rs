@@ -566,23 +566,45 @@ impl StockLedger {
 
     /// Put rejected or dead SKUs back to pending with their attempts reset.
     pub async fn replay(&self, shop: &str, skus_to_retry: &[String]) -> Result<usize, StockError> {
+        self.back_to_pending(shop, skus_to_retry, |s| matches!(s, SkuState::Rejected | SkuState::Dead)).await
+    }
+
+    /// Push SKUs the platform already took again, with their newest desired quantity
+    /// (reconciliation's repair: the platform drifted from it). Only `pushed` SKUs move
+    /// back to pending; one changed meanwhile is pending already and keeps its turn.
+    pub async fn repush(&self, shop: &str, skus_to_push: &[String]) -> Result<usize, StockError> {
+        self.back_to_pending(shop, skus_to_push, |s| s == SkuState::Pushed).await
+    }
+
+    /// Move the SKUs whose state `from` takes back to pending, due now, attempts reset.
+    async fn back_to_pending(&self, shop: &str, skus: &[String], from: fn(SkuState) -> bool) -> Result<usize, StockError> {
         let now = now_ms();
-        let skus = skus_to_retry.to_vec();
-        self.change(shop, Writer::Anyone, skus.clone(), move |work, _| {
-            let mut moved = 0;
-            for sku in &skus {
-                let Some(Some(rec)) = work.get_mut(sku) else { continue };
-                if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
-                    continue;
-                }
-                rec.state = SkuState::Pending;
-                rec.attempts = 0;
-                rec.due_at_ms = Some(now);
-                moved += 1;
-            }
-            moved
-        })
-        .await
+        let mut moved = 0;
+        for chunk in skus.chunks(self.max_change()) {
+            let skus = chunk.to_vec();
+            moved += self
+                .change(shop, Writer::Anyone, skus.clone(), move |work, _| {
+                    let mut moved = 0;
+                    for sku in &skus {
+                        let Some(Some(rec)) = work.get_mut(sku) else { continue };
+                        if !from(rec.state) {
+                            continue;
+                        }
+                        rec.state = SkuState::Pending;
+                        rec.attempts = 0;
+                        rec.due_at_ms = Some(now);
+                        moved += 1;
+                    }
+                    moved
+                })
+                .await?;
+        }
+        Ok(moved)
+    }
+
+    /// Every record of `shop`, in SKU order.
+    pub fn all(&self, shop: &str) -> Result<Vec<SkuStock>, StockError> {
+        self.records(shop, |_| true)
     }
 
     /// Forget rejected or dead SKUs (their record goes; a later update starts afresh).

@@ -54,7 +54,14 @@ pub(super) fn decider(kind: RuleKind) -> Decider {
         // The ledger is the cluster's: one node judges its holds.
         RuleKind::QueueAge | RuleKind::DeadLetters | RuleKind::StockHeld => Decider::Duty,
         RuleKind::ProbeFailing | RuleKind::OrderFlood | RuleKind::Credentials => Decider::ShopOwner,
-        RuleKind::SuccessRate | RuleKind::ConnectorIsolated | RuleKind::QuotaHeld | RuleKind::QuotaUsage | RuleKind::CanaryRollback | RuleKind::WritesPaused => {
+        // Reconciliation reports are each node's own.
+        RuleKind::SuccessRate
+        | RuleKind::ConnectorIsolated
+        | RuleKind::QuotaHeld
+        | RuleKind::QuotaUsage
+        | RuleKind::CanaryRollback
+        | RuleKind::WritesPaused
+        | RuleKind::StockDrift => {
             Decider::EachNode
         }
     }
@@ -272,7 +279,7 @@ mod tests {
     #[test]
     fn a_stored_alert_is_decided_as_its_rule_kind_says() {
         use RuleKind as K;
-        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials, K::StockHeld, K::WritesPaused] {
+        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials, K::StockHeld, K::WritesPaused, K::StockDrift] {
             assert_eq!(decider_of(&alert(kind.name())), decider(kind), "{}", kind.name());
         }
         assert_eq!(decider_of(&alert("from-a-newer-node")), Decider::EachNode);

@@ -118,6 +118,8 @@ pub struct Sources {
     pub health: Arc<berth_core::health::HealthBook>,
     /// The credentials berth renews for shops, when it does.
     pub credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
+    /// Reconciliation's last reports.
+    pub reconciler: Arc<berth_core::reconcile::Reconciler>,
 }
 
 #[derive(Default)]
@@ -277,6 +279,7 @@ impl Alerts {
             }
         }
         obs.write_pauses = src.shops.guards().pauses();
+        obs.drift = src.reconciler.drift();
         if let Some(book) = &src.credentials {
             match book.states() {
                 Ok(states) => obs.credentials = states,

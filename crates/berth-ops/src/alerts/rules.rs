@@ -57,6 +57,9 @@ pub enum RuleKind {
     /// A shop's stock pushes are paused: its platform's push success rate fell below the
     /// write guard's `pause_writes_below`.
     WritesPaused,
+    /// Reconciliation found SKUs whose platform quantity differs from the ERP's in two
+    /// runs in a row.
+    StockDrift,
 }
 
 impl RuleKind {
@@ -74,6 +77,7 @@ impl RuleKind {
             RuleKind::QuotaUsage => "quota-usage",
             RuleKind::StockHeld => "stock-held",
             RuleKind::WritesPaused => "writes-paused",
+            RuleKind::StockDrift => "stock-drift",
         }
     }
 }
@@ -128,6 +132,7 @@ pub enum Check {
     QuotaUsage { above: f64, for_secs: u64 },
     StockHeld,
     WritesPaused,
+    StockDrift,
 }
 
 impl Check {
@@ -145,6 +150,7 @@ impl Check {
             Check::QuotaUsage { .. } => RuleKind::QuotaUsage,
             Check::StockHeld => RuleKind::StockHeld,
             Check::WritesPaused => RuleKind::WritesPaused,
+            Check::StockDrift => RuleKind::StockDrift,
         }
     }
 }
@@ -179,7 +185,7 @@ impl Rule {
             RuleKind::QuotaHeld => &["above_secs"],
             RuleKind::Credentials => &["within_days"],
             RuleKind::QuotaUsage => &["above_percent", "for_secs"],
-            RuleKind::StockHeld | RuleKind::WritesPaused => &[],
+            RuleKind::StockHeld | RuleKind::WritesPaused | RuleKind::StockDrift => &[],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             let takes = if allowed.is_empty() { "nothing else".to_string() } else { allowed.join(", ") };
@@ -229,6 +235,7 @@ impl Rule {
             }
             RuleKind::StockHeld => Check::StockHeld,
             RuleKind::WritesPaused => Check::WritesPaused,
+            RuleKind::StockDrift => Check::StockDrift,
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -250,6 +257,7 @@ impl Rule {
             rule("quota-usage", Severity::Warning, Check::QuotaUsage { above: 0.9, for_secs: 300 }),
             rule("stock-held", Severity::Critical, Check::StockHeld),
             rule("writes-paused", Severity::Critical, Check::WritesPaused),
+            rule("stock-drift", Severity::Warning, Check::StockDrift),
         ]
     }
 }
@@ -281,6 +289,8 @@ pub struct Observation {
     pub stock_holds: BTreeMap<String, Vec<berth_core::stock::guard::HoldView>>,
     /// Platforms whose stock pushes a write guard paused.
     pub write_pauses: Vec<berth_core::stock::guard::PauseView>,
+    /// Each reconciled shop's drift at its last run.
+    pub drift: Vec<berth_core::reconcile::DriftView>,
 }
 
 /// A quota's busiest key at one look.
@@ -335,6 +345,7 @@ impl Rule {
             Check::QuotaUsage { above, for_secs } => quota_usage(obs, *above, *for_secs),
             Check::StockHeld => stock_held(obs),
             Check::WritesPaused => writes_paused(obs),
+            Check::StockDrift => stock_drift(obs),
         }
     }
 }
@@ -562,6 +573,23 @@ fn writes_paused(obs: &Observation) -> Vec<Breach> {
                 value: 1.0,
                 threshold: 0.0,
             })
+        })
+        .collect()
+}
+
+/// Shops whose platform quantities kept differing from the ERP's across two runs.
+fn stock_drift(obs: &Observation) -> Vec<Breach> {
+    obs.drift
+        .iter()
+        .filter(|d| d.persistent > 0)
+        .map(|d| Breach {
+            subject: d.shop.clone(),
+            summary: format!(
+                "shop {}: {} SKUs differ from the ERP's quantities at the platform, {} of them in the run before too; see `berth reconcile --shop {}` and repair with `--repair`",
+                d.shop, d.drifting, d.persistent, d.shop
+            ),
+            value: d.persistent as f64,
+            threshold: 0.0,
         })
         .collect()
 }
@@ -811,5 +839,11 @@ mod tests {
         }];
         assert_eq!(subjects_of(&by_kind(RuleKind::WritesPaused), &obs), ["w1", "w2"], "a resumed shop is not paused");
         assert!(parse("name = \"h\"\nkind = \"stock-held\"\nfor_secs = 1\n").unwrap_err().contains("it takes: nothing else"));
+        // Drift alerts only once it persisted across two reconciliation runs.
+        let view = |shop: &str, drifting, persistent| berth_core::reconcile::DriftView { shop: shop.into(), at_ms: 0, drifting, persistent };
+        obs.drift = vec![view("new", 4, 0), view("old", 5, 2), view("clean", 0, 0)];
+        let drift = by_kind(RuleKind::StockDrift).evaluate(&obs);
+        assert_eq!(drift.len(), 1);
+        assert!(drift[0].summary.contains("shop old: 5 SKUs differ") && drift[0].summary.contains("2 of them in the run before") && drift[0].summary.contains("berth reconcile --shop old"), "{}", drift[0].summary);
     }
 }

@@ -1,0 +1,261 @@
+//! Reconciliation: the quantities a shop's platform holds (its listings, read through
+//! the connector) against the ERP's newest desired quantities (the stock ledger). Every
+//! SKU the platform holds at another quantity than the one berth last pushed there is a
+//! drift — a seller edited it by hand, another tool wrote it, the platform lost a write.
+//!
+//! Only SKUs berth has pushed and not touched since the listing began are compared: a
+//! pending, held or exported SKU is on its way (its push will set it), and a push that
+//! landed during the read may not be in the listing yet. A desired SKU the platform does
+//! not list at all is reported as missing.
+//!
+//! With `repair`, the drifting SKUs go back to pending with their newest desired quantity
+//! and the normal pusher sets them (its coalescing, throttling and ordering unchanged: a
+//! newer quantity submitted meanwhile wins as always).
+//!
+//! Each shop's last report is kept in the store (`reconcile` keyspace), with when each
+//! SKU was first seen drifting, so a drift that persists across runs is told apart (the
+//! `stock-drift` alert) and its age is known.
+
+use crate::ingest::WebhookShop;
+use crate::listings::{ListingError, ListingReads, ReadBounds};
+use crate::stock::{SkuState, StockError, StockLedger};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// The most drift rows one report keeps (the counts cover them all).
+pub const MAX_ROWS: usize = 10_000;
+
+/// One SKU whose platform quantity is not the ERP's.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Drift {
+    pub sku: String,
+    /// What the platform lists; `None` when it does not list the SKU at all.
+    pub platform_quantity: Option<i64>,
+    pub desired_quantity: u32,
+    /// The ERP's sequence number of that quantity, when it gave one.
+    pub desired_seq: Option<u64>,
+    /// When berth pushed the desired quantity.
+    pub pushed_at_ms: Option<i64>,
+    /// When a run first saw this SKU drifting (kept while it keeps drifting).
+    pub since_ms: i64,
+    /// Runs in a row that found it drifting, this one included.
+    pub runs: u32,
+}
+
+/// What one reconciliation found and did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub shop: String,
+    pub connector: String,
+    pub version: String,
+    /// When the listing read began (Unix ms).
+    pub at_ms: i64,
+    pub took_ms: u64,
+    /// Listings the platform holds.
+    pub listed: usize,
+    /// SKUs the ERP wants that were compared.
+    pub compared: usize,
+    /// SKUs the ERP wants that were on their way (pending, held, exported, pushed during
+    /// the read) and so not compared.
+    pub in_flight: usize,
+    /// SKUs drifting (quantity differs) and missing (not listed), all of them.
+    pub drifting: usize,
+    pub missing: usize,
+    /// Of those, drifting in the previous run too.
+    pub persistent: usize,
+    /// The first [`MAX_ROWS`] drifts, SKU order.
+    pub drifts: Vec<Drift>,
+    /// Whether the run put the drifting SKUs back to the pusher, and how many moved.
+    pub repair: bool,
+    pub repaired: usize,
+}
+
+impl Report {
+    /// The drifts as CSV: a header row, then one row per drift.
+    pub fn csv_text(&self) -> Result<String, csv::Error> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["sku", "platform_quantity", "desired_quantity", "desired_seq", "since_ms", "runs"])?;
+        for d in &self.drifts {
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            w.write_record([
+                d.sku.clone(),
+                opt(d.platform_quantity.map(|q| q.to_string())),
+                d.desired_quantity.to_string(),
+                opt(d.desired_seq.map(|s| s.to_string())),
+                d.since_ms.to_string(),
+                d.runs.to_string(),
+            ])?;
+        }
+        let bytes = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(String::from_utf8(bytes).unwrap_or_default())
+    }
+}
+
+/// A shop's drift as the alerts and the gauge see it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DriftView {
+    pub shop: String,
+    pub at_ms: i64,
+    pub drifting: usize,
+    pub persistent: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Listing(#[from] ListingError),
+    #[error("{0}")]
+    Stock(#[from] StockError),
+    #[error("storage: {0}")]
+    Storage(#[from] berth_storage::StoreError),
+}
+
+pub struct Reconciler {
+    store: berth_storage::Store,
+    tree: berth_storage::store::Keyspace,
+    ledger: Arc<StockLedger>,
+    reads: Arc<ListingReads>,
+    last: Mutex<BTreeMap<String, Report>>,
+}
+
+impl Reconciler {
+    /// The reports kept in the store, read back.
+    pub fn open(store: &berth_storage::Store, ledger: Arc<StockLedger>, reads: Arc<ListingReads>) -> Result<Reconciler, ReconcileError> {
+        let tree = store.keyspace("reconcile")?;
+        let mut last = BTreeMap::new();
+        for item in tree.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice::<Report>(&v) {
+                Ok(r) => {
+                    last.insert(r.shop.clone(), r);
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable reconciliation report"),
+            }
+        }
+        Ok(Reconciler { store: store.clone(), tree, ledger, reads, last: Mutex::new(last) })
+    }
+
+    /// The listing reads, shared with `GET /v1/shops/{shop}/listings` (one per shop).
+    pub fn reads(&self) -> &Arc<ListingReads> {
+        &self.reads
+    }
+
+    /// The shop's last report.
+    pub fn last(&self, shop: &str) -> Option<Report> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).get(shop).cloned()
+    }
+
+    /// Every reconciled shop's drift, by shop.
+    pub fn drift(&self) -> Vec<DriftView> {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| DriftView { shop: r.shop.clone(), at_ms: r.at_ms, drifting: r.drifting + r.missing, persistent: r.persistent })
+            .collect()
+    }
+
+    /// Forget a shop's report (the shop went away).
+    pub fn forget(&self, shop: &str) {
+        if self.last.lock().unwrap_or_else(|e| e.into_inner()).remove(shop).is_some() {
+            let (tree, key) = (self.tree.clone(), shop.as_bytes().to_vec());
+            self.store.write_detached("reconcile", move |ctx| {
+                ctx.remove(&tree, &key);
+                Ok(())
+            });
+        }
+    }
+
+    /// Compare `shop`'s platform with the ERP's quantities now; with `repair`, push the
+    /// drifting SKUs again. The report is kept (and returned).
+    pub async fn run(&self, shop: &str, target: Option<&WebhookShop>, repair: bool) -> Result<Report, ReconcileError> {
+        let started = std::time::Instant::now();
+        let read = self.reads.read(shop, target, ReadBounds::default()).await?;
+        let desired = self.ledger.all(shop)?;
+        let listed: HashMap<&str, i64> = read.listings.iter().filter(|l| !l.sku.is_empty()).map(|l| (l.sku.as_str(), l.quantity)).collect();
+        let before = self.last(shop);
+        let seen_before: HashMap<&str, &Drift> = before.as_ref().map(|r| r.drifts.iter().map(|d| (d.sku.as_str(), d)).collect()).unwrap_or_default();
+        let mut report = Report {
+            shop: shop.to_string(),
+            connector: read.connector.clone(),
+            version: read.version.clone(),
+            at_ms: read.read_at_ms,
+            took_ms: 0,
+            listed: read.listings.len(),
+            compared: 0,
+            in_flight: 0,
+            drifting: 0,
+            missing: 0,
+            persistent: 0,
+            drifts: Vec::new(),
+            repair,
+            repaired: 0,
+        };
+        let mut to_repair = Vec::new();
+        for rec in &desired {
+            // On its way, or pushed while the listing was read: its push decides.
+            let settled = rec.state == SkuState::Pushed && rec.pushed_at_ms.is_some_and(|t| t < read.read_at_ms);
+            if !settled {
+                if !matches!(rec.state, SkuState::Rejected | SkuState::Dead) {
+                    report.in_flight += 1;
+                }
+                continue;
+            }
+            report.compared += 1;
+            let on_platform = listed.get(rec.sku.as_str()).copied();
+            if on_platform == Some(i64::from(rec.quantity)) {
+                continue;
+            }
+            match on_platform {
+                Some(_) => report.drifting += 1,
+                None => report.missing += 1,
+            }
+            let earlier = seen_before.get(rec.sku.as_str());
+            if earlier.is_some() {
+                report.persistent += 1;
+            }
+            if on_platform.is_some() {
+                to_repair.push(rec.sku.clone());
+            }
+            if report.drifts.len() < MAX_ROWS {
+                report.drifts.push(Drift {
+                    sku: rec.sku.clone(),
+                    platform_quantity: on_platform,
+                    desired_quantity: rec.quantity,
+                    desired_seq: rec.seq,
+                    pushed_at_ms: rec.pushed_at_ms,
+                    since_ms: earlier.map_or(read.read_at_ms, |d| d.since_ms),
+                    runs: earlier.map_or(1, |d| d.runs + 1),
+                });
+            }
+        }
+        if repair && !to_repair.is_empty() {
+            report.repaired = self.ledger.repush(shop, &to_repair).await?;
+        }
+        report.took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            shop,
+            connector = %report.connector,
+            version = %report.version,
+            listed = report.listed,
+            compared = report.compared,
+            drifting = report.drifting,
+            missing = report.missing,
+            persistent = report.persistent,
+            repaired = report.repaired,
+            "reconciled the platform's quantities with the ERP's"
+        );
+        self.keep(&report);
+        Ok(report)
+    }
+
+    fn keep(&self, report: &Report) {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(report.shop.clone(), report.clone());
+        let (tree, key, value) = (self.tree.clone(), report.shop.as_bytes().to_vec(), serde_json::to_vec(report).unwrap_or_default());
+        self.store.write_detached("reconcile", move |ctx| {
+            ctx.insert(&tree, &key, value);
+            Ok(())
+        });
+    }
+}
