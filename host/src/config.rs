@@ -56,6 +56,9 @@ pub struct Config {
     /// The key that seals the credentials berth renews for shops, and how early.
     #[serde(default)]
     pub credentials: berth_core::credentials::CredentialsConfig,
+    /// Nightly reconciliation of the platforms' quantities with the ERP's.
+    #[serde(default)]
+    pub reconcile: berth_core::reconcile::ReconcileConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,
@@ -213,6 +216,10 @@ impl Config {
         self.health.check()?;
         self.alerts.rules()?;
         self.credentials.check()?;
+        self.reconcile.schedule()?;
+        if let Some(unknown) = self.reconcile.shops.iter().flatten().find(|s| !self.shops.contains_key(*s)) {
+            return Err(format!("[reconcile] shops names `{unknown}`, which is not a configured shop"));
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
             let max = berth_core::stock::cluster::MAX_SKUS_PER_CHANGE;

@@ -182,6 +182,9 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     if let (Some(node), Some(c)) = (&node, &cfg.cluster) {
         workers.push(crate::cluster::forward_audit(&node.conn, c, audit.clone(), shutdown_rx.clone()).await?);
     }
+    if let Ok(Some(schedule)) = cfg.reconcile.schedule() {
+        workers.push(tokio::spawn(berth_core::reconcile::run_nightly(reconciler.clone(), shops.clone(), cfg.reconcile.clone(), schedule, shutdown_rx.clone())));
+    }
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
     workers.push(tokio::spawn(registry.clone().share_shadow_reports(shutdown_rx.clone())));
 

@@ -46,6 +46,17 @@ fn bad_values_are_explained() {
     let (code, _, err) = check("[runtime]\ncall_timeout_ms = 0\n");
     assert_eq!(code, Some(2));
     assert!(err.contains("call_timeout_ms"), "{err}");
+    // The nightly reconciliation: a time of day, a zone, shops that exist.
+    for (section, why) in [
+        ("[reconcile]\nat = \"25:00\"\n", "[reconcile] time `25:00` is not HH:MM"),
+        ("[reconcile]\nat = \"02:00\"\ntimezone = \"Mars/Olympus\"\n", "IANA zone name"),
+        ("[reconcile]\nrepair = true\n", "no `at`"),
+        ("[reconcile]\nat = \"02:00\"\nshops = [\"ghost\"]\n", "`ghost`, which is not a configured shop"),
+    ] {
+        let (code, _, err) = check(section);
+        assert_eq!(code, Some(2), "{section}");
+        assert!(err.contains(why), "{section}: {err}");
+    }
 }
 
 #[test]

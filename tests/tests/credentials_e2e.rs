@@ -1,5 +1,5 @@
 //! Credentials that expire, end to end below the service: the Python Shopee connector
-//! (a real 0.3.0 component) refreshes through the credential book against the
+//! (a real 0.4.0 component) refreshes through the credential book against the
 //! simulator's Shopee, which expires access tokens and spends each refresh token when it
 //! hands out the next one. What is asserted is what the platform saw (its refresh and
 //! expired-token counts) and what the book holds on disk.

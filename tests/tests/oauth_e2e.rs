@@ -1,5 +1,5 @@
 //! Onboarding a shop by OAuth, end to end: the berth binary, the Python Shopee connector
-//! (a real 0.3.0 component) and the simulator's Shopee consent page and token endpoint.
+//! (a real 0.4.0 component) and the simulator's Shopee consent page and token endpoint.
 //! An admin starts the onboarding with an HTTP client that follows redirects — berth's
 //! start, the platform's consent page, berth's callback — and the new shop runs: its
 //! orders arrive and its tokens are renewed, with no config edit and no restart. What is

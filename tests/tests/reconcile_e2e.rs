@@ -162,3 +162,56 @@ secrets = {{ access_token = "tok" }}
     assert_eq!(actions.iter().filter(|a| **a == "reconcile").count(), 4, "{actions:?}");
     assert_eq!(actions.iter().filter(|a| **a == "reconcile-repair").count(), 1, "{actions:?}");
 }
+
+/// `[reconcile] at` runs it by itself at that time of day: a report by `nightly` appears
+/// with no one asking, for the shops the section names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_run_happens_at_its_time_for_the_shops_named() {
+    let sim = berth_sim::start(berth_tests::shopify_sim(82, 1, &[("acme", 1), ("other", 1)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    // Three seconds from now, UTC, as a time of day.
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let at_s = now_s + 3;
+    let day = at_s % 86_400;
+    let at = format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60);
+    let config = berth_tests::write_config(
+        dir.path(),
+        &format!(
+            r#"
+{sync}[reconcile]
+at = "{at}"
+timezone = "UTC"
+shops = ["acme"]
+[admin]
+tokens = [{{ name = "watch", token = "{VIEWER}", role = "viewer" }}]
+{connectors}
+[shops.acme]
+connector = "shopify"
+poll_interval_secs = 60
+settings = {{ base_url = "{base}/shopify/acme" }}
+secrets = {{ access_token = "tok" }}
+[shops.other]
+connector = "shopify"
+poll_interval_secs = 60
+settings = {{ base_url = "{base}/shopify/other" }}
+secrets = {{ access_token = "tok" }}
+"#,
+            sync = berth_tests::QUICK_SYNC,
+            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
+        ),
+    );
+    let berth = Berth::start(&config);
+    let report = poll_until(DEADLINE, || async {
+        let (status, r) = api_call(Method::GET, berth.url("/v1/admin/shops/acme/reconcile"), Some(VIEWER), None, None).await;
+        (status == 200).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no nightly reconciliation of acme\n{}", berth.log()));
+    assert_eq!((report["by"].as_str(), report["listed"].as_u64()), (Some("nightly"), Some(24)), "{report}");
+    assert!(report["at_ms"].as_i64().is_some_and(|t| t >= at_s as i64 * 1000), "it ran before its time: {report}");
+    // `other` is not named: not reconciled.
+    let (status, body) = api_call(Method::GET, berth.url("/v1/admin/shops/other/reconcile"), Some(VIEWER), None, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not reconciled yet"), "{body}");
+}

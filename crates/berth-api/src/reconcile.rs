@@ -91,7 +91,7 @@ async fn run(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, Query(
     if target.is_none() {
         return st.refuse(&caller, &action, StatusCode::NOT_FOUND, format!("no shop `{shop}` is configured"));
     }
-    match st.reconciler.run(&shop, target.as_deref(), repair).await {
+    match st.reconciler.run(&shop, target.as_deref(), repair, &caller.name).await {
         Ok(report) => {
             if report.repaired > 0 {
                 st.shops.wake_pusher(&shop);

@@ -30,6 +30,7 @@ pub mod order_budget;
 pub mod queue;
 pub mod reconcile;
 pub mod registry;
+pub mod schedule;
 pub mod shops;
 pub mod stock;
 pub mod store;

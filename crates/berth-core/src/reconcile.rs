@@ -12,6 +12,9 @@
 //! and the normal pusher sets them (its coalescing, throttling and ordering unchanged: a
 //! newer quantity submitted meanwhile wins as always).
 //!
+//! `[reconcile] at` runs it every night for the chosen shops (`run_nightly`); otherwise
+//! it runs when an operator asks.
+//!
 //! Each shop's last report is kept in the store (`reconcile` keyspace), with when each
 //! SKU was first seen drifting, so a drift that persists across runs is told apart (the
 //! `stock-drift` alert) and its age is known.
@@ -25,6 +28,47 @@ use std::sync::{Arc, Mutex};
 
 /// The most drift rows one report keeps (the counts cover them all).
 pub const MAX_ROWS: usize = 10_000;
+
+/// `[reconcile]`: the nightly run.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Time of day of the nightly run, `HH:MM` or `HH:MM:SS`; without it reconciliation
+    /// runs only when asked (`berth reconcile`).
+    pub at: Option<String>,
+    /// `at`'s time zone: an IANA name (`Asia/Shanghai`), an offset (`+08:00`) or UTC (the
+    /// default).
+    pub timezone: Option<String>,
+    /// The shops' tiers to reconcile (all when absent).
+    pub tiers: Option<Vec<berth_types::shop::Tier>>,
+    /// The shops to reconcile (all when absent); with `tiers`, a shop named here or of
+    /// one of the tiers.
+    pub shops: Option<Vec<String>>,
+    /// Queue the drifting SKUs' desired quantities again after the nightly run.
+    #[serde(default)]
+    pub repair: bool,
+}
+
+impl ReconcileConfig {
+    /// The schedule, when there is one; why the section is wrong otherwise.
+    pub fn schedule(&self) -> Result<Option<crate::schedule::Daily>, String> {
+        match &self.at {
+            None if self.timezone.is_some() || self.tiers.is_some() || self.shops.is_some() || self.repair => {
+                Err("[reconcile] sets timezone, tiers, shops or repair but no `at`: give the time of day of the nightly run".into())
+            }
+            None => Ok(None),
+            Some(at) => crate::schedule::Daily::parse(at, self.timezone.as_deref()).map(Some).map_err(|e| format!("[reconcile] {e}")),
+        }
+    }
+
+    /// Whether the nightly run takes `shop` (of `tier`).
+    pub fn takes(&self, shop: &str, tier: berth_types::shop::Tier) -> bool {
+        match (&self.shops, &self.tiers) {
+            (None, None) => true,
+            (shops, tiers) => shops.as_ref().is_some_and(|s| s.iter().any(|x| x == shop)) || tiers.as_ref().is_some_and(|t| t.contains(&tier)),
+        }
+    }
+}
 
 /// One SKU whose platform quantity is not the ERP's.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -69,6 +113,9 @@ pub struct Report {
     /// Whether the run put the drifting SKUs back to the pusher, and how many moved.
     pub repair: bool,
     pub repaired: usize,
+    /// Who asked: `nightly`, or the operator's token name.
+    #[serde(default)]
+    pub by: String,
 }
 
 impl Report {
@@ -169,7 +216,7 @@ impl Reconciler {
 
     /// Compare `shop`'s platform with the ERP's quantities now; with `repair`, push the
     /// drifting SKUs again. The report is kept (and returned).
-    pub async fn run(&self, shop: &str, target: Option<&WebhookShop>, repair: bool) -> Result<Report, ReconcileError> {
+    pub async fn run(&self, shop: &str, target: Option<&WebhookShop>, repair: bool, by: &str) -> Result<Report, ReconcileError> {
         let started = std::time::Instant::now();
         let read = self.reads.read(shop, target, ReadBounds::default()).await?;
         let desired = self.ledger.all(shop)?;
@@ -191,6 +238,7 @@ impl Reconciler {
             drifts: Vec::new(),
             repair,
             repaired: 0,
+            by: by.to_string(),
         };
         let mut to_repair = Vec::new();
         for rec in &desired {
@@ -257,5 +305,39 @@ impl Reconciler {
             ctx.insert(&tree, &key, value);
             Ok(())
         });
+    }
+}
+
+/// Reconcile the shops `cfg` names every night at its time, until shutdown; each shop's
+/// failure is logged and the others go on. Repaired shops' pushers are woken.
+pub async fn run_nightly(
+    reconciler: Arc<Reconciler>,
+    shops: Arc<crate::shops::ShopSet>,
+    cfg: ReconcileConfig,
+    schedule: crate::schedule::Daily,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now = berth_types::clock::now_ms();
+        let next = schedule.next_after(now);
+        tracing::info!(in_secs = (next - now) / 1000, "next nightly reconciliation");
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis((next - now).max(0) as u64)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for shop in shops.names() {
+            let Some(target) = shops.webhook(&shop) else { continue };
+            if !cfg.takes(&shop, target.config.tier) || !target.connector.current().has_listings() {
+                continue;
+            }
+            match reconciler.run(&shop, Some(&target), cfg.repair, "nightly").await {
+                Ok(r) if r.repaired > 0 => shops.wake_pusher(&shop),
+                Ok(_) => {}
+                Err(e) => tracing::error!(shop = %shop, error = %e, "the nightly reconciliation of the shop failed"),
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
     }
 }
