@@ -47,6 +47,20 @@ async fn landed(berth: &Berth, sim: &berth_sim::SimHandle, want: &[(String, u32)
     .expect("the pushes settled");
 }
 
+/// berth.toml: the four roles' tokens, `sections`, and Shopify `shops` at the simulator.
+fn config(dir: &std::path::Path, base: &str, sections: &str, shops: &[&str]) -> std::path::PathBuf {
+    let tokens = format!(
+        "[admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}, \
+         {{ name = \"watch\", token = \"{VIEWER}\", role = \"viewer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n"
+    );
+    let shops: String = shops
+        .iter()
+        .map(|s| format!("[shops.{s}]\nconnector = \"shopify\"\npoll_interval_secs = 60\nsettings = {{ base_url = \"{base}/shopify/{s}\" }}\nsecrets = {{ access_token = \"tok\" }}\n"))
+        .collect();
+    let connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]);
+    berth_tests::write_config(dir, &format!("{}{sections}{tokens}{connectors}{shops}", berth_tests::QUICK_SYNC))
+}
+
 async fn reconcile(berth: &Berth, query: &str) -> Value {
     let (status, body) = api_call(Method::POST, berth.url(&format!("/v1/admin/shops/acme/reconcile{query}")), Some(OPERATOR), None, None).await;
     assert_eq!(status, 200, "{body}\n{}", berth.log());
@@ -68,28 +82,7 @@ async fn drifts_made_at_the_platform_are_found_alerted_and_repaired() {
     let sim = berth_sim::start(berth_tests::shopify_sim(81, 1, &[("acme", 2)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = sim.base_url();
     let dir = tempfile::tempdir().unwrap();
-    let config = berth_tests::write_config(
-        dir.path(),
-        &format!(
-            r#"
-{sync}[stock]
-retry_base_ms = 100
-retry_max_ms = 300
-[alerts]
-evaluate_secs = 1
-[admin]
-tokens = [{{ name = "erp", token = "{ERP}", role = "erp" }}, {{ name = "ops", token = "{OPERATOR}", role = "operator" }}, {{ name = "watch", token = "{VIEWER}", role = "viewer" }}, {{ name = "root", token = "{ADMIN}", role = "admin" }}]
-{connectors}
-[shops.acme]
-connector = "shopify"
-poll_interval_secs = 60
-settings = {{ base_url = "{base}/shopify/acme" }}
-secrets = {{ access_token = "tok" }}
-"#,
-            sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
-        ),
-    );
+    let config = config(dir.path(), &base, "[stock]\nretry_base_ms = 100\nretry_max_ms = 300\n[alerts]\nevaluate_secs = 1\n", &["acme"]);
     let berth = Berth::start(&config);
     let skus: Vec<String> = sim.state.stock(Platform::Shopify, "acme").into_iter().map(|i| i.sku).collect();
     let desired: Vec<(String, u32)> = skus.iter().enumerate().map(|(i, s)| (s.clone(), 100 + i as u32)).collect();
@@ -175,32 +168,7 @@ async fn the_nightly_run_happens_at_its_time_for_the_shops_named() {
     let at_s = now_s + 3;
     let day = at_s % 86_400;
     let at = format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60);
-    let config = berth_tests::write_config(
-        dir.path(),
-        &format!(
-            r#"
-{sync}[reconcile]
-at = "{at}"
-timezone = "UTC"
-shops = ["acme"]
-[admin]
-tokens = [{{ name = "watch", token = "{VIEWER}", role = "viewer" }}]
-{connectors}
-[shops.acme]
-connector = "shopify"
-poll_interval_secs = 60
-settings = {{ base_url = "{base}/shopify/acme" }}
-secrets = {{ access_token = "tok" }}
-[shops.other]
-connector = "shopify"
-poll_interval_secs = 60
-settings = {{ base_url = "{base}/shopify/other" }}
-secrets = {{ access_token = "tok" }}
-"#,
-            sync = berth_tests::QUICK_SYNC,
-            connectors = berth_tests::local_connectors(&[("shopify", plugins::SHOPIFY_REST)]),
-        ),
-    );
+    let config = config(dir.path(), &base, &format!("[reconcile]\nat = \"{at}\"\ntimezone = \"UTC\"\nshops = [\"acme\"]\n"), &["acme", "other"]);
     let berth = Berth::start(&config);
     let report = poll_until(DEADLINE, || async {
         let (status, r) = api_call(Method::GET, berth.url("/v1/admin/shops/acme/reconcile"), Some(VIEWER), None, None).await;
