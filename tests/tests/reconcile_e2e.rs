@@ -163,9 +163,10 @@ async fn the_nightly_run_happens_at_its_time_for_the_shops_named() {
     let sim = berth_sim::start(berth_tests::shopify_sim(82, 1, &[("acme", 1), ("other", 1)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = sim.base_url();
     let dir = tempfile::tempdir().unwrap();
-    // Three seconds from now, UTC, as a time of day.
+    // 25 s from now, UTC, as a time of day: far enough that berth is up before it on a
+    // busy machine (a time already past when the loop starts is tomorrow's).
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let at_s = now_s + 3;
+    let at_s = now_s + 25;
     let day = at_s % 86_400;
     let at = format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60);
     let config = config(dir.path(), &base, &format!("[reconcile]\nat = \"{at}\"\ntimezone = \"UTC\"\nshops = [\"acme\"]\n"), &["acme", "other"]);
