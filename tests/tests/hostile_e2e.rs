@@ -215,11 +215,13 @@ secrets = {{ access_token = "tok" }}
     }
     eprintln!("neighbour: new order in berth after {lags:?} (poll interval 1 s + settle)");
     // The floor is the poll interval plus the 2 s settle (~3 s). Spinning guests that
-    // held their worker threads made it 4.6–7.7 s (median 6.1) in a run without the
-    // yield; with it, 3.1–4.1 s.
+    // held their worker threads made every one 4.6–7.7 s (median 6.1) in a run without
+    // the yield; with it, 3.1–4.1 s on a quiet machine, and up to 4.6 s for some on a
+    // busy CI machine (a median of 4.52 s failed a run there). So: at least two of the
+    // five as fast as the floor allows, none past 8 s.
     let mut sorted = lags.clone();
     sorted.sort();
-    assert!(sorted[2] < Duration::from_millis(4500) && sorted[4] < Duration::from_secs(8), "the neighbour was slowed: {lags:?}");
+    assert!(sorted[1] < Duration::from_millis(4500) && sorted[4] < Duration::from_secs(8), "the neighbour was slowed: {lags:?}");
 
     // The log flood was cut and counted; the host is healthy.
     let metrics = berth_tests::client_as(ERP).get(berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
