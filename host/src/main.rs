@@ -367,12 +367,10 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::ReleaseHold { platform, key, server } => {
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let path = format!("/v1/admin/platforms/{}/holds/{}/release", enc(&platform), enc(&key));
                 AdminClient::from_env(server.url, server.ca_file)?.call(Method::POST, &path, Body::Empty).await
             }
             Command::StockHolds { shop, action, id, server } => {
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let client = AdminClient::from_env(server.url, server.ca_file)?;
                 match (action.as_str(), id) {
                     ("list", _) => client.call(Method::GET, &format!("/v1/admin/shops/{}/stock/holds", enc(&shop)), Body::Empty).await,
@@ -384,7 +382,6 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 }
             }
             Command::ResumeWrites { platform, shop, server } => {
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let path = match (platform, shop) {
                     (_, Some(shop)) => format!("/v1/admin/shops/{}/stock/resume", enc(&shop)),
                     (Some(p), None) => format!("/v1/admin/platforms/{}/writes/resume", enc(&p)),
@@ -394,7 +391,6 @@ async fn admin_command(cmd: Command) -> ExitCode {
             }
             Command::Drill { scenario, shop, duration, server } => {
                 let secs = parse_duration(&duration).ok_or_else(|| ClientError::Usage(format!("--duration `{duration}`: give seconds, `90s` or `2m`")))?;
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let client = AdminClient::from_env(server.url, server.ca_file)?;
                 let body = Body::Json(serde_json::json!({ "scenario": scenario, "duration_secs": secs }));
                 let started = client.call(Method::POST, &format!("/v1/admin/shops/{}/drills", enc(&shop)), body).await?;
@@ -409,7 +405,6 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 }
             }
             Command::Reconcile { shop, repair, csv, last, server } => {
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
                 let format = if csv { "csv" } else { "json" };
                 let client = AdminClient::from_env(server.url, server.ca_file)?;
                 if last {
@@ -437,6 +432,11 @@ async fn admin_command(cmd: Command) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `s` as one URL path segment.
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 /// `90`, `90s` or `2m` as seconds.

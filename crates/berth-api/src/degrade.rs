@@ -16,7 +16,7 @@ use berth_core::stock::StockError;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
 use axum::Router;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
@@ -42,12 +42,8 @@ fn status_of(e: &DegradeError) -> StatusCode {
 }
 
 fn csv_response(batch: &str, skus: usize, body: String) -> Response {
-    let mut resp = (StatusCode::OK, body).into_response();
+    let mut resp = super::listings::csv_attachment(body, &format!("{batch}.csv"));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{batch}.csv\"")) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
     if let Ok(v) = HeaderValue::from_str(batch) {
         h.insert("x-berth-export-batch", v);
     }

@@ -25,10 +25,9 @@ pub struct ListingQuery {
 }
 
 pub async fn get(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(shop): Path<String>, Query(q): Query<ListingQuery>) -> Response {
-    let csv = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => return error(StatusCode::BAD_REQUEST, format!("format `{other}`: give json or csv")),
+    let csv = match csv_wanted(q.format.as_deref()) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     if !caller.sees(&shop) {
         return super::no_such_shop(&st, &caller, &shop);
@@ -66,12 +65,27 @@ fn csv_answer(read: &ShopListings) -> Response {
         Ok(b) => b,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the listings as CSV: {e}")),
     };
+    let mut resp = csv_attachment(body, &format!("{}-listings.csv", read.shop));
+    resp.headers_mut().insert("x-berth-listings", HeaderValue::from(read.listings.len()));
+    resp
+}
+
+/// Whether a `format` query asks for CSV (`json`, the default, or `csv`), or the 400.
+pub(crate) fn csv_wanted(format: Option<&str>) -> Result<bool, Response> {
+    match format {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(error(StatusCode::BAD_REQUEST, format!("format `{other}`: give json or csv"))),
+    }
+}
+
+/// A 200 with `body` as a CSV file named `filename`.
+pub(crate) fn csv_attachment(body: String, filename: &str) -> Response {
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}-listings.csv\"", read.shop)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    h.insert("x-berth-listings", HeaderValue::from(read.listings.len()));
     resp
 }

@@ -9,7 +9,8 @@
 use super::admin::{Action, AdminState};
 use super::error;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use super::listings::{csv_attachment, csv_wanted};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -35,29 +36,12 @@ pub struct ReadQuery {
     format: Option<String>,
 }
 
-/// Whether the answer is CSV (`format=csv`), or why the format is refused.
-fn csv_wanted(format: Option<&str>) -> Result<bool, Response> {
-    match format {
-        None | Some("json") => Ok(false),
-        Some("csv") => Ok(true),
-        Some(other) => Err(error(StatusCode::BAD_REQUEST, format!("format `{other}`: give json or csv"))),
-    }
-}
-
 fn answer(report: &Report, csv: bool) -> Response {
     if !csv {
         return Json(report).into_response();
     }
     match report.csv_text() {
-        Ok(body) => {
-            let mut resp = (StatusCode::OK, body).into_response();
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}-drift-{}.csv\"", report.shop, report.at_ms)) {
-                h.insert(header::CONTENT_DISPOSITION, v);
-            }
-            resp
-        }
+        Ok(body) => csv_attachment(body, &format!("{}-drift-{}.csv", report.shop, report.at_ms)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the drifts as CSV: {e}")),
     }
 }

@@ -54,14 +54,22 @@ pub struct ShopListings {
 impl ShopListings {
     /// The listings as CSV: a header row, then one row per listing.
     pub fn csv_text(&self) -> Result<String, csv::Error> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(["sku", "item_id", "variant_id", "title", "quantity", "price_minor", "currency"])?;
-        for l in &self.listings {
-            w.write_record([&l.sku, &l.item_id, l.variant_id.as_deref().unwrap_or(""), &l.title, &l.quantity.to_string(), &l.price_minor.to_string(), &l.currency])?;
-        }
-        let bytes = w.into_inner().map_err(|e| e.into_error())?;
-        Ok(String::from_utf8(bytes).unwrap_or_default())
+        let rows = self.listings.iter().map(|l| {
+            [&l.sku, &l.item_id, l.variant_id.as_deref().unwrap_or(""), &l.title, &l.quantity.to_string(), &l.price_minor.to_string(), &l.currency].map(str::to_string)
+        });
+        csv_of(&["sku", "item_id", "variant_id", "title", "quantity", "price_minor", "currency"], rows)
     }
+}
+
+/// A header row and the rows, as CSV text.
+pub(crate) fn csv_of<R: AsRef<[String]>>(header: &[&str], rows: impl IntoIterator<Item = R>) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for row in rows {
+        w.write_record(row.as_ref())?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8(bytes).unwrap_or_default())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,13 +133,6 @@ impl ListingReads {
         }
         let _running = Running { reads: self, shop: shop.to_string() };
         read_all(shop, target, bounds).await
-    }
-
-    /// The shops whose listings are being read now.
-    pub fn running(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-        v.sort();
-        v
     }
 }
 

@@ -121,21 +121,18 @@ pub struct Report {
 impl Report {
     /// The drifts as CSV: a header row, then one row per drift.
     pub fn csv_text(&self) -> Result<String, csv::Error> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(["sku", "platform_quantity", "desired_quantity", "desired_seq", "since_ms", "runs"])?;
-        for d in &self.drifts {
-            let opt = |v: Option<String>| v.unwrap_or_default();
-            w.write_record([
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let rows = self.drifts.iter().map(|d| {
+            [
                 d.sku.clone(),
                 opt(d.platform_quantity.map(|q| q.to_string())),
                 d.desired_quantity.to_string(),
                 opt(d.desired_seq.map(|s| s.to_string())),
                 d.since_ms.to_string(),
                 d.runs.to_string(),
-            ])?;
-        }
-        let bytes = w.into_inner().map_err(|e| e.into_error())?;
-        Ok(String::from_utf8(bytes).unwrap_or_default())
+            ]
+        });
+        crate::listings::csv_of(&["sku", "platform_quantity", "desired_quantity", "desired_seq", "since_ms", "runs"], rows)
     }
 }
 
@@ -201,17 +198,6 @@ impl Reconciler {
             .values()
             .map(|r| DriftView { shop: r.shop.clone(), at_ms: r.at_ms, drifting: r.drifting + r.missing, persistent: r.persistent })
             .collect()
-    }
-
-    /// Forget a shop's report (the shop went away).
-    pub fn forget(&self, shop: &str) {
-        if self.last.lock().unwrap_or_else(|e| e.into_inner()).remove(shop).is_some() {
-            let (tree, key) = (self.tree.clone(), shop.as_bytes().to_vec());
-            self.store.write_detached("reconcile", move |ctx| {
-                ctx.remove(&tree, &key);
-                Ok(())
-            });
-        }
     }
 
     /// Compare `shop`'s platform with the ERP's quantities now; with `repair`, push the

@@ -905,10 +905,26 @@ impl LoadedConnector {
         cfg: Arc<ShopConfig>,
         started: std::time::Instant,
     ) -> Result<(Running, Connector, breaker::Ticket<'_>), CallError> {
+        let (mut store, ticket) = self.admitted(call, shop, cfg, started).await?;
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(inst) => Ok((store, inst, ticket)),
+            Err(e) => {
+                let e = CallError::Instantiate(format!("{e}"));
+                self.observe(call, call_error_outcome(&e), started, None);
+                self.judge(ticket, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// A store for one call of `shop` once the breaker admits it, with the ticket the
+    /// call's end is judged by; a refusal or a failure to get the store is counted and
+    /// judged here.
+    async fn admitted(&self, call: &'static str, shop: &str, cfg: Arc<ShopConfig>, started: std::time::Instant) -> Result<(Running, breaker::Ticket<'_>), CallError> {
         let ticket = self.breaker.admit().map_err(|r| CallError::Isolated { call, retry_in: r.retry_in, reason: r.reason });
         let ticket = ticket.inspect_err(|e| self.observe(call, call_error_outcome(e), started, None))?;
-        match self.instance(call, Some((shop.to_string(), cfg))).await {
-            Ok((store, inst)) => Ok((store, inst, ticket)),
+        match self.store_for(call, Some((shop.to_string(), cfg))).await {
+            Ok(store) => Ok((store, ticket)),
             Err(e) => {
                 self.observe(call, call_error_outcome(&e), started, None);
                 self.judge(ticket, Some(&e));

@@ -40,16 +40,7 @@ impl LoadedConnector {
             self.observe(CALL, call_error_outcome(&e), started, None);
             return Err(e);
         };
-        let ticket = self.breaker.admit().map_err(|r| CallError::Isolated { call: CALL, retry_in: r.retry_in, reason: r.reason });
-        let ticket = ticket.inspect_err(|e| self.observe(CALL, call_error_outcome(e), started, None))?;
-        let mut running = match self.store_for(CALL, Some((shop.to_string(), cfg))).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.observe(CALL, call_error_outcome(&e), started, None);
-                self.judge(ticket, Some(&e));
-                return Err(e);
-            }
-        };
+        let (mut running, ticket) = self.admitted(CALL, shop, cfg, started).await?;
         let r = match pre.instantiate_async(&mut running).await {
             Err(e) => Err(CallError::Instantiate(format!("{e}"))),
             Ok(inst) => {
