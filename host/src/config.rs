@@ -59,6 +59,9 @@ pub struct Config {
     /// Nightly reconciliation of the platforms' quantities with the ERP's.
     #[serde(default)]
     pub reconcile: berth_core::reconcile::ReconcileConfig,
+    /// Nightly snapshots (Parquet) and the fallback stock served from them.
+    #[serde(default)]
+    pub snapshots: berth_snapshot::SnapshotConfig,
     /// Host-side rate limits per platform id (the manifest's `platform`).
     #[serde(default)]
     pub platforms: BTreeMap<String, PlatformConfig>,
@@ -219,6 +222,14 @@ impl Config {
         self.reconcile.schedule()?;
         if let Some(unknown) = self.reconcile.shops.iter().flatten().find(|s| !self.shops.contains_key(*s)) {
             return Err(format!("[reconcile] shops names `{unknown}`, which is not a configured shop"));
+        }
+        let snapshots = self.snapshots.schedule()?;
+        self.snapshots.zone()?;
+        if let Some(unknown) = self.snapshots.shops.iter().flatten().find(|s| !self.shops.contains_key(*s)) {
+            return Err(format!("[snapshots] shops names `{unknown}`, which is not a configured shop"));
+        }
+        if self.reconcile.after_snapshot && snapshots.is_none() {
+            return Err("[reconcile] after_snapshot = true but [snapshots] has no `at`: give the snapshots a time of day, or the reconciliation its own `at`".into());
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

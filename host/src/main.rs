@@ -201,6 +201,18 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Take a snapshot of a shop now: its listings (read from the platform), orders
+    /// updated in the last `[snapshots] orders_days` and desired stock, as Parquet files
+    /// with a manifest under `[snapshots] dir`/SHOP/DATE. Operator role; audited.
+    /// --list prints the shop's snapshots (and its last failure) instead.
+    Snapshot {
+        #[arg(long)]
+        shop: String,
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        server: Server,
+    },
     /// List connectors with their active and deployed versions.
     Connectors {
         #[command(flatten)]
@@ -412,6 +424,10 @@ async fn admin_command(cmd: Command) -> ExitCode {
                 } else {
                     client.call(Method::POST, &format!("/v1/admin/shops/{}/reconcile?repair={repair}&format={format}", enc(&shop)), Body::Empty).await
                 }
+            }
+            Command::Snapshot { shop, list, server } => {
+                let method = if list { Method::GET } else { Method::POST };
+                AdminClient::from_env(server.url, server.ca_file)?.call(method, &format!("/v1/admin/shops/{}/snapshots", enc(&shop)), Body::Empty).await
             }
             Command::Connectors { server } => AdminClient::from_env(server.url, server.ca_file)?.call(Method::GET, "/v1/admin/connectors", Body::Empty).await,
             Command::Serve { .. } | Command::CheckConfig { .. } | Command::ClusterCheck { .. } | Command::Plugin { .. } => unreachable!("handled in main"),

@@ -53,6 +53,8 @@ pub enum StartError {
     Drills(#[from] berth_ops::drills::DrillError),
     #[error("cannot open the reconciliation reports: {0}")]
     Reconcile(#[from] berth_core::reconcile::ReconcileError),
+    #[error("{0}")]
+    Snapshots(String),
     #[error("TLS: {0}; check [server] tls_cert and tls_key")]
     Tls(#[from] berth_api::listener::TlsError),
     #[error("credentials: {0}; check [credentials] key_file / key_env")]
@@ -159,8 +161,14 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     }
     events.subscribe(alerts.clone());
     let reconciler = Arc::new(berth_core::reconcile::Reconciler::open(&storage, durable.ledger.clone(), Default::default())?);
+    let snapshots = Arc::new(
+        berth_snapshot::Snapshotter::new(cfg.snapshots.clone(), &cfg.server.data_dir, reconciler.reads().clone(), durable.store.clone(), durable.ledger.clone())
+            .map_err(StartError::Snapshots)?,
+    );
+    snapshots.tidy(&shops.names());
     let sources = berth_ops::alerts::Sources {
         reconciler: reconciler.clone(),
+        snapshots: snapshots.clone(),
         registry: registry.clone(),
         inbox: durable.inbox.clone(),
         stock: durable.ledger.clone(),
@@ -185,12 +193,16 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
     if let Ok(Some(schedule)) = cfg.reconcile.schedule() {
         workers.push(tokio::spawn(berth_core::reconcile::run_nightly(reconciler.clone(), shops.clone(), cfg.reconcile.clone(), schedule, shutdown_rx.clone())));
     }
+    if let Ok(Some(schedule)) = cfg.snapshots.schedule() {
+        let reconcile = cfg.reconcile.after_snapshot.then(|| (reconciler.clone(), cfg.reconcile.clone()));
+        workers.push(tokio::spawn(berth_snapshot::run_nightly(snapshots.clone(), shops.clone(), reconcile, schedule, shutdown_rx.clone())));
+    }
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));
     workers.push(tokio::spawn(registry.clone().share_shadow_reports(shutdown_rx.clone())));
 
     let connectors = registry.slots().len();
     let cluster = node.as_ref().map(|n| n.leases.clone());
-    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, drills, reconciler, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
+    let app = router(&cfg, Routed { durable: &durable, services, registry, shops: shops.clone(), health, alerts, drills, reconciler, snapshots, delivery, admin_auth, audit, metrics: &metrics, credentials, onboarding, cluster });
     let limits = api::listener::Limits {
         max_connections: cfg.server.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -509,6 +521,7 @@ struct Routed<'a> {
     alerts: Arc<berth_ops::alerts::Alerts>,
     drills: Arc<berth_ops::drills::Drills>,
     reconciler: Arc<berth_core::reconcile::Reconciler>,
+    snapshots: Arc<berth_snapshot::Snapshotter>,
     delivery: Option<berth_core::delivery::SharedDeliveryStatus>,
     admin_auth: Arc<berth_api::auth::AdminAuth>,
     audit: Arc<berth_core::audit::AuditLog>,
@@ -544,6 +557,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         onboarding: r.onboarding,
         drills: r.drills.clone(),
         reconciler: r.reconciler.clone(),
+        snapshots: r.snapshots.clone(),
     }));
     let state = Arc::new(ApiState {
         store: r.durable.store.clone(),
@@ -558,6 +572,7 @@ fn router(cfg: &Config, r: Routed<'_>) -> axum::Router {
         drills: r.drills,
         listings: r.reconciler.reads().clone(),
         reconciler: r.reconciler,
+        snapshots: r.snapshots,
         max_response_bytes: cfg.erp.max_response_bytes as usize,
         metrics: r.metrics.ops.clone(),
         credentials: r.credentials,

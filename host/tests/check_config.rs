@@ -50,8 +50,18 @@ fn bad_values_are_explained() {
     for (section, why) in [
         ("[reconcile]\nat = \"25:00\"\n", "[reconcile] time `25:00` is not HH:MM"),
         ("[reconcile]\nat = \"02:00\"\ntimezone = \"Mars/Olympus\"\n", "IANA zone name"),
-        ("[reconcile]\nrepair = true\n", "no `at`"),
+        ("[reconcile]\nrepair = true\n", "neither `at` nor `after_snapshot`"),
         ("[reconcile]\nat = \"02:00\"\nshops = [\"ghost\"]\n", "`ghost`, which is not a configured shop"),
+        ("[reconcile]\nat = \"02:00\"\nafter_snapshot = true\n", "both `at` and `after_snapshot`"),
+        ("[reconcile]\nafter_snapshot = true\n", "[snapshots] has no `at`"),
+        // Snapshots: the same, and bounds that must hold.
+        ("[snapshots]\nat = \"02:00\"\nshops = [\"ghost\"]\n", "[snapshots] shops names `ghost`"),
+        ("[snapshots]\nshops = [\"acme\"]\n", "[snapshots] sets tiers or shops but no `at`"),
+        ("[snapshots]\nat = \"2am\"\n", "[snapshots] time `2am` is not HH:MM"),
+        ("[snapshots]\ntimezone = \"Mars/Olympus\"\n", "IANA zone name"),
+        ("[snapshots]\nkeep_days = 0\n", "keep_days must be at least 1"),
+        ("[snapshots]\nfallback_after_mins = 0\n", "fallback_after_mins must be at least 1"),
+        ("[snapshots]\nkeep = 3\n", "unknown field `keep`"),
     ] {
         let (code, _, err) = check(section);
         assert_eq!(code, Some(2), "{section}");

@@ -239,6 +239,27 @@ where
     }
 }
 
+/// Whether the alert `fingerprint` comes to be firing (`true`) or not (`false`) within
+/// `deadline`, as `token` reads `/v1/alerts`.
+pub async fn alert_becomes(berth: &Berth, token: &str, fingerprint: &str, firing: bool, deadline: Duration) -> bool {
+    poll_until(deadline, || async {
+        let a = get_json_as(token, berth.url("/v1/alerts")).await;
+        let found = a["firing"].as_array()?.iter().any(|f| f["fingerprint"] == fingerprint);
+        (found == firing).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// A UTC time of day `secs` from now, for a nightly job the test waits for: the Unix
+/// second it falls on and `HH:MM:SS`. Give berth time to start before it: a time already
+/// past when its loop starts is tomorrow's.
+pub fn time_of_day_in(secs: u64) -> (u64, String) {
+    let at_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + secs;
+    let day = at_s % 86_400;
+    (at_s, format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60))
+}
+
 /// Raise this process's own open-file limit to its hard limit (or `want`, if lower);
 /// returns the limit now in force.
 pub fn raise_nofile(want: u64) -> u64 {

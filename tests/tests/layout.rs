@@ -44,9 +44,10 @@ fn each_crate_depends_only_on_crates_below_it() {
         ("berth-runtime", &["berth-types"]),
         ("berth-capabilities", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime"]),
         ("berth-core", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities"]),
-        ("berth-ops", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core"]),
-        ("berth-api", &["berth-types", "berth-runtime", "berth-capabilities", "berth-core", "berth-ops", "berth-cluster"]),
-        ("berth-host", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core", "berth-ops", "berth-api"]),
+        ("berth-snapshot", &["berth-types", "berth-storage", "berth-core"]),
+        ("berth-ops", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core", "berth-snapshot"]),
+        ("berth-api", &["berth-types", "berth-runtime", "berth-capabilities", "berth-core", "berth-snapshot", "berth-ops", "berth-cluster"]),
+        ("berth-host", &["berth-types", "berth-storage", "berth-cluster", "berth-runtime", "berth-capabilities", "berth-core", "berth-snapshot", "berth-ops", "berth-api"]),
     ];
     for (krate, allowed) in below {
         let have = deps.get(*krate).unwrap_or_else(|| panic!("{krate} is not in the workspace: {deps:?}"));

@@ -68,13 +68,7 @@ async fn reconcile(berth: &Berth, query: &str) -> Value {
 }
 
 async fn alert(berth: &Berth, fingerprint: &str, firing: bool) -> bool {
-    poll_until(DEADLINE, || async {
-        let a = get_json_as(VIEWER, berth.url("/v1/alerts")).await;
-        let found = a["firing"].as_array()?.iter().any(|f| f["fingerprint"] == fingerprint);
-        (found == firing).then_some(())
-    })
-    .await
-    .is_some()
+    berth_tests::alert_becomes(berth, VIEWER, fingerprint, firing, DEADLINE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +159,7 @@ async fn the_nightly_run_happens_at_its_time_for_the_shops_named() {
     let dir = tempfile::tempdir().unwrap();
     // 25 s from now, UTC, as a time of day: far enough that berth is up before it on a
     // busy machine (a time already past when the loop starts is tomorrow's).
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let at_s = now_s + 25;
-    let day = at_s % 86_400;
-    let at = format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60);
+    let (at_s, at) = berth_tests::time_of_day_in(25);
     let config = config(dir.path(), &base, &format!("[reconcile]\nat = \"{at}\"\ntimezone = \"UTC\"\nshops = [\"acme\"]\n"), &["acme", "other"]);
     let berth = Berth::start(&config);
     let report = poll_until(DEADLINE, || async {

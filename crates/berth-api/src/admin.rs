@@ -34,6 +34,8 @@ pub struct AdminState {
     pub drills: Arc<berth_ops::drills::Drills>,
     /// Reconciliation (api/reconcile.rs).
     pub reconciler: Arc<berth_core::reconcile::Reconciler>,
+    /// Snapshots (api/snapshots.rs).
+    pub snapshots: Arc<berth_snapshot::Snapshotter>,
 }
 
 /// The routes about connectors, versions, pauses, holds and the audit log (the degraded

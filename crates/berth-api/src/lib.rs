@@ -22,6 +22,7 @@ pub mod listings;
 pub mod metrics;
 pub mod oauth;
 pub mod reconcile;
+pub mod snapshots;
 pub mod status;
 pub mod stock;
 
@@ -113,6 +114,8 @@ pub struct ApiState {
     pub listings: Arc<berth_core::listings::ListingReads>,
     /// Reconciliation and its last reports.
     pub reconciler: Arc<berth_core::reconcile::Reconciler>,
+    /// Snapshots, and the fallback stock served from them.
+    pub snapshots: Arc<berth_snapshot::Snapshotter>,
     /// `[erp] max_response_bytes`: orders one read or lease answers with (at least one).
     pub max_response_bytes: usize,
     /// Rendered at `/metrics` (queue gauges are set just before).
@@ -131,6 +134,7 @@ pub fn admin_router(state: Arc<admin::AdminState>) -> Router {
         .merge(guards::routes())
         .merge(drills::routes())
         .merge(reconcile::routes())
+        .merge(snapshots::routes())
         .merge(oauth::routes())
         .with_state(state)
 }
@@ -150,6 +154,7 @@ pub fn router(state: Arc<ApiState>, gate: Arc<gate::Gate>, metrics_public: bool)
         .route("/v1/orders/nack", post(nack_orders))
         .route("/v1/orders/extend", post(extend_orders))
         .route("/v1/shops/{shop}/stock", get(stock::list).post(stock::submit))
+        .route("/v1/shops/{shop}/stock/fallback", get(snapshots::fallback))
         .route("/v1/shops/{shop}/stock/{sku}", get(stock::one))
         .route("/v1/shops/{shop}/listings", get(listings::get));
     let operate = Router::new()
@@ -213,6 +218,7 @@ async fn index() -> &'static str {
      GET /v1/shops/{shop}/stock[/{sku}]             per-SKU push results (?state=pending|pushed|rejected|dead)\n\
      POST /v1/shops/{shop}/stock/dead-letters/replay {skus}  retry rejected or dead SKUs (purge: forget them)\n\
      GET /v1/stock/queue                            stock push backlog per shop\n\
+     GET /v1/shops/{shop}/stock/fallback            the last snapshot's quantities (stale) while the platform is down\n\
      POST /v1/webhooks/{shop}                       a platform's webhook for the shop (signature checked by its connector)\n\
      GET /v1/shops                                  per-shop pull status\n\
      GET /v1/health                                 per-shop probes, availability and SLA; per connector and tier\n\
@@ -904,6 +910,7 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     }
     st.metrics.export_health(&st.health);
     st.metrics.export_drift(&st.reconciler.drift());
+    st.metrics.export_snapshots(&st.snapshots.taken());
     st.services.http_metrics.quota_usage(&st.services.limits.usage());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }

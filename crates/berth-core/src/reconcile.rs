@@ -20,7 +20,7 @@
 //! `stock-drift` alert) and its age is known.
 
 use crate::ingest::WebhookShop;
-use crate::listings::{ListingError, ListingReads, ReadBounds};
+use crate::listings::{ListingError, ListingReads, ReadBounds, ShopListings};
 use crate::stock::{SkuState, StockError, StockLedger};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -47,14 +47,20 @@ pub struct ReconcileConfig {
     /// Queue the drifting SKUs' desired quantities again after the nightly run.
     #[serde(default)]
     pub repair: bool,
+    /// Reconcile each shop right after its nightly snapshot (`[snapshots] at`), on the
+    /// listings the snapshot read, instead of at a time of its own.
+    #[serde(default)]
+    pub after_snapshot: bool,
 }
 
 impl ReconcileConfig {
     /// The schedule, when there is one; why the section is wrong otherwise.
     pub fn schedule(&self) -> Result<Option<crate::schedule::Daily>, String> {
         match &self.at {
-            None if self.timezone.is_some() || self.tiers.is_some() || self.shops.is_some() || self.repair => {
-                Err("[reconcile] sets timezone, tiers, shops or repair but no `at`: give the time of day of the nightly run".into())
+            Some(_) if self.after_snapshot => Err("[reconcile] sets both `at` and `after_snapshot`: the nightly run is at its own time or right after the snapshot, not both".into()),
+            None if self.after_snapshot && self.timezone.is_some() => Err("[reconcile] sets timezone with after_snapshot: the snapshot's time decides ([snapshots] timezone)".into()),
+            None if !self.after_snapshot && (self.timezone.is_some() || self.tiers.is_some() || self.shops.is_some() || self.repair) => {
+                Err("[reconcile] sets timezone, tiers, shops or repair but neither `at` nor `after_snapshot`: give the time of day of the nightly run, or run it after the snapshot".into())
             }
             None => Ok(None),
             Some(at) => crate::schedule::Daily::parse(at, self.timezone.as_deref()).map(Some).map_err(|e| format!("[reconcile] {e}")),
@@ -205,6 +211,12 @@ impl Reconciler {
     pub async fn run(&self, shop: &str, target: Option<&WebhookShop>, repair: bool, by: &str) -> Result<Report, ReconcileError> {
         let started = std::time::Instant::now();
         let read = self.reads.read(shop, target, ReadBounds::default()).await?;
+        self.compare(shop, &read, started, repair, by).await
+    }
+
+    /// Compare listings read already (the nightly snapshot's, read at `started`) with the
+    /// ERP's quantities; with `repair`, push the drifting SKUs again. The report is kept.
+    pub async fn compare(&self, shop: &str, read: &ShopListings, started: std::time::Instant, repair: bool, by: &str) -> Result<Report, ReconcileError> {
         let desired = self.ledger.all(shop)?;
         let listed: HashMap<&str, i64> = read.listings.iter().filter(|l| !l.sku.is_empty()).map(|l| (l.sku.as_str(), l.quantity)).collect();
         let before = self.last(shop);

@@ -2,7 +2,7 @@
 //! daylight saving: a time the clocks skip that day runs when they land past it, a time
 //! they pass twice runs the first time.
 
-use berth_capabilities::windows::{parse_zone, Zone};
+pub use berth_capabilities::windows::{parse_zone, Zone};
 use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
 
 /// Every day at `at` in `zone`.

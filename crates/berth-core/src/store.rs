@@ -332,6 +332,39 @@ impl EmbeddedOrders {
         Ok(durable.max(next))
     }
 
+    /// The sequence to read on from so that no entry received at or after `since_ms`
+    /// is skipped: a binary search over the feed (sequences are given in receipt order,
+    /// so an entry's `received_at_ms` grows with its sequence, give or take a clock step,
+    /// which a margin in the caller's `since_ms` covers).
+    pub fn seq_received_before(&self, since_ms: i64) -> Result<u64, StoreError> {
+        #[derive(Deserialize)]
+        struct At {
+            received_at_ms: i64,
+        }
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        // The first entry at or after `seq`: its sequence and receipt time.
+        let at = |seq: u64| -> Result<Option<(u64, i64)>, StoreError> {
+            match self.feed.range(seq.to_be_bytes()..=durable.to_be_bytes()).next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, v) = item?;
+                    let at: At = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("order feed entry: {e}")))?;
+                    Ok(Some((seq_of(&k)?, at.received_at_ms)))
+                }
+            }
+        };
+        // Invariant: every entry up to `lo` was received before `since_ms`.
+        let (mut lo, mut hi) = (0u64, durable);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match at(mid)? {
+                Some((seq, received)) if received < since_ms => lo = seq.max(mid),
+                _ => hi = mid - 1,
+            }
+        }
+        Ok(lo)
+    }
+
     /// Entries in the feed (a counter: the same cost at any size).
     pub fn feed_len(&self) -> usize {
         self.feed_len.load(Ordering::SeqCst) as usize
@@ -487,6 +520,46 @@ impl OrderStore {
         }
     }
 
+    /// The newest version of every order of `shop` updated at or after `since_ms`, by
+    /// order id: at most `max` orders (`None` past it). Blocking, like [`OrderStore::scan`].
+    pub fn updated_since(&self, shop: &str, since_ms: i64, max: usize) -> Result<Option<Vec<OrderRecord>>, StoreError> {
+        // A version updated since then was received since then (an hour's margin for the
+        // clock); the cluster's stream is read from its start, one shop's subjects.
+        let from = match self {
+            OrderStore::Embedded(e) => e.seq_received_before(since_ms.saturating_sub(3_600_000))?,
+            OrderStore::Cluster(_) => 0,
+        };
+        let mut newest: std::collections::BTreeMap<String, OrderRecord> = std::collections::BTreeMap::new();
+        let (mut failed, mut over) = (None, false);
+        let wanted = |s: &str| s == shop;
+        let mut after = from;
+        loop {
+            let before = after;
+            after = self.scan(after, 10_000, usize::MAX, Some(&wanted), Some(shop), |v| {
+                match serde_json::from_slice::<OrderRecord>(&v) {
+                    Ok(rec) if rec.order.updated_at_ms >= since_ms => {
+                        if newest.get(&rec.order.order_id).is_none_or(|old| old.order.updated_at_ms <= rec.order.updated_at_ms) {
+                            newest.insert(rec.order.order_id.clone(), rec);
+                        }
+                        over = newest.len() > max;
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed = Some(StoreError::Corrupt(format!("order feed entry: {e}"))),
+                }
+                failed.is_none() && !over
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if over {
+                return Ok(None);
+            }
+            if after == before {
+                return Ok(Some(newest.into_values().collect()));
+            }
+        }
+    }
+
     /// Entries in the feed (embedded store: a counter, the same cost at any size; 0 in
     /// cluster mode, see [`OrderStore::feed_info`]).
     pub fn feed_len(&self) -> usize {
@@ -558,6 +631,27 @@ mod tests {
         assert_eq!(store.list(all[1].seq, 100, None).unwrap().len(), 1);
         assert_eq!(store.list(0, 100, Some("other")).unwrap().len(), 0);
         assert_eq!(store.sync_state("acme").await.unwrap(), st);
+    }
+
+    #[tokio::test]
+    async fn orders_updated_since_are_each_order_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OrderStore::open(dir.path()).unwrap();
+        let other = PageSource { shop: "other", ..SRC };
+        let st = SyncState::default();
+        let day = 86_400_000;
+        let now = now_ms();
+        store.commit_page(&SRC, &[order("old", now - 30 * day), order("1", now - 2 * day), order("2", now - day)], &st).await.unwrap();
+        store.commit_page(&other, &[order("9", now)], &st).await.unwrap();
+        store.commit_page(&SRC, &[order("1", now - 1000), order("old", now - 29 * day)], &st).await.unwrap();
+        let got = store.updated_since("acme", now - 7 * day, 10).unwrap().unwrap();
+        let ids: Vec<(&str, i64)> = got.iter().map(|r| (r.order.order_id.as_str(), r.order.updated_at_ms)).collect();
+        assert_eq!(ids, vec![("1", now - 1000), ("2", now - day)]);
+        assert!(store.updated_since("acme", now - 7 * day, 1).unwrap().is_none(), "past the bound");
+        let OrderStore::Embedded(e) = &store else { unreachable!() };
+        // Every entry was received now: none before an hour ago, all before an hour on.
+        assert_eq!(e.seq_received_before(now - 3_600_000).unwrap(), 0);
+        assert_eq!(e.seq_received_before(now + 3_600_000).unwrap(), 6);
     }
 
     #[tokio::test]

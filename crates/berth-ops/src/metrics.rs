@@ -52,7 +52,7 @@ pub struct SlaLabels {
     pub tier: String,
 }
 
-/// One reconciled shop (as many as the shops reconciled, never more).
+/// One reconciled shop, or one with a snapshot (as many as configured shops, never more).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftLabels {
     pub shop: String,
@@ -109,6 +109,7 @@ pub struct Metrics {
     alert_notifications: Family<ReceiverLabels, Counter>,
     credential_refreshes: Family<OutcomeLabels, Counter>,
     stock_drift: Family<DriftLabels, Gauge>,
+    snapshot_taken: Family<DriftLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,11 +137,17 @@ impl Metrics {
             alert_notifications: Family::default(),
             credential_refreshes: Family::default(),
             stock_drift: Family::default(),
+            snapshot_taken: Family::default(),
         };
         m.registry.register(
             "stock_drift_skus",
             "SKUs whose platform quantity differed from the ERP's at the shop's last reconciliation (missing ones included)",
             m.stock_drift.clone(),
+        );
+        m.registry.register(
+            "snapshot_taken_timestamp_seconds",
+            "When the shop's last snapshot was taken (Unix seconds): alert on its age to catch nights without one",
+            m.snapshot_taken.clone(),
         );
         m.registry.register("queue_ready", "Items waiting to be taken (orders for the ERP, SKUs due for a push)", m.queue_depth.clone());
         m.registry.register("queue_in_flight", "Items leased or waiting for a retry", m.queue_in_flight.clone());
@@ -182,6 +189,14 @@ impl Metrics {
         self.stock_drift.clear();
         for d in drift {
             self.stock_drift.get_or_create(&DriftLabels { shop: d.shop.clone() }).set(d.drifting as i64);
+        }
+    }
+
+    /// Set the snapshot gauge (at scrape time): one series per shop with a snapshot.
+    pub fn export_snapshots(&self, taken: &std::collections::BTreeMap<String, i64>) {
+        self.snapshot_taken.clear();
+        for (shop, at_ms) in taken {
+            self.snapshot_taken.get_or_create(&DriftLabels { shop: shop.clone() }).set(at_ms / 1000);
         }
     }
 

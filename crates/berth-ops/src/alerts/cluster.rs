@@ -61,7 +61,10 @@ pub(super) fn decider(kind: RuleKind) -> Decider {
         | RuleKind::QuotaUsage
         | RuleKind::CanaryRollback
         | RuleKind::WritesPaused
-        | RuleKind::StockDrift => {
+        | RuleKind::StockDrift
+        // Snapshots are written and read on the node that takes them.
+        | RuleKind::SnapshotFailed
+        | RuleKind::StockFallback => {
             Decider::EachNode
         }
     }
@@ -279,7 +282,7 @@ mod tests {
     #[test]
     fn a_stored_alert_is_decided_as_its_rule_kind_says() {
         use RuleKind as K;
-        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials, K::StockHeld, K::WritesPaused, K::StockDrift] {
+        for kind in [K::SuccessRate, K::QueueAge, K::DeadLetters, K::ProbeFailing, K::CanaryRollback, K::ConnectorIsolated, K::OrderFlood, K::QuotaHeld, K::QuotaUsage, K::Credentials, K::StockHeld, K::WritesPaused, K::StockDrift, K::SnapshotFailed, K::StockFallback] {
             assert_eq!(decider_of(&alert(kind.name())), decider(kind), "{}", kind.name());
         }
         assert_eq!(decider_of(&alert("from-a-newer-node")), Decider::EachNode);

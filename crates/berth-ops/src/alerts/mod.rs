@@ -120,6 +120,8 @@ pub struct Sources {
     pub credentials: Option<Arc<berth_core::credentials::CredentialBook>>,
     /// Reconciliation's last reports.
     pub reconciler: Arc<berth_core::reconcile::Reconciler>,
+    /// Snapshots: failures, and the fallback stock of shops whose platform is down.
+    pub snapshots: Arc<berth_snapshot::Snapshotter>,
 }
 
 #[derive(Default)]
@@ -280,15 +282,16 @@ impl Alerts {
         }
         obs.write_pauses = src.shops.guards().pauses();
         obs.drift = src.reconciler.drift();
+        obs.snapshot_failures = src.snapshots.failures();
         if let Some(book) = &src.credentials {
             match book.states() {
                 Ok(states) => obs.credentials = states,
                 Err(e) => tracing::error!(error = %e, "cannot read the shops' credential state"),
             }
         }
-        obs.shops = src
-            .health
-            .shops_here()
+        let here = src.health.shops_here();
+        obs.fallbacks = here.iter().filter_map(|s| src.snapshots.fallback_view(&s.shop, s.down_since_ms)).collect();
+        obs.shops = here
             .into_iter()
             .map(|s| ShopProbe {
                 last_message: s.last_probe.map(|p| format!("{}: {}", p.outcome, p.message)).unwrap_or_default(),

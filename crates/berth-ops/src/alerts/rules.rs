@@ -60,6 +60,11 @@ pub enum RuleKind {
     /// Reconciliation found SKUs whose platform quantity differs from the ERP's in two
     /// runs in a row.
     StockDrift,
+    /// A shop's last snapshot failed (every try of the night, or the one asked for).
+    SnapshotFailed,
+    /// A shop's platform has been unreachable past `fallback_after_mins`: its last
+    /// snapshot's quantities are served as its stock (or there is none to serve).
+    StockFallback,
 }
 
 impl RuleKind {
@@ -78,6 +83,8 @@ impl RuleKind {
             RuleKind::StockHeld => "stock-held",
             RuleKind::WritesPaused => "writes-paused",
             RuleKind::StockDrift => "stock-drift",
+            RuleKind::SnapshotFailed => "snapshot-failed",
+            RuleKind::StockFallback => "stock-fallback",
         }
     }
 }
@@ -133,6 +140,8 @@ pub enum Check {
     StockHeld,
     WritesPaused,
     StockDrift,
+    SnapshotFailed,
+    StockFallback,
 }
 
 impl Check {
@@ -151,6 +160,8 @@ impl Check {
             Check::StockHeld => RuleKind::StockHeld,
             Check::WritesPaused => RuleKind::WritesPaused,
             Check::StockDrift => RuleKind::StockDrift,
+            Check::SnapshotFailed => RuleKind::SnapshotFailed,
+            Check::StockFallback => RuleKind::StockFallback,
         }
     }
 }
@@ -185,7 +196,7 @@ impl Rule {
             RuleKind::QuotaHeld => &["above_secs"],
             RuleKind::Credentials => &["within_days"],
             RuleKind::QuotaUsage => &["above_percent", "for_secs"],
-            RuleKind::StockHeld | RuleKind::WritesPaused | RuleKind::StockDrift => &[],
+            RuleKind::StockHeld | RuleKind::WritesPaused | RuleKind::StockDrift | RuleKind::SnapshotFailed | RuleKind::StockFallback => &[],
         };
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             let takes = if allowed.is_empty() { "nothing else".to_string() } else { allowed.join(", ") };
@@ -236,6 +247,8 @@ impl Rule {
             RuleKind::StockHeld => Check::StockHeld,
             RuleKind::WritesPaused => Check::WritesPaused,
             RuleKind::StockDrift => Check::StockDrift,
+            RuleKind::SnapshotFailed => Check::SnapshotFailed,
+            RuleKind::StockFallback => Check::StockFallback,
         };
         Ok(Rule { name: c.name.clone(), severity: c.severity, check })
     }
@@ -258,6 +271,8 @@ impl Rule {
             rule("stock-held", Severity::Critical, Check::StockHeld),
             rule("writes-paused", Severity::Critical, Check::WritesPaused),
             rule("stock-drift", Severity::Warning, Check::StockDrift),
+            rule("snapshot-failed", Severity::Warning, Check::SnapshotFailed),
+            rule("stock-fallback", Severity::Critical, Check::StockFallback),
         ]
     }
 }
@@ -291,6 +306,10 @@ pub struct Observation {
     pub write_pauses: Vec<berth_core::stock::guard::PauseView>,
     /// Each reconciled shop's drift at its last run.
     pub drift: Vec<berth_core::reconcile::DriftView>,
+    /// Shops whose last snapshot failed.
+    pub snapshot_failures: Vec<berth_snapshot::Failure>,
+    /// Shops served their fallback stock (platform down past `fallback_after_mins`).
+    pub fallbacks: Vec<berth_snapshot::fallback::FallbackView>,
 }
 
 /// A quota's busiest key at one look.
@@ -346,6 +365,8 @@ impl Rule {
             Check::StockHeld => stock_held(obs),
             Check::WritesPaused => writes_paused(obs),
             Check::StockDrift => stock_drift(obs),
+            Check::SnapshotFailed => snapshot_failed(obs),
+            Check::StockFallback => stock_fallback(obs),
         }
     }
 }
@@ -590,6 +611,35 @@ fn stock_drift(obs: &Observation) -> Vec<Breach> {
             ),
             value: d.persistent as f64,
             threshold: 0.0,
+        })
+        .collect()
+}
+
+/// Shops whose last snapshot failed with no try left.
+fn snapshot_failed(obs: &Observation) -> Vec<Breach> {
+    obs.snapshot_failures
+        .iter()
+        .filter(|f| !f.retrying)
+        .map(|f| Breach {
+            subject: f.shop.clone(),
+            summary: format!("shop {}: its snapshot failed after {} tries: {}; take one with `berth snapshot --shop {}` once fixed", f.shop, f.attempts, f.error, f.shop),
+            value: f64::from(f.attempts),
+            threshold: 0.0,
+        })
+        .collect()
+}
+
+/// Shops whose platform is down past the fallback threshold.
+fn stock_fallback(obs: &Observation) -> Vec<Breach> {
+    obs.fallbacks
+        .iter()
+        .map(|f| {
+            let mins = (obs.now_ms - f.down_since_ms).max(0) / 60_000;
+            let serving = match f.snapshot_at_ms {
+                Some(at) => format!("GET /v1/shops/{}/stock/fallback serves the quantities of its snapshot taken {} min ago, marked stale", f.shop, (obs.now_ms - at).max(0) / 60_000),
+                None => "it has no snapshot to serve as fallback stock".to_string(),
+            };
+            Breach { subject: f.shop.clone(), summary: format!("shop {}: its platform has been unreachable for {mins} min; {serving}", f.shop), value: mins as f64, threshold: 0.0 }
         })
         .collect()
 }
@@ -845,5 +895,26 @@ mod tests {
         let drift = by_kind(RuleKind::StockDrift).evaluate(&obs);
         assert_eq!(drift.len(), 1);
         assert!(drift[0].summary.contains("shop old: 5 SKUs differ") && drift[0].summary.contains("2 of them in the run before") && drift[0].summary.contains("berth reconcile --shop old"), "{}", drift[0].summary);
+    }
+
+    #[test]
+    fn failed_snapshots_and_fallback_stock_alert_per_shop() {
+        let d = Rule::defaults();
+        let by_kind = |k: RuleKind| d.iter().find(|r| r.check.kind() == k).cloned().unwrap();
+        let mut obs = Observation { now_ms: 100 * 60_000, ..Default::default() };
+        assert!(by_kind(RuleKind::SnapshotFailed).evaluate(&obs).is_empty() && by_kind(RuleKind::StockFallback).evaluate(&obs).is_empty());
+        let failure = |shop: &str, retrying| berth_snapshot::Failure { shop: shop.into(), at_ms: 0, attempts: 4, retrying, error: "reading the listings: boom".into() };
+        // One still to be tried again is not yet an alert.
+        obs.snapshot_failures = vec![failure("s1", false), failure("s2", true)];
+        let failed = by_kind(RuleKind::SnapshotFailed).evaluate(&obs);
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].summary.contains("shop s1: its snapshot failed after 4 tries: reading the listings: boom") && failed[0].summary.contains("berth snapshot --shop s1"), "{}", failed[0].summary);
+        let view = |shop: &str, at| berth_snapshot::fallback::FallbackView { shop: shop.into(), down_since_ms: 60 * 60_000, snapshot_at_ms: at };
+        obs.fallbacks = vec![view("with", Some(10 * 60_000)), view("without", None)];
+        let fb = by_kind(RuleKind::StockFallback).evaluate(&obs);
+        assert_eq!(fb.len(), 2);
+        assert!(fb[0].summary.contains("unreachable for 40 min") && fb[0].summary.contains("/v1/shops/with/stock/fallback serves the quantities of its snapshot taken 90 min ago"), "{}", fb[0].summary);
+        assert!(fb[1].summary.contains("no snapshot to serve"), "{}", fb[1].summary);
+        assert_eq!(Rule::defaults().iter().find(|r| r.check.kind() == RuleKind::StockFallback).map(|r| r.severity), Some(Severity::Critical));
     }
 }
