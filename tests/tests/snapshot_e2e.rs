@@ -271,3 +271,40 @@ async fn the_nightly_snapshot_is_retried_and_followed_by_reconciliation() {
     let (status, _) = api_call(Method::GET, berth.url("/v1/admin/shops/other/reconcile"), Some(VIEWER), None, None).await;
     assert_eq!(status, 404);
 }
+
+/// A full disk under the snapshots (a small tmpfs, mounted as root as CI runs it): the
+/// snapshot fails with 507 and says why, nothing of it is visible, the last one stays
+/// whole; once space is freed the next one lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_a_snapshot_whole_and_keeps_the_last() {
+    let sim = berth_sim::start(berth_tests::shopify_sim(93, 1, &[("acme", 2)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = berth_tests::tmpfs::Tmpfs::mount(&dir.path().join("snaps"), 2);
+    let berth = Berth::start(&config(dir.path(), &base, "", "", &["acme"]));
+    let take = || async { api_call(Method::POST, berth.url("/v1/admin/shops/acme/snapshots"), Some(OPERATOR), None, None).await };
+    let (status, first) = take().await;
+    assert_eq!(status, 200, "{first}\n{}", berth.log());
+    let snap = Path::new(first["dir"].as_str().unwrap()).to_path_buf();
+
+    let filler = berth_tests::tmpfs::fill(&disk.0);
+    let (status, body) = take().await;
+    assert_eq!(status, 507, "{body}");
+    let why = body["error"].as_str().unwrap();
+    assert!(why.contains("No space left on device") && why.contains("the last one stays"), "{why}");
+    let names: Vec<String> = std::fs::read_dir(snap.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, [first["date"].as_str().unwrap()], "nothing of the failed snapshot is visible");
+    for f in first["files"].as_array().unwrap() {
+        let bytes = std::fs::read(snap.join(f["name"].as_str().unwrap())).unwrap();
+        let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        assert_eq!(Some(sha.as_str()), f["sha256"].as_str(), "{f}: the last snapshot changed");
+    }
+
+    std::fs::remove_file(filler).unwrap();
+    let (status, again) = take().await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again["at_ms"].as_i64() > first["at_ms"].as_i64(), "{again}");
+    let (_, listed) = api_call(Method::GET, berth.url("/v1/admin/shops/acme/snapshots"), Some(VIEWER), None, None).await;
+    assert_eq!(listed["snapshots"].as_array().map(Vec::len), Some(1), "the day's snapshot replaced whole: {listed}");
+    assert!(listed["failed"].is_null(), "{listed}");
+}
