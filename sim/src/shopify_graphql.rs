@@ -302,7 +302,7 @@ impl Operation {
     /// The answer's `data` and what it cost.
     fn run(self, state: &SimState, shop: &str) -> (Value, f64) {
         match self {
-            Operation::Shop => (json!({ "shop": { "name": shop } }), 1.0),
+            Operation::Shop => (json!({ "shop": { "name": shop, "currencyCode": Platform::Shopify.currency() } }), 1.0),
             Operation::Locations { .. } => {
                 let id = format!("gid://shopify/Location/{}", crate::shopify::LOCATION_ID);
                 (json!({ "locations": { "nodes": [{ "id": id, "name": "Main warehouse", "isActive": true }] } }), 3.0)
@@ -327,16 +327,29 @@ impl Operation {
                 (data, actual as f64)
             }
             Operation::Variants { first, after } => {
-                let mut items: Vec<StockItem> = state.stock(Platform::Shopify, shop).into_iter().filter(|i| i.variant_id > after).collect();
+                let all = state.stock(Platform::Shopify, shop);
+                let variants_of = |product: u64| all.iter().filter(|i| i.product_id == product).count();
+                let mut items: Vec<StockItem> = all.iter().filter(|i| i.variant_id > after).cloned().collect();
                 items.sort_by_key(|i| i.variant_id);
                 let more = items.len() as u64 > first;
                 items.truncate(first as usize);
                 let end = items.last().map(|i| encode_cursor(0, i.variant_id));
                 let data = json!({ "productVariants": {
+                    // The fields berth's connector asks for (the item map and the listings).
                     "nodes": items.iter().map(|i| json!({
                         "id": format!("gid://shopify/ProductVariant/{}", i.variant_id),
+                        "legacyResourceId": i.variant_id.to_string(),
                         "sku": i.sku,
+                        "title": i.title,
+                        "price": crate::data::minor_to_decimal(i.price_minor),
+                        "inventoryQuantity": i.quantity,
                         "inventoryItem": { "id": format!("gid://shopify/InventoryItem/{}", i.inventory_item_id) },
+                        "product": {
+                            "id": format!("gid://shopify/Product/{}", i.product_id),
+                            "legacyResourceId": i.product_id.to_string(),
+                            "title": i.title.split(" (").next().unwrap_or_default(),
+                            "hasOnlyDefaultVariant": variants_of(i.product_id) == 1,
+                        },
                     })).collect::<Vec<_>>(),
                     "pageInfo": { "hasNextPage": more, "endCursor": end },
                 } });

@@ -94,6 +94,22 @@ async fn berth_holds_the_points_bucket_and_mints_expiring_tokens() {
         .await
         .unwrap_or_else(|| panic!("cc: a new order never arrived\n{}", berth.log()));
 
+    // The listings, by productVariants through the points bucket and the three-second
+    // tokens: every variant as the platform holds it, in the shop's currency.
+    let listed = berth_tests::get_json(berth.url("/v1/shops/cc/listings")).await;
+    let rows = listed["listings"].as_array().unwrap_or_else(|| panic!("{listed}\n{}", berth.log()));
+    let platform = sim.state.stock(Platform::Shopify, "cc");
+    assert_eq!(rows.len(), platform.len(), "{listed}");
+    for item in &platform {
+        let row = rows.iter().find(|r| r["sku"] == item.sku.as_str()).unwrap_or_else(|| panic!("{} not listed: {listed}", item.sku));
+        assert_eq!(
+            (row["quantity"].as_i64(), row["price_minor"].as_i64(), row["currency"].as_str()),
+            (Some(i64::from(item.quantity)), Some(item.price_minor), Some("USD")),
+            "{row}"
+        );
+        assert_eq!((row["item_id"].as_str(), row["variant_id"].as_str()), (Some(item.product_id.to_string().as_str()), Some(item.variant_id.to_string().as_str())), "{row}");
+    }
+
     // Another app spends gq's points behind berth's back: the next query is THROTTLED
     // once, the shop parks without spending a retry, and its next order still arrives.
     let errors_before = shop_status(&berth_tests::get_json(berth.url("/v1/shops")).await, "gq")["errors"].as_u64().unwrap_or(0);

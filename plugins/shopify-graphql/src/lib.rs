@@ -26,6 +26,11 @@
 //! tokens with the client credentials grant when berth asks it to refresh (berth does so
 //! ahead of expiry, and at once when Shopify answers 401).
 //!
+//! **Listings** (0.4.0): `productVariants` again, with each variant's title, price,
+//! `inventoryQuantity` and product (`legacyResourceId`s for the ids, so a shop moved from
+//! the REST connector lists the same ids), cursor-paged; the currency is the shop's
+//! `currencyCode` (read once, kept in kv; or the `currency` setting).
+//!
 //! **Webhooks** carry REST-format JSON whatever API the app uses: verified and mapped as
 //! the REST connector does (`plugins/shopify-rest/src/rest_order.rs`).
 //!
@@ -42,8 +47,8 @@ use berth_sdk::stock::{accepted, is_per_sku, rejected, stop_batch};
 use berth_sdk::text::{mask_name, mask_phone, parse_minor, url_encode};
 use berth_sdk::time::{format_rfc3339_utc, now_ms, parse_rfc3339};
 use berth_sdk::{
-    AuthSupport, Capability, Connector, ConnectorError, Credentials, Event, Health, Manifest, Order, OrderLine, OrderPage, OrderStatus,
-    PullRequest, RateLimit, RefreshError, StockUpdate, UpdateResult, WebhookRequest,
+    AuthSupport, Capability, Connector, ConnectorError, Credentials, Event, Health, Listing, ListingPage, ListingRequest, Manifest, Order, OrderLine,
+    OrderPage, OrderStatus, PullRequest, RateLimit, RefreshError, StockUpdate, UpdateResult, WebhookRequest,
 };
 use serde_json::{json, Value};
 
@@ -73,6 +78,13 @@ const ORDERS_QUERY: &str = "query Orders($first: Int!, $after: String, $query: S
 
 const VARIANTS_QUERY: &str = "query Variants($first: Int!, $after: String) { \
   productVariants(first: $first, after: $after) { nodes { id sku inventoryItem { id } } pageInfo { hasNextPage endCursor } } }";
+
+const LISTINGS_QUERY: &str = "query Listings($first: Int!, $after: String) { \
+  productVariants(first: $first, after: $after) { nodes { legacyResourceId sku title price inventoryQuantity \
+    product { legacyResourceId title hasOnlyDefaultVariant } } pageInfo { hasNextPage endCursor } } }";
+
+const CURRENCY_QUERY: &str = "query Currency { shop { currencyCode } }";
+const CURRENCY_KEY: &str = "shop/currency";
 
 const LOCATIONS_QUERY: &str = "query Locations($first: Int!) { locations(first: $first) { nodes { id isActive } } }";
 
@@ -296,6 +308,39 @@ fn refresh_item_map(s: &Settings) -> Result<(), ConnectorError> {
     }
 }
 
+/// The shop's currency: the `currency` setting, or `shop.currencyCode` (kept in kv).
+fn currency(s: &Settings) -> Result<String, ConnectorError> {
+    if let Some(c) = host::config("currency") {
+        return Ok(c);
+    }
+    if let Some(c) = host::state::get(CURRENCY_KEY)?.and_then(|b| String::from_utf8(b).ok()) {
+        return Ok(c);
+    }
+    let data = s.query(CURRENCY_QUERY, json!({}), 1.0)?;
+    let code = str_at(&data, &["shop", "currencyCode"])?.to_string();
+    host::state::set(CURRENCY_KEY, code.as_bytes())?;
+    Ok(code)
+}
+
+/// One listing of a `productVariants` node; a product's only ("Default Title") variant
+/// takes the product's title.
+pub fn map_listing(v: &Value, currency: &str) -> Result<Listing, ConnectorError> {
+    let product = &v["product"];
+    let title = match v["title"].as_str() {
+        Some(t) if !t.is_empty() && t != "Default Title" && product["hasOnlyDefaultVariant"].as_bool() != Some(true) => t,
+        _ => product["title"].as_str().unwrap_or_default(),
+    };
+    Ok(Listing {
+        sku: v["sku"].as_str().unwrap_or_default().to_string(),
+        item_id: str_at(product, &["legacyResourceId"])?.to_string(),
+        variant_id: Some(str_at(v, &["legacyResourceId"])?.to_string()),
+        title: title.to_string(),
+        quantity: v["inventoryQuantity"].as_i64().unwrap_or(0),
+        price_minor: parse_minor(str_at(v, &["price"])?, 2).map_err(|e| garbled("variant price", e))?,
+        currency: currency.to_string(),
+    })
+}
+
 fn remembered_item(sku: &str) -> Result<Option<String>, ConnectorError> {
     Ok(host::state::get(&item_key(sku))?.and_then(|b| String::from_utf8(b).ok()))
 }
@@ -329,7 +374,7 @@ impl Connector for ShopifyGraphql {
             platform: "shopify".into(),
             connector_version: env!("CARGO_PKG_VERSION").into(),
             wit_version: berth_sdk::WIT_VERSION.into(),
-            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks],
+            capabilities: vec![Capability::Orders, Capability::Inventory, Capability::Webhooks, Capability::Products],
             allowed_hosts: vec!["*.myshopify.com".into()],
             // The points bucket does the pacing; this only bounds requests.
             default_rate_limit: RateLimit { requests_per_minute: 600, burst: 10 },
@@ -428,6 +473,20 @@ impl Connector for ShopifyGraphql {
         rest_order::webhook_events(&req)
     }
 
+    fn listings(_shop: String, req: ListingRequest) -> Result<ListingPage, ConnectorError> {
+        let s = Settings::load()?;
+        let currency = currency(&s)?;
+        let first = u64::from(req.limit.clamp(1, 250));
+        let data = s.query(LISTINGS_QUERY, json!({ "first": first, "after": req.cursor }), variants_cost(first))?;
+        let page = &data["productVariants"];
+        let listings = page["nodes"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(|v| map_listing(v, &currency)).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = match (page["pageInfo"]["hasNextPage"].as_bool(), page["pageInfo"]["endCursor"].as_str()) {
+            (Some(true), Some(c)) => Some(c.to_string()),
+            _ => None,
+        };
+        Ok(ListingPage { listings, next_cursor })
+    }
+
     fn authorization() -> AuthSupport {
         AuthSupport { refreshes: true, oauth: false }
     }
@@ -491,6 +550,21 @@ mod tests {
         assert!(matches!(berth_sdk::native::with_host(Quiet, || answer(&resp(200, denied), 1.0)), Err(ConnectorError::Auth(_))));
         assert!(matches!(answer(&resp(401, json!({})), 1.0), Err(ConnectorError::Auth(m)) if m.contains("expired")));
         assert!(matches!(answer(&resp(503, json!({})), 1.0), Err(ConnectorError::Transient(_))));
+    }
+
+    #[test]
+    fn maps_a_variant_node_to_a_listing() {
+        let node = |title: &str, only: bool| {
+            json!({ "legacyResourceId": "42", "sku": "TEE-S", "title": title, "price": "19.90", "inventoryQuantity": -2,
+                    "product": { "legacyResourceId": "7", "title": "Tee", "hasOnlyDefaultVariant": only } })
+        };
+        let l = map_listing(&node("Small", false), "USD").unwrap();
+        assert_eq!((l.sku.as_str(), l.item_id.as_str(), l.variant_id.as_deref(), l.title.as_str()), ("TEE-S", "7", Some("42"), "Small"));
+        assert_eq!((l.quantity, l.price_minor, l.currency.as_str()), (-2, 1990, "USD"));
+        assert_eq!(map_listing(&node("Default Title", true), "USD").unwrap().title, "Tee");
+        let mut bad = node("Small", false);
+        bad["price"] = json!("nineteen");
+        assert!(matches!(map_listing(&bad, "USD"), Err(ConnectorError::Transient(m)) if m.contains("variant price")));
     }
 
     #[test]
