@@ -228,8 +228,12 @@ impl Config {
         if let Some(unknown) = self.snapshots.shops.iter().flatten().find(|s| !self.shops.contains_key(*s)) {
             return Err(format!("[snapshots] shops names `{unknown}`, which is not a configured shop"));
         }
-        if self.reconcile.after_snapshot && snapshots.is_none() {
+        if self.reconcile.after_snapshot == Some(true) && snapshots.is_none() {
             return Err("[reconcile] after_snapshot = true but [snapshots] has no `at`: give the snapshots a time of day, or the reconciliation its own `at`".into());
+        }
+        let r = &self.reconcile;
+        if r.at.is_none() && snapshots.is_none() && (r.tiers.is_some() || r.shops.is_some() || r.repair) {
+            return Err("[reconcile] sets tiers, shops or repair but runs neither at its own time (`at`) nor after a nightly snapshot ([snapshots] `at`): give one of them".into());
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

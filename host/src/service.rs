@@ -194,7 +194,7 @@ pub async fn start(config_path: &Path) -> Result<Running, StartError> {
         workers.push(tokio::spawn(berth_core::reconcile::run_nightly(reconciler.clone(), shops.clone(), cfg.reconcile.clone(), schedule, shutdown_rx.clone())));
     }
     if let Ok(Some(schedule)) = cfg.snapshots.schedule() {
-        let reconcile = cfg.reconcile.after_snapshot.then(|| (reconciler.clone(), cfg.reconcile.clone()));
+        let reconcile = cfg.reconcile.after_snapshot().then(|| (reconciler.clone(), cfg.reconcile.clone()));
         workers.push(tokio::spawn(berth_snapshot::run_nightly(snapshots.clone(), shops.clone(), reconcile, schedule, shutdown_rx.clone())));
     }
     workers.push(tokio::spawn(berth_core::registry::watch_canaries(registry.clone(), audit.clone(), events, shutdown_rx.clone())));

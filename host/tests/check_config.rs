@@ -50,9 +50,11 @@ fn bad_values_are_explained() {
     for (section, why) in [
         ("[reconcile]\nat = \"25:00\"\n", "[reconcile] time `25:00` is not HH:MM"),
         ("[reconcile]\nat = \"02:00\"\ntimezone = \"Mars/Olympus\"\n", "IANA zone name"),
-        ("[reconcile]\nrepair = true\n", "neither `at` nor `after_snapshot`"),
+        ("[reconcile]\nrepair = true\n", "runs neither at its own time (`at`) nor after a nightly snapshot"),
+        ("[snapshots]\nat = \"02:00\"\n[reconcile]\nrepair = true\nafter_snapshot = false\n", "neither `at` nor the run after the snapshot"),
+        ("[reconcile]\ntimezone = \"UTC\"\n", "sets timezone but no `at`"),
         ("[reconcile]\nat = \"02:00\"\nshops = [\"ghost\"]\n", "`ghost`, which is not a configured shop"),
-        ("[reconcile]\nat = \"02:00\"\nafter_snapshot = true\n", "both `at` and `after_snapshot`"),
+        ("[reconcile]\nat = \"02:00\"\nafter_snapshot = true\n", "both `at` and `after_snapshot = true`"),
         ("[reconcile]\nafter_snapshot = true\n", "[snapshots] has no `at`"),
         // Snapshots: the same, and bounds that must hold.
         ("[snapshots]\nat = \"02:00\"\nshops = [\"ghost\"]\n", "[snapshots] shops names `ghost`"),

@@ -7,7 +7,8 @@
 //!   snapshot's quantities are served at `/v1/shops/{shop}/stock/fallback`, stale, with a
 //!   `stock-fallback` alert; both end when the platform is back;
 //! - the nightly snapshot at its time is tried again while the platform fails, lands, and
-//!   the reconciliation runs right after it on the same listings.
+//!   the reconciliation (without a time of its own) runs right after it on the same
+//!   listings.
 
 use berth_sim::Platform;
 use berth_snapshot::table::{read, Value};
@@ -217,7 +218,8 @@ async fn a_snapshot_reads_back_everywhere_and_serves_as_fallback_stock() {
 }
 
 /// `[snapshots] at`: the nightly snapshot at its time, tried again while the platform
-/// fails, lands once it answers; `[reconcile] after_snapshot` reconciles right after.
+/// fails, lands once it answers; `[reconcile]` without a time of its own reconciles the
+/// shops it names right after their snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nightly_snapshot_is_retried_and_followed_by_reconciliation() {
     let sim = berth_sim::start(berth_tests::shopify_sim(92, 1, &[("acme", 1), ("other", 1)]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -227,7 +229,7 @@ async fn the_nightly_snapshot_is_retried_and_followed_by_reconciliation() {
     // time already past when its loop starts would be tomorrow's).
     let (at_s, at) = berth_tests::time_of_day_in(40);
     let snapshots = format!("at = \"{at}\"\ntimezone = \"UTC\"\nshops = [\"acme\"]\nretries = 20\nretry_after_secs = 2\n");
-    let config = config(dir.path(), &base, &snapshots, "[alerts]\nevaluate_secs = 1\n[reconcile]\nafter_snapshot = true\nshops = [\"acme\"]\n", &["acme", "other"]);
+    let config = config(dir.path(), &base, &snapshots, "[alerts]\nevaluate_secs = 1\n[reconcile]\nshops = [\"acme\"]\n", &["acme", "other"]);
     let berth = Berth::start(&config);
 
     // The platform fails when the night comes: the snapshot fails, is alerted, tried again.

@@ -48,23 +48,31 @@ pub struct ReconcileConfig {
     #[serde(default)]
     pub repair: bool,
     /// Reconcile each shop right after its nightly snapshot (`[snapshots] at`), on the
-    /// listings the snapshot read, instead of at a time of its own.
-    #[serde(default)]
-    pub after_snapshot: bool,
+    /// listings the snapshot read: the default when `at` is not given; `false` turns it
+    /// off.
+    pub after_snapshot: Option<bool>,
 }
 
 impl ReconcileConfig {
     /// The schedule, when there is one; why the section is wrong otherwise.
     pub fn schedule(&self) -> Result<Option<crate::schedule::Daily>, String> {
         match &self.at {
-            Some(_) if self.after_snapshot => Err("[reconcile] sets both `at` and `after_snapshot`: the nightly run is at its own time or right after the snapshot, not both".into()),
-            None if self.after_snapshot && self.timezone.is_some() => Err("[reconcile] sets timezone with after_snapshot: the snapshot's time decides ([snapshots] timezone)".into()),
-            None if !self.after_snapshot && (self.timezone.is_some() || self.tiers.is_some() || self.shops.is_some() || self.repair) => {
-                Err("[reconcile] sets timezone, tiers, shops or repair but neither `at` nor `after_snapshot`: give the time of day of the nightly run, or run it after the snapshot".into())
+            Some(_) if self.after_snapshot == Some(true) => {
+                Err("[reconcile] sets both `at` and `after_snapshot = true`: the nightly run is at its own time or right after the snapshot, not both".into())
+            }
+            None if self.timezone.is_some() => Err("[reconcile] sets timezone but no `at`: the zone is for `at` (after a snapshot, [snapshots] timezone decides)".into()),
+            None if self.after_snapshot == Some(false) && (self.tiers.is_some() || self.shops.is_some() || self.repair) => {
+                Err("[reconcile] sets tiers, shops or repair but neither `at` nor the run after the snapshot (after_snapshot = false): give the time of day of the nightly run".into())
             }
             None => Ok(None),
             Some(at) => crate::schedule::Daily::parse(at, self.timezone.as_deref()).map(Some).map_err(|e| format!("[reconcile] {e}")),
         }
+    }
+
+    /// Whether the reconciliation runs right after each nightly snapshot: asked for, or
+    /// no time of its own and not turned off.
+    pub fn after_snapshot(&self) -> bool {
+        self.at.is_none() && self.after_snapshot != Some(false)
     }
 
     /// Whether the nightly run takes `shop` (of `tier`).

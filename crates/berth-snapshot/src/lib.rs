@@ -335,9 +335,9 @@ pub fn local_date(zone: Zone, ms: i64) -> String {
 
 /// Snapshot the shops `cfg` names every night at its time, until shutdown: every shop
 /// once, then the ones that failed again `retries` times `retry_after_secs` apart (a
-/// platform that is down delays only its own shops). With `[reconcile] after_snapshot`,
-/// each shop the reconciliation takes is reconciled right after its snapshot lands, on
-/// the listings the snapshot read.
+/// platform that is down delays only its own shops). Unless `[reconcile]` has a time of
+/// its own (or `after_snapshot = false`), each shop the reconciliation takes is
+/// reconciled right after its snapshot lands, on the listings the snapshot read.
 pub async fn run_nightly(
     snapshots: Arc<Snapshotter>,
     shops: Arc<berth_core::shops::ShopSet>,
