@@ -110,17 +110,30 @@ impl ListingError {
 /// The reads running now, one per shop.
 #[derive(Default)]
 pub struct ListingReads {
-    running: Mutex<HashSet<String>>,
+    running: OnePerShop,
 }
 
-struct Running<'a> {
-    reads: &'a ListingReads,
+/// Work of which one runs per shop at a time (a listing read, a snapshot): `enter` marks
+/// the shop busy until the guard it returns drops — a call cancelled midway frees it too.
+#[derive(Default)]
+pub struct OnePerShop(Mutex<HashSet<String>>);
+
+/// A shop marked busy by [`OnePerShop::enter`].
+pub struct Busy<'a> {
+    set: &'a OnePerShop,
     shop: String,
 }
 
-impl Drop for Running<'_> {
+impl OnePerShop {
+    /// The shop marked busy, or `None` when it is already.
+    pub fn enter(&self, shop: &str) -> Option<Busy<'_>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string()).then(|| Busy { set: self, shop: shop.to_string() })
+    }
+}
+
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.reads.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.shop);
+        self.set.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.shop);
     }
 }
 
@@ -128,10 +141,9 @@ impl ListingReads {
     /// Read every listing of `shop` (`target`: its connector and config).
     pub async fn read(&self, shop: &str, target: Option<&WebhookShop>, bounds: ReadBounds) -> Result<ShopListings, ListingError> {
         let target = target.ok_or_else(|| ListingError::UnknownShop(shop.to_string()))?;
-        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string()) {
+        let Some(_busy) = self.running.enter(shop) else {
             return Err(ListingError::Running(shop.to_string()));
-        }
-        let _running = Running { reads: self, shop: shop.to_string() };
+        };
         read_all(shop, target, bounds).await
     }
 }
@@ -224,4 +236,26 @@ async fn pages(
     }
     tracing::info!(pages = out.pages, listings = out.listings.len(), retries = out.retries, took_ms = started.elapsed().as_millis() as u64, "listings read");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_per_shop_frees_the_shop_when_the_work_ends_or_is_cancelled() {
+        let set = OnePerShop::default();
+        let a = set.enter("a").expect("a is free");
+        assert!(set.enter("a").is_none(), "a is busy");
+        assert!(set.enter("b").is_some(), "another shop is not");
+        drop(a);
+        assert!(set.enter("a").is_some(), "a is free again");
+        // Work dropped before it finished (a client gone mid-call) frees the shop too.
+        let work = async {
+            let _busy = set.enter("c");
+            std::future::pending::<()>().await;
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(10), work).await.is_err());
+        assert!(set.enter("c").is_some(), "a cancelled call left the shop busy");
+    }
 }

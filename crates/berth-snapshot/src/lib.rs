@@ -17,7 +17,7 @@ pub mod tables;
 
 use berth_core::schedule::Zone;
 use berth_core::ingest::WebhookShop;
-use berth_core::listings::{ListingError, ListingReads, ReadBounds, ShopListings};
+use berth_core::listings::{ListingError, ListingReads, OnePerShop, ReadBounds, ShopListings};
 use berth_core::reconcile::{ReconcileConfig, Reconciler};
 use berth_core::stock::{StockError, StockLedger};
 use berth_core::store::OrderStore;
@@ -159,7 +159,8 @@ pub struct Snapshotter {
     orders: Arc<OrderStore>,
     ledger: Arc<StockLedger>,
     clock: Clock,
-    running: Mutex<std::collections::HashSet<String>>,
+    /// One snapshot per shop at a time (two would race for the day's directory).
+    running: OnePerShop,
     failed: Mutex<BTreeMap<String, Failure>>,
     /// Each shop's last snapshot's time (read from disk at start, kept after each).
     taken: Mutex<BTreeMap<String, i64>>,
@@ -215,11 +216,11 @@ impl Snapshotter {
     /// `retrying`: another follows if this one fails.
     async fn take_reading(&self, shop: &str, target: Option<&WebhookShop>, by: &str, attempt: u32, retrying: bool) -> Result<(Manifest, ShopListings), SnapshotError> {
         let target = target.ok_or_else(|| SnapshotError::UnknownShop(shop.to_string()))?;
-        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string()) {
+        let Some(busy) = self.running.enter(shop) else {
             return Err(SnapshotError::Running(shop.to_string()));
-        }
+        };
         let result = self.attempt(shop, target, by).await;
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(shop);
+        drop(busy);
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Ok((m, _)) => {
