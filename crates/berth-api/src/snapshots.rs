@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use berth_snapshot::fallback::FallbackError;
-use berth_snapshot::{Manifest, SnapshotError};
+use berth_snapshot::{Snapshot, SnapshotError};
 use berth_types::access::Access;
 use serde::Serialize;
 use std::sync::Arc;
@@ -27,16 +27,9 @@ pub fn routes() -> Router<Arc<AdminState>> {
 }
 
 #[derive(Serialize)]
-struct Taken {
-    #[serde(flatten)]
-    manifest: Manifest,
-    dir: String,
-}
-
-#[derive(Serialize)]
 struct Listed {
     shop: String,
-    snapshots: Vec<Taken>,
+    snapshots: Vec<Snapshot>,
     /// The last snapshot's failure, while no snapshot succeeded since.
     failed: Option<berth_snapshot::Failure>,
 }
@@ -48,7 +41,7 @@ async fn list(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, heade
     if st.shops.webhook(&shop).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no shop `{shop}` is configured"));
     }
-    let snapshots = st.snapshots.list(&shop).into_iter().map(|(manifest, dir)| Taken { manifest, dir: dir.display().to_string() }).collect();
+    let snapshots = st.snapshots.list(&shop);
     let failed = st.snapshots.failures().into_iter().find(|f| f.shop == shop);
     Json(Listed { shop, snapshots, failed }).into_response()
 }
@@ -64,11 +57,10 @@ async fn take(State(st): State<Arc<AdminState>>, Path(shop): Path<String>, heade
         return st.refuse(&caller, &action, StatusCode::NOT_FOUND, format!("no shop `{shop}` is configured"));
     }
     match st.snapshots.take(&shop, target.as_deref(), &caller.name).await {
-        Ok(manifest) => {
-            let dir = st.snapshots.root().join(&shop).join(&manifest.date);
-            let rows: Vec<String> = manifest.files.iter().map(|f| format!("{} {}", f.name, f.rows)).collect();
-            match st.record(&caller.name, &action, None, "ok", format!("{} ({})", manifest.date, rows.join(", "))) {
-                Ok(()) => Json(Taken { manifest, dir: dir.display().to_string() }).into_response(),
+        Ok(snap) => {
+            let rows: Vec<String> = snap.manifest.files.iter().map(|f| format!("{} {}", f.name, f.rows)).collect();
+            match st.record(&caller.name, &action, None, "ok", format!("{} ({})", snap.manifest.date, rows.join(", "))) {
+                Ok(()) => Json(snap).into_response(),
                 Err(resp) => resp,
             }
         }

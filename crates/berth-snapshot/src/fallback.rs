@@ -4,7 +4,7 @@
 //! from them. It ends as soon as a probe passes (the health book clears `down_since`);
 //! the nightly reconciliation then finds what moved meanwhile.
 
-use crate::files::Manifest;
+use crate::files::Snapshot;
 use crate::table::Value;
 use crate::{tables, Snapshotter};
 use serde::Serialize;
@@ -70,7 +70,7 @@ fn due(s: &Snapshotter, down_since_ms: Option<i64>) -> Option<i64> {
 /// The shop's fallback state (for alerts): `None` unless its platform is down long enough.
 pub fn view(s: &Snapshotter, shop: &str, down_since_ms: Option<i64>) -> Option<FallbackView> {
     let since = due(s, down_since_ms)?;
-    Some(FallbackView { shop: shop.to_string(), down_since_ms: since, snapshot_at_ms: s.list(shop).first().map(|(m, _)| m.at_ms) })
+    Some(FallbackView { shop: shop.to_string(), down_since_ms: since, snapshot_at_ms: s.list(shop).first().map(|last| last.manifest.at_ms) })
 }
 
 pub(crate) fn serve(s: &Snapshotter, shop: &str, down_since_ms: Option<i64>) -> Result<Fallback, FallbackError> {
@@ -80,7 +80,7 @@ pub(crate) fn serve(s: &Snapshotter, shop: &str, down_since_ms: Option<i64>) -> 
             Some(t) => FallbackError::NotYet { shop: shop.to_string(), down_secs: ((s.clock)() - t) / 1000, after_mins: s.cfg.fallback_after_mins },
         });
     };
-    let (manifest, dir): (Manifest, PathBuf) = s.list(shop).into_iter().next().ok_or_else(|| FallbackError::NoSnapshot(shop.to_string()))?;
+    let Snapshot { manifest, dir } = s.list(shop).into_iter().next().ok_or_else(|| FallbackError::NoSnapshot(shop.to_string()))?;
     let items = {
         let mut cache = s.fallback.0.lock().unwrap_or_else(|e| e.into_inner());
         match cache.as_ref() {

@@ -47,6 +47,14 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+/// A snapshot on disk: its manifest and its directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
 impl Manifest {
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.name == name)
@@ -82,8 +90,8 @@ fn sync_dir(path: &Path) -> Result<(), FilesError> {
 }
 
 /// Write `tables` and the manifest (its `files` filled in here) as the shop's snapshot
-/// of `manifest.date`, atomically. Returns the manifest and the snapshot's directory.
-pub fn write(root: &Path, mut manifest: Manifest, tables: &[Table]) -> Result<(Manifest, PathBuf), FilesError> {
+/// of `manifest.date`, atomically.
+pub fn write(root: &Path, mut manifest: Manifest, tables: &[Table]) -> Result<Snapshot, FilesError> {
     let shop = shop_dir(root, &manifest.shop)?;
     std::fs::create_dir_all(&shop).map_err(io("creating", &shop))?;
     let nonce = format!("{}-{}", manifest.date, std::process::id());
@@ -92,7 +100,7 @@ pub fn write(root: &Path, mut manifest: Manifest, tables: &[Table]) -> Result<(M
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    result.map(|dir| (manifest, dir))
+    result.map(|dir| Snapshot { manifest, dir })
 }
 
 fn write_into(tmp: &Path, manifest: &mut Manifest, tables: &[Table]) -> Result<(), FilesError> {
@@ -157,19 +165,19 @@ pub fn tidy(shop_dir: &Path) {
 }
 
 /// The shop's snapshots, newest first (each directory with a readable manifest).
-pub fn list(root: &Path, shop: &str) -> Vec<(Manifest, PathBuf)> {
+pub fn list(root: &Path, shop: &str) -> Vec<Snapshot> {
     let Ok(dir) = shop_dir(root, shop) else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<(Manifest, PathBuf)> = entries
+    let mut out: Vec<Snapshot> = entries
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| {
             let bytes = std::fs::read(e.path().join(MANIFEST)).ok()?;
-            let m: Manifest = serde_json::from_slice(&bytes).ok()?;
-            Some((m, e.path()))
+            let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+            Some(Snapshot { manifest, dir: e.path() })
         })
         .collect();
-    out.sort_by(|a, b| b.0.at_ms.cmp(&a.0.at_ms));
+    out.sort_by(|a, b| b.manifest.at_ms.cmp(&a.manifest.at_ms));
     out
 }
 
@@ -177,7 +185,7 @@ pub fn list(root: &Path, shop: &str) -> Vec<(Manifest, PathBuf)> {
 /// were taken). Returns how many went.
 pub fn prune(root: &Path, shop: &str, keep_days: u32, now_ms: i64) -> usize {
     let cutoff = now_ms - i64::from(keep_days) * 86_400_000;
-    list(root, shop).into_iter().filter(|(m, _)| m.at_ms < cutoff).filter(|(_, p)| std::fs::remove_dir_all(p).is_ok()).count()
+    list(root, shop).into_iter().filter(|s| s.manifest.at_ms < cutoff).filter(|s| std::fs::remove_dir_all(&s.dir).is_ok()).count()
 }
 
 /// A writer that hashes and counts what passes through.

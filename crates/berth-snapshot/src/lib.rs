@@ -21,7 +21,7 @@ use berth_core::listings::{ListingError, ListingReads, OnePerShop, ReadBounds, S
 use berth_core::reconcile::{ReconcileConfig, Reconciler};
 use berth_core::stock::{StockError, StockLedger};
 use berth_core::store::OrderStore;
-pub use files::{FileEntry, Manifest};
+pub use files::{FileEntry, Manifest, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,7 @@ impl Snapshotter {
     }
 
     /// The shop's snapshots, newest first.
-    pub fn list(&self, shop: &str) -> Vec<(Manifest, PathBuf)> {
+    pub fn list(&self, shop: &str) -> Vec<Snapshot> {
         files::list(&self.root, shop)
     }
 
@@ -207,14 +207,14 @@ impl Snapshotter {
 
     /// Take a snapshot of `shop` now: read its listings through the connector, then
     /// write it. A failure is kept (alerted) until a snapshot of the shop succeeds.
-    pub async fn take(&self, shop: &str, target: Option<&WebhookShop>, by: &str) -> Result<Manifest, SnapshotError> {
-        self.take_reading(shop, target, by, 1, false).await.map(|(m, _)| m)
+    pub async fn take(&self, shop: &str, target: Option<&WebhookShop>, by: &str) -> Result<Snapshot, SnapshotError> {
+        self.take_reading(shop, target, by, 1, false).await.map(|(s, _)| s)
     }
 
     /// [`Snapshotter::take`], also handing back the listings read (the nightly
     /// reconciliation compares them). `attempt` counts the tries of this snapshot;
     /// `retrying`: another follows if this one fails.
-    async fn take_reading(&self, shop: &str, target: Option<&WebhookShop>, by: &str, attempt: u32, retrying: bool) -> Result<(Manifest, ShopListings), SnapshotError> {
+    async fn take_reading(&self, shop: &str, target: Option<&WebhookShop>, by: &str, attempt: u32, retrying: bool) -> Result<(Snapshot, ShopListings), SnapshotError> {
         let target = target.ok_or_else(|| SnapshotError::UnknownShop(shop.to_string()))?;
         let Some(busy) = self.running.enter(shop) else {
             return Err(SnapshotError::Running(shop.to_string()));
@@ -223,9 +223,9 @@ impl Snapshotter {
         drop(busy);
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
-            Ok((m, _)) => {
+            Ok((snap, _)) => {
                 failed.remove(shop);
-                self.taken.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), m.at_ms);
+                self.taken.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.to_string(), snap.manifest.at_ms);
             }
             Err(SnapshotError::Running(_)) => {}
             Err(e) => {
@@ -236,16 +236,16 @@ impl Snapshotter {
         result
     }
 
-    async fn attempt(&self, shop: &str, target: &WebhookShop, by: &str) -> Result<(Manifest, ShopListings), SnapshotError> {
+    async fn attempt(&self, shop: &str, target: &WebhookShop, by: &str) -> Result<(Snapshot, ShopListings), SnapshotError> {
         let started = Instant::now();
         let read = self.reads.read(shop, Some(target), ReadBounds::default()).await?;
-        let manifest = self.write_from(shop, &target.connector.platform, &read, by, started).await?;
-        Ok((manifest, read))
+        let snap = self.write_from(shop, &target.connector.platform, &read, by, started).await?;
+        Ok((snap, read))
     }
 
     /// Write `shop`'s snapshot from listings read already (begun at `started`), with its
     /// desired stock and recent orders as they are now, at the clock's time.
-    pub async fn write_from(&self, shop: &str, platform: &str, read: &ShopListings, by: &str, started: Instant) -> Result<Manifest, SnapshotError> {
+    pub async fn write_from(&self, shop: &str, platform: &str, read: &ShopListings, by: &str, started: Instant) -> Result<Snapshot, SnapshotError> {
         let at_ms = (self.clock)();
         let stock = self.ledger.all(shop)?;
         let (orders, since) = (self.orders.clone(), at_ms - i64::from(self.cfg.orders_days) * 86_400_000);
@@ -271,7 +271,7 @@ impl Snapshotter {
         };
         let (root, keep_days, name) = (self.root.clone(), self.cfg.keep_days, shop.to_string());
         let tables = vec![tables::listings(read), tables::orders(&orders), tables::order_lines(&orders), tables::stock(&stock)];
-        let (manifest, dir) = tokio::task::spawn_blocking(move || {
+        let snap = tokio::task::spawn_blocking(move || {
             // The time to read and gather it (the manifest cannot hold its own write's).
             let mut m = manifest;
             m.took_ms = started.elapsed().as_millis() as u64;
@@ -288,15 +288,15 @@ impl Snapshotter {
         .map_err(|e| berth_storage::StoreError::Corrupt(format!("snapshot write stopped: {e}")))??;
         tracing::info!(
             shop,
-            connector = %manifest.connector,
-            version = %manifest.version,
-            dir = %dir.display(),
+            connector = %snap.manifest.connector,
+            version = %snap.manifest.version,
+            dir = %snap.dir.display(),
             listings = read.listings.len(),
-            orders = manifest.file(tables::ORDERS).map_or(0, |f| f.rows),
+            orders = snap.manifest.file(tables::ORDERS).map_or(0, |f| f.rows),
             stock = stock.len(),
             "snapshot taken"
         );
-        Ok(manifest)
+        Ok(snap)
     }
 
     /// Clear what interrupted writes left (at start), and learn when each shop's last
@@ -306,8 +306,8 @@ impl Snapshotter {
             if let Ok(dir) = files::shop_dir(&self.root, shop) {
                 files::tidy(&dir);
             }
-            if let Some((m, _)) = self.list(shop).into_iter().next() {
-                self.taken.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.clone(), m.at_ms);
+            if let Some(last) = self.list(shop).into_iter().next() {
+                self.taken.lock().unwrap_or_else(|e| e.into_inner()).insert(shop.clone(), last.manifest.at_ms);
             }
         }
     }

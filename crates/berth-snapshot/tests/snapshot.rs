@@ -86,10 +86,12 @@ async fn a_snapshot_at_a_fixed_time_reads_back_row_for_row() {
         listings: vec![listing("A", 5, None), listing("B", 3, Some("v-b")), listing("D", -2, None)],
     };
     // At the fixed time: the day is Shanghai's.
-    let m = snaps.write_from("acme", "taobao", &read, "nightly", Instant::now()).await.unwrap();
+    let taken = snaps.write_from("acme", "taobao", &read, "nightly", Instant::now()).await.unwrap();
+    let m = taken.manifest;
     assert_eq!((m.date.as_str(), m.at_ms, m.timezone.as_str(), m.by.as_str()), ("2026-12-05", AT, "Asia/Shanghai", "nightly"));
     assert_eq!((m.shop.as_str(), m.platform.as_str(), m.connector.as_str(), m.version.as_str()), ("acme", "taobao", "taobao", "1.2.0"));
     let dir = snaps.root().join("acme").join("2026-12-05");
+    assert_eq!(taken.dir, dir);
     let on_disk: berth_snapshot::Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(on_disk, m);
     let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
@@ -133,7 +135,7 @@ async fn a_snapshot_at_a_fixed_time_reads_back_row_for_row() {
     // A snapshot keep_days (2) after the fixed one prunes it.
     clock.store(AT + 3 * DAY, Ordering::SeqCst);
     snaps.write_from("acme", "taobao", &read, "nightly", Instant::now()).await.unwrap();
-    let days: Vec<String> = snaps.list("acme").into_iter().map(|(m, _)| m.date).collect();
+    let days: Vec<String> = snaps.list("acme").into_iter().map(|s| s.manifest.date).collect();
     assert_eq!(days, ["2026-12-08", "2026-12-06"]);
 
     // Fallback: not while reachable or down for less than fallback_after_mins; then the
@@ -181,14 +183,14 @@ fn a_replaced_snapshot_is_whole_and_a_bad_shop_name_is_refused() {
     };
     let table = |n: usize| tables::Table { file: tables::STOCK, columns: vec![berth_snapshot::table::Column::int("q", (0..n as i64).collect::<Vec<_>>())] };
     berth_snapshot::files::write(root.path(), manifest(1), &[table(2)]).unwrap();
-    let (m, dir) = berth_snapshot::files::write(root.path(), manifest(2), &[table(3)]).unwrap();
+    let berth_snapshot::Snapshot { manifest: m, dir } = berth_snapshot::files::write(root.path(), manifest(2), &[table(3)]).unwrap();
     assert_eq!((m.at_ms, m.files[0].rows), (2, 3));
     assert_eq!(read(&dir.join(tables::STOCK)).unwrap().len(), 3);
     assert_eq!(berth_snapshot::files::list(root.path(), "s1").len(), 1);
     // A replacement moved aside but never landed comes back at start.
     std::fs::rename(&dir, root.path().join("s1").join(".old-2026-12-05-77")).unwrap();
     berth_snapshot::files::tidy(&root.path().join("s1"));
-    assert_eq!(berth_snapshot::files::list(root.path(), "s1")[0].0.at_ms, 2);
+    assert_eq!(berth_snapshot::files::list(root.path(), "s1")[0].manifest.at_ms, 2);
     let mut bad = manifest(3);
     bad.shop = "../etc".into();
     assert!(berth_snapshot::files::write(root.path(), bad, &[table(1)]).unwrap_err().to_string().contains("cannot name a directory"));
