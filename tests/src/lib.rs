@@ -240,6 +240,15 @@ where
     }
 }
 
+/// An `[admin]` section with one token per role: `erp`, `ops` (operator), `watch`
+/// (viewer) and `root` (admin).
+pub fn four_roles(erp: &str, operator: &str, viewer: &str, admin: &str) -> String {
+    format!(
+        "[admin]\ntokens = [{{ name = \"erp\", token = \"{erp}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{operator}\", role = \"operator\" }}, \
+         {{ name = \"watch\", token = \"{viewer}\", role = \"viewer\" }}, {{ name = \"root\", token = \"{admin}\", role = \"admin\" }}]\n"
+    )
+}
+
 /// Whether the alert `fingerprint` comes to be firing (`true`) or not (`false`) within
 /// `deadline`, as `token` reads `/v1/alerts`.
 pub async fn alert_becomes(berth: &Berth, token: &str, fingerprint: &str, firing: bool, deadline: Duration) -> bool {

@@ -49,10 +49,7 @@ async fn landed(berth: &Berth, sim: &berth_sim::SimHandle, want: &[(String, u32)
 
 /// berth.toml: the four roles' tokens, `sections`, and Shopify `shops` at the simulator.
 fn config(dir: &std::path::Path, base: &str, sections: &str, shops: &[&str]) -> std::path::PathBuf {
-    let tokens = format!(
-        "[admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}, \
-         {{ name = \"watch\", token = \"{VIEWER}\", role = \"viewer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n"
-    );
+    let tokens = berth_tests::four_roles(ERP, OPERATOR, VIEWER, ADMIN);
     let shops: String = shops
         .iter()
         .map(|s| format!("[shops.{s}]\nconnector = \"shopify\"\npoll_interval_secs = 60\nsettings = {{ base_url = \"{base}/shopify/{s}\" }}\nsecrets = {{ access_token = \"tok\" }}\n"))

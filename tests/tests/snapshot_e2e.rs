@@ -33,10 +33,7 @@ const ADMIN: &str = "admin-token-snapshots-1";
 /// berth.toml: `[snapshots]` into `dir`/snaps with `snapshots` added, `sections`, the
 /// four roles' tokens and tier-A Shopify `shops` at the simulator.
 fn config(dir: &Path, base: &str, snapshots: &str, sections: &str, shops: &[&str]) -> std::path::PathBuf {
-    let tokens = format!(
-        "[admin]\ntokens = [{{ name = \"erp\", token = \"{ERP}\", role = \"erp\" }}, {{ name = \"ops\", token = \"{OPERATOR}\", role = \"operator\" }}, \
-         {{ name = \"watch\", token = \"{VIEWER}\", role = \"viewer\" }}, {{ name = \"root\", token = \"{ADMIN}\", role = \"admin\" }}]\n"
-    );
+    let tokens = berth_tests::four_roles(ERP, OPERATOR, VIEWER, ADMIN);
     let shops: String = shops
         .iter()
         .map(|s| format!("[shops.{s}]\nconnector = \"shopify\"\ntier = \"A\"\npoll_interval_secs = 1\nsettings = {{ base_url = \"{base}/shopify/{s}\" }}\nsecrets = {{ access_token = \"tok\" }}\n"))
